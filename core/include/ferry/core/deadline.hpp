@@ -1,0 +1,71 @@
+// Deadlines and polite waiting.
+//
+// Every wait in ferry has a deadline, and no wait spins without bound: CI machines run 4-16 ranks plus proxy
+// threads on 2 cores, so a waiter spins briefly, then yields, then sleeps with a growing pause (capped at 1 ms).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <thread>
+
+namespace ferry {
+
+using Clock = std::chrono::steady_clock;
+using Duration = std::chrono::nanoseconds;
+
+// Default for every wait unless the caller's Config says otherwise (DESIGN.md: 100 s).
+inline constexpr std::chrono::seconds kDefaultTimeout{100};
+
+class Deadline {
+ public:
+  explicit Deadline(Duration budget) : end_(Clock::now() + budget) {}
+  static Deadline after(Duration budget) { return Deadline(budget); }
+
+  bool expired() const { return Clock::now() >= end_; }
+  Duration remaining() const {
+    auto left = end_ - Clock::now();
+    return left > Duration::zero() ? std::chrono::duration_cast<Duration>(left) : Duration::zero();
+  }
+  // Remaining time in whole milliseconds, rounded up, for poll(2) and friends.
+  int remaining_ms() const {
+    auto ns = remaining().count();
+    auto ms = (ns + 999'999) / 1'000'000;
+    return ms > 0x7fffffff ? 0x7fffffff : static_cast<int>(ms);
+  }
+
+ private:
+  Clock::time_point end_;
+};
+
+// Spin, then yield, then sleep with exponential growth. Call pause() once per unsuccessful poll and reset()
+// whenever progress is made.
+class Backoff {
+ public:
+  void pause() {
+    if (rounds_ < kSpinRounds) {
+      ++rounds_;
+      return;
+    }
+    if (rounds_ < kSpinRounds + kYieldRounds) {
+      ++rounds_;
+      std::this_thread::yield();
+      return;
+    }
+    std::this_thread::sleep_for(sleep_);
+    if (sleep_ < kMaxSleep) sleep_ *= 2;
+  }
+  void reset() {
+    rounds_ = 0;
+    sleep_ = kMinSleep;
+  }
+
+ private:
+  static constexpr std::uint32_t kSpinRounds = 64;
+  static constexpr std::uint32_t kYieldRounds = 64;
+  static constexpr std::chrono::microseconds kMinSleep{2};
+  static constexpr std::chrono::microseconds kMaxSleep{1000};
+  std::uint32_t rounds_ = 0;
+  std::chrono::microseconds sleep_ = kMinSleep;
+};
+
+}  // namespace ferry

@@ -1,0 +1,102 @@
+// ferry::Group — who am I, who are my peers, and how do we talk before any fabric exists.
+//
+// A Group is built from the environment a launcher leaves behind (ferry launch, torchrun, Open MPI, Slurm), starts
+// (on rank 0) or joins the bootstrap store, gathers every rank's view and validates that the cluster's layout is
+// consistent: R = N nodes × L local ranks, rank = node·L + local_rank, the same L on every node.
+//
+//   auto group = ferry::Group::from_env();
+//   std::printf("rank %d of %d on node %d\n", group.rank(), group.world_size(), group.node());
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ferry/core/deadline.hpp"
+
+namespace ferry {
+
+namespace transport {
+class Store;
+}
+
+// Where the job's identity came from.
+enum class Launcher { single, ferry, torchrun, openmpi, slurm };
+const char* to_string(Launcher launcher);
+
+// The job as the environment describes it, before anyone has talked to anyone.
+struct JobEnv {
+  Launcher launcher = Launcher::single;
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  int local_size = 1;
+  std::string store_host = "127.0.0.1";
+  std::uint16_t store_port = 0;  // 0: single process, the store picks a free port
+  std::string secret;
+  std::string job_id;
+  std::string node_address;  // FERRY_NODE_ADDR when a launcher set it
+
+  int node() const { return rank / local_size; }
+  int num_nodes() const { return world_size / local_size; }
+};
+
+// Reads the job from `lookup` (the process environment by default). Precedence: FERRY_*, torchrun
+// (RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT), Open MPI (OMPI_COMM_WORLD_*), Slurm
+// (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NTASKS_PER_NODE). No variables at all: a single-rank job.
+// Throws Errc::invalid_argument naming the variable when the layout is inconsistent or incomplete.
+using EnvLookup = std::function<std::optional<std::string>(const char* name)>;
+JobEnv resolve_job_env(const EnvLookup& lookup);
+JobEnv resolve_job_env();
+
+// One rank as its peers see it.
+struct RankInfo {
+  int rank = 0;
+  int node = 0;
+  int local_rank = 0;
+  std::string hostname;
+  std::string address;  // the IP address this rank uses to reach the others
+  int pid = 0;
+};
+
+struct GroupOptions {
+  Duration timeout = kDefaultTimeout;  // deadline of every bootstrap wait
+};
+
+class Group {
+ public:
+  static Group from_env(const GroupOptions& options = {});
+  static Group from_job(const JobEnv& job, const GroupOptions& options = {});
+
+  Group(Group&&) noexcept;
+  Group& operator=(Group&&) noexcept;
+  ~Group();
+
+  int rank() const;
+  int world_size() const;
+  int node() const;
+  int num_nodes() const;
+  int local_rank() const;
+  int local_size() const;
+  const JobEnv& job() const;
+  const std::vector<RankInfo>& ranks() const;  // every rank's view, indexed by rank
+
+  // Collectives over the bootstrap store (slow path: set-up and control, never the data plane). `name`
+  // identifies the call site; repeated calls with one name are separate rounds.
+  void barrier(const std::string& name);
+  std::vector<std::vector<std::uint8_t>> all_gather(const std::string& name, std::span<const std::uint8_t> mine);
+
+  // The bootstrap store itself, for ferry's own layers (transport set-up exchanges keys through it).
+  transport::Store& store();
+
+ private:
+  struct Impl;
+  explicit Group(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,159 @@
+#include "ferry/group.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <thread>
+#include <nlohmann/json.hpp>
+
+#include "ferry/core/error.hpp"
+#include "ferry/transport/store.hpp"
+
+namespace ferry {
+
+struct Group::Impl {
+  JobEnv job;
+  std::unique_ptr<transport::StoreServer> server;  // rank 0 only
+  std::unique_ptr<transport::Store> store;
+  std::vector<RankInfo> ranks;
+  Duration timeout{};
+
+  // Rank 0 hosts the store: it must outlive every other rank's last reply. Every rank checks out on leaving, and
+  // rank 0 waits (bounded) until all have, so a rank finishing first never cuts the others' final collective.
+  ~Impl() {
+    if (!store) return;
+    try {
+      store->add("ferry/group/exit", 1);
+      if (!server) return;
+      Deadline deadline(std::min<Duration>(timeout, std::chrono::seconds(30)));
+      while (store->add("ferry/group/exit", 0) < job.world_size && !deadline.expired()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    } catch (const std::exception&) {
+      // Leaving anyway: a peer that is gone cannot be waited for.
+    }
+  }
+};
+
+namespace {
+
+std::string local_hostname() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown";
+  return name;
+}
+
+std::vector<std::uint8_t> encode(const RankInfo& info, int local_size) {
+  nlohmann::json j = {{"rank", info.rank},         {"node", info.node},
+                      {"local_rank", info.local_rank}, {"local_size", local_size},
+                      {"hostname", info.hostname}, {"address", info.address},
+                      {"pid", info.pid}};
+  auto text = j.dump();
+  return {text.begin(), text.end()};
+}
+
+// Checks every rank's report against ours: one local size everywhere, ranks in order, one host per node.
+std::vector<RankInfo> decode_and_validate(const std::vector<transport::Bytes>& blobs, const JobEnv& job) {
+  std::vector<RankInfo> ranks;
+  std::map<int, std::pair<int, std::string>> host_of_node;  // node -> (first rank, hostname)
+  for (std::size_t r = 0; r < blobs.size(); ++r) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(blobs[r].begin(), blobs[r].end());
+    } catch (const nlohmann::json::exception& e) {
+      fail(Errc::protocol, "rank " + std::to_string(r) + " sent a malformed bootstrap record: " + e.what());
+    }
+    RankInfo info;
+    int local_size = 0;
+    try {
+      info.rank = j.at("rank");
+      info.node = j.at("node");
+      info.local_rank = j.at("local_rank");
+      info.hostname = j.at("hostname");
+      info.address = j.at("address");
+      info.pid = j.at("pid");
+      local_size = j.at("local_size");
+    } catch (const nlohmann::json::exception& e) {
+      fail(Errc::protocol, "rank " + std::to_string(r) + " sent an incomplete bootstrap record: " + e.what());
+    }
+    if (info.rank != static_cast<int>(r)) {
+      fail(Errc::protocol, "bootstrap slot " + std::to_string(r) + " holds rank " + std::to_string(info.rank));
+    }
+    if (local_size != job.local_size) {
+      fail(Errc::invalid_argument, "rank " + std::to_string(r) + " runs with " + std::to_string(local_size) +
+                                       " ranks per node but rank " + std::to_string(job.rank) + " with " +
+                                       std::to_string(job.local_size) +
+                                       ": ferry needs the same number of ranks on every node");
+    }
+    auto [it, fresh] = host_of_node.try_emplace(info.node, info.rank, info.hostname);
+    if (!fresh && it->second.second != info.hostname) {
+      fail(Errc::invalid_argument, "ranks " + std::to_string(it->second.first) + " and " +
+                                       std::to_string(info.rank) + " both claim node " +
+                                       std::to_string(info.node) + " but run on hosts '" + it->second.second +
+                                       "' and '" + info.hostname + "'");
+    }
+    ranks.push_back(std::move(info));
+  }
+  return ranks;
+}
+
+}  // namespace
+
+Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Group::Group(Group&&) noexcept = default;
+Group& Group::operator=(Group&&) noexcept = default;
+Group::~Group() = default;
+
+Group Group::from_env(const GroupOptions& options) { return from_job(resolve_job_env(), options); }
+
+Group Group::from_job(const JobEnv& job, const GroupOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->job = job;
+  impl->timeout = options.timeout;
+
+  transport::StoreOptions store_options;
+  store_options.host = job.store_host;
+  store_options.port = job.store_port;
+  store_options.secret = job.secret;
+  store_options.timeout = options.timeout;
+  if (job.rank == 0) {
+    impl->server = std::make_unique<transport::StoreServer>(store_options);
+    store_options.port = impl->server->port();
+  } else if (job.store_port == 0) {
+    fail(Errc::invalid_argument, "rank " + std::to_string(job.rank) + " has no store port to connect to");
+  }
+  impl->store = std::make_unique<transport::Store>(store_options);
+
+  RankInfo mine;
+  mine.rank = job.rank;
+  mine.node = job.node();
+  mine.local_rank = job.local_rank;
+  mine.hostname = local_hostname();
+  mine.address = job.node_address.empty() ? impl->store->local_address() : job.node_address;
+  mine.pid = static_cast<int>(getpid());
+  auto blobs = impl->store->all_gather("ferry/group/ranks", job.rank, job.world_size, encode(mine, job.local_size));
+  // Everyone has read every record before anyone may fail validation and (on rank 0) take the store down.
+  impl->store->barrier("ferry/group/gathered", job.rank, job.world_size);
+  impl->ranks = decode_and_validate(blobs, job);
+  return Group(std::move(impl));
+}
+
+int Group::rank() const { return impl_->job.rank; }
+int Group::world_size() const { return impl_->job.world_size; }
+int Group::node() const { return impl_->job.node(); }
+int Group::num_nodes() const { return impl_->job.num_nodes(); }
+int Group::local_rank() const { return impl_->job.local_rank; }
+int Group::local_size() const { return impl_->job.local_size; }
+const JobEnv& Group::job() const { return impl_->job; }
+const std::vector<RankInfo>& Group::ranks() const { return impl_->ranks; }
+transport::Store& Group::store() { return *impl_->store; }
+
+void Group::barrier(const std::string& name) { impl_->store->barrier(name, rank(), world_size()); }
+
+std::vector<std::vector<std::uint8_t>> Group::all_gather(const std::string& name,
+                                                         std::span<const std::uint8_t> mine) {
+  return impl_->store->all_gather(name, rank(), world_size(), transport::Bytes(mine.begin(), mine.end()));
+}
+
+}  // namespace ferry

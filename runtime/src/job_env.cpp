@@ -1,0 +1,222 @@
+// Reading the job's identity from whichever launcher started us.
+#include <charconv>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+
+namespace ferry {
+namespace {
+
+class Reader {
+ public:
+  explicit Reader(const EnvLookup& lookup) : lookup_(lookup) {}
+
+  bool has(const char* name) const { return lookup_(name).has_value(); }
+  std::optional<std::string> text(const char* name) const { return lookup_(name); }
+
+  std::optional<int> number(const char* name) const {
+    auto value = lookup_(name);
+    if (!value) return std::nullopt;
+    int out = 0;
+    const char* first = value->data();
+    const char* last = first + value->size();
+    auto [ptr, ec] = std::from_chars(first, last, out);
+    if (value->empty() || ec != std::errc() || ptr != last || out < 0) {
+      fail(Errc::invalid_argument, std::string("environment variable ") + name + "='" + *value +
+                                       "' is not a non-negative whole number");
+    }
+    return out;
+  }
+
+  int required(const char* name, const char* launcher) const {
+    auto value = number(name);
+    if (!value) {
+      fail(Errc::invalid_argument, std::string(launcher) + " environment found but " + name + " is not set");
+    }
+    return *value;
+  }
+
+ private:
+  const EnvLookup& lookup_;
+};
+
+// "host:port" with a numeric port in [1, 65535]; IPv6 hosts may be bracketed ("[::1]:29500").
+void parse_endpoint(const std::string& text, const char* variable, JobEnv& job) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) {
+    fail(Errc::invalid_argument, std::string(variable) + "='" + text + "' is not host:port");
+  }
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  unsigned port = 0;
+  const char* first = text.data() + colon + 1;
+  const char* last = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(first, last, port);
+  if (ec != std::errc() || ptr != last || port == 0 || port > 65535) {
+    fail(Errc::invalid_argument, std::string(variable) + "='" + text + "' has no valid port (1-65535)");
+  }
+  job.store_host = host;
+  job.store_port = static_cast<std::uint16_t>(port);
+}
+
+// Slurm writes tasks per node as "4", "4(x2)" or "4(x2),3": we need the (uniform) count.
+std::optional<int> slurm_tasks_per_node(const Reader& env) {
+  if (auto n = env.number("SLURM_NTASKS_PER_NODE")) return n;
+  auto text = env.text("SLURM_TASKS_PER_NODE");
+  if (!text) return std::nullopt;
+  int value = 0;
+  auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  if (ec != std::errc() || value <= 0) {
+    fail(Errc::invalid_argument, "SLURM_TASKS_PER_NODE='" + *text + "' is not understood");
+  }
+  std::string rest(ptr, static_cast<std::size_t>(text->data() + text->size() - ptr));
+  // Anything after "N(xM)" means nodes with different task counts: ferry needs one count everywhere.
+  auto close = rest.find(')');
+  if (!rest.empty() && (rest[0] != '(' || close == std::string::npos || close + 1 != rest.size())) {
+    fail(Errc::invalid_argument, "SLURM_TASKS_PER_NODE='" + *text +
+                                     "' gives nodes different task counts; ferry needs the same number of ranks "
+                                     "on every node");
+  }
+  return value;
+}
+
+// Where the store lives when the launcher is not ferry's: FERRY_STORE, else MASTER_ADDR:(MASTER_PORT+1) so that we
+// do not collide with the launcher's own store on MASTER_PORT.
+void resolve_store(const Reader& env, JobEnv& job, const char* launcher) {
+  if (auto store = env.text("FERRY_STORE")) {
+    parse_endpoint(*store, "FERRY_STORE", job);
+    return;
+  }
+  auto addr = env.text("MASTER_ADDR");
+  auto port = env.number("MASTER_PORT");
+  if (!addr || !port) {
+    if (job.world_size == 1) return;
+    fail(Errc::invalid_argument, std::string(launcher) +
+                                     " job: set FERRY_STORE=host:port (or MASTER_ADDR and MASTER_PORT) so rank 0 "
+                                     "can host the bootstrap store");
+  }
+  if (*port < 1 || *port > 65534) {
+    fail(Errc::invalid_argument, "MASTER_PORT=" + std::to_string(*port) + " is out of range 1-65534");
+  }
+  job.store_host = *addr;
+  job.store_port = static_cast<std::uint16_t>(*port + 1);
+}
+
+std::string random_hex(std::size_t chars) {
+  std::random_device device;
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < chars; ++i) out += digits[device() % 16];
+  return out;
+}
+
+void validate_layout(const JobEnv& job) {
+  auto where = std::string(" (from ") + to_string(job.launcher) + " environment)";
+  if (job.world_size < 1) fail(Errc::invalid_argument, "world size must be at least 1" + where);
+  if (job.rank >= job.world_size) {
+    fail(Errc::invalid_argument, "rank " + std::to_string(job.rank) + " is not below world size " +
+                                     std::to_string(job.world_size) + where);
+  }
+  if (job.local_size < 1 || job.local_size > job.world_size) {
+    fail(Errc::invalid_argument, "local world size " + std::to_string(job.local_size) +
+                                     " must be between 1 and the world size " + std::to_string(job.world_size) +
+                                     where);
+  }
+  if (job.world_size % job.local_size != 0) {
+    fail(Errc::invalid_argument, "world size " + std::to_string(job.world_size) +
+                                     " is not a multiple of the local world size " +
+                                     std::to_string(job.local_size) +
+                                     ": ferry needs the same number of ranks on every node" + where);
+  }
+  if (job.local_rank != job.rank % job.local_size) {
+    fail(Errc::invalid_argument, "rank " + std::to_string(job.rank) + " has local rank " +
+                                     std::to_string(job.local_rank) + ", expected " +
+                                     std::to_string(job.rank % job.local_size) +
+                                     ": ferry needs ranks numbered node by node (rank = node * " +
+                                     std::to_string(job.local_size) + " + local rank)" + where);
+  }
+}
+
+}  // namespace
+
+const char* to_string(Launcher launcher) {
+  switch (launcher) {
+    case Launcher::single: return "single-process";
+    case Launcher::ferry: return "ferry launch";
+    case Launcher::torchrun: return "torchrun";
+    case Launcher::openmpi: return "Open MPI";
+    case Launcher::slurm: return "Slurm";
+  }
+  return "unknown";
+}
+
+JobEnv resolve_job_env(const EnvLookup& lookup) {
+  Reader env(lookup);
+  JobEnv job;
+  if (env.has("FERRY_RANK")) {
+    job.launcher = Launcher::ferry;
+    job.rank = env.required("FERRY_RANK", "FERRY");
+    job.world_size = env.required("FERRY_WORLD_SIZE", "FERRY");
+    job.local_rank = env.number("FERRY_LOCAL_RANK").value_or(job.rank);
+    job.local_size = env.number("FERRY_LOCAL_WORLD_SIZE").value_or(job.world_size);
+    if (auto store = env.text("FERRY_STORE")) {
+      parse_endpoint(*store, "FERRY_STORE", job);
+    } else if (job.world_size > 1) {
+      fail(Errc::invalid_argument, "FERRY_RANK is set but FERRY_STORE (host:port of the bootstrap store) is not");
+    }
+  } else if (env.has("RANK") && env.has("WORLD_SIZE")) {
+    job.launcher = Launcher::torchrun;
+    job.rank = env.required("RANK", "torchrun");
+    job.world_size = env.required("WORLD_SIZE", "torchrun");
+    job.local_rank = env.required("LOCAL_RANK", "torchrun");
+    job.local_size = env.required("LOCAL_WORLD_SIZE", "torchrun");
+    resolve_store(env, job, "torchrun");
+    job.job_id = env.text("TORCHELASTIC_RUN_ID").value_or("");
+  } else if (env.has("OMPI_COMM_WORLD_RANK")) {
+    job.launcher = Launcher::openmpi;
+    job.rank = env.required("OMPI_COMM_WORLD_RANK", "Open MPI");
+    job.world_size = env.required("OMPI_COMM_WORLD_SIZE", "Open MPI");
+    job.local_rank = env.required("OMPI_COMM_WORLD_LOCAL_RANK", "Open MPI");
+    job.local_size = env.required("OMPI_COMM_WORLD_LOCAL_SIZE", "Open MPI");
+    resolve_store(env, job, "Open MPI");
+    job.job_id = env.text("OMPI_MCA_orte_ess_jobid").value_or(env.text("PMIX_NAMESPACE").value_or(""));
+  } else if (env.has("SLURM_PROCID")) {
+    job.launcher = Launcher::slurm;
+    job.rank = env.required("SLURM_PROCID", "Slurm");
+    job.world_size = env.required("SLURM_NTASKS", "Slurm");
+    job.local_rank = env.required("SLURM_LOCALID", "Slurm");
+    auto per_node = slurm_tasks_per_node(env);
+    if (!per_node) fail(Errc::invalid_argument, "Slurm environment found but SLURM_NTASKS_PER_NODE is not set");
+    job.local_size = *per_node;
+    resolve_store(env, job, "Slurm");
+    job.job_id = env.text("SLURM_JOB_ID").value_or("") + "." + env.text("SLURM_STEP_ID").value_or("0");
+  }
+  validate_layout(job);
+
+  if (auto id = env.text("FERRY_JOB_ID")) job.job_id = *id;
+  if (job.job_id.empty()) job.job_id = job.world_size == 1 ? "single-" + random_hex(8) : "job";
+  if (auto secret = env.text("FERRY_SECRET")) {
+    job.secret = *secret;
+  } else if (job.world_size == 1) {
+    job.secret = random_hex(32);
+  } else {
+    // Without a secret every rank must still agree on one; the job id is the only shared fact. It keeps stray
+    // processes of other jobs out, not an attacker: set FERRY_SECRET for that.
+    job.secret = "ferry-job:" + job.job_id;
+  }
+  job.node_address = env.text("FERRY_NODE_ADDR").value_or("");
+  return job;
+}
+
+JobEnv resolve_job_env() {
+  return resolve_job_env([](const char* name) -> std::optional<std::string> {
+    const char* value = std::getenv(name);
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  });
+}
+
+}  // namespace ferry

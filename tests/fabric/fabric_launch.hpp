@@ -1,0 +1,116 @@
+// Runs fabric_worker scenarios as whole jobs through `ferry launch` and checks what they report.
+#pragma once
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "launch_harness.hpp"
+
+namespace fabric_test {
+
+using namespace std::chrono_literals;
+
+struct Job {
+  int nodes = 1;
+  int ranks_per_node = 2;
+  bool netns = false;
+  std::string scenario;
+  std::string fabric = "ucx";
+  int worker_timeout_s = 20;       // every fabric wait inside the worker
+  std::vector<std::string> extra;  // more worker arguments
+};
+
+inline std::string shell_output(const std::string& command) {
+  std::string output;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return output;
+  char buffer[4096];
+  while (std::size_t got = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, got);
+  ::pclose(pipe);
+  return output;
+}
+
+// Why --netns cannot run here ("" when it can).
+inline std::string netns_unavailable() {
+  static const std::string reason = [] {
+    if (::geteuid() != 0) return std::string("not root");
+    if (shell_output("PATH=$PATH:/usr/sbin:/sbin ip -V 2>/dev/null").empty()) {
+      return std::string("iproute2's ip is missing");
+    }
+    return std::string();
+  }();
+  return reason;
+}
+
+// A token unique to this run, passed to every rank (--tag) so leftovers can be found by command line.
+inline std::string unique_tag() {
+  return "fabrictest-" + std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}());
+}
+
+inline std::vector<std::string> processes_with(const std::string& tag) {
+  std::vector<std::string> found;
+  std::string out = shell_output("pgrep -af -- '" + tag + "' | grep -v pgrep");
+  std::size_t at = 0;
+  while (at < out.size()) {
+    std::size_t end = out.find('\n', at);
+    if (end == std::string::npos) end = out.size();
+    if (end > at) found.push_back(out.substr(at, end - at));
+    at = end + 1;
+  }
+  return found;
+}
+
+// Runs the job; fails the test when `ferry launch` does not finish within `limit`.
+inline launch_test::LaunchResult run(const Job& job, const std::string& tag,
+                                     std::chrono::milliseconds limit = 90s) {
+  std::vector<std::string> args{"--nodes",          std::to_string(job.nodes),
+                                "--ranks-per-node", std::to_string(job.ranks_per_node),
+                                "--timeout",        "80"};
+  if (job.netns) args.push_back("--netns");
+  args.insert(args.end(), {"--", FABRIC_WORKER, job.scenario, "--fabric", job.fabric, "--timeout",
+                           std::to_string(job.worker_timeout_s), "--tag", tag});
+  args.insert(args.end(), job.extra.begin(), job.extra.end());
+  return launch_test::launch(args, limit);
+}
+
+// Runs a scenario that must pass on every rank.
+inline void expect_pass(const Job& job) {
+  auto tag = unique_tag();
+  auto result = run(job, tag);
+  INFO(result.describe());
+  CHECK(result.exit_code == 0);
+  int world = job.nodes * job.ranks_per_node;
+  for (int rank = 0; rank < world; ++rank) {
+    CHECK(result.out.find("rank " + std::to_string(rank) + ": " + job.scenario + " ok") != std::string::npos);
+  }
+  CHECK(result.out.find("FAILED") == std::string::npos);
+  CHECK(processes_with(tag).empty());
+}
+
+// Rank 1 dies mid-transfer: every survivor must report a ferry::Error naming rank 1, the launcher must exit
+// non-zero, and nothing of the job may be left running.
+inline void expect_peer_death_reported(const Job& job) {
+  auto tag = unique_tag();
+  auto result = run(job, tag);
+  INFO(result.describe());
+  CHECK(result.exit_code != 0);
+  CHECK(result.out.find("rank 1: dying now") != std::string::npos);
+  int world = job.nodes * job.ranks_per_node;
+  for (int rank = 0; rank < world; ++rank) {
+    if (rank == 1) continue;
+    auto lines = launch_test::lines_starting_with(
+        result.out, "[r" + std::to_string(rank) + "] rank " + std::to_string(rank) + ": fabric error");
+    REQUIRE(lines.size() == 1);
+    CHECK(lines[0].find("peer failure") != std::string::npos);
+    CHECK(lines[0].find("rank 1") != std::string::npos);
+  }
+  CHECK(result.seconds < job.worker_timeout_s + 30);
+  CHECK(processes_with(tag).empty());
+}
+
+}  // namespace fabric_test

@@ -1,0 +1,282 @@
+// In-process fabric tests: backend selection, bookkeeping, argument checks, and the ucx backend on one rank
+// and on two ranks run as threads of this process.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <future>
+#include <thread>
+#include <vector>
+
+#include "fabric/fabric_common.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+#include "ferry/transport/fabric.hpp"
+#include "ferry/transport/store.hpp"
+
+using namespace std::chrono_literals;
+using ferry::Errc;
+using ferry::transport::FabricKind;
+using ferry::transport::MemoryKind;
+
+namespace {
+
+// A single-rank job with its own store, the way a process without a launcher sees itself.
+struct SoloJob {
+  ferry::Group group = ferry::Group::from_job(ferry::JobEnv{});
+  ferry::transport::Peers peers() {
+    ferry::transport::Peers peers;
+    peers.store = &group.store();
+    peers.timeout = 10s;
+    return peers;
+  }
+};
+
+std::uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Runs body(group, peers) on `world` ranks of one node, one thread each; rethrows the first failure.
+template <typename Body>
+void run_ranks(int world, Body body) {
+  auto port = free_port();
+  std::vector<std::future<void>> ranks;
+  for (int r = 0; r < world; ++r) {
+    ranks.push_back(std::async(std::launch::async, [=] {
+      ferry::JobEnv job;
+      job.launcher = ferry::Launcher::ferry;
+      job.rank = r;
+      job.world_size = world;
+      job.local_rank = r;
+      job.local_size = world;
+      job.store_port = port;
+      job.secret = "fabric-unit";
+      job.job_id = "fabric-unit";
+      ferry::GroupOptions options;
+      options.timeout = 20s;
+      auto group = ferry::Group::from_job(job, options);
+      ferry::transport::Peers peers;
+      peers.store = &group.store();
+      peers.rank = r;
+      peers.world_size = world;
+      peers.local_rank = r;
+      peers.local_size = world;
+      peers.timeout = 20s;
+      body(group, peers);
+    }));
+  }
+  for (auto& rank : ranks) rank.get();
+}
+
+struct EnvGuard {
+  explicit EnvGuard(const char* name) : name_(name) {
+    if (const char* old = getenv(name)) saved_ = old;
+  }
+  ~EnvGuard() {
+    if (saved_) {
+      setenv(name_, saved_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  const char* name_;
+  std::optional<std::string> saved_;
+};
+
+}  // namespace
+
+TEST_CASE("fabric kinds parse, print and come from FERRY_FABRIC") {
+  using ferry::transport::parse_fabric_kind;
+  CHECK(parse_fabric_kind("ucx") == FabricKind::ucx);
+  CHECK(parse_fabric_kind("verbs") == FabricKind::verbs);
+  CHECK(parse_fabric_kind("noop") == FabricKind::noop);
+  CHECK(std::string(to_string(FabricKind::verbs)) == "verbs");
+  CHECK_THROWS_WITH(parse_fabric_kind("nccl"), Catch::Contains("unknown fabric 'nccl'"));
+
+  EnvGuard guard("FERRY_FABRIC");
+  setenv("FERRY_FABRIC", "noop", 1);
+  CHECK(ferry::transport::fabric_kind_from_env() == FabricKind::noop);
+  setenv("FERRY_FABRIC", "tcp", 1);
+  CHECK_THROWS_WITH(ferry::transport::fabric_kind_from_env(), Catch::Contains("FERRY_FABRIC='tcp'"));
+  unsetenv("FERRY_FABRIC");
+  auto expected = ferry::transport::detail::rdma_device_present() ? FabricKind::verbs : FabricKind::ucx;
+  CHECK(ferry::transport::fabric_kind_from_env() == expected);
+}
+
+TEST_CASE("the ticket ledger completes in order even when operations finish out of order") {
+  ferry::transport::detail::TicketLedger ledger;
+  CHECK(ledger.completed() == 0);
+  CHECK(ledger.all_done());
+  auto a = ledger.issue(), b = ledger.issue(), c = ledger.issue();
+  CHECK((a == 1 && b == 2 && c == 3));
+  ledger.finish(c);
+  CHECK(ledger.completed() == 0);
+  ledger.finish(a);
+  CHECK(ledger.completed() == 1);
+  CHECK_FALSE(ledger.all_done());
+  ledger.finish(b);
+  CHECK(ledger.completed() == 3);
+  CHECK(ledger.all_done());
+  CHECK_THROWS_AS(ledger.finish(b), ferry::Error);
+}
+
+TEST_CASE("descriptor blobs round-trip and reject truncation by name") {
+  ferry::transport::detail::BlobWriter writer;
+  writer.u32(7);
+  writer.u64(0x0123456789abcdefULL);
+  writer.bytes("key", 3);
+  auto blob = writer.take();
+  ferry::transport::detail::BlobReader reader(blob, "descriptors of rank 5");
+  CHECK(reader.u32() == 7);
+  CHECK(reader.u64() == 0x0123456789abcdefULL);
+  CHECK(reader.bytes() == ferry::transport::Bytes{'k', 'e', 'y'});
+  CHECK_NOTHROW(reader.expect_end());
+
+  blob.resize(blob.size() - 1);
+  ferry::transport::detail::BlobReader short_reader(blob, "descriptors of rank 5");
+  short_reader.u32();
+  short_reader.u64();
+  CHECK_THROWS_WITH(short_reader.bytes(), Catch::Contains("descriptors of rank 5: truncated"));
+}
+
+TEST_CASE("the verbs fabric says why it cannot run on a machine without an RDMA device") {
+  if (ferry::transport::detail::rdma_device_present()) {
+    WARN("an RDMA device exists here; the verbs fabric is covered by fabric_verbs");
+    return;
+  }
+  SoloJob job;
+  ferry::transport::FabricOptions options;
+  options.kind = FabricKind::verbs;
+  try {
+    ferry::transport::make_fabric(job.peers(), options);
+    FAIL("make_fabric(verbs) succeeded without a device");
+  } catch (const ferry::Error& e) {
+    CHECK(e.code() == Errc::unsupported);
+    CHECK_THAT(e.what(), Catch::Contains("no RDMA device"));
+  }
+}
+
+TEST_CASE("the noop fabric checks arguments and completes everything at once") {
+  SoloJob job;
+  ferry::transport::FabricOptions options;
+  options.kind = FabricKind::noop;
+  auto fabric = ferry::transport::make_fabric(job.peers(), options);
+  auto region = fabric->register_region(nullptr, 4096, MemoryKind::host);
+  CHECK_THROWS_WITH(fabric->put(0, region, 0, region, 0, 8), Catch::Contains("before connect()"));
+  fabric->connect();
+  CHECK(fabric->put(0, region, 0, region, 0, 4096) == 1);
+  CHECK(fabric->put_signal(0, region, 0, region, 0, 16, region, 64, 1) == 2);
+  CHECK(fabric->completed() == 2);
+  CHECK_THROWS_WITH(fabric->put(0, region, 0, region, 1, 4096),
+                    Catch::Contains("exceeds region 0 of rank 0"));
+  CHECK_THROWS_WITH(fabric->put(1, region, 0, region, 0, 8), Catch::Contains("peer rank 1 is outside"));
+  CHECK_THROWS_WITH(fabric->atomic_add(0, region, 4, 1), Catch::Contains("not 8-byte aligned"));
+}
+
+TEST_CASE("ucx fabric on one rank: puts, signals and atomics to itself") {
+  SoloJob job;
+  auto fabric = ferry::transport::make_fabric(job.peers(), {});
+  CHECK(fabric->kind() == FabricKind::ucx);
+  std::vector<std::uint8_t> source(1 << 16);
+  for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<std::uint8_t>(i * 7 + 1);
+  auto send = fabric->register_region(source.data(), source.size(), MemoryKind::host);
+  auto receive = fabric->register_region(nullptr, 1 << 16, MemoryKind::host);
+  auto words = fabric->register_region(nullptr, 64, MemoryKind::host);
+  CHECK_THROWS_WITH(fabric->flush(), Catch::Contains("before connect()"));
+  fabric->connect();
+  CHECK_THROWS_WITH(fabric->register_region(nullptr, 64, MemoryKind::host),
+                    Catch::Contains("after connect()"));
+  INFO(fabric->description());
+
+  auto* received = static_cast<std::uint8_t*>(fabric->region_base(receive));
+  auto* word = static_cast<std::uint64_t*>(fabric->region_base(words));
+  CHECK(received[0] == 0);  // fabric allocations start zeroed
+  auto first = fabric->put(0, send, 100, receive, 200, 1000);
+  auto second = fabric->put_signal(0, send, 0, receive, 4096, 50000, words, 8, 5);
+  CHECK(second == first + 1);
+  CHECK(fabric->atomic_add(0, words, 16, 3) == second + 1);
+  fabric->flush();
+  CHECK(fabric->completed() == second + 1);
+  CHECK(std::memcmp(received + 200, source.data() + 100, 1000) == 0);
+  CHECK(std::memcmp(received + 4096, source.data(), 50000) == 0);
+  CHECK(received[199] == 0);
+  CHECK(received[1200] == 0);
+  CHECK(word[1] == 5);
+  CHECK(word[2] == 3);
+  CHECK(fabric->fetch_add(0, words, 16, 10) == 3);
+  CHECK(word[2] == 13);
+
+  CHECK_THROWS_WITH(fabric->put(0, send, 0, receive, (1 << 16) - 10, 11),
+                    Catch::Contains("remote range [65526, +11) exceeds region 1 of rank 0 (65536 bytes)"));
+  CHECK_THROWS_WITH(fabric->put(0, send, 1 << 16, receive, 0, 1), Catch::Contains("local range"));
+  CHECK_THROWS_WITH(fabric->put(0, 7, 0, receive, 0, 1), Catch::Contains("no local region 7"));
+  CHECK_THROWS_WITH(fabric->fetch_add(0, words, 12, 1), Catch::Contains("not 8-byte aligned"));
+  // Argument errors do not break the fabric.
+  fabric->put(0, send, 0, receive, 0, 8);
+  fabric->flush();
+}
+
+TEST_CASE("ucx fabric between two ranks in one process: put_signal pairs payload and signal") {
+  run_ranks(2, [](ferry::Group&, ferry::transport::Peers& peers) {
+    ferry::transport::FabricOptions options;
+    options.max_in_flight = 4;  // exercise the in-flight bound
+    auto fabric = ferry::transport::make_fabric(peers, options);
+    auto send = fabric->register_region(nullptr, 1 << 20, MemoryKind::host);
+    auto receive = fabric->register_region(nullptr, 1 << 20, MemoryKind::host);
+    auto words = fabric->register_region(nullptr, 64, MemoryKind::host);
+    fabric->connect();
+    int peer = 1 - peers.rank;
+    auto* out = static_cast<std::uint8_t*>(fabric->region_base(send));
+    for (int i = 0; i < (1 << 20); ++i) out[i] = static_cast<std::uint8_t>(i ^ (peers.rank * 0x5a));
+    for (int round = 0; round < 16; ++round) {
+      fabric->put(peer, send, 0, receive, 0, 1 << 19);
+    }
+    fabric->put_signal(peer, send, 1 << 19, receive, 1 << 19, 1 << 19, words, 0, 1);
+    auto* in = static_cast<std::uint8_t*>(fabric->region_base(receive));
+    auto* word = static_cast<std::uint64_t*>(fabric->region_base(words));
+    ferry::Deadline deadline(20s);
+    ferry::Backoff backoff;
+    while (std::atomic_ref<std::uint64_t>(word[0]).load(std::memory_order_acquire) < 1) {
+      if (!fabric->progress()) backoff.pause();
+      REQUIRE_FALSE(deadline.expired());
+    }
+    for (int i = 1 << 19; i < (1 << 20); ++i) {
+      REQUIRE(in[i] == static_cast<std::uint8_t>(i ^ (peer * 0x5a)));
+    }
+    fabric->flush();
+    ferry::transport::fabric_barrier(*fabric, peers, "unit/two-ranks");
+    for (int i = 0; i < (1 << 19); ++i) REQUIRE(in[i] == static_cast<std::uint8_t>(i ^ (peer * 0x5a)));
+  });
+}
+
+TEST_CASE("ucx fabric: ranks that register different region counts fail connect() by name") {
+  std::atomic<int> failures{0};
+  run_ranks(2, [&](ferry::Group&, ferry::transport::Peers& peers) {
+    auto fabric = ferry::transport::make_fabric(peers, {});
+    fabric->register_region(nullptr, 64, MemoryKind::host);
+    if (peers.rank == 1) fabric->register_region(nullptr, 64, MemoryKind::host);
+    try {
+      fabric->connect();
+    } catch (const ferry::Error& e) {
+      CHECK(e.code() == Errc::invalid_argument);
+      CHECK_THAT(e.what(), Catch::Contains("registered 2 regions but rank 0 registered 1") ||
+                               Catch::Contains("registered 1 regions but rank 1 registered 2"));
+      ++failures;
+    }
+  });
+  CHECK(failures == 2);
+}

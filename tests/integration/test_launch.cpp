@@ -1,0 +1,269 @@
+// `ferry launch` without namespaces: the environment every rank gets, output relaying, failure propagation,
+// timeouts and signals, and that no process outlives the launcher.
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "launch_harness.hpp"
+
+using namespace launch_test;
+
+namespace {
+
+std::vector<std::string> sh(const std::string& script) {
+  return {"sh", "-c", script};
+}
+
+std::vector<std::string> args(std::vector<std::string> options, const std::vector<std::string>& command) {
+  options.push_back("--");
+  options.insert(options.end(), command.begin(), command.end());
+  return options;
+}
+
+std::vector<std::string> split(const std::string& line) {
+  std::istringstream in(line);
+  std::vector<std::string> words;
+  for (std::string word; in >> word;) words.push_back(word);
+  return words;
+}
+
+// Sets an environment variable for the scope of one test (the launcher inherits the test's environment).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
+  ~ScopedEnv() { ::unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
+
+// The pids written into the files of `dir`, one per file.
+std::vector<pid_t> pids_in(const std::string& dir) {
+  std::vector<pid_t> pids;
+  DIR* handle = ::opendir(dir.c_str());
+  REQUIRE(handle != nullptr);
+  while (dirent* entry = ::readdir(handle)) {
+    if (entry->d_name[0] == '.') continue;
+    auto text = read_file(dir + "/" + entry->d_name);
+    if (!text.empty()) pids.push_back(static_cast<pid_t>(std::stol(text)));
+  }
+  ::closedir(handle);
+  return pids;
+}
+
+}  // namespace
+
+TEST_CASE("every rank gets its identity, the job's store and secret from the environment", "[launch]") {
+  ScopedEnv outer_rank("FERRY_RANK", "99");  // a stale variable from outside must not leak into the ranks
+  ScopedEnv user_threads("OMP_NUM_THREADS", "7");  // a user's choice is kept
+  auto result =
+      launch(args({"--nodes", "2", "--ranks-per-node", "3"},
+                  sh("echo id $FERRY_RANK $FERRY_LOCAL_RANK $FERRY_NODE $FERRY_WORLD_SIZE "
+                     "$FERRY_LOCAL_WORLD_SIZE $FERRY_NUM_NODES $FERRY_NODE_ADDR $FERRY_STORE "
+                     "$FERRY_SECRET $FERRY_JOB_ID $FERRY_LAUNCHER $OPENBLAS_NUM_THREADS $OMP_NUM_THREADS")));
+  INFO(result.describe());
+  REQUIRE(result.exit_code == 0);
+  CHECK(result.err.empty());
+
+  std::set<int> ranks_seen;
+  std::set<std::string> stores, secrets, job_ids;
+  for (int rank = 0; rank < 6; ++rank) {
+    auto lines = lines_starting_with(result.out, "[r" + std::to_string(rank) + "] id ");
+    REQUIRE(lines.size() == 1);
+    auto words = split(lines[0]);
+    REQUIRE(words.size() == 15);
+    CHECK(words[2] == std::to_string(rank));      // FERRY_RANK
+    CHECK(words[3] == std::to_string(rank % 3));  // FERRY_LOCAL_RANK
+    CHECK(words[4] == std::to_string(rank / 3));  // FERRY_NODE
+    CHECK(words[5] == "6");
+    CHECK(words[6] == "3");
+    CHECK(words[7] == "2");
+    CHECK(words[8] == "127.0.0.1");
+    CHECK(std::regex_match(words[9], std::regex(R"(127\.0\.0\.1:[0-9]+)")));
+    CHECK(std::regex_match(words[10], std::regex("[0-9a-f]{32}")));
+    CHECK(words[11].rfind("ferry-", 0) == 0);
+    CHECK(words[12] == "1");
+    CHECK(words[13] == "1");
+    CHECK(words[14] == "7");
+    ranks_seen.insert(std::stoi(words[2]));
+    stores.insert(words[9]);
+    secrets.insert(words[10]);
+    job_ids.insert(words[11]);
+  }
+  CHECK(ranks_seen.size() == 6);
+  CHECK(stores.size() == 1);
+  CHECK(secrets.size() == 1);
+  CHECK(job_ids.size() == 1);
+  CHECK(lines_starting_with(result.out, "").size() == 6);
+
+  // A second job gets a secret and a job id of its own.
+  auto again = launch(args({}, sh("echo $FERRY_SECRET $FERRY_JOB_ID")));
+  REQUIRE(again.exit_code == 0);
+  auto words = split(again.out);
+  REQUIRE(words.size() == 3);
+  CHECK(secrets.count(words[1]) == 0);
+  CHECK(job_ids.count(words[2]) == 0);
+}
+
+TEST_CASE("stdout and stderr are relayed line by line with the rank's prefix", "[launch]") {
+  const auto script = sh("echo out$FERRY_RANK; echo err$FERRY_RANK >&2; printf tail$FERRY_RANK");
+  SECTION("with prefixes") {
+    auto result = launch(args({"--ranks-per-node", "2"}, script));
+    INFO(result.describe());
+    REQUIRE(result.exit_code == 0);
+    for (std::string rank : {"0", "1"}) {
+      CHECK(lines_starting_with(result.out, "[r" + rank + "] out" + rank).size() == 1);
+      CHECK(lines_starting_with(result.err, "[r" + rank + "] err" + rank).size() == 1);
+      // The last line has no newline: it is completed when the rank's stream ends.
+      CHECK(lines_starting_with(result.out, "[r" + rank + "] tail" + rank).size() == 1);
+      CHECK(result.out.find("err" + rank) == std::string::npos);
+      CHECK(result.err.find("out" + rank) == std::string::npos);
+    }
+    CHECK(result.out.back() == '\n');
+  }
+  SECTION("--no-prefix passes lines through") {
+    auto result = launch(args({"--no-prefix"}, script));
+    INFO(result.describe());
+    REQUIRE(result.exit_code == 0);
+    CHECK(result.out == "out0\ntail0\n");
+    CHECK(result.err == "err0\n");
+  }
+}
+
+TEST_CASE("heavy output of many ranks arrives complete, one whole line at a time", "[launch]") {
+  constexpr int kLines = 20000;
+  auto result = launch(args({"--nodes", "2", "--ranks-per-node", "2"},
+                            sh("seq 1 " + std::to_string(kLines) + " | sed \"s/^/line $FERRY_RANK /\"")));
+  INFO("exit " << result.exit_code << "\nstderr:\n" << result.err);
+  REQUIRE(result.exit_code == 0);
+  std::map<std::string, int> lines_per_rank;
+  std::istringstream in(result.out);
+  int malformed = 0;
+  static const std::regex kLine(R"(\[r([0-3])\] line ([0-3]) [0-9]+)");
+  for (std::string line; std::getline(in, line);) {
+    std::smatch match;
+    if (!std::regex_match(line, match, kLine) || match[1] != match[2]) {
+      ++malformed;
+      continue;
+    }
+    ++lines_per_rank[match[1]];
+  }
+  CHECK(malformed == 0);
+  for (std::string rank : {"0", "1", "2", "3"}) CHECK(lines_per_rank[rank] == kLines);
+}
+
+TEST_CASE("a failing rank stops the job with its status and leaves no process behind", "[launch]") {
+  TempDir dir;
+  // Ranks 0, 1, 3 record their pid and a child's, then wait; rank 2 fails once all six pids are written.
+  const std::string script = "cd " + dir.path() +
+                             "; if [ \"$FERRY_RANK\" = 2 ]; then"
+                             "   while [ \"$(ls | wc -l)\" -lt 6 ]; do sleep 0.05; done; exit 3;"
+                             " fi;"
+                             " sleep 100 & echo $! > child.$FERRY_RANK; echo $$ > rank.$FERRY_RANK; wait";
+  auto result = launch(args({"--nodes", "2", "--ranks-per-node", "2", "--timeout", "30"}, sh(script)));
+  INFO(result.describe());
+  CHECK(result.exit_code == 3);
+  CHECK(result.seconds < 10);
+  CHECK(result.err.find("ferry launch: rank 2 exited with status 3; stopping the other ranks") !=
+        std::string::npos);
+  auto pids = pids_in(dir.path());
+  CHECK(pids.size() == 6);
+  for (pid_t pid : pids) {
+    INFO("pid " << pid);
+    CHECK_FALSE(process_alive(pid));
+  }
+}
+
+TEST_CASE("a rank killed by a signal stops the job with 128 + signal", "[launch]") {
+  auto result = launch(args({"--ranks-per-node", "3", "--timeout", "30"},
+                            sh("if [ \"$FERRY_RANK\" = 1 ]; then kill -USR1 $$; fi; exec sleep 100")));
+  INFO(result.describe());
+  CHECK(result.exit_code == 128 + SIGUSR1);
+  CHECK(result.seconds < 10);
+  CHECK(result.err.find("rank 1 exited with signal SIGUSR1") != std::string::npos);
+}
+
+TEST_CASE("launch --timeout stops a job that runs too long with status 124", "[launch]") {
+  auto result = launch(args({"--ranks-per-node", "2", "--timeout", "1"}, {"sleep", "100"}));
+  INFO(result.describe());
+  CHECK(result.exit_code == 124);
+  CHECK(result.seconds < 6);
+  CHECK(result.err.find("timeout of 1 s expired with ranks 0 1 still running") != std::string::npos);
+}
+
+TEST_CASE("SIGTERM to the launcher is forwarded to every rank", "[launch]") {
+  LaunchProcess process(args({"--nodes", "2", "--ranks-per-node", "2", "--timeout", "60"},
+                             sh("trap 'echo got-TERM; exit 0' TERM; sleep 100 & echo ready; wait")));
+  REQUIRE(process.wait_for_output("ready", 4, std::chrono::seconds(20)));
+  auto signalled = Clock::now();
+  REQUIRE(::kill(process.pid(), SIGTERM) == 0);
+  auto result = process.finish();
+  INFO(result.describe());
+  CHECK(result.exit_code == 128 + SIGTERM);
+  CHECK(lines_starting_with(result.out, "[r").size() == 8);  // "ready" and "got-TERM" from each rank
+  for (int rank = 0; rank < 4; ++rank) {
+    CHECK(lines_starting_with(result.out, "[r" + std::to_string(rank) + "] got-TERM").size() == 1);
+  }
+  CHECK(result.err.find("received SIGTERM; forwarding it to the ranks") != std::string::npos);
+  CHECK(std::chrono::duration<double>(Clock::now() - signalled).count() < 2.5);  // ranks obeyed: no SIGKILL
+}
+
+TEST_CASE("ranks that ignore the forwarded signal are killed after the grace period", "[launch]") {
+  const auto stubborn = sh("trap '' TERM INT; echo ready; exec sleep 100");
+  SECTION("SIGKILL follows after about 3 s") {
+    LaunchProcess process(args({"--ranks-per-node", "2"}, stubborn));
+    REQUIRE(process.wait_for_output("ready", 2, std::chrono::seconds(20)));
+    auto signalled = Clock::now();
+    REQUIRE(::kill(process.pid(), SIGTERM) == 0);
+    auto result = process.finish();
+    INFO(result.describe());
+    auto waited = std::chrono::duration<double>(Clock::now() - signalled).count();
+    CHECK(result.exit_code == 128 + SIGTERM);
+    CHECK(waited > 2.5);
+    CHECK(waited < 8);
+  }
+  SECTION("a second signal kills at once") {
+    LaunchProcess process(args({"--ranks-per-node", "2"}, stubborn));
+    REQUIRE(process.wait_for_output("ready", 2, std::chrono::seconds(20)));
+    auto signalled = Clock::now();
+    REQUIRE(::kill(process.pid(), SIGINT) == 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    REQUIRE(::kill(process.pid(), SIGINT) == 0);
+    auto result = process.finish();
+    INFO(result.describe());
+    CHECK(result.exit_code == 128 + SIGINT);
+    CHECK(std::chrono::duration<double>(Clock::now() - signalled).count() < 2.5);
+    CHECK(result.err.find("received SIGINT again; killing the ranks") != std::string::npos);
+  }
+}
+
+TEST_CASE("a command that cannot be run fails like a shell would", "[launch]") {
+  auto result = launch(args({"--ranks-per-node", "2"}, {"/nonexistent/ferry-test-command"}));
+  INFO(result.describe());
+  CHECK(result.exit_code == 127);
+  CHECK(result.err.find("cannot execute '/nonexistent/ferry-test-command'") != std::string::npos);
+}
+
+TEST_CASE("bad options are refused before anything starts", "[launch]") {
+  SECTION("zero nodes") {
+    CHECK(launch(args({"--nodes", "0"}, {"true"})).exit_code != 0);
+  }
+  SECTION("no command") {
+    CHECK(launch({"--nodes", "1"}).exit_code != 0);
+  }
+  SECTION("--link-gbps without --netns") {
+    auto result = launch(args({"--link-gbps", "1"}, {"true"}));
+    INFO(result.describe());
+    CHECK(result.exit_code != 0);
+    CHECK(result.err.find("--netns") != std::string::npos);
+  }
+  SECTION("a job that runs fine exits 0") {
+    CHECK(launch(args({"--nodes", "3"}, {"true"})).exit_code == 0);
+  }
+}

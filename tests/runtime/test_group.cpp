@@ -1,0 +1,144 @@
+// Groups of several ranks inside one process (one thread per rank): bootstrap, layout checks, collectives.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+std::uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+ferry::JobEnv job_for(int rank, int world, int local_size, std::uint16_t port) {
+  ferry::JobEnv job;
+  job.launcher = ferry::Launcher::ferry;
+  job.rank = rank;
+  job.world_size = world;
+  job.local_size = local_size;
+  job.local_rank = rank % local_size;
+  job.store_port = port;
+  job.secret = "test-secret";
+  job.job_id = "test";
+  return job;
+}
+
+// Runs `body(group)` on `world` ranks, one thread each, and rethrows the first failure.
+template <typename Body>
+void run_ranks(int world, int local_size, Body body, std::chrono::milliseconds timeout = 20s) {
+  auto port = free_port();
+  std::vector<std::future<void>> ranks;
+  for (int r = 0; r < world; ++r) {
+    ranks.push_back(std::async(std::launch::async, [=] {
+      ferry::GroupOptions options;
+      options.timeout = timeout;
+      auto group = ferry::Group::from_job(job_for(r, world, local_size, port), options);
+      body(group);
+    }));
+  }
+  for (auto& rank : ranks) rank.get();
+}
+
+}  // namespace
+
+TEST_CASE("a 2x2 group knows every rank's place", "[group]") {
+  run_ranks(4, 2, [](ferry::Group& group) {
+    CHECK(group.num_nodes() == 2);
+    CHECK(group.node() == group.rank() / 2);
+    REQUIRE(group.ranks().size() == 4);
+    for (int r = 0; r < 4; ++r) {
+      CHECK(group.ranks()[r].rank == r);
+      CHECK(group.ranks()[r].node == r / 2);
+      CHECK(group.ranks()[r].local_rank == r % 2);
+      CHECK(group.ranks()[r].address == "127.0.0.1");
+    }
+  });
+}
+
+TEST_CASE("group collectives: repeated barriers and all-gathers", "[group]") {
+  run_ranks(3, 3, [](ferry::Group& group) {
+    for (int round = 0; round < 5; ++round) {
+      group.barrier("loop");
+      std::vector<std::uint8_t> mine{static_cast<std::uint8_t>(group.rank()), static_cast<std::uint8_t>(round)};
+      auto all = group.all_gather("values", mine);
+      REQUIRE(all.size() == 3);
+      for (int r = 0; r < 3; ++r) {
+        CHECK(all[r] == std::vector<std::uint8_t>{static_cast<std::uint8_t>(r), static_cast<std::uint8_t>(round)});
+      }
+    }
+  });
+}
+
+TEST_CASE("ranks that disagree on ranks per node are refused", "[group]") {
+  auto port = free_port();
+  auto start = [&](int rank, int local_size) {
+    return std::async(std::launch::async, [=] {
+      ferry::GroupOptions options;
+      options.timeout = 10s;
+      ferry::Group::from_job(job_for(rank, 4, local_size, port), options);
+    });
+  };
+  std::vector<std::future<void>> ranks;
+  for (int r = 0; r < 3; ++r) ranks.push_back(start(r, 2));
+  ranks.push_back(start(3, 4));  // the odd one out
+  int refused = 0;
+  for (auto& rank : ranks) {
+    try {
+      rank.get();
+    } catch (const ferry::Error& e) {
+      CHECK(e.code() == ferry::Errc::invalid_argument);
+      CHECK_THAT(std::string(e.what()), Catch::Contains("same number of ranks on every node"));
+      ++refused;
+    }
+  }
+  CHECK(refused == 4);
+}
+
+TEST_CASE("a missing rank makes bootstrap time out naming it", "[group]") {
+  auto port = free_port();
+  std::vector<std::future<void>> ranks;
+  for (int r = 0; r < 2; ++r) {  // rank 2 of 3 never starts
+    ranks.push_back(std::async(std::launch::async, [=] {
+      ferry::GroupOptions options;
+      options.timeout = 1s;
+      ferry::Group::from_job(job_for(r, 3, 3, port), options);
+    }));
+  }
+  auto started = std::chrono::steady_clock::now();
+  for (std::size_t r = 0; r < ranks.size(); ++r) {
+    try {
+      ranks[r].get();
+      FAIL("bootstrap with a missing rank must not succeed");
+    } catch (const ferry::Error& e) {
+      if (r == 0) {
+        // Rank 0 hosts the store and sees the timeout itself; rank 1 may instead see the store go away.
+        CHECK(e.code() == ferry::Errc::timeout);
+        CHECK_THAT(std::string(e.what()), Catch::Contains("ranks 2 of 3"));
+      } else {
+        CHECK((e.code() == ferry::Errc::timeout || e.code() == ferry::Errc::peer_failure));
+      }
+    }
+  }
+  CHECK(std::chrono::steady_clock::now() - started < 10s);
+}

@@ -1,0 +1,164 @@
+// Reading the job from each launcher's environment, and refusing inconsistent layouts with named errors.
+#include <catch2/catch.hpp>
+#include <map>
+#include <string>
+
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+
+using ferry::Errc;
+using ferry::JobEnv;
+using ferry::Launcher;
+
+namespace {
+
+using Vars = std::map<std::string, std::string>;
+
+JobEnv resolve(const Vars& vars) {
+  return ferry::resolve_job_env([&](const char* name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  });
+}
+
+// The message of the ferry::Error that resolving `vars` throws (fails the test if none is thrown).
+std::string error_of(const Vars& vars) {
+  try {
+    resolve(vars);
+  } catch (const ferry::Error& e) {
+    CHECK(e.code() == Errc::invalid_argument);
+    return e.what();
+  }
+  FAIL("expected a ferry::Error");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("no launcher variables means a single-rank job with a private secret", "[job_env]") {
+  auto job = resolve({});
+  CHECK(job.launcher == Launcher::single);
+  CHECK(job.rank == 0);
+  CHECK(job.world_size == 1);
+  CHECK(job.num_nodes() == 1);
+  CHECK(job.store_port == 0);
+  CHECK(job.secret.size() == 32);
+  CHECK(resolve({}).secret != job.secret);
+}
+
+TEST_CASE("ferry launch variables", "[job_env]") {
+  auto job = resolve({{"FERRY_RANK", "5"},
+                      {"FERRY_WORLD_SIZE", "8"},
+                      {"FERRY_LOCAL_RANK", "1"},
+                      {"FERRY_LOCAL_WORLD_SIZE", "4"},
+                      {"FERRY_STORE", "10.1.2.3:29500"},
+                      {"FERRY_SECRET", "s3cret"},
+                      {"FERRY_JOB_ID", "job-7"},
+                      {"FERRY_NODE_ADDR", "10.1.2.4"}});
+  CHECK(job.launcher == Launcher::ferry);
+  CHECK(job.rank == 5);
+  CHECK(job.node() == 1);
+  CHECK(job.num_nodes() == 2);
+  CHECK(job.local_rank == 1);
+  CHECK(job.store_host == "10.1.2.3");
+  CHECK(job.store_port == 29500);
+  CHECK(job.secret == "s3cret");
+  CHECK(job.job_id == "job-7");
+  CHECK(job.node_address == "10.1.2.4");
+}
+
+TEST_CASE("torchrun variables put the store beside MASTER_PORT", "[job_env]") {
+  auto job = resolve({{"RANK", "3"},
+                      {"WORLD_SIZE", "4"},
+                      {"LOCAL_RANK", "1"},
+                      {"LOCAL_WORLD_SIZE", "2"},
+                      {"MASTER_ADDR", "head"},
+                      {"MASTER_PORT", "29500"},
+                      {"TORCHELASTIC_RUN_ID", "abc"}});
+  CHECK(job.launcher == Launcher::torchrun);
+  CHECK(job.node() == 1);
+  CHECK(job.store_host == "head");
+  CHECK(job.store_port == 29501);
+  CHECK(job.job_id == "abc");
+  CHECK(job.secret == "ferry-job:abc");
+}
+
+TEST_CASE("Open MPI variables", "[job_env]") {
+  auto job = resolve({{"OMPI_COMM_WORLD_RANK", "2"},
+                      {"OMPI_COMM_WORLD_SIZE", "6"},
+                      {"OMPI_COMM_WORLD_LOCAL_RANK", "2"},
+                      {"OMPI_COMM_WORLD_LOCAL_SIZE", "3"},
+                      {"FERRY_STORE", "[::1]:4000"}});
+  CHECK(job.launcher == Launcher::openmpi);
+  CHECK(job.node() == 0);
+  CHECK(job.num_nodes() == 2);
+  CHECK(job.store_host == "::1");
+  CHECK(job.store_port == 4000);
+}
+
+TEST_CASE("Slurm variables, including the compressed tasks-per-node form", "[job_env]") {
+  Vars vars{{"SLURM_PROCID", "7"},         {"SLURM_NTASKS", "8"},         {"SLURM_LOCALID", "3"},
+            {"SLURM_TASKS_PER_NODE", "4(x2)"}, {"MASTER_ADDR", "n0"},     {"MASTER_PORT", "1234"},
+            {"SLURM_JOB_ID", "99"}};
+  auto job = resolve(vars);
+  CHECK(job.launcher == Launcher::slurm);
+  CHECK(job.local_size == 4);
+  CHECK(job.node() == 1);
+  CHECK(job.job_id == "99.0");
+
+  vars["SLURM_TASKS_PER_NODE"] = "4(x1),3";
+  CHECK_THAT(error_of(vars), Catch::Contains("different task counts"));
+}
+
+TEST_CASE("FERRY variables win over torchrun's", "[job_env]") {
+  auto job = resolve({{"FERRY_RANK", "0"},
+                      {"FERRY_WORLD_SIZE", "1"},
+                      {"RANK", "3"},
+                      {"WORLD_SIZE", "4"},
+                      {"LOCAL_RANK", "1"},
+                      {"LOCAL_WORLD_SIZE", "2"}});
+  CHECK(job.launcher == Launcher::ferry);
+  CHECK(job.world_size == 1);
+}
+
+TEST_CASE("inconsistent layouts are refused with the offending numbers named", "[job_env]") {
+  Vars base{{"FERRY_RANK", "1"},
+            {"FERRY_WORLD_SIZE", "6"},
+            {"FERRY_LOCAL_RANK", "1"},
+            {"FERRY_LOCAL_WORLD_SIZE", "3"},
+            {"FERRY_STORE", "127.0.0.1:1"}};
+  REQUIRE_NOTHROW(resolve(base));
+
+  auto uneven = base;
+  uneven["FERRY_LOCAL_WORLD_SIZE"] = "4";
+  CHECK_THAT(error_of(uneven), Catch::Contains("not a multiple of the local world size 4"));
+
+  auto wrong_local = base;
+  wrong_local["FERRY_LOCAL_RANK"] = "2";
+  CHECK_THAT(error_of(wrong_local), Catch::Contains("rank 1 has local rank 2, expected 1"));
+
+  auto rank_too_big = base;
+  rank_too_big["FERRY_RANK"] = "6";
+  CHECK_THAT(error_of(rank_too_big), Catch::Contains("rank 6 is not below world size 6"));
+
+  auto garbage = base;
+  garbage["FERRY_WORLD_SIZE"] = "six";
+  CHECK_THAT(error_of(garbage), Catch::Contains("FERRY_WORLD_SIZE='six'"));
+
+  auto no_store = base;
+  no_store.erase("FERRY_STORE");
+  CHECK_THAT(error_of(no_store), Catch::Contains("FERRY_STORE"));
+
+  auto bad_port = base;
+  bad_port["FERRY_STORE"] = "host:70000";
+  CHECK_THAT(error_of(bad_port), Catch::Contains("no valid port"));
+
+  CHECK_THAT(error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"}}),
+             Catch::Contains("LOCAL_WORLD_SIZE is not set"));
+  CHECK_THAT(error_of({{"OMPI_COMM_WORLD_RANK", "0"},
+                       {"OMPI_COMM_WORLD_SIZE", "2"},
+                       {"OMPI_COMM_WORLD_LOCAL_RANK", "0"},
+                       {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}),
+             Catch::Contains("set FERRY_STORE"));
+}

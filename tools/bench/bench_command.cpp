@@ -1,0 +1,98 @@
+// `ferry bench`: benchmarks that run on every rank of a job (start them with `ferry launch`).
+//
+//   ferry launch --nodes 2 --ranks-per-node 1 --netns -- ferry bench transport --sizes 4K..64M --json
+//   out.json
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "bench/sizes.hpp"
+#include "bench/transport_bench.hpp"
+#include "commands.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+
+namespace ferry::tools {
+namespace {
+
+struct TransportArgs {
+  std::string fabric = "auto";
+  std::string sizes = "4K..64M";
+  int iters = 0;
+  std::string json;
+  bool proxy = false;
+  bool no_tcp = false;
+  double timeout_s = 100;
+};
+
+void run_transport(const TransportArgs& args) {
+  TransportBenchOptions options;
+  options.fabric = transport::parse_fabric_kind(args.fabric);
+  options.sizes = parse_size_list(args.sizes);
+  options.iters = args.iters;
+  options.skip_tcp = args.no_tcp;
+  options.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(args.timeout_s));
+
+  GroupOptions group_options;
+  group_options.timeout = options.timeout;
+  auto group = Group::from_env(group_options);
+  auto report = run_transport_bench(group, options);
+
+  // ---- PROXY BENCH HOOK
+  // -------------------------------------------------------------------------------------
+  // `--proxy` adds the proxy's throughput (commands/s through the noop and the real fabric), measured by
+  // run_proxy_bench(Group&, const ProxyBenchOptions&) from tools/bench/proxy_bench.hpp once that exists:
+  //   if (args.proxy) report["proxy"] = run_proxy_bench(group, ProxyBenchOptions{});
+  if (args.proxy) {
+    fail(Errc::unsupported,
+         "bench transport --proxy: the proxy benchmark (tools/bench/proxy_bench.hpp) is not "
+         "part of this build yet");
+  }
+  // -----------------------------------------------------------------------------------------------------------
+
+  if (group.rank() == 0) {
+    print_transport_report(report);
+    if (!args.json.empty()) {
+      std::ofstream out(args.json);
+      out << report.dump(2) << "\n";
+      if (!out) fail(Errc::system, "bench transport: cannot write " + args.json);
+      std::printf("wrote %s\n", args.json.c_str());
+    }
+  }
+  group.barrier("bench/transport/reported");
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app, int& exit_code) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks; run them on every rank with `ferry launch`");
+  bench->require_subcommand(1);
+
+  auto args = std::make_shared<TransportArgs>();
+  auto* transport = bench->add_subcommand("transport",
+                                          "Fabric put bandwidth and put_signal latency between rank pairs (r "
+                                          "<-> r + W/2), next to raw TCP between "
+                                          "the same ranks and memcpy");
+  transport->add_option("--fabric", args->fabric, "Fabric backend: ucx, verbs, noop or auto")
+      ->check(CLI::IsMember({"ucx", "verbs", "noop", "auto"}))
+      ->capture_default_str();
+  transport
+      ->add_option("--sizes", args->sizes, "Message sizes: A..B (powers of two) or a comma list; K/M/G units")
+      ->capture_default_str();
+  transport->add_option("--iters", args->iters, "Iterations per size and measurement (0: chosen by size)")
+      ->check(CLI::NonNegativeNumber);
+  transport->add_option("--json", args->json,
+                        "Write the full report (every pair) as JSON to this file (rank 0)");
+  transport->add_flag("--proxy", args->proxy, "Also measure proxy command throughput (noop and real fabric)");
+  transport->add_flag("--no-tcp", args->no_tcp, "Skip the raw TCP ceiling");
+  transport->add_option("--timeout", args->timeout_s, "Deadline of every wait, in seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  transport->callback([args, &exit_code] {
+    run_transport(*args);
+    exit_code = 0;
+  });
+}
+
+}  // namespace ferry::tools

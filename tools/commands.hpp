@@ -1,0 +1,15 @@
+// Every `ferry` subcommand registers itself here; main.cpp only parses and dispatches.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace ferry::tools {
+
+// Each register_* adds a subcommand to `app` whose callback runs it. A command reports failure by throwing
+// (ferry::Error or std::exception); main turns that into a message on stderr and a non-zero exit.
+// Commands that need a specific exit status (launch propagates its ranks' status) set `exit_code`.
+void register_launch(CLI::App& app, int& exit_code);
+void register_topo(CLI::App& app, int& exit_code);
+void register_bench(CLI::App& app, int& exit_code);
+
+}  // namespace ferry::tools

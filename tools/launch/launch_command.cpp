@@ -1,0 +1,51 @@
+// `ferry launch`: the command line of the launcher (launcher.hpp does the work).
+#include <memory>
+
+#include "commands.hpp"
+#include "launch/launcher.hpp"
+
+namespace ferry::tools {
+
+void register_launch(CLI::App& app, int& exit_code) {
+  struct Parsed {
+    launch::LaunchOptions options;
+    double link_gbps = 0;
+    long timeout_s = 600;
+    bool no_prefix = false;
+  };
+  auto parsed = std::make_shared<Parsed>();
+  auto* cmd = app.add_subcommand("launch",
+                                 "Run --nodes x --ranks-per-node copies of CMD as one ferry job on this "
+                                 "machine; with --netns as an emulated "
+                                 "cluster (one network, IPC and UTS namespace per node)");
+  cmd->add_option("--nodes", parsed->options.nodes, "Number of (emulated) nodes")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--ranks-per-node", parsed->options.ranks_per_node, "Ranks (processes) per node")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  auto* netns =
+      cmd->add_flag("--netns", parsed->options.netns,
+                    "One network namespace per node joined by veth links to a bridge (needs root and "
+                    "iproute2); also a private IPC namespace and hostname node<i> per node");
+  cmd->add_option("--link-gbps", parsed->link_gbps,
+                  "With --netns: shape every node's link to G Gbit/s (tc tbf)")
+      ->check(CLI::Range(0.001, 10000.0))
+      ->needs(netns);
+  cmd->add_option("--timeout", parsed->timeout_s, "Stop the job and exit 124 after S seconds (0: no limit)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_flag("--no-prefix", parsed->no_prefix, "Do not prefix the ranks' output lines with [r<rank>]");
+  cmd->add_option("command", parsed->options.command, "The command every rank runs (put it after --)")
+      ->required();
+
+  cmd->callback([parsed, cmd, &exit_code] {
+    auto options = parsed->options;
+    if (cmd->count("--link-gbps") > 0) options.link_gbps = parsed->link_gbps;
+    options.timeout = std::chrono::seconds(parsed->timeout_s);
+    options.prefix_output = !parsed->no_prefix;
+    exit_code = launch::run_launch(options);
+  });
+}
+
+}  // namespace ferry::tools

@@ -1,0 +1,87 @@
+// The bootstrap store: a small key/value service over TCP that rank 0 hosts and every rank uses to exchange
+// addresses, memory handles and counts before any fabric exists.
+//
+// Wire protocol (transport/src/bootstrap/store_protocol.hpp): length-prefixed frames; the first frame on
+// every connection must be HELLO carrying the job secret, compared in constant time. Frames over the size
+// cap, with an unknown opcode, or arriving before HELLO close the connection with a logged, named reason.
+// Every blocking operation carries a deadline; a timeout names the keys (and, for collectives, the ranks)
+// still missing.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ferry/core/deadline.hpp"
+
+namespace ferry::transport {
+
+using Bytes = std::vector<std::uint8_t>;
+
+struct StoreOptions {
+  std::string host = "127.0.0.1";  // where the server binds / where clients connect
+  std::uint16_t port = 0;          // 0 on the server: pick a free port (see StoreServer::port())
+  std::string secret;              // per-job secret; must match on every connection
+  std::size_t max_message_bytes = std::size_t{64} << 20;  // frames larger than this are rejected
+  Duration timeout = kDefaultTimeout;                     // default deadline of every blocking call
+};
+
+// The server side. Runs one thread with a poll loop; stops and joins in the destructor.
+class StoreServer {
+ public:
+  explicit StoreServer(const StoreOptions& options);
+  ~StoreServer();
+  StoreServer(const StoreServer&) = delete;
+  StoreServer& operator=(const StoreServer&) = delete;
+
+  std::uint16_t port() const;  // the bound port (useful when options.port was 0)
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The client side. One TCP connection to the server, not thread-safe (one per thread if needed).
+class Store {
+ public:
+  // Connects (retrying until options.timeout while the server is not yet up) and authenticates.
+  explicit Store(const StoreOptions& options);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  void set(const std::string& key, const Bytes& value);
+  // Blocks until `key` exists (or the timeout passes) and returns its value.
+  Bytes get(const std::string& key);
+  Bytes get(const std::string& key, Duration timeout);
+  // Blocks until every key exists.
+  void wait(const std::vector<std::string>& keys);
+  void wait(const std::vector<std::string>& keys, Duration timeout);
+  // Atomically adds `delta` to the 64-bit counter at `key` (created at 0) and returns the new value.
+  std::int64_t add(const std::string& key, std::int64_t delta);
+  // True when the key exists, without waiting.
+  bool check(const std::string& key);
+
+  // Collectives over `world_size` participants; `name` must be unique per call site and round (the store
+  // appends its own round counter so repeated calls with one name work). Timeouts name the missing ranks.
+  void barrier(const std::string& name, int rank, int world_size);
+  void barrier(const std::string& name, int rank, int world_size, Duration timeout);
+  std::vector<Bytes> all_gather(const std::string& name, int rank, int world_size, const Bytes& mine);
+  std::vector<Bytes> all_gather(const std::string& name, int rank, int world_size, const Bytes& mine,
+                                Duration timeout);
+
+  Duration timeout() const;
+  // "host:port" of the store this client talks to, for messages.
+  const std::string& endpoint() const;
+  // The local IP of the connection to the store (getsockname): the address this process uses to reach rank 0,
+  // hence a good address to advertise to peers.
+  std::string local_address() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::transport

@@ -1,0 +1,382 @@
+// The store client: one connection, strictly one request in flight, every receive bounded by a deadline.
+//
+// Once a call fails midway (connection lost, reply overdue, garbage reply) the byte stream can no longer be
+// trusted to line up with requests, so the client remembers why and fails every later call with that reason
+// instead of reading a stale reply.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+
+#include "bootstrap/socket.hpp"
+#include "bootstrap/store_protocol.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/transport/store.hpp"
+
+namespace ferry::transport {
+namespace {
+
+using namespace std::chrono_literals;
+using wire::Opcode;
+
+// How long past a GET's wait budget the client still waits for the server's TIMEOUT reply before it concludes
+// the server is hung. The server answers at the budget, so this only matters when it is stuck or starved.
+constexpr Duration kReplyGrace = 2s;
+// Missing ranks listed in a timeout message before the rest is summarized as a count.
+constexpr std::size_t kMaxRanksListed = 32;
+
+std::string quote(std::string_view key) {
+  constexpr std::size_t kShown = 120;
+  if (key.size() <= kShown) return "'" + std::string(key) + "'";
+  return "'" + std::string(key.substr(0, kShown)) + "...' (" + std::to_string(key.size()) + " bytes)";
+}
+
+// "GET 'key'", or just "HELLO" for requests without a key.
+std::string describe_request(Opcode opcode, std::string_view key) {
+  return std::string(wire::opcode_name(opcode)) + (key.empty() ? "" : " " + quote(key));
+}
+
+std::string list_ranks(const std::vector<int>& ranks) {
+  std::string text;
+  for (std::size_t i = 0; i < ranks.size() && i < kMaxRanksListed; ++i) {
+    if (i > 0) text += ", ";
+    text += std::to_string(ranks[i]);
+  }
+  if (ranks.size() > kMaxRanksListed)
+    text += ", ... (" + std::to_string(ranks.size() - kMaxRanksListed) + " more)";
+  return text;
+}
+
+}  // namespace
+
+struct Store::Impl {
+  struct Reply {
+    Opcode opcode = Opcode::ok;
+    Bytes value;
+  };
+
+  explicit Impl(const StoreOptions& options);
+
+  // Sends one request and reads its reply; the reply must arrive by `deadline`. ERROR replies throw.
+  Reply call(Opcode opcode, std::string_view key, const std::uint8_t* value, std::size_t value_len,
+             const Deadline& deadline);
+  [[noreturn]] void break_connection(Errc code, const std::string& why);
+  void check_io(net::IoResult result, Opcode opcode, std::string_view key, const char* doing);
+  void validate_key(std::string_view key) const;
+
+  void set(const std::string& key, const std::uint8_t* value, std::size_t value_len);
+  // Waits for `key` until `deadline`; false when the server answered TIMEOUT.
+  bool get_until(const std::string& key, const Deadline& deadline, Bytes* value);
+  bool check(const std::string& key);
+  std::int64_t add(const std::string& key, std::int64_t delta);
+
+  void validate_collective(const char* what, const std::string& name, int rank, int world_size) const;
+  std::string next_round_prefix(const std::string& name, std::uint64_t* round);
+  // The ranks in [first, world_size) other than `self` whose key `prefix<rank>` is not set yet.
+  std::vector<int> missing_ranks(const std::string& prefix, int first, int world_size, int self);
+
+  StoreOptions options;
+  std::string endpoint;
+  net::Fd fd;
+  std::string broken;    // non-empty once the connection is unusable: the reason
+  std::string local_ip;  // cached at connect time: still answerable after the connection broke
+  std::unordered_map<std::string, std::uint64_t> rounds;  // collective name -> next round
+};
+
+Store::Impl::Impl(const StoreOptions& options_in)
+    : options(options_in), endpoint(net::join_host_port(options_in.host, options_in.port)) {
+  if (options.port == 0) fail(Errc::invalid_argument, "StoreOptions::port must name the store's port, not 0");
+  if (options.max_message_bytes == 0)
+    fail(Errc::invalid_argument, "StoreOptions::max_message_bytes must be > 0");
+  Deadline deadline(options.timeout);
+  try {
+    fd = net::connect_tcp(options.host, options.port, deadline);
+  } catch (const Error& error) {
+    if (error.code() != Errc::timeout) throw;
+    fail(Errc::timeout, "store at " + endpoint + " not reachable within " +
+                            wire::describe_duration(options.timeout) + ": " + wire::bare_message(error));
+  }
+  local_ip = net::local_ip(fd.get());
+  call(Opcode::hello, "", reinterpret_cast<const std::uint8_t*>(options.secret.data()), options.secret.size(),
+       deadline);
+}
+
+void Store::Impl::break_connection(Errc code, const std::string& why) {
+  broken = why;
+  fd.reset();
+  fail(code, why);
+}
+
+void Store::Impl::check_io(net::IoResult result, Opcode opcode, std::string_view key, const char* doing) {
+  std::string request = describe_request(opcode, key);
+  switch (result.status) {
+    case net::IoStatus::ok:
+      return;
+    case net::IoStatus::closed:
+      break_connection(
+          Errc::peer_failure,
+          "lost connection to store at " + endpoint + " while " + doing + " " + request +
+              (result.error_code != 0 ? std::string(": ") + std::strerror(result.error_code) : ""));
+    case net::IoStatus::timed_out:
+      break_connection(Errc::timeout, "store at " + endpoint + " did not answer " + request +
+                                          " in time (while " + doing + " it)");
+  }
+}
+
+void Store::Impl::validate_key(std::string_view key) const {
+  if (key.size() > wire::kMaxKeyBytes) {
+    fail(Errc::invalid_argument, "store key " + quote(key) + " exceeds the limit of " +
+                                     std::to_string(wire::kMaxKeyBytes) + " bytes");
+  }
+}
+
+Store::Impl::Reply Store::Impl::call(Opcode opcode, std::string_view key, const std::uint8_t* value,
+                                     std::size_t value_len, const Deadline& deadline) {
+  if (!broken.empty())
+    fail(Errc::peer_failure, "store connection unusable after an earlier failure: " + broken);
+  validate_key(key);
+  if (value_len > options.max_message_bytes) {
+    fail(Errc::invalid_argument, "value of " + std::to_string(value_len) + " bytes for key " + quote(key) +
+                                     " exceeds max_message_bytes " +
+                                     std::to_string(options.max_message_bytes));
+  }
+  Bytes frame = wire::encode_frame(opcode, key, value, value_len);
+  check_io(net::send_all(fd.get(), frame.data(), frame.size(), deadline), opcode, key, "sending");
+
+  std::uint8_t header_bytes[wire::kHeaderBytes];
+  check_io(net::recv_all(fd.get(), header_bytes, sizeof(header_bytes), deadline), opcode, key,
+           "waiting for the reply to");
+  wire::FrameHeader header;
+  try {
+    header = wire::decode_header(header_bytes, options.max_message_bytes);
+  } catch (const Error& error) {
+    break_connection(Errc::protocol, "store at " + endpoint + " sent a malformed reply to " +
+                                         describe_request(opcode, key) + ": " + wire::bare_message(error));
+  }
+  if (wire::is_request(header.opcode)) {
+    break_connection(Errc::protocol,
+                     "store at " + endpoint + " answered " + std::string(wire::opcode_name(opcode)) +
+                         " with the request opcode " + std::string(wire::opcode_name(header.opcode)));
+  }
+  std::string reply_key(header.key_len, '\0');
+  Reply reply{header.opcode, Bytes(static_cast<std::size_t>(header.value_len))};
+  check_io(net::recv_all(fd.get(), reply_key.data(), reply_key.size(), deadline), opcode, key,
+           "reading the reply to");
+  check_io(net::recv_all(fd.get(), reply.value.data(), reply.value.size(), deadline), opcode, key,
+           "reading the reply to");
+
+  if (reply.opcode == Opcode::error) {
+    std::string text(reply.value.begin(), reply.value.end());
+    if (reply_key == wire::kErrorSecret) {
+      break_connection(Errc::protocol, "store at " + endpoint +
+                                           " rejected the job secret (every rank must get the same "
+                                           "FERRY_SECRET)");
+    }
+    if (reply_key == wire::kErrorSemantic) {
+      fail(Errc::invalid_argument,
+           "store at " + endpoint + " refused " + describe_request(opcode, key) + ": " + text);
+    }
+    // Protocol and limit errors: the server closes the connection after sending them.
+    break_connection(Errc::protocol, "store at " + endpoint + " dropped this connection during " +
+                                         describe_request(opcode, key) + ": " + text);
+  }
+  if (reply_key != key) {
+    break_connection(Errc::protocol, "store at " + endpoint + " answered " + describe_request(opcode, key) +
+                                         " with a reply for " + quote(reply_key));
+  }
+  return reply;
+}
+
+void Store::Impl::set(const std::string& key, const std::uint8_t* value, std::size_t value_len) {
+  Reply reply = call(Opcode::set, key, value, value_len, Deadline(options.timeout));
+  if (reply.opcode != Opcode::ok) {
+    break_connection(Errc::protocol, "store at " + endpoint + " answered SET " + quote(key) + " with " +
+                                         std::string(wire::opcode_name(reply.opcode)));
+  }
+}
+
+bool Store::Impl::get_until(const std::string& key, const Deadline& deadline, Bytes* value) {
+  // The server enforces the budget and answers TIMEOUT; the client's own deadline is a safety net past it.
+  std::array<std::uint8_t, 8> budget{};
+  wire::put_u64(budget.data(), static_cast<std::uint64_t>(deadline.remaining_ms()));
+  Reply reply =
+      call(Opcode::get, key, budget.data(), budget.size(), Deadline(deadline.remaining() + kReplyGrace));
+  if (reply.opcode == Opcode::timeout) return false;
+  if (reply.opcode != Opcode::value) {
+    break_connection(Errc::protocol, "store at " + endpoint + " answered GET " + quote(key) + " with " +
+                                         std::string(wire::opcode_name(reply.opcode)));
+  }
+  *value = std::move(reply.value);
+  return true;
+}
+
+bool Store::Impl::check(const std::string& key) {
+  Reply reply = call(Opcode::check, key, nullptr, 0, Deadline(options.timeout));
+  if (reply.opcode != Opcode::value || reply.value.size() != 1) {
+    break_connection(Errc::protocol,
+                     "store at " + endpoint + " sent a malformed answer to CHECK " + quote(key));
+  }
+  return reply.value[0] != 0;
+}
+
+std::int64_t Store::Impl::add(const std::string& key, std::int64_t delta) {
+  auto encoded = wire::encode_i64(delta);
+  Reply reply = call(Opcode::add, key, encoded.data(), encoded.size(), Deadline(options.timeout));
+  if (reply.opcode != Opcode::value || reply.value.size() != 8) {
+    break_connection(Errc::protocol,
+                     "store at " + endpoint + " sent a malformed answer to ADD " + quote(key));
+  }
+  return wire::decode_i64(reply.value.data());
+}
+
+void Store::Impl::validate_collective(const char* what, const std::string& name, int rank,
+                                      int world_size) const {
+  if (name.empty()) fail(Errc::invalid_argument, std::string(what) + " needs a non-empty name");
+  if (world_size < 1) {
+    fail(Errc::invalid_argument, std::string(what) + " " + quote(name) + ": world_size " +
+                                     std::to_string(world_size) + " must be at least 1");
+  }
+  if (rank < 0 || rank >= world_size) {
+    fail(Errc::invalid_argument, std::string(what) + " " + quote(name) + ": rank " + std::to_string(rank) +
+                                     " is outside [0, " + std::to_string(world_size) + ")");
+  }
+}
+
+std::string Store::Impl::next_round_prefix(const std::string& name, std::uint64_t* round) {
+  // One counter per name, shared by barrier and all_gather, so every call gets fresh keys as long as all
+  // ranks make the same sequence of collective calls.
+  *round = rounds[name]++;
+  return name + "/" + std::to_string(*round) + "/";
+}
+
+std::vector<int> Store::Impl::missing_ranks(const std::string& prefix, int first, int world_size, int self) {
+  std::vector<int> missing;
+  for (int rank = first; rank < world_size; ++rank) {
+    if (rank != self && !check(prefix + std::to_string(rank))) missing.push_back(rank);
+  }
+  return missing;
+}
+
+Store::Store(const StoreOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+Store::~Store() = default;
+
+void Store::set(const std::string& key, const Bytes& value) {
+  impl_->set(key, value.data(), value.size());
+}
+
+Bytes Store::get(const std::string& key) {
+  return get(key, impl_->options.timeout);
+}
+
+Bytes Store::get(const std::string& key, Duration timeout) {
+  Bytes value;
+  if (!impl_->get_until(key, Deadline(timeout), &value)) {
+    fail(Errc::timeout, "timed out after " + wire::describe_duration(timeout) + " waiting for key " +
+                            quote(key) + " in the store at " + impl_->endpoint);
+  }
+  return value;
+}
+
+void Store::wait(const std::vector<std::string>& keys) {
+  wait(keys, impl_->options.timeout);
+}
+
+void Store::wait(const std::vector<std::string>& keys, Duration timeout) {
+  Deadline deadline(timeout);
+  Bytes ignored;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (impl_->get_until(keys[i], deadline, &ignored)) continue;
+    std::vector<std::string> missing{keys[i]};
+    for (std::size_t j = i + 1; j < keys.size(); ++j) {
+      if (!impl_->check(keys[j])) missing.push_back(keys[j]);
+    }
+    std::string names;
+    for (std::size_t j = 0; j < missing.size() && j < kMaxRanksListed; ++j)
+      names += (j ? ", " : "") + quote(missing[j]);
+    if (missing.size() > kMaxRanksListed) names += ", ...";
+    fail(Errc::timeout, "timed out after " + wire::describe_duration(timeout) + " waiting for " +
+                            std::to_string(missing.size()) + " of " + std::to_string(keys.size()) +
+                            " keys in the store at " + impl_->endpoint + ": " + names);
+  }
+}
+
+std::int64_t Store::add(const std::string& key, std::int64_t delta) {
+  return impl_->add(key, delta);
+}
+
+bool Store::check(const std::string& key) {
+  return impl_->check(key);
+}
+
+void Store::barrier(const std::string& name, int rank, int world_size) {
+  barrier(name, rank, world_size, impl_->options.timeout);
+}
+
+void Store::barrier(const std::string& name, int rank, int world_size, Duration timeout) {
+  impl_->validate_collective("barrier", name, rank, world_size);
+  Deadline deadline(timeout);
+  std::uint64_t round = 0;
+  const std::string prefix = impl_->next_round_prefix(name, &round);
+  // Each rank marks its arrival (so a timeout can name who is missing), then counts itself in; the last one
+  // to arrive publishes "done", which is the only key everyone waits for: O(world) requests in total.
+  impl_->set(prefix + std::to_string(rank), nullptr, 0);
+  std::int64_t arrived = impl_->add(prefix + "arrived", 1);
+  if (arrived > world_size) {
+    fail(Errc::invalid_argument, "barrier " + quote(name) + " round " + std::to_string(round) + ": " +
+                                     std::to_string(arrived) + " arrivals for world_size " +
+                                     std::to_string(world_size) +
+                                     " (a rank called it twice, or ranks disagree on world_size)");
+  }
+  if (arrived == world_size) impl_->set(prefix + "done", nullptr, 0);
+  Bytes ignored;
+  if (impl_->get_until(prefix + "done", deadline, &ignored)) return;
+  std::vector<int> missing = impl_->missing_ranks(prefix, 0, world_size, rank);
+  std::string who = missing.empty() ? "the last arrivals (all ranks had arrived by the time this was checked)"
+                                    : "ranks " + list_ranks(missing) + " of " + std::to_string(world_size);
+  fail(Errc::timeout, "barrier " + quote(name) + " round " + std::to_string(round) + " timed out after " +
+                          wire::describe_duration(timeout) + " waiting for " + who);
+}
+
+std::vector<Bytes> Store::all_gather(const std::string& name, int rank, int world_size, const Bytes& mine) {
+  return all_gather(name, rank, world_size, mine, impl_->options.timeout);
+}
+
+std::vector<Bytes> Store::all_gather(const std::string& name, int rank, int world_size, const Bytes& mine,
+                                     Duration timeout) {
+  impl_->validate_collective("all_gather", name, rank, world_size);
+  Deadline deadline(timeout);
+  std::uint64_t round = 0;
+  const std::string prefix = impl_->next_round_prefix(name, &round);
+  impl_->set(prefix + std::to_string(rank), mine.data(), mine.size());
+  std::vector<Bytes> gathered(static_cast<std::size_t>(world_size));
+  gathered[static_cast<std::size_t>(rank)] = mine;
+  for (int peer = 0; peer < world_size; ++peer) {
+    if (peer == rank) continue;
+    if (impl_->get_until(prefix + std::to_string(peer), deadline,
+                         &gathered[static_cast<std::size_t>(peer)])) {
+      continue;
+    }
+    std::vector<int> missing{peer};
+    std::vector<int> later = impl_->missing_ranks(prefix, peer + 1, world_size, rank);
+    missing.insert(missing.end(), later.begin(), later.end());
+    fail(Errc::timeout, "all_gather " + quote(name) + " round " + std::to_string(round) +
+                            " timed out after " + wire::describe_duration(timeout) + " waiting for ranks " +
+                            list_ranks(missing) + " of " + std::to_string(world_size));
+  }
+  return gathered;
+}
+
+Duration Store::timeout() const {
+  return impl_->options.timeout;
+}
+
+const std::string& Store::endpoint() const {
+  return impl_->endpoint;
+}
+
+std::string Store::local_address() const {
+  return impl_->local_ip;
+}
+
+}  // namespace ferry::transport

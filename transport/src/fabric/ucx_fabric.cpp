@@ -1,0 +1,605 @@
+#include "fabric/ucx_fabric.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+
+#include "ferry/core/error.hpp"
+
+namespace ferry::transport {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Teardown never waits longer than this for peers (or the peer's timeout, when shorter): a destructor must
+// end.
+constexpr Duration kTeardownBound = 10s;
+
+std::string status_text(ucs_status_t status) {
+  return ucs_status_string(status);
+}
+
+void check_status(ucs_status_t status, const std::string& what) {
+  if (status != UCS_OK) fail(Errc::system, "ucx: " + what + ": " + status_text(status));
+}
+
+struct ConfigDeleter {
+  void operator()(ucp_config_t* config) const { ucp_config_release(config); }
+};
+
+ucs_memory_type_t memory_type(MemoryKind kind) {
+  return kind == MemoryKind::cuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+}
+
+std::string peer_label(const Peers& peers, int peer) {
+  return "rank " + std::to_string(peer) + " (node " + std::to_string(peer / peers.local_size) + ")";
+}
+
+}  // namespace
+
+UcxFabric::UcxFabric(const Peers& peers, const FabricOptions& options) : peers_(peers), options_(options) {
+  set_up_context();
+  ucp_worker_params_t worker_params{};
+  worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;  // the owning proxy thread is the only caller
+  ucp_worker_h worker = nullptr;
+  check_status(ucp_worker_create(context(), &worker_params, &worker), "ucp_worker_create");
+  worker_.reset(worker);
+}
+
+void UcxFabric::set_up_context() {
+  ucp_config_t* raw = nullptr;
+  check_status(ucp_config_read(nullptr, nullptr, &raw), "ucp_config_read");
+  std::unique_ptr<ucp_config_t, ConfigDeleter> config(raw);
+
+  // Defaults ferry prefers; a UCX_* variable the user set always wins.
+  auto prefer = [&](const char* name, const std::string& value) {
+    std::string variable = std::string("UCX_") + name;
+    if (std::getenv(variable.c_str()) != nullptr) return;
+    ucs_status_t status = ucp_config_modify(config.get(), name, value.c_str());
+    if (status != UCS_OK)
+      fail(Errc::internal, "ucx: cannot set " + variable + "=" + value + ": " + status_text(status));
+    settings_.push_back(variable + "=" + value);
+  };
+  // tcp moves RMA as active-message fragments of one segment each: the 8K default costs half the bandwidth.
+  prefer("TCP_TX_SEG_SIZE", "256K");
+  prefer("TCP_RX_SEG_SIZE", "256K");
+  // Shared-memory peers are only found dead by keepalive rounds (tcp notices the closed socket at once).
+  prefer("KEEPALIVE_INTERVAL", "1s");
+  // Emulated nodes share one kernel, so UCX would pick shared memory between them and cross the node boundary
+  // (and hang when the nodes have separate IPC namespaces): keep inter-node traffic on tcp as on a real
+  // cluster.
+  if (detail::nodes_share_one_kernel(peers_)) prefer("TLS", "tcp,self");
+
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
+                      UCP_PARAM_FIELD_ESTIMATED_NUM_PPN | UCP_PARAM_FIELD_NAME;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AMO64;
+  params.estimated_num_eps = static_cast<std::size_t>(peers_.world_size);
+  params.estimated_num_ppn = static_cast<std::size_t>(peers_.local_size);
+  params.name = "ferry";
+  ucp_context_h context = nullptr;
+  check_status(ucp_init(&params, config.get(), &context), "ucp_init (RMA + 64-bit atomics)");
+  context_.reset(context);
+}
+
+UcxFabric::~UcxFabric() {
+  close_endpoints();
+  release_memory();
+}
+
+std::string UcxFabric::description() const {
+  std::string text = std::string("ucx ") + ucp_get_version_string();
+  if (connected_ && peers_.world_size > 1) {
+    int peer = (peers_.rank + peers_.world_size / 2) % peers_.world_size;
+    if (peer == peers_.rank) peer = (peers_.rank + 1) % peers_.world_size;
+    text += ", to " + peer_label(peers_, peer) + ": " + transports_to(peer);
+  }
+  for (const auto& setting : settings_) text += ", " + setting;
+  return text;
+}
+
+// The lanes UCX chose for one endpoint, read from ucp_ep_print_info ("lane[0]:  2:tcp/eth0.0 ..." lines).
+std::string UcxFabric::transports_to(int peer) const {
+  char* buffer = nullptr;
+  std::size_t size = 0;
+  FILE* stream = open_memstream(&buffer, &size);
+  if (stream == nullptr) return "?";
+  ucp_ep_print_info(peer_states_[peer].ep, stream);
+  std::fclose(stream);
+  std::string info(buffer, size);
+  std::free(buffer);
+  std::set<std::string> seen;
+  std::string lanes;
+  std::size_t at = 0;
+  while ((at = info.find("lane[", at)) != std::string::npos) {
+    std::size_t colon = info.find(':', at);
+    std::size_t end = info.find('\n', at);
+    if (colon == std::string::npos || end == std::string::npos) break;
+    std::size_t tl = info.find(':', colon + 1);  // "lane[0]:  2:tcp/eth0.0 md[1] ..."
+    if (tl != std::string::npos && tl < end) {
+      std::size_t stop = info.find(' ', tl);
+      std::string name = info.substr(tl + 1, (stop < end ? stop : end) - tl - 1);
+      if (seen.insert(name).second) lanes += (lanes.empty() ? "" : "+") + name;
+    }
+    at = end;
+  }
+  return lanes.empty() ? "?" : lanes;
+}
+
+RegionId UcxFabric::register_region(void* base, std::size_t bytes, MemoryKind kind) {
+  if (connected_) fail(Errc::invalid_argument, "ucx fabric: register_region after connect()");
+  if (bytes == 0) fail(Errc::invalid_argument, "ucx fabric: register_region of 0 bytes");
+  ucp_mem_map_params_t params{};
+  params.field_mask =
+      UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+  params.address = base;
+  params.length = bytes;
+  params.memory_type = memory_type(kind);
+  if (base == nullptr) {
+    params.field_mask |= UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    params.flags = UCP_MEM_MAP_ALLOCATE;
+  }
+  ucp_mem_h memh = nullptr;
+  ucs_status_t status = ucp_mem_map(context(), &params, &memh);
+  if (status != UCS_OK) {
+    fail(Errc::system, std::string("ucx: ucp_mem_map of ") + std::to_string(bytes) + " bytes of " +
+                           (kind == MemoryKind::cuda ? "cuda" : "host") + " memory" +
+                           (base ? "" : " (allocated by UCX)") + ": " + status_text(status));
+  }
+  Region region{base, bytes, kind, memh};
+  if (base == nullptr) {
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    status = ucp_mem_query(memh, &attr);
+    if (status != UCS_OK || attr.address == nullptr || attr.length < bytes) {
+      ucp_mem_unmap(context(), memh);
+      fail(Errc::system, "ucx: ucp_mem_query of a fresh allocation: " + status_text(status));
+    }
+    region.base = attr.address;
+    if (kind == MemoryKind::host) std::memset(region.base, 0, bytes);
+  }
+  regions_.push_back(region);
+  return static_cast<RegionId>(regions_.size() - 1);
+}
+
+void UcxFabric::connect() {
+  if (connected_) fail(Errc::invalid_argument, "ucx fabric: connect() called twice");
+  Store& store = *peers_.store;
+
+  // 1. Worker addresses, then one endpoint per rank (self included: UCX loops back through its self
+  // transport).
+  ucp_address_t* address = nullptr;
+  std::size_t address_length = 0;
+  check_status(ucp_worker_get_address(worker(), &address, &address_length), "ucp_worker_get_address");
+  Bytes mine(reinterpret_cast<std::uint8_t*>(address),
+             reinterpret_cast<std::uint8_t*>(address) + address_length);
+  ucp_worker_release_address(worker(), address);
+  auto addresses =
+      store.all_gather("ferry/fabric/ucx/address", peers_.rank, peers_.world_size, mine, peers_.timeout);
+
+  for (int peer = 0; peer < peers_.world_size; ++peer) {
+    PeerState& state = peer_states_.emplace_back();
+    state.owner = this;
+    state.rank = peer;
+    ucp_ep_params_t ep_params{};
+    ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                           UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    ep_params.address = reinterpret_cast<const ucp_address_t*>(addresses[peer].data());
+    ep_params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ep_params.err_handler.cb = &UcxFabric::on_endpoint_error;
+    ep_params.err_handler.arg = &state;
+    ucs_status_t status = ucp_ep_create(worker(), &ep_params, &state.ep);
+    if (status != UCS_OK) {
+      state.ep = nullptr;
+      fail(Errc::system, "ucx: ucp_ep_create to " + peer_label(peers_, peer) + ": " + status_text(status));
+    }
+  }
+
+  // 2. Region descriptors: {address, bytes, packed rkey} per region.
+  detail::BlobWriter writer;
+  writer.u32(static_cast<std::uint32_t>(regions_.size()));
+  for (const auto& region : regions_) {
+    void* rkey_buffer = nullptr;
+    std::size_t rkey_size = 0;
+    check_status(ucp_rkey_pack(context(), region.memh, &rkey_buffer, &rkey_size), "ucp_rkey_pack");
+    writer.u64(reinterpret_cast<std::uintptr_t>(region.base));
+    writer.u64(region.bytes);
+    writer.bytes(rkey_buffer, rkey_size);
+    ucp_rkey_buffer_release(rkey_buffer);
+  }
+  auto descriptors = store.all_gather("ferry/fabric/ucx/regions", peers_.rank, peers_.world_size,
+                                      writer.take(), peers_.timeout);
+  for (int peer = 0; peer < peers_.world_size; ++peer) {
+    detail::BlobReader reader(descriptors[peer], "ucx region descriptors of rank " + std::to_string(peer));
+    std::uint32_t count = reader.u32();
+    if (count != regions_.size()) {
+      fail(Errc::invalid_argument,
+           "ucx fabric: rank " + std::to_string(peer) + " registered " + std::to_string(count) +
+               " regions but rank " + std::to_string(peers_.rank) + " registered " +
+               std::to_string(regions_.size()) + " (every rank registers the same sequence)");
+    }
+    PeerState& state = peer_states_[peer];
+    for (std::uint32_t i = 0; i < count; ++i) {
+      RemoteRegion& remote = state.regions.emplace_back();
+      remote.address = reader.u64();
+      remote.bytes = reader.u64();
+      Bytes packed = reader.bytes();
+      check_status(ucp_ep_rkey_unpack(state.ep, packed.data(), &remote.rkey),
+                   "ucp_ep_rkey_unpack of region " + std::to_string(i) + " of rank " + std::to_string(peer));
+    }
+    reader.expect_end();
+  }
+  connected_ = true;
+  // Nobody posts before every rank has its endpoints and keys.
+  fabric_barrier(*this, peers_, "ucx/connected");
+}
+
+void UcxFabric::on_endpoint_error(void* arg, ucp_ep_h, ucs_status_t status) {
+  auto* state = static_cast<PeerState*>(arg);
+  if (state->failure == UCS_OK) state->failure = status;
+}
+
+void UcxFabric::on_request_done(void* request, ucs_status_t status, void* user_data) {
+  auto* op = static_cast<Op*>(user_data);
+  UcxFabric* self = op->owner;
+  --self->pending_requests_;
+  self->request_done(op, status);
+  ucp_request_free(request);
+}
+
+void UcxFabric::request_done(Op* op, ucs_status_t status) {
+  PeerState& peer = peer_states_[op->peer];
+  if (status != UCS_OK && peer.failure == UCS_OK) peer.failure = status;
+  if (--op->outstanding > 0) return;
+  ledger_.finish(op->ticket);
+  --peer.in_flight;
+  op->next_free = free_ops_;
+  free_ops_ = op;
+}
+
+void UcxFabric::check_usable(const char* op) const {
+  if (!broken_.empty()) throw Error(broken_code_, broken_);
+  if (!connected_) fail(Errc::invalid_argument, std::string("ucx fabric: ") + op + " before connect()");
+}
+
+void UcxFabric::fail_peer(int peer, const std::string& what) {
+  broken_code_ = Errc::peer_failure;
+  broken_ = "ucx: " + what + " " + peer_label(peers_, peer) + " failed on rank " +
+            std::to_string(peers_.rank) + ": " + status_text(peer_states_[peer].failure) +
+            " (the peer process died or its network went away)";
+  throw Error(broken_code_, broken_);
+}
+
+void UcxFabric::throw_if_failed() {
+  if (!broken_.empty()) throw Error(broken_code_, broken_);
+  for (const PeerState& state : peer_states_) {
+    if (state.failure != UCS_OK) fail_peer(state.rank, "connection to");
+  }
+}
+
+const UcxFabric::RemoteRegion& UcxFabric::remote_region(const char* op, int peer, RegionId region,
+                                                        std::size_t offset, std::size_t bytes) const {
+  detail::check_peer(peers_, peer, op);
+  const PeerState& state = peer_states_[peer];
+  if (region >= state.regions.size()) {
+    fail(Errc::invalid_argument,
+         std::string(op) + ": rank " + std::to_string(peer) + " has no region " + std::to_string(region));
+  }
+  const RemoteRegion& remote = state.regions[region];
+  detail::check_range(op, "remote", peer, region, offset, bytes, remote.bytes);
+  return remote;
+}
+
+const UcxFabric::Region& UcxFabric::local_region(const char* op, RegionId region, std::size_t offset,
+                                                 std::size_t bytes) const {
+  if (region >= regions_.size()) {
+    fail(Errc::invalid_argument, std::string(op) + ": no local region " + std::to_string(region));
+  }
+  detail::check_range(op, "local", peers_.rank, region, offset, bytes, regions_[region].bytes);
+  return regions_[region];
+}
+
+void UcxFabric::wait_for_room(const char* op, int peer) {
+  PeerState& state = peer_states_[peer];
+  if (state.failure != UCS_OK) fail_peer(peer, std::string(op) + " to");
+  if (state.in_flight < options_.max_in_flight) return;
+  Deadline deadline(peers_.timeout);
+  Backoff backoff;
+  while (state.in_flight >= options_.max_in_flight) {
+    if (ucp_worker_progress(worker()) != 0) backoff.reset();
+    throw_if_failed();
+    if (state.in_flight < options_.max_in_flight) break;
+    if (deadline.expired()) {
+      broken_code_ = Errc::timeout;
+      broken_ = std::string("ucx: ") + op + " on rank " + std::to_string(peers_.rank) + " waited " +
+                std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
+                " s for room: " + std::to_string(state.in_flight) + " operations to " +
+                peer_label(peers_, peer) + " never completed (is that rank still progressing its fabric?)";
+      throw Error(broken_code_, broken_);
+    }
+    backoff.pause();
+  }
+}
+
+UcxFabric::Op* UcxFabric::start_op(const char* what, int peer, int requests) {
+  Op* op = free_ops_;
+  if (op != nullptr) {
+    free_ops_ = op->next_free;
+  } else {
+    op = &ops_.emplace_back();
+  }
+  op->owner = this;
+  op->ticket = ledger_.issue();
+  op->peer = peer;
+  op->outstanding = requests;
+  op->operand = 0;
+  op->reply = 0;
+  op->what = what;
+  op->next_free = nullptr;
+  ++peer_states_[peer].in_flight;
+  return op;
+}
+
+void UcxFabric::track(Op* op, ucs_status_ptr_t result) {
+  if (result == nullptr) {
+    request_done(op, UCS_OK);
+  } else if (UCS_PTR_IS_ERR(result)) {
+    int peer = op->peer;
+    request_done(op, UCS_PTR_STATUS(result));
+    fail_peer(peer, std::string(op->what) + " to");
+  } else {
+    ++pending_requests_;
+  }
+}
+
+ucp_request_param_t UcxFabric::send_param(Op* op) const {
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &UcxFabric::on_request_done;
+  param.user_data = op;
+  return param;
+}
+
+std::uint64_t UcxFabric::put(int peer, RegionId local, std::size_t local_offset, RegionId remote,
+                             std::size_t remote_offset, std::size_t bytes) {
+  check_usable("put");
+  const RemoteRegion& target = remote_region("put", peer, remote, remote_offset, bytes);
+  const Region& source = local_region("put", local, local_offset, bytes);
+  wait_for_room("put", peer);
+  Op* op = start_op("put", peer, 1);
+  std::uint64_t ticket = op->ticket;
+  if (bytes == 0) {
+    request_done(op, UCS_OK);
+    return ticket;
+  }
+  ucp_request_param_t param = send_param(op);
+  param.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+  param.memory_type = memory_type(source.kind);
+  track(op, ucp_put_nbx(peer_states_[peer].ep, static_cast<char*>(source.base) + local_offset, bytes,
+                        target.address + remote_offset, target.rkey, &param));
+  return ticket;
+}
+
+std::uint64_t UcxFabric::put_signal(int peer, RegionId local, std::size_t local_offset, RegionId remote,
+                                    std::size_t remote_offset, std::size_t bytes, RegionId signal_region,
+                                    std::size_t signal_offset, std::uint64_t signal_add) {
+  check_usable("put_signal");
+  const RemoteRegion& target = remote_region("put_signal", peer, remote, remote_offset, bytes);
+  const RemoteRegion& signal = remote_region("put_signal", peer, signal_region, signal_offset, 8);
+  detail::check_atomic_offset("put_signal", peer, signal_region, signal_offset);
+  const Region& source = local_region("put_signal", local, local_offset, bytes);
+  wait_for_room("put_signal", peer);
+  ucp_ep_h ep = peer_states_[peer].ep;
+  Op* op = start_op("put_signal", peer, bytes > 0 ? 2 : 1);
+  std::uint64_t ticket = op->ticket;
+  op->operand = signal_add;
+  if (bytes > 0) {
+    ucp_request_param_t param = send_param(op);
+    param.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    param.memory_type = memory_type(source.kind);
+    track(op, ucp_put_nbx(ep, static_cast<char*>(source.base) + local_offset, bytes,
+                          target.address + remote_offset, target.rkey, &param));
+    // The payload must land before the signal: order the worker's operations.
+    ucs_status_t status = ucp_worker_fence(worker());
+    if (status != UCS_OK) fail(Errc::system, "ucx: ucp_worker_fence: " + status_text(status));
+  }
+  ucp_request_param_t param = send_param(op);
+  param.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+  param.datatype = ucp_dt_make_contig(8);
+  track(op, ucp_atomic_op_nbx(ep, UCP_ATOMIC_OP_ADD, &op->operand, 1, signal.address + signal_offset,
+                              signal.rkey, &param));
+  return ticket;
+}
+
+std::uint64_t UcxFabric::atomic_add(int peer, RegionId region, std::size_t offset, std::uint64_t add) {
+  check_usable("atomic_add");
+  const RemoteRegion& target = remote_region("atomic_add", peer, region, offset, 8);
+  detail::check_atomic_offset("atomic_add", peer, region, offset);
+  wait_for_room("atomic_add", peer);
+  Op* op = start_op("atomic_add", peer, 1);
+  std::uint64_t ticket = op->ticket;
+  op->operand = add;
+  ucp_request_param_t param = send_param(op);
+  param.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+  param.datatype = ucp_dt_make_contig(8);
+  track(op, ucp_atomic_op_nbx(peer_states_[peer].ep, UCP_ATOMIC_OP_ADD, &op->operand, 1,
+                              target.address + offset, target.rkey, &param));
+  return ticket;
+}
+
+std::uint64_t UcxFabric::fetch_add(int peer, RegionId region, std::size_t offset, std::uint64_t add) {
+  check_usable("fetch_add");
+  const RemoteRegion& target = remote_region("fetch_add", peer, region, offset, 8);
+  detail::check_atomic_offset("fetch_add", peer, region, offset);
+  if (peer_states_[peer].failure != UCS_OK) fail_peer(peer, "fetch_add to");
+  // ADD with a reply buffer is UCX's fetch-and-add. Operand and result live in an Op so that a request
+  // abandoned at the deadline never writes into a dead frame.
+  Op* op = start_op("fetch_add", peer, 1);
+  op->operand = add;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_REPLY_BUFFER;
+  param.datatype = ucp_dt_make_contig(8);
+  param.reply_buffer = &op->reply;
+  ucs_status_ptr_t request = ucp_atomic_op_nbx(peer_states_[peer].ep, UCP_ATOMIC_OP_ADD, &op->operand, 1,
+                                               target.address + offset, target.rkey, &param);
+  ucs_status_t status = UCS_OK;
+  if (UCS_PTR_IS_ERR(request)) {
+    status = UCS_PTR_STATUS(request);
+  } else if (request != nullptr) {
+    Deadline deadline(peers_.timeout);
+    Backoff backoff;
+    while ((status = ucp_request_check_status(request)) == UCS_INPROGRESS) {
+      if (ucp_worker_progress(worker()) != 0) {
+        backoff.reset();
+        continue;
+      }
+      if (peer_states_[peer].failure != UCS_OK || deadline.expired()) break;
+      backoff.pause();
+    }
+    ucp_request_free(request);  // released now, or by UCX when it completes
+    if (status == UCS_INPROGRESS) {
+      if (peer_states_[peer].failure != UCS_OK) fail_peer(peer, "fetch_add to");
+      broken_code_ = Errc::timeout;
+      broken_ = "ucx: fetch_add on rank " + std::to_string(peers_.rank) + " to " + peer_label(peers_, peer) +
+                " got no reply in " +
+                std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
+                " s";
+      throw Error(broken_code_, broken_);
+    }
+  }
+  std::uint64_t old_value = op->reply;
+  request_done(op, status);
+  if (status != UCS_OK) fail_peer(peer, "fetch_add to");
+  return old_value;
+}
+
+bool UcxFabric::progress() {
+  check_usable("progress");
+  unsigned events = ucp_worker_progress(worker());
+  throw_if_failed();
+  return events != 0;
+}
+
+void UcxFabric::flush() {
+  check_usable("flush");
+  ucp_request_param_t param{};
+  ucs_status_ptr_t request = ucp_worker_flush_nbx(worker(), &param);
+  if (UCS_PTR_IS_ERR(request)) {
+    throw_if_failed();
+    fail(Errc::system, "ucx: ucp_worker_flush_nbx: " + status_text(UCS_PTR_STATUS(request)));
+  }
+  Deadline deadline(peers_.timeout);
+  Backoff backoff;
+  ucs_status_t status = UCS_OK;
+  for (;;) {
+    if (request != nullptr && (status = ucp_request_check_status(request)) != UCS_INPROGRESS) {
+      ucp_request_free(request);
+      request = nullptr;
+    }
+    if (request == nullptr && ledger_.all_done()) break;
+    if (ucp_worker_progress(worker()) != 0) backoff.reset();
+    try {
+      throw_if_failed();
+    } catch (...) {
+      if (request != nullptr) ucp_request_free(request);
+      throw;
+    }
+    if (deadline.expired()) {
+      if (request != nullptr) ucp_request_free(request);
+      std::string waiting;
+      for (const PeerState& state : peer_states_) {
+        if (state.in_flight > 0) waiting += (waiting.empty() ? "" : ", ") + std::to_string(state.rank);
+      }
+      broken_code_ = Errc::timeout;
+      broken_ = "ucx: flush on rank " + std::to_string(peers_.rank) + " timed out after " +
+                std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
+                " s with " + std::to_string(ledger_.last_issued() - ledger_.completed()) +
+                " operations outstanding" +
+                (waiting.empty() ? std::string(" (remote completion pending)") : " to ranks " + waiting) +
+                " (is every peer progressing its fabric?)";
+      throw Error(broken_code_, broken_);
+    }
+    backoff.pause();
+  }
+  if (status != UCS_OK) {
+    throw_if_failed();
+    fail(Errc::system,
+         "ucx: flush on rank " + std::to_string(peers_.rank) + " failed: " + status_text(status));
+  }
+}
+
+void* UcxFabric::region_base(RegionId region) const {
+  if (region >= regions_.size())
+    fail(Errc::invalid_argument, "ucx fabric: no region " + std::to_string(region));
+  return regions_[region].base;
+}
+
+std::size_t UcxFabric::region_bytes(RegionId region) const {
+  if (region >= regions_.size())
+    fail(Errc::invalid_argument, "ucx fabric: no region " + std::to_string(region));
+  return regions_[region].bytes;
+}
+
+void UcxFabric::close_endpoints() noexcept {
+  if (peer_states_.empty()) return;
+  Duration bound = std::min<Duration>(peers_.timeout, kTeardownBound);
+  // Collective quiesce: a peer that tears down while we still progress would look like a failure to us, so
+  // every healthy rank first waits (bounded) until all ranks stopped using the fabric.
+  if (connected_ && broken_.empty()) {
+    try {
+      peers_.store->barrier("ferry/fabric/ucx/teardown", peers_.rank, peers_.world_size, bound);
+    } catch (const std::exception&) {
+      // A peer is gone or slow: close anyway, failures of the closing are expected and ignored.
+    }
+  }
+  for (PeerState& state : peer_states_) {
+    for (RemoteRegion& remote : state.regions) {
+      if (remote.rkey != nullptr) ucp_rkey_destroy(remote.rkey);
+      remote.rkey = nullptr;
+    }
+  }
+  std::vector<ucs_status_ptr_t> closing;
+  for (PeerState& state : peer_states_) {
+    if (state.ep == nullptr) continue;
+    ucp_request_param_t param{};  // UCX 1.13 crashes on a NULL param
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = (state.failure != UCS_OK || !broken_.empty()) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    ucs_status_ptr_t request = ucp_ep_close_nbx(state.ep, &param);
+    state.ep = nullptr;
+    if (request != nullptr && !UCS_PTR_IS_ERR(request)) closing.push_back(request);
+  }
+  Deadline deadline(bound);
+  Backoff backoff;
+  while (!closing.empty()) {
+    if (ucp_worker_progress(worker()) != 0) backoff.reset();
+    for (std::size_t i = 0; i < closing.size();) {
+      if (ucp_request_check_status(closing[i]) != UCS_INPROGRESS) {
+        ucp_request_free(closing[i]);
+        closing[i] = closing.back();
+        closing.pop_back();
+      } else {
+        ++i;
+      }
+    }
+    if (deadline.expired()) {
+      std::fprintf(stderr,
+                   "ferry: ucx fabric on rank %d: %zu endpoints did not close within %lld s; destroying\n",
+                   peers_.rank, closing.size(),
+                   static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(bound).count()));
+      for (ucs_status_ptr_t request : closing) ucp_request_free(request);
+      break;
+    }
+    backoff.pause();
+  }
+}
+
+void UcxFabric::release_memory() noexcept {
+  for (Region& region : regions_) {
+    if (region.memh != nullptr) ucp_mem_unmap(context(), region.memh);
+    region.memh = nullptr;
+  }
+}
+
+}  // namespace ferry::transport

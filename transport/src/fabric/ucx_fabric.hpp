@@ -1,0 +1,130 @@
+// The UCX backend: UCP put/atomic/flush over whatever UCX finds (rc/dc and CUDA memory on clusters, tcp and
+// shared memory here).
+//
+// One context and one worker (UCS_THREAD_MODE_SINGLE) per fabric, one endpoint per rank (self included),
+// error handling mode PEER so a dead peer fails requests and fires the endpoint's error callback instead of
+// hanging. Regions are ucp_mem_map'ed (allocated by UCX when the caller passes no base); rkeys go through the
+// store.
+//
+// put_signal is put, ucp_worker_fence, atomic ADD. On tcp and shared memory UCX 1.13 emulates RMA and atomics
+// with active messages on one lane per endpoint, which the target handles in order, so the fence keeps the
+// signal behind the payload (tests/fabric checks it); on RDMA transports the fence orders the lane's
+// operations.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fabric/fabric_common.hpp"
+
+namespace ferry::transport {
+
+class UcxFabric final : public Fabric {
+ public:
+  UcxFabric(const Peers& peers, const FabricOptions& options);
+  ~UcxFabric() override;
+  UcxFabric(const UcxFabric&) = delete;
+  UcxFabric& operator=(const UcxFabric&) = delete;
+
+  FabricKind kind() const override { return FabricKind::ucx; }
+  std::string description() const override;
+  RegionId register_region(void* base, std::size_t bytes, MemoryKind kind) override;
+  void connect() override;
+  std::uint64_t put(int peer, RegionId local, std::size_t local_offset, RegionId remote,
+                    std::size_t remote_offset, std::size_t bytes) override;
+  std::uint64_t put_signal(int peer, RegionId local, std::size_t local_offset, RegionId remote,
+                           std::size_t remote_offset, std::size_t bytes, RegionId signal_region,
+                           std::size_t signal_offset, std::uint64_t signal_add) override;
+  std::uint64_t atomic_add(int peer, RegionId region, std::size_t offset, std::uint64_t add) override;
+  std::uint64_t fetch_add(int peer, RegionId region, std::size_t offset, std::uint64_t add) override;
+  std::uint64_t completed() const override { return ledger_.completed(); }
+  bool progress() override;
+  void flush() override;
+  void* region_base(RegionId region) const override;
+  std::size_t region_bytes(RegionId region) const override;
+
+ private:
+  struct ContextDeleter {
+    void operator()(ucp_context_h context) const { ucp_cleanup(context); }
+  };
+  struct WorkerDeleter {
+    void operator()(ucp_worker_h worker) const { ucp_worker_destroy(worker); }
+  };
+
+  struct Region {
+    void* base = nullptr;
+    std::size_t bytes = 0;
+    MemoryKind kind = MemoryKind::host;
+    ucp_mem_h memh = nullptr;
+  };
+  struct RemoteRegion {
+    std::uint64_t address = 0;
+    std::size_t bytes = 0;
+    ucp_rkey_h rkey = nullptr;
+  };
+  struct PeerState {
+    UcxFabric* owner = nullptr;
+    int rank = 0;
+    ucp_ep_h ep = nullptr;
+    std::vector<RemoteRegion> regions;
+    std::size_t in_flight = 0;
+    ucs_status_t failure = UCS_OK;  // set by the endpoint error callback or a failed request
+  };
+  // One posted operation (put_signal counts as one with two UCX requests). Lives in ops_, a pool with stable
+  // addresses, because UCX callbacks point at it.
+  struct Op {
+    UcxFabric* owner = nullptr;
+    std::uint64_t ticket = 0;
+    int peer = -1;
+    int outstanding = 0;
+    std::uint64_t operand = 0;  // atomic operand: UCX may read it after the call returns
+    std::uint64_t reply = 0;    // fetch_add's old value, written by UCX
+    const char* what = "";
+    Op* next_free = nullptr;
+  };
+
+  static void on_request_done(void* request, ucs_status_t status, void* user_data);
+  static void on_endpoint_error(void* arg, ucp_ep_h ep, ucs_status_t status);
+
+  ucp_context_h context() const { return context_.get(); }
+  ucp_worker_h worker() const { return worker_.get(); }
+
+  void set_up_context();
+  void check_usable(const char* op) const;
+  [[noreturn]] void fail_peer(int peer, const std::string& what);
+  void throw_if_failed();
+  const RemoteRegion& remote_region(const char* op, int peer, RegionId region, std::size_t offset,
+                                    std::size_t bytes) const;
+  const Region& local_region(const char* op, RegionId region, std::size_t offset, std::size_t bytes) const;
+  // Progresses until `peer` has room for one more operation (deadline: peers_.timeout).
+  void wait_for_room(const char* op, int peer);
+  Op* start_op(const char* what, int peer, int requests);
+  // Accounts one UCX request of `op`: immediate completion, immediate failure or a request to wait for.
+  void track(Op* op, ucs_status_ptr_t result);
+  void request_done(Op* op, ucs_status_t status);
+  ucp_request_param_t send_param(Op* op) const;
+  std::string transports_to(int peer) const;
+  void close_endpoints() noexcept;
+  void release_memory() noexcept;
+
+  Peers peers_;
+  FabricOptions options_;
+  std::vector<std::string> settings_;  // UCX settings ferry chose (for description())
+  std::unique_ptr<std::remove_pointer_t<ucp_context_h>, ContextDeleter> context_;
+  std::unique_ptr<std::remove_pointer_t<ucp_worker_h>, WorkerDeleter> worker_;
+  std::vector<Region> regions_;
+  std::deque<PeerState> peer_states_;  // stable addresses: error callbacks point at them
+  std::deque<Op> ops_;
+  Op* free_ops_ = nullptr;
+  detail::TicketLedger ledger_;
+  std::size_t pending_requests_ = 0;
+  std::string broken_;  // non-empty once a failure made the fabric unusable
+  Errc broken_code_ = Errc::internal;
+  bool connected_ = false;
+};
+
+}  // namespace ferry::transport
