@@ -42,3 +42,8 @@ TEST_CASE("ucx fabric over tcp: a peer killed mid-transfer is reported by name (
   SKIP_WITHOUT_NETNS();
   fabric_test::expect_peer_death_reported(Job{2, 1, true, "kill_peer", "ucx", 15});
 }
+
+TEST_CASE("ucx fabric over tcp: a peer killed mid-transfer is reported by name (2 nodes x 2 ranks)") {
+  SKIP_WITHOUT_NETNS();
+  fabric_test::expect_peer_death_reported(Job{2, 2, true, "kill_peer", "ucx", 15});
+}

@@ -59,7 +59,8 @@ std::vector<pid_t> pids_in(const std::string& dir) {
 
 }  // namespace
 
-TEST_CASE("every rank gets its identity, the job's store and secret from the environment", "[launch]") {
+TEST_CASE("launch: every rank gets its identity and the job's store and secret from the environment",
+          "[launch]") {
   ScopedEnv outer_rank("FERRY_RANK", "99");  // a stale variable from outside must not leak into the ranks
   ScopedEnv user_threads("OMP_NUM_THREADS", "7");  // a user's choice is kept
   auto result =
@@ -111,7 +112,7 @@ TEST_CASE("every rank gets its identity, the job's store and secret from the env
   CHECK(job_ids.count(words[2]) == 0);
 }
 
-TEST_CASE("stdout and stderr are relayed line by line with the rank's prefix", "[launch]") {
+TEST_CASE("launch: stdout and stderr are relayed line by line with the rank's prefix", "[launch]") {
   const auto script = sh("echo out$FERRY_RANK; echo err$FERRY_RANK >&2; printf tail$FERRY_RANK");
   SECTION("with prefixes") {
     auto result = launch(args({"--ranks-per-node", "2"}, script));
@@ -136,7 +137,7 @@ TEST_CASE("stdout and stderr are relayed line by line with the rank's prefix", "
   }
 }
 
-TEST_CASE("heavy output of many ranks arrives complete, one whole line at a time", "[launch]") {
+TEST_CASE("launch: heavy output of many ranks arrives complete and one whole line at a time", "[launch]") {
   constexpr int kLines = 20000;
   auto result = launch(args({"--nodes", "2", "--ranks-per-node", "2"},
                             sh("seq 1 " + std::to_string(kLines) + " | sed \"s/^/line $FERRY_RANK /\"")));
@@ -158,7 +159,7 @@ TEST_CASE("heavy output of many ranks arrives complete, one whole line at a time
   for (std::string rank : {"0", "1", "2", "3"}) CHECK(lines_per_rank[rank] == kLines);
 }
 
-TEST_CASE("a failing rank stops the job with its status and leaves no process behind", "[launch]") {
+TEST_CASE("launch: a failing rank stops the job with its status and leaves no process behind", "[launch]") {
   TempDir dir;
   // Ranks 0, 1, 3 record their pid and a child's, then wait; rank 2 fails once all six pids are written.
   const std::string script = "cd " + dir.path() +
@@ -180,7 +181,7 @@ TEST_CASE("a failing rank stops the job with its status and leaves no process be
   }
 }
 
-TEST_CASE("a rank killed by a signal stops the job with 128 + signal", "[launch]") {
+TEST_CASE("launch: a rank killed by a signal stops the job with 128 + signal", "[launch]") {
   auto result = launch(args({"--ranks-per-node", "3", "--timeout", "30"},
                             sh("if [ \"$FERRY_RANK\" = 1 ]; then kill -USR1 $$; fi; exec sleep 100")));
   INFO(result.describe());
@@ -189,7 +190,7 @@ TEST_CASE("a rank killed by a signal stops the job with 128 + signal", "[launch]
   CHECK(result.err.find("rank 1 exited with signal SIGUSR1") != std::string::npos);
 }
 
-TEST_CASE("launch --timeout stops a job that runs too long with status 124", "[launch]") {
+TEST_CASE("launch: the timeout stops a job that runs too long with status 124", "[launch]") {
   auto result = launch(args({"--ranks-per-node", "2", "--timeout", "1"}, {"sleep", "100"}));
   INFO(result.describe());
   CHECK(result.exit_code == 124);
@@ -197,7 +198,7 @@ TEST_CASE("launch --timeout stops a job that runs too long with status 124", "[l
   CHECK(result.err.find("timeout of 1 s expired with ranks 0 1 still running") != std::string::npos);
 }
 
-TEST_CASE("SIGTERM to the launcher is forwarded to every rank", "[launch]") {
+TEST_CASE("launch: SIGTERM to the launcher is forwarded to every rank", "[launch]") {
   LaunchProcess process(args({"--nodes", "2", "--ranks-per-node", "2", "--timeout", "60"},
                              sh("trap 'echo got-TERM; exit 0' TERM; sleep 100 & echo ready; wait")));
   REQUIRE(process.wait_for_output("ready", 4, std::chrono::seconds(20)));
@@ -214,7 +215,7 @@ TEST_CASE("SIGTERM to the launcher is forwarded to every rank", "[launch]") {
   CHECK(std::chrono::duration<double>(Clock::now() - signalled).count() < 2.5);  // ranks obeyed: no SIGKILL
 }
 
-TEST_CASE("ranks that ignore the forwarded signal are killed after the grace period", "[launch]") {
+TEST_CASE("launch: ranks that ignore the forwarded signal are killed after the grace period", "[launch]") {
   const auto stubborn = sh("trap '' TERM INT; echo ready; exec sleep 100");
   SECTION("SIGKILL follows after about 3 s") {
     LaunchProcess process(args({"--ranks-per-node", "2"}, stubborn));
@@ -243,14 +244,14 @@ TEST_CASE("ranks that ignore the forwarded signal are killed after the grace per
   }
 }
 
-TEST_CASE("a command that cannot be run fails like a shell would", "[launch]") {
+TEST_CASE("launch: a command that cannot be run fails like a shell would", "[launch]") {
   auto result = launch(args({"--ranks-per-node", "2"}, {"/nonexistent/ferry-test-command"}));
   INFO(result.describe());
   CHECK(result.exit_code == 127);
   CHECK(result.err.find("cannot execute '/nonexistent/ferry-test-command'") != std::string::npos);
 }
 
-TEST_CASE("bad options are refused before anything starts", "[launch]") {
+TEST_CASE("launch: bad options are refused before anything starts", "[launch]") {
   SECTION("zero nodes") {
     CHECK(launch(args({"--nodes", "0"}, {"true"})).exit_code != 0);
   }

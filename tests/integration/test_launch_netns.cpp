@@ -80,7 +80,7 @@ std::map<std::string, std::string> fields(const std::string& line) {
 
 }  // namespace
 
-TEST_CASE("launch --netns: each node has its own address, hostname and namespaces, and TCP crosses nodes",
+TEST_CASE("launch netns: each node has its own address and hostname and namespaces and TCP crosses nodes",
           "[netns]") {
   SKIP_WITHOUT_NETNS();
   LaunchProcess process(
@@ -111,7 +111,7 @@ TEST_CASE("launch --netns: each node has its own address, hostname and namespace
   CHECK(leftover_namespaces(process.pid()).empty());
 }
 
-TEST_CASE("launch --netns: the store lives on node 0's address", "[netns]") {
+TEST_CASE("launch netns: the store lives on node 0's address", "[netns]") {
   SKIP_WITHOUT_NETNS();
   auto result = launch(args({"--netns", "--nodes", "2"}, {"sh", "-c", "echo $FERRY_STORE $FERRY_NODE_ADDR"}));
   INFO(result.describe());
@@ -129,7 +129,7 @@ TEST_CASE("launch --netns: the store lives on node 0's address", "[netns]") {
   CHECK(address1 != address0);
 }
 
-TEST_CASE("launch --link-gbps shapes every node's link", "[netns]") {
+TEST_CASE("launch netns: link-gbps shapes every node's link", "[netns]") {
   SKIP_WITHOUT_NETNS();
   LaunchProcess process(args({"--netns", "--nodes", "2", "--link-gbps", "1"},
                              {"sh", "-c", "PATH=$PATH:/usr/sbin:/sbin tc qdisc show dev eth0"}));
@@ -144,7 +144,7 @@ TEST_CASE("launch --link-gbps shapes every node's link", "[netns]") {
   CHECK(leftover_namespaces(process.pid()).empty());
 }
 
-TEST_CASE("launch --netns: a failing rank still leaves no namespace behind", "[netns]") {
+TEST_CASE("launch netns: a failing rank still leaves no namespace behind", "[netns]") {
   SKIP_WITHOUT_NETNS();
   LaunchProcess process(args({"--netns", "--nodes", "2", "--timeout", "30"},
                              {"sh", "-c", "if [ $FERRY_NODE = 1 ]; then exit 5; fi; exec sleep 100"}));
@@ -155,7 +155,7 @@ TEST_CASE("launch --netns: a failing rank still leaves no namespace behind", "[n
   CHECK(leftover_namespaces(process.pid()).empty());
 }
 
-TEST_CASE("launch --netns: SIGTERM tears the cluster down and the root namespace is never touched", "[netns]") {
+TEST_CASE("launch netns: SIGTERM tears the cluster down and the root namespace is never touched", "[netns]") {
   SKIP_WITHOUT_NETNS();
   const auto links_before = root_links();
   LaunchProcess process(
@@ -171,7 +171,7 @@ TEST_CASE("launch --netns: SIGTERM tears the cluster down and the root namespace
   CHECK(root_links() == links_before);
 }
 
-TEST_CASE("launch --netns collects namespaces left by a launcher that crashed", "[netns]") {
+TEST_CASE("launch netns: namespaces left by a launcher that crashed are collected", "[netns]") {
   SKIP_WITHOUT_NETNS();
   // A pid that surely belongs to no running launcher: a child that has exited and been reaped.
   pid_t dead = ::fork();
@@ -185,11 +185,12 @@ TEST_CASE("launch --netns collects namespaces left by a launcher that crashed", 
   auto result = launch(args({"--netns"}, {"true"}));
   INFO(result.describe());
   CHECK(result.exit_code == 0);
-  // (Any launcher that starts now collects it; under ctest -j that may be another test's, so no message check.)
+  // (Any launcher that starts now collects it; under ctest -j that may be another test's, so no message
+  // check.)
   CHECK(leftover_namespaces(dead).empty());
 }
 
-TEST_CASE("launch --netns without root is refused with a clear message", "[netns]") {
+TEST_CASE("launch netns: netns without root is refused with a clear message", "[netns]") {
   SKIP_WITHOUT_NETNS();
   constexpr int kNobody = 65534;
   LaunchProcess process(args({"--netns"}, {"true"}), kNobody);

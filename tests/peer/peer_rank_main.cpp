@@ -1,14 +1,18 @@
 // One rank of the multi-process peer tests, started by `ferry launch` (test_peer_launch.cpp runs it).
 //
 //   ferry_peer_rank shm --info-file PATH [--bytes N] [--kill-rank R]
-//     shm peer memory: every rank writes a seeded pattern into its own segment, node barrier, every rank checks
-//     every local peer's bytes. Rank 0 writes the job id into PATH first (the test checks /dev/shm for it). With
-//     --kill-rank R, rank R SIGKILLs itself right after the set-up returned; the others then wait for it.
+//     shm peer memory: every rank writes a seeded pattern into its own segment, node barrier, every rank
+//     checks every local peer's bytes. Rank 0 writes the job id into PATH first (the test checks /dev/shm for
+//     it). With
+//     --kill-rank R, rank R SIGKILLs itself right after the set-up returned (--kill-stage mapped, the
+//     default) or instead of taking part in it (--kill-stage setup); the others then wait for it until launch
+//     stops them.
 //   ferry_peer_rank proxy --fabric ucx [--messages N] [--max-bytes B]
-//     proxy + fabric: every rank sends every other rank randomized bytes in random-size pieces, each posted as a
-//     put_signal through a command ring; receivers wait for their signal words and check every byte.
+//     proxy + fabric: every rank sends every other rank randomized bytes in random-size pieces, each posted
+//     as a put_signal through a command ring; receivers wait for their signal words and check every byte.
 //   ferry_peer_rank cuda-ipc
-//     cuda_ipc peer memory on GPU 0 across processes: each rank fills its buffer, every rank checks every peer's.
+//     cuda_ipc peer memory on GPU 0 across processes: each rank fills its buffer, every rank checks every
+//     peer's.
 #include <signal.h>
 #include <unistd.h>
 
@@ -20,10 +24,12 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
+#include "ferry/runtime/group_peers.hpp"
 #include "ferry/transport/fabric.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "ferry/transport/proxy.hpp"
@@ -55,17 +61,7 @@ std::uint64_t flag_u64(const std::map<std::string, std::string>& flags, const st
   return it == flags.end() ? fallback : std::stoull(it->second);
 }
 
-Peers peers_of(Group& group) {
-  Peers peers;
-  peers.store = &group.store();
-  peers.rank = group.rank();
-  peers.world_size = group.world_size();
-  peers.local_rank = group.local_rank();
-  peers.local_size = group.local_size();
-  peers.job_id = group.job().job_id;
-  peers.timeout = kTimeout;
-  return peers;
-}
+Peers peers_of(Group& group) { return ferry::runtime::group_peers(group, kTimeout); }
 
 // Rank 0 chooses the seed and prints it; everyone uses it.
 std::uint64_t shared_seed(Group& group) {
@@ -87,6 +83,22 @@ std::uint8_t pattern_byte(std::uint64_t seed, int rank, std::size_t i) {
   return static_cast<std::uint8_t>(x);
 }
 
+// Rank 0 hosts the store: it leaves only after every other rank has reported leaving, so nobody loses the
+// store while waiting for its last reply.
+void depart(Group& group) {
+  const std::string key = "peer-rank/departed";
+  if (group.rank() != 0) {
+    group.store().add(key, 1);
+    return;
+  }
+  Deadline deadline(kTimeout);
+  Backoff backoff;
+  while (group.store().add(key, 0) < group.world_size() - 1) {
+    if (deadline.expired()) fail(Errc::timeout, "rank 0: not every rank departed");
+    backoff.pause();
+  }
+}
+
 int run_shm(Group& group, const std::map<std::string, std::string>& flags) {
   if (group.rank() == 0) {
     auto it = flags.find("info-file");
@@ -99,6 +111,14 @@ int run_shm(Group& group, const std::map<std::string, std::string>& flags) {
   const long long kill_rank = flags.count("kill-rank") ? std::stoll(flags.at("kill-rank")) : -1;
   Peers peers = peers_of(group);
 
+  const std::string kill_stage = flags.count("kill-stage") ? flags.at("kill-stage") : "mapped";
+  if (group.rank() == kill_rank && kill_stage == "setup") {
+    // The others create their segments and wait for us inside set-up; launch then stops them with SIGTERM.
+    std::printf("rank %d: dying during set-up with SIGKILL\n", group.rank());
+    std::fflush(stdout);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ::kill(::getpid(), SIGKILL);
+  }
   auto memory = make_shm_peer_memory(peers, bytes);
   if (group.rank() == kill_rank) {
     std::printf("rank %d: mapped, now killing myself with SIGKILL\n", group.rank());
@@ -133,7 +153,8 @@ struct Piece {
 };
 
 // The random split of a block into pieces, reproducible on both sides from the seed.
-std::vector<Piece> split_block(std::uint64_t seed, int source, int target, std::size_t block, std::size_t max_bytes) {
+std::vector<Piece> split_block(std::uint64_t seed, int source, int target, std::size_t block,
+                               std::size_t max_bytes) {
   std::mt19937_64 rng(seed ^ (static_cast<std::uint64_t>(source) << 32) ^ static_cast<std::uint64_t>(target));
   std::vector<Piece> pieces;
   std::size_t at = 0;
@@ -170,7 +191,8 @@ int run_proxy(Group& group, const std::map<std::string, std::string>& flags) {
 
   for (int target = 0; target < world; ++target) {
     std::uint8_t* send = base + send_base + block * static_cast<std::size_t>(target);
-    for (std::size_t i = 0; i < block; ++i) send[i] = pattern_byte(seed ^ static_cast<std::uint64_t>(target), me, i);
+    for (std::size_t i = 0; i < block; ++i)
+      send[i] = pattern_byte(seed ^ static_cast<std::uint64_t>(target), me, i);
   }
   group.barrier("regions ready");
 
@@ -189,7 +211,8 @@ int run_proxy(Group& group, const std::map<std::string, std::string>& flags) {
       ring.post(make_put_signal(static_cast<std::uint16_t>(target), static_cast<std::uint8_t>(region),
                                 send_base + block * static_cast<std::size_t>(target) + piece.offset,
                                 recv_base + block * static_cast<std::size_t>(me) + piece.offset, piece.bytes,
-                                static_cast<std::uint32_t>(signal_base + 8 * static_cast<std::size_t>(me)), 1));
+                                static_cast<std::uint32_t>(signal_base + 8 * static_cast<std::size_t>(me)),
+                                1));
     }
   }
   ring.post(make_flush());
@@ -200,29 +223,31 @@ int run_proxy(Group& group, const std::map<std::string, std::string>& flags) {
     if (source == me) continue;
     const std::size_t pieces = split_block(seed, source, me, block, max_bytes).size();
     expected_signals += pieces;
-    auto* signal = reinterpret_cast<std::uint64_t*>(base + signal_base + 8 * static_cast<std::size_t>(source));
+    auto* signal =
+        reinterpret_cast<std::uint64_t*>(base + signal_base + 8 * static_cast<std::size_t>(source));
     Deadline deadline(kTimeout);
     Backoff backoff;
     while (__atomic_load_n(signal, __ATOMIC_ACQUIRE) < pieces) {
       proxy.check_error();
       if (deadline.expired()) {
-        fail(Errc::timeout, "rank " + std::to_string(me) + ": signal from rank " + std::to_string(source) + " is " +
-                                std::to_string(__atomic_load_n(signal, __ATOMIC_ACQUIRE)) + ", expected " +
-                                std::to_string(pieces));
+        fail(Errc::timeout, "rank " + std::to_string(me) + ": signal from rank " + std::to_string(source) +
+                                " is " + std::to_string(__atomic_load_n(signal, __ATOMIC_ACQUIRE)) +
+                                ", expected " + std::to_string(pieces));
       }
       backoff.pause();
     }
     if (__atomic_load_n(signal, __ATOMIC_ACQUIRE) != pieces) {
       fail(Errc::internal, "rank " + std::to_string(me) + ": signal from rank " + std::to_string(source) +
-                               " overshot to " + std::to_string(*signal) + ", expected " + std::to_string(pieces));
+                               " overshot to " + std::to_string(*signal) + ", expected " +
+                               std::to_string(pieces));
     }
     const std::uint8_t* received = base + recv_base + block * static_cast<std::size_t>(source);
     for (std::size_t i = 0; i < block; ++i) {
       const std::uint8_t expected = pattern_byte(seed ^ static_cast<std::uint64_t>(me), source, i);
       if (received[i] != expected) {
         fail(Errc::internal, "rank " + std::to_string(me) + ": byte " + std::to_string(i) + " from rank " +
-                                 std::to_string(source) + " is " + std::to_string(received[i]) + ", expected " +
-                                 std::to_string(expected));
+                                 std::to_string(source) + " is " + std::to_string(received[i]) +
+                                 ", expected " + std::to_string(expected));
       }
     }
   }
@@ -250,8 +275,8 @@ int run_cuda_ipc(Group& group) {
     const int owner = peers.rank_of(peers.node(), local);
     for (std::size_t i = 0; i < bytes; ++i) {
       if (host[i] != 0x40 + owner) {
-        fail(Errc::internal, "rank " + std::to_string(group.rank()) + ": byte " + std::to_string(i) + " of rank " +
-                                 std::to_string(owner) + " is " + std::to_string(host[i]));
+        fail(Errc::internal, "rank " + std::to_string(group.rank()) + ": byte " + std::to_string(i) +
+                                 " of rank " + std::to_string(owner) + " is " + std::to_string(host[i]));
       }
     }
   }
@@ -274,13 +299,20 @@ int main(int argc, char** argv) {
     GroupOptions options;
     options.timeout = kTimeout;
     auto group = Group::from_env(options);
-    if (mode == "shm") return run_shm(group, flags);
-    if (mode == "proxy") return run_proxy(group, flags);
+    int status = 2;
+    if (mode == "shm") {
+      status = run_shm(group, flags);
+    } else if (mode == "proxy") {
+      status = run_proxy(group, flags);
 #if defined(PEER_RANK_HAVE_CUDA)
-    if (mode == "cuda-ipc") return run_cuda_ipc(group);
+    } else if (mode == "cuda-ipc") {
+      status = run_cuda_ipc(group);
 #endif
-    std::fprintf(stderr, "unknown mode '%s'\n", mode.c_str());
-    return 2;
+    } else {
+      std::fprintf(stderr, "unknown mode '%s'\n", mode.c_str());
+    }
+    depart(group);
+    return status;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -12,8 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "ferry/core/deadline.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
+#include "ferry/runtime/group_peers.hpp"
 #include "ferry/transport/peers.hpp"
 
 namespace ferry::test {
@@ -38,15 +40,24 @@ inline std::string unique_job_id(const std::string& stem) {
 }
 
 inline transport::Peers peers_of(Group& group, std::chrono::milliseconds timeout) {
-  transport::Peers peers;
-  peers.store = &group.store();
-  peers.rank = group.rank();
-  peers.world_size = group.world_size();
-  peers.local_rank = group.local_rank();
-  peers.local_size = group.local_size();
-  peers.job_id = group.job().job_id;
-  peers.timeout = timeout;
-  return peers;
+  return runtime::group_peers(group, timeout);
+}
+
+// Ends a rank's use of the group without pulling the store out from under the others: rank 0 hosts the store
+// and must not destroy it while another rank still waits for a reply (say, to the last barrier). Every other
+// rank reports its departure; rank 0 waits for all of them.
+inline void depart(Group& group, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  const std::string key = "ferry-test/departed";
+  if (group.rank() != 0) {
+    group.store().add(key, 1);
+    return;
+  }
+  Deadline deadline(timeout);
+  Backoff backoff;
+  while (group.store().add(key, 0) < group.world_size() - 1) {
+    if (deadline.expired()) fail(Errc::timeout, "rank 0: not every rank departed");
+    backoff.pause();
+  }
 }
 
 // Runs body(group) on `world` ranks (local_size per node), one thread each; rethrows the first failure after
@@ -70,7 +81,14 @@ void run_ranks(int world, int local_size, const std::string& job_id, Body body,
       GroupOptions options;
       options.timeout = timeout;
       auto group = Group::from_job(job, options);
-      body(group);
+      std::exception_ptr failure;
+      try {
+        body(group);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      depart(group);
+      if (failure) std::rethrow_exception(failure);
     }));
   }
   std::exception_ptr first;

@@ -1,5 +1,6 @@
-// A Fabric for proxy tests: records every operation the proxy hands it, and can be told to complete operations
-// only as it progresses, to block inside an operation until released, or to throw after k operations.
+// A Fabric for proxy tests: records every operation the proxy hands it, and can be told to complete
+// operations only as it progresses, to block inside an operation until released, or to throw after k
+// operations.
 #pragma once
 
 #include <algorithm>
@@ -31,11 +32,15 @@ struct RecordedOp {
 inline RecordedOp expected_op(const transport::Command& c) {
   using transport::CommandOp;
   switch (c.op) {
-    case CommandOp::put: return {c.op, c.peer, c.region, c.local_offset, c.remote_offset, c.bytes, 0, 0};
+    case CommandOp::put:
+      return {c.op, c.peer, c.region, c.local_offset, c.remote_offset, c.bytes, 0, 0};
     case CommandOp::put_signal:
-      return {c.op, c.peer, c.region, c.local_offset, c.remote_offset, c.bytes, c.signal_offset, c.signal_add};
-    case CommandOp::atomic_add: return {c.op, c.peer, c.region, 0, 0, 0, c.signal_offset, c.signal_add};
-    default: return {c.op, 0, 0, 0, 0, 0, 0, 0};
+      return {c.op,    c.peer,          c.region,    c.local_offset, c.remote_offset,
+              c.bytes, c.signal_offset, c.signal_add};
+    case CommandOp::atomic_add:
+      return {c.op, c.peer, c.region, 0, 0, 0, c.signal_offset, c.signal_add};
+    default:
+      return {c.op, 0, 0, 0, 0, 0, 0, 0};
   }
 }
 
@@ -71,10 +76,11 @@ class ScriptedFabric final : public transport::Fabric {
                            transport::RegionId signal_region, std::size_t signal_offset,
                            std::uint64_t signal_add) override {
     if (local != remote || signal_region != remote) fail(Errc::internal, "put_signal: regions differ");
-    return issue({transport::CommandOp::put_signal, peer, remote, local_offset, remote_offset, bytes, signal_offset,
-                  signal_add});
+    return issue({transport::CommandOp::put_signal, peer, remote, local_offset, remote_offset, bytes,
+                  signal_offset, signal_add});
   }
-  std::uint64_t atomic_add(int peer, transport::RegionId region, std::size_t offset, std::uint64_t add) override {
+  std::uint64_t atomic_add(int peer, transport::RegionId region, std::size_t offset,
+                           std::uint64_t add) override {
     return issue({transport::CommandOp::atomic_add, peer, region, 0, 0, 0, offset, add});
   }
   std::uint64_t fetch_add(int, transport::RegionId, std::size_t, std::uint64_t) override { return 0; }
@@ -108,7 +114,8 @@ class ScriptedFabric final : public transport::Fabric {
  private:
   std::uint64_t issue(const RecordedOp& op) {
     if (options_.fail_after != 0 && issued_ >= options_.fail_after) {
-      fail(Errc::peer_failure, "injected failure after " + std::to_string(options_.fail_after) + " operations");
+      fail(Errc::peer_failure,
+           "injected failure after " + std::to_string(options_.fail_after) + " operations");
     }
     if (options_.block_first && issued_ == 0) {
       Deadline deadline(std::chrono::seconds(30));

@@ -1,5 +1,5 @@
-// The command ring on its own (no proxy): layout shared with device code, credit arithmetic, wraparound of slot
-// indices and of the 64-bit counters.
+// The command ring on its own (no proxy): layout shared with device code, credit arithmetic, wraparound of
+// slot indices and of the 64-bit counters.
 #include <catch2/catch.hpp>
 #include <cstddef>
 #include <cstdint>
@@ -32,7 +32,9 @@ struct HandRing {
   CommandRingProducer producer{};
 };
 
-Command numbered(std::uint64_t n) { return make_put(static_cast<std::uint16_t>(n % 7), 1, n, n * 3, 64); }
+Command numbered(std::uint64_t n) {
+  return make_put(static_cast<std::uint16_t>(n % 7), 1, n, n * 3, 64);
+}
 
 }  // namespace
 

@@ -16,12 +16,12 @@
 
 using namespace std::chrono_literals;
 using namespace ferry::transport;
+using Catch::Matchers::Contains;
 using ferry::Errc;
 using ferry::test::expected_op;
 using ferry::test::RecordedOp;
 using ferry::test::ScriptedFabric;
 using ferry::test::ScriptedFabricOptions;
-using Catch::Matchers::Contains;
 
 namespace {
 
@@ -35,7 +35,8 @@ ProxyOptions test_options(int rings = 1, std::uint32_t slots = 8, std::size_t ma
   return options;
 }
 
-// A random but valid command; `tag` lands in local_offset's high bits so the ring of origin can be told apart.
+// A random but valid command; `tag` lands in local_offset's high bits so the ring of origin can be told
+// apart.
 Command random_command(std::mt19937_64& rng, std::uint64_t tag) {
   std::uint64_t n = rng();
   auto peer = static_cast<std::uint16_t>(n % 9);
@@ -46,9 +47,12 @@ Command random_command(std::mt19937_64& rng, std::uint64_t tag) {
   auto signal = static_cast<std::uint32_t>(rng() & 0xfffffff8u);
   auto add = static_cast<std::uint32_t>(1 + (n >> 56));
   switch (n % 3) {
-    case 0: return make_put(peer, region, local, remote, bytes);
-    case 1: return make_put_signal(peer, region, local, remote, bytes, signal, add);
-    default: return make_atomic_add(peer, region, signal, add);
+    case 0:
+      return make_put(peer, region, local, remote, bytes);
+    case 1:
+      return make_put_signal(peer, region, local, remote, bytes, signal, add);
+    default:
+      return make_atomic_add(peer, region, signal, add);
   }
 }
 
@@ -192,7 +196,8 @@ TEST_CASE("a fabric that throws reaches the producer as an error, not a hang", "
   CHECK(ferry::Clock::now() - start < 10s);
   CHECK(code == Errc::peer_failure);
   CHECK_THAT(message, Contains("injected failure after 100 operations"));
-  CHECK_THAT(message, Contains("command ring 0") && Contains("command #100") && Contains("put_signal peer 3"));
+  CHECK_THAT(message,
+             Contains("command ring 0") && Contains("command #100") && Contains("put_signal peer 3"));
   CHECK(ring.completed() == 100);
   // Every later wait and Proxy::check_error report the same failure.
   CHECK_THROWS_WITH(ring.wait_completed(ring.posted()), Contains("injected failure"));

@@ -36,6 +36,7 @@ void register_launch(CLI::App& app, int& exit_code) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--no-prefix", parsed->no_prefix, "Do not prefix the ranks' output lines with [r<rank>]");
+  // After `--` every word belongs to the command, even those that look like options (sh -c ...).
   cmd->add_option("command", parsed->options.command, "The command every rank runs (put it after --)")
       ->required();
 

@@ -15,9 +15,9 @@ namespace {
 using ferry::transport::MemoryKind;
 
 constexpr int kSlots = 8;
-constexpr std::size_t kSlotBytes = std::size_t{64} << 10;
+constexpr std::size_t kSlotBytes = std::size_t{1} << 20;  // larger than one tcp segment: multi-fragment puts
 
-// Payload size of round `round` from `src`: log-uniform in [0, 64 KiB] (0 = a bare signal).
+// Payload size of round `round` from `src`: log-uniform in [1 B, 1 MiB], one round in 16 a bare signal (0 B).
 std::size_t round_bytes(std::uint64_t seed, int src, std::uint64_t round) {
   std::uint64_t x =
       pattern_byte(seed, src, round, 7, 0) | (std::uint64_t(pattern_byte(seed, src, round, 7, 1)) << 8);

@@ -1,5 +1,9 @@
 #include "fabric/ucx_fabric.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -53,24 +57,25 @@ void UcxFabric::set_up_context() {
   check_status(ucp_config_read(nullptr, nullptr, &raw), "ucp_config_read");
   std::unique_ptr<ucp_config_t, ConfigDeleter> config(raw);
 
-  // Defaults ferry prefers; a UCX_* variable the user set always wins.
-  auto prefer = [&](const char* name, const std::string& value) {
-    std::string variable = std::string("UCX_") + name;
-    if (std::getenv(variable.c_str()) != nullptr) return;
-    ucs_status_t status = ucp_config_modify(config.get(), name, value.c_str());
+  // Defaults ferry prefers; a UCX_* variable the user set always wins. `key` is what ucp_config_modify takes:
+  // a UCP field, or a transport's field without its prefix (UCX 1.13 hands unknown keys to every transport).
+  auto prefer = [&](const char* variable, const char* key, const std::string& value) {
+    if (std::getenv(variable) != nullptr) return;
+    ucs_status_t status = ucp_config_modify(config.get(), key, value.c_str());
     if (status != UCS_OK)
-      fail(Errc::internal, "ucx: cannot set " + variable + "=" + value + ": " + status_text(status));
-    settings_.push_back(variable + "=" + value);
+      fail(Errc::internal,
+           std::string("ucx: cannot set ") + variable + "=" + value + ": " + status_text(status));
+    settings_.push_back(std::string(variable) + "=" + value);
   };
   // tcp moves RMA as active-message fragments of one segment each: the 8K default costs half the bandwidth.
-  prefer("TCP_TX_SEG_SIZE", "256K");
-  prefer("TCP_RX_SEG_SIZE", "256K");
+  prefer("UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "256K");
+  prefer("UCX_TCP_RX_SEG_SIZE", "RX_SEG_SIZE", "256K");
   // Shared-memory peers are only found dead by keepalive rounds (tcp notices the closed socket at once).
-  prefer("KEEPALIVE_INTERVAL", "1s");
+  prefer("UCX_KEEPALIVE_INTERVAL", "KEEPALIVE_INTERVAL", "1s");
   // Emulated nodes share one kernel, so UCX would pick shared memory between them and cross the node boundary
   // (and hang when the nodes have separate IPC namespaces): keep inter-node traffic on tcp as on a real
   // cluster.
-  if (detail::nodes_share_one_kernel(peers_)) prefer("TLS", "tcp,self");
+  if (detail::nodes_share_one_kernel(peers_)) prefer("UCX_TLS", "TLS", "tcp,self");
 
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
@@ -168,26 +173,34 @@ void UcxFabric::connect() {
   if (connected_) fail(Errc::invalid_argument, "ucx fabric: connect() called twice");
   Store& store = *peers_.store;
 
-  // 1. Worker addresses, then one endpoint per rank (self included: UCX loops back through its self
-  // transport).
+  // 1. Worker addresses and process ids, then one endpoint per rank (self included: UCX loops back through
+  // its
+  //    self transport).
   ucp_address_t* address = nullptr;
   std::size_t address_length = 0;
   check_status(ucp_worker_get_address(worker(), &address, &address_length), "ucp_worker_get_address");
-  Bytes mine(reinterpret_cast<std::uint8_t*>(address),
-             reinterpret_cast<std::uint8_t*>(address) + address_length);
+  detail::BlobWriter identity;
+  identity.u32(static_cast<std::uint32_t>(getpid()));
+  identity.bytes(address, address_length);
   ucp_worker_release_address(worker(), address);
-  auto addresses =
-      store.all_gather("ferry/fabric/ucx/address", peers_.rank, peers_.world_size, mine, peers_.timeout);
+  auto identities = store.all_gather("ferry/fabric/ucx/address", peers_.rank, peers_.world_size,
+                                     identity.take(), peers_.timeout);
 
   for (int peer = 0; peer < peers_.world_size; ++peer) {
+    detail::BlobReader reader(identities[peer], "ucx worker address of rank " + std::to_string(peer));
     PeerState& state = peer_states_.emplace_back();
     state.owner = this;
     state.rank = peer;
+    state.pid = static_cast<int>(reader.u32());
+    state.same_node = peer / peers_.local_size == peers_.node();
+    Bytes remote_address = reader.bytes();
+    reader.expect_end();
     ucp_ep_params_t ep_params{};
     ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                            UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep_params.address = reinterpret_cast<const ucp_address_t*>(addresses[peer].data());
-    ep_params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ep_params.address = reinterpret_cast<const ucp_address_t*>(remote_address.data());
+    // Within the node: shared memory (NONE), watched by check_liveness(); across nodes: UCX reports failures.
+    ep_params.err_mode = state.same_node ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER;
     ep_params.err_handler.cb = &UcxFabric::on_endpoint_error;
     ep_params.err_handler.arg = &state;
     ucs_status_t status = ucp_ep_create(worker(), &ep_params, &state.ep);
@@ -196,6 +209,7 @@ void UcxFabric::connect() {
       fail(Errc::system, "ucx: ucp_ep_create to " + peer_label(peers_, peer) + ": " + status_text(status));
     }
   }
+  next_liveness_check_ = Clock::now();
 
   // 2. Region descriptors: {address, bytes, packed rkey} per region.
   detail::BlobWriter writer;
@@ -272,8 +286,25 @@ void UcxFabric::fail_peer(int peer, const std::string& what) {
   throw Error(broken_code_, broken_);
 }
 
+void UcxFabric::check_liveness() {
+  // Reading the clock on every call would tax the proxy's hot loop: look at it every 256 calls.
+  if (liveness_countdown_-- != 0) return;
+  liveness_countdown_ = 256;
+  auto now = Clock::now();
+  if (now < next_liveness_check_) return;
+  next_liveness_check_ = now + std::chrono::milliseconds(50);
+  for (PeerState& state : peer_states_) {
+    if (!state.same_node || state.rank == peers_.rank || state.failure != UCS_OK || state.pid <= 0) continue;
+    if (::kill(state.pid, 0) != 0 && errno == ESRCH) {
+      state.failure = UCS_ERR_CONNECTION_RESET;
+      state.failure_reason = "its process (pid " + std::to_string(state.pid) + ") no longer exists";
+    }
+  }
+}
+
 void UcxFabric::throw_if_failed() {
   if (!broken_.empty()) throw Error(broken_code_, broken_);
+  check_liveness();
   for (const PeerState& state : peer_states_) {
     if (state.failure != UCS_OK) fail_peer(state.rank, "connection to");
   }
@@ -455,6 +486,7 @@ std::uint64_t UcxFabric::fetch_add(int peer, RegionId region, std::size_t offset
         backoff.reset();
         continue;
       }
+      check_liveness();
       if (peer_states_[peer].failure != UCS_OK || deadline.expired()) break;
       backoff.pause();
     }

@@ -72,7 +72,11 @@ class UcxFabric final : public Fabric {
     ucp_ep_h ep = nullptr;
     std::vector<RemoteRegion> regions;
     std::size_t in_flight = 0;
-    ucs_status_t failure = UCS_OK;  // set by the endpoint error callback or a failed request
+    ucs_status_t failure =
+        UCS_OK;                  // set by the endpoint error callback, a failed request or the liveness check
+    std::string failure_reason;  // when the liveness check found the process gone
+    int pid = 0;                 // the peer's process id (meaningful on the same node only)
+    bool same_node = false;
   };
   // One posted operation (put_signal counts as one with two UCX requests). Lives in ops_, a pool with stable
   // addresses, because UCX callbacks point at it.
@@ -97,6 +101,8 @@ class UcxFabric final : public Fabric {
   void check_usable(const char* op) const;
   [[noreturn]] void fail_peer(int peer, const std::string& what);
   void throw_if_failed();
+  // Rate-limited: marks same-node peers whose process no longer exists as failed.
+  void check_liveness();
   const RemoteRegion& remote_region(const char* op, int peer, RegionId region, std::size_t offset,
                                     std::size_t bytes) const;
   const Region& local_region(const char* op, RegionId region, std::size_t offset, std::size_t bytes) const;
@@ -125,6 +131,8 @@ class UcxFabric final : public Fabric {
   std::string broken_;  // non-empty once a failure made the fabric unusable
   Errc broken_code_ = Errc::internal;
   bool connected_ = false;
+  std::uint32_t liveness_countdown_ = 0;
+  Clock::time_point next_liveness_check_{};
 };
 
 }  // namespace ferry::transport

@@ -54,7 +54,10 @@ class DeviceScope {
 class CudaIpcPeerMemory final : public PeerMemory {
  public:
   CudaIpcPeerMemory(int device, std::size_t bytes, int local_rank, int local_size)
-      : device_(device), bytes_(bytes), local_rank_(local_rank), pointers_(static_cast<std::size_t>(local_size)),
+      : device_(device),
+        bytes_(bytes),
+        local_rank_(local_rank),
+        pointers_(static_cast<std::size_t>(local_size)),
         imported_(static_cast<std::size_t>(local_size), false) {}
 
   ~CudaIpcPeerMemory() override {
@@ -69,8 +72,8 @@ class CudaIpcPeerMemory final : public PeerMemory {
   }
 
   void allocate() {
-    check(cudaMalloc(&own_, bytes_), "cudaMalloc(" + std::to_string(bytes_) + " bytes) on device " +
-                                         std::to_string(device_));
+    check(cudaMalloc(&own_, bytes_),
+          "cudaMalloc(" + std::to_string(bytes_) + " bytes) on device " + std::to_string(device_));
     check(cudaMemset(own_, 0, bytes_), "cudaMemset");
     check(cudaDeviceSynchronize(), "cudaDeviceSynchronize after cudaMemset");
     pointers_[static_cast<std::size_t>(local_rank_)] = own_;
@@ -86,7 +89,8 @@ class CudaIpcPeerMemory final : public PeerMemory {
   void* peer(int local_rank) override {
     if (local_rank < 0 || local_rank >= static_cast<int>(pointers_.size())) {
       fail(Errc::invalid_argument, "cuda_ipc peer memory: local rank " + std::to_string(local_rank) +
-                                       " is outside the node's " + std::to_string(pointers_.size()) + " ranks");
+                                       " is outside the node's " + std::to_string(pointers_.size()) +
+                                       " ranks");
     }
     return pointers_[static_cast<std::size_t>(local_rank)];
   }
@@ -139,8 +143,8 @@ std::unique_ptr<PeerMemory> make_cuda_ipc_peer_memory(const Peers& peers, std::s
                                 (status == cudaSuccess ? "0 devices" : cudaGetErrorName(status)) + ")");
   }
   if (device < 0 || device >= count) {
-    fail(Errc::invalid_argument, "cuda_ipc peer memory: device " + std::to_string(device) + " is outside the " +
-                                     std::to_string(count) + " visible GPUs");
+    fail(Errc::invalid_argument, "cuda_ipc peer memory: device " + std::to_string(device) +
+                                     " is outside the " + std::to_string(count) + " visible GPUs");
   }
 
   DeviceScope scope(device);
@@ -188,8 +192,8 @@ std::unique_ptr<PeerMemory> make_cuda_ipc_peer_memory(const Peers& peers, std::s
     std::memcpy(&peer_handle, handle_bytes.data(), sizeof(peer_handle));
     void* mapped = nullptr;
     check(cudaIpcOpenMemHandle(&mapped, peer_handle, cudaIpcMemLazyEnablePeerAccess),
-          "cudaIpcOpenMemHandle for rank " + std::to_string(peer_rank) + " (its GPU " + std::to_string(peer_device) +
-              ")");
+          "cudaIpcOpenMemHandle for rank " + std::to_string(peer_rank) + " (its GPU " +
+              std::to_string(peer_device) + ")");
     memory->set_peer(local, mapped, true);
   }
   peers.store->barrier(node_key + "/opened", peers.local_rank, peers.local_size, peers.timeout);

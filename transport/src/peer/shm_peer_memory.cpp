@@ -32,7 +32,8 @@ std::string sanitize(const std::string& text, const char* what, std::size_t max_
   }
   std::string out = text;
   for (char& c : out) {
-    bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.';
+    bool keep =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.';
     if (!keep) c = '_';
   }
   return out;
@@ -71,7 +72,8 @@ class Mapping {
   std::size_t bytes_ = 0;
 };
 
-// Unlinks a segment name when set-up fails before the regular unlink, so a failed set-up leaves nothing behind.
+// Unlinks a segment name when set-up fails before the regular unlink, so a failed set-up leaves nothing
+// behind.
 class UnlinkGuard {
  public:
   explicit UnlinkGuard(std::string name) : name_(std::move(name)) {}
@@ -101,23 +103,27 @@ Mapping map_segment(int fd, const std::string& name, std::size_t bytes) {
   return Mapping(base, bytes);
 }
 
-// Creates, sizes and maps this rank's own segment. The pages are reserved up front (posix_fallocate), so a full
-// /dev/shm is an error here rather than a SIGBUS on first touch.
+// Creates, sizes and maps this rank's own segment. The pages are reserved up front (posix_fallocate), so a
+// full /dev/shm is an error here rather than a SIGBUS on first touch.
 Mapping create_own_segment(const std::string& name, std::size_t bytes) {
   int raw = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
   if (raw < 0) {
     int err = errno;
     if (err == EEXIST) {
-      fail(Errc::system, "shm peer memory: segment " + name +
-                             " already exists: another job runs with the same job id and tag, or a crashed one "
-                             "left it behind (remove /dev/shm" + name + ")");
+      fail(Errc::system,
+           "shm peer memory: segment " + name +
+               " already exists: another job runs with the same job id and tag, or a crashed one "
+               "left it behind (remove /dev/shm" +
+               name + ")");
     }
     fail_errno("shm peer memory: shm_open(" + name + ", O_CREAT)", err);
   }
   Fd fd(raw);
-  UnlinkGuard unlink_on_failure(name);  // armed only now: an EEXIST above must not remove a stranger's segment
+  UnlinkGuard unlink_on_failure(
+      name);  // armed only now: an EEXIST above must not remove a stranger's segment
   if (ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
-    fail_errno("shm peer memory: ftruncate of segment " + name + " to " + std::to_string(bytes) + " bytes", errno);
+    fail_errno("shm peer memory: ftruncate of segment " + name + " to " + std::to_string(bytes) + " bytes",
+               errno);
   }
   int err = posix_fallocate(fd.get(), 0, static_cast<off_t>(bytes));
   if (err == ENOSPC) {
@@ -136,14 +142,16 @@ Mapping create_own_segment(const std::string& name, std::size_t bytes) {
 Mapping open_peer_segment(const std::string& name, std::size_t bytes, int peer_rank) {
   int raw = shm_open(name.c_str(), O_RDWR, 0);
   if (raw < 0) {
-    fail_errno("shm peer memory: shm_open of segment " + name + " of rank " + std::to_string(peer_rank), errno);
+    fail_errno("shm peer memory: shm_open of segment " + name + " of rank " + std::to_string(peer_rank),
+               errno);
   }
   Fd fd(raw);
   struct stat info {};
   if (fstat(fd.get(), &info) != 0) fail_errno("shm peer memory: fstat of segment " + name, errno);
   if (static_cast<std::size_t>(info.st_size) != bytes) {
-    fail(Errc::protocol, "shm peer memory: segment " + name + " of rank " + std::to_string(peer_rank) + " has " +
-                             std::to_string(info.st_size) + " bytes, expected " + std::to_string(bytes));
+    fail(Errc::protocol, "shm peer memory: segment " + name + " of rank " + std::to_string(peer_rank) +
+                             " has " + std::to_string(info.st_size) + " bytes, expected " +
+                             std::to_string(bytes));
   }
   return map_segment(fd.get(), name, bytes);
 }
@@ -157,7 +165,8 @@ class ShmPeerMemory final : public PeerMemory {
   void* peer(int local_rank) override {
     if (local_rank < 0 || local_rank >= static_cast<int>(mappings_.size())) {
       fail(Errc::invalid_argument, "shm peer memory: local rank " + std::to_string(local_rank) +
-                                       " is outside the node's " + std::to_string(mappings_.size()) + " ranks");
+                                       " is outside the node's " + std::to_string(mappings_.size()) +
+                                       " ranks");
     }
     return mappings_[static_cast<std::size_t>(local_rank)].base();
   }
@@ -206,12 +215,13 @@ std::vector<std::string> remove_shm_segments(const std::string& job_id) {
   return found;
 }
 
-std::unique_ptr<PeerMemory> make_shm_peer_memory(const Peers& peers, std::size_t bytes, const std::string& tag) {
+std::unique_ptr<PeerMemory> make_shm_peer_memory(const Peers& peers, std::size_t bytes,
+                                                 const std::string& tag) {
   check_peers(peers, "shm peer memory");
   if (bytes == 0) fail(Errc::invalid_argument, "shm peer memory: bytes is 0");
   const std::string own_name = shm_segment_name(peers.job_id, peers.node(), peers.local_rank, tag);
-  const std::string node_key = "ferry/shm/" + sanitize(tag, "tag", kMaxTagLength) + "/node" +
-                               std::to_string(peers.node());
+  const std::string node_key =
+      "ferry/shm/" + sanitize(tag, "tag", kMaxTagLength) + "/node" + std::to_string(peers.node());
 
   Mapping own = create_own_segment(own_name, bytes);
   UnlinkGuard unlink_guard(own_name);
@@ -232,18 +242,20 @@ std::unique_ptr<PeerMemory> make_shm_peer_memory(const Peers& peers, std::size_t
     Bytes name_bytes = reader.bytes();
     reader.expect_end();
     if (peer_bytes != bytes) {
-      fail(Errc::invalid_argument, "shm peer memory '" + tag + "': rank " + std::to_string(peer_rank) + " asked for " +
-                                       std::to_string(peer_bytes) + " bytes but rank " + std::to_string(peers.rank) +
-                                       " for " + std::to_string(bytes) + "; every local rank must ask for the same");
+      fail(Errc::invalid_argument, "shm peer memory '" + tag + "': rank " + std::to_string(peer_rank) +
+                                       " asked for " + std::to_string(peer_bytes) + " bytes but rank " +
+                                       std::to_string(peers.rank) + " for " + std::to_string(bytes) +
+                                       "; every local rank must ask for the same");
     }
     if (local == peers.local_rank) {
       mappings.push_back(std::move(own));
     } else {
-      mappings.push_back(open_peer_segment(std::string(name_bytes.begin(), name_bytes.end()), bytes, peer_rank));
+      mappings.push_back(
+          open_peer_segment(std::string(name_bytes.begin(), name_bytes.end()), bytes, peer_rank));
     }
   }
-  // Everyone has mapped everyone: the names are no longer needed, and unlinking now means no crash from here on
-  // can leave anything in /dev/shm.
+  // Everyone has mapped everyone: the names are no longer needed, and unlinking now means no crash from here
+  // on can leave anything in /dev/shm.
   peers.store->barrier(node_key + "/mapped", peers.local_rank, peers.local_size, peers.timeout);
   unlink_guard.unlink_now();
   return std::make_unique<ShmPeerMemory>(std::move(mappings), peers.local_rank, bytes);

@@ -1,5 +1,5 @@
-// The producer's side of a command ring: posting with credit waits, completion waits, and surfacing the proxy's
-// recorded error as a ferry::Error.
+// The producer's side of a command ring: posting with credit waits, completion waits, and surfacing the
+// proxy's recorded error as a ferry::Error.
 #include <cstring>
 #include <string>
 
@@ -58,12 +58,14 @@ void ProducerRing::post(const Command& command) {
   }
 }
 
-std::uint64_t ProducerRing::completed() const { return ring_load_acquire(&producer_.ring.control->completed); }
+std::uint64_t ProducerRing::completed() const {
+  return ring_load_acquire(&producer_.ring.control->completed);
+}
 
 void ProducerRing::wait_completed(std::uint64_t count) {
   if (count > producer_.tail) {
-    fail(Errc::invalid_argument, describe() + ": waiting for " + std::to_string(count) +
-                                     " completions, more than were posted");
+    fail(Errc::invalid_argument,
+         describe() + ": waiting for " + std::to_string(count) + " completions, more than were posted");
   }
   if (completed() >= count) return;
   Deadline deadline(timeout_);
@@ -80,9 +82,10 @@ void ProducerRing::wait_completed(std::uint64_t count) {
 
 CommandRingView ProducerRing::device_view() const {
   if (device_view_.slots == nullptr) {
-    fail(Errc::unsupported, "command ring " + std::to_string(index_) +
-                                " lives in ordinary host memory, not mapped for a GPU (RingMemory::host, or no "
-                                "CUDA device when the proxy was created)");
+    fail(Errc::unsupported,
+         "command ring " + std::to_string(index_) +
+             " lives in ordinary host memory, not mapped for a GPU (RingMemory::host, or no "
+             "CUDA device when the proxy was created)");
   }
   return device_view_;
 }

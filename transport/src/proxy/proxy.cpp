@@ -19,11 +19,16 @@ constexpr std::uint32_t kBatch = 64;
 
 const char* op_name(CommandOp op) {
   switch (op) {
-    case CommandOp::nop: return "nop";
-    case CommandOp::put: return "put";
-    case CommandOp::put_signal: return "put_signal";
-    case CommandOp::atomic_add: return "atomic_add";
-    case CommandOp::flush: return "flush";
+    case CommandOp::nop:
+      return "nop";
+    case CommandOp::put:
+      return "put";
+    case CommandOp::put_signal:
+      return "put_signal";
+    case CommandOp::atomic_add:
+      return "atomic_add";
+    case CommandOp::flush:
+      return "flush";
   }
   return "unknown";
 }
@@ -58,8 +63,9 @@ bool record_error(CommandRingControl* control, Errc code, const std::string& mes
 
 }  // namespace
 
-// The consumer side of one ring; touched only by the proxy thread that drains it.
-struct RingConsumer {
+// The consumer side of one ring; touched only by the proxy thread that drains it (own cache line: neighbours
+// in the vector belong to other threads).
+struct alignas(64) RingConsumer {
   int index = 0;
   CommandRingView view{};
   std::uint64_t head = 0;       // next command to execute
@@ -103,19 +109,20 @@ struct Proxy::Impl {
 std::uint64_t Proxy::Impl::execute(ProxyWorker& worker, const Command& command) {
   Fabric& fabric = *worker.fabric;
   switch (command.op) {
-    case CommandOp::nop: return worker.last_ticket;
+    case CommandOp::nop:
+      return worker.last_ticket;
     case CommandOp::put:
       worker.last_ticket = fabric.put(command.peer, command.region, command.local_offset, command.region,
                                       command.remote_offset, command.bytes);
       return worker.last_ticket;
     case CommandOp::put_signal:
-      worker.last_ticket =
-          fabric.put_signal(command.peer, command.region, command.local_offset, command.region,
-                            command.remote_offset, command.bytes, command.region, command.signal_offset,
-                            command.signal_add);
+      worker.last_ticket = fabric.put_signal(command.peer, command.region, command.local_offset,
+                                             command.region, command.remote_offset, command.bytes,
+                                             command.region, command.signal_offset, command.signal_add);
       return worker.last_ticket;
     case CommandOp::atomic_add:
-      worker.last_ticket = fabric.atomic_add(command.peer, command.region, command.signal_offset, command.signal_add);
+      worker.last_ticket =
+          fabric.atomic_add(command.peer, command.region, command.signal_offset, command.signal_add);
       return worker.last_ticket;
     case CommandOp::flush:
       // Blocks this thread (and so its other rings) until everything posted is visible; bounded by the
@@ -137,8 +144,8 @@ bool Proxy::Impl::drain(ProxyWorker& worker, RingConsumer& ring) {
       ticket = execute(worker, command);
     } catch (const Error& e) {
       throw Error(e.code(), "proxy thread " + std::to_string(worker.index) + ", command ring " +
-                                std::to_string(ring.index) + ", command #" + std::to_string(ring.head) + " (" +
-                                describe(command) + "): " + e.what());
+                                std::to_string(ring.index) + ", command #" + std::to_string(ring.head) +
+                                " (" + describe(command) + "): " + e.what());
     }
     ring.pending[ring.pending_end & (ring.pending.size() - 1)] = ticket;
     ++ring.pending_end;
@@ -189,7 +196,8 @@ void Proxy::Impl::run(ProxyWorker& worker) {
   } catch (const Error& e) {
     fail_rings(worker, e.code(), e.what());
   } catch (const std::exception& e) {
-    fail_rings(worker, Errc::internal, "proxy thread " + std::to_string(worker.index) + " failed: " + e.what());
+    fail_rings(worker, Errc::internal,
+               "proxy thread " + std::to_string(worker.index) + " failed: " + e.what());
   }
 }
 
@@ -219,20 +227,23 @@ Proxy::Proxy(std::vector<std::unique_ptr<Fabric>> fabrics, const ProxyOptions& o
     if (!fabrics[i]) fail(Errc::invalid_argument, "Proxy: fabric " + std::to_string(i) + " is null");
   }
   if (options.rings < 1) {
-    fail(Errc::invalid_argument, "ProxyOptions::rings is " + std::to_string(options.rings) + "; need at least 1");
+    fail(Errc::invalid_argument,
+         "ProxyOptions::rings is " + std::to_string(options.rings) + "; need at least 1");
   }
   if (!ring_capacity_ok(options.ring_slots) || options.ring_slots > (1u << 30)) {
     fail(Errc::invalid_argument, "ProxyOptions::ring_slots is " + std::to_string(options.ring_slots) +
                                      "; need a power of two up to 2^30");
   }
   if (options.max_in_flight == 0) fail(Errc::invalid_argument, "ProxyOptions::max_in_flight is 0");
-  if (options.timeout <= Duration::zero()) fail(Errc::invalid_argument, "ProxyOptions::timeout is not positive");
+  if (options.timeout <= Duration::zero())
+    fail(Errc::invalid_argument, "ProxyOptions::timeout is not positive");
 
   Impl& impl = *impl_;
   impl.options = options;
   impl.fabrics = std::move(fabrics);
   const std::size_t pending_slots = round_up_to_power_of_two(options.max_in_flight);
-  const std::size_t ring_bytes = sizeof(CommandRingControl) + std::size_t{options.ring_slots} * sizeof(Command);
+  const std::size_t ring_bytes =
+      sizeof(CommandRingControl) + std::size_t{options.ring_slots} * sizeof(Command);
   impl.consumers.resize(static_cast<std::size_t>(options.rings));
   for (int r = 0; r < options.rings; ++r) {
     auto memory = std::make_unique<detail::RingAllocation>(ring_bytes, options.memory);
@@ -244,7 +255,7 @@ Proxy::Proxy(std::vector<std::unique_ptr<Fabric>> fabrics, const ProxyOptions& o
       device.slots = reinterpret_cast<Command*>(at(memory->device(), sizeof(CommandRingControl)));
       device.control = reinterpret_cast<CommandRingControl*>(memory->device());
     }
-    impl.rings.emplace_back(new ProducerRing(r, host, device, options.timeout));
+    impl.rings.push_back(std::unique_ptr<ProducerRing>(new ProducerRing(r, host, device, options.timeout)));
     RingConsumer& consumer = impl.consumers[static_cast<std::size_t>(r)];
     consumer.index = r;
     consumer.view = host;
@@ -263,14 +274,17 @@ Proxy::Proxy(std::vector<std::unique_ptr<Fabric>> fabrics, const ProxyOptions& o
   }
   // Threads start last, once every structure they read is in place; a failure to start one stops the others.
   try {
-    for (auto& worker : impl.workers) worker->thread = std::thread([&impl, w = worker.get()] { impl.run(*w); });
+    for (auto& worker : impl.workers)
+      worker->thread = std::thread([&impl, w = worker.get()] { impl.run(*w); });
   } catch (const std::system_error& e) {
     stop();
     fail(Errc::system, std::string("Proxy: cannot start a proxy thread: ") + e.what());
   }
 }
 
-Proxy::~Proxy() { stop(); }
+Proxy::~Proxy() {
+  stop();
+}
 
 void Proxy::stop() {
   Impl& impl = *impl_;
@@ -282,16 +296,21 @@ void Proxy::stop() {
   impl.stopped = true;
   impl.marked_stopped.assign(impl.consumers.size(), false);
   for (RingConsumer& ring : impl.consumers) {
-    impl.marked_stopped[static_cast<std::size_t>(ring.index)] = record_error(ring.view.control, Errc::invalid_argument,
-                 "command ring " + std::to_string(ring.index) + ": the proxy was stopped (" +
-                     std::to_string(ring.head) + " commands executed, " + std::to_string(ring.completed) +
-                     " completed)");
+    impl.marked_stopped[static_cast<std::size_t>(ring.index)] =
+        record_error(ring.view.control, Errc::invalid_argument,
+                     "command ring " + std::to_string(ring.index) + ": the proxy was stopped (" +
+                         std::to_string(ring.head) + " commands executed, " + std::to_string(ring.completed) +
+                         " completed)");
   }
 }
 
-int Proxy::num_rings() const { return static_cast<int>(impl_->rings.size()); }
+int Proxy::num_rings() const {
+  return static_cast<int>(impl_->rings.size());
+}
 
-int Proxy::num_threads() const { return static_cast<int>(impl_->workers.size()); }
+int Proxy::num_threads() const {
+  return static_cast<int>(impl_->workers.size());
+}
 
 ProducerRing& Proxy::ring(int index) {
   if (index < 0 || index >= num_rings()) {

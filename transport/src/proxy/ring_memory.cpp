@@ -17,8 +17,9 @@ namespace {
 constexpr std::size_t kPage = 4096;
 
 #if defined(FERRY_HAVE_CUDA)
-// Why CUDA cannot give us mapped pinned memory here, or an empty string when it can. cudaGetDeviceCount leaves
-// its argument untouched on failure (cudaErrorInsufficientDriver without a GPU), so check the status first.
+// Why CUDA cannot give us mapped pinned memory here, or an empty string when it can. cudaGetDeviceCount
+// leaves its argument untouched on failure (cudaErrorInsufficientDriver without a GPU), so check the status
+// first.
 std::string cuda_unavailable_reason() {
   int count = 0;
   cudaError_t status = cudaGetDeviceCount(&count);
@@ -50,7 +51,8 @@ RingAllocation::RingAllocation(std::size_t bytes, RingMemory mode) : bytes_(byte
         reason = std::string("cudaHostGetDevicePointer: ") + cudaGetErrorName(status);
       } else {
         host_ = nullptr;
-        reason = std::string("cudaHostAlloc(") + std::to_string(bytes) + " bytes): " + cudaGetErrorName(status);
+        reason =
+            std::string("cudaHostAlloc(") + std::to_string(bytes) + " bytes): " + cudaGetErrorName(status);
       }
     }
     if (mode == RingMemory::cuda_mapped) {
@@ -64,7 +66,8 @@ RingAllocation::RingAllocation(std::size_t bytes, RingMemory mode) : bytes_(byte
   }
   std::size_t rounded = (bytes + kPage - 1) / kPage * kPage;
   host_ = std::aligned_alloc(kPage, rounded);
-  if (host_ == nullptr) fail_errno("command ring: aligned_alloc of " + std::to_string(rounded) + " bytes", errno);
+  if (host_ == nullptr)
+    fail_errno("command ring: aligned_alloc of " + std::to_string(rounded) + " bytes", errno);
   std::memset(host_, 0, rounded);
 }
 

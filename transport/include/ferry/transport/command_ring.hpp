@@ -1,13 +1,13 @@
 // The command ring: how a producer (a CUDA kernel, or a CPU channel worker) asks a proxy thread to drive the
-// fabric. The producer writes fixed-size 32-byte commands into a single-producer ring in host memory (pinned and
-// mapped for the GPU when CUDA is present); a proxy thread drains it, calls the fabric, and publishes how far it
-// has consumed (head: slots the producer may reuse, i.e. credits) and how many commands have completed (their
-// source bytes may be reused).
+// fabric. The producer writes fixed-size 32-byte commands into a single-producer ring in host memory (pinned
+// and mapped for the GPU when CUDA is present); a proxy thread drains it, calls the fabric, and publishes how
+// far it has consumed (head: slots the producer may reuse, i.e. credits) and how many commands have completed
+// (their source bytes may be reused).
 //
 // This header is shared by host and device code: plain structs, no std:: containers, every function FERRY_HD.
-// Memory ordering: the producer writes a slot, then publishes tail with a release store; the proxy acquires tail,
-// copies the slot, executes it, and returns credits with a release store of head. On the GPU the loads and stores
-// are ld.acquire / st.release at system scope (the ring lives in host memory, across PCIe).
+// Memory ordering: the producer writes a slot, then publishes tail with a release store; the proxy acquires
+// tail, copies the slot, executes it, and returns credits with a release store of head. On the GPU the loads
+// and stores are ld.acquire / st.release at system scope (the ring lives in host memory, across PCIe).
 //
 // Counters are 64-bit and never wrap in practice (2^64 commands); a slot index is counter & (capacity - 1).
 #pragma once
@@ -116,15 +116,16 @@ FERRY_HD inline std::uint64_t ring_credits(std::uint64_t tail, std::uint64_t hea
   return capacity - (tail - head);
 }
 
-// The producer's side of one ring. It is the only writer of tail, so it keeps its own copy, and it re-reads the
-// proxy's head only when the credits it last saw run out (one cross-core load per refill, not per command).
+// The producer's side of one ring. It is the only writer of tail, so it keeps its own copy, and it re-reads
+// the proxy's head only when the credits it last saw run out (one cross-core load per refill, not per
+// command).
 struct CommandRingProducer {
   CommandRingView ring;
   std::uint64_t tail;       // next command number to publish (== ring.control->tail)
   std::uint64_t head_seen;  // the proxy's head as last read
 
-  // Publishes `command` when a slot is free and returns true; returns false (nothing written) when the ring is
-  // full. Never blocks: the caller decides how to wait (and checks control->error while it does).
+  // Publishes `command` when a slot is free and returns true; returns false (nothing written) when the ring
+  // is full. Never blocks: the caller decides how to wait (and checks control->error while it does).
   FERRY_HD bool try_post(const Command& command) {
     if (ring_credits(tail, head_seen, ring.capacity) == 0) {
       head_seen = ring_load_acquire(&ring.control->head);
@@ -145,8 +146,8 @@ FERRY_HD inline Command make_put(std::uint16_t peer, std::uint8_t region, std::u
 FERRY_HD inline Command make_put_signal(std::uint16_t peer, std::uint8_t region, std::uint64_t local_offset,
                                         std::uint64_t remote_offset, std::uint32_t bytes,
                                         std::uint32_t signal_offset, std::uint32_t signal_add) {
-  return Command{CommandOp::put_signal, region, peer, bytes, local_offset, remote_offset, signal_offset,
-                 signal_add};
+  return Command{CommandOp::put_signal, region,        peer,          bytes,
+                 local_offset,          remote_offset, signal_offset, signal_add};
 }
 
 FERRY_HD inline Command make_atomic_add(std::uint16_t peer, std::uint8_t region, std::uint32_t signal_offset,
@@ -154,8 +155,12 @@ FERRY_HD inline Command make_atomic_add(std::uint16_t peer, std::uint8_t region,
   return Command{CommandOp::atomic_add, region, peer, 0, 0, 0, signal_offset, add};
 }
 
-FERRY_HD inline Command make_flush() { return Command{CommandOp::flush, 0, 0, 0, 0, 0, 0, 0}; }
+FERRY_HD inline Command make_flush() {
+  return Command{CommandOp::flush, 0, 0, 0, 0, 0, 0, 0};
+}
 
-FERRY_HD inline Command make_nop() { return Command{CommandOp::nop, 0, 0, 0, 0, 0, 0, 0}; }
+FERRY_HD inline Command make_nop() {
+  return Command{CommandOp::nop, 0, 0, 0, 0, 0, 0, 0};
+}
 
 }  // namespace ferry::transport

@@ -1,12 +1,13 @@
 // Intra-node peer memory: one region per local rank that every local rank of the node can load from and store
-// to directly. `shm` (POSIX shared memory, the CPU backend's stand-in for NVLink) and `cuda_ipc` (device memory
-// exported with cudaIpcGetMemHandle). Both are collective over the ranks of one node: every local rank calls the
-// same make_* with the same size and tag.
+// to directly. `shm` (POSIX shared memory, the CPU backend's stand-in for NVLink) and `cuda_ipc` (device
+// memory exported with cudaIpcGetMemHandle). Both are collective over the ranks of one node: every local rank
+// calls the same make_* with the same size and tag.
 //
-// shm segments are named "/ferry-<job>-<node>-<local rank>-<tag>" (job id and tag reduced to [A-Za-z0-9_.]), so
-// one job may hold several regions (one per tag) and jobs never collide. Each rank creates its own segment, every
-// rank maps every segment of its node, and after a node barrier each owner unlinks its own: from then on nothing
-// of the job remains in /dev/shm, even if a rank crashes later; the mappings live until the last munmap.
+// shm segments are named "/ferry-<job>-<node>-<local rank>-<tag>" (job id and tag reduced to [A-Za-z0-9_.]),
+// so one job may hold several regions (one per tag) and jobs never collide. Each rank creates its own
+// segment, every rank maps every segment of its node, and after a node barrier each owner unlinks its own:
+// from then on nothing of the job remains in /dev/shm, even if a rank crashes later; the mappings live until
+// the last munmap.
 #pragma once
 
 #include <cstddef>
@@ -32,8 +33,8 @@ class PeerMemory {
 };
 
 // Collective over the node. Zero-filled. Throws Errc::invalid_argument for bytes == 0, a size that differs
-// between local ranks, or a job id / tag that is empty or too long; Errc::system naming the segment and the call
-// when creating, sizing or mapping fails (a full /dev/shm is reported as such, not as a SIGBUS later);
+// between local ranks, or a job id / tag that is empty or too long; Errc::system naming the segment and the
+// call when creating, sizing or mapping fails (a full /dev/shm is reported as such, not as a SIGBUS later);
 // Errc::timeout when a local rank does not arrive within peers.timeout.
 std::unique_ptr<PeerMemory> make_shm_peer_memory(const Peers& peers, std::size_t bytes,
                                                  const std::string& tag = "peer");

@@ -9,18 +9,19 @@
 //
 // Threads and fabrics: a Fabric is single-threaded, so every proxy thread owns its own Fabric instance (the
 // caller creates them, collectively, one per thread, and registers the same regions in each); thread t drives
-// fabrics[t] and drains rings t, t + T, t + 2T, ... round-robin. Region ids in a command refer to the fabric of
-// the thread that drains its ring. We chose one fabric per thread over one shared fabric behind a lock because a
-// lock would serialize the threads on every operation, which is what several threads are meant to avoid.
+// fabrics[t] and drains rings t, t + T, t + 2T, ... round-robin. Region ids in a command refer to the fabric
+// of the thread that drains its ring. We chose one fabric per thread over one shared fabric behind a lock
+// because a lock would serialize the threads on every operation, which is what several threads are meant to
+// avoid.
 //
 // Each thread bounds the operations it has handed to its fabric and not yet seen complete (max_in_flight): at
 // the bound it stops draining and only progresses the fabric. It calls fabric->progress() on every pass, also
-// when idle (tcp targets only move bytes while they progress), and backs off (spin, yield, sleep) when nothing
-// moved, so idle proxies do not eat the cores of a crowded CI machine.
+// when idle (tcp targets only move bytes while they progress), and backs off (spin, yield, sleep) when
+// nothing moved, so idle proxies do not eat the cores of a crowded CI machine.
 //
-// Failure: when the fabric throws (or a command is malformed), the thread records the error — code and message
-// naming thread, ring and command — in every ring it drains and stops. Producer waits (for credit or completion)
-// see the error and throw ferry::Error with that message; every producer wait also has a deadline
+// Failure: when the fabric throws (or a command is malformed), the thread records the error — code and
+// message naming thread, ring and command — in every ring it drains and stops. Producer waits (for credit or
+// completion) see the error and throw ferry::Error with that message; every producer wait also has a deadline
 // (ProxyOptions::timeout). A producer never hangs on a dead proxy.
 #pragma once
 
@@ -36,16 +37,16 @@
 
 namespace ferry::transport {
 
-// Where ring memory comes from. automatic: pinned and mapped into the GPU's address space (cudaHostAlloc) when
-// this build has CUDA and a GPU is present, else ordinary page-aligned host memory (never mlock-ed: ulimit -l is
-// small on CI machines). host: always ordinary memory (CPU producers only; no CUDA context is created).
-// cuda_mapped: pinned and mapped, or throw Errc::unsupported.
+// Where ring memory comes from. automatic: pinned and mapped into the GPU's address space (cudaHostAlloc)
+// when this build has CUDA and a GPU is present, else ordinary page-aligned host memory (never mlock-ed:
+// ulimit -l is small on CI machines). host: always ordinary memory (CPU producers only; no CUDA context is
+// created). cuda_mapped: pinned and mapped, or throw Errc::unsupported.
 enum class RingMemory { automatic, host, cuda_mapped };
 
 struct ProxyOptions {
-  int rings = 1;                        // producer rings; ring i is drained by thread i % (number of fabrics)
-  std::uint32_t ring_slots = 1024;      // commands per ring, a power of two
-  std::size_t max_in_flight = 256;      // per proxy thread: posted to its fabric and not yet completed
+  int rings = 1;                    // producer rings; ring i is drained by thread i % (number of fabrics)
+  std::uint32_t ring_slots = 1024;  // commands per ring, a power of two
+  std::size_t max_in_flight = 256;  // per proxy thread: posted to its fabric and not yet completed
   RingMemory memory = RingMemory::automatic;
   Duration timeout = kDefaultTimeout;  // deadline of every producer wait
 };
@@ -58,7 +59,8 @@ class ProducerRing {
   ProducerRing& operator=(const ProducerRing&) = delete;
 
   // Publishes one command, waiting for a free slot (credit) when the ring is full. Throws the proxy's error
-  // when it has failed, and Errc::timeout naming ring, head and tail when no slot frees up before the deadline.
+  // when it has failed, and Errc::timeout naming ring, head and tail when no slot frees up before the
+  // deadline.
   void post(const Command& command);
   // Publishes without waiting; false when the ring is full. Throws the proxy's error when it has failed.
   bool try_post(const Command& command);
@@ -66,9 +68,11 @@ class ProducerRing {
   std::uint64_t posted() const { return producer_.tail; }
   // Commands of this ring whose fabric operation has completed (in posting order).
   std::uint64_t completed() const;
-  // Waits until completed() >= count. Throws the proxy's error, or Errc::timeout naming the ring and counters.
+  // Waits until completed() >= count. Throws the proxy's error, or Errc::timeout naming the ring and
+  // counters.
   void wait_completed(std::uint64_t count);
-  // Throws ferry::Error carrying the proxy's code and message when the proxy thread draining this ring failed.
+  // Throws ferry::Error carrying the proxy's code and message when the proxy thread draining this ring
+  // failed.
   void check_error() const;
 
   int index() const { return index_; }

@@ -1,0 +1,17 @@
+#include "ferry/runtime/group_peers.hpp"
+
+namespace ferry::runtime {
+
+transport::Peers group_peers(Group& group, Duration timeout) {
+  transport::Peers peers;
+  peers.store = &group.store();
+  peers.rank = group.rank();
+  peers.world_size = group.world_size();
+  peers.local_rank = group.local_rank();
+  peers.local_size = group.local_size();
+  peers.job_id = group.job().job_id;
+  peers.timeout = timeout;
+  return peers;
+}
+
+}  // namespace ferry::runtime
