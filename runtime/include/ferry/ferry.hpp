@@ -2,7 +2,12 @@
 // The umbrella header: include this one.
 #pragma once
 
+#include "ferry/buffer.hpp"
+#include "ferry/config.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/devices.hpp"
+#include "ferry/gate.hpp"
 #include "ferry/group.hpp"
+#include "ferry/layout.hpp"
+#include "ferry/tensor.hpp"
 #include "ferry/version.hpp"

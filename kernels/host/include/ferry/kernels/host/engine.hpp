@@ -1,0 +1,109 @@
+// The host executor of the dispatch/combine protocol for one rank.
+//
+// Channels are C = num_sms / 2 slices of the tokens. The engine runs them on W workers (the calling thread plus
+// W - 1 helper threads, W capped by the cores): worker w owns channels w, w + W, ... and steps every role of
+// each of its channels round-robin, so no worker ever waits for another worker of the same rank and a 2-core
+// machine cannot deadlock. A worker that makes no progress backs off; a channel that makes no progress for the
+// timeout fails the operation with an error naming rank, channel, stage, peer, head and tail.
+//
+// dispatch() and combine() are synchronous on the calling thread; ordering and asynchrony are the runtime's.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "ferry/core/deadline.hpp"
+#include "ferry/kernels/host/memory.hpp"
+#include "ferry/kernels/protocol/buffer_layout.hpp"
+#include "ferry/kernels/protocol/numeric.hpp"
+#include "ferry/kernels/protocol/step.hpp"
+
+namespace ferry::kernels::host {
+
+struct EngineOptions {
+  int rdma_chunk = 8;
+  int nvl_chunk = 4;
+  int workers = 1;
+  Duration timeout = kDefaultTimeout;
+};
+
+// What a dispatch leaves behind for combine and for a cached dispatch (the runtime's Handle holds one).
+struct DispatchRecord {
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+  std::int64_t num_experts = 0;
+  std::vector<std::int64_t> topk_idx;  // [T * K], the routing of this rank's tokens
+  // Receive side, [R * C]: tokens from (source, channel) and their first output row.
+  std::vector<std::int64_t> recv_count;
+  std::vector<std::int64_t> recv_offset;
+  std::int64_t num_recv = 0;
+  std::vector<std::int32_t> recv_src_rank;   // [num_recv]
+  std::vector<std::int32_t> recv_src_token;  // [num_recv]
+  // Forward side, [N * C]: tokens relayed from the rail partner on node n, and where their records start.
+  std::vector<std::int64_t> fwd_count;
+  std::vector<std::int64_t> fwd_offset;
+  std::vector<std::int32_t> fwd_token;  // in ring order
+  std::vector<std::uint32_t> fwd_mask;
+};
+
+// Where received rows go; sized by the caller once the number of received tokens is known.
+struct DispatchOutputs {
+  std::int64_t capacity = 0;  // rows; tokens past it are counted but dropped (worst-case sizing too small)
+  std::byte* recv_x = nullptr;
+  float* recv_x_scales = nullptr;
+  std::int64_t* recv_topk_idx = nullptr;
+  float* recv_topk_weights = nullptr;
+};
+
+struct DispatchJob {
+  protocol::PayloadKind kind = protocol::PayloadKind::bf16;
+  std::int64_t hidden = 0;
+  std::int64_t num_experts = 0;
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+  const std::byte* x = nullptr;
+  const float* x_scales = nullptr;
+  const std::int64_t* topk_idx = nullptr;  // validated by the caller (layout)
+  const float* topk_weights = nullptr;
+  const DispatchRecord* cached = nullptr;  // set: reuse this routing, skip notify, no topk travels
+  std::function<DispatchOutputs(std::int64_t num_recv)> allocate;
+};
+
+struct CombineJob {
+  protocol::PayloadKind kind = protocol::PayloadKind::bf16;
+  std::int64_t hidden = 0;
+  const std::byte* y = nullptr;  // [record.num_recv, hidden]
+  std::byte* out = nullptr;      // [record.num_tokens, hidden]
+  const DispatchRecord* record = nullptr;
+};
+
+// Cumulative traffic of one engine, by operation kind (notify is control traffic, never data).
+struct EngineTraffic {
+  protocol::Traffic dispatch;
+  protocol::Traffic combine;
+  protocol::Traffic notify;
+};
+
+class Engine {
+ public:
+  Engine(int rank, const protocol::BufferLayout& layout, RankMemory memory, const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  DispatchRecord dispatch(const DispatchJob& job);
+  void combine(const CombineJob& job);
+
+  int rank() const;
+  int workers() const;
+  const EngineTraffic& traffic() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::kernels::host

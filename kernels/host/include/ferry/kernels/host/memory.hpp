@@ -1,0 +1,45 @@
+// The memory a host executor runs over, behind two small interfaces so the same executor runs in one process
+// (LocalWorld: every rank's buffer in this address space) and across processes (shm peer memory for the ranks of
+// a node, the proxy's command ring and a fabric for the others).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace ferry::kernels::host {
+
+// Intra-node peer memory (the NVLink path): the registered buffer of every local rank of this node, this rank's
+// own included, mapped into this process.
+class NodeMemory {
+ public:
+  virtual ~NodeMemory() = default;
+  virtual std::byte* base(int local_rank) const = 0;
+};
+
+// One-sided writes into the registered buffers of ranks on other nodes; offsets are the same in every rank's
+// buffer. A writer belongs to one worker thread. Ordering contract: a signal becomes visible at the target only
+// after every earlier put of the same writer to that target has landed.
+class RemoteWriter {
+ public:
+  virtual ~RemoteWriter() = default;
+  virtual void put(int rank, std::size_t src_offset, std::size_t dst_offset, std::size_t bytes) = 0;
+  // Atomically adds `add` to the 64-bit word at `word_offset` in rank's buffer.
+  virtual void signal(int rank, std::size_t word_offset, std::uint64_t add) = 0;
+};
+
+class RemoteMemory {
+ public:
+  virtual ~RemoteMemory() = default;
+  virtual std::unique_ptr<RemoteWriter> open_writer() = 0;
+};
+
+// Everything one rank's executor needs; the pointers outlive the executor.
+struct RankMemory {
+  std::byte* local = nullptr;  // this rank's registered buffer (zeroed before first use)
+  std::size_t bytes = 0;
+  NodeMemory* node = nullptr;
+  RemoteMemory* remote = nullptr;
+};
+
+}  // namespace ferry::kernels::host

@@ -1,0 +1,57 @@
+// Checks every role applies to a message header before trusting it: a message from another operation, another
+// shape or an impossible sender means the ranks disagree about what they are doing, and the operation must fail
+// loudly instead of producing a wrong answer.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "ferry/kernels/protocol/hd.hpp"
+#include "ferry/kernels/protocol/message.hpp"
+#include "ferry/kernels/protocol/plan.hpp"
+#include "ferry/kernels/protocol/step.hpp"
+
+namespace ferry::kernels::protocol {
+
+FERRY_HD inline MessageHeader read_header(const std::byte* slot) {
+  MessageHeader header;
+  std::memcpy(&header, slot, sizeof(header));
+  return header;
+}
+
+FERRY_HD inline Fault make_fault(FaultKind kind, RingKind ring, int peer, std::int64_t got, std::int64_t expected) {
+  Fault fault;
+  fault.kind = kind;
+  fault.ring = ring;
+  fault.peer_rank = peer;
+  fault.got = got;
+  fault.expected = expected;
+  return fault;
+}
+
+// Operation and shape of a message that arrived from `peer` on `ring`.
+FERRY_HD inline Fault check_header(const MessageHeader& header, const OpContext& ctx, RingKind ring, int peer) {
+  if (header.operation != ctx.operation) {
+    return make_fault(FaultKind::wrong_operation, ring, peer, header.operation, ctx.operation);
+  }
+  if (header.hidden != ctx.hidden) return make_fault(FaultKind::wrong_hidden, ring, peer, header.hidden, ctx.hidden);
+  if (header.payload_kind != static_cast<std::uint8_t>(ctx.kind)) {
+    return make_fault(FaultKind::wrong_payload, ring, peer, header.payload_kind, static_cast<int>(ctx.kind));
+  }
+  return {};
+}
+
+FERRY_HD inline MessageHeader make_header(const OpContext& ctx, int source_rank, std::int64_t source_token,
+                                          std::uint32_t mask, int num_topk) {
+  MessageHeader header{};
+  header.source_rank = source_rank;
+  header.source_token = static_cast<std::int32_t>(source_token);
+  header.local_rank_mask = mask;
+  header.hidden = static_cast<std::int32_t>(ctx.hidden);
+  header.operation = ctx.operation;
+  header.payload_kind = static_cast<std::uint8_t>(ctx.kind);
+  header.num_topk = static_cast<std::uint8_t>(num_topk);
+  return header;
+}
+
+}  // namespace ferry::kernels::protocol

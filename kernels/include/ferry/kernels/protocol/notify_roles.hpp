@@ -1,0 +1,146 @@
+// The notify step before a dispatch: every rank tells every rank (itself included) how many tokens of each of
+// its channels it will receive, and how many touch its node (what a rail partner relays). The receivers turn
+// these counts into the prefix sums that place every token (plan.hpp), so the only host wait of a dispatch is
+// here. Notify rides its own small rings with the same credit rules as the data path, so consecutive
+// operations need no barrier.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "ferry/kernels/protocol/endpoints.hpp"
+#include "ferry/kernels/protocol/hd.hpp"
+#include "ferry/kernels/protocol/message.hpp"
+#include "ferry/kernels/protocol/plan.hpp"
+#include "ferry/kernels/protocol/step.hpp"
+
+namespace ferry::kernels::protocol {
+
+struct NotifyPlan {
+  OpContext ctx;
+  int num_topk = 0;
+  const std::int64_t* send_to_rank = nullptr;  // [R * C] this rank's tokens of channel c that rank r receives
+  const std::int64_t* send_to_node = nullptr;  // [N * C] this rank's tokens of channel c that touch node n
+  std::int64_t* recv_count = nullptr;          // [R * C] out: tokens this rank receives from (s, c)
+  std::int64_t* fwd_count = nullptr;           // [N * C] out: tokens this rank relays from its partner on node n
+};
+
+template <class At, class Io>
+class NotifySender {
+ public:
+  // sent: [R] flags.
+  FERRY_HD NotifySender(const NotifyPlan& plan, std::uint8_t* sent) : plan_(&plan), sent_(sent) {
+    for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) sent_[r] = 0;
+  }
+
+  FERRY_HD StepResult step(Io& io) {
+    const OpContext& ctx = plan_->ctx;
+    const Topology& topo = ctx.topo;
+    const NotifySlotFormat& format = ctx.layout->notify_slot;
+    StepResult result;
+    result.stage = Stage::notify_send;
+    bool done = true;
+    for (int target = 0; target < topo.num_ranks(); ++target) {
+      if (sent_[target]) continue;
+      Producer<At, Io> out(io, topo, ctx.layout->notify, 0, ctx.rank, target, target, ctx.rank);
+      if (out.credit() == 0) {
+        done = false;
+        if (result.wait.kind == WaitKind::none) result.wait = out.credit_wait(0, 1);
+        continue;
+      }
+      std::byte* slot = out.slot(out.tail());
+      NotifyHeader header{};
+      header.operation = ctx.operation;
+      header.source_rank = ctx.rank;
+      header.hidden = static_cast<std::int32_t>(ctx.hidden);
+      header.num_topk = plan_->num_topk;
+      header.num_experts = ctx.split.num_experts;
+      header.payload_kind = static_cast<std::uint8_t>(ctx.kind);
+      std::memcpy(slot, &header, sizeof(header));
+      const int channels = topo.num_channels;
+      std::memcpy(slot + format.to_rank, plan_->send_to_rank + target * channels, sizeof(std::int64_t) * channels);
+      std::memcpy(slot + format.to_node, plan_->send_to_node + topo.node_of(target) * channels,
+                  sizeof(std::int64_t) * channels);
+      out.publish(io, 1, format.used_bytes());
+      sent_[target] = 1;
+      result.progressed = true;
+    }
+    result.done = done;
+    return result;
+  }
+
+ private:
+  const NotifyPlan* plan_;
+  std::uint8_t* sent_;
+};
+
+template <class At, class Io>
+class NotifyReceiver {
+ public:
+  // received: [R] flags.
+  FERRY_HD NotifyReceiver(const NotifyPlan& plan, std::uint8_t* received) : plan_(&plan), received_(received) {
+    for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) received_[r] = 0;
+  }
+
+  FERRY_HD StepResult step(Io& io) {
+    const OpContext& ctx = plan_->ctx;
+    const Topology& topo = ctx.topo;
+    const NotifySlotFormat& format = ctx.layout->notify_slot;
+    const int channels = topo.num_channels;
+    StepResult result;
+    result.stage = Stage::notify_receive;
+    bool done = true;
+    for (int source = 0; source < topo.num_ranks() && !result.fault.any(); ++source) {
+      if (received_[source]) continue;
+      Consumer<At, Io> in(io, topo, ctx.layout->notify, 0, ctx.rank, source, source, ctx.rank);
+      if (in.ready() == 0) {
+        done = false;
+        if (result.wait.kind == WaitKind::none) result.wait = in.data_wait(0, 1);
+        continue;
+      }
+      const std::byte* slot = in.slot(in.head());
+      NotifyHeader header;
+      std::memcpy(&header, slot, sizeof(header));
+      result.fault = check(header, source);
+      if (result.fault.any()) break;
+      std::memcpy(plan_->recv_count + source * channels, slot + format.to_rank, sizeof(std::int64_t) * channels);
+      if (topo.local_of(source) == ctx.local()) {
+        std::memcpy(plan_->fwd_count + topo.node_of(source) * channels, slot + format.to_node,
+                    sizeof(std::int64_t) * channels);
+      }
+      in.release(io, 1);
+      received_[source] = 1;
+      result.progressed = true;
+    }
+    result.done = done && !result.fault.any();
+    return result;
+  }
+
+ private:
+  FERRY_HD Fault check(const NotifyHeader& header, int source) const {
+    const OpContext& ctx = plan_->ctx;
+    const RingKind ring = RingKind::notify;
+    if (header.operation != ctx.operation) {
+      return make_fault(FaultKind::wrong_operation, ring, source, header.operation, ctx.operation);
+    }
+    if (header.source_rank != source) {
+      return make_fault(FaultKind::wrong_source, ring, source, header.source_rank, source);
+    }
+    if (header.hidden != ctx.hidden) return make_fault(FaultKind::wrong_hidden, ring, source, header.hidden, ctx.hidden);
+    if (header.payload_kind != static_cast<std::uint8_t>(ctx.kind)) {
+      return make_fault(FaultKind::wrong_payload, ring, source, header.payload_kind, static_cast<int>(ctx.kind));
+    }
+    if (header.num_topk != plan_->num_topk) {
+      return make_fault(FaultKind::wrong_topk, ring, source, header.num_topk, plan_->num_topk);
+    }
+    if (header.num_experts != ctx.split.num_experts) {
+      return make_fault(FaultKind::wrong_experts, ring, source, header.num_experts, ctx.split.num_experts);
+    }
+    return {};
+  }
+
+  const NotifyPlan* plan_;
+  std::uint8_t* received_;
+};
+
+}  // namespace ferry::kernels::protocol

@@ -1,0 +1,89 @@
+// Element types a message can carry, and exact conversions between them and fp32.
+//
+// bf16 and fp8 e4m3 (the "fn" variant: no infinities, one NaN pattern per sign, largest finite 448) are stored
+// as raw bits so host and device agree to the bit. float -> narrow conversions round to nearest, ties to even;
+// e4m3 saturates to +-448 (CUDA's __NV_SATFINITE) instead of producing NaN for large values.
+#pragma once
+
+#include <cstdint>
+
+#include "ferry/kernels/protocol/hd.hpp"
+
+namespace ferry::kernels::protocol {
+
+enum class PayloadKind : std::uint8_t { bf16 = 0, fp32 = 1, fp8_e4m3 = 2 };
+
+FERRY_HD constexpr int element_bytes(PayloadKind kind) {
+  return kind == PayloadKind::fp32 ? 4 : kind == PayloadKind::bf16 ? 2 : 1;
+}
+
+// fp8 payloads carry one fp32 scale per block of this many values (the last block may be shorter).
+inline constexpr int kFp8BlockSize = 128;
+
+FERRY_HD constexpr std::int64_t scale_blocks(std::int64_t hidden) {
+  return (hidden + kFp8BlockSize - 1) / kFp8BlockSize;
+}
+
+FERRY_HD inline float bf16_to_float(std::uint16_t bits) { return bits_to_float(std::uint32_t{bits} << 16); }
+
+FERRY_HD inline std::uint16_t float_to_bf16(float value) {
+  std::uint32_t bits = float_bits(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);  // quiet NaN
+  std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);  // ties to even
+  return static_cast<std::uint16_t>((bits + rounding) >> 16);
+}
+
+FERRY_HD inline float e4m3_to_float(std::uint8_t bits) {
+  std::uint32_t sign = std::uint32_t{bits & 0x80u} << 24;
+  std::uint32_t exponent = (bits >> 3) & 0xfu;
+  std::uint32_t mantissa = bits & 0x7u;
+  if (exponent == 0xf && mantissa == 0x7) return bits_to_float(sign | 0x7fc00000u);
+  if (exponent == 0) {
+    float magnitude = static_cast<float>(mantissa) * (1.0f / 512.0f);  // mantissa/8 * 2^-6, exact
+    return sign ? -magnitude : magnitude;
+  }
+  return bits_to_float(sign | ((exponent - 7 + 127) << 23) | (mantissa << 20));
+}
+
+FERRY_HD inline std::uint8_t float_to_e4m3(float value) {
+  constexpr std::uint32_t kMaxFiniteBits = 0x43e00000u;  // 448.0f
+  constexpr std::uint8_t kMaxFinite = 0x7e;
+  std::uint32_t bits = float_bits(value);
+  auto sign = static_cast<std::uint8_t>((bits >> 24) & 0x80u);
+  std::uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7f;              // NaN
+  if (magnitude >= kMaxFiniteBits) return sign | kMaxFinite;     // saturate, infinities included
+  int exponent = static_cast<int>(magnitude >> 23) - 127;
+  if (exponent >= -6) {  // normal in e4m3: keep 3 of 23 mantissa bits
+    std::uint32_t mantissa = magnitude & 0x7fffffu;
+    std::uint32_t result = (static_cast<std::uint32_t>(exponent + 7) << 3) | (mantissa >> 20);
+    std::uint32_t rest = mantissa & 0xfffffu;
+    if (rest > 0x80000u || (rest == 0x80000u && (result & 1u))) ++result;  // a carry bumps the exponent
+    return sign | static_cast<std::uint8_t>(result > kMaxFinite ? kMaxFinite : result);
+  }
+  if (exponent < -10) return sign;  // below half the smallest subnormal (2^-10): rounds to zero
+  // Subnormal in e4m3: value / 2^-9 = significand * 2^(exponent - 14), rounded to an integer 0..8.
+  std::uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
+  int shift = 14 - exponent;  // 21..24
+  std::uint32_t result = significand >> shift;
+  std::uint32_t rest = significand & ((1u << shift) - 1u);
+  std::uint32_t half = 1u << (shift - 1);
+  if (rest > half || (rest == half && (result & 1u))) ++result;  // 8 is the smallest normal, encoded as 8
+  return sign | static_cast<std::uint8_t>(result);
+}
+
+// Element i of a bf16 or fp32 row as fp32 (combine rows and sums; fp8 rows are never summed).
+FERRY_HD inline float load_element(PayloadKind kind, const void* row, std::int64_t i) {
+  if (kind == PayloadKind::fp32) return static_cast<const float*>(row)[i];
+  return bf16_to_float(static_cast<const std::uint16_t*>(row)[i]);
+}
+
+FERRY_HD inline void store_element(PayloadKind kind, void* row, std::int64_t i, float value) {
+  if (kind == PayloadKind::fp32) {
+    static_cast<float*>(row)[i] = value;
+  } else {
+    static_cast<std::uint16_t*>(row)[i] = float_to_bf16(value);
+  }
+}
+
+}  // namespace ferry::kernels::protocol

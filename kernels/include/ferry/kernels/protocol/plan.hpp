@@ -1,0 +1,89 @@
+// The plain data one operation's roles read and write on one rank: inputs, outputs, the counts that place every
+// message, and the per-op parameters every message is checked against. Built by the executor (host or device)
+// after the notify step; roles only read it, except for the output arrays.
+//
+// Index conventions: [s * C + c] for per-(source rank, channel) arrays, [n * C + c] for per-(node, channel).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ferry/kernels/protocol/buffer_layout.hpp"
+#include "ferry/kernels/protocol/numeric.hpp"
+#include "ferry/kernels/protocol/routing.hpp"
+#include "ferry/kernels/protocol/topology.hpp"
+
+namespace ferry::kernels::protocol {
+
+// Parameters shared by every role of one operation on one rank.
+struct OpContext {
+  const BufferLayout* layout = nullptr;
+  Topology topo;
+  ExpertSplit split;
+  int rank = 0;
+  std::uint32_t operation = 0;  // sequence number of this operation; the same on every rank
+  PayloadKind kind = PayloadKind::bf16;
+  std::int64_t hidden = 0;
+  int rdma_chunk = 1;  // messages one step moves per fabric ring before publishing
+  int nvl_chunk = 1;   // messages one step moves per node ring before publishing
+
+  FERRY_HD int node() const { return topo.node_of(rank); }
+  FERRY_HD int local() const { return topo.local_of(rank); }
+  FERRY_HD std::size_t row_bytes() const { return static_cast<std::size_t>(hidden) * element_bytes(kind); }
+};
+
+// What the source, forwarder and receiver sides of one rank learn from the notify step (or a cached handle).
+struct RoutingCounts {
+  const std::int64_t* recv_count = nullptr;   // [R * C] tokens this rank receives from (source, channel)
+  const std::int64_t* recv_offset = nullptr;  // [R * C] first output row of that block: rows sorted by (s, t)
+  const std::int64_t* fwd_count = nullptr;    // [N * C] tokens this rank relays from its rail partner on node n
+  const std::int64_t* fwd_offset = nullptr;   // [N * C] first record of that block in fwd_token / fwd_mask
+};
+
+struct DispatchPlan {
+  OpContext ctx;
+  RoutingCounts counts;
+
+  // Source side: this rank's tokens.
+  const std::byte* x = nullptr;                 // [T, hidden] of ctx.kind
+  const float* x_scales = nullptr;              // [T, scale_blocks(hidden)] when fp8
+  const std::int64_t* topk_idx = nullptr;       // [T, K]
+  const float* topk_weights = nullptr;          // [T, K]
+  bool with_topk = true;                        // false: no topk travels (cached dispatch)
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+
+  // Receive side: rows [0, capacity) exist; rows past capacity are counted but dropped.
+  std::int64_t capacity = 0;
+  std::byte* recv_x = nullptr;
+  float* recv_x_scales = nullptr;
+  std::int64_t* recv_topk_idx = nullptr;  // [rows, K] local expert ids, -1 elsewhere (when topk travels)
+  float* recv_topk_weights = nullptr;     // [rows, K] 0 where the expert is not local
+  std::int32_t* recv_src_rank = nullptr;  // [rows] recorded for combine
+  std::int32_t* recv_src_token = nullptr;
+
+  // Forward side: what was relayed, in ring order, recorded for combine.
+  std::int32_t* fwd_token = nullptr;
+  std::uint32_t* fwd_mask = nullptr;
+};
+
+struct CombinePlan {
+  OpContext ctx;
+  RoutingCounts counts;
+
+  // Receive side of the dispatch: this rank's result rows, in the dispatch's output order.
+  const std::byte* y = nullptr;  // [rows, hidden] of ctx.kind
+  const std::int32_t* recv_src_token = nullptr;
+
+  // Forward side: the dispatch's relay records.
+  const std::int32_t* fwd_token = nullptr;
+  const std::uint32_t* fwd_mask = nullptr;
+
+  // Source side: the dispatch's routing and the combined output.
+  const std::int64_t* topk_idx = nullptr;  // [T, K]
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+  std::byte* out = nullptr;  // [T, hidden] of ctx.kind
+};
+
+}  // namespace ferry::kernels::protocol

@@ -1,0 +1,201 @@
+// ferry::Buffer — MoE dispatch and combine for one rank (DeepEP's Buffer, normal mode).
+//
+//   ferry::Group group = ferry::Group::from_env();              // one process per rank (ferry launch, torchrun...)
+//   ferry::Buffer buffer(group, config);                        // or: Buffer(local_cluster, rank), ranks as threads
+//   ferry::Layout layout = buffer.get_layout(topk_idx, num_experts);
+//   auto dispatched = buffer.dispatch({x, {}, topk_idx, topk_weights}, layout);   // returns at once
+//   ...                                                                          // overlap compute here
+//   ferry::DispatchResult& got = dispatched.wait();     // recv_x, recv_topk_idx, recv_topk_weights, ...
+//   ferry::Tensor y = experts(got.recv_x, got.recv_topk_idx, got.recv_topk_weights);   // weight rows here
+//   ferry::Tensor out = buffer.combine(y, got.handle).wait().out;                   // [T, H], summed
+//
+// Every operation is collective: all ranks issue the same sequence of dispatch / combine calls. Operations of
+// one Buffer run in issue order on its own threads; each returns a Pending whose Event says when it finished
+// and rethrows its error. Inputs are not copied: keep them alive until the Event completes. After an operation
+// fails, the Buffer refuses further operations (its rings are in an unknown state).
+//
+// Determinism: received rows are ordered by (source rank, source token); combine sums in fp32 in a fixed order
+// (local ranks ascending at the forwarder, rounded to the row type, then nodes ascending at the source), so
+// results are identical bit for bit on every run. Combine does NOT apply topk weights (as DeepEP): weight the
+// expert outputs before combining them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "ferry/config.hpp"
+#include "ferry/group.hpp"
+#include "ferry/layout.hpp"
+#include "ferry/tensor.hpp"
+
+namespace ferry {
+
+namespace kernels::host {
+struct DispatchRecord;
+}
+
+// Completion of one operation.
+class Event {
+ public:
+  Event();  // an event that has already completed
+  bool test() const;  // finished, successfully or not
+  void wait() const;  // blocks until finished; rethrows the operation's error
+
+  struct State;
+  explicit Event(std::shared_ptr<State> state);
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// The result of an operation that may still be running.
+template <typename T>
+class Pending {
+ public:
+  Pending(Event event, std::shared_ptr<T> value) : event_(std::move(event)), value_(std::move(value)) {}
+  const Event& event() const { return event_; }
+  bool test() const { return event_.test(); }
+  T& wait() {
+    event_.wait();
+    return *value_;
+  }
+
+ private:
+  Event event_;
+  std::shared_ptr<T> value_;
+};
+
+// What a dispatch leaves for combine and for a cached dispatch of the same routing.
+class Handle {
+ public:
+  Handle() = default;
+  bool valid() const { return record_ != nullptr; }
+  std::int64_t num_tokens() const;       // T of this rank's dispatch
+  std::int64_t num_recv_tokens() const;  // tokens this rank received
+  std::int64_t recv_rows() const { return recv_rows_; }  // rows of the receive tensors (>= received in worst case)
+  // Source rank and source token of every received row.
+  std::span<const std::int32_t> recv_src_rank() const;
+  std::span<const std::int32_t> recv_src_token() const;
+
+ private:
+  friend class Buffer;
+  std::shared_ptr<const kernels::host::DispatchRecord> record_;
+  std::int64_t recv_rows_ = 0;
+  int rank_ = -1;
+};
+
+struct DispatchInputs {
+  TensorView x;             // [T, H] bf16, fp32 or fp8_e4m3
+  TensorView x_scales;      // [T, ceil(H / 128)] fp32 when x is fp8_e4m3 (one scale per 128 values), else empty
+  TensorView topk_idx;      // [T, K] int64, -1 = no expert
+  TensorView topk_weights;  // [T, K] fp32
+};
+
+struct DispatchOptions {
+  // > 0: size every output for this many rows at the call (worst case), so nothing waits on the host for the
+  // counts; rows past num_recv_tokens are zero with recv_topk_idx -1. Receiving more is an error.
+  std::int64_t num_worst_tokens = 0;
+};
+
+struct DispatchResult {
+  Tensor recv_x;             // [M, H] x's dtype, rows ordered by (source rank, source token)
+  Tensor recv_x_scales;      // [M, ceil(H / 128)] fp32 when x is fp8_e4m3
+  Tensor recv_topk_idx;      // [M, K] int64 local expert ids, -1 where the expert lives elsewhere (not cached)
+  Tensor recv_topk_weights;  // [M, K] fp32, 0 where recv_topk_idx is -1 (not cached)
+  std::vector<std::int64_t> tokens_per_local_expert;  // [E / R] (not cached)
+  std::int64_t num_recv_tokens = 0;                   // valid rows (M unless worst-case sizing)
+  Handle handle;
+};
+
+struct CombineResult {
+  Tensor out;  // [T, H] y's dtype: the sum of the rows every receiving rank returned for each token
+};
+
+// Messages and bytes each path carried (cumulative, updated as operations finish). fabric: crossed nodes
+// (dispatch: once per token and remote target node); node: written into another local rank's memory; self:
+// stayed in this rank's own rings.
+struct PathTraffic {
+  std::uint64_t messages = 0;
+  std::uint64_t bytes = 0;
+};
+struct TrafficCounters {
+  PathTraffic fabric;
+  PathTraffic node;
+  PathTraffic self;
+  std::uint64_t fabric_puts = 0;
+  std::uint64_t fabric_signals = 0;
+};
+struct BufferTraffic {
+  TrafficCounters dispatch;
+  TrafficCounters combine;
+  TrafficCounters notify;  // control messages before each (non-cached) dispatch
+};
+
+// All ranks of an N x L cluster inside one process, each rank's registered buffer in this address space; intra-
+// node peer memory is a pointer, an inter-node put a memcpy followed by a signal. One Buffer per rank; drive the
+// ranks from one thread (operations are asynchronous) or from several.
+class LocalCluster {
+ public:
+  LocalCluster(int num_nodes, int local_size, const Config& config = {});
+  ~LocalCluster();
+  LocalCluster(const LocalCluster&) = delete;
+  LocalCluster& operator=(const LocalCluster&) = delete;
+
+  int num_nodes() const;
+  int local_size() const;
+  int num_ranks() const;
+  const Config& config() const;
+
+  // Fabric puts of token rows (dispatch and combine data rings) from `source` into `target` so far.
+  std::uint64_t fabric_data_puts(int source, int target) const;
+
+  struct Impl;
+
+ private:
+  friend class Buffer;
+  std::unique_ptr<Impl> impl_;
+};
+
+class Buffer {
+ public:
+  // One rank of a multi-process job; collective over the group (every rank constructs its Buffer with the same
+  // config). The registered buffer lives in shared memory mapped by the node's ranks; ranks on other nodes are
+  // reached through a fabric (FERRY_FABRIC=ucx|verbs|auto) driven by a proxy thread. The group must outlive the
+  // Buffer; destruction is collective too (it waits for the other ranks before releasing memory).
+  Buffer(Group& group, const Config& config = {});
+  // One rank of an in-process cluster.
+  Buffer(LocalCluster& cluster, int rank);
+  ~Buffer();  // finishes the operations already issued
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  int rank() const;
+  int num_ranks() const;
+  int num_nodes() const;
+  int local_size() const;
+  int num_channels() const;
+  const Config& config() const;
+
+  // compute_layout() for this cluster and config.
+  Layout get_layout(const TensorView& topk_idx, std::int64_t num_experts) const;
+
+  // Sends each token to the ranks that own its experts. Checks the arguments before returning (throws
+  // Errc::invalid_argument naming the offender); everything else is reported by the Pending.
+  Pending<DispatchResult> dispatch(const DispatchInputs& inputs, const Layout& layout,
+                                   const DispatchOptions& options = {});
+  // Dispatch of new rows along the routing of an earlier dispatch (no counts exchanged, no topk travels).
+  Pending<DispatchResult> dispatch(const TensorView& x, const TensorView& x_scales, const Handle& handle);
+  // y: [handle.recv_rows(), H] bf16 or fp32, row i the result for received row i.
+  Pending<CombineResult> combine(const TensorView& y, const Handle& handle);
+
+  BufferTraffic traffic() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry

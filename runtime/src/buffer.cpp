@@ -1,0 +1,289 @@
+#include "ferry/buffer.hpp"
+
+#include <algorithm>
+#include <mutex>
+#include <thread>
+
+#include "buffer_checks.hpp"
+#include "ferry/core/error.hpp"
+#include "group_transport.hpp"
+#include "ferry/kernels/host/engine.hpp"
+#include "local_cluster.hpp"
+#include "operation_queue.hpp"
+#include "protocol_params.hpp"
+
+namespace ferry {
+
+namespace {
+
+namespace p = kernels::protocol;
+namespace h = kernels::host;
+
+TrafficCounters public_counters(const p::Traffic& traffic) {
+  TrafficCounters counters;
+  counters.fabric = {traffic.fabric.messages, traffic.fabric.bytes};
+  counters.node = {traffic.node.messages, traffic.node.bytes};
+  counters.self = {traffic.self.messages, traffic.self.bytes};
+  counters.fabric_puts = traffic.fabric_puts;
+  counters.fabric_signals = traffic.fabric_signals;
+  return counters;
+}
+
+DType dtype_of(p::PayloadKind kind) {
+  switch (kind) {
+    case p::PayloadKind::bf16: return DType::bf16;
+    case p::PayloadKind::fp32: return DType::fp32;
+    case p::PayloadKind::fp8_e4m3: return DType::fp8_e4m3;
+  }
+  return DType::fp32;
+}
+
+// Receive tensors of `rows` rows; topk tensors only when topk travels (num_topk > 0).
+h::DispatchOutputs allocate_outputs(DispatchResult& result, std::int64_t rows, const RowShape& shape, int num_topk) {
+  result.recv_x = Tensor({rows, shape.hidden}, dtype_of(shape.kind));
+  h::DispatchOutputs outputs;
+  outputs.capacity = rows;
+  outputs.recv_x = static_cast<std::byte*>(result.recv_x.data());
+  if (shape.kind == p::PayloadKind::fp8_e4m3) {
+    result.recv_x_scales = Tensor({rows, p::scale_blocks(shape.hidden)}, DType::fp32);
+    outputs.recv_x_scales = result.recv_x_scales.data_as<float>();
+  }
+  if (num_topk > 0) {
+    result.recv_topk_idx = Tensor({rows, num_topk}, DType::int64);
+    std::fill_n(result.recv_topk_idx.data_as<std::int64_t>(), rows * num_topk, -1);
+    result.recv_topk_weights = Tensor({rows, num_topk}, DType::fp32);
+    outputs.recv_topk_idx = result.recv_topk_idx.data_as<std::int64_t>();
+    outputs.recv_topk_weights = result.recv_topk_weights.data_as<float>();
+  }
+  return outputs;
+}
+
+std::vector<std::int64_t> count_local_experts(const DispatchResult& result, std::int64_t experts_per_rank) {
+  std::vector<std::int64_t> counts(experts_per_rank, 0);
+  const auto* ids = result.recv_topk_idx.data_as<const std::int64_t>();
+  std::int64_t slots = result.num_recv_tokens * result.recv_topk_idx.size(1);
+  for (std::int64_t i = 0; i < slots; ++i) {
+    if (ids[i] >= 0) ++counts[ids[i]];
+  }
+  return counts;
+}
+
+}  // namespace
+
+// ---- Handle ----
+
+std::int64_t Handle::num_tokens() const { return record_ ? record_->num_tokens : 0; }
+std::int64_t Handle::num_recv_tokens() const { return record_ ? record_->num_recv : 0; }
+std::span<const std::int32_t> Handle::recv_src_rank() const {
+  return record_ ? std::span<const std::int32_t>(record_->recv_src_rank) : std::span<const std::int32_t>();
+}
+std::span<const std::int32_t> Handle::recv_src_token() const {
+  return record_ ? std::span<const std::int32_t>(record_->recv_src_token) : std::span<const std::int32_t>();
+}
+
+// ---- Buffer ----
+
+struct Buffer::Impl {
+  LocalCluster::Impl* cluster = nullptr;        // in-process ranks
+  std::unique_ptr<GroupTransport> transport;    // multi-process ranks
+  Config config;
+  int rank = 0;
+  int num_nodes = 0;
+  int local_size = 0;
+  std::unique_ptr<h::Engine> engine;
+  mutable std::mutex traffic_mutex;
+  BufferTraffic traffic;
+  std::unique_ptr<OperationQueue> queue;  // stopped first: it runs operations on the engine
+
+  int num_ranks() const { return num_nodes * local_size; }
+
+  void publish_traffic() {
+    const h::EngineTraffic& totals = engine->traffic();
+    std::lock_guard lock(traffic_mutex);
+    traffic.dispatch = public_counters(totals.dispatch);
+    traffic.combine = public_counters(totals.combine);
+    traffic.notify = public_counters(totals.notify);
+  }
+
+  void check_handle(const Handle& handle) const {
+    if (!handle.valid()) fail(Errc::invalid_argument, "the handle is empty: pass the handle of a finished dispatch");
+    if (handle.rank_ != rank) {
+      fail(Errc::invalid_argument, "the handle belongs to rank " + std::to_string(handle.rank_) + ", not to rank " +
+                                       std::to_string(rank));
+    }
+  }
+};
+
+namespace {
+
+h::EngineOptions engine_options(const Config& config) {
+  h::EngineOptions options;
+  options.rdma_chunk = config.rdma_chunk;
+  options.nvl_chunk = config.nvl_chunk;
+  options.timeout = config.timeout;
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int workers = config.host_workers > 0 ? config.host_workers : cores;
+  options.workers = std::clamp(workers, 1, config.num_channels());
+  return options;
+}
+
+}  // namespace
+
+Buffer::Buffer(Group& group, const Config& config) : impl_(std::make_unique<Impl>()) {
+  config.validate(group.num_nodes(), group.local_size());
+  auto layout = p::make_buffer_layout(layout_params(config, group.num_nodes(), group.local_size()));
+  std::size_t bytes = registered_bytes(config, layout);
+  Impl& impl = *impl_;
+  impl.config = config;
+  impl.rank = group.rank();
+  impl.num_nodes = group.num_nodes();
+  impl.local_size = group.local_size();
+  h::EngineOptions options = engine_options(config);
+  impl.transport = std::make_unique<GroupTransport>(group, layout, bytes, options.workers, config.timeout);
+  impl.engine = std::make_unique<h::Engine>(impl.rank, layout, impl.transport->memory(), options);
+  impl.queue = std::make_unique<OperationQueue>(impl.rank);
+}
+
+Buffer::Buffer(LocalCluster& cluster, int rank) : impl_(std::make_unique<Impl>()) {
+  LocalCluster::Impl& world = *cluster.impl_;
+  world.claim(rank);
+  Impl& impl = *impl_;
+  impl.cluster = &world;
+  impl.config = world.config;
+  impl.rank = rank;
+  impl.num_nodes = world.num_nodes;
+  impl.local_size = world.local_size;
+  h::EngineOptions options = engine_options(impl.config);
+  try {
+    impl.engine = std::make_unique<h::Engine>(rank, world.world->layout(), world.world->memory(rank), options);
+  } catch (...) {
+    world.release(rank);
+    throw;
+  }
+  impl.queue = std::make_unique<OperationQueue>(rank);
+}
+
+Buffer::~Buffer() {
+  impl_->queue.reset();
+  impl_->engine.reset();
+  impl_->transport.reset();
+  if (impl_->cluster) impl_->cluster->release(impl_->rank);
+}
+
+int Buffer::rank() const { return impl_->rank; }
+int Buffer::num_ranks() const { return impl_->num_ranks(); }
+int Buffer::num_nodes() const { return impl_->num_nodes; }
+int Buffer::local_size() const { return impl_->local_size; }
+int Buffer::num_channels() const { return impl_->config.num_channels(); }
+const Config& Buffer::config() const { return impl_->config; }
+
+BufferTraffic Buffer::traffic() const {
+  std::lock_guard lock(impl_->traffic_mutex);
+  return impl_->traffic;
+}
+
+Layout Buffer::get_layout(const TensorView& topk_idx, std::int64_t num_experts) const {
+  return compute_layout(topk_idx, num_experts, num_ranks(), local_size(), impl_->config.max_nodes);
+}
+
+Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Layout& layout,
+                                         const DispatchOptions& options) {
+  Impl& impl = *impl_;
+  RowShape shape = check_dispatch_rows(inputs.x, inputs.x_scales, impl.config);
+  int num_topk = check_topk(inputs, shape.rows, impl.config);
+  check_layout(layout, shape.rows, num_topk, num_ranks(), local_size());
+  get_layout(inputs.topk_idx, layout.num_experts);  // the routing itself: ids in range, node limit
+  if (options.num_worst_tokens < 0) {
+    fail(Errc::invalid_argument, "num_worst_tokens must be >= 0, not " + std::to_string(options.num_worst_tokens));
+  }
+
+  auto result = std::make_shared<DispatchResult>();
+  std::int64_t worst = options.num_worst_tokens;
+  h::DispatchOutputs preallocated;
+  if (worst > 0) preallocated = allocate_outputs(*result, worst, shape, num_topk);
+  std::int64_t num_experts = layout.num_experts;
+  Event event = impl.queue->submit([&impl, inputs, shape, num_topk, num_experts, worst, preallocated, result] {
+    h::DispatchJob job;
+    job.kind = shape.kind;
+    job.hidden = shape.hidden;
+    job.num_experts = num_experts;
+    job.num_tokens = shape.rows;
+    job.num_topk = num_topk;
+    job.x = static_cast<const std::byte*>(inputs.x.data());
+    job.x_scales = inputs.x_scales.data_as<const float>();
+    job.topk_idx = inputs.topk_idx.data_as<const std::int64_t>();
+    job.topk_weights = inputs.topk_weights.data_as<const float>();
+    job.allocate = [&](std::int64_t num_recv) {
+      return worst > 0 ? preallocated : allocate_outputs(*result, num_recv, shape, num_topk);
+    };
+    auto record = std::make_shared<h::DispatchRecord>(impl.engine->dispatch(job));
+    impl.publish_traffic();
+    if (worst > 0 && record->num_recv > worst) {
+      fail(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " received " +
+                                       std::to_string(record->num_recv) + " tokens but num_worst_tokens is " +
+                                       std::to_string(worst) + "; rows past it were dropped");
+    }
+    result->num_recv_tokens = record->num_recv;
+    result->tokens_per_local_expert = count_local_experts(*result, num_experts / impl.num_ranks());
+    result->handle.record_ = std::move(record);
+    result->handle.recv_rows_ = worst > 0 ? worst : result->num_recv_tokens;
+    result->handle.rank_ = impl.rank;
+  });
+  return {std::move(event), std::move(result)};
+}
+
+Pending<DispatchResult> Buffer::dispatch(const TensorView& x, const TensorView& x_scales, const Handle& handle) {
+  Impl& impl = *impl_;
+  impl.check_handle(handle);
+  RowShape shape = check_dispatch_rows(x, x_scales, impl.config);
+  if (shape.rows != handle.num_tokens()) {
+    fail(Errc::invalid_argument, "x is " + x.describe() + " but the handle's dispatch had " +
+                                     std::to_string(handle.num_tokens()) + " tokens");
+  }
+  auto result = std::make_shared<DispatchResult>();
+  h::DispatchOutputs outputs = allocate_outputs(*result, handle.recv_rows(), shape, 0);
+  Event event = impl.queue->submit([&impl, x, x_scales, shape, handle, outputs, result] {
+    h::DispatchJob job;
+    job.kind = shape.kind;
+    job.hidden = shape.hidden;
+    job.num_experts = handle.record_->num_experts;
+    job.num_tokens = shape.rows;
+    job.num_topk = handle.record_->num_topk;
+    job.x = static_cast<const std::byte*>(x.data());
+    job.x_scales = x_scales.data_as<const float>();
+    job.cached = handle.record_.get();
+    job.allocate = [&](std::int64_t) { return outputs; };
+    h::DispatchRecord record = impl.engine->dispatch(job);
+    impl.publish_traffic();
+    // The routing is fixed, so the rows must land exactly where they did the first time.
+    if (record.recv_src_rank != handle.record_->recv_src_rank ||
+        record.recv_src_token != handle.record_->recv_src_token || record.fwd_token != handle.record_->fwd_token) {
+      fail(Errc::internal, "rank " + std::to_string(impl.rank) +
+                               ": a cached dispatch placed tokens differently from the dispatch it repeats");
+    }
+    result->num_recv_tokens = record.num_recv;
+    result->handle = handle;
+  });
+  return {std::move(event), std::move(result)};
+}
+
+Pending<CombineResult> Buffer::combine(const TensorView& y, const Handle& handle) {
+  Impl& impl = *impl_;
+  impl.check_handle(handle);
+  RowShape shape = check_combine_rows(y, handle.recv_rows(), impl.config);
+  auto result = std::make_shared<CombineResult>();
+  result->out = Tensor({handle.num_tokens(), shape.hidden}, y.dtype());
+  Event event = impl.queue->submit([&impl, y, shape, handle, result] {
+    h::CombineJob job;
+    job.kind = shape.kind;
+    job.hidden = shape.hidden;
+    job.y = static_cast<const std::byte*>(y.data());
+    job.out = static_cast<std::byte*>(result->out.data());
+    job.record = handle.record_.get();
+    impl.engine->combine(job);
+    impl.publish_traffic();
+  });
+  return {std::move(event), std::move(result)};
+}
+
+}  // namespace ferry

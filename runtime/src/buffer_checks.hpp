@@ -1,0 +1,30 @@
+// Argument checks of Buffer operations, done on the caller's thread before anything is issued. Each failure is
+// Errc::invalid_argument naming the argument and what was expected.
+#pragma once
+
+#include <cstdint>
+
+#include "ferry/buffer.hpp"
+#include "ferry/kernels/protocol/numeric.hpp"
+
+namespace ferry {
+
+struct RowShape {
+  std::int64_t rows = 0;
+  std::int64_t hidden = 0;
+  kernels::protocol::PayloadKind kind = kernels::protocol::PayloadKind::bf16;
+};
+
+// x: [T, H] bf16 / fp32 / fp8_e4m3 with H <= max_hidden; x_scales: [T, ceil(H/128)] fp32 iff x is fp8.
+RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, const Config& config);
+
+// topk_idx [T, K] int64 and topk_weights [T, K] fp32 with K <= max_topk; returns K.
+int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Config& config);
+
+// The layout was computed for this routing and this cluster.
+void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks, int local_size);
+
+// y: [rows, H] bf16 / fp32 with H <= max_hidden.
+RowShape check_combine_rows(const TensorView& y, std::int64_t rows, const Config& config);
+
+}  // namespace ferry

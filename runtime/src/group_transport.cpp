@@ -1,0 +1,151 @@
+#include "group_transport.hpp"
+
+#include <limits>
+
+#include "ferry/core/error.hpp"
+#include "ferry/transport/command_ring.hpp"
+#include "ferry/runtime/group_peers.hpp"
+#include "ferry/transport/peers.hpp"
+
+namespace ferry {
+
+namespace {
+
+namespace h = kernels::host;
+namespace t = transport;
+
+t::Peers peers_of(Group& group, Duration timeout) { return runtime::group_peers(group, timeout); }
+
+// One worker's command ring. A put is held back until the next call so that the signal which follows it (the
+// protocol always publishes a batch of puts with one signal to the same rank) rides on the same command.
+class ProxyWriter final : public h::RemoteWriter {
+ public:
+  ProxyWriter(t::ProducerRing& ring, t::RegionId region) : ring_(ring), region_(static_cast<std::uint8_t>(region)) {}
+  ~ProxyWriter() override {
+    try {
+      flush_held();
+    } catch (...) {  // the proxy failed; the operation that used this writer has reported it
+    }
+  }
+
+  void put(int rank, std::size_t src_offset, std::size_t dst_offset, std::size_t bytes) override {
+    flush_held();
+    held_ = {true, rank, src_offset, dst_offset, bytes};
+  }
+
+  void signal(int rank, std::size_t word_offset, std::uint64_t add) override {
+    auto peer = static_cast<std::uint16_t>(rank);
+    auto offset = static_cast<std::uint32_t>(word_offset);
+    auto amount = static_cast<std::uint32_t>(add);
+    if (held_.valid && held_.rank == rank) {
+      ring_.post(t::make_put_signal(peer, region_, held_.src, held_.dst, static_cast<std::uint32_t>(held_.bytes),
+                                    offset, amount));
+      held_.valid = false;
+      return;
+    }
+    flush_held();
+    // A signal without payload is still ordered after this ring's earlier puts (put_signal fences; atomic_add
+    // does not promise to).
+    ring_.post(t::make_put_signal(peer, region_, 0, 0, 0, offset, amount));
+  }
+
+ private:
+  void flush_held() {
+    if (!held_.valid) return;
+    held_.valid = false;
+    ring_.post(t::make_put(static_cast<std::uint16_t>(held_.rank), region_, held_.src, held_.dst,
+                           static_cast<std::uint32_t>(held_.bytes)));
+  }
+
+  struct Held {
+    bool valid = false;
+    int rank = 0;
+    std::size_t src = 0;
+    std::size_t dst = 0;
+    std::size_t bytes = 0;
+  };
+  t::ProducerRing& ring_;
+  std::uint8_t region_;
+  Held held_;
+};
+
+}  // namespace
+
+class GroupTransport::NodeView final : public h::NodeMemory {
+ public:
+  explicit NodeView(t::PeerMemory& shared) : shared_(shared) {}
+  std::byte* base(int local_rank) const override { return static_cast<std::byte*>(shared_.peer(local_rank)); }
+
+ private:
+  t::PeerMemory& shared_;
+};
+
+class GroupTransport::ProxyMemory final : public h::RemoteMemory {
+ public:
+  ProxyMemory(t::Proxy& proxy, t::RegionId region) : proxy_(proxy), region_(region) {}
+  std::unique_ptr<h::RemoteWriter> open_writer() override {
+    if (next_ring_ >= proxy_.num_rings()) {
+      fail(Errc::internal, "more channel workers than command rings (" + std::to_string(proxy_.num_rings()) + ")");
+    }
+    return std::make_unique<ProxyWriter>(proxy_.ring(next_ring_++), region_);
+  }
+
+ private:
+  t::Proxy& proxy_;
+  t::RegionId region_;
+  int next_ring_ = 0;
+};
+
+GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayout& layout, std::size_t bytes,
+                               int workers, Duration timeout)
+    : group_(group) {
+  t::Peers peers = peers_of(group, timeout);
+  shared_ = t::make_shm_peer_memory(peers, bytes, "ferry-buffer");
+  node_ = std::make_unique<NodeView>(*shared_);
+  if (group.num_nodes() == 1) return;
+  // Commands carry 32-bit signal offsets: the counters come first in the layout, so this holds for any size.
+  if (layout.dispatch_rdma.counters + layout.dispatch_rdma.counter_bytes() > std::numeric_limits<std::uint32_t>::max() ||
+      layout.combine_rdma.counters + layout.combine_rdma.counter_bytes() > std::numeric_limits<std::uint32_t>::max()) {
+    fail(Errc::internal, "ring counters beyond the first 4 GiB of the buffer cannot be signalled");
+  }
+  t::FabricOptions fabric_options;
+  fabric_options.kind = t::fabric_kind_from_env();
+  std::unique_ptr<t::Fabric> fabric = t::make_fabric(peers, fabric_options);
+  t::RegionId region = fabric->register_region(shared_->local(), bytes, t::MemoryKind::host);
+  fabric->connect();
+  t::ProxyOptions proxy_options;
+  proxy_options.rings = workers;
+  proxy_options.memory = t::RingMemory::host;
+  proxy_options.timeout = timeout;
+  proxy_ = std::make_unique<t::Proxy>(std::move(fabric), proxy_options);
+  remote_ = std::make_unique<ProxyMemory>(*proxy_, region);
+}
+
+GroupTransport::~GroupTransport() {
+  try {
+    if (proxy_) {
+      for (int ring = 0; ring < proxy_->num_rings(); ++ring) {
+        t::ProducerRing& producer = proxy_->ring(ring);
+        producer.post(t::make_flush());
+        producer.wait_completed(producer.posted());
+      }
+    }
+    group_.barrier("ferry/buffer/close");
+  } catch (...) {  // a destructor cannot report; the operations that failed already have
+  }
+  remote_.reset();
+  proxy_.reset();
+  node_.reset();
+  shared_.reset();
+}
+
+h::RankMemory GroupTransport::memory() {
+  h::RankMemory memory;
+  memory.local = static_cast<std::byte*>(shared_->local());
+  memory.bytes = shared_->bytes();
+  memory.node = node_.get();
+  memory.remote = remote_.get();
+  return memory;
+}
+
+}  // namespace ferry

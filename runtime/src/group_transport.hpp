@@ -1,0 +1,43 @@
+// The memory a Buffer of a multi-process job runs over: the registered buffer in POSIX shared memory mapped by
+// every local rank (the NVLink stand-in), and, when the job spans nodes, a fabric driven by a proxy thread that
+// executes the puts and signals the channel workers post into its command rings (one ring per worker).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "ferry/group.hpp"
+#include "ferry/kernels/host/memory.hpp"
+#include "ferry/kernels/protocol/buffer_layout.hpp"
+#include "ferry/transport/fabric.hpp"
+#include "ferry/transport/peer_memory.hpp"
+#include "ferry/transport/proxy.hpp"
+
+namespace ferry {
+
+class GroupTransport {
+ public:
+  // Collective over the job. `workers`: channel workers of this rank, one command ring each.
+  GroupTransport(Group& group, const kernels::protocol::BufferLayout& layout, std::size_t bytes, int workers,
+                 Duration timeout);
+  // Collective: waits until this rank's puts have landed, meets the other ranks, then releases the fabric and
+  // the shared memory, so no rank tears down memory a peer still writes into.
+  ~GroupTransport();
+  GroupTransport(const GroupTransport&) = delete;
+  GroupTransport& operator=(const GroupTransport&) = delete;
+
+  kernels::host::RankMemory memory();
+
+ private:
+  class NodeView;
+  class ProxyMemory;
+
+  Group& group_;
+  std::unique_ptr<transport::PeerMemory> shared_;
+  std::unique_ptr<transport::Proxy> proxy_;
+  std::unique_ptr<NodeView> node_;
+  std::unique_ptr<ProxyMemory> remote_;
+};
+
+}  // namespace ferry

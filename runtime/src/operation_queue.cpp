@@ -1,0 +1,83 @@
+#include "operation_queue.hpp"
+
+#include "ferry/core/error.hpp"
+
+namespace ferry {
+
+void Event::State::finish(std::exception_ptr failure) {
+  {
+    std::lock_guard lock(mutex);
+    error = failure;
+    done = true;
+  }
+  done_changed.notify_all();
+}
+
+Event::Event() : state_(std::make_shared<State>()) { state_->done = true; }
+
+Event::Event(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+bool Event::test() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->done;
+}
+
+// No deadline of its own: every operation ends by itself, at the latest when a channel has made no progress
+// for Config::timeout.
+void Event::wait() const {
+  std::unique_lock lock(state_->mutex);
+  state_->done_changed.wait(lock, [this] { return state_->done; });
+  if (state_->error) std::rethrow_exception(state_->error);
+}
+
+OperationQueue::OperationQueue(int rank) : rank_(rank), thread_([this] { loop(); }) {}
+
+OperationQueue::~OperationQueue() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  thread_.join();
+}
+
+Event OperationQueue::submit(std::function<void()> work) {
+  auto state = std::make_shared<Event::State>();
+  {
+    std::lock_guard lock(mutex_);
+    items_.push_back({std::move(work), state});
+  }
+  changed_.notify_all();
+  return Event(state);
+}
+
+void OperationQueue::loop() {
+  while (true) {
+    Item item;
+    {
+      std::unique_lock lock(mutex_);
+      changed_.wait(lock, [this] { return stopping_ || !items_.empty(); });
+      if (items_.empty()) return;  // stopping, and everything issued has run
+      item = std::move(items_.front());
+      items_.pop_front();
+    }
+    if (!first_failure_.empty()) {
+      item.state->finish(std::make_exception_ptr(
+          Error(Errc::peer_failure, "rank " + std::to_string(rank_) +
+                                        ": operation not run because an earlier one failed: " + first_failure_)));
+      continue;
+    }
+    try {
+      item.work();
+      item.state->finish(nullptr);
+    } catch (const std::exception& error) {
+      first_failure_ = error.what();
+      item.state->finish(std::current_exception());
+    } catch (...) {
+      first_failure_ = "unknown exception";
+      item.state->finish(std::current_exception());
+    }
+  }
+}
+
+}  // namespace ferry

@@ -1,0 +1,53 @@
+// The stream of one Buffer: operations run one at a time, in issue order, on a thread of their own, and each
+// completes an Event. The first failure poisons the queue: the rings are then in an unknown state, so every
+// later operation fails at once with an error that quotes the first one.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "ferry/buffer.hpp"
+
+namespace ferry {
+
+struct Event::State {
+  std::mutex mutex;
+  std::condition_variable done_changed;
+  bool done = false;
+  std::exception_ptr error;
+
+  void finish(std::exception_ptr failure);
+};
+
+class OperationQueue {
+ public:
+  explicit OperationQueue(int rank);
+  ~OperationQueue();  // runs what was issued, then stops
+  OperationQueue(const OperationQueue&) = delete;
+  OperationQueue& operator=(const OperationQueue&) = delete;
+
+  Event submit(std::function<void()> work);
+
+ private:
+  struct Item {
+    std::function<void()> work;
+    std::shared_ptr<Event::State> state;
+  };
+  void loop();
+
+  int rank_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<Item> items_;
+  bool stopping_ = false;
+  std::string first_failure_;  // owned by the queue thread
+  std::thread thread_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,48 @@
+// Runs a scenario on an in-process cluster (every rank a Buffer of one LocalCluster, driven from this thread:
+// operations are asynchronous, so all ranks are issued first and waited for after) and compares the results
+// with the reference exactly. Check functions return "" or the first difference, naming rank, row and source.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ferry/buffer.hpp"
+#include "reference.hpp"
+
+namespace ferry::test {
+
+struct ClusterRun {
+  ClusterRun(const Scenario& scenario, const Config& config);
+
+  std::vector<DispatchResult> dispatch(const Scenario& scenario, const DispatchOptions& options = {});
+  std::vector<DispatchResult> dispatch_cached(const Scenario& scenario,
+                                              const std::vector<DispatchResult>& first);
+  std::vector<Tensor> combine(const std::vector<std::vector<std::uint8_t>>& results, std::int64_t hidden,
+                              DType dtype, const std::vector<DispatchResult>& dispatched);
+
+  // Sum over ranks of what each path carried.
+  TrafficCounters total(TrafficCounters BufferTraffic::*kind) const;
+
+  std::unique_ptr<LocalCluster> cluster;
+  std::vector<std::unique_ptr<Buffer>> buffers;
+};
+
+std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& sources, int rank,
+                                const DispatchResult& result, bool with_topk, std::int64_t worst_rows = 0);
+std::string check_dispatch(const Scenario& scenario, const std::vector<std::vector<Source>>& sources,
+                           const std::vector<DispatchResult>& results, bool with_topk,
+                           std::int64_t worst_rows = 0);
+
+std::string check_combine_rank(const Scenario& scenario, const std::vector<std::uint8_t>& expected, int rank,
+                               const Tensor& out);
+std::string check_combine(const Scenario& scenario, const std::vector<std::vector<std::uint8_t>>& expected,
+                          const std::vector<Tensor>& outputs);
+
+// Fabric puts only between rail partners on different nodes.
+std::string check_rail_only(const ClusterRun& run, const Scenario& scenario);
+
+// A Config small enough for tests: few channels, small rings, a short timeout.
+Config small_config(std::mt19937_64& rng, std::int64_t max_hidden, int max_topk);
+
+}  // namespace ferry::test

@@ -1,0 +1,103 @@
+// One rank of the multi-process dispatch tests, started by `ferry launch` (test_dispatch_launch.cpp runs it).
+//
+//   ferry_dispatch_rank [--seed N] [--rounds R]
+//
+// Every rank builds the same scenarios from the seed (so each can compute the reference for itself), runs
+// dispatch, a cached dispatch and combine on a Group-backed Buffer (shm between local ranks, proxy + fabric
+// between nodes), checks its own results exactly and prints "rank <r>: verified <rounds> rounds".
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "cluster_run.hpp"
+#include "ferry/buffer.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+
+using namespace ferry;
+using namespace ferry::test;
+
+namespace {
+
+DispatchInputs inputs_of(const Scenario& scenario, int rank) {
+  const RankData& data = scenario.ranks[rank];
+  DispatchInputs inputs;
+  inputs.x = TensorView(data.x.data(), {data.num_tokens, scenario.hidden}, scenario.dtype);
+  if (scenario.dtype == DType::fp8_e4m3) {
+    inputs.x_scales = TensorView(data.scales.data(), {data.num_tokens, scenario.scale_blocks()}, DType::fp32);
+  }
+  inputs.topk_idx = TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64);
+  inputs.topk_weights = TensorView(data.weights.data(), {data.num_tokens, scenario.num_topk}, DType::fp32);
+  return inputs;
+}
+
+void require(const std::string& diff, int rank, int round, const char* what) {
+  if (diff.empty()) return;
+  fail(Errc::internal, "rank " + std::to_string(rank) + " round " + std::to_string(round) + " " + what + ": " + diff);
+}
+
+int run(std::uint64_t seed, int rounds) {
+  Group group = Group::from_env();
+  const int rank = group.rank();
+  std::mt19937_64 rng(seed);  // the same stream on every rank
+  Config config;
+  config.num_sms = 4;
+  config.max_hidden = 256;
+  config.max_topk = 8;
+  config.rdma_ring_slots = 4;
+  config.rdma_chunk = 2;
+  config.nvl_ring_slots = 4;
+  config.nvl_chunk = 2;
+  config.max_nodes = std::min(group.num_nodes(), 4);
+  Buffer buffer(group, config);
+  for (int round = 0; round < rounds; ++round) {
+    ScenarioShape shape;
+    shape.num_nodes = group.num_nodes();
+    shape.local_size = group.local_size();
+    shape.experts_per_rank = 2;
+    shape.num_topk = 1 + static_cast<int>(rng() % 8);
+    shape.hidden = 1 + static_cast<std::int64_t>(rng() % 256);
+    shape.dtype = round % 3 == 2 ? DType::fp32 : DType::bf16;
+    shape.max_tokens = 48;
+    shape.max_nodes = config.max_nodes;
+    Scenario scenario = make_scenario(shape, rng);
+    auto sources = expected_sources(scenario);
+    auto results = make_results(scenario, sources, DType::bf16, 0, rng);
+    auto expected = expected_combine(scenario, sources, results, DType::bf16);
+
+    DispatchInputs inputs = inputs_of(scenario, rank);
+    auto pending = buffer.dispatch(inputs, buffer.get_layout(inputs.topk_idx, scenario.num_experts));
+    DispatchResult& got = pending.wait();
+    require(check_dispatch_rank(scenario, sources[rank], rank, got, true), rank, round, "dispatch");
+    auto again = buffer.dispatch(inputs.x, {}, got.handle);
+    require(check_dispatch_rank(scenario, sources[rank], rank, again.wait(), false), rank, round, "cached dispatch");
+    TensorView y(results[rank].data(), {got.handle.recv_rows(), scenario.hidden}, DType::bf16);
+    auto combined = buffer.combine(y, got.handle);
+    require(check_combine_rank(scenario, expected[rank], rank, combined.wait().out), rank, round, "combine");
+  }
+  BufferTraffic traffic = buffer.traffic();
+  std::printf("rank %d: verified %d rounds (fabric %llu messages, node %llu, self %llu)\n", rank, rounds,
+              static_cast<unsigned long long>(traffic.dispatch.fabric.messages + traffic.combine.fabric.messages),
+              static_cast<unsigned long long>(traffic.dispatch.node.messages + traffic.combine.node.messages),
+              static_cast<unsigned long long>(traffic.dispatch.self.messages + traffic.combine.self.messages));
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::uint64_t seed = 1;
+  int rounds = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--seed") == 0) seed = std::strtoull(argv[i + 1], nullptr, 10);
+    if (std::strcmp(argv[i], "--rounds") == 0) rounds = std::atoi(argv[i + 1]);
+  }
+  try {
+    return run(seed, rounds);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "%s\n", error.what());
+    return 1;
+  }
+}

@@ -1,0 +1,171 @@
+// The public routing helpers: compute_layout (DeepEP's get_dispatch_layout) and the DeepSeek-V3 node-limited
+// gate, including every error they name.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "ferry/core/error.hpp"
+#include "ferry/gate.hpp"
+#include "ferry/layout.hpp"
+
+using namespace ferry;
+
+TEST_CASE("compute_layout counts tokens per rank, node and expert", "[unit]") {
+  // 4 ranks in 2 nodes of 2, 8 experts: rank r owns 2r and 2r+1.
+  std::vector<std::int64_t> topk = {0,  1,  -1,  // token 0: rank 0 twice -> once
+                                    7,  2,  4,   // token 1: ranks 3, 1, 2 -> nodes 1, 0
+                                    -1, -1, -1,  // token 2: nowhere
+                                    5,  5,  6};  // token 3: rank 2 (expert 5 twice), rank 3
+  Layout layout = compute_layout(TensorView(topk.data(), {4, 3}, DType::int64), 8, 4, 2, 2);
+  CHECK(layout.tokens_per_rank == std::vector<std::int64_t>{1, 1, 2, 2});
+  CHECK(layout.tokens_per_node == std::vector<std::int64_t>{2, 2});
+  CHECK(layout.tokens_per_expert == std::vector<std::int64_t>{1, 1, 1, 0, 1, 2, 1, 1});
+  CHECK(layout.is_token_in_rank == std::vector<std::uint8_t>{1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1});
+  CHECK(layout.in_rank(1, 3));
+  CHECK_FALSE(layout.in_rank(2, 0));
+  CHECK(layout.num_nodes() == 2);
+}
+
+TEST_CASE("compute_layout names what is wrong with the routing", "[unit]") {
+  std::vector<std::int64_t> topk = {0, 1, 2, 3, 9, 1};
+  TensorView view(topk.data(), {2, 3}, DType::int64);
+  REQUIRE_THROWS_WITH(compute_layout(view, 8, 4, 2, 2),
+                      Catch::Contains("topk_idx[1][1] = 9 is out of range") && Catch::Contains("[0, 8)"));
+  topk[4] = -3;
+  REQUIRE_THROWS_WITH(compute_layout(view, 8, 4, 2, 2), Catch::Contains("topk_idx[1][1] = -3"));
+  topk = {0, 4, 6, 1, 2, 3};  // token 0: nodes 0, 2, 3 on 4 nodes of 1
+  REQUIRE_THROWS_WITH(compute_layout(view, 8, 4, 1, 2),
+                      Catch::Contains("token 0 touches 3 nodes (0, 2, 3) but max_nodes is 2"));
+  REQUIRE_NOTHROW(compute_layout(view, 8, 4, 1, 3));
+  REQUIRE_THROWS_WITH(compute_layout(view, 10, 4, 1, 3),
+                      Catch::Contains("num_experts 10") && Catch::Contains("4 ranks"));
+  std::vector<float> wrong(6);
+  REQUIRE_THROWS_WITH(compute_layout(TensorView(wrong.data(), {2, 3}, DType::fp32), 8, 4, 1, 3),
+                      Catch::Contains("topk_idx must be a [T, K] int64") && Catch::Contains("[2, 3] fp32"));
+  REQUIRE_THROWS_WITH(compute_layout(view, 8, 6, 4, 3), Catch::Contains("6 ranks cannot form nodes of 4"));
+  try {
+    compute_layout(view, 8, 4, 1, 1);
+    FAIL("no error");
+  } catch (const Error& error) {
+    CHECK(error.code() == Errc::invalid_argument);
+  }
+}
+
+namespace {
+
+std::vector<float> random_scores(std::mt19937& rng, std::size_t count) {
+  std::vector<float> scores(count);
+  for (float& score : scores) score = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+  return scores;
+}
+
+}  // namespace
+
+TEST_CASE("the gate keeps the best groups and the best experts inside them", "[unit]") {
+  std::mt19937 rng(11);
+  GateConfig config;
+  config.num_experts = 32;
+  config.num_groups = 8;
+  config.groups_per_token = 3;
+  config.topk = 6;
+  config.route_scale = 2.5f;
+  const std::int64_t T = 50, E = 32, group = 4;
+  std::vector<float> scores = random_scores(rng, T * E);
+  std::vector<float> bias(E);
+  for (float& b : bias) b = std::uniform_real_distribution<float>(-0.2f, 0.2f)(rng);
+  GateOutput out = node_limited_gate(scores, T, bias, config);
+  REQUIRE(out.topk_idx.size() == static_cast<std::size_t>(T * 6));
+  for (std::int64_t t = 0; t < T; ++t) {
+    INFO("token " << t);
+    auto biased = [&](std::int64_t e) { return scores[t * E + e] + bias[e]; };
+    // Group scores: sum of the top 2 (= topk / groups_per_token) biased scores.
+    std::vector<float> group_score(8);
+    for (int g = 0; g < 8; ++g) {
+      std::vector<float> values;
+      for (int i = 0; i < group; ++i) values.push_back(biased(g * group + i));
+      std::sort(values.rbegin(), values.rend());
+      group_score[g] = values[0] + values[1];
+    }
+    std::set<int> groups;
+    float total = 0.0f;
+    for (int k = 0; k < 6; ++k) {
+      std::int64_t e = out.topk_idx[t * 6 + k];
+      groups.insert(static_cast<int>(e / group));
+      total += scores[t * E + e];
+    }
+    REQUIRE(groups.size() <= 3);
+    // Every used group is among the 3 best; every expert left out of the kept groups scores no higher.
+    std::vector<float> sorted_groups = group_score;
+    std::sort(sorted_groups.rbegin(), sorted_groups.rend());
+    float weakest_chosen = INFINITY;
+    for (int k = 0; k < 6; ++k) {
+      std::int64_t e = out.topk_idx[t * 6 + k];
+      CHECK(group_score[e / group] >= sorted_groups[2]);
+      weakest_chosen = std::min(weakest_chosen, biased(e));
+      if (k > 0) CHECK(biased(out.topk_idx[t * 6 + k - 1]) >= biased(e));  // selection order
+      CHECK(out.topk_weights[t * 6 + k] == Approx(scores[t * E + e] / total * 2.5f).epsilon(1e-6));
+    }
+    for (int g : groups) {
+      for (int i = 0; i < group; ++i) {
+        std::int64_t e = g * group + i;
+        bool chosen =
+            std::find(&out.topk_idx[t * 6], &out.topk_idx[t * 6 + 6], e) != &out.topk_idx[t * 6 + 6];
+        if (!chosen) CHECK(biased(e) <= weakest_chosen);
+      }
+    }
+  }
+}
+
+TEST_CASE("the gate's bias steers selection only, ties go to the lower index", "[unit]") {
+  GateConfig config;
+  config.num_experts = 8;
+  config.num_groups = 4;
+  config.groups_per_token = 2;
+  config.topk = 2;
+  std::vector<float> equal(8, 0.5f);
+  GateOutput tied = node_limited_gate(equal, 1, {}, config);
+  CHECK(tied.topk_idx == std::vector<std::int64_t>{0, 1});
+  CHECK(tied.topk_weights == std::vector<float>{0.5f, 0.5f});
+
+  std::vector<float> bias(8, 0.0f);
+  bias[7] = 10.0f;
+  std::vector<float> scores = {0.9f, 0.8f, 0.7f, 0.6f, 0.5f, 0.4f, 0.3f, 0.1f};
+  GateOutput steered = node_limited_gate(scores, 1, bias, config);
+  CHECK(steered.topk_idx == std::vector<std::int64_t>{7, 0});
+  CHECK(steered.topk_weights[0] == Approx(0.1f / 1.0f));  // weights from the unbiased scores
+  CHECK(steered.topk_weights[1] == Approx(0.9f / 1.0f));
+
+  config.scores_are_logits = true;
+  std::vector<float> logits = {0.0f, 2.0f, -1.0f, 1.0f, -3.0f, 0.5f, 0.0f, 0.0f};
+  GateOutput sigmoid = node_limited_gate(logits, 1, {}, config);
+  CHECK(sigmoid.topk_idx == std::vector<std::int64_t>{1, 3});
+  float s1 = 1 / (1 + std::exp(-2.0f)), s3 = 1 / (1 + std::exp(-1.0f));
+  CHECK(sigmoid.topk_weights[0] == Approx(s1 / (s1 + s3)));
+}
+
+TEST_CASE("the gate rejects inconsistent configs and scores", "[unit]") {
+  GateConfig config;
+  config.num_experts = 8;
+  config.num_groups = 3;
+  config.topk = 2;
+  std::vector<float> scores(8, 0.5f);
+  REQUIRE_THROWS_WITH(node_limited_gate(scores, 1, {}, config),
+                      Catch::Contains("num_groups 3 does not divide"));
+  config.num_groups = 4;
+  config.groups_per_token = 3;
+  REQUIRE_THROWS_WITH(node_limited_gate(scores, 1, {}, config),
+                      Catch::Contains("topk 2 is not a positive multiple"));
+  config.groups_per_token = 1;
+  config.topk = 4;
+  REQUIRE_THROWS_WITH(node_limited_gate(scores, 1, {}, config), Catch::Contains("exceeds the group size 2"));
+  config.topk = 2;
+  REQUIRE_THROWS_WITH(node_limited_gate(scores, 2, {}, config), Catch::Contains("scores has 8 values"));
+  scores[3] = NAN;
+  REQUIRE_THROWS_WITH(node_limited_gate(scores, 1, {}, config), Catch::Contains("token 0 for expert 3"));
+  scores[3] = 0.5f;
+  std::vector<float> short_bias(3);
+  REQUIRE_THROWS_WITH(node_limited_gate(scores, 1, short_bias, config), Catch::Contains("bias has 3 values"));
+}
