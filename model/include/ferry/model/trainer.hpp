@@ -1,0 +1,88 @@
+// Single-process training: one step = batch → forward → backward → clip → AdamW → EMA → balancing biases.
+// run_training() is what `ferry train` calls: it builds everything from configs, optionally resumes from and
+// saves checkpoints, and reports every step.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ferry/model/config.hpp"
+#include "ferry/model/data.hpp"
+#include "ferry/model/model.hpp"
+#include "ferry/model/optim.hpp"
+#include "ferry/model/rng.hpp"
+
+namespace ferry::model {
+
+struct StepStats {
+  std::int64_t step = 0;  // 0-based index of the step just taken
+  double lr = 0;          // learning rate it used
+  double loss = 0;        // total: main + λ · mtp + balance
+  double main_loss = 0;   // nats per byte
+  double mtp_loss = 0;
+  double balance_loss = 0;
+  double grad_norm = 0;           // global norm before clipping
+  std::int64_t tokens = 0;        // B · T
+  double load_max_over_mean = 0;  // worst MoE layer's max/mean tokens per expert (0 without MoE)
+  std::vector<std::vector<std::int64_t>> expert_load;  // per MoE layer: tokens per expert
+  double seconds = 0;                                  // wall time of the step
+  double tokens_per_s = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(const ModelConfig& model_config, const TrainConfig& train_config,
+          std::shared_ptr<const DataSource> data);
+
+  // One step on the next batch drawn from the data source.
+  StepStats step();
+  // One step on the given batch [train.batch, seq + 2] (does not advance the data RNG).
+  StepStats step(const std::uint8_t* tokens);
+
+  void save(const std::string& path) const;
+  // Restores a save()d state; throws invalid_argument naming the field when the model config differs.
+  void load(const std::string& path);
+
+  std::int64_t steps_done() const { return step_; }
+  Model<float>& model() { return model_; }
+  const Model<float>& model() const { return model_; }
+  const std::vector<float>& ema() const { return ema_; }
+  const AdamW& optimizer() const { return adam_; }
+  const TrainConfig& config() const { return train_; }
+  const DataSource& data() const { return *data_; }
+
+ private:
+  TrainConfig train_;
+  std::shared_ptr<const DataSource> data_;
+  Model<float> model_;
+  AdamW adam_;
+  std::vector<float> ema_;
+  Rng data_rng_;
+  std::int64_t step_ = 0;
+  std::vector<std::uint8_t> batch_;
+};
+
+struct RunOptions {
+  ModelConfig model;
+  TrainConfig train;
+  DataConfig data;
+  std::string resume_from;  // checkpoint to continue from ("" = start fresh)
+  std::string save_to;      // checkpoint written at the end and every save_every steps ("" = never)
+  std::int64_t save_every = 0;
+  std::int64_t stop_after =
+      0;  // run at most this many steps in this call, e.g. to split a run (0 = no limit)
+};
+
+// Trains from step 0 (or the resumed step) up to train.steps (or stop_after steps), calling on_step after
+// every step, and returns the stats of the steps it ran.
+std::vector<StepStats> run_training(const RunOptions& options,
+                                    const std::function<void(const StepStats&)>& on_step = {});
+
+// One human-readable line: "step 12 | loss 2.3456 (main 2.1 mtp 2.5 bal 0.0001) | lr ... | load max/mean
+// ...".
+std::string format_step(const StepStats& stats);
+
+}  // namespace ferry::model

@@ -1,0 +1,137 @@
+#include "ferry/model/trainer.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "ferry/core/error.hpp"
+#include "ferry/model/checkpoint.hpp"
+#include "ferry/model/json.hpp"
+
+namespace ferry::model {
+
+Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& train_config,
+                 std::shared_ptr<const DataSource> data)
+    : train_(train_config),
+      data_(std::move(data)),
+      model_(model_config),
+      adam_(model_.params().size()),
+      ema_(model_.params().values().begin(), model_.params().values().end()),
+      data_rng_(train_config.data_seed) {
+  train_.validate();
+  if (!data_) fail(Errc::invalid_argument, "Trainer needs a data source");
+  batch_.resize(static_cast<std::size_t>(train_.batch) * (model_config.seq + 2));
+}
+
+StepStats Trainer::step() {
+  data_->sample(batch_.data(), data_rng_, train_.batch, model_.config().seq);
+  return step(batch_.data());
+}
+
+StepStats Trainer::step(const std::uint8_t* tokens) {
+  const auto start = std::chrono::steady_clock::now();
+  model_.zero_grad();
+  model_.forward(tokens, train_.batch);
+  model_.backward();
+  auto& params = model_.params();
+  StepStats stats;
+  stats.step = step_;
+  stats.grad_norm = clip_grad_norm(params.grads(), train_.grad_clip);
+  stats.lr = learning_rate(step_, train_);
+  adam_.step(params.values(), params.grads(), params.info(), stats.lr, train_);
+  ema_update(ema_, params.values(), train_.ema_decay);
+
+  const LossParts& losses = model_.losses();
+  stats.loss = losses.total;
+  stats.main_loss = losses.main;
+  stats.mtp_loss = losses.mtp;
+  stats.balance_loss = losses.balance;
+  stats.tokens = static_cast<std::int64_t>(train_.batch) * model_.config().seq;
+  for (const ExpertLoad& load : model_.expert_loads()) {
+    stats.expert_load.push_back(load.counts);
+    stats.load_max_over_mean = std::max(stats.load_max_over_mean, load.max_over_mean());
+  }
+  // Balancing reacts to the load this step saw, after the optimizer step, as DeepSeek-V3 describes.
+  model_.update_balance_biases(train_.bias_update_rate);
+  ++step_;
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.tokens_per_s = stats.seconds > 0 ? static_cast<double>(stats.tokens) / stats.seconds : 0;
+  return stats;
+}
+
+void Trainer::save(const std::string& path) const {
+  TrainerState state;
+  state.model = model_.config();
+  state.train = train_;
+  state.step = step_;
+  state.adam_steps = adam_.steps();
+  state.data_rng = data_rng_.state();
+  const auto values = model_.params().values();
+  state.params.assign(values.begin(), values.end());
+  state.adam_m = adam_.m();
+  state.adam_v = adam_.v();
+  state.ema = ema_;
+  for (const MoELayer<float>* layer : model_.moe_layers()) state.balance_bias.push_back(layer->bias());
+  save_checkpoint(path, state);
+}
+
+void Trainer::load(const std::string& path) {
+  TrainerState state = load_checkpoint(path);
+  const std::string difference = config_difference(state.model, model_.config());
+  if (!difference.empty())
+    fail(Errc::invalid_argument,
+         "checkpoint " + path + " was written for another model (" + difference + ")");
+  auto values = model_.params().values();
+  auto layers = model_.moe_layers();
+  if (state.params.size() != values.size() || state.ema.size() != values.size() ||
+      state.adam_m.size() != values.size() || state.adam_v.size() != values.size() ||
+      state.balance_bias.size() != layers.size())
+    fail(Errc::invalid_argument, "checkpoint " + path + " does not match the model's parameter layout");
+  std::copy(state.params.begin(), state.params.end(), values.begin());
+  adam_.m() = std::move(state.adam_m);
+  adam_.v() = std::move(state.adam_v);
+  adam_.set_steps(state.adam_steps);
+  ema_ = std::move(state.ema);
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    if (state.balance_bias[l].size() != layers[l]->bias().size())
+      fail(Errc::invalid_argument, "checkpoint " + path + ": MoE layer " + std::to_string(l) + " has " +
+                                       std::to_string(state.balance_bias[l].size()) + " biases, the model " +
+                                       std::to_string(layers[l]->bias().size()));
+    layers[l]->bias() = std::move(state.balance_bias[l]);
+  }
+  data_rng_.set_state(state.data_rng);
+  step_ = state.step;
+}
+
+std::vector<StepStats> run_training(const RunOptions& options,
+                                    const std::function<void(const StepStats&)>& on_step) {
+  auto data = std::make_shared<const DataSource>(DataSource::from_config(options.data));
+  Trainer trainer(options.model, options.train, data);
+  if (!options.resume_from.empty()) trainer.load(options.resume_from);
+  std::vector<StepStats> history;
+  std::int64_t ran = 0;
+  while (trainer.steps_done() < options.train.steps &&
+         (options.stop_after <= 0 || ran < options.stop_after)) {
+    ++ran;
+    history.push_back(trainer.step());
+    if (on_step) on_step(history.back());
+    if (!options.save_to.empty() && options.save_every > 0 && trainer.steps_done() % options.save_every == 0)
+      trainer.save(options.save_to);
+  }
+  if (!options.save_to.empty()) trainer.save(options.save_to);
+  return history;
+}
+
+std::string format_step(const StepStats& s) {
+  char line[256];
+  std::snprintf(
+      line, sizeof line,
+      "step %5lld | loss %.4f (main %.4f mtp %.4f bal %.2e) | lr %.2e | grad %.3f | load max/mean %.2f | "
+      "%.0f tok/s",
+      static_cast<long long>(s.step), s.loss, s.main_loss, s.mtp_loss, s.balance_loss, s.lr, s.grad_norm,
+      s.load_max_over_mean, s.tokens_per_s);
+  return line;
+}
+
+}  // namespace ferry::model
