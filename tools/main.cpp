@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   ferry::tools::register_launch(app, exit_code);
   ferry::tools::register_topo(app, exit_code);
   ferry::tools::register_bench(app, exit_code);
+  ferry::tools::register_train(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

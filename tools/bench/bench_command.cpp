@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "bench/dispatch_bench.hpp"
 #include "bench/sizes.hpp"
 #include "bench/transport_bench.hpp"
 #include "commands.hpp"
@@ -107,6 +108,7 @@ void register_bench(CLI::App& app, int& exit_code) {
     run_transport(*args);
     exit_code = 0;
   });
+  register_dispatch_bench(*bench, exit_code);
 }
 
 }  // namespace ferry::tools
