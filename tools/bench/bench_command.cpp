@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bench/dispatch_bench.hpp"
+#include "bench/proxy_bench.hpp"
 #include "bench/sizes.hpp"
 #include "bench/transport_bench.hpp"
 #include "commands.hpp"
@@ -24,6 +25,7 @@ struct TransportArgs {
   int iters = 0;
   std::string json;
   bool proxy = false;
+  int proxy_threads = 1;
   bool no_tcp = false;
   double timeout_s = 100;
 };
@@ -54,20 +56,17 @@ void run_transport(const TransportArgs& args) {
   auto group = Group::from_env(group_options);
   auto report = run_transport_bench(group, options);
 
-  // ---- PROXY BENCH HOOK
-  // -------------------------------------------------------------------------------------
-  // `--proxy` adds the proxy's throughput (commands/s through the noop and the real fabric), measured by
-  // run_proxy_bench(Group&, const ProxyBenchOptions&) from tools/bench/proxy_bench.hpp once that exists:
-  //   if (args.proxy) report["proxy"] = run_proxy_bench(group, ProxyBenchOptions{});
   if (args.proxy) {
-    fail(Errc::unsupported,
-         "bench transport --proxy: the proxy benchmark (tools/bench/proxy_bench.hpp) is not "
-         "part of this build yet");
+    ProxyBenchOptions proxy_options;
+    proxy_options.fabric = options.fabric;
+    proxy_options.threads = args.proxy_threads;
+    proxy_options.timeout = options.timeout;
+    report["proxy"] = run_proxy_bench(group, proxy_options);
   }
-  // -----------------------------------------------------------------------------------------------------------
 
   if (group.rank() == 0) {
     print_transport_report(report);
+    if (args.proxy) print_proxy_report(report["proxy"]);
     if (!args.json.empty()) {
       std::ofstream out(args.json);
       out << report.dump(2) << "\n";
@@ -100,6 +99,9 @@ void register_bench(CLI::App& app, int& exit_code) {
   transport->add_option("--json", args->json,
                         "Write the full report (every pair) as JSON to this file (rank 0)");
   transport->add_flag("--proxy", args->proxy, "Also measure proxy command throughput (noop and real fabric)");
+  transport->add_option("--proxy-threads", args->proxy_threads, "Proxy threads (and producer rings) per rank")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   transport->add_flag("--no-tcp", args->no_tcp, "Skip the raw TCP ceiling");
   transport->add_option("--timeout", args->timeout_s, "Deadline of every wait, in seconds")
       ->check(CLI::PositiveNumber)
