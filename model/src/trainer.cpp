@@ -12,21 +12,25 @@
 namespace ferry::model {
 
 Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& train_config,
-                 std::shared_ptr<const DataSource> data)
+                 std::shared_ptr<const DataSource> data, Parallelism parallel)
     : train_(train_config),
+      parallel_(std::move(parallel)),
       data_(std::move(data)),
-      model_(model_config),
+      model_(model_config, parallel_.exchange_factory),
       adam_(model_.params().size()),
       ema_(model_.params().values().begin(), model_.params().values().end()),
       data_rng_(train_config.data_seed) {
   train_.validate();
   if (!data_) fail(Errc::invalid_argument, "Trainer needs a data source");
-  batch_.resize(static_cast<std::size_t>(train_.batch) * (model_config.seq + 2));
+  batch_.resize(static_cast<std::size_t>(ranks()) * train_.batch * (model_config.seq + 2));
 }
 
 StepStats Trainer::step() {
-  data_->sample(batch_.data(), data_rng_, train_.batch, model_.config().seq);
-  return step(batch_.data());
+  // Every rank draws the whole global batch and keeps its own rows: the ranks together see exactly the
+  // batch one process with ranks · batch rows would, and every rank's data RNG stays in the same state.
+  const int seq = model_.config().seq;
+  data_->sample(batch_.data(), data_rng_, ranks() * train_.batch, seq);
+  return step(batch_.data() + static_cast<std::size_t>(rank()) * train_.batch * (seq + 2));
 }
 
 StepStats Trainer::step(const std::uint8_t* tokens) {
@@ -37,23 +41,39 @@ StepStats Trainer::step(const std::uint8_t* tokens) {
   auto& params = model_.params();
   StepStats stats;
   stats.step = step_;
-  stats.grad_norm = clip_grad_norm(params.grads(), train_.grad_clip);
+  LossParts losses = model_.losses();
+  std::vector<ExpertLoad> loads = model_.expert_loads();
+  if (ranks() > 1) {
+    ReducedStep reduced = reduce_step(*parallel_.collective, params, losses, loads);
+    losses = reduced.losses;
+    loads = std::move(reduced.loads);
+    stats.grad_norm = reduced.grad_norm;
+    // clip_grad_norm()'s scaling, with the norm of the whole run's gradients.
+    if (train_.grad_clip > 0 && stats.grad_norm > train_.grad_clip) {
+      const float scale = static_cast<float>(train_.grad_clip / stats.grad_norm);
+      for (float& g : params.grads()) g *= scale;
+    }
+  } else {
+    stats.grad_norm = clip_grad_norm(params.grads(), train_.grad_clip);
+  }
   stats.lr = learning_rate(step_, train_);
   adam_.step(params.values(), params.grads(), params.info(), stats.lr, train_);
   ema_update(ema_, params.values(), train_.ema_decay);
 
-  const LossParts& losses = model_.losses();
   stats.loss = losses.total;
   stats.main_loss = losses.main;
   stats.mtp_loss = losses.mtp;
   stats.balance_loss = losses.balance;
-  stats.tokens = static_cast<std::int64_t>(train_.batch) * model_.config().seq;
-  for (const ExpertLoad& load : model_.expert_loads()) {
+  stats.tokens = static_cast<std::int64_t>(ranks()) * train_.batch * model_.config().seq;
+  for (const ExpertLoad& load : loads) {
     stats.expert_load.push_back(load.counts);
     stats.load_max_over_mean = std::max(stats.load_max_over_mean, load.max_over_mean());
   }
-  // Balancing reacts to the load this step saw, after the optimizer step, as DeepSeek-V3 describes.
-  model_.update_balance_biases(train_.bias_update_rate);
+  // Balancing reacts to the load this step saw (the whole run's), after the optimizer step, as DeepSeek-V3
+  // describes.
+  const auto layers = model_.moe_layers();
+  for (std::size_t l = 0; l < layers.size(); ++l)
+    update_balance_bias(layers[l]->bias().data(), loads[l], train_.bias_update_rate);
   ++step_;
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.tokens_per_s = stats.seconds > 0 ? static_cast<double>(stats.tokens) / stats.seconds : 0;
@@ -107,7 +127,7 @@ void Trainer::load(const std::string& path) {
 std::vector<StepStats> run_training(const RunOptions& options,
                                     const std::function<void(const StepStats&)>& on_step) {
   auto data = std::make_shared<const DataSource>(DataSource::from_config(options.data));
-  Trainer trainer(options.model, options.train, data);
+  Trainer trainer(options.model, options.train, data, options.parallel);
   if (!options.resume_from.empty()) trainer.load(options.resume_from);
   std::vector<StepStats> history;
   std::int64_t ran = 0;

@@ -1,11 +1,210 @@
-// `ferry train` (stub: filled in by the trainer work).
+// `ferry train`: trains the bundled MoE transformer on the CPU, alone or expert-parallel under `ferry
+// launch`.
+//
+//   ferry train --steps 200                                             # one process, every expert local
+//   ferry launch --nodes 2 --ranks-per-node 2 -- ferry train --batch 2 --json log.json
+//
+// Under a launcher every rank holds E / R experts and the MoE layers move tokens with ferry dispatch/combine
+// (FerryExpertExchange); each rank trains on its own --batch rows, so R ranks with --batch B take the same
+// steps as one process with --batch R·B. Rank 0 prints every step and writes the JSON log.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
 #include "commands.hpp"
+#include "ferry/buffer.hpp"
+#include "ferry/core/deadline.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+#include "ferry/model/distributed.hpp"
+#include "ferry/model/ferry_expert_exchange.hpp"
+#include "ferry/model/json.hpp"
+#include "ferry/model/trainer.hpp"
+#include "ferry/transport/store.hpp"
 
 namespace ferry::tools {
+namespace {
+
+struct TrainArgs {
+  model::ModelConfig model;
+  model::TrainConfig train;
+  model::DataConfig data;
+  bool no_mtp = false;
+  std::string exchange = "auto";
+  std::string checkpoint_dir;
+  bool resume = false;
+  std::int64_t save_every = 0;
+  std::int64_t stop_after = 0;
+  std::string json;
+  double timeout_s = 100;
+};
+
+// Rank 0 hosts the bootstrap store, so it must stop using it last: the other ranks report their departure
+// with one final add and rank 0 waits (bounded) for all of them.
+void leave_together(Group& group) {
+  const std::string key = "train/left";
+  if (group.rank() != 0) {
+    group.store().add(key, 1);
+    return;
+  }
+  Deadline deadline(std::chrono::seconds(10));
+  Backoff backoff;
+  while (group.store().add(key, 0) < group.world_size() - 1 && !deadline.expired()) backoff.pause();
+}
+
+nlohmann::json traffic_json(const TrafficCounters& t) {
+  return {{"fabric_messages", t.fabric.messages}, {"fabric_bytes", t.fabric.bytes},
+          {"node_messages", t.node.messages},     {"node_bytes", t.node.bytes},
+          {"self_messages", t.self.messages},     {"self_bytes", t.self.bytes}};
+}
+
+// The job's traffic: every rank's counters summed (each rank only sees what it sent or forwarded).
+nlohmann::json job_traffic(model::Collective& collective, const BufferTraffic& mine) {
+  const TrafficCounters* parts[] = {&mine.dispatch, &mine.combine};
+  std::vector<double> values;
+  for (const TrafficCounters* t : parts)
+    for (const PathTraffic* p : {&t->fabric, &t->node, &t->self}) {
+      values.push_back(static_cast<double>(p->messages));
+      values.push_back(static_cast<double>(p->bytes));
+    }
+  collective.sum(values);
+  BufferTraffic total;
+  std::size_t at = 0;
+  for (TrafficCounters* t : {&total.dispatch, &total.combine})
+    for (PathTraffic* p : {&t->fabric, &t->node, &t->self}) {
+      p->messages = static_cast<std::uint64_t>(values[at++]);
+      p->bytes = static_cast<std::uint64_t>(values[at++]);
+    }
+  return {{"dispatch", traffic_json(total.dispatch)}, {"combine", traffic_json(total.combine)}};
+}
+
+void run_train(TrainArgs args) {
+  args.model.mtp = !args.no_mtp;
+  args.model.validate();
+  args.train.validate();
+  args.data.validate();
+
+  GroupOptions group_options;
+  group_options.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(args.timeout_s));
+  Group group = Group::from_env(group_options);
+  const int rank = group.rank(), ranks = group.world_size();
+  const bool use_ferry = args.exchange == "ferry" || (args.exchange == "auto" && ranks > 1);
+  if (!use_ferry && ranks > 1)
+    fail(Errc::invalid_argument, "ferry train --exchange local runs one process, but this job has " +
+                                     std::to_string(ranks) + " ranks");
+  if (use_ferry && args.model.groups % group.num_nodes() != 0)
+    fail(Errc::invalid_argument, "ferry train: --groups " + std::to_string(args.model.groups) +
+                                     " must be a multiple of the job's " + std::to_string(group.num_nodes()) +
+                                     " nodes, so that no expert group spans two nodes");
+
+  // Declared after the group: the buffer's destruction is collective and needs the group alive.
+  std::shared_ptr<Buffer> buffer;
+  auto collective = std::make_shared<model::GroupCollective>(group);
+  model::RunOptions options;
+  options.model = args.model;
+  options.train = args.train;
+  options.data = args.data;
+  options.save_every = args.save_every;
+  options.stop_after = args.stop_after;
+  if (use_ferry) {
+    ferry::Config config = model::expert_exchange_config(args.model, group.num_nodes());
+    config.timeout = group_options.timeout;
+    buffer = std::make_shared<Buffer>(group, config);
+    options.parallel.exchange_factory = [buffer](int, int experts) {
+      return std::make_unique<model::FerryExpertExchange>(buffer, experts);
+    };
+    if (ranks > 1) options.parallel.collective = collective;
+  }
+  if (!args.checkpoint_dir.empty()) {
+    std::filesystem::create_directories(args.checkpoint_dir);
+    // Each rank keeps its own file: it holds this rank's experts (and the shared dense parameters).
+    const std::string file = args.checkpoint_dir + "/rank" + std::to_string(rank) + ".ckpt";
+    options.save_to = file;
+    if (args.resume) options.resume_from = file;
+  }
+
+  if (rank == 0)
+    std::printf(
+        "ferry train: %d rank(s) on %d node(s), %s exchange, %d experts (%d per rank), batch %d x %d\n",
+        ranks, group.num_nodes(), use_ferry ? "ferry" : "local", args.model.experts,
+        args.model.experts / ranks, ranks, args.train.batch);
+  nlohmann::json steps = nlohmann::json::array();
+  model::run_training(options, [&](const model::StepStats& stats) {
+    if (rank != 0) return;
+    std::printf("%s\n", model::format_step(stats).c_str());
+    std::fflush(stdout);
+    steps.push_back(stats);
+  });
+
+  nlohmann::json log{
+      {"model", args.model}, {"train", args.train},        {"data", args.data},
+      {"ranks", ranks},      {"nodes", group.num_nodes()}, {"exchange", use_ferry ? "ferry" : "local"},
+      {"steps", steps}};
+  if (buffer) log["traffic"] = job_traffic(*collective, buffer->traffic());
+  if (rank == 0 && !args.json.empty()) {
+    std::ofstream out(args.json);
+    out << log.dump(2) << "\n";
+    if (!out) fail(Errc::system, "ferry train: cannot write " + args.json);
+    std::printf("wrote %s\n", args.json.c_str());
+  }
+  options.parallel = {};
+  buffer.reset();  // collective: every rank is here
+  leave_together(group);
+}
+
+}  // namespace
 
 void register_train(CLI::App& app, int& exit_code) {
-  (void)app;
-  (void)exit_code;
+  auto args = std::make_shared<TrainArgs>();
+  auto* train =
+      app.add_subcommand("train", "Train the bundled MoE transformer (expert parallel under ferry launch)");
+  model::ModelConfig& m = args->model;
+  model::TrainConfig& t = args->train;
+  train->add_option("--layers", m.layers, "Transformer blocks")->capture_default_str();
+  train->add_option("--dense", m.n_dense, "Leading blocks with a dense FFN (the rest are MoE)")
+      ->capture_default_str();
+  train->add_option("--dim", m.dim, "Model width")->capture_default_str();
+  train->add_option("--heads", m.heads, "Attention heads")->capture_default_str();
+  train->add_option("--ffn-hidden", m.ffn_hidden, "Hidden width of the dense FFN")->capture_default_str();
+  train->add_option("--expert-hidden", m.expert_hidden, "Hidden width of each expert")->capture_default_str();
+  train->add_option("--experts", m.experts, "Routed experts per MoE layer")->capture_default_str();
+  train->add_option("--topk", m.topk, "Routed experts per token")->capture_default_str();
+  train->add_option("--groups", m.groups, "Expert groups (a multiple of the job's nodes)")
+      ->capture_default_str();
+  train->add_option("--max-nodes", m.max_groups, "Groups (so nodes) one token may reach")
+      ->capture_default_str();
+  train->add_option("--seq", m.seq, "Positions per sequence")->capture_default_str();
+  train->add_flag("--no-mtp", args->no_mtp, "Without the multi-token-prediction module");
+  train->add_option("--seed", m.init_seed, "Seed of the parameter init")->capture_default_str();
+  train->add_option("--batch", t.batch, "Sequences per step on each rank")->capture_default_str();
+  train->add_option("--steps", t.steps, "Steps of the run")->capture_default_str();
+  train->add_option("--lr", t.lr, "Peak learning rate")->capture_default_str();
+  train->add_option("--warmup", t.warmup_steps, "Warm-up steps")->capture_default_str();
+  train->add_option("--data-seed", t.data_seed, "Seed of the batch order")->capture_default_str();
+  train->add_option("--data", args->data.path, "Train on this file's bytes (default: synthetic corpus)");
+  train
+      ->add_option("--exchange", args->exchange,
+                   "Expert exchange: auto (ferry under a launcher), local, ferry")
+      ->check(CLI::IsMember({"auto", "local", "ferry"}))
+      ->capture_default_str();
+  train->add_option("--checkpoint", args->checkpoint_dir, "Save a checkpoint per rank into this directory");
+  train->add_flag("--resume", args->resume, "Resume from the --checkpoint directory first");
+  train->add_option("--save-every", args->save_every, "Also save every N steps (0: only at the end)");
+  train->add_option("--stop-after", args->stop_after,
+                    "Run at most N steps now (0: to --steps), e.g. to resume later");
+  train->add_option("--json", args->json, "Write the run's log (configs, steps, traffic) as JSON (rank 0)");
+  train->add_option("--timeout", args->timeout_s, "Deadline of every wait, in seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->callback([args, &exit_code] {
+    run_train(*args);
+    exit_code = 0;
+  });
 }
 
 }  // namespace ferry::tools

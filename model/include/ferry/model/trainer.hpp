@@ -1,6 +1,10 @@
-// Single-process training: one step = batch → forward → backward → clip → AdamW → EMA → balancing biases.
+// Training: one step = batch → forward → backward → clip → AdamW → EMA → balancing biases.
 // run_training() is what `ferry train` calls: it builds everything from configs, optionally resumes from and
 // saves checkpoints, and reports every step.
+//
+// Expert parallel (Parallelism): each of R ranks draws the same global batch of R · train.batch rows and
+// trains on its own train.batch rows, its MoE layers reach the experts through the given exchanges, and
+// reduce_step() (distributed.hpp) makes the step equal to a single process's on the whole global batch.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +15,7 @@
 
 #include "ferry/model/config.hpp"
 #include "ferry/model/data.hpp"
+#include "ferry/model/distributed.hpp"
 #include "ferry/model/model.hpp"
 #include "ferry/model/optim.hpp"
 #include "ferry/model/rng.hpp"
@@ -25,21 +30,27 @@ struct StepStats {
   double mtp_loss = 0;
   double balance_loss = 0;
   double grad_norm = 0;           // global norm before clipping
-  std::int64_t tokens = 0;        // B · T
+  std::int64_t tokens = 0;        // B · T over all ranks
   double load_max_over_mean = 0;  // worst MoE layer's max/mean tokens per expert (0 without MoE)
   std::vector<std::vector<std::int64_t>> expert_load;  // per MoE layer: tokens per expert
   double seconds = 0;                                  // wall time of the step
   double tokens_per_s = 0;
 };
 
+// How a Trainer spreads over ranks; the default is one process with every expert local.
+struct Parallelism {
+  std::shared_ptr<Collective> collective;   // null: one process
+  ExchangeFactory<float> exchange_factory;  // null: LocalExpertExchange in every MoE layer
+};
+
 class Trainer {
  public:
   Trainer(const ModelConfig& model_config, const TrainConfig& train_config,
-          std::shared_ptr<const DataSource> data);
+          std::shared_ptr<const DataSource> data, Parallelism parallel = {});
 
   // One step on the next batch drawn from the data source.
   StepStats step();
-  // One step on the given batch [train.batch, seq + 2] (does not advance the data RNG).
+  // One step on this rank's batch [train.batch, seq + 2] (does not advance the data RNG).
   StepStats step(const std::uint8_t* tokens);
 
   void save(const std::string& path) const;
@@ -47,6 +58,8 @@ class Trainer {
   void load(const std::string& path);
 
   std::int64_t steps_done() const { return step_; }
+  int ranks() const { return parallel_.collective ? parallel_.collective->size() : 1; }
+  int rank() const { return parallel_.collective ? parallel_.collective->rank() : 0; }
   Model<float>& model() { return model_; }
   const Model<float>& model() const { return model_; }
   const std::vector<float>& ema() const { return ema_; }
@@ -56,13 +69,14 @@ class Trainer {
 
  private:
   TrainConfig train_;
+  Parallelism parallel_;
   std::shared_ptr<const DataSource> data_;
   Model<float> model_;
   AdamW adam_;
   std::vector<float> ema_;
   Rng data_rng_;
   std::int64_t step_ = 0;
-  std::vector<std::uint8_t> batch_;
+  std::vector<std::uint8_t> batch_;  // the global batch [ranks · train.batch, seq + 2]
 };
 
 struct RunOptions {
@@ -74,6 +88,8 @@ struct RunOptions {
   std::int64_t save_every = 0;
   std::int64_t stop_after =
       0;  // run at most this many steps in this call, e.g. to split a run (0 = no limit)
+  // Default: one process.
+  Parallelism parallel;
 };
 
 // Trains from step 0 (or the resumed step) up to train.steps (or stop_after steps), calling on_step after

@@ -1,0 +1,59 @@
+// Data parallelism for the dense parameters of an expert-parallel run.
+//
+// Each rank trains on its own micro-batch and holds the gradients of its own experts only (the others' stay
+// zero). reduce_step() turns this rank's step into the step a single process would take on the concatenated
+// batch: dense gradients are summed over the ranks, every gradient is divided by the rank count (each rank's
+// loss is a mean over its own tokens), losses are averaged, expert loads summed, and the global gradient
+// norm counts each dense parameter once and every expert once. Every sum runs in rank order, in double, so
+// all ranks get the same bits on every run.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "ferry/group.hpp"
+#include "ferry/model/balance.hpp"
+#include "ferry/model/model.hpp"
+#include "ferry/model/params.hpp"
+
+namespace ferry::model {
+
+// Element-wise sums over the ranks of a run.
+class Collective {
+ public:
+  virtual ~Collective() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // values ← Σ over ranks of values, added in rank order: the same result on every rank.
+  virtual void sum(std::span<double> values) = 0;
+};
+
+// Sums over a ferry::Group's bootstrap store (all_gather of byte strings): slow, but deterministic and
+// plenty for the small models the CPU trainer runs. The group must outlive it.
+class GroupCollective final : public Collective {
+ public:
+  explicit GroupCollective(Group& group) : group_(group) {}
+  int rank() const override { return group_.rank(); }
+  int size() const override { return group_.world_size(); }
+  void sum(std::span<double> values) override;
+
+ private:
+  Group& group_;
+};
+
+// Routed-expert tensors ("<prefix>.moe.experts.w13" / ".w2"): their gradients stay on the rank holding them.
+bool is_expert_param(const ParamInfo& info);
+
+struct ReducedStep {
+  LossParts losses;               // averaged over ranks
+  std::vector<ExpertLoad> loads;  // per MoE layer, summed over ranks
+  double grad_norm = 0;           // global L2 norm of the reduced gradients
+};
+
+// Reduces this rank's gradients (in place), losses and loads as described above. Collective: every rank
+// calls it once per step.
+ReducedStep reduce_step(Collective& collective, ParamStore<float>& params, const LossParts& losses,
+                        const std::vector<ExpertLoad>& loads);
+
+}  // namespace ferry::model
