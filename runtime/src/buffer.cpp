@@ -1,6 +1,7 @@
 #include "ferry/buffer.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -40,12 +41,13 @@ DType dtype_of(p::PayloadKind kind) {
 
 // Receive tensors of `rows` rows; topk tensors only when topk travels (num_topk > 0).
 h::DispatchOutputs allocate_outputs(DispatchResult& result, std::int64_t rows, const RowShape& shape, int num_topk) {
-  result.recv_x = Tensor({rows, shape.hidden}, dtype_of(shape.kind));
+  // Every received row is written whole; rows past the received count (worst-case sizing) are zeroed after.
+  result.recv_x = Tensor({rows, shape.hidden}, dtype_of(shape.kind), Tensor::Init::uninitialized);
   h::DispatchOutputs outputs;
   outputs.capacity = rows;
   outputs.recv_x = static_cast<std::byte*>(result.recv_x.data());
   if (shape.kind == p::PayloadKind::fp8_e4m3) {
-    result.recv_x_scales = Tensor({rows, p::scale_blocks(shape.hidden)}, DType::fp32);
+    result.recv_x_scales = Tensor({rows, p::scale_blocks(shape.hidden)}, DType::fp32, Tensor::Init::uninitialized);
     outputs.recv_x_scales = result.recv_x_scales.data_as<float>();
   }
   if (num_topk > 0) {
@@ -56,6 +58,16 @@ h::DispatchOutputs allocate_outputs(DispatchResult& result, std::int64_t rows, c
     outputs.recv_topk_weights = result.recv_topk_weights.data_as<float>();
   }
   return outputs;
+}
+
+// Worst-case outputs: the rows no token landed in read as zeros.
+void zero_rows_past(DispatchResult& result, std::int64_t received) {
+  for (Tensor* tensor : {&result.recv_x, &result.recv_x_scales}) {
+    if (tensor->dim() != 2 || received >= tensor->size(0)) continue;
+    std::size_t row_bytes = tensor->bytes() / static_cast<std::size_t>(tensor->size(0));
+    std::memset(static_cast<std::byte*>(tensor->data()) + received * row_bytes, 0,
+                (tensor->size(0) - received) * row_bytes);
+  }
 }
 
 std::vector<std::int64_t> count_local_experts(const DispatchResult& result, std::int64_t experts_per_rank) {
@@ -224,6 +236,7 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
                                        std::to_string(worst) + "; rows past it were dropped");
     }
     result->num_recv_tokens = record->num_recv;
+    if (worst > 0) zero_rows_past(*result, record->num_recv);
     result->tokens_per_local_expert = count_local_experts(*result, num_experts / impl.num_ranks());
     result->handle.record_ = std::move(record);
     result->handle.recv_rows_ = worst > 0 ? worst : result->num_recv_tokens;
@@ -272,7 +285,8 @@ Pending<CombineResult> Buffer::combine(const TensorView& y, const Handle& handle
   impl.check_handle(handle);
   RowShape shape = check_combine_rows(y, handle.recv_rows(), impl.config);
   auto result = std::make_shared<CombineResult>();
-  result->out = Tensor({handle.num_tokens(), shape.hidden}, y.dtype());
+  // Combine writes every row of out (zeros for a token that went nowhere).
+  result->out = Tensor({handle.num_tokens(), shape.hidden}, y.dtype(), Tensor::Init::uninitialized);
   Event event = impl.queue->submit([&impl, y, shape, handle, result] {
     h::CombineJob job;
     job.kind = shape.kind;

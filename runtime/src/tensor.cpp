@@ -1,5 +1,9 @@
 #include "ferry/tensor.hpp"
 
+#include <cstring>
+
+#include "host_block_cache.hpp"
+
 #include "ferry/core/error.hpp"
 
 namespace ferry {
@@ -53,11 +57,12 @@ std::string TensorView::describe() const {
   return text;
 }
 
-Tensor::Tensor(std::initializer_list<std::int64_t> shape, DType dtype) {
+Tensor::Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init) {
   view_ = TensorView(nullptr, shape, dtype);
   // One byte at least, so even an empty tensor has a valid data pointer.
   std::size_t bytes = view_.bytes() > 0 ? view_.bytes() : 1;
-  storage_ = std::make_unique<std::byte[]>(bytes);  // value-initialised: zeros
+  storage_ = detail::allocate_host_block(bytes);
+  if (init == Init::zeros) std::memset(storage_.get(), 0, bytes);
   view_ = TensorView(storage_.get(), shape, dtype);
 }
 

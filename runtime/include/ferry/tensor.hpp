@@ -49,11 +49,22 @@ class TensorView {
   Device device_ = Device::host;
 };
 
-// A zero-initialised host tensor that owns its memory.
+namespace detail {
+// Returns a tensor's memory to ferry's host block cache (large blocks are recycled between operations).
+struct HostBlockDeleter {
+  std::size_t capacity = 0;  // the block's size class; 0: a small block, freed at once
+  void operator()(std::byte* block) const;
+};
+}  // namespace detail
+
+// A host tensor that owns its memory (64-byte aligned). Zero-initialised unless asked otherwise: ferry asks
+// for uninitialized memory only where it writes every byte itself.
 class Tensor {
  public:
+  enum class Init : std::uint8_t { zeros, uninitialized };
+
   Tensor() = default;
-  Tensor(std::initializer_list<std::int64_t> shape, DType dtype);
+  Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init = Init::zeros);
 
   const TensorView& view() const { return view_; }
   operator const TensorView&() const { return view_; }  // NOLINT: a tensor is usable wherever a view is
@@ -69,7 +80,7 @@ class Tensor {
   std::size_t bytes() const { return view_.bytes(); }
 
  private:
-  std::unique_ptr<std::byte[]> storage_;
+  std::unique_ptr<std::byte[], detail::HostBlockDeleter> storage_;
   TensorView view_;
 };
 

@@ -208,15 +208,15 @@ class CombineForwarder {
     return true;
   }
 
+  // Ascending local rank: the fixed order that makes combine deterministic.
   FERRY_HD void sum_rows(const std::byte* const* rows, std::uint32_t mask, std::byte* out) const {
     const OpContext& ctx = plan_->ctx;
-    for (std::int64_t h = 0; h < ctx.hidden; ++h) {
-      float sum = 0.0f;
-      for (int local = 0; local < ctx.topo.local_size; ++local) {
-        if (mask >> local & 1u) sum += load_element(ctx.kind, rows[local], h);
-      }
-      store_element(ctx.kind, out, h, sum);
+    const std::byte* selected[kMaxLocalRanks];
+    int count = 0;
+    for (int local = 0; local < ctx.topo.local_size; ++local) {
+      if (mask >> local & 1u) selected[count++] = rows[local];
     }
+    protocol::sum_rows(ctx.kind, selected, count, ctx.hidden, out);
   }
 
   const CombinePlan* plan_;
@@ -247,14 +247,13 @@ class CombineReceiver {
       std::uint64_t nodes = node_mask_of(plan_->topk_idx + token * plan_->num_topk, plan_->num_topk, ctx.split, topo);
       const std::byte* rows[kMaxNodes];
       if (!gather_rows(io, nodes, token, rows, result)) break;
-      std::byte* out = plan_->out + token * ctx.row_bytes();
-      for (std::int64_t h = 0; h < ctx.hidden; ++h) {
-        float sum = 0.0f;
-        for (int node = 0; node < topo.num_nodes; ++node) {
-          if (nodes >> node & 1u) sum += load_element(ctx.kind, rows[node], h);
-        }
-        store_element(ctx.kind, out, h, sum);
+      // Ascending node order: the fixed order that makes combine deterministic.
+      const std::byte* selected[kMaxNodes];
+      int count = 0;
+      for (int node = 0; node < topo.num_nodes; ++node) {
+        if (nodes >> node & 1u) selected[count++] = rows[node];
       }
+      protocol::sum_rows(ctx.kind, selected, count, ctx.hidden, plan_->out + token * ctx.row_bytes());
       for (int node = 0; node < topo.num_nodes; ++node) peeked_[node] += nodes >> node & 1u;
       ++token;
       ++processed;

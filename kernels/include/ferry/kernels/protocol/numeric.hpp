@@ -5,6 +5,7 @@
 // e4m3 saturates to +-448 (CUDA's __NV_SATFINITE) instead of producing NaN for large values.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "ferry/kernels/protocol/hd.hpp"
@@ -83,6 +84,37 @@ FERRY_HD inline void store_element(PayloadKind kind, void* row, std::int64_t i, 
     static_cast<float*>(row)[i] = value;
   } else {
     static_cast<std::uint16_t*>(row)[i] = float_to_bf16(value);
+  }
+}
+
+// out[i] = 0 + rows[0][i] + rows[1][i] + ... in fp32, in exactly this order, rounded once to the row type
+// (bf16 or fp32); count == 0 writes zeros. The sum is taken block by block over the row with the element type
+// fixed per pass, so the host compiler vectorizes it; per element the additions are the same as a plain loop's,
+// so the result is the same bit for bit.
+template <typename Row, typename Load, typename Store>
+FERRY_HD inline void sum_rows_as(const std::byte* const* rows, int count, std::int64_t hidden, std::byte* out,
+                                 Load load, Store store) {
+  constexpr std::int64_t kBlock = 256;
+  float sum[kBlock];
+  for (std::int64_t begin = 0; begin < hidden; begin += kBlock) {
+    const std::int64_t n = hidden - begin < kBlock ? hidden - begin : kBlock;
+    for (std::int64_t i = 0; i < n; ++i) sum[i] = 0.0f;
+    for (int r = 0; r < count; ++r) {
+      const Row* row = reinterpret_cast<const Row*>(rows[r]) + begin;
+      for (std::int64_t i = 0; i < n; ++i) sum[i] += load(row[i]);
+    }
+    Row* target = reinterpret_cast<Row*>(out) + begin;
+    for (std::int64_t i = 0; i < n; ++i) target[i] = store(sum[i]);
+  }
+}
+
+FERRY_HD inline void sum_rows(PayloadKind kind, const std::byte* const* rows, int count, std::int64_t hidden,
+                              std::byte* out) {
+  if (kind == PayloadKind::fp32) {
+    sum_rows_as<float>(rows, count, hidden, out, [](float v) { return v; }, [](float v) { return v; });
+  } else {
+    sum_rows_as<std::uint16_t>(rows, count, hidden, out, [](std::uint16_t v) { return bf16_to_float(v); },
+                               [](float v) { return float_to_bf16(v); });
   }
 }
 
