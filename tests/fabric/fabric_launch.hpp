@@ -72,6 +72,9 @@ inline launch_test::LaunchResult run(const Job& job, const std::string& tag,
                                 "--ranks-per-node", std::to_string(job.ranks_per_node),
                                 "--timeout",        "80"};
   if (job.netns) args.push_back("--netns");
+  // Survivors of a killed peer ignore SIGTERM and must outlive the launcher's stop long enough to report the
+  // death: on a loaded machine noticing it can take longer than the default 3 s grace.
+  args.insert(args.end(), {"--grace", std::to_string(job.worker_timeout_s + 5)});
   args.insert(args.end(), {"--", FABRIC_WORKER, job.scenario, "--fabric", job.fabric, "--timeout",
                            std::to_string(job.worker_timeout_s), "--tag", tag});
   args.insert(args.end(), job.extra.begin(), job.extra.end());

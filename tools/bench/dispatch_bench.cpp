@@ -111,6 +111,11 @@ int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
   config.max_hidden = static_cast<int>(o.hidden);
   config.max_topk = o.topk;
   config.timeout = timeout;
+  if (o.rdma_slots > 0) config.rdma_ring_slots = o.rdma_slots;
+  if (o.rdma_chunk > 0) config.rdma_chunk = o.rdma_chunk;
+  if (o.nvl_slots > 0) config.nvl_ring_slots = o.nvl_slots;
+  if (o.nvl_chunk > 0) config.nvl_chunk = o.nvl_chunk;
+  if (o.workers > 0) config.host_workers = o.workers;
   auto buffer = std::make_unique<Buffer>(group, config);
 
   RankInputs in;

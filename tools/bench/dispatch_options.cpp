@@ -24,6 +24,16 @@ void add_dispatch_options(CLI::App& command, DispatchBenchOptions& options) {
   command.add_option("--num-sms", options.num_sms, "SM budget (channels = num_sms / 2)")
       ->check(CLI::Range(2, 1024))
       ->capture_default_str();
+  command.add_option("--rdma-slots", options.rdma_slots, "ferry: slots per (channel, node) fabric ring (0: default)")
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--rdma-chunk", options.rdma_chunk, "ferry: messages per fabric publish (0: default)")
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--nvl-slots", options.nvl_slots, "ferry: slots per (channel, local rank) ring (0: default)")
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--nvl-chunk", options.nvl_chunk, "ferry: messages per node-ring publish (0: default)")
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--workers", options.workers, "ferry host backend: worker threads per rank (0: automatic)")
+      ->check(CLI::NonNegativeNumber);
   command.add_flag("--fp8", options.fp8, "Send x as fp8 e4m3 with one fp32 scale per 128 values (else bf16)");
   command.add_option("--iters", options.iters, "Timed iterations")
       ->check(CLI::PositiveNumber)

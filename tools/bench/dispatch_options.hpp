@@ -25,6 +25,12 @@ struct DispatchBenchOptions {
   bool check = false;
   std::string json;
   double timeout_s = 100;
+  // ferry's ring geometry and host workers (0: ferry::Config's defaults); the MPI baseline ignores them.
+  int rdma_slots = 0;
+  int rdma_chunk = 0;
+  int nvl_slots = 0;
+  int nvl_chunk = 0;
+  int workers = 0;
 };
 
 void add_dispatch_options(CLI::App& command, DispatchBenchOptions& options);

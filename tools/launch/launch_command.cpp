@@ -11,6 +11,7 @@ void register_launch(CLI::App& app, int& exit_code) {
     launch::LaunchOptions options;
     double link_gbps = 0;
     long timeout_s = 600;
+    double grace_s = 3;
     bool no_prefix = false;
   };
   auto parsed = std::make_shared<Parsed>();
@@ -35,6 +36,10 @@ void register_launch(CLI::App& app, int& exit_code) {
   cmd->add_option("--timeout", parsed->timeout_s, "Stop the job and exit 124 after S seconds (0: no limit)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--grace", parsed->grace_s,
+                  "Seconds between SIGTERM and SIGKILL when the job is stopped (a rank failed, a signal, the timeout)")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
   cmd->add_flag("--no-prefix", parsed->no_prefix, "Do not prefix the ranks' output lines with [r<rank>]");
   // After `--` every word belongs to the command, even those that look like options (sh -c ...).
   cmd->add_option("command", parsed->options.command, "The command every rank runs (put it after --)")
@@ -44,6 +49,7 @@ void register_launch(CLI::App& app, int& exit_code) {
     auto options = parsed->options;
     if (cmd->count("--link-gbps") > 0) options.link_gbps = parsed->link_gbps;
     options.timeout = std::chrono::seconds(parsed->timeout_s);
+    options.grace = std::chrono::milliseconds(static_cast<long>(parsed->grace_s * 1000));
     options.prefix_output = !parsed->no_prefix;
     exit_code = launch::run_launch(options);
   });
