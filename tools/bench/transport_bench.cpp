@@ -219,6 +219,9 @@ class TransportBench {
       }
     }
     fabric_->flush();
+    // Over UCX/tcp a flush completes only when the partner's worker acknowledges, so the partner must keep
+    // progressing the fabric until this rank's flush is done; the raw TCP part that follows does not.
+    transport::fabric_barrier(*fabric_, peers_, "bench/transport/latency_flushed");
   }
 
   void connect_tcp() {
