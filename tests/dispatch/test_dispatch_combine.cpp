@@ -90,8 +90,8 @@ Config config_for(std::mt19937_64& rng, const ScenarioShape& shape) {
 
 TEST_CASE("dispatch and combine match the reference on every topology", "[unit]") {
   auto rng = seeded("topologies");
-  const std::pair<int, int> topologies[] = {{1, 1}, {1, 4}, {2, 2}, {3, 3}, {4, 4},
-                                            {2, 3}, {3, 2}, {4, 1}, {1, 8}};
+  const std::pair<int, int> topologies[] = {{1, 1}, {1, 4}, {2, 2}, {3, 3}, {4, 4}, {2, 3},
+                                            {3, 2}, {4, 1}, {1, 8}, {5, 1}, {8, 1}, {8, 2}};
   for (auto [nodes, locals] : topologies) {
     for (int repeat = 0; repeat < 2; ++repeat) {
       ScenarioShape shape = random_shape(rng, nodes, locals);
