@@ -106,11 +106,18 @@ inline void expect_peer_death_reported(const Job& job) {
   int world = job.nodes * job.ranks_per_node;
   for (int rank = 0; rank < world; ++rank) {
     if (rank == 1) continue;
+    // The survivor noticed either mid-transfer ("fabric error after ...") or, when the victim died before
+    // it reached the transfer loop, in an earlier fabric call (the worker's "FAILED: ..." line). Either way
+    // the message must be a peer failure that names rank 1.
     auto lines = launch_test::lines_starting_with(
-        result.out, "[r" + std::to_string(rank) + "] rank " + std::to_string(rank) + ": fabric error");
-    REQUIRE(lines.size() == 1);
-    CHECK(lines[0].find("peer failure") != std::string::npos);
-    CHECK(lines[0].find("rank 1") != std::string::npos);
+        result.out, "[r" + std::to_string(rank) + "] rank " + std::to_string(rank) + ": ");
+    bool reported = false;
+    for (const auto& line : lines) {
+      reported = reported || (line.find("peer failure") != std::string::npos &&
+                              line.find("rank 1") != std::string::npos);
+    }
+    INFO("rank " << rank);
+    CHECK(reported);
   }
   CHECK(result.seconds < job.worker_timeout_s + 30);
   CHECK(processes_with(tag).empty());
