@@ -30,19 +30,6 @@ struct TransportArgs {
   double timeout_s = 100;
 };
 
-// Rank 0 hosts the store: it must be the last to stop using it, or a rank still reading its last reply loses the
-// connection. Every other rank reports its departure with one final add; rank 0 waits (bounded) for all of them.
-void leave_together(Group& group) {
-  const std::string key = "bench/transport/left";
-  if (group.rank() != 0) {
-    group.store().add(key, 1);
-    return;
-  }
-  Deadline deadline(std::chrono::seconds(10));
-  Backoff backoff;
-  while (group.store().add(key, 0) < group.world_size() - 1 && !deadline.expired()) backoff.pause();
-}
-
 void run_transport(const TransportArgs& args) {
   TransportBenchOptions options;
   options.fabric = transport::parse_fabric_kind(args.fabric);
@@ -74,7 +61,6 @@ void run_transport(const TransportArgs& args) {
       std::printf("wrote %s\n", args.json.c_str());
     }
   }
-  leave_together(group);
 }
 
 }  // namespace

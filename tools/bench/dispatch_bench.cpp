@@ -29,19 +29,6 @@ namespace {
 
 using bench::DispatchBenchOptions;
 
-// Rank 0 hosts the store and must stop using it last (as `ferry bench transport` does): every other rank
-// reports its departure with one add, rank 0 waits for all of them, bounded.
-void leave_together(Group& group) {
-  const std::string key = "bench/dispatch/left";
-  if (group.rank() != 0) {
-    group.store().add(key, 1);
-    return;
-  }
-  Deadline deadline(std::chrono::seconds(10));
-  Backoff backoff;
-  while (group.store().add(key, 0) < group.world_size() - 1 && !deadline.expired()) backoff.pause();
-}
-
 // This rank's token rows and routing, as ferry's inputs.
 struct RankInputs {
   bench::Routing routing;
@@ -193,7 +180,6 @@ int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
     bench::print_summary(summary);
     if (!o.json.empty()) bench::write_json(summary, o.json);
   }
-  leave_together(group);
   return summary["check"] == "failed" ? 1 : 0;
 }
 

@@ -44,19 +44,6 @@ struct TrainArgs {
   double timeout_s = 100;
 };
 
-// Rank 0 hosts the bootstrap store, so it must stop using it last: the other ranks report their departure
-// with one final add and rank 0 waits (bounded) for all of them.
-void leave_together(Group& group) {
-  const std::string key = "train/left";
-  if (group.rank() != 0) {
-    group.store().add(key, 1);
-    return;
-  }
-  Deadline deadline(std::chrono::seconds(10));
-  Backoff backoff;
-  while (group.store().add(key, 0) < group.world_size() - 1 && !deadline.expired()) backoff.pause();
-}
-
 nlohmann::json traffic_json(const TrafficCounters& t) {
   return {{"fabric_messages", t.fabric.messages}, {"fabric_bytes", t.fabric.bytes},
           {"node_messages", t.node.messages},     {"node_bytes", t.node.bytes},
@@ -154,7 +141,6 @@ void run_train(TrainArgs args) {
   }
   options.parallel = {};
   buffer.reset();  // collective: every rank is here
-  leave_together(group);
 }
 
 }  // namespace
