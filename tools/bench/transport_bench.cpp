@@ -16,6 +16,7 @@
 #include "bench/sizes.hpp"
 #include "bench/tcp_stream.hpp"
 #include "ferry/core/error.hpp"
+#include "ferry/runtime/group_peers.hpp"
 
 extern char** environ;
 
@@ -103,13 +104,7 @@ class TransportBench {
     partner_ = sender_ ? group.rank() + half : group.rank() - half;
     max_bytes_ = *std::max_element(options.sizes.begin(), options.sizes.end());
 
-    peers_.store = &group.store();
-    peers_.rank = group.rank();
-    peers_.world_size = group.world_size();
-    peers_.local_rank = group.local_rank();
-    peers_.local_size = group.local_size();
-    peers_.job_id = group.job().job_id;
-    peers_.timeout = options.timeout;
+    peers_ = runtime::group_peers(group, options.timeout);
     transport::FabricOptions fabric_options;
     fabric_options.kind = options.fabric;
     fabric_ = transport::make_fabric(peers_, fabric_options);

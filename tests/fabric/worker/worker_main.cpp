@@ -12,6 +12,7 @@
 #include <string>
 
 #include "ferry/core/error.hpp"
+#include "ferry/runtime/group_peers.hpp"
 #include "scenarios.hpp"
 
 namespace {
@@ -89,13 +90,7 @@ int main(int argc, char** argv) {
 
     fabric_worker::Context context;
     context.group = &group;
-    context.peers.store = &group.store();
-    context.peers.rank = group.rank();
-    context.peers.world_size = group.world_size();
-    context.peers.local_rank = group.local_rank();
-    context.peers.local_size = group.local_size();
-    context.peers.job_id = group.job().job_id;
-    context.peers.timeout = std::chrono::seconds(timeout_s);
+    context.peers = ferry::runtime::group_peers(group, std::chrono::seconds(timeout_s));
     context.options.kind = ferry::transport::parse_fabric_kind(fabric);
     context.seed = seed;
     context.rounds = rounds;
