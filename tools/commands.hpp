@@ -12,5 +12,6 @@ void register_launch(CLI::App& app, int& exit_code);
 void register_topo(CLI::App& app, int& exit_code);
 void register_bench(CLI::App& app, int& exit_code);
 void register_train(CLI::App& app, int& exit_code);
+void register_trace(CLI::App& app, int& exit_code);
 
 }  // namespace ferry::tools

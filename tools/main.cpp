@@ -1,4 +1,4 @@
-// `ferry`: launch an emulated cluster, inspect the topology, benchmark and train.
+// `ferry`: launch an emulated cluster, inspect the topology, benchmark, train and read pipeline traces.
 #include <cstdio>
 #include <exception>
 
@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   ferry::tools::register_topo(app, exit_code);
   ferry::tools::register_bench(app, exit_code);
   ferry::tools::register_train(app, exit_code);
+  ferry::tools::register_trace(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

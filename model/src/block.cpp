@@ -45,6 +45,34 @@ Block<T>::Block(const ModelConfig& config, ParamStore<T>& store, const std::stri
 }
 
 template <typename T>
+Block<T>::Block(const Block& other, std::unique_ptr<ExpertExchange<T>> exchange)
+    : dim_(other.dim_),
+      heads_(other.heads_),
+      seq_(other.seq_),
+      ffn_hidden_(other.ffn_hidden_),
+      eps_(other.eps_),
+      ln1_(other.ln1_),
+      wqkv_(other.wqkv_),
+      wo_(other.wo_),
+      ln2_(other.ln2_),
+      w13_(other.w13_),
+      w2_(other.w2_),
+      gate_(other.gate_),
+      shared_w13_(other.shared_w13_),
+      shared_w2_(other.shared_w2_),
+      experts_w13_(other.experts_w13_),
+      experts_w2_(other.experts_w2_) {
+  if (!other.moe_) return;
+  moe_ = std::make_unique<MoELayer<T>>(other.moe_->shape(), std::move(exchange));
+  moe_->bias() = other.moe_->bias();
+}
+
+template <typename T>
+std::unique_ptr<Block<T>> Block<T>::replica(std::unique_ptr<ExpertExchange<T>> exchange) const {
+  return std::unique_ptr<Block>(new Block(*this, std::move(exchange)));
+}
+
+template <typename T>
 MoEWeights<T> Block<T>::moe_weights(ParamStore<T>& store) const {
   return MoEWeights<T>{store.value(gate_), store.value(shared_w13_), store.value(shared_w2_),
                        store.value(experts_w13_), store.value(experts_w2_)};

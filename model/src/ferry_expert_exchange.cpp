@@ -5,6 +5,7 @@
 #include <string>
 
 #include "ferry/core/error.hpp"
+#include "ferry/model/exchange_observer.hpp"
 
 namespace ferry::model {
 
@@ -66,7 +67,7 @@ std::unique_ptr<ExchangeHandle> FerryExpertExchange::dispatch(const float* x, in
   const ferry::TensorView weight_view(weight, {tokens, topk}, DType::fp32);
   const ferry::Layout layout = buffer_->get_layout(idx_view, num_experts_);
   auto pending = buffer_->dispatch({x_view, {}, idx_view, weight_view}, layout);
-  ferry::DispatchResult& got = pending.wait();
+  ferry::DispatchResult& got = await_exchange(ExchangeOp::dispatch, pending);
 
   auto handle = std::make_unique<FerryHandle>();
   handle->handle = got.handle;
@@ -132,7 +133,7 @@ void FerryExpertExchange::combine(const ExchangeHandle& handle, const float* row
   }
   const ferry::TensorView view(send_.data(), {h.recv_rows, h.dim}, DType::fp32);
   auto pending = buffer_->combine(view, h.handle);
-  const ferry::Tensor& sum = pending.wait().out;
+  const ferry::Tensor& sum = await_exchange(ExchangeOp::combine, pending).out;
   const float* s = sum.data_as<const float>();
   for (std::size_t i = 0; i < static_cast<std::size_t>(h.tokens) * C; ++i) y[i] += s[i];
 }
@@ -142,7 +143,7 @@ void FerryExpertExchange::combine_backward(const ExchangeHandle& handle, const f
   const std::size_t C = h.dim;
   const ferry::TensorView view(dy, {h.tokens, h.dim}, DType::fp32);
   auto pending = buffer_->dispatch(view, {}, h.handle);
-  ferry::DispatchResult& got = pending.wait();
+  ferry::DispatchResult& got = await_exchange(ExchangeOp::combine_backward, pending);
   const float* recv = got.recv_x.data_as<const float>();
   for (std::size_t m = 0; m + 1 < h.entry_offsets.size(); ++m)
     for (int e = h.entry_offsets[m]; e < h.entry_offsets[m + 1]; ++e)
@@ -166,7 +167,7 @@ void FerryExpertExchange::dispatch_backward(const ExchangeHandle& handle, const 
   }
   const ferry::TensorView view(send_.data(), {h.recv_rows, static_cast<std::int64_t>(W)}, DType::fp32);
   auto pending = buffer_->combine(view, h.handle);
-  const ferry::Tensor& sum = pending.wait().out;
+  const ferry::Tensor& sum = await_exchange(ExchangeOp::dispatch_backward, pending).out;
   const float* s = sum.data_as<const float>();
   for (std::size_t t = 0; t < static_cast<std::size_t>(h.tokens); ++t) {
     const float* row = s + t * W;

@@ -1,6 +1,9 @@
 #include "ferry/model/linear.hpp"
 
+#include <type_traits>
+
 #include "ferry/model/gemm.hpp"
+#include "ferry/model/pipeline/weight_grad.hpp"
 
 namespace ferry::model {
 
@@ -12,6 +15,13 @@ void linear_forward(T* y, const T* x, const T* w, int n, int in, int out) {
 template <typename T>
 void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int n, int in, int out) {
   if (dx) gemm<T>(false, true, n, in, out, T(1), dy, out, w, out, T(1), dx, in);
+  if constexpr (std::is_same_v<T, float>) {
+    // A zero-bubble pipeline's B pass: the weight gradient waits for its W pass (pipeline/weight_grad.hpp).
+    if (pipeline::WeightGradQueue* queue = pipeline::deferred_weight_grads()) {
+      queue->defer_linear(dw, x, dy, n, in, out);
+      return;
+    }
+  }
   gemm<T>(true, false, in, out, n, T(1), x, in, dy, out, T(1), dw, out);
 }
 

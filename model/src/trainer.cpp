@@ -30,6 +30,11 @@ StepStats Trainer::step() {
   // batch one process with ranks · batch rows would, and every rank's data RNG stays in the same state.
   const int seq = model_.config().seq;
   data_->sample(batch_.data(), data_rng_, ranks() * train_.batch, seq);
+  if (parallel_.step_gradients) {
+    const auto start = std::chrono::steady_clock::now();
+    ReducedStep reduced = parallel_.step_gradients(model_, batch_.data(), ranks() * train_.batch);
+    return finish_step(start, reduced.losses, std::move(reduced.loads), reduced.grad_norm, true);
+  }
   return step(batch_.data() + static_cast<std::size_t>(rank()) * train_.batch * (seq + 2));
 }
 
@@ -38,16 +43,21 @@ StepStats Trainer::step(const std::uint8_t* tokens) {
   model_.zero_grad();
   model_.forward(tokens, train_.batch);
   model_.backward();
+  if (ranks() > 1) {
+    ReducedStep reduced =
+        reduce_step(*parallel_.collective, model_.params(), model_.losses(), model_.expert_loads());
+    return finish_step(start, reduced.losses, std::move(reduced.loads), reduced.grad_norm, true);
+  }
+  return finish_step(start, model_.losses(), model_.expert_loads(), 0, false);
+}
+
+StepStats Trainer::finish_step(std::chrono::steady_clock::time_point start, LossParts losses,
+                               std::vector<ExpertLoad> loads, double grad_norm, bool norm_known) {
   auto& params = model_.params();
   StepStats stats;
   stats.step = step_;
-  LossParts losses = model_.losses();
-  std::vector<ExpertLoad> loads = model_.expert_loads();
-  if (ranks() > 1) {
-    ReducedStep reduced = reduce_step(*parallel_.collective, params, losses, loads);
-    losses = reduced.losses;
-    loads = std::move(reduced.loads);
-    stats.grad_norm = reduced.grad_norm;
+  if (norm_known) {
+    stats.grad_norm = grad_norm;
     // clip_grad_norm()'s scaling, with the norm of the whole run's gradients.
     if (train_.grad_clip > 0 && stats.grad_norm > train_.grad_clip) {
       const float scale = static_cast<float>(train_.grad_clip / stats.grad_norm);

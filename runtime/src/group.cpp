@@ -14,18 +14,23 @@ namespace ferry {
 
 struct Group::Impl {
   JobEnv job;
-  std::unique_ptr<transport::StoreServer> server;  // rank 0 only
+  std::unique_ptr<transport::StoreServer> server;  // rank 0 of a whole job only; sub-groups use their root's
   std::unique_ptr<transport::Store> store;
+  std::string key_prefix;        // on every key of `store`: empty for a whole job, see split()
+  std::uint16_t store_port = 0;  // where `store` connected (job.store_port may be 0 on the rank hosting it)
   std::vector<RankInfo> ranks;
   Duration timeout{};
+  std::map<std::string, std::uint64_t> split_rounds;  // split name -> rounds this rank has taken part in
 
-  // Rank 0 hosts the store: it must outlive every other rank's last reply. Every rank checks out on leaving, and
-  // rank 0 waits (bounded) until all have, so a rank finishing first never cuts the others' final collective.
+  // Rank 0 of a whole job hosts the store: it must outlive every other rank's last reply. Every rank checks
+  // out on leaving, and rank 0 waits (bounded) until all have, so a rank finishing first never cuts the
+  // others' final collective. A sub-group's rank 0 waits for its members the same way (under the sub-group's
+  // prefix), so leaving a sub-group is as orderly as leaving the job.
   ~Impl() {
     if (!store) return;
     try {
       store->add("ferry/group/exit", 1);
-      if (!server) return;
+      if (job.rank != 0) return;
       Deadline deadline(std::min<Duration>(timeout, std::chrono::seconds(30)));
       while (store->add("ferry/group/exit", 0) < job.world_size && !deadline.expired()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -44,17 +49,20 @@ std::string local_hostname() {
   return name;
 }
 
-std::vector<std::uint8_t> encode(const RankInfo& info, int local_size) {
-  nlohmann::json j = {{"rank", info.rank},         {"node", info.node},
-                      {"local_rank", info.local_rank}, {"local_size", local_size},
-                      {"hostname", info.hostname}, {"address", info.address},
-                      {"pid", info.pid}};
+std::vector<std::uint8_t> encode(const RankInfo& info, int local_size, const std::string& refusal) {
+  nlohmann::json j = {
+      {"rank", info.rank},        {"node", info.node},         {"local_rank", info.local_rank},
+      {"local_size", local_size}, {"hostname", info.hostname}, {"address", info.address},
+      {"pid", info.pid}};
+  if (!refusal.empty()) j["refusal"] = refusal;
   auto text = j.dump();
   return {text.begin(), text.end()};
 }
 
 // Checks every rank's report against ours: one local size everywhere, ranks in order, one host per node.
-std::vector<RankInfo> decode_and_validate(const std::vector<transport::Bytes>& blobs, const JobEnv& job) {
+// `refused`: rank 0's refusal of the whole group, if it sent one.
+std::vector<RankInfo> decode_and_validate(const std::vector<transport::Bytes>& blobs, const JobEnv& job,
+                                          std::string* refused) {
   std::vector<RankInfo> ranks;
   std::map<int, std::pair<int, std::string>> host_of_node;  // node -> (first rank, hostname)
   for (std::size_t r = 0; r < blobs.size(); ++r) {
@@ -74,6 +82,7 @@ std::vector<RankInfo> decode_and_validate(const std::vector<transport::Bytes>& b
       info.address = j.at("address");
       info.pid = j.at("pid");
       local_size = j.at("local_size");
+      if (r == 0 && j.contains("refusal")) *refused = j.at("refusal");
     } catch (const nlohmann::json::exception& e) {
       fail(Errc::protocol, "rank " + std::to_string(r) + " sent an incomplete bootstrap record: " + e.what());
     }
@@ -108,21 +117,29 @@ Group::~Group() = default;
 Group Group::from_env(const GroupOptions& options) { return from_job(resolve_job_env(), options); }
 
 Group Group::from_job(const JobEnv& job, const GroupOptions& options) {
+  return join(job, options, job.rank == 0, "", "");
+}
+
+Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_store,
+                  const std::string& key_prefix, const std::string& refusal) {
   auto impl = std::make_unique<Impl>();
   impl->job = job;
   impl->timeout = options.timeout;
+  impl->key_prefix = key_prefix;
 
   transport::StoreOptions store_options;
   store_options.host = job.store_host;
   store_options.port = job.store_port;
   store_options.secret = job.secret;
   store_options.timeout = options.timeout;
-  if (job.rank == 0) {
+  if (host_store) {
     impl->server = std::make_unique<transport::StoreServer>(store_options);
     store_options.port = impl->server->port();
   } else if (job.store_port == 0) {
     fail(Errc::invalid_argument, "rank " + std::to_string(job.rank) + " has no store port to connect to");
   }
+  store_options.key_prefix = key_prefix;
+  impl->store_port = store_options.port;
   impl->store = std::make_unique<transport::Store>(store_options);
 
   RankInfo mine;
@@ -132,10 +149,13 @@ Group Group::from_job(const JobEnv& job, const GroupOptions& options) {
   mine.hostname = local_hostname();
   mine.address = job.node_address.empty() ? impl->store->local_address() : job.node_address;
   mine.pid = static_cast<int>(getpid());
-  auto blobs = impl->store->all_gather("ferry/group/ranks", job.rank, job.world_size, encode(mine, job.local_size));
+  auto blobs = impl->store->all_gather("ferry/group/ranks", job.rank, job.world_size,
+                                       encode(mine, job.local_size, job.rank == 0 ? refusal : ""));
   // Everyone has read every record before anyone may fail validation and (on rank 0) take the store down.
   impl->store->barrier("ferry/group/gathered", job.rank, job.world_size);
-  impl->ranks = decode_and_validate(blobs, job);
+  std::string refused;
+  impl->ranks = decode_and_validate(blobs, job, &refused);
+  if (!refused.empty()) fail(Errc::invalid_argument, refused);
   return Group(std::move(impl));
 }
 
@@ -148,6 +168,9 @@ int Group::local_size() const { return impl_->job.local_size; }
 const JobEnv& Group::job() const { return impl_->job; }
 const std::vector<RankInfo>& Group::ranks() const { return impl_->ranks; }
 transport::Store& Group::store() { return *impl_->store; }
+const std::string& Group::key_prefix() const { return impl_->key_prefix; }
+std::uint16_t Group::store_port() const { return impl_->store_port; }
+std::uint64_t Group::next_split_round(const std::string& name) { return impl_->split_rounds[name]++; }
 
 void Group::barrier(const std::string& name) { impl_->store->barrier(name, rank(), world_size()); }
 

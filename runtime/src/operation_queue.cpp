@@ -4,9 +4,15 @@
 
 namespace ferry {
 
+void Event::State::start() {
+  std::lock_guard lock(mutex);
+  started = std::chrono::steady_clock::now();
+}
+
 void Event::State::finish(std::exception_ptr failure) {
   {
     std::lock_guard lock(mutex);
+    finished = std::chrono::steady_clock::now();
     error = failure;
     done = true;
   }
@@ -28,6 +34,12 @@ void Event::wait() const {
   std::unique_lock lock(state_->mutex);
   state_->done_changed.wait(lock, [this] { return state_->done; });
   if (state_->error) std::rethrow_exception(state_->error);
+}
+
+Event::Times Event::times() const {
+  std::lock_guard lock(state_->mutex);
+  if (!state_->done) fail(Errc::invalid_argument, "Event::times() of an operation that has not finished");
+  return Times{state_->issued, state_->started, state_->finished};
 }
 
 OperationQueue::OperationQueue(int rank) : rank_(rank), thread_([this] { loop(); }) {}
@@ -67,6 +79,7 @@ void OperationQueue::loop() {
                                         ": operation not run because an earlier one failed: " + first_failure_)));
       continue;
     }
+    item.state->start();
     try {
       item.work();
       item.state->finish(nullptr);

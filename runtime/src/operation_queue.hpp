@@ -3,6 +3,7 @@
 // later operation fails at once with an error that quotes the first one.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -21,6 +22,12 @@ struct Event::State {
   std::condition_variable done_changed;
   bool done = false;
   std::exception_ptr error;
+  // Timeline of the operation, for profilers (the trainer's overlap trace).
+  std::chrono::steady_clock::time_point issued = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point started = issued;
+  std::chrono::steady_clock::time_point finished = issued;
+
+  void start();
 
   void finish(std::exception_ptr failure);
 };

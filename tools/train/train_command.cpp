@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -24,6 +25,8 @@
 #include "ferry/model/distributed.hpp"
 #include "ferry/model/ferry_expert_exchange.hpp"
 #include "ferry/model/json.hpp"
+#include "ferry/model/pipeline/executor.hpp"
+#include "ferry/model/pipeline/trace.hpp"
 #include "ferry/model/trainer.hpp"
 #include "ferry/transport/store.hpp"
 
@@ -42,7 +45,58 @@ struct TrainArgs {
   std::int64_t stop_after = 0;
   std::string json;
   double timeout_s = 100;
+  // Pipeline parallelism: empty schedule = plain expert parallelism over every rank.
+  std::string schedule;
+  int pipeline_ranks = 2;
+  int micro_batches = 0;  // 0: 2 · PP (DualPipe needs at least that)
+  bool no_overlap = false;
+  std::string trace;
 };
+
+namespace pipe = model::pipeline;
+
+// The overlap summary of a pipelined run, from the gathered trace: per rank, summed over the steps after the
+// first (which pays for first-touch allocations); plus the bubble the schedule's formula predicts with the
+// op durations measured in the same steps.
+nlohmann::json report_overlap(pipe::PipelineExecutor& executor, const std::vector<pipe::TraceEvent>& events,
+                              bool print) {
+  std::vector<pipe::OverlapMetrics> all = pipe::overlap_metrics(events);
+  const int last_step = all.empty() ? 0 : all.back().step;
+  std::vector<pipe::OverlapMetrics> kept;
+  for (const auto& m : all)
+    if (m.step > 0 || last_step == 0) kept.push_back(m);
+  std::map<int, std::vector<pipe::OverlapMetrics>> by_rank;
+  for (const auto& m : kept) by_rank[m.rank].push_back(m);
+  nlohmann::json ranks = nlohmann::json::array();
+  if (print) std::printf("\n%s", pipe::format_overlap_summary(kept).c_str());
+  for (const auto& [rank, metrics] : by_rank) {
+    const pipe::OverlapMetrics total = pipe::sum_metrics(metrics);
+    const double steps = static_cast<double>(metrics.size());
+    const double formula = executor.published_bubble_s(total);
+    if (print)
+      std::printf("rank %d: bubble %.1f ms/step measured, %.1f ms by the %s formula (F %.1f B %.1f W %.1f F&B %.1f ms)\n",
+                  rank, 1e3 * total.bubble_s / steps, 1e3 * formula, pipe::to_string(executor.shape().kind),
+                  1e3 * total.f_s, 1e3 * (total.b_count ? total.b_s : total.bw_s), 1e3 * total.w_s, 1e3 * total.fb_s);
+    ranks.push_back({{"rank", rank},
+                     {"steps", metrics.size()},
+                     {"wall_s", total.wall_s},
+                     {"compute_s", total.compute_s},
+                     {"a2a_in_flight_s", total.comm_s},
+                     {"exposed_comm_s", total.exposed_comm_s},
+                     {"overlap_ratio", total.overlap_ratio},
+                     {"bubble_s", total.bubble_s},
+                     {"bubble_ratio", total.bubble_ratio},
+                     {"bubble_formula_s_per_step", formula},
+                     {"op_seconds", {{"F", total.f_s}, {"B", total.b_s}, {"W", total.w_s}, {"F&B", total.fb_s},
+                                     {"BW", total.bw_s}}}});
+  }
+  const pipe::OverlapMetrics job = pipe::sum_metrics(kept);
+  return {{"ranks", ranks},
+          {"overlap_ratio", job.overlap_ratio},
+          {"exposed_comm_s", job.exposed_comm_s},
+          {"a2a_in_flight_s", job.comm_s},
+          {"bubble_ratio", job.bubble_ratio}};
+}
 
 nlohmann::json traffic_json(const TrafficCounters& t) {
   return {{"fabric_messages", t.fabric.messages}, {"fabric_bytes", t.fabric.bytes},
@@ -98,7 +152,28 @@ void run_train(TrainArgs args) {
   options.data = args.data;
   options.save_every = args.save_every;
   options.stop_after = args.stop_after;
-  if (use_ferry) {
+  const bool pipelined = !args.schedule.empty();
+  std::unique_ptr<pipe::PipelineExecutor> pipeline;
+  pipe::PipelineOptions pipeline_options;
+  if (pipelined) {
+    if (args.model.mtp)
+      fail(Errc::invalid_argument, "ferry train --schedule runs models without MTP: add --no-mtp");
+    pipeline_options.schedule = pipe::parse_schedule_kind(args.schedule);
+    pipeline_options.pipeline_ranks = pipeline_options.schedule == pipe::ScheduleKind::none ? 1 : args.pipeline_ranks;
+    pipeline_options.micro_batches = args.micro_batches > 0 ? args.micro_batches : 2 * pipeline_options.pipeline_ranks;
+    pipeline_options.overlap = !args.no_overlap;
+    pipeline_options.trace = !args.trace.empty();
+    pipe::validate({pipeline_options.schedule, pipeline_options.pipeline_ranks, pipeline_options.micro_batches});
+    if (ranks % pipeline_options.pipeline_ranks != 0)
+      fail(Errc::invalid_argument, "ferry train: --pp " + std::to_string(pipeline_options.pipeline_ranks) +
+                                       " does not divide the job's " + std::to_string(ranks) + " ranks");
+    if (ranks > 1) options.parallel.collective = collective;
+    // Built at the first step, from the trainer's model (collective: every rank takes its first step).
+    options.parallel.step_gradients = [&](model::Model<float>& m, const std::uint8_t* batch, int rows) {
+      if (!pipeline) pipeline = std::make_unique<pipe::PipelineExecutor>(group, m, pipeline_options);
+      return pipeline->run_step(m, batch, rows);
+    };
+  } else if (use_ferry) {
     ferry::Config config = model::expert_exchange_config(args.model, group.num_nodes());
     config.timeout = group_options.timeout;
     buffer = std::make_shared<Buffer>(group, config);
@@ -115,11 +190,20 @@ void run_train(TrainArgs args) {
     if (args.resume) options.resume_from = file;
   }
 
-  if (rank == 0)
+  if (rank == 0 && !pipelined)
     std::printf(
         "ferry train: %d rank(s) on %d node(s), %s exchange, %d experts (%d per rank), batch %d x %d\n",
         ranks, group.num_nodes(), use_ferry ? "ferry" : "local", args.model.experts,
         args.model.experts / ranks, ranks, args.train.batch);
+  if (rank == 0 && pipelined) {
+    const int pp = pipeline_options.pipeline_ranks, replicas = ranks / pp;
+    std::printf(
+        "ferry train: %d rank(s) on %d node(s), schedule %s, %d pipeline rank(s) x %d expert-parallel replica(s), "
+        "%d micro-batches of %d rows per replica, overlap %s, %d experts (%d per rank), batch %d x %d\n",
+        ranks, group.num_nodes(), args.schedule.c_str(), pp, replicas, pipeline_options.micro_batches,
+        ranks * args.train.batch / (replicas * pipeline_options.micro_batches), pipeline_options.overlap ? "on" : "off",
+        args.model.experts, args.model.experts / replicas, ranks, args.train.batch);
+  }
   nlohmann::json steps = nlohmann::json::array();
   model::run_training(options, [&](const model::StepStats& stats) {
     if (rank != 0) return;
@@ -133,6 +217,21 @@ void run_train(TrainArgs args) {
       {"ranks", ranks},      {"nodes", group.num_nodes()}, {"exchange", use_ferry ? "ferry" : "local"},
       {"steps", steps}};
   if (buffer) log["traffic"] = job_traffic(*collective, buffer->traffic());
+  if (pipeline) {
+    log["schedule"] = args.schedule;
+    log["pipeline_ranks"] = pipeline_options.pipeline_ranks;
+    log["micro_batches"] = pipeline_options.micro_batches;
+    log["overlap"] = pipeline_options.overlap;
+    if (pipeline_options.trace) {
+      const auto events = pipeline->gather_trace();  // collective
+      log["overlap_metrics"] = report_overlap(*pipeline, events, rank == 0);
+      if (rank == 0) {
+        pipe::write_chrome_trace(args.trace, events);
+        std::printf("wrote %s (open it in Perfetto, or draw it: ferry trace %s --svg timeline.svg)\n",
+                    args.trace.c_str(), args.trace.c_str());
+      }
+    }
+  }
   if (rank == 0 && !args.json.empty()) {
     std::ofstream out(args.json);
     out << log.dump(2) << "\n";
@@ -140,7 +239,8 @@ void run_train(TrainArgs args) {
     std::printf("wrote %s\n", args.json.c_str());
   }
   options.parallel = {};
-  buffer.reset();  // collective: every rank is here
+  pipeline.reset();  // collective, like the buffer
+  buffer.reset();    // collective: every rank is here
 }
 
 }  // namespace
@@ -183,6 +283,14 @@ void register_train(CLI::App& app, int& exit_code) {
   train->add_option("--save-every", args->save_every, "Also save every N steps (0: only at the end)");
   train->add_option("--stop-after", args->stop_after,
                     "Run at most N steps now (0: to --steps), e.g. to resume later");
+  train->add_option("--schedule", args->schedule,
+                    "Pipeline schedule: none, 1f1b, dualpipe, dualpipev (unset: expert parallelism only)");
+  train->add_option("--pp", args->pipeline_ranks, "Pipeline ranks (with --schedule)")->capture_default_str();
+  train->add_option("--micro-batches", args->micro_batches, "Micro-batches per step and replica (0: 2 x PP)");
+  train->add_flag("--no-overlap", args->no_overlap,
+                  "Run F&B pairs one chunk after the other, waiting on every all-to-all at once");
+  train->add_option("--trace", args->trace,
+                    "Write a Chrome trace of the pipelined run (rank 0) and print the overlap summary");
   train->add_option("--json", args->json, "Write the run's log (configs, steps, traffic) as JSON (rank 0)");
   train->add_option("--timeout", args->timeout_s, "Deadline of every wait, in seconds")
       ->check(CLI::PositiveNumber)

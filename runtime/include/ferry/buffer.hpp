@@ -20,6 +20,7 @@
 // expert outputs before combining them.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -42,6 +43,13 @@ class Event {
   Event();  // an event that has already completed
   bool test() const;  // finished, successfully or not
   void wait() const;  // blocks until finished; rethrows the operation's error
+
+  // When the operation was issued, began to run (after the operations issued before it) and finished: what a
+  // profiler draws as "communication in flight". Only once test() is true; throws invalid_argument before.
+  struct Times {
+    std::chrono::steady_clock::time_point issued, started, finished;
+  };
+  Times times() const;
 
   struct State;
   explicit Event(std::shared_ptr<State> state);

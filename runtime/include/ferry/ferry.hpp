@@ -9,5 +9,6 @@
 #include "ferry/gate.hpp"
 #include "ferry/group.hpp"
 #include "ferry/layout.hpp"
+#include "ferry/peer_channel.hpp"
 #include "ferry/tensor.hpp"
 #include "ferry/version.hpp"

@@ -90,12 +90,44 @@ class Group {
   void barrier(const std::string& name);
   std::vector<std::vector<std::uint8_t>> all_gather(const std::string& name, std::span<const std::uint8_t> mine);
 
-  // The bootstrap store itself, for ferry's own layers (transport set-up exchanges keys through it).
+  // The bootstrap store itself, for ferry's own layers (transport set-up exchanges keys through it). A
+  // sub-group's store is its own connection, with every key under the sub-group's prefix.
   transport::Store& store();
+
+  // A sub-group made of some of this group's ranks, e.g. the expert-parallel group of one pipeline stage:
+  //
+  //   auto ep = group.split("stage" + std::to_string(stage), stage_ranks);   // on the members only
+  //   ferry::Buffer buffer(ep, config);
+  //
+  // Collective over `members` only: every member calls it with the same name and members, the other ranks
+  // don't. Repeated calls with one name are separate rounds (so a sub-group may be rebuilt), as long as every
+  // member makes the same sequence of calls. members: ranks of this group, ascending, no duplicates,
+  // including the caller, the same number of them on every node they touch. Sub-ranks are numbered in member
+  // order, nodes in order of first appearance; ranks() is this group's RankInfo renumbered.
+  //
+  // name: letters, digits and '_' (it ends up in shm segment names, which fold every other character). The
+  // sub-group's job id is "<this job id>.<name>", so the transports built on it (Buffer, fabrics, shm
+  // segments) never collide with this group's or a sibling's; siblings therefore need distinct names, and a
+  // second sub-group claiming a name (in the same round) fails on all its members. The sub-group reaches this
+  // group's bootstrap store through its own connection, under its own key prefix, so collectives of the
+  // same names in this group and in sub-groups run side by side. This group must outlive it (the job's rank 0
+  // hosts the store until the whole job has checked out). Throws Errc::invalid_argument naming the problem
+  // with name or members; a member list the members disagree on times out.
+  Group split(const std::string& name, std::span<const int> members);
 
  private:
   struct Impl;
   explicit Group(std::unique_ptr<Impl> impl);
+  // from_job() and split() both end here: connects to the store named by job (hosting it first when
+  // `host_store`), with `key_prefix` on every key, gathers every rank's view and validates the layout. A
+  // non-empty `refusal` from rank 0 fails every rank with that message once all have joined.
+  static Group join(const JobEnv& job, const GroupOptions& options, bool host_store,
+                    const std::string& key_prefix, const std::string& refusal);
+  // What split() (group_split.cpp, which cannot see Impl) needs of this group.
+  const std::string& key_prefix() const;
+  std::uint16_t store_port() const;  // the port this group's connection reached; rank 0's job may say 0
+  std::uint64_t next_split_round(const std::string& name);
+
   std::unique_ptr<Impl> impl_;
 };
 

@@ -64,6 +64,8 @@ struct Store::Impl {
   [[noreturn]] void break_connection(Errc code, const std::string& why);
   void check_io(net::IoResult result, Opcode opcode, std::string_view key, const char* doing);
   void validate_key(std::string_view key) const;
+  // Every key the caller names goes through here: the Impl's own functions take full keys.
+  std::string prefixed(const std::string& key) const { return options.key_prefix + key; }
 
   void set(const std::string& key, const std::uint8_t* value, std::size_t value_len);
   // Waits for `key` until `deadline`; false when the server answered TIMEOUT.
@@ -262,7 +264,7 @@ Store::Store(const StoreOptions& options) : impl_(std::make_unique<Impl>(options
 Store::~Store() = default;
 
 void Store::set(const std::string& key, const Bytes& value) {
-  impl_->set(key, value.data(), value.size());
+  impl_->set(impl_->prefixed(key), value.data(), value.size());
 }
 
 Bytes Store::get(const std::string& key) {
@@ -271,9 +273,10 @@ Bytes Store::get(const std::string& key) {
 
 Bytes Store::get(const std::string& key, Duration timeout) {
   Bytes value;
-  if (!impl_->get_until(key, Deadline(timeout), &value)) {
+  const std::string full = impl_->prefixed(key);
+  if (!impl_->get_until(full, Deadline(timeout), &value)) {
     fail(Errc::timeout, "timed out after " + wire::describe_duration(timeout) + " waiting for key " +
-                            quote(key) + " in the store at " + impl_->endpoint);
+                            quote(full) + " in the store at " + impl_->endpoint);
   }
   return value;
 }
@@ -282,7 +285,10 @@ void Store::wait(const std::vector<std::string>& keys) {
   wait(keys, impl_->options.timeout);
 }
 
-void Store::wait(const std::vector<std::string>& keys, Duration timeout) {
+void Store::wait(const std::vector<std::string>& keys_in, Duration timeout) {
+  std::vector<std::string> keys;
+  keys.reserve(keys_in.size());
+  for (const auto& key : keys_in) keys.push_back(impl_->prefixed(key));
   Deadline deadline(timeout);
   Bytes ignored;
   for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -302,19 +308,20 @@ void Store::wait(const std::vector<std::string>& keys, Duration timeout) {
 }
 
 std::int64_t Store::add(const std::string& key, std::int64_t delta) {
-  return impl_->add(key, delta);
+  return impl_->add(impl_->prefixed(key), delta);
 }
 
 bool Store::check(const std::string& key) {
-  return impl_->check(key);
+  return impl_->check(impl_->prefixed(key));
 }
 
 void Store::barrier(const std::string& name, int rank, int world_size) {
   barrier(name, rank, world_size, impl_->options.timeout);
 }
 
-void Store::barrier(const std::string& name, int rank, int world_size, Duration timeout) {
-  impl_->validate_collective("barrier", name, rank, world_size);
+void Store::barrier(const std::string& name_in, int rank, int world_size, Duration timeout) {
+  impl_->validate_collective("barrier", name_in, rank, world_size);
+  const std::string name = impl_->prefixed(name_in);
   Deadline deadline(timeout);
   std::uint64_t round = 0;
   const std::string prefix = impl_->next_round_prefix(name, &round);
@@ -342,9 +349,10 @@ std::vector<Bytes> Store::all_gather(const std::string& name, int rank, int worl
   return all_gather(name, rank, world_size, mine, impl_->options.timeout);
 }
 
-std::vector<Bytes> Store::all_gather(const std::string& name, int rank, int world_size, const Bytes& mine,
+std::vector<Bytes> Store::all_gather(const std::string& name_in, int rank, int world_size, const Bytes& mine,
                                      Duration timeout) {
-  impl_->validate_collective("all_gather", name, rank, world_size);
+  impl_->validate_collective("all_gather", name_in, rank, world_size);
+  const std::string name = impl_->prefixed(name_in);
   Deadline deadline(timeout);
   std::uint64_t round = 0;
   const std::string prefix = impl_->next_round_prefix(name, &round);

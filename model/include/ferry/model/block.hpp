@@ -26,11 +26,16 @@ class Block {
   // din += ∂L/∂in, parameter gradients += theirs, given dout = ∂L/∂out.
   void backward(T* din, const T* dout, ParamStore<T>& store);
 
+  // A block over the same parameters with forward state of its own, its MoE layer (if any) going through
+  // `exchange` and starting from this one's selection bias: a pipeline keeps one per micro-batch in flight.
+  std::unique_ptr<Block> replica(std::unique_ptr<ExpertExchange<T>> exchange) const;
+
   bool is_moe() const { return moe_ != nullptr; }
   MoELayer<T>* moe() { return moe_.get(); }
   const MoELayer<T>* moe() const { return moe_.get(); }
 
  private:
+  Block(const Block& other, std::unique_ptr<ExpertExchange<T>> exchange);
   MoEWeights<T> moe_weights(ParamStore<T>& store) const;
   MoEGrads<T> moe_grads(ParamStore<T>& store) const;
 

@@ -47,6 +47,13 @@ class Model {
   ParamStore<T>& params() { return params_; }
   const ParamStore<T>& params() const { return params_; }
 
+  // The pieces a pipeline stage is cut from (pipeline/stage.hpp).
+  const Block<T>& block(int layer) const { return *blocks_.at(layer); }
+  ParamRef token_embedding() const { return wte_; }
+  ParamRef position_embedding() const { return wpe_; }
+  ParamRef final_norm() const { return lnf_; }
+  ParamRef output_head() const { return head_; }
+
   // MoE layers in order: main blocks first, then the MTP block's.
   std::vector<MoELayer<T>*> moe_layers();
   std::vector<const MoELayer<T>*> moe_layers() const;

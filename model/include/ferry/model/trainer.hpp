@@ -7,6 +7,7 @@
 // reduce_step() (distributed.hpp) makes the step equal to a single process's on the whole global batch.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -41,6 +42,10 @@ struct StepStats {
 struct Parallelism {
   std::shared_ptr<Collective> collective;   // null: one process
   ExchangeFactory<float> exchange_factory;  // null: LocalExpertExchange in every MoE layer
+  // Set by a pipelined run (pipeline/executor.hpp): computes the step's reduced gradients from the whole
+  // global batch [global_rows, seq + 2] in place of this rank's forward + backward + reduce_step().
+  std::function<ReducedStep(Model<float>& model, const std::uint8_t* global_batch, int global_rows)>
+      step_gradients;
 };
 
 class Trainer {
@@ -68,6 +73,10 @@ class Trainer {
   const DataSource& data() const { return *data_; }
 
  private:
+  // Clipping, AdamW, EMA and balancing from reduced gradients; fills the stats.
+  StepStats finish_step(std::chrono::steady_clock::time_point start, LossParts losses,
+                        std::vector<ExpertLoad> loads, double grad_norm, bool norm_known);
+
   TrainConfig train_;
   Parallelism parallel_;
   std::shared_ptr<const DataSource> data_;

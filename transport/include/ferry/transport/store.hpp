@@ -26,6 +26,10 @@ struct StoreOptions {
   std::string secret;              // per-job secret; must match on every connection
   std::size_t max_message_bytes = std::size_t{64} << 20;  // frames larger than this are rejected
   Duration timeout = kDefaultTimeout;                     // default deadline of every blocking call
+  // Clients only: prepended to every key this client names (set/get/wait/add/check and the keys of barrier
+  // and all_gather), so several groups can share one server, each with collectives of the same names, and
+  // never see each other's keys. Error messages show the full key.
+  std::string key_prefix;
 };
 
 // The server side. Runs one thread with a poll loop; stops and joins in the destructor.
