@@ -38,10 +38,12 @@ ferry::Config expert_exchange_config(const ModelConfig& model, int num_nodes) {
   config.max_hidden = model.dim + model.topk;
   config.max_topk = model.topk;
   config.max_nodes = std::max(1, std::min(model.max_groups, num_nodes));
-  config.rdma_ring_slots = 16;
-  config.rdma_chunk = 4;
-  config.nvl_ring_slots = 16;
-  config.nvl_chunk = 4;
+  // Rings deep enough that a micro-batch's rows stream without waiting for credit on every few rows: over
+  // TCP each credit is a round trip through two proxies.
+  config.rdma_ring_slots = 128;
+  config.rdma_chunk = 32;
+  config.nvl_ring_slots = 64;
+  config.nvl_chunk = 16;
   return config;
 }
 

@@ -38,9 +38,12 @@ using namespace std::chrono_literals;
 constexpr std::size_t kHeaderBytes = 16;  // u64 payload size, u64 sequence number
 constexpr std::size_t kSlotAlign = 64;    // slots on their own cache lines
 // How often an idle channel still progresses the fabric: on tcp and shared memory a peer's writes into our
-// slots and its credit returns only land while we progress, so an idle rank cannot stop entirely. Long enough
-// that an idle channel costs well under 1% of a core.
-constexpr std::chrono::milliseconds kIdlePoll{2};
+// slots and its credit returns only land while we progress, so an idle rank cannot stop entirely. The pause
+// doubles from the first to the last value while nothing happens (an idle channel then costs a fraction of a
+// percent of a core) and is back at the first as soon as anything moves; a new operation wakes the thread at
+// once, so only traffic this rank did not ask for yet waits for the poll.
+constexpr std::chrono::microseconds kIdlePollMin{1000};
+constexpr std::chrono::microseconds kIdlePollMax{8000};
 // While something is pending but nothing moves: spin, yield, then sleep with a doubling pause up to this cap
 // (ferry's Backoff policy), waking at once when the caller issues a new operation.
 constexpr std::uint32_t kSpinRounds = 64;
@@ -327,6 +330,7 @@ bool PeerChannel::Impl::pending() const {
 void PeerChannel::Impl::run() noexcept {
   std::uint32_t rounds = 0;
   std::chrono::microseconds sleep = kMinSleep;
+  std::chrono::microseconds idle_poll = kIdlePollMin;
   bool draining = false;
   Clock::time_point drain_deadline;
   while (true) {
@@ -361,13 +365,18 @@ void PeerChannel::Impl::run() noexcept {
     if (moved) {
       rounds = 0;
       sleep = kMinSleep;
+      idle_poll = kIdlePollMin;
       continue;
     }
     if (busy) {
       pause(rounds, sleep);
     } else {
+      rounds = 0;
+      sleep = kMinSleep;
       std::unique_lock lock(mutex);
-      wake.wait_for(lock, kIdlePoll, [this] { return woken(); });
+      if (!wake.wait_for(lock, idle_poll, [this] { return woken(); })) {
+        idle_poll = std::min(idle_poll * 2, kIdlePollMax);
+      }
     }
   }
 }

@@ -39,15 +39,15 @@ TraceEvent step_event(int rank, int step, double start, double end) {
 }
 
 // The worked example: window [0, 100] µs; compute [0,30] (with [10,20] inside it, counted once) and [50,80];
-// a2a [20,60] and [70,100]; pp [85,95]. compute 60, a2a 70, a2a ∩ compute = [20,30] + [50,60] + [70,80] = 30,
-// exposed 40, compute ∪ a2a = [0,60] + [70,100] = 90, so a bubble of 10.
+// a2a [20,60] and [65,90]; pp [85,95]. compute 60, a2a 65, a2a ∩ compute = [20,30] + [50,60] + [65,80] = 35,
+// exposed 30, compute ∪ a2a = [0,90], so a bubble of 10 (the pp send alone does not count as busy).
 std::vector<TraceEvent> worked_example(int rank = 0, int step = 0, double offset = 0) {
   return {step_event(rank, step, offset + 0, offset + 100),
           ev("attn(F)", "compute", rank, Lane::compute, offset + 0, offset + 30, step, 0),
           ev("mlp(F)", "compute", rank, Lane::compute, offset + 10, offset + 20, step, 0),
           ev("mlp(B)", "compute", rank, Lane::compute, offset + 50, offset + 80, step, 1),
           ev("dispatch(F)", "a2a", rank, Lane::comm, offset + 20, offset + 60, step, 0),
-          ev("combine(B)", "a2a", rank, Lane::comm, offset + 70, offset + 100, step, 1),
+          ev("combine(B)", "a2a", rank, Lane::comm, offset + 65, offset + 90, step, 1),
           ev("pp-send", "pp", rank, Lane::comm, offset + 85, offset + 95, step, 1)};
 }
 
@@ -96,11 +96,11 @@ TEST_CASE("overlap metrics of the worked example", "[trace]") {
   CHECK(m.step == 0);
   CHECK(m.wall_s == Approx(100 * kUs).epsilon(1e-12));
   CHECK(m.compute_s == Approx(60 * kUs).epsilon(1e-12));
-  CHECK(m.comm_s == Approx(70 * kUs).epsilon(1e-12));
+  CHECK(m.comm_s == Approx(65 * kUs).epsilon(1e-12));
   CHECK(m.pp_comm_s == Approx(10 * kUs).epsilon(1e-12));
-  CHECK(m.overlapped_s == Approx(30 * kUs).epsilon(1e-12));
-  CHECK(m.exposed_comm_s == Approx(40 * kUs).epsilon(1e-12));
-  CHECK(m.overlap_ratio == Approx(3.0 / 7.0).epsilon(1e-12));
+  CHECK(m.overlapped_s == Approx(35 * kUs).epsilon(1e-12));
+  CHECK(m.exposed_comm_s == Approx(30 * kUs).epsilon(1e-12));
+  CHECK(m.overlap_ratio == Approx(7.0 / 13.0).epsilon(1e-12));
   CHECK(m.bubble_s == Approx(10 * kUs).epsilon(1e-12));
   CHECK(m.bubble_ratio == Approx(0.1).epsilon(1e-12));
 }
@@ -155,8 +155,8 @@ TEST_CASE("overlap metrics keep ranks and steps apart", "[trace]") {
   for (int i : {0, 2}) {
     INFO("rank 0, step " << metrics[i].step);
     CHECK(metrics[i].compute_s == Approx(60 * kUs));
-    CHECK(metrics[i].comm_s == Approx(70 * kUs));
-    CHECK(metrics[i].overlapped_s == Approx(30 * kUs));
+    CHECK(metrics[i].comm_s == Approx(65 * kUs));
+    CHECK(metrics[i].overlapped_s == Approx(35 * kUs));
     CHECK(metrics[i].bubble_s == Approx(10 * kUs));
   }
   CHECK(metrics[1].compute_s == Approx(100 * kUs));
@@ -244,7 +244,7 @@ TEST_CASE("format_overlap_summary has a line per rank and a total", "[trace]") {
   CHECK(summary.find("\n0 ") != std::string::npos);
   CHECK(summary.find("\n1 ") != std::string::npos);
   CHECK(summary.find("\ntotal ") != std::string::npos);
-  CHECK_THAT(summary, Catch::Contains("42.9%") && Catch::Contains("10.0%"));  // 30/70 hidden, 10/100 idle
+  CHECK_THAT(summary, Catch::Contains("53.8%") && Catch::Contains("10.0%"));  // 35/65 hidden, 10/100 idle
   CHECK_THAT(summary, Catch::Contains("F 0.050 ms x1"));
   CHECK_THAT(format_overlap_summary({}), Catch::Contains("no \"step\" events"));
 }
@@ -466,7 +466,7 @@ TEST_CASE("ferry trace prints the summary and writes the SVG", "[trace][cli]") {
       ferry::test::run(std::string(FERRY_BIN) + " trace " + trace + " --svg " + svg + " --title T1");
   CHECK(outcome.exit_code == 0);
   CHECK_THAT(outcome.output, Catch::Contains("total") && Catch::Contains("overlap") &&
-                                 Catch::Contains("42.9%") && Catch::Contains("wrote " + svg));
+                                 Catch::Contains("53.8%") && Catch::Contains("wrote " + svg));
   const std::string picture = slurp(svg);
   CHECK(picture.rfind("<svg", 0) == 0);
   CHECK(count(picture, "<rect") == events.size());
@@ -477,8 +477,8 @@ TEST_CASE("ferry trace prints the summary and writes the SVG", "[trace][cli]") {
   const nlohmann::json doc = nlohmann::json::parse(outcome.output);
   REQUIRE(doc.at("steps").size() == 1);
   CHECK(doc.at("steps")[0].at("step") == 1);
-  CHECK(doc.at("steps")[0].at("overlapped_s").get<double>() == Approx(30 * kUs));
-  CHECK(doc.at("total").at("overlap_ratio").get<double>() == Approx(3.0 / 7));
+  CHECK(doc.at("steps")[0].at("overlapped_s").get<double>() == Approx(35 * kUs));
+  CHECK(doc.at("total").at("overlap_ratio").get<double>() == Approx(7.0 / 13));
 
   outcome = ferry::test::run(std::string(FERRY_BIN) + " trace " + trace + " --step 5");
   CHECK(outcome.exit_code != 0);

@@ -258,6 +258,51 @@ class Mailbox {
   std::vector<std::unique_ptr<Message>> sent_;
 };
 
+std::span<std::byte> bytes_of(float* p, std::size_t n) { return {reinterpret_cast<std::byte*>(p), n * sizeof(float)}; }
+
+// values ← scale · Σ over the channel's ranks of values, through the fabric: a reduce-scatter (rank r sums
+// slice r of every rank's values, in rank order, in double) then an all-gather of the summed slices, so every
+// rank ends with the same bits while each sends 2 (R-1)/R of the vector, not R-1 copies of it.
+void sum_over_ranks(ferry::PeerChannel& channel, std::span<float> values, double scale) {
+  const int ranks = channel.world_size(), me = channel.rank();
+  const std::size_t n = values.size(), chunk = channel.config().max_message_bytes / sizeof(float);
+  const auto begin_of = [&](int r) { return n * r / ranks; };
+  const auto size_of = [&](int r) { return begin_of(r + 1) - begin_of(r); };
+  std::vector<ferry::Event> pending;
+  // Messages of one slice, cut into chunks the channel takes; both sides cut alike.
+  const auto transfer = [&](int peer, float* data, std::size_t size, bool send) {
+    for (std::size_t at = 0; at < size; at += chunk) {
+      const auto piece = bytes_of(data + at, std::min(chunk, size - at));
+      pending.push_back(send ? channel.send(peer, piece) : channel.recv(peer, piece));
+    }
+  };
+  const auto wait_all = [&] {
+    for (const auto& event : pending) event.wait();
+    pending.clear();
+  };
+
+  std::vector<std::vector<float>> theirs(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    if (r == me) continue;
+    theirs[r].resize(size_of(me));
+    transfer(r, theirs[r].data(), size_of(me), false);
+  }
+  for (int r = 0; r < ranks; ++r)
+    if (r != me) transfer(r, values.data() + begin_of(r), size_of(r), true);
+  wait_all();
+  const std::size_t first = begin_of(me);
+  for (std::size_t i = 0; i < size_of(me); ++i) {
+    double sum = 0;
+    for (int r = 0; r < ranks; ++r) sum += r == me ? values[first + i] : theirs[r][i];
+    values[first + i] = static_cast<float>(sum * scale);
+  }
+  for (int r = 0; r < ranks; ++r)
+    if (r != me) transfer(r, values.data() + begin_of(r), size_of(r), false);
+  for (int r = 0; r < ranks; ++r)
+    if (r != me) transfer(r, values.data() + first, size_of(me), true);
+  wait_all();
+}
+
 std::int64_t steady_ns(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
@@ -283,6 +328,7 @@ struct PipelineExecutor::Impl {
   std::map<std::pair<int, int>, WeightGradQueue> deferred;          // B's weight gradients awaiting their W
   std::unique_ptr<Mailbox> mailbox;
   int micro_rows = 0;
+  std::size_t channel_floats = 0;
 
   // Per step
   const std::uint8_t* batch = nullptr;
@@ -495,7 +541,6 @@ PipelineExecutor::PipelineExecutor(Group& group, const Model<float>& model, cons
           *impl.expert_group, expert_exchange_config(config, impl.expert_group->num_nodes()));
     }
   }
-  if (shape.ranks > 1) impl.channel = std::make_unique<ferry::PeerChannel>(group);
 
   auto buffer = impl.buffer;
   const ExchangeFactory<float> exchange_for = [buffer](int, int experts) -> std::unique_ptr<ExpertExchange<float>> {
@@ -523,6 +568,16 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
                                      std::to_string(impl.shape.micro_batches) + " micro-batches");
   const int micro_rows = global_rows / per_step;
   const std::size_t floats = static_cast<std::size_t>(micro_rows) * impl.seq * impl.dim;
+  if (!impl.channel) {
+    // Built at the first step, when the message size is known (collective: every rank takes that step).
+    ferry::PeerChannelConfig config;
+    config.max_message_bytes = std::max<std::size_t>(config.max_message_bytes, sizeof(MessageHeader) + floats * 4);
+    impl.channel = std::make_unique<ferry::PeerChannel>(impl.group, config);
+    impl.channel_floats = floats;
+  }
+  if (floats > impl.channel_floats)
+    fail(Errc::invalid_argument, "micro-batches grew after the first step: the pipeline channel is sized for " +
+                                     std::to_string(impl.channel_floats) + " values per activation");
   if (impl.micro_rows != micro_rows || !impl.mailbox) {
     impl.micro_rows = micro_rows;
     impl.mailbox = std::make_unique<Mailbox>(impl.channel.get(), impl.group.rank(), floats, impl.trace);
@@ -546,17 +601,17 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
   if (!impl.deferred.empty()) fail(Errc::internal, "a B op's weight gradients never ran (no W followed it)");
   impl.record_span("step", "step", Lane::ops, step_start);
 
-  // One sum over the whole job carries [main | balance | loads | gradients]: each parameter's gradient lives
-  // on the ranks that ran its stage (both DualPipe directions, every replica), each expert's on its owner.
+  // Each parameter's gradient lives on the ranks that ran its stage (both DualPipe directions, every
+  // replica), each expert's on its owner: one sum over the whole job gives everyone the step's gradients.
+  // They go through the fabric; the losses and loads (a few numbers, kept in double) through the store.
   const auto reduce_start = Clock::now();
+  const double scale = 1.0 / per_step;
   auto grads = model.params().grads();
+  sum_over_ranks(*impl.channel, grads, scale);
   std::vector<double> packed{impl.main_sum, impl.balance_sum};
   for (const auto& load : impl.loads) packed.insert(packed.end(), load.begin(), load.end());
-  const std::size_t grads_at = packed.size();
-  packed.insert(packed.end(), grads.begin(), grads.end());
   GroupCollective(impl.group).sum(packed);
 
-  const double scale = 1.0 / per_step;
   ReducedStep reduced;
   reduced.losses.main = packed[0] * scale;
   reduced.losses.balance = packed[1] * scale;
@@ -568,10 +623,7 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
     reduced.loads.push_back(std::move(total));
   }
   double sum_sq = 0;
-  for (std::size_t i = 0; i < grads.size(); ++i) {
-    grads[i] = static_cast<float>(packed[grads_at + i] * scale);
-    sum_sq += static_cast<double>(grads[i]) * grads[i];
-  }
+  for (const float g : grads) sum_sq += static_cast<double>(g) * g;
   reduced.grad_norm = std::sqrt(sum_sq);
   impl.record_span("grad-reduce", "op", Lane::ops, reduce_start);
   ++impl.step;

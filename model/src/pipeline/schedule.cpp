@@ -149,7 +149,7 @@ void dual_steps(int n, int r, int count, int flip, Emitter& e) {
   e.set_phase(5);
   bool split = false;
   for (int i = 0; i < r + 1; ++i) {
-    if (i == (r + 1) / 2 && r % 2 == 1) split = true;
+    if (i == (r + 1) / 2 && r % 2 == 0) split = true;
     e.b(c1, split);
     if (i == (r + 1) / 2 && r % 2 == 0) split = true;
     e.b(c0, split);
