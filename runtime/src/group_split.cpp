@@ -146,7 +146,7 @@ Group Group::split(const std::string& name, std::span<const int> members) {
   sub.store_host = job().store_host;
   sub.store_port = store_port();
   sub.secret = job().secret;
-  sub.job_id = job().job_id;
+  sub.job_id = job().job_id + "." + name;
   sub.node_address = job().node_address;
 
   // The name's claim lives under this group's prefix, outside any sub-group's: all claimants meet there.

@@ -103,7 +103,7 @@ double max_of(const std::vector<double>& v) {
 
 }  // namespace
 
-TEST_CASE("schedule names round-trip and bad names are refused", "[model][schedule]") {
+TEST_CASE("pipeline schedule: schedule names round-trip and bad names are refused", "[model][schedule]") {
   for (ScheduleKind kind :
        {ScheduleKind::none, ScheduleKind::one_f_one_b, ScheduleKind::dualpipe, ScheduleKind::dualpipev})
     REQUIRE(parse_schedule_kind(to_string(kind)) == kind);
@@ -121,7 +121,7 @@ TEST_CASE("schedule names round-trip and bad names are refused", "[model][schedu
   REQUIRE(std::string(to_string(OpKind::FB)) == "F&B");
 }
 
-TEST_CASE("validate names the field and the requirement", "[model][schedule]") {
+TEST_CASE("pipeline schedule: validate names the field and the requirement", "[model][schedule]") {
   auto msg = [](ScheduleKind kind, int ranks, int m) {
     return invalid_argument_message([&] { validate(shape(kind, ranks, m)); });
   };
@@ -143,7 +143,7 @@ TEST_CASE("validate names the field and the requirement", "[model][schedule]") {
   REQUIRE_NOTHROW(validate(shape(ScheduleKind::dualpipev, 4, 9)));  // odd M is fine for the V
 }
 
-TEST_CASE("stages, chunks and places agree", "[model][schedule]") {
+TEST_CASE("pipeline schedule: stages, chunks and places agree", "[model][schedule]") {
   REQUIRE(num_stages(shape(ScheduleKind::none, 1, 3)) == 1);
   REQUIRE(num_stages(shape(ScheduleKind::one_f_one_b, 4, 3)) == 4);
   REQUIRE(num_stages(shape(ScheduleKind::dualpipe, 4, 8)) == 4);
@@ -192,7 +192,7 @@ TEST_CASE("stages, chunks and places agree", "[model][schedule]") {
   REQUIRE_THAT(invalid_argument_message([&] { rank_schedule(v, -1); }), Catch::Contains("rank -1"));
 }
 
-TEST_CASE("none and 1F1B lists", "[model][schedule]") {
+TEST_CASE("pipeline schedule: none and 1F1B lists", "[model][schedule]") {
   REQUIRE(render(rank_schedule(shape(ScheduleKind::none, 1, 3), 0)) ==
           "F0.0@0 BW0.0@0 F1.0@0 BW1.0@0 F2.0@0 BW2.0@0");
   const ScheduleShape s = shape(ScheduleKind::one_f_one_b, 4, 6);
@@ -208,7 +208,8 @@ TEST_CASE("none and 1F1B lists", "[model][schedule]") {
           "F0.0@0 F1.0@0 BW0.0@0 BW1.0@0");
 }
 
-TEST_CASE("DualPipe and DualPipeV op lists match the reference op for op", "[model][schedule]") {
+TEST_CASE("pipeline schedule: DualPipe and DualPipeV op lists match the reference op for op",
+          "[model][schedule]") {
   const std::map<std::pair<int, int>, std::vector<std::string>> dualpipe = {
       {{2, 4},
        {"F0.0@1 F2.1@1 F1.0@3 BW2.1@3 F&B3.1/0.0@3 BW3.1@5 B1.0@5 W1.0@7",
@@ -271,7 +272,8 @@ TEST_CASE("DualPipe and DualPipeV op lists match the reference op for op", "[mod
       "B9.0@5 W18.1@7 W8.0@7 W19.1@7 W9.0@7");
 }
 
-TEST_CASE("DualPipe and DualPipeV op counts per phase match the reference", "[model][schedule]") {
+TEST_CASE("pipeline schedule: DualPipe and DualPipeV op counts per phase match the reference",
+          "[model][schedule]") {
   // Per rank, per phase (step 1..8 of the reference's step()): counts of F, B, W, BW and F&B.
   const std::vector<std::pair<ScheduleShape, std::vector<std::string>>> cases = {
       {shape(ScheduleKind::dualpipe, 2, 4),
@@ -332,8 +334,9 @@ TEST_CASE("DualPipe and DualPipeV op counts per phase match the reference", "[mo
   }
 }
 
-TEST_CASE("every schedule runs each forward and backward exactly once, where place_of says",
-          "[model][schedule]") {
+TEST_CASE(
+    "pipeline schedule: every schedule runs each forward and backward exactly once, where place_of says",
+    "[model][schedule]") {
   for (const ScheduleShape& s : shape_grid()) {
     INFO(to_string(s.kind) << " ranks " << s.ranks << " M " << s.micro_batches);
     const int stages = num_stages(s);
@@ -404,7 +407,7 @@ TEST_CASE("every schedule runs each forward and backward exactly once, where pla
   }
 }
 
-TEST_CASE("simulate runs every schedule on the grid", "[model][schedule][sim]") {
+TEST_CASE("pipeline schedule: simulate runs every schedule on the grid", "[model][schedule][sim]") {
   for (const OpCosts& costs :
        {OpCosts{}, OpCosts{1, 2, 1, 3}, OpCosts{2, 1, 0.5, 2.5}, OpCosts{1, 1, 0, 1}}) {
     for (const ScheduleShape& s : shape_grid()) {
@@ -425,7 +428,8 @@ TEST_CASE("simulate runs every schedule on the grid", "[model][schedule][sim]") 
   REQUIRE(one.bubble[0] == Approx(0));
 }
 
-TEST_CASE("1F1B's simulated bubble is the published (PP-1)(F+B+W)", "[model][schedule][sim]") {
+TEST_CASE("pipeline schedule: 1F1B's simulated bubble is the published (PP-1)(F+B+W)",
+          "[model][schedule][sim]") {
   // The README writes (PP-1)(F+B) with B a full backward: B + W here. It holds for any costs and any M >= 1.
   for (const OpCosts& costs : {OpCosts{}, OpCosts{1, 2, 1, 3}, OpCosts{3, 1, 2, 1}, OpCosts{1, 1, 0, 2}}) {
     for (const ScheduleShape& s : shape_grid()) {
@@ -445,7 +449,8 @@ TEST_CASE("1F1B's simulated bubble is the published (PP-1)(F+B+W)", "[model][sch
 // Then the worst rank's bubble equals it, for every PP and M; with F&B = F + B + W (the pair costs what its
 // parts cost back to back) every rank's does. DualPipeV is the same formula with PP counting its 2·ranks
 // stages. Outside that region the formula is only an approximation; see the last section.
-TEST_CASE("DualPipe and DualPipeV bubbles against the published formula", "[model][schedule][sim]") {
+TEST_CASE("pipeline schedule: DualPipe and DualPipeV bubbles against the published formula",
+          "[model][schedule][sim]") {
   std::vector<ScheduleShape> dual;
   for (const ScheduleShape& s : shape_grid())
     if (s.kind == ScheduleKind::dualpipe || s.kind == ScheduleKind::dualpipev) dual.push_back(s);
@@ -493,6 +498,25 @@ TEST_CASE("DualPipe and DualPipeV bubbles against the published formula", "[mode
     REQUIRE(published_bubble(s, OpCosts{1, 2, 1, 4}) == Approx(12));
   }
 
+  SECTION("DualPipeV on R ranks is DualPipe on 2R ranks cut in half") {
+    // Same makespan, and rank r < R idles as long as DualPipe's rank r (and, by symmetry, rank 2R-1-r).
+    for (const OpCosts& costs :
+         {OpCosts{}, OpCosts{1, 2, 1, 3}, OpCosts{2, 1, 0.5, 3.5}, OpCosts{1, 1, 1, 1.5}}) {
+      for (const ScheduleShape& v : dual) {
+        if (v.kind != ScheduleKind::dualpipev) continue;
+        INFO("ranks " << v.ranks << " M " << v.micro_batches << " F&B " << costs.FB);
+        const Simulation half = simulate(v, costs);
+        const Simulation full =
+            simulate(shape(ScheduleKind::dualpipe, 2 * v.ranks, 2 * v.micro_batches), costs);
+        REQUIRE(half.makespan == Approx(full.makespan));
+        for (int r = 0; r < v.ranks; ++r) {
+          REQUIRE(half.bubble[r] == Approx(full.bubble[r]));
+          REQUIRE(half.bubble[r] == Approx(full.bubble[2 * v.ranks - 1 - r]));
+        }
+      }
+    }
+  }
+
   SECTION("DualPipe idles less than 1F1B at the same ranks and M") {
     for (const OpCosts& costs :
          {OpCosts{}, OpCosts{1, 1, 1, 3}, OpCosts{1, 2, 1, 3}, OpCosts{2, 1, 0.5, 3.5}}) {
@@ -526,7 +550,8 @@ TEST_CASE("DualPipe and DualPipeV bubbles against the published formula", "[mode
   }
 }
 
-TEST_CASE("simulate refuses broken op lists, naming the rank and op", "[model][schedule][sim]") {
+TEST_CASE("pipeline schedule: simulate refuses broken op lists, naming the rank and op",
+          "[model][schedule][sim]") {
   const ScheduleShape s = shape(ScheduleKind::one_f_one_b, 2, 2);
   const OpCosts costs;
   auto f = [](int m, int chunk = 0) { return Op{OpKind::F, Work{m, chunk}, Work{}, 0}; };

@@ -431,7 +431,7 @@ TEST_CASE("SVG timeline: one box per event, escaped names, a step's window", "[t
   CHECK_THAT(svg, Catch::Contains(">rank 0<") && Catch::Contains(">rank 1<") && Catch::Contains(">comm<"));
   CHECK_THAT(svg, Catch::Contains(">attn<") && Catch::Contains(">dispatch<") && Catch::Contains(">op F<") &&
                       Catch::Contains(">W (weight grad)<"));
-  CHECK_THAT(svg, Catch::Contains(">ms<"));
+  CHECK_THAT(svg, Catch::Contains(">time (ms)<"));
   // F lighter than B: attn(F) and attn-kind B share a hue; here mlp(F) (light) and mlp(B) (full) both occur.
   CHECK_THAT(svg, Catch::Contains("fill=\"#96d096\"") && Catch::Contains("fill=\"#2ca02c\""));
 

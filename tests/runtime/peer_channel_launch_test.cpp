@@ -4,7 +4,7 @@
 
 using peer_channel_test::Job;
 
-TEST_CASE("peer channel: ring and all-pairs exchange, every byte checked; throughput (1 node x 2 ranks)") {
+TEST_CASE("peer channel: ring and all-pairs exchange, every byte checked, then throughput (1 node x 2 ranks)") {
   peer_channel_test::expect_pass(Job{1, 2, false, "exchange,throughput"});
 }
 

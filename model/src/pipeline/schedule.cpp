@@ -24,7 +24,7 @@ std::string shape_name(const ScheduleShape& shape) {
 // so counters and a queue are all the bookkeeping the op lists need.
 class Emitter {
  public:
-  // first_micro_batch[c]: the global id of chunk c's first micro-batch.
+  // first_micro_batch0/1: the global id of chunk 0's / chunk 1's first micro-batch.
   Emitter(std::vector<Op>& ops, int first_micro_batch0, int first_micro_batch1)
       : ops_(ops), first_{first_micro_batch0, first_micro_batch1} {}
 
@@ -93,16 +93,16 @@ std::vector<Op> one_f_one_b_schedule(const ScheduleShape& shape, int rank) {
 //   local phase 0/1: the chunk whose micro-batches reach this rank first (0) or second (1). For DualPipeV
 //   that is chunk 0/1; DualPipe's second-half ranks meet the PP-1 -> 0 direction (chunk 1) first, which is
 //   the reference's `phase ^= is_in_second_half`.
-// The rank with r == n-1 (DualPipe's two middle ranks, DualPipeV's last rank) turns its data around
-// without waiting; in the first main-step iteration the reference runs its F and B back to back instead of
-// overlapped, because the B needs that very F's output.
+// The rank with r == n-1 (DualPipe's two middle ranks, DualPipeV's last rank) has no step-1 warm-up. Its
+// first main-step pair runs as F then BW, not overlapped: the reference notes this shrinks the bubble, as
+// its neighbours are waiting on this rank's outputs there and separate ops let them leave sooner.
 void dual_steps(int n, int r, int count, int flip, Emitter& e) {
   const int c0 = 0 ^ flip;  // local phase 0 as a chunk
   const int c1 = 1 ^ flip;
-  const bool turning_rank = r == n - 1;
+  const bool innermost = r == n - 1;  // see above
 
   // 1. nF0: the other chunk's first micro-batch is still on its way to this rank; run forwards of the
-  //    near chunk meanwhile, two per rank between this one and the turning rank.
+  //    near chunk meanwhile, two per rank between this one and the innermost rank.
   e.set_phase(0);
   for (int i = 0; i < 2 * (n - r - 1); ++i) e.f(c0);
 
@@ -123,10 +123,11 @@ void dual_steps(int n, int r, int count, int flip, Emitter& e) {
     e.f(c1);
   }
 
-  // 4. nF0B1F1B0, the main step: every op overlaps a forward of one chunk with a backward of the other.
+  // 4. nF0B1F1B0, the main step: each op overlaps a forward of one chunk with a backward of the other
+  //    (except the innermost rank's first pair).
   e.set_phase(3);
   for (int i = 0; i < count - 2 * n + r + 1; ++i) {
-    if (i == 0 && turning_rank) {
+    if (i == 0 && innermost) {
       e.f(c0);
       e.b(c1, /*split=*/false);
     } else {
@@ -149,7 +150,7 @@ void dual_steps(int n, int r, int count, int flip, Emitter& e) {
   e.set_phase(5);
   bool split = false;
   for (int i = 0; i < r + 1; ++i) {
-    if (i == (r + 1) / 2 && r % 2 == 0) split = true;
+    if (i == (r + 1) / 2 && r % 2 == 1) split = true;
     e.b(c1, split);
     if (i == (r + 1) / 2 && r % 2 == 0) split = true;
     e.b(c0, split);

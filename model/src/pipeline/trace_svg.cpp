@@ -77,7 +77,7 @@ bool dark(Rgb c) {
   return 0.299 * c.r + 0.587 * c.g + 0.114 * c.b < 140;
 }
 
-// The kinds of events, in legend order.
+// The kinds of events, in legend order. The schedule ops are greys, so that they do not read as attention.
 struct Kind {
   const char* label;
   Rgb colour;
@@ -107,19 +107,19 @@ constexpr Kind kKindTable[kKinds] = {{"attn", {31, 119, 180}},
                                      {"mlp", {44, 160, 44}},
                                      {"W (weight grad)", {148, 103, 189}},
                                      {"head / embed", {140, 86, 75}},
-                                     {"other compute", {127, 127, 127}},
+                                     {"other compute", {188, 170, 164}},
                                      {"dispatch", {255, 127, 14}},
                                      {"combine", {214, 39, 40}},
                                      {"pp send/recv", {23, 190, 207}},
-                                     {"other comm", {188, 189, 34}},
-                                     {"op F", {107, 174, 214}},
-                                     {"op B", {33, 113, 181}},
+                                     {"other comm", {219, 219, 141}},
+                                     {"op F", {189, 189, 189}},
+                                     {"op B", {99, 99, 99}},
                                      {"op W", {148, 103, 189}},
                                      {"op F&B", {227, 119, 194}},
                                      {"op BW", {123, 65, 115}},
                                      {"grad-reduce", {188, 189, 34}},
                                      {"optimizer", {140, 109, 49}},
-                                     {"other op", {127, 127, 127}},
+                                     {"other op", {188, 170, 164}},
                                      {"step", {236, 236, 236}}};
 
 bool starts_with(const std::string& s, std::string_view prefix) {
@@ -297,8 +297,8 @@ void write_timeline_svg(std::ostream& out, const std::vector<TraceEvent>& events
                    label + "</text>\n";
   }
   out << "</g>\n<g fill=\"#333333\">\n" << tick_labels;
-  out << "<text x=\"" << num(kLeft - 6) << "\" y=\"" << num(axis_y - 7)
-      << "\" text-anchor=\"end\">ms</text>\n";
+  // At the far left: the first tick's label is centred on the plot's edge.
+  out << "<text x=\"6\" y=\"" << num(axis_y - 7) << "\">time (ms)</text>\n";
   out << "</g>\n";
 
   // Events: a box each, with a tooltip, and a label where it fits.

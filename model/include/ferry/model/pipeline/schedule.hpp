@@ -128,11 +128,19 @@ Simulation simulate(const ScheduleShape& shape, const std::vector<std::vector<Op
 
 // The bubble per rank that the DualPipe README publishes. The README counts PP in stages and writes B for a
 // full backward (our B + W), so in OpCosts terms:
-//   none      0
-//   1f1b      (PP-1)(F + B + W)
-//   dualpipe  (PP/2 - 1)(FB + B - 2W)        [README: (PP/2-1)(F&B + B - 3W), B there = B + W here]
-//   dualpipev (ranks - 1)(FB + B - 2W)       [the same formula with PP = 2·ranks stages]
-// How far simulate() agrees is recorded in schedule_sim.cpp and pinned down by tests/model/test_schedule.cpp.
+//   none       0
+//   1f1b       (PP-1)(F + B + W)
+//   dualpipe   (PP/2 - 1)(FB + B - 2W)   [README: (PP/2-1)(F&B + B - 3W), its B being our B + W]
+//   dualpipev  (ranks - 1)(FB + B - 2W)  [the same row with PP = 2·ranks stages]
+// What simulate() gives (tests/model/test_schedule.cpp pins each of these down):
+//   - 1F1B: exactly the formula, on every rank, for any costs and any M.
+//   - DualPipe: independent of M. When F = B >= W and F + W <= FB <= F + B + W the formula is the worst
+//     rank's bubble (the middle ranks; outer ones idle less: 1 2 3 3 3 3 2 1 at PP = 8 with the default
+//     costs, formula 3), and every rank's when FB = F + B + W. Elsewhere it is an estimate, at PP = 8:
+//     F = B = W = 1, FB = 1.5 gives 1.5 against 4.5 simulated (an overlap better than F + W starves the
+//     pairs); F = 2, B = W = 1, FB = 4 gives 9 against 12; F = W = 1, B = 2, FB = 4 gives 12 against 11.
+//   - DualPipeV on R ranks is DualPipe on 2R ranks with 2M micro-batches cut in half: the same makespan, and
+//     rank r idles exactly as long as DualPipe's rank r. So "the same formula" is right, with PP in stages.
 double published_bubble(const ScheduleShape& shape, const OpCosts& costs);
 
 }  // namespace ferry::model::pipeline

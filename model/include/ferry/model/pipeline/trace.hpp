@@ -119,7 +119,7 @@ struct OverlapMetrics {
 std::vector<OverlapMetrics> overlap_metrics(const std::vector<TraceEvent>& events);
 
 // Totals over several metrics: the seconds summed, the ratios recomputed from the sums, the op means weighted
-// by their counts. rank and step are the common value, or -1 where the metrics disagree.
+// by their counts. rank and step are the common value, or -1 where the metrics disagree (or there are none).
 OverlapMetrics sum_metrics(const std::vector<OverlapMetrics>& metrics);
 
 // A readable table: one line per rank (summed over its steps) and a total line, with wall, compute, a2a in
