@@ -4,7 +4,8 @@
 
 using peer_channel_test::Job;
 
-TEST_CASE("peer channel: ring and all-pairs exchange, every byte checked, then throughput (1 node x 2 ranks)") {
+TEST_CASE(
+    "peer channel: ring and all-pairs exchange, every byte checked, and throughput (1 node x 2 ranks)") {
   peer_channel_test::expect_pass(Job{1, 2, false, "exchange,throughput"});
 }
 
@@ -25,7 +26,7 @@ TEST_CASE("peer channel: an idle channel costs almost no CPU (1 node x 2 ranks)"
 }
 
 TEST_CASE("peer channel: a peer killed mid-stream is reported by name (1 node x 2 ranks)") {
-  peer_channel_test::expect_peer_death_reported(Job{1, 2, false, "kill_peer", 15});
+  peer_channel_test::expect_peer_death_reported(Job{1, 2, false, "kill_peer", 10});
 }
 
 TEST_CASE("peer channel: exchange, order, errors, silent peer, throughput (2 nodes x 2 ranks)") {
@@ -33,5 +34,5 @@ TEST_CASE("peer channel: exchange, order, errors, silent peer, throughput (2 nod
 }
 
 TEST_CASE("peer channel: a peer killed mid-stream is reported by name (2 nodes x 2 ranks)") {
-  peer_channel_test::expect_peer_death_reported(Job{2, 2, false, "kill_peer", 15});
+  peer_channel_test::expect_peer_death_reported(Job{2, 2, false, "kill_peer", 10});
 }

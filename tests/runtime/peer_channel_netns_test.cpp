@@ -19,5 +19,5 @@ TEST_CASE("peer channel over tcp: exchange, order, errors, silent peer, throughp
 
 TEST_CASE("peer channel over tcp: a peer killed mid-stream is reported by name (2 nodes x 2 ranks)") {
   SKIP_WITHOUT_NETNS();
-  peer_channel_test::expect_peer_death_reported(Job{2, 2, true, "kill_peer", 15});
+  peer_channel_test::expect_peer_death_reported(Job{2, 2, true, "kill_peer", 10});
 }

@@ -14,10 +14,9 @@
 //   errors      peer out of range and oversized messages throw naming them; a size mismatch fails the recv's
 //               Event naming both sizes, and the next message still arrives
 //   silent      (timeout 2 s) a recv from a partner that never sends, and a send beyond the slots to a
-//   partner
-//               that never receives, both fail within the timeout naming the partner
-//   kill_peer   rank 1 dies (SIGKILL) while messages stream to and from every rank; every survivor's Events
-//               fail naming rank 1
+//               partner that never receives, both fail within the timeout naming the partner
+//   kill_peer   rank 1 dies (SIGKILL) while every survivor has sends and recvs queued to and from it; the
+//               survivors' Events fail naming rank 1
 //   throughput  rank r < W/2 streams 256 KiB messages to rank r + W/2; prints MB/s (not checked)
 //   idle        an idle channel costs little CPU: the process uses under 5% of a core over 1.5 s
 #include <signal.h>

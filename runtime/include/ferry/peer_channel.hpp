@@ -28,8 +28,8 @@
 // dies surfaces as Errc::peer_failure naming it; the fabric is then broken, so every pending and later
 // operation of the channel fails with that error.
 //
-// Memory: 2 x world_size x slots_per_peer x (max_message_bytes + 64) bytes registered per rank (receive
-// slots, and staging slots for the writes in flight).
+// Memory: about 2 x world_size x slots_per_peer x max_message_bytes registered per rank (receive slots for
+// every sender, and staging slots for the writes in flight to every peer).
 //
 // Threads: send, recv and stats may be called from any thread; operations issued from several threads to one
 // peer are ordered as their calls were. The fabric comes from FERRY_FABRIC (ucx or verbs; noop moves nothing
