@@ -12,7 +12,8 @@ using peer_channel_test::Job;
     }                                                                            \
   } while (false)
 
-TEST_CASE("peer channel over tcp: exchange, order, errors, silent peer, throughput (2 nodes x 2 ranks)") {
+TEST_CASE(
+    "peer channel over tcp: exchange, order, errors, silent peer, throughput, idle CPU (2 nodes x 2 ranks)") {
   SKIP_WITHOUT_NETNS();
   peer_channel_test::expect_pass(Job{2, 2, true, "exchange,order,errors,silent,throughput,idle"});
 }
