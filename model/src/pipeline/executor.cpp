@@ -260,20 +260,23 @@ class Mailbox {
 
 std::span<std::byte> bytes_of(float* p, std::size_t n) { return {reinterpret_cast<std::byte*>(p), n * sizeof(float)}; }
 
-// values ← scale · Σ over the channel's ranks of values, through the fabric: a reduce-scatter (rank r sums
-// slice r of every rank's values, in rank order, in double) then an all-gather of the summed slices, so every
-// rank ends with the same bits while each sends 2 (R-1)/R of the vector, not R-1 copies of it.
-void sum_over_ranks(ferry::PeerChannel& channel, std::span<float> values, double scale) {
-  const int ranks = channel.world_size(), me = channel.rank();
+// values ← scale · Σ over `members` (job ranks, ascending, this rank among them) of values, through the
+// fabric: a reduce-scatter (member i sums slice i of every member's values, in member order, in double) then an
+// all-gather of the summed slices, so every member ends with the same bits while each sends 2 (n-1)/n of the
+// vector, not n-1 copies of it.
+void sum_over_ranks(ferry::PeerChannel& channel, const std::vector<int>& members, std::span<float> values,
+                    double scale) {
+  const int ranks = static_cast<int>(members.size());
+  const int me = static_cast<int>(std::find(members.begin(), members.end(), channel.rank()) - members.begin());
   const std::size_t n = values.size(), chunk = channel.config().max_message_bytes / sizeof(float);
-  const auto begin_of = [&](int r) { return n * r / ranks; };
-  const auto size_of = [&](int r) { return begin_of(r + 1) - begin_of(r); };
+  const auto begin_of = [&](int i) { return n * i / ranks; };
+  const auto size_of = [&](int i) { return begin_of(i + 1) - begin_of(i); };
   std::vector<ferry::Event> pending;
   // Messages of one slice, cut into chunks the channel takes; both sides cut alike.
-  const auto transfer = [&](int peer, float* data, std::size_t size, bool send) {
+  const auto transfer = [&](int i, float* data, std::size_t size, bool send) {
     for (std::size_t at = 0; at < size; at += chunk) {
       const auto piece = bytes_of(data + at, std::min(chunk, size - at));
-      pending.push_back(send ? channel.send(peer, piece) : channel.recv(peer, piece));
+      pending.push_back(send ? channel.send(members[i], piece) : channel.recv(members[i], piece));
     }
   };
   const auto wait_all = [&] {
@@ -282,26 +285,59 @@ void sum_over_ranks(ferry::PeerChannel& channel, std::span<float> values, double
   };
 
   std::vector<std::vector<float>> theirs(ranks);
-  for (int r = 0; r < ranks; ++r) {
-    if (r == me) continue;
-    theirs[r].resize(size_of(me));
-    transfer(r, theirs[r].data(), size_of(me), false);
+  for (int i = 0; i < ranks; ++i) {
+    if (i == me) continue;
+    theirs[i].resize(size_of(me));
+    transfer(i, theirs[i].data(), size_of(me), false);
   }
-  for (int r = 0; r < ranks; ++r)
-    if (r != me) transfer(r, values.data() + begin_of(r), size_of(r), true);
+  for (int i = 0; i < ranks; ++i)
+    if (i != me) transfer(i, values.data() + begin_of(i), size_of(i), true);
   wait_all();
   const std::size_t first = begin_of(me);
-  for (std::size_t i = 0; i < size_of(me); ++i) {
+  for (std::size_t k = 0; k < size_of(me); ++k) {
     double sum = 0;
-    for (int r = 0; r < ranks; ++r) sum += r == me ? values[first + i] : theirs[r][i];
-    values[first + i] = static_cast<float>(sum * scale);
+    for (int i = 0; i < ranks; ++i) sum += i == me ? values[first + k] : theirs[i][k];
+    values[first + k] = static_cast<float>(sum * scale);
   }
-  for (int r = 0; r < ranks; ++r)
-    if (r != me) transfer(r, values.data() + begin_of(r), size_of(r), false);
-  for (int r = 0; r < ranks; ++r)
-    if (r != me) transfer(r, values.data() + first, size_of(me), true);
+  for (int i = 0; i < ranks; ++i)
+    if (i != me) transfer(i, values.data() + begin_of(i), size_of(i), false);
+  for (int i = 0; i < ranks; ++i)
+    if (i != me) transfer(i, values.data() + first, size_of(me), true);
   wait_all();
 }
+
+// Where a step's gradients live: dense parameters on every rank that ran their stage, so they are summed over
+// the job; the routed experts of replica d only on replica d's pipeline ranks (its expert-parallel rank owns
+// them in every stage), so they are summed over that pipeline group alone. The other replicas' experts stay
+// zero here and are never used here, as in plain expert parallelism.
+struct GradientSplit {
+  std::vector<std::pair<std::size_t, std::size_t>> dense, own_experts;  // (offset, size) runs of the flat array
+
+  GradientSplit(const ParamStore<float>& params, int experts, int replica, int replicas) {
+    const int per_replica = experts / replicas;
+    for (const ParamInfo& info : params.info()) {
+      if (!is_expert_param(info)) {
+        dense.emplace_back(info.offset, info.size);
+        continue;
+      }
+      const std::size_t slice = info.size / experts;
+      own_experts.emplace_back(info.offset + slice * replica * per_replica, slice * per_replica);
+    }
+  }
+  static std::vector<float> gather(std::span<const float> flat, const std::vector<std::pair<std::size_t, std::size_t>>& runs) {
+    std::vector<float> packed;
+    for (const auto& [offset, size] : runs) packed.insert(packed.end(), flat.begin() + offset, flat.begin() + offset + size);
+    return packed;
+  }
+  static void scatter(std::span<float> flat, const std::vector<std::pair<std::size_t, std::size_t>>& runs,
+                      const std::vector<float>& packed) {
+    std::size_t at = 0;
+    for (const auto& [offset, size] : runs) {
+      std::copy_n(packed.begin() + at, size, flat.begin() + offset);
+      at += size;
+    }
+  }
+};
 
 std::int64_t steady_ns(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
@@ -607,8 +643,21 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
   const auto reduce_start = Clock::now();
   const double scale = 1.0 / per_step;
   auto grads = model.params().grads();
-  sum_over_ranks(*impl.channel, grads, scale);
-  std::vector<double> packed{impl.main_sum, impl.balance_sum};
+  const GradientSplit split(model.params(), model.config().experts, impl.replica, impl.replicas);
+  std::vector<int> everyone(impl.group.world_size()), pipeline_group;
+  for (int r = 0; r < impl.group.world_size(); ++r) everyone[r] = r;
+  for (int p = 0; p < impl.shape.ranks; ++p) pipeline_group.push_back(impl.job_rank(p));
+  std::vector<float> dense = GradientSplit::gather(grads, split.dense);
+  sum_over_ranks(*impl.channel, everyone, dense, scale);
+  GradientSplit::scatter(grads, split.dense, dense);
+  std::vector<float> experts = GradientSplit::gather(grads, split.own_experts);
+  sum_over_ranks(*impl.channel, pipeline_group, experts, scale);
+  GradientSplit::scatter(grads, split.own_experts, experts);
+  double dense_sq = 0, expert_sq = 0;
+  for (const float g : dense) dense_sq += static_cast<double>(g) * g;
+  for (const float g : experts) expert_sq += static_cast<double>(g) * g;
+  // Every pipeline rank of a replica holds that replica's experts: each adds its share of their squares.
+  std::vector<double> packed{impl.main_sum, impl.balance_sum, expert_sq / impl.shape.ranks};
   for (const auto& load : impl.loads) packed.insert(packed.end(), load.begin(), load.end());
   GroupCollective(impl.group).sum(packed);
 
@@ -616,15 +665,13 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
   reduced.losses.main = packed[0] * scale;
   reduced.losses.balance = packed[1] * scale;
   reduced.losses.total = reduced.losses.main + reduced.losses.balance;
-  std::size_t at = 2;
+  std::size_t at = 3;
   for (const auto& load : impl.loads) {
     ExpertLoad total;
     for (std::size_t e = 0; e < load.size(); ++e) total.counts.push_back(static_cast<std::int64_t>(packed[at++]));
     reduced.loads.push_back(std::move(total));
   }
-  double sum_sq = 0;
-  for (const float g : grads) sum_sq += static_cast<double>(g) * g;
-  reduced.grad_norm = std::sqrt(sum_sq);
+  reduced.grad_norm = std::sqrt(dense_sq + packed[2]);
   impl.record_span("grad-reduce", "op", Lane::ops, reduce_start);
   ++impl.step;
   return reduced;

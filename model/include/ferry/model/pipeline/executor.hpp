@@ -10,8 +10,11 @@
 // run in order; an F&B op runs its two chunks on two threads that hand the CPU to each other whenever one
 // issues an all-to-all (exchange_observer.hpp), so that each chunk's dispatch or combine is in flight while
 // the other computes. With overlap off, the same op runs F then B, waiting on every all-to-all at once.
-// Gradients of every copy of a parameter (mirrored DualPipe stages, replicas) are summed over the job, in
-// rank order, and divided by D · M: the step equals a single process's on the whole global batch.
+// Gradients go through the PeerChannel too (reduce-scatter + all-gather, summed in rank order in double):
+// dense parameters over the whole job (mirrored DualPipe stages, every replica), the routed experts over the
+// pipeline ranks of their owner's replica only; then divided by D · M, so the step equals a single process's
+// on the whole global batch. As in plain expert parallelism, a rank's copy of other replicas' experts is
+// neither trained nor used.
 #pragma once
 
 #include <memory>
