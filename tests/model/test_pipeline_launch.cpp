@@ -54,8 +54,8 @@ Run train(const std::string& name, const std::string& extra) {
 }
 
 // Relative L2 difference over the whole model of parameters and of AdamW's first moments (a running sum of
-// the gradients) between a pipelined run and the expert-parallel reference. Dense parameters: bitwise equal on
-// every rank of each run. Experts: in the reference on rank e / (E/4); in the pipelined run (PP = 2, so 2
+// the gradients) between a pipelined run and the expert-parallel reference. Dense parameters: bitwise equal
+// on every rank of each run. Experts: in the reference on rank e / (E/4); in the pipelined run (PP = 2, so 2
 // replicas) on both pipeline ranks of replica e / (E/2), bitwise equal there.
 double compare_checkpoints(const Run& reference, const Run& piped) {
   using namespace ferry::model;
@@ -137,7 +137,8 @@ TEST_CASE("every pipeline schedule on 2 nodes x 2 ranks takes the steps of plain
   std::filesystem::remove_all(reference.checkpoints);
 }
 
-TEST_CASE("a DualPipe run's trace is valid JSON with compute and comm lanes on every rank", "[multiprocess]") {
+TEST_CASE("a DualPipe run's trace is valid JSON with compute and comm lanes on every rank",
+          "[multiprocess]") {
   const std::string trace = ferry::test::temp_path("pipe-trace") + ".json";
   const std::string svg = ferry::test::temp_path("pipe-trace") + ".svg";
   auto outcome = ferry::test::run(std::string(FERRY_BIN) + kLaunch + FERRY_BIN + kModel +
@@ -164,8 +165,8 @@ TEST_CASE("a DualPipe run's trace is valid JSON with compute and comm lanes on e
     CHECK(tids.count(0) == 1);  // compute
     CHECK(tids.count(1) == 1);  // comm
   }
-  for (const char* name : {"attn(F)", "mlp(F)", "attn(B)", "mlp(B)", "dispatch(F)", "combine(F)", "dispatch(B)",
-                           "combine(B)", "pp-recv", "pp-send", "F", "F&B", "W", "step"})
+  for (const char* name : {"attn(F)", "mlp(F)", "attn(B)", "mlp(B)", "dispatch(F)", "combine(F)",
+                           "dispatch(B)", "combine(B)", "pp-recv", "pp-send", "F", "F&B", "W", "step"})
     CHECK(names.count(name) == 1);
 
   auto drawn = ferry::test::run(std::string(FERRY_BIN) + " trace " + trace + " --svg " + svg);

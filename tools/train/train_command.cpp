@@ -74,21 +74,24 @@ nlohmann::json report_overlap(pipe::PipelineExecutor& executor, const std::vecto
     const double steps = static_cast<double>(metrics.size());
     const double formula = executor.published_bubble_s(total);
     if (print)
-      std::printf("rank %d: bubble %.1f ms/step measured, %.1f ms by the %s formula (F %.1f B %.1f W %.1f F&B %.1f ms)\n",
-                  rank, 1e3 * total.bubble_s / steps, 1e3 * formula, pipe::to_string(executor.shape().kind),
-                  1e3 * total.f_s, 1e3 * (total.b_count ? total.b_s : total.bw_s), 1e3 * total.w_s, 1e3 * total.fb_s);
-    ranks.push_back({{"rank", rank},
-                     {"steps", metrics.size()},
-                     {"wall_s", total.wall_s},
-                     {"compute_s", total.compute_s},
-                     {"a2a_in_flight_s", total.comm_s},
-                     {"exposed_comm_s", total.exposed_comm_s},
-                     {"overlap_ratio", total.overlap_ratio},
-                     {"bubble_s", total.bubble_s},
-                     {"bubble_ratio", total.bubble_ratio},
-                     {"bubble_formula_s_per_step", formula},
-                     {"op_seconds", {{"F", total.f_s}, {"B", total.b_s}, {"W", total.w_s}, {"F&B", total.fb_s},
-                                     {"BW", total.bw_s}}}});
+      std::printf(
+          "rank %d: bubble %.1f ms/step measured, %.1f ms by the %s formula (F %.1f B %.1f W %.1f F&B %.1f "
+          "ms)\n",
+          rank, 1e3 * total.bubble_s / steps, 1e3 * formula, pipe::to_string(executor.shape().kind),
+          1e3 * total.f_s, 1e3 * (total.b_count ? total.b_s : total.bw_s), 1e3 * total.w_s, 1e3 * total.fb_s);
+    ranks.push_back(
+        {{"rank", rank},
+         {"steps", metrics.size()},
+         {"wall_s", total.wall_s},
+         {"compute_s", total.compute_s},
+         {"a2a_in_flight_s", total.comm_s},
+         {"exposed_comm_s", total.exposed_comm_s},
+         {"overlap_ratio", total.overlap_ratio},
+         {"bubble_s", total.bubble_s},
+         {"bubble_ratio", total.bubble_ratio},
+         {"bubble_formula_s_per_step", formula},
+         {"op_seconds",
+          {{"F", total.f_s}, {"B", total.b_s}, {"W", total.w_s}, {"F&B", total.fb_s}, {"BW", total.bw_s}}}});
   }
   const pipe::OverlapMetrics job = pipe::sum_metrics(kept);
   return {{"ranks", ranks},
@@ -159,11 +162,14 @@ void run_train(TrainArgs args) {
     if (args.model.mtp)
       fail(Errc::invalid_argument, "ferry train --schedule runs models without MTP: add --no-mtp");
     pipeline_options.schedule = pipe::parse_schedule_kind(args.schedule);
-    pipeline_options.pipeline_ranks = pipeline_options.schedule == pipe::ScheduleKind::none ? 1 : args.pipeline_ranks;
-    pipeline_options.micro_batches = args.micro_batches > 0 ? args.micro_batches : 2 * pipeline_options.pipeline_ranks;
+    pipeline_options.pipeline_ranks =
+        pipeline_options.schedule == pipe::ScheduleKind::none ? 1 : args.pipeline_ranks;
+    pipeline_options.micro_batches =
+        args.micro_batches > 0 ? args.micro_batches : 2 * pipeline_options.pipeline_ranks;
     pipeline_options.overlap = !args.no_overlap;
     pipeline_options.trace = !args.trace.empty();
-    pipe::validate({pipeline_options.schedule, pipeline_options.pipeline_ranks, pipeline_options.micro_batches});
+    pipe::validate(
+        {pipeline_options.schedule, pipeline_options.pipeline_ranks, pipeline_options.micro_batches});
     if (ranks % pipeline_options.pipeline_ranks != 0)
       fail(Errc::invalid_argument, "ferry train: --pp " + std::to_string(pipeline_options.pipeline_ranks) +
                                        " does not divide the job's " + std::to_string(ranks) + " ranks");
@@ -198,11 +204,13 @@ void run_train(TrainArgs args) {
   if (rank == 0 && pipelined) {
     const int pp = pipeline_options.pipeline_ranks, replicas = ranks / pp;
     std::printf(
-        "ferry train: %d rank(s) on %d node(s), schedule %s, %d pipeline rank(s) x %d expert-parallel replica(s), "
+        "ferry train: %d rank(s) on %d node(s), schedule %s, %d pipeline rank(s) x %d expert-parallel "
+        "replica(s), "
         "%d micro-batches of %d rows per replica, overlap %s, %d experts (%d per rank), batch %d x %d\n",
         ranks, group.num_nodes(), args.schedule.c_str(), pp, replicas, pipeline_options.micro_batches,
-        ranks * args.train.batch / (replicas * pipeline_options.micro_batches), pipeline_options.overlap ? "on" : "off",
-        args.model.experts, args.model.experts / replicas, ranks, args.train.batch);
+        ranks * args.train.batch / (replicas * pipeline_options.micro_batches),
+        pipeline_options.overlap ? "on" : "off", args.model.experts, args.model.experts / replicas, ranks,
+        args.train.batch);
   }
   nlohmann::json steps = nlohmann::json::array();
   model::run_training(options, [&](const model::StepStats& stats) {

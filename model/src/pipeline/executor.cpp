@@ -90,7 +90,8 @@ class ChunkObserver final : public ExchangeObserver {
     // In flight from the moment this chunk stopped computing to issue it (the issuing call's own host work
     // counts as compute, so a run without overlap shows none) until the Buffer finished it.
     const ferry::Event::Times times = event.times();
-    record(to_string(op), "a2a", Lane::comm, std::max(times.issued, issued_at_), std::max(times.finished, issued_at_));
+    record(to_string(op), "a2a", Lane::comm, std::max(times.issued, issued_at_),
+           std::max(times.finished, issued_at_));
     segment_start_ = Clock::now();
   }
 
@@ -110,7 +111,8 @@ class ChunkObserver final : public ExchangeObserver {
     record(name, "compute", Lane::compute, start, Clock::now());
   }
 
-  void record(const char* name, const char* category, Lane lane, Clock::time_point start, Clock::time_point end) {
+  void record(const char* name, const char* category, Lane lane, Clock::time_point start,
+              Clock::time_point end) {
     if (!trace_.enabled()) return;
     trace_.add(TraceEvent{name, category, trace_.rank(), lane, trace_.us(start), trace_.us(end), step_,
                           work_.micro_batch, work_.chunk});
@@ -138,7 +140,9 @@ struct MessageHeader {
 };
 using MessageKey = std::tuple<int, int, int>;  // payload, micro_batch, stage
 
-const char* payload_name(int payload) { return payload == 0 ? "activation" : "gradient"; }
+const char* payload_name(int payload) {
+  return payload == 0 ? "activation" : "gradient";
+}
 
 // Pipeline transfers of one rank. The channel delivers each peer's messages in send order, but a rank's
 // consumption order differs from its neighbour's production order (two directions share a pair of ranks in
@@ -208,8 +212,8 @@ class Mailbox {
     }
     fail(Errc::protocol, "pipeline rank " + std::to_string(rank_) + " waited for the " +
                              payload_name(static_cast<int>(payload)) + " of micro-batch " +
-                             std::to_string(micro_batch) + " for stage " + std::to_string(stage) + " from rank " +
-                             std::to_string(peer) + ", which sends nothing more this step");
+                             std::to_string(micro_batch) + " for stage " + std::to_string(stage) +
+                             " from rank " + std::to_string(peer) + ", which sends nothing more this step");
   }
 
   // Waits for this step's sends and checks every posted receive was consumed.
@@ -230,7 +234,8 @@ class Mailbox {
       posted.clear();
       next_[peer] = 0;
     }
-    if (!local_.empty()) fail(Errc::internal, "pipeline rank " + std::to_string(rank_) + " left a local hand-off");
+    if (!local_.empty())
+      fail(Errc::internal, "pipeline rank " + std::to_string(rank_) + " left a local hand-off");
   }
 
  private:
@@ -242,7 +247,8 @@ class Mailbox {
 
   void record(const char* name, Clock::time_point start, Clock::time_point end, int micro_batch) {
     if (!trace_.enabled()) return;
-    trace_.add(TraceEvent{name, "pp", rank_, Lane::comm, trace_.us(start), trace_.us(end), step_, micro_batch, -1});
+    trace_.add(
+        TraceEvent{name, "pp", rank_, Lane::comm, trace_.us(start), trace_.us(end), step_, micro_batch, -1});
   }
 
   ferry::PeerChannel* channel_;
@@ -258,16 +264,19 @@ class Mailbox {
   std::vector<std::unique_ptr<Message>> sent_;
 };
 
-std::span<std::byte> bytes_of(float* p, std::size_t n) { return {reinterpret_cast<std::byte*>(p), n * sizeof(float)}; }
+std::span<std::byte> bytes_of(float* p, std::size_t n) {
+  return {reinterpret_cast<std::byte*>(p), n * sizeof(float)};
+}
 
 // values ← scale · Σ over `members` (job ranks, ascending, this rank among them) of values, through the
-// fabric: a reduce-scatter (member i sums slice i of every member's values, in member order, in double) then an
-// all-gather of the summed slices, so every member ends with the same bits while each sends 2 (n-1)/n of the
-// vector, not n-1 copies of it.
+// fabric: a reduce-scatter (member i sums slice i of every member's values, in member order, in double) then
+// an all-gather of the summed slices, so every member ends with the same bits while each sends 2 (n-1)/n of
+// the vector, not n-1 copies of it.
 void sum_over_ranks(ferry::PeerChannel& channel, const std::vector<int>& members, std::span<float> values,
                     double scale) {
   const int ranks = static_cast<int>(members.size());
-  const int me = static_cast<int>(std::find(members.begin(), members.end(), channel.rank()) - members.begin());
+  const int me =
+      static_cast<int>(std::find(members.begin(), members.end(), channel.rank()) - members.begin());
   const std::size_t n = values.size(), chunk = channel.config().max_message_bytes / sizeof(float);
   const auto begin_of = [&](int i) { return n * i / ranks; };
   const auto size_of = [&](int i) { return begin_of(i + 1) - begin_of(i); };
@@ -311,7 +320,8 @@ void sum_over_ranks(ferry::PeerChannel& channel, const std::vector<int>& members
 // them in every stage), so they are summed over that pipeline group alone. The other replicas' experts stay
 // zero here and are never used here, as in plain expert parallelism.
 struct GradientSplit {
-  std::vector<std::pair<std::size_t, std::size_t>> dense, own_experts;  // (offset, size) runs of the flat array
+  std::vector<std::pair<std::size_t, std::size_t>> dense,
+      own_experts;  // (offset, size) runs of the flat array
 
   GradientSplit(const ParamStore<float>& params, int experts, int replica, int replicas) {
     const int per_replica = experts / replicas;
@@ -324,9 +334,11 @@ struct GradientSplit {
       own_experts.emplace_back(info.offset + slice * replica * per_replica, slice * per_replica);
     }
   }
-  static std::vector<float> gather(std::span<const float> flat, const std::vector<std::pair<std::size_t, std::size_t>>& runs) {
+  static std::vector<float> gather(std::span<const float> flat,
+                                   const std::vector<std::pair<std::size_t, std::size_t>>& runs) {
     std::vector<float> packed;
-    for (const auto& [offset, size] : runs) packed.insert(packed.end(), flat.begin() + offset, flat.begin() + offset + size);
+    for (const auto& [offset, size] : runs)
+      packed.insert(packed.end(), flat.begin() + offset, flat.begin() + offset + size);
     return packed;
   }
   static void scatter(std::span<float> flat, const std::vector<std::pair<std::size_t, std::size_t>>& runs,
@@ -371,7 +383,8 @@ struct PipelineExecutor::Impl {
   double main_sum = 0, balance_sum = 0;
   std::vector<std::vector<std::int64_t>> loads;  // per MoE layer of the whole model
 
-  Impl(Group& g, const PipelineOptions& o, TraceRecorder recorder) : group(g), options(o), trace(std::move(recorder)) {}
+  Impl(Group& g, const PipelineOptions& o, TraceRecorder recorder)
+      : group(g), options(o), trace(std::move(recorder)) {}
 
   StageSlot& slot(const Work& work) { return *slots.at({work.micro_batch, work.chunk}); }
   int stage_of_work(const Work& work) const { return stage_of(shape, pp_rank, work.chunk); }
@@ -415,10 +428,11 @@ struct PipelineExecutor::Impl {
     return mailbox->take(from, Payload::gradient, work.micro_batch, stage);
   }
 
-  void record_span(const char* name, const char* category, Lane lane, Clock::time_point start, int micro_batch = -1,
-                   int chunk = -1) {
+  void record_span(const char* name, const char* category, Lane lane, Clock::time_point start,
+                   int micro_batch = -1, int chunk = -1) {
     if (!trace.enabled()) return;
-    trace.add(TraceEvent{name, category, trace.rank(), lane, trace.us(start), trace.now_us(), step, micro_batch, chunk});
+    trace.add(TraceEvent{name, category, trace.rank(), lane, trace.us(start), trace.now_us(), step,
+                         micro_batch, chunk});
   }
 
   // The forward of one chunk; `input` came from fetch_input() on the calling thread's owner.
@@ -440,12 +454,14 @@ struct PipelineExecutor::Impl {
 
   // The backward of one chunk. defer: B only (weight gradients queued for the W op); pair_queue: the B half
   // of an overlapped pair, whose weight gradients run inside the pair while an all-to-all is in flight.
-  void backward(Model<float>& model, const Work& work, const std::vector<float>& dout, bool defer, Baton* baton,
-                int me) {
+  void backward(Model<float>& model, const Work& work, const std::vector<float>& dout, bool defer,
+                Baton* baton, int me) {
     StageSlot& s = slot(work);
     const int stage = stage_of_work(work);
     WeightGradQueue pair_queue;
-    WeightGradQueue* queue = defer ? &deferred[{work.micro_batch, work.chunk}] : baton ? &pair_queue : nullptr;
+    WeightGradQueue* queue = defer   ? &deferred[{work.micro_batch, work.chunk}]
+                             : baton ? &pair_queue
+                                     : nullptr;
     std::optional<DeferWeightGrads> deferring;
     if (queue) deferring.emplace(*queue);
     ChunkObserver observer(trace, false, baton, me, baton ? &pair_queue : nullptr, step, work);
@@ -541,8 +557,9 @@ PipelineExecutor::PipelineExecutor(Group& group, const Model<float>& model, cons
   validate(shape);
   const int world = group.world_size();
   if (world % shape.ranks != 0)
-    fail(Errc::invalid_argument, "a pipeline of " + std::to_string(shape.ranks) + " ranks does not divide the " +
-                                     std::to_string(world) + " ranks of the job");
+    fail(Errc::invalid_argument, "a pipeline of " + std::to_string(shape.ranks) +
+                                     " ranks does not divide the " + std::to_string(world) +
+                                     " ranks of the job");
   // Every rank starts its timeline at rank 0's clock reading: the ranks of an emulated cluster share a
   // machine, so their steady clocks agree.
   const std::int64_t mine = steady_ns(Clock::now());
@@ -551,7 +568,8 @@ PipelineExecutor::PipelineExecutor(Group& group, const Model<float>& model, cons
   const auto all = group.all_gather("ferry.pipeline.epoch", bytes);
   std::int64_t epoch_ns = 0;
   std::memcpy(&epoch_ns, all.at(0).data(), sizeof epoch_ns);
-  const Clock::time_point epoch{std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(epoch_ns))};
+  const Clock::time_point epoch{
+      std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(epoch_ns))};
 
   impl_ = std::make_unique<Impl>(group, options, TraceRecorder(group.rank(), options.trace, epoch));
   Impl& impl = *impl_;
@@ -571,15 +589,15 @@ PipelineExecutor::PipelineExecutor(Group& group, const Model<float>& model, cons
     } else {
       std::vector<int> members;
       for (int d = 0; d < impl.replicas; ++d) members.push_back(d * shape.ranks + impl.pp_rank);
-      impl.expert_group =
-          std::make_unique<Group>(group.split("ep" + std::to_string(impl.pp_rank), members));
+      impl.expert_group = std::make_unique<Group>(group.split("ep" + std::to_string(impl.pp_rank), members));
       impl.buffer = std::make_shared<ferry::Buffer>(
           *impl.expert_group, expert_exchange_config(config, impl.expert_group->num_nodes()));
     }
   }
 
   auto buffer = impl.buffer;
-  const ExchangeFactory<float> exchange_for = [buffer](int, int experts) -> std::unique_ptr<ExpertExchange<float>> {
+  const ExchangeFactory<float> exchange_for =
+      [buffer](int, int experts) -> std::unique_ptr<ExpertExchange<float>> {
     return std::make_unique<FerryExpertExchange>(buffer, experts);
   };
   for (int m = 0; m < shape.micro_batches; ++m) {
@@ -592,28 +610,36 @@ PipelineExecutor::PipelineExecutor(Group& group, const Model<float>& model, cons
 
 PipelineExecutor::~PipelineExecutor() = default;
 
-const ScheduleShape& PipelineExecutor::shape() const { return impl_->shape; }
-int PipelineExecutor::replicas() const { return impl_->replicas; }
+const ScheduleShape& PipelineExecutor::shape() const {
+  return impl_->shape;
+}
+int PipelineExecutor::replicas() const {
+  return impl_->replicas;
+}
 
-ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* global_batch, int global_rows) {
+ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* global_batch,
+                                       int global_rows) {
   Impl& impl = *impl_;
   const int per_step = impl.replicas * impl.shape.micro_batches;
   if (global_rows % per_step != 0)
-    fail(Errc::invalid_argument, "a global batch of " + std::to_string(global_rows) + " rows does not split into " +
-                                     std::to_string(impl.replicas) + " replicas x " +
-                                     std::to_string(impl.shape.micro_batches) + " micro-batches");
+    fail(Errc::invalid_argument, "a global batch of " + std::to_string(global_rows) +
+                                     " rows does not split into " + std::to_string(impl.replicas) +
+                                     " replicas x " + std::to_string(impl.shape.micro_batches) +
+                                     " micro-batches");
   const int micro_rows = global_rows / per_step;
   const std::size_t floats = static_cast<std::size_t>(micro_rows) * impl.seq * impl.dim;
   if (!impl.channel) {
     // Built at the first step, when the message size is known (collective: every rank takes that step).
     ferry::PeerChannelConfig config;
-    config.max_message_bytes = std::max<std::size_t>(config.max_message_bytes, sizeof(MessageHeader) + floats * 4);
+    config.max_message_bytes =
+        std::max<std::size_t>(config.max_message_bytes, sizeof(MessageHeader) + floats * 4);
     impl.channel = std::make_unique<ferry::PeerChannel>(impl.group, config);
     impl.channel_floats = floats;
   }
   if (floats > impl.channel_floats)
-    fail(Errc::invalid_argument, "micro-batches grew after the first step: the pipeline channel is sized for " +
-                                     std::to_string(impl.channel_floats) + " values per activation");
+    fail(Errc::invalid_argument,
+         "micro-batches grew after the first step: the pipeline channel is sized for " +
+             std::to_string(impl.channel_floats) + " values per activation");
   if (impl.micro_rows != micro_rows || !impl.mailbox) {
     impl.micro_rows = micro_rows;
     impl.mailbox = std::make_unique<Mailbox>(impl.channel.get(), impl.group.rank(), floats, impl.trace);
@@ -668,7 +694,8 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
   std::size_t at = 3;
   for (const auto& load : impl.loads) {
     ExpertLoad total;
-    for (std::size_t e = 0; e < load.size(); ++e) total.counts.push_back(static_cast<std::int64_t>(packed[at++]));
+    for (std::size_t e = 0; e < load.size(); ++e)
+      total.counts.push_back(static_cast<std::int64_t>(packed[at++]));
     reduced.loads.push_back(std::move(total));
   }
   reduced.grad_norm = std::sqrt(dense_sq + packed[2]);
@@ -681,11 +708,12 @@ std::vector<TraceEvent> PipelineExecutor::gather_trace() {
   std::ostringstream out;
   write_chrome_trace(out, impl_->trace.events());
   const std::string text = out.str();
-  const auto all = impl_->group.all_gather("ferry.pipeline.trace",
-                                           std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+  const auto all = impl_->group.all_gather(
+      "ferry.pipeline.trace", std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
   std::vector<TraceEvent> events;
   for (const auto& blob : all) {
-    auto theirs = parse_chrome_trace(std::string_view(reinterpret_cast<const char*>(blob.data()), blob.size()));
+    auto theirs =
+        parse_chrome_trace(std::string_view(reinterpret_cast<const char*>(blob.data()), blob.size()));
     events.insert(events.end(), theirs.begin(), theirs.end());
   }
   std::stable_sort(events.begin(), events.end(),

@@ -85,7 +85,8 @@ const float* StageSlot::forward(Model<float>& model, const std::uint8_t* tokens,
   }
   losses_ = LossParts{};
   double balance = 0;
-  for (int i = 0; i < blocks; ++i) balance += blocks_[i]->forward(xs_[i + 1].data(), xs_[i].data(), rows, params);
+  for (int i = 0; i < blocks; ++i)
+    balance += blocks_[i]->forward(xs_[i + 1].data(), xs_[i].data(), rows, params);
   losses_.balance = balance;
   if (!range_.has_head()) return xs_[blocks].data();
 
@@ -93,8 +94,8 @@ const float* StageSlot::forward(Model<float>& model, const std::uint8_t* tokens,
   final_rstd_.resize(n);
   logits_.resize(static_cast<std::size_t>(n) * V);
   probs_.resize(logits_.size());
-  rmsnorm_forward(final_norm_.data(), final_rstd_.data(), xs_[blocks].data(), params.value(model.final_norm()),
-                  n, C, eps_);
+  rmsnorm_forward(final_norm_.data(), final_rstd_.data(), xs_[blocks].data(),
+                  params.value(model.final_norm()), n, C, eps_);
   linear_forward(logits_.data(), final_norm_.data(), params.value(model.output_head()), n, C, V);
   losses_.main = cross_entropy_forward(probs_.data(), logits_.data(), targets_.data(), n, V);
   losses_.total = losses_.main + losses_.balance;
@@ -135,6 +136,8 @@ std::vector<MoELayer<float>*> StageSlot::moe_layers() {
   return layers;
 }
 
-std::vector<int> StageSlot::moe_indices() const { return moe_index_; }
+std::vector<int> StageSlot::moe_indices() const {
+  return moe_index_;
+}
 
 }  // namespace ferry::model::pipeline

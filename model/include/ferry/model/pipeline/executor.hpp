@@ -1,10 +1,10 @@
 // Runs a pipeline schedule (schedule.hpp) on the real model, expert parallel inside each stage.
 //
-// Layout: R ranks = PP pipeline ranks × D data/expert-parallel replicas, rank = d · PP + p. Pipeline rank p of
-// every replica holds the same stages (schedule.hpp's stage_of), so the D ranks with one p form that stage's
-// expert-parallel group: a ferry::Buffer over a sub-group of the job (with 2 ranks per node and PP = 2, the
-// groups {0, 2} and {1, 3} span both nodes and their all-to-all crosses the fabric). Activations and their
-// gradients travel between pipeline ranks through a ferry::PeerChannel (the fabric, point to point).
+// Layout: R ranks = PP pipeline ranks × D data/expert-parallel replicas, rank = d · PP + p. Pipeline rank p
+// of every replica holds the same stages (schedule.hpp's stage_of), so the D ranks with one p form that
+// stage's expert-parallel group: a ferry::Buffer over a sub-group of the job (with 2 ranks per node and PP =
+// 2, the groups {0, 2} and {1, 3} span both nodes and their all-to-all crosses the fabric). Activations and
+// their gradients travel between pipeline ranks through a ferry::PeerChannel (the fabric, point to point).
 //
 // One step: every replica takes its share of the global batch, cut into M micro-batches; the schedule's ops
 // run in order; an F&B op runs its two chunks on two threads that hand the CPU to each other whenever one
@@ -33,8 +33,8 @@ struct PipelineOptions {
   ScheduleKind schedule = ScheduleKind::none;
   int pipeline_ranks = 1;  // PP; none needs 1
   int micro_batches = 1;   // M per replica per step
-  bool overlap = true;     // F&B pairs interleave their chunks; off: F then B, every all-to-all waited at once
-  bool trace = false;      // record the timeline (ops, compute, all-to-all, pipeline transfers)
+  bool overlap = true;  // F&B pairs interleave their chunks; off: F then B, every all-to-all waited at once
+  bool trace = false;   // record the timeline (ops, compute, all-to-all, pipeline transfers)
 };
 
 class PipelineExecutor {

@@ -1,5 +1,5 @@
-// A pipeline stage: a contiguous run of the model's blocks, with the embedding in front on the first stage and
-// the final norm, output head and cross-entropy behind on the last.
+// A pipeline stage: a contiguous run of the model's blocks, with the embedding in front on the first stage
+// and the final norm, output head and cross-entropy behind on the last.
 //
 // A StageSlot is one micro-batch's pass through one stage. It holds replicas of the stage's blocks (same
 // parameters, its own activations), so a rank can keep as many micro-batches in flight as its schedule needs.
@@ -29,8 +29,8 @@ StageRange stage_range(const ModelConfig& config, int stage, int stages);
 
 class StageSlot {
  public:
-  // exchange_for(moe_index, experts) makes the exchange of MoE layer `moe_index` (counted over the whole model,
-  // as Model numbers them).
+  // exchange_for(moe_index, experts) makes the exchange of MoE layer `moe_index` (counted over the whole
+  // model, as Model numbers them).
   StageSlot(const Model<float>& model, StageRange range, const ExchangeFactory<float>& exchange_for);
 
   const StageRange& range() const { return range_; }
