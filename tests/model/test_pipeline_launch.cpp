@@ -178,3 +178,30 @@ TEST_CASE("a DualPipe run's trace is valid JSON with compute and comm lanes on e
   std::remove(trace.c_str());
   std::remove(svg.c_str());
 }
+
+TEST_CASE("ferry train refuses pipeline shapes it cannot run, naming the problem", "[multiprocess]") {
+  const std::string model = std::string(FERRY_BIN) +
+                            " train --dim 16 --heads 2 --experts 4 --topk 2 --groups 2 --max-nodes 1 --seq 8"
+                            " --steps 1 --timeout 20";
+  struct Case {
+    std::string flags, message;
+  };
+  const std::vector<Case> cases = {
+      {" --layers 4 --schedule dualpipe", "--no-mtp"},
+      {" --layers 4 --no-mtp --schedule zigzag", "zigzag"},
+      {" --layers 4 --no-mtp --schedule dualpipe --pp 3", "even"},
+      {" --layers 4 --no-mtp --schedule 1f1b --pp 2", "does not divide the job's 1 ranks"},
+      {" --layers 4 --no-mtp --schedule none --micro-batches 3 --batch 4", "does not split"},
+      {" --layers 1 --dense 0 --no-mtp --schedule none --micro-batches 2 --batch 2", ""},
+  };
+  for (const Case& c : cases) {
+    auto outcome = ferry::test::run(model + c.flags);
+    INFO(c.flags);
+    if (c.message.empty()) {
+      CHECK(outcome.exit_code == 0);  // the control: a legal shape runs
+      continue;
+    }
+    CHECK(outcome.exit_code != 0);
+    CHECK_THAT(outcome.output, Catch::Matchers::Contains(c.message));
+  }
+}

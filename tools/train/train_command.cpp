@@ -168,6 +168,7 @@ void run_train(TrainArgs args) {
         args.micro_batches > 0 ? args.micro_batches : 2 * pipeline_options.pipeline_ranks;
     pipeline_options.overlap = !args.no_overlap;
     pipeline_options.trace = !args.trace.empty();
+    pipeline_options.timeout = group_options.timeout;
     pipe::validate(
         {pipeline_options.schedule, pipeline_options.pipeline_ranks, pipeline_options.micro_batches});
     if (ranks % pipeline_options.pipeline_ranks != 0)

@@ -585,13 +585,16 @@ PipelineExecutor::PipelineExecutor(Group& group, const Model<float>& model, cons
   const ModelConfig& config = model.config();
   if (config.layers > config.n_dense) {
     if (impl.replicas == world) {
-      impl.buffer = std::make_shared<ferry::Buffer>(group, expert_exchange_config(config, group.num_nodes()));
+      ferry::Config buffer_config = expert_exchange_config(config, group.num_nodes());
+      buffer_config.timeout = options.timeout;
+      impl.buffer = std::make_shared<ferry::Buffer>(group, buffer_config);
     } else {
       std::vector<int> members;
       for (int d = 0; d < impl.replicas; ++d) members.push_back(d * shape.ranks + impl.pp_rank);
       impl.expert_group = std::make_unique<Group>(group.split("ep" + std::to_string(impl.pp_rank), members));
-      impl.buffer = std::make_shared<ferry::Buffer>(
-          *impl.expert_group, expert_exchange_config(config, impl.expert_group->num_nodes()));
+      ferry::Config buffer_config = expert_exchange_config(config, impl.expert_group->num_nodes());
+      buffer_config.timeout = options.timeout;
+      impl.buffer = std::make_shared<ferry::Buffer>(*impl.expert_group, buffer_config);
     }
   }
 
@@ -631,6 +634,7 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
   if (!impl.channel) {
     // Built at the first step, when the message size is known (collective: every rank takes that step).
     ferry::PeerChannelConfig config;
+    config.timeout = impl.options.timeout;
     config.max_message_bytes =
         std::max<std::size_t>(config.max_message_bytes, sizeof(MessageHeader) + floats * 4);
     impl.channel = std::make_unique<ferry::PeerChannel>(impl.group, config);

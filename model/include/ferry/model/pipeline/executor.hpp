@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "ferry/core/deadline.hpp"
 #include "ferry/group.hpp"
 #include "ferry/model/distributed.hpp"
 #include "ferry/model/model.hpp"
@@ -35,6 +36,7 @@ struct PipelineOptions {
   int micro_batches = 1;   // M per replica per step
   bool overlap = true;  // F&B pairs interleave their chunks; off: F then B, every all-to-all waited at once
   bool trace = false;   // record the timeline (ops, compute, all-to-all, pipeline transfers)
+  Duration timeout = kDefaultTimeout;  // every wait of the Buffer and the pipeline channel
 };
 
 class PipelineExecutor {
