@@ -527,8 +527,9 @@ void idle(const Context& context) {
   context.group->barrier("peer_channel_worker/idle/baseline");
   ferry::PeerChannel channel(*context.group, context.config(4096, 4));
   std::vector<std::byte> out(4096), in(4096);
-  channel.send(partner, out);
+  ferry::Event sent = channel.send(partner, out);  // `out` must outlive the send (it is freed before the channel)
   channel.recv(from, in).wait();
+  sent.wait();
   context.group->barrier("peer_channel_worker/idle/start");
   double share = cpu_share(1500ms);
   std::printf("rank %d: idle channel: %.2f%% of a core for the whole process (%.2f%% before the channel)\n",
