@@ -20,6 +20,8 @@ std::string_view to_string(Errc code) noexcept {
 Error::Error(Errc code, const std::string& message)
     : std::runtime_error("ferry: " + std::string(to_string(code)) + ": " + message), code_(code) {}
 
+Error Error::detached_copy(const Error& other) { return Error(other.code_, std::string(other.what()), Verbatim{}); }
+
 void fail(Errc code, const std::string& message) { throw Error(code, message); }
 
 void fail_errno(const std::string& what, int err) {

@@ -33,7 +33,14 @@ bool Event::test() const {
 void Event::wait() const {
   std::unique_lock lock(state_->mutex);
   state_->done_changed.wait(lock, [this] { return state_->done; });
-  if (state_->error) std::rethrow_exception(state_->error);
+  if (!state_->error) return;
+  // The stored exception is shared with the thread that failed the operation, which may release its reference
+  // while this thread still reads the message: throw a copy of our own.
+  try {
+    std::rethrow_exception(state_->error);
+  } catch (const Error& error) {
+    throw Error::detached_copy(error);
+  }
 }
 
 Event::Times Event::times() const {

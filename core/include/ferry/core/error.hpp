@@ -28,7 +28,13 @@ class Error : public std::runtime_error {
   Error(Errc code, const std::string& message);
   Errc code() const noexcept { return code_; }
 
+  // A copy that shares no storage with `other` (std::runtime_error's message is reference-counted, and a copy
+  // shares it): for rethrowing, on a waiting thread, an error another thread stored and may release.
+  static Error detached_copy(const Error& other);
+
  private:
+  struct Verbatim {};
+  Error(Errc code, const std::string& what, Verbatim) : std::runtime_error(what), code_(code) {}
   Errc code_;
 };
 
