@@ -100,9 +100,6 @@ inline void expect_pass(const Job& job) {
 inline void expect_peer_death_reported(const Job& job) {
   auto tag = unique_tag();
   auto result = run(job, tag);
-  INFO(result.describe());
-  CHECK(result.exit_code != 0);
-  CHECK(result.out.find("rank 1: dying now") != std::string::npos);
   int world = job.nodes * job.ranks_per_node;
   for (int rank = 0; rank < world; ++rank) {
     if (rank == 1) continue;
@@ -110,15 +107,21 @@ inline void expect_peer_death_reported(const Job& job) {
     // it reached the transfer loop, in an earlier fabric call (the worker's "FAILED: ..." line). Either way
     // the message must be a peer failure that names rank 1.
     auto lines = launch_test::lines_starting_with(
-        result.out, "[r" + std::to_string(rank) + "] rank " + std::to_string(rank) + ": ");
+        result.out + "\n" + result.err, "[r" + std::to_string(rank) + "] ");
     bool reported = false;
+    std::string printed;
     for (const auto& line : lines) {
+      printed += "\n  " + line;
       reported = reported || (line.find("peer failure") != std::string::npos &&
                               line.find("rank 1") != std::string::npos);
     }
-    INFO("rank " << rank);
+    // This rank's own lines first: the whole job's output follows and may be cut short in a CI log.
+    INFO("rank " << rank << " printed:" << (printed.empty() ? std::string(" nothing") : printed));
     CHECK(reported);
   }
+  INFO(result.describe());
+  CHECK(result.exit_code != 0);
+  CHECK(result.out.find("rank 1: dying now") != std::string::npos);
   CHECK(result.seconds < job.worker_timeout_s + 30);
   CHECK(processes_with(tag).empty());
 }

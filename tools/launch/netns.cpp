@@ -16,6 +16,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <thread>
 
 #include "ferry/core/deadline.hpp"
@@ -136,20 +137,17 @@ void NetnsCluster::check_prerequisites(const Options& options) {
 std::vector<std::string> NetnsCluster::collect_stale() {
   std::vector<std::string> removed;
   auto ip_path = find_executable("ip");
-  DIR* dir = ::opendir(kNetnsDir);
-  if (dir == nullptr || !ip_path) {
-    if (dir != nullptr) ::closedir(dir);
-    return removed;
-  }
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(kNetnsDir), ::closedir);
+  if (!dir || !ip_path) return removed;
   std::vector<std::string> stale;
   const int self = ::getpid();
-  while (dirent* entry = ::readdir(dir)) {
+  while (dirent* entry = ::readdir(dir.get())) {
     std::string name = entry->d_name;
     int pid = owner_pid(name);
     // Our own pid can only be on a namespace when a crashed launcher had the same pid: it is stale as well.
     if (pid > 0 && (pid == self || process_gone(pid))) stale.push_back(name);
   }
-  ::closedir(dir);
+  dir.reset();
   for (const auto& name : stale) {
     try {
       auto result = run_command({*ip_path, "netns", "del", name}, kCommandTimeout);

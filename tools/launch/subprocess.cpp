@@ -1,6 +1,7 @@
 #include "launch/subprocess.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -13,7 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "ferry/core/error.hpp"
@@ -229,17 +230,38 @@ void run_in_child(const std::string& what, Duration timeout, const std::function
        what + ": " + (message.empty() ? "child ended with " + describe_wait_status(*status) : message));
 }
 
+namespace {
+
+// /proc/<pid>/stat of a process that may exit while we read it: the read then fails with ESRCH, which an
+// ifstream turns into an exception (libstdc++'s basic_filebuf::underflow). A vanished process is simply not
+// a child any more, so this read reports it as empty instead.
+std::string read_proc_stat(const char* pid_text) {
+  std::string path = std::string("/proc/") + pid_text + "/stat";
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return {};
+  std::string text;
+  char buffer[512];
+  while (true) {
+    ssize_t got = ::read(fd.get(), buffer, sizeof buffer);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return {};
+    if (got == 0) return text;
+    text.append(buffer, static_cast<std::size_t>(got));
+  }
+}
+
+}  // namespace
+
 std::vector<pid_t> list_children() {
   std::vector<pid_t> children;
   const pid_t self = ::getpid();
-  DIR* proc = ::opendir("/proc");
-  if (proc == nullptr) return children;
-  while (dirent* entry = ::readdir(proc)) {
+  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
+  if (!proc) return children;
+  while (dirent* entry = ::readdir(proc.get())) {
     char* end = nullptr;
     long pid = std::strtol(entry->d_name, &end, 10);
     if (end == entry->d_name || *end != '\0' || pid <= 0) continue;
-    std::ifstream stat_file(std::string("/proc/") + entry->d_name + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+    std::string stat = read_proc_stat(entry->d_name);
     // "pid (comm) state ppid ...": comm may contain spaces and parentheses, so parse after the last ')'.
     auto close_paren = stat.rfind(')');
     if (close_paren == std::string::npos) continue;
@@ -248,7 +270,6 @@ std::vector<pid_t> list_children() {
     long parent = 0;
     if (rest >> state >> parent && parent == self) children.push_back(static_cast<pid_t>(pid));
   }
-  ::closedir(proc);
   return children;
 }
 

@@ -66,6 +66,12 @@ void kill_peer(const Context& context) {
       fabric->put(0, send, 0, receive, rank * kBuffer, kBuffer);
       fabric->progress();
     }
+    // The victim dies with the survivors' puts to it in flight, but only after its own puts have landed. Over
+    // tcp, UCX 1.13 emulates RMA with active messages that the target acknowledges; a survivor that handles a
+    // put fragment after it has marked the sender's endpoint failed aborts inside UCX (ucp_put_handler:
+    // "Fatal: unexpected error"), a limitation of UCX's software RMA that hardware RDMA does not have
+    // (docs/ARCHITECTURE.md, "Failure handling").
+    fabric->flush();
     std::printf("rank %d: dying now, mid-transfer\n", rank);
     std::fflush(stdout);
     raise(SIGKILL);
