@@ -106,14 +106,14 @@ inline void expect_peer_death_reported(const Job& job) {
     // The survivor noticed either mid-transfer ("fabric error after ...") or, when the victim died before
     // it reached the transfer loop, in an earlier fabric call (the worker's "FAILED: ..." line). Either way
     // the message must be a peer failure that names rank 1.
-    auto lines = launch_test::lines_starting_with(
-        result.out + "\n" + result.err, "[r" + std::to_string(rank) + "] ");
+    auto lines =
+        launch_test::lines_starting_with(result.out + "\n" + result.err, "[r" + std::to_string(rank) + "] ");
     bool reported = false;
     std::string printed;
     for (const auto& line : lines) {
       printed += "\n  " + line;
-      reported = reported || (line.find("peer failure") != std::string::npos &&
-                              line.find("rank 1") != std::string::npos);
+      reported = reported ||
+                 (line.find("peer failure") != std::string::npos && line.find("rank 1") != std::string::npos);
     }
     // This rank's own lines first: the whole job's output follows and may be cut short in a CI log.
     INFO("rank " << rank << " printed:" << (printed.empty() ? std::string(" nothing") : printed));
