@@ -13,6 +13,8 @@
 
 namespace fabric_test {
 
+using launch_test::processes_with;
+
 using namespace std::chrono_literals;
 
 struct Job {
@@ -25,44 +27,9 @@ struct Job {
   std::vector<std::string> extra;  // more worker arguments
 };
 
-inline std::string shell_output(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return output;
-  char buffer[4096];
-  while (std::size_t got = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, got);
-  ::pclose(pipe);
-  return output;
-}
-
-// Why --netns cannot run here ("" when it can).
-inline std::string netns_unavailable() {
-  static const std::string reason = [] {
-    if (::geteuid() != 0) return std::string("not root");
-    if (shell_output("PATH=$PATH:/usr/sbin:/sbin ip -V 2>/dev/null").empty()) {
-      return std::string("iproute2's ip is missing");
-    }
-    return std::string();
-  }();
-  return reason;
-}
-
 // A token unique to this run, passed to every rank (--tag) so leftovers can be found by command line.
 inline std::string unique_tag() {
   return "fabrictest-" + std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}());
-}
-
-inline std::vector<std::string> processes_with(const std::string& tag) {
-  std::vector<std::string> found;
-  std::string out = shell_output("pgrep -af -- '" + tag + "' | grep -v pgrep");
-  std::size_t at = 0;
-  while (at < out.size()) {
-    std::size_t end = out.find('\n', at);
-    if (end == std::string::npos) end = out.size();
-    if (end > at) found.push_back(out.substr(at, end - at));
-    at = end + 1;
-  }
-  return found;
 }
 
 // Runs the job; fails the test when `ferry launch` does not finish within `limit`.

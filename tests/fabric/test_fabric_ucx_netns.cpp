@@ -5,14 +5,6 @@
 
 using fabric_test::Job;
 
-#define SKIP_WITHOUT_NETNS()                                               \
-  do {                                                                     \
-    if (auto reason = fabric_test::netns_unavailable(); !reason.empty()) { \
-      WARN("SKIPPED: ferry launch --netns cannot run here: " << reason);   \
-      return;                                                              \
-    }                                                                      \
-  } while (false)
-
 TEST_CASE("ucx fabric over tcp: random puts, every byte checked (2 nodes x 1 rank)") {
   SKIP_WITHOUT_NETNS();
   fabric_test::expect_pass(Job{2, 1, true, "random_puts"});

@@ -14,43 +14,6 @@ using namespace launch_test;
 
 namespace {
 
-// stdout of a shell command run by the test itself.
-std::string shell_output(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return output;
-  char buffer[4096];
-  while (std::size_t got = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, got);
-  ::pclose(pipe);
-  return output;
-}
-
-const char* kIp = "PATH=$PATH:/usr/sbin:/sbin ip";
-
-// Whether this machine can run --netns jobs; the reason when it cannot.
-std::string netns_unavailable() {
-  static const std::string reason = [] {
-    if (::geteuid() != 0) return std::string("not root");
-    if (shell_output(std::string(kIp) + " -V 2>/dev/null").empty())
-      return std::string("iproute2's ip is missing");
-    const std::string probe = "ferrytest-" + std::to_string(::getpid());
-    auto added = shell_output(std::string(kIp) + " netns add " + probe + " && echo ok");
-    shell_output(std::string(kIp) + " netns del " + probe + " 2>/dev/null");
-    if (added.find("ok") == std::string::npos)
-      return std::string("'ip netns add' fails here (no CAP_SYS_ADMIN?)");
-    return std::string();
-  }();
-  return reason;
-}
-
-#define SKIP_WITHOUT_NETNS()                                             \
-  do {                                                                   \
-    if (auto reason = netns_unavailable(); !reason.empty()) {            \
-      WARN("SKIPPED: ferry launch --netns cannot run here: " << reason); \
-      return;                                                            \
-    }                                                                    \
-  } while (false)
-
 std::vector<std::string> args(std::vector<std::string> options, const std::vector<std::string>& command) {
   options.push_back("--");
   options.insert(options.end(), command.begin(), command.end());

@@ -15,8 +15,13 @@
 #include "ferry/model/checkpoint.hpp"
 #include "ferry/model/distributed.hpp"
 #include "ferry/model/model.hpp"
+#include "train_compare.hpp"
 
 namespace {
+
+using ferry::test::L2Diff;
+using ferry::test::read_json;
+using ferry::test::relative_difference;
 
 // 4 layers (1 dense) so that DualPipeV's 4 stages each get one; 8 experts over 4 groups, top-2 of 2 groups.
 const std::string kModel =
@@ -24,17 +29,6 @@ const std::string kModel =
     " --expert-hidden 32 --ffn-hidden 64 --steps 3 --lr 0.003 --warmup 2 --seed 11 --data-seed 5 --batch 2";
 
 const std::string kLaunch = " launch --nodes 2 --ranks-per-node 2 --timeout 120 -- ";
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  return nlohmann::json::parse(in);
-}
-
-double relative_difference(double a, double b) {
-  const double scale = std::max(std::abs(a), std::abs(b));
-  return scale == 0 ? 0 : std::abs(a - b) / scale;
-}
 
 struct Run {
   nlohmann::json log;
@@ -70,7 +64,7 @@ double compare_checkpoints(const Run& reference, const Run& piped) {
   const int per_rank = ref[0].model.experts / 4;
   const int pipeline_ranks = piped.log["pipeline_ranks"].get<int>();
   const int per_replica = ref[0].model.experts / (4 / pipeline_ranks);
-  double diff = 0, norm = 0, mdiff = 0, mnorm = 0;
+  L2Diff params_all, moments_all;
   for (const ParamInfo& info : layout.params().info()) {
     const int slices = is_expert_param(info) ? ref[0].model.experts : 1;
     const std::size_t slice = info.size / slices;
@@ -80,18 +74,15 @@ double compare_checkpoints(const Run& reference, const Run& piped) {
       const int first = expert ? (e / per_replica) * pipeline_ranks : 0;
       const int holders = expert ? pipeline_ranks : 4;
       const TrainerState& held = pipe[first];
-      for (std::size_t i = info.offset + e * slice; i < info.offset + (e + 1) * slice; ++i) {
+      const std::size_t offset = info.offset + e * slice;
+      for (std::size_t i = offset; i < offset + slice; ++i) {
         for (int r = first + 1; r < first + holders; ++r) REQUIRE(pipe[r].params[i] == held.params[i]);
-        const double p = held.params[i], q = owner.params[i];
-        const double m = held.adam_m[i], n = owner.adam_m[i];
-        diff += (p - q) * (p - q);
-        norm += q * q;
-        mdiff += (m - n) * (m - n);
-        mnorm += n * n;
       }
+      params_all.add(held.params, owner.params, offset, slice);
+      moments_all.add(held.adam_m, owner.adam_m, offset, slice);
     }
   }
-  const double params = std::sqrt(diff / norm), moments = std::sqrt(mdiff / mnorm);
+  const double params = params_all.relative(), moments = moments_all.relative();
   std::printf("parameters differ by %.3g, first moments by %.3g (relative L2)\n", params, moments);
   CHECK(params <= 1e-6);
   CHECK(moments <= 1e-6);

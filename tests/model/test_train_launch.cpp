@@ -13,36 +13,18 @@
 #include "ferry/model/checkpoint.hpp"
 #include "ferry/model/distributed.hpp"
 #include "ferry/model/model.hpp"
+#include "train_compare.hpp"
 
 namespace {
+
+using ferry::test::L2Diff;
+using ferry::test::read_json;
+using ferry::test::relative_difference;
 
 // The CI model: tiny, 3 steps; groups 4 = one per rank, so top-2 over 2 groups reaches up to 2 nodes.
 const std::string kModel =
     " train --layers 2 --dim 32 --heads 4 --experts 8 --topk 2 --groups 4 --max-nodes 2 --seq 16"
     " --expert-hidden 32 --ffn-hidden 64 --steps 3 --lr 0.003 --warmup 2 --seed 11 --data-seed 5";
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  return nlohmann::json::parse(in);
-}
-
-double relative_difference(double a, double b) {
-  const double scale = std::max(std::abs(a), std::abs(b));
-  return scale == 0 ? 0 : std::abs(a - b) / scale;
-}
-
-// Σ (a - b)² and Σ b² over [offset, offset + size) of two flat arrays.
-struct L2Diff {
-  double diff = 0, norm = 0;
-  void add(const std::vector<float>& a, const std::vector<float>& b, std::size_t offset, std::size_t size) {
-    for (std::size_t i = offset; i < offset + size; ++i) {
-      diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-      norm += static_cast<double>(b[i]) * b[i];
-    }
-  }
-  double relative() const { return norm == 0 ? std::sqrt(diff) : std::sqrt(diff / norm); }
-};
 
 // Compares the single-process checkpoint with the expert-parallel ranks' ones (each expert against the rank
 // that owns it): parameters and AdamW's first moment, a running sum of the gradients. Over the whole model

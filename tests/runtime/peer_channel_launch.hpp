@@ -25,35 +25,9 @@ struct Job {
   int worker_timeout_s = 20;  // PeerChannelConfig::timeout and the group's timeout inside the worker
 };
 
-inline std::string shell_output(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return output;
-  char buffer[4096];
-  while (std::size_t got = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, got);
-  ::pclose(pipe);
-  return output;
-}
-
-// Why --netns cannot run here ("" when it can).
-inline std::string netns_unavailable() {
-  static const std::string reason = [] {
-    if (::geteuid() != 0) return std::string("not root");
-    if (shell_output("PATH=$PATH:/usr/sbin:/sbin ip -V 2>/dev/null").empty()) {
-      return std::string("iproute2's ip is missing");
-    }
-    return std::string();
-  }();
-  return reason;
-}
-
 // A token unique to this run, passed to every rank (--tag) so leftovers can be found by command line.
 inline std::string unique_tag() {
   return "peerchanneltest-" + std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}());
-}
-
-inline bool leftovers(const std::string& tag) {
-  return !shell_output("pgrep -af -- '" + tag + "' | grep -v pgrep").empty();
 }
 
 inline std::vector<std::string> split(const std::string& list) {
@@ -102,7 +76,7 @@ inline void expect_pass(const Job& job) {
     }
   }
   CHECK(result.out.find("FAILED") == std::string::npos);
-  CHECK_FALSE(leftovers(tag));
+  CHECK(launch_test::processes_with(tag).empty());
 }
 
 // Rank 1 dies mid-stream: every survivor must report an Event error naming rank 1 (the worker checks it and
@@ -121,7 +95,7 @@ inline void expect_peer_death_reported(const Job& job) {
   }
   CHECK(result.out.find("FAILED") == std::string::npos);
   CHECK(result.seconds < job.worker_timeout_s + 40);
-  CHECK_FALSE(leftovers(tag));
+  CHECK(launch_test::processes_with(tag).empty());
 }
 
 }  // namespace peer_channel_test

@@ -4,14 +4,6 @@
 
 using peer_channel_test::Job;
 
-#define SKIP_WITHOUT_NETNS()                                                     \
-  do {                                                                           \
-    if (auto reason = peer_channel_test::netns_unavailable(); !reason.empty()) { \
-      WARN("SKIPPED: ferry launch --netns cannot run here: " << reason);         \
-      return;                                                                    \
-    }                                                                            \
-  } while (false)
-
 TEST_CASE(
     "peer channel over tcp: exchange, order, errors, silent peer, throughput, idle CPU (2 nodes x 2 ranks)") {
   SKIP_WITHOUT_NETNS();
