@@ -1,11 +1,13 @@
 #include "ferry/group.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <map>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "ferry/core/error.hpp"
 #include "ferry/transport/store.hpp"
@@ -26,19 +28,41 @@ struct Group::Impl {
   // out on leaving, and rank 0 waits (bounded) until all have, so a rank finishing first never cuts the
   // others' final collective. A sub-group's rank 0 waits for its members the same way (under the sub-group's
   // prefix), so leaving a sub-group is as orderly as leaving the job.
+  //
+  // A rank that died never checks out. On rank 0's own node (where ranks share a pid namespace, as the
+  // fabric's liveness check assumes too) a rank whose process is gone and that has not checked out is counted
+  // as departed, so a job that lost a rank ends promptly instead of after the whole timeout.
   ~Impl() {
     if (!store) return;
     try {
+      store->set(exit_key(job.rank), {});
       store->add("ferry/group/exit", 1);
       if (job.rank != 0) return;
       Deadline deadline(std::min<Duration>(timeout, std::chrono::seconds(30)));
-      while (store->add("ferry/group/exit", 0) < job.world_size && !deadline.expired()) {
+      std::vector<bool> departed(ranks.size(), false);
+      int departed_count = 0;
+      auto next_liveness_check = Clock::now() + std::chrono::milliseconds(50);
+      while (store->add("ferry/group/exit", 0) + departed_count < job.world_size && !deadline.expired()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        if (ranks.empty() || Clock::now() < next_liveness_check) continue;
+        next_liveness_check = Clock::now() + std::chrono::milliseconds(50);
+        for (std::size_t r = 0; r < ranks.size(); ++r) {
+          const RankInfo& info = ranks[r];
+          if (departed[r] || info.node != ranks[0].node || info.pid <= 0) continue;
+          if (::kill(info.pid, 0) == 0 || errno != ESRCH) continue;
+          // Gone: departed unless it checked out first (its key is set before its count is added, so a
+          // rank found here either never counted itself or set the key and the count is on its way).
+          if (store->check(exit_key(static_cast<int>(r)))) continue;
+          departed[r] = true;
+          ++departed_count;
+        }
       }
     } catch (const std::exception&) {
       // Leaving anyway: a peer that is gone cannot be waited for.
     }
   }
+
+  static std::string exit_key(int rank) { return "ferry/group/exit/" + std::to_string(rank); }
 };
 
 namespace {
@@ -87,7 +111,8 @@ std::vector<RankInfo> decode_and_validate(const std::vector<transport::Bytes>& b
       fail(Errc::protocol, "rank " + std::to_string(r) + " sent an incomplete bootstrap record: " + e.what());
     }
     if (info.rank != static_cast<int>(r)) {
-      fail(Errc::protocol, "bootstrap slot " + std::to_string(r) + " holds rank " + std::to_string(info.rank));
+      fail(Errc::protocol,
+           "bootstrap slot " + std::to_string(r) + " holds rank " + std::to_string(info.rank));
     }
     if (local_size != job.local_size) {
       fail(Errc::invalid_argument, "rank " + std::to_string(r) + " runs with " + std::to_string(local_size) +
@@ -114,7 +139,9 @@ Group::Group(Group&&) noexcept = default;
 Group& Group::operator=(Group&&) noexcept = default;
 Group::~Group() = default;
 
-Group Group::from_env(const GroupOptions& options) { return from_job(resolve_job_env(), options); }
+Group Group::from_env(const GroupOptions& options) {
+  return from_job(resolve_job_env(), options);
+}
 
 Group Group::from_job(const JobEnv& job, const GroupOptions& options) {
   return join(job, options, job.rank == 0, "", "");
@@ -159,20 +186,46 @@ Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_stor
   return Group(std::move(impl));
 }
 
-int Group::rank() const { return impl_->job.rank; }
-int Group::world_size() const { return impl_->job.world_size; }
-int Group::node() const { return impl_->job.node(); }
-int Group::num_nodes() const { return impl_->job.num_nodes(); }
-int Group::local_rank() const { return impl_->job.local_rank; }
-int Group::local_size() const { return impl_->job.local_size; }
-const JobEnv& Group::job() const { return impl_->job; }
-const std::vector<RankInfo>& Group::ranks() const { return impl_->ranks; }
-transport::Store& Group::store() { return *impl_->store; }
-const std::string& Group::key_prefix() const { return impl_->key_prefix; }
-std::uint16_t Group::store_port() const { return impl_->store_port; }
-std::uint64_t Group::next_split_round(const std::string& name) { return impl_->split_rounds[name]++; }
+int Group::rank() const {
+  return impl_->job.rank;
+}
+int Group::world_size() const {
+  return impl_->job.world_size;
+}
+int Group::node() const {
+  return impl_->job.node();
+}
+int Group::num_nodes() const {
+  return impl_->job.num_nodes();
+}
+int Group::local_rank() const {
+  return impl_->job.local_rank;
+}
+int Group::local_size() const {
+  return impl_->job.local_size;
+}
+const JobEnv& Group::job() const {
+  return impl_->job;
+}
+const std::vector<RankInfo>& Group::ranks() const {
+  return impl_->ranks;
+}
+transport::Store& Group::store() {
+  return *impl_->store;
+}
+const std::string& Group::key_prefix() const {
+  return impl_->key_prefix;
+}
+std::uint16_t Group::store_port() const {
+  return impl_->store_port;
+}
+std::uint64_t Group::next_split_round(const std::string& name) {
+  return impl_->split_rounds[name]++;
+}
 
-void Group::barrier(const std::string& name) { impl_->store->barrier(name, rank(), world_size()); }
+void Group::barrier(const std::string& name) {
+  impl_->store->barrier(name, rank(), world_size());
+}
 
 std::vector<std::vector<std::uint8_t>> Group::all_gather(const std::string& name,
                                                          std::span<const std::uint8_t> mine) {
