@@ -97,7 +97,7 @@ void save_checkpoint(const std::string& path, const TrainerState& state) {
     fail(Errc::invalid_argument,
          "save_checkpoint(" + path + "): optimizer state and EMA must match the parameters");
   Writer w;
-  w.bytes.insert(w.bytes.end(), std::begin(kMagic), std::end(kMagic));
+  w.pod(kMagic);  // the 8 magic bytes, as they are
   w.pod(kCheckpointVersion);
   w.pod(kByteOrderProbe);
   w.string(nlohmann::json(state.model).dump());
