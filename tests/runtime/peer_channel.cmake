@@ -4,6 +4,7 @@
 # One rank of a multi-process PeerChannel test.
 add_executable(peer_channel_worker peer_channel_worker.cpp)
 target_link_libraries(peer_channel_worker PRIVATE ferry ferry_internal)
+target_include_directories(peer_channel_worker PRIVATE ${PROJECT_SOURCE_DIR}/tests/integration)
 # Checking every byte is the bulk of its work: optimize it even in Debug builds so tests stay quick.
 target_compile_options(peer_channel_worker PRIVATE -O2)
 

@@ -40,6 +40,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
 #include "ferry/peer_channel.hpp"
+#include "worker_common.hpp"
 
 namespace {
 
@@ -527,7 +528,8 @@ void idle(const Context& context) {
   context.group->barrier("peer_channel_worker/idle/baseline");
   ferry::PeerChannel channel(*context.group, context.config(4096, 4));
   std::vector<std::byte> out(4096), in(4096);
-  ferry::Event sent = channel.send(partner, out);  // `out` must outlive the send (it is freed before the channel)
+  ferry::Event sent =
+      channel.send(partner, out);  // `out` must outlive the send (it is freed before the channel)
   channel.recv(from, in).wait();
   sent.wait();
   context.group->barrier("peer_channel_worker/idle/start");
@@ -569,49 +571,25 @@ int main(int argc, char** argv) {
     list = comma == std::string::npos ? "" : list.substr(comma + 1);
   }
   Context context;
-  bool seeded = false;
-  for (int i = 2; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i + 1 >= argc) usage("missing value after " + arg);
-    std::string value = argv[++i];
-    if (arg == "--seed") {
-      context.seed = std::strtoull(value.c_str(), nullptr, 10);
-      seeded = true;
-    } else if (arg == "--timeout") {
-      context.timeout_s = std::atoi(value.c_str());
-    } else if (arg != "--tag") {
-      usage("unknown option " + arg);
-    }
-  }
-  if (!seeded) {
-    const char* env = std::getenv("FERRY_TEST_SEED");
-    context.seed = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-  }
+  const auto options = worker_common::read_options(argc, argv, 2, {"--seed", "--timeout", "--tag"},
+                                                   [](const std::string& why) { usage(why); });
+  if (options.count("--timeout")) context.timeout_s = std::atoi(options.at("--timeout").c_str());
+  context.seed = worker_common::chosen_seed(options);
 
   int rank = -1;
   try {
-    ferry::GroupOptions options;
-    options.timeout = std::chrono::seconds(context.timeout_s);
-    auto group = ferry::Group::from_env(options);
+    ferry::GroupOptions group_options;
+    group_options.timeout = std::chrono::seconds(context.timeout_s);
+    auto group = ferry::Group::from_env(group_options);
     rank = group.rank();
     context.group = &group;
-    std::vector<std::uint8_t> mine(8);
-    std::memcpy(mine.data(), &context.seed, 8);
-    auto seeds = group.all_gather("peer_channel_worker/seed", mine);
-    std::memcpy(&context.seed, seeds[0].data(), 8);
-    if (rank == 0) {
-      std::printf("peer_channel_worker %s: seed %llu\n", argv[1],
-                  static_cast<unsigned long long>(context.seed));
-    }
+    context.seed = worker_common::agree_on_seed(group, "peer_channel_worker", argv[1], context.seed);
     for (const auto& mode : chosen) {
       modes().at(mode)(context);
-      std::printf("rank %d: %s ok\n", rank, mode.c_str());
-      std::fflush(stdout);
+      worker_common::report_ok(rank, mode);
     }
     return 0;
   } catch (const std::exception& e) {
-    std::printf("rank %d: FAILED: %s\n", rank, e.what());
-    std::fflush(stdout);
-    return 1;
+    return worker_common::report_failure(rank, e);
   }
 }

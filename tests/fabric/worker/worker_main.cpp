@@ -14,6 +14,7 @@
 #include "ferry/core/error.hpp"
 #include "ferry/runtime/group_peers.hpp"
 #include "scenarios.hpp"
+#include "worker_common.hpp"
 
 namespace {
 
@@ -45,35 +46,13 @@ int main(int argc, char** argv) {
   auto found = scenarios().find(argv[1]);
   if (found == scenarios().end()) usage("unknown scenario");
 
-  std::string fabric = "ucx";
-  std::uint64_t seed = 0;
-  bool seeded = false;
-  int rounds = 0;
-  int timeout_s = 30;
-  for (int i = 2; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i + 1 >= argc) usage(("missing value after " + arg).c_str());
-    std::string value = argv[++i];
-    if (arg == "--fabric") {
-      fabric = value;
-    } else if (arg == "--seed") {
-      seed = std::strtoull(value.c_str(), nullptr, 10);
-      seeded = true;
-    } else if (arg == "--rounds") {
-      rounds = std::atoi(value.c_str());
-    } else if (arg == "--timeout") {
-      timeout_s = std::atoi(value.c_str());
-    } else if (arg != "--tag") {
-      usage(("unknown option " + arg).c_str());
-    }
-  }
-  if (!seeded) {
-    if (const char* env = std::getenv("FERRY_TEST_SEED")) {
-      seed = std::strtoull(env, nullptr, 10);
-    } else {
-      seed = std::random_device{}();
-    }
-  }
+  const auto options =
+      worker_common::read_options(argc, argv, 2, {"--fabric", "--seed", "--rounds", "--timeout", "--tag"},
+                                  [](const std::string& why) { usage(why.c_str()); });
+  const std::string fabric = options.count("--fabric") ? options.at("--fabric") : "ucx";
+  const int rounds = options.count("--rounds") ? std::atoi(options.at("--rounds").c_str()) : 0;
+  const int timeout_s = options.count("--timeout") ? std::atoi(options.at("--timeout").c_str()) : 30;
+  std::uint64_t seed = worker_common::chosen_seed(options);
 
   int rank = -1;
   try {
@@ -81,12 +60,7 @@ int main(int argc, char** argv) {
     group_options.timeout = std::chrono::seconds(timeout_s);
     auto group = ferry::Group::from_env(group_options);
     rank = group.rank();
-    // Everyone runs with rank 0's seed, so one printed number replays the whole job.
-    std::vector<std::uint8_t> mine(8);
-    std::memcpy(mine.data(), &seed, 8);
-    auto seeds = group.all_gather("fabric_worker/seed", mine);
-    std::memcpy(&seed, seeds[0].data(), 8);
-    if (rank == 0) std::printf("%s: seed %llu\n", argv[1], static_cast<unsigned long long>(seed));
+    seed = worker_common::agree_on_seed(group, "fabric_worker", argv[1], seed);
 
     fabric_worker::Context context;
     context.group = &group;
@@ -95,12 +69,9 @@ int main(int argc, char** argv) {
     context.seed = seed;
     context.rounds = rounds;
     found->second(context);
-    std::printf("rank %d: %s ok\n", rank, argv[1]);
-    std::fflush(stdout);
+    worker_common::report_ok(rank, argv[1]);
     return 0;
   } catch (const std::exception& e) {
-    std::printf("rank %d: FAILED: %s\n", rank, e.what());
-    std::fflush(stdout);
-    return 1;
+    return worker_common::report_failure(rank, e);
   }
 }
