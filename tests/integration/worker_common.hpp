@@ -3,6 +3,7 @@
 // "rank R: FAILED: ..." lines that the tests look for.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -26,9 +27,7 @@ inline std::map<std::string, std::string> read_options(int argc, char** argv, in
   for (int i = first; i < argc; ++i) {
     std::string name = argv[i];
     if (i + 1 >= argc) usage("missing value after " + name);
-    bool is_known = false;
-    for (const auto& k : known) is_known = is_known || k == name;
-    if (!is_known) usage("unknown option " + name);
+    if (std::find(known.begin(), known.end(), name) == known.end()) usage("unknown option " + name);
     options[name] = argv[++i];
   }
   return options;

@@ -584,18 +584,16 @@ PipelineExecutor::PipelineExecutor(Group& group, const Model<float>& model, cons
   // The expert-parallel group of this pipeline rank: the same pipeline rank of every replica.
   const ModelConfig& config = model.config();
   if (config.layers > config.n_dense) {
-    if (impl.replicas == world) {
-      ferry::Config buffer_config = expert_exchange_config(config, group.num_nodes());
-      buffer_config.timeout = options.timeout;
-      impl.buffer = std::make_shared<ferry::Buffer>(group, buffer_config);
-    } else {
+    Group* expert_group = &group;  // no pipeline: the whole job is the expert-parallel group
+    if (impl.replicas != world) {
       std::vector<int> members;
       for (int d = 0; d < impl.replicas; ++d) members.push_back(d * shape.ranks + impl.pp_rank);
       impl.expert_group = std::make_unique<Group>(group.split("ep" + std::to_string(impl.pp_rank), members));
-      ferry::Config buffer_config = expert_exchange_config(config, impl.expert_group->num_nodes());
-      buffer_config.timeout = options.timeout;
-      impl.buffer = std::make_shared<ferry::Buffer>(*impl.expert_group, buffer_config);
+      expert_group = impl.expert_group.get();
     }
+    ferry::Config buffer_config = expert_exchange_config(config, expert_group->num_nodes());
+    buffer_config.timeout = options.timeout;
+    impl.buffer = std::make_shared<ferry::Buffer>(*expert_group, buffer_config);
   }
 
   auto buffer = impl.buffer;
