@@ -7,9 +7,10 @@
 
 #include "buffer_checks.hpp"
 #include "ferry/core/error.hpp"
-#include "group_transport.hpp"
 #include "ferry/kernels/host/engine.hpp"
+#include "group_transport.hpp"
 #include "local_cluster.hpp"
+#include "op_settings.hpp"
 #include "operation_queue.hpp"
 #include "protocol_params.hpp"
 
@@ -32,22 +33,27 @@ TrafficCounters public_counters(const p::Traffic& traffic) {
 
 DType dtype_of(p::PayloadKind kind) {
   switch (kind) {
-    case p::PayloadKind::bf16: return DType::bf16;
-    case p::PayloadKind::fp32: return DType::fp32;
-    case p::PayloadKind::fp8_e4m3: return DType::fp8_e4m3;
+    case p::PayloadKind::bf16:
+      return DType::bf16;
+    case p::PayloadKind::fp32:
+      return DType::fp32;
+    case p::PayloadKind::fp8_e4m3:
+      return DType::fp8_e4m3;
   }
   return DType::fp32;
 }
 
 // Receive tensors of `rows` rows; topk tensors only when topk travels (num_topk > 0).
-h::DispatchOutputs allocate_outputs(DispatchResult& result, std::int64_t rows, const RowShape& shape, int num_topk) {
+h::DispatchOutputs allocate_outputs(DispatchResult& result, std::int64_t rows, const RowShape& shape,
+                                    int num_topk) {
   // Every received row is written whole; rows past the received count (worst-case sizing) are zeroed after.
   result.recv_x = Tensor({rows, shape.hidden}, dtype_of(shape.kind), Tensor::Init::uninitialized);
   h::DispatchOutputs outputs;
   outputs.capacity = rows;
   outputs.recv_x = static_cast<std::byte*>(result.recv_x.data());
   if (shape.kind == p::PayloadKind::fp8_e4m3) {
-    result.recv_x_scales = Tensor({rows, p::scale_blocks(shape.hidden)}, DType::fp32, Tensor::Init::uninitialized);
+    result.recv_x_scales =
+        Tensor({rows, p::scale_blocks(shape.hidden)}, DType::fp32, Tensor::Init::uninitialized);
     outputs.recv_x_scales = result.recv_x_scales.data_as<float>();
   }
   if (num_topk > 0) {
@@ -70,22 +76,34 @@ void zero_rows_past(DispatchResult& result, std::int64_t received) {
   }
 }
 
-std::vector<std::int64_t> count_local_experts(const DispatchResult& result, std::int64_t experts_per_rank) {
+std::vector<std::int64_t> count_local_experts(const DispatchResult& result, std::int64_t experts_per_rank,
+                                              int alignment) {
   std::vector<std::int64_t> counts(experts_per_rank, 0);
   const auto* ids = result.recv_topk_idx.data_as<const std::int64_t>();
   std::int64_t slots = result.num_recv_tokens * result.recv_topk_idx.size(1);
   for (std::int64_t i = 0; i < slots; ++i) {
-    if (ids[i] >= 0) ++counts[ids[i]];
+    if (ids[i] >= 0 && ids[i] < experts_per_rank) ++counts[ids[i]];
   }
+  for (std::int64_t& count : counts) count = (count + alignment - 1) / alignment * alignment;
   return counts;
 }
+
+// The routing of one dispatch, taken at the call.
+struct Routing {
+  std::vector<std::int64_t> topk_idx;
+  std::vector<std::uint8_t> in_rank;
+};
 
 }  // namespace
 
 // ---- Handle ----
 
-std::int64_t Handle::num_tokens() const { return record_ ? record_->num_tokens : 0; }
-std::int64_t Handle::num_recv_tokens() const { return record_ ? record_->num_recv : 0; }
+std::int64_t Handle::num_tokens() const {
+  return record_ ? record_->num_tokens : 0;
+}
+std::int64_t Handle::num_recv_tokens() const {
+  return record_ ? record_->num_recv : 0;
+}
 std::span<const std::int32_t> Handle::recv_src_rank() const {
   return record_ ? std::span<const std::int32_t>(record_->recv_src_rank) : std::span<const std::int32_t>();
 }
@@ -96,8 +114,8 @@ std::span<const std::int32_t> Handle::recv_src_token() const {
 // ---- Buffer ----
 
 struct Buffer::Impl {
-  LocalCluster::Impl* cluster = nullptr;        // in-process ranks
-  std::unique_ptr<GroupTransport> transport;    // multi-process ranks
+  LocalCluster::Impl* cluster = nullptr;      // in-process ranks
+  std::unique_ptr<GroupTransport> transport;  // multi-process ranks
   Config config;
   int rank = 0;
   int num_nodes = 0;
@@ -117,11 +135,25 @@ struct Buffer::Impl {
     traffic.notify = public_counters(totals.notify);
   }
 
+  // A cached dispatch or a combine runs on its dispatch's channels; a per-call Config may change only the
+  // chunks.
+  h::OpSettings handle_settings(const Handle& handle, const std::optional<Config>& call) const {
+    const int channels = handle.record_->channels;
+    if (call && call->num_channels() != channels) {
+      fail(Errc::invalid_argument,
+           "the per-call Config has num_sms = " + std::to_string(call->num_sms) +
+               " but this handle's dispatch ran with num_sms = " + std::to_string(2 * channels) +
+               ": a cached dispatch and a combine use their dispatch's");
+    }
+    return op_settings(config, call ? &*call : nullptr, channels);
+  }
+
   void check_handle(const Handle& handle) const {
-    if (!handle.valid()) fail(Errc::invalid_argument, "the handle is empty: pass the handle of a finished dispatch");
+    if (!handle.valid())
+      fail(Errc::invalid_argument, "the handle is empty: pass the handle of a finished dispatch");
     if (handle.rank_ != rank) {
-      fail(Errc::invalid_argument, "the handle belongs to rank " + std::to_string(handle.rank_) + ", not to rank " +
-                                       std::to_string(rank));
+      fail(Errc::invalid_argument, "the handle belongs to rank " + std::to_string(handle.rank_) +
+                                       ", not to rank " + std::to_string(rank));
     }
   }
 };
@@ -136,13 +168,29 @@ h::EngineOptions engine_options(const Config& config) {
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int workers = config.host_workers > 0 ? config.host_workers : cores;
   options.workers = std::clamp(workers, 1, config.num_channels());
+  options.thread_per_role = config.host_thread_per_role;
   return options;
+}
+
+// Every rank must build its Buffer with the same shared settings: compare them now, by name, rather than fail
+// later with a fingerprint.
+void check_same_config(Group& group, const Config& config) {
+  const std::string mine = config.to_json();
+  const auto all = group.all_gather("ferry/buffer/config",
+                                    {reinterpret_cast<const std::uint8_t*>(mine.data()), mine.size()});
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    const Config theirs = Config::from_json(std::string(all[r].begin(), all[r].end()));
+    const std::string difference = config_mismatch(config, group.rank(), theirs, static_cast<int>(r));
+    if (!difference.empty())
+      fail(Errc::invalid_argument, "ranks build their Buffers differently: " + difference);
+  }
 }
 
 }  // namespace
 
 Buffer::Buffer(Group& group, const Config& config) : impl_(std::make_unique<Impl>()) {
   config.validate(group.num_nodes(), group.local_size());
+  check_same_config(group, config);
   auto layout = p::make_buffer_layout(layout_params(config, group.num_nodes(), group.local_size()));
   std::size_t bytes = registered_bytes(config, layout);
   Impl& impl = *impl_;
@@ -151,7 +199,8 @@ Buffer::Buffer(Group& group, const Config& config) : impl_(std::make_unique<Impl
   impl.num_nodes = group.num_nodes();
   impl.local_size = group.local_size();
   h::EngineOptions options = engine_options(config);
-  impl.transport = std::make_unique<GroupTransport>(group, layout, bytes, options.workers, config.timeout);
+  impl.transport = std::make_unique<GroupTransport>(
+      group, layout, bytes, h::engine_threads(options, config.num_channels()), config.timeout);
   impl.engine = std::make_unique<h::Engine>(impl.rank, layout, impl.transport->memory(), options);
   impl.queue = std::make_unique<OperationQueue>(impl.rank);
 }
@@ -167,7 +216,8 @@ Buffer::Buffer(LocalCluster& cluster, int rank) : impl_(std::make_unique<Impl>()
   impl.local_size = world.local_size;
   h::EngineOptions options = engine_options(impl.config);
   try {
-    impl.engine = std::make_unique<h::Engine>(rank, world.world->layout(), world.world->memory(rank), options);
+    impl.engine =
+        std::make_unique<h::Engine>(rank, world.world->layout(), world.world->memory(rank), options);
   } catch (...) {
     world.release(rank);
     throw;
@@ -182,12 +232,24 @@ Buffer::~Buffer() {
   if (impl_->cluster) impl_->cluster->release(impl_->rank);
 }
 
-int Buffer::rank() const { return impl_->rank; }
-int Buffer::num_ranks() const { return impl_->num_ranks(); }
-int Buffer::num_nodes() const { return impl_->num_nodes; }
-int Buffer::local_size() const { return impl_->local_size; }
-int Buffer::num_channels() const { return impl_->config.num_channels(); }
-const Config& Buffer::config() const { return impl_->config; }
+int Buffer::rank() const {
+  return impl_->rank;
+}
+int Buffer::num_ranks() const {
+  return impl_->num_ranks();
+}
+int Buffer::num_nodes() const {
+  return impl_->num_nodes;
+}
+int Buffer::local_size() const {
+  return impl_->local_size;
+}
+int Buffer::num_channels() const {
+  return impl_->config.num_channels();
+}
+const Config& Buffer::config() const {
+  return impl_->config;
+}
 
 BufferTraffic Buffer::traffic() const {
   std::lock_guard lock(impl_->traffic_mutex);
@@ -202,19 +264,33 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
                                          const DispatchOptions& options) {
   Impl& impl = *impl_;
   RowShape shape = check_dispatch_rows(inputs.x, inputs.x_scales, impl.config);
-  int num_topk = check_topk(inputs, shape.rows, impl.config);
+  const int num_topk = check_topk(inputs, shape.rows, impl.config);
   check_layout(layout, shape.rows, num_topk, num_ranks(), local_size());
-  get_layout(inputs.topk_idx, layout.num_experts);  // the routing itself: ids in range, node limit
+  check_topk_weights(inputs.topk_weights);
   if (options.num_worst_tokens < 0) {
-    fail(Errc::invalid_argument, "num_worst_tokens must be >= 0, not " + std::to_string(options.num_worst_tokens));
+    fail(Errc::invalid_argument,
+         "num_worst_tokens must be >= 0, not " + std::to_string(options.num_worst_tokens));
   }
+  if (options.expert_alignment < 1) {
+    fail(Errc::invalid_argument,
+         "expert_alignment must be >= 1, not " + std::to_string(options.expert_alignment));
+  }
+  const h::OpSettings settings = op_settings(impl.config, options.config ? &*options.config : nullptr);
+
+  // The routing is taken now: the caller may reuse topk_idx and the layout as soon as this returns.
+  auto routing = std::make_shared<Routing>();
+  routing->topk_idx.assign(inputs.topk_idx.data_as<const std::int64_t>(),
+                           inputs.topk_idx.data_as<const std::int64_t>() + shape.rows * num_topk);
+  routing->in_rank = layout.is_token_in_rank;
 
   auto result = std::make_shared<DispatchResult>();
-  std::int64_t worst = options.num_worst_tokens;
+  const std::int64_t worst = options.num_worst_tokens;
   h::DispatchOutputs preallocated;
   if (worst > 0) preallocated = allocate_outputs(*result, worst, shape, num_topk);
-  std::int64_t num_experts = layout.num_experts;
-  Event event = impl.queue->submit([&impl, inputs, shape, num_topk, num_experts, worst, preallocated, result] {
+  const std::int64_t num_experts = layout.num_experts;
+  const int alignment = options.expert_alignment;
+  Event event = impl.queue->submit([&impl, inputs, shape, num_topk, num_experts, worst, alignment, settings,
+                                    preallocated, routing, result] {
     h::DispatchJob job;
     job.kind = shape.kind;
     job.hidden = shape.hidden;
@@ -223,21 +299,26 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
     job.num_topk = num_topk;
     job.x = static_cast<const std::byte*>(inputs.x.data());
     job.x_scales = inputs.x_scales.data_as<const float>();
-    job.topk_idx = inputs.topk_idx.data_as<const std::int64_t>();
+    job.topk_idx = routing->topk_idx.data();
     job.topk_weights = inputs.topk_weights.data_as<const float>();
+    job.in_rank = routing->in_rank.data();
+    job.settings = settings;
     job.allocate = [&](std::int64_t num_recv) {
       return worst > 0 ? preallocated : allocate_outputs(*result, num_recv, shape, num_topk);
     };
     auto record = std::make_shared<h::DispatchRecord>(impl.engine->dispatch(job));
     impl.publish_traffic();
     if (worst > 0 && record->num_recv > worst) {
-      fail(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " received " +
-                                       std::to_string(record->num_recv) + " tokens but num_worst_tokens is " +
-                                       std::to_string(worst) + "; rows past it were dropped");
+      // Every ring finished its share (rows past the outputs were counted and dropped): only this call fails.
+      throw OperationRefused{
+          Error(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " received " +
+                                            std::to_string(record->num_recv) +
+                                            " tokens but num_worst_tokens is " + std::to_string(worst) +
+                                            "; rows past it were dropped (the Buffer stays usable)")};
     }
     result->num_recv_tokens = record->num_recv;
     if (worst > 0) zero_rows_past(*result, record->num_recv);
-    result->tokens_per_local_expert = count_local_experts(*result, num_experts / impl.num_ranks());
+    result->tokens_per_local_expert = count_local_experts(*result, num_experts / impl.num_ranks(), alignment);
     result->handle.record_ = std::move(record);
     result->handle.recv_rows_ = worst > 0 ? worst : result->num_recv_tokens;
     result->handle.rank_ = impl.rank;
@@ -245,7 +326,8 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
   return {std::move(event), std::move(result)};
 }
 
-Pending<DispatchResult> Buffer::dispatch(const TensorView& x, const TensorView& x_scales, const Handle& handle) {
+Pending<DispatchResult> Buffer::dispatch(const TensorView& x, const TensorView& x_scales,
+                                         const Handle& handle, const DispatchOptions& options) {
   Impl& impl = *impl_;
   impl.check_handle(handle);
   RowShape shape = check_dispatch_rows(x, x_scales, impl.config);
@@ -253,9 +335,10 @@ Pending<DispatchResult> Buffer::dispatch(const TensorView& x, const TensorView& 
     fail(Errc::invalid_argument, "x is " + x.describe() + " but the handle's dispatch had " +
                                      std::to_string(handle.num_tokens()) + " tokens");
   }
+  const h::OpSettings settings = impl.handle_settings(handle, options.config);
   auto result = std::make_shared<DispatchResult>();
   h::DispatchOutputs outputs = allocate_outputs(*result, handle.recv_rows(), shape, 0);
-  Event event = impl.queue->submit([&impl, x, x_scales, shape, handle, outputs, result] {
+  Event event = impl.queue->submit([&impl, x, x_scales, shape, handle, settings, outputs, result] {
     h::DispatchJob job;
     job.kind = shape.kind;
     job.hidden = shape.hidden;
@@ -265,35 +348,50 @@ Pending<DispatchResult> Buffer::dispatch(const TensorView& x, const TensorView& 
     job.x = static_cast<const std::byte*>(x.data());
     job.x_scales = x_scales.data_as<const float>();
     job.cached = handle.record_.get();
+    job.settings = settings;
     job.allocate = [&](std::int64_t) { return outputs; };
     h::DispatchRecord record = impl.engine->dispatch(job);
     impl.publish_traffic();
     // The routing is fixed, so the rows must land exactly where they did the first time.
     if (record.recv_src_rank != handle.record_->recv_src_rank ||
-        record.recv_src_token != handle.record_->recv_src_token || record.fwd_token != handle.record_->fwd_token) {
+        record.recv_src_token != handle.record_->recv_src_token ||
+        record.fwd_token != handle.record_->fwd_token) {
       fail(Errc::internal, "rank " + std::to_string(impl.rank) +
                                ": a cached dispatch placed tokens differently from the dispatch it repeats");
     }
     result->num_recv_tokens = record.num_recv;
+    zero_rows_past(*result, record.num_recv);  // a worst-case handle has more rows than tokens
     result->handle = handle;
   });
   return {std::move(event), std::move(result)};
 }
 
-Pending<CombineResult> Buffer::combine(const TensorView& y, const Handle& handle) {
+Pending<CombineResult> Buffer::combine(const TensorView& y, const Handle& handle,
+                                       const CombineOptions& options) {
   Impl& impl = *impl_;
   impl.check_handle(handle);
   RowShape shape = check_combine_rows(y, handle.recv_rows(), impl.config);
+  const int num_topk = handle.record_->num_topk;
+  check_combine_options(options, handle.recv_rows(), handle.num_tokens(), num_topk, y);
+  const h::OpSettings settings = impl.handle_settings(handle, options.config);
   auto result = std::make_shared<CombineResult>();
-  // Combine writes every row of out (zeros for a token that went nowhere).
+  // Combine writes every row of out (zeros, or the bias, for a token that went nowhere).
   result->out = Tensor({handle.num_tokens(), shape.hidden}, y.dtype(), Tensor::Init::uninitialized);
-  Event event = impl.queue->submit([&impl, y, shape, handle, result] {
+  const bool with_weights = !options.topk_weights.empty();
+  if (with_weights) result->topk_weights = Tensor({handle.num_tokens(), num_topk}, DType::fp32);
+  const TensorView weights = options.topk_weights;
+  const TensorView bias = options.bias;
+  Event event = impl.queue->submit([&impl, y, weights, bias, shape, handle, settings, with_weights, result] {
     h::CombineJob job;
     job.kind = shape.kind;
     job.hidden = shape.hidden;
     job.y = static_cast<const std::byte*>(y.data());
+    job.y_weights = with_weights ? weights.data_as<const float>() : nullptr;
+    job.bias = bias.empty() ? nullptr : static_cast<const std::byte*>(bias.data());
     job.out = static_cast<std::byte*>(result->out.data());
+    job.out_weights = with_weights ? result->topk_weights.data_as<float>() : nullptr;
     job.record = handle.record_.get();
+    job.settings = settings;
     impl.engine->combine(job);
     impl.publish_traffic();
   });

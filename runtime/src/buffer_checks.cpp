@@ -1,5 +1,6 @@
 #include "buffer_checks.hpp"
 
+#include <cmath>
 #include <string>
 
 #include "ferry/core/error.hpp"
@@ -10,7 +11,9 @@ namespace {
 
 namespace p = kernels::protocol;
 
-[[noreturn]] void reject(const std::string& message) { fail(Errc::invalid_argument, message); }
+[[noreturn]] void reject(const std::string& message) {
+  fail(Errc::invalid_argument, message);
+}
 
 void require_host_matrix(const TensorView& view, const char* name) {
   if (view.dim() != 2) reject(std::string(name) + " must be a 2-D tensor, not " + view.describe());
@@ -32,8 +35,9 @@ std::string shape(std::int64_t rows, std::int64_t cols, DType dtype) {
 
 void require_hidden(const TensorView& view, const char* name, const Config& config) {
   if (view.size(1) < 1 || view.size(1) > config.max_hidden) {
-    reject(std::string(name) + " is " + view.describe() + ": its hidden size must be in [1, Config::max_hidden = " +
-           std::to_string(config.max_hidden) + "]");
+    reject(std::string(name) + " is " + view.describe() +
+           ": its hidden size must be in [1, Config::max_hidden = " + std::to_string(config.max_hidden) +
+           "]");
   }
 }
 
@@ -43,22 +47,31 @@ RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, co
   require_host_matrix(x, "x");
   RowShape rows{x.size(0), x.size(1), p::PayloadKind::bf16};
   switch (x.dtype()) {
-    case DType::bf16: rows.kind = p::PayloadKind::bf16; break;
-    case DType::fp32: rows.kind = p::PayloadKind::fp32; break;
-    case DType::fp8_e4m3: rows.kind = p::PayloadKind::fp8_e4m3; break;
-    default: reject("x must be bf16, fp32 or fp8_e4m3, not " + x.describe());
+    case DType::bf16:
+      rows.kind = p::PayloadKind::bf16;
+      break;
+    case DType::fp32:
+      rows.kind = p::PayloadKind::fp32;
+      break;
+    case DType::fp8_e4m3:
+      rows.kind = p::PayloadKind::fp8_e4m3;
+      break;
+    default:
+      reject("x must be bf16, fp32 or fp8_e4m3, not " + x.describe());
   }
   require_hidden(x, "x", config);
   std::int64_t blocks = p::scale_blocks(rows.hidden);
   if (rows.kind == p::PayloadKind::fp8_e4m3) {
-    if (x_scales.empty()) reject("x is " + x.describe() + " but x_scales is missing: fp8 rows need fp32 scales");
+    if (x_scales.empty())
+      reject("x is " + x.describe() + " but x_scales is missing: fp8 rows need fp32 scales");
     require_host_matrix(x_scales, "x_scales");
     if (x_scales.dtype() != DType::fp32 || x_scales.size(0) != rows.rows || x_scales.size(1) != blocks) {
-      reject("x_scales must be " + shape(rows.rows, blocks, DType::fp32) + " (one scale per 128 values of x " +
-             x.describe() + "), not " + x_scales.describe());
+      reject("x_scales must be " + shape(rows.rows, blocks, DType::fp32) +
+             " (one scale per 128 values of x " + x.describe() + "), not " + x_scales.describe());
     }
   } else if (!x_scales.empty()) {
-    reject("x_scales is " + x_scales.describe() + " but x is " + x.describe() + ": scales go only with fp8_e4m3");
+    reject("x_scales is " + x_scales.describe() + " but x is " + x.describe() +
+           ": scales go only with fp8_e4m3");
   }
   return rows;
 }
@@ -71,8 +84,8 @@ int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Conf
   }
   std::int64_t K = inputs.topk_idx.size(1);
   if (K < 1 || K > config.max_topk) {
-    reject("topk_idx is " + inputs.topk_idx.describe() + ": K must be in [1, Config::max_topk = " +
-           std::to_string(config.max_topk) + "]");
+    reject("topk_idx is " + inputs.topk_idx.describe() +
+           ": K must be in [1, Config::max_topk = " + std::to_string(config.max_topk) + "]");
   }
   require_host_matrix(inputs.topk_weights, "topk_weights");
   if (inputs.topk_weights.dtype() != DType::fp32 || inputs.topk_weights.size(0) != num_tokens ||
@@ -83,14 +96,55 @@ int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Conf
   return static_cast<int>(K);
 }
 
-void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks, int local_size) {
+void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks,
+                  int local_size) {
   if (layout.num_tokens != num_tokens || layout.num_topk != num_topk || layout.num_ranks != num_ranks ||
       layout.local_size != local_size) {
     reject("the layout was computed for " + std::to_string(layout.num_tokens) + " tokens x " +
            std::to_string(layout.num_topk) + " slots on " + std::to_string(layout.num_ranks) + " ranks (" +
-           std::to_string(layout.local_size) + " per node), but this dispatch has " + std::to_string(num_tokens) +
-           " x " + std::to_string(num_topk) + " on " + std::to_string(num_ranks) + " (" +
-           std::to_string(local_size) + " per node)");
+           std::to_string(layout.local_size) + " per node), but this dispatch has " +
+           std::to_string(num_tokens) + " x " + std::to_string(num_topk) + " on " +
+           std::to_string(num_ranks) + " (" + std::to_string(local_size) + " per node)");
+  }
+  if (layout.is_token_in_rank.size() != static_cast<std::size_t>(num_tokens) * num_ranks) {
+    reject("the layout's is_token_in_rank has " + std::to_string(layout.is_token_in_rank.size()) +
+           " entries, not tokens x ranks = " + std::to_string(num_tokens * num_ranks));
+  }
+  if (layout.num_experts <= 0 || layout.num_experts % num_ranks != 0) {
+    reject("the layout's num_experts " + std::to_string(layout.num_experts) +
+           " is not a positive multiple of the " + std::to_string(num_ranks) + " ranks");
+  }
+}
+
+void check_topk_weights(const TensorView& topk_weights) {
+  const auto* weights = topk_weights.data_as<const float>();
+  const std::int64_t K = topk_weights.size(1);
+  for (std::int64_t i = 0; i < topk_weights.numel(); ++i) {
+    if (!std::isfinite(weights[i])) {
+      reject("topk_weights[" + std::to_string(i / K) + "][" + std::to_string(i % K) +
+             "] = " + std::to_string(weights[i]) + " is not a finite number");
+    }
+  }
+}
+
+void check_combine_options(const CombineOptions& options, std::int64_t rows, std::int64_t num_tokens,
+                           int num_topk, const TensorView& y) {
+  if (!options.topk_weights.empty()) {
+    require_host_matrix(options.topk_weights, "topk_weights");
+    if (options.topk_weights.dtype() != DType::fp32 || options.topk_weights.size(0) != rows ||
+        options.topk_weights.size(1) != num_topk) {
+      reject("combine's topk_weights must be " + shape(rows, num_topk, DType::fp32) +
+             " (one row per received row, like the dispatch's recv_topk_weights), not " +
+             options.topk_weights.describe());
+    }
+  }
+  if (!options.bias.empty()) {
+    require_host_matrix(options.bias, "bias");
+    if (options.bias.dtype() != y.dtype() || options.bias.size(0) != num_tokens ||
+        options.bias.size(1) != y.size(1)) {
+      reject("combine's bias must be " + shape(num_tokens, y.size(1), y.dtype()) +
+             " (one row per token, like the output), not " + options.bias.describe());
+    }
   }
 }
 

@@ -24,6 +24,13 @@ int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Conf
 // The layout was computed for this routing and this cluster.
 void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks, int local_size);
 
+// Every weight is a finite number (a NaN would spread silently through combine and the gradients).
+void check_topk_weights(const TensorView& topk_weights);
+
+// CombineOptions: topk_weights [rows, K] fp32, bias [T, H] of y's dtype, when given.
+void check_combine_options(const CombineOptions& options, std::int64_t rows, std::int64_t num_tokens, int num_topk,
+                           const TensorView& y);
+
 // y: [rows, H] bf16 / fp32 with H <= max_hidden.
 RowShape check_combine_rows(const TensorView& y, std::int64_t rows, const Config& config);
 

@@ -1,10 +1,13 @@
 #include "group_transport.hpp"
 
+#include <cerrno>
+#include <csignal>
+#include <deque>
 #include <limits>
 
 #include "ferry/core/error.hpp"
-#include "ferry/transport/command_ring.hpp"
 #include "ferry/runtime/group_peers.hpp"
+#include "ferry/transport/command_ring.hpp"
 #include "ferry/transport/peers.hpp"
 
 namespace ferry {
@@ -14,22 +17,23 @@ namespace {
 namespace h = kernels::host;
 namespace t = transport;
 
-t::Peers peers_of(Group& group, Duration timeout) { return runtime::group_peers(group, timeout); }
+t::Peers peers_of(Group& group, Duration timeout) {
+  return runtime::group_peers(group, timeout);
+}
 
 // One worker's command ring. A put is held back until the next call so that the signal which follows it (the
-// protocol always publishes a batch of puts with one signal to the same rank) rides on the same command.
+// protocol always publishes a batch of puts with one signal to the same rank) rides on the same command. The
+// writer never blocks: when the ring is full, commands wait in a backlog, in order, and flush() (called by
+// the executor between steps) hands them over as the proxy frees slots. The backlog is bounded by the
+// protocol itself: every command belongs to a publish or a credit return, and those are bounded by the rings'
+// slots.
 class ProxyWriter final : public h::RemoteWriter {
  public:
-  ProxyWriter(t::ProducerRing& ring, t::RegionId region) : ring_(ring), region_(static_cast<std::uint8_t>(region)) {}
-  ~ProxyWriter() override {
-    try {
-      flush_held();
-    } catch (...) {  // the proxy failed; the operation that used this writer has reported it
-    }
-  }
+  ProxyWriter(t::ProducerRing& ring, t::RegionId region)
+      : ring_(ring), region_(static_cast<std::uint8_t>(region)) {}
 
   void put(int rank, std::size_t src_offset, std::size_t dst_offset, std::size_t bytes) override {
-    flush_held();
+    release_held();
     held_ = {true, rank, src_offset, dst_offset, bytes};
   }
 
@@ -38,23 +42,37 @@ class ProxyWriter final : public h::RemoteWriter {
     auto offset = static_cast<std::uint32_t>(word_offset);
     auto amount = static_cast<std::uint32_t>(add);
     if (held_.valid && held_.rank == rank) {
-      ring_.post(t::make_put_signal(peer, region_, held_.src, held_.dst, static_cast<std::uint32_t>(held_.bytes),
-                                    offset, amount));
+      enqueue(t::make_put_signal(peer, region_, held_.src, held_.dst, static_cast<std::uint32_t>(held_.bytes),
+                                 offset, amount));
       held_.valid = false;
       return;
     }
-    flush_held();
+    release_held();
     // A signal without payload is still ordered after this ring's earlier puts (put_signal fences; atomic_add
     // does not promise to).
-    ring_.post(t::make_put_signal(peer, region_, 0, 0, 0, offset, amount));
+    enqueue(t::make_put_signal(peer, region_, 0, 0, 0, offset, amount));
   }
 
+  bool flush() override {
+    release_held();
+    ring_.check_error();
+    while (!backlog_.empty() && ring_.try_post(backlog_.front())) backlog_.pop_front();
+    return backlog_.empty();
+  }
+
+  std::size_t held() const override { return backlog_.size() + (held_.valid ? 1 : 0); }
+
  private:
-  void flush_held() {
+  void enqueue(const t::Command& command) {
+    if (backlog_.empty() && ring_.try_post(command)) return;
+    backlog_.push_back(command);
+  }
+
+  void release_held() {
     if (!held_.valid) return;
     held_.valid = false;
-    ring_.post(t::make_put(static_cast<std::uint16_t>(held_.rank), region_, held_.src, held_.dst,
-                           static_cast<std::uint32_t>(held_.bytes)));
+    enqueue(t::make_put(static_cast<std::uint16_t>(held_.rank), region_, held_.src, held_.dst,
+                        static_cast<std::uint32_t>(held_.bytes)));
   }
 
   struct Held {
@@ -67,6 +85,7 @@ class ProxyWriter final : public h::RemoteWriter {
   t::ProducerRing& ring_;
   std::uint8_t region_;
   Held held_;
+  std::deque<t::Command> backlog_;
 };
 
 }  // namespace
@@ -80,12 +99,38 @@ class GroupTransport::NodeView final : public h::NodeMemory {
   t::PeerMemory& shared_;
 };
 
+// Ranks of this node are processes of this host: one that is gone is reported at once. Ranks of other nodes
+// are watched by the fabric (UCX reports a failed endpoint), whose error the proxy keeps.
+class GroupTransport::Health final : public h::PeerHealth {
+ public:
+  Health(Group& group, const t::Proxy* proxy) : proxy_(proxy) {
+    for (const RankInfo& info : group.ranks()) {
+      if (info.node == group.node() && info.rank != group.rank() && info.pid > 0) local_.push_back(info);
+    }
+  }
+
+  void check() override {
+    for (const RankInfo& info : local_) {
+      if (::kill(info.pid, 0) == 0 || errno != ESRCH) continue;
+      fail(Errc::peer_failure, "rank " + std::to_string(info.rank) + " (pid " + std::to_string(info.pid) +
+                                   " on " + info.hostname +
+                                   ", this node) is gone: its process exited or was killed");
+    }
+    if (proxy_ != nullptr) proxy_->check_error();
+  }
+
+ private:
+  const t::Proxy* proxy_;
+  std::vector<RankInfo> local_;
+};
+
 class GroupTransport::ProxyMemory final : public h::RemoteMemory {
  public:
   ProxyMemory(t::Proxy& proxy, t::RegionId region) : proxy_(proxy), region_(region) {}
   std::unique_ptr<h::RemoteWriter> open_writer() override {
     if (next_ring_ >= proxy_.num_rings()) {
-      fail(Errc::internal, "more channel workers than command rings (" + std::to_string(proxy_.num_rings()) + ")");
+      fail(Errc::internal,
+           "more channel workers than command rings (" + std::to_string(proxy_.num_rings()) + ")");
     }
     return std::make_unique<ProxyWriter>(proxy_.ring(next_ring_++), region_);
   }
@@ -102,10 +147,13 @@ GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayo
   t::Peers peers = peers_of(group, timeout);
   shared_ = t::make_shm_peer_memory(peers, bytes, "ferry-buffer");
   node_ = std::make_unique<NodeView>(*shared_);
-  if (group.num_nodes() == 1) return;
+  if (group.num_nodes() == 1) {
+    health_ = std::make_unique<Health>(group, nullptr);
+    return;
+  }
   // Commands carry 32-bit signal offsets: the counters come first in the layout, so this holds for any size.
-  if (layout.dispatch_rdma.counters + layout.dispatch_rdma.counter_bytes() > std::numeric_limits<std::uint32_t>::max() ||
-      layout.combine_rdma.counters + layout.combine_rdma.counter_bytes() > std::numeric_limits<std::uint32_t>::max()) {
+  const auto& last = layout.families[kernels::protocol::kRingKinds - 1];
+  if (last.counters + last.counter_bytes() > std::numeric_limits<std::uint32_t>::max()) {
     fail(Errc::internal, "ring counters beyond the first 4 GiB of the buffer cannot be signalled");
   }
   t::FabricOptions fabric_options;
@@ -119,6 +167,7 @@ GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayo
   proxy_options.timeout = timeout;
   proxy_ = std::make_unique<t::Proxy>(std::move(fabric), proxy_options);
   remote_ = std::make_unique<ProxyMemory>(*proxy_, region);
+  health_ = std::make_unique<Health>(group, proxy_.get());
 }
 
 GroupTransport::~GroupTransport() {
@@ -133,6 +182,7 @@ GroupTransport::~GroupTransport() {
     group_.barrier("ferry/buffer/close");
   } catch (...) {  // a destructor cannot report; the operations that failed already have
   }
+  health_.reset();
   remote_.reset();
   proxy_.reset();
   node_.reset();
@@ -145,6 +195,7 @@ h::RankMemory GroupTransport::memory() {
   memory.bytes = shared_->bytes();
   memory.node = node_.get();
   memory.remote = remote_.get();
+  memory.health = health_.get();
   return memory;
 }
 

@@ -32,12 +32,14 @@ class GroupTransport {
  private:
   class NodeView;
   class ProxyMemory;
+  class Health;
 
   Group& group_;
   std::unique_ptr<transport::PeerMemory> shared_;
   std::unique_ptr<transport::Proxy> proxy_;
   std::unique_ptr<NodeView> node_;
   std::unique_ptr<ProxyMemory> remote_;
+  std::unique_ptr<Health> health_;
 };
 
 }  // namespace ferry

@@ -19,7 +19,9 @@ void Event::State::finish(std::exception_ptr failure) {
   done_changed.notify_all();
 }
 
-Event::Event() : state_(std::make_shared<State>()) { state_->done = true; }
+Event::Event() : state_(std::make_shared<State>()) {
+  state_->done = true;
+}
 
 Event::Event(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
@@ -81,15 +83,17 @@ void OperationQueue::loop() {
       items_.pop_front();
     }
     if (!first_failure_.empty()) {
-      item.state->finish(std::make_exception_ptr(
-          Error(Errc::peer_failure, "rank " + std::to_string(rank_) +
-                                        ": operation not run because an earlier one failed: " + first_failure_)));
+      item.state->finish(std::make_exception_ptr(Error(
+          Errc::peer_failure, "rank " + std::to_string(rank_) +
+                                  ": operation not run because an earlier one failed: " + first_failure_)));
       continue;
     }
     item.state->start();
     try {
       item.work();
       item.state->finish(nullptr);
+    } catch (const OperationRefused& refused) {
+      item.state->finish(std::make_exception_ptr(refused.error));
     } catch (const std::exception& error) {
       first_failure_ = error.what();
       item.state->finish(std::current_exception());

@@ -1,6 +1,7 @@
 // The stream of one Buffer: operations run one at a time, in issue order, on a thread of their own, and each
 // completes an Event. The first failure poisons the queue: the rings are then in an unknown state, so every
-// later operation fails at once with an error that quotes the first one.
+// later operation fails at once with an error that quotes the first one. An operation that fails after it has
+// run to completion on every ring (OperationRefused: outputs too small for what arrived) fails alone.
 #pragma once
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <thread>
 
 #include "ferry/buffer.hpp"
+#include "ferry/core/error.hpp"
 
 namespace ferry {
 
@@ -30,6 +32,12 @@ struct Event::State {
   void start();
 
   void finish(std::exception_ptr failure);
+};
+
+// Thrown by an operation whose data phase finished on every ring, so the Buffer stays usable: its Event fails
+// with `error`, and later operations run.
+struct OperationRefused {
+  Error error;
 };
 
 class OperationQueue {

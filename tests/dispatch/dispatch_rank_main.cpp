@@ -5,6 +5,7 @@
 // Every rank builds the same scenarios from the seed (so each can compute the reference for itself), runs
 // dispatch, a cached dispatch and combine on a Group-backed Buffer (shm between local ranks, proxy + fabric
 // between nodes), checks its own results exactly and prints "rank <r>: verified <rounds> rounds".
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -34,7 +35,8 @@ DispatchInputs inputs_of(const Scenario& scenario, int rank) {
 
 void require(const std::string& diff, int rank, int round, const char* what) {
   if (diff.empty()) return;
-  fail(Errc::internal, "rank " + std::to_string(rank) + " round " + std::to_string(round) + " " + what + ": " + diff);
+  fail(Errc::internal,
+       "rank " + std::to_string(rank) + " round " + std::to_string(round) + " " + what + ": " + diff);
 }
 
 int run(std::uint64_t seed, int rounds) {
@@ -56,7 +58,8 @@ int run(std::uint64_t seed, int rounds) {
     shape.num_nodes = group.num_nodes();
     shape.local_size = group.local_size();
     shape.experts_per_rank = 2;
-    shape.num_topk = 1 + static_cast<int>(rng() % 8);
+    const int experts = shape.experts_per_rank * group.world_size();
+    shape.num_topk = 1 + static_cast<int>(rng() % std::min(8, experts));
     shape.hidden = 1 + static_cast<std::int64_t>(rng() % 256);
     shape.dtype = round % 3 == 2 ? DType::fp32 : DType::bf16;
     shape.max_tokens = 48;
@@ -71,16 +74,18 @@ int run(std::uint64_t seed, int rounds) {
     DispatchResult& got = pending.wait();
     require(check_dispatch_rank(scenario, sources[rank], rank, got, true), rank, round, "dispatch");
     auto again = buffer.dispatch(inputs.x, {}, got.handle);
-    require(check_dispatch_rank(scenario, sources[rank], rank, again.wait(), false), rank, round, "cached dispatch");
+    require(check_dispatch_rank(scenario, sources[rank], rank, again.wait(), false), rank, round,
+            "cached dispatch");
     TensorView y(results[rank].data(), {got.handle.recv_rows(), scenario.hidden}, DType::bf16);
     auto combined = buffer.combine(y, got.handle);
     require(check_combine_rank(scenario, expected[rank], rank, combined.wait().out), rank, round, "combine");
   }
   BufferTraffic traffic = buffer.traffic();
-  std::printf("rank %d: verified %d rounds (fabric %llu messages, node %llu, self %llu)\n", rank, rounds,
-              static_cast<unsigned long long>(traffic.dispatch.fabric.messages + traffic.combine.fabric.messages),
-              static_cast<unsigned long long>(traffic.dispatch.node.messages + traffic.combine.node.messages),
-              static_cast<unsigned long long>(traffic.dispatch.self.messages + traffic.combine.self.messages));
+  std::printf(
+      "rank %d: verified %d rounds (fabric %llu messages, node %llu, self %llu)\n", rank, rounds,
+      static_cast<unsigned long long>(traffic.dispatch.fabric.messages + traffic.combine.fabric.messages),
+      static_cast<unsigned long long>(traffic.dispatch.node.messages + traffic.combine.node.messages),
+      static_cast<unsigned long long>(traffic.dispatch.self.messages + traffic.combine.self.messages));
   std::fflush(stdout);
   return 0;
 }

@@ -63,6 +63,7 @@ void route_token(const ScenarioShape& shape, const Scenario& scenario, std::mt19
       }
       if (std::find(row, row + k, expert) == row + k) break;
     }
+    if (std::find(row, row + k, expert) != row + k) expert = -1;  // a gate never names an expert twice
     // The skewed draw may add node 0 beyond the span; keep the limit by falling back to the span's nodes.
     if (shape.style == RoutingStyle::skewed) {
       std::uint64_t used = 0;
@@ -217,7 +218,6 @@ ExpectedTraffic expected_traffic(const Scenario& scenario) {
     for (std::int64_t t = 0; t < scenario.ranks[s].num_tokens; ++t) {
       std::uint64_t nodes = scenario.token_nodes(s, t);
       traffic.fabric += __builtin_popcountll(nodes & ~(std::uint64_t{1} << own));
-      traffic.within_node += nodes >> own & 1u;
       for (int r = 0; r < scenario.num_ranks(); ++r) traffic.within_node += scenario.token_in_rank(s, t, r);
     }
   }

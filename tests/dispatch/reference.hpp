@@ -80,9 +80,8 @@ std::vector<std::vector<std::uint8_t>> expected_combine(const Scenario& scenario
 
 // Messages each path must carry, summed over all ranks, for one dispatch or one combine.
 struct ExpectedTraffic {
-  std::uint64_t fabric = 0;  // one per token and remote target node
-  std::uint64_t within_node =
-      0;  // node + self: one per (token, target rank), plus one per token touching its own node
+  std::uint64_t fabric = 0;       // one per token and remote target node
+  std::uint64_t within_node = 0;  // node + self: one per (token, target rank)
 };
 ExpectedTraffic expected_traffic(const Scenario& scenario);
 

@@ -304,7 +304,8 @@ TEST_CASE("operations follow one another on the same buffers", "[unit]") {
   for (int round = 0; round < 4; ++round) {
     shape.hidden = pick<std::int64_t>(rng, {5, 96, 128});
     shape.dtype = pick(rng, {DType::bf16, DType::fp32, DType::fp8_e4m3});
-    shape.num_topk = std::uniform_int_distribution<int>(1, 8)(rng);
+    const int experts = shape.experts_per_rank * shape.num_nodes * shape.local_size;
+    shape.num_topk = std::uniform_int_distribution<int>(1, std::min(8, experts))(rng);
     shape.style = pick(rng, {RoutingStyle::random, RoutingStyle::skewed, RoutingStyle::sparse});
     Scenario scenario = make_scenario(shape, rng);
     INFO("round " << round << ": " << describe(scenario, config));

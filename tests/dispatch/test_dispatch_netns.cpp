@@ -1,5 +1,5 @@
-// Dispatch and combine on an emulated cluster (`ferry launch --netns`: one network and IPC namespace per node),
-// so the tokens between nodes really cross TCP.
+// Dispatch and combine on an emulated cluster (`ferry launch --netns`: one network and IPC namespace per
+// node), so the tokens between nodes really cross TCP.
 #include "launch_common.hpp"
 
 TEST_CASE("netns: dispatch and combine between namespaced nodes over TCP", "[netns]") {

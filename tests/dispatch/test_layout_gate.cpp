@@ -18,11 +18,11 @@ TEST_CASE("compute_layout counts tokens per rank, node and expert", "[unit]") {
   std::vector<std::int64_t> topk = {0,  1,  -1,  // token 0: rank 0 twice -> once
                                     7,  2,  4,   // token 1: ranks 3, 1, 2 -> nodes 1, 0
                                     -1, -1, -1,  // token 2: nowhere
-                                    5,  5,  6};  // token 3: rank 2 (expert 5 twice), rank 3
+                                    5,  4,  6};  // token 3: rank 2 (experts 4, 5), rank 3
   Layout layout = compute_layout(TensorView(topk.data(), {4, 3}, DType::int64), 8, 4, 2, 2);
   CHECK(layout.tokens_per_rank == std::vector<std::int64_t>{1, 1, 2, 2});
   CHECK(layout.tokens_per_node == std::vector<std::int64_t>{2, 2});
-  CHECK(layout.tokens_per_expert == std::vector<std::int64_t>{1, 1, 1, 0, 1, 2, 1, 1});
+  CHECK(layout.tokens_per_expert == std::vector<std::int64_t>{1, 1, 1, 0, 2, 1, 1, 1});
   CHECK(layout.is_token_in_rank == std::vector<std::uint8_t>{1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1});
   CHECK(layout.in_rank(1, 3));
   CHECK_FALSE(layout.in_rank(2, 0));
@@ -46,6 +46,11 @@ TEST_CASE("compute_layout names what is wrong with the routing", "[unit]") {
   REQUIRE_THROWS_WITH(compute_layout(TensorView(wrong.data(), {2, 3}, DType::fp32), 8, 4, 1, 3),
                       Catch::Contains("topk_idx must be a [T, K] int64") && Catch::Contains("[2, 3] fp32"));
   REQUIRE_THROWS_WITH(compute_layout(view, 8, 6, 4, 3), Catch::Contains("6 ranks cannot form nodes of 4"));
+  topk = {0, 4, 4, 1, 2, 3};
+  REQUIRE_THROWS_WITH(compute_layout(view, 8, 4, 1, 3),
+                      Catch::Contains("token 0 names expert 4 twice (topk_idx slots 1 and 2)"));
+  REQUIRE_THROWS_WITH(compute_layout(view, 2, 2, 1, 2),
+                      Catch::Contains("3 slots per token but there are only 2"));
   try {
     compute_layout(view, 8, 4, 1, 1);
     FAIL("no error");

@@ -41,9 +41,11 @@ std::string seconds(Duration duration) {
   fail(Errc::timeout, message);
 }
 
-[[noreturn]] void fail_fault(const ChannelTask& task, const protocol::StepResult& result, const RunContext& context) {
+[[noreturn]] void fail_fault(const ChannelTask& task, const protocol::StepResult& result,
+                             const RunContext& context) {
   fail(Errc::protocol, channel_label(context.rank, task.channel) + " stage " + stage_name(result.stage) +
-                           " received " + describe_fault(result.fault));
+                           (result.stage == protocol::Stage::dispatch_send ? " found " : " received ") +
+                           describe_fault(result.fault));
 }
 
 // One pass over the task's unfinished roles. Returns whether any moved; throws on a fault.
@@ -69,9 +71,14 @@ bool task_done(const ChannelTask& task) {
 
 }  // namespace
 
-void run_tasks(std::span<ChannelTask* const> tasks, HostIo& io, const RunContext& context, PhaseState& state) {
+void run_tasks(std::span<ChannelTask* const> tasks, HostIo& io, const RunContext& context,
+               PhaseState& state) {
+  // How often a stalled worker asks whether its peers are still alive.
+  constexpr auto kHealthInterval = std::chrono::milliseconds(50);
   try {
     Clock::time_point start = Clock::now();
+    Clock::time_point last_health = start;
+    Clock::time_point flush_stalled_since{};
     for (ChannelTask* task : tasks) task->last_progress = start;
     Backoff backoff;
     while (!state.aborted()) {
@@ -87,7 +94,8 @@ void run_tasks(std::span<ChannelTask* const> tasks, HostIo& io, const RunContext
         }
         if (!task_done(*task)) all_done = false;
       }
-      if (all_done) return;
+      const bool flushed = io.remote() == nullptr || io.remote()->flush();
+      if (all_done && flushed) return;
       if (any_progress) {
         backoff.reset();
         continue;
@@ -97,6 +105,19 @@ void run_tasks(std::span<ChannelTask* const> tasks, HostIo& io, const RunContext
       for (ChannelTask* task : tasks) {
         if (!task_done(*task) && now - task->last_progress > context.timeout) fail_stalled(*task, context);
       }
+      if (all_done) {  // only the writer's held commands are left: the proxy is not taking them
+        if (flush_stalled_since == Clock::time_point{}) flush_stalled_since = now;
+        if (now - flush_stalled_since > context.timeout) {
+          fail(Errc::timeout, channel_label(context.rank, tasks.empty() ? -1 : tasks.front()->channel) +
+                                  ": " + std::to_string(io.remote()->held()) +
+                                  " fabric commands not taken by the proxy within " +
+                                  seconds(context.timeout));
+        }
+      }
+      if (context.health != nullptr && now - last_health > kHealthInterval) {
+        last_health = now;
+        context.health->check();
+      }
     }
   } catch (...) {
     state.fail(std::current_exception());
@@ -104,7 +125,8 @@ void run_tasks(std::span<ChannelTask* const> tasks, HostIo& io, const RunContext
 }
 
 WorkerPool::WorkerPool(int workers) {
-  for (int worker = 1; worker < workers; ++worker) helpers_.emplace_back([this, worker] { helper_loop(worker); });
+  for (int worker = 1; worker < workers; ++worker)
+    helpers_.emplace_back([this, worker] { helper_loop(worker); });
 }
 
 WorkerPool::~WorkerPool() {

@@ -1,6 +1,7 @@
-// Running role steps: a channel task bundles the roles of one channel (or the notify roles) with their scratch;
-// run_tasks() steps a worker's tasks round-robin until they finish, fail, or stall past the timeout; WorkerPool
-// keeps the helper threads of one engine alive between operations.
+// Running role steps: a task bundles role instances (all roles of one channel, or a single role when every
+// role gets a thread of its own, as warps do on a GPU) with their scratch; run_tasks() steps a worker's tasks
+// round-robin until they finish, fail, or stall past the timeout; WorkerPool keeps the helper threads of one
+// engine alive between operations.
 #pragma once
 
 #include <atomic>
@@ -8,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <thread>
@@ -27,15 +29,21 @@ struct ChannelTask {
   std::vector<protocol::StepResult> last;  // each role's latest report
   std::vector<std::uint8_t> finished;
   Clock::time_point last_progress;
-  // Role scratch; sized before the roles are built and never resized (roles keep pointers into it).
-  std::vector<std::int64_t> i64;
-  std::vector<std::uint64_t> u64;
-  std::vector<std::uint8_t> u8;
+  std::vector<std::shared_ptr<void>> scratch;  // role state; never moves (roles keep pointers into it)
 
   void add(RoleStep role) {
     roles.push_back(std::move(role));
     last.emplace_back();
     finished.push_back(0);
+  }
+
+  // `count` value-initialised T that live as long as the task.
+  template <class T>
+  T* make_scratch(std::size_t count) {
+    std::shared_ptr<T[]> block(new T[count == 0 ? 1 : count]());
+    T* data = block.get();
+    scratch.push_back(std::move(block));
+    return data;
   }
 };
 
@@ -55,8 +63,10 @@ class PhaseState {
 struct RunContext {
   int rank = 0;
   Duration timeout = kDefaultTimeout;
+  PeerHealth* health = nullptr;  // asked now and then while stalled
 };
 
+// Steps `tasks` until all are done and the worker's remote writer has handed over everything it holds.
 void run_tasks(std::span<ChannelTask* const> tasks, HostIo& io, const RunContext& context, PhaseState& state);
 
 class WorkerPool {
@@ -67,8 +77,8 @@ class WorkerPool {
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   int size() const { return static_cast<int>(helpers_.size()) + 1; }
-  // Runs body(w) for every worker w, w = 0 on the calling thread, and returns when all have returned. `body` must
-  // not throw (run_tasks reports through PhaseState).
+  // Runs body(w) for every worker w, w = 0 on the calling thread, and returns when all have returned. `body`
+  // must not throw (run_tasks reports through PhaseState).
   void run(const std::function<void(int)>& body);
 
  private:

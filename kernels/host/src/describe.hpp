@@ -1,5 +1,5 @@
-// Error text for the executor: what a stuck or faulty role was doing, in words that name rank, channel, stage,
-// peer, head and tail.
+// Error text for the executor: what a stuck or faulty role was doing, in words that name rank, channel,
+// stage, peer, head and tail.
 #pragma once
 
 #include <string>

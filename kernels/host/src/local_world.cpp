@@ -5,13 +5,13 @@
 #include <new>
 
 #include "ferry/core/error.hpp"
-#include "ferry/kernels/protocol/memory_order.hpp"
+#include "ferry/kernels/host/host_io.hpp"
 
 namespace ferry::kernels::host {
 
 namespace {
 
-constexpr int kLedgerFamilies = 5;  // indexed by RingKind
+constexpr int kLedgerFamilies = protocol::kRingKinds;  // indexed by RingKind
 
 bool inside(std::size_t offset, std::size_t start, std::size_t bytes) {
   return offset >= start && offset < start + bytes;
@@ -19,7 +19,9 @@ bool inside(std::size_t offset, std::size_t start, std::size_t bytes) {
 
 }  // namespace
 
-void LocalWorld::Free::operator()(std::byte* pointer) const { std::free(pointer); }
+void LocalWorld::Free::operator()(std::byte* pointer) const {
+  std::free(pointer);
+}
 
 class LocalWorld::Node final : public NodeMemory {
  public:
@@ -49,8 +51,8 @@ class LocalWorld::Remote final : public RemoteMemory {
     }
     void signal(int rank, std::size_t word_offset, std::uint64_t add) override {
       // Release: the memcpys of earlier puts by this thread become visible no later than the new count.
-      protocol::HostAtomics::fetch_add_release(reinterpret_cast<std::uint64_t*>(world_.buffer(rank) + word_offset),
-                                               add);
+      std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(world_.buffer(rank) + word_offset))
+          .fetch_add(add, std::memory_order_release);
     }
 
    private:
@@ -68,8 +70,8 @@ LocalWorld::LocalWorld(const protocol::BufferLayout& layout) : layout_(layout) {
   for (int rank = 0; rank < ranks; ++rank) {
     void* memory = std::aligned_alloc(protocol::kRegionAlignment, layout.total_bytes);
     if (memory == nullptr) {
-      fail(Errc::system, "cannot allocate the " + std::to_string(layout.total_bytes) + "-byte buffer of rank " +
-                             std::to_string(rank) + " for an in-process world");
+      fail(Errc::system, "cannot allocate the " + std::to_string(layout.total_bytes) +
+                             "-byte buffer of rank " + std::to_string(rank) + " for an in-process world");
     }
     std::memset(memory, 0, layout.total_bytes);
     buffers_.emplace_back(static_cast<std::byte*>(memory));
@@ -94,25 +96,26 @@ RankMemory LocalWorld::memory(int rank) {
 
 void LocalWorld::record_put(int source, int target, std::size_t dst_offset, std::size_t bytes) {
   int family = -1;
-  for (protocol::RingKind kind : {protocol::RingKind::notify, protocol::RingKind::dispatch_rdma,
-                                  protocol::RingKind::dispatch_nvl, protocol::RingKind::combine_nvl,
-                                  protocol::RingKind::combine_rdma}) {
-    const protocol::RingFamily& ring = layout_.family(kind);
-    if (inside(dst_offset, ring.data, ring.data_bytes())) family = static_cast<int>(kind);
+  for (int kind = 0; kind < protocol::kRingKinds; ++kind) {
+    const protocol::RingFamily& ring = layout_.families[kind];
+    // A fabric put lands in a ring's slots (data) or, for a signal-only command, nowhere: count data only.
+    if (inside(dst_offset, ring.data, ring.data_bytes())) family = kind;
   }
   if (family < 0) {
-    fail(Errc::internal, "rank " + std::to_string(source) + " put " + std::to_string(bytes) + " bytes at offset " +
-                             std::to_string(dst_offset) + " of rank " + std::to_string(target) +
-                             ", outside every ring");
+    fail(Errc::internal, "rank " + std::to_string(source) + " put " + std::to_string(bytes) +
+                             " bytes at offset " + std::to_string(dst_offset) + " of rank " +
+                             std::to_string(target) + ", outside every ring");
   }
-  std::size_t index = ((static_cast<std::size_t>(source) * num_ranks() + target) * kLedgerFamilies + family) * 2;
+  std::size_t index =
+      ((static_cast<std::size_t>(source) * num_ranks() + target) * kLedgerFamilies + family) * 2;
   ledger_[index].fetch_add(1, std::memory_order_relaxed);
   ledger_[index + 1].fetch_add(bytes, std::memory_order_relaxed);
 }
 
 PutTally LocalWorld::puts(int source, int target, protocol::RingKind kind) const {
   std::size_t index =
-      ((static_cast<std::size_t>(source) * num_ranks() + target) * kLedgerFamilies + static_cast<int>(kind)) * 2;
+      ((static_cast<std::size_t>(source) * num_ranks() + target) * kLedgerFamilies + static_cast<int>(kind)) *
+      2;
   return {ledger_[index].load(std::memory_order_relaxed), ledger_[index + 1].load(std::memory_order_relaxed)};
 }
 

@@ -1,28 +1,46 @@
 // ferry::Buffer — MoE dispatch and combine for one rank (DeepEP's Buffer, normal mode).
 //
-//   ferry::Group group = ferry::Group::from_env();              // one process per rank (ferry launch, torchrun...)
-//   ferry::Buffer buffer(group, config);                        // or: Buffer(local_cluster, rank), ranks as threads
-//   ferry::Layout layout = buffer.get_layout(topk_idx, num_experts);
-//   auto dispatched = buffer.dispatch({x, {}, topk_idx, topk_weights}, layout);   // returns at once
+//   ferry::Group group = ferry::Group::from_env();              // one process per rank (ferry launch,
+//   torchrun...) ferry::Buffer buffer(group, config);                        // or: Buffer(local_cluster,
+//   rank), ranks as threads ferry::Layout layout = buffer.get_layout(topk_idx, num_experts); auto dispatched
+//   = buffer.dispatch({x, {}, topk_idx, topk_weights}, layout);   // returns at once
 //   ...                                                                          // overlap compute here
 //   ferry::DispatchResult& got = dispatched.wait();     // recv_x, recv_topk_idx, recv_topk_weights, ...
 //   ferry::Tensor y = experts(got.recv_x, got.recv_topk_idx, got.recv_topk_weights);   // weight rows here
 //   ferry::Tensor out = buffer.combine(y, got.handle).wait().out;                   // [T, H], summed
 //
-// Every operation is collective: all ranks issue the same sequence of dispatch / combine calls. Operations of
-// one Buffer run in issue order on its own threads; each returns a Pending whose Event says when it finished
-// and rethrows its error. Inputs are not copied: keep them alive until the Event completes. After an operation
-// fails, the Buffer refuses further operations (its rings are in an unknown state).
+// Every operation is collective: all ranks issue the same sequence of dispatch / combine calls with the same
+// settings. Operations of one Buffer run in issue order on its own threads; each returns a Pending whose
+// Event says when it finished and rethrows its error. Inputs are not copied, except topk_idx and the layout,
+// which are taken at the call: keep x, x_scales, topk_weights, y and the combine options' tensors alive until
+// the Event completes. After an operation fails, the Buffer refuses further operations (its rings are in an
+// unknown state) — except when a worst-case-sized dispatch received more rows than it had room for: that
+// dispatch fails alone, and the Buffer stays usable.
 //
-// Determinism: received rows are ordered by (source rank, source token); combine sums in fp32 in a fixed order
-// (local ranks ascending at the forwarder, rounded to the row type, then nodes ascending at the source), so
-// results are identical bit for bit on every run. Combine does NOT apply topk weights (as DeepEP): weight the
-// expert outputs before combining them.
+// Routing follows the Layout: a token goes to the ranks layout.is_token_in_rank names; its expert ids travel
+// as data, and a token whose ids disagree with the layout fails the dispatch by name. Compute the layout from
+// the topk_idx you dispatch (get_layout), once per routing.
+//
+// Determinism: received rows are ordered by (source rank, source token); combine sums in fp32 in a fixed
+// order (local ranks ascending per node, rounded to the row type, then nodes ascending, starting from the
+// bias when one is given), so results are identical bit for bit on every run, whatever num_sms or timing.
+// Combine does NOT apply topk weights (as DeepEP): weight the expert outputs before combining them.
+//
+// Tuning (DeepEP's `config` argument): DispatchOptions::config / CombineOptions::config take a Config whose
+// num_sms (up to the Buffer's), rdma_chunk and nvl_chunk apply to that call; a Config can be loaded from a
+// file (Config::load, e.g. the one `ferry bench dispatch --sweep` writes):
+//
+//   ferry::Config tuned = ferry::Config::load("tuned.json");
+//   auto got = buffer.dispatch(inputs, layout, {.expert_alignment = 128, .config = tuned}).wait();
+//   auto combined = buffer.combine(y, got.handle, {.topk_weights = got.recv_topk_weights, .bias =
+//   shared_out})
+//                       .wait();          // combined.out [T, H]; combined.topk_weights [T, K]
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -40,7 +58,7 @@ struct DispatchRecord;
 // Completion of one operation.
 class Event {
  public:
-  Event();  // an event that has already completed
+  Event();            // an event that has already completed
   bool test() const;  // finished, successfully or not
   void wait() const;  // blocks until finished; rethrows the operation's error
 
@@ -82,7 +100,9 @@ class Handle {
   bool valid() const { return record_ != nullptr; }
   std::int64_t num_tokens() const;       // T of this rank's dispatch
   std::int64_t num_recv_tokens() const;  // tokens this rank received
-  std::int64_t recv_rows() const { return recv_rows_; }  // rows of the receive tensors (>= received in worst case)
+  std::int64_t recv_rows() const {
+    return recv_rows_;
+  }  // rows of the receive tensors (>= received in worst case)
   // Source rank and source token of every received row.
   std::span<const std::int32_t> recv_src_rank() const;
   std::span<const std::int32_t> recv_src_token() const;
@@ -95,30 +115,50 @@ class Handle {
 };
 
 struct DispatchInputs {
-  TensorView x;             // [T, H] bf16, fp32 or fp8_e4m3
-  TensorView x_scales;      // [T, ceil(H / 128)] fp32 when x is fp8_e4m3 (one scale per 128 values), else empty
-  TensorView topk_idx;      // [T, K] int64, -1 = no expert
+  TensorView x;         // [T, H] bf16, fp32 or fp8_e4m3
+  TensorView x_scales;  // [T, ceil(H / 128)] fp32 when x is fp8_e4m3 (one scale per 128 values), else empty
+  TensorView topk_idx;  // [T, K] int64, -1 = no expert
   TensorView topk_weights;  // [T, K] fp32
 };
 
 struct DispatchOptions {
   // > 0: size every output for this many rows at the call (worst case), so nothing waits on the host for the
-  // counts; rows past num_recv_tokens are zero with recv_topk_idx -1. Receiving more is an error.
+  // counts; rows past num_recv_tokens are zero with recv_topk_idx -1. Receiving more fails this dispatch
+  // (Errc::invalid_argument naming the counts); the Buffer stays usable.
   std::int64_t num_worst_tokens = 0;
+  // tokens_per_local_expert rounded up to a multiple of this (DeepEP's expert_alignment, e.g. for grouped
+  // GEMMs).
+  int expert_alignment = 1;
+  // Per-call settings: num_sms (even, <= the Buffer's), rdma_chunk, nvl_chunk; the fields that size the
+  // buffer must equal the Buffer's. A cached dispatch and a combine run with their dispatch's num_sms.
+  std::optional<Config> config;
 };
 
 struct DispatchResult {
-  Tensor recv_x;             // [M, H] x's dtype, rows ordered by (source rank, source token)
-  Tensor recv_x_scales;      // [M, ceil(H / 128)] fp32 when x is fp8_e4m3
-  Tensor recv_topk_idx;      // [M, K] int64 local expert ids, -1 where the expert lives elsewhere (not cached)
+  Tensor recv_x;         // [M, H] x's dtype, rows ordered by (source rank, source token)
+  Tensor recv_x_scales;  // [M, ceil(H / 128)] fp32 when x is fp8_e4m3
+  Tensor recv_topk_idx;  // [M, K] int64 local expert ids, -1 where the expert lives elsewhere (not cached)
   Tensor recv_topk_weights;  // [M, K] fp32, 0 where recv_topk_idx is -1 (not cached)
-  std::vector<std::int64_t> tokens_per_local_expert;  // [E / R] (not cached)
-  std::int64_t num_recv_tokens = 0;                   // valid rows (M unless worst-case sizing)
+  std::vector<std::int64_t>
+      tokens_per_local_expert;       // [E / R], each rounded up to expert_alignment (not cached)
+  std::int64_t num_recv_tokens = 0;  // valid rows (M unless worst-case sizing)
   Handle handle;
 };
 
+struct CombineOptions {
+  // [handle.recv_rows(), K] fp32, e.g. the dispatch's recv_topk_weights: summed back along the combine path
+  // into CombineResult::topk_weights, which gives every token its topk weights (each slot is non-zero on one
+  // rank).
+  TensorView topk_weights;
+  // [T, H] of y's dtype: added to every output row before it is rounded (DeepEP's bias).
+  TensorView bias;
+  // Per-call rdma_chunk and nvl_chunk (num_sms must be the dispatch's).
+  std::optional<Config> config;
+};
+
 struct CombineResult {
-  Tensor out;  // [T, H] y's dtype: the sum of the rows every receiving rank returned for each token
+  Tensor out;           // [T, H] y's dtype: the bias plus the sum of the rows every receiving rank returned
+  Tensor topk_weights;  // [T, K] fp32, when CombineOptions::topk_weights was given
 };
 
 // Messages and bytes each path carried (cumulative, updated as operations finish). fabric: crossed nodes
@@ -141,9 +181,9 @@ struct BufferTraffic {
   TrafficCounters notify;  // control messages before each (non-cached) dispatch
 };
 
-// All ranks of an N x L cluster inside one process, each rank's registered buffer in this address space; intra-
-// node peer memory is a pointer, an inter-node put a memcpy followed by a signal. One Buffer per rank; drive the
-// ranks from one thread (operations are asynchronous) or from several.
+// All ranks of an N x L cluster inside one process, each rank's registered buffer in this address space;
+// intra- node peer memory is a pointer, an inter-node put a memcpy followed by a signal. One Buffer per rank;
+// drive the ranks from one thread (operations are asynchronous) or from several.
 class LocalCluster {
  public:
   LocalCluster(int num_nodes, int local_size, const Config& config = {});
@@ -168,10 +208,10 @@ class LocalCluster {
 
 class Buffer {
  public:
-  // One rank of a multi-process job; collective over the group (every rank constructs its Buffer with the same
-  // config). The registered buffer lives in shared memory mapped by the node's ranks; ranks on other nodes are
-  // reached through a fabric (FERRY_FABRIC=ucx|verbs|auto) driven by a proxy thread. The group must outlive the
-  // Buffer; destruction is collective too (it waits for the other ranks before releasing memory).
+  // One rank of a multi-process job; collective over the group (every rank constructs its Buffer with the
+  // same config). The registered buffer lives in shared memory mapped by the node's ranks; ranks on other
+  // nodes are reached through a fabric (FERRY_FABRIC=ucx|verbs|auto) driven by a proxy thread. The group must
+  // outlive the Buffer; destruction is collective too (it waits for the other ranks before releasing memory).
   Buffer(Group& group, const Config& config = {});
   // One rank of an in-process cluster.
   Buffer(LocalCluster& cluster, int rank);
@@ -194,9 +234,11 @@ class Buffer {
   Pending<DispatchResult> dispatch(const DispatchInputs& inputs, const Layout& layout,
                                    const DispatchOptions& options = {});
   // Dispatch of new rows along the routing of an earlier dispatch (no counts exchanged, no topk travels).
-  Pending<DispatchResult> dispatch(const TensorView& x, const TensorView& x_scales, const Handle& handle);
+  Pending<DispatchResult> dispatch(const TensorView& x, const TensorView& x_scales, const Handle& handle,
+                                   const DispatchOptions& options = {});
   // y: [handle.recv_rows(), H] bf16 or fp32, row i the result for received row i.
-  Pending<CombineResult> combine(const TensorView& y, const Handle& handle);
+  Pending<CombineResult> combine(const TensorView& y, const Handle& handle,
+                                 const CombineOptions& options = {});
 
   BufferTraffic traffic() const;
 

@@ -1,6 +1,6 @@
 // Checks every role applies to a message header before trusting it: a message from another operation, another
-// shape or an impossible sender means the ranks disagree about what they are doing, and the operation must fail
-// loudly instead of producing a wrong answer.
+// shape or an impossible sender means the ranks disagree about what they are doing, and the operation must
+// fail loudly instead of producing a wrong answer.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +19,8 @@ FERRY_HD inline MessageHeader read_header(const std::byte* slot) {
   return header;
 }
 
-FERRY_HD inline Fault make_fault(FaultKind kind, RingKind ring, int peer, std::int64_t got, std::int64_t expected) {
+FERRY_HD inline Fault make_fault(FaultKind kind, RingKind ring, int peer, std::int64_t got,
+                                 std::int64_t expected) {
   Fault fault;
   fault.kind = kind;
   fault.ring = ring;
@@ -29,14 +30,23 @@ FERRY_HD inline Fault make_fault(FaultKind kind, RingKind ring, int peer, std::i
   return fault;
 }
 
-// Operation and shape of a message that arrived from `peer` on `ring`.
-FERRY_HD inline Fault check_header(const MessageHeader& header, const OpContext& ctx, RingKind ring, int peer) {
+// Operation, shape and sender of a message that arrived from `peer` on `ring` and must come from `source`.
+FERRY_HD inline Fault check_header(const MessageHeader& header, const OpContext& ctx, RingKind ring, int peer,
+                                   int source) {
   if (header.operation != ctx.operation) {
     return make_fault(FaultKind::wrong_operation, ring, peer, header.operation, ctx.operation);
   }
-  if (header.hidden != ctx.hidden) return make_fault(FaultKind::wrong_hidden, ring, peer, header.hidden, ctx.hidden);
+  if (header.hidden != ctx.hidden)
+    return make_fault(FaultKind::wrong_hidden, ring, peer, header.hidden, ctx.hidden);
   if (header.payload_kind != static_cast<std::uint8_t>(ctx.kind)) {
     return make_fault(FaultKind::wrong_payload, ring, peer, header.payload_kind, static_cast<int>(ctx.kind));
+  }
+  if (header.source_rank != source) {
+    return make_fault(FaultKind::wrong_source, ring, peer, header.source_rank, source);
+  }
+  if (header.fingerprint != ctx.fingerprint) {
+    return make_fault(FaultKind::wrong_settings, ring, peer, static_cast<std::int64_t>(header.fingerprint),
+                      static_cast<std::int64_t>(ctx.fingerprint));
   }
   return {};
 }
@@ -51,6 +61,7 @@ FERRY_HD inline MessageHeader make_header(const OpContext& ctx, int source_rank,
   header.operation = ctx.operation;
   header.payload_kind = static_cast<std::uint8_t>(ctx.kind);
   header.num_topk = static_cast<std::uint8_t>(num_topk);
+  header.fingerprint = ctx.fingerprint;
   return header;
 }
 

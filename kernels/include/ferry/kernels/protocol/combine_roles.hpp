@@ -1,18 +1,26 @@
 // The three roles of a combine, per channel: the dispatch path in reverse, with sums in a fixed order.
 //
-//   CombineSender     receiving rank (n, l): sends its result row of every token it received back into the
-//                     combine_nvl ring of the forwarder (n, l') that delivered it, l' = local rank of the source.
-//                     Per forwarder, rows go in (source node, source token) order.
-//   CombineForwarder  rank (n, l'): walks its relay records of the dispatch in the same order; for each token
-//                     it takes the row of every local rank in the token's bitmask, sums them in fp32 in ascending
-//                     local-rank order, rounds to the row type and sends one message into the combine_rdma ring
-//                     of the source rank (over the fabric unless the source is itself).
-//   CombineReceiver   source rank (n, l): for each token of the channel in order, sums the partial rows of every
-//                     node the token touched in fp32 in ascending node order and writes out[t]; a token that
-//                     touched no node gets zeros.
+//   CombineSender     receiving rank (n, l): returns its result row of every token it received to where the
+//   token
+//                     came from: into the combine_direct ring of the source when the source is on this node,
+//                     else into the combine_nvl ring of the forwarder (n, l') that delivered it, l' = the
+//                     source's local rank. Rows this rank would send to itself stay where they are and are
+//                     read in place.
+//   CombineForwarder  rank (n, l'): for each remote source node, walks its relay records of the dispatch in
+//                     order; for each token it takes the row of every local rank in the token's bitmask, sums
+//                     them in fp32 in ascending local-rank order, rounds to the row type and sends one
+//                     message into the combine_rdma ring of the source rank over the fabric.
+//   CombineReceiver   source rank (n, l): for each token of the channel in order, sums in fp32 the partial
+//   rows
+//                     of every node the token touched in ascending node order — its own node's partial being
+//                     the sum of the own-node rows in ascending local-rank order, rounded, exactly as a
+//                     forwarder makes it — starting from the bias when there is one, and writes out[t]; a
+//                     token that touched no node gets the bias, or zeros.
 // Rows are summed as given: combine does not apply topk weights (as DeepEP; weight the rows before combine).
+// When the caller passes the received rows' topk weights, they are summed along the same path (fp32), which
+// gives every token its weights back (each slot is non-zero on one rank only).
 // Because every ring is consumed in the order it is filled and every sum has a fixed order, the result is the
-// same bit for bit on every run.
+// same bit for bit on every run, whatever the channel count or the timing.
 #pragma once
 
 #include <cstdint>
@@ -28,51 +36,109 @@
 
 namespace ferry::kernels::protocol {
 
-template <class At, class Io>
+// The row (and weights) of one received token, wherever it is: in a message slot or in this rank's results.
+struct RowRef {
+  const std::byte* row = nullptr;
+  const std::byte* weights = nullptr;
+};
+
+FERRY_HD inline RowRef row_in_slot(const CombinePlan& plan, const std::byte* slot) {
+  return {slot + plan.format.payload, slot + plan.format.topk_weights};
+}
+
+FERRY_HD inline RowRef row_in_results(const CombinePlan& plan, std::int64_t row) {
+  const int K = plan.format.num_topk;
+  return {plan.y + row * plan.ctx.row_bytes(),
+          K > 0 ? reinterpret_cast<const std::byte*>(plan.y_weights + row * K) : nullptr};
+}
+
+// Sums rows (and weights) as numeric.hpp's ReduceRows describes.
+template <class Io>
+FERRY_HD inline void reduce_into(Io& io, const CombinePlan& plan, const RowRef* terms, int num_terms,
+                                 const RowRef* group, int group_size, int group_at, const std::byte* bias,
+                                 std::byte* out, std::byte* out_weights) {
+  const std::byte* term_rows[kMaxNodes];
+  const std::byte* group_rows[kMaxLocalRanks];
+  for (int t = 0; t < num_terms; ++t) term_rows[t] = terms[t].row;
+  for (int g = 0; g < group_size; ++g) group_rows[g] = group[g].row;
+  ReduceRows job;
+  job.kind = plan.ctx.kind;
+  job.hidden = plan.ctx.hidden;
+  job.terms = term_rows;
+  job.num_terms = num_terms;
+  job.group = group_rows;
+  job.group_size = group_size;
+  job.group_at = group_at;
+  job.bias = bias;
+  job.out = out;
+  io.reduce(job);
+  if (plan.format.num_topk == 0 || out_weights == nullptr) return;
+  for (int t = 0; t < num_terms; ++t) term_rows[t] = terms[t].weights;
+  for (int g = 0; g < group_size; ++g) group_rows[g] = group[g].weights;
+  job.kind = PayloadKind::fp32;
+  job.hidden = plan.format.num_topk;
+  job.bias = nullptr;
+  job.out = out_weights;
+  io.reduce(job);
+}
+
+template <class Io>
 class CombineSender {
  public:
-  // node_cursor: [L] source node being sent to each forwarder; row_cursor: [L] next row within that block.
-  FERRY_HD CombineSender(const CombinePlan& plan, int channel, std::int64_t* node_cursor, std::int64_t* row_cursor)
-      : plan_(&plan), channel_(channel), node_cursor_(node_cursor), row_cursor_(row_cursor) {
-    for (int l = 0; l < plan.ctx.topo.local_size; ++l) {
-      node_cursor_[l] = 0;
-      row_cursor_[l] = 0;
+  // Per source rank s: the ring its rows go back on (unused for this rank itself and for sources whose
+  // forwarder is this rank).
+  FERRY_HD static int num_items(const Topology& topo) { return topo.num_ranks(); }
+
+  FERRY_HD CombineSender(Io& io, const CombinePlan& plan, int channel, RoleSlice slice, RingState* rings)
+      : plan_(&plan), channel_(channel), slice_(slice), rings_(rings) {
+    for (int s = 0; s < num_items(plan.ctx.topo); ++s) {
+      if (!slice_.owns(s) || kept(s)) continue;
+      RingState state;
+      Producer<Io>::begin(io, ring_of(s), state);
+      io.commit(rings_ + s, state);
     }
   }
 
   FERRY_HD StepResult step(Io& io) {
-    const OpContext& ctx = plan_->ctx;
+    const CombinePlan& plan = *plan_;
+    const OpContext& ctx = plan.ctx;
     const Topology& topo = ctx.topo;
-    const std::size_t used = ctx.layout->combine_slot.used_bytes(ctx.kind, ctx.hidden);
+    const int items = num_items(topo);
     StepResult result;
     result.stage = Stage::combine_send;
     bool done = true;
-    for (int forwarder = 0; forwarder < topo.local_size; ++forwarder) {
-      advance(forwarder);
-      if (node_cursor_[forwarder] >= topo.num_nodes) continue;
-      Producer<At, Io> out(io, topo, ctx.layout->combine_nvl, channel_, ctx.rank,
-                           topo.rank_of(ctx.node(), forwarder), forwarder, ctx.local());
-      std::uint64_t budget = min_u64(out.credit(), static_cast<std::uint64_t>(ctx.nvl_chunk));
-      std::uint64_t tail = out.tail();
-      std::uint64_t written = 0;
-      while (written < budget && node_cursor_[forwarder] < topo.num_nodes) {
-        int source = topo.rank_of(static_cast<int>(node_cursor_[forwarder]), forwarder);
-        std::int64_t row = plan_->counts.recv_offset[source * topo.num_channels + channel_] + row_cursor_[forwarder];
-        std::byte* slot = out.slot(tail + written);
-        MessageHeader header = make_header(ctx, source, plan_->recv_src_token[row], 0, 0);
-        std::memcpy(slot, &header, sizeof(header));
-        std::memcpy(slot + ctx.layout->combine_slot.payload, plan_->y + row * ctx.row_bytes(), ctx.row_bytes());
-        ++written;
-        ++row_cursor_[forwarder];
-        advance(forwarder);
+    for (int n = 0; n < items; ++n) {
+      const int s = rotated(n, items, channel_);
+      if (!slice_.owns(s) || kept(s)) continue;
+      const std::int64_t block = s * topo.num_channels + channel_;
+      const std::int64_t expected = plan.counts.recv_count[block];
+      RingState state = rings_[s];
+      if (static_cast<std::int64_t>(state.count) >= expected) continue;
+      Producer<Io> out(io, topo, ctx.rank, ring_of(s), plan.format.stride, plan.format.used, state);
+      const std::uint64_t left = static_cast<std::uint64_t>(expected) - state.count;
+      const std::uint64_t budget =
+          min_u64(min_u64(out.credit(io), static_cast<std::uint64_t>(ctx.nvl_chunk)), left);
+      for (std::uint64_t w = 0; w < budget; ++w) {
+        const std::int64_t row = plan.counts.recv_offset[block] + static_cast<std::int64_t>(state.count + w);
+        std::byte* slot = out.slot(w);
+        const MessageHeader header = make_header(ctx, s, plan.recv_src_token[row], 0, plan.format.num_topk);
+        io.copy(slot, &header, sizeof(header));
+        const RowRef from = row_in_results(plan, row);
+        if (plan.format.num_topk > 0) {
+          io.copy(slot + plan.format.topk_weights, from.weights, sizeof(float) * plan.format.num_topk);
+        }
+        io.copy(slot + plan.format.payload, from.row, ctx.row_bytes());
       }
-      if (written > 0) {
-        out.publish(io, written, used);
+      if (budget > 0) {
+        out.publish(io, budget);
+        io.commit(rings_ + s, state);
         result.progressed = true;
       }
-      if (node_cursor_[forwarder] < topo.num_nodes) {
+      if (static_cast<std::int64_t>(state.count) < expected) {
         done = false;
-        if (written == 0 && result.wait.kind == WaitKind::none) result.wait = out.credit_wait(0, 0);
+        if (budget == 0 && result.wait.kind == WaitKind::none) {
+          result.wait = out.credit_wait(io, static_cast<std::int64_t>(state.count), expected);
+        }
       }
     }
     result.done = done;
@@ -80,233 +146,354 @@ class CombineSender {
   }
 
  private:
-  // Skips finished (source node, channel) blocks of the rows that came through `forwarder`.
-  FERRY_HD void advance(int forwarder) {
-    const Topology& topo = plan_->ctx.topo;
-    while (node_cursor_[forwarder] < topo.num_nodes) {
-      int source = topo.rank_of(static_cast<int>(node_cursor_[forwarder]), forwarder);
-      if (row_cursor_[forwarder] < plan_->counts.recv_count[source * topo.num_channels + channel_]) return;
-      ++node_cursor_[forwarder];
-      row_cursor_[forwarder] = 0;
+  // Rows for this rank itself, or for a source whose forwarder is this rank: read in place by the receiver or
+  // the forwarder role of this rank.
+  FERRY_HD bool kept(int s) const {
+    const OpContext& ctx = plan_->ctx;
+    return s == ctx.rank || (ctx.topo.node_of(s) != ctx.node() && ctx.topo.local_of(s) == ctx.local());
+  }
+
+  FERRY_HD RingRef ring_of(int s) const {
+    const OpContext& ctx = plan_->ctx;
+    const Topology& topo = ctx.topo;
+    if (topo.node_of(s) == ctx.node()) {
+      return RingRef{&ctx.family(RingKind::combine_direct), channel_, s, topo.local_of(s), ctx.local()};
     }
+    const int NR = topo.num_remote_nodes();
+    const int remote = remote_index(ctx.node(), topo.node_of(s));
+    return RingRef{&ctx.family(RingKind::combine_nvl), channel_, topo.rank_of(ctx.node(), topo.local_of(s)),
+                   topo.local_of(s) * NR + remote, ctx.local() * NR + remote};
   }
 
   const CombinePlan* plan_;
   int channel_;
-  std::int64_t* node_cursor_;
-  std::int64_t* row_cursor_;
+  RoleSlice slice_;
+  RingState* rings_;
 };
 
-template <class At, class Io>
+template <class Io>
 class CombineForwarder {
  public:
-  // cursor: [2] (source node, record within its block); peeked: [L] rows taken from each local rank's ring in
-  // this step and not yet returned as credit.
-  FERRY_HD CombineForwarder(const CombinePlan& plan, int channel, std::int64_t* cursor, std::uint64_t* peeked)
-      : plan_(&plan), channel_(channel), cursor_(cursor), peeked_(peeked) {
-    cursor_[0] = 0;
-    cursor_[1] = 0;
-    for (int l = 0; l < plan.ctx.topo.local_size; ++l) peeked_[l] = 0;
+  // Per remote source node: the fabric ring to the source and the rows of this rank's own results used so
+  // far; per (source node, local rank) the node ring that local rank fills here.
+  struct Item {
+    RingState out;
+    std::int64_t own_rows = 0;
+  };
+  FERRY_HD static int num_items(const Topology& topo) { return topo.num_remote_nodes(); }
+  FERRY_HD static int num_in_rings(const Topology& topo) { return topo.num_remote_nodes() * topo.local_size; }
+
+  FERRY_HD CombineForwarder(Io& io, const CombinePlan& plan, int channel, RoleSlice slice, Item* items,
+                            RingState* in_rings)
+      : plan_(&plan), channel_(channel), slice_(slice), items_(items), in_rings_(in_rings) {
+    const Topology& topo = plan.ctx.topo;
+    for (int i = 0; i < num_items(topo); ++i) {
+      if (!slice_.owns(i)) continue;
+      Item item;
+      Producer<Io>::begin(io, out_ring(i), item.out);
+      io.commit(items_ + i, item);
+      for (int local = 0; local < topo.local_size; ++local) {
+        if (local == plan.ctx.local()) continue;
+        RingState state;
+        Consumer<Io>::begin(io, in_ring(i, local), state);
+        io.commit(in_rings_ + i * topo.local_size + local, state);
+      }
+    }
   }
 
   FERRY_HD StepResult step(Io& io) {
-    const OpContext& ctx = plan_->ctx;
-    const Topology& topo = ctx.topo;
-    const int channels = topo.num_channels;
-    const std::size_t used = ctx.layout->combine_slot.used_bytes(ctx.kind, ctx.hidden);
+    const int items = num_items(plan_->ctx.topo);
     StepResult result;
     result.stage = Stage::combine_forward;
-    std::int64_t& node = cursor_[0];
-    std::int64_t& k = cursor_[1];
-    std::uint64_t pending = 0;
-    int processed = 0;
-    advance();
-    while (node < topo.num_nodes && processed < ctx.rdma_chunk) {
-      int source = topo.rank_of(static_cast<int>(node), ctx.local());
-      std::int64_t block = node * channels + channel_;
-      std::int64_t record = plan_->counts.fwd_offset[block] + k;
-      std::int32_t token = plan_->fwd_token[record];
-      std::uint32_t mask = plan_->fwd_mask[record];
-      Producer<At, Io> out(io, topo, ctx.layout->combine_rdma, channel_, ctx.rank, source, static_cast<int>(node),
-                           ctx.node());
-      const std::byte* rows[kMaxLocalRanks];
-      if (!gather_rows(io, mask, source, token, rows, result)) break;
-      if (out.credit() <= pending) {
-        result.wait = out.credit_wait(k, plan_->counts.fwd_count[block]);
-        break;
-      }
-      std::byte* slot = out.slot(out.tail() + pending);
-      MessageHeader header = make_header(ctx, source, token, mask, 0);
-      std::memcpy(slot, &header, sizeof(header));
-      sum_rows(rows, mask, slot + ctx.layout->combine_slot.payload);
-      for (int local = 0; local < topo.local_size; ++local) peeked_[local] += mask >> local & 1u;
-      ++pending;
-      ++processed;
-      ++k;
-      result.progressed = true;
-      if (k >= plan_->counts.fwd_count[block]) {
-        out.publish(io, pending, used);
-        pending = 0;
-        advance();
-      }
+    bool done = true;
+    for (int n = 0; n < items && !result.fault.any(); ++n) {
+      const int i = rotated(n, items, channel_);
+      if (!slice_.owns(i)) continue;
+      if (!forward(io, i, result)) done = false;
     }
-    if (pending > 0) {
-      Producer<At, Io>(io, topo, ctx.layout->combine_rdma, channel_, ctx.rank,
-                       topo.rank_of(static_cast<int>(node), ctx.local()), static_cast<int>(node), ctx.node())
-          .publish(io, pending, used);
-    }
-    for (int local = 0; local < topo.local_size; ++local) {
-      if (peeked_[local] == 0) continue;
-      nvl_consumer(io, local).release(io, peeked_[local]);
-      peeked_[local] = 0;
-    }
-    result.done = !result.fault.any() && node >= topo.num_nodes;
+    result.done = done && !result.fault.any();
     return result;
   }
 
  private:
-  FERRY_HD void advance() {
-    const Topology& topo = plan_->ctx.topo;
-    while (cursor_[0] < topo.num_nodes &&
-           cursor_[1] >= plan_->counts.fwd_count[cursor_[0] * topo.num_channels + channel_]) {
-      ++cursor_[0];
-      cursor_[1] = 0;
-    }
+  FERRY_HD RingRef out_ring(int i) const {
+    const OpContext& ctx = plan_->ctx;
+    const int node = remote_node(ctx.node(), i);
+    return RingRef{&ctx.family(RingKind::combine_rdma), channel_, ctx.topo.rail_partner(ctx.rank, node), i,
+                   remote_index(node, ctx.node())};
+  }
+  FERRY_HD RingRef in_ring(int i, int local) const {
+    const OpContext& ctx = plan_->ctx;
+    const int NR = ctx.topo.num_remote_nodes();
+    return RingRef{&ctx.family(RingKind::combine_nvl), channel_, ctx.topo.rank_of(ctx.node(), local),
+                   local * NR + i, ctx.local() * NR + i};
   }
 
-  FERRY_HD Consumer<At, Io> nvl_consumer(Io& io, int local) const {
-    const OpContext& ctx = plan_->ctx;
-    return Consumer<At, Io>(io, ctx.topo, ctx.layout->combine_nvl, channel_, ctx.rank,
-                            ctx.topo.rank_of(ctx.node(), local), local, ctx.local());
-  }
+  // Moves what it can for remote source node index i; returns whether that node's block is finished.
+  FERRY_HD bool forward(Io& io, int i, StepResult& result) {
+    const CombinePlan& plan = *plan_;
+    const OpContext& ctx = plan.ctx;
+    const Topology& topo = ctx.topo;
+    const int L = topo.local_size;
+    const int node = remote_node(ctx.node(), i);
+    const int source = topo.rail_partner(ctx.rank, node);
+    const std::int64_t block = node * topo.num_channels + channel_;
+    const std::int64_t expected = plan.counts.fwd_count[block];
+    Item item = items_[i];
+    if (static_cast<std::int64_t>(item.out.count) >= expected) return true;
 
-  // The row of (source, token) from every local rank in `mask`, or false when one has not arrived yet.
-  FERRY_HD bool gather_rows(Io& io, std::uint32_t mask, int source, std::int32_t token, const std::byte** rows,
-                            StepResult& result) const {
-    const OpContext& ctx = plan_->ctx;
-    for (int local = 0; local < ctx.topo.local_size; ++local) {
-      if (!(mask >> local & 1u)) continue;
-      Consumer<At, Io> in = nvl_consumer(io, local);
-      if (in.ready() <= peeked_[local]) {
-        result.wait = in.data_wait(0, 0);
-        return false;
+    // Fabric: whole chunks only (or all that is left).
+    Producer<Io> out(io, topo, ctx.rank, out_ring(i), plan.format.stride, plan.format.used, item.out);
+    const std::uint64_t chunk = static_cast<std::uint64_t>(ctx.rdma_chunk);
+    const std::uint64_t left = static_cast<std::uint64_t>(expected) - item.out.count;
+    const std::uint64_t budget = min_u64(out.credit(io), chunk);
+    if (budget < min_u64(chunk, left)) {
+      if (result.wait.kind == WaitKind::none) {
+        result.wait = out.credit_wait(io, static_cast<std::int64_t>(item.out.count), expected);
       }
-      const std::byte* slot = in.slot(in.head() + peeked_[local]);
-      MessageHeader header = read_header(slot);
-      result.fault = check_header(header, ctx, RingKind::combine_nvl, in.producer_rank);
-      if (!result.fault.any() && header.source_rank != source) {
-        result.fault = make_fault(FaultKind::wrong_source, RingKind::combine_nvl, in.producer_rank,
-                                  header.source_rank, source);
-      }
-      if (!result.fault.any() && header.source_token != token) {
-        result.fault = make_fault(FaultKind::wrong_token, RingKind::combine_nvl, in.producer_rank,
-                                  header.source_token, token);
-      }
-      if (result.fault.any()) return false;
-      rows[local] = slot + ctx.layout->combine_slot.payload;
+      return false;
     }
-    return true;
-  }
 
-  // Ascending local rank: the fixed order that makes combine deterministic.
-  FERRY_HD void sum_rows(const std::byte* const* rows, std::uint32_t mask, std::byte* out) const {
-    const OpContext& ctx = plan_->ctx;
-    const std::byte* selected[kMaxLocalRanks];
-    int count = 0;
-    for (int local = 0; local < ctx.topo.local_size; ++local) {
-      if (mask >> local & 1u) selected[count++] = rows[local];
+    RingState ins[kMaxLocalRanks];
+    std::uint64_t peeked[kMaxLocalRanks];
+    for (int local = 0; local < L; ++local) {
+      ins[local] = in_rings_[i * L + local];
+      peeked[local] = 0;
     }
-    protocol::sum_rows(ctx.kind, selected, count, ctx.hidden, out);
+    const std::int64_t own_first = plan.counts.recv_offset[source * topo.num_channels + channel_];
+    std::int64_t own_rows = item.own_rows;
+    std::uint64_t pending = 0;
+    while (pending < min_u64(budget, left)) {
+      const std::int64_t record =
+          plan.counts.fwd_offset[block] + static_cast<std::int64_t>(item.out.count + pending);
+      const std::int32_t token = plan.fwd_token[record];
+      const std::uint32_t mask = plan.fwd_mask[record];
+      RowRef rows[kMaxLocalRanks];
+      int count = 0;
+      bool ready = true;
+      for (int local = 0; local < L && ready; ++local) {
+        if (!(mask >> local & 1u)) continue;
+        if (local == ctx.local()) {
+          rows[count++] = row_in_results(plan, own_first + own_rows);
+          continue;
+        }
+        Consumer<Io> in(io, topo, ctx.rank, in_ring(i, local), plan.format.stride, ins[local]);
+        if (in.ready(io) <= peeked[local]) {
+          if (result.wait.kind == WaitKind::none) result.wait = in.data_wait(io, 0, 0);
+          ready = false;
+          break;
+        }
+        const std::byte* slot = in.slot(peeked[local]);
+        const MessageHeader header = read_header(slot);
+        result.fault = check_header(header, ctx, RingKind::combine_nvl, in.ref.peer_rank, source);
+        if (!result.fault.any() && header.source_token != token) {
+          result.fault = make_fault(FaultKind::wrong_token, RingKind::combine_nvl, in.ref.peer_rank,
+                                    header.source_token, token);
+        }
+        if (result.fault.any()) {
+          ready = false;
+          break;
+        }
+        rows[count++] = row_in_slot(plan, slot);
+      }
+      if (!ready) break;
+      std::byte* slot = out.slot(pending);
+      const MessageHeader header = make_header(ctx, source, token, mask, plan.format.num_topk);
+      io.copy(slot, &header, sizeof(header));
+      reduce_into(io, plan, rows, count, nullptr, 0, 0, nullptr, slot + plan.format.payload,
+                  slot + plan.format.topk_weights);
+      for (int local = 0; local < L; ++local) {
+        if (!(mask >> local & 1u)) continue;
+        if (local == ctx.local()) {
+          ++own_rows;
+          io.traffic().self.messages += 1;
+          io.traffic().self.bytes += plan.format.used;
+        } else {
+          ++peeked[local];
+        }
+      }
+      ++pending;
+    }
+    if (pending > 0) {
+      out.publish(io, pending);
+      result.progressed = true;
+    }
+    const bool finished = static_cast<std::int64_t>(item.out.count) >= expected;
+    for (int local = 0; local < L; ++local) {
+      if (local == ctx.local()) continue;
+      Consumer<Io> in(io, topo, ctx.rank, in_ring(i, local), plan.format.stride, ins[local]);
+      in.consume(peeked[local]);
+      in.release(io, min_u64(static_cast<std::uint64_t>(ctx.nvl_chunk), in.window.slots), finished);
+      if (peeked[local] > 0 || finished) io.commit(in_rings_ + i * L + local, ins[local]);
+    }
+    item.own_rows = own_rows;
+    io.commit(items_ + i, item);
+    return finished;
   }
 
   const CombinePlan* plan_;
   int channel_;
-  std::int64_t* cursor_;
-  std::uint64_t* peeked_;
+  RoleSlice slice_;
+  Item* items_;
+  RingState* in_rings_;
 };
 
-template <class At, class Io>
+template <class Io>
 class CombineReceiver {
  public:
-  // cursor: [1] next token of the channel; peeked: [N] partial rows taken from each node's ring in this step.
-  FERRY_HD CombineReceiver(const CombinePlan& plan, int channel, std::int64_t* cursor, std::uint64_t* peeked)
-      : plan_(&plan), channel_(channel), cursor_(cursor), peeked_(peeked) {
+  struct Cursor {
+    std::int64_t token = 0;     // next token of the channel
+    std::int64_t own_rows = 0;  // rows of this rank's own results used so far
+  };
+  // Rings: the direct rings of the local ranks (index = local rank), then the fabric rings of the remote
+  // nodes (index L + remote node index).
+  FERRY_HD static int num_rings(const Topology& topo) { return topo.local_size + topo.num_remote_nodes(); }
+
+  FERRY_HD CombineReceiver(Io& io, const CombinePlan& plan, int channel, Cursor* cursor, RingState* rings)
+      : plan_(&plan), channel_(channel), cursor_(cursor), rings_(rings) {
     range_ = channel_tokens(plan.num_tokens, plan.ctx.topo.num_channels, channel);
-    cursor_[0] = range_.begin;
-    for (int n = 0; n < plan.ctx.topo.num_nodes; ++n) peeked_[n] = 0;
+    Cursor start;
+    start.token = range_.begin;
+    io.commit(cursor_, start);
+    for (int i = 0; i < num_rings(plan.ctx.topo); ++i) {
+      if (i == plan.ctx.local()) continue;
+      RingState state;
+      Consumer<Io>::begin(io, ring_of(i), state);
+      io.commit(rings_ + i, state);
+    }
   }
 
   FERRY_HD StepResult step(Io& io) {
-    const OpContext& ctx = plan_->ctx;
+    const CombinePlan& plan = *plan_;
+    const OpContext& ctx = plan.ctx;
     const Topology& topo = ctx.topo;
+    const int L = topo.local_size;
+    const int rings = num_rings(topo);
     StepResult result;
     result.stage = Stage::combine_receive;
-    std::int64_t& token = cursor_[0];
+    Cursor cursor = *cursor_;
+    RingState states[kMaxLocalRanks + kMaxNodes];
+    std::uint64_t peeked[kMaxLocalRanks + kMaxNodes];
+    for (int i = 0; i < rings; ++i) {
+      states[i] = rings_[i];
+      peeked[i] = 0;
+    }
+    const std::int64_t own_first = plan.counts.recv_offset[ctx.rank * topo.num_channels + channel_];
     int processed = 0;
-    while (token < range_.end && processed < ctx.rdma_chunk) {
-      std::uint64_t nodes = node_mask_of(plan_->topk_idx + token * plan_->num_topk, plan_->num_topk, ctx.split, topo);
-      const std::byte* rows[kMaxNodes];
-      if (!gather_rows(io, nodes, token, rows, result)) break;
-      // Ascending node order: the fixed order that makes combine deterministic.
-      const std::byte* selected[kMaxNodes];
-      int count = 0;
-      for (int node = 0; node < topo.num_nodes; ++node) {
-        if (nodes >> node & 1u) selected[count++] = rows[node];
+    while (cursor.token < range_.end && processed < ctx.rdma_chunk) {
+      const std::int64_t token = cursor.token;
+      const std::uint8_t* in_rank = plan.in_rank + token * topo.num_ranks();
+      const std::uint32_t own_mask = local_mask_in(in_rank, ctx.node(), topo);
+      const std::uint64_t nodes = node_mask_in(in_rank, topo);
+      RowRef group[kMaxLocalRanks];
+      RowRef terms[kMaxNodes];
+      int used[kMaxLocalRanks + kMaxNodes];  // rings this token's rows come from
+      int group_size = 0;
+      int num_terms = 0;
+      int group_at = 0;
+      int num_used = 0;
+      bool ready = true;
+      for (int local = 0; local < L && ready; ++local) {
+        if (!(own_mask >> local & 1u)) continue;
+        if (local == ctx.local()) {
+          group[group_size++] = row_in_results(plan, own_first + cursor.own_rows);
+        } else {
+          ready = take(io, local, token, states, peeked, group[group_size++], result);
+          used[num_used++] = local;
+        }
       }
-      protocol::sum_rows(ctx.kind, selected, count, ctx.hidden, plan_->out + token * ctx.row_bytes());
-      for (int node = 0; node < topo.num_nodes; ++node) peeked_[node] += nodes >> node & 1u;
-      ++token;
+      for (int node = 0; node < topo.num_nodes && ready; ++node) {
+        if (!(nodes >> node & 1u) || node == ctx.node()) continue;
+        if (node < ctx.node()) ++group_at;
+        const int ring = L + remote_index(ctx.node(), node);
+        ready = take(io, ring, token, states, peeked, terms[num_terms++], result);
+        used[num_used++] = ring;
+      }
+      if (!ready) break;
+      const std::byte* bias = plan.bias != nullptr ? plan.bias + token * ctx.row_bytes() : nullptr;
+      std::byte* out_weights =
+          plan.out_weights != nullptr
+              ? reinterpret_cast<std::byte*>(plan.out_weights + token * plan.format.num_topk)
+              : nullptr;
+      reduce_into(io, plan, terms, num_terms, group, group_size, group_at, bias,
+                  plan.out + token * ctx.row_bytes(), out_weights);
+      if (own_mask >> ctx.local() & 1u) {
+        ++cursor.own_rows;
+        io.traffic().self.messages += 1;
+        io.traffic().self.bytes += plan.format.used;
+      }
+      for (int u = 0; u < num_used; ++u) ++peeked[used[u]];
+      ++cursor.token;
       ++processed;
       result.progressed = true;
     }
-    for (int node = 0; node < topo.num_nodes; ++node) {
-      if (peeked_[node] == 0) continue;
-      rdma_consumer(io, node).release(io, peeked_[node]);
-      peeked_[node] = 0;
+    for (int i = 0; i < rings; ++i) {
+      if (i == ctx.local()) continue;
+      Consumer<Io> in(io, topo, ctx.rank, ring_of(i), plan.format.stride, states[i]);
+      in.consume(peeked[i]);
+      const bool last = static_cast<std::int64_t>(states[i].count) >= expected_on(i);
+      const std::uint64_t batch =
+          i < L ? min_u64(static_cast<std::uint64_t>(ctx.nvl_chunk), in.window.slots)
+                : credit_batch(in.window.slots, static_cast<std::uint64_t>(ctx.rdma_chunk));
+      in.release(io, batch, last);
+      if (peeked[i] > 0 || states[i].returned != rings_[i].returned) io.commit(rings_ + i, states[i]);
     }
-    result.done = !result.fault.any() && token >= range_.end;
+    io.commit(cursor_, cursor);
+    result.done = !result.fault.any() && cursor.token >= range_.end;
     return result;
   }
 
  private:
-  FERRY_HD Consumer<At, Io> rdma_consumer(Io& io, int node) const {
+  FERRY_HD RingRef ring_of(int i) const {
     const OpContext& ctx = plan_->ctx;
-    return Consumer<At, Io>(io, ctx.topo, ctx.layout->combine_rdma, channel_, ctx.rank,
-                            ctx.topo.rank_of(node, ctx.local()), node, ctx.node());
+    const int L = ctx.topo.local_size;
+    if (i < L) {
+      return RingRef{&ctx.family(RingKind::combine_direct), channel_, ctx.topo.rank_of(ctx.node(), i), i,
+                     ctx.local()};
+    }
+    const int node = remote_node(ctx.node(), i - L);
+    return RingRef{&ctx.family(RingKind::combine_rdma), channel_, ctx.topo.rail_partner(ctx.rank, node),
+                   i - L, remote_index(node, ctx.node())};
   }
 
-  FERRY_HD bool gather_rows(Io& io, std::uint64_t nodes, std::int64_t token, const std::byte** rows,
-                            StepResult& result) const {
+  // Messages this operation takes from ring i: this rank's tokens that went to local rank i, or to node i.
+  FERRY_HD std::int64_t expected_on(int i) const {
     const OpContext& ctx = plan_->ctx;
-    for (int node = 0; node < ctx.topo.num_nodes; ++node) {
-      if (!(nodes >> node & 1u)) continue;
-      Consumer<At, Io> in = rdma_consumer(io, node);
-      if (in.ready() <= peeked_[node]) {
-        result.wait = in.data_wait(token - range_.begin, range_.size());
-        return false;
+    const int L = ctx.topo.local_size;
+    const int channels = ctx.topo.num_channels;
+    if (i < L) return plan_->counts.send_to_rank[ctx.topo.rank_of(ctx.node(), i) * channels + channel_];
+    return plan_->counts.send_to_node[remote_node(ctx.node(), i - L) * channels + channel_];
+  }
+
+  // The next unread message of ring i, which must be token's row; false when it has not arrived (or is
+  // wrong).
+  FERRY_HD bool take(Io& io, int i, std::int64_t token, RingState* states, const std::uint64_t* peeked,
+                     RowRef& ref, StepResult& result) {
+    const OpContext& ctx = plan_->ctx;
+    Consumer<Io> in(io, ctx.topo, ctx.rank, ring_of(i), plan_->format.stride, states[i]);
+    if (in.ready(io) <= peeked[i]) {
+      if (result.wait.kind == WaitKind::none) {
+        result.wait = in.data_wait(io, token - range_.begin, range_.size());
       }
-      const std::byte* slot = in.slot(in.head() + peeked_[node]);
-      MessageHeader header = read_header(slot);
-      result.fault = check_header(header, ctx, RingKind::combine_rdma, in.producer_rank);
-      if (!result.fault.any() && header.source_rank != ctx.rank) {
-        result.fault = make_fault(FaultKind::wrong_source, RingKind::combine_rdma, in.producer_rank,
-                                  header.source_rank, ctx.rank);
-      }
-      if (!result.fault.any() && header.source_token != token) {
-        result.fault = make_fault(FaultKind::wrong_token, RingKind::combine_rdma, in.producer_rank,
-                                  header.source_token, token);
-      }
-      if (result.fault.any()) return false;
-      rows[node] = slot + ctx.layout->combine_slot.payload;
+      return false;
     }
+    const std::byte* slot = in.slot(peeked[i]);
+    const MessageHeader header = read_header(slot);
+    result.fault = check_header(header, ctx, in.ref.family->kind, in.ref.peer_rank, ctx.rank);
+    if (!result.fault.any() && header.source_token != token) {
+      result.fault = make_fault(FaultKind::wrong_token, in.ref.family->kind, in.ref.peer_rank,
+                                header.source_token, token);
+    }
+    if (result.fault.any()) return false;
+    ref = row_in_slot(*plan_, slot);
     return true;
   }
 
   const CombinePlan* plan_;
   int channel_;
   TokenRange range_;
-  std::int64_t* cursor_;
-  std::uint64_t* peeked_;
+  Cursor* cursor_;
+  RingState* rings_;
 };
 
 }  // namespace ferry::kernels::protocol

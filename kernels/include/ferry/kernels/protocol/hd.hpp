@@ -1,8 +1,8 @@
 // Host/device portability for the protocol headers.
 //
 // Everything under ferry/kernels/protocol/ is compiled twice: by the host compiler for the CPU backend and by
-// nvcc for the CUDA kernels. Functions are marked FERRY_HD (__host__ __device__ under nvcc, nothing otherwise)
-// and use only what both sides have: fixed-width integers, memcpy, and the small helpers below.
+// nvcc for the CUDA kernels. Functions are marked FERRY_HD (__host__ __device__ under nvcc, nothing
+// otherwise) and use only what both sides have: fixed-width integers, memcpy, and the small helpers below.
 #pragma once
 
 #include <cstddef>
@@ -41,7 +41,9 @@ FERRY_HD constexpr std::size_t align_up(std::size_t value, std::size_t alignment
   return (value + alignment - 1) / alignment * alignment;
 }
 
-FERRY_HD constexpr bool is_power_of_two(std::uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
+FERRY_HD constexpr bool is_power_of_two(std::uint64_t value) {
+  return value != 0 && (value & (value - 1)) == 0;
+}
 
 FERRY_HD inline int popcount32(std::uint32_t value) {
 #if defined(__CUDA_ARCH__)

@@ -2,12 +2,14 @@
 // its channels it will receive, and how many touch its node (what a rail partner relays). The receivers turn
 // these counts into the prefix sums that place every token (plan.hpp), so the only host wait of a dispatch is
 // here. Notify rides its own small rings with the same credit rules as the data path, so consecutive
-// operations need no barrier.
+// operations need no barrier. Every notify message carries the operation's parameters and the fingerprint of
+// the settings all ranks must share, so ranks that disagree fail here, by name, before any token moves.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "ferry/kernels/protocol/checks.hpp"
 #include "ferry/kernels/protocol/endpoints.hpp"
 #include "ferry/kernels/protocol/hd.hpp"
 #include "ferry/kernels/protocol/message.hpp"
@@ -22,33 +24,44 @@ struct NotifyPlan {
   const std::int64_t* send_to_rank = nullptr;  // [R * C] this rank's tokens of channel c that rank r receives
   const std::int64_t* send_to_node = nullptr;  // [N * C] this rank's tokens of channel c that touch node n
   std::int64_t* recv_count = nullptr;          // [R * C] out: tokens this rank receives from (s, c)
-  std::int64_t* fwd_count = nullptr;           // [N * C] out: tokens this rank relays from its partner on node n
+  std::int64_t* fwd_count = nullptr;  // [N * C] out: tokens this rank relays from its partner on node n
 };
 
-template <class At, class Io>
+FERRY_HD inline RingRef notify_ring(const OpContext& ctx, int peer) {
+  return RingRef{&ctx.family(RingKind::notify), 0, peer, peer, ctx.rank};
+}
+
+template <class Io>
 class NotifySender {
  public:
-  // sent: [R] flags.
-  FERRY_HD NotifySender(const NotifyPlan& plan, std::uint8_t* sent) : plan_(&plan), sent_(sent) {
-    for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) sent_[r] = 0;
+  // states: [R] ring states; sent: [R] flags.
+  FERRY_HD NotifySender(Io& io, const NotifyPlan& plan, RingState* states, std::uint8_t* sent)
+      : plan_(&plan), states_(states), sent_(sent) {
+    for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) {
+      sent_[r] = 0;
+      Producer<Io>::begin(io, notify_ring(plan.ctx, r), states_[r]);
+    }
   }
 
   FERRY_HD StepResult step(Io& io) {
     const OpContext& ctx = plan_->ctx;
     const Topology& topo = ctx.topo;
-    const NotifySlotFormat& format = ctx.layout->notify_slot;
+    const NotifyFormat& format = ctx.layout->notify_format;
     StepResult result;
     result.stage = Stage::notify_send;
     bool done = true;
-    for (int target = 0; target < topo.num_ranks(); ++target) {
+    const int ranks = topo.num_ranks();
+    for (int i = 0; i < ranks; ++i) {
+      const int target = rotated(i, ranks, ctx.rank);  // not every rank to rank 0 first
       if (sent_[target]) continue;
-      Producer<At, Io> out(io, topo, ctx.layout->notify, 0, ctx.rank, target, target, ctx.rank);
-      if (out.credit() == 0) {
+      Producer<Io> out(io, topo, ctx.rank, notify_ring(ctx, target), format.stride, format.used,
+                       states_[target]);
+      if (out.credit(io) == 0) {
         done = false;
-        if (result.wait.kind == WaitKind::none) result.wait = out.credit_wait(0, 1);
+        if (result.wait.kind == WaitKind::none) result.wait = out.credit_wait(io, 0, 1);
         continue;
       }
-      std::byte* slot = out.slot(out.tail());
+      std::byte* slot = out.slot(0);
       NotifyHeader header{};
       header.operation = ctx.operation;
       header.source_rank = ctx.rank;
@@ -56,12 +69,15 @@ class NotifySender {
       header.num_topk = plan_->num_topk;
       header.num_experts = ctx.split.num_experts;
       header.payload_kind = static_cast<std::uint8_t>(ctx.kind);
-      std::memcpy(slot, &header, sizeof(header));
+      header.num_channels = topo.num_channels;
+      header.fingerprint = ctx.fingerprint;
+      io.copy(slot, &header, sizeof(header));
       const int channels = topo.num_channels;
-      std::memcpy(slot + format.to_rank, plan_->send_to_rank + target * channels, sizeof(std::int64_t) * channels);
-      std::memcpy(slot + format.to_node, plan_->send_to_node + topo.node_of(target) * channels,
-                  sizeof(std::int64_t) * channels);
-      out.publish(io, 1, format.used_bytes());
+      io.copy(slot + format.to_rank, plan_->send_to_rank + target * channels,
+              sizeof(std::int64_t) * channels);
+      io.copy(slot + format.to_node, plan_->send_to_node + topo.node_of(target) * channels,
+              sizeof(std::int64_t) * channels);
+      out.publish(io, 1);
       sent_[target] = 1;
       result.progressed = true;
     }
@@ -71,44 +87,50 @@ class NotifySender {
 
  private:
   const NotifyPlan* plan_;
+  RingState* states_;
   std::uint8_t* sent_;
 };
 
-template <class At, class Io>
+template <class Io>
 class NotifyReceiver {
  public:
-  // received: [R] flags.
-  FERRY_HD NotifyReceiver(const NotifyPlan& plan, std::uint8_t* received) : plan_(&plan), received_(received) {
-    for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) received_[r] = 0;
+  // states: [R] ring states; received: [R] flags.
+  FERRY_HD NotifyReceiver(Io& io, const NotifyPlan& plan, RingState* states, std::uint8_t* received)
+      : plan_(&plan), states_(states), received_(received) {
+    for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) {
+      received_[r] = 0;
+      Consumer<Io>::begin(io, notify_ring(plan.ctx, r), states_[r]);
+    }
   }
 
   FERRY_HD StepResult step(Io& io) {
     const OpContext& ctx = plan_->ctx;
     const Topology& topo = ctx.topo;
-    const NotifySlotFormat& format = ctx.layout->notify_slot;
+    const NotifyFormat& format = ctx.layout->notify_format;
     const int channels = topo.num_channels;
     StepResult result;
     result.stage = Stage::notify_receive;
     bool done = true;
     for (int source = 0; source < topo.num_ranks() && !result.fault.any(); ++source) {
       if (received_[source]) continue;
-      Consumer<At, Io> in(io, topo, ctx.layout->notify, 0, ctx.rank, source, source, ctx.rank);
-      if (in.ready() == 0) {
+      Consumer<Io> in(io, topo, ctx.rank, notify_ring(ctx, source), format.stride, states_[source]);
+      if (in.ready(io) == 0) {
         done = false;
-        if (result.wait.kind == WaitKind::none) result.wait = in.data_wait(0, 1);
+        if (result.wait.kind == WaitKind::none) result.wait = in.data_wait(io, 0, 1);
         continue;
       }
-      const std::byte* slot = in.slot(in.head());
+      const std::byte* slot = in.slot(0);
       NotifyHeader header;
       std::memcpy(&header, slot, sizeof(header));
       result.fault = check(header, source);
       if (result.fault.any()) break;
-      std::memcpy(plan_->recv_count + source * channels, slot + format.to_rank, sizeof(std::int64_t) * channels);
-      if (topo.local_of(source) == ctx.local()) {
-        std::memcpy(plan_->fwd_count + topo.node_of(source) * channels, slot + format.to_node,
-                    sizeof(std::int64_t) * channels);
+      io.copy(plan_->recv_count + source * channels, slot + format.to_rank, sizeof(std::int64_t) * channels);
+      if (topo.local_of(source) == ctx.local() && topo.node_of(source) != ctx.node()) {
+        io.copy(plan_->fwd_count + topo.node_of(source) * channels, slot + format.to_node,
+                sizeof(std::int64_t) * channels);
       }
-      in.release(io, 1);
+      in.consume(1);
+      in.release(io, 1, true);
       received_[source] = 1;
       result.progressed = true;
     }
@@ -126,9 +148,11 @@ class NotifyReceiver {
     if (header.source_rank != source) {
       return make_fault(FaultKind::wrong_source, ring, source, header.source_rank, source);
     }
-    if (header.hidden != ctx.hidden) return make_fault(FaultKind::wrong_hidden, ring, source, header.hidden, ctx.hidden);
+    if (header.hidden != ctx.hidden)
+      return make_fault(FaultKind::wrong_hidden, ring, source, header.hidden, ctx.hidden);
     if (header.payload_kind != static_cast<std::uint8_t>(ctx.kind)) {
-      return make_fault(FaultKind::wrong_payload, ring, source, header.payload_kind, static_cast<int>(ctx.kind));
+      return make_fault(FaultKind::wrong_payload, ring, source, header.payload_kind,
+                        static_cast<int>(ctx.kind));
     }
     if (header.num_topk != plan_->num_topk) {
       return make_fault(FaultKind::wrong_topk, ring, source, header.num_topk, plan_->num_topk);
@@ -136,10 +160,19 @@ class NotifyReceiver {
     if (header.num_experts != ctx.split.num_experts) {
       return make_fault(FaultKind::wrong_experts, ring, source, header.num_experts, ctx.split.num_experts);
     }
+    if (header.num_channels != ctx.topo.num_channels) {
+      return make_fault(FaultKind::wrong_channels, ring, source, header.num_channels, ctx.topo.num_channels);
+    }
+    if (header.fingerprint != ctx.fingerprint) {
+      return make_fault(FaultKind::wrong_settings, ring, source,
+                        static_cast<std::int64_t>(header.fingerprint),
+                        static_cast<std::int64_t>(ctx.fingerprint));
+    }
     return {};
   }
 
   const NotifyPlan* plan_;
+  RingState* states_;
   std::uint8_t* received_;
 };
 

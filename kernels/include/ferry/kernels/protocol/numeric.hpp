@@ -1,8 +1,8 @@
 // Element types a message can carry, and exact conversions between them and fp32.
 //
-// bf16 and fp8 e4m3 (the "fn" variant: no infinities, one NaN pattern per sign, largest finite 448) are stored
-// as raw bits so host and device agree to the bit. float -> narrow conversions round to nearest, ties to even;
-// e4m3 saturates to +-448 (CUDA's __NV_SATFINITE) instead of producing NaN for large values.
+// bf16 and fp8 e4m3 (the "fn" variant: no infinities, one NaN pattern per sign, largest finite 448) are
+// stored as raw bits so host and device agree to the bit. float -> narrow conversions round to nearest, ties
+// to even; e4m3 saturates to +-448 (CUDA's __NV_SATFINITE) instead of producing NaN for large values.
 #pragma once
 
 #include <cstddef>
@@ -25,12 +25,15 @@ FERRY_HD constexpr std::int64_t scale_blocks(std::int64_t hidden) {
   return (hidden + kFp8BlockSize - 1) / kFp8BlockSize;
 }
 
-FERRY_HD inline float bf16_to_float(std::uint16_t bits) { return bits_to_float(std::uint32_t{bits} << 16); }
+FERRY_HD inline float bf16_to_float(std::uint16_t bits) {
+  return bits_to_float(std::uint32_t{bits} << 16);
+}
 
 FERRY_HD inline std::uint16_t float_to_bf16(float value) {
   std::uint32_t bits = float_bits(value);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);  // quiet NaN
-  std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);  // ties to even
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);  // quiet NaN
+  std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);       // ties to even
   return static_cast<std::uint16_t>((bits + rounding) >> 16);
 }
 
@@ -52,8 +55,8 @@ FERRY_HD inline std::uint8_t float_to_e4m3(float value) {
   std::uint32_t bits = float_bits(value);
   auto sign = static_cast<std::uint8_t>((bits >> 24) & 0x80u);
   std::uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return sign | 0x7f;              // NaN
-  if (magnitude >= kMaxFiniteBits) return sign | kMaxFinite;     // saturate, infinities included
+  if (magnitude > 0x7f800000u) return sign | 0x7f;            // NaN
+  if (magnitude >= kMaxFiniteBits) return sign | kMaxFinite;  // saturate, infinities included
   int exponent = static_cast<int>(magnitude >> 23) - 127;
   if (exponent >= -6) {  // normal in e4m3: keep 3 of 23 mantissa bits
     std::uint32_t mantissa = magnitude & 0x7fffffu;
@@ -87,34 +90,68 @@ FERRY_HD inline void store_element(PayloadKind kind, void* row, std::int64_t i, 
   }
 }
 
-// out[i] = 0 + rows[0][i] + rows[1][i] + ... in fp32, in exactly this order, rounded once to the row type
-// (bf16 or fp32); count == 0 writes zeros. The sum is taken block by block over the row with the element type
-// fixed per pass, so the host compiler vectorizes it; per element the additions are the same as a plain loop's,
-// so the result is the same bit for bit.
+// One reduction of combine, element by element in fp32 and in exactly this order, rounded once to `kind`:
+//   acc = bias[i] (or 0); then for each term in order: acc += term[i], where the optional group, summed first
+//   (0 + group[0][i] + group[1][i] + ...) and rounded to `kind`, stands at position group_at among the terms;
+//   out[i] = acc rounded to `kind`.
+// The forwarder sums its local ranks' rows (terms only); the source sums the partial rows of the nodes in
+// node order, its own node's rows being the group (summed and rounded as a forwarder would have, so a token's
+// result does not depend on which of its nodes is the source's own). Weights use the same reduction with kind
+// fp32.
+struct ReduceRows {
+  PayloadKind kind = PayloadKind::bf16;  // of every row, the bias and the output (bf16 or fp32)
+  std::int64_t hidden = 0;               // elements per row
+  const std::byte* const* terms = nullptr;
+  int num_terms = 0;
+  const std::byte* const* group = nullptr;
+  int group_size = 0;  // 0: no group
+  int group_at = 0;    // 0 .. num_terms
+  const std::byte* bias = nullptr;
+  std::byte* out = nullptr;
+};
+
+// The reduction on one thread, a block of elements at a time with the element type fixed per pass so the host
+// compiler vectorizes it; per element the additions are those of a plain loop, so the bits are the same.
 template <typename Row, typename Load, typename Store>
-FERRY_HD inline void sum_rows_as(const std::byte* const* rows, int count, std::int64_t hidden, std::byte* out,
-                                 Load load, Store store) {
+FERRY_HD inline void reduce_rows_as(const ReduceRows& job, Load load, Store store) {
   constexpr std::int64_t kBlock = 256;
-  float sum[kBlock];
-  for (std::int64_t begin = 0; begin < hidden; begin += kBlock) {
-    const std::int64_t n = hidden - begin < kBlock ? hidden - begin : kBlock;
-    for (std::int64_t i = 0; i < n; ++i) sum[i] = 0.0f;
-    for (int r = 0; r < count; ++r) {
-      const Row* row = reinterpret_cast<const Row*>(rows[r]) + begin;
-      for (std::int64_t i = 0; i < n; ++i) sum[i] += load(row[i]);
+  float acc[kBlock];
+  float part[kBlock];
+  const int terms = job.num_terms + (job.group_size > 0 ? 1 : 0);
+  for (std::int64_t begin = 0; begin < job.hidden; begin += kBlock) {
+    const std::int64_t n = job.hidden - begin < kBlock ? job.hidden - begin : kBlock;
+    if (job.bias != nullptr) {
+      const Row* bias = reinterpret_cast<const Row*>(job.bias) + begin;
+      for (std::int64_t i = 0; i < n; ++i) acc[i] = load(bias[i]);
+    } else {
+      for (std::int64_t i = 0; i < n; ++i) acc[i] = 0.0f;
     }
-    Row* target = reinterpret_cast<Row*>(out) + begin;
-    for (std::int64_t i = 0; i < n; ++i) target[i] = store(sum[i]);
+    int next_term = 0;
+    for (int t = 0; t < terms; ++t) {
+      if (job.group_size > 0 && t == job.group_at) {
+        for (std::int64_t i = 0; i < n; ++i) part[i] = 0.0f;
+        for (int g = 0; g < job.group_size; ++g) {
+          const Row* row = reinterpret_cast<const Row*>(job.group[g]) + begin;
+          for (std::int64_t i = 0; i < n; ++i) part[i] += load(row[i]);
+        }
+        for (std::int64_t i = 0; i < n; ++i) acc[i] += load(store(part[i]));
+        continue;
+      }
+      const Row* row = reinterpret_cast<const Row*>(job.terms[next_term++]) + begin;
+      for (std::int64_t i = 0; i < n; ++i) acc[i] += load(row[i]);
+    }
+    Row* target = reinterpret_cast<Row*>(job.out) + begin;
+    for (std::int64_t i = 0; i < n; ++i) target[i] = store(acc[i]);
   }
 }
 
-FERRY_HD inline void sum_rows(PayloadKind kind, const std::byte* const* rows, int count, std::int64_t hidden,
-                              std::byte* out) {
-  if (kind == PayloadKind::fp32) {
-    sum_rows_as<float>(rows, count, hidden, out, [](float v) { return v; }, [](float v) { return v; });
+FERRY_HD inline void reduce_rows(const ReduceRows& job) {
+  if (job.kind == PayloadKind::fp32) {
+    reduce_rows_as<float>(
+        job, [](float v) { return v; }, [](float v) { return v; });
   } else {
-    sum_rows_as<std::uint16_t>(rows, count, hidden, out, [](std::uint16_t v) { return bf16_to_float(v); },
-                               [](float v) { return float_to_bf16(v); });
+    reduce_rows_as<std::uint16_t>(
+        job, [](std::uint16_t v) { return bf16_to_float(v); }, [](float v) { return float_to_bf16(v); });
   }
 }
 

@@ -1,10 +1,11 @@
 // Per-token routing facts, computed from one row of topk_idx (K expert ids, -1 = empty slot).
 //
 // Experts are split evenly over ranks: rank r owns experts [r * E/R, (r+1) * E/R). From a row we derive the
-// nodes the token touches (a 64-bit mask), and for one node the local ranks there that hold one of its experts
-// (a 32-bit mask): the bitmask a dispatch message carries so the forwarder knows whom to copy it to.
+// nodes the token touches (a 64-bit mask), and for one node the local ranks there that hold one of its
+// experts (a 32-bit mask): the bitmask a dispatch message carries so the forwarder knows whom to copy it to.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "ferry/kernels/protocol/hd.hpp"
@@ -59,6 +60,30 @@ FERRY_HD inline std::uint32_t local_mask_on_node(const std::int64_t* row, int nu
     if (topo.node_of(rank) == node) mask |= 1u << topo.local_of(rank);
   }
   return mask;
+}
+
+// From a layout row is_token_in_rank[t][0..R): the local ranks of `node` the token goes to, and its nodes.
+// The executors route by the layout (copied when the operation is issued), never by expert ids the caller may
+// still change: the ids only travel as data, and are checked against the layout before they do.
+FERRY_HD inline std::uint32_t local_mask_in(const std::uint8_t* in_rank, int node, const Topology& topo) {
+  std::uint32_t mask = 0;
+  const std::uint8_t* row = in_rank + static_cast<std::size_t>(node) * topo.local_size;
+  for (int l = 0; l < topo.local_size; ++l) mask |= (row[l] != 0 ? 1u : 0u) << l;
+  return mask;
+}
+
+FERRY_HD inline std::uint64_t node_mask_in(const std::uint8_t* in_rank, const Topology& topo) {
+  std::uint64_t mask = 0;
+  for (int node = 0; node < topo.num_nodes; ++node) {
+    if (local_mask_in(in_rank, node, topo) != 0) mask |= std::uint64_t{1} << node;
+  }
+  return mask;
+}
+
+// Whether `expert` is a valid id owned by a rank of `node` (an invalid id is on no node).
+FERRY_HD inline bool expert_on_node(std::int64_t expert, int node, const ExpertSplit& split,
+                                    const Topology& topo) {
+  return split.valid(expert) && topo.node_of(split.rank_of(expert)) == node;
 }
 
 // The row's node mask without validation (for rows already checked by the layout).

@@ -1,8 +1,8 @@
 // Ranks, nodes and channels (DESIGN.md "Ranks, nodes, channels").
 //
-// A world of R = N nodes x L local ranks, rank = node * L + local. The rail partner of rank (n, l) on node n' is
-// (n', l): tokens cross the fabric only between rail partners. A channel is one contiguous slice of the source
-// tokens; every role works channel by channel, so channels never share a ring.
+// A world of R = N nodes x L local ranks, rank = node * L + local. The rail partner of rank (n, l) on node n'
+// is (n', l): tokens cross the fabric only between rail partners. A channel is one contiguous slice of the
+// source tokens; every role works channel by channel, so channels never share a ring.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,8 @@
 
 namespace ferry::kernels::protocol {
 
-// Masks of nodes are 64-bit and masks of local ranks 32-bit, which bounds the world this protocol can address.
+// Masks of nodes are 64-bit and masks of local ranks 32-bit, which bounds the world this protocol can
+// address.
 inline constexpr int kMaxNodes = 64;
 inline constexpr int kMaxLocalRanks = 32;
 
@@ -25,7 +26,17 @@ struct Topology {
   FERRY_HD int local_of(int rank) const { return rank % local_size; }
   FERRY_HD int rank_of(int node, int local) const { return node * local_size + local; }
   FERRY_HD int rail_partner(int rank, int node) const { return rank_of(node, local_of(rank)); }
+  FERRY_HD int num_remote_nodes() const { return num_nodes - 1; }
 };
+
+// Seen from one node, the other nodes are numbered 0 .. N-2 in node order, skipping itself: rings that only
+// ever join different nodes are indexed this way, so no ring is reserved for a node talking to itself.
+FERRY_HD inline int remote_index(int own_node, int other_node) {
+  return other_node < own_node ? other_node : other_node - 1;
+}
+FERRY_HD inline int remote_node(int own_node, int index) {
+  return index < own_node ? index : index + 1;
+}
 
 // Tokens [begin, end) of one channel: ceil(T / C) per channel, the last ones possibly short or empty.
 struct TokenRange {

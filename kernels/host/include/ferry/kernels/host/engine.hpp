@@ -1,10 +1,12 @@
 // The host executor of the dispatch/combine protocol for one rank.
 //
-// Channels are C = num_sms / 2 slices of the tokens. The engine runs them on W workers (the calling thread plus
-// W - 1 helper threads, W capped by the cores): worker w owns channels w, w + W, ... and steps every role of
-// each of its channels round-robin, so no worker ever waits for another worker of the same rank and a 2-core
-// machine cannot deadlock. A worker that makes no progress backs off; a channel that makes no progress for the
-// timeout fails the operation with an error naming rank, channel, stage, peer, head and tail.
+// Channels are C = num_sms / 2 slices of the tokens. The engine runs them on W workers (the calling thread
+// plus W - 1 helper threads, W capped by the cores): worker w owns channels w, w + W, ... and steps every
+// role of each of its channels round-robin, so no worker ever waits for another worker of the same rank and a
+// 2-core machine cannot deadlock. With thread_per_role every role instance gets a thread of its own instead,
+// as roles run at once on different warps of a GPU: orderings that only concurrent roles produce are
+// exercised too. A worker that makes no progress backs off; a channel that makes no progress for the timeout
+// fails the operation with an error naming rank, channel, stage, peer, head and tail.
 //
 // dispatch() and combine() are synchronous on the calling thread; ordering and asynchrony are the runtime's.
 #pragma once
@@ -24,18 +26,32 @@
 namespace ferry::kernels::host {
 
 struct EngineOptions {
-  int rdma_chunk = 8;
-  int nvl_chunk = 4;
+  int rdma_chunk = 16;
+  int nvl_chunk = 8;
   int workers = 1;
+  bool thread_per_role = false;
   Duration timeout = kDefaultTimeout;
+};
+
+// Settings of one operation; 0 takes the engine's. Every rank must use the same ones: the fingerprint says so
+// (it travels with every message and is checked).
+struct OpSettings {
+  int channels = 0;  // <= the layout's channels
+  int rdma_chunk = 0;
+  int nvl_chunk = 0;
+  std::uint64_t fingerprint = 0;
 };
 
 // What a dispatch leaves behind for combine and for a cached dispatch (the runtime's Handle holds one).
 struct DispatchRecord {
+  int channels = 0;
   std::int64_t num_tokens = 0;
   int num_topk = 0;
   std::int64_t num_experts = 0;
-  std::vector<std::int64_t> topk_idx;  // [T * K], the routing of this rank's tokens
+  std::vector<std::int64_t> topk_idx;      // [T * K], the routing of this rank's tokens
+  std::vector<std::uint8_t> in_rank;       // [T * R], the layout it was dispatched by
+  std::vector<std::int64_t> send_to_rank;  // [R * C] this rank's tokens of each channel per target rank
+  std::vector<std::int64_t> send_to_node;  // [N * C] ... touching each node
   // Receive side, [R * C]: tokens from (source, channel) and their first output row.
   std::vector<std::int64_t> recv_count;
   std::vector<std::int64_t> recv_offset;
@@ -66,18 +82,24 @@ struct DispatchJob {
   int num_topk = 0;
   const std::byte* x = nullptr;
   const float* x_scales = nullptr;
-  const std::int64_t* topk_idx = nullptr;  // validated by the caller (layout)
+  const std::int64_t* topk_idx = nullptr;  // [T, K]; copied into the record before anything runs
   const float* topk_weights = nullptr;
+  const std::uint8_t* in_rank = nullptr;   // [T, R] the layout; copied into the record before anything runs
   const DispatchRecord* cached = nullptr;  // set: reuse this routing, skip notify, no topk travels
+  OpSettings settings;
   std::function<DispatchOutputs(std::int64_t num_recv)> allocate;
 };
 
 struct CombineJob {
   protocol::PayloadKind kind = protocol::PayloadKind::bf16;
   std::int64_t hidden = 0;
-  const std::byte* y = nullptr;  // [record.num_recv, hidden]
-  std::byte* out = nullptr;      // [record.num_tokens, hidden]
+  const std::byte* y = nullptr;      // [record.num_recv rows at least, hidden]
+  const float* y_weights = nullptr;  // [rows, K] with out_weights: the received rows' topk weights
+  const std::byte* bias = nullptr;   // [record.num_tokens, hidden] of kind, optional
+  std::byte* out = nullptr;          // [record.num_tokens, hidden]
+  float* out_weights = nullptr;      // [record.num_tokens, K], optional
   const DispatchRecord* record = nullptr;
+  OpSettings settings;  // channels: the dispatch's
 };
 
 // Cumulative traffic of one engine, by operation kind (notify is control traffic, never data).
@@ -105,5 +127,8 @@ class Engine {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Worker threads (and so remote writers, one command ring each) an engine with these options runs.
+int engine_threads(const EngineOptions& options, int max_channels);
 
 }  // namespace ferry::kernels::host
