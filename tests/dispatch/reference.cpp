@@ -168,27 +168,73 @@ std::vector<std::vector<std::uint8_t>> make_results(const Scenario& scenario,
   return results;
 }
 
-std::vector<std::vector<std::uint8_t>> expected_combine(const Scenario& scenario,
-                                                        const std::vector<std::vector<Source>>& sources,
-                                                        const std::vector<std::vector<std::uint8_t>>& results,
-                                                        DType dtype) {
-  auto kind = dtype == DType::fp32 ? p::PayloadKind::fp32 : p::PayloadKind::bf16;
-  std::int64_t H = scenario.hidden;
-  std::size_t row_bytes = H * element_size(dtype);
-  int R = scenario.num_ranks();
-  // row_of[r][(s, t)]: the row of that token at receiver r.
+namespace {
+
+// row_of[r][s][t]: the row of source s's token t at receiver r, or -1.
+std::vector<std::vector<std::vector<std::int64_t>>> rows_by_source(
+    const Scenario& scenario, const std::vector<std::vector<Source>>& sources) {
+  const int R = scenario.num_ranks();
   std::vector<std::vector<std::vector<std::int64_t>>> row_of(R, std::vector<std::vector<std::int64_t>>(R));
   for (int r = 0; r < R; ++r) {
     for (int s = 0; s < R; ++s) row_of[r][s].assign(scenario.ranks[s].num_tokens, -1);
     for (std::size_t i = 0; i < sources[r].size(); ++i)
       row_of[r][sources[r][i].rank][sources[r][i].token] = i;
   }
+  return row_of;
+}
+
+}  // namespace
+
+std::vector<std::vector<float>> expected_combined_weights(const Scenario& scenario,
+                                                          const std::vector<std::vector<Source>>& sources,
+                                                          const std::vector<std::vector<float>>& weights) {
+  const int K = scenario.num_topk;
+  auto row_of = rows_by_source(scenario, sources);
+  std::vector<std::vector<float>> out(scenario.num_ranks());
+  for (int s = 0; s < scenario.num_ranks(); ++s) {
+    out[s].assign(scenario.ranks[s].num_tokens * K, 0.0f);
+    for (std::int64_t t = 0; t < scenario.ranks[s].num_tokens; ++t) {
+      for (int k = 0; k < K; ++k) {
+        float total = 0.0f;
+        for (int n = 0; n < scenario.num_nodes; ++n) {
+          float partial = 0.0f;
+          bool touched = false;
+          for (int l = 0; l < scenario.local_size; ++l) {
+            const int r = n * scenario.local_size + l;
+            const std::int64_t row = row_of[r][s][t];
+            if (row < 0) continue;
+            touched = true;
+            partial += weights[r][row * K + k];
+          }
+          if (touched) total += partial;
+        }
+        out[s][t * K + k] = total;
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<std::vector<std::uint8_t>> expected_combine(const Scenario& scenario,
+                                                        const std::vector<std::vector<Source>>& sources,
+                                                        const std::vector<std::vector<std::uint8_t>>& results,
+                                                        DType dtype,
+                                                        const std::vector<std::vector<std::uint8_t>>* bias) {
+  auto kind = dtype == DType::fp32 ? p::PayloadKind::fp32 : p::PayloadKind::bf16;
+  std::int64_t H = scenario.hidden;
+  std::size_t row_bytes = H * element_size(dtype);
+  int R = scenario.num_ranks();
+  auto row_of = rows_by_source(scenario, sources);
   std::vector<std::vector<std::uint8_t>> out(R);
   std::vector<std::uint8_t> partial(row_bytes);
   for (int s = 0; s < R; ++s) {
     out[s].assign(scenario.ranks[s].num_tokens * row_bytes, 0);
     for (std::int64_t t = 0; t < scenario.ranks[s].num_tokens; ++t) {
       std::vector<float> total(H, 0.0f);
+      if (bias != nullptr) {
+        for (std::int64_t h = 0; h < H; ++h)
+          total[h] = p::load_element(kind, (*bias)[s].data() + t * row_bytes, h);
+      }
       for (int n = 0; n < scenario.num_nodes; ++n) {
         std::vector<float> sum(H, 0.0f);
         bool touched = false;

@@ -72,11 +72,19 @@ std::vector<std::vector<std::uint8_t>> make_results(const Scenario& scenario,
                                                     DType dtype, std::int64_t rows_per_rank_min,
                                                     std::mt19937_64& rng);
 
-// What combine must return on each source rank: [T, H] of `dtype`.
-std::vector<std::vector<std::uint8_t>> expected_combine(const Scenario& scenario,
-                                                        const std::vector<std::vector<Source>>& sources,
-                                                        const std::vector<std::vector<std::uint8_t>>& results,
-                                                        DType dtype);
+// What combine must return on each source rank: [T, H] of `dtype`. With `bias` ([T, H] of `dtype` per source
+// rank) the sum starts from the bias instead of 0.
+std::vector<std::vector<std::uint8_t>> expected_combine(
+    const Scenario& scenario, const std::vector<std::vector<Source>>& sources,
+    const std::vector<std::vector<std::uint8_t>>& results, DType dtype,
+    const std::vector<std::vector<std::uint8_t>>* bias = nullptr);
+
+// What combine returns as topk weights on each source rank ([T, K]) when every receiving rank passes
+// `weights`
+// ([received, K] fp32): per node the rows of its ranks in ascending order, then the nodes in ascending order.
+std::vector<std::vector<float>> expected_combined_weights(const Scenario& scenario,
+                                                          const std::vector<std::vector<Source>>& sources,
+                                                          const std::vector<std::vector<float>>& weights);
 
 // Messages each path must carry, summed over all ranks, for one dispatch or one combine.
 struct ExpectedTraffic {

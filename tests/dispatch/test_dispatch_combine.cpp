@@ -30,7 +30,8 @@ std::string describe(const Scenario& s, const Config& c) {
   return std::to_string(s.num_nodes) + "x" + std::to_string(s.local_size) +
          " E=" + std::to_string(s.num_experts) + " K=" + std::to_string(s.num_topk) +
          " H=" + std::to_string(s.hidden) + " " + to_string(s.dtype) +
-         " channels=" + std::to_string(c.num_channels()) + " rdma " + std::to_string(c.rdma_ring_slots) +
+         " channels=" + std::to_string(c.num_channels()) +
+         (c.host_thread_per_role ? " thread-per-role" : "") + " rdma " + std::to_string(c.rdma_ring_slots) +
          "/" + std::to_string(c.rdma_chunk) + " nvl " + std::to_string(c.nvl_ring_slots) + "/" +
          std::to_string(c.nvl_chunk) + " workers=" + std::to_string(c.host_workers) +
          " max_nodes=" + std::to_string(c.max_nodes);
@@ -98,6 +99,24 @@ TEST_CASE("dispatch and combine match the reference on every topology", "[unit]"
       Scenario scenario = make_scenario(shape, rng);
       round_trip(scenario, config_for(rng, shape), rng);
     }
+  }
+}
+
+// On a GPU the roles of a channel run at once on different warps; here every role gets a thread of its own,
+// so orderings that only concurrent roles produce (a receiver draining while its forwarder fills, credits
+// returned while a sender publishes) are exercised too, on every topology, and under ThreadSanitizer in CI.
+TEST_CASE("every role on a thread of its own, as warps run on a GPU, on every topology", "[unit]") {
+  auto rng = seeded("thread per role");
+  const std::pair<int, int> topologies[] = {{1, 1}, {1, 4}, {2, 2}, {3, 3}, {4, 4}, {2, 3},
+                                            {3, 2}, {4, 1}, {1, 8}, {5, 1}, {8, 1}, {8, 2}};
+  for (auto [nodes, locals] : topologies) {
+    ScenarioShape shape = random_shape(rng, nodes, locals);
+    shape.max_tokens = 16;
+    Scenario scenario = make_scenario(shape, rng);
+    Config config = config_for(rng, shape);
+    config.num_sms = std::min(config.num_sms, 4);
+    config.host_thread_per_role = true;
+    round_trip(scenario, config, rng);
   }
 }
 

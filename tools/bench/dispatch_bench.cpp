@@ -144,6 +144,8 @@ int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
   m.fabric = per_iter(a.fabric, b.fabric, o.iters);
   m.node_path = per_iter(a.node, b.node, o.iters);
   m.self = per_iter(a.self, b.self, o.iters);
+  m.fabric_puts = static_cast<double>(a.fabric_puts - b.fabric_puts) / o.iters;
+  m.fabric_signals = static_cast<double>(a.fabric_signals - b.fabric_signals) / o.iters;
   m.recv_rows = static_cast<double>(dispatched->wait().num_recv_tokens);
 
   if (o.check) {

@@ -28,6 +28,8 @@ nlohmann::json to_json(const RankMeasurement& m) {
           {"node_path", path_json(m.node_path)},
           {"self", path_json(m.self)},
           {"recv_rows", m.recv_rows},
+          {"fabric_puts", m.fabric_puts},
+          {"fabric_signals", m.fabric_signals},
           {"predicted_fabric_rows", m.predicted_fabric_rows},
           {"deepep_rdma_rows", m.deepep_rdma_rows},
           {"check_error", m.check_error}};
@@ -108,6 +110,15 @@ nlohmann::json summarize(const BenchHeader& header, const std::vector<nlohmann::
     predicted += r["predicted_fabric_rows"].get<double>();
     if (!r["check_error"].get<std::string>().empty()) errors.push_back(r["check_error"]);
   }
+  double puts = 0, signals = 0;
+  for (const auto& r : ranks) {
+    puts += r.value("fabric_puts", 0.0);
+    signals += r.value("fabric_signals", 0.0);
+  }
+  const double fabric_rows = paths["fabric"]["rows_per_iter"].get<double>();
+  s["fabric_ops"] = {{"puts_per_iter", puts},
+                     {"signals_per_iter", signals},
+                     {"per_row", fabric_rows > 0 ? (puts + signals) / fabric_rows : 0.0}};
   s["deepep"] = {{"rdma_rows_per_iter", rdma_rows},
                  {"nvl_rows_per_iter", recv_rows},
                  {"rdma_gbps", per_rank_gbps(rdma_rows * row, R, mean)},
@@ -150,6 +161,12 @@ void print_summary(const nlohmann::json& s) {
   std::printf("  DeepEP-style per rank: RDMA %.3f GB/s (%.0f rows/iter), NVL %.3f GB/s (%.0f rows/iter)\n",
               d["rdma_gbps"].get<double>(), d["rdma_rows_per_iter"].get<double>(),
               d["nvl_gbps"].get<double>(), d["nvl_rows_per_iter"].get<double>());
+  const auto& ops = s["fabric_ops"];
+  if (ops["puts_per_iter"].get<double>() + ops["signals_per_iter"].get<double>() > 0) {
+    std::printf("  fabric operations: %.0f puts + %.0f signals per iter = %.3f per fabric row\n",
+                ops["puts_per_iter"].get<double>(), ops["signals_per_iter"].get<double>(),
+                ops["per_row"].get<double>());
+  }
   const auto& f = s["fabric_rule"];
   std::printf("  fabric rows %.0f (%.2f MB) vs one-crossing-per-node rule %.0f (%.2f MB): x%.3f\n",
               f["measured_rows"].get<double>(), f["measured_bytes"].get<double>() / 1e6,

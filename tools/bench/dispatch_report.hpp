@@ -26,10 +26,12 @@ struct RankMeasurement {
   int rank = 0;
   int node = 0;
   double seconds_per_iter = 0;
-  PathCount fabric;                         // crossed nodes
-  PathCount node_path;                      // to another rank of the same node
-  PathCount self;                           // stayed on this rank
-  double recv_rows = 0;                     // rows this rank received per dispatch (DeepEP's NVL rows)
+  PathCount fabric;           // crossed nodes
+  PathCount node_path;        // to another rank of the same node
+  PathCount self;             // stayed on this rank
+  double recv_rows = 0;       // rows this rank received per dispatch (DeepEP's NVL rows)
+  double fabric_puts = 0;     // fabric writes per iteration (a chunk of rows is one)
+  double fabric_signals = 0;  // fabric atomics per iteration (tails published, credits returned)
   std::uint64_t predicted_fabric_rows = 0;  // this rank's tokens x distinct remote target nodes
   std::uint64_t deepep_rdma_rows = 0;       // this rank's tokens x distinct target nodes, own node included
   std::string check_error;                  // empty: passed (or not checked)

@@ -1,0 +1,279 @@
+// What a DeepEP user reaches for beyond plain dispatch/combine: combine returning the topk weights and adding
+// a bias, per-expert counts aligned for grouped GEMMs, a per-call Config (num_sms, chunk sizes) that never
+// changes the results, Config files, worst-case outputs that overflow without spoiling the Buffer, and cached
+// dispatch along a worst-case handle. Every result is compared exactly with the reference.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "../peer/rank_threads.hpp"
+#include "cluster_run.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/kernels/protocol/numeric.hpp"
+
+using namespace ferry;
+using namespace ferry::test;
+
+namespace {
+
+std::mt19937_64 seeded(const char* test) {
+  std::uint64_t seed = test_seed();
+  std::printf("%s: seed %llu (set FERRY_TEST_SEED to repeat)\n", test, static_cast<unsigned long long>(seed));
+  return std::mt19937_64(seed);
+}
+
+ScenarioShape shape_of(int nodes, int locals, DType dtype) {
+  ScenarioShape shape;
+  shape.num_nodes = nodes;
+  shape.local_size = locals;
+  shape.experts_per_rank = 2;
+  shape.num_topk = std::min(4, 2 * nodes * locals);
+  shape.hidden = 72;
+  shape.dtype = dtype;
+  shape.max_tokens = 30;
+  shape.max_nodes = std::min(nodes, 3);
+  return shape;
+}
+
+DispatchInputs inputs_of(const Scenario& scenario, int rank) {
+  const RankData& data = scenario.ranks[rank];
+  DispatchInputs inputs;
+  inputs.x = TensorView(data.x.data(), {data.num_tokens, scenario.hidden}, scenario.dtype);
+  inputs.topk_idx = TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64);
+  inputs.topk_weights = TensorView(data.weights.data(), {data.num_tokens, scenario.num_topk}, DType::fp32);
+  return inputs;
+}
+
+// [rows, hidden] random values of `dtype` (bf16 or fp32).
+std::vector<std::uint8_t> random_rows(std::int64_t rows, std::int64_t hidden, DType dtype,
+                                      std::mt19937_64& rng) {
+  namespace p = kernels::protocol;
+  const auto kind = dtype == DType::fp32 ? p::PayloadKind::fp32 : p::PayloadKind::bf16;
+  std::vector<std::uint8_t> bytes(rows * hidden * element_size(dtype));
+  std::uniform_real_distribution<float> value(-3.0f, 3.0f);
+  for (std::int64_t i = 0; i < rows * hidden; ++i) p::store_element(kind, bytes.data(), i, value(rng));
+  return bytes;
+}
+
+}  // namespace
+
+TEST_CASE("combine sums the topk weights back and starts from the bias", "[unit]") {
+  auto rng = seeded("combine options");
+  for (auto [nodes, locals] : {std::pair{1, 3}, std::pair{2, 2}, std::pair{3, 2}}) {
+    const DType dtype = nodes == 2 ? DType::fp32 : DType::bf16;
+    Scenario scenario = make_scenario(shape_of(nodes, locals, DType::bf16), rng);
+    Config config = small_config(rng, scenario.hidden, scenario.num_topk);
+    INFO(nodes << "x" << locals << " channels " << config.num_channels());
+    ClusterRun run(scenario, config);
+    auto sources = expected_sources(scenario);
+    auto dispatched = run.dispatch(scenario);
+    REQUIRE(check_dispatch(scenario, sources, dispatched, true).empty());
+
+    const int R = scenario.num_ranks();
+    const int K = scenario.num_topk;
+    auto results = make_results(scenario, sources, dtype, 0, rng);
+    std::vector<std::vector<float>> weights(R);
+    std::vector<std::vector<std::uint8_t>> bias(R);
+    std::uniform_real_distribution<float> value(-2.0f, 2.0f);
+    for (int r = 0; r < R; ++r) {
+      weights[r].resize(sources[r].size() * K);
+      for (float& w : weights[r]) w = value(rng);
+      bias[r] = random_rows(scenario.ranks[r].num_tokens, scenario.hidden, dtype, rng);
+    }
+    std::vector<Pending<CombineResult>> pending;
+    for (int r = 0; r < R; ++r) {
+      const std::int64_t rows = dispatched[r].handle.recv_rows();
+      CombineOptions options;
+      options.topk_weights = TensorView(weights[r].data(), {rows, K}, DType::fp32);
+      options.bias = TensorView(bias[r].data(), {scenario.ranks[r].num_tokens, scenario.hidden}, dtype);
+      pending.push_back(run.buffers[r]->combine(TensorView(results[r].data(), {rows, scenario.hidden}, dtype),
+                                                dispatched[r].handle, options));
+    }
+    auto expected = expected_combine(scenario, sources, results, dtype, &bias);
+    auto expected_weights = expected_combined_weights(scenario, sources, weights);
+    for (int r = 0; r < R; ++r) {
+      CombineResult& got = pending[r].wait();
+      INFO("rank " << r);
+      REQUIRE(check_combine_rank(scenario, expected[r], r, got.out).empty());
+      REQUIRE(got.topk_weights.size(0) == scenario.ranks[r].num_tokens);
+      REQUIRE(got.topk_weights.size(1) == K);
+      REQUIRE(std::memcmp(got.topk_weights.data(), expected_weights[r].data(),
+                          expected_weights[r].size() * 4) == 0);
+    }
+
+    // With the dispatch's own received weights, every token gets its topk weights back (0 for empty slots).
+    pending.clear();
+    for (int r = 0; r < R; ++r) {
+      CombineOptions options;
+      options.topk_weights = dispatched[r].recv_topk_weights;
+      pending.push_back(run.buffers[r]->combine(dispatched[r].recv_x, dispatched[r].handle, options));
+    }
+    for (int r = 0; r < R; ++r) {
+      const RankData& data = scenario.ranks[r];
+      const float* got = pending[r].wait().topk_weights.data_as<float>();
+      for (std::int64_t i = 0; i < data.num_tokens * K; ++i) {
+        const float want = data.topk[i] >= 0 ? data.weights[i] : 0.0f;
+        INFO("rank " << r << " token " << i / K << " slot " << i % K);
+        REQUIRE(got[i] == want);
+      }
+    }
+  }
+}
+
+TEST_CASE("expert_alignment rounds every per-expert count up", "[unit]") {
+  auto rng = seeded("alignment");
+  Scenario scenario = make_scenario(shape_of(2, 2, DType::bf16), rng);
+  Config config = small_config(rng, scenario.hidden, scenario.num_topk);
+  ClusterRun run(scenario, config);
+  auto plain = run.dispatch(scenario);
+  DispatchOptions options;
+  options.expert_alignment = 8;
+  auto aligned = run.dispatch(scenario, options);
+  for (int r = 0; r < scenario.num_ranks(); ++r) {
+    REQUIRE(plain[r].tokens_per_local_expert.size() == aligned[r].tokens_per_local_expert.size());
+    for (std::size_t e = 0; e < plain[r].tokens_per_local_expert.size(); ++e) {
+      const std::int64_t count = plain[r].tokens_per_local_expert[e];
+      CHECK(aligned[r].tokens_per_local_expert[e] == (count + 7) / 8 * 8);
+    }
+  }
+}
+
+TEST_CASE("a per-call Config changes channels and chunks, never the results", "[unit]") {
+  auto rng = seeded("per-call config");
+  for (auto [nodes, locals] : {std::pair{2, 2}, std::pair{1, 4}, std::pair{3, 1}}) {
+    Scenario scenario = make_scenario(shape_of(nodes, locals, DType::bf16), rng);
+    Config config = small_config(rng, scenario.hidden, scenario.num_topk);
+    config.num_sms = 8;
+    INFO(nodes << "x" << locals);
+    ClusterRun run(scenario, config);
+    auto sources = expected_sources(scenario);
+    auto results = make_results(scenario, sources, DType::bf16, 0, rng);
+    auto expected = expected_combine(scenario, sources, results, DType::bf16);
+    for (int num_sms : {2, 6, 8}) {
+      Config call = config;
+      call.num_sms = num_sms;
+      call.rdma_chunk = std::uniform_int_distribution<int>(1, config.rdma_ring_slots)(rng);
+      call.nvl_chunk = std::uniform_int_distribution<int>(1, config.nvl_ring_slots)(rng);
+      INFO("num_sms " << num_sms << " chunks " << call.rdma_chunk << "/" << call.nvl_chunk);
+      DispatchOptions options;
+      options.config = call;
+      auto dispatched = run.dispatch(scenario, options);
+      REQUIRE(check_dispatch(scenario, sources, dispatched, true).empty());
+      // A cached dispatch and the combine run on the dispatch's channels; their chunks may differ again.
+      auto again = run.dispatch_cached(scenario, dispatched);
+      REQUIRE(check_dispatch(scenario, sources, again, false).empty());
+      auto outputs = run.combine(results, scenario.hidden, DType::bf16, dispatched);
+      REQUIRE(check_combine(scenario, expected, outputs).empty());
+    }
+  }
+}
+
+TEST_CASE("a worst-case overflow fails that dispatch alone and the Buffer stays usable", "[unit]") {
+  auto rng = seeded("overflow");
+  Scenario scenario = make_scenario(shape_of(2, 2, DType::bf16), rng);
+  Config config = small_config(rng, scenario.hidden, scenario.num_topk);
+  ClusterRun run(scenario, config);
+  auto sources = expected_sources(scenario);
+  std::size_t most = 0;
+  for (const auto& rows : sources) most = std::max(most, rows.size());
+  if (most < 2) return;  // nothing can overflow
+
+  DispatchOptions small;
+  small.num_worst_tokens = static_cast<std::int64_t>(most) - 1;
+  std::vector<Pending<DispatchResult>> pending;
+  for (int r = 0; r < scenario.num_ranks(); ++r) {
+    DispatchInputs inputs = inputs_of(scenario, r);
+    pending.push_back(run.buffers[r]->dispatch(
+        inputs, run.buffers[r]->get_layout(inputs.topk_idx, scenario.num_experts), small));
+  }
+  for (int r = 0; r < scenario.num_ranks(); ++r) {
+    if (sources[r].size() == most) {
+      REQUIRE_THROWS_WITH(pending[r].wait(), Catch::Contains("received " + std::to_string(most)) &&
+                                                 Catch::Contains("the Buffer stays usable"));
+    } else {
+      REQUIRE_NOTHROW(pending[r].wait());
+    }
+  }
+  // Every rank's next operations run normally, and exactly.
+  DispatchOptions large;
+  large.num_worst_tokens = static_cast<std::int64_t>(most) + 5;
+  auto dispatched = run.dispatch(scenario, large);
+  REQUIRE(check_dispatch(scenario, sources, dispatched, true, large.num_worst_tokens).empty());
+
+  // A cached dispatch along a worst-case handle pads its outputs with zeros too, whatever memory it reuses.
+  scenario.dtype = DType::fp32;
+  fill_rows(scenario, rng);
+  for (int round = 0; round < 2; ++round) {
+    auto again = run.dispatch_cached(scenario, dispatched);
+    REQUIRE(check_dispatch(scenario, sources, again, false, large.num_worst_tokens).empty());
+  }
+  auto results = make_results(scenario, sources, DType::bf16, large.num_worst_tokens, rng);
+  auto outputs = run.combine(results, scenario.hidden, DType::bf16, dispatched);
+  REQUIRE(
+      check_combine(scenario, expected_combine(scenario, sources, results, DType::bf16), outputs).empty());
+}
+
+TEST_CASE("Config files round-trip and name what is wrong", "[unit]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ferry-config-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  Config tuned;
+  tuned.num_sms = 12;
+  tuned.rdma_chunk = 8;
+  tuned.nvl_chunk = 4;
+  tuned.timeout = std::chrono::milliseconds(2500);
+  tuned.host_thread_per_role = true;
+  const std::string path = (dir / "tuned.json").string();
+  tuned.save(path);
+  Config loaded = Config::load(path);
+  CHECK(loaded.to_json() == tuned.to_json());
+  CHECK(loaded.num_sms == 12);
+  CHECK(loaded.timeout == std::chrono::milliseconds(2500));
+  CHECK(loaded.host_thread_per_role);
+
+  CHECK(Config::from_json("{}").to_json() == Config{}.to_json());
+  REQUIRE_THROWS_WITH(Config::from_json(R"({"num_sm": 4})"), Catch::Contains("unknown key \"num_sm\""));
+  REQUIRE_THROWS_WITH(Config::from_json(R"({"num_sms": "20"})"),
+                      Catch::Contains("\"num_sms\" must be an integer"));
+  REQUIRE_THROWS_WITH(Config::from_json(R"({"buffer_bytes": -1})"), Catch::Contains("\"buffer_bytes\""));
+  REQUIRE_THROWS_WITH(Config::from_json(R"({"max_hidden": 1e12})"), Catch::Contains("\"max_hidden\""));
+  REQUIRE_THROWS_WITH(Config::from_json(R"({"num_sms": 99999999999})"), Catch::Contains("\"num_sms\""));
+  REQUIRE_THROWS_WITH(Config::from_json(R"({"timeout_s": 0})"),
+                      Catch::Contains("\"timeout_s\" must be a positive"));
+  REQUIRE_THROWS_WITH(Config::from_json("[1, 2]"), Catch::Contains("must be an object"));
+  REQUIRE_THROWS_WITH(Config::from_json("{"), Catch::Contains("does not parse"));
+  REQUIRE_THROWS_WITH(Config::load((dir / "missing.json").string()),
+                      Catch::Contains("cannot read the Config file"));
+  {
+    std::ofstream bad(dir / "bad.json");
+    bad << R"({"nvl_chunk": true})";
+  }
+  REQUIRE_THROWS_WITH(Config::load((dir / "bad.json").string()),
+                      Catch::Contains("bad.json") && Catch::Contains("\"nvl_chunk\" must be an integer"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("ranks whose Buffers would disagree are refused when they are built", "[unit]") {
+  std::vector<std::string> errors(2);
+  try {
+    run_ranks(2, 1, unique_job_id("config-mismatch"), [&](Group& group) {
+      Config config;
+      config.max_hidden = 64;
+      config.num_sms = 2;
+      config.nvl_chunk = group.rank() == 1 ? 4 : 8;
+      try {
+        Buffer buffer(group, config);
+      } catch (const Error& error) {
+        errors[group.rank()] = error.what();
+      }
+    });
+  } catch (const std::exception&) {
+  }
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << errors[r]);
+    CHECK(errors[r].find("ranks build their Buffers differently") != std::string::npos);
+    CHECK(errors[r].find("Config::nvl_chunk") != std::string::npos);
+  }
+}
