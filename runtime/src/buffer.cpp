@@ -169,6 +169,8 @@ h::EngineOptions engine_options(const Config& config) {
   int workers = config.host_workers > 0 ? config.host_workers : cores;
   options.workers = std::clamp(workers, 1, config.num_channels());
   options.thread_per_role = config.host_thread_per_role;
+  options.lanes = config.host_lanes;
+  options.slices = config.host_lanes > 1 ? 2 : 1;
   return options;
 }
 

@@ -57,6 +57,7 @@ void for_each_field(Config& config, Visit visit) {
   visit("buffer_bytes", config.buffer_bytes);
   visit("host_workers", config.host_workers);
   visit("host_thread_per_role", config.host_thread_per_role);
+  visit("host_lanes", config.host_lanes);
 }
 
 }  // namespace
@@ -71,6 +72,7 @@ void Config::validate(int num_nodes, int local_size) const {
   require_ring("nvl_ring_slots", nvl_ring_slots, "nvl_chunk", nvl_chunk);
   if (timeout <= Duration::zero()) reject("timeout", timeout.count(), "ns must be positive");
   if (host_workers < 0) reject("host_workers", host_workers, "must be >= 0 (0: automatic)");
+  if (host_lanes < 1 || host_lanes > 32) reject("host_lanes", host_lanes, "must be in [1, 32]");
   if (num_nodes < 1 || num_nodes > kernels::protocol::kMaxNodes) {
     fail(Errc::invalid_argument, "a cluster of " + std::to_string(num_nodes) + " nodes: ferry supports 1.." +
                                      std::to_string(kernels::protocol::kMaxNodes));

@@ -36,7 +36,8 @@ void check_config(const GateConfig& config, std::size_t scores, std::int64_t num
         std::to_string(num_tokens) + " x " + std::to_string(config.num_experts));
   }
   if (bias != 0 && bias != static_cast<std::size_t>(config.num_experts)) {
-    bad("bias has " + std::to_string(bias) + " values, not num_experts = " + std::to_string(config.num_experts));
+    bad("bias has " + std::to_string(bias) +
+        " values, not num_experts = " + std::to_string(config.num_experts));
   }
 }
 
@@ -53,11 +54,12 @@ std::vector<std::int64_t> best(const std::vector<float>& values, int count) {
 
 }  // namespace
 
-GateOutput node_limited_gate(std::span<const float> scores, std::int64_t num_tokens, std::span<const float> bias,
-                             const GateConfig& config) {
+GateOutput node_limited_gate(std::span<const float> scores, std::int64_t num_tokens,
+                             std::span<const float> bias, const GateConfig& config) {
   check_config(config, scores.size(), num_tokens, bias.size());
   for (std::size_t e = 0; e < bias.size(); ++e) {
-    if (!std::isfinite(bias[e])) fail(Errc::invalid_argument, "gate: bias of expert " + std::to_string(e) + " is not finite");
+    if (!std::isfinite(bias[e]))
+      fail(Errc::invalid_argument, "gate: bias of expert " + std::to_string(e) + " is not finite");
   }
   const std::int64_t E = config.num_experts;
   const int G = config.num_groups;

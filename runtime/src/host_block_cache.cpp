@@ -77,7 +77,8 @@ HostBlock allocate_host_block(std::size_t bytes) {
   }
   std::size_t capacity = size_class(bytes);
   std::byte* block = BlockCache::instance().take(capacity);
-  if (block == nullptr) block = static_cast<std::byte*>(::operator new[](capacity, std::align_val_t{kAlignment}));
+  if (block == nullptr)
+    block = static_cast<std::byte*>(::operator new[](capacity, std::align_val_t{kAlignment}));
   return HostBlock(block, HostBlockDeleter{capacity});
 }
 

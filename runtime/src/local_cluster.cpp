@@ -12,7 +12,8 @@ void LocalCluster::Impl::claim(int rank) {
                                      std::to_string(claimed.size()) + " ranks");
   }
   if (claimed[rank]) {
-    fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " of this LocalCluster already has a Buffer");
+    fail(Errc::invalid_argument,
+         "rank " + std::to_string(rank) + " of this LocalCluster already has a Buffer");
   }
   claimed[rank] = true;
 }
@@ -22,7 +23,8 @@ void LocalCluster::Impl::release(int rank) {
   claimed[rank] = false;
 }
 
-LocalCluster::LocalCluster(int num_nodes, int local_size, const Config& config) : impl_(std::make_unique<Impl>()) {
+LocalCluster::LocalCluster(int num_nodes, int local_size, const Config& config)
+    : impl_(std::make_unique<Impl>()) {
   config.validate(num_nodes, local_size);
   auto layout = kernels::protocol::make_buffer_layout(layout_params(config, num_nodes, local_size));
   registered_bytes(config, layout);  // throws when Config::buffer_bytes is too small
@@ -35,10 +37,18 @@ LocalCluster::LocalCluster(int num_nodes, int local_size, const Config& config) 
 
 LocalCluster::~LocalCluster() = default;
 
-int LocalCluster::num_nodes() const { return impl_->num_nodes; }
-int LocalCluster::local_size() const { return impl_->local_size; }
-int LocalCluster::num_ranks() const { return impl_->num_nodes * impl_->local_size; }
-const Config& LocalCluster::config() const { return impl_->config; }
+int LocalCluster::num_nodes() const {
+  return impl_->num_nodes;
+}
+int LocalCluster::local_size() const {
+  return impl_->local_size;
+}
+int LocalCluster::num_ranks() const {
+  return impl_->num_nodes * impl_->local_size;
+}
+const Config& LocalCluster::config() const {
+  return impl_->config;
+}
 
 std::uint64_t LocalCluster::fabric_data_puts(int source, int target) const {
   using kernels::protocol::RingKind;

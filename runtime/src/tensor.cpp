@@ -10,29 +10,38 @@ namespace ferry {
 
 const char* to_string(DType dtype) {
   switch (dtype) {
-    case DType::bf16: return "bf16";
-    case DType::fp32: return "fp32";
-    case DType::fp8_e4m3: return "fp8_e4m3";
-    case DType::int64: return "int64";
+    case DType::bf16:
+      return "bf16";
+    case DType::fp32:
+      return "fp32";
+    case DType::fp8_e4m3:
+      return "fp8_e4m3";
+    case DType::int64:
+      return "int64";
   }
   return "unknown";
 }
 
 std::size_t element_size(DType dtype) {
   switch (dtype) {
-    case DType::bf16: return 2;
-    case DType::fp32: return 4;
-    case DType::fp8_e4m3: return 1;
-    case DType::int64: return 8;
+    case DType::bf16:
+      return 2;
+    case DType::fp32:
+      return 4;
+    case DType::fp8_e4m3:
+      return 1;
+    case DType::int64:
+      return 8;
   }
   return 0;
 }
 
-TensorView::TensorView(const void* data, std::initializer_list<std::int64_t> shape, DType dtype, Device device)
+TensorView::TensorView(const void* data, std::initializer_list<std::int64_t> shape, DType dtype,
+                       Device device)
     : data_(const_cast<void*>(data)), dtype_(dtype), device_(device) {
   if (shape.size() > kMaxDims) {
-    fail(Errc::invalid_argument, "a tensor view has at most " + std::to_string(kMaxDims) + " dimensions, not " +
-                                     std::to_string(shape.size()));
+    fail(Errc::invalid_argument, "a tensor view has at most " + std::to_string(kMaxDims) +
+                                     " dimensions, not " + std::to_string(shape.size()));
   }
   for (std::int64_t extent : shape) {
     if (extent < 0) fail(Errc::invalid_argument, "a tensor view cannot have a negative extent");

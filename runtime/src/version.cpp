@@ -2,7 +2,9 @@
 
 namespace ferry {
 
-const char* version() noexcept { return FERRY_VERSION_STRING; }
+const char* version() noexcept {
+  return FERRY_VERSION_STRING;
+}
 
 bool built_with_cuda() noexcept {
 #ifdef FERRY_HAVE_CUDA

@@ -189,8 +189,17 @@ std::string check_combine_rank(const Scenario& scenario, const std::vector<std::
   for (std::int64_t t = 0; t < scenario.ranks[s].num_tokens; ++t) {
     if (std::memcmp(static_cast<const std::uint8_t*>(out.data()) + t * row_bytes,
                     expected.data() + t * row_bytes, row_bytes) != 0) {
+      std::string detail;
+      for (std::size_t b = 0; b < row_bytes; ++b) {
+        const auto got = static_cast<const std::uint8_t*>(out.data())[t * row_bytes + b];
+        const auto want = expected[t * row_bytes + b];
+        if (got == want) continue;
+        detail = ": first differing byte " + std::to_string(b) + " of " + std::to_string(row_bytes) +
+                 " (got " + std::to_string(got) + ", expected " + std::to_string(want) + ")";
+        break;
+      }
       return "rank " + std::to_string(s) + " combined token " + std::to_string(t) +
-             " differs from the reference";
+             " differs from the reference" + detail;
     }
   }
   return "";

@@ -31,10 +31,11 @@ std::string describe(const Scenario& s, const Config& c) {
          " E=" + std::to_string(s.num_experts) + " K=" + std::to_string(s.num_topk) +
          " H=" + std::to_string(s.hidden) + " " + to_string(s.dtype) +
          " channels=" + std::to_string(c.num_channels()) +
-         (c.host_thread_per_role ? " thread-per-role" : "") + " rdma " + std::to_string(c.rdma_ring_slots) +
-         "/" + std::to_string(c.rdma_chunk) + " nvl " + std::to_string(c.nvl_ring_slots) + "/" +
-         std::to_string(c.nvl_chunk) + " workers=" + std::to_string(c.host_workers) +
-         " max_nodes=" + std::to_string(c.max_nodes);
+         (c.host_thread_per_role ? " thread-per-role" : "") +
+         (c.host_lanes > 1 ? " lanes=" + std::to_string(c.host_lanes) : "") + " rdma " +
+         std::to_string(c.rdma_ring_slots) + "/" + std::to_string(c.rdma_chunk) + " nvl " +
+         std::to_string(c.nvl_ring_slots) + "/" + std::to_string(c.nvl_chunk) +
+         " workers=" + std::to_string(c.host_workers) + " max_nodes=" + std::to_string(c.max_nodes);
 }
 
 // Dispatch, check, combine, check, and the traffic rules, on a fresh cluster.
@@ -57,6 +58,7 @@ void round_trip(const Scenario& scenario, const Config& config, std::mt19937_64&
   auto results = make_results(scenario, sources, result_type, 0, rng);
   auto outputs = run.combine(results, scenario.hidden, result_type, dispatched);
   diff = check_combine(scenario, expected_combine(scenario, sources, results, result_type), outputs);
+  INFO("combine as " << to_string(result_type) << ": " << diff);
   REQUIRE(diff.empty());
 
   TrafficCounters combine = run.total(&BufferTraffic::combine);
@@ -116,6 +118,23 @@ TEST_CASE("every role on a thread of its own, as warps run on a GPU, on every to
     Config config = config_for(rng, shape);
     config.num_sms = std::min(config.num_sms, 4);
     config.host_thread_per_role = true;
+    round_trip(scenario, config, rng);
+  }
+}
+
+// The GPU's execution model on the CPU: every role instance run by a group of threads sharing its state, the
+// splittable roles in two groups each, all through the same role loop the kernels run. A role whose threads
+// could take different branches, or read state before its leader committed it, fails here (and under TSan).
+TEST_CASE("every role run by a group of lanes, as warp groups run it on a GPU, on every topology", "[unit]") {
+  auto rng = seeded("lanes");
+  const std::pair<int, int> topologies[] = {{1, 1}, {1, 4}, {2, 2}, {3, 2}, {2, 3}, {4, 1}, {1, 8}};
+  for (auto [nodes, locals] : topologies) {
+    ScenarioShape shape = random_shape(rng, nodes, locals);
+    shape.max_tokens = 12;
+    Scenario scenario = make_scenario(shape, rng);
+    Config config = config_for(rng, shape);
+    config.num_sms = 2;
+    config.host_lanes = nodes * locals > 4 ? 2 : 3;
     round_trip(scenario, config, rng);
   }
 }

@@ -10,13 +10,16 @@
 #include "ferry/kernels/protocol/notify_roles.hpp"
 #include "ferry/kernels/protocol/plan.hpp"
 #include "ferry/kernels/protocol/routing.hpp"
+#include "group_runner.hpp"
 
 namespace ferry::kernels::host {
 
 namespace p = protocol;
 
 int engine_threads(const EngineOptions& options, int max_channels) {
-  if (options.thread_per_role) return std::max(2, 3 * max_channels);  // notify: 2 roles; a channel: 3
+  if (options.lanes > 1)
+    return std::max(2, 3 * max_channels * std::max(1, options.slices));  // writers: 1 per group
+  if (options.thread_per_role) return std::max(2, 3 * max_channels);     // notify: 2 roles; a channel: 3
   return std::clamp(options.workers, 1, max_channels);
 }
 
@@ -44,6 +47,30 @@ class TaskList {
 template <class Role>
 RoleStep stepper(Role role) {
   return [role](HostIo& io) mutable { return role.step(io); };
+}
+
+// Role state shared by the lane groups of one operation (lanes mode); lives until the operation returns.
+class Arena {
+ public:
+  template <class T>
+  T* make(std::size_t count) {
+    std::shared_ptr<T[]> block(new T[count == 0 ? 1 : count]());
+    T* data = block.get();
+    blocks_.push_back(std::move(block));
+    return data;
+  }
+
+ private:
+  std::vector<std::shared_ptr<void>> blocks_;
+};
+
+// A job that builds Role in each lane from `make` and drives it to its end.
+template <class Make>
+GroupJob group_job(int channel, std::uint64_t timeout_ns, Make make) {
+  return {channel, [make, timeout_ns](LaneIo& io) {
+            auto role = make(io);
+            return p::drive_role(role, io, timeout_ns);
+          }};
 }
 
 // Exclusive prefix sums in index order: (source, channel) blocks in order place rows by (source rank, token).
@@ -84,6 +111,74 @@ void count_sends(const p::Topology& topo, std::int64_t num_tokens, DispatchRecor
   }
 }
 
+// Lanes mode: every role of every channel as lane groups, the sliceable ones in `slices` groups sharing
+// state. The arena lives in the job closures (shared_ptr) until the last lane has finished.
+std::vector<GroupJob> dispatch_jobs(const p::DispatchPlan& plan, int slices, std::uint64_t timeout_ns) {
+  using Sender = p::DispatchSender<LaneIo>;
+  using Forwarder = p::DispatchForwarder<LaneIo>;
+  using Receiver = p::DispatchReceiver<LaneIo>;
+  const p::Topology& topo = plan.ctx.topo;
+  auto arena = std::make_shared<Arena>();
+  std::vector<GroupJob> jobs;
+  for (int c = 0; c < topo.num_channels; ++c) {
+    auto* items = arena->make<Sender::Item>(Sender::num_items(topo));
+    for (int s = 0; s < slices; ++s) {
+      jobs.push_back(group_job(c, timeout_ns, [&plan, c, s, slices, items, arena](LaneIo& io) {
+        return Sender(io, plan, c, {s, slices}, items);
+      }));
+    }
+    if (topo.num_nodes > 1) {
+      auto* forward_items = arena->make<Forwarder::Item>(Forwarder::num_items(topo));
+      auto* out_rings = arena->make<p::RingState>(Forwarder::num_out_rings(topo));
+      for (int s = 0; s < slices; ++s) {
+        jobs.push_back(
+            group_job(c, timeout_ns, [&plan, c, s, slices, forward_items, out_rings, arena](LaneIo& io) {
+              return Forwarder(io, plan, c, {s, slices}, forward_items, out_rings);
+            }));
+      }
+    }
+    auto* rings = arena->make<p::RingState>(Receiver::num_items(topo));
+    for (int s = 0; s < slices; ++s) {
+      jobs.push_back(group_job(c, timeout_ns, [&plan, c, s, slices, rings, arena](LaneIo& io) {
+        return Receiver(io, plan, c, {s, slices}, rings);
+      }));
+    }
+  }
+  return jobs;
+}
+
+std::vector<GroupJob> combine_jobs(const p::CombinePlan& plan, int slices, std::uint64_t timeout_ns) {
+  using Sender = p::CombineSender<LaneIo>;
+  using Forwarder = p::CombineForwarder<LaneIo>;
+  using Receiver = p::CombineReceiver<LaneIo>;
+  const p::Topology& topo = plan.ctx.topo;
+  auto arena = std::make_shared<Arena>();
+  std::vector<GroupJob> jobs;
+  for (int c = 0; c < topo.num_channels; ++c) {
+    auto* rings = arena->make<p::RingState>(Sender::num_items(topo));
+    for (int s = 0; s < slices; ++s) {
+      jobs.push_back(group_job(c, timeout_ns, [&plan, c, s, slices, rings, arena](LaneIo& io) {
+        return Sender(io, plan, c, {s, slices}, rings);
+      }));
+    }
+    if (topo.num_nodes > 1) {
+      auto* items = arena->make<Forwarder::Item>(Forwarder::num_items(topo));
+      auto* in_rings = arena->make<p::RingState>(Forwarder::num_in_rings(topo));
+      for (int s = 0; s < slices; ++s) {
+        jobs.push_back(group_job(c, timeout_ns, [&plan, c, s, slices, items, in_rings, arena](LaneIo& io) {
+          return Forwarder(io, plan, c, {s, slices}, items, in_rings);
+        }));
+      }
+    }
+    auto* cursor = arena->make<Receiver::Cursor>(1);
+    auto* receive_rings = arena->make<p::RingState>(Receiver::num_rings(topo));
+    jobs.push_back(group_job(c, timeout_ns, [&plan, c, cursor, receive_rings, arena](LaneIo& io) {
+      return Receiver(io, plan, c, cursor, receive_rings);
+    }));
+  }
+  return jobs;
+}
+
 }  // namespace
 
 struct Engine::Impl {
@@ -108,6 +203,29 @@ struct Engine::Impl {
   }
 
   RunContext run_context() const { return {rank, options.timeout, memory.health}; }
+
+  bool grouped() const { return options.lanes > 1; }
+  int slices() const { return std::max(1, options.slices); }
+  std::uint64_t timeout_ns() const {
+    return static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(options.timeout).count());
+  }
+
+  void run_jobs(const std::vector<GroupJob>& jobs, p::Traffic& total) {
+    if (jobs.size() > writers.size()) {
+      fail(Errc::internal, "rank " + std::to_string(rank) + ": " + std::to_string(jobs.size()) +
+                               " role groups but " + std::to_string(writers.size()) + " remote writers");
+    }
+    GroupRun group_run;
+    group_run.rank = rank;
+    group_run.lanes = options.lanes;
+    group_run.timeout = options.timeout;
+    group_run.local = memory.local;
+    group_run.node = memory.node;
+    group_run.health = memory.health;
+    for (std::size_t j = 0; j < jobs.size(); ++j) group_run.writers.push_back(writers[j].get());
+    run_groups(jobs, group_run, total);
+  }
 
   p::OpContext context(p::PayloadKind kind, std::int64_t hidden, std::int64_t num_experts,
                        const OpSettings& s) {
@@ -175,6 +293,23 @@ struct Engine::Impl {
     plan.recv_count = record.recv_count.data();
     plan.fwd_count = record.fwd_count.data();
 
+    if (grouped()) {
+      Arena arena;
+      auto* sender_states = arena.make<p::RingState>(R);
+      auto* sent = arena.make<std::uint8_t>(R);
+      auto* receiver_states = arena.make<p::RingState>(R);
+      auto* received = arena.make<std::uint8_t>(R);
+      const std::vector<GroupJob> jobs = {
+          group_job(-1, timeout_ns(),
+                    [&plan, sender_states, sent](LaneIo& io) {
+                      return p::NotifySender<LaneIo>(io, plan, sender_states, sent);
+                    }),
+          group_job(-1, timeout_ns(), [&plan, receiver_states, received](LaneIo& io) {
+            return p::NotifyReceiver<LaneIo>(io, plan, receiver_states, received);
+          })};
+      run_jobs(jobs, traffic.notify);
+      return;
+    }
     p::Traffic unused;
     HostIo setup = io_for(0, &unused);
     TaskList list(options.thread_per_role);
@@ -271,6 +406,8 @@ DispatchRecord Engine::dispatch(const DispatchJob& job) {
   plan.num_tokens = record.num_tokens;
   plan.num_topk = record.num_topk;
   plan.capacity = outputs.capacity;
+  plan.record_capacity = record.num_recv;
+  plan.fwd_capacity = num_forwarded;
   plan.recv_x = outputs.recv_x;
   plan.recv_x_scales = outputs.recv_x_scales;
   plan.recv_topk_idx = outputs.recv_topk_idx;
@@ -280,6 +417,10 @@ DispatchRecord Engine::dispatch(const DispatchJob& job) {
   plan.fwd_token = record.fwd_token.data();
   plan.fwd_mask = record.fwd_mask.data();
 
+  if (impl.grouped()) {
+    impl.run_jobs(dispatch_jobs(plan, impl.slices(), impl.timeout_ns()), impl.traffic.dispatch);
+    return record;
+  }
   using Sender = p::DispatchSender<HostIo>;
   using Forwarder = p::DispatchForwarder<HostIo>;
   using Receiver = p::DispatchReceiver<HostIo>;
@@ -333,6 +474,10 @@ void Engine::combine(const CombineJob& job) {
   plan.bias = job.bias;
   plan.out_weights = job.out_weights;
 
+  if (impl.grouped()) {
+    impl.run_jobs(combine_jobs(plan, impl.slices(), impl.timeout_ns()), impl.traffic.combine);
+    return;
+  }
   using Sender = p::CombineSender<HostIo>;
   using Forwarder = p::CombineForwarder<HostIo>;
   using Receiver = p::CombineReceiver<HostIo>;

@@ -36,8 +36,11 @@ struct Config {
   Duration timeout = kDefaultTimeout;  // an operation fails when a channel makes no progress for this long
   std::size_t buffer_bytes = 0;        // registered bytes per rank; 0: exactly buffer_size_hint()
   int host_workers = 0;                // host backend: worker threads per rank; 0: min(channels, cores)
-  bool host_thread_per_role =
-      false;  // host backend: every role of every channel on its own thread, as on a GPU
+  // Host backend, for tests of the GPU's concurrency on the CPU: every role of every channel on a thread of
+  // its own (thread_per_role), or run by `host_lanes` (> 1) threads sharing its state as a warp group does,
+  // the splittable roles in two such groups.
+  bool host_thread_per_role = false;
+  int host_lanes = 1;
 
   int num_channels() const { return num_sms / 2; }
 

@@ -45,8 +45,10 @@ FERRY_HD inline Fault place_message(Io& io, const DispatchPlan& plan, const std:
   if (plan.with_topk && header.num_topk != format.num_topk) {
     return make_fault(FaultKind::wrong_topk, ring, peer, header.num_topk, format.num_topk);
   }
-  io.store(plan.recv_src_rank + row, static_cast<std::int32_t>(source));
-  io.store(plan.recv_src_token + row, header.source_token);
+  if (row < plan.record_capacity) {
+    io.store(plan.recv_src_rank + row, static_cast<std::int32_t>(source));
+    io.store(plan.recv_src_token + row, header.source_token);
+  }
   if (row >= plan.capacity) return {};
   io.copy(plan.recv_x + row * ctx.row_bytes(), slot + format.payload, ctx.row_bytes());
   if (ctx.kind == PayloadKind::fp8_e4m3) {
@@ -169,8 +171,10 @@ class DispatchSender {
       result.fault = check_ids(token, ctx.node());
       if (result.fault.any()) return;
       const std::int64_t row = first_row + static_cast<std::int64_t>(item.ring.count);
-      io.store(plan.recv_src_rank + row, static_cast<std::int32_t>(ctx.rank));
-      io.store(plan.recv_src_token + row, static_cast<std::int32_t>(token));
+      if (row < plan.record_capacity) {
+        io.store(plan.recv_src_rank + row, static_cast<std::int32_t>(ctx.rank));
+        io.store(plan.recv_src_token + row, static_cast<std::int32_t>(token));
+      }
       if (row < plan.capacity) place_row(io, token, row);
       ++item.ring.count;
       ++item.cursor;
@@ -417,8 +421,10 @@ class DispatchForwarder {
       }
       const std::int64_t record =
           plan.counts.fwd_offset[block] + static_cast<std::int64_t>(item.in.count + taken);
-      io.store(plan.fwd_token + record, header.source_token);
-      io.store(plan.fwd_mask + record, header.local_rank_mask);
+      if (record < plan.fwd_capacity) {
+        io.store(plan.fwd_token + record, header.source_token);
+        io.store(plan.fwd_mask + record, header.local_rank_mask);
+      }
       ++taken;
     }
     for (int local = 0; local < L; ++local) {

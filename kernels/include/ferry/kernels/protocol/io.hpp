@@ -22,8 +22,8 @@
 //   void store_release(uint64_t* word, uint64_t value, Reach reach)   leader only, after sync()
 //   void store_private(uint64_t* word, uint64_t value)                leader only
 //   template <class T> void store(T* dst, T value)                    leader only
-//   template <class T> void commit(T* dst, const T& value)            leader stores, then sync(): for the
-//                                         role's own state, which the group shares (see below)
+//   template <class T> void commit(T* dst, const T& value)            sync(), the leader stores, sync():
+//                                         for the role's own state, which the group shares (see below)
 //   void copy(void* dst, const void* src, size_t bytes)               shared by the group
 //   void reduce(const ReduceRows& job)                                shared by the group (numeric.hpp)
 //   void put(int rank, size_t src_offset, size_t dst_offset, size_t bytes)   leader only; to another node

@@ -34,12 +34,14 @@ FERRY_HD inline RingRef notify_ring(const OpContext& ctx, int peer) {
 template <class Io>
 class NotifySender {
  public:
-  // states: [R] ring states; sent: [R] flags.
+  // states: [R] ring states; sent: [R] flags (shared by the role's threads, written through commit).
   FERRY_HD NotifySender(Io& io, const NotifyPlan& plan, RingState* states, std::uint8_t* sent)
       : plan_(&plan), states_(states), sent_(sent) {
     for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) {
-      sent_[r] = 0;
-      Producer<Io>::begin(io, notify_ring(plan.ctx, r), states_[r]);
+      RingState state;
+      Producer<Io>::begin(io, notify_ring(plan.ctx, r), state);
+      io.commit(states_ + r, state);
+      io.commit(sent_ + r, std::uint8_t{0});
     }
   }
 
@@ -54,8 +56,8 @@ class NotifySender {
     for (int i = 0; i < ranks; ++i) {
       const int target = rotated(i, ranks, ctx.rank);  // not every rank to rank 0 first
       if (sent_[target]) continue;
-      Producer<Io> out(io, topo, ctx.rank, notify_ring(ctx, target), format.stride, format.used,
-                       states_[target]);
+      RingState state = states_[target];
+      Producer<Io> out(io, topo, ctx.rank, notify_ring(ctx, target), format.stride, format.used, state);
       if (out.credit(io) == 0) {
         done = false;
         if (result.wait.kind == WaitKind::none) result.wait = out.credit_wait(io, 0, 1);
@@ -78,7 +80,8 @@ class NotifySender {
       io.copy(slot + format.to_node, plan_->send_to_node + topo.node_of(target) * channels,
               sizeof(std::int64_t) * channels);
       out.publish(io, 1);
-      sent_[target] = 1;
+      io.commit(states_ + target, state);
+      io.commit(sent_ + target, std::uint8_t{1});
       result.progressed = true;
     }
     result.done = done;
@@ -94,12 +97,14 @@ class NotifySender {
 template <class Io>
 class NotifyReceiver {
  public:
-  // states: [R] ring states; received: [R] flags.
+  // states: [R] ring states; received: [R] flags (shared by the role's threads, written through commit).
   FERRY_HD NotifyReceiver(Io& io, const NotifyPlan& plan, RingState* states, std::uint8_t* received)
       : plan_(&plan), states_(states), received_(received) {
     for (int r = 0; r < plan.ctx.topo.num_ranks(); ++r) {
-      received_[r] = 0;
-      Consumer<Io>::begin(io, notify_ring(plan.ctx, r), states_[r]);
+      RingState state;
+      Consumer<Io>::begin(io, notify_ring(plan.ctx, r), state);
+      io.commit(states_ + r, state);
+      io.commit(received_ + r, std::uint8_t{0});
     }
   }
 
@@ -113,7 +118,8 @@ class NotifyReceiver {
     bool done = true;
     for (int source = 0; source < topo.num_ranks() && !result.fault.any(); ++source) {
       if (received_[source]) continue;
-      Consumer<Io> in(io, topo, ctx.rank, notify_ring(ctx, source), format.stride, states_[source]);
+      RingState state = states_[source];
+      Consumer<Io> in(io, topo, ctx.rank, notify_ring(ctx, source), format.stride, state);
       if (in.ready(io) == 0) {
         done = false;
         if (result.wait.kind == WaitKind::none) result.wait = in.data_wait(io, 0, 1);
@@ -131,7 +137,8 @@ class NotifyReceiver {
       }
       in.consume(1);
       in.release(io, 1, true);
-      received_[source] = 1;
+      io.commit(states_ + source, state);
+      io.commit(received_ + source, std::uint8_t{1});
       result.progressed = true;
     }
     result.done = done && !result.fault.any();

@@ -98,6 +98,9 @@ FERRY_HD inline void store_element(PayloadKind kind, void* row, std::int64_t i, 
 // node order, its own node's rows being the group (summed and rounded as a forwarder would have, so a token's
 // result does not depend on which of its nodes is the source's own). Weights use the same reduction with kind
 // fp32.
+// Rows one reduction may add: a forwarder's local ranks, or a source's remote nodes.
+inline constexpr int kMaxReduceRows = 64;
+
 struct ReduceRows {
   PayloadKind kind = PayloadKind::bf16;  // of every row, the bias and the output (bf16 or fp32)
   std::int64_t hidden = 0;               // elements per row

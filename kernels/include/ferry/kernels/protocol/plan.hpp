@@ -61,8 +61,11 @@ struct DispatchPlan {
   std::int64_t num_tokens = 0;
   int num_topk = 0;
 
-  // Receive side: rows [0, capacity) exist; rows past capacity are counted but dropped.
+  // Receive side: rows [0, capacity) exist; rows past capacity are counted but dropped, and so is their
+  // bookkeeping past record_capacity (the recv_src arrays' length: every row on the host, the worst case on a
+  // GPU).
   std::int64_t capacity = 0;
+  std::int64_t record_capacity = 0;
   std::byte* recv_x = nullptr;
   float* recv_x_scales = nullptr;
   std::int64_t* recv_topk_idx = nullptr;  // [rows, K] local expert ids, -1 elsewhere (when topk travels)
@@ -70,9 +73,12 @@ struct DispatchPlan {
   std::int32_t* recv_src_rank = nullptr;  // [rows] recorded for combine
   std::int32_t* recv_src_token = nullptr;
 
-  // Forward side: what was relayed, in ring order, recorded for combine.
+  // Forward side: what was relayed, in ring order, recorded for combine (records past fwd_capacity are
+  // dropped: only a worst-case dispatch on a GPU, which sizes them before the counts are known, can get
+  // there).
   std::int32_t* fwd_token = nullptr;
   std::uint32_t* fwd_mask = nullptr;
+  std::int64_t fwd_capacity = 0;
 };
 
 struct CombinePlan {

@@ -30,6 +30,11 @@ struct EngineOptions {
   int nvl_chunk = 8;
   int workers = 1;
   bool thread_per_role = false;
+  // > 1: every role instance is run by this many threads at once and the roles that can be split are split in
+  // `slices` instances, as warp groups run them on a GPU (lane_group.hpp): the device execution model on the
+  // CPU.
+  int lanes = 1;
+  int slices = 1;
   Duration timeout = kDefaultTimeout;
 };
 
