@@ -1,0 +1,563 @@
+// The host side of the CUDA executor: plans in device memory, role groups per block, the three launches, and the
+// reading back of counts, traffic and failure records.
+#include "ferry/kernels/cuda/device_engine.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "device_report.hpp"
+#include "device_kernels.cuh"
+#include "device_memory.cuh"
+
+namespace ferry::kernels::cuda {
+
+namespace p = protocol;
+
+bool built_with_cuda() { return true; }
+
+std::string gpu_unavailable_reason() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);  // leaves `count` alone on failure: check the status
+  if (status != cudaSuccess) return std::string("cudaGetDeviceCount: ") + cudaGetErrorName(status);
+  if (count == 0) return "no CUDA device";
+  return {};
+}
+
+// ---- records ----
+
+struct DeviceRecord {
+  int rank = 0;
+  int channels = 0;
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+  std::int64_t num_experts = 0;
+  int num_ranks = 0;
+  int num_nodes = 0;
+  // The routing, copied at the call, and the counts: shared by the cached dispatches that repeat it.
+  std::shared_ptr<DeviceArray<std::int64_t>> topk_idx;
+  std::shared_ptr<DeviceArray<std::uint8_t>> in_rank;
+  std::shared_ptr<DeviceArray<std::int64_t>> counts;  // send_to_rank | recv_count | recv_offset | (per node:)
+                                                      // send_to_node | fwd_count | fwd_offset
+  std::shared_ptr<MappedArray<std::int64_t>> totals;  // [num_recv, num_forwarded], written by the notify kernel
+  // This dispatch's placements.
+  DeviceArray<std::int32_t> recv_src_rank;
+  DeviceArray<std::int32_t> recv_src_token;
+  DeviceArray<std::int32_t> fwd_token;
+  DeviceArray<std::uint32_t> fwd_mask;
+  std::int64_t record_capacity = 0;
+  std::int64_t fwd_capacity = 0;
+
+  std::int64_t per_rank() const { return static_cast<std::int64_t>(num_ranks) * channels; }
+  std::int64_t per_node() const { return static_cast<std::int64_t>(num_nodes) * channels; }
+  std::int64_t* send_to_rank() const { return counts->data(); }
+  std::int64_t* recv_count() const { return counts->data() + per_rank(); }
+  std::int64_t* recv_offset() const { return counts->data() + 2 * per_rank(); }
+  std::int64_t* send_to_node() const { return counts->data() + 3 * per_rank(); }
+  std::int64_t* fwd_count() const { return counts->data() + 3 * per_rank() + per_node(); }
+  std::int64_t* fwd_offset() const { return counts->data() + 3 * per_rank() + 2 * per_node(); }
+  std::int64_t num_recv() const { return totals->host()[0]; }
+  std::int64_t num_forwarded() const { return totals->host()[1]; }
+
+  p::RoutingCounts routing() const {
+    return {recv_count(), recv_offset(), fwd_count(), fwd_offset(), send_to_rank(), send_to_node()};
+  }
+};
+
+namespace {
+
+template <class T>
+std::vector<T> read_back(const T* device, std::int64_t count) {
+  std::vector<T> host(static_cast<std::size_t>(std::max<std::int64_t>(count, 0)));
+  if (!host.empty()) check(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost), "read back");
+  return host;
+}
+
+}  // namespace
+
+std::vector<std::int32_t> device_recv_src_rank(const DeviceRecord& record) {
+  return read_back(record.recv_src_rank.data(), std::min(record.num_recv(), record.record_capacity));
+}
+std::vector<std::int32_t> device_recv_src_token(const DeviceRecord& record) {
+  return read_back(record.recv_src_token.data(), std::min(record.num_recv(), record.record_capacity));
+}
+std::int64_t device_num_recv(const DeviceRecord& record) { return record.num_recv(); }
+
+// ---- launch shapes ----
+
+namespace {
+
+// Whole multiples of 4 warps, at most the block size the kernels are compiled for.
+int warps_of(const DeviceOptions& options) {
+  return std::clamp(options.threads_per_block / 128 * 4, 4, kMaxThreadsPerBlock / 32);
+}
+
+void add_groups(SidePlan& side, DeviceRole role, int count, int warps_each, int& next_warp, int& next_ring) {
+  for (int s = 0; s < count; ++s) {
+    GroupPlan& group = side.group[side.groups++];
+    group.role = role;
+    group.slice = static_cast<std::uint8_t>(s);
+    group.slices = static_cast<std::uint8_t>(count);
+    group.first_warp = static_cast<std::uint8_t>(next_warp);
+    group.warps = static_cast<std::uint8_t>(warps_each);
+    group.ring = static_cast<std::uint8_t>(next_ring++);
+    next_warp += warps_each;
+  }
+}
+
+std::uint32_t align16(std::size_t value) { return static_cast<std::uint32_t>((value + 15) / 16 * 16); }
+
+// Block 2c: the senders, 4 groups sharing the destinations. Block 2c + 1: forwarders and receivers (2 + 2
+// groups), or 4 receivers on a single node; combine's receiver takes tokens in order, so it is one group.
+KernelShape dispatch_shape(const p::Topology& topo, const DeviceOptions& options) {
+  using Sender = p::DispatchSender<DeviceIo>;
+  using Forwarder = p::DispatchForwarder<DeviceIo>;
+  KernelShape shape;
+  const int warps = warps_of(options);
+  shape.threads = warps * 32;
+  shape.blocks_per_rank = 2 * topo.num_channels;
+  int next_warp = 0, ring = 0;
+  add_groups(shape.side[0], DeviceRole::dispatch_send, 4, warps / 4, next_warp, ring);
+  next_warp = 0;
+  if (topo.num_nodes > 1) {
+    add_groups(shape.side[1], DeviceRole::dispatch_forward, 2, warps / 4, next_warp, ring);
+    add_groups(shape.side[1], DeviceRole::dispatch_receive, 2, warps / 4, next_warp, ring);
+  } else {
+    add_groups(shape.side[1], DeviceRole::dispatch_receive, 4, warps / 4, next_warp, ring);
+  }
+  const int L = topo.local_size, NR = topo.num_remote_nodes();
+  SharedLayout& send = shape.shared[0];
+  send.sender = 128;
+  send.bytes = align16(send.sender + sizeof(Sender::Item) * Sender::num_items(topo));
+  SharedLayout& receive = shape.shared[1];
+  receive.forwarder_items = 128;
+  receive.forwarder_rings = align16(receive.forwarder_items + sizeof(Forwarder::Item) * NR);
+  receive.receiver_rings = align16(receive.forwarder_rings + sizeof(p::RingState) * NR * L);
+  receive.bytes = align16(receive.receiver_rings + sizeof(p::RingState) * L * topo.num_nodes);
+  return shape;
+}
+
+KernelShape combine_shape(const p::Topology& topo, const DeviceOptions& options) {
+  using Forwarder = p::CombineForwarder<DeviceIo>;
+  using Receiver = p::CombineReceiver<DeviceIo>;
+  KernelShape shape;
+  const int warps = warps_of(options);
+  shape.threads = warps * 32;
+  shape.blocks_per_rank = 2 * topo.num_channels;
+  int next_warp = 0, ring = 0;
+  add_groups(shape.side[0], DeviceRole::combine_send, 4, warps / 4, next_warp, ring);
+  next_warp = 0;
+  if (topo.num_nodes > 1) {
+    add_groups(shape.side[1], DeviceRole::combine_forward, 2, warps / 4, next_warp, ring);
+    add_groups(shape.side[1], DeviceRole::combine_receive, 1, warps / 2, next_warp, ring);
+  } else {
+    add_groups(shape.side[1], DeviceRole::combine_receive, 1, warps, next_warp, ring);
+  }
+  const int L = topo.local_size, NR = topo.num_remote_nodes();
+  SharedLayout& send = shape.shared[0];
+  send.sender = 128;
+  send.bytes = align16(send.sender + sizeof(p::RingState) * topo.num_ranks());
+  SharedLayout& receive = shape.shared[1];
+  receive.forwarder_items = 128;
+  receive.forwarder_rings = align16(receive.forwarder_items + sizeof(Forwarder::Item) * NR);
+  receive.receiver = align16(receive.forwarder_rings + sizeof(p::RingState) * NR * L);
+  receive.receiver_rings = align16(receive.receiver + sizeof(Receiver::Cursor));
+  receive.bytes = align16(receive.receiver_rings + sizeof(p::RingState) * Receiver::num_rings(topo));
+  return shape;
+}
+
+std::uint32_t notify_shared_bytes(const p::Topology& topo) {
+  const int R = topo.num_ranks();
+  return align16(128 + sizeof(unsigned long long) * (R + topo.num_nodes) * topo.num_channels +
+                 2 * sizeof(p::RingState) * R + 2 * R);
+}
+
+std::uint32_t shared_bytes(const KernelShape& shape) { return std::max(shape.shared[0].bytes, shape.shared[1].bytes); }
+
+}  // namespace
+
+int device_rings_per_rank(const p::Topology& topo, const DeviceOptions&) {
+  return topo.num_channels * 2 * kMaxGroupsPerSide + 2;
+}
+
+// ---- the engine ----
+
+struct DeviceEngine::Impl {
+  p::BufferLayout layout;
+  DeviceOptions options;
+  std::vector<DeviceRank> ranks;
+  int sm_count = 0;
+  DeviceArray<p::BufferLayout> device_layout;
+  std::vector<DeviceArray<std::byte*>> peers;                       // per rank: [L]
+  std::vector<DeviceArray<transport::CommandRingView>> rings;       // per rank
+  MappedArray<DeviceReport> reports;                                // per rank
+  DeviceArray<p::Traffic> traffic;                                  // per rank: [3]
+  DeviceArray<std::uint32_t> abort;
+  std::vector<std::uint32_t> operations;                           // per rank: sequence number of the last op
+  std::vector<std::shared_ptr<void>> keep_alive;                    // launch plans of operations in flight
+
+  std::uint64_t timeout_ns() const {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(options.timeout).count());
+  }
+
+  p::OpContext context(int index, int channels, p::PayloadKind kind, std::int64_t hidden, std::int64_t experts,
+                       int rdma_chunk, int nvl_chunk, std::uint64_t fingerprint) {
+    p::OpContext ctx;
+    ctx.layout = device_layout.data();  // read on the device only
+    ctx.topo = layout.params.topo;
+    ctx.topo.num_channels = channels;
+    ctx.split = {experts, experts / ctx.topo.num_ranks()};
+    ctx.rank = ranks[index].rank;
+    ctx.operation = ++operations[index];
+    ctx.fingerprint = fingerprint;
+    ctx.kind = kind;
+    ctx.hidden = hidden;
+    ctx.rdma_chunk = rdma_chunk > 0 ? rdma_chunk : options.rdma_chunk;
+    ctx.nvl_chunk = nvl_chunk > 0 ? nvl_chunk : options.nvl_chunk;
+    return ctx;
+  }
+
+  RankLaunch base_launch(int index) const {
+    RankLaunch launch;
+    launch.local = ranks[index].buffer;
+    launch.node_peers = peers[index].data();
+    launch.rings = ranks[index].rings.empty() ? nullptr : rings[index].data();
+    launch.rings_per_rank = static_cast<int>(ranks[index].rings.size());
+    launch.report = reports.device() + index;
+    launch.traffic = traffic.data() + 3 * index;
+    return launch;
+  }
+
+  // Copies the launch plans to the device (the copy is kept until finish()) and launches `kernel` cooperatively.
+  void launch(const void* kernel, const char* name, const std::vector<RankLaunch>& plans, const KernelShape& shape,
+              int blocks_per_rank, int threads, std::uint32_t shared, cudaStream_t stream) {
+    auto device_plans = std::make_shared<DeviceArray<RankLaunch>>(plans.size());
+    auto staged = std::make_shared<MappedArray<RankLaunch>>(plans.size());
+    std::copy(plans.begin(), plans.end(), staged->host());
+    check(cudaMemcpyAsync(device_plans->data(), staged->host(), sizeof(RankLaunch) * plans.size(),
+                          cudaMemcpyHostToDevice, stream),
+          "copy of the launch plans");
+    keep_alive.push_back(device_plans);
+    keep_alive.push_back(staged);
+    abort.zero(stream);
+
+    LaunchArgs args;
+    args.ranks = device_plans->data();
+    args.num_ranks = static_cast<int>(plans.size());
+    args.shape = shape;
+    args.shape.blocks_per_rank = blocks_per_rank;
+    args.timeout_ns = timeout_ns();
+    args.abort = abort.data();
+    const int blocks = blocks_per_rank * static_cast<int>(plans.size());
+    if (shared > 48 * 1024) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
+            name);
+    }
+    int per_sm = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared), name);
+    if (per_sm * sm_count < blocks) {
+      fail(Errc::invalid_argument, std::string(name) + ": " + std::to_string(blocks) + " blocks of " +
+                                       std::to_string(threads) + " threads and " + std::to_string(shared) +
+                                       " bytes of shared memory must all be resident at once, but the GPU holds " +
+                                       std::to_string(per_sm) + " per SM x " + std::to_string(sm_count) +
+                                       " SMs: use fewer ranks per GPU or a smaller num_sms");
+    }
+    void* params[] = {&args};
+    check(cudaLaunchCooperativeKernel(kernel, blocks, threads, params, shared, stream), name);
+  }
+
+  void wait(cudaStream_t stream) {
+    // The kernels end by themselves (every spin has a deadline); this bounds the host's wait all the same.
+    Deadline deadline(options.timeout * 2 + std::chrono::seconds(10));
+    Backoff backoff;
+    while (true) {
+      const cudaError_t status = cudaStreamQuery(stream);
+      if (status == cudaSuccess) break;
+      if (status != cudaErrorNotReady) check(status, "the executor's kernels");
+      if (deadline.expired()) fail(Errc::timeout, "cuda: the executor's kernels did not finish in time");
+      backoff.pause();
+    }
+  }
+
+  // Throws the first failure any rank's roles recorded, naming it; clears the records.
+  void raise_failures() {
+    for (std::size_t i = 0; i < ranks.size(); ++i) {
+      DeviceReport& report = reports.host()[i];
+      const auto failure = static_cast<DeviceFailure>(report.failure);
+      if (failure == DeviceFailure::none) continue;
+      const DeviceReport copy = report;
+      for (std::size_t j = 0; j < ranks.size(); ++j) reports.host()[j] = DeviceReport{};
+      throw_report(copy, options.timeout);
+    }
+  }
+};
+
+DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank> ranks, const DeviceOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& impl = *impl_;
+  const std::string unavailable = gpu_unavailable_reason();
+  if (!unavailable.empty()) fail(Errc::unsupported, "the CUDA executor needs a GPU: " + unavailable);
+  if (ranks.empty()) fail(Errc::invalid_argument, "DeviceEngine: no ranks");
+  impl.layout = layout;
+  impl.options = options;
+  impl.ranks = std::move(ranks);
+  check(cudaSetDevice(options.device), "cudaSetDevice");
+  check(cudaDeviceGetAttribute(&impl.sm_count, cudaDevAttrMultiProcessorCount, options.device),
+        "cudaDeviceGetAttribute(multiprocessors)");
+  int cooperative = 0;
+  check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, options.device),
+        "cudaDeviceGetAttribute(cooperative launch)");
+  if (!cooperative) fail(Errc::unsupported, "the GPU does not support cooperative launches");
+
+  impl.device_layout = DeviceArray<p::BufferLayout>(1);
+  check(cudaMemcpy(impl.device_layout.data(), &impl.layout, sizeof(p::BufferLayout), cudaMemcpyHostToDevice),
+        "copy of the buffer layout");
+  const int L = layout.params.topo.local_size;
+  const std::size_t expected_rings = static_cast<std::size_t>(device_rings_per_rank(layout.params.topo, options));
+  for (const DeviceRank& rank : impl.ranks) {
+    if (static_cast<int>(rank.node_peers.size()) != L) {
+      fail(Errc::invalid_argument, "DeviceEngine: rank " + std::to_string(rank.rank) + " has " +
+                                       std::to_string(rank.node_peers.size()) + " node peers, not " + std::to_string(L));
+    }
+    if (!rank.rings.empty() && rank.rings.size() != expected_rings) {
+      fail(Errc::invalid_argument, "DeviceEngine: rank " + std::to_string(rank.rank) + " has " +
+                                       std::to_string(rank.rings.size()) + " command rings, not " +
+                                       std::to_string(expected_rings));
+    }
+    if (layout.params.topo.num_nodes > 1 && rank.rings.empty()) {
+      fail(Errc::invalid_argument, "DeviceEngine: rank " + std::to_string(rank.rank) +
+                                       " has peers on other nodes but no command rings to reach them");
+    }
+    DeviceArray<std::byte*> peers(L);
+    check(cudaMemcpy(peers.data(), rank.node_peers.data(), sizeof(std::byte*) * L, cudaMemcpyHostToDevice),
+          "copy of the node peers");
+    impl.peers.push_back(std::move(peers));
+    DeviceArray<transport::CommandRingView> views(rank.rings.size());
+    if (!rank.rings.empty()) {
+      check(cudaMemcpy(views.data(), rank.rings.data(), sizeof(transport::CommandRingView) * rank.rings.size(),
+                       cudaMemcpyHostToDevice),
+            "copy of the command ring views");
+    }
+    impl.rings.push_back(std::move(views));
+  }
+  impl.reports = MappedArray<DeviceReport>(impl.ranks.size());
+  impl.traffic = DeviceArray<p::Traffic>(3 * impl.ranks.size());
+  check(cudaMemset(impl.traffic.data(), 0, sizeof(p::Traffic) * 3 * impl.ranks.size()), "cudaMemset(traffic)");
+  impl.abort = DeviceArray<std::uint32_t>(1);
+  impl.operations.assign(impl.ranks.size(), 0);
+}
+
+DeviceEngine::~DeviceEngine() = default;
+
+int DeviceEngine::num_ranks() const { return static_cast<int>(impl_->ranks.size()); }
+
+std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchShape& shape,
+                                                         const std::vector<DeviceDispatchInput>& inputs,
+                                                         const std::vector<std::shared_ptr<DeviceRecord>>* cached,
+                                                         void* stream_handle) {
+  Impl& impl = *impl_;
+  auto stream = static_cast<cudaStream_t>(stream_handle);
+  check(cudaSetDevice(impl.options.device), "cudaSetDevice");
+  const std::size_t count = impl.ranks.size();
+  if (inputs.size() != count) fail(Errc::invalid_argument, "DeviceEngine::dispatch: one input per rank");
+  const p::Topology full = impl.layout.params.topo;
+  const int channels = cached != nullptr ? (*cached)[0]->channels : (shape.channels > 0 ? shape.channels : full.num_channels);
+  if (channels > full.num_channels) {
+    fail(Errc::invalid_argument, "a dispatch on " + std::to_string(channels) + " channels on a buffer laid out for " +
+                                     std::to_string(full.num_channels));
+  }
+  const int R = full.num_ranks(), N = full.num_nodes, L = full.local_size;
+  const std::int64_t worst = shape.num_worst_tokens;
+
+  std::vector<std::shared_ptr<DeviceRecord>> records(count);
+  std::vector<RankLaunch> plans(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const DeviceDispatchInput& in = inputs[i];
+    auto record = std::make_shared<DeviceRecord>();
+    if (cached != nullptr) {
+      const DeviceRecord& old = *(*cached)[i];
+      record->rank = old.rank;
+      record->channels = old.channels;
+      record->num_tokens = old.num_tokens;
+      record->num_topk = old.num_topk;
+      record->num_experts = old.num_experts;
+      record->num_ranks = R;
+      record->num_nodes = N;
+      record->topk_idx = old.topk_idx;
+      record->in_rank = old.in_rank;
+      record->counts = old.counts;
+      record->totals = old.totals;
+    } else {
+      record->rank = impl.ranks[i].rank;
+      record->channels = channels;
+      record->num_tokens = in.num_tokens;
+      record->num_topk = shape.num_topk;
+      record->num_experts = shape.num_experts;
+      record->num_ranks = R;
+      record->num_nodes = N;
+      record->topk_idx = std::make_shared<DeviceArray<std::int64_t>>(in.num_tokens * shape.num_topk);
+      record->in_rank = std::make_shared<DeviceArray<std::uint8_t>>(in.num_tokens * R);
+      // Taken at the call: the routing the roles read cannot change under them.
+      if (in.num_tokens > 0) {
+        check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx, sizeof(std::int64_t) * in.num_tokens * shape.num_topk,
+                              cudaMemcpyDeviceToDevice, stream),
+              "copy of topk_idx");
+        check(cudaMemcpyAsync(record->in_rank->data(), in.in_rank, static_cast<std::size_t>(in.num_tokens) * R,
+                              cudaMemcpyDeviceToDevice, stream),
+              "copy of the layout");
+      }
+      record->counts = std::make_shared<DeviceArray<std::int64_t>>(3 * (R + N) * channels);
+      record->counts->zero(stream);
+      record->totals = std::make_shared<MappedArray<std::int64_t>>(2);
+    }
+    RankLaunch& plan = plans[i];
+    plan = impl.base_launch(static_cast<int>(i));
+    plan.totals = record->totals->device();
+    const p::OpContext ctx = impl.context(static_cast<int>(i), channels, shape.kind, shape.hidden, record->num_experts,
+                                          shape.rdma_chunk, shape.nvl_chunk, shape.fingerprint);
+    plan.notify.ctx = ctx;
+    plan.notify.num_topk = shape.num_topk;
+    plan.notify.send_to_rank = record->send_to_rank();
+    plan.notify.send_to_node = record->send_to_node();
+    plan.notify.recv_count = record->recv_count();
+    plan.notify.fwd_count = record->fwd_count();
+    plan.dispatch.ctx = ctx;
+    plan.dispatch.counts = record->routing();
+    plan.dispatch.in_rank = record->in_rank->data();
+    plan.dispatch.num_tokens = record->num_tokens;
+    plan.dispatch.num_topk = record->num_topk;
+    records[i] = std::move(record);
+  }
+  if (cached == nullptr) {
+    impl.launch(reinterpret_cast<const void*>(&notify_kernel), "notify", plans, KernelShape{}, 1, kNotifyThreads,
+                notify_shared_bytes(full), stream);
+  }
+  if (worst <= 0 && cached == nullptr) {
+    impl.wait(stream);  // the counts size the outputs
+    impl.raise_failures();
+  }
+
+  std::vector<DeviceDispatchResult> results(count);
+  const std::size_t row_bytes = static_cast<std::size_t>(shape.hidden) * p::element_bytes(shape.kind);
+  const bool with_topk = cached == nullptr;
+  for (std::size_t i = 0; i < count; ++i) {
+    DeviceRecord& record = *records[i];
+    const std::int64_t rows = worst > 0 ? worst : record.num_recv();
+    record.record_capacity = rows;
+    record.fwd_capacity = worst > 0 ? L * worst : record.num_forwarded();
+    record.recv_src_rank = DeviceArray<std::int32_t>(rows);
+    record.recv_src_token = DeviceArray<std::int32_t>(rows);
+    record.fwd_token = DeviceArray<std::int32_t>(record.fwd_capacity);
+    record.fwd_mask = DeviceArray<std::uint32_t>(record.fwd_capacity);
+
+    struct Outputs {
+      DeviceArray<std::byte> x;
+      DeviceArray<float> scales;
+      DeviceArray<std::int64_t> topk_idx;
+      DeviceArray<float> topk_weights;
+    };
+    auto outputs = std::make_shared<Outputs>();
+    outputs->x = DeviceArray<std::byte>(rows * row_bytes);
+    if (shape.kind == p::PayloadKind::fp8_e4m3) outputs->scales = DeviceArray<float>(rows * p::scale_blocks(shape.hidden));
+    if (with_topk) {
+      outputs->topk_idx = DeviceArray<std::int64_t>(rows * shape.num_topk);
+      outputs->topk_weights = DeviceArray<float>(rows * shape.num_topk);
+    }
+    if (worst > 0) {  // rows past the received ones read as zeros, their expert ids as -1
+      outputs->x.zero(stream);
+      outputs->scales.zero(stream);
+      outputs->topk_weights.zero(stream);
+      if (outputs->topk_idx.size() > 0) {
+        check(cudaMemsetAsync(outputs->topk_idx.data(), 0xff, outputs->topk_idx.size() * sizeof(std::int64_t), stream),
+              "cudaMemsetAsync(recv_topk_idx)");
+      }
+    }
+    DeviceDispatchResult& result = results[i];
+    result.storage = outputs;
+    result.recv_x = outputs->x.data();
+    result.recv_x_scales = outputs->scales.data();
+    result.recv_topk_idx = outputs->topk_idx.data();
+    result.recv_topk_weights = outputs->topk_weights.data();
+    result.rows = rows;
+    result.num_recv = worst > 0 && cached == nullptr ? -1 : record.num_recv();
+    result.record = records[i];
+
+    p::DispatchPlan& plan = plans[i].dispatch;
+    plan.format = p::dispatch_format(shape.kind, shape.hidden, with_topk ? shape.num_topk : 0);
+    plan.x = inputs[i].x;
+    plan.x_scales = inputs[i].x_scales;
+    plan.topk_idx = record.topk_idx->data();
+    plan.topk_weights = inputs[i].topk_weights;
+    plan.with_topk = with_topk;
+    plan.capacity = rows;
+    plan.record_capacity = rows;
+    plan.recv_x = result.recv_x;
+    plan.recv_x_scales = result.recv_x_scales;
+    plan.recv_topk_idx = result.recv_topk_idx;
+    plan.recv_topk_weights = result.recv_topk_weights;
+    plan.recv_src_rank = record.recv_src_rank.data();
+    plan.recv_src_token = record.recv_src_token.data();
+    plan.fwd_token = record.fwd_token.data();
+    plan.fwd_mask = record.fwd_mask.data();
+    plan.fwd_capacity = record.fwd_capacity;
+  }
+  const KernelShape kernel_shape = dispatch_shape(full, impl.options);
+  impl.launch(reinterpret_cast<const void*>(&dispatch_kernel), "dispatch", plans, kernel_shape,
+              kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream);
+  return results;
+}
+
+void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<DeviceCombineInput>& inputs,
+                           void* stream_handle) {
+  Impl& impl = *impl_;
+  auto stream = static_cast<cudaStream_t>(stream_handle);
+  check(cudaSetDevice(impl.options.device), "cudaSetDevice");
+  const std::size_t count = impl.ranks.size();
+  if (inputs.size() != count) fail(Errc::invalid_argument, "DeviceEngine::combine: one input per rank");
+  std::vector<RankLaunch> plans(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const DeviceCombineInput& in = inputs[i];
+    const DeviceRecord& record = *in.record;
+    RankLaunch& launch = plans[i];
+    launch = impl.base_launch(static_cast<int>(i));
+    p::CombinePlan& plan = launch.combine;
+    plan.ctx = impl.context(static_cast<int>(i), record.channels, shape.kind, shape.hidden, record.num_experts,
+                            shape.rdma_chunk, shape.nvl_chunk, shape.fingerprint);
+    plan.counts = record.routing();
+    const bool with_weights = in.out_weights != nullptr;
+    plan.format = p::combine_format(shape.kind, shape.hidden, with_weights ? record.num_topk : 0);
+    plan.y = in.y;
+    plan.y_weights = with_weights ? in.y_weights : nullptr;
+    plan.recv_src_token = record.recv_src_token.data();
+    plan.fwd_token = record.fwd_token.data();
+    plan.fwd_mask = record.fwd_mask.data();
+    plan.in_rank = record.in_rank->data();
+    plan.num_tokens = record.num_tokens;
+    plan.out = in.out;
+    plan.bias = in.bias;
+    plan.out_weights = in.out_weights;
+  }
+  const KernelShape kernel_shape = combine_shape(impl.layout.params.topo, impl.options);
+  impl.launch(reinterpret_cast<const void*>(&combine_kernel), "combine", plans, kernel_shape,
+              kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream);
+}
+
+void DeviceEngine::finish(void* stream_handle, std::vector<DeviceDispatchResult>* results) {
+  Impl& impl = *impl_;
+  auto stream = static_cast<cudaStream_t>(stream_handle);
+  impl.wait(stream);
+  impl.keep_alive.clear();
+  impl.raise_failures();
+  if (results == nullptr) return;
+  for (DeviceDispatchResult& result : *results) result.num_recv = result.record->num_recv();
+}
+
+std::vector<DeviceTraffic> DeviceEngine::traffic() const {
+  const std::vector<p::Traffic> all =
+      read_back(impl_->traffic.data(), static_cast<std::int64_t>(3 * impl_->ranks.size()));
+  std::vector<DeviceTraffic> per_rank(impl_->ranks.size());
+  for (std::size_t i = 0; i < per_rank.size(); ++i) per_rank[i] = {all[3 * i], all[3 * i + 1], all[3 * i + 2]};
+  return per_rank;
+}
+
+}  // namespace ferry::kernels::cuda

@@ -1,0 +1,154 @@
+// The CUDA executor of the dispatch/combine protocol: the same roles as the host executor (protocol/), run by
+// groups of warps in one kernel per operation (DeviceIo, kernels/cuda/device_io.cuh).
+//
+// A DeviceEngine runs every rank this process holds on one GPU: one rank when each process has a GPU of its
+// own, or several "virtual ranks" sharing one GPU (tests, benchmarks). All ranks' blocks of one operation go
+// into ONE cooperative launch of ranks x num_sms blocks, so every block that another one waits for is
+// resident at the same time: a launch that cannot be co-resident fails with an error instead of deadlocking.
+//
+// Per channel, block 2c runs the sending side and block 2c + 1 the forwarding and receiving side; within a
+// block, each role instance is a group of warps (GroupPlan). Every spin has a deadline (globaltimer): a role
+// that makes no progress for the timeout writes a record (rank, channel, stage, peer, head, tail, expected)
+// into host memory mapped for the GPU and stops, every other role stops at its next stall, and the host
+// raises Errc::timeout naming the record; a malformed message raises Errc::protocol the same way.
+//
+// This header has no CUDA types: pointers are device pointers, a stream is a cudaStream_t passed as void*.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ferry/core/deadline.hpp"
+#include "ferry/kernels/protocol/buffer_layout.hpp"
+#include "ferry/kernels/protocol/numeric.hpp"
+#include "ferry/kernels/protocol/step.hpp"
+#include "ferry/transport/command_ring.hpp"
+
+namespace ferry::kernels::cuda {
+
+// Whether this build has the CUDA executor, and whether a GPU can run it now ("" when it can, else why not).
+bool built_with_cuda();
+std::string gpu_unavailable_reason();
+
+// One rank this process runs.
+struct DeviceRank {
+  int rank = 0;
+  std::byte* buffer = nullptr;  // its registered buffer: device memory of layout.total_bytes, zeroed
+  std::vector<std::byte*>
+      node_peers;  // [L] every local rank's buffer as this GPU addresses it (own included)
+  std::vector<transport::CommandRingView>
+      rings;  // device views of its command rings (empty on a single node)
+};
+
+struct DeviceOptions {
+  int device = 0;
+  int threads_per_block = 384;  // 12 warps, the most that leave every role its registers (no spills)
+  int rdma_chunk = 16;
+  int nvl_chunk = 8;
+  Duration timeout = kDefaultTimeout;
+};
+
+// Command rings each rank needs (one per role group that may post, plus two for notify).
+int device_rings_per_rank(const protocol::Topology& topo, const DeviceOptions& options);
+
+// A rank's inputs to one dispatch: device pointers (or nullptr where not used).
+struct DeviceDispatchInput {
+  const std::byte* x = nullptr;            // [T, hidden] of kind
+  const float* x_scales = nullptr;         // [T, scale_blocks(hidden)] when fp8
+  const std::int64_t* topk_idx = nullptr;  // [T, K]
+  const float* topk_weights = nullptr;     // [T, K]
+  const std::uint8_t* in_rank = nullptr;   // [T, R] the layout
+  std::int64_t num_tokens = 0;
+};
+
+struct DeviceDispatchShape {
+  protocol::PayloadKind kind = protocol::PayloadKind::bf16;
+  std::int64_t hidden = 0;
+  int num_topk = 0;
+  std::int64_t num_experts = 0;
+  int channels = 0;    // 0: the layout's
+  int rdma_chunk = 0;  // 0: the options'
+  int nvl_chunk = 0;
+  std::uint64_t fingerprint = 0;      // of the settings every rank shares
+  std::int64_t num_worst_tokens = 0;  // > 0: outputs sized up front, no host synchronisation
+};
+
+// What a dispatch leaves on the GPU for combine and for a cached dispatch (device memory, owned).
+struct DeviceRecord;
+
+// A rank's outputs of one dispatch (device memory, owned by the result).
+struct DeviceDispatchResult {
+  std::shared_ptr<void> storage;  // keeps the arrays below alive
+  std::byte* recv_x = nullptr;
+  float* recv_x_scales = nullptr;
+  std::int64_t* recv_topk_idx = nullptr;
+  float* recv_topk_weights = nullptr;
+  std::int64_t rows = 0;       // rows of the arrays above
+  std::int64_t num_recv = -1;  // tokens received (-1 until read back: worst-case sizing does not wait for it)
+  std::shared_ptr<DeviceRecord> record;
+};
+
+struct DeviceCombineInput {
+  const std::byte* y = nullptr;      // [rows, hidden] of kind
+  const float* y_weights = nullptr;  // [rows, K], optional
+  const std::byte* bias = nullptr;   // [T, hidden] of kind, optional
+  std::byte* out = nullptr;          // [T, hidden] of kind
+  float* out_weights = nullptr;      // [T, K], optional (with y_weights)
+  std::shared_ptr<DeviceRecord> record;
+};
+
+struct DeviceCombineShape {
+  protocol::PayloadKind kind = protocol::PayloadKind::bf16;
+  std::int64_t hidden = 0;
+  int rdma_chunk = 0;
+  int nvl_chunk = 0;
+  std::uint64_t fingerprint = 0;
+};
+
+struct DeviceTraffic {
+  protocol::Traffic dispatch;
+  protocol::Traffic combine;
+  protocol::Traffic notify;
+};
+
+class DeviceEngine {
+ public:
+  DeviceEngine(const protocol::BufferLayout& layout, std::vector<DeviceRank> ranks,
+               const DeviceOptions& options);
+  ~DeviceEngine();
+  DeviceEngine(const DeviceEngine&) = delete;
+  DeviceEngine& operator=(const DeviceEngine&) = delete;
+
+  // One dispatch on every rank of this engine (inputs in rank order of `ranks`), enqueued on `stream`: notify
+  // (unless `cached`), then the data phase. Without worst-case sizing the host waits for the counts to size
+  // the outputs; with it, nothing waits (the call can be captured in a CUDA graph). Returns once enqueued.
+  std::vector<DeviceDispatchResult> dispatch(const DeviceDispatchShape& shape,
+                                             const std::vector<DeviceDispatchInput>& inputs,
+                                             const std::vector<std::shared_ptr<DeviceRecord>>* cached,
+                                             void* stream);
+  void combine(const DeviceCombineShape& shape, const std::vector<DeviceCombineInput>& inputs, void* stream);
+
+  // Waits for `stream`, then throws the first failure a role recorded (Errc::timeout or Errc::protocol,
+  // naming rank, channel, stage, peer, head and tail) or a CUDA error. Reads back num_recv of worst-case
+  // dispatches.
+  void finish(void* stream, std::vector<DeviceDispatchResult>* results = nullptr);
+
+  // Cumulative traffic of each rank (reads the GPU's counters: call after finish()).
+  std::vector<DeviceTraffic> traffic() const;
+  int num_ranks() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Records of a dispatch one may need on the host (tests): source rank and token of every received row.
+std::vector<std::int32_t> device_recv_src_rank(const DeviceRecord& record);
+std::vector<std::int32_t> device_recv_src_token(const DeviceRecord& record);
+std::int64_t device_num_recv(const DeviceRecord& record);
+
+}  // namespace ferry::kernels::cuda
