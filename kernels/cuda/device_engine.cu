@@ -457,32 +457,45 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
       DeviceArray<float> topk_weights;
     };
     auto outputs = std::make_shared<Outputs>();
-    outputs->x = DeviceArray<std::byte>(rows * row_bytes);
-    if (shape.kind == p::PayloadKind::fp8_e4m3) outputs->scales = DeviceArray<float>(rows * p::scale_blocks(shape.hidden));
-    if (with_topk) {
-      outputs->topk_idx = DeviceArray<std::int64_t>(rows * shape.num_topk);
-      outputs->topk_weights = DeviceArray<float>(rows * shape.num_topk);
+    DeviceOutputs where;
+    const std::int64_t scale_count = shape.kind == p::PayloadKind::fp8_e4m3 ? rows * p::scale_blocks(shape.hidden) : 0;
+    const std::int64_t topk_count = with_topk ? rows * shape.num_topk : 0;
+    if (inputs[i].allocate) {
+      where = inputs[i].allocate(rows);
+    } else {
+      outputs->x = DeviceArray<std::byte>(rows * row_bytes);
+      outputs->scales = DeviceArray<float>(scale_count);
+      outputs->topk_idx = DeviceArray<std::int64_t>(topk_count);
+      outputs->topk_weights = DeviceArray<float>(topk_count);
+      where = {outputs->x.data(), outputs->scales.data(), outputs->topk_idx.data(), outputs->topk_weights.data()};
+    }
+    auto fill = [&](void* data, int value, std::size_t bytes, const char* what) {
+      if (data != nullptr && bytes > 0) check(cudaMemsetAsync(data, value, bytes, stream), what);
+    };
+    if (worst <= 0 && impl.options.poison_outputs) {
+      fill(where.recv_x, 0xab, rows * row_bytes, "poison recv_x");
+      fill(where.recv_x_scales, 0xab, scale_count * sizeof(float), "poison recv_x_scales");
+      fill(where.recv_topk_idx, 0xab, topk_count * sizeof(std::int64_t), "poison recv_topk_idx");
+      fill(where.recv_topk_weights, 0xab, topk_count * sizeof(float), "poison recv_topk_weights");
     }
     if (worst > 0) {  // rows past the received ones read as zeros, their expert ids as -1
-      outputs->x.zero(stream);
-      outputs->scales.zero(stream);
-      outputs->topk_weights.zero(stream);
-      if (outputs->topk_idx.size() > 0) {
-        check(cudaMemsetAsync(outputs->topk_idx.data(), 0xff, outputs->topk_idx.size() * sizeof(std::int64_t), stream),
-              "cudaMemsetAsync(recv_topk_idx)");
-      }
+      fill(where.recv_x, 0, rows * row_bytes, "zero recv_x");
+      fill(where.recv_x_scales, 0, scale_count * sizeof(float), "zero recv_x_scales");
+      fill(where.recv_topk_idx, 0xff, topk_count * sizeof(std::int64_t), "recv_topk_idx = -1");
+      fill(where.recv_topk_weights, 0, topk_count * sizeof(float), "zero recv_topk_weights");
     }
     DeviceDispatchResult& result = results[i];
     result.storage = outputs;
-    result.recv_x = outputs->x.data();
-    result.recv_x_scales = outputs->scales.data();
-    result.recv_topk_idx = outputs->topk_idx.data();
-    result.recv_topk_weights = outputs->topk_weights.data();
+    result.recv_x = where.recv_x;
+    result.recv_x_scales = where.recv_x_scales;
+    result.recv_topk_idx = where.recv_topk_idx;
+    result.recv_topk_weights = where.recv_topk_weights;
     result.rows = rows;
     result.num_recv = worst > 0 && cached == nullptr ? -1 : record.num_recv();
     result.record = records[i];
 
     p::DispatchPlan& plan = plans[i].dispatch;
+    if (static_cast<int>(i) == shape.absent_rank) plan.ctx.topo.num_channels = 0;  // its blocks leave at once
     plan.format = p::dispatch_format(shape.kind, shape.hidden, with_topk ? shape.num_topk : 0);
     plan.x = inputs[i].x;
     plan.x_scales = inputs[i].x_scales;
@@ -541,6 +554,10 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
   impl.launch(reinterpret_cast<const void*>(&combine_kernel), "combine", plans, kernel_shape,
               kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream);
 }
+
+void DeviceEngine::raise_failures() { impl_->raise_failures(); }
+
+void DeviceEngine::release_launches() { impl_->keep_alive.clear(); }
 
 void DeviceEngine::finish(void* stream_handle, std::vector<DeviceDispatchResult>* results) {
   Impl& impl = *impl_;

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "buffer_checks.hpp"
+#include "device_backend.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/kernels/host/engine.hpp"
 #include "group_transport.hpp"
@@ -121,6 +122,7 @@ struct Buffer::Impl {
   int num_nodes = 0;
   int local_size = 0;
   std::unique_ptr<h::Engine> engine;
+  std::unique_ptr<DeviceBackend> device_backend;  // CUDA Buffers: everything runs there instead
   mutable std::mutex traffic_mutex;
   BufferTraffic traffic;
   std::unique_ptr<OperationQueue> queue;  // stopped first: it runs operations on the engine
@@ -138,7 +140,7 @@ struct Buffer::Impl {
   // A cached dispatch or a combine runs on its dispatch's channels; a per-call Config may change only the
   // chunks.
   h::OpSettings handle_settings(const Handle& handle, const std::optional<Config>& call) const {
-    const int channels = handle.record_->channels;
+    const int channels = handle.record_ ? handle.record_->channels : handle.channels_;
     if (call && call->num_channels() != channels) {
       fail(Errc::invalid_argument,
            "the per-call Config has num_sms = " + std::to_string(call->num_sms) +
@@ -190,7 +192,7 @@ void check_same_config(Group& group, const Config& config) {
 
 }  // namespace
 
-Buffer::Buffer(Group& group, const Config& config) : impl_(std::make_unique<Impl>()) {
+Buffer::Buffer(Group& group, const Config& config, Device device) : impl_(std::make_unique<Impl>()) {
   config.validate(group.num_nodes(), group.local_size());
   check_same_config(group, config);
   auto layout = p::make_buffer_layout(layout_params(config, group.num_nodes(), group.local_size()));
@@ -200,6 +202,10 @@ Buffer::Buffer(Group& group, const Config& config) : impl_(std::make_unique<Impl
   impl.rank = group.rank();
   impl.num_nodes = group.num_nodes();
   impl.local_size = group.local_size();
+  if (device == Device::cuda) {
+    impl.device_backend = std::make_unique<DeviceBackend>(group, config, layout, bytes);
+    return;
+  }
   h::EngineOptions options = engine_options(config);
   impl.transport = std::make_unique<GroupTransport>(
       group, layout, bytes, h::engine_threads(options, config.num_channels()), config.timeout);
@@ -228,6 +234,7 @@ Buffer::Buffer(LocalCluster& cluster, int rank) : impl_(std::make_unique<Impl>()
 }
 
 Buffer::~Buffer() {
+  impl_->device_backend.reset();
   impl_->queue.reset();
   impl_->engine.reset();
   impl_->transport.reset();
@@ -259,16 +266,20 @@ BufferTraffic Buffer::traffic() const {
 }
 
 Layout Buffer::get_layout(const TensorView& topk_idx, std::int64_t num_experts) const {
+  if (impl_->device_backend && topk_idx.device() == Device::cuda) {
+    return impl_->device_backend->layout(topk_idx, num_experts, impl_->config.max_nodes);
+  }
   return compute_layout(topk_idx, num_experts, num_ranks(), local_size(), impl_->config.max_nodes);
 }
 
 Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Layout& layout,
                                          const DispatchOptions& options) {
   Impl& impl = *impl_;
-  RowShape shape = check_dispatch_rows(inputs.x, inputs.x_scales, impl.config);
-  const int num_topk = check_topk(inputs, shape.rows, impl.config);
+  const Device device = this->device();
+  RowShape shape = check_dispatch_rows(inputs.x, inputs.x_scales, impl.config, device);
+  const int num_topk = check_topk(inputs, shape.rows, impl.config, device);
   check_layout(layout, shape.rows, num_topk, num_ranks(), local_size());
-  check_topk_weights(inputs.topk_weights);
+  if (device == Device::host) check_topk_weights(inputs.topk_weights);
   if (options.num_worst_tokens < 0) {
     fail(Errc::invalid_argument,
          "num_worst_tokens must be >= 0, not " + std::to_string(options.num_worst_tokens));
@@ -278,6 +289,7 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
          "expert_alignment must be >= 1, not " + std::to_string(options.expert_alignment));
   }
   const h::OpSettings settings = op_settings(impl.config, options.config ? &*options.config : nullptr);
+  if (impl.device_backend) return impl.device_backend->dispatch(inputs, layout, options, settings);
 
   // The routing is taken now: the caller may reuse topk_idx and the layout as soon as this returns.
   auto routing = std::make_shared<Routing>();
@@ -332,12 +344,13 @@ Pending<DispatchResult> Buffer::dispatch(const TensorView& x, const TensorView& 
                                          const Handle& handle, const DispatchOptions& options) {
   Impl& impl = *impl_;
   impl.check_handle(handle);
-  RowShape shape = check_dispatch_rows(x, x_scales, impl.config);
+  RowShape shape = check_dispatch_rows(x, x_scales, impl.config, device());
   if (shape.rows != handle.num_tokens()) {
     fail(Errc::invalid_argument, "x is " + x.describe() + " but the handle's dispatch had " +
                                      std::to_string(handle.num_tokens()) + " tokens");
   }
   const h::OpSettings settings = impl.handle_settings(handle, options.config);
+  if (impl.device_backend) return impl.device_backend->dispatch(x, x_scales, handle, options, settings);
   auto result = std::make_shared<DispatchResult>();
   h::DispatchOutputs outputs = allocate_outputs(*result, handle.recv_rows(), shape, 0);
   Event event = impl.queue->submit([&impl, x, x_scales, shape, handle, settings, outputs, result] {
@@ -372,10 +385,11 @@ Pending<CombineResult> Buffer::combine(const TensorView& y, const Handle& handle
                                        const CombineOptions& options) {
   Impl& impl = *impl_;
   impl.check_handle(handle);
-  RowShape shape = check_combine_rows(y, handle.recv_rows(), impl.config);
-  const int num_topk = handle.record_->num_topk;
-  check_combine_options(options, handle.recv_rows(), handle.num_tokens(), num_topk, y);
+  RowShape shape = check_combine_rows(y, handle.recv_rows(), impl.config, device());
+  const int num_topk = handle.record_ ? handle.record_->num_topk : handle.num_topk_;
+  check_combine_options(options, handle.recv_rows(), handle.num_tokens(), num_topk, y, device());
   const h::OpSettings settings = impl.handle_settings(handle, options.config);
+  if (impl.device_backend) return impl.device_backend->combine(y, handle, options, settings);
   auto result = std::make_shared<CombineResult>();
   // Combine writes every row of out (zeros, or the bias, for a token that went nowhere).
   result->out = Tensor({handle.num_tokens(), shape.hidden}, y.dtype(), Tensor::Init::uninitialized);

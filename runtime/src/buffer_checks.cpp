@@ -15,10 +15,11 @@ namespace p = kernels::protocol;
   fail(Errc::invalid_argument, message);
 }
 
-void require_host_matrix(const TensorView& view, const char* name) {
+void require_matrix(const TensorView& view, const char* name, Device device) {
   if (view.dim() != 2) reject(std::string(name) + " must be a 2-D tensor, not " + view.describe());
-  if (view.device() != Device::host) {
-    reject(std::string(name) + " is " + view.describe() + " but this Buffer runs the host backend");
+  if (view.device() != device) {
+    reject(std::string(name) + " is " + view.describe() + " but this Buffer runs " +
+           (device == Device::host ? "the host backend" : "on the GPU (pass device tensors)"));
   }
   if (view.numel() > 0 && view.data() == nullptr) reject(std::string(name) + " has no data");
 }
@@ -43,8 +44,8 @@ void require_hidden(const TensorView& view, const char* name, const Config& conf
 
 }  // namespace
 
-RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, const Config& config) {
-  require_host_matrix(x, "x");
+RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, const Config& config, Device device) {
+  require_matrix(x, "x", device);
   RowShape rows{x.size(0), x.size(1), p::PayloadKind::bf16};
   switch (x.dtype()) {
     case DType::bf16:
@@ -64,7 +65,7 @@ RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, co
   if (rows.kind == p::PayloadKind::fp8_e4m3) {
     if (x_scales.empty())
       reject("x is " + x.describe() + " but x_scales is missing: fp8 rows need fp32 scales");
-    require_host_matrix(x_scales, "x_scales");
+    require_matrix(x_scales, "x_scales", device);
     if (x_scales.dtype() != DType::fp32 || x_scales.size(0) != rows.rows || x_scales.size(1) != blocks) {
       reject("x_scales must be " + shape(rows.rows, blocks, DType::fp32) +
              " (one scale per 128 values of x " + x.describe() + "), not " + x_scales.describe());
@@ -76,8 +77,8 @@ RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, co
   return rows;
 }
 
-int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Config& config) {
-  require_host_matrix(inputs.topk_idx, "topk_idx");
+int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Config& config, Device device) {
+  require_matrix(inputs.topk_idx, "topk_idx", device);
   if (inputs.topk_idx.dtype() != DType::int64 || inputs.topk_idx.size(0) != num_tokens) {
     reject("topk_idx must be [" + std::to_string(num_tokens) + ", K] int64 (one row per row of x), not " +
            inputs.topk_idx.describe());
@@ -87,7 +88,7 @@ int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Conf
     reject("topk_idx is " + inputs.topk_idx.describe() +
            ": K must be in [1, Config::max_topk = " + std::to_string(config.max_topk) + "]");
   }
-  require_host_matrix(inputs.topk_weights, "topk_weights");
+  require_matrix(inputs.topk_weights, "topk_weights", device);
   if (inputs.topk_weights.dtype() != DType::fp32 || inputs.topk_weights.size(0) != num_tokens ||
       inputs.topk_weights.size(1) != K) {
     reject("topk_weights must be " + shape(num_tokens, K, DType::fp32) + " like topk_idx, not " +
@@ -128,9 +129,9 @@ void check_topk_weights(const TensorView& topk_weights) {
 }
 
 void check_combine_options(const CombineOptions& options, std::int64_t rows, std::int64_t num_tokens,
-                           int num_topk, const TensorView& y) {
+                           int num_topk, const TensorView& y, Device device) {
   if (!options.topk_weights.empty()) {
-    require_host_matrix(options.topk_weights, "topk_weights");
+    require_matrix(options.topk_weights, "topk_weights", device);
     if (options.topk_weights.dtype() != DType::fp32 || options.topk_weights.size(0) != rows ||
         options.topk_weights.size(1) != num_topk) {
       reject("combine's topk_weights must be " + shape(rows, num_topk, DType::fp32) +
@@ -139,7 +140,7 @@ void check_combine_options(const CombineOptions& options, std::int64_t rows, std
     }
   }
   if (!options.bias.empty()) {
-    require_host_matrix(options.bias, "bias");
+    require_matrix(options.bias, "bias", device);
     if (options.bias.dtype() != y.dtype() || options.bias.size(0) != num_tokens ||
         options.bias.size(1) != y.size(1)) {
       reject("combine's bias must be " + shape(num_tokens, y.size(1), y.dtype()) +
@@ -148,8 +149,8 @@ void check_combine_options(const CombineOptions& options, std::int64_t rows, std
   }
 }
 
-RowShape check_combine_rows(const TensorView& y, std::int64_t rows, const Config& config) {
-  require_host_matrix(y, "y");
+RowShape check_combine_rows(const TensorView& y, std::int64_t rows, const Config& config, Device device) {
+  require_matrix(y, "y", device);
   RowShape shape_of_y{y.size(0), y.size(1), p::PayloadKind::bf16};
   if (y.dtype() == DType::fp32) {
     shape_of_y.kind = p::PayloadKind::fp32;

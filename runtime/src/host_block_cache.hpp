@@ -16,4 +16,9 @@ using HostBlock = std::unique_ptr<std::byte[], HostBlockDeleter>;
 // At least `bytes` bytes (>= 1), aligned to 64 bytes, contents unspecified.
 HostBlock allocate_host_block(std::size_t bytes);
 
+// `bytes` of device memory on the current CUDA device (zeroed when asked), freed by HostBlockDeleter with
+// device == cuda; throws Errc::unsupported in builds without CUDA (device_memory.cpp).
+std::byte* allocate_device_bytes(std::size_t bytes, bool zero);
+void free_device_bytes(std::byte* block);
+
 }  // namespace ferry::detail

@@ -25,14 +25,47 @@ Event::Event() : state_(std::make_shared<State>()) {
 
 Event::Event(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
+namespace {
+// A device operation is seen finished (by test or wait) for the first time: its timeline ends now.
+void mark_device_done(Event::State& state) {
+  std::lock_guard lock(state.mutex);
+  if (state.done) return;
+  state.finished = std::chrono::steady_clock::now();
+  state.done = true;
+}
+}  // namespace
+
 bool Event::test() const {
+  if (state_->device) {
+    if (!state_->device->test()) return false;
+    mark_device_done(*state_);
+    return true;
+  }
   std::lock_guard lock(state_->mutex);
   return state_->done;
+}
+
+void Event::stream_wait(void* stream) const {
+  if (state_->device) {
+    state_->device->stream_wait(stream);
+    return;
+  }
+  wait();  // a host operation: the host waits, and the stream's later work sees its results
 }
 
 // No deadline of its own: every operation ends by itself, at the latest when a channel has made no progress
 // for Config::timeout.
 void Event::wait() const {
+  if (state_->device) {
+    try {
+      state_->device->wait();
+    } catch (...) {
+      mark_device_done(*state_);
+      throw;
+    }
+    mark_device_done(*state_);
+    return;
+  }
   std::unique_lock lock(state_->mutex);
   state_->done_changed.wait(lock, [this] { return state_->done; });
   if (!state_->error) return;

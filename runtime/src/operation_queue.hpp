@@ -19,7 +19,17 @@
 
 namespace ferry {
 
+// Completion of an operation that runs on a GPU stream (device_backend.cpp): the Event asks it instead of
+// waiting for a queue thread.
+struct DeviceCompletion {
+  virtual ~DeviceCompletion() = default;
+  virtual bool test() = 0;                   // finished, successfully or not
+  virtual void wait() = 0;                   // bounded; throws the operation's error
+  virtual void stream_wait(void* stream) = 0;
+};
+
 struct Event::State {
+  std::shared_ptr<DeviceCompletion> device;  // set for a CUDA Buffer's operations
   std::mutex mutex;
   std::condition_variable done_changed;
   bool done = false;

@@ -18,6 +18,8 @@ const char* to_string(DType dtype) {
       return "fp8_e4m3";
     case DType::int64:
       return "int64";
+    case DType::uint8:
+      return "uint8";
   }
   return "unknown";
 }
@@ -32,6 +34,8 @@ std::size_t element_size(DType dtype) {
       return 1;
     case DType::int64:
       return 8;
+    case DType::uint8:
+      return 1;
   }
   return 0;
 }
@@ -66,13 +70,18 @@ std::string TensorView::describe() const {
   return text;
 }
 
-Tensor::Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init) {
+Tensor::Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init, Device device) {
   view_ = TensorView(nullptr, shape, dtype);
   // One byte at least, so even an empty tensor has a valid data pointer.
   std::size_t bytes = view_.bytes() > 0 ? view_.bytes() : 1;
-  storage_ = detail::allocate_host_block(bytes);
-  if (init == Init::zeros) std::memset(storage_.get(), 0, bytes);
-  view_ = TensorView(storage_.get(), shape, dtype);
+  if (device == Device::cuda) {
+    storage_ = detail::HostBlock(detail::allocate_device_bytes(bytes, init == Init::zeros),
+                                 detail::HostBlockDeleter{0, Device::cuda});
+  } else {
+    storage_ = detail::allocate_host_block(bytes);
+    if (init == Init::zeros) std::memset(storage_.get(), 0, bytes);
+  }
+  view_ = TensorView(storage_.get(), shape, dtype, device);
 }
 
 }  // namespace ferry

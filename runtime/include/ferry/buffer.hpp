@@ -54,6 +54,9 @@ namespace ferry {
 namespace kernels::host {
 struct DispatchRecord;
 }
+namespace kernels::cuda {
+struct DeviceRecord;
+}
 
 // Completion of one operation.
 class Event {
@@ -68,6 +71,10 @@ class Event {
     std::chrono::steady_clock::time_point issued, started, finished;
   };
   Times times() const;
+
+  // Makes a CUDA stream (cudaStream_t) wait for the operation without blocking the host (DeepEP's
+  // current_stream_wait); for an operation of a host Buffer, the host waits instead.
+  void stream_wait(void* stream) const;
 
   struct State;
   explicit Event(std::shared_ptr<State> state);
@@ -97,19 +104,26 @@ class Pending {
 class Handle {
  public:
   Handle() = default;
-  bool valid() const { return record_ != nullptr; }
+  bool valid() const { return record_ != nullptr || device_record_ != nullptr; }
   std::int64_t num_tokens() const;       // T of this rank's dispatch
   std::int64_t num_recv_tokens() const;  // tokens this rank received
   std::int64_t recv_rows() const {
     return recv_rows_;
   }  // rows of the receive tensors (>= received in worst case)
-  // Source rank and source token of every received row.
+  // Source rank and source token of every received row (host Buffers; empty for a CUDA Buffer's handle, whose
+  // records stay on the GPU).
   std::span<const std::int32_t> recv_src_rank() const;
   std::span<const std::int32_t> recv_src_token() const;
 
  private:
   friend class Buffer;
+  friend class DeviceBackend;
   std::shared_ptr<const kernels::host::DispatchRecord> record_;
+  std::shared_ptr<kernels::cuda::DeviceRecord> device_record_;
+  std::int64_t num_tokens_ = 0;
+  std::int64_t num_recv_ = 0;
+  int num_topk_ = 0;
+  int channels_ = 0;
   std::int64_t recv_rows_ = 0;
   int rank_ = -1;
 };
@@ -154,6 +168,8 @@ struct CombineOptions {
   TensorView bias;
   // Per-call rdma_chunk and nvl_chunk (num_sms must be the dispatch's).
   std::optional<Config> config;
+  // CUDA Buffers: the caller's stream, as for dispatch.
+  void* stream = nullptr;
 };
 
 struct CombineResult {
@@ -212,7 +228,11 @@ class Buffer {
   // same config). The registered buffer lives in shared memory mapped by the node's ranks; ranks on other
   // nodes are reached through a fabric (FERRY_FABRIC=ucx|verbs|auto) driven by a proxy thread. The group must
   // outlive the Buffer; destruction is collective too (it waits for the other ranks before releasing memory).
-  Buffer(Group& group, const Config& config = {});
+  // device = Device::cuda: the registered buffer is device memory of GPU (local rank % GPUs), node peers reach it
+  // through CUDA IPC, other nodes through the proxy and a fabric that registers device memory (verbs with
+  // dma-buf or nvidia-peermem; UCX only when built with CUDA support); tensors are device tensors, operations
+  // are kernels on the Buffer's communication stream.
+  Buffer(Group& group, const Config& config = {}, Device device = Device::host);
   // One rank of an in-process cluster.
   Buffer(LocalCluster& cluster, int rank);
   ~Buffer();  // finishes the operations already issued
@@ -225,6 +245,7 @@ class Buffer {
   int local_size() const;
   int num_channels() const;
   const Config& config() const;
+  Device device() const;
 
   // compute_layout() for this cluster and config.
   Layout get_layout(const TensorView& topk_idx, std::int64_t num_experts) const;

@@ -24,10 +24,12 @@ struct Layout {
   std::vector<std::int64_t> tokens_per_rank;    // [R] tokens that go to rank r
   std::vector<std::int64_t> tokens_per_node;    // [N] tokens that go to some rank of node n
   std::vector<std::int64_t> tokens_per_expert;  // [E] topk slots that name expert e
-  std::vector<std::uint8_t> is_token_in_rank;   // [T * R] 1 when token t goes to rank r
+  std::vector<std::uint8_t> is_token_in_rank;   // [T * R] 1 when token t goes to rank r (host layouts)
+  Tensor is_token_in_rank_device;                // [T, R] uint8 on the GPU (layouts a CUDA Buffer computed there)
 
   int num_nodes() const { return local_size > 0 ? num_ranks / local_size : 0; }
   bool in_rank(std::int64_t token, int rank) const { return is_token_in_rank[token * num_ranks + rank] != 0; }
+  bool on_device() const { return is_token_in_rank_device.data() != nullptr; }
 };
 
 // topk_idx: [T, K] int64 on the host, -1 = empty slot. Throws Errc::invalid_argument when num_experts is not a

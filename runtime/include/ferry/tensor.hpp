@@ -12,7 +12,7 @@
 
 namespace ferry {
 
-enum class DType : std::uint8_t { bf16, fp32, fp8_e4m3, int64 };
+enum class DType : std::uint8_t { bf16, fp32, fp8_e4m3, int64, uint8 };
 enum class Device : std::uint8_t { host, cuda };
 
 const char* to_string(DType dtype);
@@ -50,21 +50,25 @@ class TensorView {
 };
 
 namespace detail {
-// Returns a tensor's memory to ferry's host block cache (large blocks are recycled between operations).
+// Returns a tensor's memory: host blocks to ferry's block cache (large blocks are recycled between operations),
+// device memory to CUDA.
 struct HostBlockDeleter {
   std::size_t capacity = 0;  // the block's size class; 0: a small block, freed at once
+  Device device = Device::host;
   void operator()(std::byte* block) const;
 };
 }  // namespace detail
 
-// A host tensor that owns its memory (64-byte aligned). Zero-initialised unless asked otherwise: ferry asks
-// for uninitialized memory only where it writes every byte itself.
+// A tensor that owns its memory: host memory (64-byte aligned), or device memory of the current CUDA device.
+// Zero-initialised unless asked otherwise: ferry asks for uninitialized memory only where it writes every byte
+// itself.
 class Tensor {
  public:
   enum class Init : std::uint8_t { zeros, uninitialized };
 
   Tensor() = default;
-  Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init = Init::zeros);
+  Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init = Init::zeros,
+         Device device = Device::host);
 
   const TensorView& view() const { return view_; }
   operator const TensorView&() const { return view_; }  // NOLINT: a tensor is usable wherever a view is
@@ -74,6 +78,7 @@ class Tensor {
     return view_.data_as<T>();
   }
   DType dtype() const { return view_.dtype(); }
+  Device device() const { return view_.device(); }
   int dim() const { return view_.dim(); }
   std::int64_t size(int d) const { return view_.size(d); }
   std::int64_t numel() const { return view_.numel(); }

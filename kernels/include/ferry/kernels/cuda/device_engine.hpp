@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,10 +50,19 @@ struct DeviceOptions {
   int rdma_chunk = 16;
   int nvl_chunk = 8;
   Duration timeout = kDefaultTimeout;
+  bool poison_outputs = false;  // tests: fill outputs with 0xab before each dispatch, so an unwritten row shows
 };
 
 // Command rings each rank needs (one per role group that may post, plus two for notify).
 int device_rings_per_rank(const protocol::Topology& topo, const DeviceOptions& options);
+
+// Where a rank's dispatch writes its rows, when the caller provides the memory (device pointers, `rows` rows).
+struct DeviceOutputs {
+  std::byte* recv_x = nullptr;
+  float* recv_x_scales = nullptr;         // when fp8
+  std::int64_t* recv_topk_idx = nullptr;  // when topk travels
+  float* recv_topk_weights = nullptr;
+};
 
 // A rank's inputs to one dispatch: device pointers (or nullptr where not used).
 struct DeviceDispatchInput {
@@ -62,6 +72,9 @@ struct DeviceDispatchInput {
   const float* topk_weights = nullptr;     // [T, K]
   const std::uint8_t* in_rank = nullptr;   // [T, R] the layout
   std::int64_t num_tokens = 0;
+  // Optional: called once the number of rows is known (the received count, or the worst case) for the outputs;
+  // without it the engine allocates them (DeviceDispatchResult::storage).
+  std::function<DeviceOutputs(std::int64_t rows)> allocate;
 };
 
 struct DeviceDispatchShape {
@@ -74,6 +87,7 @@ struct DeviceDispatchShape {
   int nvl_chunk = 0;
   std::uint64_t fingerprint = 0;      // of the settings every rank shares
   std::int64_t num_worst_tokens = 0;  // > 0: outputs sized up front, no host synchronisation
+  int absent_rank = -1;  // tests: this rank's blocks leave at once, as a peer that stopped (others time out)
 };
 
 // What a dispatch leaves on the GPU for combine and for a cached dispatch (device memory, owned).
@@ -135,6 +149,10 @@ class DeviceEngine {
   // naming rank, channel, stage, peer, head and tail) or a CUDA error. Reads back num_recv of worst-case
   // dispatches.
   void finish(void* stream, std::vector<DeviceDispatchResult>* results = nullptr);
+  // For callers that track completion with their own CUDA events: throws what a role recorded (once the kernels
+  // have ended), and lets go of the launch plans of operations that have ended.
+  void raise_failures();
+  void release_launches();
 
   // Cumulative traffic of each rank (reads the GPU's counters: call after finish()).
   std::vector<DeviceTraffic> traffic() const;
