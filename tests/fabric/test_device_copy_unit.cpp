@@ -9,27 +9,13 @@
 #include "ferry/group.hpp"
 #include "ferry/transport/device_copy.hpp"
 #include "ferry/transport/fabric.hpp"
+#include "support/check_error.hpp"
 
 using ferry::Errc;
+using ferry::test::check_error;
 using ferry::transport::FabricKind;
 using ferry::transport::detail::DeviceCopyShared;
 using ferry::transport::detail::DeviceRegion;
-
-namespace {
-
-// Runs `call` and checks that it throws ferry::Error with `code` and a message containing `text`.
-template <typename Call>
-void check_error(Call call, Errc code, const std::string& text) {
-  try {
-    call();
-    FAIL("no error thrown; expected one containing '" << text << "'");
-  } catch (const ferry::Error& e) {
-    CHECK(e.code() == code);
-    CHECK_THAT(e.what(), Catch::Contains(text));
-  }
-}
-
-}  // namespace
 
 TEST_CASE("device_copy is a fabric kind that only a DeviceCopyWorld makes") {
   CHECK(std::string(to_string(FabricKind::device_copy)) == "device_copy");

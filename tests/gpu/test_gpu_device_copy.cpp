@@ -19,9 +19,11 @@
 #include "ferry/core/error.hpp"
 #include "ferry/transport/device_copy.hpp"
 #include "ferry/transport/proxy.hpp"
+#include "support/check_error.hpp"
 
 using namespace std::chrono_literals;
 using ferry::Errc;
+using ferry::test::check_error;
 using ferry::transport::DeviceCopyWorld;
 using ferry::transport::Fabric;
 using ferry::transport::MemoryKind;
@@ -116,16 +118,51 @@ std::uint64_t test_seed() {
   return seed;
 }
 
-template <typename Call>
-void check_error(Call call, Errc code, const std::string& text) {
-  try {
-    call();
-    FAIL("no error thrown; expected one containing '" << text << "'");
-  } catch (const ferry::Error& e) {
-    CHECK(e.code() == code);
-    CHECK_THAT(e.what(), Catch::Contains(text));
+// Two virtual ranks for the chunk tests: rank 0's region holds `chunks` chunks of pattern bytes; rank 1's
+// region has its signal word at offset 0 and receives chunk k at kDataAt + k * chunk, which a receiver kernel
+// checks as its signal arrives.
+struct ChunkPair {
+  static constexpr std::size_t kDataAt = 4096;
+
+  ChunkPair(std::size_t chunk_bytes, std::uint64_t chunk_count)
+      : chunk(chunk_bytes), chunks(chunk_count), seed(test_seed()) {
+    sender = world.make_fabric(0);
+    receiver = world.make_fabric(1);
+    sender->register_region(nullptr, chunk * chunks, MemoryKind::cuda);
+    receiver->register_region(nullptr, kDataAt + chunk * chunks, MemoryKind::cuda);
+    sender->connect();
+    receiver->connect();
+    source = pattern(seed, chunk * chunks);
+    upload(sender->region_base(0), source);
+    target = static_cast<std::uint8_t*>(receiver->region_base(0));
   }
-}
+
+  ferry::test::ReceiverPlan plan() const {
+    return {reinterpret_cast<const std::uint64_t*>(target),
+            target + kDataAt,
+            chunk,
+            chunks,
+            seed,
+            kKernelTimeoutNs};
+  }
+
+  // After the kernel: every chunk was checked in order as it arrived, and every byte landed.
+  void check_received(const ferry::test::ReceiverReport& report) const {
+    CHECK(acquire(report.timed_out) == 0);
+    INFO("first bad byte at offset " << report.bad_offset << " of chunk " << report.bad_chunk);
+    CHECK(acquire(report.bad_chunk) == 0);
+    CHECK(acquire(report.chunks_checked) == chunks);
+    CHECK(first_difference(download(target + kDataAt, chunk * chunks), source) == -1);
+  }
+
+  const std::size_t chunk;
+  const std::uint64_t chunks;
+  const std::uint64_t seed;
+  DeviceCopyWorld world{2, 0, 30s};
+  std::unique_ptr<Fabric> sender, receiver;
+  std::vector<std::uint8_t> source;
+  std::uint8_t* target = nullptr;
+};
 
 }  // namespace
 
@@ -222,55 +259,30 @@ TEST_CASE("device_copy: random puts and signals between virtual ranks land byte 
 TEST_CASE("device_copy: a signal is visible only after its payload, also while blocks hold every SM",
           "[gpu]") {
   const bool fill_gpu = GENERATE(false, true);
-  const std::uint64_t seed = test_seed();
-  INFO("fill_gpu " << fill_gpu << ", seed " << seed);
-  constexpr std::size_t kChunk = (1 << 20) + 13;  // odd: neither end of a chunk is aligned
-  constexpr std::uint64_t kChunks = 24;
-  constexpr std::size_t kDataAt = 4096;
-
-  DeviceCopyWorld world(2, 0, 30s);
-  auto sender = world.make_fabric(0);
-  auto receiver = world.make_fabric(1);
-  sender->register_region(nullptr, kChunk * kChunks, MemoryKind::cuda);
-  receiver->register_region(nullptr, kDataAt + kChunk * kChunks, MemoryKind::cuda);
-  sender->connect();
-  receiver->connect();
-  const auto source = pattern(seed, kChunk * kChunks);
-  upload(sender->region_base(0), source);
-
-  auto* target = static_cast<std::uint8_t*>(receiver->region_base(0));
-  ferry::test::ReceiverPlan plan{reinterpret_cast<const std::uint64_t*>(target),
-                                 target + kDataAt,
-                                 kChunk,
-                                 kChunks,
-                                 seed,
-                                 kKernelTimeoutNs};
+  INFO("fill_gpu " << fill_gpu);
+  ChunkPair pair((1 << 20) + 13, 24);  // odd size: neither end of a chunk is aligned
   Mapped<ferry::test::ReceiverReport> report;
   Stream stream;
   int blocks = 0;
-  cuda_ok(ferry::test::launch_receiver(plan, report.device(), fill_gpu, stream.get(), &blocks),
+  cuda_ok(ferry::test::launch_receiver(pair.plan(), report.device(), fill_gpu, stream.get(), &blocks),
           "launching the receiver");
   std::cout << "receiver kernel: " << blocks << " blocks\n";
 
-  for (std::uint64_t k = 0; k < kChunks; ++k) {
-    sender->put_signal(1, 0, k * kChunk, 0, kDataAt + k * kChunk, kChunk, 0, 0, 1);
+  const std::size_t chunk = pair.chunk;
+  for (std::uint64_t k = 0; k < pair.chunks; ++k) {
+    pair.sender->put_signal(1, 0, k * chunk, 0, ChunkPair::kDataAt + k * chunk, chunk, 0, 0, 1);
     // One chunk in flight: the kernel checks it the moment its signal lands.
     ferry::Deadline deadline(30s);
     ferry::Backoff backoff;
     while (acquire(report.host()->chunks_checked) < k + 1 && acquire(report.host()->finished) == 0 &&
            !deadline.expired()) {
-      if (!sender->progress()) backoff.pause();
+      if (!pair.sender->progress()) backoff.pause();
     }
     if (acquire(report.host()->finished) != 0) break;
   }
-  sender->flush();
+  pair.sender->flush();
   stream.wait();
-  CHECK(acquire(report.host()->timed_out) == 0);
-  INFO("first bad byte at offset " << report.host()->bad_offset << " of chunk " << report.host()->bad_chunk);
-  CHECK(acquire(report.host()->bad_chunk) == 0);
-  CHECK(acquire(report.host()->chunks_checked) == kChunks);
-  auto landed = download(target + kDataAt, kChunk * kChunks);
-  CHECK(first_difference(landed, source) == -1);
+  pair.check_received(*report.host());
 }
 
 TEST_CASE("device_copy: flush, fetch_add, and a signal word's value starts from the device", "[gpu]") {
@@ -354,36 +366,18 @@ TEST_CASE("device_copy: bad arguments are refused by name", "[gpu]") {
 }
 
 TEST_CASE("device_copy: a kernel posts put_signal commands that a Proxy turns into device copies", "[gpu]") {
-  const std::uint64_t seed = test_seed();
-  constexpr std::uint64_t kChunk = 64 << 10;
-  constexpr std::uint64_t kChunks = 1000;  // more than the ring holds: the kernel waits for credit
-  constexpr std::uint64_t kDataAt = 4096;
-  DeviceCopyWorld world(2, 0, 30s);
-  auto sender = world.make_fabric(0);
-  auto receiver = world.make_fabric(1);
-  sender->register_region(nullptr, kChunk * kChunks, MemoryKind::cuda);
-  receiver->register_region(nullptr, kDataAt + kChunk * kChunks, MemoryKind::cuda);
-  sender->connect();
-  receiver->connect();
-  const auto source = pattern(seed, kChunk * kChunks);
-  upload(sender->region_base(0), source);
-  auto* target = static_cast<std::uint8_t*>(receiver->region_base(0));
-
+  ChunkPair pair(64 << 10, 1000);  // more chunks than the ring holds: the kernel waits for credit
+  const auto plan = pair.plan();
   ferry::transport::ProxyOptions options;
   options.ring_slots = 256;
   options.memory = ferry::transport::RingMemory::cuda_mapped;
   options.timeout = 30s;
-  ferry::transport::Proxy proxy(std::move(sender), options);
+  ferry::transport::Proxy proxy(std::move(pair.sender), options);
   auto& ring = proxy.ring(0);
   REQUIRE(ring.device_mapped());
 
-  ferry::test::ProducerPlan producer{ring.device_view(), 1, 0, kDataAt, 0, kChunk, kChunks, kKernelTimeoutNs};
-  ferry::test::ReceiverPlan plan{reinterpret_cast<const std::uint64_t*>(target),
-                                 target + kDataAt,
-                                 kChunk,
-                                 kChunks,
-                                 seed,
-                                 kKernelTimeoutNs};
+  ferry::test::ProducerPlan producer{ring.device_view(), 1, 0, ChunkPair::kDataAt, 0, pair.chunk, pair.chunks,
+                                     kKernelTimeoutNs};
   Mapped<std::uint64_t> posted;
   Mapped<ferry::test::ReceiverReport> report;
   Stream stream;
@@ -391,12 +385,8 @@ TEST_CASE("device_copy: a kernel posts put_signal commands that a Proxy turns in
                                                     stream.get()),
           "launching producer and receiver");
   stream.wait();
-  CHECK(acquire(*posted.host()) == kChunks);
-  CHECK(acquire(report.host()->timed_out) == 0);
-  INFO("first bad byte at offset " << report.host()->bad_offset << " of chunk " << report.host()->bad_chunk);
-  CHECK(acquire(report.host()->bad_chunk) == 0);
-  CHECK(acquire(report.host()->chunks_checked) == kChunks);
-  ring.wait_completed(kChunks);
+  CHECK(acquire(*posted.host()) == pair.chunks);
+  ring.wait_completed(pair.chunks);
   proxy.check_error();
-  CHECK(first_difference(download(target + kDataAt, kChunk * kChunks), source) == -1);
+  pair.check_received(*report.host());
 }

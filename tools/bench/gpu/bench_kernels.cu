@@ -166,13 +166,11 @@ void fill_random_bf16(void* memory, std::size_t count, std::uint64_t seed, cudaS
          static_cast<__nv_bfloat16*>(memory), count, seed);
 }
 
-std::vector<int> sms_reached(int blocks, cudaStream_t stream) {
-  DeviceMemory sm_of_block(sizeof(int) * blocks, "the SM probe");
-  launch("sm_probe_kernel", sm_probe_kernel, blocks, 32, 0, stream, static_cast<int*>(sm_of_block.get()));
+std::vector<int> sms_reached(int blocks, cudaStream_t stream, void* scratch) {
+  launch("sm_probe_kernel", sm_probe_kernel, blocks, 32, 0, stream, static_cast<int*>(scratch));
   std::vector<int> sms(static_cast<std::size_t>(blocks));
-  check_cuda(
-      cudaMemcpyAsync(sms.data(), sm_of_block.get(), sizeof(int) * blocks, cudaMemcpyDeviceToHost, stream),
-      "cudaMemcpyAsync of the SM probe");
+  check_cuda(cudaMemcpyAsync(sms.data(), scratch, sizeof(int) * blocks, cudaMemcpyDeviceToHost, stream),
+             "cudaMemcpyAsync of the SM probe");
   wait_stream(stream, "the SM probe");
   std::sort(sms.begin(), sms.end());
   sms.erase(std::unique(sms.begin(), sms.end()), sms.end());

@@ -32,7 +32,9 @@ void expect_equal(const void* a, const void* b, std::size_t bytes, cudaStream_t 
 void fill_random_bf16(void* memory, std::size_t count, std::uint64_t seed, cudaStream_t stream);
 
 // The distinct SM ids that `blocks` short-lived blocks launched on `stream` ran on (each lingers ~50 us so
-// that blocks spread over every SM the stream may use). Waits (bounded) for the probe to finish.
-std::vector<int> sms_reached(int blocks, cudaStream_t stream);
+// that blocks spread over every SM the stream may use). The blocks write their SM ids into `scratch` (device
+// memory of at least blocks * sizeof(int) bytes, which may belong to another context than the stream: that is
+// part of what the probe checks). Waits (bounded) for the probe to finish.
+std::vector<int> sms_reached(int blocks, cudaStream_t stream, void* scratch);
 
 }  // namespace ferry::gpu_bench::detail

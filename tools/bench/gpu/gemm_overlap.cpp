@@ -24,6 +24,7 @@ namespace {
 constexpr int kWarmups = 2;
 constexpr int kCommSamples = 5;
 constexpr int kCoverAttempts = 3;
+constexpr double kMinCommWindowMs = 20;
 
 struct Operands {
   explicit Operands(const GemmOptions& options)
@@ -143,9 +144,10 @@ struct Loaded {
   bool covered = false;
 };
 
-// GEMMs on the compute side while `reps` comm calls run on the other; covered says whether comm was still
-// running when the last GEMM ended.
-Loaded time_gemm_loaded(const SmPartition& partition, const Operands& ops,
+// GEMMs on the compute side (with `handle`, made there) while `reps` comm calls run on the other; covered
+// says whether comm was still running when the last GEMM ended. Comm is enqueued first, so it is running when
+// the GEMMs start.
+Loaded time_gemm_loaded(const SmPartition& partition, const detail::CublasHandle& handle, const Operands& ops,
                         const std::function<void(void*)>& comm, int reps, int iters) {
   std::optional<detail::Event> comm_done;
   {
@@ -159,20 +161,23 @@ Loaded time_gemm_loaded(const SmPartition& partition, const Operands& ops,
   {
     SmPartition::Enter side(partition, false);
     auto stream = static_cast<cudaStream_t>(partition.compute_stream());
-    detail::CublasHandle handle(stream);
     detail::check_cuda(cudaMemsetAsync(ops.c.get(), 0xff, ops.c.bytes(), stream),
                        "cudaMemsetAsync (poison C)");
     GemmBatch batch(handle, ops, stream, iters);
     detail::wait_event(batch.last(), "the GEMMs beside communication");
+    {
+      SmPartition::Enter comm_side(partition, true);
+      const cudaError_t status = cudaEventQuery(comm_done->get());
+      if (status != cudaErrorNotReady) detail::check_cuda(status, "cudaEventQuery (communication)");
+      out.covered = status == cudaErrorNotReady;
+    }
     out.gemm_ms = batch.median_ms();
     check_gemm(ops, stream);
   }
   {
     SmPartition::Enter side(partition, true);
-    const cudaError_t status = cudaEventQuery(comm_done->get());
-    if (status != cudaErrorNotReady) detail::check_cuda(status, "cudaEventQuery (communication)");
-    out.covered = status == cudaErrorNotReady;
     detail::wait_event(comm_done->get(), "the communication beside the GEMMs");
+    comm_done.reset();  // destroyed in its own context
   }
   return out;
 }
@@ -205,14 +210,24 @@ void run_partitioned(const SmPartition& partition, const Operands& ops,
   }
   result.tflops_alone = tflops(ops, alone_ms);
   result.comm_ms_alone = time_comm_alone(partition, comm);
-  // Enough comm calls to outlast the GEMMs by half again; more if that was not enough.
-  const double window_ms = 1.5 * options.iters * alone_ms;
+  // Enough comm calls to outlast the GEMMs by half again (and at least kMinCommWindowMs, so that enqueuing
+  // the GEMMs cannot outlast it); more if that was not enough.
+  const double window_ms = std::max(1.5 * options.iters * alone_ms, kMinCommWindowMs);
   int reps =
       static_cast<int>(std::clamp(std::ceil(window_ms / std::max(result.comm_ms_alone, 1e-3)) + 2, 3.0, 1e5));
+  std::optional<detail::CublasHandle> handle;
+  {
+    SmPartition::Enter side(partition, false);
+    handle.emplace(static_cast<cudaStream_t>(partition.compute_stream()));
+  }
   Loaded loaded;
   for (int attempt = 0; attempt < kCoverAttempts; ++attempt, reps *= 2) {
-    loaded = time_gemm_loaded(partition, ops, comm, reps, options.iters);
+    loaded = time_gemm_loaded(partition, *handle, ops, comm, reps, options.iters);
     if (loaded.covered) break;
+  }
+  {
+    SmPartition::Enter side(partition, false);
+    handle.reset();  // destroyed in the context it was made in
   }
   result.tflops_loaded = tflops(ops, loaded.gemm_ms);
   result.slowdown = loaded.gemm_ms / alone_ms - 1.0;

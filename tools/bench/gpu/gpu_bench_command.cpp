@@ -161,7 +161,8 @@ void run_gemm(const GemmArgs& args) {
   write_json(args.json, report, "gpu-gemm");
 }
 
-// Runs `body`, naming the command in any ferry::Error ("ferry: unsupported: bench gpu-copy: no usable GPU ...").
+// Runs `body`, naming the command in any ferry::Error ("ferry: unsupported: bench gpu-copy: no usable GPU
+// ...").
 template <typename Body>
 void with_command_name(const char* command, Body body) {
   try {

@@ -168,13 +168,17 @@ std::string SmPartition::Impl::try_green(int device, int comm_sms, int total_sms
 }
 
 std::string SmPartition::Impl::probe(int total_sms) {
+  // Allocated in the primary context, as the caller's buffers are: the probe also shows that kernels in the
+  // green contexts can use them.
+  const int blocks = 4 * total_sms;
+  detail::DeviceMemory scratch(sizeof(int) * static_cast<std::size_t>(blocks), "the SM probe");
   for (int side : {kCompute, kComm}) {
     const char* name = side == kCompute ? "compute" : "comm";
     CUresult result = api.ctx_push(contexts[side]);
     if (result != CUDA_SUCCESS) return driver_error("cuCtxPushCurrent", result);
     std::string reason;
     try {
-      const auto reached = detail::sms_reached(4 * total_sms, green_streams[side]);
+      const auto reached = detail::sms_reached(blocks, green_streams[side], scratch.get());
       if (static_cast<int>(reached.size()) > sms[side]) {
         reason = std::string("green contexts did not confine the ") + name + " side: its probe reached " +
                  std::to_string(reached.size()) + " SMs, more than its " + std::to_string(sms[side]);
