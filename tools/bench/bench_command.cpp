@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bench/dispatch_bench.hpp"
+#include "bench/gpu/gpu_bench_command.hpp"
 #include "bench/proxy_bench.hpp"
 #include "bench/sizes.hpp"
 #include "bench/transport_bench.hpp"
@@ -97,6 +98,7 @@ void register_bench(CLI::App& app, int& exit_code) {
     exit_code = 0;
   });
   register_dispatch_bench(*bench, exit_code);
+  register_gpu_bench(*bench, exit_code);
 }
 
 }  // namespace ferry::tools

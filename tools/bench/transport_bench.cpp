@@ -1,18 +1,16 @@
 #include "bench/transport_bench.hpp"
 
 #include <sched.h>
-#include <sys/utsname.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
-#include <fstream>
 #include <string>
 #include <thread>
 
+#include "bench/machine_info.hpp"
 #include "bench/sizes.hpp"
 #include "bench/tcp_stream.hpp"
 #include "ferry/core/error.hpp"
@@ -45,33 +43,6 @@ int latency_iters_for(std::size_t bytes, int forced) {
 
 double gbps(std::size_t bytes, double seconds) {
   return seconds > 0 ? double(bytes) / seconds / 1e9 : 0.0;
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("model name", 0) == 0) {
-      auto colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
-    }
-  }
-  return "unknown";
-}
-
-nlohmann::json machine_info() {
-  utsname names{};
-  uname(&names);
-  return {{"hostname", names.nodename},
-          {"nproc", std::thread::hardware_concurrency()},
-          {"cpu", cpu_model()},
-          {"kernel", std::string(names.sysname) + " " + names.release}};
-}
-
-std::string now_iso8601() {
-  std::time_t now = std::time(nullptr);
-  char text[64];
-  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  return text;
 }
 
 nlohmann::json ucx_environment() {

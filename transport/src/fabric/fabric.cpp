@@ -20,6 +20,8 @@ const char* to_string(FabricKind kind) {
       return "verbs";
     case FabricKind::noop:
       return "noop";
+    case FabricKind::device_copy:
+      return "device_copy";
   }
   return "unknown";
 }
@@ -36,8 +38,10 @@ FabricKind parse_fabric_kind(const std::string& name) {
   if (name == "ucx") return FabricKind::ucx;
   if (name == "verbs") return FabricKind::verbs;
   if (name == "noop") return FabricKind::noop;
+  if (name == "device_copy") return FabricKind::device_copy;
   if (name == "auto") return auto_kind();
-  fail(Errc::invalid_argument, "unknown fabric '" + name + "' (expected ucx, verbs, noop or auto)");
+  fail(Errc::invalid_argument,
+       "unknown fabric '" + name + "' (expected ucx, verbs, noop, device_copy or auto)");
 }
 
 FabricKind fabric_kind_from_env() {
@@ -68,6 +72,10 @@ std::unique_ptr<Fabric> make_fabric(const Peers& peers, const FabricOptions& opt
       return std::make_unique<VerbsFabric>(peers, options);
     case FabricKind::noop:
       return std::make_unique<NoopFabric>(peers);
+    case FabricKind::device_copy:
+      fail(Errc::invalid_argument,
+           "make_fabric: a device_copy fabric joins virtual ranks of one process on one GPU; make it with "
+           "DeviceCopyWorld::make_fabric(rank) (ferry/transport/device_copy.hpp), not from Peers");
   }
   fail(Errc::invalid_argument, "make_fabric: unknown FabricKind");
 }

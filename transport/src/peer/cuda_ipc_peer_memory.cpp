@@ -11,16 +11,14 @@
 
 #include "fabric/fabric_common.hpp"
 #include "ferry/core/error.hpp"
+#include "ferry/transport/cuda_check.hpp"
 #include "ferry/transport/peer_memory.hpp"
 
 namespace ferry::transport {
 namespace {
 
 void check(cudaError_t status, const std::string& what) {
-  if (status != cudaSuccess) {
-    fail(Errc::system, "cuda_ipc peer memory: " + what + ": " + cudaGetErrorName(status) + " (" +
-                           cudaGetErrorString(status) + ")");
-  }
+  detail::check_cuda(status, "cuda_ipc peer memory: " + what);
 }
 
 // Identifies this process among the ranks of a node. Not the pid: ranks of one node may sit in different pid
@@ -33,23 +31,6 @@ std::uint64_t process_token() {
   }();
   return token;
 }
-
-// Restores the calling thread's current device on scope exit: set-up must not change the caller's device.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    check(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
-  }
-  ~DeviceScope() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = -1;
-};
 
 class CudaIpcPeerMemory final : public PeerMemory {
  public:
@@ -136,18 +117,15 @@ std::unique_ptr<PeerMemory> make_cuda_ipc_peer_memory(const Peers& peers, std::s
   }
   if (bytes == 0) fail(Errc::invalid_argument, "cuda_ipc peer memory: bytes is 0");
   if (tag.empty()) fail(Errc::invalid_argument, "cuda_ipc peer memory: tag is empty");
-  int count = 0;
-  cudaError_t status = cudaGetDeviceCount(&count);  // leaves `count` alone on failure
-  if (status != cudaSuccess || count == 0) {
-    fail(Errc::unsupported, std::string("cuda_ipc peer memory: no usable GPU (cudaGetDeviceCount: ") +
-                                (status == cudaSuccess ? "0 devices" : cudaGetErrorName(status)) + ")");
-  }
+  std::string reason;
+  const int count = detail::visible_gpus(reason);
+  if (count == 0) fail(Errc::unsupported, "cuda_ipc peer memory: " + reason);
   if (device < 0 || device >= count) {
     fail(Errc::invalid_argument, "cuda_ipc peer memory: device " + std::to_string(device) +
                                      " is outside the " + std::to_string(count) + " visible GPUs");
   }
 
-  DeviceScope scope(device);
+  detail::DeviceScope scope(device);
   auto memory = std::make_unique<CudaIpcPeerMemory>(device, bytes, peers.local_rank, peers.local_size);
   memory->allocate();
   cudaIpcMemHandle_t handle{};

@@ -9,6 +9,8 @@
 
 #if defined(FERRY_HAVE_CUDA)
 #include <cuda_runtime_api.h>
+
+#include "ferry/transport/cuda_check.hpp"
 #endif
 
 namespace ferry::transport::detail {
@@ -16,27 +18,14 @@ namespace {
 
 constexpr std::size_t kPage = 4096;
 
-#if defined(FERRY_HAVE_CUDA)
-// Why CUDA cannot give us mapped pinned memory here, or an empty string when it can. cudaGetDeviceCount
-// leaves its argument untouched on failure (cudaErrorInsufficientDriver without a GPU), so check the status
-// first.
-std::string cuda_unavailable_reason() {
-  int count = 0;
-  cudaError_t status = cudaGetDeviceCount(&count);
-  if (status != cudaSuccess) return std::string("cudaGetDeviceCount: ") + cudaGetErrorName(status);
-  if (count == 0) return "no CUDA device";
-  return {};
-}
-#endif
-
 }  // namespace
 
 RingAllocation::RingAllocation(std::size_t bytes, RingMemory mode) : bytes_(bytes) {
   if (bytes == 0) fail(Errc::invalid_argument, "ring allocation of 0 bytes");
   if (mode != RingMemory::host) {
 #if defined(FERRY_HAVE_CUDA)
-    std::string reason = cuda_unavailable_reason();
-    if (reason.empty()) {
+    std::string reason;
+    if (visible_gpus(reason) > 0) {
       cudaError_t status = cudaHostAlloc(&host_, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
       if (status == cudaSuccess) {
         status = cudaHostGetDevicePointer(&device_, host_, 0);

@@ -29,7 +29,9 @@
 namespace ferry::transport {
 
 enum class MemoryKind { host, cuda };
-enum class FabricKind { ucx, verbs, noop };
+// device_copy: virtual ranks of one process on one GPU (device_copy.hpp); made by DeviceCopyWorld, never by
+// make_fabric() or FERRY_FABRIC.
+enum class FabricKind { ucx, verbs, noop, device_copy };
 
 using RegionId = std::uint32_t;
 
@@ -43,7 +45,7 @@ struct FabricOptions {
 // FERRY_FABRIC=ucx|verbs|noop|auto (unset: auto); auto picks verbs when an RDMA device exists, else ucx.
 // Throws Errc::invalid_argument naming the variable for any other value.
 FabricKind fabric_kind_from_env();
-// "ucx", "verbs", "noop".
+// "ucx", "verbs", "noop", "device_copy".
 const char* to_string(FabricKind kind);
 // Inverse of to_string (also accepts "auto", resolved as fabric_kind_from_env does); throws invalid_argument.
 FabricKind parse_fabric_kind(const std::string& name);
@@ -89,7 +91,8 @@ class Fabric {
 };
 
 // Creates the backend (collective: every rank of `peers` calls it with the same options). Throws
-// Errc::unsupported with the reason when the backend cannot run here (verbs without a device).
+// Errc::unsupported with the reason when the backend cannot run here (verbs without a device), and
+// Errc::invalid_argument for FabricKind::device_copy (DeviceCopyWorld::make_fabric makes those).
 std::unique_ptr<Fabric> make_fabric(const Peers& peers, const FabricOptions& options);
 
 // A barrier over the store that keeps `fabric` progressing while it waits, so peers blocked in a flush that

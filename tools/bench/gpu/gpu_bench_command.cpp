@@ -1,0 +1,224 @@
+// `ferry bench gpu-copy` and `ferry bench gpu-gemm` (one process, one GPU; no `ferry launch` needed).
+//
+//   ferry bench gpu-copy --sms 4,8,12,20,24,all --bytes 512M --json copy.json
+//   ferry bench gpu-gemm --comm-sms 20 --json gemm.json
+#include "bench/gpu/gpu_bench_command.hpp"
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/gpu/gpu_bench.hpp"
+#include "bench/machine_info.hpp"
+#include "bench/sizes.hpp"
+#include "ferry/core/error.hpp"
+
+namespace ferry::tools {
+namespace {
+
+constexpr int kAllSms = -1;
+
+struct CopyArgs {
+  int device = 0;
+  std::string sms = "4,8,12,20,24,all";
+  std::string bytes = "512M";
+  int iters = 20;
+  std::string json;
+};
+
+struct GemmArgs {
+  int device = 0;
+  int comm_sms = 20;
+  int size = 8192;
+  int iters = 20;
+  std::string load_bytes = "256M";
+  bool no_green = false;
+  std::string json;
+};
+
+// "4,8,all" -> {4, 8, kAllSms}. Throws invalid_argument naming the bad item.
+std::vector<int> parse_sm_list(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream items(text);
+  for (std::string item; std::getline(items, item, ',');) {
+    if (item == "all") {
+      out.push_back(kAllSms);
+      continue;
+    }
+    std::size_t used = 0;
+    int value = 0;
+    try {
+      value = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || value < 1) {
+      fail(Errc::invalid_argument, "--sms: '" + item + "' is neither a positive number of SMs nor 'all'");
+    }
+    out.push_back(value);
+  }
+  if (out.empty()) fail(Errc::invalid_argument, "--sms: empty list");
+  return out;
+}
+
+nlohmann::json gpu_json(const gpu_bench::GpuDescription& gpu) {
+  return {{"name", gpu.name},
+          {"sms", gpu.sms},
+          {"l2_bytes", gpu.l2_bytes},
+          {"memory_bytes", gpu.memory_bytes},
+          {"compute_capability", gpu.compute_capability}};
+}
+
+void print_header(const char* command, const gpu_bench::GpuDescription& gpu, const nlohmann::json& machine) {
+  std::printf("ferry bench %s: GPU %s, %d SMs, L2 %s, %s; host %s\n", command, gpu.name.c_str(), gpu.sms,
+              format_size(gpu.l2_bytes).c_str(), format_size(gpu.memory_bytes).c_str(),
+              machine["hostname"].get<std::string>().c_str());
+}
+
+void write_json(const std::string& path, const nlohmann::json& report, const char* command) {
+  if (path.empty()) return;
+  std::ofstream out(path);
+  out << report.dump(2) << "\n";
+  if (!out) fail(Errc::system, std::string("bench ") + command + ": cannot write " + path);
+  std::printf("wrote %s\n", path.c_str());
+}
+
+void run_copy(const CopyArgs& args) {
+  const auto requested = parse_sm_list(args.sms);  // before touching the GPU: bad input first
+  const std::size_t bytes = parse_size(args.bytes);
+  const auto gpu = gpu_bench::describe_gpu(args.device);
+  const auto machine = machine_info();
+  print_header("gpu-copy", gpu, machine);
+  std::printf("buffers %s each (random data, %.1fx L2), median of %d runs, GB/s = (read + written) / time\n",
+              format_size(bytes).c_str(), gpu.l2_bytes > 0 ? double(bytes) / double(gpu.l2_bytes) : 0.0,
+              args.iters);
+  std::printf("%-26s %10s %10s\n", "copy", "GB/s", "ms");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int sms : requested) {
+    if (sms == kAllSms) sms = gpu.sms;
+    const auto result = gpu_bench::measure_copy_kernel(args.device, sms, bytes, args.iters);
+    const std::string label = "copy kernel, " + std::to_string(result.sms) + " SMs";
+    std::printf("%-26s %10.1f %10.3f\n", label.c_str(), result.gbps, result.ms);
+    std::fflush(stdout);
+    rows.push_back({{"kind", "copy_kernel"}, {"sms", result.sms}, {"gbps", result.gbps}, {"ms", result.ms}});
+  }
+  const double device_copy = gpu_bench::measure_device_copy(args.device, bytes, args.iters);
+  std::printf("%-26s %10.1f\n", "cudaMemcpy D2D (whole GPU)", device_copy);
+  rows.push_back({{"kind", "device_copy"}, {"sms", gpu.sms}, {"gbps", device_copy}});
+  nlohmann::json report = {{"command", "gpu-copy"}, {"date", now_iso8601()}, {"machine", machine},
+                           {"gpu", gpu_json(gpu)},  {"bytes", bytes},        {"iters", args.iters},
+                           {"rows", rows}};
+  write_json(args.json, report, "gpu-copy");
+}
+
+void run_gemm(const GemmArgs& args) {
+  const std::size_t load_bytes = parse_size(args.load_bytes);
+  const auto gpu = gpu_bench::describe_gpu(args.device);
+  const auto machine = machine_info();
+  print_header("gpu-gemm", gpu, machine);
+  gpu_bench::GemmOptions options;
+  options.m = options.n = options.k = args.size;
+  options.iters = args.iters;
+  options.allow_green = !args.no_green;
+  // The communication stand-in: the plain copy kernel on comm_sms SMs, moving load_bytes per call.
+  gpu_bench::CopyKernelLoad load(args.device, args.comm_sms, load_bytes);
+  const auto result = gpu_bench::measure_gemm_overlap(
+      args.device, args.comm_sms, [&](void* stream) { load(stream); }, options);
+  std::printf(
+      "GEMM bf16 %d^3 (fp32 accumulation), cuBLAS, median of %d; load: copy kernel on %d SMs, %s per "
+      "call\n",
+      args.size, args.iters, args.comm_sms, format_size(load_bytes).c_str());
+  std::printf("mode: %s\n", result.mode.c_str());
+  std::printf("%-44s %10s\n", "GEMM", "TFLOP/s");
+  std::printf("%-44s %10.1f\n", "whole GPU", result.tflops_full);
+  const std::string alone = "alone on the compute side (" + std::to_string(result.compute_sms) + " SMs)";
+  std::printf("%-44s %10.1f\n", alone.c_str(), result.tflops_alone);
+  std::printf("%-44s %10.1f\n", "beside the copy load", result.tflops_loaded);
+  std::printf("slowdown beside the load: %.1f%%%s; one load call alone: %.3f ms\n", 100.0 * result.slowdown,
+              result.comm_covered ? "" : " (WARNING: the load ended before the last GEMM)",
+              result.comm_ms_alone);
+  nlohmann::json report = {{"command", "gpu-gemm"},
+                           {"date", now_iso8601()},
+                           {"machine", machine},
+                           {"gpu", gpu_json(gpu)},
+                           {"size", args.size},
+                           {"iters", args.iters},
+                           {"comm_sms_requested", args.comm_sms},
+                           {"load_bytes", load_bytes},
+                           {"mode", result.mode},
+                           {"compute_sms", result.compute_sms},
+                           {"comm_sms", result.comm_sms},
+                           {"tflops_full", result.tflops_full},
+                           {"tflops_alone", result.tflops_alone},
+                           {"tflops_loaded", result.tflops_loaded},
+                           {"slowdown", result.slowdown},
+                           {"comm_ms_alone", result.comm_ms_alone},
+                           {"comm_covered", result.comm_covered}};
+  write_json(args.json, report, "gpu-gemm");
+}
+
+// Runs `body`, naming the command in any ferry::Error ("ferry: unsupported: bench gpu-copy: no usable GPU
+// ...").
+template <typename Body>
+void with_command_name(const char* command, Body body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    std::string message = e.what();
+    const std::string prefix = "ferry: " + std::string(to_string(e.code())) + ": ";
+    if (message.rfind(prefix, 0) == 0) message.erase(0, prefix.size());
+    throw Error(e.code(), std::string("bench ") + command + ": " + message);
+  }
+}
+
+}  // namespace
+
+void register_gpu_bench(CLI::App& bench, int& exit_code) {
+  auto copy_args = std::make_shared<CopyArgs>();
+  auto* copy = bench.add_subcommand(
+      "gpu-copy", "Copy bandwidth of a plain copy kernel held to N SMs, and of a whole-GPU device copy");
+  copy->add_option("--device", copy_args->device, "GPU index")->capture_default_str();
+  copy->add_option("--sms", copy_args->sms, "SM counts, a comma list; 'all' = every SM")
+      ->capture_default_str();
+  copy->add_option("--bytes", copy_args->bytes,
+                   "Bytes copied per run (K/M/G units); keep it several times L2")
+      ->capture_default_str();
+  copy->add_option("--iters", copy_args->iters, "Timed runs per figure (median)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  copy->add_option("--json", copy_args->json, "Also write the report as JSON to this file");
+  copy->callback([copy_args, &exit_code] {
+    with_command_name("gpu-copy", [&] { run_copy(*copy_args); });
+    exit_code = 0;
+  });
+
+  auto gemm_args = std::make_shared<GemmArgs>();
+  auto* gemm =
+      bench.add_subcommand("gpu-gemm",
+                           "cuBLAS bf16 GEMM on the SMs communication leaves, alone and beside a copy "
+                           "kernel on the communication SMs");
+  gemm->add_option("--device", gemm_args->device, "GPU index")->capture_default_str();
+  gemm->add_option("--comm-sms", gemm_args->comm_sms, "SMs taken by communication")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  gemm->add_option("--size", gemm_args->size, "GEMM size: m = n = k")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  gemm->add_option("--iters", gemm_args->iters, "Timed GEMMs per figure (median)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  gemm->add_option("--load-bytes", gemm_args->load_bytes, "Bytes the copy load moves per call")
+      ->capture_default_str();
+  gemm->add_flag("--no-green", gemm_args->no_green, "Plain streams instead of green-context SM partitions");
+  gemm->add_option("--json", gemm_args->json, "Also write the report as JSON to this file");
+  gemm->callback([gemm_args, &exit_code] {
+    with_command_name("gpu-gemm", [&] { run_gemm(*gemm_args); });
+    exit_code = 0;
+  });
+}
+
+}  // namespace ferry::tools
