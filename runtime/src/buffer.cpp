@@ -259,8 +259,10 @@ int Buffer::num_channels() const {
 const Config& Buffer::config() const {
   return impl_->config;
 }
+Device Buffer::device() const { return impl_->device_backend ? Device::cuda : Device::host; }
 
 BufferTraffic Buffer::traffic() const {
+  if (impl_->device_backend) return impl_->device_backend->traffic();
   std::lock_guard lock(impl_->traffic_mutex);
   return impl_->traffic;
 }

@@ -37,11 +37,11 @@ template <class T>
 struct DeviceCopy {
   explicit DeviceCopy(const std::vector<T>& host) : count(host.size()) {
     if (count == 0) return;
-    cuda_ok(cudaMalloc(&data, count * sizeof(T)), "cudaMalloc");
+    cuda_ok(cudaMalloc(reinterpret_cast<void**>(&data), count * sizeof(T)), "cudaMalloc");
     cuda_ok(cudaMemcpy(data, host.data(), count * sizeof(T), cudaMemcpyHostToDevice), "upload");
   }
   explicit DeviceCopy(std::size_t elements) : count(elements) {
-    if (count > 0) cuda_ok(cudaMalloc(&data, count * sizeof(T)), "cudaMalloc");
+    if (count > 0) cuda_ok(cudaMalloc(reinterpret_cast<void**>(&data), count * sizeof(T)), "cudaMalloc");
   }
   ~DeviceCopy() { cudaFree(data); }
   DeviceCopy(const DeviceCopy&) = delete;

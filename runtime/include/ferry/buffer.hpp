@@ -146,6 +146,9 @@ struct DispatchOptions {
   // Per-call settings: num_sms (even, <= the Buffer's), rdma_chunk, nvl_chunk; the fields that size the
   // buffer must equal the Buffer's. A cached dispatch and a combine run with their dispatch's num_sms.
   std::optional<Config> config;
+  // CUDA Buffers: the caller's stream (cudaStream_t); the operation runs on the Buffer's communication stream
+  // after the work already enqueued on it (DeepEP's previous_event). nullptr: the default stream.
+  void* stream = nullptr;
 };
 
 struct DispatchResult {

@@ -61,7 +61,7 @@ struct HostBlockDeleter {
 
 // A tensor that owns its memory: host memory (64-byte aligned), or device memory of the current CUDA device.
 // Zero-initialised unless asked otherwise: ferry asks for uninitialized memory only where it writes every byte
-// itself.
+// itself. Copies share the memory (the last one frees it), as framework tensors do.
 class Tensor {
  public:
   enum class Init : std::uint8_t { zeros, uninitialized };
@@ -85,7 +85,7 @@ class Tensor {
   std::size_t bytes() const { return view_.bytes(); }
 
  private:
-  std::unique_ptr<std::byte[], detail::HostBlockDeleter> storage_;
+  std::shared_ptr<std::byte> storage_;
   TensorView view_;
 };
 
