@@ -39,7 +39,6 @@ struct DeviceRecord {
   std::shared_ptr<DeviceArray<std::uint8_t>> in_rank;
   std::shared_ptr<DeviceArray<std::int64_t>> counts;  // send_to_rank | recv_count | recv_offset | (per node:)
                                                       // send_to_node | fwd_count | fwd_offset
-  std::shared_ptr<MappedArray<std::int64_t>> totals;  // [num_recv, num_forwarded], written by the notify kernel
   // This dispatch's placements.
   DeviceArray<std::int32_t> recv_src_rank;
   DeviceArray<std::int32_t> recv_src_token;
@@ -56,8 +55,23 @@ struct DeviceRecord {
   std::int64_t* send_to_node() const { return counts->data() + 3 * per_rank(); }
   std::int64_t* fwd_count() const { return counts->data() + 3 * per_rank() + per_node(); }
   std::int64_t* fwd_offset() const { return counts->data() + 3 * per_rank() + 2 * per_node(); }
-  std::int64_t num_recv() const { return totals->host()[0]; }
-  std::int64_t num_forwarded() const { return totals->host()[1]; }
+  // [num_recv, num_forwarded], written by the notify kernel; read back once the stream has passed it.
+  std::int64_t* totals() const { return counts->data() + 3 * per_rank() + 3 * per_node(); }
+  std::int64_t num_recv() const {
+    read_totals();
+    return totals_read[0];
+  }
+  std::int64_t num_forwarded() const {
+    read_totals();
+    return totals_read[1];
+  }
+  void read_totals() const {
+    if (totals_known) return;
+    check(cudaMemcpy(totals_read, totals(), sizeof(totals_read), cudaMemcpyDeviceToHost), "read back the counts");
+    totals_known = true;
+  }
+  mutable std::int64_t totals_read[2] = {0, 0};
+  mutable bool totals_known = false;
 
   p::RoutingCounts routing() const {
     return {recv_count(), recv_offset(), fwd_count(), fwd_offset(), send_to_rank(), send_to_node()};
@@ -195,6 +209,7 @@ struct DeviceEngine::Impl {
   DeviceArray<std::uint32_t> abort;
   std::vector<std::uint32_t> operations;                           // per rank: sequence number of the last op
   std::vector<std::shared_ptr<void>> keep_alive;                    // launch plans of operations in flight
+  std::vector<std::shared_ptr<MappedArray<RankLaunch>>> staging;    // pinned copies of launch plans, reused
 
   std::uint64_t timeout_ns() const {
     return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(options.timeout).count());
@@ -231,8 +246,15 @@ struct DeviceEngine::Impl {
   // Copies the launch plans to the device (the copy is kept until finish()) and launches `kernel` cooperatively.
   void launch(const void* kernel, const char* name, const std::vector<RankLaunch>& plans, const KernelShape& shape,
               int blocks_per_rank, int threads, std::uint32_t shared, cudaStream_t stream) {
-    auto device_plans = std::make_shared<DeviceArray<RankLaunch>>(plans.size());
-    auto staged = std::make_shared<MappedArray<RankLaunch>>(plans.size());
+    auto device_plans = std::make_shared<DeviceArray<RankLaunch>>(plans.size(), stream, true);
+    std::shared_ptr<MappedArray<RankLaunch>> staged;
+    for (const auto& slot : staging) {  // one no launch in flight holds any more
+      if (slot.use_count() == 1 && slot->size() >= plans.size()) staged = slot;
+    }
+    if (!staged) {
+      staged = std::make_shared<MappedArray<RankLaunch>>(plans.size());
+      staging.push_back(staged);
+    }
     std::copy(plans.begin(), plans.end(), staged->host());
     check(cudaMemcpyAsync(device_plans->data(), staged->host(), sizeof(RankLaunch) * plans.size(),
                           cudaMemcpyHostToDevice, stream),
@@ -308,6 +330,11 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, options.device),
         "cudaDeviceGetAttribute(cooperative launch)");
   if (!cooperative) fail(Errc::unsupported, "the GPU does not support cooperative launches");
+  // Per-operation arrays come from the device's pool in stream order; keep freed memory there for the next one.
+  cudaMemPool_t pool = nullptr;
+  check(cudaDeviceGetDefaultMemPool(&pool, options.device), "cudaDeviceGetDefaultMemPool");
+  std::uint64_t keep = ~std::uint64_t{0};
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
 
   impl.device_layout = DeviceArray<p::BufferLayout>(1);
   check(cudaMemcpy(impl.device_layout.data(), &impl.layout, sizeof(p::BufferLayout), cudaMemcpyHostToDevice),
@@ -386,7 +413,9 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
       record->topk_idx = old.topk_idx;
       record->in_rank = old.in_rank;
       record->counts = old.counts;
-      record->totals = old.totals;
+      record->totals_read[0] = old.num_recv();
+      record->totals_read[1] = old.num_forwarded();
+      record->totals_known = true;
     } else {
       record->rank = impl.ranks[i].rank;
       record->channels = channels;
@@ -395,8 +424,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
       record->num_experts = shape.num_experts;
       record->num_ranks = R;
       record->num_nodes = N;
-      record->topk_idx = std::make_shared<DeviceArray<std::int64_t>>(in.num_tokens * shape.num_topk);
-      record->in_rank = std::make_shared<DeviceArray<std::uint8_t>>(in.num_tokens * R);
+      record->topk_idx = std::make_shared<DeviceArray<std::int64_t>>(in.num_tokens * shape.num_topk, stream, true);
+      record->in_rank = std::make_shared<DeviceArray<std::uint8_t>>(in.num_tokens * R, stream, true);
       // Taken at the call: the routing the roles read cannot change under them.
       if (in.num_tokens > 0) {
         check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx, sizeof(std::int64_t) * in.num_tokens * shape.num_topk,
@@ -406,13 +435,12 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
                               cudaMemcpyDeviceToDevice, stream),
               "copy of the layout");
       }
-      record->counts = std::make_shared<DeviceArray<std::int64_t>>(3 * (R + N) * channels);
+      record->counts = std::make_shared<DeviceArray<std::int64_t>>(3 * (R + N) * channels + 2, stream, true);
       record->counts->zero(stream);
-      record->totals = std::make_shared<MappedArray<std::int64_t>>(2);
     }
     RankLaunch& plan = plans[i];
     plan = impl.base_launch(static_cast<int>(i));
-    plan.totals = record->totals->device();
+    plan.totals = record->totals();
     const p::OpContext ctx = impl.context(static_cast<int>(i), channels, shape.kind, shape.hidden, record->num_experts,
                                           shape.rdma_chunk, shape.nvl_chunk, shape.fingerprint);
     plan.notify.ctx = ctx;
@@ -445,10 +473,10 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
     const std::int64_t rows = worst > 0 ? worst : record.num_recv();
     record.record_capacity = rows;
     record.fwd_capacity = worst > 0 ? L * worst : record.num_forwarded();
-    record.recv_src_rank = DeviceArray<std::int32_t>(rows);
-    record.recv_src_token = DeviceArray<std::int32_t>(rows);
-    record.fwd_token = DeviceArray<std::int32_t>(record.fwd_capacity);
-    record.fwd_mask = DeviceArray<std::uint32_t>(record.fwd_capacity);
+    record.recv_src_rank = DeviceArray<std::int32_t>(rows, stream, true);
+    record.recv_src_token = DeviceArray<std::int32_t>(rows, stream, true);
+    record.fwd_token = DeviceArray<std::int32_t>(record.fwd_capacity, stream, true);
+    record.fwd_mask = DeviceArray<std::uint32_t>(record.fwd_capacity, stream, true);
 
     struct Outputs {
       DeviceArray<std::byte> x;
@@ -463,10 +491,10 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
     if (inputs[i].allocate) {
       where = inputs[i].allocate(rows);
     } else {
-      outputs->x = DeviceArray<std::byte>(rows * row_bytes);
-      outputs->scales = DeviceArray<float>(scale_count);
-      outputs->topk_idx = DeviceArray<std::int64_t>(topk_count);
-      outputs->topk_weights = DeviceArray<float>(topk_count);
+      outputs->x = DeviceArray<std::byte>(rows * row_bytes, stream, true);
+      outputs->scales = DeviceArray<float>(scale_count, stream, true);
+      outputs->topk_idx = DeviceArray<std::int64_t>(topk_count, stream, true);
+      outputs->topk_weights = DeviceArray<float>(topk_count, stream, true);
       where = {outputs->x.data(), outputs->scales.data(), outputs->topk_idx.data(), outputs->topk_weights.data()};
     }
     auto fill = [&](void* data, int value, std::size_t bytes, const char* what) {

@@ -10,7 +10,7 @@ namespace p = protocol;
 
 // One block per rank: counts per (target, channel) from the layout, the notify exchange (warp 0 sends, warp 1
 // receives), then the prefix sums that place every received token, written where the dispatch kernel and the
-// host (mapped totals) read them.
+// host (totals) read them.
 __global__ void __launch_bounds__(kNotifyThreads, 1) notify_kernel(LaunchArgs args) {
   extern __shared__ __align__(16) unsigned char shared[];
   RankLaunch& rank = args.ranks[blockIdx.x];

@@ -75,7 +75,7 @@ struct RankLaunch {
   int rings_per_rank = 0;
   DeviceReport* report = nullptr;     // mapped host memory
   protocol::Traffic* traffic = nullptr;  // [3]: dispatch, combine, notify (device memory)
-  std::int64_t* totals = nullptr;     // mapped host memory: [num_recv, num_forwarded] of the last notify
+  std::int64_t* totals = nullptr;     // device memory: [num_recv, num_forwarded] of the last notify
 };
 
 struct LaunchArgs {

@@ -18,16 +18,22 @@ inline void check(cudaError_t status, const char* what) {
        std::string("cuda: ") + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
 }
 
-// `count` elements of T in device memory (uninitialised unless zeroed).
+// `count` elements of T in device memory (uninitialised unless zeroed). With a stream, allocated and freed in
+// stream order from the device's memory pool (no device-wide synchronisation, memory reused at once: per-operation
+// arrays come from there); without, plain cudaMalloc.
 template <class T>
 class DeviceArray {
  public:
   DeviceArray() = default;
-  explicit DeviceArray(std::size_t count) : count_(count) {
+  explicit DeviceArray(std::size_t count, cudaStream_t stream = nullptr, bool ordered = false) : count_(count) {
     if (count == 0) return;
     void* memory = nullptr;
-    check(cudaMalloc(&memory, count * sizeof(T)), "cudaMalloc");
-    data_.reset(static_cast<T*>(memory));
+    if (ordered) {
+      check(cudaMallocAsync(&memory, count * sizeof(T), stream), "cudaMallocAsync");
+    } else {
+      check(cudaMalloc(&memory, count * sizeof(T)), "cudaMalloc");
+    }
+    data_ = std::shared_ptr<T>(static_cast<T*>(memory), Free{stream, ordered});
   }
   T* data() const { return data_.get(); }
   std::size_t size() const { return count_; }
@@ -37,9 +43,17 @@ class DeviceArray {
 
  private:
   struct Free {
-    void operator()(T* memory) const { cudaFree(memory); }
+    cudaStream_t stream;
+    bool ordered;
+    void operator()(T* memory) const {
+      if (ordered) {
+        cudaFreeAsync(memory, stream);
+      } else {
+        cudaFree(memory);
+      }
+    }
   };
-  std::unique_ptr<T, Free> data_;
+  std::shared_ptr<T> data_;
   std::size_t count_ = 0;
 };
 

@@ -12,7 +12,8 @@
 // into host memory mapped for the GPU and stops, every other role stops at its next stall, and the host
 // raises Errc::timeout naming the record; a malformed message raises Errc::protocol the same way.
 //
-// This header has no CUDA types: pointers are device pointers, a stream is a cudaStream_t passed as void*.
+// This header has no CUDA types: pointers are device pointers, a stream is a cudaStream_t passed as void*. All
+// operations of one engine go to one stream: their per-operation arrays are allocated and freed in its order.
 #pragma once
 
 #include <cstddef>
