@@ -32,6 +32,9 @@ void ProducerRing::throw_error() const {
   std::string message(control->message, strnlen(control->message, kCommandRingMessageBytes));
   auto code = static_cast<Errc>(word - 1);
   if (word == 0 || word - 1 > static_cast<std::uint32_t>(Errc::internal)) code = Errc::internal;
+  // The proxy recorded a ferry::Error's what(): do not repeat its "ferry: <category>: " prefix.
+  const std::string prefix = "ferry: " + std::string(to_string(code)) + ": ";
+  if (message.rfind(prefix, 0) == 0) message.erase(0, prefix.size());
   throw Error(code, message);
 }
 
