@@ -14,6 +14,7 @@
 #include "op_settings.hpp"
 #include "operation_queue.hpp"
 #include "protocol_params.hpp"
+#include "traffic_counters.hpp"
 
 namespace ferry {
 
@@ -21,16 +22,6 @@ namespace {
 
 namespace p = kernels::protocol;
 namespace h = kernels::host;
-
-TrafficCounters public_counters(const p::Traffic& traffic) {
-  TrafficCounters counters;
-  counters.fabric = {traffic.fabric.messages, traffic.fabric.bytes};
-  counters.node = {traffic.node.messages, traffic.node.bytes};
-  counters.self = {traffic.self.messages, traffic.self.bytes};
-  counters.fabric_puts = traffic.fabric_puts;
-  counters.fabric_signals = traffic.fabric_signals;
-  return counters;
-}
 
 DType dtype_of(p::PayloadKind kind) {
   switch (kind) {
@@ -259,7 +250,9 @@ int Buffer::num_channels() const {
 const Config& Buffer::config() const {
   return impl_->config;
 }
-Device Buffer::device() const { return impl_->device_backend ? Device::cuda : Device::host; }
+Device Buffer::device() const {
+  return impl_->device_backend ? Device::cuda : Device::host;
+}
 
 BufferTraffic Buffer::traffic() const {
   if (impl_->device_backend) return impl_->device_backend->traffic();

@@ -44,7 +44,8 @@ void require_hidden(const TensorView& view, const char* name, const Config& conf
 
 }  // namespace
 
-RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, const Config& config, Device device) {
+RowShape check_dispatch_rows(const TensorView& x, const TensorView& x_scales, const Config& config,
+                             Device device) {
   require_matrix(x, "x", device);
   RowShape rows{x.size(0), x.size(1), p::PayloadKind::bf16};
   switch (x.dtype()) {

@@ -1,5 +1,6 @@
-// Argument checks of Buffer operations, done on the caller's thread before anything is issued. Each failure is
-// Errc::invalid_argument naming the argument and what was expected. `device`: where the Buffer wants tensors.
+// Argument checks of Buffer operations, done on the caller's thread before anything is issued. Each failure
+// is Errc::invalid_argument naming the argument and what was expected. `device`: where the Buffer wants
+// tensors.
 #pragma once
 
 #include <cstdint>
@@ -30,8 +31,8 @@ void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, i
 void check_topk_weights(const TensorView& topk_weights);
 
 // CombineOptions: topk_weights [rows, K] fp32, bias [T, H] of y's dtype, when given.
-void check_combine_options(const CombineOptions& options, std::int64_t rows, std::int64_t num_tokens, int num_topk,
-                           const TensorView& y, Device device = Device::host);
+void check_combine_options(const CombineOptions& options, std::int64_t rows, std::int64_t num_tokens,
+                           int num_topk, const TensorView& y, Device device = Device::host);
 
 // y: [rows, H] bf16 / fp32 with H <= max_hidden.
 RowShape check_combine_rows(const TensorView& y, std::int64_t rows, const Config& config,

@@ -14,6 +14,7 @@
 #include "ferry/transport/peer_memory.hpp"
 #include "ferry/transport/proxy.hpp"
 #include "operation_queue.hpp"
+#include "traffic_counters.hpp"
 
 namespace ferry {
 
@@ -24,16 +25,22 @@ namespace kc = kernels::cuda;
 
 void check(cudaError_t status, const std::string& what) {
   if (status != cudaSuccess) {
-    fail(Errc::system, "cuda: " + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
+    fail(Errc::system,
+         "cuda: " + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
   }
 }
 
 p::PayloadKind kind_of(DType dtype, const char* name) {
   switch (dtype) {
-    case DType::bf16: return p::PayloadKind::bf16;
-    case DType::fp32: return p::PayloadKind::fp32;
-    case DType::fp8_e4m3: return p::PayloadKind::fp8_e4m3;
-    default: fail(Errc::invalid_argument, std::string(name) + " must be bf16, fp32 or fp8_e4m3, not " + to_string(dtype));
+    case DType::bf16:
+      return p::PayloadKind::bf16;
+    case DType::fp32:
+      return p::PayloadKind::fp32;
+    case DType::fp8_e4m3:
+      return p::PayloadKind::fp8_e4m3;
+    default:
+      fail(Errc::invalid_argument,
+           std::string(name) + " must be bf16, fp32 or fp8_e4m3, not " + to_string(dtype));
   }
 }
 
@@ -123,6 +130,27 @@ class Completion final : public DeviceCompletion {
   std::once_flag once_;
 };
 
+// The receive tensors of a dispatch on the GPU, sized once the engine knows the rows.
+kc::DeviceOutputs allocate_outputs(DispatchResult& result, std::int64_t rows, std::int64_t hidden,
+                                   DType dtype, int num_topk) {
+  result.recv_x = Tensor({rows, hidden}, dtype, Tensor::Init::uninitialized, Device::cuda);
+  kc::DeviceOutputs out;
+  out.recv_x = static_cast<std::byte*>(result.recv_x.data());
+  if (dtype == DType::fp8_e4m3) {
+    result.recv_x_scales =
+        Tensor({rows, p::scale_blocks(hidden)}, DType::fp32, Tensor::Init::uninitialized, Device::cuda);
+    out.recv_x_scales = result.recv_x_scales.data_as<float>();
+  }
+  if (num_topk > 0) {
+    result.recv_topk_idx = Tensor({rows, num_topk}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
+    result.recv_topk_weights =
+        Tensor({rows, num_topk}, DType::fp32, Tensor::Init::uninitialized, Device::cuda);
+    out.recv_topk_idx = result.recv_topk_idx.data_as<std::int64_t>();
+    out.recv_topk_weights = result.recv_topk_weights.data_as<float>();
+  }
+  return out;
+}
+
 Event device_event(DeviceBackend::Impl& impl, std::function<void()> after) {
   auto state = std::make_shared<Event::State>();
   state->device = std::make_shared<Completion>(impl, std::move(after));
@@ -131,7 +159,8 @@ Event device_event(DeviceBackend::Impl& impl, std::function<void()> after) {
 
 }  // namespace
 
-DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::BufferLayout& layout, std::size_t bytes)
+DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::BufferLayout& layout,
+                             std::size_t bytes)
     : impl_(std::make_unique<Impl>(group)) {
   Impl& impl = *impl_;
   impl.config = config;
@@ -148,7 +177,8 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   kc::DeviceRank rank;
   rank.rank = group.rank();
   rank.buffer = static_cast<std::byte*>(impl.memory->local());
-  for (int l = 0; l < group.local_size(); ++l) rank.node_peers.push_back(static_cast<std::byte*>(impl.memory->peer(l)));
+  for (int l = 0; l < group.local_size(); ++l)
+    rank.node_peers.push_back(static_cast<std::byte*>(impl.memory->peer(l)));
 
   kc::DeviceOptions options;
   options.device = impl.gpu;
@@ -161,7 +191,8 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
     std::unique_ptr<transport::Fabric> fabric = transport::make_fabric(peers, fabric_options);
     // Device memory across nodes needs a fabric that can register it: verbs (dma-buf or nvidia-peermem), or a
     // UCX built with CUDA support; the fabric says which is missing.
-    const transport::RegionId region = fabric->register_region(impl.memory->local(), bytes, transport::MemoryKind::cuda);
+    const transport::RegionId region =
+        fabric->register_region(impl.memory->local(), bytes, transport::MemoryKind::cuda);
     if (region != 0) fail(Errc::internal, "the buffer's fabric region is not region 0");
     fabric->connect();
     transport::ProxyOptions proxy_options;
@@ -210,22 +241,26 @@ Layout DeviceBackend::layout(const TensorView& topk_idx, std::int64_t num_expert
   Tensor per_rank({R}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
   Tensor per_node({R / L}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
   Tensor per_expert({num_experts}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
-  layout.is_token_in_rank_device = Tensor({layout.num_tokens, R}, DType::uint8, Tensor::Init::uninitialized, Device::cuda);
-  impl.layouts->compute(topk_idx.data_as<const std::int64_t>(), layout.num_tokens, layout.num_topk, num_experts, R, L,
-                        max_nodes,
-                        {per_rank.data_as<std::int64_t>(), per_node.data_as<std::int64_t>(),
-                         per_expert.data_as<std::int64_t>(), layout.is_token_in_rank_device.data_as<std::uint8_t>()},
-                        impl.stream);
+  layout.is_token_in_rank_device =
+      Tensor({layout.num_tokens, R}, DType::uint8, Tensor::Init::uninitialized, Device::cuda);
+  impl.layouts->compute(
+      topk_idx.data_as<const std::int64_t>(), layout.num_tokens, layout.num_topk, num_experts, R, L,
+      max_nodes,
+      {per_rank.data_as<std::int64_t>(), per_node.data_as<std::int64_t>(), per_expert.data_as<std::int64_t>(),
+       layout.is_token_in_rank_device.data_as<std::uint8_t>()},
+      impl.stream);
   check(cudaStreamSynchronize(impl.stream), "the layout kernel");
   impl.layouts->check();
   layout.tokens_per_rank.resize(R);
   layout.tokens_per_node.resize(R / L);
   layout.tokens_per_expert.resize(num_experts);
-  check(cudaMemcpy(layout.tokens_per_rank.data(), per_rank.data(), 8 * R, cudaMemcpyDeviceToHost), "layout counts");
+  check(cudaMemcpy(layout.tokens_per_rank.data(), per_rank.data(), 8 * R, cudaMemcpyDeviceToHost),
+        "layout counts");
   check(cudaMemcpy(layout.tokens_per_node.data(), per_node.data(), 8 * (R / L), cudaMemcpyDeviceToHost),
         "layout counts");
-  check(cudaMemcpy(layout.tokens_per_expert.data(), per_expert.data(), 8 * num_experts, cudaMemcpyDeviceToHost),
-        "layout counts");
+  check(
+      cudaMemcpy(layout.tokens_per_expert.data(), per_expert.data(), 8 * num_experts, cudaMemcpyDeviceToHost),
+      "layout counts");
   return layout;
 }
 
@@ -233,8 +268,9 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
                                                 const DispatchOptions& options,
                                                 const kernels::host::OpSettings& settings) {
   Impl& impl = *impl_;
-  for (auto [view, name] : {std::pair{&inputs.x, "x"}, std::pair{&inputs.x_scales, "x_scales"},
-                            std::pair{&inputs.topk_idx, "topk_idx"}, std::pair{&inputs.topk_weights, "topk_weights"}}) {
+  for (auto [view, name] :
+       {std::pair{&inputs.x, "x"}, std::pair{&inputs.x_scales, "x_scales"},
+        std::pair{&inputs.topk_idx, "topk_idx"}, std::pair{&inputs.topk_weights, "topk_weights"}}) {
     require_device(*view, name);
   }
   check(cudaSetDevice(impl.gpu), "cudaSetDevice");
@@ -267,20 +303,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   input.topk_weights = inputs.topk_weights.data_as<const float>();
   input.in_rank = in_rank_device;
   input.num_tokens = T;
-  input.allocate = [&](std::int64_t rows) {
-    result->recv_x = Tensor({rows, H}, dtype, Tensor::Init::uninitialized, Device::cuda);
-    kc::DeviceOutputs out;
-    out.recv_x = static_cast<std::byte*>(result->recv_x.data());
-    if (dtype == DType::fp8_e4m3) {
-      result->recv_x_scales = Tensor({rows, p::scale_blocks(H)}, DType::fp32, Tensor::Init::uninitialized, Device::cuda);
-      out.recv_x_scales = result->recv_x_scales.data_as<float>();
-    }
-    result->recv_topk_idx = Tensor({rows, K}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
-    result->recv_topk_weights = Tensor({rows, K}, DType::fp32, Tensor::Init::uninitialized, Device::cuda);
-    out.recv_topk_idx = result->recv_topk_idx.data_as<std::int64_t>();
-    out.recv_topk_weights = result->recv_topk_weights.data_as<float>();
-    return out;
-  };
+  input.allocate = [&](std::int64_t rows) { return allocate_outputs(*result, rows, H, dtype, K); };
   kc::DeviceDispatchShape shape;
   shape.kind = kind_of(dtype, "x");
   shape.hidden = H;
@@ -315,7 +338,8 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
     for (std::int64_t id : ids) {
       if (id >= 0 && id < experts_per_rank) ++result->tokens_per_local_expert[id];
     }
-    for (std::int64_t& count : result->tokens_per_local_expert) count = (count + alignment - 1) / alignment * alignment;
+    for (std::int64_t& count : result->tokens_per_local_expert)
+      count = (count + alignment - 1) / alignment * alignment;
     result->handle.num_recv_ = received;
     impl.engine->release_launches();
   };
@@ -328,8 +352,8 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   return {device_event(impl, finish), result};
 }
 
-Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const TensorView& x_scales, const Handle& handle,
-                                                const DispatchOptions& options,
+Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const TensorView& x_scales,
+                                                const Handle& handle, const DispatchOptions& options,
                                                 const kernels::host::OpSettings& settings) {
   Impl& impl = *impl_;
   require_device(x, "x");
@@ -344,16 +368,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   input.x = static_cast<const std::byte*>(x.data());
   input.x_scales = x_scales.data_as<const float>();
   input.num_tokens = x.size(0);
-  input.allocate = [&](std::int64_t rows) {
-    result->recv_x = Tensor({rows, H}, dtype, Tensor::Init::uninitialized, Device::cuda);
-    kc::DeviceOutputs out;
-    out.recv_x = static_cast<std::byte*>(result->recv_x.data());
-    if (dtype == DType::fp8_e4m3) {
-      result->recv_x_scales = Tensor({rows, p::scale_blocks(H)}, DType::fp32, Tensor::Init::uninitialized, Device::cuda);
-      out.recv_x_scales = result->recv_x_scales.data_as<float>();
-    }
-    return out;
-  };
+  input.allocate = [&](std::int64_t rows) { return allocate_outputs(*result, rows, H, dtype, 0); };
   kc::DeviceDispatchShape shape;
   shape.kind = kind_of(dtype, "x");
   shape.hidden = H;
@@ -363,14 +378,16 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   shape.fingerprint = settings.fingerprint;
   shape.num_worst_tokens = handle.recv_rows() > handle.num_recv_ ? handle.recv_rows() : 0;
   const std::vector<std::shared_ptr<kc::DeviceRecord>> records = {handle.device_record_};
-  std::vector<kc::DeviceDispatchResult> results = impl.engine->dispatch(shape, {input}, &records, impl.stream);
+  std::vector<kc::DeviceDispatchResult> results =
+      impl.engine->dispatch(shape, {input}, &records, impl.stream);
   auto device = std::make_shared<kc::DeviceDispatchResult>(std::move(results[0]));
   result->handle = handle;
   result->num_recv_tokens = handle.num_recv_;
   return {device_event(impl, [&impl, device] { impl.engine->release_launches(); }), result};
 }
 
-Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle& handle, const CombineOptions& options,
+Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle& handle,
+                                              const CombineOptions& options,
                                               const kernels::host::OpSettings& settings) {
   Impl& impl = *impl_;
   require_device(y, "y");
@@ -383,8 +400,8 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle&
   result->out = Tensor({handle.num_tokens_, y.size(1)}, y.dtype(), Tensor::Init::uninitialized, Device::cuda);
   const bool with_weights = !options.topk_weights.empty();
   if (with_weights) {
-    result->topk_weights = Tensor({handle.num_tokens_, handle.num_topk_}, DType::fp32, Tensor::Init::uninitialized,
-                                  Device::cuda);
+    result->topk_weights = Tensor({handle.num_tokens_, handle.num_topk_}, DType::fp32,
+                                  Tensor::Init::uninitialized, Device::cuda);
   }
   kc::DeviceCombineInput input;
   input.y = static_cast<const std::byte*>(y.data());
@@ -405,16 +422,7 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle&
 
 BufferTraffic DeviceBackend::traffic() const {
   const kc::DeviceTraffic mine = impl_->engine->traffic().at(0);
-  auto counters = [](const p::Traffic& t) {
-    TrafficCounters c;
-    c.fabric = {t.fabric.messages, t.fabric.bytes};
-    c.node = {t.node.messages, t.node.bytes};
-    c.self = {t.self.messages, t.self.bytes};
-    c.fabric_puts = t.fabric_puts;
-    c.fabric_signals = t.fabric_signals;
-    return c;
-  };
-  return {counters(mine.dispatch), counters(mine.combine), counters(mine.notify)};
+  return {public_counters(mine.dispatch), public_counters(mine.combine), public_counters(mine.notify)};
 }
 
 }  // namespace ferry

@@ -12,9 +12,13 @@ namespace {
 }
 }  // namespace
 
-DeviceBackend::DeviceBackend(Group&, const Config&, const kernels::protocol::BufferLayout&, std::size_t) { no_cuda(); }
+DeviceBackend::DeviceBackend(Group&, const Config&, const kernels::protocol::BufferLayout&, std::size_t) {
+  no_cuda();
+}
 DeviceBackend::~DeviceBackend() = default;
-Layout DeviceBackend::layout(const TensorView&, std::int64_t, int) { no_cuda(); }
+Layout DeviceBackend::layout(const TensorView&, std::int64_t, int) {
+  no_cuda();
+}
 Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs&, const Layout&, const DispatchOptions&,
                                                 const kernels::host::OpSettings&) {
   no_cuda();
@@ -27,6 +31,8 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView&, const Handle&, 
                                               const kernels::host::OpSettings&) {
   no_cuda();
 }
-BufferTraffic DeviceBackend::traffic() const { no_cuda(); }
+BufferTraffic DeviceBackend::traffic() const {
+  no_cuda();
+}
 
 }  // namespace ferry

@@ -15,8 +15,8 @@ namespace ferry::detail {
 std::byte* allocate_device_bytes(std::size_t bytes, bool zero) {
   void* memory = nullptr;
   if (cudaError_t status = cudaMalloc(&memory, bytes); status != cudaSuccess) {
-    fail(Errc::system, "cudaMalloc(" + std::to_string(bytes) + " bytes) for a device tensor: " +
-                           cudaGetErrorName(status));
+    fail(Errc::system,
+         "cudaMalloc(" + std::to_string(bytes) + " bytes) for a device tensor: " + cudaGetErrorName(status));
   }
   if (zero) {
     if (cudaError_t status = cudaMemset(memory, 0, bytes); status != cudaSuccess) {
@@ -27,7 +27,9 @@ std::byte* allocate_device_bytes(std::size_t bytes, bool zero) {
   return static_cast<std::byte*>(memory);
 }
 
-void free_device_bytes(std::byte* block) { cudaFree(block); }
+void free_device_bytes(std::byte* block) {
+  cudaFree(block);
+}
 #else
 std::byte* allocate_device_bytes(std::size_t, bool) {
   fail(Errc::unsupported, "a device tensor in a build of ferry without CUDA");

@@ -1,6 +1,6 @@
-// The memory a Buffer of a multi-process job runs over: the registered buffer in POSIX shared memory mapped by
-// every local rank (the NVLink stand-in), and, when the job spans nodes, a fabric driven by a proxy thread that
-// executes the puts and signals the channel workers post into its command rings (one ring per worker).
+// The memory a Buffer of a multi-process job runs over: the registered buffer in POSIX shared memory mapped
+// by every local rank (the NVLink stand-in), and, when the job spans nodes, a fabric driven by a proxy thread
+// that executes the puts and signals the channel workers post into its command rings (one ring per worker).
 #pragma once
 
 #include <cstddef>

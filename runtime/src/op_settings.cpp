@@ -6,18 +6,21 @@ namespace ferry {
 
 namespace {
 
-// The fields every rank must share, by name (they decide the buffer layout and the credit rules).
-template <class Visit>
-void for_each_shared_field(const Config& config, Visit visit) {
-  visit("num_sms", config.num_sms);
-  visit("max_nodes", config.max_nodes);
-  visit("max_hidden", config.max_hidden);
-  visit("max_topk", config.max_topk);
-  visit("rdma_ring_slots", config.rdma_ring_slots);
-  visit("rdma_chunk", config.rdma_chunk);
-  visit("nvl_ring_slots", config.nvl_ring_slots);
-  visit("nvl_chunk", config.nvl_chunk);
-}
+// The fields every rank must share, by name: they decide the buffer layout and the credit rules.
+struct SharedField {
+  const char* name;
+  int Config::*field;
+};
+constexpr SharedField kSharedFields[] = {
+    {"num_sms", &Config::num_sms},
+    {"max_nodes", &Config::max_nodes},
+    {"max_hidden", &Config::max_hidden},
+    {"max_topk", &Config::max_topk},
+    {"rdma_ring_slots", &Config::rdma_ring_slots},
+    {"rdma_chunk", &Config::rdma_chunk},
+    {"nvl_ring_slots", &Config::nvl_ring_slots},
+    {"nvl_chunk", &Config::nvl_chunk},
+};
 
 // FNV-1a over the values that must agree between ranks for one operation.
 std::uint64_t fingerprint(const Config& buffer, int channels, int rdma_chunk, int nvl_chunk) {
@@ -84,20 +87,13 @@ kernels::host::OpSettings op_settings(const Config& buffer, const Config* call, 
 }
 
 std::string config_mismatch(const Config& mine, int my_rank, const Config& theirs, int their_rank) {
-  std::string difference;
-  for_each_shared_field(mine, [&](const char* name, int value) {
-    if (!difference.empty()) return;
-    int other = 0;
-    for_each_shared_field(theirs, [&](const char* their_name, int their_value) {
-      if (std::string(their_name) == name) other = their_value;
-    });
-    if (other != value) {
-      difference = "rank " + std::to_string(their_rank) + " has Config::" + name + " = " +
-                   std::to_string(other) + " but rank " + std::to_string(my_rank) + " has " +
-                   std::to_string(value);
-    }
-  });
-  return difference;
+  for (const SharedField& shared : kSharedFields) {
+    if (mine.*shared.field == theirs.*shared.field) continue;
+    return "rank " + std::to_string(their_rank) + " has Config::" + shared.name + " = " +
+           std::to_string(theirs.*shared.field) + " but rank " + std::to_string(my_rank) + " has " +
+           std::to_string(mine.*shared.field);
+  }
+  return "";
 }
 
 }  // namespace ferry

@@ -23,8 +23,8 @@ namespace ferry {
 // waiting for a queue thread.
 struct DeviceCompletion {
   virtual ~DeviceCompletion() = default;
-  virtual bool test() = 0;                   // finished, successfully or not
-  virtual void wait() = 0;                   // bounded; throws the operation's error
+  virtual bool test() = 0;  // finished, successfully or not
+  virtual void wait() = 0;  // bounded; throws the operation's error
   virtual void stream_wait(void* stream) = 0;
 };
 

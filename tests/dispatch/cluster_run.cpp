@@ -1,6 +1,7 @@
 #include "cluster_run.hpp"
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 namespace ferry::test {
@@ -10,18 +11,6 @@ namespace {
 TensorView rows_view(const std::vector<std::uint8_t>& bytes, std::int64_t rows, std::int64_t hidden,
                      DType dtype) {
   return TensorView(bytes.data(), {rows, hidden}, dtype);
-}
-
-DispatchInputs inputs_of(const Scenario& scenario, int rank) {
-  const RankData& data = scenario.ranks[rank];
-  DispatchInputs inputs;
-  inputs.x = rows_view(data.x, data.num_tokens, scenario.hidden, scenario.dtype);
-  if (scenario.dtype == DType::fp8_e4m3) {
-    inputs.x_scales = TensorView(data.scales.data(), {data.num_tokens, scenario.scale_blocks()}, DType::fp32);
-  }
-  inputs.topk_idx = TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64);
-  inputs.topk_weights = TensorView(data.weights.data(), {data.num_tokens, scenario.num_topk}, DType::fp32);
-  return inputs;
 }
 
 template <typename T>
@@ -45,6 +34,24 @@ bool all_zero(const void* data, std::size_t bytes) {
 }
 
 }  // namespace
+
+DispatchInputs inputs_of(const Scenario& scenario, int rank) {
+  const RankData& data = scenario.ranks[rank];
+  DispatchInputs inputs;
+  inputs.x = rows_view(data.x, data.num_tokens, scenario.hidden, scenario.dtype);
+  if (scenario.dtype == DType::fp8_e4m3) {
+    inputs.x_scales = TensorView(data.scales.data(), {data.num_tokens, scenario.scale_blocks()}, DType::fp32);
+  }
+  inputs.topk_idx = TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64);
+  inputs.topk_weights = TensorView(data.weights.data(), {data.num_tokens, scenario.num_topk}, DType::fp32);
+  return inputs;
+}
+
+std::mt19937_64 seeded(const char* test) {
+  const std::uint64_t seed = test_seed();
+  std::printf("%s: seed %llu (set FERRY_TEST_SEED to repeat)\n", test, static_cast<unsigned long long>(seed));
+  return std::mt19937_64(seed);
+}
 
 ClusterRun::ClusterRun(const Scenario& scenario, const Config& config)
     : cluster(std::make_unique<LocalCluster>(scenario.num_nodes, scenario.local_size, config)) {

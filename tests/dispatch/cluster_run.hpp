@@ -12,6 +12,12 @@
 
 namespace ferry::test {
 
+// One rank's inputs of a scenario, as Buffer::dispatch takes them.
+DispatchInputs inputs_of(const Scenario& scenario, int rank);
+
+// A random stream for a randomized test, its seed printed (FERRY_TEST_SEED repeats it).
+std::mt19937_64 seeded(const char* test);
+
 struct ClusterRun {
   ClusterRun(const Scenario& scenario, const Config& config);
 

@@ -6,17 +6,18 @@
 // dispatch, a cached dispatch and combine on a Group-backed Buffer (shm between local ranks, proxy + fabric
 // between nodes), checks its own results exactly and prints "rank <r>: verified <rounds> rounds".
 //
-// With --kill-rank V, rank V kills itself (SIGKILL) once the first round is done, while the others are already
-// inside the next dispatch waiting for it; each survivor prints "rank <r>: failed after <s> s: <error>" (they
-// ignore the SIGTERM `ferry launch` sends when a rank dies, to live long enough to say how they learned of it).
+// With --kill-rank V, rank V kills itself (SIGKILL) once the first round is done, while the others are
+// already inside the next dispatch waiting for it; each survivor prints "rank <r>: failed after <s> s:
+// <error>" (they ignore the SIGTERM `ferry launch` sends when a rank dies, to live long enough to say how
+// they learned of it).
 #include <algorithm>
 #include <chrono>
 #include <csignal>
-#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "cluster_run.hpp"
 #include "ferry/buffer.hpp"
@@ -28,18 +29,6 @@ using namespace ferry::test;
 
 namespace {
 
-DispatchInputs inputs_of(const Scenario& scenario, int rank) {
-  const RankData& data = scenario.ranks[rank];
-  DispatchInputs inputs;
-  inputs.x = TensorView(data.x.data(), {data.num_tokens, scenario.hidden}, scenario.dtype);
-  if (scenario.dtype == DType::fp8_e4m3) {
-    inputs.x_scales = TensorView(data.scales.data(), {data.num_tokens, scenario.scale_blocks()}, DType::fp32);
-  }
-  inputs.topk_idx = TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64);
-  inputs.topk_weights = TensorView(data.weights.data(), {data.num_tokens, scenario.num_topk}, DType::fp32);
-  return inputs;
-}
-
 void require(const std::string& diff, int rank, int round, const char* what) {
   if (diff.empty()) return;
   fail(Errc::internal,
@@ -48,7 +37,8 @@ void require(const std::string& diff, int rank, int round, const char* what) {
 
 int run(std::uint64_t seed, int rounds, int kill_rank) {
   GroupOptions group_options;
-  if (kill_rank >= 0) group_options.timeout = std::chrono::seconds(10);  // leaving without the victim's goodbye
+  if (kill_rank >= 0)
+    group_options.timeout = std::chrono::seconds(10);  // leaving without the victim's goodbye
   Group group = Group::from_env(group_options);
   const int rank = group.rank();
   std::mt19937_64 rng(seed);  // the same stream on every rank
@@ -83,7 +73,8 @@ int run(std::uint64_t seed, int rounds, int kill_rank) {
     if (round == 1 && rank == kill_rank) {
       std::printf("rank %d: dying now\n", rank);
       std::fflush(stdout);
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the others are in the dispatch; my puts landed
+      std::this_thread::sleep_for(
+          std::chrono::milliseconds(300));  // the others are in the dispatch; my puts landed
       std::raise(SIGKILL);
     }
     const auto start = std::chrono::steady_clock::now();
@@ -93,7 +84,8 @@ int run(std::uint64_t seed, int rounds, int kill_rank) {
         pending.wait();
       } catch (const Error& error) {
         std::printf("rank %d: failed after %.2f s: %s\n", rank,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), error.what());
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                    error.what());
         std::fflush(stdout);
         return 3;
       }

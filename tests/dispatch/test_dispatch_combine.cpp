@@ -15,12 +15,6 @@ using namespace ferry::test;
 
 namespace {
 
-std::mt19937_64 seeded(const char* test) {
-  std::uint64_t seed = test_seed();
-  std::printf("%s: seed %llu (set FERRY_TEST_SEED to repeat)\n", test, static_cast<unsigned long long>(seed));
-  return std::mt19937_64(seed);
-}
-
 template <typename T>
 T pick(std::mt19937_64& rng, std::initializer_list<T> values) {
   return *(values.begin() + std::uniform_int_distribution<std::size_t>(0, values.size() - 1)(rng));

@@ -13,18 +13,7 @@ using namespace ferry;
 using namespace ferry::test;
 using namespace std::chrono_literals;
 
-namespace {
-
-DispatchInputs inputs_of(const Scenario& scenario, int rank) {
-  const RankData& data = scenario.ranks[rank];
-  DispatchInputs inputs;
-  inputs.x = TensorView(data.x.data(), {data.num_tokens, scenario.hidden}, scenario.dtype);
-  inputs.topk_idx = TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64);
-  inputs.topk_weights = TensorView(data.weights.data(), {data.num_tokens, scenario.num_topk}, DType::fp32);
-  return inputs;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("a Group-backed Buffer runs dispatch and combine over shm and the fabric", "[unit]") {
   std::uint64_t seed = test_seed();

@@ -13,12 +13,13 @@ TEST_CASE("dispatch and combine across 3 processes of one node", "[multiprocess]
 namespace {
 
 // A rank killed (SIGKILL) while the others are inside a dispatch waiting for it: every survivor fails with a
-// peer failure that names it, within seconds (the operation timeout is 60 s): its node's ranks through the pid
-// check the executor makes while it waits, the other nodes' through the fabric.
+// peer failure that names it, within seconds (the operation timeout is 60 s): its node's ranks through the
+// pid check the executor makes while it waits, the other nodes' through the fabric.
 void expect_death_reported(const std::string& shape, int ranks, int victim) {
   using namespace ferry::test;
   const std::string command = std::string(FERRY_BIN) + " launch " + shape + " --grace 30 --timeout 120 -- " +
-                              DISPATCH_RANK_BIN + " --seed 7 --rounds 3 --kill-rank " + std::to_string(victim);
+                              DISPATCH_RANK_BIN + " --seed 7 --rounds 3 --kill-rank " +
+                              std::to_string(victim);
   Outcome outcome = run(command);
   INFO(outcome.output);
   CHECK(outcome.output.find("rank " + std::to_string(victim) + ": dying now") != std::string::npos);
@@ -38,7 +39,8 @@ void expect_death_reported(const std::string& shape, int ranks, int victim) {
 
 }  // namespace
 
-TEST_CASE("a rank killed during a dispatch is reported by its node's ranks within seconds", "[multiprocess]") {
+TEST_CASE("a rank killed during a dispatch is reported by its node's ranks within seconds",
+          "[multiprocess]") {
   expect_death_reported("--nodes 1 --ranks-per-node 3", 3, 1);
 }
 

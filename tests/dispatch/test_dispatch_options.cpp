@@ -19,12 +19,6 @@ using namespace ferry::test;
 
 namespace {
 
-std::mt19937_64 seeded(const char* test) {
-  std::uint64_t seed = test_seed();
-  std::printf("%s: seed %llu (set FERRY_TEST_SEED to repeat)\n", test, static_cast<unsigned long long>(seed));
-  return std::mt19937_64(seed);
-}
-
 ScenarioShape shape_of(int nodes, int locals, DType dtype) {
   ScenarioShape shape;
   shape.num_nodes = nodes;
@@ -36,15 +30,6 @@ ScenarioShape shape_of(int nodes, int locals, DType dtype) {
   shape.max_tokens = 30;
   shape.max_nodes = std::min(nodes, 3);
   return shape;
-}
-
-DispatchInputs inputs_of(const Scenario& scenario, int rank) {
-  const RankData& data = scenario.ranks[rank];
-  DispatchInputs inputs;
-  inputs.x = TensorView(data.x.data(), {data.num_tokens, scenario.hidden}, scenario.dtype);
-  inputs.topk_idx = TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64);
-  inputs.topk_weights = TensorView(data.weights.data(), {data.num_tokens, scenario.num_topk}, DType::fp32);
-  return inputs;
 }
 
 // [rows, hidden] random values of `dtype` (bf16 or fp32).

@@ -157,12 +157,10 @@ class CombineSender {
     const OpContext& ctx = plan_->ctx;
     const Topology& topo = ctx.topo;
     if (topo.node_of(s) == ctx.node()) {
-      return RingRef{&ctx.family(RingKind::combine_direct), channel_, s, topo.local_of(s), ctx.local()};
+      return direct_ring(topo, ctx.rank, ctx.family(RingKind::combine_direct), channel_, topo.local_of(s));
     }
-    const int NR = topo.num_remote_nodes();
-    const int remote = remote_index(ctx.node(), topo.node_of(s));
-    return RingRef{&ctx.family(RingKind::combine_nvl), channel_, topo.rank_of(ctx.node(), topo.local_of(s)),
-                   topo.local_of(s) * NR + remote, ctx.local() * NR + remote};
+    return relay_ring(topo, ctx.rank, ctx.family(RingKind::combine_nvl), channel_, topo.local_of(s),
+                      remote_index(ctx.node(), topo.node_of(s)));
   }
 
   const CombinePlan* plan_;
@@ -218,15 +216,11 @@ class CombineForwarder {
  private:
   FERRY_HD RingRef out_ring(int i) const {
     const OpContext& ctx = plan_->ctx;
-    const int node = remote_node(ctx.node(), i);
-    return RingRef{&ctx.family(RingKind::combine_rdma), channel_, ctx.topo.rail_partner(ctx.rank, node), i,
-                   remote_index(node, ctx.node())};
+    return rail_ring(ctx.topo, ctx.rank, ctx.family(RingKind::combine_rdma), channel_, i);
   }
   FERRY_HD RingRef in_ring(int i, int local) const {
     const OpContext& ctx = plan_->ctx;
-    const int NR = ctx.topo.num_remote_nodes();
-    return RingRef{&ctx.family(RingKind::combine_nvl), channel_, ctx.topo.rank_of(ctx.node(), local),
-                   local * NR + i, ctx.local() * NR + i};
+    return relay_ring(ctx.topo, ctx.rank, ctx.family(RingKind::combine_nvl), channel_, local, i);
   }
 
   // Moves what it can for remote source node index i; returns whether that node's block is finished.
@@ -447,13 +441,8 @@ class CombineReceiver {
   FERRY_HD RingRef ring_of(int i) const {
     const OpContext& ctx = plan_->ctx;
     const int L = ctx.topo.local_size;
-    if (i < L) {
-      return RingRef{&ctx.family(RingKind::combine_direct), channel_, ctx.topo.rank_of(ctx.node(), i), i,
-                     ctx.local()};
-    }
-    const int node = remote_node(ctx.node(), i - L);
-    return RingRef{&ctx.family(RingKind::combine_rdma), channel_, ctx.topo.rail_partner(ctx.rank, node),
-                   i - L, remote_index(node, ctx.node())};
+    if (i < L) return direct_ring(ctx.topo, ctx.rank, ctx.family(RingKind::combine_direct), channel_, i);
+    return rail_ring(ctx.topo, ctx.rank, ctx.family(RingKind::combine_rdma), channel_, i - L);
   }
 
   // Messages this operation takes from ring i: this rank's tokens that went to local rank i, or to node i.

@@ -130,14 +130,11 @@ class DispatchSender {
 
   FERRY_HD RingRef ring_of(int d) const {
     const OpContext& ctx = plan_->ctx;
-    const Topology& topo = ctx.topo;
-    if (d < topo.local_size) {
-      return RingRef{&ctx.family(RingKind::dispatch_direct), channel_, topo.rank_of(ctx.node(), d), d,
-                     ctx.local()};
+    if (d < ctx.topo.local_size) {
+      return direct_ring(ctx.topo, ctx.rank, ctx.family(RingKind::dispatch_direct), channel_, d);
     }
-    const int node = remote_of(d);
-    return RingRef{&ctx.family(RingKind::dispatch_rdma), channel_, topo.rail_partner(ctx.rank, node),
-                   d - topo.local_size, remote_index(node, ctx.node())};
+    return rail_ring(ctx.topo, ctx.rank, ctx.family(RingKind::dispatch_rdma), channel_,
+                     d - ctx.topo.local_size);
   }
 
   FERRY_HD bool targets(std::int64_t token, int d) const {
@@ -362,15 +359,11 @@ class DispatchForwarder {
  private:
   FERRY_HD RingRef in_ring(int i) const {
     const OpContext& ctx = plan_->ctx;
-    const int node = remote_node(ctx.node(), i);
-    return RingRef{&ctx.family(RingKind::dispatch_rdma), channel_, ctx.topo.rail_partner(ctx.rank, node), i,
-                   remote_index(node, ctx.node())};
+    return rail_ring(ctx.topo, ctx.rank, ctx.family(RingKind::dispatch_rdma), channel_, i);
   }
   FERRY_HD RingRef out_ring(int i, int local) const {
     const OpContext& ctx = plan_->ctx;
-    const int NR = ctx.topo.num_remote_nodes();
-    return RingRef{&ctx.family(RingKind::dispatch_nvl), channel_, ctx.topo.rank_of(ctx.node(), local),
-                   local * NR + i, ctx.local() * NR + i};
+    return relay_ring(ctx.topo, ctx.rank, ctx.family(RingKind::dispatch_nvl), channel_, local, i);
   }
 
   // Moves what it can for remote source node index i; returns whether that node's block is finished.
@@ -563,15 +556,10 @@ class DispatchReceiver {
   FERRY_HD RingRef ring_of(int i) const {
     const OpContext& ctx = plan_->ctx;
     const int L = ctx.topo.local_size;
-    if (i < L) {
-      return RingRef{&ctx.family(RingKind::dispatch_direct), channel_, ctx.topo.rank_of(ctx.node(), i), i,
-                     ctx.local()};
-    }
+    if (i < L) return direct_ring(ctx.topo, ctx.rank, ctx.family(RingKind::dispatch_direct), channel_, i);
     const int NR = ctx.topo.num_remote_nodes();
-    const int forwarder = (i - L) / NR;
-    const int remote = (i - L) % NR;
-    return RingRef{&ctx.family(RingKind::dispatch_nvl), channel_, ctx.topo.rank_of(ctx.node(), forwarder),
-                   forwarder * NR + remote, ctx.local() * NR + remote};
+    return relay_ring(ctx.topo, ctx.rank, ctx.family(RingKind::dispatch_nvl), channel_, (i - L) / NR,
+                      (i - L) % NR);
   }
 
   const DispatchPlan* plan_;

@@ -53,6 +53,27 @@ struct RingRef {
   int theirs = 0;
 };
 
+// The three ways two ranks are joined by a ring of one family (the same formulas on both ends):
+// a fabric ring between rail partners, this rank and its partner on remote node index `remote`;
+FERRY_HD inline RingRef rail_ring(const Topology& topo, int rank, const RingFamily& family, int channel,
+                                  int remote) {
+  const int own = topo.node_of(rank);
+  const int node = remote_node(own, remote);
+  return RingRef{&family, channel, topo.rail_partner(rank, node), remote, remote_index(node, own)};
+}
+// a node ring carrying tokens of remote node index `remote` between this rank and local rank `local`;
+FERRY_HD inline RingRef relay_ring(const Topology& topo, int rank, const RingFamily& family, int channel,
+                                   int local, int remote) {
+  const int NR = topo.num_remote_nodes();
+  return RingRef{&family, channel, topo.rank_of(topo.node_of(rank), local), local * NR + remote,
+                 topo.local_of(rank) * NR + remote};
+}
+// and a direct ring between this rank and local rank `local`.
+FERRY_HD inline RingRef direct_ring(const Topology& topo, int rank, const RingFamily& family, int channel,
+                                    int local) {
+  return RingRef{&family, channel, topo.rank_of(topo.node_of(rank), local), local, topo.local_of(rank)};
+}
+
 template <class Io>
 struct Producer {
   RingRef ref;
