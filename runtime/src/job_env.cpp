@@ -76,15 +76,16 @@ std::optional<int> slurm_tasks_per_node(const Reader& env) {
   // Anything after "N(xM)" means nodes with different task counts: ferry needs one count everywhere.
   auto close = rest.find(')');
   if (!rest.empty() && (rest[0] != '(' || close == std::string::npos || close + 1 != rest.size())) {
-    fail(Errc::invalid_argument, "SLURM_TASKS_PER_NODE='" + *text +
-                                     "' gives nodes different task counts; ferry needs the same number of ranks "
-                                     "on every node");
+    fail(Errc::invalid_argument,
+         "SLURM_TASKS_PER_NODE='" + *text +
+             "' gives nodes different task counts; ferry needs the same number of ranks "
+             "on every node");
   }
   return value;
 }
 
-// Where the store lives when the launcher is not ferry's: FERRY_STORE, else MASTER_ADDR:(MASTER_PORT+1) so that we
-// do not collide with the launcher's own store on MASTER_PORT.
+// Where the store lives when the launcher is not ferry's: FERRY_STORE, else MASTER_ADDR:(MASTER_PORT+1) so
+// that we do not collide with the launcher's own store on MASTER_PORT.
 void resolve_store(const Reader& env, JobEnv& job, const char* launcher) {
   if (auto store = env.text("FERRY_STORE")) {
     parse_endpoint(*store, "FERRY_STORE", job);
@@ -94,9 +95,10 @@ void resolve_store(const Reader& env, JobEnv& job, const char* launcher) {
   auto port = env.number("MASTER_PORT");
   if (!addr || !port) {
     if (job.world_size == 1) return;
-    fail(Errc::invalid_argument, std::string(launcher) +
-                                     " job: set FERRY_STORE=host:port (or MASTER_ADDR and MASTER_PORT) so rank 0 "
-                                     "can host the bootstrap store");
+    fail(Errc::invalid_argument,
+         std::string(launcher) +
+             " job: set FERRY_STORE=host:port (or MASTER_ADDR and MASTER_PORT) so rank 0 "
+             "can host the bootstrap store");
   }
   if (*port < 1 || *port > 65534) {
     fail(Errc::invalid_argument, "MASTER_PORT=" + std::to_string(*port) + " is out of range 1-65534");
@@ -113,6 +115,39 @@ std::string random_hex(std::size_t chars) {
   return out;
 }
 
+// Never derived from anything a stranger could know (a job id, a port): from FERRY_SECRET, or made by rank 0.
+void resolve_secret(const Reader& env, JobEnv& job) {
+  const std::string how_to_set =
+      "set FERRY_SECRET to the same random value on every rank before starting the job, e.g.\n"
+      "  export FERRY_SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\n"
+      "(torchrun and srun pass the environment on to every rank; mpirun needs -x FERRY_SECRET)";
+  if (auto secret = env.text("FERRY_SECRET")) {
+    if (secret->empty()) {
+      fail(Errc::invalid_argument,
+           "FERRY_SECRET is set but empty, which would leave the bootstrap store open to anyone who finds "
+           "its port; unset it (ferry makes a secret of its own for one-node jobs) or " +
+               how_to_set);
+    }
+    job.secret = *secret;
+    job.secret_source = SecretSource::environment;
+  } else if (job.world_size == 1) {
+    job.secret = random_hex(32);
+    job.secret_source = SecretSource::private_random;
+  } else if (job.num_nodes() == 1) {
+    // Every rank is on this host: rank 0 makes the secret and hands it over in a private file, and the store
+    // is not reachable from other hosts at all.
+    job.secret.clear();
+    job.secret_source = SecretSource::local_handoff;
+    job.store_host = "127.0.0.1";
+  } else {
+    fail(Errc::invalid_argument,
+         std::string(to_string(job.launcher)) + " job on " + std::to_string(job.num_nodes()) +
+             " nodes without FERRY_SECRET: rank 0's bootstrap store would be reachable from other hosts and "
+             "ferry has no channel private to the job to hand a secret to them; " +
+             how_to_set);
+  }
+}
+
 void validate_layout(const JobEnv& job) {
   auto where = std::string(" (from ") + to_string(job.launcher) + " environment)";
   if (job.world_size < 1) fail(Errc::invalid_argument, "world size must be at least 1" + where);
@@ -122,14 +157,13 @@ void validate_layout(const JobEnv& job) {
   }
   if (job.local_size < 1 || job.local_size > job.world_size) {
     fail(Errc::invalid_argument, "local world size " + std::to_string(job.local_size) +
-                                     " must be between 1 and the world size " + std::to_string(job.world_size) +
-                                     where);
+                                     " must be between 1 and the world size " +
+                                     std::to_string(job.world_size) + where);
   }
   if (job.world_size % job.local_size != 0) {
-    fail(Errc::invalid_argument, "world size " + std::to_string(job.world_size) +
-                                     " is not a multiple of the local world size " +
-                                     std::to_string(job.local_size) +
-                                     ": ferry needs the same number of ranks on every node" + where);
+    fail(Errc::invalid_argument,
+         "world size " + std::to_string(job.world_size) + " is not a multiple of the local world size " +
+             std::to_string(job.local_size) + ": ferry needs the same number of ranks on every node" + where);
   }
   if (job.local_rank != job.rank % job.local_size) {
     fail(Errc::invalid_argument, "rank " + std::to_string(job.rank) + " has local rank " +
@@ -144,11 +178,16 @@ void validate_layout(const JobEnv& job) {
 
 const char* to_string(Launcher launcher) {
   switch (launcher) {
-    case Launcher::single: return "single-process";
-    case Launcher::ferry: return "ferry launch";
-    case Launcher::torchrun: return "torchrun";
-    case Launcher::openmpi: return "Open MPI";
-    case Launcher::slurm: return "Slurm";
+    case Launcher::single:
+      return "single-process";
+    case Launcher::ferry:
+      return "ferry launch";
+    case Launcher::torchrun:
+      return "torchrun";
+    case Launcher::openmpi:
+      return "Open MPI";
+    case Launcher::slurm:
+      return "Slurm";
   }
   return "unknown";
 }
@@ -165,7 +204,8 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
     if (auto store = env.text("FERRY_STORE")) {
       parse_endpoint(*store, "FERRY_STORE", job);
     } else if (job.world_size > 1) {
-      fail(Errc::invalid_argument, "FERRY_RANK is set but FERRY_STORE (host:port of the bootstrap store) is not");
+      fail(Errc::invalid_argument,
+           "FERRY_RANK is set but FERRY_STORE (host:port of the bootstrap store) is not");
     }
   } else if (env.has("RANK") && env.has("WORLD_SIZE")) {
     job.launcher = Launcher::torchrun;
@@ -189,7 +229,8 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
     job.world_size = env.required("SLURM_NTASKS", "Slurm");
     job.local_rank = env.required("SLURM_LOCALID", "Slurm");
     auto per_node = slurm_tasks_per_node(env);
-    if (!per_node) fail(Errc::invalid_argument, "Slurm environment found but SLURM_NTASKS_PER_NODE is not set");
+    if (!per_node)
+      fail(Errc::invalid_argument, "Slurm environment found but SLURM_NTASKS_PER_NODE is not set");
     job.local_size = *per_node;
     resolve_store(env, job, "Slurm");
     job.job_id = env.text("SLURM_JOB_ID").value_or("") + "." + env.text("SLURM_STEP_ID").value_or("0");
@@ -198,14 +239,9 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
 
   if (auto id = env.text("FERRY_JOB_ID")) job.job_id = *id;
   if (job.job_id.empty()) job.job_id = job.world_size == 1 ? "single-" + random_hex(8) : "job";
-  if (auto secret = env.text("FERRY_SECRET")) {
-    job.secret = *secret;
-  } else if (job.world_size == 1) {
-    job.secret = random_hex(32);
-  } else {
-    // Without a secret every rank must still agree on one; the job id is the only shared fact. It keeps stray
-    // processes of other jobs out, not an attacker: set FERRY_SECRET for that.
-    job.secret = "ferry-job:" + job.job_id;
+  resolve_secret(env, job);
+  if (job.rank == 0) {
+    if (auto fd = env.number("FERRY_STORE_FD")) job.store_fd = *fd;
   }
   job.node_address = env.text("FERRY_NODE_ADDR").value_or("");
   return job;

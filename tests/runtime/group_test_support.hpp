@@ -1,0 +1,70 @@
+// Groups of several ranks inside one process (one thread per rank), shared by the test_group sources.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <future>
+#include <vector>
+
+#include "ferry/group.hpp"
+
+namespace group_test {
+
+using namespace std::chrono_literals;
+
+inline std::uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+inline ferry::JobEnv job_for(int rank, int world, int local_size, std::uint16_t port) {
+  ferry::JobEnv job;
+  job.launcher = ferry::Launcher::ferry;
+  job.rank = rank;
+  job.world_size = world;
+  job.local_size = local_size;
+  job.local_rank = rank % local_size;
+  job.store_port = port;
+  job.secret = "test-secret";
+  job.job_id = "test";
+  return job;
+}
+
+// Runs `body(group)` on one thread per job (rank) and rethrows the first failure.
+template <typename Body>
+void run_jobs(const std::vector<ferry::JobEnv>& jobs, Body body, std::chrono::milliseconds timeout = 20s) {
+  std::vector<std::future<void>> ranks;
+  for (const auto& job : jobs) {
+    ranks.push_back(std::async(std::launch::async, [=] {
+      ferry::GroupOptions options;
+      options.timeout = timeout;
+      auto group = ferry::Group::from_job(job, options);
+      body(group);
+    }));
+  }
+  for (auto& rank : ranks) rank.get();
+}
+
+// Runs `body(group)` on `world` ranks, one thread each, and rethrows the first failure.
+template <typename Body>
+void run_ranks(int world, int local_size, Body body, std::chrono::milliseconds timeout = 20s) {
+  auto port = free_port();
+  std::vector<ferry::JobEnv> jobs;
+  for (int r = 0; r < world; ++r) jobs.push_back(job_for(r, world, local_size, port));
+  run_jobs(jobs, body, timeout);
+}
+
+}  // namespace group_test
