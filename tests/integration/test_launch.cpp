@@ -331,6 +331,18 @@ TEST_CASE("launch: bad options are refused before anything starts", "[launch]") 
     CHECK(result.exit_code != 0);
     CHECK(result.err.find("--netns") != std::string::npos);
   }
+  SECTION("--drop-rate without --netns, or outside (0, 1)") {
+    auto result = launch(args({"--drop-rate", "0.01"}, {"true"}));
+    INFO(result.describe());
+    CHECK(result.exit_code != 0);
+    CHECK(result.err.find("--netns") != std::string::npos);
+    for (const char* rate : {"0", "1", "-0.5", "lots"}) {
+      auto bad = launch(args({"--netns", "--drop-rate", rate}, {"true"}));
+      INFO(bad.describe());
+      CHECK(bad.exit_code != 0);
+      CHECK(bad.err.find("--drop-rate") != std::string::npos);
+    }
+  }
   SECTION("a job that runs fine exits 0") {
     CHECK(launch(args({"--nodes", "3"}, {"true"})).exit_code == 0);
   }

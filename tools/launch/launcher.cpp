@@ -337,11 +337,31 @@ std::string check_options(const LaunchOptions& options) {
     return "--nodes x --ranks-per-node must be at most " + std::to_string(kMaxWorldSize);
   }
   if (options.link_gbps && !options.netns) return "--link-gbps needs --netns";
+  if (options.drop_rate && !options.netns) return "--drop-rate needs --netns";
+  if (options.drop_rate && !(*options.drop_rate > 0 && *options.drop_rate < 1)) {
+    return "--drop-rate must be in (0, 1), not " + std::to_string(*options.drop_rate);
+  }
   if (options.link_gbps && !(*options.link_gbps > 0 && *options.link_gbps <= 10000)) {
     return "--link-gbps must be in (0, 10000], not " + std::to_string(*options.link_gbps);
   }
   if (options.timeout.count() < 0) return "--timeout must not be negative";
   return {};
+}
+
+// "dropped D of N packets": the faults injected, which the job survived when it exited 0.
+void report_drops(const NetnsCluster& cluster, double rate) {
+  try {
+    const DropCounts counts = cluster.drop_counts();
+    char line[160];
+    std::snprintf(
+        line, sizeof line, "--drop-rate %g: dropped %llu of %llu packets on the node links (%.2f%%)", rate,
+        static_cast<unsigned long long>(counts.dropped), static_cast<unsigned long long>(counts.sent),
+        counts.sent > 0 ? 100.0 * static_cast<double>(counts.dropped) / static_cast<double>(counts.sent)
+                        : 0.0);
+    report(line);
+  } catch (const std::exception& e) {
+    report(std::string("warning: cannot read the drop counters: ") + user_message(e));
+  }
 }
 
 // Two pipe ends per rank stay open in the launcher; raise the soft limit when the default would not do.
@@ -388,6 +408,7 @@ int run_launch(const LaunchOptions& options) {
   NetnsCluster::Options cluster_options;
   cluster_options.nodes = options.nodes;
   cluster_options.link_gbps = options.link_gbps;
+  cluster_options.drop_rate = options.drop_rate;
   cluster_options.interrupted = [] { return SignalRelay::first_stop_signal() != 0; };
   if (options.netns) {
     try {
@@ -434,6 +455,7 @@ int run_launch(const LaunchOptions& options) {
       }
       exit_code = Supervisor(ranks, signals, options).run();
     }
+    if (cluster && options.drop_rate) report_drops(*cluster, *options.drop_rate);
     reap_all_children(kFinalReap);
     // A rank killed between creating its shm segment and unlinking it leaves the segment behind: the
     // launcher knows the job and removes what is left once every rank is gone.
