@@ -15,7 +15,7 @@ namespace ferry::test {
 inline const char* const kIpCommand = "PATH=$PATH:/usr/sbin:/sbin ip";
 
 // stdout of a shell command run by the test itself.
-inline std::string netns_shell_output(const std::string& command) {
+inline std::string shell_output(const std::string& command) {
   std::string output;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return output;
@@ -34,11 +34,11 @@ inline std::string netns_unavailable() {
     if (const char* simulated = std::getenv("FERRY_TEST_NETNS_UNAVAILABLE"); simulated && *simulated)
       return std::string("simulated: ") + simulated;
     if (::geteuid() != 0) return std::string("not root");
-    if (netns_shell_output(std::string(kIpCommand) + " -V 2>/dev/null").empty())
+    if (shell_output(std::string(kIpCommand) + " -V 2>/dev/null").empty())
       return std::string("iproute2's ip is missing");
     const std::string probe = "ferrytest-" + std::to_string(::getpid());
-    auto added = netns_shell_output(std::string(kIpCommand) + " netns add " + probe + " && echo ok");
-    netns_shell_output(std::string(kIpCommand) + " netns del " + probe + " 2>/dev/null");
+    auto added = shell_output(std::string(kIpCommand) + " netns add " + probe + " && echo ok");
+    shell_output(std::string(kIpCommand) + " netns del " + probe + " 2>/dev/null");
     if (added.find("ok") == std::string::npos)
       return std::string("'ip netns add' fails here (no CAP_SYS_ADMIN?)");
     return std::string();

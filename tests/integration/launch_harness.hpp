@@ -60,16 +60,7 @@ inline std::vector<std::string> lines_starting_with(const std::string& text, con
   return lines;
 }
 
-// stdout of a shell command run by the test itself.
-inline std::string shell_output(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return output;
-  char buffer[4096];
-  while (std::size_t got = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, got);
-  ::pclose(pipe);
-  return output;
-}
+using ferry::test::shell_output;  // stdout of a shell command run by the test itself
 
 // iproute2's ip, found where Debian puts it even when /usr/sbin is not on PATH.
 inline const char* const kIp = ferry::test::kIpCommand;

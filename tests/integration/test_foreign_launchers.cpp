@@ -2,13 +2,10 @@
 // started here by hand with those launchers' variables, each running `ferry topo`. A one-node job gets a
 // secret from its rank 0 (over a private file, the store on loopback only); a job on several nodes is refused
 // at once with the way out; an empty FERRY_SECRET is refused too.
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/loopback.hpp"
 #include "launch_harness.hpp"
 
 using namespace launch_test;
@@ -32,16 +30,7 @@ struct RankRun {
 
 // A port that was free a moment ago (the store of these jobs binds MASTER_PORT + 1 itself).
 int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-  socklen_t length = sizeof(address);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  ::close(fd);
-  return ntohs(address.sin_port);
+  return ferry::test::free_loopback_port();
 }
 
 // Starts one `ferry topo` per entry of `ranks`, each with only PATH and those variables, and waits (at most

@@ -1,9 +1,6 @@
 // Groups of several ranks inside one process (one thread per rank), shared by the test_group sources.
 #pragma once
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -11,6 +8,7 @@
 #include <future>
 #include <vector>
 
+#include "common/loopback.hpp"
 #include "ferry/group.hpp"
 
 namespace group_test {
@@ -18,16 +16,7 @@ namespace group_test {
 using namespace std::chrono_literals;
 
 inline std::uint16_t free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
+  return ferry::test::free_loopback_port();
 }
 
 inline ferry::JobEnv job_for(int rank, int world, int local_size, std::uint16_t port) {

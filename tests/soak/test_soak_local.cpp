@@ -8,27 +8,13 @@
 
 #include "../dispatch/cluster_run.hpp"
 #include "../dispatch/reference.hpp"
+#include "../runtime/group_split_exercise.hpp"
 #include "process_usage.hpp"
 
 using namespace ferry;
 using namespace ferry::test;
 
 namespace {
-
-Config soak_config() {
-  Config config;
-  config.num_sms = 4;
-  config.max_hidden = 64;
-  config.max_topk = 4;
-  config.rdma_ring_slots = 4;
-  config.rdma_chunk = 2;
-  config.nvl_ring_slots = 4;
-  config.nvl_chunk = 2;
-  config.host_workers = 1;
-  config.max_nodes = 2;
-  config.timeout = std::chrono::seconds(30);
-  return config;
-}
 
 // One random round: dispatch (sometimes sized for the worst case), sometimes a cached dispatch, combine;
 // "" or the first difference.
@@ -76,7 +62,7 @@ TEST_CASE("soak: thousands of random dispatch/combine rounds keep memory and des
   Scenario shape_only;
   shape_only.num_nodes = 2;
   shape_only.local_size = 2;
-  ClusterRun run(shape_only, soak_config());
+  ClusterRun run(shape_only, split_test_config(2));
   for (int round = 0; round < warmup; ++round) {
     std::string diff = soak_round(run, rng);
     INFO("warm-up round " << round);

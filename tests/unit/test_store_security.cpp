@@ -9,6 +9,7 @@
 #include <string>
 
 #include "bootstrap/hello_limiter.hpp"
+#include "common/loopback.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/store.hpp"
 #include "store_test_support.hpp"
@@ -17,28 +18,8 @@ using namespace store_test;
 using ferry::transport::HelloLimiter;
 using ferry::transport::SecretRejected;
 
-namespace {
-
-// A bound, listening socket on 127.0.0.1 (port 0: the kernel picks), as `ferry launch` makes for rank 0.
-int listening_socket() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-  REQUIRE(::listen(fd, 16) == 0);
-  return fd;
-}
-
-std::uint16_t port_of(int fd) {
-  sockaddr_in address{};
-  socklen_t length = sizeof(address);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  return ntohs(address.sin_port);
-}
-
-}  // namespace
+using ferry::test::loopback_socket;
+using ferry::test::port_of_socket;
 
 TEST_CASE("store security: a server without a secret refuses to start", "[store][security]") {
   StoreOptions options = server_options();
@@ -176,8 +157,8 @@ TEST_CASE("store security: the HELLO limiter forgives slow failures and ends its
 }
 
 TEST_CASE("store security: a handed-over listening socket is served and left open", "[store][security]") {
-  const int fd = listening_socket();
-  const std::uint16_t port = port_of(fd);
+  const int fd = loopback_socket(true);
+  const std::uint16_t port = port_of_socket(fd);
   for (int round = 0; round < 2; ++round) {  // adopted twice: the server works on a copy
     StoreOptions options = server_options();
     options.listen_fd = fd;
