@@ -19,6 +19,8 @@
 
 using namespace launch_test;
 
+extern char** environ;
+
 namespace {
 
 using Vars = std::map<std::string, std::string>;
@@ -33,13 +35,29 @@ int free_port() {
   return ferry::test::free_loopback_port();
 }
 
-// Starts one `ferry topo` per entry of `ranks`, each with only PATH and those variables, and waits (at most
-// `limit`) for all of them.
+// Whether `entry` ("NAME=value") sets a variable a launcher sets: those come from the test alone.
+bool is_launcher_variable(const std::string& entry) {
+  const std::string name = entry.substr(0, entry.find('='));
+  for (const char* prefix : {"FERRY_", "OMPI_", "PMIX_", "SLURM_", "TORCHELASTIC_"}) {
+    if (name.rfind(prefix, 0) == 0) return true;
+  }
+  for (const char* exact :
+       {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) {
+    if (name == exact) return true;
+  }
+  return false;
+}
+
+// Starts one `ferry topo` per entry of `ranks`, each with the test's environment (sanitizer settings
+// included) less every launcher's variables, plus those of the entry, and waits (at most `limit`) for all.
 std::vector<RankRun> run_topo(const std::vector<Vars>& ranks, std::chrono::seconds limit = 30s) {
   TempDir dir;
   std::vector<pid_t> pids;
   for (std::size_t r = 0; r < ranks.size(); ++r) {
-    std::vector<std::string> environment{"PATH=/usr/bin:/bin"};
+    std::vector<std::string> environment;
+    for (char** entry = environ; *entry != nullptr; ++entry) {
+      if (!is_launcher_variable(*entry)) environment.push_back(*entry);
+    }
     for (const auto& [name, value] : ranks[r]) environment.push_back(name + "=" + value);
     std::vector<char*> envp;
     for (auto& entry : environment) envp.push_back(entry.data());
