@@ -18,7 +18,7 @@
 #     [LIBS target ...]                         # fuzz preset: header-only dependencies (nlohmann_json)
 #     [LINK target ...]                         # other presets: what to link (default ferry_internal)
 #     [SECONDS n])
-set(FERRY_FUZZ_SECONDS 20 CACHE STRING "Seconds each fuzz target runs under ctest (fuzz preset)")
+set(FERRY_FUZZ_SECONDS 15 CACHE STRING "Seconds each fuzz target runs under ctest (fuzz preset)")
 set(FERRY_FUZZ_FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
                      -fno-omit-frame-pointer)
 # Library sources nearly every target needs: ferry::Error.
