@@ -11,6 +11,7 @@
 
 #include "ferry/core/error.hpp"
 #include "ferry/transport/store.hpp"
+#include "secret_handoff.hpp"
 
 namespace ferry {
 
@@ -42,7 +43,10 @@ struct Group::Impl {
       std::vector<bool> departed(ranks.size(), false);
       int departed_count = 0;
       auto next_liveness_check = Clock::now() + std::chrono::milliseconds(50);
-      while (store->add("ferry/group/exit", 0) + departed_count < job.world_size && !deadline.expired()) {
+      auto everyone_left = [&] {
+        return store->add("ferry/group/exit", 0) + departed_count >= job.world_size;
+      };
+      while (!everyone_left() && !deadline.expired()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
         if (ranks.empty() || Clock::now() < next_liveness_check) continue;
         next_liveness_check = Clock::now() + std::chrono::milliseconds(50);
@@ -57,6 +61,9 @@ struct Group::Impl {
           ++departed_count;
         }
       }
+      // A sub-group's keys live in its root's store, which outlives it: everyone has left, so nothing of
+      // this sub-group will be read again.
+      if (!key_prefix.empty() && everyone_left()) store->erase_prefix("");
     } catch (const std::exception&) {
       // Leaving anyway: a peer that is gone cannot be waited for.
     }
@@ -153,21 +160,49 @@ Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_stor
   impl->job = job;
   impl->timeout = options.timeout;
   impl->key_prefix = key_prefix;
+  const bool handoff = job.secret_source == SecretSource::local_handoff && job.secret.empty();
+  // A one-rank job without a secret (a default JobEnv) talks only to itself: any random secret will do.
+  if (job.secret.empty() && job.world_size == 1 && host_store) impl->job.secret = detail::make_secret();
+  if (impl->job.secret.empty() && !handoff) {
+    fail(Errc::invalid_argument,
+         "rank " + std::to_string(job.rank) +
+             " has an empty store secret (JobEnv::secret): the store never runs without one");
+  }
 
   transport::StoreOptions store_options;
   store_options.host = job.store_host;
   store_options.port = job.store_port;
-  store_options.secret = job.secret;
+  store_options.listen_fd = host_store ? job.store_fd : -1;
+  store_options.secret = impl->job.secret;
   store_options.timeout = options.timeout;
+  store_options.key_prefix = key_prefix;
+  std::unique_ptr<detail::SecretHandoff> published;  // rank 0 of a hand-over: removed once all have joined
   if (host_store) {
+    if (handoff) store_options.secret = impl->job.secret = detail::make_secret();
     impl->server = std::make_unique<transport::StoreServer>(store_options);
     store_options.port = impl->server->port();
+    if (handoff) published = std::make_unique<detail::SecretHandoff>(impl->job, store_options.secret);
+    impl->store = std::make_unique<transport::Store>(store_options);
   } else if (job.store_port == 0) {
     fail(Errc::invalid_argument, "rank " + std::to_string(job.rank) + " has no store port to connect to");
+  } else if (handoff) {
+    // A secret left behind by a crashed job of the same name is refused by the store: read again.
+    Deadline deadline(options.timeout);
+    std::string rejected;
+    while (!impl->store) {
+      store_options.secret = detail::await_secret(job, deadline, rejected);
+      try {
+        impl->store = std::make_unique<transport::Store>(store_options);
+      } catch (const transport::SecretRejected&) {
+        if (deadline.expired()) throw;
+        rejected = store_options.secret;
+      }
+    }
+    impl->job.secret = store_options.secret;
+  } else {
+    impl->store = std::make_unique<transport::Store>(store_options);
   }
-  store_options.key_prefix = key_prefix;
   impl->store_port = store_options.port;
-  impl->store = std::make_unique<transport::Store>(store_options);
 
   RankInfo mine;
   mine.rank = job.rank;
@@ -180,6 +215,7 @@ Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_stor
                                        encode(mine, job.local_size, job.rank == 0 ? refusal : ""));
   // Everyone has read every record before anyone may fail validation and (on rank 0) take the store down.
   impl->store->barrier("ferry/group/gathered", job.rank, job.world_size);
+  if (published) published->withdraw();  // every rank is in: nobody needs the file any more
   std::string refused;
   impl->ranks = decode_and_validate(blobs, job, &refused);
   if (!refused.empty()) fail(Errc::invalid_argument, refused);

@@ -115,6 +115,39 @@ std::string random_hex(std::size_t chars) {
   return out;
 }
 
+// Never derived from anything a stranger could know (a job id, a port): from FERRY_SECRET, or made by rank 0.
+void resolve_secret(const Reader& env, JobEnv& job) {
+  const std::string how_to_set =
+      "set FERRY_SECRET to the same random value on every rank before starting the job, e.g.\n"
+      "  export FERRY_SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\n"
+      "(torchrun and srun pass the environment on to every rank; mpirun needs -x FERRY_SECRET)";
+  if (auto secret = env.text("FERRY_SECRET")) {
+    if (secret->empty()) {
+      fail(Errc::invalid_argument,
+           "FERRY_SECRET is set but empty, which would leave the bootstrap store open to anyone who finds "
+           "its port; unset it (ferry makes a secret of its own for one-node jobs) or " +
+               how_to_set);
+    }
+    job.secret = *secret;
+    job.secret_source = SecretSource::environment;
+  } else if (job.world_size == 1) {
+    job.secret = random_hex(32);
+    job.secret_source = SecretSource::private_random;
+  } else if (job.num_nodes() == 1) {
+    // Every rank is on this host: rank 0 makes the secret and hands it over in a private file, and the store
+    // is not reachable from other hosts at all.
+    job.secret.clear();
+    job.secret_source = SecretSource::local_handoff;
+    job.store_host = "127.0.0.1";
+  } else {
+    fail(Errc::invalid_argument,
+         std::string(to_string(job.launcher)) + " job on " + std::to_string(job.num_nodes()) +
+             " nodes without FERRY_SECRET: rank 0's bootstrap store would be reachable from other hosts and "
+             "ferry has no channel private to the job to hand a secret to them; " +
+             how_to_set);
+  }
+}
+
 void validate_layout(const JobEnv& job) {
   auto where = std::string(" (from ") + to_string(job.launcher) + " environment)";
   if (job.world_size < 1) fail(Errc::invalid_argument, "world size must be at least 1" + where);
@@ -206,14 +239,9 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
 
   if (auto id = env.text("FERRY_JOB_ID")) job.job_id = *id;
   if (job.job_id.empty()) job.job_id = job.world_size == 1 ? "single-" + random_hex(8) : "job";
-  if (auto secret = env.text("FERRY_SECRET")) {
-    job.secret = *secret;
-  } else if (job.world_size == 1) {
-    job.secret = random_hex(32);
-  } else {
-    // Without a secret every rank must still agree on one; the job id is the only shared fact. It keeps stray
-    // processes of other jobs out, not an attacker: set FERRY_SECRET for that.
-    job.secret = "ferry-job:" + job.job_id;
+  resolve_secret(env, job);
+  if (job.rank == 0) {
+    if (auto fd = env.number("FERRY_STORE_FD")) job.store_fd = *fd;
   }
   job.node_address = env.text("FERRY_NODE_ADDR").value_or("");
   return job;

@@ -1,5 +1,5 @@
 // The MPI baseline ferry-alltoallv under mpirun on small sizes: its own --check passes and both reports are
-// written. Skipped (with a warning) when the baseline was not built or mpirun is missing.
+// written. Reported skipped (exit 77) when the baseline was not built or mpirun is missing.
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -8,15 +8,14 @@
 #include <string>
 
 #include "../peer/launch_run.hpp"
+#include "common/skip.hpp"
 
 TEST_CASE("ferry-alltoallv --check under mpirun with 4 ranks", "[multiprocess]") {
 #ifndef FERRY_ALLTOALLV_BIN
-  WARN("SKIP: ferry-alltoallv was not built (no MPI found at configure time)");
-  return;
+  ferry::test::skip("ferry-alltoallv was not built (no MPI found at configure time)");
 #else
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) {
-    WARN("SKIP: mpirun is not on PATH");
-    return;
+    ferry::test::skip("mpirun is not on PATH");
   }
   const std::string json_path = ferry::test::temp_path("bench-alltoallv");
   // ob1 + shared memory: the UCX pml is not needed on one machine and misbehaves in containers. Open MPI

@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/netns.hpp"
+
 namespace launch_test {
 
 using Clock = std::chrono::steady_clock;
@@ -58,36 +60,11 @@ inline std::vector<std::string> lines_starting_with(const std::string& text, con
   return lines;
 }
 
-// stdout of a shell command run by the test itself.
-inline std::string shell_output(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return output;
-  char buffer[4096];
-  while (std::size_t got = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, got);
-  ::pclose(pipe);
-  return output;
-}
+using ferry::test::shell_output;  // stdout of a shell command run by the test itself
 
 // iproute2's ip, found where Debian puts it even when /usr/sbin is not on PATH.
-inline const char* const kIp = "PATH=$PATH:/usr/sbin:/sbin ip";
-
-// Why `ferry launch --netns` cannot run here ("" when it can): it needs root, iproute2, and `ip netns add`
-// to work (a container without CAP_SYS_ADMIN has the first two and not the third).
-inline std::string netns_unavailable() {
-  static const std::string reason = [] {
-    if (::geteuid() != 0) return std::string("not root");
-    if (shell_output(std::string(kIp) + " -V 2>/dev/null").empty())
-      return std::string("iproute2's ip is missing");
-    const std::string probe = "ferrytest-" + std::to_string(::getpid());
-    auto added = shell_output(std::string(kIp) + " netns add " + probe + " && echo ok");
-    shell_output(std::string(kIp) + " netns del " + probe + " 2>/dev/null");
-    if (added.find("ok") == std::string::npos)
-      return std::string("'ip netns add' fails here (no CAP_SYS_ADMIN?)");
-    return std::string();
-  }();
-  return reason;
-}
+inline const char* const kIp = ferry::test::kIpCommand;
+using ferry::test::netns_unavailable;
 
 // The command lines of the processes still running with `tag` in them (workers get a unique --tag).
 inline std::vector<std::string> processes_with(const std::string& tag) {
@@ -251,12 +228,3 @@ inline LaunchResult launch(std::vector<std::string> args, std::chrono::milliseco
 }
 
 }  // namespace launch_test
-
-// Returns from a test case, with a warning that says why, where --netns cannot run.
-#define SKIP_WITHOUT_NETNS()                                                           \
-  do {                                                                                 \
-    if (auto netns_reason = launch_test::netns_unavailable(); !netns_reason.empty()) { \
-      WARN("SKIPPED: ferry launch --netns cannot run here: " << netns_reason);         \
-      return;                                                                          \
-    }                                                                                  \
-  } while (false)

@@ -1,7 +1,10 @@
 // `ferry launch` without namespaces: the environment every rank gets, output relaying, failure propagation,
 // timeouts and signals, and that no process outlives the launcher.
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -116,6 +119,62 @@ TEST_CASE("launch: every rank gets its identity and the job's store and secret f
   REQUIRE(words.size() == 3);
   CHECK(secrets.count(words[1]) == 0);
   CHECK(job_ids.count(words[2]) == 0);
+}
+
+TEST_CASE("launch: the store's port is bound once and handed to rank 0, never free for another process",
+          "[launch][security]") {
+  ScopedEnv outer("FERRY_STORE_FD", "5");  // from an enclosing job: must not reach any rank
+  LaunchProcess process(
+      args({"--nodes", "1", "--ranks-per-node", "3"},
+           sh("if [ -n \"$FERRY_STORE_FD\" ]; then "
+              "echo fd $FERRY_RANK $FERRY_STORE_FD $(readlink /proc/$$/fd/$FERRY_STORE_FD); "
+              "else echo nofd $FERRY_RANK; fi; echo store $FERRY_STORE; sleep 1")));
+  REQUIRE(process.wait_for_output("store ", 3, 20s));
+  // While the job runs, the store's port is taken: nobody else can bind it and receive the ranks' HELLOs.
+  auto store_lines = lines_starting_with(process.out(), "[r0] store 127.0.0.1:");
+  REQUIRE(store_lines.size() == 1);
+  const int port = std::stoi(store_lines[0].substr(std::string("[r0] store 127.0.0.1:").size()));
+  int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(probe >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  const int bound = ::bind(probe, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  const int bind_error = errno;
+  ::close(probe);
+  CHECK(bound != 0);
+  CHECK(bind_error == EADDRINUSE);
+
+  auto result = process.finish();
+  INFO(result.describe());
+  REQUIRE(result.exit_code == 0);
+  auto fd_lines = lines_starting_with(result.out, "[r0] fd 0 ");
+  REQUIRE(fd_lines.size() == 1);
+  CHECK_THAT(fd_lines[0], Catch::Contains("socket:["));
+  CHECK(lines_starting_with(result.out, "[r1] nofd 1").size() == 1);
+  CHECK(lines_starting_with(result.out, "[r2] nofd 2").size() == 1);
+}
+
+TEST_CASE("launch: ferry topo prints nothing that lets someone into the store", "[launch][security]") {
+  TempDir dir;
+  const std::string json = dir.path() + "/topo.json";
+  auto result = launch(args({"--nodes", "2", "--ranks-per-node", "1"},
+                            sh("echo secret $FERRY_SECRET; exec " FERRY_BIN " topo --json " + json)));
+  INFO(result.describe());
+  REQUIRE(result.exit_code == 0);
+  auto secret_lines = lines_starting_with(result.out, "[r0] secret ");
+  REQUIRE(secret_lines.size() == 1);
+  const std::string secret = secret_lines[0].substr(std::string("[r0] secret ").size());
+  REQUIRE(secret.size() == 32);
+  std::string printed = result.err + read_file(json);  // everything but the test's own echo lines
+  std::istringstream lines(result.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("] secret ") == std::string::npos) printed += line + "\n";
+  }
+  CHECK_THAT(printed, Catch::Contains("ferry topology"));
+  CHECK(printed.find(secret) == std::string::npos);
+  CHECK(printed.find(secret.substr(0, 8)) == std::string::npos);
 }
 
 TEST_CASE("launch: stdout and stderr are relayed line by line with the rank's prefix", "[launch]") {
@@ -271,6 +330,18 @@ TEST_CASE("launch: bad options are refused before anything starts", "[launch]") 
     INFO(result.describe());
     CHECK(result.exit_code != 0);
     CHECK(result.err.find("--netns") != std::string::npos);
+  }
+  SECTION("--drop-rate without --netns, or outside (0, 1)") {
+    auto result = launch(args({"--drop-rate", "0.01"}, {"true"}));
+    INFO(result.describe());
+    CHECK(result.exit_code != 0);
+    CHECK(result.err.find("--netns") != std::string::npos);
+    for (const char* rate : {"0", "1", "-0.5", "lots"}) {
+      auto bad = launch(args({"--netns", "--drop-rate", rate}, {"true"}));
+      INFO(bad.describe());
+      CHECK(bad.exit_code != 0);
+      CHECK(bad.err.find("--drop-rate") != std::string::npos);
+    }
   }
   SECTION("a job that runs fine exits 0") {
     CHECK(launch(args({"--nodes", "3"}, {"true"})).exit_code == 0);

@@ -160,8 +160,7 @@ TEST_CASE("launch netns: netns without root is refused with a clear message", "[
   auto result = process.finish();
   INFO(result.describe());
   if (result.exit_code == 98 || result.exit_code == 99) {
-    WARN("SKIPPED: cannot run " FERRY_BIN " as uid 65534 here");
-    return;
+    ferry::test::skip("cannot run " FERRY_BIN " as uid 65534 here");
   }
   CHECK(result.exit_code == 2);
   CHECK(result.err.find("--netns needs root (CAP_SYS_ADMIN) and iproute2's ip") != std::string::npos);

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <string>
 
+#include "common/netns.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "launch_run.hpp"
 
@@ -17,6 +18,7 @@ const std::string kRank = PEER_RANK_BIN;
 }  // namespace
 
 TEST_CASE("netns: shm peer memory joins the ranks of each node", "[netns][shm]") {
+  SKIP_WITHOUT_NETNS();
   const std::string info = temp_path("netns-shm-job");
   auto outcome =
       run(kLaunch + " --nodes 2 --ranks-per-node 2 --timeout 120 -- " + kRank + " shm --info-file " + info);
@@ -31,6 +33,7 @@ TEST_CASE("netns: shm peer memory joins the ranks of each node", "[netns][shm]")
 }
 
 TEST_CASE("netns: proxy + ucx fabric across nodes, every byte checked", "[netns][proxy]") {
+  SKIP_WITHOUT_NETNS();
   auto outcome = run(kLaunch + " --nodes 2 --ranks-per-node 2 --timeout 180 -- " + kRank +
                      " proxy --fabric ucx --block-bytes 131072 --max-bytes 6000");
   CHECK(outcome.exit_code == 0);

@@ -14,7 +14,7 @@
 namespace ferry::test {
 
 // Small and fixed, so every rank of a group builds the same Buffer without talking.
-inline Config split_test_config(const Group& group) {
+inline Config split_test_config(int num_nodes) {
   Config config;
   config.num_sms = 4;
   config.max_hidden = 64;
@@ -23,9 +23,12 @@ inline Config split_test_config(const Group& group) {
   config.rdma_chunk = 2;
   config.nvl_ring_slots = 4;
   config.nvl_chunk = 2;
-  config.max_nodes = group.num_nodes();
+  config.max_nodes = num_nodes;
   config.timeout = std::chrono::seconds(60);
   return config;
+}
+inline Config split_test_config(const Group& group) {
+  return split_test_config(group.num_nodes());
 }
 
 // A seed per group: sub-groups built from one test seed get different data, so tokens that reach the wrong

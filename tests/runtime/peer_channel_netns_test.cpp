@@ -1,5 +1,5 @@
 // PeerChannel across emulated nodes (`ferry launch --netns`: one network and IPC namespace per node), where
-// inter-node messages really cross TCP/IP. Needs root and iproute2; elsewhere every test warns and passes.
+// inter-node messages really cross TCP/IP. Needs root and iproute2; elsewhere every test is reported skipped.
 #include "peer_channel_launch.hpp"
 
 using peer_channel_test::Job;

@@ -1,9 +1,4 @@
 // Groups of several ranks inside one process (one thread per rank): bootstrap, layout checks, collectives.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
@@ -13,54 +8,11 @@
 
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
+#include "group_test_support.hpp"
 
 using namespace std::chrono_literals;
 
-namespace {
-
-std::uint16_t free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-ferry::JobEnv job_for(int rank, int world, int local_size, std::uint16_t port) {
-  ferry::JobEnv job;
-  job.launcher = ferry::Launcher::ferry;
-  job.rank = rank;
-  job.world_size = world;
-  job.local_size = local_size;
-  job.local_rank = rank % local_size;
-  job.store_port = port;
-  job.secret = "test-secret";
-  job.job_id = "test";
-  return job;
-}
-
-// Runs `body(group)` on `world` ranks, one thread each, and rethrows the first failure.
-template <typename Body>
-void run_ranks(int world, int local_size, Body body, std::chrono::milliseconds timeout = 20s) {
-  auto port = free_port();
-  std::vector<std::future<void>> ranks;
-  for (int r = 0; r < world; ++r) {
-    ranks.push_back(std::async(std::launch::async, [=] {
-      ferry::GroupOptions options;
-      options.timeout = timeout;
-      auto group = ferry::Group::from_job(job_for(r, world, local_size, port), options);
-      body(group);
-    }));
-  }
-  for (auto& rank : ranks) rank.get();
-}
-
-}  // namespace
+using namespace group_test;
 
 TEST_CASE("a 2x2 group knows every rank's place", "[group]") {
   run_ranks(4, 2, [](ferry::Group& group) {
@@ -80,11 +32,13 @@ TEST_CASE("group collectives: repeated barriers and all-gathers", "[group]") {
   run_ranks(3, 3, [](ferry::Group& group) {
     for (int round = 0; round < 5; ++round) {
       group.barrier("loop");
-      std::vector<std::uint8_t> mine{static_cast<std::uint8_t>(group.rank()), static_cast<std::uint8_t>(round)};
+      std::vector<std::uint8_t> mine{static_cast<std::uint8_t>(group.rank()),
+                                     static_cast<std::uint8_t>(round)};
       auto all = group.all_gather("values", mine);
       REQUIRE(all.size() == 3);
       for (int r = 0; r < 3; ++r) {
-        CHECK(all[r] == std::vector<std::uint8_t>{static_cast<std::uint8_t>(r), static_cast<std::uint8_t>(round)});
+        CHECK(all[r] ==
+              std::vector<std::uint8_t>{static_cast<std::uint8_t>(r), static_cast<std::uint8_t>(round)});
       }
     }
   });

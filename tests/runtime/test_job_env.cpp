@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
@@ -9,6 +10,7 @@
 using ferry::Errc;
 using ferry::JobEnv;
 using ferry::Launcher;
+using ferry::SecretSource;
 
 namespace {
 
@@ -44,6 +46,7 @@ TEST_CASE("no launcher variables means a single-rank job with a private secret",
   CHECK(job.num_nodes() == 1);
   CHECK(job.store_port == 0);
   CHECK(job.secret.size() == 32);
+  CHECK(job.secret_source == SecretSource::private_random);
   CHECK(resolve({}).secret != job.secret);
 }
 
@@ -75,13 +78,15 @@ TEST_CASE("torchrun variables put the store beside MASTER_PORT", "[job_env]") {
                       {"LOCAL_WORLD_SIZE", "2"},
                       {"MASTER_ADDR", "head"},
                       {"MASTER_PORT", "29500"},
-                      {"TORCHELASTIC_RUN_ID", "abc"}});
+                      {"TORCHELASTIC_RUN_ID", "abc"},
+                      {"FERRY_SECRET", "0123456789abcdef"}});
   CHECK(job.launcher == Launcher::torchrun);
   CHECK(job.node() == 1);
   CHECK(job.store_host == "head");
   CHECK(job.store_port == 29501);
   CHECK(job.job_id == "abc");
-  CHECK(job.secret == "ferry-job:abc");
+  CHECK(job.secret == "0123456789abcdef");
+  CHECK(job.secret_source == SecretSource::environment);
 }
 
 TEST_CASE("Open MPI variables", "[job_env]") {
@@ -89,7 +94,8 @@ TEST_CASE("Open MPI variables", "[job_env]") {
                       {"OMPI_COMM_WORLD_SIZE", "6"},
                       {"OMPI_COMM_WORLD_LOCAL_RANK", "2"},
                       {"OMPI_COMM_WORLD_LOCAL_SIZE", "3"},
-                      {"FERRY_STORE", "[::1]:4000"}});
+                      {"FERRY_STORE", "[::1]:4000"},
+                      {"FERRY_SECRET", "s"}});
   CHECK(job.launcher == Launcher::openmpi);
   CHECK(job.node() == 0);
   CHECK(job.num_nodes() == 2);
@@ -98,9 +104,10 @@ TEST_CASE("Open MPI variables", "[job_env]") {
 }
 
 TEST_CASE("Slurm variables, including the compressed tasks-per-node form", "[job_env]") {
-  Vars vars{{"SLURM_PROCID", "7"},         {"SLURM_NTASKS", "8"},         {"SLURM_LOCALID", "3"},
-            {"SLURM_TASKS_PER_NODE", "4(x2)"}, {"MASTER_ADDR", "n0"},     {"MASTER_PORT", "1234"},
-            {"SLURM_JOB_ID", "99"}};
+  Vars vars{{"SLURM_PROCID", "7"},  {"SLURM_NTASKS", "8"},
+            {"SLURM_LOCALID", "3"}, {"SLURM_TASKS_PER_NODE", "4(x2)"},
+            {"MASTER_ADDR", "n0"},  {"MASTER_PORT", "1234"},
+            {"SLURM_JOB_ID", "99"}, {"FERRY_SECRET", "s"}};
   auto job = resolve(vars);
   CHECK(job.launcher == Launcher::slurm);
   CHECK(job.local_size == 4);
@@ -127,7 +134,8 @@ TEST_CASE("inconsistent layouts are refused with the offending numbers named", "
             {"FERRY_WORLD_SIZE", "6"},
             {"FERRY_LOCAL_RANK", "1"},
             {"FERRY_LOCAL_WORLD_SIZE", "3"},
-            {"FERRY_STORE", "127.0.0.1:1"}};
+            {"FERRY_STORE", "127.0.0.1:1"},
+            {"FERRY_SECRET", "s"}};
   REQUIRE_NOTHROW(resolve(base));
 
   auto uneven = base;
@@ -161,4 +169,90 @@ TEST_CASE("inconsistent layouts are refused with the offending numbers named", "
                        {"OMPI_COMM_WORLD_LOCAL_RANK", "0"},
                        {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}),
              Catch::Contains("set FERRY_STORE"));
+}
+
+TEST_CASE("without FERRY_SECRET a one-node job gets its secret from rank 0, over loopback only",
+          "[job_env]") {
+  const std::vector<Vars> one_node_jobs = {
+      {{"RANK", "1"},
+       {"WORLD_SIZE", "2"},
+       {"LOCAL_RANK", "1"},
+       {"LOCAL_WORLD_SIZE", "2"},
+       {"MASTER_ADDR", "head"},
+       {"MASTER_PORT", "29500"},
+       {"TORCHELASTIC_RUN_ID", "none"}},
+      {{"OMPI_COMM_WORLD_RANK", "0"},
+       {"OMPI_COMM_WORLD_SIZE", "4"},
+       {"OMPI_COMM_WORLD_LOCAL_RANK", "0"},
+       {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"},
+       {"FERRY_STORE", "10.0.0.7:4000"}},
+      {{"SLURM_PROCID", "2"},
+       {"SLURM_NTASKS", "3"},
+       {"SLURM_LOCALID", "2"},
+       {"SLURM_NTASKS_PER_NODE", "3"},
+       {"MASTER_ADDR", "n0"},
+       {"MASTER_PORT", "1234"},
+       {"SLURM_JOB_ID", "99"}},
+      {{"FERRY_RANK", "1"}, {"FERRY_WORLD_SIZE", "2"}, {"FERRY_STORE", "127.0.0.1:5000"}}};
+  for (const auto& vars : one_node_jobs) {
+    auto job = resolve(vars);
+    INFO(ferry::to_string(job.launcher));
+    CHECK(job.secret_source == SecretSource::local_handoff);
+    CHECK(job.secret.empty());             // rank 0 makes it at start-up; nothing here derives it
+    CHECK(job.store_host == "127.0.0.1");  // not reachable from other hosts, whatever MASTER_ADDR says
+    CHECK(job.store_port != 0);
+  }
+}
+
+TEST_CASE("without FERRY_SECRET a job on several nodes is refused, saying how to set one", "[job_env]") {
+  const std::vector<Vars> multi_node_jobs = {{{"RANK", "0"},
+                                              {"WORLD_SIZE", "4"},
+                                              {"LOCAL_RANK", "0"},
+                                              {"LOCAL_WORLD_SIZE", "2"},
+                                              {"MASTER_ADDR", "head"},
+                                              {"MASTER_PORT", "29500"}},
+                                             {{"OMPI_COMM_WORLD_RANK", "3"},
+                                              {"OMPI_COMM_WORLD_SIZE", "4"},
+                                              {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                                              {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
+                                              {"FERRY_STORE", "10.0.0.7:4000"}},
+                                             {{"SLURM_PROCID", "0"},
+                                              {"SLURM_NTASKS", "2"},
+                                              {"SLURM_LOCALID", "0"},
+                                              {"SLURM_NTASKS_PER_NODE", "1"},
+                                              {"MASTER_ADDR", "n0"},
+                                              {"MASTER_PORT", "1234"},
+                                              {"SLURM_JOB_ID", "99"}}};
+  for (const auto& vars : multi_node_jobs) {
+    const std::string message = error_of(vars);
+    CHECK_THAT(message, Catch::Contains("nodes without FERRY_SECRET"));
+    CHECK_THAT(message, Catch::Contains("export FERRY_SECRET=$(od -An -N16 -tx1 /dev/urandom"));
+    CHECK_THAT(message, Catch::Contains("mpirun needs -x FERRY_SECRET"));
+  }
+}
+
+TEST_CASE("an empty FERRY_SECRET never switches authentication off", "[job_env]") {
+  CHECK_THAT(error_of({{"FERRY_SECRET", ""}}), Catch::Contains("FERRY_SECRET is set but empty"));
+  CHECK_THAT(error_of({{"RANK", "0"},
+                       {"WORLD_SIZE", "2"},
+                       {"LOCAL_RANK", "0"},
+                       {"LOCAL_WORLD_SIZE", "2"},
+                       {"MASTER_ADDR", "127.0.0.1"},
+                       {"MASTER_PORT", "29500"},
+                       {"FERRY_SECRET", ""}}),
+             Catch::Contains("FERRY_SECRET is set but empty"));
+}
+
+TEST_CASE("FERRY_STORE_FD hands rank 0 its listening socket, and only rank 0", "[job_env]") {
+  Vars vars{{"FERRY_RANK", "0"},
+            {"FERRY_WORLD_SIZE", "2"},
+            {"FERRY_STORE", "127.0.0.1:5000"},
+            {"FERRY_SECRET", "s"},
+            {"FERRY_STORE_FD", "3"}};
+  CHECK(resolve(vars).store_fd == 3);
+  vars["FERRY_RANK"] = "1";
+  CHECK(resolve(vars).store_fd == -1);
+  vars["FERRY_RANK"] = "0";
+  vars["FERRY_STORE_FD"] = "three";
+  CHECK_THAT(error_of(vars), Catch::Contains("FERRY_STORE_FD='three'"));
 }

@@ -2,7 +2,9 @@
 // a server that survives hostile or broken peers. Everything runs in-process on loopback.
 //
 // The raw-socket tests encode frames by hand from the wire format documented in store_protocol.hpp (20-byte
-// little-endian header: magic, version, opcode, key_len, value_len), independently of the library's encoder.
+// little-endian header: magic, version, opcode, key_len, value_len), independently of the library's encoder
+// (store_test_support.hpp). Authentication limits and key lifetimes: test_store_security.cpp and
+// test_store_lifetime.cpp.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -23,228 +25,12 @@
 #include <thread>
 #include <vector>
 
+#include "common/skip.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/store.hpp"
+#include "store_test_support.hpp"
 
-namespace {
-
-using namespace std::chrono_literals;
-using ferry::Clock;
-using ferry::Errc;
-using ferry::transport::Bytes;
-using ferry::transport::Store;
-using ferry::transport::StoreOptions;
-using ferry::transport::StoreServer;
-
-// Generous slack for a loaded 2-core CI machine (and sanitizers) on top of a deadline.
-constexpr auto kSlack = 2s;
-
-StoreOptions server_options(std::chrono::milliseconds timeout = 5000ms) {
-  StoreOptions options;
-  options.host = "127.0.0.1";
-  options.port = 0;
-  options.secret = "job-secret-1234";
-  options.timeout = timeout;
-  return options;
-}
-
-StoreOptions client_options(const StoreServer& server, std::chrono::milliseconds timeout = 5000ms) {
-  StoreOptions options = server_options(timeout);
-  options.port = server.port();
-  return options;
-}
-
-Bytes bytes_of(const std::string& text) {
-  return Bytes(text.begin(), text.end());
-}
-
-// Runs `body`, which must throw ferry::Error, and returns that error.
-template <typename Body>
-ferry::Error expect_error(Body&& body) {
-  try {
-    body();
-  } catch (const ferry::Error& error) {
-    return error;
-  }
-  FAIL("expected a ferry::Error");
-  throw std::logic_error("unreachable");
-}
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::uint32_t test_seed() {
-  if (const char* fixed = std::getenv("FERRY_TEST_SEED"))
-    return static_cast<std::uint32_t>(std::strtoul(fixed, nullptr, 10));
-  return std::random_device{}();
-}
-
-// ---- raw wire helpers: an independent encoder for the documented format ----
-
-enum : std::uint16_t {
-  kHello = 1,
-  kSet = 2,
-  kGet = 3,
-  kCheck = 4,
-  kAdd = 5,
-  kOk = 0x80,
-  kValue = 0x81,
-  kError = 0x83
-};
-constexpr std::uint32_t kMagic = 0x59525246;
-
-void put_le(Bytes& out, std::uint64_t value, int width) {
-  for (int i = 0; i < width; ++i) out.push_back(static_cast<std::uint8_t>(value >> (8 * i)));
-}
-
-Bytes raw_header(std::uint16_t opcode, std::uint32_t key_len, std::uint64_t value_len,
-                 std::uint32_t magic = kMagic, std::uint16_t version = 1) {
-  Bytes out;
-  put_le(out, magic, 4);
-  put_le(out, version, 2);
-  put_le(out, opcode, 2);
-  put_le(out, key_len, 4);
-  put_le(out, value_len, 8);
-  return out;
-}
-
-Bytes raw_frame(std::uint16_t opcode, const std::string& key, const Bytes& value) {
-  Bytes out = raw_header(opcode, static_cast<std::uint32_t>(key.size()), value.size());
-  out.insert(out.end(), key.begin(), key.end());
-  out.insert(out.end(), value.begin(), value.end());
-  return out;
-}
-
-class RawClient {
- public:
-  explicit RawClient(std::uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd_ >= 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(port);
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-  }
-  ~RawClient() { ::close(fd_); }
-  RawClient(const RawClient&) = delete;
-  RawClient& operator=(const RawClient&) = delete;
-
-  // Best effort: the server may already have closed the connection.
-  void send(const Bytes& bytes) {
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-      ssize_t sent = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
-      if (sent <= 0) return;
-      done += static_cast<std::size_t>(sent);
-    }
-  }
-  void hello(const std::string& secret = "job-secret-1234") {
-    send(raw_frame(kHello, "", bytes_of(secret)));
-    auto reply = read_frame();
-    REQUIRE(reply.has_value());
-    REQUIRE(reply->opcode == kOk);
-  }
-
-  struct Frame {
-    std::uint16_t opcode = 0;
-    std::string key;
-    Bytes value;
-  };
-  // Reads one frame, or nullopt when the connection closed (or nothing came within `timeout`).
-  std::optional<Frame> read_frame(std::chrono::milliseconds timeout = 3000ms) {
-    Bytes header(20);
-    if (!read_exact(header.data(), header.size(), timeout)) return std::nullopt;
-    auto le = [&](int offset, int width) {
-      std::uint64_t value = 0;
-      for (int i = 0; i < width; ++i) value |= std::uint64_t{header[offset + i]} << (8 * i);
-      return value;
-    };
-    REQUIRE(le(0, 4) == kMagic);
-    Frame frame;
-    frame.opcode = static_cast<std::uint16_t>(le(6, 2));
-    frame.key.resize(le(8, 4));
-    frame.value.resize(le(12, 8));
-    if (!read_exact(reinterpret_cast<std::uint8_t*>(frame.key.data()), frame.key.size(), timeout))
-      return std::nullopt;
-    if (!read_exact(frame.value.data(), frame.value.size(), timeout)) return std::nullopt;
-    return frame;
-  }
-  // True when the server closes this connection within `timeout` (any pending frames are skipped).
-  bool closed_by_server(std::chrono::milliseconds timeout = 3000ms) {
-    auto deadline = Clock::now() + timeout;
-    std::uint8_t sink[4096];
-    while (Clock::now() < deadline) {
-      pollfd entry{fd_, POLLIN, 0};
-      if (::poll(&entry, 1, 50) <= 0) continue;
-      ssize_t got = ::recv(fd_, sink, sizeof(sink), 0);
-      if (got <= 0) return true;
-    }
-    return false;
-  }
-
- private:
-  bool read_exact(std::uint8_t* out, std::size_t size, std::chrono::milliseconds timeout) {
-    auto deadline = Clock::now() + timeout;
-    while (size > 0) {
-      if (Clock::now() >= deadline) return false;
-      pollfd entry{fd_, POLLIN, 0};
-      if (::poll(&entry, 1, 50) <= 0) continue;
-      ssize_t got = ::recv(fd_, out, size, 0);
-      if (got <= 0) return false;
-      out += got;
-      size -= static_cast<std::size_t>(got);
-    }
-    return true;
-  }
-  int fd_ = -1;
-};
-
-// A fresh authenticated client must still get prompt service.
-void require_server_healthy(const StoreServer& server, const std::string& tag) {
-  INFO("after: " << tag);
-  auto start = Clock::now();
-  Store good(client_options(server));
-  good.set("health/" + tag, bytes_of(tag));
-  REQUIRE(good.get("health/" + tag) == bytes_of(tag));
-  REQUIRE(seconds_since(start) < 1.0);
-}
-
-// Runs `world` threads, each with its own Store, and returns what each body returned or the error it threw.
-struct RankOutcome {
-  bool ok = false;
-  Errc code = Errc::internal;
-  std::string error;
-  double seconds = 0;
-};
-
-template <typename Body>
-std::vector<RankOutcome> run_ranks(const StoreServer& server, const std::vector<int>& ranks, Body body,
-                                   std::chrono::milliseconds timeout = 5000ms) {
-  std::vector<RankOutcome> outcomes(ranks.size());
-  std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < ranks.size(); ++i) {
-    threads.emplace_back([&, i] {
-      auto start = Clock::now();
-      try {
-        Store store(client_options(server, timeout));
-        body(store, ranks[i]);
-        outcomes[i].ok = true;
-      } catch (const ferry::Error& error) {
-        outcomes[i].code = error.code();
-        outcomes[i].error = error.what();
-      } catch (const std::exception& error) {
-        outcomes[i].error = error.what();
-      }
-      outcomes[i].seconds = seconds_since(start);
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  return outcomes;
-}
-
-}  // namespace
+using namespace store_test;
 
 TEST_CASE("store: set, get, check and add round trip", "[store]") {
   StoreServer server(server_options());
@@ -563,7 +349,7 @@ TEST_CASE("store: the server survives hostile and broken clients", "[store]") {
     require_server_healthy(server, "oversized value");
   }
   SECTION("an oversized key, a bad version, an unknown opcode, a bad magic") {
-    for (const Bytes& header : {raw_header(kSet, 4097, 0), raw_header(kSet, 1, 0, kMagic, 2),
+    for (const Bytes& header : {raw_header(kSet, 4097, 0), raw_header(kSet, 1, 0, kMagic, 1),
                                 raw_header(0x7777, 1, 0), raw_header(kSet, 1, 0, 0xdeadbeef)}) {
       RawClient raw(server.port());
       raw.hello();
@@ -747,8 +533,7 @@ TEST_CASE("store: host names and IPv6", "[store]") {
   try {
     server = std::make_unique<StoreServer>(v6);
   } catch (const ferry::Error& error) {
-    WARN("IPv6 loopback unavailable, skipping: " << error.what());
-    return;
+    ferry::test::skip(std::string("IPv6 loopback unavailable: ") + error.what());
   }
   v6.port = server->port();
   Store store(v6);

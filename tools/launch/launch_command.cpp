@@ -10,6 +10,7 @@ void register_launch(CLI::App& app, int& exit_code) {
   struct Parsed {
     launch::LaunchOptions options;
     double link_gbps = 0;
+    double drop_rate = 0;
     long timeout_s = 600;
     double grace_s = 3;
     bool no_prefix = false;
@@ -33,11 +34,17 @@ void register_launch(CLI::App& app, int& exit_code) {
                   "With --netns: shape every node's link to G Gbit/s (tc tbf)")
       ->check(CLI::Range(0.001, 10000.0))
       ->needs(netns);
+  cmd->add_option("--drop-rate", parsed->drop_rate,
+                  "With --netns: drop each packet a node sends on its link with probability P (nftables), to "
+                  "see a job survive a lossy network; the launcher reports the drops at the end")
+      ->check(CLI::Range(0.000001, 0.999999))
+      ->needs(netns);
   cmd->add_option("--timeout", parsed->timeout_s, "Stop the job and exit 124 after S seconds (0: no limit)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--grace", parsed->grace_s,
-                  "Seconds between SIGTERM and SIGKILL when the job is stopped (a rank failed, a signal, the timeout)")
+  cmd->add_option(
+         "--grace", parsed->grace_s,
+         "Seconds between SIGTERM and SIGKILL when the job is stopped (a rank failed, a signal, the timeout)")
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
   cmd->add_flag("--no-prefix", parsed->no_prefix, "Do not prefix the ranks' output lines with [r<rank>]");
@@ -48,6 +55,7 @@ void register_launch(CLI::App& app, int& exit_code) {
   cmd->callback([parsed, cmd, &exit_code] {
     auto options = parsed->options;
     if (cmd->count("--link-gbps") > 0) options.link_gbps = parsed->link_gbps;
+    if (cmd->count("--drop-rate") > 0) options.drop_rate = parsed->drop_rate;
     options.timeout = std::chrono::seconds(parsed->timeout_s);
     options.grace = std::chrono::milliseconds(static_cast<long>(parsed->grace_s * 1000));
     options.prefix_output = !parsed->no_prefix;

@@ -1,5 +1,6 @@
 #include "launch/launcher.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -128,6 +129,7 @@ void spawn_rank(const JobSpec& job, int rank_index, const SpawnContext& context,
 
   pid_t pid = ::fork();
   if (pid < 0) fail_errno("ferry launch: fork for rank " + std::to_string(rank_index), errno);
+  const int store_fd = rank_index == 0 ? job.store_fd : -1;
   if (pid == 0) {
     reset_signals_in_child();
     ::setpgid(0, 0);
@@ -149,6 +151,8 @@ void spawn_rank(const JobSpec& job, int rank_index, const SpawnContext& context,
         ::_exit(127);
       }
     }
+    // The store's listening socket is close-on-exec like every descriptor of the launcher; rank 0 keeps it.
+    if (store_fd >= 0) ::fcntl(store_fd, F_SETFD, 0);
     ::execvpe(argv[0], argv.data(), envp.data());
     const int error = errno;
     write_all_noexcept(STDERR_FILENO, exec_failure.c_str());
@@ -333,11 +337,31 @@ std::string check_options(const LaunchOptions& options) {
     return "--nodes x --ranks-per-node must be at most " + std::to_string(kMaxWorldSize);
   }
   if (options.link_gbps && !options.netns) return "--link-gbps needs --netns";
+  if (options.drop_rate && !options.netns) return "--drop-rate needs --netns";
+  if (options.drop_rate && !(*options.drop_rate > 0 && *options.drop_rate < 1)) {
+    return "--drop-rate must be in (0, 1), not " + std::to_string(*options.drop_rate);
+  }
   if (options.link_gbps && !(*options.link_gbps > 0 && *options.link_gbps <= 10000)) {
     return "--link-gbps must be in (0, 10000], not " + std::to_string(*options.link_gbps);
   }
   if (options.timeout.count() < 0) return "--timeout must not be negative";
   return {};
+}
+
+// "dropped D of N packets": the faults injected, which the job survived when it exited 0.
+void report_drops(const NetnsCluster& cluster, double rate) {
+  try {
+    const DropCounts counts = cluster.drop_counts();
+    char line[160];
+    std::snprintf(
+        line, sizeof line, "--drop-rate %g: dropped %llu of %llu packets on the node links (%.2f%%)", rate,
+        static_cast<unsigned long long>(counts.dropped), static_cast<unsigned long long>(counts.sent),
+        counts.sent > 0 ? 100.0 * static_cast<double>(counts.dropped) / static_cast<double>(counts.sent)
+                        : 0.0);
+    report(line);
+  } catch (const std::exception& e) {
+    report(std::string("warning: cannot read the drop counters: ") + user_message(e));
+  }
 }
 
 // Two pipe ends per rank stay open in the launcher; raise the soft limit when the default would not do.
@@ -352,7 +376,8 @@ std::optional<rlimit> raise_file_limit(int world_size) {
   return limit;
 }
 
-JobSpec make_job(const LaunchOptions& options, const NetnsCluster* cluster) {
+// store_listener: where the store's listening socket is kept (without --netns), open until rank 0 runs.
+JobSpec make_job(const LaunchOptions& options, const NetnsCluster* cluster, UniqueFd& store_listener) {
   JobSpec job;
   job.nodes = options.nodes;
   job.ranks_per_node = options.ranks_per_node;
@@ -362,7 +387,14 @@ JobSpec make_job(const LaunchOptions& options, const NetnsCluster* cluster) {
     job.node_addresses.push_back(cluster != nullptr ? cluster->node_address(node) : "127.0.0.1");
   }
   job.store_host = job.node_addresses[0];
-  job.store_port = cluster != nullptr ? kNetnsStorePort : find_free_port();
+  if (cluster != nullptr) {
+    // Node 0's network namespace is the job's own: no other process can bind there.
+    job.store_port = kNetnsStorePort;
+  } else {
+    store_listener = listen_on_free_port();
+    job.store_fd = store_listener.get();
+    job.store_port = bound_port(job.store_fd);
+  }
   return job;
 }
 
@@ -376,6 +408,7 @@ int run_launch(const LaunchOptions& options) {
   NetnsCluster::Options cluster_options;
   cluster_options.nodes = options.nodes;
   cluster_options.link_gbps = options.link_gbps;
+  cluster_options.drop_rate = options.drop_rate;
   cluster_options.interrupted = [] { return SignalRelay::first_stop_signal() != 0; };
   if (options.netns) {
     try {
@@ -398,7 +431,8 @@ int run_launch(const LaunchOptions& options) {
       NetnsCluster::collect_stale();
       cluster = std::make_unique<NetnsCluster>(cluster_options);
     }
-    const JobSpec job = make_job(options, cluster.get());
+    UniqueFd store_listener;
+    JobSpec job = make_job(options, cluster.get(), store_listener);
     auto dev_null = open_dev_null();
     SpawnContext context;
     context.command = options.command;
@@ -413,9 +447,15 @@ int run_launch(const LaunchOptions& options) {
       ranks.ranks.resize(static_cast<std::size_t>(job.world_size()));
       for (int rank = 0; rank < job.world_size(); ++rank) {
         spawn_rank(job, rank, context, ranks.ranks[static_cast<std::size_t>(rank)]);
+        if (rank == 0 && store_listener) {
+          // Rank 0 has its own copy now: connections must not queue on a socket nobody will accept from.
+          store_listener.reset();
+          job.store_fd = -1;
+        }
       }
       exit_code = Supervisor(ranks, signals, options).run();
     }
+    if (cluster && options.drop_rate) report_drops(*cluster, *options.drop_rate);
     reap_all_children(kFinalReap);
     // A rank killed between creating its shm segment and unlinking it leaves the segment behind: the
     // launcher knows the job and removes what is left once every rank is gone.

@@ -20,6 +20,7 @@ struct LaunchOptions {
   int ranks_per_node = 1;
   bool netns = false;                     // one network + IPC + UTS namespace per node (root only)
   std::optional<double> link_gbps;        // with netns: egress rate of each node's link
+  std::optional<double> drop_rate;        // with netns: probability that a packet on a node's link is dropped
   std::chrono::seconds timeout{600};      // for the whole job; zero means none
   bool prefix_output = true;              // "[r<rank>] " before every line of output
   std::chrono::milliseconds grace{3000};  // between SIGTERM (or a forwarded signal) and SIGKILL

@@ -128,6 +128,11 @@ void NetnsCluster::check_prerequisites(const Options& options) {
   if (options.link_gbps && !find_executable("tc")) {
     fail(Errc::unsupported, "--link-gbps needs iproute2's tc (none found in PATH or /usr/sbin)");
   }
+  if (options.drop_rate && !find_executable("nft")) {
+    fail(Errc::unsupported,
+         "--drop-rate needs nftables' nft (none found in PATH or /usr/sbin; apt-get install "
+         "nftables, or run scripts/setup)");
+  }
   if (options.nodes < 1 || options.nodes > 253) {
     fail(Errc::invalid_argument,
          "--netns supports 1 to 253 nodes (one /24 subnet), not " + std::to_string(options.nodes));
@@ -176,6 +181,7 @@ NetnsCluster::NetnsCluster(const Options& options)
   check_prerequisites(options_);
   ip_path_ = *find_executable("ip");
   if (options_.link_gbps) tc_path_ = *find_executable("tc");
+  if (options_.drop_rate) nft_path_ = *find_executable("nft");
 
   check_interrupted("creating the switch namespace");
   switch_ = std::make_unique<NamedNetns>(ip_path_, prefix_ + "sw");
@@ -184,6 +190,21 @@ NetnsCluster::NetnsCluster(const Options& options)
   for (int index = 0; index < options_.nodes; ++index) add_node(index);
   check_interrupted("checking connectivity");
   verify_connectivity();
+  if (options_.drop_rate) {
+    for (const auto& node : nodes_)
+      install_drops(ip_path_, nft_path_, node.net->name(), kNodeInterface, *options_.drop_rate);
+  }
+}
+
+DropCounts NetnsCluster::drop_counts() const {
+  DropCounts total;
+  if (!options_.drop_rate) return total;
+  for (const auto& node : nodes_) {
+    const DropCounts counts = read_drops(ip_path_, nft_path_, node.net->name());
+    total.sent += counts.sent;
+    total.dropped += counts.dropped;
+  }
+  return total;
 }
 
 NetnsCluster::~NetnsCluster() = default;  // members delete the node namespaces, then the switch

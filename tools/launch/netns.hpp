@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/link_faults.hpp"
 #include "launch/unique_fd.hpp"
 
 namespace ferry::tools::launch {
@@ -42,6 +43,7 @@ class NetnsCluster {
   struct Options {
     int nodes = 1;
     std::optional<double> link_gbps;    // egress rate of every node's eth0, via tc's token bucket filter
+    std::optional<double> drop_rate;    // probability that a packet leaving a node's eth0 is dropped (nft)
     std::function<bool()> interrupted;  // checked between setup steps; true aborts with Errc::system
   };
 
@@ -53,8 +55,9 @@ class NetnsCluster {
   // Returns their names. Never throws: problems are printed as warnings.
   static std::vector<std::string> collect_stale();
 
-  // Builds the cluster and checks that every node reaches node 0 over TCP. Throws ferry::Error naming the
-  // failing step; whatever was created by then is deleted again.
+  // Builds the cluster and checks that every node reaches node 0 over TCP (then, with a drop rate, installs
+  // the drops: the check itself runs on clean links). Throws ferry::Error naming the failing step; whatever
+  // was created by then is deleted again.
   explicit NetnsCluster(const Options& options);
   ~NetnsCluster();
   NetnsCluster(const NetnsCluster&) = delete;
@@ -67,6 +70,8 @@ class NetnsCluster {
   const std::string& node_namespace(int node) const {
     return nodes_.at(static_cast<std::size_t>(node)).net->name();
   }
+  // Packets sent on, and dropped from, all node links so far (zeros without a drop rate).
+  DropCounts drop_counts() const;
   // The prefix of every namespace name this cluster owns: "ferry-<pid>-".
   const std::string& name_prefix() const { return prefix_; }
 
@@ -98,6 +103,7 @@ class NetnsCluster {
   Options options_;
   std::string ip_path_;
   std::string tc_path_;
+  std::string nft_path_;
   std::string prefix_;
   std::string subnet_;
   // Declared before nodes_ so that it outlives them: nodes are deleted first, then the switch.

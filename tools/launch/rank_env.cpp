@@ -35,18 +35,24 @@ std::string random_hex(std::size_t chars) {
   return hex;
 }
 
-int find_free_port() {
+UniqueFd listen_on_free_port() {
   UniqueFd sock(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!sock) fail_errno("ferry launch: socket for a free port", errno);
+  if (!sock) fail_errno("ferry launch: socket for the store", errno);
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   address.sin_port = 0;
   if (::bind(sock.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
-    fail_errno("ferry launch: bind 127.0.0.1:0 for a free port", errno);
+    fail_errno("ferry launch: bind 127.0.0.1:0 for the store", errno);
   }
+  if (::listen(sock.get(), SOMAXCONN) != 0) fail_errno("ferry launch: listen for the store", errno);
+  return sock;
+}
+
+int bound_port(int fd) {
+  sockaddr_in address{};
   socklen_t length = sizeof address;
-  if (::getsockname(sock.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
     fail_errno("ferry launch: getsockname", errno);
   }
   return ntohs(address.sin_port);
@@ -67,6 +73,10 @@ std::vector<std::string> rank_environment(const JobSpec& job, int rank, const ch
       {"FERRY_NODE_ADDR", job.node_addresses.at(static_cast<std::size_t>(node))},
       {"FERRY_LAUNCHER", "1"},
   };
+  // Rank 0 alone serves the store, on the socket the launcher bound; nobody inherits a descriptor number from
+  // an enclosing job.
+  std::map<std::string, std::string> rank_only;
+  if (rank == 0 && job.store_fd >= 0) rank_only["FERRY_STORE_FD"] = std::to_string(job.store_fd);
   // Several ranks share each core: one BLAS / OpenMP thread per rank unless the user chose otherwise.
   std::map<std::string, std::string> defaults = {{"OPENBLAS_NUM_THREADS", "1"}, {"OMP_NUM_THREADS", "1"}};
 
@@ -74,11 +84,12 @@ std::vector<std::string> rank_environment(const JobSpec& job, int rank, const ch
   for (const char* const* entry = base; entry != nullptr && *entry != nullptr; ++entry) {
     std::string text = *entry;
     std::string name = text.substr(0, text.find('='));
-    if (ours.count(name) != 0) continue;
+    if (ours.count(name) != 0 || name == "FERRY_STORE_FD") continue;
     defaults.erase(name);
     environment.push_back(std::move(text));
   }
   for (const auto& [name, value] : ours) environment.push_back(name + "=" + value);
+  for (const auto& [name, value] : rank_only) environment.push_back(name + "=" + value);
   for (const auto& [name, value] : defaults) environment.push_back(name + "=" + value);
   return environment;
 }

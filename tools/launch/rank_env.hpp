@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "launch/unique_fd.hpp"
+
 namespace ferry::tools::launch {
 
 struct JobSpec {
@@ -12,6 +14,7 @@ struct JobSpec {
   int ranks_per_node = 1;
   std::string store_host;  // where rank 0 hosts the bootstrap store
   int store_port = 0;
+  int store_fd = -1;   // the store's listening socket, open in rank 0 as FERRY_STORE_FD (-1: rank 0 binds)
   std::string secret;  // checked by the store on every connection
   std::string job_id;
   std::vector<std::string> node_addresses;  // one per node
@@ -24,12 +27,15 @@ struct JobSpec {
 // `chars` hex digits from /dev/urandom (throws Errc::system when it cannot be read).
 std::string random_hex(std::size_t chars);
 
-// A TCP port on 127.0.0.1 that was free a moment ago: bound to port 0, read back, closed. Rank 0 binds it
-// next; the window in between is short and a collision surfaces as the store's bind error.
-int find_free_port();
+// A TCP socket listening on 127.0.0.1 at a port the kernel picked (read it back with bound_port). It is
+// handed to rank 0 as FERRY_STORE_FD, so the port is never free between choosing it and serving on it:
+// another local process cannot take it and receive the ranks' HELLOs (with the job secret).
+UniqueFd listen_on_free_port();
+int bound_port(int fd);
 
 // The environment of `rank`: `base` (NAME=value strings, e.g. environ) with every FERRY_* variable the
-// launcher sets replaced, plus OPENBLAS_NUM_THREADS=1 and OMP_NUM_THREADS=1 unless `base` sets them.
+// launcher sets replaced (FERRY_STORE_FD only for rank 0, and never inherited), plus OPENBLAS_NUM_THREADS=1
+// and OMP_NUM_THREADS=1 unless `base` sets them.
 std::vector<std::string> rank_environment(const JobSpec& job, int rank, const char* const* base);
 
 }  // namespace ferry::tools::launch

@@ -1,8 +1,8 @@
 // ferry::Group — who am I, who are my peers, and how do we talk before any fabric exists.
 //
-// A Group is built from the environment a launcher leaves behind (ferry launch, torchrun, Open MPI, Slurm), starts
-// (on rank 0) or joins the bootstrap store, gathers every rank's view and validates that the cluster's layout is
-// consistent: R = N nodes × L local ranks, rank = node·L + local_rank, the same L on every node.
+// A Group is built from the environment a launcher leaves behind (ferry launch, torchrun, Open MPI, Slurm),
+// starts (on rank 0) or joins the bootstrap store, gathers every rank's view and validates that the cluster's
+// layout is consistent: R = N nodes × L local ranks, rank = node·L + local_rank, the same L on every node.
 //
 //   auto group = ferry::Group::from_env();
 //   std::printf("rank %d of %d on node %d\n", group.rank(), group.world_size(), group.node());
@@ -28,6 +28,18 @@ class Store;
 enum class Launcher { single, ferry, torchrun, openmpi, slurm };
 const char* to_string(Launcher launcher);
 
+// Where the bootstrap store's secret comes from. The store holds every rank's fabric addresses and memory
+// keys, so the secret is what stands between another user of the network and the job's registered memory.
+enum class SecretSource {
+  environment,     // FERRY_SECRET: ferry launch sets it; other launchers' multi-node jobs must (see below)
+  private_random,  // a one-rank job: a random secret nobody else needs
+  // A one-node job of another launcher without FERRY_SECRET: rank 0 makes a random secret and hands it to
+  // the other ranks through a file only this user can read (runtime/src/secret_handoff.cpp), and the store
+  // listens on loopback only. A multi-node job without FERRY_SECRET is refused instead: no channel private
+  // to the job reaches the other hosts.
+  local_handoff,
+};
+
 // The job as the environment describes it, before anyone has talked to anyone.
 struct JobEnv {
   Launcher launcher = Launcher::single;
@@ -37,7 +49,13 @@ struct JobEnv {
   int local_size = 1;
   std::string store_host = "127.0.0.1";
   std::uint16_t store_port = 0;  // 0: single process, the store picks a free port
+  // A bound, listening socket for rank 0's store (FERRY_STORE_FD: `ferry launch` binds the port once and
+  // hands the socket over, so nobody can take the port in between); -1 when rank 0 binds it itself.
+  int store_fd = -1;
+  // Never empty in a Group's job(); here empty with SecretSource::local_handoff (until rank 0 has handed it
+  // over) or in a one-rank job (from_job makes a random one).
   std::string secret;
+  SecretSource secret_source = SecretSource::environment;
   std::string job_id;
   std::string node_address;  // FERRY_NODE_ADDR when a launcher set it
 
@@ -48,7 +66,9 @@ struct JobEnv {
 // Reads the job from `lookup` (the process environment by default). Precedence: FERRY_*, torchrun
 // (RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT), Open MPI (OMPI_COMM_WORLD_*), Slurm
 // (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NTASKS_PER_NODE). No variables at all: a single-rank job.
-// Throws Errc::invalid_argument naming the variable when the layout is inconsistent or incomplete.
+// Throws Errc::invalid_argument naming the variable when the layout is inconsistent or incomplete, when
+// FERRY_SECRET is set but empty, and when a job on several nodes has no FERRY_SECRET (the message says how
+// to set one).
 using EnvLookup = std::function<std::optional<std::string>(const char* name)>;
 JobEnv resolve_job_env(const EnvLookup& lookup);
 JobEnv resolve_job_env();
@@ -88,7 +108,8 @@ class Group {
   // Collectives over the bootstrap store (slow path: set-up and control, never the data plane). `name`
   // identifies the call site; repeated calls with one name are separate rounds.
   void barrier(const std::string& name);
-  std::vector<std::vector<std::uint8_t>> all_gather(const std::string& name, std::span<const std::uint8_t> mine);
+  std::vector<std::vector<std::uint8_t>> all_gather(const std::string& name,
+                                                    std::span<const std::uint8_t> mine);
 
   // The bootstrap store itself, for ferry's own layers (transport set-up exchanges keys through it). A
   // sub-group's store is its own connection, with every key under the sub-group's prefix.

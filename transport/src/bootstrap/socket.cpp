@@ -194,6 +194,30 @@ Fd listen_tcp(const std::string& host, std::uint16_t port) {
   fail_errno("cannot listen on " + endpoint, last_error);
 }
 
+Fd adopt_listener(int fd) {
+  const std::string what = "the store's listening socket (descriptor " + std::to_string(fd) + ")";
+  int type = 0, listening = 0;
+  socklen_t length = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0) {
+    fail(Errc::invalid_argument, what + " is not usable: " + std::strerror(errno));
+  }
+  length = sizeof(listening);
+  if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0 ||
+      listening == 0) {
+    fail(Errc::invalid_argument, what + " is not a listening TCP socket");
+  }
+  sockaddr_storage address{};
+  length = sizeof(address);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 ||
+      (address.ss_family != AF_INET && address.ss_family != AF_INET6)) {
+    fail(Errc::invalid_argument, what + " is not an IP socket");
+  }
+  Fd copy(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!copy.valid()) fail_errno("duplicating " + what, errno);
+  set_nonblocking(copy.get());  // shared with `fd` (one open file): harmless, the launcher only holds it
+  return copy;
+}
+
 Fd connect_tcp(const std::string& host, std::uint16_t port, const Deadline& deadline) {
   using namespace std::chrono_literals;
   const std::string endpoint = join_host_port(host, port);
@@ -256,6 +280,13 @@ std::string peer_endpoint(int fd) {
   socklen_t length = sizeof(address);
   if (getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return "<unknown peer>";
   return join_host_port(format_ip(address), port_of(address));
+}
+
+std::string peer_ip(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return "<unknown peer>";
+  return format_ip(address);
 }
 
 namespace {

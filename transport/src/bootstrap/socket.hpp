@@ -48,6 +48,10 @@ std::string join_host_port(const std::string& host, std::uint16_t port);
 // does not resolve and Errc::system when no address can be bound.
 Fd listen_tcp(const std::string& host, std::uint16_t port);
 
+// A non-blocking, close-on-exec duplicate of `fd`, which must be a bound, listening TCP socket (handed over
+// by a launcher); `fd` itself stays open. Throws Errc::invalid_argument naming the descriptor otherwise.
+Fd adopt_listener(int fd);
+
 // Connects to host:port, retrying refused/unreachable attempts (the server may not be up yet) with sleeps
 // growing from 10 to 200 ms until `deadline`. Throws Errc::timeout naming the endpoint and the last error.
 Fd connect_tcp(const std::string& host, std::uint16_t port, const Deadline& deadline);
@@ -64,6 +68,8 @@ std::uint16_t local_port(int fd);
 std::string local_ip(int fd);
 // "ip:port" of the remote end, or "<unknown peer>" when the socket is no longer connected.
 std::string peer_endpoint(int fd);
+// The remote end's IP alone (what a peer is known by across its connections), or "<unknown peer>".
+std::string peer_ip(int fd);
 
 enum class IoStatus {
   ok,         // every byte moved

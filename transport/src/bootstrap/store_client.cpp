@@ -7,6 +7,7 @@
 #include <array>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "bootstrap/socket.hpp"
@@ -23,6 +24,8 @@ using wire::Opcode;
 // How long past a GET's wait budget the client still waits for the server's TIMEOUT reply before it concludes
 // the server is hung. The server answers at the budget, so this only matters when it is stuck or starved.
 constexpr Duration kReplyGrace = 2s;
+// A connection attempt is worth making only with at least this much of the deadline left.
+constexpr Duration kMinAttempt = 50ms;
 // Missing ranks listed in a timeout message before the rest is summarized as a count.
 constexpr std::size_t kMaxRanksListed = 32;
 
@@ -72,6 +75,10 @@ struct Store::Impl {
   bool get_until(const std::string& key, const Deadline& deadline, Bytes* value);
   bool check(const std::string& key);
   std::int64_t add(const std::string& key, std::int64_t delta);
+  std::size_t erase_prefix(const std::string& prefix);
+  StoreStats server_stats();
+  // Counts this rank out of a collective round; the last of `world_size` erases the round's keys.
+  void finish_round(const std::string& prefix, int world_size);
 
   void validate_collective(const char* what, const std::string& name, int rank, int world_size) const;
   std::string next_round_prefix(const std::string& name, std::uint64_t* round);
@@ -81,8 +88,9 @@ struct Store::Impl {
   StoreOptions options;
   std::string endpoint;
   net::Fd fd;
-  std::string broken;    // non-empty once the connection is unusable: the reason
-  std::string local_ip;  // cached at connect time: still answerable after the connection broke
+  std::string broken;            // non-empty once the connection is unusable: the reason
+  bool refused_for_now = false;  // the last call was refused with ERROR "limit": worth asking again later
+  std::string local_ip;          // cached at connect time: still answerable after the connection broke
   std::unordered_map<std::string, std::uint64_t> rounds;  // collective name -> next round
 };
 
@@ -92,16 +100,31 @@ Store::Impl::Impl(const StoreOptions& options_in)
   if (options.max_message_bytes == 0)
     fail(Errc::invalid_argument, "StoreOptions::max_message_bytes must be > 0");
   Deadline deadline(options.timeout);
-  try {
-    fd = net::connect_tcp(options.host, options.port, deadline);
-  } catch (const Error& error) {
-    if (error.code() != Errc::timeout) throw;
-    fail(Errc::timeout, "store at " + endpoint + " not reachable within " +
-                            wire::describe_duration(options.timeout) + ": " + wire::bare_message(error));
+  // A server that refuses for now (too many connections, or this host failed HELLO too often: someone else
+  // may be guessing) is asked again until the deadline; the last refusal is the error.
+  auto pause = std::chrono::milliseconds(50);
+  for (;;) {
+    try {
+      fd = net::connect_tcp(options.host, options.port, deadline);
+    } catch (const Error& error) {
+      if (error.code() != Errc::timeout) throw;
+      fail(Errc::timeout, "store at " + endpoint + " not reachable within " +
+                              wire::describe_duration(options.timeout) + ": " + wire::bare_message(error));
+    }
+    local_ip = net::local_ip(fd.get());
+    try {
+      call(Opcode::hello, "", reinterpret_cast<const std::uint8_t*>(options.secret.data()),
+           options.secret.size(), deadline);
+      return;
+    } catch (const Error&) {
+      // Too little time left for another attempt to be answered: the refusal is the better error.
+      if (!refused_for_now || deadline.remaining() < pause + kMinAttempt) throw;
+    }
+    broken.clear();
+    refused_for_now = false;
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::milliseconds>(pause * 2, std::chrono::seconds(1));
   }
-  local_ip = net::local_ip(fd.get());
-  call(Opcode::hello, "", reinterpret_cast<const std::uint8_t*>(options.secret.data()), options.secret.size(),
-       deadline);
 }
 
 void Store::Impl::break_connection(Errc code, const std::string& why) {
@@ -171,15 +194,18 @@ Store::Impl::Reply Store::Impl::call(Opcode opcode, std::string_view key, const 
   if (reply.opcode == Opcode::error) {
     std::string text(reply.value.begin(), reply.value.end());
     if (reply_key == wire::kErrorSecret) {
-      break_connection(Errc::protocol, "store at " + endpoint +
-                                           " rejected the job secret (every rank must get the same "
-                                           "FERRY_SECRET)");
+      const std::string why =
+          "store at " + endpoint + " rejected the job secret (every rank must get the same FERRY_SECRET)";
+      broken = why;
+      fd.reset();
+      throw SecretRejected(why);
     }
     if (reply_key == wire::kErrorSemantic) {
       fail(Errc::invalid_argument,
            "store at " + endpoint + " refused " + describe_request(opcode, key) + ": " + text);
     }
     // Protocol and limit errors: the server closes the connection after sending them.
+    refused_for_now = reply_key == wire::kErrorLimit;
     break_connection(Errc::protocol, "store at " + endpoint + " dropped this connection during " +
                                          describe_request(opcode, key) + ": " + text);
   }
@@ -230,6 +256,37 @@ std::int64_t Store::Impl::add(const std::string& key, std::int64_t delta) {
                      "store at " + endpoint + " sent a malformed answer to ADD " + quote(key));
   }
   return wire::decode_i64(reply.value.data());
+}
+
+std::size_t Store::Impl::erase_prefix(const std::string& prefix) {
+  if (prefix.empty()) fail(Errc::invalid_argument, "Store::erase_prefix needs a non-empty prefix");
+  Reply reply = call(Opcode::erase, prefix, nullptr, 0, Deadline(options.timeout));
+  if (reply.opcode != Opcode::value || reply.value.size() != 8) {
+    break_connection(Errc::protocol,
+                     "store at " + endpoint + " sent a malformed answer to ERASE " + quote(prefix));
+  }
+  return static_cast<std::size_t>(wire::get_u64(reply.value.data()));
+}
+
+StoreStats Store::Impl::server_stats() {
+  Reply reply = call(Opcode::stats, "", nullptr, 0, Deadline(options.timeout));
+  if (reply.opcode != Opcode::value || reply.value.size() != 8 * wire::kStatsFields) {
+    break_connection(Errc::protocol, "store at " + endpoint + " sent a malformed answer to STATS");
+  }
+  auto field = [&](std::size_t i) { return wire::get_u64(reply.value.data() + 8 * i); };
+  StoreStats stats;
+  stats.keys = field(0);
+  stats.bytes = field(1);
+  stats.connections = field(2);
+  stats.failed_hellos = field(3);
+  stats.refused_connections = field(4);
+  return stats;
+}
+
+void Store::Impl::finish_round(const std::string& prefix, int world_size) {
+  // Every rank adds itself only after its last read of the round, so the one that completes the count knows
+  // nobody will read these keys again. The next round of the name uses fresh keys, so it cannot be hit.
+  if (add(prefix + "finished", 1) == world_size) erase_prefix(prefix);
 }
 
 void Store::Impl::validate_collective(const char* what, const std::string& name, int rank,
@@ -315,6 +372,14 @@ bool Store::check(const std::string& key) {
   return impl_->check(impl_->prefixed(key));
 }
 
+std::size_t Store::erase_prefix(const std::string& prefix) {
+  return impl_->erase_prefix(impl_->prefixed(prefix));
+}
+
+StoreStats Store::server_stats() {
+  return impl_->server_stats();
+}
+
 void Store::barrier(const std::string& name, int rank, int world_size) {
   barrier(name, rank, world_size, impl_->options.timeout);
 }
@@ -337,7 +402,10 @@ void Store::barrier(const std::string& name_in, int rank, int world_size, Durati
   }
   if (arrived == world_size) impl_->set(prefix + "done", nullptr, 0);
   Bytes ignored;
-  if (impl_->get_until(prefix + "done", deadline, &ignored)) return;
+  if (impl_->get_until(prefix + "done", deadline, &ignored)) {
+    impl_->finish_round(prefix, world_size);
+    return;
+  }
   std::vector<int> missing = impl_->missing_ranks(prefix, 0, world_size, rank);
   std::string who = missing.empty() ? "the last arrivals (all ranks had arrived by the time this was checked)"
                                     : "ranks " + list_ranks(missing) + " of " + std::to_string(world_size);
@@ -372,6 +440,7 @@ std::vector<Bytes> Store::all_gather(const std::string& name_in, int rank, int w
                             " timed out after " + wire::describe_duration(timeout) + " waiting for ranks " +
                             list_ranks(missing) + " of " + std::to_string(world_size));
   }
+  impl_->finish_round(prefix, world_size);
   return gathered;
 }
 

@@ -44,6 +44,10 @@ std::string_view opcode_name(Opcode opcode) {
       return "CHECK";
     case Opcode::add:
       return "ADD";
+    case Opcode::erase:
+      return "ERASE";
+    case Opcode::stats:
+      return "STATS";
     case Opcode::ok:
       return "OK";
     case Opcode::value:
@@ -63,6 +67,8 @@ bool is_request(Opcode opcode) {
     case Opcode::get:
     case Opcode::check:
     case Opcode::add:
+    case Opcode::erase:
+    case Opcode::stats:
       return true;
     default:
       return false;
@@ -125,6 +131,34 @@ FrameHeader decode_header(const std::uint8_t* bytes, std::size_t max_value_bytes
                              " bytes exceeds max_message_bytes " + std::to_string(max_value_bytes));
   }
   return header;
+}
+
+RequestScan scan_request(const std::uint8_t* data, std::size_t available, std::size_t max_value_bytes,
+                         bool authenticated) {
+  RequestScan scan;
+  if (available < kHeaderBytes) return scan;
+  auto reject = [&scan](std::string reason) {
+    scan.status = RequestScan::Status::rejected;
+    scan.reason = std::move(reason);
+    return scan;
+  };
+  try {
+    scan.header = decode_header(data, max_value_bytes);
+  } catch (const Error& error) {
+    return reject(bare_message(error));
+  }
+  const Opcode opcode = scan.header.opcode;
+  if (!is_request(opcode))
+    return reject("a client sent the reply opcode " + std::string(opcode_name(opcode)));
+  if (!authenticated) {
+    if (opcode != Opcode::hello) return reject(std::string(opcode_name(opcode)) + " frame before HELLO");
+    if (scan.header.value_len > kMaxHelloValueBytes) {
+      return reject("HELLO secret of " + std::to_string(scan.header.value_len) + " bytes exceeds " +
+                    std::to_string(kMaxHelloValueBytes));
+    }
+  }
+  if (available >= scan.header.frame_bytes()) scan.status = RequestScan::Status::complete;
+  return scan;
 }
 
 Bytes encode_frame(Opcode opcode, std::string_view key, const std::uint8_t* value, std::size_t value_len) {

@@ -16,8 +16,14 @@
 //   GET    key, value = u64 wait budget in ms        -> VALUE(value) | TIMEOUT(value = text)
 //   CHECK  key                                      -> VALUE(1 byte: 0 absent, 1 present)
 //   ADD    key, value = i64 delta                   -> VALUE(i64 new total) | ERROR(key "semantic")
+//   ERASE  key = a non-empty prefix                 -> VALUE(u64 keys removed)
+//   STATS  (no key, no value)                       -> VALUE(StoreStats as 5 u64: keys, bytes, connections,
+//                                                       failed HELLOs, refused connections)
 // ERROR carries a short kind in the key ("secret", "protocol", "limit", "semantic") and a text in the value.
 // The server processes one connection's requests in order and answers each before reading the next.
+//
+// Version 2 added ERASE and STATS (collectives delete their rounds with ERASE, so a version-1 peer would not
+// understand a version-2 one): a mixed job fails at its first HELLO, naming both versions.
 #pragma once
 
 #include <array>
@@ -33,9 +39,12 @@
 namespace ferry::transport::wire {
 
 inline constexpr std::uint32_t kMagic = 0x59525246;  // bytes 'F' 'R' 'R' 'Y' on the wire
-inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint16_t kVersion = 2;
 inline constexpr std::size_t kHeaderBytes = 20;
 inline constexpr std::uint32_t kMaxKeyBytes = 4096;
+// An unauthenticated peer may not make the server buffer more than this, whatever max_message_bytes says.
+inline constexpr std::size_t kMaxHelloValueBytes = 4096;
+inline constexpr std::size_t kStatsFields = 5;
 
 enum class Opcode : std::uint16_t {
   hello = 1,
@@ -43,6 +52,8 @@ enum class Opcode : std::uint16_t {
   get = 3,
   check = 4,
   add = 5,
+  erase = 6,
+  stats = 7,
   ok = 0x80,
   value = 0x81,
   timeout = 0x82,
@@ -71,6 +82,19 @@ std::array<std::uint8_t, kHeaderBytes> encode_header(const FrameHeader& header);
 // Decodes and validates a header. Throws Errc::protocol with a named reason for a bad magic, a bad version,
 // an unknown opcode, a key over kMaxKeyBytes or a value over `max_value_bytes`.
 FrameHeader decode_header(const std::uint8_t* bytes, std::size_t max_value_bytes);
+
+// The server's look at the front of a client's byte stream: a complete request it may handle, not enough
+// bytes yet, or a reason to drop the connection (a bad header, a reply opcode, and before HELLO anything but
+// a HELLO of at most kMaxHelloValueBytes). A bad header is rejected as soon as its 20 bytes are in, before
+// any payload is buffered.
+struct RequestScan {
+  enum class Status { need_more, complete, rejected };
+  Status status = Status::need_more;
+  FrameHeader header;  // complete: the frame is header.frame_bytes() long
+  std::string reason;  // rejected
+};
+RequestScan scan_request(const std::uint8_t* data, std::size_t available, std::size_t max_value_bytes,
+                         bool authenticated);
 
 // A whole frame (header, key, value) in one buffer, ready to send.
 Bytes encode_frame(Opcode opcode, std::string_view key, const std::uint8_t* value, std::size_t value_len);

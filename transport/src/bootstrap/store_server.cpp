@@ -5,12 +5,16 @@
 // strictly in order: while a GET is parked waiting for its key, or a reply has not been fully written, the
 // connection's next frame is not processed (and its socket is not read, which pushes back on a client that
 // pipelines).
+//
+// What a request means is decided in store_table.cpp (no sockets there); this file moves bytes, parks GETs,
+// and keeps sources that keep failing HELLO out (hello_limiter.hpp).
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -20,8 +24,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bootstrap/hello_limiter.hpp"
 #include "bootstrap/socket.hpp"
 #include "bootstrap/store_protocol.hpp"
+#include "bootstrap/store_table.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/store.hpp"
 
@@ -34,12 +40,8 @@ using wire::Opcode;
 // Beyond this many open client connections new ones are refused with a named reason. A job opens one per
 // rank (plus a few per-thread ones), so 4096 is far above need and far below typical fd limits.
 constexpr std::size_t kMaxConnections = 4096;
-// An unauthenticated peer may not make the server buffer more than this, whatever max_message_bytes says.
-constexpr std::size_t kMaxHelloValueBytes = 4096;
 // A connection that has not authenticated by then is closed, so silent port scanners do not hold slots.
 constexpr Duration kMaxHelloWait = 30s;
-// Longest GET wait honoured; keeps deadline arithmetic far from overflow.
-constexpr std::uint64_t kMaxWaitMs = std::uint64_t{30} * 24 * 3600 * 1000;
 // Per wakeup, read at most this much from one connection, so one fast writer cannot starve the others.
 constexpr std::size_t kReadBudgetPerWakeup = std::size_t{4} << 20;
 constexpr std::size_t kReadChunkBytes = std::size_t{256} << 10;
@@ -56,7 +58,8 @@ void log_line(const std::string& text) {
 struct Connection {
   std::uint64_t id = 0;
   net::Fd fd;
-  std::string peer;
+  std::string peer;         // "ip:port", for messages
+  std::string peer_source;  // the IP alone: what failed HELLOs are counted against
   bool authenticated = false;
   Clock::time_point hello_deadline{};
   bool dead = false;
@@ -94,6 +97,11 @@ struct StoreServer::Impl {
   void pump(Connection& connection);
   void handle_frame(Connection& connection, const wire::FrameHeader& header, std::string_view key,
                     const std::uint8_t* value);
+  // Refuses a connection whose source failed HELLO too often; true when it did.
+  bool refuse_if_locked_out(Connection& connection);
+  void count_failed_hello(const Connection& connection);
+  void publish_counters();
+  StoreStats snapshot() const;  // any thread
   void wake_waiters(const std::string& key);
   void expire_deadlines(Clock::time_point now);
   void drain_pump_queue();
@@ -117,8 +125,14 @@ struct StoreServer::Impl {
   net::Fd wakeup;  // eventfd: the destructor writes it to stop the loop
   std::uint16_t port = 0;
 
-  // Everything below belongs to the server thread.
-  std::unordered_map<std::string, Bytes> values;
+  // Read by stats() from any thread.
+  std::atomic<std::uint64_t> connection_count{0};
+  std::atomic<std::uint64_t> failed_hellos{0};
+  std::atomic<std::uint64_t> refused_connections{0};
+
+  // Everything below belongs to the server thread (the table's counts may be read from any).
+  StoreTable table;
+  HelloLimiter hello_limiter;
   std::unordered_map<std::uint64_t, std::unique_ptr<Connection>> connections;
   std::unordered_map<std::string, std::vector<std::uint64_t>> waiters;  // key -> parked connection ids
   std::vector<std::uint64_t> pump_queue;  // connections that became idle and may hold unprocessed frames
@@ -129,11 +143,29 @@ struct StoreServer::Impl {
   std::thread thread;  // last: started once everything above exists
 };
 
-StoreServer::Impl::Impl(const StoreOptions& options_in) : options(options_in) {
+StoreServer::Impl::Impl(const StoreOptions& options_in)
+    : options(options_in),
+      hello_limiter(options_in.max_failed_hellos, options_in.hello_failure_window, options_in.hello_lockout) {
   if (options.max_message_bytes == 0)
     fail(Errc::invalid_argument, "StoreOptions::max_message_bytes must be > 0");
-  listener = net::listen_tcp(options.host, options.port);
-  port = net::local_port(listener.get());
+  // Authentication is never off: an empty secret would let anyone who finds the port in.
+  if (options.secret.empty()) {
+    fail(Errc::invalid_argument,
+         "the store needs a non-empty job secret (StoreOptions::secret; for a job, FERRY_SECRET)");
+  }
+  if (options.listen_fd >= 0) {
+    listener = net::adopt_listener(options.listen_fd);
+    port = net::local_port(listener.get());
+    if (options.port != 0 && options.port != port) {
+      fail(Errc::invalid_argument, "the listening socket handed to the store (descriptor " +
+                                       std::to_string(options.listen_fd) + ") is bound to port " +
+                                       std::to_string(port) + ", not the store's port " +
+                                       std::to_string(options.port));
+    }
+  } else {
+    listener = net::listen_tcp(options.host, options.port);
+    port = net::local_port(listener.get());
+  }
   wakeup = net::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wakeup.valid()) fail_errno("eventfd for the store server", errno);
   read_scratch.resize(kReadChunkBytes);
@@ -235,6 +267,7 @@ void StoreServer::Impl::run() {
     for (auto it = connections.begin(); it != connections.end();) {
       it = it->second->dead ? connections.erase(it) : std::next(it);
     }
+    publish_counters();
   }
 }
 
@@ -258,7 +291,9 @@ void StoreServer::Impl::accept_pending() {
     connection->id = next_id++;
     connection->fd = std::move(fd);
     connection->peer = net::peer_endpoint(connection->fd.get());
+    connection->peer_source = net::peer_ip(connection->fd.get());
     connection->hello_deadline = Clock::now() + std::min<Duration>(options.timeout, kMaxHelloWait);
+    if (refuse_if_locked_out(*connection)) continue;
     if (connections.size() >= kMaxConnections) {
       drop(*connection, wire::kErrorLimit,
            "too many connections (limit " + std::to_string(kMaxConnections) + ")");
@@ -266,6 +301,47 @@ void StoreServer::Impl::accept_pending() {
     }
     connections.emplace(connection->id, std::move(connection));
   }
+  publish_counters();
+}
+
+bool StoreServer::Impl::refuse_if_locked_out(Connection& connection) {
+  const Duration left = hello_limiter.refused_for(connection.peer_source, Clock::now());
+  if (left == Duration::zero()) return false;
+  refused_connections.fetch_add(1, std::memory_order_relaxed);
+  // Said once per connection, but not logged: a flood would otherwise flood the log too.
+  reply_text(connection, Opcode::error, wire::kErrorLimit,
+             "too many failed HELLOs from " + connection.peer_source + " (" +
+                 std::to_string(hello_limiter.max_failures()) + " within " +
+                 wire::describe_duration(hello_limiter.window()) +
+                 "); its connections are refused for another " + wire::describe_duration(left));
+  close_quietly(connection);
+  return true;
+}
+
+void StoreServer::Impl::count_failed_hello(const Connection& connection) {
+  failed_hellos.fetch_add(1, std::memory_order_relaxed);
+  if (hello_limiter.record_failure(connection.peer_source, Clock::now())) {
+    log_line("refusing connections from " + connection.peer_source + " for " +
+             wire::describe_duration(options.hello_lockout) + ": " +
+             std::to_string(options.max_failed_hellos) + " failed HELLOs within " +
+             wire::describe_duration(options.hello_failure_window));
+  }
+}
+
+StoreStats StoreServer::Impl::snapshot() const {
+  StoreStats stats;
+  stats.keys = table.keys();
+  stats.bytes = table.bytes();
+  stats.connections = connection_count.load(std::memory_order_relaxed);
+  stats.failed_hellos = failed_hellos.load(std::memory_order_relaxed);
+  stats.refused_connections = refused_connections.load(std::memory_order_relaxed);
+  return stats;
+}
+
+void StoreServer::Impl::publish_counters() {
+  std::uint64_t live = 0;
+  for (const auto& [id, connection] : connections) live += connection->dead ? 0 : 1;
+  connection_count.store(live, std::memory_order_relaxed);
 }
 
 void StoreServer::Impl::read_from(Connection& connection) {
@@ -290,39 +366,20 @@ void StoreServer::Impl::read_from(Connection& connection) {
 
 void StoreServer::Impl::pump(Connection& connection) {
   while (!connection.dead && !connection.busy()) {
-    std::size_t available = connection.in.size() - connection.in_start;
-    if (available < wire::kHeaderBytes) break;
     const std::uint8_t* frame = connection.in.data() + connection.in_start;
-    wire::FrameHeader header;
-    try {
-      header = wire::decode_header(frame, options.max_message_bytes);
-    } catch (const Error& error) {
-      drop(connection, wire::kErrorProtocol, wire::bare_message(error));
+    const wire::RequestScan scan = wire::scan_request(frame, connection.in.size() - connection.in_start,
+                                                      options.max_message_bytes, connection.authenticated);
+    if (scan.status == wire::RequestScan::Status::need_more) break;
+    if (scan.status == wire::RequestScan::Status::rejected) {
+      // Garbage instead of a HELLO is a failed attempt too (a scanner, or someone guessing the format).
+      if (!connection.authenticated) count_failed_hello(connection);
+      drop(connection, wire::kErrorProtocol, scan.reason);
       return;
     }
-    if (!wire::is_request(header.opcode)) {
-      drop(connection, wire::kErrorProtocol,
-           "a client sent the reply opcode " + std::string(wire::opcode_name(header.opcode)));
-      return;
-    }
-    if (!connection.authenticated) {
-      if (header.opcode != Opcode::hello) {
-        drop(connection, wire::kErrorProtocol,
-             std::string(wire::opcode_name(header.opcode)) + " frame before HELLO");
-        return;
-      }
-      if (header.value_len > kMaxHelloValueBytes) {
-        drop(connection, wire::kErrorProtocol,
-             "HELLO secret of " + std::to_string(header.value_len) + " bytes exceeds " +
-                 std::to_string(kMaxHelloValueBytes));
-        return;
-      }
-    }
-    if (available < header.frame_bytes()) break;  // wait for the rest of the frame
-    std::string_view key(reinterpret_cast<const char*>(frame + wire::kHeaderBytes), header.key_len);
-    handle_frame(connection, header, key, frame + wire::kHeaderBytes + header.key_len);
+    std::string_view key(reinterpret_cast<const char*>(frame + wire::kHeaderBytes), scan.header.key_len);
+    handle_frame(connection, scan.header, key, frame + wire::kHeaderBytes + scan.header.key_len);
     if (connection.dead) return;  // its buffers are gone
-    connection.in_start += header.frame_bytes();
+    connection.in_start += scan.header.frame_bytes();
   }
   if (connection.dead) return;
   if (connection.in_start == connection.in.size()) {
@@ -337,79 +394,29 @@ void StoreServer::Impl::pump(Connection& connection) {
 
 void StoreServer::Impl::handle_frame(Connection& connection, const wire::FrameHeader& header,
                                      std::string_view key, const std::uint8_t* value) {
-  const std::size_t value_len = static_cast<std::size_t>(header.value_len);
-  switch (header.opcode) {
-    case Opcode::hello: {
-      if (connection.authenticated) {
-        drop(connection, wire::kErrorProtocol, "second HELLO on an authenticated connection");
-        return;
-      }
-      std::string_view offered(reinterpret_cast<const char*>(value), value_len);
-      if (!wire::constant_time_equal(offered, options.secret)) {
-        drop(connection, wire::kErrorSecret, "wrong job secret");
-        return;
-      }
-      connection.authenticated = true;
-      reply(connection, Opcode::ok, key, nullptr, 0);
+  RequestOutcome outcome =
+      handle_request(table, options.secret, connection.authenticated, header, key, value, snapshot());
+  switch (outcome.action) {
+    case RequestOutcome::Action::drop:
+      if (outcome.hello_failed) count_failed_hello(connection);
+      drop(connection, outcome.error_kind, outcome.text);
       return;
-    }
-    case Opcode::set: {
-      std::string name(key);
-      values.insert_or_assign(name, Bytes(value, value + value_len));
-      reply(connection, Opcode::ok, key, nullptr, 0);
-      wake_waiters(name);
-      return;
-    }
-    case Opcode::get: {
-      if (value_len != 8) {
-        drop(connection, wire::kErrorProtocol,
-             "GET must carry an 8-byte wait budget, got " + std::to_string(value_len) + " bytes");
-        return;
-      }
-      std::string name(key);
-      if (auto it = values.find(name); it != values.end()) {
-        reply(connection, Opcode::value, key, it->second.data(), it->second.size());
-        return;
-      }
-      std::uint64_t budget_ms = std::min(wire::get_u64(value), kMaxWaitMs);
+    case RequestOutcome::Action::park:
       connection.parked = true;
-      connection.parked_key = std::move(name);
-      connection.parked_budget = std::chrono::milliseconds(budget_ms);
+      connection.parked_key = std::string(key);
+      connection.parked_budget = std::chrono::milliseconds(outcome.park_budget_ms);
       connection.parked_deadline = Clock::now() + connection.parked_budget;
       waiters[connection.parked_key].push_back(connection.id);
       // A zero budget times out on this very loop iteration (expire_deadlines runs after the handlers).
       return;
-    }
-    case Opcode::check: {
-      std::uint8_t present = values.count(std::string(key)) ? 1 : 0;
-      reply(connection, Opcode::value, key, &present, 1);
-      return;
-    }
-    case Opcode::add: {
-      if (value_len != 8) {
-        drop(connection, wire::kErrorProtocol,
-             "ADD must carry an 8-byte delta, got " + std::to_string(value_len) + " bytes");
-        return;
+    case RequestOutcome::Action::reply:
+      if (outcome.opcode == Opcode::error) {
+        reply_text(connection, Opcode::error, outcome.error_kind, outcome.text);
+      } else {
+        const Bytes& bytes = outcome.value();
+        reply(connection, outcome.opcode, key, bytes.data(), bytes.size());
       }
-      std::string name(key);
-      Bytes& counter = values[name];
-      if (counter.empty()) counter.assign(8, 0);
-      if (counter.size() != 8) {
-        reply_text(
-            connection, Opcode::error, wire::kErrorSemantic,
-            "key '" + name + "' holds " + std::to_string(counter.size()) + " bytes, not a 64-bit counter");
-        return;
-      }
-      // Two's-complement wrap-around instead of signed overflow (undefined behaviour).
-      std::uint64_t total = wire::get_u64(counter.data()) + wire::get_u64(value);
-      wire::put_u64(counter.data(), total);
-      reply(connection, Opcode::value, key, counter.data(), counter.size());
-      wake_waiters(name);
-      return;
-    }
-    default:
-      drop(connection, wire::kErrorProtocol,
-           "unexpected opcode " + std::string(wire::opcode_name(header.opcode)));
+      if (outcome.key_changed) wake_waiters(std::string(key));
       return;
   }
 }
@@ -419,7 +426,9 @@ void StoreServer::Impl::wake_waiters(const std::string& key) {
   if (it == waiters.end()) return;
   std::vector<std::uint64_t> ids = std::move(it->second);
   waiters.erase(it);
-  const Bytes& value = values.at(key);
+  const Bytes* found = table.find(key);
+  if (found == nullptr) return;
+  const Bytes& value = *found;
   for (std::uint64_t id : ids) {
     Connection* waiter = find(id);
     if (waiter == nullptr || !waiter->parked || waiter->parked_key != key) continue;
@@ -526,6 +535,10 @@ StoreServer::~StoreServer() = default;
 
 std::uint16_t StoreServer::port() const {
   return impl_->port;
+}
+
+StoreStats StoreServer::stats() const {
+  return impl_->snapshot();
 }
 
 }  // namespace ferry::transport

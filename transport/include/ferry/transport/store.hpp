@@ -2,10 +2,14 @@
 // addresses, memory handles and counts before any fabric exists.
 //
 // Wire protocol (transport/src/bootstrap/store_protocol.hpp): length-prefixed frames; the first frame on
-// every connection must be HELLO carrying the job secret, compared in constant time. Frames over the size
-// cap, with an unknown opcode, or arriving before HELLO close the connection with a logged, named reason.
-// Every blocking operation carries a deadline; a timeout names the keys (and, for collectives, the ranks)
-// still missing.
+// every connection must be HELLO carrying the job secret, compared in constant time. The server refuses to
+// start without a secret, and a source address that fails HELLO too often is refused for a while. Frames
+// over the size cap, with an unknown opcode, or arriving before HELLO close the connection with a logged,
+// named reason. Every blocking operation carries a deadline; a timeout names the keys (and, for
+// collectives, the ranks) still missing.
+//
+// Lifetimes: a collective round's keys are erased by the last rank to finish with them, so barriers and
+// all-gathers repeated any number of times leave the server's memory where it was (stats() shows it).
 #pragma once
 
 #include <chrono>
@@ -15,15 +19,41 @@
 #include <vector>
 
 #include "ferry/core/deadline.hpp"
+#include "ferry/core/error.hpp"
 
 namespace ferry::transport {
 
 using Bytes = std::vector<std::uint8_t>;
 
+// What a store server holds and has refused, for soak tests and diagnostics.
+struct StoreStats {
+  std::uint64_t keys = 0;                 // keys held
+  std::uint64_t bytes = 0;                // key and value bytes held
+  std::uint64_t connections = 0;          // open client connections
+  std::uint64_t failed_hellos = 0;        // HELLOs refused for a wrong secret, since the server started
+  std::uint64_t refused_connections = 0;  // connections refused because their source failed HELLO too often
+};
+
+// The store rejected this client's secret (Errc::protocol). Its own type so that a caller who can obtain a
+// newer secret (Group, reading rank 0's hand-over) can tell it from other protocol errors.
+class SecretRejected : public Error {
+ public:
+  explicit SecretRejected(const std::string& message) : Error(Errc::protocol, message) {}
+};
+
 struct StoreOptions {
   std::string host = "127.0.0.1";  // where the server binds / where clients connect
   std::uint16_t port = 0;          // 0 on the server: pick a free port (see StoreServer::port())
-  std::string secret;              // per-job secret; must match on every connection
+  std::string secret;              // per-job secret; must match on every connection; never empty
+  // Server only: a bound, listening TCP socket to serve on instead of binding host:port (ferry launch binds
+  // the job's port once and hands the socket to rank 0, so the port is never free for someone else to take).
+  // The server works on a duplicate and leaves this descriptor open. When `port` is not 0 it must match.
+  int listen_fd = -1;
+  // Server only: a source address that fails HELLO this many times within hello_failure_window is refused
+  // (ERROR "limit", connection closed at once) for hello_lockout.
+  int max_failed_hellos = 10;
+  Duration hello_failure_window = std::chrono::seconds(60);
+  Duration hello_lockout = std::chrono::seconds(60);
   std::size_t max_message_bytes = std::size_t{64} << 20;  // frames larger than this are rejected
   Duration timeout = kDefaultTimeout;                     // default deadline of every blocking call
   // Clients only: prepended to every key this client names (set/get/wait/add/check and the keys of barrier
@@ -41,6 +71,8 @@ class StoreServer {
   StoreServer& operator=(const StoreServer&) = delete;
 
   std::uint16_t port() const;  // the bound port (useful when options.port was 0)
+  // A snapshot, safe to take from any thread while the server runs.
+  StoreStats stats() const;
 
  private:
   struct Impl;
@@ -67,9 +99,18 @@ class Store {
   std::int64_t add(const std::string& key, std::int64_t delta);
   // True when the key exists, without waiting.
   bool check(const std::string& key);
+  // Removes every key that starts with `prefix` and returns how many there were. With a key_prefix, "" means
+  // all of this client's keys; without one, an empty prefix (every key of every client) is refused. Parked
+  // GETs of a removed key keep waiting for it to be set again.
+  std::size_t erase_prefix(const std::string& prefix);
+  // The server's StoreStats, as it answers them.
+  StoreStats server_stats();
 
   // Collectives over `world_size` participants; `name` must be unique per call site and round (the store
   // appends its own round counter so repeated calls with one name work). Timeouts name the missing ranks.
+  // A round's keys live under "<name>/<round>/"; every rank counts itself out once it has read what it
+  // needs, and the last one erases the round, so no round outlives its collective (a round that failed,
+  // e.g. timed out, stays for the post-mortem).
   void barrier(const std::string& name, int rank, int world_size);
   void barrier(const std::string& name, int rank, int world_size, Duration timeout);
   std::vector<Bytes> all_gather(const std::string& name, int rank, int world_size, const Bytes& mine);

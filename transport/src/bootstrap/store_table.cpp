@@ -1,0 +1,156 @@
+#include "bootstrap/store_table.hpp"
+
+#include <algorithm>
+#include <array>
+
+namespace ferry::transport {
+namespace {
+
+using wire::Opcode;
+
+// Longest GET wait honoured; keeps the server's deadline arithmetic far from overflow.
+constexpr std::uint64_t kMaxWaitMs = std::uint64_t{30} * 24 * 3600 * 1000;
+
+RequestOutcome drop(std::string_view kind, std::string reason) {
+  RequestOutcome outcome;
+  outcome.action = RequestOutcome::Action::drop;
+  outcome.error_kind = kind;
+  outcome.text = std::move(reason);
+  return outcome;
+}
+
+RequestOutcome value_reply(Bytes bytes) {
+  RequestOutcome outcome;
+  outcome.opcode = Opcode::value;
+  outcome.owned = std::move(bytes);
+  return outcome;
+}
+
+Bytes u64_bytes(std::uint64_t number) {
+  Bytes bytes(8);
+  wire::put_u64(bytes.data(), number);
+  return bytes;
+}
+
+}  // namespace
+
+const Bytes* StoreTable::find(const std::string& key) const {
+  auto it = values_.find(key);
+  return it == values_.end() ? nullptr : &it->second;
+}
+
+void StoreTable::set(const std::string& key, Bytes value) {
+  auto [it, fresh] = values_.try_emplace(key);
+  held_bytes_ -= fresh ? 0 : it->second.size();
+  held_bytes_ += (fresh ? key.size() : 0) + value.size();
+  it->second = std::move(value);
+  account();
+}
+
+std::uint8_t* StoreTable::counter(const std::string& key) {
+  auto [it, fresh] = values_.try_emplace(key);
+  if (fresh) {
+    it->second.assign(8, 0);
+    held_bytes_ += key.size() + 8;
+    account();
+  }
+  return it->second.size() == 8 ? it->second.data() : nullptr;
+}
+
+std::size_t StoreTable::erase_prefix(std::string_view prefix) {
+  std::size_t erased = 0;
+  auto it = values_.lower_bound(prefix);
+  while (it != values_.end() && std::string_view(it->first).substr(0, prefix.size()) == prefix) {
+    held_bytes_ -= it->first.size() + it->second.size();
+    it = values_.erase(it);
+    ++erased;
+  }
+  account();
+  return erased;
+}
+
+void StoreTable::account() {
+  keys_.store(values_.size(), std::memory_order_relaxed);
+  bytes_.store(held_bytes_, std::memory_order_relaxed);
+}
+
+RequestOutcome handle_request(StoreTable& table, std::string_view secret, bool& authenticated,
+                              const wire::FrameHeader& header, std::string_view key,
+                              const std::uint8_t* value, const StoreStats& stats) {
+  const std::size_t value_len = static_cast<std::size_t>(header.value_len);
+  switch (header.opcode) {
+    case Opcode::hello: {
+      if (authenticated) return drop(wire::kErrorProtocol, "second HELLO on an authenticated connection");
+      std::string_view offered(reinterpret_cast<const char*>(value), value_len);
+      // An empty secret never authenticates: the server refuses to start with one, and this keeps it so.
+      if (secret.empty() || !wire::constant_time_equal(offered, secret)) {
+        RequestOutcome outcome = drop(wire::kErrorSecret, "wrong job secret");
+        outcome.hello_failed = true;
+        return outcome;
+      }
+      authenticated = true;
+      return {};
+    }
+    case Opcode::set: {
+      table.set(std::string(key), Bytes(value, value + value_len));
+      RequestOutcome outcome;
+      outcome.key_changed = true;
+      return outcome;
+    }
+    case Opcode::get: {
+      if (value_len != 8) {
+        return drop(wire::kErrorProtocol,
+                    "GET must carry an 8-byte wait budget, got " + std::to_string(value_len) + " bytes");
+      }
+      if (const Bytes* found = table.find(std::string(key))) {
+        RequestOutcome outcome;
+        outcome.opcode = Opcode::value;
+        outcome.borrowed = found;
+        return outcome;
+      }
+      RequestOutcome outcome;
+      outcome.action = RequestOutcome::Action::park;
+      outcome.park_budget_ms = std::min(wire::get_u64(value), kMaxWaitMs);
+      return outcome;
+    }
+    case Opcode::check:
+      return value_reply(Bytes{static_cast<std::uint8_t>(table.contains(std::string(key)) ? 1 : 0)});
+    case Opcode::add: {
+      if (value_len != 8) {
+        return drop(wire::kErrorProtocol,
+                    "ADD must carry an 8-byte delta, got " + std::to_string(value_len) + " bytes");
+      }
+      std::string name(key);
+      std::uint8_t* counter = table.counter(name);
+      if (counter == nullptr) {
+        RequestOutcome outcome;
+        outcome.opcode = Opcode::error;
+        outcome.error_kind = wire::kErrorSemantic;
+        outcome.text = "key '" + name + "' holds " + std::to_string(table.find(name)->size()) +
+                       " bytes, not a 64-bit counter";
+        return outcome;
+      }
+      // Two's-complement wrap-around instead of signed overflow (undefined behaviour).
+      wire::put_u64(counter, wire::get_u64(counter) + wire::get_u64(value));
+      RequestOutcome outcome = value_reply(Bytes(counter, counter + 8));
+      outcome.key_changed = true;
+      return outcome;
+    }
+    case Opcode::erase: {
+      // An empty prefix would wipe every group's keys, this client's and everyone else's.
+      if (key.empty()) return drop(wire::kErrorProtocol, "ERASE needs a non-empty key prefix");
+      return value_reply(u64_bytes(table.erase_prefix(key)));
+    }
+    case Opcode::stats: {
+      const std::array<std::uint64_t, wire::kStatsFields> fields{
+          stats.keys, stats.bytes, stats.connections, stats.failed_hellos, stats.refused_connections};
+      Bytes bytes(8 * fields.size());
+      for (std::size_t i = 0; i < fields.size(); ++i) wire::put_u64(bytes.data() + 8 * i, fields[i]);
+      return value_reply(std::move(bytes));
+    }
+    default:
+      return drop(wire::kErrorProtocol, "unexpected opcode " + std::string(wire::opcode_name(header.opcode)));
+  }
+}
+
+}  // namespace ferry::transport
