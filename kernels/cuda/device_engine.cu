@@ -1,20 +1,22 @@
-// The host side of the CUDA executor: plans in device memory, role groups per block, the three launches, and the
-// reading back of counts, traffic and failure records.
+// The host side of the CUDA executor: plans in device memory, role groups per block, the three launches, and
+// the reading back of counts, traffic and failure records.
 #include "ferry/kernels/cuda/device_engine.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <thread>
 
-#include "device_report.hpp"
 #include "device_kernels.cuh"
 #include "device_memory.cuh"
+#include "device_report.hpp"
 
 namespace ferry::kernels::cuda {
 
 namespace p = protocol;
 
-bool built_with_cuda() { return true; }
+bool built_with_cuda() {
+  return true;
+}
 
 std::string gpu_unavailable_reason() {
   int count = 0;
@@ -67,7 +69,8 @@ struct DeviceRecord {
   }
   void read_totals() const {
     if (totals_known) return;
-    check(cudaMemcpy(totals_read, totals(), sizeof(totals_read), cudaMemcpyDeviceToHost), "read back the counts");
+    check(cudaMemcpy(totals_read, totals(), sizeof(totals_read), cudaMemcpyDeviceToHost),
+          "read back the counts");
     totals_known = true;
   }
   mutable std::int64_t totals_read[2] = {0, 0};
@@ -83,7 +86,8 @@ namespace {
 template <class T>
 std::vector<T> read_back(const T* device, std::int64_t count) {
   std::vector<T> host(static_cast<std::size_t>(std::max<std::int64_t>(count, 0)));
-  if (!host.empty()) check(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost), "read back");
+  if (!host.empty())
+    check(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost), "read back");
   return host;
 }
 
@@ -95,7 +99,9 @@ std::vector<std::int32_t> device_recv_src_rank(const DeviceRecord& record) {
 std::vector<std::int32_t> device_recv_src_token(const DeviceRecord& record) {
   return read_back(record.recv_src_token.data(), std::min(record.num_recv(), record.record_capacity));
 }
-std::int64_t device_num_recv(const DeviceRecord& record) { return record.num_recv(); }
+std::int64_t device_num_recv(const DeviceRecord& record) {
+  return record.num_recv();
+}
 
 // ---- launch shapes ----
 
@@ -119,7 +125,9 @@ void add_groups(SidePlan& side, DeviceRole role, int count, int warps_each, int&
   }
 }
 
-std::uint32_t align16(std::size_t value) { return static_cast<std::uint32_t>((value + 15) / 16 * 16); }
+std::uint32_t align16(std::size_t value) {
+  return static_cast<std::uint32_t>((value + 15) / 16 * 16);
+}
 
 // Block 2c: the senders, 4 groups sharing the destinations. Block 2c + 1: forwarders and receivers (2 + 2
 // groups), or 4 receivers on a single node; combine's receiver takes tokens in order, so it is one group.
@@ -186,7 +194,9 @@ std::uint32_t notify_shared_bytes(const p::Topology& topo) {
                  2 * sizeof(p::RingState) * R + 2 * R);
 }
 
-std::uint32_t shared_bytes(const KernelShape& shape) { return std::max(shape.shared[0].bytes, shape.shared[1].bytes); }
+std::uint32_t shared_bytes(const KernelShape& shape) {
+  return std::max(shape.shared[0].bytes, shape.shared[1].bytes);
+}
 
 }  // namespace
 
@@ -202,21 +212,22 @@ struct DeviceEngine::Impl {
   std::vector<DeviceRank> ranks;
   int sm_count = 0;
   DeviceArray<p::BufferLayout> device_layout;
-  std::vector<DeviceArray<std::byte*>> peers;                       // per rank: [L]
-  std::vector<DeviceArray<transport::CommandRingView>> rings;       // per rank
-  MappedArray<DeviceReport> reports;                                // per rank
-  DeviceArray<p::Traffic> traffic;                                  // per rank: [3]
+  std::vector<DeviceArray<std::byte*>> peers;                  // per rank: [L]
+  std::vector<DeviceArray<transport::CommandRingView>> rings;  // per rank
+  MappedArray<DeviceReport> reports;                           // per rank
+  DeviceArray<p::Traffic> traffic;                             // per rank: [3]
   DeviceArray<std::uint32_t> abort;
-  std::vector<std::uint32_t> operations;                           // per rank: sequence number of the last op
-  std::vector<std::shared_ptr<void>> keep_alive;                    // launch plans of operations in flight
-  std::vector<std::shared_ptr<MappedArray<RankLaunch>>> staging;    // pinned copies of launch plans, reused
+  std::vector<std::uint32_t> operations;                          // per rank: sequence number of the last op
+  std::vector<std::shared_ptr<void>> keep_alive;                  // launch plans of operations in flight
+  std::vector<std::shared_ptr<MappedArray<RankLaunch>>> staging;  // pinned copies of launch plans, reused
 
   std::uint64_t timeout_ns() const {
-    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(options.timeout).count());
+    return static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(options.timeout).count());
   }
 
-  p::OpContext context(int index, int channels, p::PayloadKind kind, std::int64_t hidden, std::int64_t experts,
-                       int rdma_chunk, int nvl_chunk, std::uint64_t fingerprint) {
+  p::OpContext context(int index, int channels, p::PayloadKind kind, std::int64_t hidden,
+                       std::int64_t experts, int rdma_chunk, int nvl_chunk, std::uint64_t fingerprint) {
     p::OpContext ctx;
     ctx.layout = device_layout.data();  // read on the device only
     ctx.topo = layout.params.topo;
@@ -243,9 +254,11 @@ struct DeviceEngine::Impl {
     return launch;
   }
 
-  // Copies the launch plans to the device (the copy is kept until finish()) and launches `kernel` cooperatively.
-  void launch(const void* kernel, const char* name, const std::vector<RankLaunch>& plans, const KernelShape& shape,
-              int blocks_per_rank, int threads, std::uint32_t shared, cudaStream_t stream) {
+  // Copies the launch plans to the device (the copy is kept until finish()) and launches `kernel`
+  // cooperatively.
+  void launch(const void* kernel, const char* name, const std::vector<RankLaunch>& plans,
+              const KernelShape& shape, int blocks_per_rank, int threads, std::uint32_t shared,
+              cudaStream_t stream) {
     auto device_plans = std::make_shared<DeviceArray<RankLaunch>>(plans.size(), stream, true);
     std::shared_ptr<MappedArray<RankLaunch>> staged;
     for (const auto& slot : staging) {  // one no launch in flight holds any more
@@ -272,17 +285,19 @@ struct DeviceEngine::Impl {
     args.abort = abort.data();
     const int blocks = blocks_per_rank * static_cast<int>(plans.size());
     if (shared > 48 * 1024) {
-      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
-            name);
+      check(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
+          name);
     }
     int per_sm = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared), name);
     if (per_sm * sm_count < blocks) {
-      fail(Errc::invalid_argument, std::string(name) + ": " + std::to_string(blocks) + " blocks of " +
-                                       std::to_string(threads) + " threads and " + std::to_string(shared) +
-                                       " bytes of shared memory must all be resident at once, but the GPU holds " +
-                                       std::to_string(per_sm) + " per SM x " + std::to_string(sm_count) +
-                                       " SMs: use fewer ranks per GPU or a smaller num_sms");
+      fail(Errc::invalid_argument,
+           std::string(name) + ": " + std::to_string(blocks) + " blocks of " + std::to_string(threads) +
+               " threads and " + std::to_string(shared) +
+               " bytes of shared memory must all be resident at once, but the GPU holds " +
+               std::to_string(per_sm) + " per SM x " + std::to_string(sm_count) +
+               " SMs: use fewer ranks per GPU or a smaller num_sms");
     }
     void* params[] = {&args};
     check(cudaLaunchCooperativeKernel(kernel, blocks, threads, params, shared, stream), name);
@@ -314,7 +329,8 @@ struct DeviceEngine::Impl {
   }
 };
 
-DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank> ranks, const DeviceOptions& options)
+DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank> ranks,
+                           const DeviceOptions& options)
     : impl_(std::make_unique<Impl>()) {
   Impl& impl = *impl_;
   const std::string unavailable = gpu_unavailable_reason();
@@ -330,7 +346,8 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, options.device),
         "cudaDeviceGetAttribute(cooperative launch)");
   if (!cooperative) fail(Errc::unsupported, "the GPU does not support cooperative launches");
-  // Per-operation arrays come from the device's pool in stream order; keep freed memory there for the next one.
+  // Per-operation arrays come from the device's pool in stream order; keep freed memory there for the next
+  // one.
   cudaMemPool_t pool = nullptr;
   check(cudaDeviceGetDefaultMemPool(&pool, options.device), "cudaDeviceGetDefaultMemPool");
   std::uint64_t keep = ~std::uint64_t{0};
@@ -340,11 +357,13 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   check(cudaMemcpy(impl.device_layout.data(), &impl.layout, sizeof(p::BufferLayout), cudaMemcpyHostToDevice),
         "copy of the buffer layout");
   const int L = layout.params.topo.local_size;
-  const std::size_t expected_rings = static_cast<std::size_t>(device_rings_per_rank(layout.params.topo, options));
+  const std::size_t expected_rings =
+      static_cast<std::size_t>(device_rings_per_rank(layout.params.topo, options));
   for (const DeviceRank& rank : impl.ranks) {
     if (static_cast<int>(rank.node_peers.size()) != L) {
       fail(Errc::invalid_argument, "DeviceEngine: rank " + std::to_string(rank.rank) + " has " +
-                                       std::to_string(rank.node_peers.size()) + " node peers, not " + std::to_string(L));
+                                       std::to_string(rank.node_peers.size()) + " node peers, not " +
+                                       std::to_string(L));
     }
     if (!rank.rings.empty() && rank.rings.size() != expected_rings) {
       fail(Errc::invalid_argument, "DeviceEngine: rank " + std::to_string(rank.rank) + " has " +
@@ -361,36 +380,40 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
     impl.peers.push_back(std::move(peers));
     DeviceArray<transport::CommandRingView> views(rank.rings.size());
     if (!rank.rings.empty()) {
-      check(cudaMemcpy(views.data(), rank.rings.data(), sizeof(transport::CommandRingView) * rank.rings.size(),
-                       cudaMemcpyHostToDevice),
+      check(cudaMemcpy(views.data(), rank.rings.data(),
+                       sizeof(transport::CommandRingView) * rank.rings.size(), cudaMemcpyHostToDevice),
             "copy of the command ring views");
     }
     impl.rings.push_back(std::move(views));
   }
   impl.reports = MappedArray<DeviceReport>(impl.ranks.size());
   impl.traffic = DeviceArray<p::Traffic>(3 * impl.ranks.size());
-  check(cudaMemset(impl.traffic.data(), 0, sizeof(p::Traffic) * 3 * impl.ranks.size()), "cudaMemset(traffic)");
+  check(cudaMemset(impl.traffic.data(), 0, sizeof(p::Traffic) * 3 * impl.ranks.size()),
+        "cudaMemset(traffic)");
   impl.abort = DeviceArray<std::uint32_t>(1);
   impl.operations.assign(impl.ranks.size(), 0);
 }
 
 DeviceEngine::~DeviceEngine() = default;
 
-int DeviceEngine::num_ranks() const { return static_cast<int>(impl_->ranks.size()); }
+int DeviceEngine::num_ranks() const {
+  return static_cast<int>(impl_->ranks.size());
+}
 
-std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchShape& shape,
-                                                         const std::vector<DeviceDispatchInput>& inputs,
-                                                         const std::vector<std::shared_ptr<DeviceRecord>>* cached,
-                                                         void* stream_handle) {
+std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
+    const DeviceDispatchShape& shape, const std::vector<DeviceDispatchInput>& inputs,
+    const std::vector<std::shared_ptr<DeviceRecord>>* cached, void* stream_handle) {
   Impl& impl = *impl_;
   auto stream = static_cast<cudaStream_t>(stream_handle);
   check(cudaSetDevice(impl.options.device), "cudaSetDevice");
   const std::size_t count = impl.ranks.size();
   if (inputs.size() != count) fail(Errc::invalid_argument, "DeviceEngine::dispatch: one input per rank");
   const p::Topology full = impl.layout.params.topo;
-  const int channels = cached != nullptr ? (*cached)[0]->channels : (shape.channels > 0 ? shape.channels : full.num_channels);
+  const int channels =
+      cached != nullptr ? (*cached)[0]->channels : (shape.channels > 0 ? shape.channels : full.num_channels);
   if (channels > full.num_channels) {
-    fail(Errc::invalid_argument, "a dispatch on " + std::to_string(channels) + " channels on a buffer laid out for " +
+    fail(Errc::invalid_argument, "a dispatch on " + std::to_string(channels) +
+                                     " channels on a buffer laid out for " +
                                      std::to_string(full.num_channels));
   }
   const int R = full.num_ranks(), N = full.num_nodes, L = full.local_size;
@@ -424,15 +447,17 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
       record->num_experts = shape.num_experts;
       record->num_ranks = R;
       record->num_nodes = N;
-      record->topk_idx = std::make_shared<DeviceArray<std::int64_t>>(in.num_tokens * shape.num_topk, stream, true);
+      record->topk_idx =
+          std::make_shared<DeviceArray<std::int64_t>>(in.num_tokens * shape.num_topk, stream, true);
       record->in_rank = std::make_shared<DeviceArray<std::uint8_t>>(in.num_tokens * R, stream, true);
       // Taken at the call: the routing the roles read cannot change under them.
       if (in.num_tokens > 0) {
-        check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx, sizeof(std::int64_t) * in.num_tokens * shape.num_topk,
-                              cudaMemcpyDeviceToDevice, stream),
+        check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx,
+                              sizeof(std::int64_t) * in.num_tokens * shape.num_topk, cudaMemcpyDeviceToDevice,
+                              stream),
               "copy of topk_idx");
-        check(cudaMemcpyAsync(record->in_rank->data(), in.in_rank, static_cast<std::size_t>(in.num_tokens) * R,
-                              cudaMemcpyDeviceToDevice, stream),
+        check(cudaMemcpyAsync(record->in_rank->data(), in.in_rank,
+                              static_cast<std::size_t>(in.num_tokens) * R, cudaMemcpyDeviceToDevice, stream),
               "copy of the layout");
       }
       record->counts = std::make_shared<DeviceArray<std::int64_t>>(3 * (R + N) * channels + 2, stream, true);
@@ -441,8 +466,9 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
     RankLaunch& plan = plans[i];
     plan = impl.base_launch(static_cast<int>(i));
     plan.totals = record->totals();
-    const p::OpContext ctx = impl.context(static_cast<int>(i), channels, shape.kind, shape.hidden, record->num_experts,
-                                          shape.rdma_chunk, shape.nvl_chunk, shape.fingerprint);
+    const p::OpContext ctx =
+        impl.context(static_cast<int>(i), channels, shape.kind, shape.hidden, record->num_experts,
+                     shape.rdma_chunk, shape.nvl_chunk, shape.fingerprint);
     plan.notify.ctx = ctx;
     plan.notify.num_topk = shape.num_topk;
     plan.notify.send_to_rank = record->send_to_rank();
@@ -457,8 +483,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
     records[i] = std::move(record);
   }
   if (cached == nullptr) {
-    impl.launch(reinterpret_cast<const void*>(&notify_kernel), "notify", plans, KernelShape{}, 1, kNotifyThreads,
-                notify_shared_bytes(full), stream);
+    impl.launch(reinterpret_cast<const void*>(&notify_kernel), "notify", plans, KernelShape{}, 1,
+                kNotifyThreads, notify_shared_bytes(full), stream);
   }
   if (worst <= 0 && cached == nullptr) {
     impl.wait(stream);  // the counts size the outputs
@@ -486,7 +512,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
     };
     auto outputs = std::make_shared<Outputs>();
     DeviceOutputs where;
-    const std::int64_t scale_count = shape.kind == p::PayloadKind::fp8_e4m3 ? rows * p::scale_blocks(shape.hidden) : 0;
+    const std::int64_t scale_count =
+        shape.kind == p::PayloadKind::fp8_e4m3 ? rows * p::scale_blocks(shape.hidden) : 0;
     const std::int64_t topk_count = with_topk ? rows * shape.num_topk : 0;
     if (inputs[i].allocate) {
       where = inputs[i].allocate(rows);
@@ -495,7 +522,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(const DeviceDispatchSha
       outputs->scales = DeviceArray<float>(scale_count, stream, true);
       outputs->topk_idx = DeviceArray<std::int64_t>(topk_count, stream, true);
       outputs->topk_weights = DeviceArray<float>(topk_count, stream, true);
-      where = {outputs->x.data(), outputs->scales.data(), outputs->topk_idx.data(), outputs->topk_weights.data()};
+      where = {outputs->x.data(), outputs->scales.data(), outputs->topk_idx.data(),
+               outputs->topk_weights.data()};
     }
     auto fill = [&](void* data, int value, std::size_t bytes, const char* what) {
       if (data != nullptr && bytes > 0) check(cudaMemsetAsync(data, value, bytes, stream), what);
@@ -562,8 +590,8 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
     RankLaunch& launch = plans[i];
     launch = impl.base_launch(static_cast<int>(i));
     p::CombinePlan& plan = launch.combine;
-    plan.ctx = impl.context(static_cast<int>(i), record.channels, shape.kind, shape.hidden, record.num_experts,
-                            shape.rdma_chunk, shape.nvl_chunk, shape.fingerprint);
+    plan.ctx = impl.context(static_cast<int>(i), record.channels, shape.kind, shape.hidden,
+                            record.num_experts, shape.rdma_chunk, shape.nvl_chunk, shape.fingerprint);
     plan.counts = record.routing();
     const bool with_weights = in.out_weights != nullptr;
     plan.format = p::combine_format(shape.kind, shape.hidden, with_weights ? record.num_topk : 0);
@@ -583,9 +611,13 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
               kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream);
 }
 
-void DeviceEngine::raise_failures() { impl_->raise_failures(); }
+void DeviceEngine::raise_failures() {
+  impl_->raise_failures();
+}
 
-void DeviceEngine::release_launches() { impl_->keep_alive.clear(); }
+void DeviceEngine::release_launches() {
+  impl_->keep_alive.clear();
+}
 
 void DeviceEngine::finish(void* stream_handle, std::vector<DeviceDispatchResult>* results) {
   Impl& impl = *impl_;
@@ -601,7 +633,8 @@ std::vector<DeviceTraffic> DeviceEngine::traffic() const {
   const std::vector<p::Traffic> all =
       read_back(impl_->traffic.data(), static_cast<std::int64_t>(3 * impl_->ranks.size()));
   std::vector<DeviceTraffic> per_rank(impl_->ranks.size());
-  for (std::size_t i = 0; i < per_rank.size(); ++i) per_rank[i] = {all[3 * i], all[3 * i + 1], all[3 * i + 2]};
+  for (std::size_t i = 0; i < per_rank.size(); ++i)
+    per_rank[i] = {all[3 * i], all[3 * i + 1], all[3 * i + 2]};
   return per_rank;
 }
 

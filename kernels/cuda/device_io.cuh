@@ -1,14 +1,14 @@
-// The protocol's Io policy on the GPU (protocol/io.hpp): a role instance is run by a group of whole warps of one
-// block. Every thread runs the role code on its own copy of the role object; the group shares the role's state
-// in shared memory, which only the leader (the group's first thread) writes, between two named barriers. Counter
-// loads are made by the leader and broadcast through shared memory, so every thread takes the same branches.
-// Bulk bytes are moved by all threads with 16-byte accesses; fabric writes are posted by the leader into the
-// group's own command ring (host memory mapped for the GPU), which a proxy thread drains.
+// The protocol's Io policy on the GPU (protocol/io.hpp): a role instance is run by a group of whole warps of
+// one block. Every thread runs the role code on its own copy of the role object; the group shares the role's
+// state in shared memory, which only the leader (the group's first thread) writes, between two named
+// barriers. Counter loads are made by the leader and broadcast through shared memory, so every thread takes
+// the same branches. Bulk bytes are moved by all threads with 16-byte accesses; fabric writes are posted by
+// the leader into the group's own command ring (host memory mapped for the GPU), which a proxy thread drains.
 //
 // Memory orders: a counter that only this GPU's blocks touch (Reach::self) is acquired and released at gpu
-// scope; counters written by another GPU over NVLink, by the proxy or by a NIC at system scope. Before a counter
-// is released or a put is posted, the group's writes are ordered by the named barrier (all threads) and, for
-// posts, a system-scope fence by the leader, so the copy engine or the NIC reads finished bytes.
+// scope; counters written by another GPU over NVLink, by the proxy or by a NIC at system scope. Before a
+// counter is released or a put is posted, the group's writes are ordered by the named barrier (all threads)
+// and, for posts, a system-scope fence by the leader, so the copy engine or the NIC reads finished bytes.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -60,8 +60,8 @@ __device__ __forceinline__ std::uint32_t load_acquire_sys(const std::uint32_t* w
   return value;
 }
 
-// 16 bytes, not kept in L1 (ring slots are rewritten by other GPUs and the copy engine; streamed rows are read
-// once), coherent at L2.
+// 16 bytes, not kept in L1 (ring slots are rewritten by other GPUs and the copy engine; streamed rows are
+// read once), coherent at L2.
 __device__ __forceinline__ int4 load_stream(const int4* address) {
   int4 value;
   asm volatile("ld.global.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
@@ -72,8 +72,8 @@ __device__ __forceinline__ int4 load_stream(const int4* address) {
 }
 
 __device__ __forceinline__ void store_stream(int4* address, int4 value) {
-  asm volatile("st.global.v4.s32 [%0], {%1, %2, %3, %4};" ::"l"(address), "r"(value.x), "r"(value.y), "r"(value.z),
-               "r"(value.w)
+  asm volatile("st.global.v4.s32 [%0], {%1, %2, %3, %4};" ::"l"(address), "r"(value.x), "r"(value.y),
+               "r"(value.z), "r"(value.w)
                : "memory");
 }
 
@@ -87,8 +87,8 @@ struct GroupShape {
   int barrier = 1;
 };
 
-// Copies `bytes` with every thread of the group: 16-byte accesses when both ends allow them, four in flight per
-// thread; narrower ones otherwise.
+// Copies `bytes` with every thread of the group: 16-byte accesses when both ends allow them, four in flight
+// per thread; narrower ones otherwise.
 __device__ inline void group_copy(void* dst, const void* src, std::size_t bytes, int lane, int threads) {
   auto* d = static_cast<unsigned char*>(dst);
   const auto* s = static_cast<const unsigned char*>(src);
@@ -115,12 +115,13 @@ __device__ inline void group_copy(void* dst, const void* src, std::size_t bytes,
     }
     done = words * 4;
   }
-  for (std::size_t i = done + lane; i < bytes; i += threads) d[i] = reinterpret_cast<const volatile unsigned char*>(s)[i];
+  for (std::size_t i = done + lane; i < bytes; i += threads)
+    d[i] = reinterpret_cast<const volatile unsigned char*>(s)[i];
 }
 
 // Loads elements [e, e + n) of a row of `kind` (bf16 or fp32) as floats, 16-byte loads when possible.
-__device__ __forceinline__ void load_elements(p::PayloadKind kind, const std::byte* row, std::int64_t e, int n,
-                                              float* out) {
+__device__ __forceinline__ void load_elements(p::PayloadKind kind, const std::byte* row, std::int64_t e,
+                                              int n, float* out) {
   if (kind == p::PayloadKind::fp32) {
     const float* values = reinterpret_cast<const float*>(row) + e;
     if (n == 8 && (reinterpret_cast<std::uintptr_t>(values) & 15u) == 0) {
@@ -146,7 +147,8 @@ __device__ __forceinline__ void load_elements(p::PayloadKind kind, const std::by
     }
     return;
   }
-  for (int i = 0; i < n; ++i) out[i] = p::bf16_to_float(reinterpret_cast<const volatile std::uint16_t*>(values)[i]);
+  for (int i = 0; i < n; ++i)
+    out[i] = p::bf16_to_float(reinterpret_cast<const volatile std::uint16_t*>(values)[i]);
 }
 
 __device__ __forceinline__ void store_elements(p::PayloadKind kind, std::byte* row, std::int64_t e, int n,
@@ -187,7 +189,8 @@ __device__ inline void group_reduce(const p::ReduceRows& job, int lane, int thre
           for (int i = 0; i < n; ++i) part[i] = __fadd_rn(part[i], values[i]);
         }
         for (int i = 0; i < n; ++i) {
-          const float rounded = job.kind == p::PayloadKind::fp32 ? part[i] : p::bf16_to_float(p::float_to_bf16(part[i]));
+          const float rounded =
+              job.kind == p::PayloadKind::fp32 ? part[i] : p::bf16_to_float(p::float_to_bf16(part[i]));
           acc[i] = __fadd_rn(acc[i], rounded);
         }
         continue;
@@ -212,7 +215,8 @@ struct ProxyPort {
 class DeviceIo {
  public:
   __device__ DeviceIo(const GroupShape& shape, std::byte* local, std::byte* const* node_peers,
-                      std::uint64_t* broadcast, std::uint32_t* abort, const ProxyPort& port, std::uint64_t timeout_ns)
+                      std::uint64_t* broadcast, std::uint32_t* abort, const ProxyPort& port,
+                      std::uint64_t timeout_ns)
       : shape_(shape),
         local_(local),
         node_peers_(node_peers),
@@ -239,7 +243,8 @@ class DeviceIo {
     if (leader()) broadcast_[slot_] = value;
     sync();
     value = reinterpret_cast<volatile std::uint64_t*>(broadcast_)[slot_];
-    slot_ ^= 1;  // the next broadcast writes the other word: every thread has read this one before that barrier
+    slot_ ^=
+        1;  // the next broadcast writes the other word: every thread has read this one before that barrier
     return value;
   }
 
@@ -276,8 +281,8 @@ class DeviceIo {
   }
   __device__ void reduce(const p::ReduceRows& job) const { group_reduce(job, lane(), shape_.threads); }
 
-  // Leader only. A put is held until the next post so that the signal which always follows it rides on the same
-  // command (put_signal).
+  // Leader only. A put is held until the next post so that the signal which always follows it rides on the
+  // same command (put_signal).
   __device__ void put(int rank, std::size_t src_offset, std::size_t dst_offset, std::size_t bytes) {
     release_held();
     held_ = {true, rank, src_offset, dst_offset, bytes};

@@ -1,7 +1,7 @@
-// The kernels of the CUDA executor (device_kernels.cuh). Every role of the protocol (notify sender and receiver;
-// dispatch sender, forwarder, receiver; combine sender, forwarder, receiver) is instantiated here with the device
-// policy, for sm_80 and sm_90a: the proof that the protocol written once for host and GPU compiles for the GPU,
-// whatever has or has not run on one.
+// The kernels of the CUDA executor (device_kernels.cuh). Every role of the protocol (notify sender and
+// receiver; dispatch sender, forwarder, receiver; combine sender, forwarder, receiver) is instantiated here
+// with the device policy, for sm_80 and sm_90a: the proof that the protocol written once for host and GPU
+// compiles for the GPU, whatever has or has not run on one.
 #include "device_kernels.cuh"
 
 namespace ferry::kernels::cuda {
@@ -43,8 +43,10 @@ __global__ void __launch_bounds__(kNotifyThreads, 1) notify_kernel(LaunchArgs ar
   __syncthreads();
   auto* send_to_rank = const_cast<std::int64_t*>(plan.send_to_rank);
   auto* send_to_node = const_cast<std::int64_t*>(plan.send_to_node);
-  for (int i = threadIdx.x; i < R * C; i += blockDim.x) send_to_rank[i] = static_cast<std::int64_t>(to_rank[i]);
-  for (int i = threadIdx.x; i < N * C; i += blockDim.x) send_to_node[i] = static_cast<std::int64_t>(to_node[i]);
+  for (int i = threadIdx.x; i < R * C; i += blockDim.x)
+    send_to_rank[i] = static_cast<std::int64_t>(to_rank[i]);
+  for (int i = threadIdx.x; i < N * C; i += blockDim.x)
+    send_to_node[i] = static_cast<std::int64_t>(to_node[i]);
   __syncthreads();
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
@@ -95,7 +97,8 @@ struct BlockRole {
 };
 
 // Which rank, channel, side and role group this thread belongs to; false when it has nothing to do.
-__device__ inline bool place_thread(const LaunchArgs& args, int channels, BlockRole& where, RankLaunch*& rank) {
+__device__ inline bool place_thread(const LaunchArgs& args, int channels, BlockRole& where,
+                                    RankLaunch*& rank) {
   const int bpr = args.shape.blocks_per_rank;
   rank = &args.ranks[blockIdx.x / bpr];
   const int block = static_cast<int>(blockIdx.x) % bpr;
@@ -110,23 +113,25 @@ __device__ inline DeviceIo make_io(const LaunchArgs& args, const RankLaunch& ran
                                    unsigned char* shared) {
   const GroupShape shape{where.plan->first_warp * 32, where.plan->warps * 32, 1 + where.group};
   const int ring = where.channel * args.shape.rings_per_channel + where.plan->ring;
-  return DeviceIo(shape, rank.local, rank.node_peers, shared_as<std::uint64_t>(shared, 16 * where.group), args.abort,
-                  port_for(rank, ring), args.timeout_ns);
+  return DeviceIo(shape, rank.local, rank.node_peers, shared_as<std::uint64_t>(shared, 16 * where.group),
+                  args.abort, port_for(rank, ring), args.timeout_ns);
 }
 
 // Builds the group's Io and role in this thread, drives the role to its end and reports. Not inlined, so each
 // role gets its own register allocation, and the kernel keeps nothing live across it.
 template <class Role, class Plan, class... State>
 __device__ __forceinline__ void run_group(const LaunchArgs& args, RankLaunch& rank, const BlockRole& where,
-                                       unsigned char* shared, const Plan& plan, protocol::Traffic* traffic,
-                                       State... state) {
+                                          unsigned char* shared, const Plan& plan, protocol::Traffic* traffic,
+                                          State... state) {
   DeviceIo io = make_io(args, rank, where, shared);
   Role role(io, plan, where.channel, state...);
   const p::RoleOutcome outcome = p::drive_role(role, io, args.timeout_ns);
   finish_group(io, outcome, args, rank, where.channel, traffic);
 }
 
-__device__ inline p::RoleSlice slice_of(const BlockRole& where) { return {where.plan->slice, where.plan->slices}; }
+__device__ inline p::RoleSlice slice_of(const BlockRole& where) {
+  return {where.plan->slice, where.plan->slices};
+}
 
 }  // namespace
 
@@ -134,8 +139,8 @@ __global__ void __launch_bounds__(kMaxThreadsPerBlock, 1) dispatch_kernel(Launch
   extern __shared__ __align__(16) unsigned char shared[];
   BlockRole where;
   RankLaunch* rank = nullptr;
-  if (!place_thread(args, args.ranks[blockIdx.x / args.shape.blocks_per_rank].dispatch.ctx.topo.num_channels, where,
-                    rank)) {
+  if (!place_thread(args, args.ranks[blockIdx.x / args.shape.blocks_per_rank].dispatch.ctx.topo.num_channels,
+                    where, rank)) {
     return;
   }
   const p::DispatchPlan& plan = rank->dispatch;
@@ -170,8 +175,8 @@ __global__ void __launch_bounds__(kMaxThreadsPerBlock, 1) combine_kernel(LaunchA
   extern __shared__ __align__(16) unsigned char shared[];
   BlockRole where;
   RankLaunch* rank = nullptr;
-  if (!place_thread(args, args.ranks[blockIdx.x / args.shape.blocks_per_rank].combine.ctx.topo.num_channels, where,
-                    rank)) {
+  if (!place_thread(args, args.ranks[blockIdx.x / args.shape.blocks_per_rank].combine.ctx.topo.num_channels,
+                    where, rank)) {
     return;
   }
   const p::CombinePlan& plan = rank->combine;
@@ -193,7 +198,8 @@ __global__ void __launch_bounds__(kMaxThreadsPerBlock, 1) combine_kernel(LaunchA
     }
     case DeviceRole::combine_receive: {
       using Role = p::CombineReceiver<DeviceIo>;
-      run_group<Role>(args, *rank, where, shared, plan, traffic, shared_as<Role::Cursor>(shared, layout.receiver),
+      run_group<Role>(args, *rank, where, shared, plan, traffic,
+                      shared_as<Role::Cursor>(shared, layout.receiver),
                       shared_as<p::RingState>(shared, layout.receiver_rings));
       break;
     }

@@ -73,9 +73,9 @@ struct RankLaunch {
   std::byte* const* node_peers = nullptr;
   const transport::CommandRingView* rings = nullptr;  // [rings_per_rank], or nullptr on a single node
   int rings_per_rank = 0;
-  DeviceReport* report = nullptr;     // mapped host memory
+  DeviceReport* report = nullptr;        // mapped host memory
   protocol::Traffic* traffic = nullptr;  // [3]: dispatch, combine, notify (device memory)
-  std::int64_t* totals = nullptr;     // device memory: [num_recv, num_forwarded] of the last notify
+  std::int64_t* totals = nullptr;        // device memory: [num_recv, num_forwarded] of the last notify
 };
 
 struct LaunchArgs {
@@ -90,7 +90,8 @@ struct LaunchArgs {
 
 __device__ inline void add_traffic(protocol::Traffic* total, const protocol::Traffic& mine) {
   auto add = [](std::uint64_t* word, std::uint64_t value) {
-    if (value != 0) atomicAdd(reinterpret_cast<unsigned long long*>(word), static_cast<unsigned long long>(value));
+    if (value != 0)
+      atomicAdd(reinterpret_cast<unsigned long long*>(word), static_cast<unsigned long long>(value));
   };
   add(&total->fabric.messages, mine.fabric.messages);
   add(&total->fabric.bytes, mine.fabric.bytes);
@@ -104,8 +105,9 @@ __device__ inline void add_traffic(protocol::Traffic* total, const protocol::Tra
 
 // The leader of a group that ended records how (the first failure of the rank wins), stops the other groups,
 // and adds its traffic to the rank's.
-__device__ inline void finish_group(DeviceIo& io, const protocol::RoleOutcome& outcome, const LaunchArgs& args,
-                                    RankLaunch& rank, int channel, protocol::Traffic* traffic) {
+__device__ inline void finish_group(DeviceIo& io, const protocol::RoleOutcome& outcome,
+                                    const LaunchArgs& args, RankLaunch& rank, int channel,
+                                    protocol::Traffic* traffic) {
   if (!io.leader()) return;
   DeviceFailure failure = DeviceFailure::none;
   if (io.proxy_failed()) {

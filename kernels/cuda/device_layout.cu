@@ -79,7 +79,8 @@ __global__ void layout_kernel(const std::int64_t* topk_idx, std::int64_t num_tok
       if (in_rank[r] != 0) atomicAdd(reinterpret_cast<unsigned long long*>(out.tokens_per_rank + r), 1ull);
     }
     for (int node = 0; node < num_ranks / local_size; ++node) {
-      if (nodes >> node & 1u) atomicAdd(reinterpret_cast<unsigned long long*>(out.tokens_per_node + node), 1ull);
+      if (nodes >> node & 1u)
+        atomicAdd(reinterpret_cast<unsigned long long*>(out.tokens_per_node + node), 1ull);
     }
   }
 }
@@ -119,26 +120,33 @@ void DeviceLayout::compute(const std::int64_t* topk_idx, std::int64_t num_tokens
                                      std::to_string(local_size) + " local ranks (at most 64 nodes)");
   }
   if (num_experts <= 0 || num_experts % num_ranks != 0) {
-    fail(Errc::invalid_argument, "num_experts " + std::to_string(num_experts) + " is not a positive multiple of the " +
-                                     std::to_string(num_ranks) + " ranks (experts are split evenly over ranks)");
+    fail(Errc::invalid_argument, "num_experts " + std::to_string(num_experts) +
+                                     " is not a positive multiple of the " + std::to_string(num_ranks) +
+                                     " ranks (experts are split evenly over ranks)");
   }
   if (num_topk > num_experts) {
-    fail(Errc::invalid_argument, "topk_idx has " + std::to_string(num_topk) + " slots per token but there are only " +
-                                     std::to_string(num_experts) + " experts");
+    fail(Errc::invalid_argument, "topk_idx has " + std::to_string(num_topk) +
+                                     " slots per token but there are only " + std::to_string(num_experts) +
+                                     " experts");
   }
   cuda::check(cudaSetDevice(impl_->device), "cudaSetDevice");
   impl_->num_experts = num_experts;
   impl_->max_nodes = max_nodes;
-  cuda::check(cudaMemsetAsync(out.tokens_per_rank, 0, sizeof(std::int64_t) * num_ranks, stream), "layout: zero");
-  cuda::check(cudaMemsetAsync(out.tokens_per_node, 0, sizeof(std::int64_t) * (num_ranks / local_size), stream),
-        "layout: zero");
-  cuda::check(cudaMemsetAsync(out.tokens_per_expert, 0, sizeof(std::int64_t) * num_experts, stream), "layout: zero");
+  cuda::check(cudaMemsetAsync(out.tokens_per_rank, 0, sizeof(std::int64_t) * num_ranks, stream),
+              "layout: zero");
+  cuda::check(
+      cudaMemsetAsync(out.tokens_per_node, 0, sizeof(std::int64_t) * (num_ranks / local_size), stream),
+      "layout: zero");
+  cuda::check(cudaMemsetAsync(out.tokens_per_expert, 0, sizeof(std::int64_t) * num_experts, stream),
+              "layout: zero");
   if (num_tokens == 0) return;
-  cuda::check(cudaMemsetAsync(out.in_rank, 0, static_cast<std::size_t>(num_tokens) * num_ranks, stream), "layout: zero");
+  cuda::check(cudaMemsetAsync(out.in_rank, 0, static_cast<std::size_t>(num_tokens) * num_ranks, stream),
+              "layout: zero");
   constexpr int kThreads = 256;
-  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((num_tokens + kThreads - 1) / kThreads, 1024));
-  layout_kernel<<<blocks, kThreads, 0, stream>>>(topk_idx, num_tokens, num_topk, num_experts, num_ranks, local_size,
-                                                 max_nodes, out, impl_->error.device());
+  const auto blocks =
+      static_cast<unsigned>(std::min<std::int64_t>((num_tokens + kThreads - 1) / kThreads, 1024));
+  layout_kernel<<<blocks, kThreads, 0, stream>>>(topk_idx, num_tokens, num_topk, num_experts, num_ranks,
+                                                 local_size, max_nodes, out, impl_->error.device());
   cuda::check(cudaGetLastError(), "layout kernel launch");
 }
 
@@ -155,8 +163,8 @@ void DeviceLayout::check() {
                                        std::to_string(impl_->num_experts) + ") and -1 marks an empty slot");
     case LayoutFault::duplicate:
       fail(Errc::invalid_argument, "token " + token + " names expert " + std::to_string(found.value) +
-                                       " twice (topk_idx slots " + std::to_string(found.other_slot) + " and " +
-                                       std::to_string(found.slot) + ")");
+                                       " twice (topk_idx slots " + std::to_string(found.other_slot) +
+                                       " and " + std::to_string(found.slot) + ")");
     case LayoutFault::too_many_nodes:
       fail(Errc::invalid_argument, "token " + token + " touches " + std::to_string(found.nodes) + " nodes (" +
                                        node_list(found.node_mask) + ") but max_nodes is " +

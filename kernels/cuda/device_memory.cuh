@@ -15,17 +15,19 @@ namespace ferry::kernels::cuda {
 inline void check(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
   fail(status == cudaErrorMemoryAllocation ? Errc::system : Errc::internal,
-       std::string("cuda: ") + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
+       std::string("cuda: ") + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) +
+           ")");
 }
 
 // `count` elements of T in device memory (uninitialised unless zeroed). With a stream, allocated and freed in
-// stream order from the device's memory pool (no device-wide synchronisation, memory reused at once: per-operation
-// arrays come from there); without, plain cudaMalloc.
+// stream order from the device's memory pool (no device-wide synchronisation, memory reused at once:
+// per-operation arrays come from there); without, plain cudaMalloc.
 template <class T>
 class DeviceArray {
  public:
   DeviceArray() = default;
-  explicit DeviceArray(std::size_t count, cudaStream_t stream = nullptr, bool ordered = false) : count_(count) {
+  explicit DeviceArray(std::size_t count, cudaStream_t stream = nullptr, bool ordered = false)
+      : count_(count) {
     if (count == 0) return;
     void* memory = nullptr;
     if (ordered) {
@@ -64,7 +66,8 @@ class MappedArray {
   MappedArray() = default;
   explicit MappedArray(std::size_t count) : count_(count) {
     void* memory = nullptr;
-    check(cudaHostAlloc(&memory, count * sizeof(T), cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc");
+    check(cudaHostAlloc(&memory, count * sizeof(T), cudaHostAllocMapped | cudaHostAllocPortable),
+          "cudaHostAlloc");
     host_.reset(static_cast<T*>(memory));
     std::memset(memory, 0, count * sizeof(T));
     void* device = nullptr;

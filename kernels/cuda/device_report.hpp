@@ -14,15 +14,16 @@ enum class DeviceFailure : std::uint32_t { none = 0, timeout = 1, fault = 2, pro
 struct DeviceReport {
   std::uint32_t failure;  // DeviceFailure
   std::int32_t rank;
-  std::int32_t channel;   // -1: notify
-  std::uint32_t stage;    // protocol::Stage
+  std::int32_t channel;  // -1: notify
+  std::uint32_t stage;   // protocol::Stage
   protocol::Wait wait;
   protocol::Fault fault;
-  std::uint32_t proxy_error;  // the command ring's error word (1 + Errc) when failure == proxy; ~0: no slot in time
+  std::uint32_t
+      proxy_error;  // the command ring's error word (1 + Errc) when failure == proxy; ~0: no slot in time
 };
 
-// Throws the ferry::Error the record describes: Errc::timeout naming rank, channel, stage, peer, head and tail;
-// Errc::protocol naming the fault; or the proxy's failure.
+// Throws the ferry::Error the record describes: Errc::timeout naming rank, channel, stage, peer, head and
+// tail; Errc::protocol naming the fault; or the proxy's failure.
 [[noreturn]] void throw_report(const DeviceReport& report, Duration timeout);
 
 }  // namespace ferry::kernels::cuda

@@ -12,9 +12,9 @@ namespace p = protocol;
 
 struct VirtualCluster::Impl {
   p::BufferLayout layout;
-  std::vector<DeviceArray<std::byte>> buffers;      // per rank
-  std::unique_ptr<transport::Proxy> proxy;          // owns the fabrics; stopped before the buffers go
-  std::unique_ptr<DeviceEngine> engine;             // stopped first
+  std::vector<DeviceArray<std::byte>> buffers;  // per rank
+  std::unique_ptr<transport::Proxy> proxy;      // owns the fabrics; stopped before the buffers go
+  std::unique_ptr<DeviceEngine> engine;         // stopped first
 
   ~Impl() {
     engine.reset();
@@ -46,13 +46,14 @@ VirtualCluster::VirtualCluster(const p::LayoutParams& params, const DeviceOption
     }
   }
   if (topo.num_nodes > 1) {
-    // One fabric per rank, each driven by its own proxy thread; ring k of rank r is the proxy's ring k * R + r,
-    // which thread (k * R + r) % R = r drains with rank r's fabric.
+    // One fabric per rank, each driven by its own proxy thread; ring k of rank r is the proxy's ring k * R +
+    // r, which thread (k * R + r) % R = r drains with rank r's fabric.
     transport::DeviceCopyWorld world(R, options.device, options.timeout);
     std::vector<std::unique_ptr<transport::Fabric>> fabrics;
     for (int r = 0; r < R; ++r) {
       fabrics.push_back(world.make_fabric(r));
-      fabrics.back()->register_region(impl.buffers[r].data(), impl.layout.total_bytes, transport::MemoryKind::cuda);
+      fabrics.back()->register_region(impl.buffers[r].data(), impl.layout.total_bytes,
+                                      transport::MemoryKind::cuda);
     }
     for (auto& fabric : fabrics) fabric->connect();
     const int rings = device_rings_per_rank(topo, options);
@@ -70,9 +71,15 @@ VirtualCluster::VirtualCluster(const p::LayoutParams& params, const DeviceOption
 
 VirtualCluster::~VirtualCluster() = default;
 
-int VirtualCluster::num_ranks() const { return impl_->layout.params.topo.num_ranks(); }
-const p::BufferLayout& VirtualCluster::layout() const { return impl_->layout; }
-DeviceEngine& VirtualCluster::engine() { return *impl_->engine; }
+int VirtualCluster::num_ranks() const {
+  return impl_->layout.params.topo.num_ranks();
+}
+const p::BufferLayout& VirtualCluster::layout() const {
+  return impl_->layout;
+}
+DeviceEngine& VirtualCluster::engine() {
+  return *impl_->engine;
+}
 
 std::uint64_t VirtualCluster::proxy_commands() const {
   if (!impl_->proxy) return 0;

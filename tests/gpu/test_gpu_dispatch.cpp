@@ -1,6 +1,6 @@
-// The CUDA executor against the host reference, on virtual clusters of one GPU: every received row, scale, topk
-// slot and source record, and every combined value and weight, compared exactly; outputs poisoned before every
-// dispatch so an unwritten row cannot pass; cached and worst-case dispatch; the device layout against
+// The CUDA executor against the host reference, on virtual clusters of one GPU: every received row, scale,
+// topk slot and source record, and every combined value and weight, compared exactly; outputs poisoned before
+// every dispatch so an unwritten row cannot pass; cached and worst-case dispatch; the device layout against
 // compute_layout; a stalled peer gives the timeout record. Randomized (FERRY_TEST_SEED repeats a run).
 //
 // [small] marks the cases scripts/gpu-check runs under compute-sanitizer.
@@ -29,7 +29,8 @@ namespace p = ferry::kernels::protocol;
 namespace {
 
 void cuda_ok(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) FAIL(what << ": " << cudaGetErrorName(status) << " " << cudaGetErrorString(status));
+  if (status != cudaSuccess)
+    FAIL(what << ": " << cudaGetErrorName(status) << " " << cudaGetErrorString(status));
 }
 
 // A device copy of a host vector, freed with the object.
@@ -53,13 +54,15 @@ struct DeviceCopy {
 template <class T>
 std::vector<T> download(const T* device, std::size_t count) {
   std::vector<T> host(count);
-  if (count > 0) cuda_ok(cudaMemcpy(host.data(), device, count * sizeof(T), cudaMemcpyDeviceToHost), "download");
+  if (count > 0)
+    cuda_ok(cudaMemcpy(host.data(), device, count * sizeof(T), cudaMemcpyDeviceToHost), "download");
   return host;
 }
 
 p::PayloadKind kind_of(DType dtype) {
-  return dtype == DType::fp32 ? p::PayloadKind::fp32 : dtype == DType::bf16 ? p::PayloadKind::bf16
-                                                                           : p::PayloadKind::fp8_e4m3;
+  return dtype == DType::fp32   ? p::PayloadKind::fp32
+         : dtype == DType::bf16 ? p::PayloadKind::bf16
+                                : p::PayloadKind::fp8_e4m3;
 }
 
 struct Setup {
@@ -96,8 +99,9 @@ struct DeviceInputs {
     const int R = scenario.num_ranks();
     for (int r = 0; r < R; ++r) {
       const RankData& data = scenario.ranks[r];
-      const Layout layout = compute_layout(TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64),
-                                           scenario.num_experts, R, scenario.local_size, scenario.num_nodes);
+      const Layout layout =
+          compute_layout(TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64),
+                         scenario.num_experts, R, scenario.local_size, scenario.num_nodes);
       x.push_back(std::make_unique<DeviceCopy<std::uint8_t>>(data.x));
       scales.push_back(std::make_unique<DeviceCopy<float>>(data.scales));
       topk.push_back(std::make_unique<DeviceCopy<std::int64_t>>(data.topk));
@@ -132,8 +136,8 @@ kc::DeviceDispatchShape shape_of(const Scenario& scenario) {
 }
 
 std::string where(int rank, std::int64_t row, const Source& source) {
-  return "rank " + std::to_string(rank) + " row " + std::to_string(row) + " (source rank " + std::to_string(source.rank) +
-         " token " + std::to_string(source.token) + ")";
+  return "rank " + std::to_string(rank) + " row " + std::to_string(row) + " (source rank " +
+         std::to_string(source.rank) + " token " + std::to_string(source.token) + ")";
 }
 
 // Every received row, scale, topk slot and source record of rank r, exactly; padding rows (worst case) zero.
@@ -162,14 +166,14 @@ std::string check_rank(const Scenario& scenario, const std::vector<Source>& want
     const Source& source = want[i];
     const RankData& data = scenario.ranks[source.rank];
     if (src_rank[i] != source.rank || src_token[i] != source.token) {
-      return where(r, i, source) + ": the record says source rank " + std::to_string(src_rank[i]) + " token " +
-             std::to_string(src_token[i]);
+      return where(r, i, source) + ": the record says source rank " + std::to_string(src_rank[i]) +
+             " token " + std::to_string(src_token[i]);
     }
     if (std::memcmp(x.data() + i * row_bytes, data.x.data() + source.token * row_bytes, row_bytes) != 0) {
       return where(r, i, source) + ": recv_x differs from the source row";
     }
-    if (!scales.empty() &&
-        std::memcmp(scales.data() + i * blocks, data.scales.data() + source.token * blocks, blocks * 4) != 0) {
+    if (!scales.empty() && std::memcmp(scales.data() + i * blocks, data.scales.data() + source.token * blocks,
+                                       blocks * 4) != 0) {
       return where(r, i, source) + ": recv_x_scales differ";
     }
     if (!with_topk) continue;
@@ -179,14 +183,15 @@ std::string check_rank(const Scenario& scenario, const std::vector<Source>& want
       const std::int64_t want_id = local ? expert - r * scenario.experts_per_rank() : -1;
       const float want_weight = local ? data.weights[source.token * K + k] : 0.0f;
       if (ids[i * K + k] != want_id || std::memcmp(&weights[i * K + k], &want_weight, 4) != 0) {
-        return where(r, i, source) + " slot " + std::to_string(k) + ": got expert " + std::to_string(ids[i * K + k]) +
-               ", expected " + std::to_string(want_id);
+        return where(r, i, source) + " slot " + std::to_string(k) + ": got expert " +
+               std::to_string(ids[i * K + k]) + ", expected " + std::to_string(want_id);
       }
     }
   }
   for (std::int64_t i = received; i < got.rows; ++i) {
     for (std::size_t b = 0; b < row_bytes; ++b) {
-      if (x[i * row_bytes + b] != 0) return "rank " + std::to_string(r) + " padding row " + std::to_string(i) + " is not zero";
+      if (x[i * row_bytes + b] != 0)
+        return "rank " + std::to_string(r) + " padding row " + std::to_string(i) + " is not zero";
     }
   }
   return "";
@@ -200,9 +205,9 @@ struct RoundTrip {
 // Dispatch (and a cached repeat), check; combine with weights and bias, check.
 void round_trip(const Scenario& scenario, const Setup& setup, const RoundTrip& how, std::mt19937_64& rng) {
   const int R = scenario.num_ranks();
-  INFO(scenario.num_nodes << "x" << scenario.local_size << " H=" << scenario.hidden << " K=" << scenario.num_topk << " "
-                          << to_string(scenario.dtype) << " num_sms " << setup.num_sms << (how.worst ? " worst" : "")
-                          << (how.cached ? " cached" : ""));
+  INFO(scenario.num_nodes << "x" << scenario.local_size << " H=" << scenario.hidden
+                          << " K=" << scenario.num_topk << " " << to_string(scenario.dtype) << " num_sms "
+                          << setup.num_sms << (how.worst ? " worst" : "") << (how.cached ? " cached" : ""));
   kc::VirtualCluster cluster(params_of(scenario, setup, 7168), options_of(setup));
   cudaStream_t stream = nullptr;
   cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
@@ -210,7 +215,8 @@ void round_trip(const Scenario& scenario, const Setup& setup, const RoundTrip& h
   const auto sources = expected_sources(scenario);
   kc::DeviceDispatchShape shape = shape_of(scenario);
   std::int64_t worst = 0;
-  for (const auto& rows : sources) worst = std::max<std::int64_t>(worst, static_cast<std::int64_t>(rows.size()));
+  for (const auto& rows : sources)
+    worst = std::max<std::int64_t>(worst, static_cast<std::int64_t>(rows.size()));
   if (how.worst) shape.num_worst_tokens = worst + 5;
 
   auto results = cluster.engine().dispatch(shape, inputs.inputs, nullptr, stream);
@@ -245,14 +251,16 @@ void round_trip(const Scenario& scenario, const Setup& setup, const RoundTrip& h
   for (int r = 0; r < R; ++r) {
     const std::int64_t T = scenario.ranks[r].num_tokens;
     bias[r].resize(T * row_bytes);
-    for (std::int64_t i = 0; i < T * scenario.hidden; ++i) p::store_element(kind_of(result_type), bias[r].data(), i, value(rng));
+    for (std::int64_t i = 0; i < T * scenario.hidden; ++i)
+      p::store_element(kind_of(result_type), bias[r].data(), i, value(rng));
     weights[r].resize(results[r].rows * scenario.num_topk);
     for (float& w : weights[r]) w = value(rng);
     y.push_back(std::make_unique<DeviceCopy<std::uint8_t>>(rows[r]));
     bias_device.push_back(std::make_unique<DeviceCopy<std::uint8_t>>(bias[r]));
     out.push_back(std::make_unique<DeviceCopy<std::uint8_t>>(T * row_bytes));
     y_weights.push_back(std::make_unique<DeviceCopy<float>>(weights[r]));
-    out_weights.push_back(std::make_unique<DeviceCopy<float>>(static_cast<std::size_t>(T * scenario.num_topk)));
+    out_weights.push_back(
+        std::make_unique<DeviceCopy<float>>(static_cast<std::size_t>(T * scenario.num_topk)));
     cuda_ok(cudaMemset(out.back()->data, 0xab, out.back()->count), "poison out");
     combine[r].y = reinterpret_cast<const std::byte*>(y.back()->data);
     combine[r].y_weights = y_weights.back()->data;
@@ -270,7 +278,8 @@ void round_trip(const Scenario& scenario, const Setup& setup, const RoundTrip& h
   // The reference's weights cover the received rows only.
   std::vector<std::vector<float>> received_weights(R);
   for (int r = 0; r < R; ++r) {
-    received_weights[r].assign(weights[r].begin(), weights[r].begin() + sources[r].size() * scenario.num_topk);
+    received_weights[r].assign(weights[r].begin(),
+                               weights[r].begin() + sources[r].size() * scenario.num_topk);
   }
   const auto expected = expected_combine(scenario, sources, rows, result_type, &bias);
   const auto expected_weights = expected_combined_weights(scenario, sources, received_weights);
@@ -339,12 +348,15 @@ TEST_CASE("the device layout equals compute_layout and names bad routing", "[gpu
   kc::DeviceLayout device_layout(0);
   for (int r = 0; r < R; ++r) {
     const RankData& data = scenario.ranks[r];
-    const Layout want = compute_layout(TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64),
-                                       scenario.num_experts, R, scenario.local_size, 4);
+    const Layout want =
+        compute_layout(TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64),
+                       scenario.num_experts, R, scenario.local_size, 4);
     DeviceCopy<std::int64_t> topk(data.topk);
-    DeviceCopy<std::int64_t> per_rank(static_cast<std::size_t>(R)), per_node(4), per_expert(scenario.num_experts);
+    DeviceCopy<std::int64_t> per_rank(static_cast<std::size_t>(R)), per_node(4),
+        per_expert(scenario.num_experts);
     DeviceCopy<std::uint8_t> in_rank(static_cast<std::size_t>(data.num_tokens * R));
-    device_layout.compute(topk.data, data.num_tokens, scenario.num_topk, scenario.num_experts, R, scenario.local_size, 4,
+    device_layout.compute(topk.data, data.num_tokens, scenario.num_topk, scenario.num_experts, R,
+                          scenario.local_size, 4,
                           {per_rank.data, per_node.data, per_expert.data, in_rank.data}, nullptr);
     cuda_ok(cudaDeviceSynchronize(), "layout");
     REQUIRE_NOTHROW(device_layout.check());
@@ -357,9 +369,11 @@ TEST_CASE("the device layout equals compute_layout and names bad routing", "[gpu
   DeviceCopy<std::int64_t> topk(bad);
   DeviceCopy<std::int64_t> per_rank(4), per_node(2), per_expert(8);
   DeviceCopy<std::uint8_t> in_rank(8);
-  device_layout.compute(topk.data, 2, 3, 8, 4, 2, 2, {per_rank.data, per_node.data, per_expert.data, in_rank.data}, nullptr);
+  device_layout.compute(topk.data, 2, 3, 8, 4, 2, 2,
+                        {per_rank.data, per_node.data, per_expert.data, in_rank.data}, nullptr);
   cuda_ok(cudaDeviceSynchronize(), "layout");
-  REQUIRE_THROWS_WITH(device_layout.check(), Catch::Contains("is out of range") || Catch::Contains("names expert 3 twice"));
+  REQUIRE_THROWS_WITH(device_layout.check(),
+                      Catch::Contains("is out of range") || Catch::Contains("names expert 3 twice"));
 }
 
 TEST_CASE("a stalled peer on the GPU gives a timeout record that names it", "[gpu][small]") {

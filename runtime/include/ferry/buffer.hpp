@@ -231,10 +231,10 @@ class Buffer {
   // same config). The registered buffer lives in shared memory mapped by the node's ranks; ranks on other
   // nodes are reached through a fabric (FERRY_FABRIC=ucx|verbs|auto) driven by a proxy thread. The group must
   // outlive the Buffer; destruction is collective too (it waits for the other ranks before releasing memory).
-  // device = Device::cuda: the registered buffer is device memory of GPU (local rank % GPUs), node peers reach it
-  // through CUDA IPC, other nodes through the proxy and a fabric that registers device memory (verbs with
-  // dma-buf or nvidia-peermem; UCX only when built with CUDA support); tensors are device tensors, operations
-  // are kernels on the Buffer's communication stream.
+  // device = Device::cuda: the registered buffer is device memory of GPU (local rank % GPUs), node peers
+  // reach it through CUDA IPC, other nodes through the proxy and a fabric that registers device memory (verbs
+  // with dma-buf or nvidia-peermem; UCX only when built with CUDA support); tensors are device tensors,
+  // operations are kernels on the Buffer's communication stream.
   Buffer(Group& group, const Config& config = {}, Device device = Device::host);
   // One rank of an in-process cluster.
   Buffer(LocalCluster& cluster, int rank);

@@ -1,4 +1,5 @@
-// The dispatch layout: where each token goes, computed locally from the routing (DeepEP's get_dispatch_layout).
+// The dispatch layout: where each token goes, computed locally from the routing (DeepEP's
+// get_dispatch_layout).
 //
 // Experts are split evenly over the ranks: rank r owns experts [r * E/R, (r+1) * E/R); a token goes to every
 // rank that owns one of its topk experts (once per rank, however many of its experts live there).
@@ -25,15 +26,15 @@ struct Layout {
   std::vector<std::int64_t> tokens_per_node;    // [N] tokens that go to some rank of node n
   std::vector<std::int64_t> tokens_per_expert;  // [E] topk slots that name expert e
   std::vector<std::uint8_t> is_token_in_rank;   // [T * R] 1 when token t goes to rank r (host layouts)
-  Tensor is_token_in_rank_device;                // [T, R] uint8 on the GPU (layouts a CUDA Buffer computed there)
+  Tensor is_token_in_rank_device;  // [T, R] uint8 on the GPU (layouts a CUDA Buffer computed there)
 
   int num_nodes() const { return local_size > 0 ? num_ranks / local_size : 0; }
   bool in_rank(std::int64_t token, int rank) const { return is_token_in_rank[token * num_ranks + rank] != 0; }
   bool on_device() const { return is_token_in_rank_device.data() != nullptr; }
 };
 
-// topk_idx: [T, K] int64 on the host, -1 = empty slot. Throws Errc::invalid_argument when num_experts is not a
-// positive multiple of num_ranks, when an expert id is out of range (naming token, slot and id), or when a
+// topk_idx: [T, K] int64 on the host, -1 = empty slot. Throws Errc::invalid_argument when num_experts is not
+// a positive multiple of num_ranks, when an expert id is out of range (naming token, slot and id), or when a
 // token touches more than max_nodes nodes (naming the token and its nodes).
 Layout compute_layout(const TensorView& topk_idx, std::int64_t num_experts, int num_ranks, int local_size,
                       int max_nodes);

@@ -23,7 +23,8 @@ class TensorView {
   static constexpr int kMaxDims = 4;
 
   TensorView() = default;  // the empty view: no data, no dimensions
-  TensorView(const void* data, std::initializer_list<std::int64_t> shape, DType dtype, Device device = Device::host);
+  TensorView(const void* data, std::initializer_list<std::int64_t> shape, DType dtype,
+             Device device = Device::host);
 
   void* data() const { return data_; }
   template <typename T>
@@ -50,8 +51,8 @@ class TensorView {
 };
 
 namespace detail {
-// Returns a tensor's memory: host blocks to ferry's block cache (large blocks are recycled between operations),
-// device memory to CUDA.
+// Returns a tensor's memory: host blocks to ferry's block cache (large blocks are recycled between
+// operations), device memory to CUDA.
 struct HostBlockDeleter {
   std::size_t capacity = 0;  // the block's size class; 0: a small block, freed at once
   Device device = Device::host;
@@ -60,8 +61,8 @@ struct HostBlockDeleter {
 }  // namespace detail
 
 // A tensor that owns its memory: host memory (64-byte aligned), or device memory of the current CUDA device.
-// Zero-initialised unless asked otherwise: ferry asks for uninitialized memory only where it writes every byte
-// itself. Copies share the memory (the last one frees it), as framework tensors do.
+// Zero-initialised unless asked otherwise: ferry asks for uninitialized memory only where it writes every
+// byte itself. Copies share the memory (the last one frees it), as framework tensors do.
 class Tensor {
  public:
   enum class Init : std::uint8_t { zeros, uninitialized };

@@ -223,28 +223,42 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
 
   auto dispatch_args = std::make_shared<GpuDispatchArgs>();
   auto sms_text = std::make_shared<std::string>("4,8,12,20,24");
-  auto* dispatch = bench.add_subcommand(
-      "gpu-dispatch",
-      "The CUDA executor's fp8 dispatch and bf16 combine on virtual ranks of one GPU, per num_sms, next to the "
-      "copy-kernel bound on as many SMs (and a GEMM's slowdown with --gemm)");
-  dispatch->add_option("--nodes", dispatch_args->nodes, "Virtual nodes")->check(CLI::PositiveNumber)->capture_default_str();
+  auto* dispatch =
+      bench.add_subcommand("gpu-dispatch",
+                           "The CUDA executor's fp8 dispatch and bf16 combine on virtual ranks of one GPU, "
+                           "per num_sms, next to the "
+                           "copy-kernel bound on as many SMs (and a GEMM's slowdown with --gemm)");
+  dispatch->add_option("--nodes", dispatch_args->nodes, "Virtual nodes")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   dispatch->add_option("--ranks-per-node", dispatch_args->ranks_per_node, "Virtual ranks per node")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  dispatch->add_option("--tokens", dispatch_args->tokens, "Tokens per rank")->check(CLI::PositiveNumber)->capture_default_str();
-  dispatch->add_option("--hidden", dispatch_args->hidden, "Hidden size")->check(CLI::PositiveNumber)->capture_default_str();
-  dispatch->add_option("--topk", dispatch_args->topk, "Experts per token")->check(CLI::PositiveNumber)->capture_default_str();
-  dispatch->add_option("--experts", dispatch_args->experts, "Experts")->check(CLI::PositiveNumber)->capture_default_str();
+  dispatch->add_option("--tokens", dispatch_args->tokens, "Tokens per rank")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  dispatch->add_option("--hidden", dispatch_args->hidden, "Hidden size")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  dispatch->add_option("--topk", dispatch_args->topk, "Experts per token")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  dispatch->add_option("--experts", dispatch_args->experts, "Experts")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   dispatch->add_option("--max-nodes", dispatch_args->max_nodes, "Nodes a token may touch")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  dispatch->add_option("--sms", *sms_text, "num_sms values, a comma list (even numbers)")->capture_default_str();
+  dispatch->add_option("--sms", *sms_text, "num_sms values, a comma list (even numbers)")
+      ->capture_default_str();
   dispatch->add_option("--iters", dispatch_args->iters, "Timed operations per figure (median)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   dispatch->add_option("--seed", dispatch_args->seed, "Routing and data seed")->capture_default_str();
-  dispatch->add_flag("--gemm", dispatch_args->gemm, "Also measure a GEMM's slowdown while dispatch and combine run");
-  dispatch->add_option("--gemm-sms", dispatch_args->gemm_sms, "num_sms of the GEMM measurement")->capture_default_str();
+  dispatch->add_flag("--gemm", dispatch_args->gemm,
+                     "Also measure a GEMM's slowdown while dispatch and combine run");
+  dispatch->add_option("--gemm-sms", dispatch_args->gemm_sms, "num_sms of the GEMM measurement")
+      ->capture_default_str();
   dispatch->add_option("--json", dispatch_args->json, "Also write the report as JSON to this file");
   dispatch->callback([dispatch_args, sms_text, &exit_code] {
     dispatch_args->sms.clear();

@@ -1,15 +1,16 @@
-// `ferry bench gpu-dispatch`: the CUDA executor's dispatch (fp8) and combine (bf16) on a virtual cluster of one GPU,
-// per num_sms, next to the physical bounds measured in the same run: the copy kernel on the same SMs and a
-// full-GPU device copy; with --gemm, a cuBLAS GEMM on the SMs communication leaves, alone and while dispatch and
-// combine run. Every dispatched row and combined value is checked against the host (the first iteration).
+// `ferry bench gpu-dispatch`: the CUDA executor's dispatch (fp8) and combine (bf16) on a virtual cluster of
+// one GPU, per num_sms, next to the physical bounds measured in the same run: the copy kernel on the same SMs
+// and a full-GPU device copy; with --gemm, a cuBLAS GEMM on the SMs communication leaves, alone and while
+// dispatch and combine run. Every dispatched row and combined value is checked against the host (the first
+// iteration).
 //
 //   ferry bench gpu-dispatch --nodes 2 --ranks-per-node 2 --tokens 4096 --hidden 7168 --topk 8
 //                            --experts 256 --sms 4,8,12,20,24 --gemm --json gpu-dispatch.json
 //
-// Bandwidth as DeepEP counts it, summed over the virtual ranks: "RDMA" = token rows (fp8 with scales, or bf16)
-// sent to other nodes, "NVL" = rows received, divided by the time of one operation. The copy kernel bound is
-// bytes read + bytes written; with R virtual ranks of `sms` SMs each, the operation uses R x sms SMs, and the
-// bound next to it is the copy kernel on as many.
+// Bandwidth as DeepEP counts it, summed over the virtual ranks: "RDMA" = token rows (fp8 with scales, or
+// bf16) sent to other nodes, "NVL" = rows received, divided by the time of one operation. The copy kernel
+// bound is bytes read + bytes written; with R virtual ranks of `sms` SMs each, the operation uses R x sms
+// SMs, and the bound next to it is the copy kernel on as many.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -38,7 +39,8 @@ namespace kc = kernels::cuda;
 namespace p = kernels::protocol;
 
 void cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) fail(Errc::system, std::string("cuda: ") + what + ": " + cudaGetErrorName(status));
+  if (status != cudaSuccess)
+    fail(Errc::system, std::string("cuda: ") + what + ": " + cudaGetErrorName(status));
 }
 
 // A device buffer that frees itself.
@@ -60,7 +62,8 @@ struct Device {
 template <class T>
 std::unique_ptr<Device> upload(const std::vector<T>& host) {
   auto device = std::make_unique<Device>(host.size() * sizeof(T));
-  if (!host.empty()) cuda(cudaMemcpy(device->data, host.data(), device->bytes, cudaMemcpyHostToDevice), "upload");
+  if (!host.empty())
+    cuda(cudaMemcpy(device->data, host.data(), device->bytes, cudaMemcpyHostToDevice), "upload");
   return device;
 }
 
@@ -127,8 +130,9 @@ int run_gpu_dispatch_bench(const GpuDispatchArgs& args) {
     for (auto& code : in.x) code = p::float_to_e4m3(value(rng) * 200.0f);
     in.scales.resize(static_cast<std::size_t>(args.tokens * blocks));
     for (float& scale : in.scales) scale = 1.0f / 64.0f * static_cast<float>(1 + rng() % 8);
-    const Layout layout = compute_layout(TensorView(in.routing.topk_idx.data(), {args.tokens, args.topk}, DType::int64),
-                                         args.experts, R, args.ranks_per_node, spec.max_nodes);
+    const Layout layout =
+        compute_layout(TensorView(in.routing.topk_idx.data(), {args.tokens, args.topk}, DType::int64),
+                       args.experts, R, args.ranks_per_node, spec.max_nodes);
     in.x_device = upload(in.x);
     in.scales_device = upload(in.scales);
     in.topk_device = upload(in.routing.topk_idx);
@@ -204,15 +208,17 @@ int run_gpu_dispatch_bench(const GpuDispatchArgs& args) {
         const int nodes = bench::distinct_nodes(spec, &ranks[r].routing.topk_idx[t * args.topk]);
         bool own = false;
         for (int k = 0; k < args.topk; ++k) {
-          own |= ranks[r].routing.topk_idx[t * args.topk + k] / spec.experts_per_node() == r / args.ranks_per_node;
+          own |= ranks[r].routing.topk_idx[t * args.topk + k] / spec.experts_per_node() ==
+                 r / args.ranks_per_node;
         }
         m.rdma_bytes += static_cast<double>(nodes - (own ? 1 : 0)) * fp8_row;
         m.combine_rdma_bytes += static_cast<double>(nodes - (own ? 1 : 0)) * bf16_row;
       }
     }
     // The check: every rank received each of its tokens' rows intact (the dequantized row of token t is the
-    // same wherever it lands), so the combined row is that row summed as ferry sums: per node over the token's
-    // ranks there (fp32 from 0, rounded to bf16), then over the nodes in order (fp32 from 0, rounded).
+    // same wherever it lands), so the combined row is that row summed as ferry sums: per node over the
+    // token's ranks there (fp32 from 0, rounded to bf16), then over the nodes in order (fp32 from 0,
+    // rounded).
     engine.combine(combine_shape, combine, stream);
     engine.finish(stream);
     std::string mismatch;
@@ -235,13 +241,15 @@ int run_gpu_dispatch_bench(const GpuDispatchArgs& args) {
             if (touched) total += p::bf16_to_float(p::float_to_bf16(part));
           }
           if (got[t * H + h] != p::float_to_bf16(total)) {
-            mismatch = "rank " + std::to_string(r) + " token " + std::to_string(t) + " element " + std::to_string(h);
+            mismatch =
+                "rank " + std::to_string(r) + " token " + std::to_string(t) + " element " + std::to_string(h);
             break;
           }
         }
       }
     }
-    if (!mismatch.empty()) fail(Errc::internal, "bench gpu-dispatch: the combined result differs at " + mismatch);
+    if (!mismatch.empty())
+      fail(Errc::internal, "bench gpu-dispatch: the combined result differs at " + mismatch);
     m.checked = true;
 
     std::vector<double> dispatch_times, cached_times, combine_times;
@@ -251,15 +259,18 @@ int run_gpu_dispatch_bench(const GpuDispatchArgs& args) {
       auto start = std::chrono::steady_clock::now();
       auto again = engine.dispatch(shape, inputs, nullptr, stream);
       engine.finish(stream, &again);
-      const double dispatch_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      const double dispatch_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       start = std::chrono::steady_clock::now();
       auto cached = engine.dispatch(shape, inputs, &records, stream);
       engine.finish(stream, &cached);
-      const double cached_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      const double cached_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       start = std::chrono::steady_clock::now();
       engine.combine(combine_shape, combine, stream);
       engine.finish(stream);
-      const double combine_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      const double combine_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       if (i < args.warmup) continue;
       dispatch_times.push_back(dispatch_ms);
       cached_times.push_back(cached_ms);
@@ -268,10 +279,12 @@ int run_gpu_dispatch_bench(const GpuDispatchArgs& args) {
     m.dispatch_ms = median(dispatch_times);
     m.dispatch_cached_ms = median(cached_times);
     m.combine_ms = median(combine_times);
-    m.copy_gbps_same_sms = gpu_bench::measure_copy_kernel(0, std::min(R * sms, gpu.sms), std::size_t{1} << 30, args.iters).gbps;
+    m.copy_gbps_same_sms =
+        gpu_bench::measure_copy_kernel(0, std::min(R * sms, gpu.sms), std::size_t{1} << 30, args.iters).gbps;
 
     if (args.gemm && sms == args.gemm_sms) {
-      // Dispatch (worst-case sized: no host wait, so it can be enqueued like a kernel) and combine, again and again.
+      // Dispatch (worst-case sized: no host wait, so it can be enqueued like a kernel) and combine, again and
+      // again.
       kc::DeviceDispatchShape worst = shape;
       worst.num_worst_tokens = args.tokens * R;
       auto comm = [&](void* comm_stream) {
@@ -282,19 +295,21 @@ int run_gpu_dispatch_bench(const GpuDispatchArgs& args) {
       };
       const gpu_bench::GemmResult gemm = gpu_bench::measure_gemm_overlap(0, R * sms, comm);
       engine.release_launches();
-      gemm_json = {{"comm_sms", gemm.comm_sms},         {"compute_sms", gemm.compute_sms},
-                   {"tflops_full", gemm.tflops_full},   {"tflops_alone", gemm.tflops_alone},
+      gemm_json = {{"comm_sms", gemm.comm_sms},           {"compute_sms", gemm.compute_sms},
+                   {"tflops_full", gemm.tflops_full},     {"tflops_alone", gemm.tflops_alone},
                    {"tflops_loaded", gemm.tflops_loaded}, {"slowdown", gemm.slowdown},
-                   {"comm_covered", gemm.comm_covered}, {"mode", gemm.mode}};
+                   {"comm_covered", gemm.comm_covered},   {"mode", gemm.mode}};
     }
     rows.push_back(m);
   }
   cudaStreamDestroy(stream);
 
-  std::printf("ferry bench gpu-dispatch: %s, %d SMs; %d x %d virtual ranks, %lld tokens/rank, hidden %lld, top-%d of %lld, "
-              "fp8 dispatch, bf16 combine; full-GPU device copy %.0f GB/s\n",
-              gpu.name.c_str(), gpu.sms, args.nodes, args.ranks_per_node, static_cast<long long>(args.tokens),
-              static_cast<long long>(H), args.topk, static_cast<long long>(args.experts), full_copy);
+  std::printf(
+      "ferry bench gpu-dispatch: %s, %d SMs; %d x %d virtual ranks, %lld tokens/rank, hidden %lld, top-%d of "
+      "%lld, "
+      "fp8 dispatch, bf16 combine; full-GPU device copy %.0f GB/s\n",
+      gpu.name.c_str(), gpu.sms, args.nodes, args.ranks_per_node, static_cast<long long>(args.tokens),
+      static_cast<long long>(H), args.topk, static_cast<long long>(args.experts), full_copy);
   std::printf("%5s %8s %10s %10s %10s %12s %12s %12s %12s %14s\n", "sms", "SMs used", "disp ms", "cached ms",
               "comb ms", "disp RDMA", "disp NVL", "comb NVL", "NVL/copy", "copy GB/s");
   nlohmann::json json_rows = nlohmann::json::array();
@@ -317,15 +332,23 @@ int run_gpu_dispatch_bench(const GpuDispatchArgs& args) {
                          {"copy_kernel_gbps_same_sms", m.copy_gbps_same_sms}});
   }
   if (!gemm_json.is_null()) {
-    std::printf("GEMM on the SMs left (%s): %.1f TFLOP/s alone, %.1f while dispatch+combine run: slowdown %.1f%%\n",
-                gemm_json["mode"].get<std::string>().c_str(), gemm_json["tflops_alone"].get<double>(),
-                gemm_json["tflops_loaded"].get<double>(), 100 * gemm_json["slowdown"].get<double>());
+    std::printf(
+        "GEMM on the SMs left (%s): %.1f TFLOP/s alone, %.1f while dispatch+combine run: slowdown %.1f%%\n",
+        gemm_json["mode"].get<std::string>().c_str(), gemm_json["tflops_alone"].get<double>(),
+        gemm_json["tflops_loaded"].get<double>(), 100 * gemm_json["slowdown"].get<double>());
   }
   if (!args.json.empty()) {
-    nlohmann::json report = {{"gpu", gpu.name},       {"sms", gpu.sms},         {"nodes", args.nodes},
-                             {"ranks_per_node", args.ranks_per_node}, {"tokens", args.tokens}, {"hidden", H},
-                             {"topk", args.topk},     {"experts", args.experts}, {"full_copy_gbps", full_copy},
-                             {"rows", json_rows},     {"gemm", gemm_json}};
+    nlohmann::json report = {{"gpu", gpu.name},
+                             {"sms", gpu.sms},
+                             {"nodes", args.nodes},
+                             {"ranks_per_node", args.ranks_per_node},
+                             {"tokens", args.tokens},
+                             {"hidden", H},
+                             {"topk", args.topk},
+                             {"experts", args.experts},
+                             {"full_copy_gbps", full_copy},
+                             {"rows", json_rows},
+                             {"gemm", gemm_json}};
     std::ofstream(args.json) << report.dump(2) << "\n";
   }
   return 0;

@@ -1,5 +1,5 @@
-// `ferry bench gpu-dispatch` (gpu_dispatch_bench.cpp): the CUDA executor on a virtual cluster of one GPU, next to
-// the copy-kernel and device-copy bounds and, with --gemm, a GEMM's slowdown while it runs.
+// `ferry bench gpu-dispatch` (gpu_dispatch_bench.cpp): the CUDA executor on a virtual cluster of one GPU,
+// next to the copy-kernel and device-copy bounds and, with --gemm, a GEMM's slowdown while it runs.
 #pragma once
 
 #include <cstdint>

@@ -12,8 +12,9 @@
 // into host memory mapped for the GPU and stops, every other role stops at its next stall, and the host
 // raises Errc::timeout naming the record; a malformed message raises Errc::protocol the same way.
 //
-// This header has no CUDA types: pointers are device pointers, a stream is a cudaStream_t passed as void*. All
-// operations of one engine go to one stream: their per-operation arrays are allocated and freed in its order.
+// This header has no CUDA types: pointers are device pointers, a stream is a cudaStream_t passed as void*.
+// All operations of one engine go to one stream: their per-operation arrays are allocated and freed in its
+// order.
 #pragma once
 
 #include <cstddef>
@@ -51,13 +52,15 @@ struct DeviceOptions {
   int rdma_chunk = 16;
   int nvl_chunk = 8;
   Duration timeout = kDefaultTimeout;
-  bool poison_outputs = false;  // tests: fill outputs with 0xab before each dispatch, so an unwritten row shows
+  bool poison_outputs =
+      false;  // tests: fill outputs with 0xab before each dispatch, so an unwritten row shows
 };
 
 // Command rings each rank needs (one per role group that may post, plus two for notify).
 int device_rings_per_rank(const protocol::Topology& topo, const DeviceOptions& options);
 
-// Where a rank's dispatch writes its rows, when the caller provides the memory (device pointers, `rows` rows).
+// Where a rank's dispatch writes its rows, when the caller provides the memory (device pointers, `rows`
+// rows).
 struct DeviceOutputs {
   std::byte* recv_x = nullptr;
   float* recv_x_scales = nullptr;         // when fp8
@@ -73,8 +76,8 @@ struct DeviceDispatchInput {
   const float* topk_weights = nullptr;     // [T, K]
   const std::uint8_t* in_rank = nullptr;   // [T, R] the layout
   std::int64_t num_tokens = 0;
-  // Optional: called once the number of rows is known (the received count, or the worst case) for the outputs;
-  // without it the engine allocates them (DeviceDispatchResult::storage).
+  // Optional: called once the number of rows is known (the received count, or the worst case) for the
+  // outputs; without it the engine allocates them (DeviceDispatchResult::storage).
   std::function<DeviceOutputs(std::int64_t rows)> allocate;
 };
 
@@ -150,8 +153,8 @@ class DeviceEngine {
   // naming rank, channel, stage, peer, head and tail) or a CUDA error. Reads back num_recv of worst-case
   // dispatches.
   void finish(void* stream, std::vector<DeviceDispatchResult>* results = nullptr);
-  // For callers that track completion with their own CUDA events: throws what a role recorded (once the kernels
-  // have ended), and lets go of the launch plans of operations that have ended.
+  // For callers that track completion with their own CUDA events: throws what a role recorded (once the
+  // kernels have ended), and lets go of the launch plans of operations that have ended.
   void raise_failures();
   void release_launches();
 

@@ -1,6 +1,6 @@
-// DeepEP's get_dispatch_layout on the GPU: from topk_idx [T, K] (device memory) the tokens per rank, per node and
-// per expert, and is_token_in_rank [T, R], with the same checks as ferry::compute_layout (an id out of range, an
-// expert named twice, a token over the node limit), reported by check() with the same words.
+// DeepEP's get_dispatch_layout on the GPU: from topk_idx [T, K] (device memory) the tokens per rank, per node
+// and per expert, and is_token_in_rank [T, R], with the same checks as ferry::compute_layout (an id out of
+// range, an expert named twice, a token over the node limit), reported by check() with the same words.
 #pragma once
 
 #include <cstdint>

@@ -1,8 +1,9 @@
 // Every rank of an N x L cluster as "virtual ranks" of this process on one GPU: the GPU twin of LocalCluster.
-// Each rank's registered buffer is device memory of that GPU; node peers are plain device pointers (the NVLink
-// path's semantics, unchanged); puts between nodes are executed by a transport::Proxy as device-to-device copies
-// plus the signal (transport::DeviceCopyWorld), from command rings the kernels post into. All ranks' blocks run in
-// one cooperative launch per operation (DeviceEngine), so several processes never time-slice spinning kernels.
+// Each rank's registered buffer is device memory of that GPU; node peers are plain device pointers (the
+// NVLink path's semantics, unchanged); puts between nodes are executed by a transport::Proxy as
+// device-to-device copies plus the signal (transport::DeviceCopyWorld), from command rings the kernels post
+// into. All ranks' blocks run in one cooperative launch per operation (DeviceEngine), so several processes
+// never time-slice spinning kernels.
 //
 //   VirtualCluster cluster(params, options);       // params.topo: N x L x channels
 //   auto results = cluster.engine().dispatch(shape, inputs, nullptr, stream);
