@@ -81,6 +81,8 @@ void Config::validate(int num_nodes, int local_size) const {
     fail(Errc::invalid_argument, std::to_string(local_size) + " ranks per node: ferry supports 1.." +
                                      std::to_string(kernels::protocol::kMaxLocalRanks));
   }
+  // A buffer_bytes below what the rings need fails here, before any memory is registered.
+  registered_bytes(*this, kernels::protocol::make_buffer_layout(layout_params(*this, num_nodes, local_size)));
 }
 
 Config Config::from_json(const std::string& text) {
@@ -92,7 +94,10 @@ Config Config::from_json(const std::string& text) {
   }
   if (!json.is_object()) fail(Errc::invalid_argument, "Config JSON must be an object of field: value");
   Config config;
-  for (const auto& [key, value] : json.items()) {
+  for (auto item = json.begin(); item != json.end(); ++item) {
+    // Named references, not a structured binding: clang before 16 cannot capture one in the lambda below.
+    const std::string& key = item.key();
+    const nlohmann::json& value = item.value();
     bool known = false;
     for_each_field(config, [&](const char* name, auto& field) {
       if (key != name) return;
@@ -111,8 +116,8 @@ Config Config::from_json(const std::string& text) {
         fail(Errc::invalid_argument,
              "Config JSON: \"timeout_s\" must be a positive number of seconds, not " + value.dump());
       }
-      config.timeout =
-          std::chrono::duration_cast<Duration>(std::chrono::duration<double>(value.get<double>()));
+      // Rounded, not truncated: a timeout written by to_json() reads back as the same nanoseconds.
+      config.timeout = std::chrono::round<Duration>(std::chrono::duration<double>(value.get<double>()));
     }
     if (!known) fail(Errc::invalid_argument, "Config JSON: unknown key \"" + key + "\"");
   }

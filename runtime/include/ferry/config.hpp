@@ -44,7 +44,8 @@ struct Config {
 
   int num_channels() const { return num_sms / 2; }
 
-  // Throws Errc::invalid_argument naming the field when the config cannot work for this cluster shape.
+  // Throws Errc::invalid_argument naming the field when the config cannot work for this cluster shape
+  // (buffer_bytes included: it must hold every ring).
   void validate(int num_nodes, int local_size) const;
 
   // JSON: {"num_sms": 20, ..., "timeout_s": 100.0}. Missing keys keep their defaults; an unknown key, a value
