@@ -1,5 +1,6 @@
 #include "ferry/model/distributed.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -33,13 +34,24 @@ bool is_expert_param(const ParamInfo& info) {
   return ends_with(".moe.experts.w13") || ends_with(".moe.experts.w2");
 }
 
+void append_rank_slots(std::vector<double>& packed, int rank, int ranks, double value) {
+  for (int r = 0; r < ranks; ++r) packed.push_back(r == rank ? value : 0.0);
+}
+
+double max_of_rank_slots(std::span<const double> packed, std::size_t at, int ranks) {
+  double largest = packed[at];
+  for (int r = 1; r < ranks; ++r) largest = std::max(largest, packed[at + r]);
+  return largest;
+}
+
 ReducedStep reduce_step(Collective& collective, ParamStore<float>& params, const LossParts& losses,
-                        const std::vector<ExpertLoad>& loads) {
+                        const std::vector<ExpertLoad>& loads, std::size_t activation_peak_bytes) {
   const double ranks = collective.size();
   const float inv_ranks = static_cast<float>(1.0 / ranks);
   auto grads = params.grads();
 
-  // One round carries everything: [losses (4) | expert sum of squares (1) | loads | dense gradients].
+  // One round carries everything: [losses (4) | expert sum of squares (1) | loads | activation peak per rank
+  // | dense gradients].
   std::vector<double> packed{losses.total, losses.main, losses.mtp, losses.balance, 0.0};
   double expert_sq = 0;
   for (const ParamInfo& info : params.info()) {
@@ -52,6 +64,8 @@ ReducedStep reduce_step(Collective& collective, ParamStore<float>& params, const
   packed[4] = expert_sq;
   for (const ExpertLoad& load : loads)
     for (std::int64_t c : load.counts) packed.push_back(static_cast<double>(c));
+  const std::size_t peaks_start = packed.size();
+  append_rank_slots(packed, collective.rank(), collective.size(), static_cast<double>(activation_peak_bytes));
   const std::size_t dense_start = packed.size();
   for (const ParamInfo& info : params.info()) {
     if (is_expert_param(info)) continue;
@@ -69,6 +83,8 @@ ReducedStep reduce_step(Collective& collective, ParamStore<float>& params, const
       total.counts.push_back(static_cast<std::int64_t>(packed[at++]));
     reduced.loads.push_back(std::move(total));
   }
+  reduced.activation_peak_bytes =
+      static_cast<std::size_t>(max_of_rank_slots(packed, peaks_start, collective.size()));
   double dense_sq = 0;
   at = dense_start;
   for (const ParamInfo& info : params.info()) {

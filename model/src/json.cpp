@@ -48,6 +48,7 @@ void train_fields(C& c, F&& f) {
   f("ema_decay", c.ema_decay);
   f("bias_update_rate", c.bias_update_rate);
   f("data_seed", c.data_seed);
+  f("recompute_norms", c.recompute_norms);
 }
 
 template <class C, class F>
@@ -116,6 +117,7 @@ void to_json(nlohmann::json& j, const StepStats& s) {
                      {"tokens", s.tokens},
                      {"load_max_over_mean", s.load_max_over_mean},
                      {"expert_load", s.expert_load},
+                     {"activation_peak_bytes", s.activation_peak_bytes},
                      {"seconds", s.seconds},
                      {"tokens_per_s", s.tokens_per_s}};
 }

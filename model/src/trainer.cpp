@@ -22,6 +22,7 @@ Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& train_confi
       data_rng_(train_config.data_seed) {
   train_.validate();
   if (!data_) fail(Errc::invalid_argument, "Trainer needs a data source");
+  model_.set_recompute_norms(train_.recompute_norms);
   batch_.resize(static_cast<std::size_t>(ranks()) * train_.batch * (model_config.seq + 2));
 }
 
@@ -32,8 +33,8 @@ StepStats Trainer::step() {
   data_->sample(batch_.data(), data_rng_, ranks() * train_.batch, seq);
   if (parallel_.step_gradients) {
     const auto start = std::chrono::steady_clock::now();
-    ReducedStep reduced = parallel_.step_gradients(model_, batch_.data(), ranks() * train_.batch);
-    return finish_step(start, reduced.losses, std::move(reduced.loads), reduced.grad_norm, true);
+    const ReducedStep reduced = parallel_.step_gradients(model_, batch_.data(), ranks() * train_.batch);
+    return finish_step(start, reduced, true);
   }
   return step(batch_.data() + static_cast<std::size_t>(rank()) * train_.batch * (seq + 2));
 }
@@ -44,20 +45,27 @@ StepStats Trainer::step(const std::uint8_t* tokens) {
   model_.forward(tokens, train_.batch);
   model_.backward();
   if (ranks() > 1) {
-    ReducedStep reduced =
-        reduce_step(*parallel_.collective, model_.params(), model_.losses(), model_.expert_loads());
-    return finish_step(start, reduced.losses, std::move(reduced.loads), reduced.grad_norm, true);
+    const ReducedStep reduced = reduce_step(*parallel_.collective, model_.params(), model_.losses(),
+                                            model_.expert_loads(), model_.peak_activation_bytes());
+    return finish_step(start, reduced, true);
   }
-  return finish_step(start, model_.losses(), model_.expert_loads(), 0, false);
+  ReducedStep local;
+  local.losses = model_.losses();
+  local.loads = model_.expert_loads();
+  local.activation_peak_bytes = model_.peak_activation_bytes();
+  return finish_step(start, local, false);
 }
 
-StepStats Trainer::finish_step(std::chrono::steady_clock::time_point start, LossParts losses,
-                               std::vector<ExpertLoad> loads, double grad_norm, bool norm_known) {
+StepStats Trainer::finish_step(std::chrono::steady_clock::time_point start, const ReducedStep& reduced,
+                               bool norm_known) {
   auto& params = model_.params();
+  const LossParts& losses = reduced.losses;
+  const std::vector<ExpertLoad>& loads = reduced.loads;
   StepStats stats;
   stats.step = step_;
+  stats.activation_peak_bytes = static_cast<std::int64_t>(reduced.activation_peak_bytes);
   if (norm_known) {
-    stats.grad_norm = grad_norm;
+    stats.grad_norm = reduced.grad_norm;
     // clip_grad_norm()'s scaling, with the norm of the whole run's gradients.
     if (train_.grad_clip > 0 && stats.grad_norm > train_.grad_clip) {
       const float scale = static_cast<float>(train_.grad_clip / stats.grad_norm);

@@ -114,7 +114,7 @@ TEST_CASE("MTP module backward matches finite differences (through h, wte and it
   f();
   mtp.block().moe()->set_routing_frozen(true);
   std::vector<double> dh(n * C, 0);
-  mtp.backward(dh.data(), store.grad(wte), r.data(), store);
+  mtp.backward(dh.data(), store.grad(wte), r.data(), h.data(), store);
   const GradCheck ch = check_gradient(h, dh, f);
   INFO("h: relative error " << ch.relative_error);
   CHECK(ch.relative_error < kGradTolerance);

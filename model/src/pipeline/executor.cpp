@@ -380,7 +380,7 @@ struct PipelineExecutor::Impl {
 
   // Per step
   const std::uint8_t* batch = nullptr;
-  double main_sum = 0, balance_sum = 0;
+  double main_sum = 0, mtp_sum = 0, balance_sum = 0;
   std::vector<std::vector<std::int64_t>> loads;  // per MoE layer of the whole model
 
   Impl(Group& g, const PipelineOptions& o, TraceRecorder recorder)
@@ -480,6 +480,7 @@ struct PipelineExecutor::Impl {
   void account_forward(const Work& work) {
     StageSlot& s = slot(work);
     main_sum += s.losses().main;
+    mtp_sum += s.losses().mtp;
     balance_sum += s.losses().balance;
     const auto layers = s.moe_layers();
     const auto indices = s.moe_indices();
@@ -647,7 +648,7 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
     impl.mailbox = std::make_unique<Mailbox>(impl.channel.get(), impl.group.rank(), floats, impl.trace);
   }
   impl.batch = global_batch;
-  impl.main_sum = impl.balance_sum = 0;
+  impl.main_sum = impl.mtp_sum = impl.balance_sum = 0;
   const auto master_layers = model.moe_layers();
   impl.loads.assign(master_layers.size(), std::vector<std::int64_t>(model.config().experts, 0));
   // Every replica of a layer routes with the master's selection bias of this step.
@@ -685,22 +686,30 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
   for (const float g : dense) dense_sq += static_cast<double>(g) * g;
   for (const float g : experts) expert_sq += static_cast<double>(g) * g;
   // Every pipeline rank of a replica holds that replica's experts: each adds its share of their squares.
-  std::vector<double> packed{impl.main_sum, impl.balance_sum, expert_sq / impl.shape.ranks};
+  std::vector<double> packed{impl.main_sum, impl.mtp_sum, impl.balance_sum, expert_sq / impl.shape.ranks};
   for (const auto& load : impl.loads) packed.insert(packed.end(), load.begin(), load.end());
+  const std::size_t peaks_at = packed.size();
+  std::size_t peak = 0;
+  for (const auto& [key, s] : impl.slots) peak = std::max(peak, s->peak_activation_bytes());
+  append_rank_slots(packed, impl.group.rank(), impl.group.world_size(), static_cast<double>(peak));
   GroupCollective(impl.group).sum(packed);
 
   ReducedStep reduced;
   reduced.losses.main = packed[0] * scale;
-  reduced.losses.balance = packed[1] * scale;
-  reduced.losses.total = reduced.losses.main + reduced.losses.balance;
-  std::size_t at = 3;
+  reduced.losses.mtp = packed[1] * scale;
+  reduced.losses.balance = packed[2] * scale;
+  reduced.losses.total =
+      reduced.losses.main + model.config().mtp_lambda * reduced.losses.mtp + reduced.losses.balance;
+  std::size_t at = 4;
   for (const auto& load : impl.loads) {
     ExpertLoad total;
     for (std::size_t e = 0; e < load.size(); ++e)
       total.counts.push_back(static_cast<std::int64_t>(packed[at++]));
     reduced.loads.push_back(std::move(total));
   }
-  reduced.grad_norm = std::sqrt(dense_sq + packed[2]);
+  reduced.activation_peak_bytes =
+      static_cast<std::size_t>(max_of_rank_slots(packed, peaks_at, impl.group.world_size()));
+  reduced.grad_norm = std::sqrt(dense_sq + packed[3]);
   impl.record_span("grad-reduce", "op", Lane::ops, reduce_start);
   ++impl.step;
   return reduced;

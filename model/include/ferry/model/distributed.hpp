@@ -42,18 +42,25 @@ class GroupCollective final : public Collective {
   Group& group_;
 };
 
+// A maximum through a sum: one slot per rank, only this rank's holding its value, so that a sum over the
+// ranks carries every rank's value. append_rank_slots() adds the slots to `packed`; max_of_rank_slots() reads
+// them back from the summed vector.
+void append_rank_slots(std::vector<double>& packed, int rank, int ranks, double value);
+double max_of_rank_slots(std::span<const double> packed, std::size_t at, int ranks);
+
 // Routed-expert tensors ("<prefix>.moe.experts.w13" / ".w2"): their gradients stay on the rank holding them.
 bool is_expert_param(const ParamInfo& info);
 
 struct ReducedStep {
-  LossParts losses;               // averaged over ranks
-  std::vector<ExpertLoad> loads;  // per MoE layer, summed over ranks
-  double grad_norm = 0;           // global L2 norm of the reduced gradients
+  LossParts losses;                       // averaged over ranks
+  std::vector<ExpertLoad> loads;          // per MoE layer, summed over ranks
+  double grad_norm = 0;                   // global L2 norm of the reduced gradients
+  std::size_t activation_peak_bytes = 0;  // the largest over the ranks
 };
 
-// Reduces this rank's gradients (in place), losses and loads as described above. Collective: every rank
-// calls it once per step.
+// Reduces this rank's gradients (in place), losses, loads and activation peak as described above.
+// Collective: every rank calls it once per step.
 ReducedStep reduce_step(Collective& collective, ParamStore<float>& params, const LossParts& losses,
-                        const std::vector<ExpertLoad>& loads);
+                        const std::vector<ExpertLoad>& loads, std::size_t activation_peak_bytes);
 
 }  // namespace ferry::model

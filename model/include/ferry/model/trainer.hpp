@@ -34,7 +34,11 @@ struct StepStats {
   std::int64_t tokens = 0;        // B · T over all ranks
   double load_max_over_mean = 0;  // worst MoE layer's max/mean tokens per expert (0 without MoE)
   std::vector<std::vector<std::int64_t>> expert_load;  // per MoE layer: tokens per expert
-  double seconds = 0;                                  // wall time of the step
+  // Activation bytes of one micro-batch's forward and backward (Segment::peak_activation_bytes()), the
+  // largest over the ranks and, pipelined, over the stages: a rank's batch is its one micro-batch without a
+  // pipeline.
+  std::int64_t activation_peak_bytes = 0;
+  double seconds = 0;  // wall time of the step
   double tokens_per_s = 0;
 };
 
@@ -74,8 +78,8 @@ class Trainer {
 
  private:
   // Clipping, AdamW, EMA and balancing from reduced gradients; fills the stats.
-  StepStats finish_step(std::chrono::steady_clock::time_point start, LossParts losses,
-                        std::vector<ExpertLoad> loads, double grad_norm, bool norm_known);
+  StepStats finish_step(std::chrono::steady_clock::time_point start, const ReducedStep& reduced,
+                        bool norm_known);
 
   TrainConfig train_;
   Parallelism parallel_;
