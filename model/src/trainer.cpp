@@ -162,13 +162,13 @@ std::vector<StepStats> run_training(const RunOptions& options,
 }
 
 std::string format_step(const StepStats& s) {
-  char line[256];
+  char line[320];
   std::snprintf(
       line, sizeof line,
       "step %5lld | loss %.4f (main %.4f mtp %.4f bal %.2e) | lr %.2e | grad %.3f | load max/mean %.2f | "
-      "%.0f tok/s",
+      "act %.1f KiB | %.0f tok/s",
       static_cast<long long>(s.step), s.loss, s.main_loss, s.mtp_loss, s.balance_loss, s.lr, s.grad_norm,
-      s.load_max_over_mean, s.tokens_per_s);
+      s.load_max_over_mean, static_cast<double>(s.activation_peak_bytes) / 1024, s.tokens_per_s);
   return line;
 }
 

@@ -111,7 +111,7 @@ std::vector<StepStats> run_training(const RunOptions& options,
                                     const std::function<void(const StepStats&)>& on_step = {});
 
 // One human-readable line: "step 12 | loss 2.3456 (main 2.1 mtp 2.5 bal 0.0001) | lr ... | load max/mean
-// ...".
+// ... | act <activation peak> KiB | ... tok/s".
 std::string format_step(const StepStats& stats);
 
 }  // namespace ferry::model
