@@ -58,6 +58,14 @@ void data_fields(C& c, F&& f) {
   f("synthetic_bytes", c.synthetic_bytes);
 }
 
+template <class C, class F>
+void job_fields(C& c, F&& f) {
+  f("run_id", c.run_id);
+  f("world_size", c.world_size);
+  f("rank", c.rank);
+  f("pipeline_ranks", c.pipeline_ranks);
+}
+
 template <class C, class Fields>
 void write(nlohmann::json& j, const C& c, Fields fields) {
   j = nlohmann::json::object();
@@ -104,6 +112,14 @@ void to_json(nlohmann::json& j, const DataConfig& c) {
 void from_json(const nlohmann::json& j, DataConfig& c) {
   read(
       j, c, [](auto& c, auto&& f) { data_fields(c, f); }, "DataConfig");
+}
+
+void to_json(nlohmann::json& j, const JobFingerprint& f) {
+  write(j, f, [](auto& c, auto&& f) { job_fields(c, f); });
+}
+void from_json(const nlohmann::json& j, JobFingerprint& f) {
+  read(
+      j, f, [](auto& c, auto&& f) { job_fields(c, f); }, "JobFingerprint");
 }
 
 void to_json(nlohmann::json& j, const StepStats& s) {

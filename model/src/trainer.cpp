@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
 #include <string>
 
 #include "ferry/core/error.hpp"
@@ -23,6 +26,11 @@ Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& train_confi
   train_.validate();
   if (!data_) fail(Errc::invalid_argument, "Trainer needs a data source");
   model_.set_recompute_norms(train_.recompute_norms);
+  // Every rank's checkpoints carry rank 0's draw: a resume can tell files of two runs apart.
+  std::random_device device;
+  run_id_ = (static_cast<std::uint64_t>(device()) << 32) | device();
+  if (parallel_.collective)
+    run_id_ = std::stoull(parallel_.collective->all_gather(std::to_string(run_id_)).at(0));
   batch_.resize(static_cast<std::size_t>(ranks()) * train_.batch * (model_config.seq + 2));
 }
 
@@ -102,6 +110,7 @@ void Trainer::save(const std::string& path) const {
   TrainerState state;
   state.model = model_.config();
   state.train = train_;
+  state.job = JobFingerprint{run_id_, ranks(), rank(), parallel_.pipeline_ranks};
   state.step = step_;
   state.adam_steps = adam_.steps();
   state.data_rng = data_rng_.state();
@@ -114,18 +123,83 @@ void Trainer::save(const std::string& path) const {
   save_checkpoint(path, state);
 }
 
-void Trainer::load(const std::string& path) {
-  TrainerState state = load_checkpoint(path);
+std::string Trainer::resume_problem(const TrainerState& state, const std::string& path) const {
   const std::string difference = config_difference(state.model, model_.config());
   if (!difference.empty())
-    fail(Errc::invalid_argument,
-         "checkpoint " + path + " was written for another model (" + difference + ")");
+    return "checkpoint " + path + " was written for another model (" + difference + ")";
+  const JobFingerprint& job = state.job;
+  if (job.world_size != ranks())
+    return "checkpoint " + path + " was written by a run of " + std::to_string(job.world_size) +
+           " rank(s), this run has " + std::to_string(ranks());
+  if (job.rank != rank())
+    return "checkpoint " + path + " is rank " + std::to_string(job.rank) + "'s, read by rank " +
+           std::to_string(rank());
+  if (job.pipeline_ranks != parallel_.pipeline_ranks)
+    return "checkpoint " + path + " was written with " + std::to_string(job.pipeline_ranks) +
+           " pipeline rank(s) per replica, this run has " + std::to_string(parallel_.pipeline_ranks) +
+           " (experts are trained where the layout puts them)";
+  const std::size_t n = model_.params().size();
+  if (state.params.size() != n || state.ema.size() != n || state.adam_m.size() != n ||
+      state.adam_v.size() != n || state.balance_bias.size() != model_.moe_layers().size())
+    return "checkpoint " + path + " does not match the model's parameter layout";
+  return "";
+}
+
+void Trainer::load(const std::string& path) {
+  // Every rank reads and checks its own file, then (with several ranks) the ranks compare what they found,
+  // all of them, even after a failure here: a rank that gave up alone would leave the others waiting.
+  TrainerState state;
+  std::string problem;
+  std::optional<ferry::Error> error;
+  try {
+    state = load_checkpoint(path);
+    problem = resume_problem(state, path);
+  } catch (const ferry::Error& e) {
+    problem = e.what();
+    error = e;
+  }
+  if (ranks() > 1) {
+    const nlohmann::json mine{{"path", path},
+                              {"problem", problem},
+                              {"step", problem.empty() ? state.step : -1},
+                              {"run_id", problem.empty() ? state.job.run_id : 0}};
+    std::vector<nlohmann::json> all;
+    for (const std::string& text : parallel_.collective->all_gather(mine.dump()))
+      all.push_back(nlohmann::json::parse(text));
+    std::string why;
+    for (std::size_t r = 0; r < all.size(); ++r)
+      if (!all[r]["problem"].get<std::string>().empty() && static_cast<int>(r) != rank())
+        why += (why.empty() ? "" : "; ") +
+               ("rank " + std::to_string(r) + ": " + all[r]["problem"].get<std::string>());
+    if (!problem.empty()) {
+      if (error) throw *error;
+      fail(Errc::invalid_argument, problem);
+    }
+    if (!why.empty()) fail(Errc::invalid_argument, "cannot resume: " + why);
+    bool agree = true;
+    for (const auto& other : all)
+      agree = agree && other["step"] == all[0]["step"] && other["run_id"] == all[0]["run_id"];
+    if (!agree) {
+      std::string list;
+      for (std::size_t r = 0; r < all.size(); ++r)
+        list += (r ? ", " : "") + ("rank " + std::to_string(r) + " (" + all[r]["path"].get<std::string>() +
+                                   ") at step " + std::to_string(all[r]["step"].get<std::int64_t>()) +
+                                   " of run " + std::to_string(all[r]["run_id"].get<std::uint64_t>()));
+      fail(Errc::invalid_argument, "cannot resume: the ranks' checkpoints do not agree: " + list +
+                                       ". A crash between two ranks' saves, or files of different runs: "
+                                       "resume from a set saved at one "
+                                       "step of one run");
+    }
+  } else if (!problem.empty()) {
+    if (error) throw *error;
+    fail(Errc::invalid_argument, problem);
+  }
+  restore(std::move(state), path);
+}
+
+void Trainer::restore(TrainerState state, const std::string& path) {
   auto values = model_.params().values();
   auto layers = model_.moe_layers();
-  if (state.params.size() != values.size() || state.ema.size() != values.size() ||
-      state.adam_m.size() != values.size() || state.adam_v.size() != values.size() ||
-      state.balance_bias.size() != layers.size())
-    fail(Errc::invalid_argument, "checkpoint " + path + " does not match the model's parameter layout");
   std::copy(state.params.begin(), state.params.end(), values.begin());
   adam_.m() = std::move(state.adam_m);
   adam_.v() = std::move(state.adam_v);
@@ -140,6 +214,7 @@ void Trainer::load(const std::string& path) {
   }
   data_rng_.set_state(state.data_rng);
   step_ = state.step;
+  run_id_ = state.job.run_id;
 }
 
 std::vector<StepStats> run_training(const RunOptions& options,

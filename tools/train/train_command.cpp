@@ -95,8 +95,9 @@ nlohmann::json traffic_json(const TrafficCounters& t) {
           {"self_messages", t.self.messages},     {"self_bytes", t.self.bytes}};
 }
 
-// The job's traffic: every rank's counters summed (each rank only sees what it sent or forwarded).
-nlohmann::json job_traffic(model::Collective& collective, const BufferTraffic& mine) {
+// The job's traffic: every rank's counters summed (each rank only sees what it sent or forwarded); a lone
+// rank's own (collective null).
+nlohmann::json job_traffic(model::Collective* collective, const BufferTraffic& mine) {
   const TrafficCounters* parts[] = {&mine.dispatch, &mine.combine};
   std::vector<double> values;
   for (const TrafficCounters* t : parts)
@@ -104,7 +105,7 @@ nlohmann::json job_traffic(model::Collective& collective, const BufferTraffic& m
       values.push_back(static_cast<double>(p->messages));
       values.push_back(static_cast<double>(p->bytes));
     }
-  collective.sum(values);
+  if (collective) collective->sum(values);
   BufferTraffic total;
   std::size_t at = 0;
   for (TrafficCounters* t : {&total.dispatch, &total.combine})
@@ -135,9 +136,13 @@ void run_train(TrainArgs args) {
                                      " must be a multiple of the job's " + std::to_string(group.num_nodes()) +
                                      " nodes, so that no expert group spans two nodes");
 
-  // Declared after the group: the buffer's destruction is collective and needs the group alive.
+  // Declared after the group: the buffer's and the collective's destruction are collective and need the group
+  // alive. Every per-step sum goes over the collective's peer channel, not the bootstrap store.
   std::shared_ptr<Buffer> buffer;
-  auto collective = std::make_shared<model::GroupCollective>(group);
+  std::shared_ptr<model::ChannelCollective> collective;
+  if (ranks > 1)
+    collective = std::make_shared<model::ChannelCollective>(
+        group, model::ChannelCollective::default_config(group_options.timeout));
   model::RunOptions options;
   options.model = args.model;
   options.train = args.train;
@@ -161,7 +166,8 @@ void run_train(TrainArgs args) {
     if (ranks % pipeline_options.pipeline_ranks != 0)
       fail(Errc::invalid_argument, "ferry train: --pp " + std::to_string(pipeline_options.pipeline_ranks) +
                                        " does not divide the job's " + std::to_string(ranks) + " ranks");
-    if (ranks > 1) options.parallel.collective = collective;
+    options.parallel.collective = collective;
+    options.parallel.pipeline_ranks = pipeline_options.pipeline_ranks;
     // Built at the first step, from the trainer's model (collective: every rank takes its first step).
     options.parallel.step_gradients = [&](model::Model<float>& m, const std::uint8_t* batch, int rows) {
       if (!pipeline) pipeline = std::make_unique<pipe::PipelineExecutor>(group, m, pipeline_options);
@@ -174,7 +180,7 @@ void run_train(TrainArgs args) {
     options.parallel.exchange_factory = [buffer](int, int experts) {
       return std::make_unique<model::FerryExpertExchange>(buffer, experts);
     };
-    if (ranks > 1) options.parallel.collective = collective;
+    options.parallel.collective = collective;
   }
   if (!args.checkpoint_dir.empty()) {
     std::filesystem::create_directories(args.checkpoint_dir);
@@ -215,7 +221,7 @@ void run_train(TrainArgs args) {
       {"model", args.model}, {"train", args.train},        {"data", args.data},
       {"ranks", ranks},      {"nodes", group.num_nodes()}, {"exchange", use_ferry ? "ferry" : "local"},
       {"steps", steps}};
-  if (buffer) log["traffic"] = job_traffic(*collective, buffer->traffic());
+  if (buffer) log["traffic"] = job_traffic(collective.get(), buffer->traffic());
   if (pipeline) {
     log["schedule"] = args.schedule;
     log["pipeline_ranks"] = pipeline_options.pipeline_ranks;
@@ -238,8 +244,9 @@ void run_train(TrainArgs args) {
     std::printf("wrote %s\n", args.json.c_str());
   }
   options.parallel = {};
-  pipeline.reset();  // collective, like the buffer
-  buffer.reset();    // collective: every rank is here
+  pipeline.reset();    // collective, like the buffer
+  buffer.reset();      // collective: every rank is here
+  collective.reset();  // collective too
 }
 
 }  // namespace
