@@ -12,40 +12,13 @@
 #include "ferry/model/pipeline/stage.hpp"
 #include "ferry/model/pipeline/weight_grad.hpp"
 #include "ferry/model/rng.hpp"
+#include "model_fixtures.hpp"
 
 using namespace ferry::model;
 using namespace ferry::model::pipeline;
+using namespace ferry::model::testing;
 
 namespace {
-
-ModelConfig small_model() {
-  ModelConfig c;
-  c.layers = 4;
-  c.n_dense = 1;
-  c.dim = 16;
-  c.heads = 2;
-  c.seq = 8;
-  c.ffn_hidden = 32;
-  c.experts = 4;
-  c.topk = 2;
-  c.groups = 2;
-  c.max_groups = 2;
-  c.expert_hidden = 16;
-  c.mtp = false;
-  c.init_seed = 3;
-  return c;
-}
-
-std::vector<std::uint8_t> batch_of(const ModelConfig& c, int rows, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::uint8_t> tokens(static_cast<std::size_t>(rows) * (c.seq + 2));
-  for (auto& t : tokens) t = static_cast<std::uint8_t>(rng.below(c.vocab));
-  return tokens;
-}
-
-ExchangeFactory<float> local_exchanges() {
-  return [](int, int experts) { return std::make_unique<LocalExpertExchange<float>>(experts); };
-}
 
 double relative_l2(std::span<const float> a, std::span<const float> b) {
   double diff = 0, norm = 0;
@@ -59,7 +32,7 @@ double relative_l2(std::span<const float> a, std::span<const float> b) {
 }  // namespace
 
 TEST_CASE("stage_range splits the blocks evenly and refuses empty stages", "[pipeline]") {
-  ModelConfig c = small_model();
+  ModelConfig c = four_block_model(false);
   c.layers = 5;
   CHECK(stage_range(c, 0, 2).first_layer == 0);
   CHECK(stage_range(c, 0, 2).end_layer == 3);
@@ -72,11 +45,11 @@ TEST_CASE("stage_range splits the blocks evenly and refuses empty stages", "[pip
 }
 
 TEST_CASE("stages chained over micro-batches equal the whole model on the whole batch", "[pipeline]") {
-  ModelConfig c = small_model();
+  ModelConfig c = four_block_model(false);
   c.mtp = GENERATE(false, true);
   const int rows = 4, stages = GENERATE(2, 4), micro = 2;
   INFO("mtp " << c.mtp << ", " << stages << " stages");
-  const auto tokens = batch_of(c, rows, 17);
+  const auto tokens = random_tokens(c, rows, 17);
 
   Model<float> whole(c);
   whole.zero_grad();
@@ -127,8 +100,8 @@ TEST_CASE("stages chained over micro-batches equal the whole model on the whole 
 }
 
 TEST_CASE("B then W equals a plain backward, and deferral is per thread", "[pipeline]") {
-  const ModelConfig c = small_model();
-  const auto tokens = batch_of(c, 2, 5);
+  const ModelConfig c = four_block_model(false);
+  const auto tokens = random_tokens(c, 2, 5);
   Model<float> plain(c), split(c);
   StageSlot a(plain, stage_range(c, 0, 1), local_exchanges());
   StageSlot b(split, stage_range(c, 0, 1), local_exchanges());
@@ -155,7 +128,7 @@ TEST_CASE("B then W equals a plain backward, and deferral is per thread", "[pipe
 
 TEST_CASE("the last stage holds the MTP: its MoE layer is the model's last, its wte gradient the model's",
           "[pipeline]") {
-  ModelConfig c = small_model();
+  ModelConfig c = four_block_model(false);
   c.mtp = true;
   Model<float> model(c);
   StageSlot first(model, stage_range(c, 0, 2), local_exchanges());
@@ -166,7 +139,7 @@ TEST_CASE("the last stage holds the MTP: its MoE layer is the model's last, its 
 
   // The last stage alone writes wte's gradient (through the MTP's next-token embedding), into the model's one
   // gradient array: no second copy to synchronise.
-  const auto tokens = batch_of(c, 2, 9);
+  const auto tokens = random_tokens(c, 2, 9);
   std::vector<float> input(static_cast<std::size_t>(2) * c.seq * c.dim, 0.5f);
   model.zero_grad();
   last.forward(model, tokens.data(), 2, input.data());

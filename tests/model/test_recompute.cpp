@@ -15,36 +15,17 @@
 #include "ferry/model/pipeline/weight_grad.hpp"
 #include "ferry/model/rng.hpp"
 #include "ferry/model/trainer.hpp"
+#include "model_fixtures.hpp"
 
 using namespace ferry::model;
 using namespace ferry::model::pipeline;
+using namespace ferry::model::testing;
 
 namespace {
 
 // Dense and MoE blocks, MTP with an MoE block: every kind of RMSNorm the model has.
 ModelConfig config_with_every_norm() {
-  ModelConfig c;
-  c.layers = 4;
-  c.n_dense = 1;
-  c.dim = 16;
-  c.heads = 2;
-  c.seq = 8;
-  c.ffn_hidden = 32;
-  c.experts = 4;
-  c.topk = 2;
-  c.groups = 2;
-  c.max_groups = 2;
-  c.expert_hidden = 16;
-  c.mtp = true;
-  c.init_seed = 5;
-  return c;
-}
-
-std::vector<std::uint8_t> random_batch(const ModelConfig& c, int rows, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::uint8_t> tokens(static_cast<std::size_t>(rows) * (c.seq + 2));
-  for (auto& t : tokens) t = static_cast<std::uint8_t>(rng.below(c.vocab));
-  return tokens;
+  return four_block_model(true);
 }
 
 bool same_bits(std::span<const float> a, std::span<const float> b) {
@@ -57,7 +38,7 @@ TEST_CASE("recomputed RMSNorms give the stored path's gradients bit for bit and 
           "[model][recompute]") {
   const ModelConfig c = config_with_every_norm();
   const int rows = 3;
-  const auto tokens = random_batch(c, rows, 11);
+  const auto tokens = random_tokens(c, rows, 11);
   Model<float> stored(c), recomputed(c);
   recomputed.set_recompute_norms(true);
   for (Model<float>* m : {&stored, &recomputed}) {
@@ -80,10 +61,8 @@ TEST_CASE("recomputed RMSNorms give the stored path's gradients bit for bit and 
 TEST_CASE("recompute under the B/W split of pipeline stages: the same gradients bit for bit",
           "[model][recompute][pipeline]") {
   const ModelConfig c = config_with_every_norm();
-  const auto tokens = random_batch(c, 2, 13);
-  const ExchangeFactory<float> local = [](int, int experts) {
-    return std::make_unique<LocalExpertExchange<float>>(experts);
-  };
+  const auto tokens = random_tokens(c, 2, 13);
+  const ExchangeFactory<float> local = local_exchanges();
   Model<float> stored(c), recomputed(c);
   recomputed.set_recompute_norms(true);
   std::vector<std::size_t> peaks;

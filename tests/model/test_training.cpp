@@ -68,6 +68,14 @@ ModelConfig small_moe_config() {
   return m;
 }
 
+// What the checkpoint tests train: two rows a step, three steps.
+TrainConfig checkpoint_run() {
+  TrainConfig t;
+  t.batch = 2;
+  t.steps = 3;
+  return t;
+}
+
 }  // namespace
 
 TEST_CASE("training on the synthetic corpus learns its structure", "[model][train]") {
@@ -228,9 +236,7 @@ TEST_CASE("run_training splits and resumes through checkpoints", "[model][train]
 
 TEST_CASE("checkpoints refuse other models, corruption and foreign files", "[model][checkpoint]") {
   TempDir dir;
-  TrainConfig t;
-  t.batch = 2;
-  t.steps = 3;
+  const TrainConfig t = checkpoint_run();
   Trainer trainer(small_moe_config(), t, corpus());
   trainer.step();
   const std::string path = dir.file("ckpt");
@@ -265,9 +271,7 @@ TEST_CASE("checkpoints refuse other models, corruption and foreign files", "[mod
 TEST_CASE("checkpoints carry the job fingerprint; a file of another layout is refused naming both values",
           "[model][checkpoint]") {
   TempDir dir;
-  TrainConfig t;
-  t.batch = 2;
-  t.steps = 3;
+  const TrainConfig t = checkpoint_run();
   Trainer trainer(small_moe_config(), t, corpus());
   trainer.step();
   const std::string path = dir.file("ckpt");
