@@ -14,6 +14,41 @@
 
 namespace ferry::model {
 
+namespace {
+
+// Collective: what keeps the ranks from resuming together, as rank `collective.rank()` sees it: the
+// problems other ranks had with their files, or files that disagree on run or step (a crash between two
+// ranks' saves); "" when every rank may go on. This rank's own problem is its own to report.
+std::string disagreement(Collective& collective, const std::string& path, const std::string& problem,
+                         std::int64_t step, std::uint64_t run_id) {
+  const nlohmann::json mine{{"path", path}, {"problem", problem}, {"step", step}, {"run_id", run_id}};
+  std::vector<nlohmann::json> all;
+  for (const std::string& text : collective.all_gather(mine.dump()))
+    all.push_back(nlohmann::json::parse(text));
+  std::string others;
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    const auto theirs = all[r]["problem"].get<std::string>();
+    if (!theirs.empty() && static_cast<int>(r) != collective.rank())
+      others += (others.empty() ? "rank " : "; rank ") + std::to_string(r) + ": " + theirs;
+  }
+  if (!others.empty() || !problem.empty()) return others;
+  bool agree = true;
+  for (const auto& file : all)
+    agree = agree && file["step"] == all[0]["step"] && file["run_id"] == all[0]["run_id"];
+  if (agree) return "";
+  std::string list;
+  for (std::size_t r = 0; r < all.size(); ++r)
+    list += (r ? ", rank " : "rank ") + std::to_string(r) + " (" + all[r]["path"].get<std::string>() +
+            ") at step " + std::to_string(all[r]["step"].get<std::int64_t>()) + " of run " +
+            std::to_string(all[r]["run_id"].get<std::uint64_t>());
+  return "the ranks' checkpoints do not agree: " + list +
+         ". A crash between two ranks' saves, or files of different runs: resume from a set saved at one "
+         "step "
+         "of one run";
+}
+
+}  // namespace
+
 Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& train_config,
                  std::shared_ptr<const DataSource> data, Parallelism parallel)
     : train_(train_config),
@@ -158,42 +193,11 @@ void Trainer::load(const std::string& path) {
     problem = e.what();
     error = e;
   }
-  if (ranks() > 1) {
-    const nlohmann::json mine{{"path", path},
-                              {"problem", problem},
-                              {"step", problem.empty() ? state.step : -1},
-                              {"run_id", problem.empty() ? state.job.run_id : 0}};
-    std::vector<nlohmann::json> all;
-    for (const std::string& text : parallel_.collective->all_gather(mine.dump()))
-      all.push_back(nlohmann::json::parse(text));
-    std::string why;
-    for (std::size_t r = 0; r < all.size(); ++r)
-      if (!all[r]["problem"].get<std::string>().empty() && static_cast<int>(r) != rank())
-        why += (why.empty() ? "" : "; ") +
-               ("rank " + std::to_string(r) + ": " + all[r]["problem"].get<std::string>());
-    if (!problem.empty()) {
-      if (error) throw *error;
-      fail(Errc::invalid_argument, problem);
-    }
-    if (!why.empty()) fail(Errc::invalid_argument, "cannot resume: " + why);
-    bool agree = true;
-    for (const auto& other : all)
-      agree = agree && other["step"] == all[0]["step"] && other["run_id"] == all[0]["run_id"];
-    if (!agree) {
-      std::string list;
-      for (std::size_t r = 0; r < all.size(); ++r)
-        list += (r ? ", " : "") + ("rank " + std::to_string(r) + " (" + all[r]["path"].get<std::string>() +
-                                   ") at step " + std::to_string(all[r]["step"].get<std::int64_t>()) +
-                                   " of run " + std::to_string(all[r]["run_id"].get<std::uint64_t>()));
-      fail(Errc::invalid_argument, "cannot resume: the ranks' checkpoints do not agree: " + list +
-                                       ". A crash between two ranks' saves, or files of different runs: "
-                                       "resume from a set saved at one "
-                                       "step of one run");
-    }
-  } else if (!problem.empty()) {
-    if (error) throw *error;
-    fail(Errc::invalid_argument, problem);
-  }
+  const std::string elsewhere =
+      ranks() > 1 ? disagreement(*parallel_.collective, path, problem, state.step, state.job.run_id) : "";
+  if (error) throw *error;
+  if (!problem.empty()) fail(Errc::invalid_argument, problem);
+  if (!elsewhere.empty()) fail(Errc::invalid_argument, "cannot resume: " + elsewhere);
   restore(std::move(state), path);
 }
 

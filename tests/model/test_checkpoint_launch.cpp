@@ -1,4 +1,5 @@
-// Checkpoints of a multi-rank run under `ferry launch` (2 nodes x 2 ranks, expert parallel): a run stopped
+// Checkpoints of a multi-rank run under `ferry launch` (1 node x 4 ranks, expert parallel; one node so that
+// the tsan preset runs it, see CMakePresets.json): a run stopped
 // and resumed twice takes bitwise the steps of one that never stopped; a set of rank files from a crash
 // between two ranks' saves (one rank at step N + 1, the others at N), from two runs, or with one rank's file
 // missing, is refused on every rank with an error naming the ranks and their steps and runs.
@@ -18,7 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using ferry::test::read_json;
 
-const std::string kLaunch = " launch --nodes 2 --ranks-per-node 2 --timeout 60 -- ";
+const std::string kLaunch = " launch --nodes 1 --ranks-per-node 4 --timeout 60 -- ";
 const std::string kModel =
     " train --layers 2 --dim 16 --heads 2 --experts 8 --topk 2 --groups 4 --max-nodes 2 --seq 8"
     " --expert-hidden 16 --ffn-hidden 32 --steps 4 --warmup 1 --seed 3 --data-seed 4 --batch 2 --timeout 30";

@@ -100,9 +100,12 @@ TEST_CASE("a DualPipe run's trace is valid JSON with compute and comm lanes on e
 
 TEST_CASE("ferry train --recompute under DualPipe: the same parameters bit for bit, a smaller peak",
           "[multiprocess]") {
+  // One node, so that the tsan preset runs it (CMakePresets.json).
+  const std::string launch = " launch --nodes 1 --ranks-per-node 4 --timeout 120 -- ";
   const std::string flags = " --schedule dualpipe --pp 2 --micro-batches 4";
-  const PipelineRun stored = train("stored", flags);
-  const PipelineRun recomputed = train("recomputed", flags + " --recompute");
+  const PipelineRun stored = ferry::test::train_under_launch("stored", launch, kModel, flags);
+  const PipelineRun recomputed =
+      ferry::test::train_under_launch("recomputed", launch, kModel, flags + " --recompute");
   for (std::size_t s = 0; s < 3; ++s) {
     const auto& a = stored.log["steps"][s];
     const auto& b = recomputed.log["steps"][s];
