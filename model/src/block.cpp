@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstddef>
 
+#include "ferry/model/activations.hpp"
 #include "ferry/model/rmsnorm.hpp"
 
 namespace ferry::model {
@@ -51,6 +52,7 @@ Block<T>::Block(const Block& other, std::unique_ptr<ExpertExchange<T>> exchange)
       seq_(other.seq_),
       ffn_hidden_(other.ffn_hidden_),
       eps_(other.eps_),
+      recompute_(other.recompute_),
       ln1_(other.ln1_),
       wqkv_(other.wqkv_),
       wo_(other.wo_),
@@ -85,44 +87,64 @@ MoEGrads<T> Block<T>::moe_grads(ParamStore<T>& store) const {
 }
 
 template <typename T>
+void Block<T>::norm1(T* out, const T* in, int n, ParamStore<T>& store) {
+  ln1_rstd_.resize(n);
+  rmsnorm_forward(out, ln1_rstd_.data(), in, store.value(ln1_), n, dim_, eps_);
+}
+
+template <typename T>
+void Block<T>::norm2(T* out, int n, ParamStore<T>& store) {
+  ln2_rstd_.resize(n);
+  rmsnorm_forward(out, ln2_rstd_.data(), mid_.data(), store.value(ln2_), n, dim_, eps_);
+}
+
+template <typename T>
 T Block<T>::forward(T* out, const T* in, int batch, ParamStore<T>& store) {
   batch_ = batch;
   const int n = batch * seq_, C = dim_;
   const std::size_t size = static_cast<std::size_t>(n) * C;
-  in_.assign(in, in + size);
   ln1_out_.resize(size);
-  ln1_rstd_.resize(n);
-  attn_out_.resize(size);
   mid_.resize(size);
   ln2_out_.resize(size);
-  ln2_rstd_.resize(n);
 
-  rmsnorm_forward(ln1_out_.data(), ln1_rstd_.data(), in_.data(), store.value(ln1_), n, C, eps_);
-  attention_forward(attn_out_.data(), attn_acts_, ln1_out_.data(), store.value(wqkv_), store.value(wo_),
-                    batch, seq_, C, heads_);
-  for (std::size_t i = 0; i < size; ++i) mid_[i] = in_[i] + attn_out_[i];
-  rmsnorm_forward(ln2_out_.data(), ln2_rstd_.data(), mid_.data(), store.value(ln2_), n, C, eps_);
+  norm1(ln1_out_.data(), in, n, store);
+  attention_forward(mid_.data(), attn_acts_, ln1_out_.data(), store.value(wqkv_), store.value(wo_), batch,
+                    seq_, C, heads_);
+  for (std::size_t i = 0; i < size; ++i) mid_[i] += in[i];
+  if (recompute_) release(ln1_out_);
+  norm2(ln2_out_.data(), n, store);
   T balance = 0;
   if (moe_) {
     balance = moe_->forward(out, ln2_out_.data(), batch, seq_, moe_weights(store));
   } else {
     swiglu_forward(out, ffn_acts_, ln2_out_.data(), store.value(w13_), store.value(w2_), n, C, ffn_hidden_);
   }
+  if (recompute_) release(ln2_out_);
   for (std::size_t i = 0; i < size; ++i) out[i] += mid_[i];
   return balance;
 }
 
 template <typename T>
-void Block<T>::backward(T* din, const T* dout, ParamStore<T>& store) {
+void Block<T>::backward(T* din, const T* dout, const T* in, ParamStore<T>& store) {
   const int n = batch_ * seq_, C = dim_;
   const std::size_t size = static_cast<std::size_t>(n) * C;
+  // Recomputation writes each norm's output where forward would have kept it, one norm at a time.
+  recompute_bytes_ = 0;
+  const auto norm_output = [&](std::vector<T>& kept, auto recompute) -> const T* {
+    if (!recompute_) return kept.data();
+    recomputed_.resize(size);
+    recompute(recomputed_.data());
+    recompute_bytes_ = bytes_held(recomputed_);
+    return recomputed_.data();
+  };
   // out = mid + ffn(ln2(mid)): the residual passes dout straight to mid.
   dmid_.assign(dout, dout + size);
   dln2_.assign(size, T(0));
+  const T* ln2_out = norm_output(ln2_out_, [&](T* y) { norm2(y, n, store); });
   if (moe_) {
-    moe_->backward(dln2_.data(), moe_grads(store), dout, moe_weights(store));
+    moe_->backward(dln2_.data(), moe_grads(store), dout, ln2_out, moe_weights(store));
   } else {
-    swiglu_backward(dln2_.data(), store.grad(w13_), store.grad(w2_), dout, ffn_acts_, ln2_out_.data(),
+    swiglu_backward(dln2_.data(), store.grad(w13_), store.grad(w2_), dout, ffn_acts_, ln2_out,
                     store.value(w13_), store.value(w2_), n, C, ffn_hidden_);
   }
   rmsnorm_backward(dmid_.data(), store.grad(ln2_), dln2_.data(), mid_.data(), store.value(ln2_),
@@ -130,10 +152,19 @@ void Block<T>::backward(T* din, const T* dout, ParamStore<T>& store) {
   // mid = in + attn(ln1(in)).
   for (std::size_t i = 0; i < size; ++i) din[i] += dmid_[i];
   dln1_.assign(size, T(0));
-  attention_backward(dln1_.data(), store.grad(wqkv_), store.grad(wo_), dmid_.data(), attn_acts_,
-                     ln1_out_.data(), store.value(wqkv_), store.value(wo_), batch_, seq_, C, heads_);
-  rmsnorm_backward(din, store.grad(ln1_), dln1_.data(), in_.data(), store.value(ln1_), ln1_rstd_.data(), n,
-                   C);
+  const T* ln1_out = norm_output(ln1_out_, [&](T* y) { norm1(y, in, n, store); });
+  attention_backward(dln1_.data(), store.grad(wqkv_), store.grad(wo_), dmid_.data(), attn_acts_, ln1_out,
+                     store.value(wqkv_), store.value(wo_), batch_, seq_, C, heads_);
+  rmsnorm_backward(din, store.grad(ln1_), dln1_.data(), in, store.value(ln1_), ln1_rstd_.data(), n, C);
+  release(recomputed_);
+}
+
+template <typename T>
+std::size_t Block<T>::activation_bytes() const {
+  std::size_t bytes = bytes_held(ln1_out_, ln1_rstd_, mid_, ln2_out_, ln2_rstd_, attn_acts_.qkv,
+                                 attn_acts_.att, attn_acts_.ctx);
+  if (moe_) return bytes + moe_->activation_bytes();
+  return bytes + bytes_held(ffn_acts_.h, ffn_acts_.a);
 }
 
 template class Block<float>;

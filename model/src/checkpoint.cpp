@@ -1,12 +1,18 @@
 #include "ferry/model/checkpoint.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "ferry/core/error.hpp"
 #include "ferry/model/json.hpp"
@@ -89,6 +95,56 @@ class Reader {
   const std::string& path_;
 };
 
+// Owns a file descriptor.
+class File {
+ public:
+  File(const std::string& path, int flags, mode_t mode = 0)
+      : fd_(::open(path.c_str(), flags | O_CLOEXEC, mode)) {
+    if (fd_ < 0) fail_errno("cannot open " + path, errno);
+  }
+  ~File() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+
+  void write_all(const std::vector<std::uint8_t>& bytes, const std::string& path) {
+    for (std::size_t at = 0; at < bytes.size();) {
+      const ssize_t n = ::write(fd_, bytes.data() + at, bytes.size() - at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail_errno("cannot write " + path, errno);
+      at += static_cast<std::size_t>(n);
+    }
+  }
+  void sync(const std::string& path) {
+    if (::fsync(fd_) != 0) fail_errno("cannot flush " + path + " to disk", errno);
+  }
+  // close() reports errors of the last writes that fsync may not have (NFS): check it.
+  void close(const std::string& path) {
+    const int fd = std::exchange(fd_, -1);
+    if (::close(fd) != 0) fail_errno("cannot close " + path, errno);
+  }
+
+ private:
+  int fd_;
+};
+
+// Writes bytes to path through "<path>.tmp": written, flushed to disk, renamed over path, and the rename
+// flushed with the directory. A crash at any point leaves path as it was or complete.
+void write_durably(const std::string& path, const std::vector<std::uint8_t>& bytes) {
+  const std::string tmp = path + ".tmp";
+  {
+    File out(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    out.write_all(bytes, tmp);
+    out.sync(tmp);
+    out.close(tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail_errno("cannot rename " + tmp + " to " + path, errno);
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::string directory = parent.empty() ? "." : parent.string();
+  File(directory, O_RDONLY | O_DIRECTORY).sync(directory);
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, const TrainerState& state) {
@@ -102,6 +158,7 @@ void save_checkpoint(const std::string& path, const TrainerState& state) {
   w.pod(kByteOrderProbe);
   w.string(nlohmann::json(state.model).dump());
   w.string(nlohmann::json(state.train).dump());
+  w.string(nlohmann::json(state.job).dump());
   w.pod(state.step);
   w.pod(state.adam_steps);
   for (std::uint64_t word : state.data_rng) w.pod(word);
@@ -117,15 +174,7 @@ void save_checkpoint(const std::string& path, const TrainerState& state) {
   }
   w.pod(fnv1a(w.bytes.data(), w.bytes.size()));
 
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail_errno("cannot create checkpoint " + tmp, errno);
-    out.write(reinterpret_cast<const char*>(w.bytes.data()), static_cast<std::streamsize>(w.bytes.size()));
-    out.flush();
-    if (!out) fail_errno("cannot write checkpoint " + tmp, errno);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail_errno("cannot rename " + tmp + " to " + path, errno);
+  write_durably(path, w.bytes);
 }
 
 TrainerState load_checkpoint(const std::string& path) {
@@ -162,6 +211,7 @@ TrainerState load_checkpoint(const std::string& path) {
   try {
     state.model = nlohmann::json::parse(r.string("model config")).get<ModelConfig>();
     state.train = nlohmann::json::parse(r.string("train config")).get<TrainConfig>();
+    state.job = nlohmann::json::parse(r.string("job fingerprint")).get<JobFingerprint>();
   } catch (const nlohmann::json::exception& e) {
     fail(Errc::invalid_argument, "checkpoint " + path + " has a malformed config: " + e.what());
   }

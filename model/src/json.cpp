@@ -48,6 +48,7 @@ void train_fields(C& c, F&& f) {
   f("ema_decay", c.ema_decay);
   f("bias_update_rate", c.bias_update_rate);
   f("data_seed", c.data_seed);
+  f("recompute_norms", c.recompute_norms);
 }
 
 template <class C, class F>
@@ -55,6 +56,14 @@ void data_fields(C& c, F&& f) {
   f("path", c.path);
   f("synthetic_seed", c.synthetic_seed);
   f("synthetic_bytes", c.synthetic_bytes);
+}
+
+template <class C, class F>
+void job_fields(C& c, F&& f) {
+  f("run_id", c.run_id);
+  f("world_size", c.world_size);
+  f("rank", c.rank);
+  f("pipeline_ranks", c.pipeline_ranks);
 }
 
 template <class C, class Fields>
@@ -105,6 +114,14 @@ void from_json(const nlohmann::json& j, DataConfig& c) {
       j, c, [](auto& c, auto&& f) { data_fields(c, f); }, "DataConfig");
 }
 
+void to_json(nlohmann::json& j, const JobFingerprint& f) {
+  write(j, f, [](auto& c, auto&& f) { job_fields(c, f); });
+}
+void from_json(const nlohmann::json& j, JobFingerprint& f) {
+  read(
+      j, f, [](auto& c, auto&& f) { job_fields(c, f); }, "JobFingerprint");
+}
+
 void to_json(nlohmann::json& j, const StepStats& s) {
   j = nlohmann::json{{"step", s.step},
                      {"lr", s.lr},
@@ -116,6 +133,7 @@ void to_json(nlohmann::json& j, const StepStats& s) {
                      {"tokens", s.tokens},
                      {"load_max_over_mean", s.load_max_over_mean},
                      {"expert_load", s.expert_load},
+                     {"activation_peak_bytes", s.activation_peak_bytes},
                      {"seconds", s.seconds},
                      {"tokens_per_s", s.tokens_per_s}};
 }

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ferry/core/error.hpp"
+#include "ferry/model/activations.hpp"
 #include "ferry/model/linear.hpp"
 
 namespace ferry::model {
@@ -25,7 +26,6 @@ T MoELayer<T>::forward(T* y, const T* x, int batch, int seq, const MoEWeights<T>
   const int n = batch * seq, C = shape_.dim, H = shape_.hidden;
   const int E = shape_.router.experts, K = shape_.router.topk;
   const std::size_t slots = static_cast<std::size_t>(n) * K;
-  x_ = x;
   batch_ = batch;
   seq_ = seq;
 
@@ -74,11 +74,10 @@ T MoELayer<T>::forward(T* y, const T* x, int batch, int seq, const MoEWeights<T>
 }
 
 template <typename T>
-void MoELayer<T>::backward(T* dx, const MoEGrads<T>& g, const T* dy, const MoEWeights<T>& w) {
+void MoELayer<T>::backward(T* dx, const MoEGrads<T>& g, const T* dy, const T* x, const MoEWeights<T>& w) {
   if (!handle_) fail(Errc::internal, "MoELayer::backward() without a forward()");
   const int n = batch_ * seq_, C = shape_.dim, H = shape_.hidden;
   const int E = shape_.router.experts, K = shape_.router.topk;
-  const T* x = x_;
 
   swiglu_backward(dx, g.shared_w13, g.shared_w2, dy, shared_acts_, x, w.shared_w13, w.shared_w2, n, C, H);
 
@@ -119,6 +118,14 @@ void MoELayer<T>::backward(T* dx, const MoEGrads<T>& g, const T* dy, const MoEWe
   dlogits_.assign(dscores_.size(), T(0));
   gate_scores_backward(dlogits_.data(), dscores_.data(), scores_.data(), dscores_.size());
   linear_backward(dx, g.gate, dlogits_.data(), x, w.gate, n, C, E);
+}
+
+template <typename T>
+std::size_t MoELayer<T>::activation_bytes() const {
+  std::size_t bytes = bytes_held(scores_, weights_, seq_freq_, selected_, shared_acts_.h, shared_acts_.a,
+                                 received_.expert_offsets, received_.x, received_.weight, expert_out_);
+  for (const SwiGLUActs<T>& acts : expert_acts_) bytes += bytes_held(acts.h, acts.a);
+  return bytes;
 }
 
 template <typename T>

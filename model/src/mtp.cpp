@@ -1,9 +1,9 @@
 #include "ferry/model/mtp.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 
+#include "ferry/model/activations.hpp"
 #include "ferry/model/embedding.hpp"
 #include "ferry/model/linear.hpp"
 #include "ferry/model/rmsnorm.hpp"
@@ -30,7 +30,46 @@ MtpModule<T>::MtpModule(const ModelConfig& config, ParamStore<T>& store,
       norm_e_(add_norm(store, "mtp.norm_e", config.dim)),
       proj_(store.add("mtp.proj", {2 * config.dim, config.dim}, ParamInit::normal, config.init_std)),
       norm_f_(add_norm(store, "mtp.norm_f", config.dim)),
-      block_(config, store, "mtp.block", config.mtp_block_is_moe(), std::move(exchange)) {}
+      block_(std::make_unique<Block<T>>(config, store, "mtp.block", config.mtp_block_is_moe(),
+                                        std::move(exchange))) {}
+
+template <typename T>
+MtpModule<T>::MtpModule(const MtpModule& other, std::unique_ptr<ExpertExchange<T>> exchange)
+    : dim_(other.dim_),
+      seq_(other.seq_),
+      eps_(other.eps_),
+      recompute_(other.recompute_),
+      norm_h_(other.norm_h_),
+      norm_e_(other.norm_e_),
+      proj_(other.proj_),
+      norm_f_(other.norm_f_),
+      block_(other.block_->replica(std::move(exchange))) {}
+
+template <typename T>
+std::unique_ptr<MtpModule<T>> MtpModule<T>::replica(std::unique_ptr<ExpertExchange<T>> exchange) const {
+  return std::unique_ptr<MtpModule>(new MtpModule(*this, std::move(exchange)));
+}
+
+template <typename T>
+void MtpModule<T>::set_recompute_norms(bool on) {
+  recompute_ = on;
+  block_->set_recompute_norms(on);
+}
+
+template <typename T>
+void MtpModule<T>::normalised_inputs(T* cat, const T* h, ParamStore<T>& store) {
+  const int n = batch_ * seq_, C = dim_;
+  h_rstd_.resize(n);
+  emb_rstd_.resize(n);
+  // Row by row into the two halves of each concatenated row (RMSNorm is per row: the same values as
+  // normalising all rows at once).
+  for (int i = 0; i < n; ++i) {
+    T* row = cat + static_cast<std::size_t>(i) * 2 * C;
+    const std::size_t at = static_cast<std::size_t>(i) * C;
+    rmsnorm_forward(row, &h_rstd_[i], h + at, store.value(norm_h_), 1, C, eps_);
+    rmsnorm_forward(row + C, &emb_rstd_[i], emb_.data() + at, store.value(norm_e_), 1, C, eps_);
+  }
+}
 
 template <typename T>
 T MtpModule<T>::forward(T* out, const T* h, const int* next_tokens, const T* wte, int batch,
@@ -39,56 +78,65 @@ T MtpModule<T>::forward(T* out, const T* h, const int* next_tokens, const T* wte
   const int n = batch * seq_, C = dim_;
   const std::size_t size = static_cast<std::size_t>(n) * C;
   next_tokens_.assign(next_tokens, next_tokens + n);
-  h_.assign(h, h + size);
   emb_.resize(size);
-  h_norm_.resize(size);
-  h_rstd_.resize(n);
-  emb_norm_.resize(size);
-  emb_rstd_.resize(n);
   cat_.resize(2 * size);
   c0_.resize(size);
   c1_.resize(size);
   f_rstd_.resize(n);
 
   embedding_forward<T>(emb_.data(), next_tokens_.data(), wte, nullptr, batch, seq_, C);
-  rmsnorm_forward(h_norm_.data(), h_rstd_.data(), h_.data(), store.value(norm_h_), n, C, eps_);
-  rmsnorm_forward(emb_norm_.data(), emb_rstd_.data(), emb_.data(), store.value(norm_e_), n, C, eps_);
-  for (int i = 0; i < n; ++i) {
-    T* row = cat_.data() + static_cast<std::size_t>(i) * 2 * C;
-    std::copy_n(h_norm_.data() + static_cast<std::size_t>(i) * C, C, row);
-    std::copy_n(emb_norm_.data() + static_cast<std::size_t>(i) * C, C, row + C);
-  }
+  normalised_inputs(cat_.data(), h, store);
   linear_forward(c0_.data(), cat_.data(), store.value(proj_), n, 2 * C, C);
-  const T balance = block_.forward(c1_.data(), c0_.data(), batch, store);
-  rmsnorm_forward(out, f_rstd_.data(), c1_.data(), store.value(norm_f_), n, C, eps_);
+  if (recompute_) release(cat_);
+  const T balance = block_->forward(c1_.data(), c0_.data(), batch, store);
+  recompute_output(out, store);
   return balance;
 }
 
 template <typename T>
-void MtpModule<T>::backward(T* dh, T* dwte, const T* dout, ParamStore<T>& store) {
+void MtpModule<T>::recompute_output(T* out, ParamStore<T>& store) {
+  rmsnorm_forward(out, f_rstd_.data(), c1_.data(), store.value(norm_f_), batch_ * seq_, dim_, eps_);
+}
+
+template <typename T>
+void MtpModule<T>::backward(T* dh, T* dwte, const T* dout, const T* h, ParamStore<T>& store) {
   const int n = batch_ * seq_, C = dim_;
   const std::size_t size = static_cast<std::size_t>(n) * C;
   dc1_.assign(size, T(0));
   rmsnorm_backward(dc1_.data(), store.grad(norm_f_), dout, c1_.data(), store.value(norm_f_), f_rstd_.data(),
                    n, C);
   dc0_.assign(size, T(0));
-  block_.backward(dc0_.data(), dc1_.data(), store);
+  block_->backward(dc0_.data(), dc1_.data(), c0_.data(), store);
+  recompute_bytes_ = block_->recompute_bytes();
+  const T* cat = cat_.data();
+  if (recompute_) {
+    recomputed_.resize(2 * size);
+    normalised_inputs(recomputed_.data(), h, store);
+    recompute_bytes_ = std::max(recompute_bytes_, bytes_held(recomputed_));
+    cat = recomputed_.data();
+  }
   dcat_.assign(2 * size, T(0));
-  linear_backward(dcat_.data(), store.grad(proj_), dc0_.data(), cat_.data(), store.value(proj_), n, 2 * C, C);
-  // Split ∂L/∂cat into its halves, then back through each norm.
-  dpart_.resize(size);
-  for (int i = 0; i < n; ++i)
-    std::copy_n(dcat_.data() + static_cast<std::size_t>(i) * 2 * C, C,
-                dpart_.data() + static_cast<std::size_t>(i) * C);
-  rmsnorm_backward(dh, store.grad(norm_h_), dpart_.data(), h_.data(), store.value(norm_h_), h_rstd_.data(), n,
-                   C);
-  for (int i = 0; i < n; ++i)
-    std::copy_n(dcat_.data() + static_cast<std::size_t>(i) * 2 * C + C, C,
-                dpart_.data() + static_cast<std::size_t>(i) * C);
+  linear_backward(dcat_.data(), store.grad(proj_), dc0_.data(), cat, store.value(proj_), n, 2 * C, C);
+  release(recomputed_);
+  // ∂L/∂cat's two halves, back through each norm, row by row.
+  for (int i = 0; i < n; ++i) {
+    const std::size_t at = static_cast<std::size_t>(i) * C;
+    rmsnorm_backward(dh + at, store.grad(norm_h_), dcat_.data() + 2 * at, h + at, store.value(norm_h_),
+                     &h_rstd_[i], 1, C);
+  }
   demb_.assign(size, T(0));
-  rmsnorm_backward(demb_.data(), store.grad(norm_e_), dpart_.data(), emb_.data(), store.value(norm_e_),
-                   emb_rstd_.data(), n, C);
+  for (int i = 0; i < n; ++i) {
+    const std::size_t at = static_cast<std::size_t>(i) * C;
+    rmsnorm_backward(demb_.data() + at, store.grad(norm_e_), dcat_.data() + 2 * at + C, emb_.data() + at,
+                     store.value(norm_e_), &emb_rstd_[i], 1, C);
+  }
   embedding_backward<T>(dwte, nullptr, demb_.data(), next_tokens_.data(), batch_, seq_, C);
+}
+
+template <typename T>
+std::size_t MtpModule<T>::activation_bytes() const {
+  return bytes_held(next_tokens_, emb_, h_rstd_, emb_rstd_, cat_, c0_, c1_, f_rstd_) +
+         block_->activation_bytes();
 }
 
 template class MtpModule<float>;

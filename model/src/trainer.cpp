@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
 #include <string>
 
 #include "ferry/core/error.hpp"
@@ -10,6 +13,41 @@
 #include "ferry/model/json.hpp"
 
 namespace ferry::model {
+
+namespace {
+
+// Collective: what keeps the ranks from resuming together, as rank `collective.rank()` sees it: the
+// problems other ranks had with their files, or files that disagree on run or step (a crash between two
+// ranks' saves); "" when every rank may go on. This rank's own problem is its own to report.
+std::string disagreement(Collective& collective, const std::string& path, const std::string& problem,
+                         std::int64_t step, std::uint64_t run_id) {
+  const nlohmann::json mine{{"path", path}, {"problem", problem}, {"step", step}, {"run_id", run_id}};
+  std::vector<nlohmann::json> all;
+  for (const std::string& text : collective.all_gather(mine.dump()))
+    all.push_back(nlohmann::json::parse(text));
+  std::string others;
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    const auto theirs = all[r]["problem"].get<std::string>();
+    if (!theirs.empty() && static_cast<int>(r) != collective.rank())
+      others += (others.empty() ? "rank " : "; rank ") + std::to_string(r) + ": " + theirs;
+  }
+  if (!others.empty() || !problem.empty()) return others;
+  bool agree = true;
+  for (const auto& file : all)
+    agree = agree && file["step"] == all[0]["step"] && file["run_id"] == all[0]["run_id"];
+  if (agree) return "";
+  std::string list;
+  for (std::size_t r = 0; r < all.size(); ++r)
+    list += (r ? ", rank " : "rank ") + std::to_string(r) + " (" + all[r]["path"].get<std::string>() +
+            ") at step " + std::to_string(all[r]["step"].get<std::int64_t>()) + " of run " +
+            std::to_string(all[r]["run_id"].get<std::uint64_t>());
+  return "the ranks' checkpoints do not agree: " + list +
+         ". A crash between two ranks' saves, or files of different runs: resume from a set saved at one "
+         "step "
+         "of one run";
+}
+
+}  // namespace
 
 Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& train_config,
                  std::shared_ptr<const DataSource> data, Parallelism parallel)
@@ -22,6 +60,12 @@ Trainer::Trainer(const ModelConfig& model_config, const TrainConfig& train_confi
       data_rng_(train_config.data_seed) {
   train_.validate();
   if (!data_) fail(Errc::invalid_argument, "Trainer needs a data source");
+  model_.set_recompute_norms(train_.recompute_norms);
+  // Every rank's checkpoints carry rank 0's draw: a resume can tell files of two runs apart.
+  std::random_device device;
+  run_id_ = (static_cast<std::uint64_t>(device()) << 32) | device();
+  if (parallel_.collective)
+    run_id_ = std::stoull(parallel_.collective->all_gather(std::to_string(run_id_)).at(0));
   batch_.resize(static_cast<std::size_t>(ranks()) * train_.batch * (model_config.seq + 2));
 }
 
@@ -32,8 +76,8 @@ StepStats Trainer::step() {
   data_->sample(batch_.data(), data_rng_, ranks() * train_.batch, seq);
   if (parallel_.step_gradients) {
     const auto start = std::chrono::steady_clock::now();
-    ReducedStep reduced = parallel_.step_gradients(model_, batch_.data(), ranks() * train_.batch);
-    return finish_step(start, reduced.losses, std::move(reduced.loads), reduced.grad_norm, true);
+    const ReducedStep reduced = parallel_.step_gradients(model_, batch_.data(), ranks() * train_.batch);
+    return finish_step(start, reduced, true);
   }
   return step(batch_.data() + static_cast<std::size_t>(rank()) * train_.batch * (seq + 2));
 }
@@ -44,20 +88,27 @@ StepStats Trainer::step(const std::uint8_t* tokens) {
   model_.forward(tokens, train_.batch);
   model_.backward();
   if (ranks() > 1) {
-    ReducedStep reduced =
-        reduce_step(*parallel_.collective, model_.params(), model_.losses(), model_.expert_loads());
-    return finish_step(start, reduced.losses, std::move(reduced.loads), reduced.grad_norm, true);
+    const ReducedStep reduced = reduce_step(*parallel_.collective, model_.params(), model_.losses(),
+                                            model_.expert_loads(), model_.peak_activation_bytes());
+    return finish_step(start, reduced, true);
   }
-  return finish_step(start, model_.losses(), model_.expert_loads(), 0, false);
+  ReducedStep local;
+  local.losses = model_.losses();
+  local.loads = model_.expert_loads();
+  local.activation_peak_bytes = model_.peak_activation_bytes();
+  return finish_step(start, local, false);
 }
 
-StepStats Trainer::finish_step(std::chrono::steady_clock::time_point start, LossParts losses,
-                               std::vector<ExpertLoad> loads, double grad_norm, bool norm_known) {
+StepStats Trainer::finish_step(std::chrono::steady_clock::time_point start, const ReducedStep& reduced,
+                               bool norm_known) {
   auto& params = model_.params();
+  const LossParts& losses = reduced.losses;
+  const std::vector<ExpertLoad>& loads = reduced.loads;
   StepStats stats;
   stats.step = step_;
+  stats.activation_peak_bytes = static_cast<std::int64_t>(reduced.activation_peak_bytes);
   if (norm_known) {
-    stats.grad_norm = grad_norm;
+    stats.grad_norm = reduced.grad_norm;
     // clip_grad_norm()'s scaling, with the norm of the whole run's gradients.
     if (train_.grad_clip > 0 && stats.grad_norm > train_.grad_clip) {
       const float scale = static_cast<float>(train_.grad_clip / stats.grad_norm);
@@ -94,6 +145,7 @@ void Trainer::save(const std::string& path) const {
   TrainerState state;
   state.model = model_.config();
   state.train = train_;
+  state.job = JobFingerprint{run_id_, ranks(), rank(), parallel_.pipeline_ranks};
   state.step = step_;
   state.adam_steps = adam_.steps();
   state.data_rng = data_rng_.state();
@@ -106,18 +158,52 @@ void Trainer::save(const std::string& path) const {
   save_checkpoint(path, state);
 }
 
-void Trainer::load(const std::string& path) {
-  TrainerState state = load_checkpoint(path);
+std::string Trainer::resume_problem(const TrainerState& state, const std::string& path) const {
   const std::string difference = config_difference(state.model, model_.config());
   if (!difference.empty())
-    fail(Errc::invalid_argument,
-         "checkpoint " + path + " was written for another model (" + difference + ")");
+    return "checkpoint " + path + " was written for another model (" + difference + ")";
+  const JobFingerprint& job = state.job;
+  if (job.world_size != ranks())
+    return "checkpoint " + path + " was written by a run of " + std::to_string(job.world_size) +
+           " rank(s), this run has " + std::to_string(ranks());
+  if (job.rank != rank())
+    return "checkpoint " + path + " is rank " + std::to_string(job.rank) + "'s, read by rank " +
+           std::to_string(rank());
+  if (job.pipeline_ranks != parallel_.pipeline_ranks)
+    return "checkpoint " + path + " was written with " + std::to_string(job.pipeline_ranks) +
+           " pipeline rank(s) per replica, this run has " + std::to_string(parallel_.pipeline_ranks) +
+           " (experts are trained where the layout puts them)";
+  const std::size_t n = model_.params().size();
+  if (state.params.size() != n || state.ema.size() != n || state.adam_m.size() != n ||
+      state.adam_v.size() != n || state.balance_bias.size() != model_.moe_layers().size())
+    return "checkpoint " + path + " does not match the model's parameter layout";
+  return "";
+}
+
+void Trainer::load(const std::string& path) {
+  // Every rank reads and checks its own file, then (with several ranks) the ranks compare what they found,
+  // all of them, even after a failure here: a rank that gave up alone would leave the others waiting.
+  TrainerState state;
+  std::string problem;
+  std::optional<ferry::Error> error;
+  try {
+    state = load_checkpoint(path);
+    problem = resume_problem(state, path);
+  } catch (const ferry::Error& e) {
+    problem = e.what();
+    error = e;
+  }
+  const std::string elsewhere =
+      ranks() > 1 ? disagreement(*parallel_.collective, path, problem, state.step, state.job.run_id) : "";
+  if (error) throw *error;
+  if (!problem.empty()) fail(Errc::invalid_argument, problem);
+  if (!elsewhere.empty()) fail(Errc::invalid_argument, "cannot resume: " + elsewhere);
+  restore(std::move(state), path);
+}
+
+void Trainer::restore(TrainerState state, const std::string& path) {
   auto values = model_.params().values();
   auto layers = model_.moe_layers();
-  if (state.params.size() != values.size() || state.ema.size() != values.size() ||
-      state.adam_m.size() != values.size() || state.adam_v.size() != values.size() ||
-      state.balance_bias.size() != layers.size())
-    fail(Errc::invalid_argument, "checkpoint " + path + " does not match the model's parameter layout");
   std::copy(state.params.begin(), state.params.end(), values.begin());
   adam_.m() = std::move(state.adam_m);
   adam_.v() = std::move(state.adam_v);
@@ -132,6 +218,7 @@ void Trainer::load(const std::string& path) {
   }
   data_rng_.set_state(state.data_rng);
   step_ = state.step;
+  run_id_ = state.job.run_id;
 }
 
 std::vector<StepStats> run_training(const RunOptions& options,
@@ -154,13 +241,13 @@ std::vector<StepStats> run_training(const RunOptions& options,
 }
 
 std::string format_step(const StepStats& s) {
-  char line[256];
+  char line[320];
   std::snprintf(
       line, sizeof line,
       "step %5lld | loss %.4f (main %.4f mtp %.4f bal %.2e) | lr %.2e | grad %.3f | load max/mean %.2f | "
-      "%.0f tok/s",
+      "act %.1f KiB | %.0f tok/s",
       static_cast<long long>(s.step), s.loss, s.main_loss, s.mtp_loss, s.balance_loss, s.lr, s.grad_norm,
-      s.load_max_over_mean, s.tokens_per_s);
+      s.load_max_over_mean, static_cast<double>(s.activation_peak_bytes) / 1024, s.tokens_per_s);
   return line;
 }
 

@@ -77,7 +77,7 @@ TEST_CASE("FerryExpertExchange on 2 nodes x 2 ranks matches LocalExpertExchange"
   std::vector<float> y_ref(x.size(), 0.0f), dx_ref(x.size(), 0.0f);
   Params g_ref = make_params(shape, rng, true);
   whole.forward(y_ref.data(), x.data(), kRanks * kBatch, kSeq, params.weights());
-  whole.backward(dx_ref.data(), g_ref.grads(), dy.data(), params.weights());
+  whole.backward(dx_ref.data(), g_ref.grads(), dy.data(), x.data(), params.weights());
 
   ferry::LocalCluster cluster(kNodes, kLocal, expert_exchange_config(ModelConfig{}, kNodes));
   std::vector<std::shared_ptr<ferry::Buffer>> buffers;
@@ -97,7 +97,8 @@ TEST_CASE("FerryExpertExchange on 2 nodes x 2 ranks matches LocalExpertExchange"
       try {
         const std::size_t off = static_cast<std::size_t>(r) * per_rank * C;
         layers[r]->forward(y.data() + off, x.data() + off, kBatch, kSeq, params.weights());
-        layers[r]->backward(dx.data() + off, grads[r].grads(), dy.data() + off, params.weights());
+        layers[r]->backward(dx.data() + off, grads[r].grads(), dy.data() + off, x.data() + off,
+                            params.weights());
       } catch (...) {
         errors[r] = std::current_exception();
       }

@@ -10,6 +10,7 @@
 #include "ferry/model/model.hpp"
 #include "ferry/model/mtp.hpp"
 #include "grad_check.hpp"
+#include "model_fixtures.hpp"
 
 using namespace ferry::model;
 using namespace ferry::model::testing;
@@ -40,13 +41,6 @@ ModelConfig tiny_config() {
   c.init_std = 0.3;
   c.init_seed = 21;
   return c;
-}
-
-std::vector<std::uint8_t> random_tokens(int batch, const ModelConfig& c, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::uint8_t> tokens(static_cast<std::size_t>(batch) * (c.seq + 2));
-  for (auto& t : tokens) t = static_cast<std::uint8_t>(rng.below(c.vocab));
-  return tokens;
 }
 
 // Checks every tensor of the store, by name, against finite differences of f.
@@ -114,7 +108,7 @@ TEST_CASE("MTP module backward matches finite differences (through h, wte and it
   f();
   mtp.block().moe()->set_routing_frozen(true);
   std::vector<double> dh(n * C, 0);
-  mtp.backward(dh.data(), store.grad(wte), r.data(), store);
+  mtp.backward(dh.data(), store.grad(wte), r.data(), h.data(), store);
   const GradCheck ch = check_gradient(h, dh, f);
   INFO("h: relative error " << ch.relative_error);
   CHECK(ch.relative_error < kGradTolerance);
@@ -124,7 +118,7 @@ TEST_CASE("MTP module backward matches finite differences (through h, wte and it
 TEST_CASE("whole model backward matches finite differences end to end", "[model][grad]") {
   const ModelConfig config = tiny_config();
   const int B = 2;
-  const auto tokens = random_tokens(B, config, 41);
+  const auto tokens = random_tokens(config, B, 41);
   Model<double> model(config);
   model.forward(tokens.data(), B);
   INFO("selection margin " << model.selection_margin());
@@ -145,7 +139,7 @@ TEST_CASE("the float model tracks the double model: losses and gradients", "[mod
   config.seq = 8;
   config.dim = 16;
   const int B = 3;
-  const auto tokens = random_tokens(B, config, 51);
+  const auto tokens = random_tokens(config, B, 51);
   Model<float> mf(config);
   Model<double> md(config);  // the same seed: both start from the same float-rounded weights
   mf.forward(tokens.data(), B);
@@ -179,7 +173,7 @@ TEST_CASE("forward is deterministic and every MoE layer goes through its exchang
     return std::make_unique<CountingExchange>(experts, &dispatches, &combines);
   });
   REQUIRE(config.moe_layer_count() == 2);  // block 1 and the MTP block
-  const auto tokens = random_tokens(B, config, 61);
+  const auto tokens = random_tokens(config, B, 61);
   const float first = model.forward(tokens.data(), B);
   const float second = model.forward(tokens.data(), B);
   REQUIRE(std::memcmp(&first, &second, sizeof first) == 0);

@@ -257,7 +257,7 @@ TEST_CASE("MoE layer backward matches finite differences (shared + routed expert
   forward();
   layer.backward(dx.data(),
                  MoEGrads<double>{dgate.data(), dsw13.data(), dsw2.data(), dew13.data(), dew2.data()},
-                 r.data(), w);
+                 r.data(), x.data(), w);
   require_close(check_gradient(x, dx, f), "x");
   require_close(check_gradient(gate, dgate, f), "gate");
   require_close(check_gradient(shared_w13, dsw13, f), "shared.w13");

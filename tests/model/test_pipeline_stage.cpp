@@ -1,5 +1,5 @@
-// Pipeline stages cut from the model compute what the whole model computes, and the zero-bubble split of
-// backward (B now, W later) gives the gradients of a plain backward.
+// Pipeline stages cut from the model compute what the whole model computes (the MTP module on the last stage
+// included), and the zero-bubble split of backward (B now, W later) gives the gradients of a plain backward.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
@@ -12,40 +12,13 @@
 #include "ferry/model/pipeline/stage.hpp"
 #include "ferry/model/pipeline/weight_grad.hpp"
 #include "ferry/model/rng.hpp"
+#include "model_fixtures.hpp"
 
 using namespace ferry::model;
 using namespace ferry::model::pipeline;
+using namespace ferry::model::testing;
 
 namespace {
-
-ModelConfig small_model() {
-  ModelConfig c;
-  c.layers = 4;
-  c.n_dense = 1;
-  c.dim = 16;
-  c.heads = 2;
-  c.seq = 8;
-  c.ffn_hidden = 32;
-  c.experts = 4;
-  c.topk = 2;
-  c.groups = 2;
-  c.max_groups = 2;
-  c.expert_hidden = 16;
-  c.mtp = false;
-  c.init_seed = 3;
-  return c;
-}
-
-std::vector<std::uint8_t> batch_of(const ModelConfig& c, int rows, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::uint8_t> tokens(static_cast<std::size_t>(rows) * (c.seq + 2));
-  for (auto& t : tokens) t = static_cast<std::uint8_t>(rng.below(c.vocab));
-  return tokens;
-}
-
-ExchangeFactory<float> local_exchanges() {
-  return [](int, int experts) { return std::make_unique<LocalExpertExchange<float>>(experts); };
-}
 
 double relative_l2(std::span<const float> a, std::span<const float> b) {
   double diff = 0, norm = 0;
@@ -59,7 +32,7 @@ double relative_l2(std::span<const float> a, std::span<const float> b) {
 }  // namespace
 
 TEST_CASE("stage_range splits the blocks evenly and refuses empty stages", "[pipeline]") {
-  ModelConfig c = small_model();
+  ModelConfig c = four_block_model(false);
   c.layers = 5;
   CHECK(stage_range(c, 0, 2).first_layer == 0);
   CHECK(stage_range(c, 0, 2).end_layer == 3);
@@ -72,9 +45,11 @@ TEST_CASE("stage_range splits the blocks evenly and refuses empty stages", "[pip
 }
 
 TEST_CASE("stages chained over micro-batches equal the whole model on the whole batch", "[pipeline]") {
-  const ModelConfig c = small_model();
+  ModelConfig c = four_block_model(false);
+  c.mtp = GENERATE(false, true);
   const int rows = 4, stages = GENERATE(2, 4), micro = 2;
-  const auto tokens = batch_of(c, rows, 17);
+  INFO("mtp " << c.mtp << ", " << stages << " stages");
+  const auto tokens = random_tokens(c, rows, 17);
 
   Model<float> whole(c);
   whole.zero_grad();
@@ -85,7 +60,7 @@ TEST_CASE("stages chained over micro-batches equal the whole model on the whole 
   Model<float> piped(c);
   piped.zero_grad();
   std::vector<std::vector<std::unique_ptr<StageSlot>>> slots(micro);
-  double main = 0, balance = 0;
+  double main = 0, mtp = 0, balance = 0;
   const int micro_rows = rows / micro;
   for (int m = 0; m < micro; ++m) {
     const std::uint8_t* mb = tokens.data() + static_cast<std::size_t>(m) * micro_rows * (c.seq + 2);
@@ -97,6 +72,7 @@ TEST_CASE("stages chained over micro-batches equal the whole model on the whole 
     }
     REQUIRE(x == nullptr);  // the last stage ends in the loss
     main += slots[m].back()->losses().main;
+    mtp += slots[m].back()->losses().mtp;
     // Backward as B (weight gradients deferred) then W, stage by stage.
     const float* d = nullptr;
     for (int s = stages - 1; s >= 0; --s) {
@@ -113,6 +89,8 @@ TEST_CASE("stages chained over micro-batches equal the whole model on the whole 
   }
   // Micro-batch losses are means: their mean is the whole batch's, their gradients sum to micro × its.
   CHECK(main / micro == Approx(whole.losses().main).epsilon(1e-6));
+  CHECK(mtp / micro == Approx(whole.losses().mtp).epsilon(1e-6));
+  CHECK((mtp > 0) == c.mtp);
   CHECK(balance / micro == Approx(whole.losses().balance).epsilon(1e-5));
   auto got = piped.params().grads();
   for (float& g : got) g /= micro;
@@ -122,8 +100,8 @@ TEST_CASE("stages chained over micro-batches equal the whole model on the whole 
 }
 
 TEST_CASE("B then W equals a plain backward, and deferral is per thread", "[pipeline]") {
-  const ModelConfig c = small_model();
-  const auto tokens = batch_of(c, 2, 5);
+  const ModelConfig c = four_block_model(false);
+  const auto tokens = random_tokens(c, 2, 5);
   Model<float> plain(c), split(c);
   StageSlot a(plain, stage_range(c, 0, 1), local_exchanges());
   StageSlot b(split, stage_range(c, 0, 1), local_exchanges());
@@ -148,9 +126,28 @@ TEST_CASE("B then W equals a plain backward, and deferral is per thread", "[pipe
   CHECK(relative_l2(split.params().grads(), plain.params().grads()) == 0);
 }
 
-TEST_CASE("a pipelined model refuses the MTP module", "[pipeline]") {
-  ModelConfig c = small_model();
+TEST_CASE("the last stage holds the MTP: its MoE layer is the model's last, its wte gradient the model's",
+          "[pipeline]") {
+  ModelConfig c = four_block_model(false);
   c.mtp = true;
   Model<float> model(c);
-  CHECK_THROWS_WITH(StageSlot(model, stage_range(c, 0, 2), local_exchanges()), Catch::Contains("MTP"));
+  StageSlot first(model, stage_range(c, 0, 2), local_exchanges());
+  StageSlot last(model, stage_range(c, 1, 2), local_exchanges());
+  CHECK(first.moe_indices() == std::vector<int>{0});       // block 1 (block 0 is dense)
+  CHECK(last.moe_indices() == std::vector<int>{1, 2, 3});  // blocks 2, 3 and the MTP block
+  REQUIRE(last.moe_layers().size() == 3);
+
+  // The last stage alone writes wte's gradient (through the MTP's next-token embedding), into the model's one
+  // gradient array: no second copy to synchronise.
+  const auto tokens = random_tokens(c, 2, 9);
+  std::vector<float> input(static_cast<std::size_t>(2) * c.seq * c.dim, 0.5f);
+  model.zero_grad();
+  last.forward(model, tokens.data(), 2, input.data());
+  CHECK(last.losses().mtp > 0);
+  last.backward(model, nullptr);
+  const ParamInfo& wte = model.params().find("wte");
+  double norm = 0;
+  for (std::size_t i = wte.offset; i < wte.offset + wte.size; ++i)
+    norm += std::abs(model.params().grads()[i]);
+  CHECK(norm > 0);
 }

@@ -132,6 +132,21 @@ TEST_CASE("overlap metrics clip every interval to the step window", "[trace]") {
   CHECK(m.b_s == 0);
 }
 
+TEST_CASE("overlap metrics: compute ending an ulp into the all-to-all it issued is not overlap", "[trace]") {
+  // What a Chrome trace gives back for a compute segment that ended the instant its all-to-all was issued:
+  // ts + dur one rounding past the end. Below the clock's 1 ns it counts as touching; 2 ns count.
+  const double issued = 5000.123;
+  const std::vector<TraceEvent> touching{step_event(0, 0, 0, 10000),
+                                         ev("attn(F)", "compute", 0, Lane::compute, 10, issued + 1e-9),
+                                         ev("dispatch(F)", "a2a", 0, Lane::comm, issued, issued + 100)};
+  CHECK(overlap_metrics(touching)[0].overlapped_s == 0);
+  CHECK(overlap_metrics(touching)[0].overlap_ratio == 0);
+  const std::vector<TraceEvent> overlapping{step_event(0, 0, 0, 10000),
+                                            ev("attn(F)", "compute", 0, Lane::compute, 10, issued + 2e-3),
+                                            ev("dispatch(F)", "a2a", 0, Lane::comm, issued, issued + 100)};
+  CHECK(overlap_metrics(overlapping)[0].overlapped_s == Approx(2e-3 * kUs));
+}
+
 TEST_CASE("overlap metrics keep ranks and steps apart", "[trace]") {
   // Rank 0: the worked example in steps 0 and 1. Rank 1: all compute in step 0, all a2a in step 1 (whose
   // window is longer), recorded with the same times as rank 0's events.

@@ -68,6 +68,14 @@ ModelConfig small_moe_config() {
   return m;
 }
 
+// What the checkpoint tests train: two rows a step, three steps.
+TrainConfig checkpoint_run() {
+  TrainConfig t;
+  t.batch = 2;
+  t.steps = 3;
+  return t;
+}
+
 }  // namespace
 
 TEST_CASE("training on the synthetic corpus learns its structure", "[model][train]") {
@@ -228,9 +236,7 @@ TEST_CASE("run_training splits and resumes through checkpoints", "[model][train]
 
 TEST_CASE("checkpoints refuse other models, corruption and foreign files", "[model][checkpoint]") {
   TempDir dir;
-  TrainConfig t;
-  t.batch = 2;
-  t.steps = 3;
+  const TrainConfig t = checkpoint_run();
   Trainer trainer(small_moe_config(), t, corpus());
   trainer.step();
   const std::string path = dir.file("ckpt");
@@ -260,6 +266,53 @@ TEST_CASE("checkpoints refuse other models, corruption and foreign files", "[mod
   const std::vector<char> text = {'h', 'e', 'l', 'l', 'o', ' ', 'w', 'o', 'r', 'l', 'd', '\n'};
   REQUIRE_THROWS_WITH(load_checkpoint(write("text", text)), Catch::Contains("not a ferry checkpoint"));
   REQUIRE_THROWS_WITH(load_checkpoint(dir.file("missing")), Catch::Contains("missing"));
+}
+
+TEST_CASE("checkpoints carry the job fingerprint; a file of another layout is refused naming both values",
+          "[model][checkpoint]") {
+  TempDir dir;
+  const TrainConfig t = checkpoint_run();
+  Trainer trainer(small_moe_config(), t, corpus());
+  trainer.step();
+  const std::string path = dir.file("ckpt");
+  {
+    std::ofstream stale(path + ".tmp");  // a crash's leftover does not get in the way
+    stale << "half a checkpoint";
+  }
+  trainer.save(path);
+  REQUIRE_FALSE(fs::exists(path + ".tmp"));
+  const TrainerState saved = load_checkpoint(path);
+  CHECK(saved.step == 1);
+  CHECK(saved.job == JobFingerprint{trainer.run_id(), 1, 0, 1});
+
+  // The same model and run, but written by rank 1 of 2 ranks, or with 2 pipeline ranks per replica.
+  const auto refused = [&](const JobFingerprint& job) {
+    TrainerState state = saved;
+    state.job = job;
+    save_checkpoint(dir.file("other"), state);
+    Trainer fresh(small_moe_config(), t, corpus());
+    try {
+      fresh.load(dir.file("other"));
+    } catch (const ferry::Error& e) {
+      CHECK(e.code() == ferry::Errc::invalid_argument);
+      return std::string(e.what());
+    }
+    return std::string("loaded");
+  };
+  CHECK_THAT(refused({saved.job.run_id, 2, 0, 1}), Catch::Contains("run of 2 rank(s), this run has 1"));
+  CHECK_THAT(refused({saved.job.run_id, 1, 1, 1}), Catch::Contains("is rank 1's, read by rank 0"));
+  CHECK_THAT(refused({saved.job.run_id, 1, 0, 2}),
+             Catch::Contains("with 2 pipeline rank(s) per replica, this run has 1"));
+  CHECK(refused({saved.job.run_id + 1, 1, 0, 1}) ==
+        "loaded");  // another run id alone: one file, nothing to mix
+
+  // A resumed run keeps the run's id.
+  Trainer resumed(small_moe_config(), t, corpus());
+  resumed.load(path);
+  CHECK(resumed.run_id() == trainer.run_id());
+  CHECK(resumed.steps_done() == 1);
+
+  CHECK_THROWS_WITH(trainer.save(dir.file("no-such-dir/ckpt")), Catch::Contains("no-such-dir/ckpt.tmp"));
 }
 
 TEST_CASE("synthetic corpus is deterministic and structured, file loader and batches", "[model][data]") {

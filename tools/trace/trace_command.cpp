@@ -31,29 +31,6 @@ struct TraceArgs {
   bool json = false;
 };
 
-nlohmann::json metrics_json(const pipeline::OverlapMetrics& m) {
-  nlohmann::json ops = nlohmann::json::object();
-  const std::pair<const char*, std::pair<double, int>> list[] = {{"F", {m.f_s, m.f_count}},
-                                                                 {"B", {m.b_s, m.b_count}},
-                                                                 {"W", {m.w_s, m.w_count}},
-                                                                 {"F&B", {m.fb_s, m.fb_count}},
-                                                                 {"BW", {m.bw_s, m.bw_count}}};
-  for (const auto& [name, value] : list)
-    if (value.second > 0) ops[name] = {{"mean_s", value.first}, {"count", value.second}};
-  return {{"rank", m.rank},
-          {"step", m.step},
-          {"wall_s", m.wall_s},
-          {"compute_s", m.compute_s},
-          {"comm_s", m.comm_s},
-          {"pp_comm_s", m.pp_comm_s},
-          {"overlapped_s", m.overlapped_s},
-          {"exposed_comm_s", m.exposed_comm_s},
-          {"overlap_ratio", m.overlap_ratio},
-          {"bubble_s", m.bubble_s},
-          {"bubble_ratio", m.bubble_ratio},
-          {"ops", ops}};
-}
-
 void run_trace(const TraceArgs& args) {
   const std::vector<pipeline::TraceEvent> events = pipeline::read_chrome_trace(args.file);
   std::vector<pipeline::OverlapMetrics> metrics = pipeline::overlap_metrics(events);
@@ -68,15 +45,15 @@ void run_trace(const TraceArgs& args) {
     std::map<int, std::vector<pipeline::OverlapMetrics>> by_rank;
     nlohmann::json steps = nlohmann::json::array(), ranks = nlohmann::json::array();
     for (const pipeline::OverlapMetrics& m : metrics) {
-      steps.push_back(metrics_json(m));
+      steps.push_back(m);
       by_rank[m.rank].push_back(m);
     }
-    for (const auto& [rank, list] : by_rank) ranks.push_back(metrics_json(pipeline::sum_metrics(list)));
+    for (const auto& [rank, list] : by_rank) ranks.push_back(pipeline::sum_metrics(list));
     const nlohmann::json out{{"file", args.file},
                              {"events", events.size()},
                              {"steps", steps},
                              {"ranks", ranks},
-                             {"total", metrics_json(pipeline::sum_metrics(metrics))}};
+                             {"total", pipeline::sum_metrics(metrics)}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
     std::set<int> ranks;

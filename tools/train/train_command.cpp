@@ -51,13 +51,15 @@ struct TrainArgs {
   int micro_batches = 0;  // 0: 2 · PP (DualPipe needs at least that)
   bool no_overlap = false;
   std::string trace;
+  bool recompute = false;
 };
 
 namespace pipe = model::pipeline;
 
 // The overlap summary of a pipelined run, from the gathered trace: per rank, summed over the steps after the
 // first (which pays for first-touch allocations); plus the bubble the schedule's formula predicts with the
-// op durations measured in the same steps.
+// op durations measured in the same steps. The metrics in the form `ferry trace --json` writes them
+// (pipeline/trace.hpp), "ranks" with each rank's "steps" and "bubble_formula_s_per_step" added.
 nlohmann::json report_overlap(pipe::PipelineExecutor& executor, const std::vector<pipe::TraceEvent>& events,
                               bool print) {
   std::vector<pipe::OverlapMetrics> all = pipe::overlap_metrics(events);
@@ -79,26 +81,12 @@ nlohmann::json report_overlap(pipe::PipelineExecutor& executor, const std::vecto
           "ms)\n",
           rank, 1e3 * total.bubble_s / steps, 1e3 * formula, pipe::to_string(executor.shape().kind),
           1e3 * total.f_s, 1e3 * (total.b_count ? total.b_s : total.bw_s), 1e3 * total.w_s, 1e3 * total.fb_s);
-    ranks.push_back(
-        {{"rank", rank},
-         {"steps", metrics.size()},
-         {"wall_s", total.wall_s},
-         {"compute_s", total.compute_s},
-         {"a2a_in_flight_s", total.comm_s},
-         {"exposed_comm_s", total.exposed_comm_s},
-         {"overlap_ratio", total.overlap_ratio},
-         {"bubble_s", total.bubble_s},
-         {"bubble_ratio", total.bubble_ratio},
-         {"bubble_formula_s_per_step", formula},
-         {"op_seconds",
-          {{"F", total.f_s}, {"B", total.b_s}, {"W", total.w_s}, {"F&B", total.fb_s}, {"BW", total.bw_s}}}});
+    nlohmann::json entry = total;
+    entry["steps"] = metrics.size();
+    entry["bubble_formula_s_per_step"] = formula;
+    ranks.push_back(std::move(entry));
   }
-  const pipe::OverlapMetrics job = pipe::sum_metrics(kept);
-  return {{"ranks", ranks},
-          {"overlap_ratio", job.overlap_ratio},
-          {"exposed_comm_s", job.exposed_comm_s},
-          {"a2a_in_flight_s", job.comm_s},
-          {"bubble_ratio", job.bubble_ratio}};
+  return {{"ranks", ranks}, {"total", pipe::sum_metrics(kept)}};
 }
 
 nlohmann::json traffic_json(const TrafficCounters& t) {
@@ -107,8 +95,9 @@ nlohmann::json traffic_json(const TrafficCounters& t) {
           {"self_messages", t.self.messages},     {"self_bytes", t.self.bytes}};
 }
 
-// The job's traffic: every rank's counters summed (each rank only sees what it sent or forwarded).
-nlohmann::json job_traffic(model::Collective& collective, const BufferTraffic& mine) {
+// The job's traffic: every rank's counters summed (each rank only sees what it sent or forwarded); a lone
+// rank's own (collective null).
+nlohmann::json job_traffic(model::Collective* collective, const BufferTraffic& mine) {
   const TrafficCounters* parts[] = {&mine.dispatch, &mine.combine};
   std::vector<double> values;
   for (const TrafficCounters* t : parts)
@@ -116,7 +105,7 @@ nlohmann::json job_traffic(model::Collective& collective, const BufferTraffic& m
       values.push_back(static_cast<double>(p->messages));
       values.push_back(static_cast<double>(p->bytes));
     }
-  collective.sum(values);
+  if (collective) collective->sum(values);
   BufferTraffic total;
   std::size_t at = 0;
   for (TrafficCounters* t : {&total.dispatch, &total.combine})
@@ -129,6 +118,7 @@ nlohmann::json job_traffic(model::Collective& collective, const BufferTraffic& m
 
 void run_train(TrainArgs args) {
   args.model.mtp = !args.no_mtp;
+  args.train.recompute_norms = args.recompute;
   args.model.validate();
   args.train.validate();
   args.data.validate();
@@ -146,9 +136,13 @@ void run_train(TrainArgs args) {
                                      " must be a multiple of the job's " + std::to_string(group.num_nodes()) +
                                      " nodes, so that no expert group spans two nodes");
 
-  // Declared after the group: the buffer's destruction is collective and needs the group alive.
+  // Declared after the group: the buffer's and the collective's destruction are collective and need the group
+  // alive. Every per-step sum goes over the collective's peer channel, not the bootstrap store.
   std::shared_ptr<Buffer> buffer;
-  auto collective = std::make_shared<model::GroupCollective>(group);
+  std::shared_ptr<model::ChannelCollective> collective;
+  if (ranks > 1)
+    collective = std::make_shared<model::ChannelCollective>(
+        group, model::ChannelCollective::default_config(group_options.timeout));
   model::RunOptions options;
   options.model = args.model;
   options.train = args.train;
@@ -159,8 +153,6 @@ void run_train(TrainArgs args) {
   std::unique_ptr<pipe::PipelineExecutor> pipeline;
   pipe::PipelineOptions pipeline_options;
   if (pipelined) {
-    if (args.model.mtp)
-      fail(Errc::invalid_argument, "ferry train --schedule runs models without MTP: add --no-mtp");
     pipeline_options.schedule = pipe::parse_schedule_kind(args.schedule);
     pipeline_options.pipeline_ranks =
         pipeline_options.schedule == pipe::ScheduleKind::none ? 1 : args.pipeline_ranks;
@@ -174,7 +166,8 @@ void run_train(TrainArgs args) {
     if (ranks % pipeline_options.pipeline_ranks != 0)
       fail(Errc::invalid_argument, "ferry train: --pp " + std::to_string(pipeline_options.pipeline_ranks) +
                                        " does not divide the job's " + std::to_string(ranks) + " ranks");
-    if (ranks > 1) options.parallel.collective = collective;
+    options.parallel.collective = collective;
+    options.parallel.pipeline_ranks = pipeline_options.pipeline_ranks;
     // Built at the first step, from the trainer's model (collective: every rank takes its first step).
     options.parallel.step_gradients = [&](model::Model<float>& m, const std::uint8_t* batch, int rows) {
       if (!pipeline) pipeline = std::make_unique<pipe::PipelineExecutor>(group, m, pipeline_options);
@@ -187,7 +180,7 @@ void run_train(TrainArgs args) {
     options.parallel.exchange_factory = [buffer](int, int experts) {
       return std::make_unique<model::FerryExpertExchange>(buffer, experts);
     };
-    if (ranks > 1) options.parallel.collective = collective;
+    options.parallel.collective = collective;
   }
   if (!args.checkpoint_dir.empty()) {
     std::filesystem::create_directories(args.checkpoint_dir);
@@ -213,6 +206,9 @@ void run_train(TrainArgs args) {
         pipeline_options.overlap ? "on" : "off", args.model.experts, args.model.experts / replicas, ranks,
         args.train.batch);
   }
+  if (rank == 0 && args.recompute)
+    std::printf(
+        "ferry train: RMSNorm outputs recomputed in backward (act = activation peak per micro-batch)\n");
   nlohmann::json steps = nlohmann::json::array();
   model::run_training(options, [&](const model::StepStats& stats) {
     if (rank != 0) return;
@@ -225,7 +221,7 @@ void run_train(TrainArgs args) {
       {"model", args.model}, {"train", args.train},        {"data", args.data},
       {"ranks", ranks},      {"nodes", group.num_nodes()}, {"exchange", use_ferry ? "ferry" : "local"},
       {"steps", steps}};
-  if (buffer) log["traffic"] = job_traffic(*collective, buffer->traffic());
+  if (buffer) log["traffic"] = job_traffic(collective.get(), buffer->traffic());
   if (pipeline) {
     log["schedule"] = args.schedule;
     log["pipeline_ranks"] = pipeline_options.pipeline_ranks;
@@ -248,8 +244,9 @@ void run_train(TrainArgs args) {
     std::printf("wrote %s\n", args.json.c_str());
   }
   options.parallel = {};
-  pipeline.reset();  // collective, like the buffer
-  buffer.reset();    // collective: every rank is here
+  pipeline.reset();    // collective, like the buffer
+  buffer.reset();      // collective: every rank is here
+  collective.reset();  // collective too
 }
 
 }  // namespace
@@ -275,6 +272,9 @@ void register_train(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   train->add_option("--seq", m.seq, "Positions per sequence")->capture_default_str();
   train->add_flag("--no-mtp", args->no_mtp, "Without the multi-token-prediction module");
+  train->add_flag("--recompute", args->recompute,
+                  "Recompute RMSNorm outputs in backward instead of keeping them (fewer activation bytes, "
+                  "the same gradients)");
   train->add_option("--seed", m.init_seed, "Seed of the parameter init")->capture_default_str();
   train->add_option("--batch", t.batch, "Sequences per step on each rank")->capture_default_str();
   train->add_option("--steps", t.steps, "Steps of the run")->capture_default_str();

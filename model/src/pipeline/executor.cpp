@@ -264,57 +264,6 @@ class Mailbox {
   std::vector<std::unique_ptr<Message>> sent_;
 };
 
-std::span<std::byte> bytes_of(float* p, std::size_t n) {
-  return {reinterpret_cast<std::byte*>(p), n * sizeof(float)};
-}
-
-// values ← scale · Σ over `members` (job ranks, ascending, this rank among them) of values, through the
-// fabric: a reduce-scatter (member i sums slice i of every member's values, in member order, in double) then
-// an all-gather of the summed slices, so every member ends with the same bits while each sends 2 (n-1)/n of
-// the vector, not n-1 copies of it.
-void sum_over_ranks(ferry::PeerChannel& channel, const std::vector<int>& members, std::span<float> values,
-                    double scale) {
-  const int ranks = static_cast<int>(members.size());
-  const int me =
-      static_cast<int>(std::find(members.begin(), members.end(), channel.rank()) - members.begin());
-  const std::size_t n = values.size(), chunk = channel.config().max_message_bytes / sizeof(float);
-  const auto begin_of = [&](int i) { return n * i / ranks; };
-  const auto size_of = [&](int i) { return begin_of(i + 1) - begin_of(i); };
-  std::vector<ferry::Event> pending;
-  // Messages of one slice, cut into chunks the channel takes; both sides cut alike.
-  const auto transfer = [&](int i, float* data, std::size_t size, bool send) {
-    for (std::size_t at = 0; at < size; at += chunk) {
-      const auto piece = bytes_of(data + at, std::min(chunk, size - at));
-      pending.push_back(send ? channel.send(members[i], piece) : channel.recv(members[i], piece));
-    }
-  };
-  const auto wait_all = [&] {
-    for (const auto& event : pending) event.wait();
-    pending.clear();
-  };
-
-  std::vector<std::vector<float>> theirs(ranks);
-  for (int i = 0; i < ranks; ++i) {
-    if (i == me) continue;
-    theirs[i].resize(size_of(me));
-    transfer(i, theirs[i].data(), size_of(me), false);
-  }
-  for (int i = 0; i < ranks; ++i)
-    if (i != me) transfer(i, values.data() + begin_of(i), size_of(i), true);
-  wait_all();
-  const std::size_t first = begin_of(me);
-  for (std::size_t k = 0; k < size_of(me); ++k) {
-    double sum = 0;
-    for (int i = 0; i < ranks; ++i) sum += i == me ? values[first + k] : theirs[i][k];
-    values[first + k] = static_cast<float>(sum * scale);
-  }
-  for (int i = 0; i < ranks; ++i)
-    if (i != me) transfer(i, values.data() + begin_of(i), size_of(i), false);
-  for (int i = 0; i < ranks; ++i)
-    if (i != me) transfer(i, values.data() + first, size_of(me), true);
-  wait_all();
-}
-
 // Where a step's gradients live: dense parameters on every rank that ran their stage, so they are summed over
 // the job; the routed experts of replica d only on replica d's pipeline ranks (its expert-parallel rank owns
 // them in every stage), so they are summed over that pipeline group alone. The other replicas' experts stay
@@ -380,7 +329,7 @@ struct PipelineExecutor::Impl {
 
   // Per step
   const std::uint8_t* batch = nullptr;
-  double main_sum = 0, balance_sum = 0;
+  double main_sum = 0, mtp_sum = 0, balance_sum = 0;
   std::vector<std::vector<std::int64_t>> loads;  // per MoE layer of the whole model
 
   Impl(Group& g, const PipelineOptions& o, TraceRecorder recorder)
@@ -480,6 +429,7 @@ struct PipelineExecutor::Impl {
   void account_forward(const Work& work) {
     StageSlot& s = slot(work);
     main_sum += s.losses().main;
+    mtp_sum += s.losses().mtp;
     balance_sum += s.losses().balance;
     const auto layers = s.moe_layers();
     const auto indices = s.moe_indices();
@@ -647,7 +597,7 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
     impl.mailbox = std::make_unique<Mailbox>(impl.channel.get(), impl.group.rank(), floats, impl.trace);
   }
   impl.batch = global_batch;
-  impl.main_sum = impl.balance_sum = 0;
+  impl.main_sum = impl.mtp_sum = impl.balance_sum = 0;
   const auto master_layers = model.moe_layers();
   impl.loads.assign(master_layers.size(), std::vector<std::int64_t>(model.config().experts, 0));
   // Every replica of a layer routes with the master's selection bias of this step.
@@ -667,7 +617,7 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
 
   // Each parameter's gradient lives on the ranks that ran its stage (both DualPipe directions, every
   // replica), each expert's on its owner: one sum over the whole job gives everyone the step's gradients.
-  // They go through the fabric; the losses and loads (a few numbers, kept in double) through the store.
+  // They go through the fabric, and so do the losses, loads and activation peaks (a few numbers, in double).
   const auto reduce_start = Clock::now();
   const double scale = 1.0 / per_step;
   auto grads = model.params().grads();
@@ -676,31 +626,39 @@ ReducedStep PipelineExecutor::run_step(Model<float>& model, const std::uint8_t* 
   for (int r = 0; r < impl.group.world_size(); ++r) everyone[r] = r;
   for (int p = 0; p < impl.shape.ranks; ++p) pipeline_group.push_back(impl.job_rank(p));
   std::vector<float> dense = GradientSplit::gather(grads, split.dense);
-  sum_over_ranks(*impl.channel, everyone, dense, scale);
+  sum_over_ranks<float>(*impl.channel, everyone, dense, scale);
   GradientSplit::scatter(grads, split.dense, dense);
   std::vector<float> experts = GradientSplit::gather(grads, split.own_experts);
-  sum_over_ranks(*impl.channel, pipeline_group, experts, scale);
+  sum_over_ranks<float>(*impl.channel, pipeline_group, experts, scale);
   GradientSplit::scatter(grads, split.own_experts, experts);
   double dense_sq = 0, expert_sq = 0;
   for (const float g : dense) dense_sq += static_cast<double>(g) * g;
   for (const float g : experts) expert_sq += static_cast<double>(g) * g;
   // Every pipeline rank of a replica holds that replica's experts: each adds its share of their squares.
-  std::vector<double> packed{impl.main_sum, impl.balance_sum, expert_sq / impl.shape.ranks};
+  std::vector<double> packed{impl.main_sum, impl.mtp_sum, impl.balance_sum, expert_sq / impl.shape.ranks};
   for (const auto& load : impl.loads) packed.insert(packed.end(), load.begin(), load.end());
-  GroupCollective(impl.group).sum(packed);
+  const std::size_t peaks_at = packed.size();
+  std::size_t peak = 0;
+  for (const auto& [key, s] : impl.slots) peak = std::max(peak, s->peak_activation_bytes());
+  append_rank_slots(packed, impl.group.rank(), impl.group.world_size(), static_cast<double>(peak));
+  sum_over_ranks<double>(*impl.channel, everyone, packed);
 
   ReducedStep reduced;
   reduced.losses.main = packed[0] * scale;
-  reduced.losses.balance = packed[1] * scale;
-  reduced.losses.total = reduced.losses.main + reduced.losses.balance;
-  std::size_t at = 3;
+  reduced.losses.mtp = packed[1] * scale;
+  reduced.losses.balance = packed[2] * scale;
+  reduced.losses.total =
+      reduced.losses.main + model.config().mtp_lambda * reduced.losses.mtp + reduced.losses.balance;
+  std::size_t at = 4;
   for (const auto& load : impl.loads) {
     ExpertLoad total;
     for (std::size_t e = 0; e < load.size(); ++e)
       total.counts.push_back(static_cast<std::int64_t>(packed[at++]));
     reduced.loads.push_back(std::move(total));
   }
-  reduced.grad_norm = std::sqrt(dense_sq + packed[2]);
+  reduced.activation_peak_bytes =
+      static_cast<std::size_t>(max_of_rank_slots(packed, peaks_at, impl.group.world_size()));
+  reduced.grad_norm = std::sqrt(dense_sq + packed[3]);
   impl.record_span("grad-reduce", "op", Lane::ops, reduce_start);
   ++impl.step;
   return reduced;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,13 +39,18 @@ double length(const std::vector<Interval>& merged) {
   return total;
 }
 
+// Overlaps shorter than the clock's resolution (steady_clock counts ns) are rounding, not overlap: a Chrome
+// trace stores ts and dur, and ts + dur can miss an event's end by an ulp, so that a compute segment seems to
+// run a hair into the all-to-all issued at its end.
+constexpr double kResolutionUs = 1e-3;
+
 // |a ∩ b| of two merge()d lists.
 double intersection(const std::vector<Interval>& a, const std::vector<Interval>& b) {
   double total = 0;
   std::size_t i = 0, j = 0;
   while (i < a.size() && j < b.size()) {
     const double lo = std::max(a[i].begin, b[j].begin), hi = std::min(a[i].end, b[j].end);
-    if (hi > lo) total += hi - lo;
+    if (hi - lo > kResolutionUs) total += hi - lo;
     if (a[i].end < b[j].end)
       ++i;
     else
@@ -194,6 +200,24 @@ OverlapMetrics sum_metrics(const std::vector<OverlapMetrics>& metrics) {
     total.*(kOps[i].seconds) = count > 0 ? op_sums[i] / count : 0;
   }
   return total;
+}
+
+void to_json(nlohmann::json& j, const OverlapMetrics& m) {
+  nlohmann::json ops = nlohmann::json::object();
+  for (const OpSlot& slot : kOps)
+    if (m.*(slot.count) > 0) ops[slot.name] = {{"mean_s", m.*(slot.seconds)}, {"count", m.*(slot.count)}};
+  j = nlohmann::json{{"rank", m.rank},
+                     {"step", m.step},
+                     {"wall_s", m.wall_s},
+                     {"compute_s", m.compute_s},
+                     {"comm_s", m.comm_s},
+                     {"pp_comm_s", m.pp_comm_s},
+                     {"overlapped_s", m.overlapped_s},
+                     {"exposed_comm_s", m.exposed_comm_s},
+                     {"overlap_ratio", m.overlap_ratio},
+                     {"bubble_s", m.bubble_s},
+                     {"bubble_ratio", m.bubble_ratio},
+                     {"ops", ops}};
 }
 
 namespace {

@@ -53,6 +53,9 @@ struct TrainConfig {
   // steps; runs of a few hundred steps need the bias to catch up within tens of steps, hence 0.01.
   double bias_update_rate = 0.01;
   std::uint64_t data_seed = 42;  // order of the batches
+  // Recompute every RMSNorm's output in backward instead of keeping it (DeepSeek-V3's memory saving):
+  // fewer activation bytes, bit-identical gradients.
+  bool recompute_norms = false;
 
   void validate() const;
 };

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ferry/model/checkpoint.hpp"
 #include "ferry/model/config.hpp"
 #include "ferry/model/trainer.hpp"
 
@@ -17,6 +18,8 @@ void from_json(const nlohmann::json& j, TrainConfig& c);
 void to_json(nlohmann::json& j, const DataConfig& c);
 void from_json(const nlohmann::json& j, DataConfig& c);
 void to_json(nlohmann::json& j, const StepStats& s);
+void to_json(nlohmann::json& j, const JobFingerprint& f);
+void from_json(const nlohmann::json& j, JobFingerprint& f);
 
 // "" when equal, else "<field>: <a> vs <b>" for the first field that differs.
 std::string config_difference(const ModelConfig& a, const ModelConfig& b);

@@ -1,6 +1,7 @@
 // The MoE transformer over bytes: embedding (+ learned positions) → blocks (dense FFN for the first n_dense,
-// MoE after) → final RMSNorm → output head → cross-entropy on t_{i+1}; with config.mtp, the MTP module on the
-// last hidden state predicts t_{i+2} through the same head. Total loss = main + λ · mtp + Σ balance losses.
+// MoE after) → OutputHead: final RMSNorm → output head → cross-entropy on t_{i+1}; with config.mtp, the MTP
+// module on the last hidden state predicts t_{i+2} through the same head. Total loss = main + λ · mtp + Σ
+// balance losses. One Segment runs the whole pass.
 //
 // A batch is [B, seq + 2] byte tokens: inputs t_0..t_{T-1}, main targets t_1..t_T, MTP targets t_2..t_{T+1}.
 // Model<float> trains; Model<double> exists for finite-difference gradient checks.
@@ -14,17 +15,11 @@
 #include "ferry/model/block.hpp"
 #include "ferry/model/config.hpp"
 #include "ferry/model/expert_exchange.hpp"
-#include "ferry/model/mtp.hpp"
+#include "ferry/model/output_head.hpp"
 #include "ferry/model/params.hpp"
+#include "ferry/model/segment.hpp"
 
 namespace ferry::model {
-
-struct LossParts {
-  double total = 0;    // main + mtp_lambda · mtp + balance: what backward() differentiates
-  double main = 0;     // mean cross-entropy of t_{i+1}, nats
-  double mtp = 0;      // mean cross-entropy of t_{i+2} (0 without MTP)
-  double balance = 0;  // sum of the MoE layers' sequence-wise balance losses
-};
 
 // Makes the exchange of MoE layer `moe_index` (0-based over moe_layers()); by default every layer gets a
 // LocalExpertExchange. A distributed run passes one that goes through ferry.
@@ -49,10 +44,14 @@ class Model {
 
   // The pieces a pipeline stage is cut from (pipeline/stage.hpp).
   const Block<T>& block(int layer) const { return *blocks_.at(layer); }
-  ParamRef token_embedding() const { return wte_; }
-  ParamRef position_embedding() const { return wpe_; }
-  ParamRef final_norm() const { return lnf_; }
-  ParamRef output_head() const { return head_; }
+  EmbeddingParams embedding() const { return {wte_, wpe_}; }
+  const OutputHead<T>& head() const { return *head_; }
+
+  // RMSNorm recomputation (DeepSeek-V3's memory saving): every norm's output is dropped after forward and
+  // recomputed in backward, with bit-identical gradients. Replicas made afterwards inherit the setting.
+  void set_recompute_norms(bool on);
+  // Activation bytes of the last forward and backward (Segment::peak_activation_bytes()).
+  std::size_t peak_activation_bytes() const { return segment_->peak_activation_bytes(); }
 
   // MoE layers in order: main blocks first, then the MTP block's.
   std::vector<MoELayer<T>*> moe_layers();
@@ -68,20 +67,11 @@ class Model {
  private:
   ModelConfig config_;
   ParamStore<T> params_;
-  ParamRef wte_, wpe_, lnf_, head_;
+  ParamRef wte_, wpe_;
   std::vector<std::unique_ptr<Block<T>>> blocks_;
-  std::unique_ptr<MtpModule<T>> mtp_;
+  std::unique_ptr<OutputHead<T>> head_;  // final norm, head, loss and the MTP module
+  std::unique_ptr<Segment<T>> segment_;  // the pass through all of the above
   LossParts losses_;
-
-  // forward state
-  int batch_ = 0;
-  std::vector<int> inputs_, targets_, mtp_targets_;
-  std::vector<std::vector<T>> xs_;  // block inputs/outputs: xs_[0] = embedding, xs_[L] = last hidden state
-  std::vector<T> final_norm_, final_rstd_, logits_, probs_;
-  std::vector<T> mtp_features_, mtp_logits_, mtp_probs_;
-  // backward scratch
-  std::vector<std::vector<T>> dxs_;
-  std::vector<T> dlogits_, dfinal_;
 };
 
 }  // namespace ferry::model

@@ -50,11 +50,14 @@ class MoELayer {
  public:
   MoELayer(const MoEShape& shape, std::unique_ptr<ExpertExchange<T>> exchange);
 
-  // x, y [B*T, C]. Returns this layer's balance loss (0 when balance_alpha is 0). Keeps x's address: x must
-  // stay unchanged until backward().
+  // x, y [B*T, C]. Returns this layer's balance loss (0 when balance_alpha is 0).
   T forward(T* y, const T* x, int batch, int seq, const MoEWeights<T>& w);
-  // dx += ∂L/∂x; grads += ∂L/∂params, for L = (whatever produced dy) + this layer's balance loss.
-  void backward(T* dx, const MoEGrads<T>& g, const T* dy, const MoEWeights<T>& w);
+  // dx += ∂L/∂x; grads += ∂L/∂params, for L = (whatever produced dy) + this layer's balance loss. x holds the
+  // forward's input values (the same buffer, or the same values recomputed).
+  void backward(T* dx, const MoEGrads<T>& g, const T* dy, const T* x, const MoEWeights<T>& w);
+  // Bytes kept from the last forward for backward (activations.hpp): routing, the shared expert's and the
+  // local experts' activations, the received rows.
+  std::size_t activation_bytes() const;
 
   // Selection bias per expert [E]: state, not a parameter (no gradient), moved by update_bias().
   std::vector<T>& bias() { return bias_; }
@@ -79,8 +82,7 @@ class MoELayer {
   std::vector<T> bias_;
   bool frozen_ = false;
 
-  // forward state
-  const T* x_ = nullptr;
+  // forward state (logits_ and weighted_out_ are forward scratch)
   int batch_ = 0, seq_ = 0;
   std::vector<T> logits_, scores_, weights_, seq_freq_;
   std::vector<int> selected_;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "ferry/model/checkpoint.hpp"
 #include "ferry/model/config.hpp"
 #include "ferry/model/data.hpp"
 #include "ferry/model/distributed.hpp"
@@ -34,13 +35,18 @@ struct StepStats {
   std::int64_t tokens = 0;        // B · T over all ranks
   double load_max_over_mean = 0;  // worst MoE layer's max/mean tokens per expert (0 without MoE)
   std::vector<std::vector<std::int64_t>> expert_load;  // per MoE layer: tokens per expert
-  double seconds = 0;                                  // wall time of the step
+  // Activation bytes of one micro-batch's forward and backward (Segment::peak_activation_bytes()), the
+  // largest over the ranks and, pipelined, over the stages: a rank's batch is its one micro-batch without a
+  // pipeline.
+  std::int64_t activation_peak_bytes = 0;
+  double seconds = 0;  // wall time of the step
   double tokens_per_s = 0;
 };
 
 // How a Trainer spreads over ranks; the default is one process with every expert local.
 struct Parallelism {
   std::shared_ptr<Collective> collective;   // null: one process
+  int pipeline_ranks = 1;                   // PP of a pipelined run: its expert layout (JobFingerprint)
   ExchangeFactory<float> exchange_factory;  // null: LocalExpertExchange in every MoE layer
   // Set by a pipelined run (pipeline/executor.hpp): computes the step's reduced gradients from the whole
   // global batch [global_rows, seq + 2] in place of this rank's forward + backward + reduce_step().
@@ -50,6 +56,7 @@ struct Parallelism {
 
 class Trainer {
  public:
+  // Collective when parallel.collective is set (the ranks agree on the run's id).
   Trainer(const ModelConfig& model_config, const TrainConfig& train_config,
           std::shared_ptr<const DataSource> data, Parallelism parallel = {});
 
@@ -58,11 +65,17 @@ class Trainer {
   // One step on this rank's batch [train.batch, seq + 2] (does not advance the data RNG).
   StepStats step(const std::uint8_t* tokens);
 
+  // Writes this rank's checkpoint (checkpoint.hpp), with the step and the job fingerprint.
   void save(const std::string& path) const;
-  // Restores a save()d state; throws invalid_argument naming the field when the model config differs.
+  // Restores a save()d state. Throws invalid_argument naming the field when the model config differs, and
+  // naming both values when the file was written for another world size, rank or expert layout. With
+  // several ranks it is collective: the ranks compare their files, and unless every one loaded and all are
+  // at the same step of the same run (a crash between two ranks' saves leaves them apart), every rank throws
+  // the same invalid_argument naming the ranks and their values.
   void load(const std::string& path);
 
   std::int64_t steps_done() const { return step_; }
+  std::uint64_t run_id() const { return run_id_; }
   int ranks() const { return parallel_.collective ? parallel_.collective->size() : 1; }
   int rank() const { return parallel_.collective ? parallel_.collective->rank() : 0; }
   Model<float>& model() { return model_; }
@@ -74,8 +87,11 @@ class Trainer {
 
  private:
   // Clipping, AdamW, EMA and balancing from reduced gradients; fills the stats.
-  StepStats finish_step(std::chrono::steady_clock::time_point start, LossParts losses,
-                        std::vector<ExpertLoad> loads, double grad_norm, bool norm_known);
+  StepStats finish_step(std::chrono::steady_clock::time_point start, const ReducedStep& reduced,
+                        bool norm_known);
+  // Why `state` (read from path) cannot resume this trainer, or "".
+  std::string resume_problem(const TrainerState& state, const std::string& path) const;
+  void restore(TrainerState state, const std::string& path);
 
   TrainConfig train_;
   Parallelism parallel_;
@@ -85,6 +101,7 @@ class Trainer {
   std::vector<float> ema_;
   Rng data_rng_;
   std::int64_t step_ = 0;
+  std::uint64_t run_id_ = 0;
   std::vector<std::uint8_t> batch_;  // the global batch [ranks · train.batch, seq + 2]
 };
 
@@ -107,7 +124,7 @@ std::vector<StepStats> run_training(const RunOptions& options,
                                     const std::function<void(const StepStats&)>& on_step = {});
 
 // One human-readable line: "step 12 | loss 2.3456 (main 2.1 mtp 2.5 bal 0.0001) | lr ... | load max/mean
-// ...".
+// ... | act <activation peak> KiB | ... tok/s".
 std::string format_step(const StepStats& stats);
 
 }  // namespace ferry::model

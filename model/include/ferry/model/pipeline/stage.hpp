@@ -1,11 +1,13 @@
 // A pipeline stage: a contiguous run of the model's blocks, with the embedding in front on the first stage
-// and the final norm, output head and cross-entropy behind on the last.
+// and the OutputHead behind on the last (final norm, output head, cross-entropy and, with ModelConfig::mtp,
+// the MTP module, which reads the embedding table and shares the head).
 //
-// A StageSlot is one micro-batch's pass through one stage. It holds replicas of the stage's blocks (same
-// parameters, its own activations), so a rank can keep as many micro-batches in flight as its schedule needs.
-// Forward and backward read and accumulate into the master model's ParamStore. Losses are per micro-batch
-// means with gradient seed 1: the executor scales the summed gradients once, at the end of the step.
-// Pipelined models have no MTP module (ModelConfig::mtp must be false).
+// A StageSlot is one micro-batch's pass through one stage: a Segment (segment.hpp) over replicas of the
+// stage's blocks and head (same parameters, its own activations), so a rank can keep as many micro-batches
+// in flight as its schedule needs. Forward and backward read and accumulate into the master model's
+// ParamStore, so on a rank that holds both the first and the last stage (DualPipe, DualPipeV) the embedding's
+// and the MTP's gradients of wte land in the one gradient array. Losses are per micro-batch means with
+// gradient seed 1: the executor scales the summed gradients once, at the end of the step.
 #pragma once
 
 #include <cstdint>
@@ -30,12 +32,13 @@ StageRange stage_range(const ModelConfig& config, int stage, int stages);
 class StageSlot {
  public:
   // exchange_for(moe_index, experts) makes the exchange of MoE layer `moe_index` (counted over the whole
-  // model, as Model numbers them).
+  // model, as Model numbers them: the MTP block's last). Blocks and head inherit the model's recompute
+  // setting.
   StageSlot(const Model<float>& model, StageRange range, const ExchangeFactory<float>& exchange_for);
 
   const StageRange& range() const { return range_; }
-  int rows() const { return rows_; }
-  std::size_t activation_size() const;  // floats of one stage input/output: rows · seq · dim
+  int rows() const { return segment_->rows(); }
+  std::size_t activation_size() const { return segment_->activation_size(); }  // rows · seq · dim
 
   // tokens: the micro-batch [rows, seq + 2] (read by the first and the last stage); in: the previous stage's
   // output (ignored by the first). Returns this stage's output (valid until the next forward), or null on the
@@ -45,25 +48,20 @@ class StageSlot {
   // (valid until the next backward), or null on the first stage.
   const float* backward(Model<float>& model, const float* dout);
 
-  // main: the micro-batch's mean cross-entropy (last stage only); balance: this stage's MoE layers' losses.
-  const LossParts& losses() const { return losses_; }
-  std::vector<MoELayer<float>*> moe_layers();  // this stage's, in layer order
+  // main and mtp: the micro-batch's mean cross-entropies (last stage only); balance: this stage's MoE
+  // layers' losses.
+  const LossParts& losses() const { return segment_->losses(); }
+  std::vector<MoELayer<float>*> moe_layers();  // this stage's, in the model's order
   std::vector<int> moe_indices() const;        // their indices over the whole model
+  // Activation bytes of this micro-batch's last pass through the stage (Segment::peak_activation_bytes()).
+  std::size_t peak_activation_bytes() const { return segment_->peak_activation_bytes(); }
 
  private:
   StageRange range_;
-  int seq_, dim_, vocab_;
-  double eps_;
   std::vector<std::unique_ptr<Block<float>>> blocks_;
+  std::unique_ptr<OutputHead<float>> head_;
   std::vector<int> moe_index_;
-  LossParts losses_;
-
-  int rows_ = 0;
-  std::vector<int> inputs_, targets_;
-  std::vector<std::vector<float>> xs_;  // xs_[0] = stage input, xs_[i + 1] = output of block i
-  std::vector<float> final_norm_, final_rstd_, logits_, probs_;
-  std::vector<std::vector<float>> dxs_;
-  std::vector<float> dlogits_, dfinal_;
+  std::unique_ptr<Segment<float>> segment_;
 };
 
 }  // namespace ferry::model::pipeline

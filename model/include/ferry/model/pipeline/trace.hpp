@@ -15,6 +15,7 @@
 #include <chrono>
 #include <iosfwd>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -95,7 +96,8 @@ std::vector<TraceEvent> parse_chrome_trace(std::string_view json_text);
 
 // Overlap of one rank in one step. The step's window is that rank's ops-lane event named "step" with that
 // step number; every other interval of the rank is clipped to it (by time, whatever step it is tagged
-// with). Unions are taken per lane, so overlapping events count once.
+// with). Unions are taken per lane, so overlapping events count once. Pieces of a2a ∩ compute shorter than
+// 1 ns (the clock's resolution) are not counted: they are the rounding of a trace's ts + dur.
 struct OverlapMetrics {
   int rank = 0, step = 0;
   double wall_s = 0;          // the step window
@@ -121,6 +123,12 @@ std::vector<OverlapMetrics> overlap_metrics(const std::vector<TraceEvent>& event
 // Totals over several metrics: the seconds summed, the ratios recomputed from the sums, the op means weighted
 // by their counts. rank and step are the common value, or -1 where the metrics disagree (or there are none).
 OverlapMetrics sum_metrics(const std::vector<OverlapMetrics>& metrics);
+
+// The one JSON form of OverlapMetrics, written by `ferry train --json` and `ferry trace --json` alike: every
+// field under its own name ("rank", "step" (-1 where summed metrics disagree), "wall_s", "compute_s",
+// "comm_s", "pp_comm_s", "overlapped_s", "exposed_comm_s", "overlap_ratio", "bubble_s", "bubble_ratio"), and
+// "ops": {"F": {"mean_s", "count"}, ...} for the schedule ops that occurred.
+void to_json(nlohmann::json& j, const OverlapMetrics& m);
 
 // A readable table: one line per rank (summed over its steps) and a total line, with wall, compute, a2a in
 // flight, exposed a2a and pp time in ms, overlap % and bubble %.
