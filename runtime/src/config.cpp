@@ -180,7 +180,10 @@ std::size_t registered_bytes(const Config& config, const kernels::protocol::Buff
 }
 
 std::size_t buffer_size_hint(const Config& config, int num_nodes, int local_size) {
-  config.validate(num_nodes, local_size);
+  // The hint is what the rings need, whatever buffer_bytes the config asks for.
+  Config rings_only = config;
+  rings_only.buffer_bytes = 0;
+  rings_only.validate(num_nodes, local_size);
   return kernels::protocol::make_buffer_layout(layout_params(config, num_nodes, local_size)).total_bytes;
 }
 
