@@ -151,6 +151,8 @@ void write_chrome_trace(const std::string& path, const std::vector<TraceEvent>& 
 
 namespace {
 
+constexpr double kMaxTraceMicros = 1e15;
+
 // `source` names the file (or "chrome trace") in every message.
 class EventReader {
  public:
@@ -170,6 +172,10 @@ class EventReader {
     if (!it->is_number()) malformed(std::string("\"") + key + "\" is not a number: " + it->dump());
     const double value = it->get<double>();
     if (!std::isfinite(value)) malformed(std::string("\"") + key + "\" is not finite");
+    // Beyond 2^53 us a microsecond is no longer a double step apart, and times lose their order: refused
+    // (1e15 us is 31 years, far past any trace).
+    if (std::fabs(value) >= kMaxTraceMicros)
+      malformed(std::string("\"") + key + "\" = " + it->dump() + " us is beyond 1e15 us (31 years)");
     return value;
   }
 
@@ -183,6 +189,15 @@ class EventReader {
     const auto value = it->get<std::int64_t>();
     if (value < INT32_MIN || value > INT32_MAX) malformed(std::string("\"") + key + "\" is out of range");
     return static_cast<int>(value);
+  }
+
+  // An optional step, micro-batch or chunk number: absent is -1 (not applicable), present must be >= 0 (the
+  // writer drops negative ones, so a negative one read would not survive a round trip).
+  int index(const nlohmann::json& args, const char* key) const {
+    const int value = integer(args, key, false, -1);
+    if (args.contains(key) && value < 0)
+      malformed(std::string("\"") + key + "\" = " + std::to_string(value) + " is negative");
+    return value;
   }
 
   std::string string(const char* key, bool required) const {
@@ -214,12 +229,13 @@ class EventReader {
     const double dur = number("dur");
     if (dur < 0) malformed("negative \"dur\"");
     out.end_us = out.start_us + dur;
+    if (std::fabs(out.end_us) >= kMaxTraceMicros) malformed("\"ts\" + \"dur\" is beyond 1e15 us (31 years)");
     auto args = event_.find("args");
     if (args != event_.end()) {
       if (!args->is_object()) malformed("\"args\" is not an object");
-      out.step = integer(*args, "step", false, -1);
-      out.micro_batch = integer(*args, "micro_batch", false, -1);
-      out.chunk = integer(*args, "chunk", false, -1);
+      out.step = index(*args, "step");
+      out.micro_batch = index(*args, "micro_batch");
+      out.chunk = index(*args, "chunk");
     }
     return true;
   }
@@ -234,7 +250,7 @@ std::vector<TraceEvent> parse(std::string_view text, const std::string& source) 
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
     fail(Errc::invalid_argument, source + ": not JSON: " + e.what());
   }
   const nlohmann::json* list = &doc;
