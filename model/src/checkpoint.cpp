@@ -66,6 +66,7 @@ class Reader {
   }
   std::vector<float> floats(std::uint64_t count, const char* what) {
     if (count > (end_ - pos_) / sizeof(float)) truncated(what);
+    if (count == 0) return {};  // memcpy into an empty vector's null data() is undefined, even of 0 bytes
     std::vector<float> v(count);
     std::memcpy(v.data(), take(count * sizeof(float), what), count * sizeof(float));
     return v;
