@@ -230,6 +230,17 @@ TEST_CASE("ucx fabric on one rank: puts, signals and atomics to itself") {
   fabric->flush();
 }
 
+// Debian's UCX (what scripts/setup installs) is built without CUDA: GPU memory is refused by name, not handed
+// to ucp_mem_map as host memory.
+TEST_CASE("ucx fabric without CUDA support refuses GPU memory by name") {
+  SoloJob job;
+  auto fabric = ferry::transport::make_fabric(job.peers(), {});
+  REQUIRE(fabric->kind() == FabricKind::ucx);
+  std::vector<std::uint8_t> memory(4096);
+  CHECK_THROWS_WITH(fabric->register_region(memory.data(), memory.size(), MemoryKind::cuda),
+                    Catch::Contains("no CUDA support") && Catch::Contains("verbs"));
+}
+
 TEST_CASE("ucx fabric between two ranks in one process: put_signal pairs payload and signal") {
   run_ranks(2, [](ferry::Group&, ferry::transport::Peers& peers) {
     ferry::transport::FabricOptions options;

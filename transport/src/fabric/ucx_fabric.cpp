@@ -133,9 +133,26 @@ std::string UcxFabric::transports_to(int peer) const {
   return lanes.empty() ? "?" : lanes;
 }
 
+// GPU memory needs a UCX built with CUDA support (its cuda memory domain); Debian's UCX is not. Said by name
+// here rather than as ucp_mem_map's generic failure, or worse, a host-memory registration of a device
+// pointer.
+void UcxFabric::require_cuda_memory_support() {
+  ucp_context_attr_t attr{};
+  attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+  const ucs_status_t status = ucp_context_query(context(), &attr);
+  if (status != UCS_OK) fail(Errc::system, "ucx: ucp_context_query: " + status_text(status));
+  if ((attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) == 0) {
+    fail(Errc::unsupported,
+         "ucx fabric: this UCX has no CUDA support, so it cannot register GPU memory for transfers between "
+         "nodes; use a UCX built with CUDA (ucx_info -d lists a cuda memory domain) or the verbs fabric "
+         "(FERRY_FABRIC=verbs, with dma-buf or nvidia-peermem)");
+  }
+}
+
 RegionId UcxFabric::register_region(void* base, std::size_t bytes, MemoryKind kind) {
   if (connected_) fail(Errc::invalid_argument, "ucx fabric: register_region after connect()");
   if (bytes == 0) fail(Errc::invalid_argument, "ucx fabric: register_region of 0 bytes");
+  if (kind == MemoryKind::cuda) require_cuda_memory_support();
   ucp_mem_map_params_t params{};
   params.field_mask =
       UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;

@@ -48,6 +48,8 @@ class UcxFabric final : public Fabric {
   std::size_t region_bytes(RegionId region) const override;
 
  private:
+  void require_cuda_memory_support();
+
   struct ContextDeleter {
     void operator()(ucp_context_h context) const { ucp_cleanup(context); }
   };
