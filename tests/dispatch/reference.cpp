@@ -70,8 +70,10 @@ void route_token(const ScenarioShape& shape, const Scenario& scenario, std::mt19
       for (int j = 0; j < k; ++j) {
         if (row[j] >= 0) used |= std::uint64_t{1} << (row[j] / per_node);
       }
-      used |= std::uint64_t{1} << (expert / per_node);
-      if (__builtin_popcountll(used) > shape.max_nodes) expert = -1;
+      if (expert >= 0) {  // -1 / per_node is -1 when a node holds one expert: no shift by a negative count
+        used |= std::uint64_t{1} << (expert / per_node);
+        if (__builtin_popcountll(used) > shape.max_nodes) expert = -1;
+      }
     }
     row[k] = expert;
   }
