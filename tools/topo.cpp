@@ -1,10 +1,12 @@
 // `ferry topo`: the group as every rank sees it — ranks, nodes, hosts, addresses, GPUs, NICs, fabrics.
-// Under `ferry launch` every rank probes its own machine and rank 0 prints (and optionally writes) the cluster.
+// Under `ferry launch` every rank probes its own machine and rank 0 prints (and optionally writes) the
+// cluster.
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/devices.hpp"
@@ -57,13 +59,13 @@ void print_cluster(const Group& group, const nlohmann::json& cluster) {
   std::printf("ferry topology: %d ranks = %d node(s) x %d rank(s) per node  [%s, job %s, ferry %s]\n",
               group.world_size(), group.num_nodes(), group.local_size(), to_string(job.launcher),
               job.job_id.c_str(), cluster["version"].get<std::string>().c_str());
-  std::printf("%-5s %-5s %-6s %-16s %-16s %-8s %-5s %-5s %s\n", "rank", "node", "local", "host", "address", "pid",
-              "gpus", "nics", "fabrics");
+  std::printf("%-5s %-5s %-6s %-16s %-16s %-8s %-5s %-5s %s\n", "rank", "node", "local", "host", "address",
+              "pid", "gpus", "nics", "fabrics");
   for (const auto& r : cluster["ranks"]) {
-    std::printf("%-5d %-5d %-6d %-16s %-16s %-8d %-5zu %-5zu %s\n", r["rank"].get<int>(), r["node"].get<int>(),
-                r["local_rank"].get<int>(), r["hostname"].get<std::string>().c_str(),
-                r["address"].get<std::string>().c_str(), r["pid"].get<int>(), r["gpus"].size(), r["nics"].size(),
-                join(r["fabrics"]).c_str());
+    std::printf("%-5d %-5d %-6d %-16s %-16s %-8d %-5zu %-5zu %s\n", r["rank"].get<int>(),
+                r["node"].get<int>(), r["local_rank"].get<int>(), r["hostname"].get<std::string>().c_str(),
+                r["address"].get<std::string>().c_str(), r["pid"].get<int>(), r["gpus"].size(),
+                r["nics"].size(), join(r["fabrics"]).c_str());
   }
   for (const auto& node : cluster["nodes"]) {
     std::printf("node %d: host %s, address %s, ranks %d-%d\n", node["node"].get<int>(),
@@ -82,7 +84,8 @@ void print_cluster(const Group& group, const nlohmann::json& cluster) {
 void run_topo(const std::string& json_path) {
   auto group = Group::from_env();
   auto mine = describe_rank(group, probe_machine()).dump();
-  auto blobs = group.all_gather("ferry/topo", {reinterpret_cast<const std::uint8_t*>(mine.data()), mine.size()});
+  auto blobs =
+      group.all_gather("ferry/topo", {reinterpret_cast<const std::uint8_t*>(mine.data()), mine.size()});
   if (group.rank() != 0) return;
 
   nlohmann::json cluster;
@@ -113,9 +116,14 @@ void run_topo(const std::string& json_path) {
 }  // namespace
 
 void register_topo(CLI::App& app, int& /*exit_code*/) {
-  auto* cmd = app.add_subcommand("topo", "Print the group's topology: ranks, nodes, hosts, GPUs, NICs, fabrics");
+  auto* cmd =
+      app.add_subcommand("topo", "Print the group's topology: ranks, nodes, hosts, GPUs, NICs, fabrics");
   auto json_path = std::make_shared<std::string>();
   cmd->add_option("--json", *json_path, "Also write the cluster's topology as JSON to this file (rank 0)");
+  cli::set_examples(*cmd, {
+                              "ferry topo                                   # this process alone",
+                              "ferry launch --nodes 2 --ranks-per-node 4 -- ferry topo --json topo.json",
+                          });
   cmd->callback([json_path] { run_topo(*json_path); });
 }
 
