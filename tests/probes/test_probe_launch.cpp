@@ -13,6 +13,7 @@
 #include "common/loopback.hpp"
 #include "common/skip.hpp"
 #include "ferry/config.hpp"
+#include "ferry/model/pipeline/schedule.hpp"
 #include "svg_check.hpp"
 
 namespace {
@@ -168,4 +169,63 @@ TEST_CASE("bench dispatch --sweep on 2 nodes: points, percentiles, the best save
   REQUIRE(parsed.error.empty());
   CHECK(parsed.find("circle", "point").size() == 2);
   CHECK(parsed.find("circle", "best").size() == 1);
+}
+
+TEST_CASE("probe overlap on 2 nodes: GEMM and dispatch/combine alone and together", "[multiprocess]") {
+  const std::string json = ferry::test::temp_path("overlap-json");
+  const auto outcome =
+      ferry::test::run(kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
+                       " probe overlap --tokens 64 --hidden 128 --topk 2 --experts 4 --round-trips 3 "
+                       "--gemm-size 64 --num-sms 2 --timeout 60 --json " +
+                       json);
+  REQUIRE(outcome.exit_code == 0);
+  CHECK_THAT(outcome.output, Catch::Contains("of the shorter one was hidden"));
+  const auto r = read_json(json);
+  REQUIRE(r["ranks"].size() == 2);
+  for (const auto& rank : r["ranks"]) {
+    INFO(rank.dump());
+    CHECK(rank["gemms"].get<int>() >= 1);
+    for (const char* key : {"comm_alone_s", "gemm_alone_s", "comm_together_s", "gemm_together_s"}) {
+      CHECK(rank[key].get<double>() > 0);
+      CHECK(rank["both_s"].get<double>() >= rank[key].get<double>() * 0.999);  // both ran inside that span
+    }
+    const double shorter = std::min(rank["comm_alone_s"].get<double>(), rank["gemm_alone_s"].get<double>());
+    CHECK(rank["overlap"].get<double>() ==
+          Approx((rank["comm_alone_s"].get<double>() + rank["gemm_alone_s"].get<double>() -
+                  rank["both_s"].get<double>()) /
+                 shorter));
+    CHECK(rank["comm_slowdown"].get<double>() ==
+          Approx(rank["comm_together_s"].get<double>() / rank["comm_alone_s"].get<double>()));
+  }
+  CHECK(r["mean"]["both_s"].get<double>() ==
+        Approx((r["ranks"][0]["both_s"].get<double>() + r["ranks"][1]["both_s"].get<double>()) / 2));
+}
+
+TEST_CASE("probe overlap --schedule dualpipe: the op list ran, each op at least its compute",
+          "[multiprocess]") {
+  const std::string json = ferry::test::temp_path("schedule-json");
+  const auto outcome =
+      ferry::test::run(kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
+                       " probe overlap --tokens 64 --hidden 128 --topk 2 --experts 4 --round-trips 2 "
+                       "--num-sms 2 --timeout 60 --schedule dualpipe --pp 2 --micro-batches 4 "
+                       "--pp-rank 1 --compute-ms 1,2,0.5 --json " +
+                       json);
+  REQUIRE(outcome.exit_code == 0);
+  const auto r = read_json(json);
+  CHECK(r["schedule"] == "dualpipe");
+  CHECK(r["pp_rank"] == 1);
+  // The counts of pipeline rank 1's list (model/pipeline/schedule.hpp).
+  namespace pl = ferry::model::pipeline;
+  std::map<std::string, int> expected;
+  for (const pl::Op& op : pl::rank_schedule({pl::ScheduleKind::dualpipe, 2, 4}, 1))
+    ++expected[pl::to_string(op.kind)];
+  REQUIRE(r["ops"].size() == expected.size());
+  for (const auto& [kind, count] : expected) {
+    INFO(kind);
+    CHECK(r["ops"][kind]["count"] == count);
+    CHECK(r["ops"][kind]["mean_ms"].get<double>() >= r["ops"][kind]["compute_ms"].get<double>());
+  }
+  CHECK(r["ops"]["F&B"]["compute_ms"].get<double>() == Approx(3.0));
+  CHECK(r["simulated"]["makespan_ms"].get<double>() >= r["free_communication"]["makespan_ms"].get<double>());
+  CHECK(r["simulated"]["bubble_ms"].size() == 2);
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench/dispatch_check.hpp"
+#include "bench/dispatch_inputs.hpp"
 #include "bench/dispatch_options.hpp"
 #include "bench/dispatch_report.hpp"
 #include "bench/dispatch_rows.hpp"
@@ -32,51 +33,10 @@
 namespace ferry::tools {
 namespace {
 
+using bench::dequantized_rows;
 using bench::DispatchBenchOptions;
-
-// This rank's token rows and routing, as ferry's inputs.
-struct RankInputs {
-  bench::Routing routing;
-  std::vector<std::uint8_t> x;  // [T, H] bf16 or fp8 bits
-  std::vector<float> scales;    // [T, blocks] when fp8
-  DispatchInputs view;
-};
-
-void make_inputs(const DispatchBenchOptions& o, const bench::RoutingSpec& spec, int rank, RankInputs& in) {
-  in.routing = bench::generate_routing(spec, rank);
-  const std::int64_t T = o.tokens, H = o.hidden, blocks = bench::scale_blocks(H);
-  in.x.resize(static_cast<std::size_t>(T * H) * (o.fp8 ? 1 : 2));
-  if (o.fp8) in.scales.resize(static_cast<std::size_t>(T * blocks));
-  for (std::int64_t t = 0; t < T; ++t) {
-    if (o.fp8) {
-      bench::fill_fp8_row(rank, t, H, in.x.data() + t * H, in.scales.data() + t * blocks);
-    } else {
-      bench::fill_bf16_row(rank, t, H, reinterpret_cast<std::uint16_t*>(in.x.data()) + t * H);
-    }
-  }
-  in.view.x = TensorView(in.x.data(), {T, H}, o.fp8 ? DType::fp8_e4m3 : DType::bf16);
-  if (o.fp8) in.view.x_scales = TensorView(in.scales.data(), {T, blocks}, DType::fp32);
-  in.view.topk_idx = TensorView(in.routing.topk_idx.data(), {T, o.topk}, DType::int64);
-  in.view.topk_weights = TensorView(in.routing.topk_weights.data(), {T, o.topk}, DType::fp32);
-}
-
-// Combine input: the received rows unchanged, as bf16 (fp8 rows dequantized, exact for the bench's values).
-Tensor dequantized_rows(const DispatchResult& got, std::int64_t hidden) {
-  namespace p = kernels::protocol;
-  const std::int64_t rows = got.handle.recv_rows(), blocks = bench::scale_blocks(hidden);
-  Tensor y({rows, hidden}, DType::bf16);
-  const auto* bits = got.recv_x.data_as<std::uint8_t>();
-  const auto* scales = got.recv_x_scales.data_as<float>();
-  auto* out = y.data_as<std::uint16_t>();
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t c = 0; c < hidden; ++c) {
-      const float value =
-          p::e4m3_to_float(bits[r * hidden + c]) * scales[r * blocks + c / bench::kScaleBlock];
-      out[r * hidden + c] = p::float_to_bf16(value);
-    }
-  }
-  return y;
-}
+using bench::make_inputs;
+using bench::RankInputs;
 
 bench::PathCount per_iter(const PathTraffic& after, const PathTraffic& before, int iters) {
   return {static_cast<double>(after.messages - before.messages) / iters,
