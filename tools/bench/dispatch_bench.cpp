@@ -20,6 +20,7 @@
 #include "bench/dispatch_report.hpp"
 #include "bench/dispatch_rows.hpp"
 #include "bench/dispatch_sweep.hpp"
+#include "bench/machine_info.hpp"
 #include "bench/progress.hpp"
 #include "bench/routing_gen.hpp"
 #include "cli/usage.hpp"
@@ -219,7 +220,9 @@ int run_dispatch_sweep(const DispatchBenchOptions& o, const bench::SweepArgs& ar
   progress.finish();
   if (!leader) return failed ? 1 : 0;
 
-  const nlohmann::json report = bench::sweep_report(job.op(), points);
+  nlohmann::json report = bench::sweep_report(job.op(), points);
+  report["date"] = now_iso8601();
+  report["machine"] = machine_info();
   std::printf("%s", bench::format_sweep_table(report).c_str());
   std::fflush(stdout);
   if (!args.save_config.empty() && report.contains("best")) {
