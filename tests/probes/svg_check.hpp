@@ -3,6 +3,9 @@
 // attributes, so a test can count the marks it expects (cells of a heatmap, points of a plot).
 #pragma once
 
+#include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -91,6 +94,14 @@ inline SvgParse parse_svg(const std::string& text) {
   if (!seen_root) parse.error = "no <svg> element";
   if (!open.empty()) parse.error = "<" + open.back() + "> is never closed";
   return parse;
+}
+
+// parse_svg() of a file the test wrote, which is removed afterwards.
+inline SvgParse parse_svg_file(const std::string& path) {
+  std::ifstream in(path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::remove(path.c_str());
+  return parse_svg(text);
 }
 
 }  // namespace ferry::test

@@ -82,10 +82,7 @@ TEST_CASE("probe fabric on 3 nodes x 2 ranks without namespaces: the matrix matc
   check_matrix(r, 3, 4, 64 * 1024, 20);
   for (int e = 0; e < 3; ++e) CHECK(r["endpoints"][e]["rank"] == 2 * e);  // local rank 0 of each node
 
-  std::ifstream in(svg);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::remove(svg.c_str());
-  const auto parsed = ferry::test::parse_svg(text);
+  const auto parsed = ferry::test::parse_svg_file(svg);
   REQUIRE(parsed.error.empty());
   CHECK(parsed.find("rect", "cell").size() == 6);
   CHECK(parsed.find("rect", "slow").size() == r["slow_links"].size());
@@ -162,10 +159,7 @@ TEST_CASE("bench dispatch --sweep on 2 nodes: points, percentiles, the best save
   CHECK(loaded.rdma_chunk == r["best"]["config"]["rdma_chunk"].get<int>());
   CHECK(loaded.max_hidden == 128);
 
-  std::ifstream in(svg);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::remove(svg.c_str());
-  const auto parsed = ferry::test::parse_svg(text);
+  const auto parsed = ferry::test::parse_svg_file(svg);
   REQUIRE(parsed.error.empty());
   CHECK(parsed.find("circle", "point").size() == 2);
   CHECK(parsed.find("circle", "best").size() == 1);
