@@ -62,6 +62,12 @@ int report_parse_error(const CLI::App& root, const CLI::ParseError& error) {
     for (const auto& word : command.remaining()) unexpected += " " + word;
     if (!unexpected.empty()) message = "The following argument was not expected:" + unexpected;
   }
+  // CLI11 puts the option's name before a check's message; a parser that names the option itself would
+  // repeat it ("--sms: --sms: ...").
+  if (const auto colon = message.find(": "); colon != std::string::npos) {
+    const std::string head = message.substr(0, colon + 2);
+    if (message.compare(colon + 2, head.size(), head) == 0) message.erase(0, head.size());
+  }
   std::fprintf(stderr, "%s: %s\n", path.c_str(), message.c_str());
   if (auto formatter = std::dynamic_pointer_cast<CLI::Formatter>(command.get_formatter())) {
     std::fputs(formatter->make_usage(&command, path).c_str(), stderr);
