@@ -185,6 +185,31 @@ class DispatchBenchJob {
   RankInputs in_;
 };
 
+// --sweep and its lists (dispatch_sweep.hpp).
+void add_sweep_options(CLI::App& command, bench::SweepArgs& args) {
+  auto* sweep =
+      command.add_flag("--sweep", args.enabled,
+                       "Run every combination of --sweep-sms, --sweep-rdma-chunk and --sweep-nvl-chunk; "
+                       "the best last");
+  command.add_option("--sweep-sms", args.sms, "num_sms values of the sweep (even)")
+      ->check(cli::positive_int_list())
+      ->needs(sweep)
+      ->capture_default_str();
+  command.add_option("--sweep-rdma-chunk", args.rdma_chunks, "rdma_chunk values of the sweep")
+      ->check(cli::positive_int_list())
+      ->needs(sweep)
+      ->capture_default_str();
+  command.add_option("--sweep-nvl-chunk", args.nvl_chunks, "nvl_chunk values of the sweep")
+      ->check(cli::positive_int_list())
+      ->needs(sweep)
+      ->capture_default_str();
+  command
+      .add_option("--save-config", args.save_config,
+                  "Write the best configuration as a ferry::Config JSON file (rank 0)")
+      ->needs(sweep);
+  command.add_option("--plot", args.plot, "Write GB/s against num_sms as an SVG plot (rank 0)")->needs(sweep);
+}
+
 int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
   DispatchBenchJob job(o, combine_mode);
   const nlohmann::json summary = job.measure(job.base_config());
@@ -253,7 +278,7 @@ void register_dispatch_bench(CLI::App& bench, int& exit_code) {
                      : "Time dispatch (notify included, layout not) of a synthetic routing on every rank");
     bench::add_dispatch_options(*command, *options);
     auto sweep = std::make_shared<bench::SweepArgs>();
-    bench::add_sweep_options(*command, *sweep);
+    add_sweep_options(*command, *sweep);
     const std::string name = combine_mode ? "combine" : "dispatch";
     cli::set_examples(
         *command,

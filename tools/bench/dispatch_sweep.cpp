@@ -4,7 +4,6 @@
 #include <map>
 
 #include "cli/lists.hpp"
-#include "cli/usage.hpp"
 #include "ferry/core/error.hpp"
 #include "plot/line_chart.hpp"
 
@@ -21,30 +20,6 @@ bool ran(const nlohmann::json& point) {
 }
 
 }  // namespace
-
-void add_sweep_options(CLI::App& command, SweepArgs& args) {
-  auto* sweep =
-      command.add_flag("--sweep", args.enabled,
-                       "Run every combination of --sweep-sms, --sweep-rdma-chunk and --sweep-nvl-chunk; "
-                       "the best last");
-  command.add_option("--sweep-sms", args.sms, "num_sms values of the sweep (even)")
-      ->check(tools::cli::positive_int_list())
-      ->needs(sweep)
-      ->capture_default_str();
-  command.add_option("--sweep-rdma-chunk", args.rdma_chunks, "rdma_chunk values of the sweep")
-      ->check(tools::cli::positive_int_list())
-      ->needs(sweep)
-      ->capture_default_str();
-  command.add_option("--sweep-nvl-chunk", args.nvl_chunks, "nvl_chunk values of the sweep")
-      ->check(tools::cli::positive_int_list())
-      ->needs(sweep)
-      ->capture_default_str();
-  command
-      .add_option("--save-config", args.save_config,
-                  "Write the best configuration as a ferry::Config JSON file (rank 0)")
-      ->needs(sweep);
-  command.add_option("--plot", args.plot, "Write GB/s against num_sms as an SVG plot (rank 0)")->needs(sweep);
-}
 
 SweepGrid parse_sweep_grid(const SweepArgs& args) {
   SweepGrid grid{tools::cli::parse_int_list(args.sms, "--sweep-sms"),

@@ -7,7 +7,6 @@
 // as skipped with the reason.
 #pragma once
 
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -25,8 +24,6 @@ struct SweepArgs {
   std::string save_config;
   std::string plot;
 };
-
-void add_sweep_options(CLI::App& command, SweepArgs& args);
 
 struct SweepGrid {
   std::vector<int> sms;

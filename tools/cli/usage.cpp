@@ -5,6 +5,7 @@
 
 #include "bench/sizes.hpp"
 #include "cli/lists.hpp"
+#include "commands.hpp"
 #include "ferry/core/error.hpp"
 
 namespace ferry::tools::cli {
@@ -102,3 +103,43 @@ CLI::Validator positive_number_list() {
 }
 
 }  // namespace ferry::tools::cli
+
+// Examples for `ferry --help`, `ferry train --help` and `ferry trace --help`: every other command sets its
+// own next to its options; train's and trace's are kept here so that their files stay the trainer's.
+namespace ferry::tools {
+namespace {
+
+void examples_if_missing(CLI::App& command, std::initializer_list<std::string_view> lines) {
+  if (command.get_footer().empty()) cli::set_examples(command, lines);
+}
+
+}  // namespace
+
+void add_missing_examples(CLI::App& app) {
+  examples_if_missing(app, {
+                               "ferry launch --nodes 2 --ranks-per-node 2 -- ferry topo",
+                               "ferry launch --nodes 3 --netns --link-gbps 10,10,1 -- ferry probe fabric",
+                               "ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench dispatch --sweep",
+                               "ferry <command> --help",
+                           });
+  const auto all = [](CLI::App*) { return true; };
+  for (CLI::App* command : app.get_subcommands(all)) {
+    if (command->get_name() == "train") {
+      examples_if_missing(*command, {
+                                        "ferry train --steps 20                      # one process",
+                                        "ferry launch --nodes 2 --ranks-per-node 2 -- ferry train --steps 20 "
+                                        "--json run.json",
+                                        "ferry launch --nodes 2 --ranks-per-node 2 -- ferry train --no-mtp "
+                                        "--schedule dualpipe --pp 2 --micro-batches 8 --trace t.json",
+                                    });
+    } else if (command->get_name() == "trace") {
+      examples_if_missing(*command, {
+                                        "ferry trace t.json                           # overlap per rank",
+                                        "ferry trace t.json --svg timeline.svg --step 2",
+                                        "ferry trace t.json --json",
+                                    });
+    }
+  }
+}
+
+}  // namespace ferry::tools
