@@ -181,7 +181,10 @@ TEST_CASE("probe overlap on 2 nodes: GEMM and dispatch/combine alone and togethe
     CHECK(rank["gemms"].get<int>() >= 1);
     for (const char* key : {"comm_alone_s", "gemm_alone_s", "comm_together_s", "gemm_together_s"}) {
       CHECK(rank[key].get<double>() > 0);
-      CHECK(rank["both_s"].get<double>() >= rank[key].get<double>() * 0.999);  // both ran inside that span
+    }
+    // Both ran inside the span "both" measures.
+    for (const char* key : {"comm_together_s", "gemm_together_s"}) {
+      CHECK(rank["both_s"].get<double>() >= rank[key].get<double>());
     }
     const double shorter = std::min(rank["comm_alone_s"].get<double>(), rank["gemm_alone_s"].get<double>());
     CHECK(rank["overlap"].get<double>() ==
