@@ -20,6 +20,23 @@ namespace {
 
 const std::string kFerry = FERRY_BIN;
 
+// A command's output and the JSON report it wrote (`--json <a temporary file>` is appended); the command must
+// exit 0.
+struct JsonRun {
+  ferry::test::Outcome outcome;
+  nlohmann::json report;
+};
+
+nlohmann::json read_json(const std::string& path);
+
+JsonRun run_with_json(const std::string& command, const std::string& stem) {
+  const std::string path = ferry::test::temp_path(stem);
+  JsonRun run{ferry::test::run(command + " --json " + path), {}};
+  REQUIRE(run.outcome.exit_code == 0);
+  run.report = read_json(path);
+  return run;
+}
+
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
   REQUIRE(in.good());
@@ -67,16 +84,14 @@ void check_matrix(const nlohmann::json& r, int endpoints, int puts, std::uint64_
 
 TEST_CASE("probe fabric on 3 nodes x 2 ranks without namespaces: the matrix matches the schedule",
           "[multiprocess]") {
-  const std::string json = ferry::test::temp_path("probe-fabric-json");
   const std::string svg = ferry::test::temp_path("probe-fabric-svg");
-  const auto outcome =
-      ferry::test::run(kFerry + " launch --nodes 3 --ranks-per-node 2 --timeout 120 -- " + kFerry +
-                       " probe fabric --size 64K --bytes 256K --latency-iters 20 --timeout 60 "
-                       "--json " +
-                       json + " --plot " + svg);
-  REQUIRE(outcome.exit_code == 0);
+  const auto [outcome, r] =
+      run_with_json(kFerry + " launch --nodes 3 --ranks-per-node 2 --timeout 120 -- " + kFerry +
+                        " probe fabric --size 64K --bytes 256K --latency-iters 20 "
+                        "--timeout 60 --plot " +
+                        svg,
+                    "probe-fabric-json");
   CHECK_THAT(outcome.output, Catch::Contains("put bandwidth, GB/s"));
-  const auto r = read_json(json);
   CHECK(r["level"] == "node");
   CHECK(r["job"]["launcher"] == "ferry launch");
   check_matrix(r, 3, 4, 64 * 1024, 20);
@@ -91,18 +106,15 @@ TEST_CASE("probe fabric on 3 nodes x 2 ranks without namespaces: the matrix matc
 TEST_CASE("probe fabric under mpirun on one box: ranks are the endpoints", "[multiprocess]") {
   if (ferry::test::run("command -v mpirun").exit_code != 0)
     ferry::test::skip("mpirun (Open MPI) is not installed");
-  const std::string json = ferry::test::temp_path("probe-fabric-mpirun");
   // Root needs --allow-run-as-root; --oversubscribe lets 4 ranks share fewer cores. Rank 0 hosts ferry's
   // store on MASTER_PORT + 1 (README: "Real launchers").
   const int store_port = ferry::test::free_loopback_port();
-  const auto outcome = ferry::test::run(
-      "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(store_port - 1) +
-      " mpirun --allow-run-as-root --oversubscribe -x MASTER_ADDR -x MASTER_PORT -np 4 " + kFerry +
-      " probe fabric --size 16K --bytes 32K --latency-iters 10 --timeout 60 "
-      "--json " +
-      json);
-  REQUIRE(outcome.exit_code == 0);
-  const auto r = read_json(json);
+  const auto r =
+      run_with_json("MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(store_port - 1) +
+                        " mpirun --allow-run-as-root --oversubscribe -x MASTER_ADDR -x MASTER_PORT -np 4 " +
+                        kFerry + " probe fabric --size 16K --bytes 32K --latency-iters 10 --timeout 60",
+                    "probe-fabric-mpirun")
+          .report;
   CHECK(r["level"] == "rank");
   CHECK(r["job"]["launcher"] == "Open MPI");
   CHECK(r["job"]["world_size"] == 4);
@@ -117,19 +129,17 @@ TEST_CASE("probe fabric alone says why one rank has no link", "[multiprocess]") 
 
 TEST_CASE("bench dispatch --sweep on 2 nodes: points, percentiles, the best saved as a Config, the plot",
           "[multiprocess]") {
-  const std::string json = ferry::test::temp_path("sweep-json");
   const std::string config = ferry::test::temp_path("sweep-config");
   const std::string svg = ferry::test::temp_path("sweep-svg");
-  const auto outcome =
-      ferry::test::run(kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
-                       " bench dispatch --tokens 64 --hidden 128 --topk 2 --experts 4 --iters 3 --warmup 1 "
-                       "--check --timeout 60"
-                       " --sweep --sweep-sms 2,4 --sweep-rdma-chunk 4,64 --sweep-nvl-chunk 4 --json " +
-                       json + " --save-config " + config + " --plot " + svg);
-  REQUIRE(outcome.exit_code == 0);
+  const auto [outcome, r] = run_with_json(
+      kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
+          " bench dispatch --tokens 64 --hidden 128 --topk 2 --experts 4 --iters 3 --warmup 1 --check "
+          "--timeout 60"
+          " --sweep --sweep-sms 2,4 --sweep-rdma-chunk 4,64 --sweep-nvl-chunk 4 --save-config " +
+          config + " --plot " + svg,
+      "sweep-json");
   CHECK(outcome.output.find('\r') == std::string::npos);  // no terminal, no bar: one line per point
   CHECK_THAT(outcome.output, Catch::Contains("[4/4] num_sms 4, rdma_chunk 64, nvl_chunk 4: skipped"));
-  const auto r = read_json(json);
   REQUIRE(r["points"].size() == 4);
   int measured = 0;
   for (const auto& p : r["points"]) {
@@ -166,15 +176,12 @@ TEST_CASE("bench dispatch --sweep on 2 nodes: points, percentiles, the best save
 }
 
 TEST_CASE("probe overlap on 2 nodes: GEMM and dispatch/combine alone and together", "[multiprocess]") {
-  const std::string json = ferry::test::temp_path("overlap-json");
-  const auto outcome =
-      ferry::test::run(kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
-                       " probe overlap --tokens 64 --hidden 128 --topk 2 --experts 4 --round-trips 3 "
-                       "--gemm-size 64 --num-sms 2 --timeout 60 --json " +
-                       json);
-  REQUIRE(outcome.exit_code == 0);
+  const auto [outcome, r] =
+      run_with_json(kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
+                        " probe overlap --tokens 64 --hidden 128 --topk 2 --experts 4 "
+                        "--round-trips 3 --gemm-size 64 --num-sms 2 --timeout 60",
+                    "overlap-json");
   CHECK_THAT(outcome.output, Catch::Contains("of the shorter one was hidden"));
-  const auto r = read_json(json);
   REQUIRE(r["ranks"].size() == 2);
   for (const auto& rank : r["ranks"]) {
     INFO(rank.dump());
@@ -200,15 +207,13 @@ TEST_CASE("probe overlap on 2 nodes: GEMM and dispatch/combine alone and togethe
 
 TEST_CASE("probe overlap --schedule dualpipe: the op list ran, each op at least its compute",
           "[multiprocess]") {
-  const std::string json = ferry::test::temp_path("schedule-json");
-  const auto outcome =
-      ferry::test::run(kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
-                       " probe overlap --tokens 64 --hidden 128 --topk 2 --experts 4 --round-trips 2 "
-                       "--num-sms 2 --timeout 60 --schedule dualpipe --pp 2 --micro-batches 4 "
-                       "--pp-rank 1 --compute-ms 1,2,0.5 --json " +
-                       json);
-  REQUIRE(outcome.exit_code == 0);
-  const auto r = read_json(json);
+  const auto r =
+      run_with_json(kFerry + " launch --nodes 2 --ranks-per-node 1 --timeout 120 -- " + kFerry +
+                        " probe overlap --tokens 64 --hidden 128 --topk 2 --experts 4 --round-trips 2 "
+                        "--num-sms 2 --timeout 60 --schedule dualpipe --pp 2 --micro-batches 4 "
+                        "--pp-rank 1 --compute-ms 1,2,0.5",
+                    "schedule-json")
+          .report;
   CHECK(r["schedule"] == "dualpipe");
   CHECK(r["pp_rank"] == 1);
   // The counts of pipeline rank 1's list (model/pipeline/schedule.hpp).
