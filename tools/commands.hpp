@@ -13,5 +13,10 @@ void register_topo(CLI::App& app, int& exit_code);
 void register_bench(CLI::App& app, int& exit_code);
 void register_train(CLI::App& app, int& exit_code);
 void register_trace(CLI::App& app, int& exit_code);
+void register_probe(CLI::App& app, int& exit_code);
+
+// Examples for the commands registered above whose files do not set their own (cli/usage.cpp): the root
+// command, `train` and `trace`. Leaves every command that has a footer alone.
+void add_missing_examples(CLI::App& app);
 
 }  // namespace ferry::tools

@@ -1,7 +1,9 @@
-// `ferry`: launch an emulated cluster, inspect the topology, benchmark, train and read pipeline traces.
+// `ferry`: launch an emulated cluster, inspect the topology, probe the fabric, benchmark, train and read
+// pipeline traces.
 #include <cstdio>
 #include <exception>
 
+#include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/error.hpp"
 
@@ -11,13 +13,15 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   ferry::tools::register_launch(app, exit_code);
   ferry::tools::register_topo(app, exit_code);
+  ferry::tools::register_probe(app, exit_code);
   ferry::tools::register_bench(app, exit_code);
   ferry::tools::register_train(app, exit_code);
   ferry::tools::register_trace(app, exit_code);
+  ferry::tools::add_missing_examples(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return ferry::tools::cli::report_parse_error(app, e);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -1,19 +1,39 @@
-// `ferry topo`: the group as every rank sees it — ranks, nodes, hosts, addresses, GPUs, NICs, fabrics.
-// Under `ferry launch` every rank probes its own machine and rank 0 prints (and optionally writes) the cluster.
+// `ferry topo`: the group as every rank sees it — ranks, nodes, hosts, addresses, GPUs, NICs, fabrics — and
+// per node the RDMA ports (state, rate, GID), each GPU's nearest NIC on the PCIe tree, NVLink, GPUDirect
+// RDMA, with warnings for what will hurt (topo/topology_warnings.hpp). Under `ferry launch` every rank probes
+// its own machine and rank 0 prints (and optionally writes) the cluster.
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/devices.hpp"
 #include "ferry/ferry.hpp"
+#include "topo/device_queries.hpp"
+#include "topo/host_topology.hpp"
+#include "topo/topology_warnings.hpp"
 
 namespace ferry::tools {
 namespace {
 
-nlohmann::json describe_rank(const Group& group, const MachineInfo& machine) {
+// This rank's host: sysfs under `sysfs_root`, refined by ibverbs, NVML and CUDA unless the tree is a
+// stand-in.
+topo::HostTopology probe_host(const std::string& sysfs_root, const MachineInfo& machine) {
+  topo::HostTopology host = topo::read_sysfs(sysfs_root.empty() ? "/sys" : sysfs_root);
+  if (sysfs_root.empty()) {
+    topo::apply_ibverbs(host);
+    topo::apply_nvml(host);
+    topo::apply_cuda_names(host, machine.gpus);
+  } else {
+    host.nvml_status = "not tried: --sysfs";
+  }
+  return host;
+}
+
+nlohmann::json describe_rank(const Group& group, const MachineInfo& machine, const topo::HostTopology& host) {
   const auto& me = group.ranks()[group.rank()];
   nlohmann::json gpus = nlohmann::json::array();
   for (const auto& gpu : machine.gpus) {
@@ -43,7 +63,37 @@ nlohmann::json describe_rank(const Group& group, const MachineInfo& machine) {
           {"nic_status", machine.nic_status},
           {"ucx_version", machine.ucx_version},
           {"shm", machine.shm_available},
-          {"fabrics", machine.fabrics}};
+          {"fabrics", machine.fabrics},
+          {"host", topo::to_json(host)}};
+}
+
+std::string relation_text(const topo::Gpu& gpu) {
+  if (gpu.nearest_nic.empty()) return "no RDMA NIC";
+  return "nearest NIC " + gpu.nearest_nic + " (" + gpu.nic_relation + ")";
+}
+
+void print_host(int node, const nlohmann::json& host_json) {
+  const topo::HostTopology host = topo::host_from_json(host_json);
+  std::printf("node %d devices (%s; GPUDirect RDMA: %s; NVML: %s):\n", node, host.nic_source.c_str(),
+              host.gpudirect_module.empty() ? "not loaded" : host.gpudirect_module.c_str(),
+              host.nvml_status.c_str());
+  if (host.nics.empty()) std::printf("  no RDMA NIC\n");
+  for (const auto& nic : host.nics) {
+    for (const auto& port : nic.ports) {
+      std::printf("  NIC %s port %d: %s, %s, %s, GID %s, PCI %s, NUMA %d\n", nic.name.c_str(), port.port,
+                  port.state.c_str(), port.rate.empty() ? "rate ?" : port.rate.c_str(),
+                  port.link_layer.empty() ? "?" : port.link_layer.c_str(),
+                  port.gid.empty() ? "-" : port.gid.c_str(),
+                  nic.pci_address.empty() ? "?" : nic.pci_address.c_str(), nic.numa_node);
+    }
+    if (nic.ports.empty()) std::printf("  NIC %s: no port found\n", nic.name.c_str());
+  }
+  if (host.gpus.empty()) std::printf("  no GPU on the PCIe bus\n");
+  for (const auto& gpu : host.gpus) {
+    const std::string links = gpu.nvlinks >= 0 ? ", " + std::to_string(gpu.nvlinks) + " NVLinks active" : "";
+    std::printf("  GPU %s (%s), NUMA %d: %s%s\n", gpu.pci_address.c_str(), gpu.name.c_str(), gpu.numa_node,
+                relation_text(gpu).c_str(), links.c_str());
+  }
 }
 
 std::string join(const nlohmann::json& list) {
@@ -57,13 +107,13 @@ void print_cluster(const Group& group, const nlohmann::json& cluster) {
   std::printf("ferry topology: %d ranks = %d node(s) x %d rank(s) per node  [%s, job %s, ferry %s]\n",
               group.world_size(), group.num_nodes(), group.local_size(), to_string(job.launcher),
               job.job_id.c_str(), cluster["version"].get<std::string>().c_str());
-  std::printf("%-5s %-5s %-6s %-16s %-16s %-8s %-5s %-5s %s\n", "rank", "node", "local", "host", "address", "pid",
-              "gpus", "nics", "fabrics");
+  std::printf("%-5s %-5s %-6s %-16s %-16s %-8s %-5s %-5s %s\n", "rank", "node", "local", "host", "address",
+              "pid", "gpus", "nics", "fabrics");
   for (const auto& r : cluster["ranks"]) {
-    std::printf("%-5d %-5d %-6d %-16s %-16s %-8d %-5zu %-5zu %s\n", r["rank"].get<int>(), r["node"].get<int>(),
-                r["local_rank"].get<int>(), r["hostname"].get<std::string>().c_str(),
-                r["address"].get<std::string>().c_str(), r["pid"].get<int>(), r["gpus"].size(), r["nics"].size(),
-                join(r["fabrics"]).c_str());
+    std::printf("%-5d %-5d %-6d %-16s %-16s %-8d %-5zu %-5zu %s\n", r["rank"].get<int>(),
+                r["node"].get<int>(), r["local_rank"].get<int>(), r["hostname"].get<std::string>().c_str(),
+                r["address"].get<std::string>().c_str(), r["pid"].get<int>(), r["gpus"].size(),
+                r["nics"].size(), join(r["fabrics"]).c_str());
   }
   for (const auto& node : cluster["nodes"]) {
     std::printf("node %d: host %s, address %s, ranks %d-%d\n", node["node"].get<int>(),
@@ -79,10 +129,12 @@ void print_cluster(const Group& group, const nlohmann::json& cluster) {
               first["ucx_version"].get<std::string>().c_str(), first["shm"].get<bool>() ? "yes" : "no");
 }
 
-void run_topo(const std::string& json_path) {
+void run_topo(const std::string& json_path, const std::string& sysfs_root) {
   auto group = Group::from_env();
-  auto mine = describe_rank(group, probe_machine()).dump();
-  auto blobs = group.all_gather("ferry/topo", {reinterpret_cast<const std::uint8_t*>(mine.data()), mine.size()});
+  const MachineInfo machine = probe_machine();
+  auto mine = describe_rank(group, machine, probe_host(sysfs_root, machine)).dump();
+  auto blobs =
+      group.all_gather("ferry/topo", {reinterpret_cast<const std::uint8_t*>(mine.data()), mine.size()});
   if (group.rank() != 0) return;
 
   nlohmann::json cluster;
@@ -102,7 +154,19 @@ void run_topo(const std::string& json_path) {
                                 {"first_rank", node * group.local_size()},
                                 {"last_rank", (node + 1) * group.local_size() - 1}});
   }
+  std::vector<topo::HostTopology> hosts;
+  for (const auto& node : cluster["nodes"]) {
+    hosts.push_back(topo::host_from_json(cluster["ranks"][node["first_rank"].get<int>()]["host"]));
+  }
+  cluster["warnings"] = topo::topology_warnings(hosts, group.local_size());
   print_cluster(group, cluster);
+  for (const auto& node : cluster["nodes"]) {
+    print_host(node["node"].get<int>(), cluster["ranks"][node["first_rank"].get<int>()]["host"]);
+  }
+  if (cluster["warnings"].empty()) std::printf("no warnings\n");
+  for (const auto& warning : cluster["warnings"])
+    std::printf("WARNING: %s\n", warning.get<std::string>().c_str());
+  std::fflush(stdout);
   if (!json_path.empty()) {
     std::ofstream out(json_path);
     out << cluster.dump(2) << "\n";
@@ -113,10 +177,22 @@ void run_topo(const std::string& json_path) {
 }  // namespace
 
 void register_topo(CLI::App& app, int& /*exit_code*/) {
-  auto* cmd = app.add_subcommand("topo", "Print the group's topology: ranks, nodes, hosts, GPUs, NICs, fabrics");
+  auto* cmd =
+      app.add_subcommand("topo", "Print the group's topology: ranks, nodes, hosts, GPUs, NICs, fabrics");
   auto json_path = std::make_shared<std::string>();
+  auto sysfs_root = std::make_shared<std::string>();
   cmd->add_option("--json", *json_path, "Also write the cluster's topology as JSON to this file (rank 0)");
-  cmd->callback([json_path] { run_topo(*json_path); });
+  cmd->add_option(
+         "--sysfs", *sysfs_root,
+         "Read devices from this copy of /sys instead (no ibverbs, NVML or CUDA queries): for tests, or "
+         "a tree saved from another machine")
+      ->check(CLI::ExistingDirectory);
+  cli::set_examples(*cmd, {
+                              "ferry topo                                   # this process alone",
+                              "ferry launch --nodes 2 --ranks-per-node 4 -- ferry topo --json topo.json",
+                              "ferry topo --sysfs /tmp/sys-of-node7        # a saved /sys tree",
+                          });
+  cmd->callback([json_path, sysfs_root] { run_topo(*json_path, *sysfs_root); });
 }
 
 }  // namespace ferry::tools

@@ -37,8 +37,10 @@ bool have_gpu() {
 TEST_CASE("ferry bench gpu-copy refuses a bad SM list by name") {
   const Run run = run_ferry("bench gpu-copy --sms 4,x");
   INFO(run.output);
-  CHECK(run.status == 1);
-  CHECK_THAT(run.output, Catch::Contains("--sms: 'x' is neither a positive number of SMs nor 'all'"));
+  CHECK(run.status == 2);  // a usage error
+  CHECK_THAT(
+      run.output,
+      Catch::Contains("ferry bench gpu-copy: --sms: 'x' is neither a positive number of SMs nor 'all'"));
 }
 
 TEST_CASE("ferry bench gpu-copy and gpu-gemm say why they cannot run, or run small") {

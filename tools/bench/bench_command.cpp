@@ -12,6 +12,7 @@
 #include "bench/proxy_bench.hpp"
 #include "bench/sizes.hpp"
 #include "bench/transport_bench.hpp"
+#include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/deadline.hpp"
 #include "ferry/core/error.hpp"
@@ -69,6 +70,12 @@ void run_transport(const TransportArgs& args) {
 void register_bench(CLI::App& app, int& exit_code) {
   auto* bench = app.add_subcommand("bench", "Benchmarks; run them on every rank with `ferry launch`");
   bench->require_subcommand(1);
+  cli::set_examples(*bench, {
+                                "ferry launch --nodes 2 -- ferry bench transport",
+                                "ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench dispatch --check",
+                                "ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench combine --sweep "
+                                "--save-config tuned.json",
+                            });
 
   auto args = std::make_shared<TransportArgs>();
   auto* transport = bench->add_subcommand("transport",
@@ -80,6 +87,7 @@ void register_bench(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   transport
       ->add_option("--sizes", args->sizes, "Message sizes: A..B (powers of two) or a comma list; K/M/G units")
+      ->check(cli::size_list())
       ->capture_default_str();
   transport->add_option("--iters", args->iters, "Iterations per size and measurement (0: chosen by size)")
       ->check(CLI::NonNegativeNumber);
@@ -93,6 +101,11 @@ void register_bench(CLI::App& app, int& exit_code) {
   transport->add_option("--timeout", args->timeout_s, "Deadline of every wait, in seconds")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cli::set_examples(*transport, {
+                                    "ferry launch --nodes 2 -- ferry bench transport --sizes 4K..16M",
+                                    "ferry launch --nodes 2 --netns --link-gbps 25 -- ferry bench transport "
+                                    "--proxy --json transport.json",
+                                });
   transport->callback([args, &exit_code] {
     run_transport(*args);
     exit_code = 0;

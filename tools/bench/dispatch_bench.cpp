@@ -3,7 +3,8 @@
 // exactly.
 //
 //   ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench dispatch --tokens 4096 --hidden 7168 --json
-//   d.json ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench combine --fp8 --check
+//   d.json ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench combine --fp8 --check ferry launch
+//   --nodes 2 --ranks-per-node 2 -- ferry bench dispatch --sweep --save-config tuned.json
 #include "bench/dispatch_bench.hpp"
 
 #include <chrono>
@@ -14,64 +15,29 @@
 #include <vector>
 
 #include "bench/dispatch_check.hpp"
+#include "bench/dispatch_inputs.hpp"
 #include "bench/dispatch_options.hpp"
 #include "bench/dispatch_report.hpp"
 #include "bench/dispatch_rows.hpp"
+#include "bench/dispatch_sweep.hpp"
+#include "bench/machine_info.hpp"
+#include "bench/progress.hpp"
 #include "bench/routing_gen.hpp"
+#include "cli/usage.hpp"
 #include "ferry/buffer.hpp"
 #include "ferry/core/deadline.hpp"
 #include "ferry/group.hpp"
 #include "ferry/kernels/protocol/numeric.hpp"
 #include "ferry/transport/store.hpp"
+#include "plot/svg.hpp"
 
 namespace ferry::tools {
 namespace {
 
+using bench::dequantized_rows;
 using bench::DispatchBenchOptions;
-
-// This rank's token rows and routing, as ferry's inputs.
-struct RankInputs {
-  bench::Routing routing;
-  std::vector<std::uint8_t> x;  // [T, H] bf16 or fp8 bits
-  std::vector<float> scales;    // [T, blocks] when fp8
-  DispatchInputs view;
-};
-
-void make_inputs(const DispatchBenchOptions& o, const bench::RoutingSpec& spec, int rank, RankInputs& in) {
-  in.routing = bench::generate_routing(spec, rank);
-  const std::int64_t T = o.tokens, H = o.hidden, blocks = bench::scale_blocks(H);
-  in.x.resize(static_cast<std::size_t>(T * H) * (o.fp8 ? 1 : 2));
-  if (o.fp8) in.scales.resize(static_cast<std::size_t>(T * blocks));
-  for (std::int64_t t = 0; t < T; ++t) {
-    if (o.fp8) {
-      bench::fill_fp8_row(rank, t, H, in.x.data() + t * H, in.scales.data() + t * blocks);
-    } else {
-      bench::fill_bf16_row(rank, t, H, reinterpret_cast<std::uint16_t*>(in.x.data()) + t * H);
-    }
-  }
-  in.view.x = TensorView(in.x.data(), {T, H}, o.fp8 ? DType::fp8_e4m3 : DType::bf16);
-  if (o.fp8) in.view.x_scales = TensorView(in.scales.data(), {T, blocks}, DType::fp32);
-  in.view.topk_idx = TensorView(in.routing.topk_idx.data(), {T, o.topk}, DType::int64);
-  in.view.topk_weights = TensorView(in.routing.topk_weights.data(), {T, o.topk}, DType::fp32);
-}
-
-// Combine input: the received rows unchanged, as bf16 (fp8 rows dequantized, exact for the bench's values).
-Tensor dequantized_rows(const DispatchResult& got, std::int64_t hidden) {
-  namespace p = kernels::protocol;
-  const std::int64_t rows = got.handle.recv_rows(), blocks = bench::scale_blocks(hidden);
-  Tensor y({rows, hidden}, DType::bf16);
-  const auto* bits = got.recv_x.data_as<std::uint8_t>();
-  const auto* scales = got.recv_x_scales.data_as<float>();
-  auto* out = y.data_as<std::uint16_t>();
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t c = 0; c < hidden; ++c) {
-      const float value =
-          p::e4m3_to_float(bits[r * hidden + c]) * scales[r * blocks + c / bench::kScaleBlock];
-      out[r * hidden + c] = p::float_to_bf16(value);
-    }
-  }
-  return y;
-}
+using bench::make_inputs;
+using bench::RankInputs;
 
 bench::PathCount per_iter(const PathTraffic& after, const PathTraffic& before, int iters) {
   return {static_cast<double>(after.messages - before.messages) / iters,
@@ -82,107 +48,223 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
-  const std::string op = combine_mode ? "combine" : "dispatch";
-  const auto timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(o.timeout_s));
-  GroupOptions group_options;
-  group_options.timeout = timeout;
-  Group group = Group::from_env(group_options);
-  const int rank = group.rank(), R = group.world_size(), L = group.local_size();
-  const bench::RoutingSpec spec = bench::routing_spec(o, R, L);
-  bench::validate(spec);
-
-  Config config;
-  config.num_sms = o.num_sms;
-  config.max_nodes = o.max_nodes;
-  config.max_hidden = static_cast<int>(o.hidden);
-  config.max_topk = o.topk;
-  config.timeout = timeout;
-  if (o.rdma_slots > 0) config.rdma_ring_slots = o.rdma_slots;
-  if (o.rdma_chunk > 0) config.rdma_chunk = o.rdma_chunk;
-  if (o.nvl_slots > 0) config.nvl_ring_slots = o.nvl_slots;
-  if (o.nvl_chunk > 0) config.nvl_chunk = o.nvl_chunk;
-  if (o.workers > 0) config.host_workers = o.workers;
-  auto buffer = std::make_unique<Buffer>(group, config);
-
-  RankInputs in;
-  make_inputs(o, spec, rank, in);
-  const Layout layout = buffer->get_layout(in.view.topk_idx, o.experts);
-
-  bench::RankMeasurement m;
-  m.rank = rank;
-  m.node = group.node();
-  bench::count_routing_rows(spec, in.routing, rank, m);
-  std::optional<Pending<DispatchResult>> dispatched;
-  std::optional<Pending<CombineResult>> combined;
-  Tensor y_storage;
-  TensorView y;
-  auto dispatch_once = [&] {
-    dispatched.emplace(buffer->dispatch(in.view, layout));
-    dispatched->wait();
-  };
-  auto combine_once = [&] {
-    combined.emplace(buffer->combine(y, dispatched->wait().handle));
-    combined->wait();
-  };
-  if (combine_mode) {
-    dispatch_once();
-    const DispatchResult& got = dispatched->wait();
-    if (o.fp8) y_storage = dequantized_rows(got, o.hidden);
-    y = o.fp8 ? y_storage.view() : got.recv_x.view();
+// One job of `ferry bench dispatch|combine`: the group, the routing and this rank's rows, made once;
+// measure() runs them through a Buffer of a given Config (a sweep calls it once per point).
+class DispatchBenchJob {
+ public:
+  DispatchBenchJob(const DispatchBenchOptions& o, bool combine_mode)
+      : o_(o),
+        combine_mode_(combine_mode),
+        op_(combine_mode ? "combine" : "dispatch"),
+        timeout_(std::chrono::duration_cast<Duration>(std::chrono::duration<double>(o.timeout_s))),
+        group_(make_group(timeout_)),
+        spec_(bench::routing_spec(o, group_.world_size(), group_.local_size())) {
+    bench::validate(spec_);
+    make_inputs(o_, spec_, group_.rank(), in_);
   }
-  for (int i = 0; i < o.warmup; ++i) combine_mode ? combine_once() : dispatch_once();
 
-  group.barrier("bench/" + op + "/start");
-  const BufferTraffic before = buffer->traffic();
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < o.iters; ++i) combine_mode ? combine_once() : dispatch_once();
-  m.seconds_per_iter = seconds_since(start) / o.iters;
-  const BufferTraffic after = buffer->traffic();
-  const TrafficCounters& a = combine_mode ? after.combine : after.dispatch;
-  const TrafficCounters& b = combine_mode ? before.combine : before.dispatch;
-  m.fabric = per_iter(a.fabric, b.fabric, o.iters);
-  m.node_path = per_iter(a.node, b.node, o.iters);
-  m.self = per_iter(a.self, b.self, o.iters);
-  m.fabric_puts = static_cast<double>(a.fabric_puts - b.fabric_puts) / o.iters;
-  m.fabric_signals = static_cast<double>(a.fabric_signals - b.fabric_signals) / o.iters;
-  m.recv_rows = static_cast<double>(dispatched->wait().num_recv_tokens);
+  Group& group() { return group_; }
+  const std::string& op() const { return op_; }
 
-  if (o.check) {
-    std::vector<bench::Routing> routings;
-    for (int r = 0; r < R; ++r) routings.push_back(r == rank ? in.routing : bench::generate_routing(spec, r));
-    m.check_error = bench::check_dispatch(spec, routings, rank, o.hidden, o.fp8, dispatched->wait());
-    if (m.check_error.empty() && combine_mode) {
-      m.check_error = bench::check_combine(spec, in.routing, rank, o.hidden, combined->wait().out);
+  // The Config the options describe.
+  Config base_config() const {
+    Config config;
+    config.num_sms = o_.num_sms;
+    config.max_nodes = o_.max_nodes;
+    config.max_hidden = static_cast<int>(o_.hidden);
+    config.max_topk = o_.topk;
+    config.timeout = timeout_;
+    if (o_.rdma_slots > 0) config.rdma_ring_slots = o_.rdma_slots;
+    if (o_.rdma_chunk > 0) config.rdma_chunk = o_.rdma_chunk;
+    if (o_.nvl_slots > 0) config.nvl_ring_slots = o_.nvl_slots;
+    if (o_.nvl_chunk > 0) config.nvl_chunk = o_.nvl_chunk;
+    if (o_.workers > 0) config.host_workers = o_.workers;
+    return config;
+  }
+
+  // Collective: a Buffer with `config`, the warm-up, the timed iterations (each timed on its own), the check.
+  // Returns the summary of every rank's measurement, on every rank.
+  nlohmann::json measure(const Config& config) {
+    const int rank = group_.rank(), R = group_.world_size();
+    auto buffer = std::make_unique<Buffer>(group_, config);
+    const Layout layout = buffer->get_layout(in_.view.topk_idx, o_.experts);
+
+    bench::RankMeasurement m;
+    m.rank = rank;
+    m.node = group_.node();
+    bench::count_routing_rows(spec_, in_.routing, rank, m);
+    std::optional<Pending<DispatchResult>> dispatched;
+    std::optional<Pending<CombineResult>> combined;
+    Tensor y_storage;
+    TensorView y;
+    auto dispatch_once = [&] {
+      dispatched.emplace(buffer->dispatch(in_.view, layout));
+      dispatched->wait();
+    };
+    auto combine_once = [&] {
+      combined.emplace(buffer->combine(y, dispatched->wait().handle));
+      combined->wait();
+    };
+    if (combine_mode_) {
+      dispatch_once();
+      const DispatchResult& got = dispatched->wait();
+      if (o_.fp8) y_storage = dequantized_rows(got, o_.hidden);
+      y = o_.fp8 ? y_storage.view() : got.recv_x.view();
     }
-  }
-  combined.reset();
-  dispatched.reset();
-  buffer.reset();  // collective: every rank is done with the data plane before the report
+    for (int i = 0; i < o_.warmup; ++i) combine_mode_ ? combine_once() : dispatch_once();
 
-  const std::string mine = bench::to_json(m).dump();
-  auto gathered = group.all_gather("bench/" + op + "/report",
-                                   {reinterpret_cast<const std::uint8_t*>(mine.data()), mine.size()});
-  std::vector<nlohmann::json> ranks;
-  for (const auto& bytes : gathered) ranks.push_back(nlohmann::json::parse(bytes.begin(), bytes.end()));
-  bench::BenchHeader header{
-      "ferry",
-      op,
-      R,
-      L,
-      combine_mode ? static_cast<std::size_t>(2 * o.hidden) : bench::row_bytes(o.hidden, o.fp8),
-      o};
-  nlohmann::json summary = bench::summarize(header, ranks);
-  // ferry's promise: each token crosses to each remote node once, in either direction.
-  if (o.check && !summary["fabric_rule"]["within"].get<bool>()) {
-    summary["errors"].push_back("fabric carried more rows than the one-crossing-per-node rule allows");
-    summary["check"] = "failed";
+    group_.barrier("bench/" + op_ + "/start");
+    const BufferTraffic before = buffer->traffic();
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < o_.iters; ++i) {
+      const auto iteration = std::chrono::steady_clock::now();
+      combine_mode_ ? combine_once() : dispatch_once();
+      m.iteration_seconds.push_back(seconds_since(iteration));
+    }
+    m.seconds_per_iter = seconds_since(start) / o_.iters;
+    const BufferTraffic after = buffer->traffic();
+    const TrafficCounters& a = combine_mode_ ? after.combine : after.dispatch;
+    const TrafficCounters& b = combine_mode_ ? before.combine : before.dispatch;
+    m.fabric = per_iter(a.fabric, b.fabric, o_.iters);
+    m.node_path = per_iter(a.node, b.node, o_.iters);
+    m.self = per_iter(a.self, b.self, o_.iters);
+    m.fabric_puts = static_cast<double>(a.fabric_puts - b.fabric_puts) / o_.iters;
+    m.fabric_signals = static_cast<double>(a.fabric_signals - b.fabric_signals) / o_.iters;
+    m.recv_rows = static_cast<double>(dispatched->wait().num_recv_tokens);
+
+    if (o_.check) {
+      std::vector<bench::Routing> routings;
+      for (int r = 0; r < R; ++r)
+        routings.push_back(r == rank ? in_.routing : bench::generate_routing(spec_, r));
+      m.check_error = bench::check_dispatch(spec_, routings, rank, o_.hidden, o_.fp8, dispatched->wait());
+      if (m.check_error.empty() && combine_mode_) {
+        m.check_error = bench::check_combine(spec_, in_.routing, rank, o_.hidden, combined->wait().out);
+      }
+    }
+    combined.reset();
+    dispatched.reset();
+    buffer.reset();  // collective: every rank is done with the data plane before the report
+
+    const std::string mine = bench::to_json(m).dump();
+    auto gathered = group_.all_gather("bench/" + op_ + "/report",
+                                      {reinterpret_cast<const std::uint8_t*>(mine.data()), mine.size()});
+    std::vector<nlohmann::json> ranks;
+    for (const auto& bytes : gathered) ranks.push_back(nlohmann::json::parse(bytes.begin(), bytes.end()));
+    DispatchBenchOptions options = o_;
+    options.num_sms = config.num_sms;
+    bench::BenchHeader header{
+        "ferry",
+        op_,
+        R,
+        group_.local_size(),
+        combine_mode_ ? static_cast<std::size_t>(2 * o_.hidden) : bench::row_bytes(o_.hidden, o_.fp8),
+        options};
+    nlohmann::json summary = bench::summarize(header, ranks);
+    summary["config"] = nlohmann::json::parse(config.to_json());
+    // ferry's promise: each token crosses to each remote node once, in either direction.
+    if (o_.check && !summary["fabric_rule"]["within"].get<bool>()) {
+      summary["errors"].push_back("fabric carried more rows than the one-crossing-per-node rule allows");
+      summary["check"] = "failed";
+    }
+    return summary;
   }
-  if (rank == 0) {
+
+ private:
+  static Group make_group(Duration timeout) {
+    GroupOptions group_options;
+    group_options.timeout = timeout;
+    return Group::from_env(group_options);
+  }
+
+  DispatchBenchOptions o_;
+  bool combine_mode_;
+  std::string op_;
+  Duration timeout_;
+  Group group_;
+  bench::RoutingSpec spec_;
+  RankInputs in_;
+};
+
+// --sweep and its lists (dispatch_sweep.hpp).
+void add_sweep_options(CLI::App& command, bench::SweepArgs& args) {
+  auto* sweep =
+      command.add_flag("--sweep", args.enabled,
+                       "Run every combination of --sweep-sms, --sweep-rdma-chunk and --sweep-nvl-chunk; "
+                       "the best last");
+  command.add_option("--sweep-sms", args.sms, "num_sms values of the sweep (even)")
+      ->check(cli::positive_int_list())
+      ->needs(sweep)
+      ->capture_default_str();
+  command.add_option("--sweep-rdma-chunk", args.rdma_chunks, "rdma_chunk values of the sweep")
+      ->check(cli::positive_int_list())
+      ->needs(sweep)
+      ->capture_default_str();
+  command.add_option("--sweep-nvl-chunk", args.nvl_chunks, "nvl_chunk values of the sweep")
+      ->check(cli::positive_int_list())
+      ->needs(sweep)
+      ->capture_default_str();
+  command
+      .add_option("--save-config", args.save_config,
+                  "Write the best configuration as a ferry::Config JSON file (rank 0)")
+      ->needs(sweep);
+  command.add_option("--plot", args.plot, "Write GB/s against num_sms as an SVG plot (rank 0)")->needs(sweep);
+}
+
+int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
+  DispatchBenchJob job(o, combine_mode);
+  const nlohmann::json summary = job.measure(job.base_config());
+  if (job.group().rank() == 0) {
     bench::print_summary(summary);
     if (!o.json.empty()) bench::write_json(summary, o.json);
   }
   return summary["check"] == "failed" ? 1 : 0;
+}
+
+int run_dispatch_sweep(const DispatchBenchOptions& o, const bench::SweepArgs& args, bool combine_mode) {
+  DispatchBenchJob job(o, combine_mode);
+  Group& group = job.group();
+  const bool leader = group.rank() == 0;
+  const auto configs = bench::sweep_configs(job.base_config(), bench::parse_sweep_grid(args));
+  ProgressBar progress(configs.size(), leader && ProgressBar::stderr_is_terminal());
+  nlohmann::json points = nlohmann::json::array();
+  bool failed = false;
+  for (std::size_t i = 0; i < configs.size(); ++i) {
+    nlohmann::json point;
+    // Every rank decides alike: the check depends on the config and the job's shape only.
+    if (auto problem = bench::config_problem(configs[i], group.num_nodes(), group.local_size());
+        !problem.empty()) {
+      point = {{"config", nlohmann::json::parse(configs[i].to_json())}, {"skipped", problem}};
+    } else {
+      point = job.measure(configs[i]);
+      point.erase("per_rank");
+      failed |= point["check"] == "failed";
+    }
+    if (leader) progress.step(bench::format_sweep_point(point, i, configs.size()));
+    points.push_back(point);
+  }
+  progress.finish();
+  if (!leader) return failed ? 1 : 0;
+
+  nlohmann::json report = bench::sweep_report(job.op(), points);
+  report["date"] = now_iso8601();
+  report["machine"] = machine_info();
+  std::printf("%s", bench::format_sweep_table(report).c_str());
+  std::fflush(stdout);
+  if (!args.save_config.empty() && report.contains("best")) {
+    Config best = Config::from_json(report["best"]["config"].dump());
+    best.timeout = job.base_config().timeout;
+    best.save(args.save_config);
+    std::printf("wrote the best configuration to %s (ferry::Config::load reads it)\n",
+                args.save_config.c_str());
+  }
+  if (!o.json.empty()) bench::write_json(report, o.json);
+  if (!args.plot.empty()) {
+    plot::SvgDocument svg = bench::sweep_plot(report, group.num_nodes() > 1);
+    svg.save(args.plot);
+    std::printf("wrote %s\n", args.plot.c_str());
+  }
+  std::fflush(stdout);
+  return failed || !report.contains("best") ? 1 : 0;
 }
 
 }  // namespace
@@ -195,8 +277,22 @@ void register_dispatch_bench(CLI::App& bench, int& exit_code) {
         combine_mode ? "Time combine (after one untimed dispatch) of a synthetic routing on every rank"
                      : "Time dispatch (notify included, layout not) of a synthetic routing on every rank");
     bench::add_dispatch_options(*command, *options);
-    command->callback(
-        [options, combine_mode, &exit_code] { exit_code = run_dispatch_bench(*options, combine_mode); });
+    auto sweep = std::make_shared<bench::SweepArgs>();
+    add_sweep_options(*command, *sweep);
+    const std::string name = combine_mode ? "combine" : "dispatch";
+    cli::set_examples(
+        *command,
+        {
+            "ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench " + name + " --tokens 1024 --check",
+            "ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench " + name + " --fp8 --json " + name +
+                ".json",
+            "ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench " + name +
+                " --sweep --sweep-sms 4,8,16 --save-config tuned.json --plot sweep.svg",
+        });
+    command->callback([options, sweep, combine_mode, &exit_code] {
+      exit_code = sweep->enabled ? run_dispatch_sweep(*options, *sweep, combine_mode)
+                                 : run_dispatch_bench(*options, combine_mode);
+    });
   }
 }
 

@@ -33,6 +33,9 @@ struct DispatchBenchOptions {
   int workers = 0;
 };
 
+// The problem and ferry's settings: sizes, routing, num_sms, rings, workers, fp8, seed, skew, timeout.
+void add_routing_options(CLI::App& command, DispatchBenchOptions& options);
+// add_routing_options() and the benchmark's own: iterations, warm-up, --check, --json.
 void add_dispatch_options(CLI::App& command, DispatchBenchOptions& options);
 
 // The routing problem these options describe on a job of num_ranks = nodes x local_size.

@@ -2,6 +2,7 @@
 #include "bench/dispatch_report.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <stdexcept>
@@ -11,6 +12,13 @@ namespace {
 
 nlohmann::json path_json(const PathCount& path) {
   return {{"rows", path.rows}, {"wire_bytes", path.wire_bytes}};
+}
+
+// The q-quantile (0..1) of sorted values, nearest rank.
+double quantile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  const auto index = static_cast<std::size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+  return sorted[std::min(sorted.size() - 1, index == 0 ? 0 : index - 1)];
 }
 
 // Bytes per iteration over all ranks -> GB/s of one rank (the mean rank's share over the mean time).
@@ -32,7 +40,12 @@ nlohmann::json to_json(const RankMeasurement& m) {
           {"fabric_signals", m.fabric_signals},
           {"predicted_fabric_rows", m.predicted_fabric_rows},
           {"deepep_rdma_rows", m.deepep_rdma_rows},
-          {"check_error", m.check_error}};
+          {"check_error", m.check_error},
+          {"iteration_us", [&] {
+             nlohmann::json us = nlohmann::json::array();
+             for (double s : m.iteration_seconds) us.push_back(s * 1e6);
+             return us;
+           }()}};
 }
 
 void count_routing_rows(const RoutingSpec& spec, const Routing& routing, int rank,
@@ -84,6 +97,19 @@ nlohmann::json summarize(const BenchHeader& header, const std::vector<nlohmann::
   }
   const double mean = R > 0 ? sum / R : 0;
   s["time_us"] = {{"mean", mean * 1e6}, {"min", lo * 1e6}, {"max", hi * 1e6}};
+  std::vector<double> iterations;
+  for (const auto& r : ranks) {
+    for (const auto& us : r.value("iteration_us", nlohmann::json::array()))
+      iterations.push_back(us.get<double>());
+  }
+  if (!iterations.empty()) {
+    std::sort(iterations.begin(), iterations.end());
+    s["latency_us"] = {{"p50", quantile(iterations, 0.5)},
+                       {"p90", quantile(iterations, 0.9)},
+                       {"p99", quantile(iterations, 0.99)},
+                       {"max", iterations.back()},
+                       {"samples", iterations.size()}};
+  }
 
   const double row = static_cast<double>(header.row_bytes);
   nlohmann::json paths;
@@ -149,6 +175,13 @@ void print_summary(const nlohmann::json& s) {
   std::printf("  time per %s: mean %.3f ms, min %.3f, max %.3f (per-rank averages)\n",
               s["op"].get<std::string>().c_str(), t["mean"].get<double>() / 1e3, t["min"].get<double>() / 1e3,
               t["max"].get<double>() / 1e3);
+  if (s.contains("latency_us")) {
+    const auto& l = s["latency_us"];
+    std::printf("  latency per %s over %zu rank-iterations: p50 %.3f ms, p90 %.3f, p99 %.3f, max %.3f\n",
+                s["op"].get<std::string>().c_str(), l["samples"].get<std::size_t>(),
+                l["p50"].get<double>() / 1e3, l["p90"].get<double>() / 1e3, l["p99"].get<double>() / 1e3,
+                l["max"].get<double>() / 1e3);
+  }
   std::printf("  %-7s %14s %16s %14s %16s\n", "path", "rows/iter", "row MB/iter", "row GB/s/rank",
               "wire GB/s/rank");
   for (const char* name : {"fabric", "node", "self"}) {

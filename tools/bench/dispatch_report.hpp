@@ -35,6 +35,7 @@ struct RankMeasurement {
   std::uint64_t predicted_fabric_rows = 0;  // this rank's tokens x distinct remote target nodes
   std::uint64_t deepep_rdma_rows = 0;       // this rank's tokens x distinct target nodes, own node included
   std::string check_error;                  // empty: passed (or not checked)
+  std::vector<double> iteration_seconds;    // each timed iteration on its own (empty: not recorded)
 };
 
 nlohmann::json to_json(const RankMeasurement& measurement);
@@ -53,7 +54,9 @@ struct BenchHeader {
 void count_routing_rows(const RoutingSpec& spec, const Routing& routing, int rank,
                         RankMeasurement& measurement);
 
-// Rank 0: the summary of all ranks' measurements (JSON objects from to_json, in rank order).
+// Rank 0: the summary of all ranks' measurements (JSON objects from to_json, in rank order). When the ranks
+// recorded their iterations, "latency_us" holds percentiles (p50, p90, p99, max) over every rank's
+// iterations: the time one rank waits for one operation, as a caller would see it.
 nlohmann::json summarize(const BenchHeader& header, const std::vector<nlohmann::json>& ranks);
 void print_summary(const nlohmann::json& summary);
 // Writes the summary to `path`; throws std::runtime_error naming the file on failure.

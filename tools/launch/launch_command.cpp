@@ -1,6 +1,8 @@
 // `ferry launch`: the command line of the launcher (launcher.hpp does the work).
 #include <memory>
 
+#include "cli/lists.hpp"
+#include "cli/usage.hpp"
 #include "commands.hpp"
 #include "launch/launcher.hpp"
 
@@ -9,7 +11,7 @@ namespace ferry::tools {
 void register_launch(CLI::App& app, int& exit_code) {
   struct Parsed {
     launch::LaunchOptions options;
-    double link_gbps = 0;
+    std::string link_gbps;
     double drop_rate = 0;
     long timeout_s = 600;
     double grace_s = 3;
@@ -31,8 +33,9 @@ void register_launch(CLI::App& app, int& exit_code) {
                     "One network namespace per node joined by veth links to a bridge (needs root and "
                     "iproute2); also a private IPC namespace and hostname node<i> per node");
   cmd->add_option("--link-gbps", parsed->link_gbps,
-                  "With --netns: shape every node's link to G Gbit/s (tc tbf)")
-      ->check(CLI::Range(0.001, 10000.0))
+                  "With --netns: shape the node links (both directions, tc tbf) to G Gbit/s; one rate for "
+                  "every node, or one per node (10,10,1: node 2 is slow)")
+      ->check(cli::positive_number_list())
       ->needs(netns);
   cmd->add_option("--drop-rate", parsed->drop_rate,
                   "With --netns: drop each packet a node sends on its link with probability P (nftables), to "
@@ -52,9 +55,19 @@ void register_launch(CLI::App& app, int& exit_code) {
   cmd->add_option("command", parsed->options.command, "The command every rank runs (put it after --)")
       ->required();
 
+  cli::set_examples(*cmd,
+                    {
+                        "ferry launch --nodes 2 --ranks-per-node 2 -- ferry topo",
+                        "ferry launch --nodes 2 --ranks-per-node 4 --netns --link-gbps 25 -- ferry bench "
+                        "transport",
+                        "ferry launch --nodes 3 --netns --link-gbps 10,10,1 -- ferry probe fabric",
+                        "ferry launch --nodes 2 --netns --drop-rate 0.01 -- ferry bench dispatch --check",
+                        "ferry launch --nodes 2 -- sh -c 'echo $FERRY_RANK of $FERRY_WORLD_SIZE'",
+                    });
   cmd->callback([parsed, cmd, &exit_code] {
     auto options = parsed->options;
-    if (cmd->count("--link-gbps") > 0) options.link_gbps = parsed->link_gbps;
+    if (cmd->count("--link-gbps") > 0)
+      options.link_gbps = cli::parse_number_list(parsed->link_gbps, "--link-gbps");
     if (cmd->count("--drop-rate") > 0) options.drop_rate = parsed->drop_rate;
     options.timeout = std::chrono::seconds(parsed->timeout_s);
     options.grace = std::chrono::milliseconds(static_cast<long>(parsed->grace_s * 1000));

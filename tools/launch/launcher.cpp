@@ -336,13 +336,20 @@ std::string check_options(const LaunchOptions& options) {
   if (static_cast<long long>(options.nodes) * options.ranks_per_node > kMaxWorldSize) {
     return "--nodes x --ranks-per-node must be at most " + std::to_string(kMaxWorldSize);
   }
-  if (options.link_gbps && !options.netns) return "--link-gbps needs --netns";
+  if (!options.link_gbps.empty() && !options.netns) return "--link-gbps needs --netns";
   if (options.drop_rate && !options.netns) return "--drop-rate needs --netns";
   if (options.drop_rate && !(*options.drop_rate > 0 && *options.drop_rate < 1)) {
     return "--drop-rate must be in (0, 1), not " + std::to_string(*options.drop_rate);
   }
-  if (options.link_gbps && !(*options.link_gbps > 0 && *options.link_gbps <= 10000)) {
-    return "--link-gbps must be in (0, 10000], not " + std::to_string(*options.link_gbps);
+  for (const double gbps : options.link_gbps) {
+    if (!(gbps >= 0.001 && gbps <= 10000)) {
+      return "--link-gbps: every rate must be in [0.001, 10000] Gbit/s, not " + std::to_string(gbps);
+    }
+  }
+  if (options.link_gbps.size() > 1 && options.link_gbps.size() != static_cast<std::size_t>(options.nodes)) {
+    return "--link-gbps takes one rate for every node or one per node: " +
+           std::to_string(options.link_gbps.size()) + " rates for " + std::to_string(options.nodes) +
+           " nodes";
   }
   if (options.timeout.count() < 0) return "--timeout must not be negative";
   return {};
@@ -407,7 +414,11 @@ int run_launch(const LaunchOptions& options) {
   }
   NetnsCluster::Options cluster_options;
   cluster_options.nodes = options.nodes;
-  cluster_options.link_gbps = options.link_gbps;
+  if (options.link_gbps.size() == 1) {
+    cluster_options.link_gbps.assign(static_cast<std::size_t>(options.nodes), options.link_gbps[0]);
+  } else {
+    cluster_options.link_gbps = options.link_gbps;
+  }
   cluster_options.drop_rate = options.drop_rate;
   cluster_options.interrupted = [] { return SignalRelay::first_stop_signal() != 0; };
   if (options.netns) {

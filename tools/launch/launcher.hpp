@@ -18,8 +18,10 @@ namespace ferry::tools::launch {
 struct LaunchOptions {
   int nodes = 1;
   int ranks_per_node = 1;
-  bool netns = false;                     // one network + IPC + UTS namespace per node (root only)
-  std::optional<double> link_gbps;        // with netns: egress rate of each node's link
+  bool netns = false;  // one network + IPC + UTS namespace per node (root only)
+  // With netns: each node's link rate in Gbit/s, both directions. Empty: unshaped; one value: every node;
+  // one value per node: node i's link at link_gbps[i] (a slow node, as a bad cable or NIC would make it).
+  std::vector<double> link_gbps;
   std::optional<double> drop_rate;        // with netns: probability that a packet on a node's link is dropped
   std::chrono::seconds timeout{600};      // for the whole job; zero means none
   bool prefix_output = true;              // "[r<rank>] " before every line of output

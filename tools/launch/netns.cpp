@@ -125,7 +125,7 @@ void NetnsCluster::check_prerequisites(const Options& options) {
     fail(Errc::unsupported, requirement + " (running as uid " + std::to_string(::geteuid()) + ")");
   }
   if (!find_executable("ip")) fail(Errc::unsupported, requirement + " (no 'ip' found in PATH or /usr/sbin)");
-  if (options.link_gbps && !find_executable("tc")) {
+  if (!options.link_gbps.empty() && !find_executable("tc")) {
     fail(Errc::unsupported, "--link-gbps needs iproute2's tc (none found in PATH or /usr/sbin)");
   }
   if (options.drop_rate && !find_executable("nft")) {
@@ -136,6 +136,10 @@ void NetnsCluster::check_prerequisites(const Options& options) {
   if (options.nodes < 1 || options.nodes > 253) {
     fail(Errc::invalid_argument,
          "--netns supports 1 to 253 nodes (one /24 subnet), not " + std::to_string(options.nodes));
+  }
+  if (!options.link_gbps.empty() && options.link_gbps.size() != static_cast<std::size_t>(options.nodes)) {
+    fail(Errc::invalid_argument, "link rates: " + std::to_string(options.link_gbps.size()) + " for " +
+                                     std::to_string(options.nodes) + " nodes");
   }
 }
 
@@ -180,7 +184,7 @@ NetnsCluster::NetnsCluster(const Options& options)
     : options_(options), prefix_(prefix_for_pid(::getpid())), subnet_(subnet_for_pid(::getpid())) {
   check_prerequisites(options_);
   ip_path_ = *find_executable("ip");
-  if (options_.link_gbps) tc_path_ = *find_executable("tc");
+  if (!options_.link_gbps.empty()) tc_path_ = *find_executable("tc");
   if (options_.drop_rate) nft_path_ = *find_executable("nft");
 
   check_interrupted("creating the switch namespace");
@@ -242,29 +246,21 @@ void NetnsCluster::add_node(int index) {
 }
 
 void NetnsCluster::shape_link(int index) const {
-  if (!options_.link_gbps) return;
-  const double gbps = *options_.link_gbps;
+  if (options_.link_gbps.empty()) return;
+  const double gbps = options_.link_gbps.at(static_cast<std::size_t>(index));
+  shape_device(node_namespace(index), kNodeInterface, gbps);         // what the node sends
+  shape_device(switch_->name(), "n" + std::to_string(index), gbps);  // what the node receives
+}
+
+void NetnsCluster::shape_device(const std::string& netns, const std::string& device, double gbps) const {
   const auto rate_kbit = static_cast<long long>(std::llround(gbps * 1e6));
   // The bucket must hold at least one timer tick of traffic (4 ms at HZ=250) and a 64 KiB GSO segment, or the
   // filter cannot reach its rate; 50 ms of queue keeps TCP from seeing drops at the start of a burst.
   const auto bytes_per_tick = static_cast<long long>(gbps * 1e9 / 8 / 250);
   const long long burst = std::max<long long>(256 * 1024, bytes_per_tick);
-  std::vector<std::string> argv{tc_path_,
-                                "-n",
-                                node_namespace(index),
-                                "qdisc",
-                                "add",
-                                "dev",
-                                kNodeInterface,
-                                "root",
-                                "tbf",
-                                "rate",
-                                std::to_string(rate_kbit) + "kbit",
-                                "burst",
-                                std::to_string(burst),
-                                "latency",
-                                "50ms"};
-  run_checked(argv, kCommandTimeout);
+  run_checked({tc_path_, "-n", netns, "qdisc", "add", "dev", device, "root", "tbf", "rate",
+               std::to_string(rate_kbit) + "kbit", "burst", std::to_string(burst), "latency", "50ms"},
+              kCommandTimeout);
 }
 
 void NetnsCluster::make_ipc_and_uts(int index, Node& node) const {

@@ -42,13 +42,17 @@ class NetnsCluster {
  public:
   struct Options {
     int nodes = 1;
-    std::optional<double> link_gbps;    // egress rate of every node's eth0, via tc's token bucket filter
+    // Empty, or one rate per node (Gbit/s): node i's link is shaped to link_gbps[i] in both directions (tc's
+    // token bucket filter on its eth0 for what it sends, on the switch's end of its veth for what it
+    // receives), so every transfer to or from a slow node runs at the slow node's rate.
+    std::vector<double> link_gbps;
     std::optional<double> drop_rate;    // probability that a packet leaving a node's eth0 is dropped (nft)
     std::function<bool()> interrupted;  // checked between setup steps; true aborts with Errc::system
   };
 
   // Throws Errc::unsupported with "--netns needs root (CAP_SYS_ADMIN) and iproute2's ip" when the process is
-  // not root or `ip` (or `tc`, for a link rate) cannot be found.
+  // not root or `ip` (or `tc`, for a link rate) cannot be found, Errc::invalid_argument when link_gbps holds
+  // neither nothing nor one rate per node.
   static void check_prerequisites(const Options& options);
 
   // Deletes namespaces "ferry-<pid>-*" left by launchers that no longer run (they crashed or were SIGKILLed).
@@ -98,6 +102,7 @@ class NetnsCluster {
   void add_node(int index);
   void make_ipc_and_uts(int index, Node& node) const;
   void shape_link(int index) const;
+  void shape_device(const std::string& netns, const std::string& device, double gbps) const;
   void verify_connectivity() const;
 
   Options options_;

@@ -16,6 +16,7 @@
 #include "bench/gpu/gpu_dispatch_bench.hpp"
 #include "bench/machine_info.hpp"
 #include "bench/sizes.hpp"
+#include "cli/usage.hpp"
 #include "ferry/core/error.hpp"
 
 namespace ferry::tools {
@@ -42,6 +43,29 @@ struct GemmArgs {
 };
 
 // "4,8,all" -> {4, 8, kAllSms}. Throws invalid_argument naming the bad item.
+std::vector<int> parse_sm_list(const std::string& text);
+
+// gpu-dispatch's --sms: even numbers only (a channel is 2 SMs).
+std::vector<int> parse_even_sm_list(const std::string& text) {
+  std::vector<int> out;
+  for (int sms : parse_sm_list(text)) {
+    if (sms == kAllSms || sms % 2 != 0) {
+      fail(Errc::invalid_argument, "--sms: num_sms must be even (a channel is 2 SMs), not " +
+                                       (sms == kAllSms ? std::string("all") : std::to_string(sms)));
+    }
+    out.push_back(sms);
+  }
+  return out;
+}
+
+CLI::Validator sm_list_check() {
+  return cli::parses_with("SMS", [](const std::string& text) { parse_sm_list(text); });
+}
+
+CLI::Validator size_check() {
+  return cli::parses_with("SIZE", [](const std::string& text) { parse_size(text); });
+}
+
 std::vector<int> parse_sm_list(const std::string& text) {
   std::vector<int> out;
   std::stringstream items(text);
@@ -184,14 +208,17 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
       "gpu-copy", "Copy bandwidth of a plain copy kernel held to N SMs, and of a whole-GPU device copy");
   copy->add_option("--device", copy_args->device, "GPU index")->capture_default_str();
   copy->add_option("--sms", copy_args->sms, "SM counts, a comma list; 'all' = every SM")
+      ->check(sm_list_check())
       ->capture_default_str();
   copy->add_option("--bytes", copy_args->bytes,
                    "Bytes copied per run (K/M/G units); keep it several times L2")
+      ->check(size_check())
       ->capture_default_str();
   copy->add_option("--iters", copy_args->iters, "Timed runs per figure (median)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   copy->add_option("--json", copy_args->json, "Also write the report as JSON to this file");
+  cli::set_examples(*copy, {"ferry bench gpu-copy --sms 4,8,12,20,24,all --bytes 512M --json copy.json"});
   copy->callback([copy_args, &exit_code] {
     with_command_name("gpu-copy", [&] { run_copy(*copy_args); });
     exit_code = 0;
@@ -213,9 +240,11 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   gemm->add_option("--load-bytes", gemm_args->load_bytes, "Bytes the copy load moves per call")
+      ->check(size_check())
       ->capture_default_str();
   gemm->add_flag("--no-green", gemm_args->no_green, "Plain streams instead of green-context SM partitions");
   gemm->add_option("--json", gemm_args->json, "Also write the report as JSON to this file");
+  cli::set_examples(*gemm, {"ferry bench gpu-gemm --comm-sms 20 --json gemm.json"});
   gemm->callback([gemm_args, &exit_code] {
     with_command_name("gpu-gemm", [&] { run_gemm(*gemm_args); });
     exit_code = 0;
@@ -250,6 +279,7 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   dispatch->add_option("--sms", *sms_text, "num_sms values, a comma list (even numbers)")
+      ->check(cli::parses_with("SMS", [](const std::string& text) { parse_even_sm_list(text); }))
       ->capture_default_str();
   dispatch->add_option("--iters", dispatch_args->iters, "Timed operations per figure (median)")
       ->check(CLI::PositiveNumber)
@@ -260,15 +290,9 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
   dispatch->add_option("--gemm-sms", dispatch_args->gemm_sms, "num_sms of the GEMM measurement")
       ->capture_default_str();
   dispatch->add_option("--json", dispatch_args->json, "Also write the report as JSON to this file");
+  cli::set_examples(*dispatch, {"ferry bench gpu-dispatch --nodes 2 --ranks-per-node 4 --sms 8,20 --gemm"});
   dispatch->callback([dispatch_args, sms_text, &exit_code] {
-    dispatch_args->sms.clear();
-    for (int sms : parse_sm_list(*sms_text)) {
-      if (sms == kAllSms || sms % 2 != 0) {
-        fail(Errc::invalid_argument, "--sms: num_sms must be even (a channel is 2 SMs), not " +
-                                         (sms == kAllSms ? std::string("all") : std::to_string(sms)));
-      }
-      dispatch_args->sms.push_back(sms);
-    }
+    dispatch_args->sms = parse_even_sm_list(*sms_text);
     with_command_name("gpu-dispatch", [&] { exit_code = run_gpu_dispatch_bench(*dispatch_args); });
   });
 }
