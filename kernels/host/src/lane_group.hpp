@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "ferry/kernels/host/memory.hpp"
+#include "ferry/kernels/host/reduce.hpp"
 #include "ferry/kernels/protocol/io.hpp"
 #include "ferry/kernels/protocol/numeric.hpp"
 #include "ferry/kernels/protocol/step.hpp"
@@ -120,7 +121,7 @@ class LaneIo {
     part.group = group;
     part.bias = job.bias != nullptr ? job.bias + offset : nullptr;
     part.out = job.out + offset;
-    protocol::reduce_rows(part);
+    host::reduce_rows(part);
   }
 
   // Fabric posts happen on the leader only. A failure there (the proxy is gone) must not leave the other

@@ -113,14 +113,33 @@ struct ReduceRows {
   std::byte* out = nullptr;
 };
 
+// sum[i] += row[i] for each row in order, over n elements starting at element `begin` of every row. Two rows
+// per pass, written out by hand: (sum + a) + b is the plain loop's order, and a loop the compiler can vectorize
+// (left to itself, GCC fuses two iterations of the row loop and then gives up vectorizing the result).
+template <typename Row, typename Load>
+FERRY_HD inline void add_rows(float* __restrict__ sum, const std::byte* const* rows, int count, std::int64_t begin,
+                              std::int64_t n, Load load) {
+  int r = 0;
+  for (; r + 2 <= count; r += 2) {
+    const Row* __restrict__ a = reinterpret_cast<const Row*>(rows[r]) + begin;
+    const Row* __restrict__ b = reinterpret_cast<const Row*>(rows[r + 1]) + begin;
+    for (std::int64_t i = 0; i < n; ++i) sum[i] = (sum[i] + load(a[i])) + load(b[i]);
+  }
+  if (r < count) {
+    const Row* __restrict__ a = reinterpret_cast<const Row*>(rows[r]) + begin;
+    for (std::int64_t i = 0; i < n; ++i) sum[i] += load(a[i]);
+  }
+}
+
 // The reduction on one thread, a block of elements at a time with the element type fixed per pass so the host
 // compiler vectorizes it; per element the additions are those of a plain loop, so the bits are the same.
 template <typename Row, typename Load, typename Store>
 FERRY_HD inline void reduce_rows_as(const ReduceRows& job, Load load, Store store) {
-  constexpr std::int64_t kBlock = 256;
+  constexpr std::int64_t kBlock = 512;
   float acc[kBlock];
   float part[kBlock];
-  const int terms = job.num_terms + (job.group_size > 0 ? 1 : 0);
+  const bool has_group = job.group_size > 0;
+  const int before = has_group ? job.group_at : job.num_terms;  // terms added ahead of the group
   for (std::int64_t begin = 0; begin < job.hidden; begin += kBlock) {
     const std::int64_t n = job.hidden - begin < kBlock ? job.hidden - begin : kBlock;
     if (job.bias != nullptr) {
@@ -129,19 +148,12 @@ FERRY_HD inline void reduce_rows_as(const ReduceRows& job, Load load, Store stor
     } else {
       for (std::int64_t i = 0; i < n; ++i) acc[i] = 0.0f;
     }
-    int next_term = 0;
-    for (int t = 0; t < terms; ++t) {
-      if (job.group_size > 0 && t == job.group_at) {
-        for (std::int64_t i = 0; i < n; ++i) part[i] = 0.0f;
-        for (int g = 0; g < job.group_size; ++g) {
-          const Row* row = reinterpret_cast<const Row*>(job.group[g]) + begin;
-          for (std::int64_t i = 0; i < n; ++i) part[i] += load(row[i]);
-        }
-        for (std::int64_t i = 0; i < n; ++i) acc[i] += load(store(part[i]));
-        continue;
-      }
-      const Row* row = reinterpret_cast<const Row*>(job.terms[next_term++]) + begin;
-      for (std::int64_t i = 0; i < n; ++i) acc[i] += load(row[i]);
+    add_rows<Row>(acc, job.terms, before, begin, n, load);
+    if (has_group) {
+      for (std::int64_t i = 0; i < n; ++i) part[i] = 0.0f;
+      add_rows<Row>(part, job.group, job.group_size, begin, n, load);
+      for (std::int64_t i = 0; i < n; ++i) acc[i] += load(store(part[i]));
+      add_rows<Row>(acc, job.terms + before, job.num_terms - before, begin, n, load);
     }
     Row* target = reinterpret_cast<Row*>(job.out) + begin;
     for (std::int64_t i = 0; i < n; ++i) target[i] = store(acc[i]);

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "ferry/kernels/host/memory.hpp"
+#include "ferry/kernels/host/reduce.hpp"
 #include "ferry/kernels/protocol/io.hpp"
 #include "ferry/kernels/protocol/numeric.hpp"
 #include "ferry/kernels/protocol/step.hpp"
@@ -47,7 +48,7 @@ class HostIo {
     *dst = value;
   }
   static void copy(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
-  static void reduce(const protocol::ReduceRows& job) { protocol::reduce_rows(job); }
+  static void reduce(const protocol::ReduceRows& job) { host::reduce_rows(job); }
 
   void put(int rank, std::size_t src_offset, std::size_t dst_offset, std::size_t bytes) {
     remote_->put(rank, src_offset, dst_offset, bytes);
