@@ -44,10 +44,6 @@ bench::PathCount per_iter(const PathTraffic& after, const PathTraffic& before, i
           static_cast<double>(after.bytes - before.bytes) / iters};
 }
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 // One job of `ferry bench dispatch|combine`: the group, the routing and this rank's rows, made once;
 // measure() runs them through a Buffer of a given Config (a sweep calls it once per point).
 class DispatchBenchJob {

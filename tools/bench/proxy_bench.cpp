@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "ferry/core/error.hpp"
+#include "ferry/core/deadline.hpp"
 #include "ferry/transport/command_ring.hpp"
 #include "ferry/runtime/group_peers.hpp"
 #include "ferry/transport/peers.hpp"
@@ -26,10 +27,6 @@ using transport::ProxyOptions;
 
 constexpr std::size_t kNoopRegionBytes = 1 << 20;
 constexpr std::size_t kNoopMessageBytes = 64;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 transport::Peers peers_of(Group& group, Duration timeout) { return runtime::group_peers(group, timeout); }
 

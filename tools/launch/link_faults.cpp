@@ -15,7 +15,6 @@ using namespace std::chrono_literals;
 constexpr const char* kTable = "ferry_faults";
 // numgen draws from [0, kScale): rates are honoured to one part in a million.
 constexpr long long kScale = 1000000;
-constexpr auto kCommandTimeout = 30s;
 
 }  // namespace
 
@@ -55,12 +54,12 @@ DropCounts parse_drop_counts(const std::string& nft_json) {
 void install_drops(const std::string& ip_path, const std::string& nft_path, const std::string& netns,
                    const std::string& interface, double rate) {
   run_checked({ip_path, "netns", "exec", netns, nft_path, drop_rule_commands(interface, rate)},
-              kCommandTimeout);
+              kAdminCommandTimeout);
 }
 
 DropCounts read_drops(const std::string& ip_path, const std::string& nft_path, const std::string& netns) {
   auto result = run_command(
-      {ip_path, "netns", "exec", netns, nft_path, "-j", "list", "table", "inet", kTable}, kCommandTimeout);
+      {ip_path, "netns", "exec", netns, nft_path, "-j", "list", "table", "inet", kTable}, kAdminCommandTimeout);
   if (!result.succeeded()) {
     fail(Errc::system, "ferry launch: cannot read the drop counters of " + netns + ": " + result.output);
   }

@@ -29,7 +29,6 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr const char* kNetnsDir = "/var/run/netns";
-constexpr auto kCommandTimeout = 30s;
 constexpr auto kHolderTimeout = 10s;
 constexpr auto kConnectivityTimeout = 15s;
 constexpr const char* kBridge = "br0";
@@ -93,12 +92,12 @@ bool try_connect(const sockaddr_in& target, const Deadline& deadline, int& error
 
 NamedNetns::NamedNetns(std::string ip_path, std::string name)
     : ip_path_(std::move(ip_path)), name_(std::move(name)) {
-  run_checked({ip_path_, "netns", "add", name_}, kCommandTimeout);
+  run_checked({ip_path_, "netns", "add", name_}, kAdminCommandTimeout);
   std::string path = std::string(kNetnsDir) + "/" + name_;
   fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd_) {
     int error = errno;
-    run_command({ip_path_, "netns", "del", name_}, kCommandTimeout);
+    run_command({ip_path_, "netns", "del", name_}, kAdminCommandTimeout);
     fail_errno("ferry launch: open " + path, error);
   }
 }
@@ -106,7 +105,7 @@ NamedNetns::NamedNetns(std::string ip_path, std::string name)
 NamedNetns::~NamedNetns() {
   fd_.reset();
   try {
-    auto result = run_command({ip_path_, "netns", "del", name_}, kCommandTimeout);
+    auto result = run_command({ip_path_, "netns", "del", name_}, kAdminCommandTimeout);
     if (!result.succeeded()) {
       std::fprintf(stderr, "ferry launch: warning: 'ip netns del %s' failed with %s: %s\n", name_.c_str(),
                    describe_wait_status(result.wait_status).c_str(), result.output.c_str());
@@ -159,7 +158,7 @@ std::vector<std::string> NetnsCluster::collect_stale() {
   dir.reset();
   for (const auto& name : stale) {
     try {
-      auto result = run_command({*ip_path, "netns", "del", name}, kCommandTimeout);
+      auto result = run_command({*ip_path, "netns", "del", name}, kAdminCommandTimeout);
       if (result.succeeded()) {
         std::fprintf(stderr, "ferry launch: removed stale network namespace %s (its launcher is gone)\n",
                      name.c_str());
@@ -222,7 +221,7 @@ void NetnsCluster::check_interrupted(const char* step) const {
 void NetnsCluster::ip(const std::vector<std::string>& args) const {
   std::vector<std::string> argv{ip_path_};
   argv.insert(argv.end(), args.begin(), args.end());
-  run_checked(argv, kCommandTimeout);
+  run_checked(argv, kAdminCommandTimeout);
 }
 
 void NetnsCluster::add_node(int index) {
@@ -260,7 +259,7 @@ void NetnsCluster::shape_device(const std::string& netns, const std::string& dev
   const long long burst = std::max<long long>(256 * 1024, bytes_per_tick);
   run_checked({tc_path_, "-n", netns, "qdisc", "add", "dev", device, "root", "tbf", "rate",
                std::to_string(rate_kbit) + "kbit", "burst", std::to_string(burst), "latency", "50ms"},
-              kCommandTimeout);
+              kAdminCommandTimeout);
 }
 
 void NetnsCluster::make_ipc_and_uts(int index, Node& node) const {

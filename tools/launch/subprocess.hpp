@@ -5,6 +5,8 @@
 // async-signal-safe are the ones a rank's child calls, and they stay safe anyway.
 #pragma once
 
+#include <chrono>
+
 #include <sys/types.h>
 
 #include <functional>
@@ -44,6 +46,9 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
   bool succeeded() const;
 };
+
+// How long an administrative command (ip, nft) may take before it counts as hung.
+inline constexpr std::chrono::seconds kAdminCommandTimeout{30};
 
 // Runs `argv` (argv[0] searched in PATH, no shell) with stdin from /dev/null, collecting its output. Throws
 // Errc::timeout when it does not finish within `timeout` (it is killed and reaped first), Errc::system when

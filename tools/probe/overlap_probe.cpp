@@ -8,16 +8,13 @@
 #include <vector>
 
 #include "ferry/model/gemm.hpp"
+#include "ferry/core/deadline.hpp"
 #include "probe/moe_traffic.hpp"
 
 namespace ferry::tools::probe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // C = A · B, `count` times, on square fp32 matrices of `n`; the matrices are the caller's (no allocation in
 // the timed loop).

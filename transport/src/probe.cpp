@@ -8,12 +8,11 @@
 #include <cstring>
 #include <memory>
 
+#include "fabric/ibv_device_list.hpp"
+
 namespace ferry::transport {
 namespace {
 
-struct DeviceListDeleter {
-  void operator()(ibv_device** list) const { ibv_free_device_list(list); }
-};
 struct ContextCloser {
   void operator()(ibv_context* context) const { ibv_close_device(context); }
 };
@@ -21,7 +20,7 @@ struct ContextCloser {
 void probe_rdma(FabricProbe& probe) {
   int count = 0;
   errno = 0;
-  std::unique_ptr<ibv_device*, DeviceListDeleter> list(ibv_get_device_list(&count));
+  detail::DeviceList list(ibv_get_device_list(&count));
   if (!list) {
     // Without a kernel RDMA stack this returns NULL (errno ENOSYS): a normal state, not an error.
     probe.rdma_status = std::string("no RDMA device: ibv_get_device_list: ") +

@@ -21,16 +21,10 @@ void PhaseState::rethrow() {
 
 namespace {
 
-std::string seconds(Duration duration) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.2f s", std::chrono::duration<double>(duration).count());
-  return text;
-}
-
 [[noreturn]] void fail_stalled(const ChannelTask& task, const RunContext& context) {
   std::string message = channel_label(context.rank, task.channel);
   message += ": no progress for ";
-  message += seconds(context.timeout);
+  message += seconds_text(context.timeout);
   for (std::size_t i = 0; i < task.roles.size(); ++i) {
     if (task.finished[i]) continue;
     message += "; stage ";
@@ -111,7 +105,7 @@ void run_tasks(std::span<ChannelTask* const> tasks, HostIo& io, const RunContext
           fail(Errc::timeout, channel_label(context.rank, tasks.empty() ? -1 : tasks.front()->channel) +
                                   ": " + std::to_string(io.remote()->held()) +
                                   " fabric commands not taken by the proxy within " +
-                                  seconds(context.timeout));
+                                  seconds_text(context.timeout));
         }
       }
       if (context.health != nullptr && now - last_health > kHealthInterval) {

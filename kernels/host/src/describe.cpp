@@ -119,6 +119,12 @@ std::string describe_fault(const protocol::Fault& fault) {
   return "no fault";
 }
 
+std::string seconds_text(Duration duration) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f s", std::chrono::duration<double>(duration).count());
+  return text;
+}
+
 std::string channel_label(int rank, int channel) {
   if (channel < 0) return "rank " + std::to_string(rank) + " notify";
   return "rank " + std::to_string(rank) + " channel " + std::to_string(channel);

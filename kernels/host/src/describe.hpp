@@ -17,4 +17,7 @@ std::string describe_fault(const protocol::Fault& fault);
 
 std::string channel_label(int rank, int channel);
 
+// "1.50 s": a timeout in an error message.
+std::string seconds_text(Duration duration);
+
 }  // namespace ferry::kernels::host

@@ -18,12 +18,6 @@ struct JobState {
   std::exception_ptr failure;
 };
 
-std::string seconds(Duration duration) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.2f s", std::chrono::duration<double>(duration).count());
-  return text;
-}
-
 // The leader hands over what its writer still holds; its lanes have left.
 void drain(RemoteWriter* writer, Duration timeout) {
   if (writer == nullptr) return;
@@ -32,7 +26,7 @@ void drain(RemoteWriter* writer, Duration timeout) {
   while (!writer->flush()) {
     if (deadline.expired()) {
       fail(Errc::timeout, std::to_string(writer->held()) + " fabric commands not taken by the proxy within " +
-                              seconds(timeout));
+                              seconds_text(timeout));
     }
     backoff.pause();
   }
@@ -83,7 +77,7 @@ void run_groups(const std::vector<GroupJob>& jobs, const GroupRun& run, protocol
                                describe_fault(last.fault));
     }
     if (state.outcome.end == protocol::RoleEnd::timeout) {
-      fail(Errc::timeout, where + ": no progress for " + seconds(run.timeout) + "; stage " +
+      fail(Errc::timeout, where + ": no progress for " + seconds_text(run.timeout) + "; stage " +
                               stage_name(last.stage) + " " + describe_wait(last.wait));
     }
   }

@@ -11,10 +11,6 @@
 namespace ferry::model::pipeline {
 namespace {
 
-[[noreturn]] void bad(const std::string& message) {
-  fail(Errc::invalid_argument, message);
-}
-
 std::string describe(const Op& op) {
   auto work = [](const Work& w) {
     return "micro_batch " + std::to_string(w.micro_batch) + ", chunk " + std::to_string(w.chunk);
@@ -111,15 +107,15 @@ class Simulator {
   // puts it (a schedule that disagrees with place_of would route activations to the wrong rank).
   int stage_checked(int rank, std::size_t index, const Op& op, const Work& work) const {
     if (work.micro_batch < 0 || work.micro_batch >= shape_.micro_batches)
-      bad(where(rank, index, op) + ": micro_batch is out of range [0, " +
+      fail(Errc::invalid_argument, where(rank, index, op) + ": micro_batch is out of range [0, " +
           std::to_string(shape_.micro_batches) + ")");
     if (work.chunk < 0 || work.chunk >= chunks_per_rank(shape_))
-      bad(where(rank, index, op) + ": chunk is out of range [0, " + std::to_string(chunks_per_rank(shape_)) +
+      fail(Errc::invalid_argument, where(rank, index, op) + ": chunk is out of range [0, " + std::to_string(chunks_per_rank(shape_)) +
           ")");
     const int stage = stage_of(shape_, rank, work.chunk);
     const Place place = place_of(shape_, stage, work.micro_batch);
     if (place.rank != rank || place.chunk != work.chunk)
-      bad(where(rank, index, op) + ": stage " + std::to_string(stage) +
+      fail(Errc::invalid_argument, where(rank, index, op) + ": stage " + std::to_string(stage) +
           " of that micro-batch belongs to rank " + std::to_string(place.rank) + " chunk " +
           std::to_string(place.chunk));
     return stage;
@@ -168,22 +164,22 @@ class Simulator {
       case OpKind::W: {
         const std::size_t k = progress_.at(op.b.micro_batch, stage_checked(rank, index, op, op.b));
         if (progress_.backward_kind[k] == Backward::full)
-          bad(where(rank, index, op) +
+          fail(Errc::invalid_argument, where(rank, index, op) +
               ": its backward already ran in full (BW or F&B); there is no W to run");
         return progress_.backward[k];
       }
     }
-    bad(where(rank, index, op) + ": unknown op kind " + std::to_string(static_cast<int>(op.kind)));
+    fail(Errc::invalid_argument, where(rank, index, op) + ": unknown op kind " + std::to_string(static_cast<int>(op.kind)));
   }
 
   void set_forward(int rank, std::size_t index, const Op& op, double t) {
     const std::size_t k = progress_.at(op.f.micro_batch, stage_of(shape_, rank, op.f.chunk));
-    if (progress_.forward[k] != kNotYet) bad(where(rank, index, op) + ": this forward runs twice");
+    if (progress_.forward[k] != kNotYet) fail(Errc::invalid_argument, where(rank, index, op) + ": this forward runs twice");
     progress_.forward[k] = t;
   }
   void set_backward(int rank, std::size_t index, const Op& op, double t, Backward kind) {
     const std::size_t k = progress_.at(op.b.micro_batch, stage_of(shape_, rank, op.b.chunk));
-    if (progress_.backward[k] != kNotYet) bad(where(rank, index, op) + ": this backward runs twice");
+    if (progress_.backward[k] != kNotYet) fail(Errc::invalid_argument, where(rank, index, op) + ": this backward runs twice");
     progress_.backward[k] = t;
     progress_.backward_kind[k] = kind;
   }
@@ -205,7 +201,7 @@ class Simulator {
         break;
       case OpKind::W: {
         const std::size_t k = progress_.at(op.b.micro_batch, stage_of(shape_, rank, op.b.chunk));
-        if (progress_.weight[k] != kNotYet) bad(where(rank, index, op) + ": this W runs twice");
+        if (progress_.weight[k] != kNotYet) fail(Errc::invalid_argument, where(rank, index, op) + ": this W runs twice");
         progress_.weight[k] = t;
         break;
       }
@@ -249,7 +245,7 @@ class Simulator {
       text += " waits for ";
       for (std::size_t i = 0; i < waits.size(); ++i) text += (i > 0 ? " and " : "") + waits[i];
     }
-    bad(prefix() + "the op lists deadlock: " + text);
+    fail(Errc::invalid_argument, prefix() + "the op lists deadlock: " + text);
   }
 
   void check_everything_ran() const {
@@ -261,10 +257,10 @@ class Simulator {
     for (int m = 0; m < shape_.micro_batches; ++m) {
       for (int s = 0; s < stages_; ++s) {
         const std::size_t k = progress_.at(m, s);
-        if (progress_.forward[k] == kNotYet) bad(name("forward", m, s));
-        if (progress_.backward[k] == kNotYet) bad(name("backward", m, s));
+        if (progress_.forward[k] == kNotYet) fail(Errc::invalid_argument, name("forward", m, s));
+        if (progress_.backward[k] == kNotYet) fail(Errc::invalid_argument, name("backward", m, s));
         if (progress_.backward_kind[k] == Backward::split && progress_.weight[k] == kNotYet)
-          bad(name("W (its B was split)", m, s));
+          fail(Errc::invalid_argument, name("W (its B was split)", m, s));
       }
     }
   }
@@ -279,7 +275,7 @@ class Simulator {
 void check_costs(const OpCosts& costs) {
   for (auto [name, value] : {std::pair{"F", costs.F}, {"B", costs.B}, {"W", costs.W}, {"FB", costs.FB}}) {
     if (!std::isfinite(value) || value < 0)
-      bad(std::string("simulate: OpCosts.") + name + " must be finite and >= 0, got " +
+      fail(Errc::invalid_argument, std::string("simulate: OpCosts.") + name + " must be finite and >= 0, got " +
           std::to_string(value));
   }
 }
@@ -291,7 +287,7 @@ Simulation simulate(const ScheduleShape& shape, const std::vector<std::vector<Op
   validate(shape);
   check_costs(costs);
   if (static_cast<int>(per_rank.size()) != shape.ranks)
-    bad("simulate: per_rank holds " + std::to_string(per_rank.size()) + " op lists for " +
+    fail(Errc::invalid_argument, "simulate: per_rank holds " + std::to_string(per_rank.size()) + " op lists for " +
         std::to_string(shape.ranks) + " ranks");
   return Simulator(shape, per_rank, costs).run();
 }

@@ -37,6 +37,11 @@ struct LocalRegion {
   MemoryKind kind = MemoryKind::host;
 };
 
+// "rank 5 (node 2)", for messages about a peer.
+inline std::string peer_label(const Peers& peers, int peer) {
+  return "rank " + std::to_string(peer) + " (node " + std::to_string(peer / peers.local_size) + ")";
+}
+
 // Throws invalid_argument unless 0 <= peer < world_size.
 void check_peer(const Peers& peers, int peer, const char* op);
 // Throws invalid_argument unless [offset, offset + bytes) fits in a region of `region_bytes` bytes.

@@ -14,6 +14,8 @@
 namespace ferry::transport {
 namespace {
 
+using detail::peer_label;
+
 using namespace std::chrono_literals;
 
 // Teardown never waits longer than this for peers (or the peer's timeout, when shorter): a destructor must
@@ -34,10 +36,6 @@ struct ConfigDeleter {
 
 ucs_memory_type_t memory_type(MemoryKind kind) {
   return kind == MemoryKind::cuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
-}
-
-std::string peer_label(const Peers& peers, int peer) {
-  return "rank " + std::to_string(peer) + " (node " + std::to_string(peer / peers.local_size) + ")";
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 
+#include "fabric/ibv_device_list.hpp"
 #include "ferry/core/env.hpp"
 #include "ferry/core/error.hpp"
 
@@ -19,6 +20,8 @@
 namespace ferry::transport {
 namespace {
 
+using detail::peer_label;
+
 using namespace std::chrono_literals;
 
 constexpr int kAccess =
@@ -27,16 +30,9 @@ constexpr int kSequenceBits = 40;  // wr_id = qp slot << 40 | sequence
 constexpr std::uint64_t kSequenceMask = (std::uint64_t{1} << kSequenceBits) - 1;
 constexpr std::uint32_t kMaxRdAtomic = 16;
 
-struct DeviceListDeleter {
-  void operator()(ibv_device** list) const { ibv_free_device_list(list); }
-};
 
 std::string errno_text(int err) {
   return std::strerror(err);
-}
-
-std::string peer_label(const Peers& peers, int peer) {
-  return "rank " + std::to_string(peer) + " (node " + std::to_string(peer / peers.local_size) + ")";
 }
 
 bool port_is_active(ibv_context* context, std::uint8_t port, ibv_port_attr* attr) {
@@ -92,7 +88,7 @@ VerbsFabric::~VerbsFabric() = default;
 void VerbsFabric::open_device() {
   int count = 0;
   errno = 0;
-  std::unique_ptr<ibv_device*, DeviceListDeleter> list(ibv_get_device_list(&count));
+  detail::DeviceList list(ibv_get_device_list(&count));
   if (!list || count == 0) {
     int err = errno;
     fail(Errc::unsupported, std::string("no RDMA device: ibv_get_device_list: ") +

@@ -13,6 +13,11 @@ namespace ferry {
 using Clock = std::chrono::steady_clock;
 using Duration = std::chrono::nanoseconds;
 
+// Seconds from `start` to now, for timings and reports.
+inline double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
 // Default for every wait unless the caller's Config says otherwise (DESIGN.md: 100 s).
 inline constexpr std::chrono::seconds kDefaultTimeout{100};
 
