@@ -50,6 +50,7 @@ DispatchInputs inputs_of(const Scenario& scenario, int rank) {
 std::mt19937_64 seeded(const char* test) {
   const std::uint64_t seed = test_seed();
   std::printf("%s: seed %llu (set FERRY_TEST_SEED to repeat)\n", test, static_cast<unsigned long long>(seed));
+  std::fflush(stdout);  // a sanitizer that stops the process must not lose it
   return std::mt19937_64(seed);
 }
 

@@ -18,6 +18,7 @@ namespace {}  // namespace
 TEST_CASE("a Group-backed Buffer runs dispatch and combine over shm and the fabric", "[unit]") {
   std::uint64_t seed = test_seed();
   std::printf("group: seed %llu (set FERRY_TEST_SEED to repeat)\n", static_cast<unsigned long long>(seed));
+  std::fflush(stdout);
   std::mt19937_64 rng(seed);
   ScenarioShape shape;
   shape.num_nodes = 2;

@@ -85,8 +85,10 @@ TEST_CASE("combine sums the topk weights back and starts from the bias", "[unit]
       REQUIRE(check_combine_rank(scenario, expected[r], r, got.out).empty());
       REQUIRE(got.topk_weights.size(0) == scenario.ranks[r].num_tokens);
       REQUIRE(got.topk_weights.size(1) == K);
-      REQUIRE(std::memcmp(got.topk_weights.data(), expected_weights[r].data(),
-                          expected_weights[r].size() * 4) == 0);
+      if (!expected_weights[r].empty()) {  // a rank without tokens has no weights (and null data)
+        REQUIRE(std::memcmp(got.topk_weights.data(), expected_weights[r].data(),
+                            expected_weights[r].size() * 4) == 0);
+      }
     }
 
     // With the dispatch's own received weights, every token gets its topk weights back (0 for empty slots).

@@ -277,6 +277,7 @@ TEST_CASE("split: a Buffer on each sub-group dispatches and combines, both at on
   const std::uint64_t seed = ferry::test::test_seed();
   std::printf("split buffer: seed %llu (set FERRY_TEST_SEED to repeat)\n",
               static_cast<unsigned long long>(seed));
+  std::fflush(stdout);
   run_ranks(
       4, 2, ferry::test::unique_job_id("split-buffer"),
       [&](Group& group) {

@@ -53,6 +53,7 @@ std::string soak_round(ClusterRun& run, std::mt19937_64& rng) {
 TEST_CASE("soak: thousands of random dispatch/combine rounds keep memory and descriptors flat", "[soak]") {
   const std::uint64_t seed = test_seed();
   std::printf("soak: seed %llu (set FERRY_TEST_SEED to repeat)\n", static_cast<unsigned long long>(seed));
+  std::fflush(stdout);
   std::mt19937_64 rng(seed);
   // Fewer rounds under the sanitizers, which run everything several times slower; FERRY_SOAK_ROUNDS for a
   // long soak by hand.
