@@ -91,8 +91,8 @@ TEST_CASE("bf16 conversions are exact on codes and round to nearest even between
 
 namespace {
 
-// The reduction of numeric.hpp written as its comment says, one element at a time: the reference the vectorized
-// host reduction must match bit for bit.
+// The reduction of numeric.hpp written as its comment says, one element at a time: the reference the
+// vectorized host reduction must match bit for bit.
 std::vector<std::uint16_t> reduce_by_definition(const std::vector<std::vector<std::uint16_t>>& terms,
                                                 const std::vector<std::vector<std::uint16_t>>& group,
                                                 int group_at, const std::vector<std::uint16_t>* bias,
@@ -162,11 +162,13 @@ TEST_CASE("the host's vectorized combine reduction gives the bits of the element
     const auto expected = reduce_by_definition(terms, group, group_at, with_bias ? &bias : nullptr, hidden);
     INFO("round " << round << ": hidden " << hidden << ", " << num_terms << " terms, group of " << group_size
                   << " at " << group_at << (with_bias ? ", bias" : ""));
-    // Bits equal, except that a NaN's payload is whichever NaN operand the hardware kept (C++ does not fix it).
+    // Bits equal, except that a NaN's payload is whichever NaN operand the hardware kept (C++ does not fix
+    // it).
     for (std::size_t i = 0; i < hidden; ++i) {
       const bool both_nan = std::isnan(p::bf16_to_float(out[i])) && std::isnan(p::bf16_to_float(expected[i]));
       if (!both_nan && out[i] != expected[i]) {
-        FAIL("element " << i << ": 0x" << std::hex << out[i] << " where the definition gives 0x" << expected[i]);
+        FAIL("element " << i << ": 0x" << std::hex << out[i] << " where the definition gives 0x"
+                        << expected[i]);
       }
     }
   }

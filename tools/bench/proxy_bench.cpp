@@ -8,10 +8,10 @@
 #include <string>
 #include <thread>
 
-#include "ferry/core/error.hpp"
 #include "ferry/core/deadline.hpp"
-#include "ferry/transport/command_ring.hpp"
+#include "ferry/core/error.hpp"
 #include "ferry/runtime/group_peers.hpp"
+#include "ferry/transport/command_ring.hpp"
 #include "ferry/transport/peers.hpp"
 #include "ferry/transport/proxy.hpp"
 #include "ferry/transport/store.hpp"
@@ -28,7 +28,9 @@ using transport::ProxyOptions;
 constexpr std::size_t kNoopRegionBytes = 1 << 20;
 constexpr std::size_t kNoopMessageBytes = 64;
 
-transport::Peers peers_of(Group& group, Duration timeout) { return runtime::group_peers(group, timeout); }
+transport::Peers peers_of(Group& group, Duration timeout) {
+  return runtime::group_peers(group, timeout);
+}
 
 ProxyOptions proxy_options(const ProxyBenchOptions& options, int rings) {
   ProxyOptions proxy;

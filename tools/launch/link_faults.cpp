@@ -58,8 +58,9 @@ void install_drops(const std::string& ip_path, const std::string& nft_path, cons
 }
 
 DropCounts read_drops(const std::string& ip_path, const std::string& nft_path, const std::string& netns) {
-  auto result = run_command(
-      {ip_path, "netns", "exec", netns, nft_path, "-j", "list", "table", "inet", kTable}, kAdminCommandTimeout);
+  auto result =
+      run_command({ip_path, "netns", "exec", netns, nft_path, "-j", "list", "table", "inet", kTable},
+                  kAdminCommandTimeout);
   if (!result.succeeded()) {
     fail(Errc::system, "ferry launch: cannot read the drop counters of " + netns + ": " + result.output);
   }

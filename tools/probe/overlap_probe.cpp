@@ -7,8 +7,8 @@
 #include <thread>
 #include <vector>
 
-#include "ferry/model/gemm.hpp"
 #include "ferry/core/deadline.hpp"
+#include "ferry/model/gemm.hpp"
 #include "probe/moe_traffic.hpp"
 
 namespace ferry::tools::probe {

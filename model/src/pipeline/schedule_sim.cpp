@@ -108,16 +108,16 @@ class Simulator {
   int stage_checked(int rank, std::size_t index, const Op& op, const Work& work) const {
     if (work.micro_batch < 0 || work.micro_batch >= shape_.micro_batches)
       fail(Errc::invalid_argument, where(rank, index, op) + ": micro_batch is out of range [0, " +
-          std::to_string(shape_.micro_batches) + ")");
+                                       std::to_string(shape_.micro_batches) + ")");
     if (work.chunk < 0 || work.chunk >= chunks_per_rank(shape_))
-      fail(Errc::invalid_argument, where(rank, index, op) + ": chunk is out of range [0, " + std::to_string(chunks_per_rank(shape_)) +
-          ")");
+      fail(Errc::invalid_argument, where(rank, index, op) + ": chunk is out of range [0, " +
+                                       std::to_string(chunks_per_rank(shape_)) + ")");
     const int stage = stage_of(shape_, rank, work.chunk);
     const Place place = place_of(shape_, stage, work.micro_batch);
     if (place.rank != rank || place.chunk != work.chunk)
       fail(Errc::invalid_argument, where(rank, index, op) + ": stage " + std::to_string(stage) +
-          " of that micro-batch belongs to rank " + std::to_string(place.rank) + " chunk " +
-          std::to_string(place.chunk));
+                                       " of that micro-batch belongs to rank " + std::to_string(place.rank) +
+                                       " chunk " + std::to_string(place.chunk));
     return stage;
   }
 
@@ -164,22 +164,26 @@ class Simulator {
       case OpKind::W: {
         const std::size_t k = progress_.at(op.b.micro_batch, stage_checked(rank, index, op, op.b));
         if (progress_.backward_kind[k] == Backward::full)
-          fail(Errc::invalid_argument, where(rank, index, op) +
-              ": its backward already ran in full (BW or F&B); there is no W to run");
+          fail(Errc::invalid_argument,
+               where(rank, index, op) +
+                   ": its backward already ran in full (BW or F&B); there is no W to run");
         return progress_.backward[k];
       }
     }
-    fail(Errc::invalid_argument, where(rank, index, op) + ": unknown op kind " + std::to_string(static_cast<int>(op.kind)));
+    fail(Errc::invalid_argument,
+         where(rank, index, op) + ": unknown op kind " + std::to_string(static_cast<int>(op.kind)));
   }
 
   void set_forward(int rank, std::size_t index, const Op& op, double t) {
     const std::size_t k = progress_.at(op.f.micro_batch, stage_of(shape_, rank, op.f.chunk));
-    if (progress_.forward[k] != kNotYet) fail(Errc::invalid_argument, where(rank, index, op) + ": this forward runs twice");
+    if (progress_.forward[k] != kNotYet)
+      fail(Errc::invalid_argument, where(rank, index, op) + ": this forward runs twice");
     progress_.forward[k] = t;
   }
   void set_backward(int rank, std::size_t index, const Op& op, double t, Backward kind) {
     const std::size_t k = progress_.at(op.b.micro_batch, stage_of(shape_, rank, op.b.chunk));
-    if (progress_.backward[k] != kNotYet) fail(Errc::invalid_argument, where(rank, index, op) + ": this backward runs twice");
+    if (progress_.backward[k] != kNotYet)
+      fail(Errc::invalid_argument, where(rank, index, op) + ": this backward runs twice");
     progress_.backward[k] = t;
     progress_.backward_kind[k] = kind;
   }
@@ -201,7 +205,8 @@ class Simulator {
         break;
       case OpKind::W: {
         const std::size_t k = progress_.at(op.b.micro_batch, stage_of(shape_, rank, op.b.chunk));
-        if (progress_.weight[k] != kNotYet) fail(Errc::invalid_argument, where(rank, index, op) + ": this W runs twice");
+        if (progress_.weight[k] != kNotYet)
+          fail(Errc::invalid_argument, where(rank, index, op) + ": this W runs twice");
         progress_.weight[k] = t;
         break;
       }
@@ -275,8 +280,8 @@ class Simulator {
 void check_costs(const OpCosts& costs) {
   for (auto [name, value] : {std::pair{"F", costs.F}, {"B", costs.B}, {"W", costs.W}, {"FB", costs.FB}}) {
     if (!std::isfinite(value) || value < 0)
-      fail(Errc::invalid_argument, std::string("simulate: OpCosts.") + name + " must be finite and >= 0, got " +
-          std::to_string(value));
+      fail(Errc::invalid_argument, std::string("simulate: OpCosts.") + name +
+                                       " must be finite and >= 0, got " + std::to_string(value));
   }
 }
 
@@ -287,8 +292,8 @@ Simulation simulate(const ScheduleShape& shape, const std::vector<std::vector<Op
   validate(shape);
   check_costs(costs);
   if (static_cast<int>(per_rank.size()) != shape.ranks)
-    fail(Errc::invalid_argument, "simulate: per_rank holds " + std::to_string(per_rank.size()) + " op lists for " +
-        std::to_string(shape.ranks) + " ranks");
+    fail(Errc::invalid_argument, "simulate: per_rank holds " + std::to_string(per_rank.size()) +
+                                     " op lists for " + std::to_string(shape.ranks) + " ranks");
   return Simulator(shape, per_rank, costs).run();
 }
 

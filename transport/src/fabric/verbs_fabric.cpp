@@ -30,7 +30,6 @@ constexpr int kSequenceBits = 40;  // wr_id = qp slot << 40 | sequence
 constexpr std::uint64_t kSequenceMask = (std::uint64_t{1} << kSequenceBits) - 1;
 constexpr std::uint32_t kMaxRdAtomic = 16;
 
-
 std::string errno_text(int err) {
   return std::strerror(err);
 }

@@ -1,7 +1,8 @@
 // Deadlines and polite waiting.
 //
 // Every wait in ferry has a deadline, and no wait spins without bound: CI machines run 4-16 ranks plus proxy
-// threads on 2 cores, so a waiter spins briefly, then yields, then sleeps with a growing pause (capped at 1 ms).
+// threads on 2 cores, so a waiter spins briefly, then yields, then sleeps with a growing pause (at most
+// 1 ms).
 #pragma once
 
 #include <chrono>

@@ -114,11 +114,12 @@ struct ReduceRows {
 };
 
 // sum[i] += row[i] for each row in order, over n elements starting at element `begin` of every row. Two rows
-// per pass, written out by hand: (sum + a) + b is the plain loop's order, and a loop the compiler can vectorize
-// (left to itself, GCC fuses two iterations of the row loop and then gives up vectorizing the result).
+// per pass, written out by hand: (sum + a) + b is the plain loop's order, and a loop the compiler can
+// vectorize (left to itself, GCC fuses two iterations of the row loop and then gives up vectorizing the
+// result).
 template <typename Row, typename Load>
-FERRY_HD inline void add_rows(float* __restrict__ sum, const std::byte* const* rows, int count, std::int64_t begin,
-                              std::int64_t n, Load load) {
+FERRY_HD inline void add_rows(float* __restrict__ sum, const std::byte* const* rows, int count,
+                              std::int64_t begin, std::int64_t n, Load load) {
   int r = 0;
   for (; r + 2 <= count; r += 2) {
     const Row* __restrict__ a = reinterpret_cast<const Row*>(rows[r]) + begin;

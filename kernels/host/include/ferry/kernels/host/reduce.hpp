@@ -1,5 +1,5 @@
-// Combine's reduction on the host: protocol::reduce_rows (numeric.hpp) compiled for the widest vector unit this
-// CPU has (AVX-512, AVX2, or the build's baseline), picked once at load time. Same bits on every path.
+// Combine's reduction on the host: protocol::reduce_rows (numeric.hpp) compiled for the widest vector unit
+// this CPU has (AVX-512, AVX2, or the build's baseline), picked once at load time. Same bits on every path.
 #pragma once
 
 #include "ferry/kernels/protocol/numeric.hpp"
