@@ -125,6 +125,13 @@ nlohmann::json run_schedule_probe(Group& group, const ScheduleProbeOptions& opti
 
   const std::vector<pl::Op> ops = pl::rank_schedule(options.shape, options.pp_rank);
   OpRunner runner(traffic, options);
+  // One untimed step first: F&B is the first op that holds two operations' results at once, and the first time
+  // it does, their outputs are fresh memory (the block cache has one set); first touch of that memory cost
+  // 50-80 ms per F&B on the 2-core VM, which inflated F&B's mean over a step's three F&Bs from ~50 to ~89 ms.
+  if (options.comm.warmup > 0) {
+    group.barrier("probe/schedule/warmup");
+    for (const pl::Op& op : ops) runner.run(op);
+  }
   group.barrier("probe/schedule/run");
   std::map<std::string, std::pair<int, double>> per_kind;  // kind -> (count, total ms) on this rank
   const auto start = Clock::now();
