@@ -65,15 +65,17 @@ std::string smoke_or(const std::string& smoke, const std::string& other) {
          "; else " + behaviour(other) + "; fi";
 }
 
-// `ferry` as gpu-check calls it: --help, launch (runs the command after --), bench (writes --json), train
-// (writes a training log whose overlap figures differ with --no-overlap), trace.
+// `ferry` as gpu-check calls it: --help, launch (runs the command after --), bench (writes --json; hangs for
+// the benchmark FERRY_STUB_HANG names), train (writes a training log whose overlap figures differ with
+// --no-overlap), trace.
 const char* kFerryStub = R"(json=""; previous=""
 for argument in "$@"; do [ "$previous" = "--json" ] && json=$argument; previous=$argument; done
 case "$1" in
   --help) exit 0 ;;
   launch) while [ $# -gt 0 ] && [ "$1" != "--" ]; do shift; done; shift; exec "$@" ;;
   trace) exit 0 ;;
-  bench) echo "stub bench $2: 123 GB/s"; [ -n "$json" ] && echo "{\"bench\": \"$2\", \"gbps\": 123}" >"$json"; exit 0 ;;
+  bench) [ "$2" = "${FERRY_STUB_HANG-}" ] && exec sleep 600
+    echo "stub bench $2: 123 GB/s"; [ -n "$json" ] && echo "{\"bench\": \"$2\", \"gbps\": 123}" >"$json"; exit 0 ;;
   train)
     case "$*" in *--no-overlap*) wall=6.0; ratio=0.0; step=1.5 ;; *) wall=4.0; ratio=0.75; step=1.0 ;; esac
     echo "ferry train: stub"
@@ -169,14 +171,15 @@ class Scratch {
     packed_ = true;
   }
 
-  Run gpu_check(int budget, bool gpu_machine, const std::string& sanitizer) {
+  Run gpu_check(int budget, bool gpu_machine, const std::string& sanitizer,
+                const std::string& environment = "") {
     const fs::path stage = packed_ ? root_ / "packed" : tree();
     const std::string command =
         "cd " + root_.string() + " && OUT=" + (root_ / "out").string() +
         " FERRY_GPU_STAGE=" + stage.string() + " FERRY_GPU_MACHINE=" + (gpu_machine ? "1" : "0") +
         " FERRY_COMPUTE_SANITIZER=" + sanitizer + " FERRY_MPS_CONTROL=" + (tools() / "mps-control").string() +
-        " TMPDIR=" + (root_ / "tmp").string() + " FERRY_TEST_SEED=7 bash " + kGpuCheck + " --budget " +
-        std::to_string(budget);
+        " TMPDIR=" + (root_ / "tmp").string() + " FERRY_TEST_SEED=7 " + environment + " bash " + kGpuCheck +
+        " --budget " + std::to_string(budget);
     Run result;
     const auto start = std::chrono::steady_clock::now();
     result.outcome = ferry::test::run(command);
@@ -247,15 +250,29 @@ TEST_CASE("gpu-check: a hanging step ends the run failed within its budget", "[u
   Scratch scratch;
   scratch.stub_programs("pass");
   scratch.stub("test_gpu_dispatch", smoke_or("pass", "hang"));
-  const int budget = 5;
+  const int budget = 6;
   const Run run = scratch.gpu_check(budget, true, "none");
   INFO(run.table);
   CHECK(run.outcome.exit_code == 1);
-  CHECK(run.seconds < budget + 3);
+  CHECK(run.seconds < budget + 2);
   CHECK_THAT(row_of(run.table, "smoke"), Contains("| passed |"));
   CHECK_THAT(row_of(run.table, "dispatch"), Contains("TIMED OUT") && Contains("the budget"));
   CHECK_THAT(row_of(run.table, "gpu-dispatch"), Contains("not run: budget spent"));
   CHECK_THAT(row_of(run.table, "overlap"), Contains("not run: budget spent"));
+  check_out_folder(run);
+}
+
+TEST_CASE("gpu-check: a figure the budget cuts short is said so, and is no failure", "[unit]") {
+  Scratch scratch;
+  scratch.stub_programs("pass");
+  const Run run = scratch.gpu_check(6, true, "none", "FERRY_STUB_HANG=gpu-gemm");
+  INFO(run.table);
+  CHECK(run.outcome.exit_code == 0);
+  CHECK(run.seconds < 6 + 2);
+  CHECK_THAT(row_of(run.table, "gpu-dispatch"), Contains("| passed |"));
+  CHECK_THAT(row_of(run.table, "gpu-gemm"), Contains("cut short by the budget after"));
+  CHECK_THAT(row_of(run.table, "overlap"), Contains("not run: budget spent"));
+  CHECK_THAT(run.table, Contains("0 failed, 0 skipped, 1 figures cut short by the budget"));
   check_out_folder(run);
 }
 
