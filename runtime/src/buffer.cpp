@@ -90,11 +90,12 @@ struct Routing {
 
 // ---- Handle ----
 
+// A CUDA Buffer's handle has no host record: its counts are kept in the handle (DeviceBackend fills them).
 std::int64_t Handle::num_tokens() const {
-  return record_ ? record_->num_tokens : 0;
+  return record_ ? record_->num_tokens : num_tokens_;
 }
 std::int64_t Handle::num_recv_tokens() const {
-  return record_ ? record_->num_recv : 0;
+  return record_ ? record_->num_recv : num_recv_;
 }
 std::span<const std::int32_t> Handle::recv_src_rank() const {
   return record_ ? std::span<const std::int32_t>(record_->recv_src_rank) : std::span<const std::int32_t>();
@@ -273,7 +274,7 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
   const Device device = this->device();
   RowShape shape = check_dispatch_rows(inputs.x, inputs.x_scales, impl.config, device);
   const int num_topk = check_topk(inputs, shape.rows, impl.config, device);
-  check_layout(layout, shape.rows, num_topk, num_ranks(), local_size());
+  check_layout(layout, shape.rows, num_topk, num_ranks(), local_size(), device);
   if (device == Device::host) check_topk_weights(inputs.topk_weights);
   if (options.num_worst_tokens < 0) {
     fail(Errc::invalid_argument,

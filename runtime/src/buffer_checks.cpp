@@ -98,8 +98,8 @@ int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Conf
   return static_cast<int>(K);
 }
 
-void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks,
-                  int local_size) {
+void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks, int local_size,
+                  Device device) {
   if (layout.num_tokens != num_tokens || layout.num_topk != num_topk || layout.num_ranks != num_ranks ||
       layout.local_size != local_size) {
     reject("the layout was computed for " + std::to_string(layout.num_tokens) + " tokens x " +
@@ -108,7 +108,19 @@ void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, i
            std::to_string(num_tokens) + " x " + std::to_string(num_topk) + " on " +
            std::to_string(num_ranks) + " (" + std::to_string(local_size) + " per node)");
   }
-  if (layout.is_token_in_rank.size() != static_cast<std::size_t>(num_tokens) * num_ranks) {
+  if (layout.on_device()) {  // computed on the GPU (a CUDA Buffer's get_layout): only a CUDA Buffer reads it
+    if (device != Device::cuda) {
+      reject(
+          "the layout was computed on the GPU (is_token_in_rank_device) but this Buffer runs the host "
+          "backend: compute it from a host topk_idx");
+    }
+    const TensorView& in_rank = layout.is_token_in_rank_device.view();
+    if (in_rank.dim() != 2 || in_rank.size(0) != num_tokens || in_rank.size(1) != num_ranks ||
+        in_rank.dtype() != DType::uint8) {
+      reject("the layout's is_token_in_rank_device is " + in_rank.describe() + ", not " +
+             shape(num_tokens, num_ranks, DType::uint8));
+    }
+  } else if (layout.is_token_in_rank.size() != static_cast<std::size_t>(num_tokens) * num_ranks) {
     reject("the layout's is_token_in_rank has " + std::to_string(layout.is_token_in_rank.size()) +
            " entries, not tokens x ranks = " + std::to_string(num_tokens * num_ranks));
   }

@@ -25,7 +25,9 @@ int check_topk(const DispatchInputs& inputs, std::int64_t num_tokens, const Conf
                Device device = Device::host);
 
 // The layout was computed for this routing and this cluster.
-void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks, int local_size);
+// A device layout (Layout::on_device) only for a CUDA Buffer, with is_token_in_rank_device [T, R] uint8.
+void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, int num_ranks, int local_size,
+                  Device device);
 
 // Every weight is a finite number (a NaN would spread silently through combine and the gradients).
 void check_topk_weights(const TensorView& topk_weights);

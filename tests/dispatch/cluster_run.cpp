@@ -48,10 +48,7 @@ DispatchInputs inputs_of(const Scenario& scenario, int rank) {
 }
 
 std::mt19937_64 seeded(const char* test) {
-  const std::uint64_t seed = test_seed();
-  std::printf("%s: seed %llu (set FERRY_TEST_SEED to repeat)\n", test, static_cast<unsigned long long>(seed));
-  std::fflush(stdout);  // a sanitizer that stops the process must not lose it
-  return std::mt19937_64(seed);
+  return std::mt19937_64(announce_seed(test));
 }
 
 ClusterRun::ClusterRun(const Scenario& scenario, const Config& config)
@@ -110,6 +107,13 @@ TrafficCounters ClusterRun::total(TrafficCounters BufferTraffic::*kind) const {
 
 std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& want, int r,
                                 const DispatchResult& got, bool with_topk, std::int64_t worst_rows) {
+  return check_dispatch_rank(scenario, want, r, got, DispatchCheck{with_topk, worst_rows});
+}
+
+std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& want, int r,
+                                const DispatchResult& got, const DispatchCheck& check) {
+  const bool with_topk = check.with_topk;
+  const std::int64_t worst_rows = check.worst_rows;
   const std::size_t row_bytes = scenario.row_bytes();
   const int K = scenario.num_topk;
   const std::int64_t blocks = scenario.scale_blocks();
@@ -129,7 +133,8 @@ std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Sour
   for (std::int64_t i = 0; i < received; ++i) {
     const Source& source = want[i];
     const RankData& data = scenario.ranks[source.rank];
-    if (got.handle.recv_src_rank()[i] != source.rank || got.handle.recv_src_token()[i] != source.token) {
+    if (check.with_records &&
+        (got.handle.recv_src_rank()[i] != source.rank || got.handle.recv_src_token()[i] != source.token)) {
       return where(r, i, source) + ": the handle records source rank " +
              std::to_string(got.handle.recv_src_rank()[i]) + " token " +
              std::to_string(got.handle.recv_src_token()[i]);
@@ -166,14 +171,25 @@ std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Sour
   for (std::int64_t i = received; i < rows; ++i) {  // worst-case padding
     if (!all_zero(recv_x + i * row_bytes, row_bytes))
       return "rank " + std::to_string(r) + " padding row " + std::to_string(i) + " is not zero";
+    if (scenario.dtype == DType::fp8_e4m3 &&
+        !all_zero(got.recv_x_scales.data_as<float>() + i * blocks, blocks * sizeof(float))) {
+      return "rank " + std::to_string(r) + " padding row " + std::to_string(i) + " has scales";
+    }
     for (int k = 0; with_topk && k < K; ++k) {
       if (got.recv_topk_idx.data_as<std::int64_t>()[i * K + k] != -1) {
         return "rank " + std::to_string(r) + " padding row " + std::to_string(i) + " has an expert";
       }
+      if (!all_zero(got.recv_topk_weights.data_as<float>() + i * K + k, sizeof(float))) {
+        return "rank " + std::to_string(r) + " padding row " + std::to_string(i) + " has a weight";
+      }
     }
   }
+  for (std::int64_t& count : per_expert) {
+    count = (count + check.expert_alignment - 1) / check.expert_alignment * check.expert_alignment;
+  }
   if (with_topk && got.tokens_per_local_expert != per_expert) {
-    return "rank " + std::to_string(r) + " tokens_per_local_expert differs from the received topk ids";
+    return "rank " + std::to_string(r) + " tokens_per_local_expert differs from the received topk ids" +
+           (check.expert_alignment > 1 ? " rounded up to " + std::to_string(check.expert_alignment) : "");
   }
   return "";
 }

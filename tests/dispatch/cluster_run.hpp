@@ -34,6 +34,16 @@ struct ClusterRun {
   std::vector<std::unique_ptr<Buffer>> buffers;
 };
 
+// What a dispatch result is checked for. Padding rows (worst-case sizing) must be zero, with topk -1 and
+// weight 0; tokens_per_local_expert must be the received ids' count rounded up to expert_alignment.
+struct DispatchCheck {
+  bool with_topk = true;        // false: a cached dispatch (no topk travels)
+  std::int64_t worst_rows = 0;  // > 0: outputs sized for this many rows
+  int expert_alignment = 1;
+  bool with_records = true;  // false: a CUDA Buffer's handle, whose source records stay on the GPU
+};
+std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& sources, int rank,
+                                const DispatchResult& result, const DispatchCheck& check);
 std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& sources, int rank,
                                 const DispatchResult& result, bool with_topk, std::int64_t worst_rows = 0);
 std::string check_dispatch(const Scenario& scenario, const std::vector<std::vector<Source>>& sources,

@@ -272,9 +272,4 @@ ExpectedTraffic expected_traffic(const Scenario& scenario) {
   return traffic;
 }
 
-std::uint64_t test_seed() {
-  if (const char* text = std::getenv("FERRY_TEST_SEED")) return std::strtoull(text, nullptr, 10);
-  return std::random_device{}() * 0x9e3779b97f4a7c15ull + std::random_device{}();
-}
-
 }  // namespace ferry::test

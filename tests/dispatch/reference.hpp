@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "common/seed.hpp"  // test_seed(): FERRY_TEST_SEED or random
 #include "ferry/tensor.hpp"
 
 namespace ferry::test {
@@ -92,7 +93,5 @@ struct ExpectedTraffic {
   std::uint64_t within_node = 0;  // node + self: one per (token, target rank)
 };
 ExpectedTraffic expected_traffic(const Scenario& scenario);
-
-std::uint64_t test_seed();  // FERRY_TEST_SEED or random; printed by the caller
 
 }  // namespace ferry::test

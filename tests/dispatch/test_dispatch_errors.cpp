@@ -177,6 +177,10 @@ TEST_CASE("bad inputs are refused at the call, before anything runs", "[unit]") 
   Layout broken = layout;
   broken.is_token_in_rank.pop_back();
   REQUIRE_THROWS_WITH(buffer.dispatch(good.in, broken), Catch::Contains("is_token_in_rank has 3 entries"));
+  Layout from_gpu = layout;  // as a CUDA Buffer's get_layout leaves it (here a host tensor stands in)
+  from_gpu.is_token_in_rank_device = Tensor({4, 1}, DType::uint8);
+  REQUIRE_THROWS_WITH(buffer.dispatch(good.in, from_gpu),
+                      Catch::Contains("computed on the GPU") && Catch::Contains("runs the host backend"));
   DispatchOptions options;
   options.expert_alignment = 0;
   REQUIRE_THROWS_WITH(buffer.dispatch(good.in, layout, options),

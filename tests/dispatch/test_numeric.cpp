@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "common/seed.hpp"
 #include "ferry/kernels/host/reduce.hpp"
 #include "ferry/kernels/protocol/numeric.hpp"
 
@@ -120,7 +121,7 @@ std::vector<std::uint16_t> reduce_by_definition(const std::vector<std::vector<st
 
 TEST_CASE("the host's vectorized combine reduction gives the bits of the element-by-element definition",
           "[unit]") {
-  const std::uint64_t seed = Catch::rngSeed();
+  const std::uint64_t seed = ferry::test::announce_seed("vectorized combine reduction");
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   // Codes that matter to the bits: both zeros (0 + -0 is +0), NaNs, infinities, and ordinary values.

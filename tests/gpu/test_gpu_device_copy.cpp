@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/seed.hpp"
 #include "device_copy_kernels.hpp"
 #include "ferry/core/deadline.hpp"
 #include "ferry/core/error.hpp"
@@ -112,10 +113,8 @@ long first_difference(const std::vector<std::uint8_t>& a, const std::vector<std:
   return -1;
 }
 
-std::uint64_t test_seed() {
-  std::uint64_t seed = std::random_device{}();
-  std::cout << "device_copy test seed " << seed << "\n";
-  return seed;
+std::uint64_t device_copy_seed() {
+  return ferry::test::announce_seed("device_copy");
 }
 
 // Two virtual ranks for the chunk tests: rank 0's region holds `chunks` chunks of pattern bytes; rank 1's
@@ -125,7 +124,7 @@ struct ChunkPair {
   static constexpr std::size_t kDataAt = 4096;
 
   ChunkPair(std::size_t chunk_bytes, std::uint64_t chunk_count)
-      : chunk(chunk_bytes), chunks(chunk_count), seed(test_seed()) {
+      : chunk(chunk_bytes), chunks(chunk_count), seed(device_copy_seed()) {
     sender = world.make_fabric(0);
     receiver = world.make_fabric(1);
     sender->register_region(nullptr, chunk * chunks, MemoryKind::cuda);
@@ -168,7 +167,7 @@ struct ChunkPair {
 
 TEST_CASE("device_copy: random puts and signals between virtual ranks land byte for byte", "[gpu]") {
   const int ranks = GENERATE(2, 4);
-  const std::uint64_t seed = test_seed();
+  const std::uint64_t seed = device_copy_seed();
   INFO("ranks " << ranks << ", seed " << seed);
   // Each rank's region: a source area it never receives into, then one destination slice per source rank
   // (puts of different sources run on different streams, so they must not overlap), then one signal word per

@@ -1,25 +1,31 @@
 // The CUDA executor against the host reference, on virtual clusters of one GPU: every received row, scale,
 // topk slot and source record, and every combined value and weight, compared exactly; outputs poisoned before
 // every dispatch so an unwritten row cannot pass; cached and worst-case dispatch; the device layout against
-// compute_layout; a stalled peer gives the timeout record. Randomized (FERRY_TEST_SEED repeats a run).
+// compute_layout; a stalled peer gives the timeout record; a worst-case dispatch and combine captured in a
+// CUDA graph and replayed. Randomized (FERRY_TEST_SEED repeats a run).
 //
-// [small] marks the cases scripts/gpu-check runs under compute-sanitizer.
+// Tags scripts/gpu-check selects by: [smoke] the first case it runs (1x2, one dispatch and one combine: if it
+// fails, nothing else runs); [small] the cases it runs under compute-sanitizer (fp8); [graph] the graph
+// replay.
 #include <cuda_runtime_api.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "../dispatch/cluster_run.hpp"
 #include "../dispatch/reference.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/kernels/cuda/device_layout.hpp"
 #include "ferry/kernels/cuda/virtual_cluster.hpp"
 #include "ferry/kernels/protocol/numeric.hpp"
 #include "ferry/layout.hpp"
+#include "owned_stream.hpp"
 
 using namespace ferry;
 using namespace ferry::test;
@@ -208,9 +214,9 @@ void round_trip(const Scenario& scenario, const Setup& setup, const RoundTrip& h
   INFO(scenario.num_nodes << "x" << scenario.local_size << " H=" << scenario.hidden
                           << " K=" << scenario.num_topk << " " << to_string(scenario.dtype) << " num_sms "
                           << setup.num_sms << (how.worst ? " worst" : "") << (how.cached ? " cached" : ""));
+  const OwnedStream owned_stream;  // first: destroyed after the results and outputs that free on it
+  const cudaStream_t stream = owned_stream.get();
   kc::VirtualCluster cluster(params_of(scenario, setup, 7168), options_of(setup));
-  cudaStream_t stream = nullptr;
-  cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
   DeviceInputs inputs(scenario);
   const auto sources = expected_sources(scenario);
   kc::DeviceDispatchShape shape = shape_of(scenario);
@@ -290,16 +296,11 @@ void round_trip(const Scenario& scenario, const Setup& setup, const RoundTrip& h
     const auto got_weights = download(out_weights[r]->data, out_weights[r]->count);
     REQUIRE(std::memcmp(got_weights.data(), expected_weights[r].data(), got_weights.size() * 4) == 0);
   }
-  cudaStreamDestroy(stream);
 }
 
-std::mt19937_64 seeded(const char* test) {
-  const std::uint64_t seed = test_seed();
-  std::printf("%s: seed %llu (set FERRY_TEST_SEED to repeat)\n", test, static_cast<unsigned long long>(seed));
-  return std::mt19937_64(seed);
-}
-
-Scenario random_scenario(std::mt19937_64& rng, int nodes, int locals, std::int64_t max_tokens) {
+// dtype: as given, or drawn.
+Scenario random_scenario(std::mt19937_64& rng, int nodes, int locals, std::int64_t max_tokens,
+                         std::optional<DType> dtype = std::nullopt) {
   ScenarioShape shape;
   shape.num_nodes = nodes;
   shape.local_size = locals;
@@ -309,12 +310,29 @@ Scenario random_scenario(std::mt19937_64& rng, int nodes, int locals, std::int64
   shape.num_topk = std::uniform_int_distribution<int>(1, 8)(rng);
   const DType dtypes[] = {DType::bf16, DType::fp32, DType::fp8_e4m3};
   shape.dtype = dtypes[std::uniform_int_distribution<int>(0, 2)(rng)];
+  if (dtype) shape.dtype = *dtype;
   shape.max_tokens = max_tokens;
   shape.max_nodes = std::min(nodes, 4);
   return make_scenario(shape, rng);
 }
 
 }  // namespace
+
+TEST_CASE("GPU smoke: one dispatch and one combine on a 1x2 virtual cluster", "[gpu][smoke]") {
+  auto rng = seeded("gpu smoke");
+  ScenarioShape shape;
+  shape.num_nodes = 1;
+  shape.local_size = 2;
+  shape.experts_per_rank = 2;
+  shape.num_topk = 2;
+  shape.hidden = 256;
+  shape.max_tokens = 16;
+  Scenario scenario = make_scenario(shape, rng);
+  Setup setup;
+  setup.num_sms = 2;
+  setup.timeout = std::chrono::milliseconds(10000);
+  round_trip(scenario, setup, {false, false}, rng);
+}
 
 TEST_CASE("GPU dispatch and combine match the host reference on virtual clusters", "[gpu]") {
   auto rng = seeded("gpu topologies");
@@ -329,9 +347,9 @@ TEST_CASE("GPU dispatch and combine match the host reference on virtual clusters
   }
 }
 
-TEST_CASE("GPU dispatch and combine on a small case", "[gpu][small]") {
+TEST_CASE("GPU dispatch and combine on a small case, fp8", "[gpu][small]") {
   auto rng = seeded("gpu small");
-  Scenario scenario = random_scenario(rng, 2, 2, 24);
+  Scenario scenario = random_scenario(rng, 2, 2, 24, DType::fp8_e4m3);  // scales travel too
   Setup setup;
   setup.num_sms = 2;
   setup.rdma_slots = 2;
@@ -417,4 +435,155 @@ TEST_CASE("a stalled peer on the GPU gives a timeout record that names it", "[gp
     CHECK(std::string(error.what()).find("head ") != std::string::npos);
   }
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+}
+
+// What the graph test keeps of one replay: every rank's dispatch outputs and combine outputs, as bytes.
+struct Replay {
+  std::vector<std::vector<std::uint8_t>> recv_x, out;
+  std::vector<std::vector<std::int64_t>> recv_topk_idx;
+  std::vector<std::vector<float>> recv_topk_weights, out_weights;
+};
+
+TEST_CASE("a worst-case dispatch and combine captured in a CUDA graph replay to identical results",
+          "[gpu][graph]") {
+  // First: destroyed after everything that frees on it. Not ordered after the legacy stream (a captured
+  // stream must not be).
+  const OwnedStream owned_stream(cudaStreamNonBlocking);
+  const cudaStream_t stream = owned_stream.get();
+  auto rng = seeded("gpu graph");
+  // 2x2: node peers through device pointers and inter-node puts through the proxy, both replayed.
+  Scenario scenario = random_scenario(rng, 2, 2, 64, DType::bf16);
+  const int R = scenario.num_ranks();
+  const int K = scenario.num_topk;
+  Setup setup;
+  kc::VirtualCluster cluster(params_of(scenario, setup, scenario.hidden), options_of(setup));
+  DeviceInputs inputs(scenario);
+  const auto sources = expected_sources(scenario);
+  std::int64_t worst = 0;
+  for (const auto& rows : sources)
+    worst = std::max<std::int64_t>(worst, static_cast<std::int64_t>(rows.size()));
+  worst += 5;
+  const std::size_t row_bytes = scenario.row_bytes();
+
+  // Every output lives outside the graph, allocated before the capture: each replay writes the same memory.
+  std::vector<std::unique_ptr<DeviceCopy<std::uint8_t>>> recv_x, y, out;
+  std::vector<std::unique_ptr<DeviceCopy<std::int64_t>>> recv_ids;
+  std::vector<std::unique_ptr<DeviceCopy<float>>> recv_weights, out_weights;
+  const auto results_rows = make_results(scenario, sources, DType::bf16, worst, rng);
+  for (int r = 0; r < R; ++r) {
+    const auto rows = static_cast<std::size_t>(worst);
+    recv_x.push_back(std::make_unique<DeviceCopy<std::uint8_t>>(rows * row_bytes));
+    recv_ids.push_back(std::make_unique<DeviceCopy<std::int64_t>>(rows * K));
+    recv_weights.push_back(std::make_unique<DeviceCopy<float>>(rows * K));
+    y.push_back(std::make_unique<DeviceCopy<std::uint8_t>>(results_rows[r]));
+    out.push_back(std::make_unique<DeviceCopy<std::uint8_t>>(scenario.ranks[r].num_tokens * row_bytes));
+    out_weights.push_back(
+        std::make_unique<DeviceCopy<float>>(static_cast<std::size_t>(scenario.ranks[r].num_tokens * K)));
+    kc::DeviceOutputs outputs;
+    outputs.recv_x = reinterpret_cast<std::byte*>(recv_x[r]->data);
+    outputs.recv_topk_idx = recv_ids[r]->data;
+    outputs.recv_topk_weights = recv_weights[r]->data;
+    inputs.inputs[r].allocate = [outputs, worst](std::int64_t rows) {
+      if (rows != worst) fail(Errc::internal, "the engine asked for " + std::to_string(rows) + " rows");
+      return outputs;
+    };
+  }
+  kc::DeviceDispatchShape shape = shape_of(scenario);
+  shape.num_worst_tokens = worst;
+
+  cuda_ok(cudaDeviceSynchronize(), "the uploads");  // on the legacy stream, which this stream does not follow
+  cudaGraph_t graph = nullptr;
+  // Relaxed: the engine's host-side set-up (plans, records) may allocate while the stream is captured.
+  cuda_ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  std::vector<kc::DeviceDispatchResult> results;
+  try {
+    results = cluster.engine().dispatch(shape, inputs.inputs, nullptr, stream);
+    std::vector<kc::DeviceCombineInput> combine(R);
+    for (int r = 0; r < R; ++r) {
+      combine[r].y = reinterpret_cast<const std::byte*>(y[r]->data);
+      combine[r].y_weights = recv_weights[r]->data;
+      combine[r].out = reinterpret_cast<std::byte*>(out[r]->data);
+      combine[r].out_weights = out_weights[r]->data;
+      combine[r].record = results[r].record;
+    }
+    kc::DeviceCombineShape combine_shape;
+    combine_shape.kind = p::PayloadKind::bf16;
+    combine_shape.hidden = scenario.hidden;
+    combine_shape.fingerprint = 0x5eed;
+    cluster.engine().combine(combine_shape, combine, stream);
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);  // leaves the stream usable; the error is the test's
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    throw;
+  }
+  cuda_ok(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  std::unique_ptr<CUgraph_st, decltype(&cudaGraphDestroy)> graph_owner(graph, cudaGraphDestroy);
+  cudaGraphExec_t exec = nullptr;
+  cuda_ok(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  std::unique_ptr<CUgraphExec_st, decltype(&cudaGraphExecDestroy)> exec_owner(exec, cudaGraphExecDestroy);
+
+  auto replay = [&](const Scenario& expected_scenario) {
+    for (int r = 0; r < R; ++r) {  // poisoned, so a replay that writes nothing cannot pass
+      for (DeviceCopy<std::uint8_t>* poisoned : {recv_x[r].get(), out[r].get()}) {
+        if (poisoned->count > 0)
+          cuda_ok(cudaMemsetAsync(poisoned->data, 0xab, poisoned->count, stream), "poison the outputs");
+      }
+    }
+    cuda_ok(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+    cluster.engine().finish(stream, &results);
+    Replay got;
+    for (int r = 0; r < R; ++r) {
+      kc::DeviceDispatchResult view = results[r];
+      view.recv_x = reinterpret_cast<std::byte*>(recv_x[r]->data);
+      view.recv_topk_idx = recv_ids[r]->data;
+      view.recv_topk_weights = recv_weights[r]->data;
+      view.rows = worst;
+      const std::string diff = check_rank(expected_scenario, sources[r], r, view, true);
+      INFO(diff);
+      REQUIRE(diff.empty());
+      got.recv_x.push_back(download(recv_x[r]->data, recv_x[r]->count));
+      got.recv_topk_idx.push_back(download(recv_ids[r]->data, recv_ids[r]->count));
+      got.recv_topk_weights.push_back(download(recv_weights[r]->data, recv_weights[r]->count));
+      got.out.push_back(download(out[r]->data, out[r]->count));
+      got.out_weights.push_back(download(out_weights[r]->data, out_weights[r]->count));
+    }
+    return got;
+  };
+
+  const Replay first = replay(scenario);
+  // Combine sums the rows every rank returned with the weights it received (the reference's weights cover
+  // the received rows only).
+  std::vector<std::vector<float>> received_weights(R);
+  for (int r = 0; r < R; ++r) {
+    received_weights[r].assign(first.recv_topk_weights[r].begin(),
+                               first.recv_topk_weights[r].begin() + sources[r].size() * K);
+  }
+  const auto expected = expected_combine(scenario, sources, results_rows, DType::bf16);
+  const auto expected_weights = expected_combined_weights(scenario, sources, received_weights);
+  for (int r = 0; r < R; ++r) {
+    INFO("rank " << r);
+    REQUIRE(first.out[r] == expected[r]);
+    REQUIRE(std::memcmp(first.out_weights[r].data(), expected_weights[r].data(),
+                        first.out_weights[r].size() * sizeof(float)) == 0);
+  }
+  const Replay second = replay(scenario);
+  CHECK(second.recv_x == first.recv_x);
+  CHECK(second.recv_topk_idx == first.recv_topk_idx);
+  CHECK(second.recv_topk_weights == first.recv_topk_weights);
+  CHECK(second.out == first.out);
+  CHECK(second.out_weights == first.out_weights);
+
+  // New rows in the same input memory: the replay reads the input at replay time, not at capture.
+  Scenario renewed = scenario;
+  fill_rows(renewed, rng);
+  for (int r = 0; r < R; ++r) {
+    if (!renewed.ranks[r].x.empty()) {
+      cuda_ok(cudaMemcpy(inputs.x[r]->data, renewed.ranks[r].x.data(), renewed.ranks[r].x.size(),
+                         cudaMemcpyHostToDevice),
+              "upload new rows");
+    }
+  }
+  cuda_ok(cudaDeviceSynchronize(), "the new rows");
+  const Replay third = replay(renewed);
+  CHECK(third.out == first.out);  // combine's rows did not change
 }

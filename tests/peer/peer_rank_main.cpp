@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/seed.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
 #include "ferry/runtime/group_peers.hpp"
@@ -61,17 +62,23 @@ std::uint64_t flag_u64(const std::map<std::string, std::string>& flags, const st
   return it == flags.end() ? fallback : std::stoull(it->second);
 }
 
-Peers peers_of(Group& group) { return ferry::runtime::group_peers(group, kTimeout); }
+Peers peers_of(Group& group) {
+  return ferry::runtime::group_peers(group, kTimeout);
+}
 
-// Rank 0 chooses the seed and prints it; everyone uses it.
+// Rank 0 chooses the seed (FERRY_TEST_SEED, inherited through ferry launch, or a random one) and prints it;
+// everyone uses it.
 std::uint64_t shared_seed(Group& group) {
-  std::uint64_t seed = std::random_device{}();
-  seed = (seed << 32) ^ std::random_device{}();
+  std::uint64_t seed = ferry::test::test_seed();
   std::vector<std::uint8_t> mine(8);
   std::memcpy(mine.data(), &seed, 8);
   auto all = group.all_gather("seed", mine);
   std::memcpy(&seed, all[0].data(), 8);
-  if (group.rank() == 0) std::printf("random seed %llu\n", static_cast<unsigned long long>(seed));
+  if (group.rank() == 0) {
+    std::printf("peer rank: seed %llu (set FERRY_TEST_SEED to repeat)\n",
+                static_cast<unsigned long long>(seed));
+    std::fflush(stdout);
+  }
   return seed;
 }
 

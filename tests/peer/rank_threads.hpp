@@ -9,6 +9,7 @@
 #include <chrono>
 #include <future>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,12 @@ inline std::uint16_t free_port() {
 inline std::string unique_job_id(const std::string& stem) {
   std::random_device source;
   return stem + "-" + std::to_string(getpid()) + "-" + std::to_string(source());
+}
+
+// Catch2 (v2) assertions are not thread-safe: rank threads throw instead, run_ranks rethrows the first
+// failure on the main thread, and Catch2 reports it there.
+inline void expect(bool condition, const std::string& what) {
+  if (!condition) throw std::runtime_error(what);
 }
 
 inline transport::Peers peers_of(Group& group, std::chrono::milliseconds timeout) {

@@ -1,19 +1,20 @@
 // GPU peer tests (run where a GPU is; gpu_main.cpp exits 77 elsewhere): cuda_ipc peer memory between virtual
 // ranks of one process and between processes, and a CUDA kernel producing into a command ring drained by the
-// proxy.
+// proxy. scripts/gpu-check runs it from the staged copies (the programs it starts are found beside it).
 #include <cuda_runtime_api.h>
-#include <sys/wait.h>
 
-#include <array>
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
-#include <cstdio>
 #include <iostream>
+#include <string>
 #include <vector>
 
+#include "common/sibling_program.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "ferry/transport/proxy.hpp"
 #include "gpu_ring_producer.hpp"
+#include "launch_run.hpp"
 #include "rank_threads.hpp"
 #include "scripted_fabric.hpp"
 
@@ -24,37 +25,37 @@ using Catch::Matchers::Contains;
 TEST_CASE("cuda_ipc peer memory between virtual ranks of one process uses plain device pointers", "[gpu]") {
   const std::string job = ferry::test::unique_job_id("cuda-ipc-virtual");
   const std::size_t bytes = (1 << 20) + 256;
-  ferry::test::run_ranks(3, 3, job, [&](ferry::Group& group) {
+  using ferry::test::expect;
+  // Rank threads throw what they find (expect); run_ranks rethrows it here, where Catch2 reports it.
+  REQUIRE_NOTHROW(ferry::test::run_ranks(3, 3, job, [&](ferry::Group& group) {
+    const std::string me = "rank " + std::to_string(group.rank()) + ": ";
     auto peers = ferry::test::peers_of(group, 30s);
     auto memory = make_cuda_ipc_peer_memory(peers, bytes, 0);
-    REQUIRE(memory->kind() == MemoryKind::cuda);
-    REQUIRE(memory->bytes() == bytes);
-    REQUIRE(cudaSetDevice(0) == cudaSuccess);
-    REQUIRE(cudaMemset(memory->local(), 0x10 + group.rank(), bytes) == cudaSuccess);
-    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    expect(memory->kind() == MemoryKind::cuda, me + "kind() is not cuda");
+    expect(memory->bytes() == bytes, me + "bytes() differs");
+    expect(cudaSetDevice(0) == cudaSuccess, me + "cudaSetDevice");
+    expect(cudaMemset(memory->local(), 0x10 + group.rank(), bytes) == cudaSuccess, me + "cudaMemset");
+    expect(cudaDeviceSynchronize() == cudaSuccess, me + "cudaDeviceSynchronize");
     group.barrier("written");
     std::vector<unsigned char> host(bytes);
     for (int peer = 0; peer < 3; ++peer) {
-      REQUIRE(cudaMemcpy(host.data(), memory->peer(peer), bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
-      for (std::size_t i = 0; i < bytes; ++i) REQUIRE(host[i] == 0x10 + peer);
+      expect(cudaMemcpy(host.data(), memory->peer(peer), bytes, cudaMemcpyDeviceToHost) == cudaSuccess,
+             me + "cudaMemcpy from peer " + std::to_string(peer));
+      const auto bad =
+          std::find_if(host.begin(), host.end(), [&](unsigned char b) { return b != 0x10 + peer; });
+      expect(bad == host.end(), me + "byte " + std::to_string(bad - host.begin()) + " of peer " +
+                                    std::to_string(peer) + " is wrong");
     }
     group.barrier("read");
-  });
+  }));
 }
 
 TEST_CASE("cuda_ipc peer memory across processes through ferry launch", "[gpu]") {
-  std::string command = std::string(FERRY_BIN) + " launch --nodes 1 --ranks-per-node 2 --timeout 120 -- " +
-                        PEER_RANK_BIN + " cuda-ipc 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string output;
-  std::array<char, 4096> buffer{};
-  while (std::fgets(buffer.data(), buffer.size(), pipe) != nullptr) output += buffer.data();
-  int status = pclose(pipe);
-  std::cout << output;
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
-  CHECK_THAT(output, Contains("rank 0: cuda_ipc verified") && Contains("rank 1: cuda_ipc verified"));
+  const ferry::test::Outcome outcome = ferry::test::run(
+      ferry::test::sibling_program(FERRY_BIN) + " launch --nodes 1 --ranks-per-node 2 --timeout 120 -- " +
+      ferry::test::sibling_program(PEER_RANK_BIN) + " cuda-ipc");
+  CHECK(outcome.exit_code == 0);
+  CHECK_THAT(outcome.output, Contains("rank 0: cuda_ipc verified") && Contains("rank 1: cuda_ipc verified"));
 }
 
 TEST_CASE("a CUDA kernel posts commands into a mapped ring and the proxy drains them in order", "[gpu]") {

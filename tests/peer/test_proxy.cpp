@@ -3,13 +3,13 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
-#include <iostream>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/seed.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/proxy.hpp"
 #include "scripted_fabric.hpp"
@@ -56,16 +56,10 @@ Command random_command(std::mt19937_64& rng, std::uint64_t tag) {
   }
 }
 
-std::uint64_t fresh_seed() {
-  std::uint64_t seed = std::random_device{}();
-  std::cout << "random seed " << seed << "\n";
-  return seed;
-}
-
 }  // namespace
 
 TEST_CASE("proxy executes commands in posting order through many wraparounds", "[unit][proxy]") {
-  auto seed = fresh_seed();
+  auto seed = ferry::test::announce_seed("proxy wraparounds");
   INFO("seed " << seed);
   std::mt19937_64 rng(seed);
   auto fabric = std::make_unique<ScriptedFabric>();
@@ -240,7 +234,7 @@ TEST_CASE("stop makes waits fail with 'stopped' rather than time out", "[unit][p
 }
 
 TEST_CASE("several proxy threads drain several rings, each ring in order", "[unit][proxy]") {
-  auto seed = fresh_seed();
+  auto seed = ferry::test::announce_seed("proxy threads");
   INFO("seed " << seed);
   constexpr int kThreads = 2;
   constexpr int kRings = 5;

@@ -7,12 +7,11 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstring>
-#include <iostream>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "common/seed.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "rank_threads.hpp"
@@ -21,16 +20,12 @@ using namespace std::chrono_literals;
 using namespace ferry::transport;
 using Catch::Matchers::Contains;
 using ferry::Errc;
+using ferry::test::expect;
 using ferry::test::peers_of;
 using ferry::test::run_ranks;
 using ferry::test::unique_job_id;
 
 namespace {
-
-// Catch2 assertions are not thread-safe: rank threads throw instead, and the main thread reports.
-void expect(bool condition, const std::string& what) {
-  if (!condition) throw std::runtime_error(what);
-}
 
 // Runs `call`, returning the message of the ferry::Error it throws ("" when it does not throw).
 template <typename Call>
@@ -55,8 +50,7 @@ std::uint8_t pattern_byte(std::uint64_t seed, int rank, std::size_t i) {
 }  // namespace
 
 TEST_CASE("shm peer memory: every local rank reads every peer's pattern", "[unit][shm]") {
-  const std::uint64_t seed = std::random_device{}();
-  std::cout << "random seed " << seed << "\n";
+  const std::uint64_t seed = ferry::test::announce_seed("shm pattern");
   INFO("seed " << seed);
   const std::string job = unique_job_id("shm-pattern");
   const std::size_t bytes = (1 << 20) + 13;  // not a page multiple

@@ -1,0 +1,34 @@
+// The public API on the GPU, as a user calls it: one rank's ferry::Buffer(group, config, Device::cuda) with
+// device tensors, checked against the host reference (tests/dispatch). Every rank of the group runs the same
+// sequence (each builds the same scenarios from the seed and computes the reference for itself):
+//   - the device layout (get_layout on a device topk_idx) against compute_layout, and it alone feeding
+//   dispatch;
+//   - bf16 inputs uploaded on the caller's stream (DispatchOptions::stream), the result read back on that
+//     stream after Event::stream_wait; a cached dispatch of NEW rows from a new tensor, the old one poisoned,
+//     so a path that reads the first call's pointer fails; combine with the received weights and a bias;
+//   - fp8 with scales, the same;
+//   - fp32 with worst-case sizing and expert_alignment 4: padding rows zero with topk -1 and weight 0,
+//   aligned
+//     tokens_per_local_expert, combine on the worst-case handle;
+//   - overflow: num_worst_tokens one short on the fullest rank fails that rank's dispatch by name and leaves
+//     the Buffer usable (the next dispatch is checked);
+//   - host tensors refused by name.
+// Checks never stop the sequence (the other ranks would wait for this one): the first difference is kept.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ferry/group.hpp"
+
+namespace ferry::test {
+
+struct BufferCheckResult {
+  std::string failure;  // "" when every check passed, else the first difference (rank, round, what)
+  int checks = 0;       // comparisons made
+};
+
+// Collective over the group. seed: the same on every rank.
+BufferCheckResult check_cuda_buffer(Group& group, std::uint64_t seed);
+
+}  // namespace ferry::test
