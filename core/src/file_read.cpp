@@ -4,9 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <utility>
 
 #include "ferry/core/error.hpp"
@@ -57,26 +59,24 @@ std::vector<std::uint8_t> read_file_bounded(const std::string& path, std::uint64
   const int flags = ::fcntl(fd.get(), F_GETFL);
   if (flags >= 0) ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
 
+  // Read through a chunk and appended: a regular file's bytes land in storage reserved once, and nothing is
+  // zero-filled first.
   std::vector<std::uint8_t> bytes;
   if (regular) bytes.reserve(static_cast<std::size_t>(info.st_size));
   constexpr std::size_t kChunk = std::size_t{1} << 20;
+  const auto chunk = std::make_unique_for_overwrite<std::uint8_t[]>(kChunk);
   while (true) {
     // At most max_bytes + 1 in all: one byte past the limit says that there is more.
     const std::uint64_t room = max_bytes + 1 - bytes.size();
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, room));
-    const std::size_t at = bytes.size();
-    bytes.resize(at + want);
-    const ssize_t n = ::read(fd.get(), bytes.data() + at, want);
-    if (n < 0 && errno == EINTR) {
-      bytes.resize(at);
-      continue;
-    }
+    const ssize_t n = ::read(fd.get(), chunk.get(), want);
+    if (n < 0 && errno == EINTR) continue;
     if (n < 0) fail_errno("cannot read " + what + " " + path, errno);
-    bytes.resize(at + static_cast<std::size_t>(n));
     if (n == 0) break;
+    bytes.insert(bytes.end(), chunk.get(), chunk.get() + n);
     if (bytes.size() > max_bytes) too_large(path, max_bytes, what, "");
   }
-  bytes.shrink_to_fit();
+  if (!regular) bytes.shrink_to_fit();  // a stream grew the vector by doubling
   return bytes;
 }
 
