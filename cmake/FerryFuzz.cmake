@@ -22,7 +22,7 @@ set(FERRY_FUZZ_SECONDS 15 CACHE STRING "Seconds each fuzz target runs under ctes
 set(FERRY_FUZZ_FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
                      -fno-omit-frame-pointer)
 # Library sources nearly every target needs: ferry::Error.
-set(FERRY_FUZZ_CORE_SOURCES ${PROJECT_SOURCE_DIR}/core/src/error.cpp)
+set(FERRY_FUZZ_CORE_SOURCES ${PROJECT_SOURCE_DIR}/core/src/error.cpp ${PROJECT_SOURCE_DIR}/core/src/file_read.cpp)
 
 function(ferry_add_fuzz_target name)
   cmake_parse_arguments(ARG "" "CORPUS;SECONDS" "SOURCES;LIBRARY_SOURCES;LIBS;LINK" ${ARGN})

@@ -64,6 +64,9 @@ write("chrome_trace", "empty.json", '{"traceEvents":[]}')
 write("chrome_trace", "bad-phase.json", json.dumps([{"name": "x", "ph": "B", "pid": 0, "tid": 0, "ts": 0}]))
 write("chrome_trace", "two-steps-one-rank.json",
       json.dumps([event("step", "step", 0, 2, 0, 10, step=1), event("step", "step", 0, 2, 5, 10, step=1)]))
+# Nesting just past the reader's bound (kMaxTraceDepth = 32), and a long name to quote in a message.
+write("chrome_trace", "deep-nesting.json", '{"traceEvents":[' + "[" * 40 + "]" * 40 + "]}")
+write("chrome_trace", "long-name.json", json.dumps([{"name": "n" * 2000, "ph": "Q", "pid": 0, "tid": 0}]))
 
 # ---- layout: [flags][ranks][local size][experts u16][max nodes][topk] then ids (int16) ----
 def layout(flags, ranks, local, experts, max_nodes, topk, ids):

@@ -1,11 +1,9 @@
 // `ferry`: launch an emulated cluster, inspect the topology, probe the fabric, benchmark, train and read
 // pipeline traces.
-#include <cstdio>
 #include <exception>
 
 #include "cli/usage.hpp"
 #include "commands.hpp"
-#include "ferry/core/error.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"ferry: MoE expert-parallel dispatch/combine over RDMA and NVLink"};
@@ -23,8 +21,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return ferry::tools::cli::report_parse_error(app, e);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
+    return ferry::tools::cli::report_run_error(app, e);
   }
   return exit_code;
 }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/output_paths.hpp"
 #include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/error.hpp"
@@ -130,7 +131,12 @@ void print_cluster(const Group& group, const nlohmann::json& cluster) {
 }
 
 void run_topo(const std::string& json_path, const std::string& sysfs_root) {
-  auto group = Group::from_env();
+  const JobEnv job = cli::before_work([&] {
+    JobEnv env = resolve_job_env();
+    if (env.rank == 0) cli::check_output_file("--json", json_path);
+    return env;
+  });
+  auto group = Group::from_job(job);
   const MachineInfo machine = probe_machine();
   auto mine = describe_rank(group, machine, probe_host(sysfs_root, machine)).dump();
   auto blobs =

@@ -9,12 +9,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <utility>
 
 #include "ferry/core/error.hpp"
+#include "ferry/core/file_read.hpp"
 #include "ferry/model/json.hpp"
 
 namespace ferry::model {
@@ -178,15 +177,11 @@ void save_checkpoint(const std::string& path, const TrainerState& state) {
   write_durably(path, w.bytes);
 }
 
-TrainerState load_checkpoint(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail_errno("cannot open checkpoint " + path, errno);
-  const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                                        std::istreambuf_iterator<char>());
-  if (in.bad()) fail_errno("cannot read checkpoint " + path, errno);
+TrainerState load_checkpoint(const std::string& path, std::uint64_t max_bytes) {
+  const std::vector<std::uint8_t> bytes = read_file_bounded(path, max_bytes, "checkpoint");
 
   if (bytes.size() < sizeof kMagic || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
-    fail(Errc::unsupported, path + " is not a ferry checkpoint (bad magic)");
+    fail(Errc::invalid_argument, path + " is not a ferry checkpoint (bad magic)");
   constexpr std::size_t kHeader = sizeof kMagic + 2 * sizeof(std::uint32_t);
   constexpr std::size_t kTrailer = sizeof(std::uint64_t);
   if (bytes.size() < kHeader + kTrailer) fail(Errc::invalid_argument, "checkpoint " + path + " is truncated");
@@ -218,6 +213,9 @@ TrainerState load_checkpoint(const std::string& path) {
   }
   state.step = r.pod<std::int64_t>("step");
   state.adam_steps = r.pod<std::int64_t>("adam steps");
+  if (state.step < 0 || state.adam_steps < 0)
+    fail(Errc::invalid_argument, "checkpoint " + path + " is malformed: step " + std::to_string(state.step) +
+                                     ", adam steps " + std::to_string(state.adam_steps) + " (negative)");
   for (auto& word : state.data_rng) word = r.pod<std::uint64_t>("data RNG");
   const auto n = r.pod<std::uint64_t>("parameter count");
   state.params = r.floats(n, "parameters");

@@ -62,6 +62,7 @@ void TrainConfig::validate() const {
 void DataConfig::validate() const {
   require(!path.empty() || synthetic_bytes >= 1024, "DataConfig.synthetic_bytes",
           "must be >= 1024 when no data file is given");
+  require(max_file_bytes >= 1, "DataConfig.max_file_bytes", "must be >= 1");
 }
 
 }  // namespace ferry::model

@@ -2,13 +2,11 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cmath>
-#include <fstream>
-#include <iterator>
 #include <string_view>
 
 #include "ferry/core/error.hpp"
+#include "ferry/core/file_read.hpp"
 
 namespace ferry::model {
 
@@ -115,26 +113,28 @@ DataSource DataSource::synthetic(std::uint64_t seed, std::size_t bytes) {
                     "synthetic(seed=" + std::to_string(seed) + ", bytes=" + std::to_string(bytes) + ")");
 }
 
-DataSource DataSource::from_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail_errno("cannot open data file " + path, errno);
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) fail_errno("cannot read data file " + path, errno);
+DataSource DataSource::from_file(const std::string& path, std::uint64_t max_bytes) {
+  std::vector<std::uint8_t> bytes = read_file_bounded(path, max_bytes, "data file");
   if (bytes.empty()) fail(Errc::invalid_argument, "data file " + path + " is empty");
   return DataSource(std::move(bytes), path);
 }
 
 DataSource DataSource::from_config(const DataConfig& config) {
   config.validate();
-  if (!config.path.empty()) return from_file(config.path);
+  if (!config.path.empty()) return from_file(config.path, config.max_file_bytes);
   return synthetic(config.synthetic_seed, config.synthetic_bytes);
 }
 
-void DataSource::sample(std::uint8_t* out, Rng& rng, int batch, int seq) const {
+void DataSource::check_window(int seq) const {
   const std::size_t window = static_cast<std::size_t>(seq) + 2;
   if (bytes_.size() < window)
     fail(Errc::invalid_argument, "data source " + name_ + " has " + std::to_string(bytes_.size()) +
                                      " bytes, fewer than one window of seq + 2 = " + std::to_string(window));
+}
+
+void DataSource::sample(std::uint8_t* out, Rng& rng, int batch, int seq) const {
+  check_window(seq);
+  const std::size_t window = static_cast<std::size_t>(seq) + 2;
   const std::uint64_t starts = bytes_.size() - window + 1;
   for (int b = 0; b < batch; ++b) {
     const std::size_t start = static_cast<std::size_t>(rng.below(starts));

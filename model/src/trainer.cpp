@@ -177,7 +177,19 @@ std::string Trainer::resume_problem(const TrainerState& state, const std::string
   if (state.params.size() != n || state.ema.size() != n || state.adam_m.size() != n ||
       state.adam_v.size() != n || state.balance_bias.size() != model_.moe_layers().size())
     return "checkpoint " + path + " does not match the model's parameter layout";
+  // A resume at or past the end would train nothing and save over the file as if it had.
+  if (state.step >= train_.steps)
+    return "checkpoint " + path + " is at step " + std::to_string(state.step) + ", not below the run's " +
+           std::to_string(train_.steps) + " steps (--steps): nothing is left to train";
   return "";
+}
+
+std::uint64_t Trainer::checkpoint_bytes_bound() const {
+  // Four float arrays of the parameters, the balancing biases, three config JSONs and the fixed fields;
+  // 1 MiB covers the JSON and the header many times over.
+  std::uint64_t floats = 4 * static_cast<std::uint64_t>(model_.params().size());
+  for (const MoELayer<float>* layer : model_.moe_layers()) floats += layer->bias().size() + 2;
+  return floats * sizeof(float) + (std::uint64_t{1} << 20);
 }
 
 void Trainer::load(const std::string& path) {
@@ -187,7 +199,7 @@ void Trainer::load(const std::string& path) {
   std::string problem;
   std::optional<ferry::Error> error;
   try {
-    state = load_checkpoint(path);
+    state = load_checkpoint(path, checkpoint_bytes_bound());
     problem = resume_problem(state, path);
   } catch (const ferry::Error& e) {
     problem = e.what();
@@ -223,7 +235,12 @@ void Trainer::restore(TrainerState state, const std::string& path) {
 
 std::vector<StepStats> run_training(const RunOptions& options,
                                     const std::function<void(const StepStats&)>& on_step) {
-  auto data = std::make_shared<const DataSource>(DataSource::from_config(options.data));
+  if (options.save_every < 0 || options.stop_after < 0)
+    fail(Errc::invalid_argument, "run_training: save_every (" + std::to_string(options.save_every) +
+                                     ") and stop_after (" + std::to_string(options.stop_after) +
+                                     ") must be >= 0");
+  auto data = options.data_source ? options.data_source
+                                  : std::make_shared<const DataSource>(DataSource::from_config(options.data));
   Trainer trainer(options.model, options.train, data, options.parallel);
   if (!options.resume_from.empty()) trainer.load(options.resume_from);
   std::vector<StepStats> history;

@@ -72,8 +72,8 @@ TEST_CASE("uniform routing spreads the load, skew concentrates it on low experts
 }
 
 TEST_CASE("routing rejects impossible specs naming the field", "[unit]") {
-  CHECK_THROWS_WITH(generate_routing(spec_of(2, 2, 1, 20, 32), 0), Catch::Contains("topk (20)"));
-  CHECK_THROWS_WITH(generate_routing(spec_of(2, 2, 2, 4, 30), 0), Catch::Contains("experts (30)"));
+  CHECK_THROWS_WITH(generate_routing(spec_of(2, 2, 1, 20, 32), 0), Catch::Contains("--topk 20 exceeds"));
+  CHECK_THROWS_WITH(generate_routing(spec_of(2, 2, 2, 4, 30), 0), Catch::Contains("--experts 30 must be"));
   CHECK_THROWS_AS(generate_routing(spec_of(2, 2, 2, 4, 32), 4), std::invalid_argument);
 }
 

@@ -92,16 +92,22 @@ TEST_CASE("multi-rank checkpoints: resume matches the uninterrupted run, mixed s
       CHECK(ferry::model::load_checkpoint(rank_file(at_step2, r)).step == (r == 0 ? 3 : 2));
   }
 
-  {  // Files of two runs at the same step.
-    fs::copy_file(rank_file(straight, 1), rank_file(split, 1), fs::copy_options::overwrite_existing);
-    const auto outcome = train(split, " --resume");
+  {  // Files of two runs at the same step: rank 1's file says it belongs to another run. (A set at the
+     // run's last step is refused before the runs are compared: nothing would be left to train.)
+    const std::string mixed = ferry::test::temp_path("ckpt-mixed");
+    fs::copy(at_step3, mixed);
+    auto other = ferry::model::load_checkpoint(rank_file(mixed, 1));
+    other.job.run_id += 1;
+    ferry::model::save_checkpoint(rank_file(mixed, 1), other);
+    const auto outcome = train(mixed, " --resume");
     CHECK(outcome.exit_code != 0);
-    const auto mine = ferry::model::load_checkpoint(rank_file(split, 0)).job.run_id;
-    const auto theirs = ferry::model::load_checkpoint(rank_file(split, 1)).job.run_id;
+    const auto mine = ferry::model::load_checkpoint(rank_file(mixed, 0)).job.run_id;
+    const auto theirs = ferry::model::load_checkpoint(rank_file(mixed, 1)).job.run_id;
     REQUIRE(mine != theirs);
     CHECK_THAT(outcome.output, Catch::Contains("do not agree") &&
                                    Catch::Contains("of run " + std::to_string(mine)) &&
                                    Catch::Contains("of run " + std::to_string(theirs)));
+    fs::remove_all(mixed);
   }
   {  // One rank's file is gone: every rank fails naming it, none waits for it.
     fs::remove(rank_file(at_step3, 2));

@@ -3,10 +3,12 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <vector>
 
 #include "ferry/core/error.hpp"
+#include "ferry/model/footprint.hpp"
 #include "ferry/model/model.hpp"
 #include "ferry/model/mtp.hpp"
 #include "grad_check.hpp"
@@ -212,4 +214,52 @@ TEST_CASE("invalid configs and inputs are refused with the offender named", "[mo
   std::vector<std::uint8_t> tokens(tiny_config().seq + 2, 1);
   tokens[3] = 200;
   REQUIRE_THROWS_WITH(model.forward(tokens.data(), 1), Catch::Contains("position 3"));
+}
+
+TEST_CASE("the footprint estimate bounds a built model's parameters and a step's activations", "[model]") {
+  ModelConfig wide = testing::four_block_model(true);
+  wide.seq = 32;
+  wide.heads = 8;
+  wide.dim = 32;
+  ModelConfig dense_only = testing::four_block_model(false);
+  dense_only.n_dense = dense_only.layers;
+  ModelConfig recomputed = ModelConfig{};  // the trainer's defaults, with --recompute below
+  const struct {
+    const char* name;
+    ModelConfig config;
+    int rows;
+    bool recompute;
+  } cases[] = {
+      {"tiny", tiny_config(), 3, false},     {"four blocks, MTP", testing::four_block_model(true), 2, false},
+      {"dense only", dense_only, 2, false},  {"long sequences, many heads", wide, 2, false},
+      {"defaults", ModelConfig{}, 4, false}, {"defaults, recompute", recomputed, 4, true}};
+  for (const auto& c : cases) {
+    INFO(c.name);
+    Model<float> model(c.config, testing::local_exchanges());
+    model.set_recompute_norms(c.recompute);
+    const auto tokens = testing::random_tokens(c.config, c.rows, 5);
+    model.forward(tokens.data(), c.rows);
+    model.backward();
+    const Footprint estimate = estimate_footprint(c.config, static_cast<std::uint64_t>(c.rows));
+    const auto parameters = static_cast<std::uint64_t>(model.params().size());
+    const auto activations = static_cast<std::uint64_t>(model.peak_activation_bytes());
+    INFO("parameters " << parameters << " estimated " << estimate.parameters << "; activation bytes "
+                       << activations << " estimated " << estimate.activation_bytes);
+    CHECK(estimate.parameters >= parameters);
+    CHECK(estimate.parameters <= 2 * parameters);  // an upper bound, not a wild one
+    CHECK(estimate.activation_bytes >= activations);
+    CHECK(estimate.activation_bytes <= 8 * activations);
+    CHECK(estimate.largest.elements <= kMaxTensorElements);
+  }
+  // Absurd shapes saturate instead of wrapping to something small.
+  ModelConfig huge;
+  huge.dim = 1 << 16;
+  huge.seq = 1 << 16;
+  huge.heads = 1 << 16;
+  huge.experts = 1 << 16;
+  huge.expert_hidden = 1 << 20;
+  huge.layers = 1 << 10;
+  const Footprint estimate = estimate_footprint(huge, std::uint64_t{1} << 32);
+  CHECK(estimate.activation_bytes == std::numeric_limits<std::uint64_t>::max());
+  CHECK(estimate.largest.elements > kMaxTensorElements);
 }

@@ -411,6 +411,38 @@ TEST_CASE("Chrome trace: malformed input is named", "[trace]") {
              Catch::Contains(path) && Catch::Contains("no such"));
 }
 
+TEST_CASE("Chrome trace: deep nesting is refused while parsing, and messages quote short excerpts",
+          "[trace]") {
+  auto parse_error = [](const std::string& text) {
+    return invalid_argument_message([&] { parse_chrome_trace(text); });
+  };
+  // 100000 nested arrays: the error message used to dump them recursively and overflow the stack.
+  CHECK_THAT(parse_error(std::string(100000, '[') + std::string(100000, ']')),
+             Catch::Contains("JSON nested deeper than 32 levels"));
+  CHECK_THAT(parse_error("{\"traceEvents\":[" + std::string(40, '[') + std::string(40, ']') + "]}"),
+             Catch::Contains("nested deeper"));
+  // The deepest a reader needs, and a few levels more, still parse to a message about the event.
+  CHECK_THAT(parse_error("{\"traceEvents\":[" + std::string(20, '[') + std::string(20, ']') + "]}"),
+             Catch::Contains("traceEvents[0]: not an object: [[[["));
+  // A megabyte where a number belongs, a megabyte-long name and phase: quoted in at most 80 characters each.
+  const std::string huge(1 << 20, 'x');
+  const std::string message = parse_error(R"J({"traceEvents":[{"name":")J" + huge + R"J(","ph":"X","ts":")J" +
+                                          huge + R"J(","dur":1,"pid":0,"tid":0}]})J");
+  CHECK_THAT(message, Catch::Contains("\"ts\" is not a number: \"xxxx") && Catch::Contains("..."));
+  CHECK(message.size() < 300);
+  CHECK(parse_error(R"J({"traceEvents":[{"name":"a","ph":")J" + huge + R"J(","ts":1,"pid":0,"tid":0}]})J")
+            .size() < 400);
+  CHECK(parse_error("[" + huge).size() < 400);  // nlohmann's "last read" of an unterminated token
+  // A multi-byte character is never cut in half.
+  std::string accents;
+  for (int i = 0; i < 100; ++i) accents += "\xc3\xa9";
+  const std::string cut = parse_error(R"J({"traceEvents":[{"name":"a","ph":"X","ts":")J" + accents +
+                                      R"J(","dur":1,"pid":0,"tid":0}]})J");
+  const std::size_t dots = cut.find("...");
+  REQUIRE(dots != std::string::npos);
+  CHECK((static_cast<unsigned char>(cut[dots - 1]) & 0xC0) != 0xC0);  // not a lead byte left alone
+}
+
 TEST_CASE("SVG timeline: one box per event, escaped names, a step's window", "[trace]") {
   std::vector<TraceEvent> events = worked_example(0, 0);
   for (const TraceEvent& e : worked_example(1, 0)) events.push_back(e);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -313,6 +314,70 @@ TEST_CASE("checkpoints carry the job fingerprint; a file of another layout is re
   CHECK(resumed.steps_done() == 1);
 
   CHECK_THROWS_WITH(trainer.save(dir.file("no-such-dir/ckpt")), Catch::Contains("no-such-dir/ckpt.tmp"));
+}
+
+TEST_CASE("a checkpoint whose step is not below the run's steps, or negative, is refused by number",
+          "[model][checkpoint]") {
+  TempDir dir;
+  const TrainConfig t = checkpoint_run();  // 3 steps
+  Trainer trainer(small_moe_config(), t, corpus());
+  trainer.step();
+  const std::string path = dir.file("ckpt");
+  trainer.save(path);
+  TrainerState state = load_checkpoint(path);
+  const auto refusal = [&](std::int64_t step) {
+    state.step = step;
+    save_checkpoint(path, state);  // a valid checksum over the step
+    Trainer fresh(small_moe_config(), t, corpus());
+    try {
+      fresh.load(path);
+    } catch (const ferry::Error& e) {
+      CHECK(e.code() == ferry::Errc::invalid_argument);
+      CHECK(fresh.steps_done() == 0);
+      return std::string(e.what());
+    }
+    return std::string("loaded");
+  };
+  CHECK(refusal(2) == "loaded");
+  CHECK_THAT(refusal(3),
+             Catch::Contains("checkpoint " + path + " is at step 3, not below the run's 3 steps"));
+  CHECK_THAT(refusal(INT64_MAX),
+             Catch::Contains("is at step 9223372036854775807, not below the run's 3 steps") &&
+                 Catch::Contains("nothing is left to train"));
+  CHECK_THAT(refusal(-1), Catch::Contains("checkpoint " + path + " is malformed: step -1"));
+
+  // A file far larger than this model's checkpoint can be is refused unread.
+  {
+    std::ofstream big(dir.file("big"), std::ios::binary);
+    big.seekp(std::streamoff{64} << 20);
+    big.put('x');
+  }
+  Trainer fresh(small_moe_config(), t, corpus());
+  REQUIRE_THROWS_WITH(fresh.load(dir.file("big")), Catch::Contains("holds 64 MiB, more than the"));
+}
+
+TEST_CASE("a data file is read no further than its limit", "[model][data]") {
+  TempDir dir;
+  const std::string path = dir.file("five-k.txt");
+  std::ofstream(path) << std::string(5000, 'a');
+  REQUIRE(DataSource::from_file(path, 5000).bytes().size() == 5000);
+  REQUIRE_THROWS_WITH(DataSource::from_file(path, 4096),
+                      Catch::Contains("data file " + path + " holds 4.88 KiB, more than the 4 KiB"));
+  // A device never ends: reading stops one byte past the limit.
+  try {
+    DataSource::from_file("/dev/zero", 4096);
+    FAIL("/dev/zero was read");
+  } catch (const ferry::Error& e) {
+    CHECK(e.code() == ferry::Errc::invalid_argument);
+    CHECK_THAT(e.what(),
+               Catch::Contains("data file /dev/zero holds more than the 4 KiB a data file may have"));
+  }
+  REQUIRE_THROWS_WITH(DataSource::from_file(dir.file("")), Catch::Contains("is a directory"));
+  DataConfig config;
+  config.path = path;
+  config.max_file_bytes = 100;
+  REQUIRE_THROWS_WITH(DataSource::from_config(config), Catch::Contains("more than the 100 B"));
+  REQUIRE(kMaxDataFileBytes == std::uint64_t{256} << 20);
 }
 
 TEST_CASE("synthetic corpus is deterministic and structured, file loader and batches", "[model][data]") {

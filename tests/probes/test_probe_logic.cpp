@@ -178,7 +178,19 @@ TEST_CASE("sweep: every combination in order, invalid ones explained, the fastes
   ferry::bench::SweepArgs args;
   args.sms = "4,7";
   CHECK_THROWS_WITH(ferry::bench::parse_sweep_grid(args),
-                    Catch::Contains("must be even (a channel is 2 SMs), not 7"));
+                    Catch::Contains("must be even (a channel is 2 SMs) and at most 1024, not 7"));
+  args.sms = "2048";
+  CHECK_THROWS_WITH(ferry::bench::parse_sweep_grid(args), Catch::Contains("not 2048"));
+  args.sms = "4";
+  args.rdma_chunks = "70000";
+  CHECK_THROWS_WITH(ferry::bench::parse_sweep_grid(args),
+                    Catch::Contains("--sweep-rdma-chunk: 70000 is above 65536"));
+  // Each point builds a Buffer and runs the benchmark: a grid of 17 x 16 x 16 = 4352 points is refused.
+  std::string many;
+  for (int i = 1; i <= 17; ++i) many += (i > 1 ? "," : "") + std::to_string(2 * i);
+  args.sms = many;
+  args.rdma_chunks = args.nvl_chunks = "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16";
+  CHECK_THROWS_WITH(ferry::bench::parse_sweep_grid(args), Catch::Contains("= 4352 points, more than 4096"));
 
   nlohmann::json points = nlohmann::json::array();
   points.push_back(point(4, 8, 3.0, 1.0));

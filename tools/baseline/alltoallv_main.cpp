@@ -21,6 +21,7 @@
 #include "bench/dispatch_report.hpp"
 #include "bench/dispatch_rows.hpp"
 #include "bench/routing_gen.hpp"
+#include "cli/bounds.hpp"
 
 namespace ferry::baseline {
 namespace {
@@ -240,7 +241,7 @@ int main(int argc, char** argv) {
   int ranks_per_node = 0;
   app.add_option("--ranks-per-node", ranks_per_node,
                  "Ranks that count as one node (emulated clusters); 0: Open MPI's local size")
-      ->check(CLI::NonNegativeNumber);
+      ->check(tools::cli::whole_in(0, 1024));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

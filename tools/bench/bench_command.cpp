@@ -2,6 +2,7 @@
 //
 //   ferry launch --nodes 2 --ranks-per-node 1 --netns -- ferry bench transport --sizes 4K..64M --json
 //   out.json
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -12,6 +13,9 @@
 #include "bench/proxy_bench.hpp"
 #include "bench/sizes.hpp"
 #include "bench/transport_bench.hpp"
+#include "cli/bounds.hpp"
+#include "cli/memory_plan.hpp"
+#include "cli/output_paths.hpp"
 #include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/deadline.hpp"
@@ -32,17 +36,55 @@ struct TransportArgs {
   double timeout_s = 100;
 };
 
-void run_transport(const TransportArgs& args) {
+// The largest message size of --sizes: each rank registers two buffers of it (and TCP sends as much).
+constexpr std::size_t kMaxMessageBytes = std::size_t{1} << 30;
+
+std::vector<std::size_t> parse_message_sizes(const std::string& text) {
+  auto sizes = parse_size_list(text);
+  for (std::size_t size : sizes)
+    if (size > kMaxMessageBytes)
+      fail(Errc::invalid_argument,
+           "--sizes: " + format_size(size) + " is above " + format_size(kMaxMessageBytes));
+  return sizes;
+}
+
+struct TransportRequest {
+  JobEnv job;
   TransportBenchOptions options;
+};
+
+// Before any work: the sizes, the job's shape (pairs of ranks), the report's path, the memory.
+TransportRequest check_transport(const TransportArgs& args) {
+  TransportRequest request;
+  TransportBenchOptions& options = request.options;
   options.fabric = transport::parse_fabric_kind(args.fabric);
-  options.sizes = parse_size_list(args.sizes);
+  options.sizes = parse_message_sizes(args.sizes);
   options.iters = args.iters;
   options.skip_tcp = args.no_tcp;
   options.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(args.timeout_s));
+  request.job = resolve_job_env();
+  if (request.job.world_size < 2 || request.job.world_size % 2 != 0)
+    fail(Errc::invalid_argument,
+         "bench transport pairs rank r with rank r + W/2 and needs an even world size of "
+         "at least 2, not " +
+             std::to_string(request.job.world_size) + " (run it under `ferry launch --nodes 2`)");
+  if (request.job.rank == 0) cli::check_output_file("--json", args.json);
+  const auto largest =
+      static_cast<std::uint64_t>(*std::max_element(options.sizes.begin(), options.sizes.end()));
+  cli::MemoryPlan plan;
+  plan.add("fabric buffers", {{"--sizes", largest}, {"buffers", 2}});
+  if (!options.skip_tcp) plan.add("TCP buffers", {{"--sizes", largest}, {"buffers", 2}});
+  plan.check(cli::usable_memory_bytes(), static_cast<std::uint64_t>(request.job.local_size));
+  return request;
+}
+
+void run_transport(const TransportArgs& args) {
+  const TransportRequest request = cli::before_work([&] { return check_transport(args); });
+  const TransportBenchOptions& options = request.options;
 
   GroupOptions group_options;
   group_options.timeout = options.timeout;
-  auto group = Group::from_env(group_options);
+  auto group = Group::from_job(request.job, group_options);
   auto report = run_transport_bench(group, options);
 
   if (args.proxy) {
@@ -86,20 +128,20 @@ void register_bench(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"ucx", "verbs", "noop", "auto"}))
       ->capture_default_str();
   transport
-      ->add_option("--sizes", args->sizes, "Message sizes: A..B (powers of two) or a comma list; K/M/G units")
-      ->check(cli::size_list())
+      ->add_option("--sizes", args->sizes,
+                   "Message sizes: A..B (powers of two) or a comma list; K/M/G units; at most 1G")
+      ->check(cli::parses_with("SIZES", [](const std::string& text) { parse_message_sizes(text); }))
       ->capture_default_str();
   transport->add_option("--iters", args->iters, "Iterations per size and measurement (0: chosen by size)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::whole_in(0, 1000000));
   transport->add_option("--json", args->json,
                         "Write the full report (every pair) as JSON to this file (rank 0)");
   transport->add_flag("--proxy", args->proxy, "Also measure proxy command throughput (noop and real fabric)");
-  transport->add_option("--proxy-threads", args->proxy_threads, "Proxy threads (and producer rings) per rank")
-      ->check(CLI::Range(1, 64))
-      ->capture_default_str();
+  cli::add_count(*transport, "--proxy-threads", args->proxy_threads, 1, 64,
+                 "Proxy threads (and producer rings) per rank");
   transport->add_flag("--no-tcp", args->no_tcp, "Skip the raw TCP ceiling");
   transport->add_option("--timeout", args->timeout_s, "Deadline of every wait, in seconds")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::seconds_up_to())
       ->capture_default_str();
   cli::set_examples(*transport, {
                                     "ferry launch --nodes 2 -- ferry bench transport --sizes 4K..16M",

@@ -7,6 +7,7 @@
 //   --nodes 2 --ranks-per-node 2 -- ferry bench dispatch --sweep --save-config tuned.json
 #include "bench/dispatch_bench.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -18,11 +19,14 @@
 #include "bench/dispatch_inputs.hpp"
 #include "bench/dispatch_options.hpp"
 #include "bench/dispatch_report.hpp"
+#include "bench/dispatch_request.hpp"
 #include "bench/dispatch_rows.hpp"
 #include "bench/dispatch_sweep.hpp"
 #include "bench/machine_info.hpp"
 #include "bench/progress.hpp"
 #include "bench/routing_gen.hpp"
+#include "cli/memory_plan.hpp"
+#include "cli/output_paths.hpp"
 #include "cli/usage.hpp"
 #include "ferry/buffer.hpp"
 #include "ferry/core/deadline.hpp"
@@ -44,39 +48,42 @@ bench::PathCount per_iter(const PathTraffic& after, const PathTraffic& before, i
           static_cast<double>(after.bytes - before.bytes) / iters};
 }
 
+// Everything a run can check before any work (cli::before_work): the job, the routing on its shape, the
+// Configs to run (the base one, or every sweep point), the output paths (rank 0 writes them), the memory.
+bench::DispatchRequest check_request(const DispatchBenchOptions& o, const bench::SweepArgs& sweep,
+                                     bool combine_mode) {
+  bench::DispatchRequest request = bench::resolve_request(o);
+  if (sweep.enabled)
+    request.configs = bench::sweep_configs(request.configs.front(), bench::parse_sweep_grid(sweep));
+  if (request.job.rank == 0) {
+    cli::check_output_file("--json", o.json);
+    if (sweep.enabled) {
+      cli::check_output_file("--save-config", sweep.save_config);
+      cli::check_output_file("--plot", sweep.plot);
+    }
+  }
+  cli::MemoryPlan plan;
+  bench::add_dispatch_memory(plan, o, request, combine_mode);
+  plan.check(cli::usable_memory_bytes(), static_cast<std::uint64_t>(request.job.local_size));
+  return request;
+}
+
 // One job of `ferry bench dispatch|combine`: the group, the routing and this rank's rows, made once;
 // measure() runs them through a Buffer of a given Config (a sweep calls it once per point).
 class DispatchBenchJob {
  public:
-  DispatchBenchJob(const DispatchBenchOptions& o, bool combine_mode)
+  DispatchBenchJob(const DispatchBenchOptions& o, bool combine_mode, const bench::DispatchRequest& request)
       : o_(o),
         combine_mode_(combine_mode),
         op_(combine_mode ? "combine" : "dispatch"),
-        timeout_(std::chrono::duration_cast<Duration>(std::chrono::duration<double>(o.timeout_s))),
-        group_(make_group(timeout_)),
-        spec_(bench::routing_spec(o, group_.world_size(), group_.local_size())) {
-    bench::validate(spec_);
+        timeout_(bench::dispatch_config(o).timeout),
+        group_(make_group(request.job, timeout_)),
+        spec_(request.spec) {
     make_inputs(o_, spec_, group_.rank(), in_);
   }
 
   Group& group() { return group_; }
   const std::string& op() const { return op_; }
-
-  // The Config the options describe.
-  Config base_config() const {
-    Config config;
-    config.num_sms = o_.num_sms;
-    config.max_nodes = o_.max_nodes;
-    config.max_hidden = static_cast<int>(o_.hidden);
-    config.max_topk = o_.topk;
-    config.timeout = timeout_;
-    if (o_.rdma_slots > 0) config.rdma_ring_slots = o_.rdma_slots;
-    if (o_.rdma_chunk > 0) config.rdma_chunk = o_.rdma_chunk;
-    if (o_.nvl_slots > 0) config.nvl_ring_slots = o_.nvl_slots;
-    if (o_.nvl_chunk > 0) config.nvl_chunk = o_.nvl_chunk;
-    if (o_.workers > 0) config.host_workers = o_.workers;
-    return config;
-  }
 
   // Collective: a Buffer with `config`, the warm-up, the timed iterations (each timed on its own), the check.
   // Returns the summary of every rank's measurement, on every rank.
@@ -166,10 +173,10 @@ class DispatchBenchJob {
   }
 
  private:
-  static Group make_group(Duration timeout) {
+  static Group make_group(const JobEnv& job, Duration timeout) {
     GroupOptions group_options;
     group_options.timeout = timeout;
-    return Group::from_env(group_options);
+    return Group::from_job(job, group_options);
   }
 
   DispatchBenchOptions o_;
@@ -187,7 +194,7 @@ void add_sweep_options(CLI::App& command, bench::SweepArgs& args) {
       command.add_flag("--sweep", args.enabled,
                        "Run every combination of --sweep-sms, --sweep-rdma-chunk and --sweep-nvl-chunk; "
                        "the best last");
-  command.add_option("--sweep-sms", args.sms, "num_sms values of the sweep (even)")
+  command.add_option("--sweep-sms", args.sms, "num_sms values of the sweep (even, at most 1024)")
       ->check(cli::positive_int_list())
       ->needs(sweep)
       ->capture_default_str();
@@ -206,9 +213,10 @@ void add_sweep_options(CLI::App& command, bench::SweepArgs& args) {
   command.add_option("--plot", args.plot, "Write GB/s against num_sms as an SVG plot (rank 0)")->needs(sweep);
 }
 
-int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
-  DispatchBenchJob job(o, combine_mode);
-  const nlohmann::json summary = job.measure(job.base_config());
+int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode,
+                       const bench::DispatchRequest& request) {
+  DispatchBenchJob job(o, combine_mode, request);
+  const nlohmann::json summary = job.measure(request.configs.front());
   if (job.group().rank() == 0) {
     bench::print_summary(summary);
     if (!o.json.empty()) bench::write_json(summary, o.json);
@@ -216,11 +224,12 @@ int run_dispatch_bench(const DispatchBenchOptions& o, bool combine_mode) {
   return summary["check"] == "failed" ? 1 : 0;
 }
 
-int run_dispatch_sweep(const DispatchBenchOptions& o, const bench::SweepArgs& args, bool combine_mode) {
-  DispatchBenchJob job(o, combine_mode);
+int run_dispatch_sweep(const DispatchBenchOptions& o, const bench::SweepArgs& args, bool combine_mode,
+                       const bench::DispatchRequest& request) {
+  DispatchBenchJob job(o, combine_mode, request);
   Group& group = job.group();
   const bool leader = group.rank() == 0;
-  const auto configs = bench::sweep_configs(job.base_config(), bench::parse_sweep_grid(args));
+  const std::vector<Config>& configs = request.configs;
   ProgressBar progress(configs.size(), leader && ProgressBar::stderr_is_terminal());
   nlohmann::json points = nlohmann::json::array();
   bool failed = false;
@@ -248,7 +257,7 @@ int run_dispatch_sweep(const DispatchBenchOptions& o, const bench::SweepArgs& ar
   std::fflush(stdout);
   if (!args.save_config.empty() && report.contains("best")) {
     Config best = Config::from_json(report["best"]["config"].dump());
-    best.timeout = job.base_config().timeout;
+    best.timeout = bench::dispatch_config(o).timeout;
     best.save(args.save_config);
     std::printf("wrote the best configuration to %s (ferry::Config::load reads it)\n",
                 args.save_config.c_str());
@@ -286,8 +295,10 @@ void register_dispatch_bench(CLI::App& bench, int& exit_code) {
                 " --sweep --sweep-sms 4,8,16 --save-config tuned.json --plot sweep.svg",
         });
     command->callback([options, sweep, combine_mode, &exit_code] {
-      exit_code = sweep->enabled ? run_dispatch_sweep(*options, *sweep, combine_mode)
-                                 : run_dispatch_bench(*options, combine_mode);
+      const bench::DispatchRequest request =
+          cli::before_work([&] { return check_request(*options, *sweep, combine_mode); });
+      exit_code = sweep->enabled ? run_dispatch_sweep(*options, *sweep, combine_mode, request)
+                                 : run_dispatch_bench(*options, combine_mode, request);
     });
   }
 }

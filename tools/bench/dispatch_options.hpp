@@ -10,6 +10,20 @@
 
 namespace ferry::bench {
 
+// The ranges of the problem's flags: generous for any MoE layer (DeepSeek-V3: hidden 7168, 256 experts,
+// top-8, 4096 tokens per rank), the runtime's own limits where it has them (Config::max_topk, the protocol's
+// 64 nodes). The memory they need together is checked before any work (dispatch_bench.cpp).
+inline constexpr std::int64_t kMaxTokens = std::int64_t{1} << 20;
+inline constexpr std::int64_t kMaxHidden = std::int64_t{1} << 16;
+inline constexpr std::int64_t kMaxExperts = std::int64_t{1} << 16;
+inline constexpr int kMaxTopk = 255;
+inline constexpr int kMaxNodes = 64;
+inline constexpr int kMaxSms = 1024;
+inline constexpr int kMaxRingSetting = 1 << 16;  // ring slots and chunks
+inline constexpr int kMaxWorkers = 1024;
+inline constexpr int kMaxIters = 1000000;
+inline constexpr double kMaxSkew = 100;
+
 struct DispatchBenchOptions {
   std::int64_t tokens = 4096;
   std::int64_t hidden = 7168;

@@ -26,11 +26,24 @@ SweepGrid parse_sweep_grid(const SweepArgs& args) {
                  tools::cli::parse_int_list(args.rdma_chunks, "--sweep-rdma-chunk"),
                  tools::cli::parse_int_list(args.nvl_chunks, "--sweep-nvl-chunk")};
   for (int sms : grid.sms) {
-    if (sms % 2 != 0) {
-      fail(Errc::invalid_argument,
-           "--sweep-sms: num_sms must be even (a channel is 2 SMs), not " + std::to_string(sms));
+    if (sms % 2 != 0 || sms > kMaxSms) {
+      fail(Errc::invalid_argument, "--sweep-sms: num_sms must be even (a channel is 2 SMs) and at most " +
+                                       std::to_string(kMaxSms) + ", not " + std::to_string(sms));
     }
   }
+  for (const auto& [flag, list] : {std::pair{"--sweep-rdma-chunk", &grid.rdma_chunks},
+                                   std::pair{"--sweep-nvl-chunk", &grid.nvl_chunks}}) {
+    for (int chunk : *list)
+      if (chunk > kMaxRingSetting)
+        fail(Errc::invalid_argument, std::string(flag) + ": " + std::to_string(chunk) + " is above " +
+                                         std::to_string(kMaxRingSetting));
+  }
+  const std::size_t points = grid.sms.size() * grid.rdma_chunks.size() * grid.nvl_chunks.size();
+  if (points > kMaxSweepPoints)
+    fail(Errc::invalid_argument,
+         "--sweep-sms x --sweep-rdma-chunk x --sweep-nvl-chunk: " + std::to_string(grid.sms.size()) + " x " +
+             std::to_string(grid.rdma_chunks.size()) + " x " + std::to_string(grid.nvl_chunks.size()) +
+             " = " + std::to_string(points) + " points, more than " + std::to_string(kMaxSweepPoints));
   return grid;
 }
 

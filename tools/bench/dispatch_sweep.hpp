@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/dispatch_options.hpp"
 #include "ferry/config.hpp"
 #include "plot/svg.hpp"
 
@@ -31,7 +32,11 @@ struct SweepGrid {
   std::vector<int> nvl_chunks;
 };
 
-// Throws Errc::invalid_argument naming the option and item.
+// The most points one sweep runs (each builds a Buffer and runs the benchmark).
+inline constexpr std::size_t kMaxSweepPoints = 4096;
+
+// Throws Errc::invalid_argument naming the option and item (num_sms even and at most kMaxSms, chunks at most
+// kMaxRingSetting, at most kMaxSweepPoints combinations).
 SweepGrid parse_sweep_grid(const SweepArgs& args);
 
 // Every combination, num_sms outermost, then rdma_chunk, then nvl_chunk; other fields from `base`.

@@ -28,7 +28,7 @@ class SplitMix {
 };
 
 void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("routing: " + what);
+  if (!ok) throw std::invalid_argument(what);
 }
 
 // Weighted sampling without replacement (Efraimidis-Spirakis): the `count` candidates with the largest
@@ -48,22 +48,25 @@ void pick_weighted(SplitMix& rng, const std::vector<std::int64_t>& candidates,
 }  // namespace
 
 void validate(const RoutingSpec& spec) {
-  require(spec.num_tokens >= 0, "tokens must be >= 0, not " + std::to_string(spec.num_tokens));
+  // Named as the benchmarks' flags name them (ferry bench dispatch|combine, ferry-alltoallv).
+  require(spec.num_tokens >= 0, "--tokens must be >= 0, not " + std::to_string(spec.num_tokens));
   require(spec.num_ranks >= 1, "ranks must be >= 1, not " + std::to_string(spec.num_ranks));
   require(spec.local_size >= 1 && spec.num_ranks % spec.local_size == 0,
           "ranks per node (" + std::to_string(spec.local_size) + ") must divide the ranks (" +
               std::to_string(spec.num_ranks) + ")");
   require(spec.num_experts >= spec.num_ranks && spec.num_experts % spec.num_ranks == 0,
-          "experts (" + std::to_string(spec.num_experts) + ") must be a positive multiple of the ranks (" +
-              std::to_string(spec.num_ranks) + ")");
-  require(spec.max_nodes >= 1, "max-nodes must be >= 1, not " + std::to_string(spec.max_nodes));
-  require(spec.topk >= 1, "topk must be >= 1, not " + std::to_string(spec.topk));
-  const std::int64_t reachable = std::min(spec.max_nodes, spec.num_nodes()) * spec.experts_per_node();
-  require(spec.topk <= reachable, "topk (" + std::to_string(spec.topk) + ") exceeds the " +
-                                      std::to_string(reachable) + " experts of the " +
-                                      std::to_string(std::min(spec.max_nodes, spec.num_nodes())) +
-                                      " nodes a token may use");
-  require(spec.skew >= 0 && std::isfinite(spec.skew), "skew must be finite and >= 0");
+          "--experts " + std::to_string(spec.num_experts) + " must be a positive multiple of the job's " +
+              std::to_string(spec.num_ranks) + " rank(s)");
+  require(spec.max_nodes >= 1, "--max-nodes must be >= 1, not " + std::to_string(spec.max_nodes));
+  require(spec.topk >= 1, "--topk must be >= 1, not " + std::to_string(spec.topk));
+  const int nodes = std::min(spec.max_nodes, spec.num_nodes());
+  const std::int64_t reachable = nodes * spec.experts_per_node();
+  require(spec.topk <= reachable,
+          "--topk " + std::to_string(spec.topk) + " exceeds the " + std::to_string(reachable) +
+              " experts of the " + std::to_string(nodes) + " node(s) a token may use (--experts " +
+              std::to_string(spec.num_experts) + " over " + std::to_string(spec.num_ranks) +
+              " rank(s), --max-nodes " + std::to_string(spec.max_nodes) + ")");
+  require(spec.skew >= 0 && std::isfinite(spec.skew), "--skew must be finite and >= 0");
 }
 
 float routing_weight(int slot) {

@@ -3,7 +3,6 @@
 #include <cstdio>
 #include <exception>
 
-#include "bench/sizes.hpp"
 #include "cli/lists.hpp"
 #include "commands.hpp"
 #include "ferry/core/error.hpp"
@@ -11,7 +10,19 @@
 namespace ferry::tools::cli {
 namespace {
 
-// An exception's message for a usage line: a ferry::Error without its "ferry: <kind>: " head.
+// The message, the usage line and the hint, on stderr.
+int report_usage_error(const CLI::App& command, const std::string& message) {
+  const std::string path = command_path(command);
+  std::fprintf(stderr, "%s: %s\n", path.c_str(), message.c_str());
+  if (auto formatter = std::dynamic_pointer_cast<CLI::Formatter>(command.get_formatter())) {
+    std::fputs(formatter->make_usage(&command, path).c_str(), stderr);
+  }
+  std::fprintf(stderr, "Run '%s --help' for every option and examples.\n", path.c_str());
+  return kExitUsage;
+}
+
+}  // namespace
+
 std::string plain_message(const std::exception& e) {
   std::string text = e.what();
   if (const auto* error = dynamic_cast<const Error*>(&e)) {
@@ -20,8 +31,6 @@ std::string plain_message(const std::exception& e) {
   }
   return text;
 }
-
-}  // namespace
 
 void set_examples(CLI::App& command, std::initializer_list<std::string_view> lines) {
   std::string text = "\nExamples:\n";
@@ -69,12 +78,19 @@ int report_parse_error(const CLI::App& root, const CLI::ParseError& error) {
     const std::string head = message.substr(0, colon + 2);
     if (message.compare(colon + 2, head.size(), head) == 0) message.erase(0, head.size());
   }
-  std::fprintf(stderr, "%s: %s\n", path.c_str(), message.c_str());
-  if (auto formatter = std::dynamic_pointer_cast<CLI::Formatter>(command.get_formatter())) {
-    std::fputs(formatter->make_usage(&command, path).c_str(), stderr);
+  return report_usage_error(command, message);
+}
+
+int report_run_error(const CLI::App& root, const std::exception& error) {
+  const CLI::App& command = failing_command(root);
+  if (const auto* e = dynamic_cast<const Error*>(&error); e != nullptr && e->code() == Errc::invalid_argument)
+    return report_usage_error(command, plain_message(error));
+  if (dynamic_cast<const std::bad_alloc*>(&error) != nullptr) {
+    std::fprintf(stderr, "%s: out of memory (%s)\n", command_path(command).c_str(), error.what());
+  } else {
+    std::fprintf(stderr, "%s\n", error.what());
   }
-  std::fprintf(stderr, "Run '%s --help' for every option and examples.\n", path.c_str());
-  return kExitUsage;
+  return kExitFailure;
 }
 
 CLI::Validator parses_with(std::string description, std::function<void(const std::string&)> parse) {
@@ -88,10 +104,6 @@ CLI::Validator parses_with(std::string description, std::function<void(const std
         }
       },
       std::move(description));
-}
-
-CLI::Validator size_list() {
-  return parses_with("SIZES", [](const std::string& text) { parse_size_list(text); });
 }
 
 CLI::Validator positive_int_list() {
@@ -122,6 +134,21 @@ void add_missing_examples(CLI::App& app) {
                                "ferry launch --nodes 2 --ranks-per-node 2 -- ferry bench dispatch --sweep",
                                "ferry <command> --help",
                            });
+  // The exit status contract, wrapped as the rest of --help is.
+  std::string contract = "\n", line;
+  std::string words(cli::kExitContract);
+  for (std::size_t at = 0; at < words.size();) {
+    std::size_t end = words.find(' ', at);
+    if (end == std::string::npos) end = words.size();
+    const std::string word = words.substr(at, end - at);
+    if (!line.empty() && line.size() + 1 + word.size() > 100) {
+      contract += line + "\n";
+      line.clear();
+    }
+    line += (line.empty() ? "" : " ") + word;
+    at = end + 1;
+  }
+  app.footer(app.get_footer() + contract + line + "\n");
   const auto all = [](CLI::App*) { return true; };
   for (CLI::App* command : app.get_subcommands(all)) {
     if (command->get_name() == "train") {

@@ -1,12 +1,19 @@
 // `ferry launch`: the command line of the launcher (launcher.hpp does the work).
 #include <memory>
 
+#include "cli/bounds.hpp"
 #include "cli/lists.hpp"
 #include "cli/usage.hpp"
 #include "commands.hpp"
 #include "launch/launcher.hpp"
 
 namespace ferry::tools {
+namespace {
+
+// The longest --timeout of a job: a year (0 means no limit at all).
+constexpr long kMaxJobSeconds = 365L * 24 * 3600;
+
+}  // namespace
 
 void register_launch(CLI::App& app, int& exit_code) {
   struct Parsed {
@@ -22,12 +29,9 @@ void register_launch(CLI::App& app, int& exit_code) {
                                  "Run --nodes x --ranks-per-node copies of CMD as one ferry job on this "
                                  "machine; with --netns as an emulated "
                                  "cluster (one network, IPC and UTS namespace per node)");
-  cmd->add_option("--nodes", parsed->options.nodes, "Number of (emulated) nodes")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
-  cmd->add_option("--ranks-per-node", parsed->options.ranks_per_node, "Ranks (processes) per node")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
+  cli::add_count(*cmd, "--nodes", parsed->options.nodes, 1, 1024, "Number of (emulated) nodes");
+  cli::add_count(*cmd, "--ranks-per-node", parsed->options.ranks_per_node, 1, 1024,
+                 "Ranks (processes) per node");
   auto* netns =
       cmd->add_flag("--netns", parsed->options.netns,
                     "One network namespace per node joined by veth links to a bridge (needs root and "
@@ -40,15 +44,14 @@ void register_launch(CLI::App& app, int& exit_code) {
   cmd->add_option("--drop-rate", parsed->drop_rate,
                   "With --netns: drop each packet a node sends on its link with probability P (nftables), to "
                   "see a job survive a lossy network; the launcher reports the drops at the end")
-      ->check(CLI::Range(0.000001, 0.999999))
+      ->check(cli::number_in(0.000001, 0.999999))
       ->needs(netns);
-  cmd->add_option("--timeout", parsed->timeout_s, "Stop the job and exit 124 after S seconds (0: no limit)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  cli::add_count(*cmd, "--timeout", parsed->timeout_s, 0, kMaxJobSeconds,
+                 "Stop the job and exit 124 after S seconds (0: no limit; at most a year)");
   cmd->add_option(
          "--grace", parsed->grace_s,
          "Seconds between SIGTERM and SIGKILL when the job is stopped (a rank failed, a signal, the timeout)")
-      ->check(CLI::Range(0.0, 3600.0))
+      ->check(cli::number_in(0.0, 3600.0))
       ->capture_default_str();
   cmd->add_flag("--no-prefix", parsed->no_prefix, "Do not prefix the ranks' output lines with [r<rank>]");
   // After `--` every word belongs to the command, even those that look like options (sh -c ...).

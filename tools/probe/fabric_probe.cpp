@@ -178,13 +178,12 @@ std::string resolve_level(const std::string& level, int num_nodes, int world_siz
   std::string resolved = level;
   if (level == "auto") resolved = num_nodes >= 2 ? "node" : "rank";
   if (resolved != "node" && resolved != "rank") {
-    fail(Errc::invalid_argument, "probe fabric: --level must be node, rank or auto, not '" + level + "'");
+    fail(Errc::invalid_argument, "--level must be node, rank or auto, not '" + level + "'");
   }
   const int endpoints = resolved == "node" ? num_nodes : world_size;
   if (endpoints < 2) {
     fail(Errc::invalid_argument,
-         "probe fabric: the job has " + std::to_string(endpoints) + " " + resolved +
-             (endpoints == 1 ? "" : "s") +
+         "the job has " + std::to_string(endpoints) + " " + resolved + (endpoints == 1 ? "" : "s") +
              ", and a link needs two (run it under `ferry launch --nodes 2` or more, or "
              "with --level rank on several ranks)");
   }

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "bench/dispatch_request.hpp"
 #include "bench/routing_gen.hpp"
 
 namespace ferry::tools::probe {
@@ -11,16 +12,7 @@ MoeTraffic::MoeTraffic(Group& group, const bench::DispatchBenchOptions& options)
   const bench::RoutingSpec spec = bench::routing_spec(options, group.world_size(), group.local_size());
   bench::validate(spec);
   bench::make_inputs(options, spec, group.rank(), inputs_);
-  Config config;
-  config.num_sms = options.num_sms;
-  config.max_nodes = options.max_nodes;
-  config.max_hidden = static_cast<int>(options.hidden);
-  config.max_topk = options.topk;
-  config.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(options.timeout_s));
-  if (options.rdma_chunk > 0) config.rdma_chunk = options.rdma_chunk;
-  if (options.nvl_chunk > 0) config.nvl_chunk = options.nvl_chunk;
-  if (options.workers > 0) config.host_workers = options.workers;
-  buffer_ = std::make_unique<Buffer>(group, config);
+  buffer_ = std::make_unique<Buffer>(group, bench::dispatch_config(options));
   layout_ = std::make_unique<Layout>(buffer_->get_layout(inputs_.view.topk_idx, options.experts));
 }
 

@@ -8,9 +8,13 @@
 #include <memory>
 #include <string>
 
+#include "bench/dispatch_request.hpp"
 #include "bench/machine_info.hpp"
 #include "bench/sizes.hpp"
+#include "cli/bounds.hpp"
 #include "cli/lists.hpp"
+#include "cli/memory_plan.hpp"
+#include "cli/output_paths.hpp"
 #include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/error.hpp"
@@ -44,17 +48,59 @@ void write_text(const std::string& path, const std::string& text, const char* co
   std::printf("wrote %s\n", path.c_str());
 }
 
-int run_fabric(const FabricArgs& args) {
+// The largest put (--size) and the most bytes per link direction (--bytes) of the fabric probe, and the most
+// puts --bytes / --size may ask for.
+constexpr std::size_t kMaxPutBytes = std::size_t{1} << 30;
+constexpr std::size_t kMaxLinkBytes = std::size_t{64} << 30;
+constexpr std::size_t kMaxPuts = std::size_t{1} << 20;
+
+// A size flag's value, at most `max`. Throws invalid_argument naming the flag.
+std::size_t size_up_to(const std::string& flag, const std::string& text, std::size_t max) {
+  const std::size_t bytes = parse_size(text);
+  if (bytes > max) fail(Errc::invalid_argument, flag + ": " + text + " is above " + format_size(max));
+  return bytes;
+}
+
+CLI::Validator size_up_to_check(const std::string& flag, std::size_t max) {
+  return cli::parses_with("SIZE", [flag, max](const std::string& text) { size_up_to(flag, text, max); });
+}
+
+struct FabricRequest {
+  JobEnv job;
   probe::FabricProbeOptions options;
+};
+
+FabricRequest check_fabric(const FabricArgs& args) {
+  FabricRequest request;
+  probe::FabricProbeOptions& options = request.options;
   options.fabric = transport::parse_fabric_kind(args.fabric);
   options.level = args.level;
-  options.message_bytes = parse_size(args.size);
-  options.link_bytes = parse_size(args.bytes);
+  options.message_bytes = size_up_to("--size", args.size, kMaxPutBytes);
+  options.link_bytes = size_up_to("--bytes", args.bytes, kMaxLinkBytes);
+  if (options.link_bytes / options.message_bytes > kMaxPuts)
+    fail(Errc::invalid_argument, "--bytes / --size: " + args.bytes + " / " + args.size + " is " +
+                                     std::to_string(options.link_bytes / options.message_bytes) +
+                                     " puts per link, more than " + std::to_string(kMaxPuts));
   options.latency_iters = args.latency_iters;
   options.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(args.timeout_s));
+  request.job = resolve_job_env();
+  if (request.job.rank == 0) {
+    cli::check_output_file("--json", args.json);
+    cli::check_output_file("--plot", args.plot);
+  }
+  probe::resolve_level(options.level, request.job.num_nodes(), request.job.world_size);  // two endpoints?
+  cli::MemoryPlan plan;
+  plan.add("send and receive buffers", {{"--size", options.message_bytes}, {"buffers", 2}});
+  plan.check(cli::usable_memory_bytes(), static_cast<std::uint64_t>(request.job.local_size));
+  return request;
+}
+
+int run_fabric(const FabricArgs& args) {
+  const FabricRequest request = cli::before_work([&] { return check_fabric(args); });
+  const probe::FabricProbeOptions& options = request.options;
   GroupOptions group_options;
   group_options.timeout = options.timeout;
-  auto group = Group::from_env(group_options);
+  auto group = Group::from_job(request.job, group_options);
   const auto matrix = probe::run_fabric_probe(group, options);
   const auto findings = probe::analyze(matrix, args.fraction);
   if (group.rank() == 0) {
@@ -98,24 +144,23 @@ void register_fabric(CLI::App& probe, int& exit_code) {
                   "Endpoints: node (local rank 0 of each node), rank (every rank), auto (node with 2+ nodes)")
       ->check(CLI::IsMember({"auto", "node", "rank"}))
       ->capture_default_str();
-  cmd->add_option("--size", args->size, "Bytes per put (K/M/G units)")
-      ->check(cli::parses_with("SIZE", [](const std::string& text) { parse_size(text); }))
+  cmd->add_option("--size", args->size, "Bytes per put (K/M/G units, at most 1G)")
+      ->check(size_up_to_check("--size", kMaxPutBytes))
       ->capture_default_str();
-  cmd->add_option("--bytes", args->bytes, "Timed bytes per link direction (whole puts)")
-      ->check(cli::parses_with("SIZE", [](const std::string& text) { parse_size(text); }))
+  cmd->add_option("--bytes", args->bytes, "Timed bytes per link direction (whole puts; at most 64G)")
+      ->check(size_up_to_check("--bytes", kMaxLinkBytes))
       ->capture_default_str();
-  cmd->add_option("--latency-iters", args->latency_iters, "Timed put_signal ping-pongs per link direction")
-      ->check(CLI::Range(1, 1000000))
-      ->capture_default_str();
+  cli::add_count(*cmd, "--latency-iters", args->latency_iters, 1, 1000000,
+                 "Timed put_signal ping-pongs per link direction");
   cmd->add_option("--fraction", args->fraction,
                   "A link below this fraction of the reference (median of each node's best link) is slow")
-      ->check(CLI::Range(0.01, 1.0))
+      ->check(cli::number_in(0.01, 1.0))
       ->capture_default_str();
   cmd->add_option("--json", args->json, "Write the matrix, the links and the verdict as JSON (rank 0)");
   cmd->add_option("--plot", args->plot, "Write the bandwidth matrix as an SVG heatmap (rank 0)");
   cmd->add_flag("--fail-on-slow", args->fail_on_slow, "Exit 1 when a slow link is found");
   cmd->add_option("--timeout", args->timeout_s, "Deadline of every wait, in seconds")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::seconds_up_to())
       ->capture_default_str();
   cli::set_examples(*cmd,
                     {
@@ -149,31 +194,51 @@ std::vector<double> parse_compute_ms(const std::string& text) {
   return values;
 }
 
+probe::ScheduleProbeOptions schedule_options(const OverlapArgs& args) {
+  probe::ScheduleProbeOptions options;
+  options.comm = args.comm;
+  options.shape.kind = pl::parse_schedule_kind(args.schedule);
+  options.shape.ranks = args.pp > 0 ? args.pp : options.shape.kind == pl::ScheduleKind::none ? 1 : 4;
+  options.shape.micro_batches = args.micro_batches > 0 ? args.micro_batches : 2 * options.shape.ranks;
+  options.pp_rank = args.pp_rank;
+  const auto ms = parse_compute_ms(args.compute_ms);
+  options.f_ms = ms[0];
+  options.b_ms = ms[1];
+  options.w_ms = ms[2];
+  return options;
+}
+
+// Before any work: the schedule's shape, the routing on the job's shape, the report's path, the memory of
+// the round trips (and of the GEMMs).
+bench::DispatchRequest check_overlap(const OverlapArgs& args) {
+  if (!args.schedule.empty()) probe::validate(schedule_options(args));
+  bench::DispatchRequest request = bench::resolve_request(args.comm);
+  if (request.job.rank == 0) cli::check_output_file("--json", args.json);
+  cli::MemoryPlan plan;
+  bench::add_dispatch_memory(plan, args.comm, request, true);
+  if (args.schedule.empty()) {
+    const auto n = static_cast<std::uint64_t>(args.gemm_size);
+    plan.add("GEMM matrices", {{"--gemm-size", n}, {"--gemm-size", n}, {"matrices", 3}, {"B", 4}});
+  }
+  plan.check(cli::usable_memory_bytes(), static_cast<std::uint64_t>(request.job.local_size));
+  return request;
+}
+
 int run_overlap(OverlapArgs args) {
+  const bench::DispatchRequest request = cli::before_work([&] { return check_overlap(args); });
   GroupOptions group_options;
   group_options.timeout =
       std::chrono::duration_cast<Duration>(std::chrono::duration<double>(args.comm.timeout_s));
   nlohmann::json report;
   std::string text;
   if (args.schedule.empty()) {
-    Group group = Group::from_env(group_options);
+    Group group = Group::from_job(request.job, group_options);
     report = probe::run_overlap_probe(group, {args.comm, args.gemm_size});
     if (group.rank() != 0) return 0;
     text = probe::format_overlap_report(report);
   } else {
-    probe::ScheduleProbeOptions options;
-    options.comm = args.comm;
-    options.shape.kind = pl::parse_schedule_kind(args.schedule);
-    options.shape.ranks = args.pp > 0 ? args.pp : options.shape.kind == pl::ScheduleKind::none ? 1 : 4;
-    options.shape.micro_batches = args.micro_batches > 0 ? args.micro_batches : 2 * options.shape.ranks;
-    options.pp_rank = args.pp_rank;
-    const auto ms = parse_compute_ms(args.compute_ms);
-    options.f_ms = ms[0];
-    options.b_ms = ms[1];
-    options.w_ms = ms[2];
-    probe::validate(options);  // before the group: a bad shape fails alone, at once
-    Group group = Group::from_env(group_options);
-    report = probe::run_schedule_probe(group, options);
+    Group group = Group::from_job(request.job, group_options);
+    report = probe::run_schedule_probe(group, schedule_options(args));
     if (group.rank() != 0) return 0;
     text = probe::format_schedule_report(report);
   }
@@ -196,15 +261,10 @@ void register_overlap(CLI::App& probe, int& exit_code) {
       "or, "
       "with --schedule, a pipeline schedule's op order with real dispatch/combine and synthetic compute");
   bench::add_routing_options(*cmd, args->comm);
-  cmd->add_option("--round-trips", args->comm.iters, "Dispatch + combine round trips per measurement")
-      ->check(CLI::Range(1, 100000))
-      ->capture_default_str();
-  cmd->add_option("--warmup", args->comm.warmup, "Untimed round trips first")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  cmd->add_option("--gemm-size", args->gemm_size, "m = n = k of the SGEMMs")
-      ->check(CLI::Range(8, 16384))
-      ->capture_default_str();
+  cli::add_count(*cmd, "--round-trips", args->comm.iters, 1, 100000,
+                 "Dispatch + combine round trips per measurement");
+  cli::add_count(*cmd, "--warmup", args->comm.warmup, 0, 100000, "Untimed round trips first");
+  cli::add_count(*cmd, "--gemm-size", args->gemm_size, 8, 16384, "m = n = k of the SGEMMs");
   cmd->add_option("--schedule", args->schedule,
                   "Run this schedule's op order: none, 1f1b, dualpipe, dualpipev")
       ->check(CLI::IsMember({"none", "1f1b", "dualpipe", "dualpipev"}));
@@ -212,13 +272,12 @@ void register_overlap(CLI::App& probe, int& exit_code) {
       ->check(cli::parses_with("F,B,W", [](const std::string& text) { parse_compute_ms(text); }))
       ->capture_default_str();
   cmd->add_option("--pp", args->pp, "With --schedule: pipeline ranks (default 4; 1 for none)")
-      ->check(CLI::Range(1, 1024));
+      ->check(cli::whole_in(1, 1024));
   cmd->add_option("--micro-batches", args->micro_batches,
                   "With --schedule: micro-batches per step (default 2 x pp)")
-      ->check(CLI::Range(1, 100000));
-  cmd->add_option("--pp-rank", args->pp_rank, "With --schedule: the pipeline rank whose op list the job runs")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+      ->check(cli::whole_in(1, 100000));
+  cli::add_count(*cmd, "--pp-rank", args->pp_rank, 0, 1023,
+                 "With --schedule: the pipeline rank whose op list the job runs");
   cmd->add_option("--json", args->json, "Write the report as JSON to this file (rank 0)");
   cli::set_examples(
       *cmd, {

@@ -14,6 +14,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/bounds.hpp"
+#include "cli/output_paths.hpp"
+#include "cli/usage.hpp"
 #include "commands.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/model/pipeline/trace.hpp"
@@ -31,15 +34,30 @@ struct TraceArgs {
   bool json = false;
 };
 
-void run_trace(const TraceArgs& args) {
-  const std::vector<pipeline::TraceEvent> events = pipeline::read_chrome_trace(args.file);
-  std::vector<pipeline::OverlapMetrics> metrics = pipeline::overlap_metrics(events);
+struct TraceInput {
+  std::vector<pipeline::TraceEvent> events;
+  std::vector<pipeline::OverlapMetrics> metrics;  // of --step only, when given
+};
+
+// Before any work (drawing, printing): where the SVG goes, the trace itself, the step asked for.
+TraceInput check_trace(const TraceArgs& args) {
+  cli::check_output_file("--svg", args.svg);
+  TraceInput input;
+  input.events = pipeline::read_chrome_trace(args.file);
+  input.metrics = pipeline::overlap_metrics(input.events);
   if (args.step >= 0) {
-    std::erase_if(metrics, [&](const pipeline::OverlapMetrics& m) { return m.step != args.step; });
-    if (metrics.empty())
+    std::erase_if(input.metrics, [&](const pipeline::OverlapMetrics& m) { return m.step != args.step; });
+    if (input.metrics.empty())
       fail(Errc::invalid_argument,
-           "ferry trace: " + args.file + " has no \"step\" event for step " + std::to_string(args.step));
+           "--step: " + args.file + " has no \"step\" event for step " + std::to_string(args.step));
   }
+  return input;
+}
+
+void run_trace(const TraceArgs& args) {
+  const TraceInput input = cli::before_work([&] { return check_trace(args); });
+  const std::vector<pipeline::TraceEvent>& events = input.events;
+  const std::vector<pipeline::OverlapMetrics>& metrics = input.metrics;
 
   if (args.json) {
     std::map<int, std::vector<pipeline::OverlapMetrics>> by_rank;
@@ -79,9 +97,11 @@ void register_trace(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<TraceArgs>();
   auto* trace = app.add_subcommand(
       "trace", "Summarize a pipeline trace (compute / all-to-all overlap per rank) and draw its timeline");
-  trace->add_option("file", args->file, "Chrome trace JSON written by the pipeline executor")->required();
+  trace->add_option("file", args->file, "Chrome trace JSON written by the pipeline executor (at most 1 GiB)")
+      ->required();
   trace->add_option("--svg", args->svg, "Also write the timeline as an SVG to this file");
-  trace->add_option("--step", args->step, "Only this step (summary and SVG)")->check(CLI::NonNegativeNumber);
+  trace->add_option("--step", args->step, "Only this step (summary and SVG)")
+      ->check(cli::whole_in(0, 1000000000));
   trace->add_option("--title", args->title, "Title of the SVG (default: the trace's file name)");
   trace->add_flag("--json", args->json,
                   "Print the metrics of every (rank, step) as JSON instead of the table");

@@ -7,12 +7,12 @@
 #include <fstream>
 #include <ostream>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
 #include "ferry/core/error.hpp"
+#include "ferry/core/file_read.hpp"
 
 namespace ferry::model::pipeline {
 
@@ -153,6 +153,24 @@ namespace {
 
 constexpr double kMaxTraceMicros = 1e15;
 
+// At most `limit` characters of `text`, cut at a character boundary, "..." marking the cut: what a message
+// quotes of a value it refuses (which may be megabytes long).
+constexpr std::size_t kExcerpt = 80;
+
+std::string excerpt(std::string text, std::size_t limit = kExcerpt) {
+  if (text.size() <= limit) return text;
+  std::size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;  // inside a UTF-8 char
+  text.resize(cut);
+  return text + "...";
+}
+
+// A JSON value as a message quotes it. Values are at most kMaxTraceDepth deep (parse() refuses deeper
+// documents), so dump() recurses only that far.
+std::string excerpt(const nlohmann::json& value) {
+  return excerpt(value.dump());
+}
+
 // `source` names the file (or "chrome trace") in every message.
 class EventReader {
  public:
@@ -162,20 +180,20 @@ class EventReader {
   [[noreturn]] void malformed(const std::string& what) const {
     std::string where = source_ + ": traceEvents[" + std::to_string(index_) + "]";
     if (event_.is_object() && event_.contains("name") && event_["name"].is_string())
-      where += " (\"" + event_["name"].get<std::string>() + "\")";
+      where += " (\"" + excerpt(event_["name"].get<std::string>()) + "\")";
     fail(Errc::invalid_argument, where + ": " + what);
   }
 
   double number(const char* key) const {
     auto it = event_.find(key);
     if (it == event_.end()) malformed(std::string("no \"") + key + "\"");
-    if (!it->is_number()) malformed(std::string("\"") + key + "\" is not a number: " + it->dump());
+    if (!it->is_number()) malformed(std::string("\"") + key + "\" is not a number: " + excerpt(*it));
     const double value = it->get<double>();
     if (!std::isfinite(value)) malformed(std::string("\"") + key + "\" is not finite");
     // Beyond 2^53 us a microsecond is no longer a double step apart, and times lose their order: refused
     // (1e15 us is 31 years, far past any trace).
     if (std::fabs(value) >= kMaxTraceMicros)
-      malformed(std::string("\"") + key + "\" = " + it->dump() + " us is beyond 1e15 us (31 years)");
+      malformed(std::string("\"") + key + "\" = " + excerpt(*it) + " us is beyond 1e15 us (31 years)");
     return value;
   }
 
@@ -185,7 +203,8 @@ class EventReader {
       if (required) malformed(std::string("no \"") + key + "\"");
       return fallback;
     }
-    if (!it->is_number_integer()) malformed(std::string("\"") + key + "\" is not an integer: " + it->dump());
+    if (!it->is_number_integer())
+      malformed(std::string("\"") + key + "\" is not an integer: " + excerpt(*it));
     const auto value = it->get<std::int64_t>();
     if (value < INT32_MIN || value > INT32_MAX) malformed(std::string("\"") + key + "\" is out of range");
     return static_cast<int>(value);
@@ -206,17 +225,17 @@ class EventReader {
       if (required) malformed(std::string("no \"") + key + "\"");
       return {};
     }
-    if (!it->is_string()) malformed(std::string("\"") + key + "\" is not a string: " + it->dump());
+    if (!it->is_string()) malformed(std::string("\"") + key + "\" is not a string: " + excerpt(*it));
     return it->get<std::string>();
   }
 
   // Returns false for events to skip.
   bool read(TraceEvent& out) const {
-    if (!event_.is_object()) malformed("not an object: " + event_.dump());
+    if (!event_.is_object()) malformed("not an object: " + excerpt(event_));
     const std::string ph = string("ph", true);
     if (ph == "M") return false;
     if (ph != "X")
-      malformed("phase \"" + ph +
+      malformed("phase \"" + excerpt(ph) +
                 "\" is not supported (ferry traces hold complete \"X\" and metadata \"M\" events)");
     out.name = string("name", true);
     out.category = string("cat", false);
@@ -248,10 +267,19 @@ class EventReader {
 
 std::vector<TraceEvent> parse(std::string_view text, const std::string& source) {
   nlohmann::json doc;
+  // Nesting is bounded while parsing, which stops at the first container too deep: the parser itself does
+  // not recurse, but a message quoting a deep value (dump()), and any code walking it, would.
+  const auto bound_depth = [&source](int depth, nlohmann::json::parse_event_t event, nlohmann::json&) {
+    if (depth >= kMaxTraceDepth && (event == nlohmann::json::parse_event_t::object_start ||
+                                    event == nlohmann::json::parse_event_t::array_start))
+      fail(Errc::invalid_argument, source + ": JSON nested deeper than " + std::to_string(kMaxTraceDepth) +
+                                       " levels (a ferry trace nests 4)");
+    return true;
+  };
   try {
-    doc = nlohmann::json::parse(text.begin(), text.end());
+    doc = nlohmann::json::parse(text.begin(), text.end(), bound_depth);
   } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
-    fail(Errc::invalid_argument, source + ": not JSON: " + e.what());
+    fail(Errc::invalid_argument, source + ": not JSON: " + excerpt(e.what(), 3 * kExcerpt));
   }
   const nlohmann::json* list = &doc;
   if (doc.is_object()) {
@@ -281,12 +309,8 @@ std::vector<TraceEvent> read_chrome_trace(const std::string& path) {
   if (!std::filesystem::exists(path, ec)) fail(Errc::invalid_argument, path + ": no such trace file");
   if (std::filesystem::is_directory(path, ec))
     fail(Errc::invalid_argument, path + ": is a directory, not a trace file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(Errc::invalid_argument, path + ": cannot open the trace file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) fail(Errc::invalid_argument, path + ": cannot read the trace file");
-  return parse(text.str(), path);
+  const std::vector<std::uint8_t> bytes = read_file_bounded(path, kMaxTraceBytes, "trace file");
+  return parse(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path);
 }
 
 }  // namespace ferry::model::pipeline

@@ -12,10 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "bench/dispatch_options.hpp"
 #include "bench/gpu/gpu_bench.hpp"
 #include "bench/gpu/gpu_dispatch_bench.hpp"
 #include "bench/machine_info.hpp"
 #include "bench/sizes.hpp"
+#include "cli/bounds.hpp"
+#include "cli/output_paths.hpp"
 #include "cli/usage.hpp"
 #include "ferry/core/error.hpp"
 
@@ -62,8 +65,18 @@ CLI::Validator sm_list_check() {
   return cli::parses_with("SMS", [](const std::string& text) { parse_sm_list(text); });
 }
 
-CLI::Validator size_check() {
-  return cli::parses_with("SIZE", [](const std::string& text) { parse_size(text); });
+// The most bytes a GPU copy moves per run (--bytes, --load-bytes): more than any GPU's memory.
+constexpr std::size_t kMaxGpuBytes = std::size_t{256} << 30;
+
+std::size_t gpu_bytes(const std::string& flag, const std::string& text) {
+  const std::size_t bytes = parse_size(text);
+  if (bytes > kMaxGpuBytes)
+    fail(Errc::invalid_argument, flag + ": " + text + " is above " + format_size(kMaxGpuBytes));
+  return bytes;
+}
+
+CLI::Validator size_check(const std::string& flag) {
+  return cli::parses_with("SIZE", [flag](const std::string& text) { gpu_bytes(flag, text); });
 }
 
 std::vector<int> parse_sm_list(const std::string& text) {
@@ -114,7 +127,7 @@ void write_json(const std::string& path, const nlohmann::json& report, const cha
 
 void run_copy(const CopyArgs& args) {
   const auto requested = parse_sm_list(args.sms);  // before touching the GPU: bad input first
-  const std::size_t bytes = parse_size(args.bytes);
+  const std::size_t bytes = gpu_bytes("--bytes", args.bytes);
   const auto gpu = gpu_bench::describe_gpu(args.device);
   const auto machine = machine_info();
   print_header("gpu-copy", gpu, machine);
@@ -141,7 +154,7 @@ void run_copy(const CopyArgs& args) {
 }
 
 void run_gemm(const GemmArgs& args) {
-  const std::size_t load_bytes = parse_size(args.load_bytes);
+  const std::size_t load_bytes = gpu_bytes("--load-bytes", args.load_bytes);
   const auto gpu = gpu_bench::describe_gpu(args.device);
   const auto machine = machine_info();
   print_header("gpu-gemm", gpu, machine);
@@ -206,20 +219,19 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
   auto copy_args = std::make_shared<CopyArgs>();
   auto* copy = bench.add_subcommand(
       "gpu-copy", "Copy bandwidth of a plain copy kernel held to N SMs, and of a whole-GPU device copy");
-  copy->add_option("--device", copy_args->device, "GPU index")->capture_default_str();
+  cli::add_count(*copy, "--device", copy_args->device, 0, 1023, "GPU index");
   copy->add_option("--sms", copy_args->sms, "SM counts, a comma list; 'all' = every SM")
       ->check(sm_list_check())
       ->capture_default_str();
   copy->add_option("--bytes", copy_args->bytes,
                    "Bytes copied per run (K/M/G units); keep it several times L2")
-      ->check(size_check())
+      ->check(size_check("--bytes"))
       ->capture_default_str();
-  copy->add_option("--iters", copy_args->iters, "Timed runs per figure (median)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  cli::add_count(*copy, "--iters", copy_args->iters, 1, 1000000, "Timed runs per figure (median)");
   copy->add_option("--json", copy_args->json, "Also write the report as JSON to this file");
   cli::set_examples(*copy, {"ferry bench gpu-copy --sms 4,8,12,20,24,all --bytes 512M --json copy.json"});
   copy->callback([copy_args, &exit_code] {
+    cli::before_work([&] { cli::check_output_file("--json", copy_args->json); });
     with_command_name("gpu-copy", [&] { run_copy(*copy_args); });
     exit_code = 0;
   });
@@ -229,23 +241,18 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
       bench.add_subcommand("gpu-gemm",
                            "cuBLAS bf16 GEMM on the SMs communication leaves, alone and beside a copy "
                            "kernel on the communication SMs");
-  gemm->add_option("--device", gemm_args->device, "GPU index")->capture_default_str();
-  gemm->add_option("--comm-sms", gemm_args->comm_sms, "SMs taken by communication")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  gemm->add_option("--size", gemm_args->size, "GEMM size: m = n = k")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  gemm->add_option("--iters", gemm_args->iters, "Timed GEMMs per figure (median)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  cli::add_count(*gemm, "--device", gemm_args->device, 0, 1023, "GPU index");
+  cli::add_count(*gemm, "--comm-sms", gemm_args->comm_sms, 1, 1024, "SMs taken by communication");
+  cli::add_count(*gemm, "--size", gemm_args->size, 1, 65536, "GEMM size: m = n = k");
+  cli::add_count(*gemm, "--iters", gemm_args->iters, 1, 1000000, "Timed GEMMs per figure (median)");
   gemm->add_option("--load-bytes", gemm_args->load_bytes, "Bytes the copy load moves per call")
-      ->check(size_check())
+      ->check(size_check("--load-bytes"))
       ->capture_default_str();
   gemm->add_flag("--no-green", gemm_args->no_green, "Plain streams instead of green-context SM partitions");
   gemm->add_option("--json", gemm_args->json, "Also write the report as JSON to this file");
   cli::set_examples(*gemm, {"ferry bench gpu-gemm --comm-sms 20 --json gemm.json"});
   gemm->callback([gemm_args, &exit_code] {
+    cli::before_work([&] { cli::check_output_file("--json", gemm_args->json); });
     with_command_name("gpu-gemm", [&] { run_gemm(*gemm_args); });
     exit_code = 0;
   });
@@ -257,42 +264,30 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
                            "The CUDA executor's fp8 dispatch and bf16 combine on virtual ranks of one GPU, "
                            "per num_sms, next to the "
                            "copy-kernel bound on as many SMs (and a GEMM's slowdown with --gemm)");
-  dispatch->add_option("--nodes", dispatch_args->nodes, "Virtual nodes")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  dispatch->add_option("--ranks-per-node", dispatch_args->ranks_per_node, "Virtual ranks per node")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  dispatch->add_option("--tokens", dispatch_args->tokens, "Tokens per rank")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  dispatch->add_option("--hidden", dispatch_args->hidden, "Hidden size")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  dispatch->add_option("--topk", dispatch_args->topk, "Experts per token")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  dispatch->add_option("--experts", dispatch_args->experts, "Experts")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  dispatch->add_option("--max-nodes", dispatch_args->max_nodes, "Nodes a token may touch")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  cli::add_count(*dispatch, "--nodes", dispatch_args->nodes, 1, bench::kMaxNodes, "Virtual nodes");
+  cli::add_count(*dispatch, "--ranks-per-node", dispatch_args->ranks_per_node, 1, 32,
+                 "Virtual ranks per node");
+  cli::add_count(*dispatch, "--tokens", dispatch_args->tokens, 1, bench::kMaxTokens, "Tokens per rank");
+  cli::add_count(*dispatch, "--hidden", dispatch_args->hidden, 1, bench::kMaxHidden, "Hidden size");
+  cli::add_count(*dispatch, "--topk", dispatch_args->topk, 1, bench::kMaxTopk, "Experts per token");
+  cli::add_count(*dispatch, "--experts", dispatch_args->experts, 1, bench::kMaxExperts, "Experts");
+  cli::add_count(*dispatch, "--max-nodes", dispatch_args->max_nodes, 1, bench::kMaxNodes,
+                 "Nodes a token may touch");
   dispatch->add_option("--sms", *sms_text, "num_sms values, a comma list (even numbers)")
       ->check(cli::parses_with("SMS", [](const std::string& text) { parse_even_sm_list(text); }))
       ->capture_default_str();
-  dispatch->add_option("--iters", dispatch_args->iters, "Timed operations per figure (median)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  cli::add_count(*dispatch, "--iters", dispatch_args->iters, 1, bench::kMaxIters,
+                 "Timed operations per figure (median)");
   dispatch->add_option("--seed", dispatch_args->seed, "Routing and data seed")->capture_default_str();
   dispatch->add_flag("--gemm", dispatch_args->gemm,
                      "Also measure a GEMM's slowdown while dispatch and combine run");
-  dispatch->add_option("--gemm-sms", dispatch_args->gemm_sms, "num_sms of the GEMM measurement")
-      ->capture_default_str();
+  cli::add_count(*dispatch, "--gemm-sms", dispatch_args->gemm_sms, 2, bench::kMaxSms,
+                 "num_sms of the GEMM measurement");
   dispatch->add_option("--json", dispatch_args->json, "Also write the report as JSON to this file");
   cli::set_examples(*dispatch, {"ferry bench gpu-dispatch --nodes 2 --ranks-per-node 4 --sms 8,20 --gemm"});
   dispatch->callback([dispatch_args, sms_text, &exit_code] {
     dispatch_args->sms = parse_even_sm_list(*sms_text);
+    cli::before_work([&] { cli::check_output_file("--json", dispatch_args->json); });
     with_command_name("gpu-dispatch", [&] { exit_code = run_gpu_dispatch_bench(*dispatch_args); });
   });
 }

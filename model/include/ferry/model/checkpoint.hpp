@@ -48,9 +48,13 @@ struct TrainerState {
   std::vector<std::vector<float>> balance_bias;  // per MoE layer [E]
 };
 
+// A file larger than this is no checkpoint ferry wrote (a trainer passes the bound its own model gives).
+inline constexpr std::uint64_t kMaxCheckpointBytes = std::uint64_t{1} << 40;
+
 void save_checkpoint(const std::string& path, const TrainerState& state);
-// Throws ferry::Error naming the file: unsupported (not a checkpoint, other version or byte order) or
-// invalid_argument (truncated, checksum mismatch, malformed config).
-TrainerState load_checkpoint(const std::string& path);
+// Throws ferry::Error naming the file: unsupported (another format version or byte order) or
+// invalid_argument (cannot be opened, not a checkpoint, larger than max_bytes, truncated, checksum mismatch,
+// malformed config, a negative step).
+TrainerState load_checkpoint(const std::string& path, std::uint64_t max_bytes = kMaxCheckpointBytes);
 
 }  // namespace ferry::model

@@ -60,8 +60,13 @@ struct TrainConfig {
   void validate() const;
 };
 
+// The most bytes a data file may hold: the corpus is kept in memory whole, and a CPU trainer at thousands of
+// tokens per second takes hours to see 256 MiB once. A larger file (or a device like /dev/zero) is refused.
+inline constexpr std::uint64_t kMaxDataFileBytes = std::uint64_t{256} << 20;
+
 struct DataConfig {
-  std::string path;                  // a text file read as bytes; empty = the synthetic corpus
+  std::string path;  // a text file read as bytes; empty = the synthetic corpus
+  std::uint64_t max_file_bytes = kMaxDataFileBytes;
   std::uint64_t synthetic_seed = 7;  // the synthetic corpus is a pure function of seed and size
   std::size_t synthetic_bytes = 1 << 20;
 

@@ -23,10 +23,13 @@ class DataSource {
  public:
   DataSource(std::vector<std::uint8_t> bytes, std::string name);
   static DataSource synthetic(std::uint64_t seed, std::size_t bytes);
-  // The file's bytes; throws invalid_argument / system naming the file when it cannot be read or is empty.
-  static DataSource from_file(const std::string& path);
+  // The file's bytes; throws invalid_argument naming the file when it cannot be opened, is empty or holds
+  // more than max_bytes (read no further than that), system when reading fails.
+  static DataSource from_file(const std::string& path, std::uint64_t max_bytes = kMaxDataFileBytes);
   static DataSource from_config(const DataConfig& config);
 
+  // Throws invalid_argument naming the source when it is shorter than one window of seq + 2 bytes.
+  void check_window(int seq) const;
   // Fills out [batch, seq + 2] with windows starting at uniformly random offsets drawn from rng. Throws
   // invalid_argument when the data is shorter than one window.
   void sample(std::uint8_t* out, Rng& rng, int batch, int seq) const;

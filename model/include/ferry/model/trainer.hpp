@@ -68,7 +68,8 @@ class Trainer {
   // Writes this rank's checkpoint (checkpoint.hpp), with the step and the job fingerprint.
   void save(const std::string& path) const;
   // Restores a save()d state. Throws invalid_argument naming the field when the model config differs, and
-  // naming both values when the file was written for another world size, rank or expert layout. With
+  // naming both values when the file was written for another world size, rank or expert layout, or is at a
+  // step not below the run's steps. With
   // several ranks it is collective: the ranks compare their files, and unless every one loaded and all are
   // at the same step of the same run (a crash between two ranks' saves leaves them apart), every rank throws
   // the same invalid_argument naming the ranks and their values.
@@ -89,8 +90,11 @@ class Trainer {
   // Clipping, AdamW, EMA and balancing from reduced gradients; fills the stats.
   StepStats finish_step(std::chrono::steady_clock::time_point start, const ReducedStep& reduced,
                         bool norm_known);
-  // Why `state` (read from path) cannot resume this trainer, or "".
+  // Why `state` (read from path) cannot resume this trainer, or "": another model or job layout, or a step
+  // that is not below the run's steps.
   std::string resume_problem(const TrainerState& state, const std::string& path) const;
+  // The largest file a checkpoint of this model can be: a larger one is refused unread.
+  std::uint64_t checkpoint_bytes_bound() const;
   void restore(TrainerState state, const std::string& path);
 
   TrainConfig train_;
@@ -109,11 +113,14 @@ struct RunOptions {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
-  std::string resume_from;  // checkpoint to continue from ("" = start fresh)
-  std::string save_to;      // checkpoint written at the end and every save_every steps ("" = never)
-  std::int64_t save_every = 0;
+  // The data already read (a command reads it while checking its request, before any work); null: read
+  // from `data`.
+  std::shared_ptr<const DataSource> data_source;
+  std::string resume_from;      // checkpoint to continue from ("" = start fresh)
+  std::string save_to;          // checkpoint written at the end and every save_every steps ("" = never)
+  std::int64_t save_every = 0;  // >= 0
   std::int64_t stop_after =
-      0;  // run at most this many steps in this call, e.g. to split a run (0 = no limit)
+      0;  // >= 0: run at most this many steps in this call, e.g. to split a run (0 = no limit)
   // Default: one process.
   Parallelism parallel;
 };

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <iosfwd>
 #include <mutex>
 #include <nlohmann/json_fwd.hpp>
@@ -88,7 +89,11 @@ void write_chrome_trace(const std::string& path, const std::vector<TraceEvent>& 
 // object form and the bare-array form of the format; skips "M" events. Throws invalid_argument naming the
 // path (or "chrome trace" for text) and what is malformed: not JSON, no "traceEvents" array, an event without
 // a numeric ts/dur or an integer pid/tid, a tid that is not a lane, a phase other than "X" and "M" (begin/end
-// pairs are not supported). A file that cannot be opened throws invalid_argument too.
+// pairs are not supported), JSON nested deeper than kMaxTraceDepth, a file larger than kMaxTraceBytes
+// (refused unread). A file that cannot be opened throws invalid_argument too. Messages quote at most a short
+// excerpt of what they refuse.
+inline constexpr int kMaxTraceDepth = 32;  // a ferry trace nests 4 deep: {traceEvents: [{args: {...}}]}
+inline constexpr std::uint64_t kMaxTraceBytes = std::uint64_t{1} << 30;
 std::vector<TraceEvent> read_chrome_trace(const std::string& path);
 std::vector<TraceEvent> parse_chrome_trace(std::string_view json_text);
 
