@@ -26,10 +26,11 @@ std::string disagreement(Collective& collective, const std::string& path, const 
   for (const std::string& text : collective.all_gather(mine.dump()))
     all.push_back(nlohmann::json::parse(text));
   std::string others;
+  // Every rank's problems, its own included: whichever rank's message a launcher prints first (it may stop
+  // the others once one has failed) names the rank and the file.
   for (std::size_t r = 0; r < all.size(); ++r) {
     const auto theirs = all[r]["problem"].get<std::string>();
-    if (!theirs.empty() && static_cast<int>(r) != collective.rank())
-      others += (others.empty() ? "rank " : "; rank ") + std::to_string(r) + ": " + theirs;
+    if (!theirs.empty()) others += (others.empty() ? "rank " : "; rank ") + std::to_string(r) + ": " + theirs;
   }
   if (!others.empty() || !problem.empty()) return others;
   bool agree = true;
@@ -207,9 +208,10 @@ void Trainer::load(const std::string& path) {
   }
   const std::string elsewhere =
       ranks() > 1 ? disagreement(*parallel_.collective, path, problem, state.step, state.job.run_id) : "";
+  if (!elsewhere.empty())
+    fail(error ? error->code() : Errc::invalid_argument, "cannot resume: " + elsewhere);
   if (error) throw *error;
   if (!problem.empty()) fail(Errc::invalid_argument, problem);
-  if (!elsewhere.empty()) fail(Errc::invalid_argument, "cannot resume: " + elsewhere);
   restore(std::move(state), path);
 }
 
