@@ -3,12 +3,16 @@
 #include "ferry/kernels/cuda/device_engine.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "device_kernels.cuh"
 #include "device_memory.cuh"
 #include "device_report.hpp"
+#include "launch_keeper.hpp"
 
 namespace ferry::kernels::cuda {
 
@@ -59,20 +63,30 @@ struct DeviceRecord {
   std::int64_t* fwd_offset() const { return counts->data() + 3 * per_rank() + 2 * per_node(); }
   // [num_recv, num_forwarded], written by the notify kernel; read back once the stream has passed it.
   std::int64_t* totals() const { return counts->data() + 3 * per_rank() + 3 * per_node(); }
-  std::int64_t num_recv() const {
-    read_totals();
-    return totals_read[0];
-  }
-  std::int64_t num_forwarded() const {
-    read_totals();
-    return totals_read[1];
-  }
-  void read_totals() const {
-    if (totals_known) return;
-    check(cudaMemcpy(totals_read, totals(), sizeof(totals_read), cudaMemcpyDeviceToHost),
+  std::int64_t num_recv() const { return read_totals()[0]; }
+  std::int64_t num_forwarded() const { return read_totals()[1]; }
+  // In the order of the stream the notify ran on (a legacy-stream copy would not wait for a non-blocking
+  // stream), once; any thread may ask (the thread that waits on the dispatch, the one that issues a cached
+  // dispatch).
+  const std::int64_t* read_totals() const {
+    std::lock_guard lock(totals_mutex);
+    if (totals_known) return totals_read;
+    DeviceScope scope(device);
+    check(cudaMemcpyAsync(totals_read, totals(), sizeof(totals_read), cudaMemcpyDeviceToHost, stream),
           "read back the counts");
+    check(cudaStreamSynchronize(stream), "read back the counts");
+    totals_known = true;
+    return totals_read;
+  }
+  void set_totals(std::int64_t received, std::int64_t forwarded) {
+    std::lock_guard lock(totals_mutex);
+    totals_read[0] = received;
+    totals_read[1] = forwarded;
     totals_known = true;
   }
+  int device = 0;
+  cudaStream_t stream = nullptr;  // the dispatch's (kept alive by the arrays' stream owner)
+  mutable std::mutex totals_mutex;
   mutable std::int64_t totals_read[2] = {0, 0};
   mutable bool totals_known = false;
 
@@ -215,11 +229,20 @@ struct DeviceEngine::Impl {
   std::vector<DeviceArray<std::byte*>> peers;                  // per rank: [L]
   std::vector<DeviceArray<transport::CommandRingView>> rings;  // per rank
   MappedArray<DeviceReport> reports;                           // per rank
+  DeviceArray<std::uint32_t> claims;                           // per rank: a record was written (for good)
   DeviceArray<p::Traffic> traffic;                             // per rank: [3]
-  DeviceArray<std::uint32_t> abort;
-  std::vector<std::uint32_t> operations;                          // per rank: sequence number of the last op
-  std::vector<std::shared_ptr<void>> keep_alive;                  // launch plans of operations in flight
-  std::vector<std::shared_ptr<MappedArray<RankLaunch>>> staging;  // pinned copies of launch plans, reused
+  DeviceArray<std::uint32_t> abort;  // zeroed once: a failure stops the executor for good
+  std::uint32_t operations = 0;      // sequence number of the last operation (the same on every rank)
+  // The launch plans of each operation and their pinned staging, until that operation's own event.
+  LaunchKeeper<MappedArray<RankLaunch>> keeper;
+  // Streams whose owners must outlive the arrays freed in their order (keep_stream_alive).
+  std::mutex streams_mutex;
+  std::map<cudaStream_t, std::shared_ptr<void>> stream_owners;
+  // The first failed operation (0: none) and its error: every later one fails without running.
+  std::mutex failure_mutex;
+  std::uint32_t failed_operation = 0;
+  std::string failure_text;
+  Errc failure_code = Errc::internal;
 
   std::uint64_t timeout_ns() const {
     return static_cast<std::uint64_t>(
@@ -234,7 +257,7 @@ struct DeviceEngine::Impl {
     ctx.topo.num_channels = channels;
     ctx.split = {experts, experts / ctx.topo.num_ranks()};
     ctx.rank = ranks[index].rank;
-    ctx.operation = ++operations[index];
+    ctx.operation = operations;
     ctx.fingerprint = fingerprint;
     ctx.kind = kind;
     ctx.hidden = hidden;
@@ -250,39 +273,28 @@ struct DeviceEngine::Impl {
     launch.rings = ranks[index].rings.empty() ? nullptr : rings[index].data();
     launch.rings_per_rank = static_cast<int>(ranks[index].rings.size());
     launch.report = reports.device() + index;
+    launch.claim = claims.data() + index;
     launch.traffic = traffic.data() + 3 * index;
     return launch;
   }
 
-  // Copies the launch plans to the device (the copy is kept until finish()) and launches `kernel`
-  // cooperatively.
+  std::shared_ptr<void> owner_of(cudaStream_t stream) {
+    std::lock_guard lock(streams_mutex);
+    auto it = stream_owners.find(stream);
+    return it == stream_owners.end() ? nullptr : it->second;
+  }
+
+  // An array freed in `stream`'s order, holding the stream's owner.
+  template <class T>
+  std::shared_ptr<DeviceArray<T>> ordered_array(std::size_t count, cudaStream_t stream) {
+    return std::make_shared<DeviceArray<T>>(count, stream, true, owner_of(stream));
+  }
+
+  // Copies the launch plans to the device and launches `kernel` cooperatively. The device copy and the pinned
+  // staging it is copied from stay with the current operation until its own event has passed.
   void launch(const void* kernel, const char* name, const std::vector<RankLaunch>& plans,
               const KernelShape& shape, int blocks_per_rank, int threads, std::uint32_t shared,
               cudaStream_t stream) {
-    auto device_plans = std::make_shared<DeviceArray<RankLaunch>>(plans.size(), stream, true);
-    std::shared_ptr<MappedArray<RankLaunch>> staged;
-    for (const auto& slot : staging) {  // one no launch in flight holds any more
-      if (slot.use_count() == 1 && slot->size() >= plans.size()) staged = slot;
-    }
-    if (!staged) {
-      staged = std::make_shared<MappedArray<RankLaunch>>(plans.size());
-      staging.push_back(staged);
-    }
-    std::copy(plans.begin(), plans.end(), staged->host());
-    check(cudaMemcpyAsync(device_plans->data(), staged->host(), sizeof(RankLaunch) * plans.size(),
-                          cudaMemcpyHostToDevice, stream),
-          "copy of the launch plans");
-    keep_alive.push_back(device_plans);
-    keep_alive.push_back(staged);
-    abort.zero(stream);
-
-    LaunchArgs args;
-    args.ranks = device_plans->data();
-    args.num_ranks = static_cast<int>(plans.size());
-    args.shape = shape;
-    args.shape.blocks_per_rank = blocks_per_rank;
-    args.timeout_ns = timeout_ns();
-    args.abort = abort.data();
     const int blocks = blocks_per_rank * static_cast<int>(plans.size());
     if (shared > 48 * 1024) {
       check(
@@ -299,33 +311,146 @@ struct DeviceEngine::Impl {
                std::to_string(per_sm) + " per SM x " + std::to_string(sm_count) +
                " SMs: use fewer ranks per GPU or a smaller num_sms");
     }
+    auto device_plans = ordered_array<RankLaunch>(plans.size(), stream);
+    keeper.keep(device_plans);
+    const std::shared_ptr<MappedArray<RankLaunch>> staged = keeper.stage(
+        plans.size(), [](std::size_t size) { return std::make_shared<MappedArray<RankLaunch>>(size); });
+    std::copy(plans.begin(), plans.end(), staged->host());
+    check(cudaMemcpyAsync(device_plans->data(), staged->host(), sizeof(RankLaunch) * plans.size(),
+                          cudaMemcpyHostToDevice, stream),
+          "copy of the launch plans");
+
+    LaunchArgs args;
+    args.ranks = device_plans->data();
+    args.num_ranks = static_cast<int>(plans.size());
+    args.shape = shape;
+    args.shape.blocks_per_rank = blocks_per_rank;
+    args.timeout_ns = timeout_ns();
+    args.abort = abort.data();
     void* params[] = {&args};
     check(cudaLaunchCooperativeKernel(kernel, blocks, threads, params, shared, stream), name);
   }
 
-  void wait(cudaStream_t stream) {
-    // The kernels end by themselves (every spin has a deadline); this bounds the host's wait all the same.
-    Deadline deadline(options.timeout * 2 + std::chrono::seconds(10));
-    Backoff backoff;
-    while (true) {
-      const cudaError_t status = cudaStreamQuery(stream);
-      if (status == cudaSuccess) break;
-      if (status != cudaErrorNotReady) check(status, "the executor's kernels");
-      if (deadline.expired()) fail(Errc::timeout, "cuda: the executor's kernels did not finish in time");
-      backoff.pause();
+  // One dispatch or combine: its sequence number, and, when it ends (returned or threw after enqueueing
+  // something), an event after everything it enqueued, which tells the keeper when to let go.
+  class Operation {
+   public:
+    Operation(Impl& impl, cudaStream_t stream) : impl_(impl), stream_(stream) {
+      impl.keeper.begin();
+      number_ = ++impl.operations;
+    }
+    ~Operation() {
+      try {
+        auto event = std::make_shared<DeviceEvent>(impl_.options.device);
+        event->record(stream_);
+        impl_.keeper.end([event] { return event->passed(); });
+      } catch (...) {  // no event: held until the stream is drained (finish) or the engine goes
+        impl_.keeper.end({});
+      }
+    }
+    Operation(const Operation&) = delete;
+    Operation& operator=(const Operation&) = delete;
+    std::uint32_t number() const { return number_; }
+
+   private:
+    Impl& impl_;
+    cudaStream_t stream_;
+    std::uint32_t number_ = 0;
+  };
+
+  // Takes what the roles recorded in mapped memory into the host's view: the earliest failed operation and
+  // its error. A record is complete once its failure word is set (written last), so this may run while
+  // kernels run. Clears the records (a rank records at most once: its claim is never reset).
+  void absorb_reports() {
+    std::lock_guard lock(failure_mutex);
+    for (std::size_t i = 0; i < ranks.size(); ++i) {
+      volatile DeviceReport& slot = reports.host()[i];
+      if (static_cast<DeviceFailure>(slot.failure) == DeviceFailure::none) continue;
+      std::atomic_thread_fence(std::memory_order_acquire);
+      const DeviceReport report = const_cast<const DeviceReport&>(slot);
+      const_cast<DeviceReport&>(slot) = DeviceReport{};
+      if (failed_operation != 0 && failed_operation <= report.operation) continue;
+      try {
+        throw_report(report, options.timeout);
+      } catch (const Error& error) {
+        failed_operation = report.operation;
+        failure_code = error.code();
+        failure_text = error.message();
+      }
     }
   }
 
-  // Throws the first failure any rank's roles recorded, naming it; clears the records.
-  void raise_failures() {
-    for (std::size_t i = 0; i < ranks.size(); ++i) {
-      DeviceReport& report = reports.host()[i];
-      const auto failure = static_cast<DeviceFailure>(report.failure);
-      if (failure == DeviceFailure::none) continue;
-      const DeviceReport copy = report;
-      for (std::size_t j = 0; j < ranks.size(); ++j) reports.host()[j] = DeviceReport{};
-      throw_report(copy, options.timeout);
+  // The executor stops at its first failure (the rings are in an unknown state on every rank): a later
+  // operation is not run at all.
+  void refuse_if_stopped() {
+    absorb_reports();
+    std::lock_guard lock(failure_mutex);
+    if (failed_operation == 0) return;
+    fail(Errc::peer_failure,
+         "cuda: operation not run: operation " + std::to_string(failed_operation) +
+             " failed and the executor stopped (its rings are in an unknown state): " + failure_text);
+  }
+
+  // Throws when operation `number` failed, or did not run because an earlier one failed.
+  void raise_failures(std::uint32_t number) {
+    absorb_reports();
+    std::lock_guard lock(failure_mutex);
+    if (failed_operation == 0 || number < failed_operation) return;
+    if (number == failed_operation) fail(failure_code, failure_text);
+    fail(Errc::peer_failure, "cuda: operation " + std::to_string(number) + " did not run: operation " +
+                                 std::to_string(failed_operation) + " failed before it: " + failure_text);
+  }
+
+  // The host gave up waiting for operation `number` (a CUDA error or its own deadline): it stops the
+  // executor like a role's failure.
+  void stop_at(std::uint32_t number, const Error& error) {
+    std::lock_guard lock(failure_mutex);
+    if (failed_operation != 0 && failed_operation <= number) return;
+    failed_operation = number;
+    failure_code = error.code();
+    failure_text = error.message();
+  }
+
+  // Waits for everything enqueued on `stream`, bounded; a CUDA error or the deadline stops the executor at
+  // operation `number`.
+  void wait(cudaStream_t stream, std::uint32_t number) {
+    try {
+      // The kernels end by themselves (every spin has a deadline); this bounds the host's wait all the same.
+      Deadline deadline(options.timeout * 2 + std::chrono::seconds(10));
+      Backoff backoff;
+      while (true) {
+        const cudaError_t status = cudaStreamQuery(stream);
+        if (status == cudaSuccess) break;
+        if (status != cudaErrorNotReady) check(status, "the executor's kernels");
+        if (deadline.expired()) fail(Errc::timeout, "cuda: the executor's kernels did not finish in time");
+        backoff.pause();
+      }
+    } catch (const Error& error) {
+      stop_at(number, error);
+      throw;
     }
+  }
+
+  // Local memory for the kernels' stacks, reserved once, now: left to the first launch, the driver grows it
+  // then and synchronises the device in the middle of the first operation. Only ever raised (the limit is
+  // the context's, shared with the rest of the process).
+  static void reserve_stacks() {
+    std::size_t needed = 0;
+    for (const void* kernel :
+         {reinterpret_cast<const void*>(&notify_kernel), reinterpret_cast<const void*>(&dispatch_kernel),
+          reinterpret_cast<const void*>(&combine_kernel)}) {
+      cudaFuncAttributes attributes{};
+      check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
+      needed = std::max(needed, attributes.localSizeBytes);
+    }
+    // A little over what ptxas reported, rounded: the reservation is per resident thread (2048 per SM), so
+    // every byte here costs the device about 270 KB of memory on an H100.
+    constexpr std::size_t kMargin = 128;
+    needed = (needed + kMargin + 255) / 256 * 256;
+    std::size_t current = 0;
+    check(cudaDeviceGetLimit(&current, cudaLimitStackSize), "cudaDeviceGetLimit(stack size)");
+    if (current < needed)
+      check(cudaDeviceSetLimit(cudaLimitStackSize, needed), "cudaDeviceSetLimit(stack size)");
   }
 };
 
@@ -339,7 +464,7 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   impl.layout = layout;
   impl.options = options;
   impl.ranks = std::move(ranks);
-  check(cudaSetDevice(options.device), "cudaSetDevice");
+  DeviceScope scope(options.device);
   check(cudaDeviceGetAttribute(&impl.sm_count, cudaDevAttrMultiProcessorCount, options.device),
         "cudaDeviceGetAttribute(multiprocessors)");
   int cooperative = 0;
@@ -387,14 +512,25 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
     impl.rings.push_back(std::move(views));
   }
   impl.reports = MappedArray<DeviceReport>(impl.ranks.size());
+  impl.claims = DeviceArray<std::uint32_t>(impl.ranks.size());
+  check(cudaMemset(impl.claims.data(), 0, sizeof(std::uint32_t) * impl.ranks.size()), "cudaMemset(claims)");
   impl.traffic = DeviceArray<p::Traffic>(3 * impl.ranks.size());
   check(cudaMemset(impl.traffic.data(), 0, sizeof(p::Traffic) * 3 * impl.ranks.size()),
         "cudaMemset(traffic)");
   impl.abort = DeviceArray<std::uint32_t>(1);
-  impl.operations.assign(impl.ranks.size(), 0);
+  check(cudaMemset(impl.abort.data(), 0, sizeof(std::uint32_t)), "cudaMemset(abort)");
+  Impl::reserve_stacks();
+  check(cudaDeviceSynchronize(), "the executor's setup");  // the memsets above ran on the legacy stream
 }
 
-DeviceEngine::~DeviceEngine() = default;
+// Nothing the kernels still use may go: waits (bounded, the kernels end by themselves) for every operation
+// still held.
+DeviceEngine::~DeviceEngine() {
+  DeviceScope scope(impl_->options.device, std::nothrow);
+  Deadline deadline(impl_->options.timeout * 2 + std::chrono::seconds(10));
+  Backoff backoff;
+  while (impl_->keeper.collect() > 0 && !deadline.expired()) backoff.pause();
+}
 
 int DeviceEngine::num_ranks() const {
   return static_cast<int>(impl_->ranks.size());
@@ -405,9 +541,10 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
     const std::vector<std::shared_ptr<DeviceRecord>>* cached, void* stream_handle) {
   Impl& impl = *impl_;
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  check(cudaSetDevice(impl.options.device), "cudaSetDevice");
+  DeviceScope scope(impl.options.device);
   const std::size_t count = impl.ranks.size();
   if (inputs.size() != count) fail(Errc::invalid_argument, "DeviceEngine::dispatch: one input per rank");
+  impl.refuse_if_stopped();
   const p::Topology full = impl.layout.params.topo;
   const int channels =
       cached != nullptr ? (*cached)[0]->channels : (shape.channels > 0 ? shape.channels : full.num_channels);
@@ -418,12 +555,16 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
   }
   const int R = full.num_ranks(), N = full.num_nodes, L = full.local_size;
   const std::int64_t worst = shape.num_worst_tokens;
+  const std::shared_ptr<void> stream_owner = impl.owner_of(stream);
+  Impl::Operation operation(impl, stream);
 
   std::vector<std::shared_ptr<DeviceRecord>> records(count);
   std::vector<RankLaunch> plans(count);
   for (std::size_t i = 0; i < count; ++i) {
     const DeviceDispatchInput& in = inputs[i];
     auto record = std::make_shared<DeviceRecord>();
+    record->device = impl.options.device;
+    record->stream = stream;
     if (cached != nullptr) {
       const DeviceRecord& old = *(*cached)[i];
       record->rank = old.rank;
@@ -436,9 +577,7 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
       record->topk_idx = old.topk_idx;
       record->in_rank = old.in_rank;
       record->counts = old.counts;
-      record->totals_read[0] = old.num_recv();
-      record->totals_read[1] = old.num_forwarded();
-      record->totals_known = true;
+      record->set_totals(old.num_recv(), old.num_forwarded());
     } else {
       record->rank = impl.ranks[i].rank;
       record->channels = channels;
@@ -447,9 +586,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
       record->num_experts = shape.num_experts;
       record->num_ranks = R;
       record->num_nodes = N;
-      record->topk_idx =
-          std::make_shared<DeviceArray<std::int64_t>>(in.num_tokens * shape.num_topk, stream, true);
-      record->in_rank = std::make_shared<DeviceArray<std::uint8_t>>(in.num_tokens * R, stream, true);
+      record->topk_idx = impl.ordered_array<std::int64_t>(in.num_tokens * shape.num_topk, stream);
+      record->in_rank = impl.ordered_array<std::uint8_t>(in.num_tokens * R, stream);
       // Taken at the call: the routing the roles read cannot change under them.
       if (in.num_tokens > 0) {
         check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx,
@@ -460,7 +598,7 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
                               static_cast<std::size_t>(in.num_tokens) * R, cudaMemcpyDeviceToDevice, stream),
               "copy of the layout");
       }
-      record->counts = std::make_shared<DeviceArray<std::int64_t>>(3 * (R + N) * channels + 2, stream, true);
+      record->counts = impl.ordered_array<std::int64_t>(3 * (R + N) * channels + 2, stream);
       record->counts->zero(stream);
     }
     RankLaunch& plan = plans[i];
@@ -487,8 +625,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
                 kNotifyThreads, notify_shared_bytes(full), stream);
   }
   if (worst <= 0 && cached == nullptr) {
-    impl.wait(stream);  // the counts size the outputs
-    impl.raise_failures();
+    impl.wait(stream, operation.number());  // the counts size the outputs
+    impl.raise_failures(operation.number());
   }
 
   std::vector<DeviceDispatchResult> results(count);
@@ -499,10 +637,10 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
     const std::int64_t rows = worst > 0 ? worst : record.num_recv();
     record.record_capacity = rows;
     record.fwd_capacity = worst > 0 ? L * worst : record.num_forwarded();
-    record.recv_src_rank = DeviceArray<std::int32_t>(rows, stream, true);
-    record.recv_src_token = DeviceArray<std::int32_t>(rows, stream, true);
-    record.fwd_token = DeviceArray<std::int32_t>(record.fwd_capacity, stream, true);
-    record.fwd_mask = DeviceArray<std::uint32_t>(record.fwd_capacity, stream, true);
+    record.recv_src_rank = DeviceArray<std::int32_t>(rows, stream, true, stream_owner);
+    record.recv_src_token = DeviceArray<std::int32_t>(rows, stream, true, stream_owner);
+    record.fwd_token = DeviceArray<std::int32_t>(record.fwd_capacity, stream, true, stream_owner);
+    record.fwd_mask = DeviceArray<std::uint32_t>(record.fwd_capacity, stream, true, stream_owner);
 
     struct Outputs {
       DeviceArray<std::byte> x;
@@ -518,10 +656,10 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
     if (inputs[i].allocate) {
       where = inputs[i].allocate(rows);
     } else {
-      outputs->x = DeviceArray<std::byte>(rows * row_bytes, stream, true);
-      outputs->scales = DeviceArray<float>(scale_count, stream, true);
-      outputs->topk_idx = DeviceArray<std::int64_t>(topk_count, stream, true);
-      outputs->topk_weights = DeviceArray<float>(topk_count, stream, true);
+      outputs->x = DeviceArray<std::byte>(rows * row_bytes, stream, true, stream_owner);
+      outputs->scales = DeviceArray<float>(scale_count, stream, true, stream_owner);
+      outputs->topk_idx = DeviceArray<std::int64_t>(topk_count, stream, true, stream_owner);
+      outputs->topk_weights = DeviceArray<float>(topk_count, stream, true, stream_owner);
       where = {outputs->x.data(), outputs->scales.data(), outputs->topk_idx.data(),
                outputs->topk_weights.data()};
     }
@@ -580,9 +718,11 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
                            void* stream_handle) {
   Impl& impl = *impl_;
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  check(cudaSetDevice(impl.options.device), "cudaSetDevice");
+  DeviceScope scope(impl.options.device);
   const std::size_t count = impl.ranks.size();
   if (inputs.size() != count) fail(Errc::invalid_argument, "DeviceEngine::combine: one input per rank");
+  impl.refuse_if_stopped();
+  Impl::Operation operation(impl, stream);
   std::vector<RankLaunch> plans(count);
   for (std::size_t i = 0; i < count; ++i) {
     const DeviceCombineInput& in = inputs[i];
@@ -611,25 +751,42 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
               kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream);
 }
 
-void DeviceEngine::raise_failures() {
-  impl_->raise_failures();
+std::uint32_t DeviceEngine::last_operation() const {
+  return impl_->operations;
+}
+
+void DeviceEngine::raise_failures(std::uint32_t operation) {
+  impl_->raise_failures(operation);
+}
+
+void DeviceEngine::stop_at(std::uint32_t operation, const Error& error) {
+  impl_->stop_at(operation, error);
 }
 
 void DeviceEngine::release_launches() {
-  impl_->keep_alive.clear();
+  DeviceScope scope(impl_->options.device, std::nothrow);
+  impl_->keeper.collect();
+}
+
+void DeviceEngine::keep_stream_alive(void* stream, std::shared_ptr<void> owner) {
+  std::lock_guard lock(impl_->streams_mutex);
+  impl_->stream_owners[static_cast<cudaStream_t>(stream)] = std::move(owner);
 }
 
 void DeviceEngine::finish(void* stream_handle, std::vector<DeviceDispatchResult>* results) {
   Impl& impl = *impl_;
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  impl.wait(stream);
-  impl.keep_alive.clear();
-  impl.raise_failures();
+  DeviceScope scope(impl.options.device);
+  const std::uint32_t last = impl.operations;
+  impl.wait(stream, last);
+  impl.keeper.collect();
+  impl.raise_failures(last);
   if (results == nullptr) return;
   for (DeviceDispatchResult& result : *results) result.num_recv = result.record->num_recv();
 }
 
 std::vector<DeviceTraffic> DeviceEngine::traffic() const {
+  DeviceScope scope(impl_->options.device);
   const std::vector<p::Traffic> all =
       read_back(impl_->traffic.data(), static_cast<std::int64_t>(3 * impl_->ranks.size()));
   std::vector<DeviceTraffic> per_rank(impl_->ranks.size());

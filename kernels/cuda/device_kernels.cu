@@ -59,15 +59,17 @@ __global__ void __launch_bounds__(kNotifyThreads, 1) notify_kernel(LaunchArgs ar
     const GroupShape shape{warp * 32, 32, 1 + warp};
     DeviceIo io(shape, rank.local, rank.node_peers, shared_as<std::uint64_t>(shared, 16 * warp), args.abort,
                 port_for(rank, rank.rings_per_rank - 2 + warp), args.timeout_ns);
-    p::RoleOutcome outcome;
-    if (warp == 0) {
-      p::NotifySender<DeviceIo> role(io, plan, sender_states, sent);
-      outcome = p::drive_role(role, io, args.timeout_ns);
-    } else {
-      p::NotifyReceiver<DeviceIo> role(io, plan, receiver_states, received);
-      outcome = p::drive_role(role, io, args.timeout_ns);
+    if (!executor_stopped(io)) {
+      p::RoleOutcome outcome;
+      if (warp == 0) {
+        p::NotifySender<DeviceIo> role(io, plan, sender_states, sent);
+        outcome = p::drive_role(role, io, args.timeout_ns);
+      } else {
+        p::NotifyReceiver<DeviceIo> role(io, plan, receiver_states, received);
+        outcome = p::drive_role(role, io, args.timeout_ns);
+      }
+      finish_group(io, outcome, args, rank, plan.ctx, -1, &rank.traffic[2]);
     }
-    finish_group(io, outcome, args, rank, -1, &rank.traffic[2]);
   }
   __syncthreads();
   if (threadIdx.x != 0 || rank.report->failure != 0) return;
@@ -124,9 +126,10 @@ __device__ __forceinline__ void run_group(const LaunchArgs& args, RankLaunch& ra
                                           unsigned char* shared, const Plan& plan, protocol::Traffic* traffic,
                                           State... state) {
   DeviceIo io = make_io(args, rank, where, shared);
+  if (executor_stopped(io)) return;
   Role role(io, plan, where.channel, state...);
   const p::RoleOutcome outcome = p::drive_role(role, io, args.timeout_ns);
-  finish_group(io, outcome, args, rank, where.channel, traffic);
+  finish_group(io, outcome, args, rank, plan.ctx, where.channel, traffic);
 }
 
 __device__ inline p::RoleSlice slice_of(const BlockRole& where) {

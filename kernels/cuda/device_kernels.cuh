@@ -73,7 +73,8 @@ struct RankLaunch {
   std::byte* const* node_peers = nullptr;
   const transport::CommandRingView* rings = nullptr;  // [rings_per_rank], or nullptr on a single node
   int rings_per_rank = 0;
-  DeviceReport* report = nullptr;        // mapped host memory
+  DeviceReport* report = nullptr;  // mapped host memory
+  std::uint32_t* claim = nullptr;  // device memory: the first failing group of the rank sets it, for good
   protocol::Traffic* traffic = nullptr;  // [3]: dispatch, combine, notify (device memory)
   std::int64_t* totals = nullptr;        // device memory: [num_recv, num_forwarded] of the last notify
 };
@@ -83,7 +84,7 @@ struct LaunchArgs {
   int num_ranks = 0;
   KernelShape shape;
   std::uint64_t timeout_ns = 0;
-  std::uint32_t* abort = nullptr;  // device memory, zero at launch
+  std::uint32_t* abort = nullptr;  // device memory: set by the first group that fails, never cleared
 };
 
 // ---- shared by the kernels ----
@@ -104,33 +105,41 @@ __device__ inline void add_traffic(protocol::Traffic* total, const protocol::Tra
 }
 
 // The leader of a group that ended records how (the first failure of the rank wins), stops the other groups,
-// and adds its traffic to the rank's.
+// and adds its traffic to the rank's. `ctx` is the context of the plan the group ran, so the record names
+// that operation and rank.
 __device__ inline void finish_group(DeviceIo& io, const protocol::RoleOutcome& outcome,
-                                    const LaunchArgs& args, RankLaunch& rank, int channel,
-                                    protocol::Traffic* traffic) {
+                                    const LaunchArgs& args, RankLaunch& rank, const protocol::OpContext& ctx,
+                                    int channel, protocol::Traffic* traffic) {
   if (!io.leader()) return;
-  DeviceFailure failure = DeviceFailure::none;
-  if (io.proxy_failed()) {
-    failure = DeviceFailure::proxy;
-  } else if (outcome.end == protocol::RoleEnd::fault) {
-    failure = DeviceFailure::fault;
-  } else if (outcome.end == protocol::RoleEnd::timeout) {
-    failure = DeviceFailure::timeout;
-  }
+  const DeviceFailure failure = failure_of(outcome, io.proxy_failed());
   if (failure != DeviceFailure::none) {
-    DeviceReport* report = rank.report;
-    if (atomicCAS_system(&report->failure, 0u, static_cast<unsigned>(failure)) == 0u) {
-      report->rank = rank.dispatch.ctx.rank;
-      report->channel = channel;
-      report->stage = static_cast<std::uint32_t>(outcome.last.stage);
-      report->wait = outcome.last.wait;
-      report->fault = outcome.last.fault;
-      report->proxy_error = io.proxy_error();
+    // The claim is an atomic in device memory (atomics on mapped host memory need PCIe atomics); the record's
+    // failure word is written last, after a fence, so the host, which may look at any time, never reads a
+    // record whose fields are not there yet. Never cleared: the executor stops at its first failure.
+    if (atomicCAS(rank.claim, 0u, 1u) == 0u) {
+      const DeviceReport record = make_report(failure, ctx, channel, outcome, io.proxy_error());
+      volatile DeviceReport* report = rank.report;
+      report->operation = record.operation;
+      report->rank = record.rank;
+      report->channel = record.channel;
+      report->stage = record.stage;
+      const_cast<DeviceReport*>(report)->wait = record.wait;
+      const_cast<DeviceReport*>(report)->fault = record.fault;
+      report->proxy_error = record.proxy_error;
+      __threadfence_system();
+      report->failure = record.failure;
       __threadfence_system();
     }
-    atomicExch(args.abort, 1u);
+    atomicExch(args.abort, 1u);  // never cleared: every later launch of this executor leaves at once
   }
   add_traffic(traffic, io.traffic());
+}
+
+// Whether an earlier failure stopped the executor (the abort word stays set): the rings are in an unknown
+// state, so a group that sees it at its start leaves without touching them. The same answer in every thread
+// of the group.
+__device__ inline bool executor_stopped(DeviceIo& io) {
+  return io.aborted();
 }
 
 // This thread's group on its side of the block, or nullptr when its warp has no role there.

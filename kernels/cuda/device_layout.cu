@@ -23,22 +23,27 @@ struct LayoutError {
   std::uint64_t node_mask;
 };
 
-__device__ void report(LayoutError* error, LayoutFault fault, std::int64_t token, int slot, int other_slot,
-                       std::int64_t value, std::uint64_t node_mask, int nodes) {
-  if (atomicCAS_system(reinterpret_cast<int*>(&error->fault), 0, static_cast<int>(fault)) != 0) return;
-  error->token = token;
-  error->slot = slot;
-  error->other_slot = other_slot;
-  error->value = value;
-  error->node_mask = node_mask;
-  error->nodes = nodes;
+// The first thread to claim (an atomic in device memory: atomics on mapped host memory need PCIe atomics)
+// writes the record, its fault word last.
+__device__ void report(LayoutError* error, std::uint32_t* claim, LayoutFault fault, std::int64_t token,
+                       int slot, int other_slot, std::int64_t value, std::uint64_t node_mask, int nodes) {
+  if (atomicCAS(claim, 0u, 1u) != 0u) return;
+  volatile LayoutError* record = error;
+  record->token = token;
+  record->slot = slot;
+  record->other_slot = other_slot;
+  record->value = value;
+  record->node_mask = node_mask;
+  record->nodes = nodes;
+  __threadfence_system();
+  record->fault = static_cast<std::int32_t>(fault);
   __threadfence_system();
 }
 
 // One thread per token: its row of is_token_in_rank and its share of the counts.
 __global__ void layout_kernel(const std::int64_t* topk_idx, std::int64_t num_tokens, int num_topk,
                               std::int64_t num_experts, int num_ranks, int local_size, int max_nodes,
-                              DeviceLayoutOutputs out, LayoutError* error) {
+                              DeviceLayoutOutputs out, LayoutError* error, std::uint32_t* claim) {
   const std::int64_t experts_per_rank = num_experts / num_ranks;
   for (std::int64_t t = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; t < num_tokens;
        t += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -50,13 +55,13 @@ __global__ void layout_kernel(const std::int64_t* topk_idx, std::int64_t num_tok
       const std::int64_t expert = row[k];
       if (expert == -1) continue;
       if (expert < -1 || expert >= num_experts) {
-        report(error, LayoutFault::out_of_range, t, k, -1, expert, 0, 0);
+        report(error, claim, LayoutFault::out_of_range, t, k, -1, expert, 0, 0);
         valid = false;
         break;
       }
       for (int j = 0; j < k; ++j) {
         if (row[j] == expert) {
-          report(error, LayoutFault::duplicate, t, k, j, expert, 0, 0);
+          report(error, claim, LayoutFault::duplicate, t, k, j, expert, 0, 0);
           valid = false;
           break;
         }
@@ -66,7 +71,7 @@ __global__ void layout_kernel(const std::int64_t* topk_idx, std::int64_t num_tok
     if (!valid) continue;
     const int touched = protocol::popcount64(nodes);
     if (touched > max_nodes) {
-      report(error, LayoutFault::too_many_nodes, t, -1, -1, 0, nodes, touched);
+      report(error, claim, LayoutFault::too_many_nodes, t, -1, -1, 0, nodes, touched);
       continue;
     }
     for (int k = 0; k < num_topk; ++k) {
@@ -99,14 +104,16 @@ std::string node_list(std::uint64_t mask) {
 struct DeviceLayout::Impl {
   int device = 0;
   MappedArray<LayoutError> error;
+  DeviceArray<std::uint32_t> claim;  // reset before every layout
   std::int64_t num_experts = 0;
   int max_nodes = 0;
 };
 
 DeviceLayout::DeviceLayout(int device) : impl_(std::make_unique<Impl>()) {
   impl_->device = device;
-  cuda::check(cudaSetDevice(device), "cudaSetDevice");
+  DeviceScope scope(device);
   impl_->error = MappedArray<LayoutError>(1);
+  impl_->claim = DeviceArray<std::uint32_t>(1);
 }
 
 DeviceLayout::~DeviceLayout() = default;
@@ -129,7 +136,7 @@ void DeviceLayout::compute(const std::int64_t* topk_idx, std::int64_t num_tokens
                                      " slots per token but there are only " + std::to_string(num_experts) +
                                      " experts");
   }
-  cuda::check(cudaSetDevice(impl_->device), "cudaSetDevice");
+  DeviceScope scope(impl_->device);
   impl_->num_experts = num_experts;
   impl_->max_nodes = max_nodes;
   cuda::check(cudaMemsetAsync(out.tokens_per_rank, 0, sizeof(std::int64_t) * num_ranks, stream),
@@ -142,12 +149,19 @@ void DeviceLayout::compute(const std::int64_t* topk_idx, std::int64_t num_tokens
   if (num_tokens == 0) return;
   cuda::check(cudaMemsetAsync(out.in_rank, 0, static_cast<std::size_t>(num_tokens) * num_ranks, stream),
               "layout: zero");
+  impl_->claim.zero(stream);
   constexpr int kThreads = 256;
   const auto blocks =
       static_cast<unsigned>(std::min<std::int64_t>((num_tokens + kThreads - 1) / kThreads, 1024));
-  layout_kernel<<<blocks, kThreads, 0, stream>>>(topk_idx, num_tokens, num_topk, num_experts, num_ranks,
-                                                 local_size, max_nodes, out, impl_->error.device());
-  cuda::check(cudaGetLastError(), "layout kernel launch");
+  // The launch's own status: cudaGetLastError would also return an earlier call's error as this one's.
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  cuda::check(
+      cudaLaunchKernelEx(&config, layout_kernel, topk_idx, num_tokens, num_topk, num_experts, num_ranks,
+                         local_size, max_nodes, out, impl_->error.device(), impl_->claim.data()),
+      "layout kernel launch");
 }
 
 void DeviceLayout::check() {

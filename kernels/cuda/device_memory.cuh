@@ -1,4 +1,7 @@
-// RAII for the CUDA memory the executor allocates, and one way to turn a CUDA status into ferry::Error.
+// RAII for the CUDA memory the executor holds (device memory, pinned host memory; events are transport's
+// DeviceEvent), and one way to turn a CUDA status into ferry::Error. Every release makes the memory's own
+// device current first (and puts the thread's context back after): releases run on whatever thread drops the
+// last reference, often a user's thread that has never touched this GPU.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -6,11 +9,16 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 
 #include "ferry/core/error.hpp"
+#include "ferry/transport/cuda_check.hpp"
 
 namespace ferry::kernels::cuda {
+
+using transport::detail::DeviceEvent;
+using transport::detail::DeviceScope;
 
 inline void check(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
@@ -19,14 +27,25 @@ inline void check(cudaError_t status, const char* what) {
            ")");
 }
 
-// `count` elements of T in device memory (uninitialised unless zeroed). With a stream, allocated and freed in
-// stream order from the device's memory pool (no device-wide synchronisation, memory reused at once:
-// per-operation arrays come from there); without, plain cudaMalloc.
+// The calling thread's current device (where the next allocation lands).
+inline int current_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
+// `count` elements of T in device memory of the current device (uninitialised unless zeroed). With a
+// stream, allocated and freed in stream order from the device's memory pool (no device-wide
+// synchronisation, memory reused at once: per-operation arrays come from there); without, plain cudaMalloc.
+// A stream-ordered free needs its stream: `stream_owner` (when the stream is not the legacy default stream,
+// which is never destroyed) keeps it alive until the array is gone, which may be long after the Buffer that
+// made the stream (a Handle holds a dispatch's records).
 template <class T>
 class DeviceArray {
  public:
   DeviceArray() = default;
-  explicit DeviceArray(std::size_t count, cudaStream_t stream = nullptr, bool ordered = false)
+  explicit DeviceArray(std::size_t count, cudaStream_t stream = nullptr, bool ordered = false,
+                       std::shared_ptr<void> stream_owner = {})
       : count_(count) {
     if (count == 0) return;
     void* memory = nullptr;
@@ -35,7 +54,8 @@ class DeviceArray {
     } else {
       check(cudaMalloc(&memory, count * sizeof(T)), "cudaMalloc");
     }
-    data_ = std::shared_ptr<T>(static_cast<T*>(memory), Free{stream, ordered});
+    data_ = std::shared_ptr<T>(static_cast<T*>(memory),
+                               Free{stream, ordered, current_device(), std::move(stream_owner)});
   }
   T* data() const { return data_.get(); }
   std::size_t size() const { return count_; }
@@ -47,7 +67,10 @@ class DeviceArray {
   struct Free {
     cudaStream_t stream;
     bool ordered;
+    int device;
+    std::shared_ptr<void> stream_owner;  // released after the free is enqueued
     void operator()(T* memory) const {
+      DeviceScope scope(device, std::nothrow);
       if (ordered) {
         cudaFreeAsync(memory, stream);
       } else {
@@ -68,7 +91,7 @@ class MappedArray {
     void* memory = nullptr;
     check(cudaHostAlloc(&memory, count * sizeof(T), cudaHostAllocMapped | cudaHostAllocPortable),
           "cudaHostAlloc");
-    host_.reset(static_cast<T*>(memory));
+    host_ = std::unique_ptr<T, Free>(static_cast<T*>(memory), Free{current_device()});
     std::memset(memory, 0, count * sizeof(T));
     void* device = nullptr;
     check(cudaHostGetDevicePointer(&device, memory, 0), "cudaHostGetDevicePointer");
@@ -80,7 +103,11 @@ class MappedArray {
 
  private:
   struct Free {
-    void operator()(T* memory) const { cudaFreeHost(memory); }
+    int device = 0;
+    void operator()(T* memory) const {
+      DeviceScope scope(device, std::nothrow);
+      cudaFreeHost(memory);
+    }
   };
   std::unique_ptr<T, Free> host_;
   T* device_ = nullptr;

@@ -29,11 +29,16 @@ std::string cuda_selftest(int device, int blocks) {
     return describe("cudaMalloc", status);
   }
   std::string error;
-  cudaMemset(out, 0, count * sizeof(unsigned));
-  write_pattern<<<blocks, kThreads>>>(out, kSalt);
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kThreads);
   std::vector<unsigned> host(count);
-  if (auto status = cudaMemcpy(host.data(), out, count * sizeof(unsigned), cudaMemcpyDeviceToHost);
-      status != cudaSuccess) {
+  if (auto status = cudaMemset(out, 0, count * sizeof(unsigned)); status != cudaSuccess) {
+    error = describe("cudaMemset", status);
+  } else if (status = cudaLaunchKernelEx(&config, write_pattern, out, kSalt); status != cudaSuccess) {
+    error = describe("launch", status);  // the launch's own status, not an earlier call's
+  } else if (status = cudaMemcpy(host.data(), out, count * sizeof(unsigned), cudaMemcpyDeviceToHost);
+             status != cudaSuccess) {
     error = describe("kernel or copy", status);
   } else {
     for (std::size_t i = 0; i < count; ++i) {

@@ -28,7 +28,7 @@ VirtualCluster::VirtualCluster(const p::LayoutParams& params, const DeviceOption
   Impl& impl = *impl_;
   const std::string unavailable = gpu_unavailable_reason();
   if (!unavailable.empty()) fail(Errc::unsupported, "a virtual cluster needs a GPU: " + unavailable);
-  check(cudaSetDevice(options.device), "cudaSetDevice");
+  DeviceScope scope(options.device);
   impl.layout = p::make_buffer_layout(params);
   const p::Topology& topo = params.topo;
   const int R = topo.num_ranks();

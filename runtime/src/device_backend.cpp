@@ -4,16 +4,22 @@
 
 #include <chrono>
 #include <mutex>
+#include <new>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "device_block_cache.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/kernels/cuda/device_engine.hpp"
 #include "ferry/kernels/cuda/device_layout.hpp"
 #include "ferry/runtime/group_peers.hpp"
+#include "ferry/transport/cuda_check.hpp"
 #include "ferry/transport/fabric.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "ferry/transport/proxy.hpp"
 #include "operation_queue.hpp"
+#include "tensor_access.hpp"
 #include "traffic_counters.hpp"
 
 namespace ferry {
@@ -52,109 +58,252 @@ void require_device(const TensorView& view, const char* name) {
   }
 }
 
-// One CUDA event per operation: recorded on the communication stream after its kernels.
-class StreamEvent {
- public:
-  StreamEvent() { check(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming), "cudaEventCreate"); }
-  ~StreamEvent() { cudaEventDestroy(event_); }
-  StreamEvent(const StreamEvent&) = delete;
-  StreamEvent& operator=(const StreamEvent&) = delete;
-  cudaEvent_t get() const { return event_; }
+using transport::detail::DeviceEvent;
+using transport::detail::DeviceScope;
 
- private:
-  cudaEvent_t event_ = nullptr;
-};
+// Device tensors the Buffer returns: kept for reuse up to this many bytes (device_block_cache.hpp).
+constexpr std::size_t kCachedOutputBytes = std::size_t{2} << 30;
+
+// What an operation's error says once it has stopped the Buffer.
+const char* const kRebuild =
+    " (this Buffer stops here: its rings are in an unknown state on every rank; destroy it and build a new "
+    "Buffer, on every rank, to go on)";
+
+// The communication stream, shared: arrays freed in its order (a dispatch's records, which a Handle may keep
+// after the Buffer is gone) hold it, so it is destroyed after the last of them.
+std::shared_ptr<CUstream_st> make_stream(int gpu) {
+  cudaStream_t stream = nullptr;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  return std::shared_ptr<CUstream_st>(stream, [gpu](cudaStream_t done) {
+    DeviceScope scope(gpu, std::nothrow);
+    cudaStreamDestroy(done);
+  });
+}
 
 }  // namespace
+
+class DeviceOpCompletion;
 
 struct DeviceBackend::Impl {
   Group& group;
   Config config;
   int gpu = 0;
+  std::shared_ptr<CUstream_st> stream_owner;
   cudaStream_t stream = nullptr;
+  std::shared_ptr<detail::DeviceBlockCache> outputs;  // device tensors the Buffer returns
   std::unique_ptr<transport::PeerMemory> memory;
   std::unique_ptr<transport::Proxy> proxy;
   std::unique_ptr<kc::DeviceEngine> engine;
   std::unique_ptr<kc::DeviceLayout> layouts;
 
+  // Operations not yet settled (failure records read, results finished): settled before the engine goes, so
+  // an Event that outlives the Buffer needs nothing of it.
+  std::mutex pending_mutex;
+  std::vector<std::weak_ptr<DeviceOpCompletion>> pending;
+  // The first failure, which stopped the Buffer: every later operation fails at once, quoting it.
+  std::mutex failure_mutex;
+  std::string first_failure;
+
   explicit Impl(Group& g) : group(g) {}
+
+  // A device tensor from the Buffer's cache, for work on its stream.
+  Tensor device_tensor(std::initializer_list<std::int64_t> shape, DType dtype) {
+    const TensorView view(nullptr, shape, dtype);
+    return detail::TensorAccess::adopt(outputs->allocate(view.bytes(), stream), shape, dtype, Device::cuda);
+  }
 
   // The caller's stream's work so far comes first.
   void follow(void* caller) {
-    StreamEvent before;
-    check(cudaEventRecord(before.get(), static_cast<cudaStream_t>(caller)), "cudaEventRecord(caller stream)");
+    DeviceEvent before(gpu);
+    before.record(static_cast<cudaStream_t>(caller));
     check(cudaStreamWaitEvent(stream, before.get(), 0), "cudaStreamWaitEvent");
   }
+
+  void stop(const Error& error) {
+    std::lock_guard lock(failure_mutex);
+    if (first_failure.empty()) first_failure = error.message();
+  }
+
+  // The Event of an operation refused because the Buffer has stopped; nullopt while it runs.
+  std::optional<Event> refused() {
+    std::lock_guard lock(failure_mutex);
+    if (first_failure.empty()) return std::nullopt;
+    auto state = std::make_shared<Event::State>();
+    state->finish(std::make_exception_ptr(
+        Error(Errc::peer_failure, "rank " + std::to_string(group.rank()) +
+                                      ": operation not run because an earlier one failed: " + first_failure +
+                                      kRebuild)));
+    return Event(state);
+  }
+
+  // Runs `enqueue` (the engine's part of an operation). Bad arguments throw as they are; any other failure
+  // (a notify that failed, a CUDA error) stops the Buffer and comes back as the operation's failed Event.
+  std::optional<Event> issue(const std::function<void()>& enqueue) {
+    try {
+      enqueue();
+      return std::nullopt;
+    } catch (const Error& error) {
+      if (error.code() == Errc::invalid_argument) throw;
+      stop(error);
+      auto state = std::make_shared<Event::State>();
+      state->finish(std::make_exception_ptr(Error(error.code(), error.message() + kRebuild)));
+      return Event(state);
+    }
+  }
+
+  Event track(std::function<void()> after);
+  void settle_all();
 };
 
-namespace {
-
-// Completion of one operation: its CUDA event, then the roles' failure records.
-class Completion final : public DeviceCompletion {
+// Completion of one operation: its CUDA event, then the roles' failure records and what the operation does
+// once it has run (`after`). Every CUDA call on the Buffer's GPU, whichever thread waits. Settled once, by
+// the first wait() or by the Buffer's destructor; after that it needs nothing of the Buffer.
+class DeviceOpCompletion final : public DeviceCompletion {
  public:
-  Completion(DeviceBackend::Impl& impl, std::function<void()> after)
-      : impl_(impl), event_(std::make_shared<StreamEvent>()), after_(std::move(after)) {
-    check(cudaEventRecord(event_->get(), impl.stream), "cudaEventRecord");
+  DeviceOpCompletion(DeviceBackend::Impl& impl, std::uint32_t operation, std::function<void()> after)
+      : impl_(&impl),
+        gpu_(impl.gpu),
+        timeout_(impl.config.timeout),
+        operation_(operation),
+        event_(impl.gpu),
+        after_(std::move(after)) {
+    event_.record(impl.stream);
   }
 
-  bool test() override {
-    const cudaError_t status = cudaEventQuery(event_->get());
-    if (status == cudaErrorNotReady) return false;
-    return true;
-  }
+  bool test() override { return event_.passed(); }
 
   void wait() override {
-    Deadline deadline(impl_.config.timeout * 2 + std::chrono::seconds(10));
+    DeviceScope scope(gpu_);
+    std::lock_guard lock(mutex_);
+    if (!settled_) {
+      try {
+        wait_event();
+        settle_locked();
+      } catch (const Error& error) {  // the GPU failed, or the kernels outlived every deadline
+        impl_->engine->stop_at(operation_, error);
+        impl_->stop(error);
+        finish(std::make_exception_ptr(Error(error.code(), error.message() + kRebuild)));
+      }
+    }
+    if (!outcome_) return;
+    try {
+      std::rethrow_exception(outcome_);
+    } catch (const Error& error) {
+      throw Error::detached_copy(error);  // the stored one is shared with other waiters
+    }
+  }
+
+  // The Buffer's stream has been drained: reads what the kernels left, finishes the results.
+  void settle() {
+    DeviceScope scope(gpu_, std::nothrow);
+    std::lock_guard lock(mutex_);
+    if (settled_) return;
+    try {
+      settle_locked();
+    } catch (const Error& error) {
+      finish(std::make_exception_ptr(Error::detached_copy(error)));
+    }
+  }
+
+  void stream_wait(void* stream) override {
+    DeviceScope scope(gpu_);
+    check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), event_.get(), 0), "cudaStreamWaitEvent");
+  }
+
+ private:
+  void wait_event() {
+    Deadline deadline(timeout_ * 2 + std::chrono::seconds(10));
     Backoff backoff;
     while (true) {
-      const cudaError_t status = cudaEventQuery(event_->get());
-      if (status == cudaSuccess) break;
+      const cudaError_t status = cudaEventQuery(event_.get());
+      if (status == cudaSuccess) return;
       if (status != cudaErrorNotReady) check(status, "an operation's kernels");
       if (deadline.expired()) fail(Errc::timeout, "cuda: an operation's kernels did not finish in time");
       backoff.pause();
     }
-    std::call_once(once_, [this] {
-      impl_.engine->raise_failures();
-      if (after_) after_();
-    });
   }
 
-  void stream_wait(void* stream) override {
-    check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), event_->get(), 0), "cudaStreamWaitEvent");
+  void settle_locked() {
+    std::exception_ptr outcome;
+    try {
+      impl_->engine->raise_failures(operation_);
+    } catch (const Error& error) {  // a role failed: the Buffer stops here
+      impl_->stop(error);
+      outcome = std::make_exception_ptr(Error(error.code(), error.message() + kRebuild));
+    }
+    impl_->engine->release_launches();
+    if (!outcome && after_) {
+      try {
+        after_();  // may refuse this operation alone (a worst-case dispatch that overflowed)
+      } catch (...) {
+        outcome = std::current_exception();
+      }
+    }
+    finish(outcome);
   }
 
- private:
-  DeviceBackend::Impl& impl_;
-  std::shared_ptr<StreamEvent> event_;
+  void finish(std::exception_ptr outcome) {
+    outcome_ = outcome;
+    settled_ = true;
+    impl_ = nullptr;
+    after_ = nullptr;
+  }
+
+  DeviceBackend::Impl* impl_;  // until settled
+  int gpu_;
+  Duration timeout_;
+  std::uint32_t operation_;
+  DeviceEvent event_;
   std::function<void()> after_;
-  std::once_flag once_;
+  std::mutex mutex_;
+  bool settled_ = false;
+  std::exception_ptr outcome_;
 };
 
-// The receive tensors of a dispatch on the GPU, sized once the engine knows the rows.
-kc::DeviceOutputs allocate_outputs(DispatchResult& result, std::int64_t rows, std::int64_t hidden,
-                                   DType dtype, int num_topk) {
-  result.recv_x = Tensor({rows, hidden}, dtype, Tensor::Init::uninitialized, Device::cuda);
+// The Event of the operation just issued; `after` runs once it has run without failure.
+Event DeviceBackend::Impl::track(std::function<void()> after) {
+  auto completion = std::make_shared<DeviceOpCompletion>(*this, engine->last_operation(), std::move(after));
+  {
+    std::lock_guard lock(pending_mutex);
+    std::erase_if(pending, [](const std::weak_ptr<DeviceOpCompletion>& entry) { return entry.expired(); });
+    pending.push_back(completion);
+  }
+  auto state = std::make_shared<Event::State>();
+  state->device = completion;
+  return Event(state);
+}
+
+void DeviceBackend::Impl::settle_all() {
+  std::vector<std::weak_ptr<DeviceOpCompletion>> all;
+  {
+    std::lock_guard lock(pending_mutex);
+    all.swap(pending);
+  }
+  for (const std::weak_ptr<DeviceOpCompletion>& entry : all) {
+    if (std::shared_ptr<DeviceOpCompletion> completion = entry.lock()) completion->settle();
+  }
+}
+
+namespace {
+
+// The receive tensors of a dispatch on the GPU (from the Buffer's cache), sized once the engine knows the
+// rows.
+kc::DeviceOutputs allocate_outputs(DeviceBackend::Impl& impl, DispatchResult& result, std::int64_t rows,
+                                   std::int64_t hidden, DType dtype, int num_topk) {
+  result.recv_x = impl.device_tensor({rows, hidden}, dtype);
   kc::DeviceOutputs out;
   out.recv_x = static_cast<std::byte*>(result.recv_x.data());
   if (dtype == DType::fp8_e4m3) {
-    result.recv_x_scales =
-        Tensor({rows, p::scale_blocks(hidden)}, DType::fp32, Tensor::Init::uninitialized, Device::cuda);
+    result.recv_x_scales = impl.device_tensor({rows, p::scale_blocks(hidden)}, DType::fp32);
     out.recv_x_scales = result.recv_x_scales.data_as<float>();
   }
   if (num_topk > 0) {
-    result.recv_topk_idx = Tensor({rows, num_topk}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
-    result.recv_topk_weights =
-        Tensor({rows, num_topk}, DType::fp32, Tensor::Init::uninitialized, Device::cuda);
+    result.recv_topk_idx = impl.device_tensor({rows, num_topk}, DType::int64);
+    result.recv_topk_weights = impl.device_tensor({rows, num_topk}, DType::fp32);
     out.recv_topk_idx = result.recv_topk_idx.data_as<std::int64_t>();
     out.recv_topk_weights = result.recv_topk_weights.data_as<float>();
   }
   return out;
-}
-
-Event device_event(DeviceBackend::Impl& impl, std::function<void()> after) {
-  auto state = std::make_shared<Event::State>();
-  state->device = std::make_shared<Completion>(impl, std::move(after));
-  return Event(state);
 }
 
 }  // namespace
@@ -169,8 +318,10 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   int gpus = 0;
   check(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
   impl.gpu = group.local_rank() % gpus;
-  check(cudaSetDevice(impl.gpu), "cudaSetDevice");
-  check(cudaStreamCreateWithFlags(&impl.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  DeviceScope scope(impl.gpu);
+  impl.stream_owner = make_stream(impl.gpu);
+  impl.stream = impl.stream_owner.get();
+  impl.outputs = detail::make_device_block_cache(impl.gpu, kCachedOutputBytes);
 
   const transport::Peers peers = runtime::group_peers(group, config.timeout);
   impl.memory = transport::make_cuda_ipc_peer_memory(peers, bytes, impl.gpu, "ferry-buffer");
@@ -205,23 +356,31 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   std::vector<kc::DeviceRank> ranks;
   ranks.push_back(std::move(rank));
   impl.engine = std::make_unique<kc::DeviceEngine>(layout, std::move(ranks), options);
+  impl.engine->keep_stream_alive(impl.stream, impl.stream_owner);
   impl.layouts = std::make_unique<kc::DeviceLayout>(impl.gpu);
   group.barrier("ferry/buffer/device-ready");
 }
 
+// In an order where nothing is released while something still uses it: the stream drained (the kernels end
+// by themselves), the operations settled (their Events then need nothing of the Buffer), the peers past
+// their last write, then the engine, the cached device blocks, the proxy and fabric, the peer memory; the
+// stream goes when the last array freed in its order does.
 DeviceBackend::~DeviceBackend() {
   Impl& impl = *impl_;
+  DeviceScope scope(impl.gpu, std::nothrow);
+  cudaStreamSynchronize(impl.stream);
+  impl.settle_all();
   try {
-    cudaSetDevice(impl.gpu);
-    cudaStreamSynchronize(impl.stream);
     impl.group.barrier("ferry/buffer/device-close");  // no peer still writes into our memory
   } catch (...) {  // a destructor cannot report; the operations that failed already have
   }
   impl.engine.reset();
+  impl.layouts.reset();
+  impl.outputs->close();  // tensors still held give their blocks straight back to the device
   if (impl.proxy) impl.proxy->stop();
   impl.proxy.reset();
   impl.memory.reset();
-  if (impl.stream != nullptr) cudaStreamDestroy(impl.stream);
+  impl.stream_owner.reset();
 }
 
 Layout DeviceBackend::layout(const TensorView& topk_idx, std::int64_t num_experts, int max_nodes) {
@@ -237,12 +396,12 @@ Layout DeviceBackend::layout(const TensorView& topk_idx, std::int64_t num_expert
   layout.num_experts = num_experts;
   layout.num_ranks = R;
   layout.local_size = L;
-  check(cudaSetDevice(impl.gpu), "cudaSetDevice");
-  Tensor per_rank({R}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
-  Tensor per_node({R / L}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
-  Tensor per_expert({num_experts}, DType::int64, Tensor::Init::uninitialized, Device::cuda);
-  layout.is_token_in_rank_device =
-      Tensor({layout.num_tokens, R}, DType::uint8, Tensor::Init::uninitialized, Device::cuda);
+  DeviceScope scope(impl.gpu);
+  Tensor per_rank = impl.device_tensor({R}, DType::int64);
+  Tensor per_node = impl.device_tensor({R / L}, DType::int64);
+  Tensor per_expert = impl.device_tensor({num_experts}, DType::int64);
+  layout.is_token_in_rank_device = impl.device_tensor({layout.num_tokens, R}, DType::uint8);
+  impl.follow(nullptr);  // topk_idx was written on the caller's side: the default stream's work comes first
   impl.layouts->compute(
       topk_idx.data_as<const std::int64_t>(), layout.num_tokens, layout.num_topk, num_experts, R, L,
       max_nodes,
@@ -273,7 +432,8 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
         std::pair{&inputs.topk_idx, "topk_idx"}, std::pair{&inputs.topk_weights, "topk_weights"}}) {
     require_device(*view, name);
   }
-  check(cudaSetDevice(impl.gpu), "cudaSetDevice");
+  DeviceScope scope(impl.gpu);
+  if (std::optional<Event> refused = impl.refused()) return {*refused, std::make_shared<DispatchResult>()};
   const std::int64_t T = inputs.x.size(0);
   const std::int64_t H = inputs.x.size(1);
   const int K = static_cast<int>(inputs.topk_idx.size(1));
@@ -286,10 +446,10 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   if (layout.on_device()) {
     in_rank_device = layout.is_token_in_rank_device.data_as<const std::uint8_t>();
   } else {
-    in_rank = std::make_shared<Tensor>(std::initializer_list<std::int64_t>{T, R}, DType::uint8,
-                                       Tensor::Init::uninitialized, Device::cuda);
-    check(cudaMemcpy(in_rank->data(), layout.is_token_in_rank.data(), layout.is_token_in_rank.size(),
-                     cudaMemcpyHostToDevice),
+    in_rank = std::make_shared<Tensor>(impl.device_tensor({T, R}, DType::uint8));
+    // In the stream's order: a cached block may still be read by an earlier operation on it.
+    check(cudaMemcpyAsync(in_rank->data(), layout.is_token_in_rank.data(), layout.is_token_in_rank.size(),
+                          cudaMemcpyHostToDevice, impl.stream),
           "copy of the layout");
     in_rank_device = in_rank->data_as<const std::uint8_t>();
   }
@@ -303,7 +463,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   input.topk_weights = inputs.topk_weights.data_as<const float>();
   input.in_rank = in_rank_device;
   input.num_tokens = T;
-  input.allocate = [&](std::int64_t rows) { return allocate_outputs(*result, rows, H, dtype, K); };
+  input.allocate = [&](std::int64_t rows) { return allocate_outputs(impl, *result, rows, H, dtype, K); };
   kc::DeviceDispatchShape shape;
   shape.kind = kind_of(dtype, "x");
   shape.hidden = H;
@@ -314,13 +474,17 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   shape.nvl_chunk = settings.nvl_chunk;
   shape.fingerprint = settings.fingerprint;
   shape.num_worst_tokens = options.num_worst_tokens;
-  std::vector<kc::DeviceDispatchResult> results = impl.engine->dispatch(shape, {input}, nullptr, impl.stream);
+  std::vector<kc::DeviceDispatchResult> results;
+  if (std::optional<Event> failed =
+          impl.issue([&] { results = impl.engine->dispatch(shape, {input}, nullptr, impl.stream); })) {
+    return {*failed, std::make_shared<DispatchResult>()};
+  }
   auto device = std::make_shared<kc::DeviceDispatchResult>(std::move(results[0]));
   const std::int64_t worst = options.num_worst_tokens;
   const int rank = impl.group.rank();
   const std::int64_t experts_per_rank = layout.num_experts / R;
   const int alignment = options.expert_alignment;
-  auto finish = [&impl, result, device, in_rank, worst, rank, experts_per_rank, alignment, T, K] {
+  auto finish = [result, device, in_rank, worst, rank, experts_per_rank, alignment, K] {
     const std::int64_t received = kc::device_num_recv(*device->record);
     if (worst > 0 && received > worst) {
       fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " received " + std::to_string(received) +
@@ -341,7 +505,6 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
     for (std::int64_t& count : result->tokens_per_local_expert)
       count = (count + alignment - 1) / alignment * alignment;
     result->handle.num_recv_ = received;
-    impl.engine->release_launches();
   };
   result->handle.device_record_ = device->record;
   result->handle.recv_rows_ = device->rows;
@@ -349,7 +512,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   result->handle.num_tokens_ = T;
   result->handle.num_topk_ = K;
   result->handle.channels_ = settings.channels > 0 ? settings.channels : impl.config.num_channels();
-  return {device_event(impl, finish), result};
+  return {impl.track(finish), result};
 }
 
 Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const TensorView& x_scales,
@@ -359,7 +522,8 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   require_device(x, "x");
   require_device(x_scales, "x_scales");
   if (!handle.device_record_) fail(Errc::invalid_argument, "the handle is not a CUDA Buffer's");
-  check(cudaSetDevice(impl.gpu), "cudaSetDevice");
+  DeviceScope scope(impl.gpu);
+  if (std::optional<Event> refused = impl.refused()) return {*refused, std::make_shared<DispatchResult>()};
   impl.follow(options.stream);
   auto result = std::make_shared<DispatchResult>();
   const std::int64_t H = x.size(1);
@@ -368,7 +532,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   input.x = static_cast<const std::byte*>(x.data());
   input.x_scales = x_scales.data_as<const float>();
   input.num_tokens = x.size(0);
-  input.allocate = [&](std::int64_t rows) { return allocate_outputs(*result, rows, H, dtype, 0); };
+  input.allocate = [&](std::int64_t rows) { return allocate_outputs(impl, *result, rows, H, dtype, 0); };
   kc::DeviceDispatchShape shape;
   shape.kind = kind_of(dtype, "x");
   shape.hidden = H;
@@ -378,12 +542,15 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   shape.fingerprint = settings.fingerprint;
   shape.num_worst_tokens = handle.recv_rows() > handle.num_recv_ ? handle.recv_rows() : 0;
   const std::vector<std::shared_ptr<kc::DeviceRecord>> records = {handle.device_record_};
-  std::vector<kc::DeviceDispatchResult> results =
-      impl.engine->dispatch(shape, {input}, &records, impl.stream);
+  std::vector<kc::DeviceDispatchResult> results;
+  if (std::optional<Event> failed =
+          impl.issue([&] { results = impl.engine->dispatch(shape, {input}, &records, impl.stream); })) {
+    return {*failed, std::make_shared<DispatchResult>()};
+  }
   auto device = std::make_shared<kc::DeviceDispatchResult>(std::move(results[0]));
   result->handle = handle;
   result->num_recv_tokens = handle.num_recv_;
-  return {device_event(impl, [&impl, device] { impl.engine->release_launches(); }), result};
+  return {impl.track([device] {}), result};
 }
 
 Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle& handle,
@@ -394,15 +561,14 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle&
   require_device(options.topk_weights, "topk_weights");
   require_device(options.bias, "bias");
   if (!handle.device_record_) fail(Errc::invalid_argument, "the handle is not a CUDA Buffer's");
-  check(cudaSetDevice(impl.gpu), "cudaSetDevice");
+  DeviceScope scope(impl.gpu);
+  if (std::optional<Event> refused = impl.refused()) return {*refused, std::make_shared<CombineResult>()};
   impl.follow(options.stream);
   auto result = std::make_shared<CombineResult>();
-  result->out = Tensor({handle.num_tokens_, y.size(1)}, y.dtype(), Tensor::Init::uninitialized, Device::cuda);
+  result->out = impl.device_tensor({handle.num_tokens_, y.size(1)}, y.dtype());
   const bool with_weights = !options.topk_weights.empty();
-  if (with_weights) {
-    result->topk_weights = Tensor({handle.num_tokens_, handle.num_topk_}, DType::fp32,
-                                  Tensor::Init::uninitialized, Device::cuda);
-  }
+  if (with_weights)
+    result->topk_weights = impl.device_tensor({handle.num_tokens_, handle.num_topk_}, DType::fp32);
   kc::DeviceCombineInput input;
   input.y = static_cast<const std::byte*>(y.data());
   input.y_weights = with_weights ? options.topk_weights.data_as<const float>() : nullptr;
@@ -416,11 +582,14 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle&
   shape.rdma_chunk = settings.rdma_chunk;
   shape.nvl_chunk = settings.nvl_chunk;
   shape.fingerprint = settings.fingerprint;
-  impl.engine->combine(shape, {input}, impl.stream);
-  return {device_event(impl, [&impl] { impl.engine->release_launches(); }), result};
+  if (std::optional<Event> failed = impl.issue([&] { impl.engine->combine(shape, {input}, impl.stream); })) {
+    return {*failed, std::make_shared<CombineResult>()};
+  }
+  return {impl.track({}), result};
 }
 
 BufferTraffic DeviceBackend::traffic() const {
+  DeviceScope scope(impl_->gpu);
   const kc::DeviceTraffic mine = impl_->engine->traffic().at(0);
   return {public_counters(mine.dispatch), public_counters(mine.combine), public_counters(mine.notify)};
 }

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "host_block_cache.hpp"
+#include "tensor_access.hpp"
 
 #include "ferry/core/error.hpp"
 
@@ -85,5 +86,17 @@ Tensor::Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init
   }
   view_ = TensorView(storage_.get(), shape, dtype, device);
 }
+
+namespace detail {
+
+Tensor TensorAccess::adopt(std::shared_ptr<std::byte> storage, std::initializer_list<std::int64_t> shape,
+                           DType dtype, Device device) {
+  Tensor tensor;
+  tensor.view_ = TensorView(storage.get(), shape, dtype, device);
+  tensor.storage_ = std::move(storage);
+  return tensor;
+}
+
+}  // namespace detail
 
 }  // namespace ferry

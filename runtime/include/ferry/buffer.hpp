@@ -15,7 +15,16 @@
 // which are taken at the call: keep x, x_scales, topk_weights, y and the combine options' tensors alive until
 // the Event completes. After an operation fails, the Buffer refuses further operations (its rings are in an
 // unknown state) — except when a worst-case-sized dispatch received more rows than it had room for: that
-// dispatch fails alone, and the Buffer stays usable.
+// dispatch fails alone, and the Buffer stays usable. A Buffer is not reset after a failure (its rings could
+// only be reset by all ranks together): destroy it and build a new one on every rank. On a CUDA Buffer a
+// failure (a role's timeout or fault, a CUDA error) also stops the operations already enqueued behind it:
+// their kernels leave at once and their Events fail, quoting the first error.
+//
+// CUDA Buffers return device tensors from a cache of the Buffer's (freed memory is reused by its next
+// operations, in the order of its stream; tensors may outlive the Buffer). Work on another stream that reads
+// a returned tensor must be finished, or be on the stream passed to the next operation
+// (DispatchOptions::stream), before the last copy of the tensor is dropped: as with a framework's caching
+// allocator.
 //
 // Routing follows the Layout: a token goes to the ranks layout.is_token_in_rank names; its expert ids travel
 // as data, and a token whose ids disagree with the layout fails the dispatch by name. Compute the layout from

@@ -51,6 +51,7 @@ class TensorView {
 };
 
 namespace detail {
+struct TensorAccess;  // ferry's own allocators (not installed)
 // Returns a tensor's memory: host blocks to ferry's block cache (large blocks are recycled between
 // operations), device memory to CUDA.
 struct HostBlockDeleter {
@@ -86,6 +87,7 @@ class Tensor {
   std::size_t bytes() const { return view_.bytes(); }
 
  private:
+  friend struct detail::TensorAccess;
   std::shared_ptr<std::byte> storage_;
   TensorView view_;
 };

@@ -1,5 +1,9 @@
 #include "ferry/transport/cuda_check.hpp"
 
+#include <cuda.h>
+
+#include <type_traits>
+
 #include "ferry/core/error.hpp"
 
 namespace ferry::transport::detail {
@@ -23,16 +27,96 @@ int visible_gpus(std::string& reason) {
   return count;
 }
 
-DeviceScope::DeviceScope(int device) {
+namespace {
+
+// The driver's context entry points, through the runtime (nothing links libcuda). Found once per process.
+struct ContextApi {
+  CUresult (*get_current)(CUcontext*) = nullptr;
+  CUresult (*set_current)(CUcontext) = nullptr;
+  bool present() const { return get_current != nullptr && set_current != nullptr; }
+};
+
+const ContextApi& context_api() {
+  static const ContextApi api = [] {
+    ContextApi found;
+    auto find = [](const char* symbol, auto& function) {
+      void* pointer = nullptr;
+      cudaDriverEntryPointQueryResult result = cudaDriverEntryPointSymbolNotFound;
+      if (cudaGetDriverEntryPointByVersion(symbol, &pointer, 4000, cudaEnableDefault, &result) ==
+              cudaSuccess &&
+          result == cudaDriverEntryPointSuccess) {
+        function = reinterpret_cast<std::remove_reference_t<decltype(function)>>(pointer);
+      }
+    };
+    find("cuCtxGetCurrent", found.get_current);
+    find("cuCtxSetCurrent", found.set_current);
+    return found;
+  }();
+  return api;
+}
+
+}  // namespace
+
+cudaError_t DeviceScope::enter(int device) noexcept {
+  const ContextApi& api = context_api();
   int current = -1;
-  check_cuda(cudaGetDevice(&current), "cudaGetDevice");
-  if (current == device) return;
-  check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  if (api.present()) {
+    CUcontext context = nullptr;
+    if (api.get_current(&context) == CUDA_SUCCESS && context != nullptr &&
+        cudaGetDevice(&current) == cudaSuccess && current == device) {
+      return cudaSuccess;  // bound to this device already: nothing to undo
+    }
+    const cudaError_t status = cudaSetDevice(device);
+    if (status != cudaSuccess) return status;
+    context_ = context;
+    restore_ = true;
+    return cudaSuccess;
+  }
+  if (cudaError_t status = cudaGetDevice(&current); status != cudaSuccess) return status;
+  if (current == device) return cudaSuccess;
+  const cudaError_t status = cudaSetDevice(device);
+  if (status != cudaSuccess) return status;
   previous_ = current;
+  restore_ = true;
+  return cudaSuccess;
+}
+
+DeviceScope::DeviceScope(int device) {
+  check_cuda(enter(device), "cudaSetDevice(" + std::to_string(device) + ")");
+}
+
+DeviceScope::DeviceScope(int device, std::nothrow_t) noexcept {
+  enter(device);
 }
 
 DeviceScope::~DeviceScope() {
-  if (previous_ >= 0) cudaSetDevice(previous_);
+  if (!restore_) return;
+  const ContextApi& api = context_api();
+  if (api.present()) {
+    api.set_current(static_cast<CUcontext>(context_));  // none, or the context the thread had
+  } else if (previous_ >= 0) {
+    cudaSetDevice(previous_);
+  }
+}
+
+DeviceEvent::DeviceEvent(int device) : device_(device) {
+  DeviceScope scope(device);
+  check_cuda(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+}
+
+DeviceEvent::~DeviceEvent() {
+  DeviceScope scope(device_, std::nothrow);
+  cudaEventDestroy(event_);
+}
+
+void DeviceEvent::record(cudaStream_t stream) {
+  DeviceScope scope(device_);
+  check_cuda(cudaEventRecord(event_, stream), "cudaEventRecord");
+}
+
+bool DeviceEvent::passed() const {
+  DeviceScope scope(device_, std::nothrow);
+  return cudaEventQuery(event_) != cudaErrorNotReady;
 }
 
 }  // namespace ferry::transport::detail

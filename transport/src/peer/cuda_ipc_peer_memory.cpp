@@ -41,15 +41,14 @@ class CudaIpcPeerMemory final : public PeerMemory {
         pointers_(static_cast<std::size_t>(local_size)),
         imported_(static_cast<std::size_t>(local_size), false) {}
 
+  // On this region's GPU, putting back the thread's context after (DeviceScope: restoring "device 0" by hand
+  // would create a context there on a thread that had none).
   ~CudaIpcPeerMemory() override {
-    int previous = -1;
-    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
-    cudaSetDevice(device_);
+    detail::DeviceScope scope(device_, std::nothrow);
     for (std::size_t i = 0; i < pointers_.size(); ++i) {
       if (imported_[i]) cudaIpcCloseMemHandle(pointers_[i]);
     }
     if (own_ != nullptr) cudaFree(own_);
-    if (previous >= 0) cudaSetDevice(previous);
   }
 
   void allocate() {

@@ -32,6 +32,10 @@ class Error : public std::runtime_error {
   // shares it): for rethrowing, on a waiting thread, an error another thread stored and may release.
   static Error detached_copy(const Error& other);
 
+  // The message as given, without the "ferry: <code>: " what() starts with: for wrapping it into another
+  // Error.
+  std::string message() const;
+
  private:
   struct Verbatim {};
   Error(Errc code, const std::string& what, Verbatim) : std::runtime_error(what), code_(code) {}

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <new>
 #include <string>
 
 namespace ferry::transport::detail {
@@ -21,17 +22,47 @@ std::string describe_cuda(cudaError_t status);
 // (cudaErrorInsufficientDriver without a GPU), so the status is checked first.
 int visible_gpus(std::string& reason);
 
-// Makes `device` current for the calling thread while it lives and restores the previous device after. Skips
-// the switch (and the restore) when `device` is already current.
+// Makes `device` current for the calling thread while it lives, then puts back exactly the context the
+// thread had: the one it had bound, or none. Restoring "none" matters: since CUDA 12 cudaSetDevice creates
+// the device's primary context, so a guard that restored "device 0" on a thread that had never used CUDA
+// would make a context on GPU 0 in every process of a job (hundreds of MiB each). Without the driver's
+// context entry points (never in practice) it falls back to restoring the previous device when it differed.
+// Every place where ferry calls CUDA from a thread it does not own (a user's thread waiting on an Event, a
+// deleter on whatever thread drops the last reference) opens one.
 class DeviceScope {
  public:
-  explicit DeviceScope(int device);
+  explicit DeviceScope(int device);  // throws Errc::system when the device cannot be made current
+  DeviceScope(int device, std::nothrow_t) noexcept;  // for destructors: tries, never throws
   ~DeviceScope();
   DeviceScope(const DeviceScope&) = delete;
   DeviceScope& operator=(const DeviceScope&) = delete;
 
  private:
-  int previous_ = -1;
+  cudaError_t enter(int device) noexcept;
+
+  bool restore_ = false;
+  void* context_ = nullptr;  // the thread's context before (CUcontext), nullptr: none
+  int previous_ = -1;        // fallback: the thread's device before
+};
+
+// A CUDA event of `device` without timing (recorded to learn when a stream has passed a point), created and
+// destroyed on that device whichever thread does it.
+class DeviceEvent {
+ public:
+  explicit DeviceEvent(int device);  // throws Errc::system
+  ~DeviceEvent();
+  DeviceEvent(const DeviceEvent&) = delete;
+  DeviceEvent& operator=(const DeviceEvent&) = delete;
+
+  cudaEvent_t get() const { return event_; }
+  void record(cudaStream_t stream);  // throws Errc::system
+  // Whether the stream has passed the recorded point; an error also counts (nothing queued behind it will run
+  // any more).
+  bool passed() const;
+
+ private:
+  int device_;
+  cudaEvent_t event_ = nullptr;
 };
 
 }  // namespace ferry::transport::detail

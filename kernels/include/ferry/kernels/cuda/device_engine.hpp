@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "ferry/core/deadline.hpp"
+#include "ferry/core/error.hpp"
 #include "ferry/kernels/protocol/buffer_layout.hpp"
 #include "ferry/kernels/protocol/numeric.hpp"
 #include "ferry/kernels/protocol/step.hpp"
@@ -149,14 +150,27 @@ class DeviceEngine {
                                              void* stream);
   void combine(const DeviceCombineShape& shape, const std::vector<DeviceCombineInput>& inputs, void* stream);
 
-  // Waits for `stream`, then throws the first failure a role recorded (Errc::timeout or Errc::protocol,
-  // naming rank, channel, stage, peer, head and tail) or a CUDA error. Reads back num_recv of worst-case
-  // dispatches.
+  // Waits for `stream`, then throws what a role of the last operation recorded (Errc::timeout or
+  // Errc::protocol, naming rank, channel, stage, peer, head and tail) or a CUDA error. Reads back num_recv of
+  // worst-case dispatches.
   void finish(void* stream, std::vector<DeviceDispatchResult>* results = nullptr);
-  // For callers that track completion with their own CUDA events: throws what a role recorded (once the
-  // kernels have ended), and lets go of the launch plans of operations that have ended.
-  void raise_failures();
+
+  // Operations are numbered 1, 2, ... in issue order (the same numbers on every rank); the first failure
+  // stops the executor for good: the rings are then in an unknown state on every rank, so every later
+  // operation is refused at the call, or, when it was already enqueued, leaves its kernels at once and fails.
+  std::uint32_t last_operation() const;
+  // For callers that track completion with their own CUDA events, once operation `operation` has ended:
+  // throws what a role of it recorded, or Errc::peer_failure when an earlier operation failed and this one
+  // did not run. Operations before the first failure do not throw.
+  void raise_failures(std::uint32_t operation);
+  // The caller gave up on operation `operation` (a CUDA error, its own deadline): stops the executor there.
+  void stop_at(std::uint32_t operation, const Error& error);
+  // Lets go of the launch plans (and their pinned staging) of every operation whose own event has passed.
+  // Cheap; the engine also does it by itself in finish().
   void release_launches();
+  // Arrays the engine frees in `stream`'s order (a dispatch's records, which Handles may keep after the
+  // Buffer is gone) hold `owner`, which keeps the stream alive: it is destroyed after the last of them.
+  void keep_stream_alive(void* stream, std::shared_ptr<void> owner);
 
   // Cumulative traffic of each rank (reads the GPU's counters: call after finish()).
   std::vector<DeviceTraffic> traffic() const;

@@ -52,29 +52,39 @@ FERRY_HD inline RowRef row_in_results(const CombinePlan& plan, std::int64_t row)
           K > 0 ? reinterpret_cast<const std::byte*>(plan.y_weights + row * K) : nullptr};
 }
 
-// Sums rows (and weights) as numeric.hpp's ReduceRows describes.
-template <class Io>
-FERRY_HD inline void reduce_into(Io& io, const CombinePlan& plan, const RowRef* terms, int num_terms,
-                                 const RowRef* group, int group_size, int group_at, const std::byte* bias,
-                                 std::byte* out, std::byte* out_weights) {
-  const std::byte* term_rows[kMaxNodes];
-  const std::byte* group_rows[kMaxLocalRanks];
-  for (int t = 0; t < num_terms; ++t) term_rows[t] = terms[t].row;
-  for (int g = 0; g < group_size; ++g) group_rows[g] = group[g].row;
+// The rows (and weights) of up to N terms of a reduction, as two arrays the reduction reads in place: on a
+// GPU these arrays are every thread's own stack, so they are not copied again.
+template <int N>
+struct RowList {
+  const std::byte* rows[N];
+  const std::byte* weights[N];
+  int count = 0;
+  FERRY_HD void add(const RowRef& ref) {
+    rows[count] = ref.row;
+    weights[count] = ref.weights;
+    ++count;
+  }
+};
+
+// Sums rows (and weights) as numeric.hpp's ReduceRows describes; `group` may be nullptr (no group).
+template <class Io, int T, int G>
+FERRY_HD inline void reduce_into(Io& io, const CombinePlan& plan, const RowList<T>& terms,
+                                 const RowList<G>* group, int group_at, const std::byte* bias, std::byte* out,
+                                 std::byte* out_weights) {
   ReduceRows job;
   job.kind = plan.ctx.kind;
   job.hidden = plan.ctx.hidden;
-  job.terms = term_rows;
-  job.num_terms = num_terms;
-  job.group = group_rows;
-  job.group_size = group_size;
+  job.terms = terms.rows;
+  job.num_terms = terms.count;
+  job.group = group != nullptr ? group->rows : nullptr;
+  job.group_size = group != nullptr ? group->count : 0;
   job.group_at = group_at;
   job.bias = bias;
   job.out = out;
   io.reduce(job);
   if (plan.format.num_topk == 0 || out_weights == nullptr) return;
-  for (int t = 0; t < num_terms; ++t) term_rows[t] = terms[t].weights;
-  for (int g = 0; g < group_size; ++g) group_rows[g] = group[g].weights;
+  job.terms = terms.weights;
+  job.group = group != nullptr ? group->weights : nullptr;
   job.kind = PayloadKind::fp32;
   job.hidden = plan.format.num_topk;
   job.bias = nullptr;
@@ -122,7 +132,7 @@ class CombineSender {
         const std::int64_t row = plan.counts.recv_offset[block] + static_cast<std::int64_t>(state.count + w);
         std::byte* slot = out.slot(w);
         const MessageHeader header = make_header(ctx, s, plan.recv_src_token[row], 0, plan.format.num_topk);
-        io.copy(slot, &header, sizeof(header));
+        io.store(reinterpret_cast<MessageHeader*>(slot), header);  // from this thread: never copy()
         const RowRef from = row_in_results(plan, row);
         if (plan.format.num_topk > 0) {
           io.copy(slot + plan.format.topk_weights, from.weights, sizeof(float) * plan.format.num_topk);
@@ -248,12 +258,9 @@ class CombineForwarder {
       return false;
     }
 
-    RingState ins[kMaxLocalRanks];
-    std::uint64_t peeked[kMaxLocalRanks];
-    for (int local = 0; local < L; ++local) {
-      ins[local] = in_rings_[i * L + local];
-      peeked[local] = 0;
-    }
+    // The node rings are read where the group keeps them (in_rings_) and changed only at the end of the step.
+    std::uint32_t peeked[kMaxLocalRanks];
+    for (int local = 0; local < L; ++local) peeked[local] = 0;
     const std::int64_t own_first = plan.counts.recv_offset[source * topo.num_channels + channel_];
     std::int64_t own_rows = item.own_rows;
     std::uint64_t pending = 0;
@@ -262,16 +269,15 @@ class CombineForwarder {
           plan.counts.fwd_offset[block] + static_cast<std::int64_t>(item.out.count + pending);
       const std::int32_t token = plan.fwd_token[record];
       const std::uint32_t mask = plan.fwd_mask[record];
-      RowRef rows[kMaxLocalRanks];
-      int count = 0;
+      RowList<kMaxLocalRanks> rows;
       bool ready = true;
       for (int local = 0; local < L && ready; ++local) {
         if (!(mask >> local & 1u)) continue;
         if (local == ctx.local()) {
-          rows[count++] = row_in_results(plan, own_first + own_rows);
+          rows.add(row_in_results(plan, own_first + own_rows));
           continue;
         }
-        Consumer<Io> in(io, topo, ctx.rank, in_ring(i, local), plan.format.stride, ins[local]);
+        Consumer<Io> in(io, topo, ctx.rank, in_ring(i, local), plan.format.stride, in_rings_[i * L + local]);
         if (in.ready(io) <= peeked[local]) {
           if (result.wait.kind == WaitKind::none) result.wait = in.data_wait(io, 0, 0);
           ready = false;
@@ -288,14 +294,14 @@ class CombineForwarder {
           ready = false;
           break;
         }
-        rows[count++] = row_in_slot(plan, slot);
+        rows.add(row_in_slot(plan, slot));
       }
       if (!ready) break;
       std::byte* slot = out.slot(pending);
       const MessageHeader header = make_header(ctx, source, token, mask, plan.format.num_topk);
-      io.copy(slot, &header, sizeof(header));
-      reduce_into(io, plan, rows, count, nullptr, 0, 0, nullptr, slot + plan.format.payload,
-                  slot + plan.format.topk_weights);
+      io.store(reinterpret_cast<MessageHeader*>(slot), header);  // from this thread: never copy()
+      reduce_into(io, plan, rows, static_cast<const RowList<1>*>(nullptr), 0, nullptr,
+                  slot + plan.format.payload, slot + plan.format.topk_weights);
       for (int local = 0; local < L; ++local) {
         if (!(mask >> local & 1u)) continue;
         if (local == ctx.local()) {
@@ -315,10 +321,11 @@ class CombineForwarder {
     const bool finished = static_cast<std::int64_t>(item.out.count) >= expected;
     for (int local = 0; local < L; ++local) {
       if (local == ctx.local()) continue;
-      Consumer<Io> in(io, topo, ctx.rank, in_ring(i, local), plan.format.stride, ins[local]);
+      RingState state = in_rings_[i * L + local];
+      Consumer<Io> in(io, topo, ctx.rank, in_ring(i, local), plan.format.stride, state);
       in.consume(peeked[local]);
       in.release(io, min_u64(static_cast<std::uint64_t>(ctx.nvl_chunk), in.window.slots), finished);
-      if (peeked[local] > 0 || finished) io.commit(in_rings_ + i * L + local, ins[local]);
+      if (peeked[local] > 0 || finished) io.commit(in_rings_ + i * L + local, state);
     }
     item.own_rows = own_rows;
     io.commit(items_ + i, item);
@@ -366,12 +373,9 @@ class CombineReceiver {
     StepResult result;
     result.stage = Stage::combine_receive;
     Cursor cursor = *cursor_;
-    RingState states[kMaxLocalRanks + kMaxNodes];
-    std::uint64_t peeked[kMaxLocalRanks + kMaxNodes];
-    for (int i = 0; i < rings; ++i) {
-      states[i] = rings_[i];
-      peeked[i] = 0;
-    }
+    // The rings are read where the group keeps them (rings_) and changed only at the end of the step.
+    std::uint32_t peeked[kMaxLocalRanks + kMaxNodes];
+    for (int i = 0; i < rings; ++i) peeked[i] = 0;
     const std::int64_t own_first = plan.counts.recv_offset[ctx.rank * topo.num_channels + channel_];
     int processed = 0;
     while (cursor.token < range_.end && processed < ctx.rdma_chunk) {
@@ -379,29 +383,31 @@ class CombineReceiver {
       const std::uint8_t* in_rank = plan.in_rank + token * topo.num_ranks();
       const std::uint32_t own_mask = local_mask_in(in_rank, ctx.node(), topo);
       const std::uint64_t nodes = node_mask_in(in_rank, topo);
-      RowRef group[kMaxLocalRanks];
-      RowRef terms[kMaxNodes];
-      int used[kMaxLocalRanks + kMaxNodes];  // rings this token's rows come from
-      int group_size = 0;
-      int num_terms = 0;
+      RowList<kMaxLocalRanks> group;
+      RowList<kMaxNodes> terms;
+      std::uint8_t used[kMaxLocalRanks + kMaxNodes];  // rings this token's rows come from
       int group_at = 0;
       int num_used = 0;
       bool ready = true;
       for (int local = 0; local < L && ready; ++local) {
         if (!(own_mask >> local & 1u)) continue;
+        RowRef ref;
         if (local == ctx.local()) {
-          group[group_size++] = row_in_results(plan, own_first + cursor.own_rows);
+          ref = row_in_results(plan, own_first + cursor.own_rows);
         } else {
-          ready = take(io, local, token, states, peeked, group[group_size++], result);
-          used[num_used++] = local;
+          ready = take(io, local, token, peeked, ref, result);
+          used[num_used++] = static_cast<std::uint8_t>(local);
         }
+        group.add(ref);
       }
       for (int node = 0; node < topo.num_nodes && ready; ++node) {
         if (!(nodes >> node & 1u) || node == ctx.node()) continue;
         if (node < ctx.node()) ++group_at;
         const int ring = L + remote_index(ctx.node(), node);
-        ready = take(io, ring, token, states, peeked, terms[num_terms++], result);
-        used[num_used++] = ring;
+        RowRef ref;
+        ready = take(io, ring, token, peeked, ref, result);
+        terms.add(ref);
+        used[num_used++] = static_cast<std::uint8_t>(ring);
       }
       if (!ready) break;
       const std::byte* bias = plan.bias != nullptr ? plan.bias + token * ctx.row_bytes() : nullptr;
@@ -409,8 +415,7 @@ class CombineReceiver {
           plan.out_weights != nullptr
               ? reinterpret_cast<std::byte*>(plan.out_weights + token * plan.format.num_topk)
               : nullptr;
-      reduce_into(io, plan, terms, num_terms, group, group_size, group_at, bias,
-                  plan.out + token * ctx.row_bytes(), out_weights);
+      reduce_into(io, plan, terms, &group, group_at, bias, plan.out + token * ctx.row_bytes(), out_weights);
       if (own_mask >> ctx.local() & 1u) {
         ++cursor.own_rows;
         io.traffic().self.messages += 1;
@@ -423,14 +428,15 @@ class CombineReceiver {
     }
     for (int i = 0; i < rings; ++i) {
       if (i == ctx.local()) continue;
-      Consumer<Io> in(io, topo, ctx.rank, ring_of(i), plan.format.stride, states[i]);
+      RingState state = rings_[i];
+      Consumer<Io> in(io, topo, ctx.rank, ring_of(i), plan.format.stride, state);
       in.consume(peeked[i]);
-      const bool last = static_cast<std::int64_t>(states[i].count) >= expected_on(i);
+      const bool last = static_cast<std::int64_t>(state.count) >= expected_on(i);
       const std::uint64_t batch =
           i < L ? min_u64(static_cast<std::uint64_t>(ctx.nvl_chunk), in.window.slots)
                 : credit_batch(in.window.slots, static_cast<std::uint64_t>(ctx.rdma_chunk));
       in.release(io, batch, last);
-      if (peeked[i] > 0 || states[i].returned != rings_[i].returned) io.commit(rings_ + i, states[i]);
+      if (peeked[i] > 0 || state.returned != rings_[i].returned) io.commit(rings_ + i, state);
     }
     io.commit(cursor_, cursor);
     result.done = !result.fault.any() && cursor.token >= range_.end;
@@ -456,10 +462,10 @@ class CombineReceiver {
 
   // The next unread message of ring i, which must be token's row; false when it has not arrived (or is
   // wrong).
-  FERRY_HD bool take(Io& io, int i, std::int64_t token, RingState* states, const std::uint64_t* peeked,
-                     RowRef& ref, StepResult& result) {
+  FERRY_HD bool take(Io& io, int i, std::int64_t token, const std::uint32_t* peeked, RowRef& ref,
+                     StepResult& result) {
     const OpContext& ctx = plan_->ctx;
-    Consumer<Io> in(io, ctx.topo, ctx.rank, ring_of(i), plan_->format.stride, states[i]);
+    Consumer<Io> in(io, ctx.topo, ctx.rank, ring_of(i), plan_->format.stride, rings_[i]);
     if (in.ready(io) <= peeked[i]) {
       if (result.wait.kind == WaitKind::none) {
         result.wait = in.data_wait(io, token - range_.begin, range_.size());

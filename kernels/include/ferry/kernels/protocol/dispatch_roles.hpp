@@ -285,7 +285,7 @@ class DispatchSender {
     if (fault.any()) return fault;
     const std::uint32_t mask = local_mask_in(layout_row(token), node, ctx.topo);
     const MessageHeader header = make_header(ctx, ctx.rank, token, mask, format.num_topk);
-    io.copy(slot, &header, sizeof(header));
+    io.store(reinterpret_cast<MessageHeader*>(slot), header);  // from this thread: never copy()
     for (int k = 0; k < format.num_topk; ++k) {
       const std::int64_t expert = plan.topk_idx[token * plan.num_topk + k];
       const bool here = expert_on_node(expert, node, ctx.split, ctx.topo);
@@ -383,12 +383,10 @@ class DispatchForwarder {
     const std::uint64_t left = static_cast<std::uint64_t>(expected) - item.in.count;
     const std::uint64_t available =
         min_u64(min_u64(in.ready(io), left), static_cast<std::uint64_t>(ctx.rdma_chunk));
-    RingState outs[kMaxLocalRanks];
-    std::uint64_t pending[kMaxLocalRanks];
-    for (int local = 0; local < L; ++local) {
-      outs[local] = out_rings_[i * L + local];
-      pending[local] = 0;
-    }
+    // The node rings are read where the group keeps them (out_rings_) and changed only at the end of the
+    // step.
+    std::uint32_t pending[kMaxLocalRanks];
+    for (int local = 0; local < L; ++local) pending[local] = 0;
     const std::int64_t first_row = plan.counts.recv_offset[source * topo.num_channels + channel_];
     std::uint64_t taken = 0;
     while (taken < available) {
@@ -396,11 +394,11 @@ class DispatchForwarder {
       const MessageHeader header = read_header(slot);
       result.fault = check_message(header, source);
       if (result.fault.any()) break;
-      if (!reserve(io, i, header.local_rank_mask, outs, pending, result.wait)) break;
+      if (!reserve(io, i, header.local_rank_mask, pending, result.wait)) break;
       for (int local = 0; local < L; ++local) {
         if (!(header.local_rank_mask >> local & 1u) || local == ctx.local()) continue;
         Producer<Io> out(io, topo, ctx.rank, out_ring(i, local), plan.format.stride, plan.format.used,
-                         outs[local]);
+                         out_rings_[i * L + local]);
         io.copy(out.slot(pending[local]), slot, plan.format.used);
         ++pending[local];
       }
@@ -422,10 +420,10 @@ class DispatchForwarder {
     }
     for (int local = 0; local < L; ++local) {
       if (pending[local] == 0) continue;
-      Producer<Io> out(io, topo, ctx.rank, out_ring(i, local), plan.format.stride, plan.format.used,
-                       outs[local]);
+      RingState state = out_rings_[i * L + local];
+      Producer<Io> out(io, topo, ctx.rank, out_ring(i, local), plan.format.stride, plan.format.used, state);
       out.publish(io, pending[local]);
-      io.commit(out_rings_ + i * L + local, outs[local]);
+      io.commit(out_rings_ + i * L + local, state);
     }
     if (taken > 0) {
       in.consume(taken);
@@ -440,13 +438,13 @@ class DispatchForwarder {
   }
 
   // True when every target ring has a free slot beyond what this step already filled.
-  FERRY_HD bool reserve(Io& io, int i, std::uint32_t mask, RingState* outs, const std::uint64_t* pending,
-                        Wait& wait) const {
+  FERRY_HD bool reserve(Io& io, int i, std::uint32_t mask, const std::uint32_t* pending, Wait& wait) const {
     const OpContext& ctx = plan_->ctx;
-    for (int local = 0; local < ctx.topo.local_size; ++local) {
+    const int L = ctx.topo.local_size;
+    for (int local = 0; local < L; ++local) {
       if (!(mask >> local & 1u) || local == ctx.local()) continue;
       Producer<Io> out(io, ctx.topo, ctx.rank, out_ring(i, local), plan_->format.stride, plan_->format.used,
-                       outs[local]);
+                       out_rings_[i * L + local]);
       if (out.credit(io) <= pending[local]) {
         if (wait.kind == WaitKind::none) wait = out.credit_wait(io, 0, 0);
         return false;

@@ -73,7 +73,7 @@ class NotifySender {
       header.payload_kind = static_cast<std::uint8_t>(ctx.kind);
       header.num_channels = topo.num_channels;
       header.fingerprint = ctx.fingerprint;
-      io.copy(slot, &header, sizeof(header));
+      io.store(reinterpret_cast<NotifyHeader*>(slot), header);  // from this thread: never copy()
       const int channels = topo.num_channels;
       io.copy(slot + format.to_rank, plan_->send_to_rank + target * channels,
               sizeof(std::int64_t) * channels);

@@ -1,0 +1,153 @@
+// What the launches of each operation need until that operation has run on the GPU: the device copy of its
+// launch plans and the pinned staging buffer they are copied from (a cudaMemcpyAsync reads it when the stream
+// gets there, which may be long after the call returned, behind earlier operations). An operation lets go
+// only when its OWN completion says so; a staging buffer goes back to the pool only then, so a later launch
+// never rewrites pinned memory that a queued copy has yet to read.
+//
+// Plain C++ (no CUDA types): the engine (device_engine.cu) gives each operation a completion test that asks
+// its CUDA event; tests/unit/test_device_bookkeeping.cpp drives it with fake completions. Thread-safe:
+// operations are issued on the caller's thread and let go from whichever thread sees an Event complete.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace ferry::kernels::cuda {
+
+template <class Staging>
+class LaunchKeeper {
+ public:
+  using Completed = std::function<bool()>;
+  using Make = std::function<std::shared_ptr<Staging>(std::size_t)>;
+
+  // Starts the next operation (ids 1, 2, ... in issue order): what keep() and stage() take now belongs to it.
+  std::uint64_t begin() {
+    std::lock_guard lock(mutex_);
+    operations_.push_back(Operation{++last_id_, {}, {}, false});
+    return last_id_;
+  }
+
+  // Held by the current operation until it has completed.
+  void keep(std::shared_ptr<void> resource) {
+    std::lock_guard lock(mutex_);
+    current().resources.push_back(std::move(resource));
+  }
+
+  // A staging buffer of at least `size` elements that no operation still holds (the smallest that fits), or a
+  // new one from make(size); held by the current operation until it has completed.
+  std::shared_ptr<Staging> stage(std::size_t size, const Make& make) {
+    std::lock_guard lock(mutex_);
+    Operation& operation = current();
+    StagingSlot* best = nullptr;
+    for (StagingSlot& slot : staging_) {
+      if (slot.holder == 0 && slot.size >= size && (best == nullptr || slot.size < best->size)) best = &slot;
+    }
+    if (best == nullptr) {
+      staging_.push_back(StagingSlot{make(size), size, 0});
+      best = &staging_.back();
+    }
+    best->holder = operation.id;
+    return best->buffer;
+  }
+
+  // The current operation is enqueued; `completed` says whether it has run (asked until it says yes).
+  void end(Completed completed) {
+    std::lock_guard lock(mutex_);
+    Operation& operation = current();
+    operation.completed = std::move(completed);
+    operation.ended = true;
+  }
+
+  // Lets go of every ended operation whose own completion says it has run. Returns how many are still held.
+  std::size_t collect() {
+    std::vector<Operation> finished;  // released outside the lock (a resource's destructor may call CUDA)
+    std::size_t held = 0;
+    {
+      std::lock_guard lock(mutex_);
+      std::vector<Operation> still;
+      for (Operation& operation : operations_) {
+        if (operation.ended && operation.completed && operation.completed()) {
+          free_staging_of(operation.id);
+          finished.push_back(std::move(operation));
+        } else {
+          still.push_back(std::move(operation));
+        }
+      }
+      operations_ = std::move(still);
+      held = operations_.size();
+    }
+    return held;
+  }
+
+  // The caller knows that everything issued has run (it drained the stream): lets go of every ended
+  // operation.
+  void release_all() {
+    std::vector<Operation> finished;
+    {
+      std::lock_guard lock(mutex_);
+      std::vector<Operation> still;
+      for (Operation& operation : operations_) {
+        if (operation.ended) {
+          free_staging_of(operation.id);
+          finished.push_back(std::move(operation));
+        } else {
+          still.push_back(std::move(operation));
+        }
+      }
+      operations_ = std::move(still);
+    }
+  }
+
+  std::size_t operations_held() const {
+    std::lock_guard lock(mutex_);
+    return operations_.size();
+  }
+  std::size_t staging_buffers() const {
+    std::lock_guard lock(mutex_);
+    return staging_.size();
+  }
+  // The operation holding `buffer` (0: none), for tests.
+  std::uint64_t holder_of(const Staging* buffer) const {
+    std::lock_guard lock(mutex_);
+    for (const StagingSlot& slot : staging_) {
+      if (slot.buffer.get() == buffer) return slot.holder;
+    }
+    return 0;
+  }
+
+ private:
+  struct Operation {
+    std::uint64_t id = 0;
+    std::vector<std::shared_ptr<void>> resources;
+    Completed completed;
+    bool ended = false;
+  };
+  struct StagingSlot {
+    std::shared_ptr<Staging> buffer;
+    std::size_t size = 0;
+    std::uint64_t holder = 0;  // the operation whose copy reads it; 0: free
+  };
+
+  Operation& current() {
+    if (operations_.empty() || operations_.back().ended) {
+      operations_.push_back(Operation{++last_id_, {}, {}, false});  // launches outside begin(): their own
+    }
+    return operations_.back();
+  }
+  void free_staging_of(std::uint64_t id) {
+    for (StagingSlot& slot : staging_) {
+      if (slot.holder == id) slot.holder = 0;
+    }
+  }
+
+  mutable std::mutex mutex_;
+  std::uint64_t last_id_ = 0;
+  std::vector<Operation> operations_;  // issue order
+  std::vector<StagingSlot> staging_;
+};
+
+}  // namespace ferry::kernels::cuda
