@@ -108,7 +108,14 @@ void check_layout(const Layout& layout, std::int64_t num_tokens, int num_topk, i
            std::to_string(num_tokens) + " x " + std::to_string(num_topk) + " on " +
            std::to_string(num_ranks) + " (" + std::to_string(local_size) + " per node)");
   }
-  if (layout.is_token_in_rank.size() != static_cast<std::size_t>(num_tokens) * num_ranks) {
+  if (layout.on_device()) {
+    // A layout a CUDA Buffer computed on the GPU keeps is_token_in_rank there only.
+    const Tensor& in_rank = layout.is_token_in_rank_device;
+    if (in_rank.dim() != 2 || in_rank.size(0) != num_tokens || in_rank.size(1) != num_ranks) {
+      reject("the layout's is_token_in_rank is " + in_rank.view().describe() + ", not [tokens, ranks] = [" +
+             std::to_string(num_tokens) + ", " + std::to_string(num_ranks) + "]");
+    }
+  } else if (layout.is_token_in_rank.size() != static_cast<std::size_t>(num_tokens) * num_ranks) {
     reject("the layout's is_token_in_rank has " + std::to_string(layout.is_token_in_rank.size()) +
            " entries, not tokens x ranks = " + std::to_string(num_tokens * num_ranks));
   }

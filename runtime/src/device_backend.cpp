@@ -349,6 +349,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   result->handle.num_tokens_ = T;
   result->handle.num_topk_ = K;
   result->handle.channels_ = settings.channels > 0 ? settings.channels : impl.config.num_channels();
+  if (options.on_allocated) options.on_allocated(*result);
   return {device_event(impl, finish), result};
 }
 
@@ -383,6 +384,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   auto device = std::make_shared<kc::DeviceDispatchResult>(std::move(results[0]));
   result->handle = handle;
   result->num_recv_tokens = handle.num_recv_;
+  if (options.on_allocated) options.on_allocated(*result);
   return {device_event(impl, [&impl, device] { impl.engine->release_launches(); }), result};
 }
 
@@ -417,6 +419,7 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle&
   shape.nvl_chunk = settings.nvl_chunk;
   shape.fingerprint = settings.fingerprint;
   impl.engine->combine(shape, {input}, impl.stream);
+  if (options.on_allocated) options.on_allocated(*result);
   return {device_event(impl, [&impl] { impl.engine->release_launches(); }), result};
 }
 
