@@ -7,10 +7,15 @@ rank of a job, as ``ferry bench dispatch|combine`` times the C++ API, so the two
 Same defaults as ``ferry bench`` (4096 tokens, hidden 7168, bf16, top-8 of 64 experts, num_sms 20, 10 timed
 iterations after 2 untimed). What is timed matches too: dispatch includes the count exchange but not
 get_dispatch_layout (which runs once before); combine runs after one untimed dispatch. The Python path's own
-costs are all inside: argument checks, the layout recomputed and compared inside dispatch, DLPack in and out.
-Each rank's routing is uniform over the experts (every token picks top-k distinct ones). The job comes from
-torchrun's variables (`ferry launch` and torchrun set them); gloo carries the bootstrap. Rank 0 prints the
-summary and writes it as JSON: time per operation, mean / min / max over the ranks' averages.
+costs are all inside: argument checks, the layout check inside dispatch (get_dispatch_layout's own, unchanged
+tensors are recognised), DLPack in and out. Each rank's routing is uniform over the experts (every token picks
+top-k distinct ones). Every iteration also runs the operation through the binding alone (ferry._ferry, as
+`ferry bench` drives the C++ Buffer), right after the Python path, and reports both: the difference is the
+Python layer's cost under the same machine load; so is the difference in the calling thread's CPU time
+(time.thread_time: ferry's own threads move the rows, so this is the Python layer's and the binding's work,
+which hardly depends on the machine's load). The job comes from torchrun's variables (`ferry launch` and
+torchrun set them); gloo carries the bootstrap. Rank 0 prints the summary and writes it as JSON: time per
+operation, mean / min / max over the ranks' averages.
 """
 
 import argparse
@@ -65,25 +70,53 @@ def main() -> None:
     def combine_once():
         return buffer.combine(received[0], received[4])
 
+    # The same operation through the binding alone (ferry._ferry: inputs taken once, the layout computed once,
+    # no argument checks), as `ferry bench` drives the C++ Buffer: run in turn with the Python path, so that
+    # the difference is the Python layer's cost under the same machine load.
+    runtime = buffer.runtime
+    x_in, topk_in, weights_in = (ferry._tensors.take(ferry._tensors.TorchFrame, t, n)
+                                 for t, n in ((x, "x"), (topk_idx, "topk_idx"), (topk_weights, "topk_weights")))
+    native_layout = runtime.layout(topk_in, args.experts)
+
+    def binding_once():
+        if args.op == "dispatch":
+            op = runtime.dispatch(x_in, None, topk_in, weights_in, native_layout, 0, 1, None, 0)
+            return op.result()
+        op = runtime.combine(y_in, received[4]._resolve(), None, None, None, 0)
+        op.wait()
+        return op.outputs()
+
+    y_in = ferry._tensors.take(ferry._tensors.TorchFrame, received[0], "x") if received else None
     once = dispatch_once if args.op == "dispatch" else combine_once
     result = None
     for _ in range(args.warmup):
         result = None  # as ferry bench: the previous results are freed before the next operation
         result = once()
+        result = None
+        result = binding_once()
     dist.barrier()
-    seconds = []
-    start = time.perf_counter()
+    seconds, binding_seconds = [], []
+    cpu, binding_cpu = [], []  # CPU time of this (the calling) thread: the Python layer's own work shows here
     for _ in range(args.iters):
         result = None
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), time.thread_time()
         result = once()
         seconds.append(time.perf_counter() - begin)
-    per_iter = (time.perf_counter() - start) / args.iters
-    rows = int((result if args.op == "dispatch" else received)[0].shape[0])
-    result = received = None
+        cpu.append(time.thread_time() - begin_cpu)
+        rows = int((result if args.op == "dispatch" else received)[0].shape[0])
+        result = None
+        begin, begin_cpu = time.perf_counter(), time.thread_time()
+        result = binding_once()
+        binding_seconds.append(time.perf_counter() - begin)
+        binding_cpu.append(time.thread_time() - begin_cpu)
+    per_iter = sum(seconds) / args.iters
+    result = received = x_in = topk_in = weights_in = y_in = native_layout = None
     buffer._close()
 
-    mine = {"rank": rank, "seconds_per_iter": per_iter, "iteration_seconds": seconds, "recv_rows": rows}
+    mine = {"rank": rank, "seconds_per_iter": per_iter, "iteration_seconds": seconds,
+            "binding_seconds_per_iter": sum(binding_seconds) / args.iters, "binding_iteration_seconds": binding_seconds,
+            "caller_cpu_seconds_per_iter": sum(cpu) / args.iters,
+            "binding_caller_cpu_seconds_per_iter": sum(binding_cpu) / args.iters, "recv_rows": rows}
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     if rank == 0:
@@ -94,13 +127,24 @@ def main() -> None:
             "ranks": world,
             "options": vars(args),
             "time_us": {"mean": sum(times) / len(times) * 1e6, "min": min(times) * 1e6, "max": max(times) * 1e6},
+            "binding_time_us": {"mean": sum(r["binding_seconds_per_iter"] for r in everyone) / world * 1e6},
+            "caller_cpu_us": {
+                "python": sum(r["caller_cpu_seconds_per_iter"] for r in everyone) / world * 1e6,
+                "binding": sum(r["binding_caller_cpu_seconds_per_iter"] for r in everyone) / world * 1e6},
             "per_rank": everyone,
         }
         print(f"ferry python {args.op}: {world} ranks, {args.tokens} tokens x {args.hidden} bf16, top-{args.topk} "
               f"of {args.experts}, num_sms {args.num_sms}")
         t = summary["time_us"]
         print(f"  time per {args.op}: mean {t['mean'] / 1e3:.3f} ms, min {t['min'] / 1e3:.3f}, "
-              f"max {t['max'] / 1e3:.3f} (per-rank averages)", flush=True)
+              f"max {t['max'] / 1e3:.3f} (per-rank averages)")
+        b = summary["binding_time_us"]["mean"]
+        print(f"  the same through the binding alone, in turn: mean {b / 1e3:.3f} ms; Python layer "
+              f"{(t['mean'] - b) / 1e3:+.3f} ms ({(t['mean'] / b - 1) * 100:+.1f}%)")
+        c = summary["caller_cpu_us"]
+        own = (c["python"] - c["binding"]) / 1e3
+        print(f"  CPU time of the calling thread per {args.op}: Python path {c['python'] / 1e3:.3f} ms, binding "
+              f"alone {c['binding'] / 1e3:.3f} ms (the Python layer's own work: {own:+.3f} ms)", flush=True)
         if args.json:
             with open(args.json, "w") as out:
                 json.dump(summary, out, indent=2)

@@ -7,6 +7,7 @@ something else; the differences are listed in Buffer's docstring.
 """
 
 import warnings
+import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from . import _ferry
@@ -121,6 +122,32 @@ class ExpertCounts(Sequence):
         return repr(self._list())
 
 
+class _RecentLayout:
+    """A layout get_dispatch_layout returned, with the tensors it was computed from and returned, as torch
+    tensors (weakly held) at their version then. dispatch reuses it only when it is handed exactly those tensors,
+    unchanged (torch counts in-place writes in Tensor._version); anything else is recomputed and compared."""
+
+    __slots__ = ("layout", "refs", "versions")
+
+    def __init__(self, layout: Any, tensors: Tuple[Any, ...]) -> None:
+        self.layout = layout
+        self.refs = tuple(weakref.ref(t) if t is not None else None for t in tensors)
+        self.versions = tuple(t._version if t is not None else None for t in tensors)
+
+    @staticmethod
+    def of(frame: Any, layout: Any, tensors: Tuple[Any, ...]) -> Optional["_RecentLayout"]:
+        return _RecentLayout(layout, tensors) if frame is T.TorchFrame else None
+
+    def matches(self, tensors: Tuple[Any, ...]) -> bool:
+        for ref, version, tensor in zip(self.refs, self.versions, tensors):
+            if ref is None:
+                if tensor is not None:
+                    return False
+            elif tensor is None or ref() is not tensor or tensor._version != version:
+                return False
+        return True
+
+
 class _Flight:
     """An operation in flight and what it reads: kept until its event has finished."""
 
@@ -209,6 +236,7 @@ class Buffer(LowLatencyMethods):
         self.runtime = None
         self._inflight: List[_Flight] = []
         self._call_configs: dict = {}
+        self._recent_layouts: List[_RecentLayout] = []
         self._side_stream = None
         config = engine_config(ferry_config, Buffer.num_sms)
         if group is None and comm is None:
@@ -228,6 +256,13 @@ class Buffer(LowLatencyMethods):
             if torch is None or not torch.cuda.is_available():
                 raise _ferry.Unsupported("device='cuda' needs torch with CUDA and a GPU")
             cuda_device = torch.cuda.current_device()
+            # ferry's CUDA Buffer uses GPU (local rank % GPUs), as DeepEP expects torch.cuda.set_device(local_rank).
+            if job is not None:
+                expected = job["local_rank"] % torch.cuda.device_count()
+                if expected != cuda_device:
+                    raise ValueError(f"the current CUDA device is {cuda_device} but ferry's Buffer of local rank "
+                                     f"{job['local_rank']} uses GPU {expected}: call "
+                                     f"torch.cuda.set_device({expected}) first")
         self.runtime = _ferry.Runtime(job, config, device == "cuda", cuda_device)
         self.rank = self.runtime.rank
         self.group_size = self.runtime.num_ranks
@@ -365,6 +400,9 @@ class Buffer(LowLatencyMethods):
         per_node = frame.int32(layout.tokens_per_node(), topk_idx) if runtime.num_nodes > 1 else None
         per_expert = frame.int32(layout.tokens_per_expert(), topk_idx)
         in_rank = frame.as_bool(frame.wrap(layout.is_token_in_rank()))
+        recent = _RecentLayout.of(frame, layout, (topk_idx, per_rank, per_node, in_rank, per_expert))
+        if recent is not None:
+            self._recent_layouts = self._recent_layouts[-3:] + [recent]
         event = EventOverlap(EventHandle(owner=runtime)) if async_finish else EventOverlap(None)
         return per_rank, per_node, per_expert, in_rank, event
 
@@ -456,9 +494,12 @@ class Buffer(LowLatencyMethods):
                 cuda=cuda)
         num_experts = frame.shape(num_tokens_per_expert)[0]
         self._before(previous_event)
-        layout = self._layout(frame, topk_idx, num_experts)
-        self._check_layout(frame, layout, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank,
-                           num_tokens_per_expert)
+        given = (topk_idx, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank, num_tokens_per_expert)
+        layout = next((r.layout for r in self._recent_layouts if r.matches(given)), None)
+        if layout is None:  # not get_dispatch_layout's own, untouched, results: recompute and compare
+            layout = self._layout(frame, topk_idx, num_experts)
+            self._check_layout(frame, layout, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank,
+                               num_tokens_per_expert)
         topk_in = T.take(frame, topk_idx, "topk_idx", cuda=cuda)
         weights_in = T.take(frame, topk_weights, "topk_weights", cuda=cuda)
         op = runtime.dispatch(x_in, scales_in, topk_in, weights_in, layout, num_worst_tokens, expert_alignment, call,

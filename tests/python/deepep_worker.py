@@ -339,6 +339,9 @@ def check_bad_inputs(job):
     flipped = good["is_token_in_rank"].clone()
     flipped[7, 0] = ~flipped[7, 0]
     expect_error(ValueError, ["is_token_in_rank[7]"], lambda: b.dispatch(**dict(good, is_token_in_rank=flipped)))
+    changed = job.dispatch_args(x_of(job, "bf16"))  # get_dispatch_layout's own tensors, then changed in place
+    changed["is_token_in_rank"][3, 0] = ~changed["is_token_in_rank"][3, 0]
+    expect_error(ValueError, ["is_token_in_rank[3]"], lambda: b.dispatch(**changed))
     expect_error(ValueError, ["num_tokens_per_expert"],
                  lambda: b.dispatch(**dict(good, num_tokens_per_expert=good["num_tokens_per_expert"] + 1)))
     expect_error(ValueError, ["is_token_in_rank is required"], lambda: b.dispatch(**dict(good, is_token_in_rank=None)))
