@@ -33,6 +33,13 @@ run(${prefix}/bin/ferry topo)
 # the installed library) and bootstraps a one-rank Buffer.
 if(PYTHON)
   set(ENV{PYTHONPATH} ${prefix}/${PYTHON_DIR})
-  run(${PYTHON} -c "import ferry, os; assert ferry.__file__.startswith(os.environ['PYTHONPATH']), ferry.__file__; \
-b = ferry.Buffer(None); print('installed ferry', ferry.__version__, 'rank', b.rank, 'of', b.group_size)")
+  file(WRITE ${WORK_DIR}/use_ferry.py [=[
+import os
+import ferry
+assert ferry.__file__.startswith(os.environ["PYTHONPATH"]), ferry.__file__
+buffer = ferry.Buffer(None)
+print("installed ferry", ferry.__version__, "from", os.path.dirname(ferry.__file__), "rank", buffer.rank, "of",
+      buffer.group_size)
+]=])
+  run(${PYTHON} ${WORK_DIR}/use_ferry.py)
 endif()

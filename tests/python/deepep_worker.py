@@ -284,7 +284,9 @@ def check_async_overlap(job):
             assert returned < 0.2, f"{step}: async_finish returned after {returned:.3f} s"
             assert not event.event.query(), f"{step}: finished before the last rank issued it"
         with event:
-            pass  # leaving the block waits (the host, for a CPU Buffer)
+            pass  # leaving the block waits (the host, for a CPU Buffer; the current stream, for a CUDA one)
+        if DEVICE == "cuda":
+            torch.cuda.current_stream().synchronize()
         assert event.event.query()
         if step == "cached dispatch":
             check_received(job, "fp32", out[0], "x_other")
