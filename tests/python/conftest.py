@@ -2,8 +2,16 @@
 torchrun's variables set by the test itself, or under `ferry launch`), and the skip convention.
 
 ctest runs these through pytest (tests/python/CMakeLists.txt) with FERRY_BIN (the `ferry` command) and
-PYTHONPATH (the built package) set. A session in which every test was skipped exits 77, which ctest reports
-as skipped, never as passed. FERRY_TEST_DEVICE=cuda runs the same rank programs on CUDA tensors.
+PYTHONPATH (the built package) set. A pytest run in which every test was skipped exits 77, which ctest reports
+as skipped, never as passed.
+
+On a GPU machine the same rank programs run on CUDA tensors over NCCL (one GPU per local rank), with the
+machine's torch (2.x) and the extension built there for its Python:
+
+    FERRY_TEST_DEVICE=cuda PYTHONPATH=build/default/python FERRY_BIN=build/default/tools/ferry \
+        python3 -m pytest -q -p no:cacheprovider tests/python/test_deepep.py tests/python/test_moe.py
+
+(test_local.py and test_faults.py are CPU-only by design.)
 """
 
 import os
