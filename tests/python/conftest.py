@@ -31,6 +31,17 @@ DEVICE = os.environ.get("FERRY_TEST_DEVICE", "cpu")
 SKIP_EXIT_CODE = 77
 
 
+CUDA_TWO_NODES = ("two emulated nodes on one machine move GPU memory through a fabric that registers it (a "
+                  "CUDA-enabled UCX, or verbs); Debian's UCX has none")
+
+
+def cuda_ranks() -> int:
+    """Ranks of a CUDA run on one node: one per GPU, at most 4."""
+    import torch
+
+    return max(1, min(4, torch.cuda.device_count()))
+
+
 def ferry_bin() -> str:
     found = os.environ.get("FERRY_BIN") or shutil.which("ferry")
     if not found:

@@ -6,10 +6,7 @@ summary line."""
 
 import pytest
 
-from conftest import netns_unavailable, run_ferry_launch, run_torchrun_env
-
-CHECKS = 7  # the lines deepep_worker.py prints per rank on CPU tensors (numpy included)
-
+from conftest import CUDA_TWO_NODES, DEVICE, cuda_ranks, netns_unavailable, run_ferry_launch, run_torchrun_env
 
 def require_all_ranks(result, world):
     assert result.code == 0, result.describe()
@@ -19,6 +16,8 @@ def require_all_ranks(result, world):
 
 
 def test_deepep_checks_under_ferry_launch_netns_2x2():
+    if DEVICE == "cuda":
+        pytest.skip(CUDA_TWO_NODES)
     reason = netns_unavailable()
     if reason:
         pytest.skip(f"ferry launch --netns cannot run here: {reason}")
@@ -27,4 +26,8 @@ def test_deepep_checks_under_ferry_launch_netns_2x2():
 
 @pytest.mark.parametrize("nodes,ranks_per_node", [(1, 4), (2, 2)])
 def test_deepep_checks_with_torchrun_environment(nodes, ranks_per_node):
+    if DEVICE == "cuda":
+        if nodes > 1:
+            pytest.skip(CUDA_TWO_NODES)
+        ranks_per_node = cuda_ranks()
     require_all_ranks(run_torchrun_env("deepep_worker.py", nodes, ranks_per_node), nodes * ranks_per_node)
