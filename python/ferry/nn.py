@@ -97,9 +97,7 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(topk_weights [T, k] fp32, topk_idx [T, k] int64)."""
-        scores = torch.softmax(self.gate(x).float(), dim=-1)
-        weights, idx = scores.topk(self.topk, dim=-1)
-        return weights, idx
+        return route(x, self.gate.weight, self.topk)
 
     def experts(self, recv_x: torch.Tensor, recv_idx: torch.Tensor, recv_w: torch.Tensor) -> torch.Tensor:
         """Each received row through this rank's experts it chose, weighted and summed."""
@@ -122,12 +120,22 @@ class MoE(nn.Module):
         return Combine.apply(self.experts(recv_x, recv_idx, recv_w), self.buffer, state["handle"])
 
 
-def reference_moe(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                  topk: int) -> torch.Tensor:
+def route(x: torch.Tensor, gate: torch.Tensor, topk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The gate: softmax over experts of ``x @ gate.T``, its top-k (weights fp32, not renormalised; ids)."""
+    scores = torch.softmax(nn.functional.linear(x, gate).float(), dim=-1)
+    return scores.topk(topk, dim=-1)
+
+
+def reference_moe(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk: int,
+                  route_rows: Optional[int] = None) -> torch.Tensor:
     """The same layer in one process with every expert (w1 [E, hidden, ffn], w2 [E, ffn, hidden]): what MoE
-    computes for the tokens of all ranks together, for tests."""
-    scores = torch.softmax((x @ gate.t()).float(), dim=-1)
-    weights, idx = scores.topk(topk, dim=-1)
+    computes for the tokens of all ranks together, for tests. route_rows: route the tokens in batches of this
+    many rows, as the ranks do (a product of another shape may round differently and turn a near-tie of two
+    experts the other way)."""
+    chunks = x.split(route_rows) if route_rows else (x,)
+    routed = [route(chunk, gate, topk) for chunk in chunks]
+    weights = torch.cat([w for w, _ in routed])
+    idx = torch.cat([i for _, i in routed])
     out = torch.zeros_like(x)
     for e in range(w1.shape[0]):
         chose = idx == e

@@ -271,7 +271,7 @@ def check_async_overlap(job):
     dist.barrier()
     for step in ("cached dispatch", "combine"):
         if job.rank == last:
-            time.sleep(0.4)
+            time.sleep(1.0)
         start = time.monotonic()
         if step == "cached dispatch":
             out = job.buffer.dispatch(x_of(job, "fp32", "x_other"), handle=handle, async_finish=True)
@@ -281,7 +281,7 @@ def check_async_overlap(job):
             event = out[2]
         returned = time.monotonic() - start
         if job.rank == 0:
-            assert returned < 0.2, f"{step}: async_finish returned after {returned:.3f} s"
+            assert returned < 0.5, f"{step}: async_finish returned after {returned:.3f} s"
             assert not event.event.query(), f"{step}: finished before the last rank issued it"
         with event:
             pass  # leaving the block waits (the host, for a CPU Buffer; the current stream, for a CUDA one)

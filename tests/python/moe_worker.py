@@ -55,7 +55,7 @@ def check_training(rank, world, seed):
         dist.all_reduce(moe.gate.weight.grad)
 
         x_ref = data[step].clone().requires_grad_()
-        out_ref = ferry.nn.reference_moe(x_ref, *ref, TOPK)
+        out_ref = ferry.nn.reference_moe(x_ref, *ref, TOPK, route_rows=TOKENS)
         loss_ref = (out_ref - targets[step]).square().sum() / (world * TOKENS * HIDDEN)
         for p in ref:
             p.grad = None
