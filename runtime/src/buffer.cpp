@@ -287,6 +287,11 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
   const h::OpSettings settings = op_settings(impl.config, options.config ? &*options.config : nullptr);
   if (impl.device_backend) return impl.device_backend->dispatch(inputs, layout, options, settings);
 
+  if (layout.on_device()) {
+    fail(Errc::invalid_argument,
+         "the layout was computed on the GPU (by a CUDA Buffer) but this Buffer runs "
+         "the host backend: compute it with this Buffer's get_layout");
+  }
   // The routing is taken now: the caller may reuse topk_idx and the layout as soon as this returns.
   auto routing = std::make_shared<Routing>();
   routing->topk_idx.assign(inputs.topk_idx.data_as<const std::int64_t>(),
@@ -299,8 +304,13 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
   if (worst > 0) preallocated = allocate_outputs(*result, worst, shape, num_topk);
   const std::int64_t num_experts = layout.num_experts;
   const int alignment = options.expert_alignment;
+  auto on_allocated = options.on_allocated;
+  if (worst > 0 && on_allocated) {
+    on_allocated(*result);
+    on_allocated = nullptr;
+  }
   Event event = impl.queue->submit([&impl, inputs, shape, num_topk, num_experts, worst, alignment, settings,
-                                    preallocated, routing, result] {
+                                    preallocated, routing, result, on_allocated] {
     h::DispatchJob job;
     job.kind = shape.kind;
     job.hidden = shape.hidden;
@@ -314,7 +324,10 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
     job.in_rank = routing->in_rank.data();
     job.settings = settings;
     job.allocate = [&](std::int64_t num_recv) {
-      return worst > 0 ? preallocated : allocate_outputs(*result, num_recv, shape, num_topk);
+      if (worst > 0) return preallocated;
+      h::DispatchOutputs outputs = allocate_outputs(*result, num_recv, shape, num_topk);
+      if (on_allocated) on_allocated(*result);
+      return outputs;
     };
     auto record = std::make_shared<h::DispatchRecord>(impl.engine->dispatch(job));
     impl.publish_traffic();
@@ -349,6 +362,7 @@ Pending<DispatchResult> Buffer::dispatch(const TensorView& x, const TensorView& 
   if (impl.device_backend) return impl.device_backend->dispatch(x, x_scales, handle, options, settings);
   auto result = std::make_shared<DispatchResult>();
   h::DispatchOutputs outputs = allocate_outputs(*result, handle.recv_rows(), shape, 0);
+  if (options.on_allocated) options.on_allocated(*result);
   Event event = impl.queue->submit([&impl, x, x_scales, shape, handle, settings, outputs, result] {
     h::DispatchJob job;
     job.kind = shape.kind;
@@ -391,6 +405,7 @@ Pending<CombineResult> Buffer::combine(const TensorView& y, const Handle& handle
   result->out = Tensor({handle.num_tokens(), shape.hidden}, y.dtype(), Tensor::Init::uninitialized);
   const bool with_weights = !options.topk_weights.empty();
   if (with_weights) result->topk_weights = Tensor({handle.num_tokens(), num_topk}, DType::fp32);
+  if (options.on_allocated) options.on_allocated(*result);
   const TensorView weights = options.topk_weights;
   const TensorView bias = options.bias;
   Event event = impl.queue->submit([&impl, y, weights, bias, shape, handle, settings, with_weights, result] {

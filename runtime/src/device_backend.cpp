@@ -512,6 +512,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   result->handle.num_tokens_ = T;
   result->handle.num_topk_ = K;
   result->handle.channels_ = settings.channels > 0 ? settings.channels : impl.config.num_channels();
+  if (options.on_allocated) options.on_allocated(*result);
   return {impl.track(finish), result};
 }
 
@@ -550,6 +551,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   auto device = std::make_shared<kc::DeviceDispatchResult>(std::move(results[0]));
   result->handle = handle;
   result->num_recv_tokens = handle.num_recv_;
+  if (options.on_allocated) options.on_allocated(*result);
   return {impl.track([device] {}), result};
 }
 
@@ -585,6 +587,7 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle&
   if (std::optional<Event> failed = impl.issue([&] { impl.engine->combine(shape, {input}, impl.stream); })) {
     return {*failed, std::make_shared<CombineResult>()};
   }
+  if (options.on_allocated) options.on_allocated(*result);
   return {impl.track({}), result};
 }
 

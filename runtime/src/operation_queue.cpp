@@ -1,5 +1,6 @@
 #include "operation_queue.hpp"
 
+#include "ferry/core/deadline.hpp"
 #include "ferry/core/error.hpp"
 
 namespace ferry {
@@ -76,6 +77,20 @@ void Event::wait() const {
   } catch (const Error& error) {
     throw Error::detached_copy(error);
   }
+}
+
+bool Event::wait_for(Duration timeout) const {
+  if (state_->device) {
+    Deadline deadline(timeout);
+    Backoff backoff;
+    while (!test()) {
+      if (deadline.expired()) return false;
+      backoff.pause();
+    }
+    return true;
+  }
+  std::unique_lock lock(state_->mutex);
+  return state_->done_changed.wait_for(lock, timeout, [this] { return state_->done; });
 }
 
 Event::Times Event::times() const {

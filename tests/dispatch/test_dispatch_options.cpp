@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 
 #include "../peer/rank_threads.hpp"
 #include "cluster_run.hpp"
@@ -201,6 +202,103 @@ TEST_CASE("a worst-case overflow fails that dispatch alone and the Buffer stays 
   auto outputs = run.combine(results, scenario.hidden, DType::bf16, dispatched);
   REQUIRE(
       check_combine(scenario, expected_combine(scenario, sources, results, DType::bf16), outputs).empty());
+}
+
+// What the Python binding builds DeepEP's async_finish on: the receive tensors as soon as the counts are
+// known (before the rows arrive), and a bounded wait that lets the waiter look at signals between tries.
+TEST_CASE("on_allocated hands out the output tensors before the rows, and wait_for is bounded", "[unit]") {
+  auto rng = seeded("on_allocated");
+  Scenario scenario = make_scenario(shape_of(2, 2, DType::bf16), rng);
+  Config config = small_config(rng, scenario.hidden, scenario.num_topk);
+  ClusterRun run(scenario, config);
+  auto sources = expected_sources(scenario);
+  const int R = scenario.num_ranks();
+
+  struct Seen {
+    std::mutex mutex;
+    int calls = 0;
+    std::int64_t rows = -1;
+    const void* recv_x = nullptr;
+  };
+  std::vector<Seen> seen(R);
+  auto options_for = [&](int r) {
+    DispatchOptions options;
+    options.on_allocated = [&seen, r](const DispatchResult& result) {
+      std::lock_guard lock(seen[r].mutex);
+      ++seen[r].calls;
+      seen[r].rows = result.recv_x.size(0);
+      seen[r].recv_x = result.recv_x.data();
+    };
+    return options;
+  };
+  // The last rank has not issued its dispatch: nobody knows its counts yet, so nothing is allocated or done.
+  std::vector<Pending<DispatchResult>> pending;
+  for (int r = 0; r + 1 < R; ++r) {
+    DispatchInputs inputs = inputs_of(scenario, r);
+    pending.push_back(run.buffers[r]->dispatch(
+        inputs, run.buffers[r]->get_layout(inputs.topk_idx, scenario.num_experts), options_for(r)));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const bool finished_early = pending[0].event().wait_for(std::chrono::milliseconds(50));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK_FALSE(finished_early);
+  CHECK(waited >= 0.045);
+  CHECK(waited < 5.0);
+  {
+    std::lock_guard lock(seen[0].mutex);
+    CHECK(seen[0].calls == 0);
+  }
+  DispatchInputs last = inputs_of(scenario, R - 1);
+  pending.push_back(run.buffers[R - 1]->dispatch(
+      last, run.buffers[R - 1]->get_layout(last.topk_idx, scenario.num_experts), options_for(R - 1)));
+  std::vector<DispatchResult> dispatched;
+  for (int r = 0; r < R; ++r) {
+    REQUIRE(pending[r].event().wait_for(std::chrono::seconds(60)));
+    dispatched.push_back(pending[r].wait());
+    std::lock_guard lock(seen[r].mutex);
+    CHECK(seen[r].calls == 1);
+    CHECK(seen[r].rows == dispatched[r].num_recv_tokens);
+    CHECK(seen[r].recv_x == dispatched[r].recv_x.data());
+  }
+  REQUIRE(check_dispatch(scenario, sources, dispatched, true).empty());
+
+  // A cached or worst-case dispatch knows its sizes at the call: the callback has run when dispatch returns.
+  for (const bool cached : {true, false}) {
+    INFO((cached ? "cached" : "worst case"));
+    std::vector<Pending<DispatchResult>> again;
+    for (int r = 0; r < R; ++r) {
+      seen[r].calls = 0;
+      DispatchInputs inputs = inputs_of(scenario, r);
+      DispatchOptions options = options_for(r);
+      if (cached) {
+        again.push_back(run.buffers[r]->dispatch(inputs.x, inputs.x_scales, dispatched[r].handle, options));
+      } else {
+        options.num_worst_tokens = dispatched[r].num_recv_tokens + 3;
+        again.push_back(run.buffers[r]->dispatch(
+            inputs, run.buffers[r]->get_layout(inputs.topk_idx, scenario.num_experts), options));
+      }
+      std::lock_guard lock(seen[r].mutex);
+      CHECK(seen[r].calls == 1);
+    }
+    for (int r = 0; r < R; ++r) {
+      const DispatchResult& result = again[r].wait();
+      CHECK(seen[r].recv_x == result.recv_x.data());
+      CHECK(seen[r].rows == result.recv_x.size(0));
+    }
+  }
+
+  // Combine's output exists when combine() returns.
+  std::vector<Pending<CombineResult>> combined;
+  std::vector<const void*> out_memory(R, nullptr);
+  for (int r = 0; r < R; ++r) {
+    CombineOptions options;
+    options.on_allocated = [&out_memory, r](const CombineResult& result) {
+      out_memory[r] = result.out.data();
+    };
+    combined.push_back(run.buffers[r]->combine(dispatched[r].recv_x, dispatched[r].handle, options));
+    CHECK(out_memory[r] != nullptr);
+  }
+  for (int r = 0; r < R; ++r) CHECK(combined[r].wait().out.data() == out_memory[r]);
 }
 
 TEST_CASE("Config files round-trip and name what is wrong", "[unit]") {

@@ -29,3 +29,17 @@ run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer)
 run(${WORK_DIR}/consumer/consumer)
 # The installed command must run from the install tree (its RPATH finds the installed library).
 run(${prefix}/bin/ferry topo)
+# The installed Python package, where it was built, imports from the install tree (its extension's RPATH finds
+# the installed library) and bootstraps a one-rank Buffer.
+if(PYTHON)
+  set(ENV{PYTHONPATH} ${prefix}/${PYTHON_DIR})
+  file(WRITE ${WORK_DIR}/use_ferry.py [=[
+import os
+import ferry
+assert ferry.__file__.startswith(os.environ["PYTHONPATH"]), ferry.__file__
+buffer = ferry.Buffer(None)
+print("installed ferry", ferry.__version__, "from", os.path.dirname(ferry.__file__), "rank", buffer.rank, "of",
+      buffer.group_size)
+]=])
+  run(${PYTHON} ${WORK_DIR}/use_ferry.py)
+endif()

@@ -121,6 +121,33 @@ TEST_CASE("launch: every rank gets its identity and the job's store and secret f
   CHECK(job_ids.count(words[2]) == 0);
 }
 
+TEST_CASE("launch: every rank also gets torchrun's variables, for torch.distributed", "[launch]") {
+  ScopedEnv outer_rank("RANK", "99");  // a stale variable from outside must not leak into the ranks
+  auto result =
+      launch(args({"--nodes", "2", "--ranks-per-node", "2"},
+                  sh("echo id $RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $GROUP_RANK $MASTER_ADDR "
+                     "$MASTER_PORT $FERRY_STORE")));
+  INFO(result.describe());
+  REQUIRE(result.exit_code == 0);
+  std::set<std::string> master_ports;
+  for (int rank = 0; rank < 4; ++rank) {
+    auto lines = lines_starting_with(result.out, "[r" + std::to_string(rank) + "] id ");
+    REQUIRE(lines.size() == 1);
+    auto words = split(lines[0]);
+    REQUIRE(words.size() == 10);
+    CHECK(words[2] == std::to_string(rank));
+    CHECK(words[3] == "4");
+    CHECK(words[4] == std::to_string(rank % 2));
+    CHECK(words[5] == "2");
+    CHECK(words[6] == std::to_string(rank / 2));
+    CHECK(words[7] == "127.0.0.1");
+    CHECK(all_of_chars(words[8], "0123456789"));
+    CHECK(words[9] != "127.0.0.1:" + words[8]);  // torch's rendezvous is not ferry's store
+    master_ports.insert(words[8]);
+  }
+  CHECK(master_ports.size() == 1);
+}
+
 TEST_CASE("launch: the store's port is bound once and handed to rank 0, never free for another process",
           "[launch][security]") {
   ScopedEnv outer("FERRY_STORE_FD", "5");  // from an enclosing job: must not reach any rank

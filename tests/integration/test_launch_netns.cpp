@@ -76,7 +76,9 @@ TEST_CASE("launch netns: each node has its own address and hostname and namespac
 
 TEST_CASE("launch netns: the store lives on node 0's address", "[netns]") {
   SKIP_WITHOUT_NETNS();
-  auto result = launch(args({"--netns", "--nodes", "2"}, {"sh", "-c", "echo $FERRY_STORE $FERRY_NODE_ADDR"}));
+  auto result = launch(
+      args({"--netns", "--nodes", "2"},
+           {"sh", "-c", "echo $FERRY_STORE $FERRY_NODE_ADDR $MASTER_ADDR $MASTER_PORT $GLOO_SOCKET_IFNAME"}));
   INFO(result.describe());
   REQUIRE(result.exit_code == 0);
   auto node0 = lines_starting_with(result.out, "[r0] ");
@@ -84,12 +86,19 @@ TEST_CASE("launch netns: the store lives on node 0's address", "[netns]") {
   REQUIRE(node0.size() == 1);
   REQUIRE(node1.size() == 1);
   std::istringstream line0(node0[0].substr(5)), line1(node1[0].substr(5));
-  std::string store0, address0, store1, address1;
-  line0 >> store0 >> address0;
-  line1 >> store1 >> address1;
+  std::string store0, address0, store1, address1, master0, master1, port0, port1, interface0, interface1;
+  line0 >> store0 >> address0 >> master0 >> port0 >> interface0;
+  line1 >> store1 >> address1 >> master1 >> port1 >> interface1;
   CHECK(store0 == address0 + ":29500");
   CHECK(store1 == store0);
   CHECK(address1 != address0);
+  // torch.distributed's rendezvous (torchrun's variables) on node 0 too, next to the store; gloo on eth0.
+  CHECK(master0 == address0);
+  CHECK(master1 == address0);
+  CHECK(port0 == "29501");
+  CHECK(port1 == "29501");
+  CHECK(interface0 == "eth0");
+  CHECK(interface1 == "eth0");
 }
 
 TEST_CASE("launch netns: link-gbps shapes every node's link", "[netns]") {

@@ -31,7 +31,8 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr int kMaxWorldSize = 1024;
-constexpr int kNetnsStorePort = 29500;  // each emulated cluster has its own network: no other job is on it
+constexpr int kNetnsStorePort = 29500;   // each emulated cluster has its own network: no other job is on it
+constexpr int kNetnsMasterPort = 29501;  // torch.distributed's rendezvous there (MASTER_PORT)
 // After the last rank exited, how long its leftover children may keep the output pipes open.
 constexpr auto kDrainAfterExit = 2s;
 // After SIGKILL, how long to wait for the kernel to let the ranks go before giving up on them.
@@ -397,10 +398,13 @@ JobSpec make_job(const LaunchOptions& options, const NetnsCluster* cluster, Uniq
   if (cluster != nullptr) {
     // Node 0's network namespace is the job's own: no other process can bind there.
     job.store_port = kNetnsStorePort;
+    job.master_port = kNetnsMasterPort;
+    job.node_interface = "eth0";  // NetnsCluster names every node's link so (netns.hpp)
   } else {
     store_listener = listen_on_free_port();
     job.store_fd = store_listener.get();
     job.store_port = bound_port(job.store_fd);
+    job.master_port = free_loopback_port();
   }
   return job;
 }

@@ -49,6 +49,10 @@ UniqueFd listen_on_free_port() {
   return sock;
 }
 
+int free_loopback_port() {
+  return bound_port(listen_on_free_port().get());
+}
+
 int bound_port(int fd) {
   sockaddr_in address{};
   socklen_t length = sizeof address;
@@ -60,7 +64,7 @@ int bound_port(int fd) {
 
 std::vector<std::string> rank_environment(const JobSpec& job, int rank, const char* const* base) {
   const int node = job.node_of(rank);
-  const std::map<std::string, std::string> ours = {
+  std::map<std::string, std::string> ours = {
       {"FERRY_RANK", std::to_string(rank)},
       {"FERRY_WORLD_SIZE", std::to_string(job.world_size())},
       {"FERRY_LOCAL_RANK", std::to_string(job.local_rank_of(rank))},
@@ -72,9 +76,18 @@ std::vector<std::string> rank_environment(const JobSpec& job, int rank, const ch
       {"FERRY_JOB_ID", job.job_id},
       {"FERRY_NODE_ADDR", job.node_addresses.at(static_cast<std::size_t>(node))},
       {"FERRY_LAUNCHER", "1"},
+      // torchrun's names, for torch.distributed (ferry itself reads the FERRY_* ones first).
+      {"RANK", std::to_string(rank)},
+      {"WORLD_SIZE", std::to_string(job.world_size())},
+      {"LOCAL_RANK", std::to_string(job.local_rank_of(rank))},
+      {"LOCAL_WORLD_SIZE", std::to_string(job.ranks_per_node)},
+      {"GROUP_RANK", std::to_string(node)},
+      {"MASTER_ADDR", job.node_addresses.at(0)},
+      {"MASTER_PORT", std::to_string(job.master_port)},
   };
   // Rank 0 alone serves the store, on the socket the launcher bound; nobody inherits a descriptor number from
   // an enclosing job.
+  if (!job.node_interface.empty()) ours["GLOO_SOCKET_IFNAME"] = job.node_interface;
   std::map<std::string, std::string> rank_only;
   if (rank == 0 && job.store_fd >= 0) rank_only["FERRY_STORE_FD"] = std::to_string(job.store_fd);
   // Several ranks share each core: one BLAS / OpenMP thread per rank unless the user chose otherwise.

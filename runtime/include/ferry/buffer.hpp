@@ -48,6 +48,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -73,6 +74,9 @@ class Event {
   Event();            // an event that has already completed
   bool test() const;  // finished, successfully or not
   void wait() const;  // blocks until finished; rethrows the operation's error
+  // Waits at most `timeout`; true when the operation has finished (wait() then returns or throws at once).
+  // For a waiter that must stay responsive meanwhile, e.g. to a signal (the Python binding's Ctrl-C).
+  bool wait_for(Duration timeout) const;
 
   // When the operation was issued, began to run (after the operations issued before it) and finished: what a
   // profiler draws as "communication in flight". Only once test() is true; throws invalid_argument before.
@@ -144,6 +148,9 @@ struct DispatchInputs {
   TensorView topk_weights;  // [T, K] fp32
 };
 
+struct DispatchResult;
+struct CombineResult;
+
 struct DispatchOptions {
   // > 0: size every output for this many rows at the call (worst case), so nothing waits on the host for the
   // counts; rows past num_recv_tokens are zero with recv_topk_idx -1. Receiving more fails this dispatch
@@ -158,6 +165,13 @@ struct DispatchOptions {
   // CUDA Buffers: the caller's stream (cudaStream_t); the operation runs on the Buffer's communication stream
   // after the work already enqueued on it (DeepEP's previous_event). nullptr: the default stream.
   void* stream = nullptr;
+  // Called once the receive tensors exist, before their rows arrive (where DeepEP's dispatch returns them):
+  // a host Buffer calls it on its own thread once the counts are exchanged, or before dispatch() returns
+  // when the sizes are known at the call (a cached or worst-case dispatch); a CUDA Buffer before dispatch()
+  // returns. recv_x, recv_x_scales, recv_topk_idx and recv_topk_weights have their final shape and memory;
+  // their contents, num_recv_tokens, tokens_per_local_expert and the handle are final only when the Event
+  // completes. It must neither block nor throw. Not called when the dispatch fails before allocating.
+  std::function<void(const DispatchResult&)> on_allocated;
 };
 
 struct DispatchResult {
@@ -182,6 +196,9 @@ struct CombineOptions {
   std::optional<Config> config;
   // CUDA Buffers: the caller's stream, as for dispatch.
   void* stream = nullptr;
+  // Called before combine() returns, once the output tensors exist (their contents are final only when the
+  // Event completes), as DispatchOptions::on_allocated. It must neither block nor throw.
+  std::function<void(const CombineResult&)> on_allocated;
 };
 
 struct CombineResult {
