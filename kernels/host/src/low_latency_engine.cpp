@@ -1,0 +1,223 @@
+#include "ferry/kernels/host/low_latency_engine.hpp"
+
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "describe.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/kernels/protocol/role_loop.hpp"
+#include "low_latency_io.hpp"
+
+namespace ferry::kernels::host {
+
+namespace p = protocol;
+
+// The fabric writer of the rank, shared by the halves that may run at once on different threads.
+class LockedWriter final : public RemoteWriter {
+ public:
+  explicit LockedWriter(std::unique_ptr<RemoteWriter> writer) : writer_(std::move(writer)) {}
+  void put(int rank, std::size_t src_offset, std::size_t dst_offset, std::size_t bytes) override {
+    std::lock_guard lock(mutex_);
+    writer_->put(rank, src_offset, dst_offset, bytes);
+  }
+  void signal(int rank, std::size_t word_offset, std::uint64_t add) override {
+    std::lock_guard lock(mutex_);
+    writer_->signal(rank, word_offset, add);
+  }
+  bool flush() override {
+    std::lock_guard lock(mutex_);
+    return writer_->flush();
+  }
+  std::size_t held() const override {
+    std::lock_guard lock(mutex_);
+    return writer_->held();
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::unique_ptr<RemoteWriter> writer_;
+};
+
+namespace {
+
+std::string describe_low_latency_fault(const p::Fault& fault) {
+  const std::string peer = "rank " + std::to_string(fault.peer_rank);
+  switch (fault.kind) {
+    case p::FaultKind::wrong_operation:
+      return "a word or row tagged " + std::to_string(fault.got) + " from " + peer + " where tag " +
+             std::to_string(fault.expected) +
+             " was due (tag = operation * 2 + combine): the ranks issue different sequences of low-latency "
+             "calls";
+    case p::FaultKind::wrong_source:
+      return "a row claiming source rank " + std::to_string(fault.got) + " in " + peer + "'s slots";
+    case p::FaultKind::wrong_settings:
+      return "a row from " + peer + " dispatched with another shape or element type (check " +
+             std::to_string(fault.got) + ", this rank's " + std::to_string(fault.expected) +
+             "): every rank must pass the same num_max_dispatch_tokens_per_rank, hidden, num_experts and "
+             "use_fp8";
+    case p::FaultKind::too_many:
+      return peer + " announced " + std::to_string(fault.got) + " rows for one expert, more than the " +
+             std::to_string(fault.expected) +
+             " slots (num_max_dispatch_tokens_per_rank differs between ranks?)";
+    default:
+      return describe_fault(fault);
+  }
+}
+
+}  // namespace
+
+struct LowLatencyEngine::Impl {
+  int rank;
+  p::Topology topo;
+  RankMemory memory;
+  std::unique_ptr<LockedWriter> writer;
+  mutable std::mutex traffic_mutex;
+  p::Traffic traffic;
+
+  LowLatencyHostIo io(p::Traffic* tally) const {
+    return LowLatencyHostIo(memory.local, memory.node, writer.get(), tally);
+  }
+
+  // Drives one role to its end on this thread. A waiting role masks a silent peer after mask_after_ns, so
+  // a role that stops moving for twice that (and a second) is stuck for another reason.
+  template <class Role>
+  void drive(Role role, LowLatencyHostIo& io, const p::LowLatencyContext& ctx) {
+    const std::uint64_t stuck_after = 2 * ctx.mask_after_ns + 1'000'000'000ull;
+    const p::RoleOutcome outcome = p::drive_role(role, io, stuck_after);
+    const std::string where = "rank " + std::to_string(rank) + " " + stage_name(outcome.last.stage) +
+                              " (low-latency operation " + std::to_string(ctx.operation) + ")";
+    switch (outcome.end) {
+      case p::RoleEnd::done:
+      case p::RoleEnd::aborted:
+        return;
+      case p::RoleEnd::fault:
+        fail(Errc::protocol, where + " received " + describe_low_latency_fault(outcome.last.fault));
+      case p::RoleEnd::timeout:
+        fail(Errc::timeout, where + ": no progress for " +
+                                seconds_text(std::chrono::nanoseconds(stuck_after)) + "; waits for rank " +
+                                std::to_string(outcome.last.wait.peer_rank) + " (word " +
+                                std::to_string(outcome.last.wait.head) + ", wants " +
+                                std::to_string(outcome.last.wait.tail) + ")");
+    }
+  }
+
+  // Everything this half handed to the fabric writer is with the proxy before the half returns, so no later
+  // step of this rank is needed for a peer to receive it.
+  void hand_over(const p::LowLatencyContext& ctx) {
+    if (!writer) return;
+    const Deadline deadline(std::chrono::nanoseconds(2 * ctx.mask_after_ns + 1'000'000'000ull));
+    Backoff backoff;
+    while (!writer->flush()) {
+      if (deadline.expired()) {
+        fail(Errc::timeout, "rank " + std::to_string(rank) + ": " + std::to_string(writer->held()) +
+                                " fabric commands of low-latency operation " + std::to_string(ctx.operation) +
+                                " not taken by the proxy");
+      }
+      backoff.pause();
+    }
+  }
+
+  template <class Body>
+  void run_half(const p::LowLatencyContext& ctx, Body body) {
+    p::Traffic tally;
+    LowLatencyHostIo host_io = io(&tally);
+    body(host_io);
+    hand_over(ctx);
+    std::lock_guard lock(traffic_mutex);
+    traffic.add(tally);
+  }
+};
+
+LowLatencyEngine::LowLatencyEngine(int rank, const p::Topology& topo, RankMemory memory)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& impl = *impl_;
+  impl.rank = rank;
+  impl.topo = topo;
+  impl.memory = memory;
+  if (topo.num_nodes > 1) {
+    if (memory.remote == nullptr) {
+      fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " has peers on " +
+                                       std::to_string(topo.num_nodes - 1) +
+                                       " other nodes but no remote memory");
+    }
+    impl.writer = std::make_unique<LockedWriter>(memory.remote->open_writer());
+  }
+}
+
+LowLatencyEngine::~LowLatencyEngine() = default;
+
+std::byte* LowLatencyEngine::region() const {
+  return impl_->memory.local;
+}
+std::size_t LowLatencyEngine::bytes() const {
+  return impl_->memory.bytes;
+}
+p::Traffic LowLatencyEngine::traffic() const {
+  std::lock_guard lock(impl_->traffic_mutex);
+  return impl_->traffic;
+}
+
+void LowLatencyEngine::dispatch_send(const p::LowLatencyDispatchPlan& plan) {
+  Impl& impl = *impl_;
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
+    const p::RoleSlice all;
+    impl.drive(p::LowLatencyAcquire<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
+    impl.drive(p::LowLatencyDispatchScatter<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+    impl.drive(p::LowLatencyDispatchPublish<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+  });
+}
+
+void LowLatencyEngine::dispatch_receive(const p::LowLatencyDispatchPlan& plan) {
+  Impl& impl = *impl_;
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
+    const p::RoleSlice all;
+    impl.drive(p::LowLatencyDispatchGather<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+    impl.drive(p::LowLatencyRelease<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
+  });
+}
+
+void LowLatencyEngine::combine_send(const p::LowLatencyCombinePlan& plan) {
+  Impl& impl = *impl_;
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
+    const p::RoleSlice all;
+    impl.drive(p::LowLatencyAcquire<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
+    impl.drive(p::LowLatencyCombineReturn<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+  });
+}
+
+void LowLatencyEngine::combine_receive(const p::LowLatencyCombinePlan& plan) {
+  Impl& impl = *impl_;
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
+    const p::RoleSlice all;
+    impl.drive(p::LowLatencyCombineWait<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+    impl.drive(p::LowLatencyCombineReduce<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+    impl.drive(p::LowLatencyRelease<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
+  });
+}
+
+void LowLatencyEngine::acquire(const p::LowLatencyContext& ctx) {
+  Impl& impl = *impl_;
+  impl.run_half(ctx, [&](LowLatencyHostIo& io) {
+    impl.drive(p::LowLatencyAcquire<LowLatencyHostIo>(io, ctx, p::RoleSlice{}), io, ctx);
+  });
+}
+
+void LowLatencyEngine::clean(const p::LowLatencyContext& ctx, std::uint64_t epoch) {
+  Impl& impl = *impl_;
+  if (ctx.layout.total_bytes > impl.memory.bytes) {
+    fail(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + ": the low-latency region has " +
+                                     std::to_string(impl.memory.bytes) + " bytes but the shape needs " +
+                                     std::to_string(ctx.layout.total_bytes));
+  }
+  impl.run_half(ctx, [&](LowLatencyHostIo& io) {
+    impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 1), io, ctx);
+    // Nobody writes a count or release word between the two barriers: every rank has finished its operations.
+    std::memset(impl.memory.local + ctx.layout.release, 0,
+                p::kLowLatencyWordBytes * p::kLowLatencyBuffers * static_cast<std::size_t>(ctx.layout.R()));
+    std::memset(impl.memory.local + ctx.layout.counts, 0, ctx.layout.count_words_bytes());
+    impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 2), io, ctx);
+  });
+}
+
+}  // namespace ferry::kernels::host
