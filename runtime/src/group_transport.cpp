@@ -154,10 +154,10 @@ GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayo
     : GroupTransport(group, bytes, signals_end(layout), workers, timeout, "ferry-buffer") {}
 
 GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t signals_end, int workers,
-                               Duration timeout, const std::string& tag)
+                               Duration timeout, const std::string& tag, bool reserve_pages)
     : group_(group) {
   t::Peers peers = peers_of(group, timeout);
-  shared_ = t::make_shm_peer_memory(peers, bytes, tag);
+  shared_ = t::make_shm_peer_memory(peers, bytes, tag, reserve_pages);
   node_ = std::make_unique<NodeView>(*shared_);
   if (group.num_nodes() == 1) {
     health_ = std::make_unique<Health>(group, nullptr);

@@ -346,9 +346,11 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   impl.num_nodes = group.num_nodes();
   impl.local_size = group.local_size();
   check_same_bytes(group, impl.config.num_rdma_bytes);
-  // The words come first in the region (check_low_latency_shape bounds them per shape).
+  // The words come first in the region (check_low_latency_shape bounds them per shape). The region is sized
+  // for the worst case (every token of every rank on one expert) and mostly never written: its pages come on
+  // first touch.
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
-                                                    "ferry-lowlat");
+                                                    "ferry-lowlat", false);
   impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory());
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());
   impl.queue = std::make_unique<OperationQueue>(impl.rank);
@@ -552,6 +554,7 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   auto weights = std::make_shared<std::vector<float>>(topk_weights.data_as<const float>(),
                                                       topk_weights.data_as<const float>() + T * K);
   auto wait_ns = std::make_shared<std::vector<std::int64_t>>(shape.num_experts, 0);
+  auto row_base = std::make_shared<std::vector<std::int64_t>>(shape.num_experts, 0);
 
   std::optional<Event> wait_for;
   std::uint32_t operation = 0;
@@ -585,12 +588,13 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   plan->num_topk = K;
   plan->out = out;
   plan->wait_ns = wait_ns->data();
+  plan->row_base = row_base->data();
 
   h::LowLatencyEngine* engine = impl.engine.get();
   auto keep = std::make_shared<Tensor>(result.combined_x);
   auto send = [engine, plan, record] { engine->combine_send(*plan); };
   const TensorView caller_stats = options.combine_wait_recv_cost_stats;
-  auto receive = [&impl, engine, plan, record, weights, wait_ns, keep, caller_stats] {
+  auto receive = [&impl, engine, plan, record, weights, wait_ns, row_base, keep, caller_stats] {
     engine->combine_receive(*plan);
     impl.add_combine_stats(*plan, caller_stats);
   };

@@ -49,6 +49,9 @@ std::string describe_low_latency_fault(const p::Fault& fault) {
              std::to_string(fault.expected) +
              " was due (tag = operation * 2 + combine): the ranks issue different sequences of low-latency "
              "calls";
+    case p::FaultKind::wrong_token:
+      return "a row of source token " + std::to_string(fault.got) + " from " + peer + ", outside its " +
+             std::to_string(fault.expected) + " tokens";
     case p::FaultKind::wrong_source:
       return "a row claiming source rank " + std::to_string(fault.got) + " in " + peer + "'s slots";
     case p::FaultKind::wrong_settings:

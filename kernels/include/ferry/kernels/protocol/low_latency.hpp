@@ -3,7 +3,9 @@
 //
 // Every sender puts each (token, expert) row straight into the slot it owns at the expert's rank: slot
 // (local expert, source rank, position), where position is the row's rank among the sender's rows for that
-// expert in (token, topk slot) order. Nothing is exchanged before the data and every slot exists for the
+// expert in (token, topk slot) order. Within a node the slot gets only the row's header and the receiver
+// copies the row from the sender's region (its token scratch), so an intra-node row is copied once; across
+// nodes the whole message is put. Nothing is exchanged before the data and every slot exists for the
 // worst case (all of a rank's tokens on one expert), so no host ever waits for a count. After its rows, the
 // sender publishes one word per (expert, sender) carrying the count; the receiver waits for the words and
 // packs the rows per local expert in (source rank, position) order. Combine is the way back: the expert's
@@ -180,10 +182,18 @@ FERRY_HD inline std::uint64_t low_latency_signal(std::uint32_t tag, std::int64_t
   return (static_cast<std::uint64_t>(tag) << kLowLatencyCountBits) | static_cast<std::uint64_t>(count + 1);
 }
 FERRY_HD inline std::uint32_t signal_tag(std::uint64_t word) {
-  return static_cast<std::uint32_t>(word >> kLowLatencyCountBits);
+  return static_cast<std::uint32_t>(word) >> kLowLatencyCountBits;
 }
 FERRY_HD inline std::int64_t signal_count(std::uint64_t word) {
   return static_cast<std::int64_t>(word & ((std::uint64_t{1} << kLowLatencyCountBits) - 1)) - 1;
+}
+// A word stored within a node (not added through the fabric) may carry 32 more bits: where combine's rows
+// begin in the sender's staging.
+FERRY_HD inline std::uint64_t with_begin(std::uint64_t word, std::int64_t begin) {
+  return word | (static_cast<std::uint64_t>(begin) << 32);
+}
+FERRY_HD inline std::int64_t signal_begin(std::uint64_t word) {
+  return static_cast<std::int64_t>(word >> 32);
 }
 
 // What every dispatch row carries in its header's last word, checked on arrival: ranks that disagree about
@@ -232,6 +242,19 @@ FERRY_HD inline float add_rn(float a, float b) {
 #endif
 }
 
+// Selections and clamps on 32-bit lanes written as masks and min: the forms a compiler vectorises (a ternary
+// between values of different widths stops GCC's vectoriser).
+FERRY_HD inline std::uint32_t select_u32(bool first, std::uint32_t a, std::uint32_t b) {
+  const std::uint32_t mask = 0u - static_cast<std::uint32_t>(first);
+  return (a & mask) | (b & ~mask);
+}
+FERRY_HD inline std::uint32_t min_u32(std::uint32_t a, std::uint32_t b) {
+  return a < b ? a : b;
+}
+FERRY_HD inline std::uint32_t max_u32(std::uint32_t a, std::uint32_t b) {
+  return a > b ? a : b;
+}
+
 // float -> e4m3 (fn), round to nearest even, saturating to +-448, NaN kept: the same bits as float_to_e4m3
 // (numeric.hpp) without branches, so a compiler vectorises it.
 FERRY_HD inline std::uint8_t float_to_e4m3_branchless(float value) {
@@ -242,9 +265,8 @@ FERRY_HD inline std::uint8_t float_to_e4m3_branchless(float value) {
   const std::uint32_t normal = ((magnitude + 0x7ffffu + ((magnitude >> 20) & 1u)) >> 20) - (120u << 3);
   // Subnormal (< 2^-6): the FPU rounds |value| + 2^14 to a multiple of 2^-9, the e4m3 subnormal step.
   const std::uint32_t subnormal = float_bits(add_rn(bits_to_float(magnitude), 16384.0f)) - 0x46800000u;
-  std::uint32_t result = magnitude < 0x3c800000u ? subnormal : normal;
-  result = result > 0x7eu ? 0x7eu : result;
-  result = magnitude > 0x7f800000u ? 0x7fu : result;
+  std::uint32_t result = min_u32(select_u32(magnitude < 0x3c800000u, subnormal, normal), 0x7eu);
+  result = select_u32(magnitude > 0x7f800000u, 0x7fu, result);
   return static_cast<std::uint8_t>(sign | result);
 }
 
@@ -282,13 +304,12 @@ FERRY_HD inline std::uint8_t ue8m0_of(float scale_inv) {
 // The largest |value| of a bf16 block as bf16 bits, NaNs left out (as fmaxf does); integer compares give the
 // same order as float ones for non-negative values, and vectorise.
 FERRY_HD inline std::uint16_t bf16_abs_bits_max(const std::uint16_t* values, int n) {
-  std::uint16_t best = 0;
+  std::uint32_t best = 0;
   for (int i = 0; i < n; ++i) {
-    std::uint16_t magnitude = static_cast<std::uint16_t>(values[i] & 0x7fffu);
-    magnitude = magnitude > 0x7f80u ? 0 : magnitude;
-    best = magnitude > best ? magnitude : best;
+    const std::uint32_t magnitude = values[i] & 0x7fffu;
+    best = max_u32(best, select_u32(magnitude > 0x7f80u, 0, magnitude));
   }
-  return best;
+  return static_cast<std::uint16_t>(best);
 }
 
 FERRY_HD inline float block_amax(std::uint16_t abs_bits_max) {

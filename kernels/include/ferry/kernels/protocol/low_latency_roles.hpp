@@ -133,6 +133,8 @@ struct LowLatencyCombinePlan {
   int num_topk = 0;
   std::uint16_t* out = nullptr;     // [T, hidden] bf16
   std::int64_t* wait_ns = nullptr;  // [E] this operation's wait for each expert's word
+  std::int64_t* row_base =
+      nullptr;  // [E] scratch: offset of the expert's rows in its rank's region (or ours)
 };
 
 // Each row's position at its expert, in (token, slot) order, and the rows per expert: the part of the routing
@@ -363,13 +365,18 @@ class LowLatencyDispatchScatter {
       const int peer = ctx.rank_of_expert(expert);
       if (is_masked(io, ctx, peer)) continue;
       const Reach reach = ctx.reach(peer);
-      std::byte* target =
-          reach == Reach::fabric
-              ? io.local() + ctx.layout.dispatch_staging(ctx.buffer, expert, slots[k], stride)
-              : region_of(io, ctx, peer) + ctx.layout.dispatch_slot(ctx.buffer, expert % ctx.local_experts(),
-                                                                    ctx.rank, slots[k], stride);
-      io.copy(target, scratch, stride);
-      count_path(io, reach, 1, stride);
+      if (reach == Reach::fabric) {
+        io.copy(io.local() + ctx.layout.dispatch_staging(ctx.buffer, expert, slots[k], stride), scratch,
+                stride);
+        count_path(io, reach, 1, stride);
+      } else {
+        // The receiver copies the row from this rank's scratch: the slot only says which token.
+        std::byte* slot =
+            region_of(io, ctx, peer) +
+            ctx.layout.dispatch_slot(ctx.buffer, expert % ctx.local_experts(), ctx.rank, slots[k], stride);
+        io.store(reinterpret_cast<LowLatencyHeader*>(slot), header);
+        count_path(io, reach, 1, sizeof(header));
+      }
     }
     return result;
   }
@@ -511,14 +518,22 @@ class LowLatencyDispatchGather {
       return low_latency_fault(FaultKind::wrong_source, source, header.source_rank, source);
     if (header.shape_check != plan_.shape_check)
       return low_latency_fault(FaultKind::wrong_settings, source, header.shape_check, plan_.shape_check);
+    if (header.source_token < 0 || header.source_token >= ctx.layout.T())
+      return low_latency_fault(FaultKind::wrong_token, source, header.source_token, ctx.layout.T());
+    // Across nodes the whole message is in the slot; within the node it is in the sender's scratch.
+    const std::byte* from =
+        ctx.reach(source) == Reach::fabric
+            ? slot
+            : region_of(io, ctx, source) +
+                  ctx.layout.token_scratch(ctx.buffer, header.source_token, message.stride);
     const std::int64_t rows = ctx.layout.shape.rows_per_expert();
     const std::int64_t row = begin_ + i;
     io.copy(plan_.recv_x + static_cast<std::size_t>(expert_ * rows + row) * message.row_bytes(),
-            slot + message.payload, message.row_bytes());
+            from + message.payload, message.row_bytes());
     io.store(plan_.recv_src_info + expert_ * rows + row, header.source_token);
     if (message.fp8 && io.leader()) {
       const std::int64_t blocks = scale_blocks(message.hidden);
-      const float* scales = reinterpret_cast<const float*>(slot + message.scales);
+      const float* scales = reinterpret_cast<const float*>(from + message.scales);
       for (std::int64_t b = 0; b < blocks; ++b) {
         if (plan_.ue8m0) {
           plan_.recv_scales_ue8m0[ue8m0_index(expert_, row, b, rows, blocks)] = ue8m0_of(scales[b]);
@@ -604,20 +619,17 @@ class LowLatencyCombineReturn {
     const std::uint16_t* rows =
         plan_.x + static_cast<std::size_t>(local_expert * ctx.layout.shape.rows_per_expert() + begin) *
                       static_cast<std::size_t>(ctx.layout.shape.hidden);
+    // The rows go into this rank's staging (already there with zero copy): across nodes they are put from
+    // there, within the node the source reads them there.
     const std::size_t staging = ctx.layout.combine_staging(ctx.buffer, local_expert, begin);
-    const std::size_t slot = ctx.layout.combine_slot(ctx.buffer, expert, 0);
     const Reach reach = ctx.reach(peer);
-    if (count > 0) {
-      if (reach != Reach::fabric) {
-        io.copy(region_of(io, ctx, peer) + slot, rows, bytes);
-      } else if (!plan_.zero_copy) {
-        io.copy(io.local() + staging, rows, bytes);
-      }
-    }
+    if (count > 0 && !plan_.zero_copy) io.copy(io.local() + staging, rows, bytes);
     io.sync();
     if (io.leader()) {
-      publish_block(io, ctx, peer, staging, slot, bytes, ctx.layout.count_word(ctx.buffer, expert),
-                    low_latency_signal(plan_.tag, count));
+      const std::uint64_t word = low_latency_signal(plan_.tag, count);
+      publish_block(io, ctx, peer, staging, ctx.layout.combine_slot(ctx.buffer, expert, 0), bytes,
+                    ctx.layout.count_word(ctx.buffer, expert),
+                    reach == Reach::fabric ? word : with_begin(word, begin));
     }
     count_path(io, reach, static_cast<std::uint64_t>(count), bytes);
     return result;
@@ -670,9 +682,22 @@ class LowLatencyCombineWait {
       const std::uint64_t waited = clock_.since == 0 ? 0 : clock_.waited(io);
       result.fault = check_tag(value, plan_.tag, peer);
       if (result.fault.any()) return result;
+      const std::int64_t count = signal_count(value);
+      const std::int64_t begin = signal_begin(value);
+      if (ctx.reach(peer) != Reach::fabric && begin + count > ctx.layout.shape.rows_per_expert()) {
+        result.fault =
+            low_latency_fault(FaultKind::too_many, peer, begin + count, ctx.layout.shape.rows_per_expert());
+        return result;
+      }
       io.sync();
       if (io.leader()) io.store_private(word, 0);
-      if (signal_count(value) != plan_.send_count[expert_]) mask_peer(io, ctx, peer);
+      // Where the expert's rows for this rank are: our slots (across nodes) or its staging (within the node).
+      io.store(plan_.row_base + expert_,
+               static_cast<std::int64_t>(
+                   ctx.reach(peer) == Reach::fabric
+                       ? ctx.layout.combine_slot(ctx.buffer, expert_, 0)
+                       : ctx.layout.combine_staging(ctx.buffer, expert_ % ctx.local_experts(), begin)));
+      if (count != plan_.send_count[expert_]) mask_peer(io, ctx, peer);
       io.store(plan_.wait_ns + expert_, static_cast<std::int64_t>(waited));
       next();
       result.progressed = true;
@@ -716,9 +741,12 @@ class LowLatencyCombineReduce {
       const std::int32_t position = plan_.slot[i];
       if (position < 0) continue;
       const std::int64_t expert = plan_.topk_idx[i];
-      if (is_masked(io, ctx, ctx.rank_of_expert(expert))) continue;
-      job.rows[job.count] = reinterpret_cast<const std::uint16_t*>(
-          io.local() + ctx.layout.combine_slot(ctx.buffer, expert, position));
+      const int peer = ctx.rank_of_expert(expert);
+      if (is_masked(io, ctx, peer)) continue;
+      const std::byte* base =
+          (ctx.reach(peer) == Reach::fabric ? io.local() : region_of(io, ctx, peer)) + plan_.row_base[expert];
+      job.rows[job.count] = reinterpret_cast<const std::uint16_t*>(base + static_cast<std::size_t>(position) *
+                                                                              ctx.layout.combine_row);
       job.weights[job.count] = plan_.topk_weights[i];
       ++job.count;
     }
