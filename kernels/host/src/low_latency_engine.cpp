@@ -215,10 +215,9 @@ void LowLatencyEngine::clean(const p::LowLatencyContext& ctx, std::uint64_t epoc
   }
   impl.run_half(ctx, [&](LowLatencyHostIo& io) {
     impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 1), io, ctx);
-    // Nobody writes a count or release word between the two barriers: every rank has finished its operations.
-    std::memset(impl.memory.local + ctx.layout.release, 0,
-                p::kLowLatencyWordBytes * p::kLowLatencyBuffers * static_cast<std::size_t>(ctx.layout.R()));
-    std::memset(impl.memory.local + ctx.layout.counts, 0, ctx.layout.count_words_bytes());
+    // Nobody writes a count or release word between the two barriers (every rank has finished its
+    // operations): this rank's private copies catch up with them.
+    p::sync_private_words(io, ctx.layout);
     impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 2), io, ctx);
   });
 }

@@ -18,9 +18,11 @@
 // rank that runs ahead never overwrites rows a slower one has not read.
 //
 // The region of one rank (R ranks, E experts, T = max tokens per rank, H = hidden):
-//   sync      [R] words       clean barrier: epoch each peer reached (never cleared)
-//   release   [2][R] words    buffer b: how many uses of it each peer has released
-//   counts    [2][E] words    buffer b: dispatch [local expert][source], or combine [global expert]
+//   sync          [R] words     clean barrier: epoch each peer reached
+//   release       [2][R] words  buffer b: uses of it each peer has released
+//   release_base  [2][R] words  (private) each release word's value at the last clean
+//   counts        [2][E] words  buffer b: dispatch [local expert][source], or combine [global expert]
+//   seen          [2][E] words  (private) each count word's value when last read
 //   send[b]   dispatch staging [E][T] messages (rows bound for other nodes, put as one block per expert)
 //             plus one scratch message per token; combine staging [E/R][R*T] bf16 rows (the zero-copy
 //             buffer)
@@ -28,9 +30,13 @@
 // Words are 8 bytes and come first, so every signal offset fits the proxy's 32-bit field. The word areas
 // depend only on R; the buffers on the whole shape (changing it needs clean_low_latency_buffer).
 //
-// Words written by another rank only ever grow or are cleared by their owner, and carry a tag that names the
-// operation: value = (tag << 20) | (count + 1), tag = ((operation & 1023) << 1) | (combine ? 1 : 0), so a
-// word from another operation or kind is caught instead of read as a count.
+// A word has one writer, another rank, and only grows: across nodes by the fabric's atomic add, within a node
+// by its writer storing its last value plus the delta. Nothing else writes it (a fabric may keep the value
+// itself, as the GPU's device_copy fabric does), so a reader keeps what it last read in a private word and a
+// delta is the difference; clean_low_latency_buffer re-reads every word into its private copy instead of
+// clearing anything. A count's delta carries a tag that names the operation: (tag << 20) | (count + 1), tag
+// = ((operation & 1023) << 1) | (combine ? 1 : 0), so a word from another operation or kind is caught instead
+// of read as a count.
 #pragma once
 
 #include <cstddef>
@@ -98,7 +104,9 @@ struct LowLatencyLayout {
   std::size_t combine_row = 0;    // one bf16 row: a combine slot
   std::size_t sync = 0;
   std::size_t release = 0;
+  std::size_t release_base = 0;
   std::size_t counts = 0;
+  std::size_t seen = 0;
   std::size_t send[kLowLatencyBuffers] = {0, 0};
   std::size_t recv[kLowLatencyBuffers] = {0, 0};
   std::size_t total_bytes = 0;
@@ -111,10 +119,17 @@ struct LowLatencyLayout {
   FERRY_HD std::size_t release_word(int buffer, int peer) const {
     return release + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
+  FERRY_HD std::size_t release_base_word(int buffer, int peer) const {
+    return release_base + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
+  }
   FERRY_HD std::size_t count_word(int buffer, std::int64_t index) const {
     return counts + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * E() + index);
   }
+  FERRY_HD std::size_t seen_word(int buffer, std::int64_t index) const {
+    return seen + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * E() + index);
+  }
   FERRY_HD std::size_t count_words_bytes() const { return kLowLatencyWordBytes * kLowLatencyBuffers * E(); }
+  FERRY_HD std::size_t release_words_bytes() const { return kLowLatencyWordBytes * kLowLatencyBuffers * R(); }
 
   // Dispatch, with this operation's message stride.
   FERRY_HD std::size_t dispatch_staging(int buffer, std::int64_t expert, std::int64_t position,
@@ -154,8 +169,12 @@ FERRY_HD inline LowLatencyLayout make_low_latency_layout(const LowLatencyShape& 
   offset += kLowLatencyWordBytes * R;
   layout.release = offset;
   offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
+  layout.release_base = offset;
+  offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
   layout.counts = align_up(offset, kPage);
   offset = layout.counts + kLowLatencyWordBytes * kLowLatencyBuffers * E;
+  layout.seen = offset;
+  offset += kLowLatencyWordBytes * kLowLatencyBuffers * E;
   const std::size_t dispatch_send = (E * T + T) * layout.message_bytes;
   const std::size_t combine_send = E * T * layout.combine_row;  // [E/R][R*T] rows
   const std::size_t send_bytes = align_up(dispatch_send > combine_send ? dispatch_send : combine_send, kPage);
@@ -187,8 +206,8 @@ FERRY_HD inline std::uint32_t signal_tag(std::uint64_t word) {
 FERRY_HD inline std::int64_t signal_count(std::uint64_t word) {
   return static_cast<std::int64_t>(word & ((std::uint64_t{1} << kLowLatencyCountBits) - 1)) - 1;
 }
-// A word stored within a node (not added through the fabric) may carry 32 more bits: where combine's rows
-// begin in the sender's staging.
+// A delta stored within a node (not added through the fabric, whose adds are 32-bit) may carry 32 more bits:
+// where combine's rows begin in the sender's staging.
 FERRY_HD inline std::uint64_t with_begin(std::uint64_t word, std::int64_t begin) {
   return word | (static_cast<std::uint64_t>(begin) << 32);
 }

@@ -247,23 +247,70 @@ FERRY_HD inline void count_path(Io& io, Reach reach, std::uint64_t messages, std
   path.bytes += bytes;
 }
 
+// Leader only: adds `delta` to this rank's word in a peer's region. Across nodes the fabric adds (after this
+// rank's earlier puts to the peer); within the node this rank, the word's only writer, stores its last value
+// plus the delta.
+template <class Io>
+FERRY_HD inline void add_to_word(Io& io, const LowLatencyContext& ctx, int peer, std::size_t word_offset,
+                                 std::uint64_t delta) {
+  const Reach reach = ctx.reach(peer);
+  if (reach == Reach::fabric) {
+    io.signal(peer, word_offset, delta);
+    io.traffic().fabric_signals += 1;
+    return;
+  }
+  std::uint64_t* word = counter_word(region_of(io, ctx, peer), word_offset);
+  io.store_release(word, io.load_private(word) + delta, reach);
+}
+
 // Leader only, after the block's rows are written: for another node the staged rows go as one put and the
 // word rides on it (visible after them); within the node the rows are in place and the word is released.
 template <class Io>
 FERRY_HD inline void publish_block(Io& io, const LowLatencyContext& ctx, int peer, std::size_t staged,
                                    std::size_t slot, std::size_t bytes, std::size_t word_offset,
-                                   std::uint64_t word) {
-  const Reach reach = ctx.reach(peer);
-  if (reach != Reach::fabric) {
-    io.store_release(counter_word(region_of(io, ctx, peer), word_offset), word, reach);
-    return;
-  }
-  if (bytes > 0) {
+                                   std::uint64_t delta) {
+  if (ctx.reach(peer) == Reach::fabric && bytes > 0) {
     io.put(peer, staged, slot, bytes);
     io.traffic().fabric_puts += 1;
   }
-  io.signal(peer, word_offset, word);
-  io.traffic().fabric_signals += 1;
+  add_to_word(io, ctx, peer, word_offset, delta);
+}
+
+// A count word of this rank's region: what arrived since it was last read (0: nothing yet).
+template <class Io>
+FERRY_HD inline std::uint64_t word_delta(Io& io, const LowLatencyContext& ctx, std::int64_t index,
+                                         int writer) {
+  const std::uint64_t value =
+      io.load_acquire(counter_word(io.local(), ctx.layout.count_word(ctx.buffer, index)), ctx.reach(writer));
+  return value - io.load_private(counter_word(io.local(), ctx.layout.seen_word(ctx.buffer, index)));
+}
+
+// Leader only: the delta has been taken.
+template <class Io>
+FERRY_HD inline void take_delta(Io& io, const LowLatencyContext& ctx, std::int64_t index,
+                                std::uint64_t delta) {
+  std::uint64_t* seen = counter_word(io.local(), ctx.layout.seen_word(ctx.buffer, index));
+  io.store_private(seen, io.load_private(seen) + delta);
+}
+
+// clean_low_latency_buffer, between its barriers (nothing is written then): this rank's private copies take
+// the values of its count and release words.
+template <class Io>
+FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) {
+  io.sync();
+  if (io.leader()) {
+    for (int b = 0; b < kLowLatencyBuffers; ++b) {
+      for (std::int64_t i = 0; i < layout.E(); ++i) {
+        io.store_private(counter_word(io.local(), layout.seen_word(b, i)),
+                         io.load_private(counter_word(io.local(), layout.count_word(b, i))));
+      }
+      for (int peer = 0; peer < layout.R(); ++peer) {
+        io.store_private(counter_word(io.local(), layout.release_base_word(b, peer)),
+                         io.load_private(counter_word(io.local(), layout.release_word(b, peer))));
+      }
+    }
+  }
+  io.sync();
 }
 
 // ---- phases ----
@@ -283,8 +330,10 @@ class LowLatencyAcquire {
         ++cursor_;
         continue;
       }
-      const std::uint64_t released = io.load_acquire(
-          counter_word(io.local(), ctx_.layout.release_word(ctx_.buffer, peer)), ctx_.reach(peer));
+      const std::uint64_t released =
+          io.load_acquire(counter_word(io.local(), ctx_.layout.release_word(ctx_.buffer, peer)),
+                          ctx_.reach(peer)) -
+          io.load_private(counter_word(io.local(), ctx_.layout.release_base_word(ctx_.buffer, peer)));
       if (released >= ctx_.use) {
         ++cursor_;
         clock_.reset();
@@ -459,9 +508,7 @@ class LowLatencyDispatchGather {
         ++source_;
         continue;
       }
-      std::uint64_t* word =
-          counter_word(io.local(), ctx.layout.count_word(ctx.buffer, static_cast<std::int64_t>(index)));
-      const std::uint64_t value = io.load_acquire(word, ctx.reach(source));
+      const std::uint64_t value = word_delta(io, ctx, static_cast<std::int64_t>(index), source);
       if (value == 0) {
         const std::uint64_t waited = clock_.waited(io);
         if (waited <= ctx.mask_after_ns) {
@@ -487,8 +534,7 @@ class LowLatencyDispatchGather {
         }
       }
       io.sync();
-      if (io.leader())
-        io.store_private(word, 0);  // free for the buffer's next use (released after this phase)
+      if (io.leader()) take_delta(io, ctx, static_cast<std::int64_t>(index), value);
       finish_source(io, index, waited, count);
       result.progressed = true;
     }
@@ -566,14 +612,7 @@ class LowLatencyRelease {
     for (int i = 0; i < R; ++i) {
       const int peer = rotated(i, R, ctx_.rank);
       if (!slice_.owns(peer) || peer == ctx_.rank || is_masked(io, ctx_, peer) || !io.leader()) continue;
-      const std::size_t word = ctx_.layout.release_word(ctx_.buffer, ctx_.rank);
-      const Reach reach = ctx_.reach(peer);
-      if (reach == Reach::fabric) {
-        io.signal(peer, word, 1);
-        io.traffic().fabric_signals += 1;
-      } else {
-        io.store_release(counter_word(region_of(io, ctx_, peer), word), ctx_.use + 1, reach);
-      }
+      add_to_word(io, ctx_, peer, ctx_.layout.release_word(ctx_.buffer, ctx_.rank), 1);
     }
     result.progressed = true;
     result.done = true;
@@ -665,8 +704,7 @@ class LowLatencyCombineWait {
         ++expert_;
         continue;
       }
-      std::uint64_t* word = counter_word(io.local(), ctx.layout.count_word(ctx.buffer, expert_));
-      const std::uint64_t value = io.load_acquire(word, ctx.reach(peer));
+      const std::uint64_t value = word_delta(io, ctx, expert_, peer);
       if (value == 0) {
         const std::uint64_t waited = clock_.waited(io);
         if (waited <= ctx.mask_after_ns) {
@@ -690,7 +728,7 @@ class LowLatencyCombineWait {
         return result;
       }
       io.sync();
-      if (io.leader()) io.store_private(word, 0);
+      if (io.leader()) take_delta(io, ctx, expert_, value);
       // Where the expert's rows for this rank are: our slots (across nodes) or its staging (within the node).
       io.store(plan_.row_base + expert_,
                static_cast<std::int64_t>(
