@@ -821,6 +821,7 @@ class LowLatencyBarrier {
           const Reach reach = ctx_.reach(peer);
           if (reach == Reach::fabric) {
             io.put(peer, mine, mine, kLowLatencyWordBytes);
+            io.signal(peer, ctx_.layout.sync_ack_word(ctx_.rank), 0);  // carries the put (put_signal)
             io.traffic().fabric_puts += 1;
           } else {
             io.store_release(counter_word(region_of(io, ctx_, peer), mine), epoch_, reach);
