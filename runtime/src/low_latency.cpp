@@ -310,6 +310,16 @@ void check_config(const LowLatencyConfig& config) {
   }
   if (config.timeout <= Duration::zero())
     fail(Errc::invalid_argument, "LowLatencyConfig::timeout must be > 0");
+  if (config.host_lanes < 1 || config.host_lanes > 64) {
+    fail(Errc::invalid_argument,
+         "LowLatencyConfig::host_lanes must be in [1, 64], not " + std::to_string(config.host_lanes));
+  }
+}
+
+h::LowLatencyEngineOptions engine_options(const LowLatencyConfig& config) {
+  h::LowLatencyEngineOptions options;
+  options.lanes = config.host_lanes;
+  return options;
 }
 
 // Every rank must register the same number of bytes: compare them now, by name.
@@ -351,7 +361,8 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // first touch.
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
                                                     "ferry-lowlat", false);
-  impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory());
+  impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
+                                                      engine_options(config));
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());
   impl.queue = std::make_unique<OperationQueue>(impl.rank);
 }
@@ -369,7 +380,8 @@ LowLatencyBuffer::LowLatencyBuffer(LocalCluster& cluster, int rank, const LowLat
   impl.num_nodes = world.num_nodes;
   impl.local_size = world.local_size;
   try {
-    impl.engine = std::make_unique<h::LowLatencyEngine>(rank, impl.topology(), regions.memory(rank));
+    impl.engine = std::make_unique<h::LowLatencyEngine>(rank, impl.topology(), regions.memory(rank),
+                                                        engine_options(config));
   } catch (...) {
     world.release_low_latency(rank);
     throw;

@@ -39,10 +39,12 @@ inline Config tiny_normal_config() {
 class LowLatencyCluster {
  public:
   LowLatencyCluster(int num_nodes, int local_size, std::size_t bytes,
-                    Duration timeout = std::chrono::seconds(20))
+                    Duration timeout = std::chrono::seconds(20), int host_lanes = 1)
       : cluster_(std::make_unique<LocalCluster>(num_nodes, local_size, tiny_normal_config())) {
-    for (int r = 0; r < num_nodes * local_size; ++r)
-      buffers_.push_back(std::make_unique<LowLatencyBuffer>(*cluster_, r, LowLatencyConfig{bytes, timeout}));
+    for (int r = 0; r < num_nodes * local_size; ++r) {
+      buffers_.push_back(
+          std::make_unique<LowLatencyBuffer>(*cluster_, r, LowLatencyConfig{bytes, timeout, host_lanes}));
+    }
   }
 
   int num_ranks() const { return static_cast<int>(buffers_.size()); }

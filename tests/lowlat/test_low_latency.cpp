@@ -84,6 +84,26 @@ TEST_CASE("low-latency dispatch and combine match the reference on 1x8, 2x2, 3x3
   }
 }
 
+// Every phase as two role instances, each run by three threads that share its state exactly as warp groups do
+// on a GPU: a role whose threads would take different branches or write shared state from a non-leader fails
+// here (and under TSan), on the CPU.
+TEST_CASE("low-latency: the GPU's execution model on the CPU (groups of lanes) gives the reference results",
+          "[lowlat]") {
+  auto rng = seeded("low-latency lanes");
+  for (Topology topo : {Topology{2, 2}, Topology{1, 3}}) {
+    const int R = topo.nodes * topo.local;
+    LowLatencyShapeSpec spec = spec_of(topo.nodes, topo.local, 256, 8);
+    LowLatencyCluster cluster(topo.nodes, topo.local, get_low_latency_rdma_size_hint(8, 256, R, 2 * R),
+                              std::chrono::seconds(20), 3);
+    for (int round = 0; round < 3; ++round) {
+      INFO(topo.nodes << "x" << topo.local << " round " << round);
+      const LowLatencyScenario scenario = make_low_latency_scenario(spec, rng);
+      round_trip(cluster, scenario, random_flags(rng), CallMode::async, CallMode::async, round == 1,
+                 Masked(R, false));
+    }
+  }
+}
+
 TEST_CASE("low-latency: every token on one expert fills its slots, tokens without experts send nothing",
           "[lowlat]") {
   auto rng = seeded("low-latency one expert");

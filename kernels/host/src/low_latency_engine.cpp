@@ -7,6 +7,7 @@
 #include "describe.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/kernels/protocol/role_loop.hpp"
+#include "group_runner.hpp"
 #include "low_latency_io.hpp"
 
 namespace ferry::kernels::host {
@@ -74,6 +75,7 @@ struct LowLatencyEngine::Impl {
   int rank;
   p::Topology topo;
   RankMemory memory;
+  LowLatencyEngineOptions options;
   std::unique_ptr<LockedWriter> writer;
   mutable std::mutex traffic_mutex;
   p::Traffic traffic;
@@ -121,23 +123,56 @@ struct LowLatencyEngine::Impl {
     }
   }
 
+  // Lanes mode: the jobs by groups of threads, as warp groups run them (group_runner.hpp).
+  void run_lanes(const std::vector<GroupJob>& jobs, p::Traffic& tally) {
+    GroupRun run;
+    run.rank = rank;
+    run.lanes = options.lanes;
+    run.local = memory.local;
+    run.node = memory.node;
+    run.writers.assign(jobs.size(), writer.get());
+    run_groups(jobs, run, tally);
+  }
+
+  // One phase: Role built from (io, arg, slice), on this thread or as slices of lane groups.
+  template <template <class> class Role, class Arg>
+  void phase(const Arg& arg, const p::LowLatencyContext& ctx, LowLatencyHostIo& io, p::Traffic& tally) {
+    if (options.lanes <= 1) {
+      drive(Role<LowLatencyHostIo>(io, arg, p::RoleSlice{}), io, ctx);
+      return;
+    }
+    const std::uint64_t stuck_after = 2 * ctx.mask_after_ns + 1'000'000'000ull;
+    std::vector<GroupJob> jobs;
+    for (int s = 0; s < options.slices; ++s) {
+      jobs.push_back({-1, [&arg, s, slices = options.slices, stuck_after](LaneIo& lane) {
+                        Role<LaneIo> role(lane, arg, p::RoleSlice{s, slices});
+                        return p::drive_role(role, lane, stuck_after);
+                      }});
+    }
+    run_lanes(jobs, tally);
+  }
+
   template <class Body>
   void run_half(const p::LowLatencyContext& ctx, Body body) {
     p::Traffic tally;
     LowLatencyHostIo host_io = io(&tally);
-    body(host_io);
+    body(host_io, tally);
     hand_over(ctx);
     std::lock_guard lock(traffic_mutex);
     traffic.add(tally);
   }
 };
 
-LowLatencyEngine::LowLatencyEngine(int rank, const p::Topology& topo, RankMemory memory)
+LowLatencyEngine::LowLatencyEngine(int rank, const p::Topology& topo, RankMemory memory,
+                                   const LowLatencyEngineOptions& options)
     : impl_(std::make_unique<Impl>()) {
   Impl& impl = *impl_;
   impl.rank = rank;
   impl.topo = topo;
   impl.memory = memory;
+  impl.options = options;
+  if (options.lanes > 1 && options.slices < 1)
+    fail(Errc::invalid_argument, "low-latency lanes mode needs slices >= 1");
   if (topo.num_nodes > 1) {
     if (memory.remote == nullptr) {
       fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " has peers on " +
@@ -163,46 +198,42 @@ p::Traffic LowLatencyEngine::traffic() const {
 
 void LowLatencyEngine::dispatch_send(const p::LowLatencyDispatchPlan& plan) {
   Impl& impl = *impl_;
-  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
-    const p::RoleSlice all;
-    impl.drive(p::LowLatencyAcquire<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
-    impl.drive(p::LowLatencyDispatchScatter<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
-    impl.drive(p::LowLatencyDispatchPublish<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io, p::Traffic& tally) {
+    impl.phase<p::LowLatencyAcquire>(plan.ctx, plan.ctx, io, tally);
+    impl.phase<p::LowLatencyDispatchScatter>(plan, plan.ctx, io, tally);
+    impl.phase<p::LowLatencyDispatchPublish>(plan, plan.ctx, io, tally);
   });
 }
 
 void LowLatencyEngine::dispatch_receive(const p::LowLatencyDispatchPlan& plan) {
   Impl& impl = *impl_;
-  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
-    const p::RoleSlice all;
-    impl.drive(p::LowLatencyDispatchGather<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
-    impl.drive(p::LowLatencyRelease<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io, p::Traffic& tally) {
+    impl.phase<p::LowLatencyDispatchGather>(plan, plan.ctx, io, tally);
+    impl.phase<p::LowLatencyRelease>(plan.ctx, plan.ctx, io, tally);
   });
 }
 
 void LowLatencyEngine::combine_send(const p::LowLatencyCombinePlan& plan) {
   Impl& impl = *impl_;
-  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
-    const p::RoleSlice all;
-    impl.drive(p::LowLatencyAcquire<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
-    impl.drive(p::LowLatencyCombineReturn<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io, p::Traffic& tally) {
+    impl.phase<p::LowLatencyAcquire>(plan.ctx, plan.ctx, io, tally);
+    impl.phase<p::LowLatencyCombineReturn>(plan, plan.ctx, io, tally);
   });
 }
 
 void LowLatencyEngine::combine_receive(const p::LowLatencyCombinePlan& plan) {
   Impl& impl = *impl_;
-  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io) {
-    const p::RoleSlice all;
-    impl.drive(p::LowLatencyCombineWait<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
-    impl.drive(p::LowLatencyCombineReduce<LowLatencyHostIo>(io, plan, all), io, plan.ctx);
-    impl.drive(p::LowLatencyRelease<LowLatencyHostIo>(io, plan.ctx, all), io, plan.ctx);
+  impl.run_half(plan.ctx, [&](LowLatencyHostIo& io, p::Traffic& tally) {
+    impl.phase<p::LowLatencyCombineWait>(plan, plan.ctx, io, tally);
+    impl.phase<p::LowLatencyCombineReduce>(plan, plan.ctx, io, tally);
+    impl.phase<p::LowLatencyRelease>(plan.ctx, plan.ctx, io, tally);
   });
 }
 
 void LowLatencyEngine::acquire(const p::LowLatencyContext& ctx) {
   Impl& impl = *impl_;
-  impl.run_half(ctx, [&](LowLatencyHostIo& io) {
-    impl.drive(p::LowLatencyAcquire<LowLatencyHostIo>(io, ctx, p::RoleSlice{}), io, ctx);
+  impl.run_half(ctx, [&](LowLatencyHostIo& io, p::Traffic& tally) {
+    impl.phase<p::LowLatencyAcquire>(ctx, ctx, io, tally);
   });
 }
 
@@ -213,10 +244,10 @@ void LowLatencyEngine::clean(const p::LowLatencyContext& ctx, std::uint64_t epoc
                                      std::to_string(impl.memory.bytes) + " bytes but the shape needs " +
                                      std::to_string(ctx.layout.total_bytes));
   }
-  impl.run_half(ctx, [&](LowLatencyHostIo& io) {
+  // Nobody writes a count or release word between the two barriers (every rank has finished its
+  // operations): this rank's private copies catch up with them.
+  impl.run_half(ctx, [&](LowLatencyHostIo& io, p::Traffic&) {
     impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 1), io, ctx);
-    // Nobody writes a count or release word between the two barriers (every rank has finished its
-    // operations): this rank's private copies catch up with them.
     p::sync_private_words(io, ctx.layout);
     impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 2), io, ctx);
   });

@@ -59,6 +59,9 @@ std::size_t get_low_latency_rdma_size_hint(std::int64_t num_max_dispatch_tokens_
 struct LowLatencyConfig {
   std::size_t num_rdma_bytes = 0;      // registered bytes per rank (get_low_latency_rdma_size_hint); > 0
   Duration timeout = kDefaultTimeout;  // a rank silent this long is masked
+  // Tests of the GPU's execution model on the CPU: > 1 runs every phase as two role instances, each by this
+  // many threads sharing its state as a group of warps does (Config::host_lanes' twin).
+  int host_lanes = 1;
 };
 
 class LowLatencyBuffer;

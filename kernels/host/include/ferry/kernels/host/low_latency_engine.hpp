@@ -16,10 +16,19 @@
 
 namespace ferry::kernels::host {
 
+// lanes > 1: the GPU's execution model on the CPU, for tests. Every phase runs as `slices` role instances,
+// each by `lanes` threads sharing its state as a group of warps does (lane_group.hpp), so a role whose
+// threads would diverge fails here.
+struct LowLatencyEngineOptions {
+  int lanes = 1;
+  int slices = 2;
+};
+
 class LowLatencyEngine {
  public:
   // `memory.local` is this rank's low-latency region (`memory.bytes` bytes, zeroed before first use).
-  LowLatencyEngine(int rank, const protocol::Topology& topo, RankMemory memory);
+  LowLatencyEngine(int rank, const protocol::Topology& topo, RankMemory memory,
+                   const LowLatencyEngineOptions& options = {});
   ~LowLatencyEngine();
   LowLatencyEngine(const LowLatencyEngine&) = delete;
   LowLatencyEngine& operator=(const LowLatencyEngine&) = delete;
