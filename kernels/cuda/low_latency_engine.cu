@@ -82,6 +82,16 @@ struct LowLatencyDeviceEngine::Impl {
                                        " plans for its " + std::to_string(ranks.size()) + " ranks");
     }
   }
+
+  // The start of a send half: a new operation, so no rank is aborted any more.
+  template <class Plan>
+  cudaStream_t begin_send(const std::vector<Plan>& plans, void* stream) {
+    check_count(plans);
+    const cudaStream_t s = as_stream(stream);
+    check(cudaMemsetAsync(aborts.data(), 0, sizeof(std::uint32_t) * plans.size(), s),
+          "clear the abort words");
+    return s;
+  }
 };
 
 LowLatencyDeviceEngine::LowLatencyDeviceEngine(const p::Topology& topo,
@@ -144,10 +154,7 @@ int LowLatencyDeviceEngine::num_ranks() const {
 void LowLatencyDeviceEngine::dispatch_send(const std::vector<p::LowLatencyDispatchPlan>& plans,
                                            void* stream) {
   Impl& impl = *impl_;
-  impl.check_count(plans);
-  const cudaStream_t s = as_stream(stream);
-  check(cudaMemsetAsync(impl.aborts.data(), 0, sizeof(std::uint32_t) * plans.size(), s),
-        "clear the abort words");
+  const cudaStream_t s = impl.begin_send(plans, stream);
   for (std::size_t i = 0; i < plans.size(); ++i) {
     launch_slots(plans[i], impl.rank_static(i), s);
     launch_context_phase(LowLatencyPhase::acquire, plans[i].ctx, impl.rank_static(i), impl.posting(), s);
@@ -170,10 +177,7 @@ void LowLatencyDeviceEngine::dispatch_receive(const std::vector<p::LowLatencyDis
 
 void LowLatencyDeviceEngine::combine_send(const std::vector<p::LowLatencyCombinePlan>& plans, void* stream) {
   Impl& impl = *impl_;
-  impl.check_count(plans);
-  const cudaStream_t s = as_stream(stream);
-  check(cudaMemsetAsync(impl.aborts.data(), 0, sizeof(std::uint32_t) * plans.size(), s),
-        "clear the abort words");
+  const cudaStream_t s = impl.begin_send(plans, stream);
   for (std::size_t i = 0; i < plans.size(); ++i) {
     launch_context_phase(LowLatencyPhase::acquire, plans[i].ctx, impl.rank_static(i), impl.posting(), s);
     launch_combine_phase(LowLatencyPhase::combine_return, plans[i], impl.rank_static(i), impl.posting(), s);
