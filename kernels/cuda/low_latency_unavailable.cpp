@@ -5,7 +5,7 @@
 namespace ferry::kernels::cuda {
 
 namespace {
-[[noreturn]] void no_cuda() {
+[[noreturn]] void no_low_latency_cuda() {
   fail(Errc::unsupported, "this build of ferry has no CUDA executor (nvcc was not found)");
 }
 }  // namespace
@@ -15,43 +15,43 @@ struct LowLatencyVirtualCluster::Impl {};
 
 LowLatencyDeviceEngine::LowLatencyDeviceEngine(const protocol::Topology&, std::vector<LowLatencyDeviceRank>,
                                                const LowLatencyDeviceOptions&) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 LowLatencyDeviceEngine::~LowLatencyDeviceEngine() = default;
 int LowLatencyDeviceEngine::num_ranks() const {
-  no_cuda();
+  no_low_latency_cuda();
 }
 void LowLatencyDeviceEngine::dispatch_send(const std::vector<protocol::LowLatencyDispatchPlan>&, void*) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 void LowLatencyDeviceEngine::dispatch_receive(const std::vector<protocol::LowLatencyDispatchPlan>&, void*) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 void LowLatencyDeviceEngine::combine_send(const std::vector<protocol::LowLatencyCombinePlan>&, void*) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 void LowLatencyDeviceEngine::combine_receive(const std::vector<protocol::LowLatencyCombinePlan>&, void*) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 void LowLatencyDeviceEngine::clean(const std::vector<protocol::LowLatencyContext>&, std::uint64_t, void*) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 void LowLatencyDeviceEngine::finish(void*) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 
 LowLatencyVirtualCluster::LowLatencyVirtualCluster(int, int, std::size_t, const LowLatencyDeviceOptions&) {
-  no_cuda();
+  no_low_latency_cuda();
 }
 LowLatencyVirtualCluster::~LowLatencyVirtualCluster() = default;
 int LowLatencyVirtualCluster::num_ranks() const {
-  no_cuda();
+  no_low_latency_cuda();
 }
 std::byte* LowLatencyVirtualCluster::region(int) const {
-  no_cuda();
+  no_low_latency_cuda();
 }
 LowLatencyDeviceEngine& LowLatencyVirtualCluster::engine() {
-  no_cuda();
+  no_low_latency_cuda();
 }
 
 }  // namespace ferry::kernels::cuda

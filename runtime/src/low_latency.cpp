@@ -36,14 +36,14 @@ struct LowLatencyRecord {
   std::int64_t num_tokens = 0;
   int num_topk = 0;
   std::uint32_t operation = 0;
-  std::vector<std::int64_t> topk_idx;       // [T * K]
-  std::vector<std::int32_t> slot;           // [T * K]
-  std::vector<std::int32_t> send_count;     // [E]
-  Tensor src_info;                          // int32 [E/R, R*T]
-  Tensor layout_range;                      // int64 [E/R, R]
-  std::atomic<bool> received{false};        // the dispatch's receive half has run
-  std::shared_ptr<LowLatencyReceive> hook;  // its hook, when it was issued with one
-  std::optional<Event> event;               // async_finish
+  std::vector<std::int64_t> topk_idx;     // [T * K]
+  std::vector<std::int32_t> slot;         // [T * K]
+  std::vector<std::int32_t> send_count;   // [E]
+  Tensor src_info;                        // int32 [E/R, R*T]
+  Tensor layout_range;                    // int64 [E/R, R]
+  std::atomic<bool> received{false};      // the dispatch's receive half has run
+  std::weak_ptr<LowLatencyReceive> hook;  // its hook, when issued with one (the hook owns the record)
+  std::optional<Event> event;             // async_finish
 };
 
 struct LowLatencyReceive {
@@ -391,6 +391,15 @@ LowLatencyBuffer::LowLatencyBuffer(LocalCluster& cluster, int rank, const LowLat
 }
 
 LowLatencyBuffer::~LowLatencyBuffer() {
+  // A hook that outlives its buffer fails by name instead of touching what is gone.
+  for (auto& use : impl_->uses) {
+    if (!use || !use->hook) continue;
+    std::lock_guard lock(use->hook->mutex);
+    if (use->hook->taken) continue;
+    use->hook->run = [] {
+      fail(Errc::invalid_argument, "this receive hook's LowLatencyBuffer was destroyed before the hook ran");
+    };
+  }
   impl_->queue.reset();
   impl_->engine.reset();
   impl_->transport.reset();
@@ -496,7 +505,8 @@ LowLatencyDispatchResult LowLatencyBuffer::low_latency_dispatch(const TensorView
   h::LowLatencyEngine* engine = impl.engine.get();
   auto send = [engine, plan, record] { engine->dispatch_send(*plan); };
   // The result tensors stay alive with the plan (recv_count and the scales are written by the receive).
-  auto keep = std::make_shared<LowLatencyDispatchResult>(result);
+  auto keep = std::make_shared<std::vector<Tensor>>(
+      std::vector<Tensor>{result.recv_x, result.recv_x_scales, result.recv_count});
   auto receive = [&impl, engine, plan, record, wait_ns, options, keep] {
     engine->dispatch_receive(*plan);
     impl.add_dispatch_stats(*plan, options);
@@ -548,11 +558,15 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   if (x.empty()) fail(Errc::invalid_argument, "x is required: the experts' rows, [E/R, R*T, hidden] bf16");
   // The dispatch's receives placed the rows x answers: they must have been taken.
   if (!record->received.load(std::memory_order_acquire)) {
-    if (record->hook && record->hook->pending()) {
+    if (auto hook = record->hook.lock(); hook && hook->pending()) {
       fail(Errc::invalid_argument, "the handle's dispatch (operation " + std::to_string(record->operation) +
                                        ") has not been received: call its hook first");
     }
     if (record->event) record->event->wait();
+    if (!record->received.load(std::memory_order_acquire)) {
+      fail(Errc::invalid_argument, "the handle's dispatch (operation " + std::to_string(record->operation) +
+                                       ") was never received (its hook was dropped, or it failed)");
+    }
   }
 
   LowLatencyCombineResult result;

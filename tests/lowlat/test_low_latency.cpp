@@ -215,6 +215,20 @@ TEST_CASE("low-latency: two results may be held, a third operation is refused by
   round_trip(cluster, a, {true, false, false}, CallMode::hook, CallMode::plain, true, none);
 }
 
+TEST_CASE("low-latency: a hook that outlives its buffer fails by name", "[lowlat]") {
+  auto rng = seeded("low-latency orphan hook");
+  LowLatencyShapeSpec spec = spec_of(1, 1, 128, 4);
+  const LowLatencyScenario scenario = make_low_latency_scenario(spec, rng);
+  LowLatencyHook hook;
+  {
+    LowLatencyCluster cluster(1, 1, get_low_latency_rdma_size_hint(4, 128, 1, 2));
+    LowLatencyDispatchOptions options;
+    options.return_recv_hook = true;
+    hook = cluster.buffer(0).low_latency_dispatch(scenario.x(0), scenario.topk(0), 4, 2, options).hook;
+  }
+  CHECK_ERROR(hook(), Errc::invalid_argument, "LowLatencyBuffer was destroyed before the hook ran");
+}
+
 TEST_CASE("low-latency hook: the send half returns before any peer sends, and nothing runs until the hook",
           "[lowlat]") {
   auto rng = seeded("low-latency hook");
