@@ -46,14 +46,17 @@ struct LowLatencyRecord {
   std::optional<Event> event;             // async_finish
 };
 
+// A receive half waiting for its hook. Its lock is never held while the receive runs (the receive takes the
+// buffer's lock, which is held while a hook's state is read).
 struct LowLatencyReceive {
+  enum class State : std::uint8_t { waiting, running, done };
   std::mutex mutex;
-  bool taken = false;
+  State state = State::waiting;
   std::function<void()> run;
 
   bool pending() {
     std::lock_guard lock(mutex);
-    return !taken;
+    return state != State::done;
   }
 };
 
@@ -86,12 +89,25 @@ const Tensor& LowLatencyHandle::packed_recv_layout_range() const {
 }
 
 void LowLatencyHook::operator()() const {
+  using State = detail::LowLatencyReceive::State;
   if (!receive_)
     fail(Errc::invalid_argument, "this LowLatencyHook is empty: the call had no return_recv_hook");
-  std::lock_guard lock(receive_->mutex);
-  if (receive_->taken) fail(Errc::invalid_argument, "this low-latency receive hook has already been called");
-  receive_->taken = true;
-  receive_->run();
+  std::function<void()> run;
+  {
+    std::lock_guard lock(receive_->mutex);
+    if (receive_->state != State::waiting)
+      fail(Errc::invalid_argument, "this low-latency receive hook has already been called");
+    receive_->state = State::running;
+    run = receive_->run;
+  }
+  struct Done {
+    detail::LowLatencyReceive& receive;
+    ~Done() {
+      std::lock_guard lock(receive.mutex);
+      receive.state = State::done;
+    }
+  } done{*receive_};
+  run();
 }
 
 std::size_t get_low_latency_rdma_size_hint(std::int64_t num_max_dispatch_tokens_per_rank, std::int64_t hidden,
@@ -395,7 +411,7 @@ LowLatencyBuffer::~LowLatencyBuffer() {
   for (auto& use : impl_->uses) {
     if (!use || !use->hook) continue;
     std::lock_guard lock(use->hook->mutex);
-    if (use->hook->taken) continue;
+    if (use->hook->state != detail::LowLatencyReceive::State::waiting) continue;
     use->hook->run = [] {
       fail(Errc::invalid_argument, "this receive hook's LowLatencyBuffer was destroyed before the hook ran");
     };

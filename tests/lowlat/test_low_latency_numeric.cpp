@@ -16,8 +16,8 @@ namespace h = ferry::kernels::host;
 TEST_CASE("low-latency: the branchless e4m3 conversion gives numeric.hpp's bits for every kind of float",
           "[lowlat]") {
   std::uint64_t checked = 0;
-  // Every 251st bit pattern: all exponents, signs, NaNs and infinities, mantissas of every rounding case.
-  for (std::uint64_t bits = 0; bits < (std::uint64_t{1} << 32); bits += 251) {
+  // Every 509th bit pattern: all exponents, signs, NaNs and infinities, mantissas of every rounding case.
+  for (std::uint64_t bits = 0; bits < (std::uint64_t{1} << 32); bits += 509) {
     const float value = p::bits_to_float(static_cast<std::uint32_t>(bits));
     if (p::float_to_e4m3_branchless(value) != p::float_to_e4m3(value)) {
       FAIL("bits " << bits << ": branchless " << int{p::float_to_e4m3_branchless(value)} << ", numeric.hpp "
@@ -30,7 +30,7 @@ TEST_CASE("low-latency: the branchless e4m3 conversion gives numeric.hpp's bits 
                       0.0009765625f, 0.00048828125f, 1.0625f, 1.1875f, -1.0625f, 3.0e-8f}) {
     CHECK(int{p::float_to_e4m3_branchless(value)} == int{p::float_to_e4m3(value)});
   }
-  CHECK(checked > 17'000'000);
+  CHECK(checked > 8'000'000);
 }
 
 TEST_CASE("low-latency: the host's fp8 cast and weighted sum give the reference bits", "[lowlat]") {

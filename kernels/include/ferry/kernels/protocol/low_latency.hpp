@@ -18,13 +18,13 @@
 // rank that runs ahead never overwrites rows a slower one has not read.
 //
 // The region of one rank (R ranks, E experts, T = max tokens per rank, H = hidden):
-//   sync          [R] words     clean barrier: epoch each peer reached (put by the peer)
-//   sync_ack      [R] words     the zero signal that follows each such put (fabrics post a put with a signal)
-//   release       [2][R] words  buffer b: uses of it each peer has released
-//   release_base  [2][R] words  (private) each release word's value at the last clean
-//   counts        [2][E] words  buffer b: dispatch [local expert][source], or combine [global expert]
-//   seen          [2][E] words  (private) each count word's value when last read
-//   send[b]   dispatch staging [E][T] messages (rows bound for other nodes, put as one block per expert)
+//   sync          [R] words     clean barrier: epoch each peer reached
+//   sync_sent     [R] words     (private) the epoch this rank last told each peer (a fabric adds the
+//   difference) release       [2][R] words  buffer b: uses of it each peer has released release_base  [2][R]
+//   words  (private) each release word's value at the last clean counts        [2][E] words  buffer b:
+//   dispatch [local expert][source], or combine [global expert] seen          [2][E] words  (private) each
+//   count word's value when last read send[b]   dispatch staging [E][T] messages (rows bound for other nodes,
+//   put as one block per expert)
 //             plus one scratch message per token; combine staging [E/R][R*T] bf16 rows (the zero-copy
 //             buffer)
 //   recv[b]   dispatch slots [E/R][R][T] messages; combine slots [E][T] bf16 rows
@@ -104,7 +104,7 @@ struct LowLatencyLayout {
   std::size_t message_bytes = 0;  // the largest dispatch message (bf16 rows): what the slots are sized for
   std::size_t combine_row = 0;    // one bf16 row: a combine slot
   std::size_t sync = 0;
-  std::size_t sync_ack = 0;
+  std::size_t sync_sent = 0;
   std::size_t release = 0;
   std::size_t release_base = 0;
   std::size_t counts = 0;
@@ -118,7 +118,7 @@ struct LowLatencyLayout {
   FERRY_HD std::int64_t E() const { return shape.num_experts; }
 
   FERRY_HD std::size_t sync_word(int peer) const { return sync + kLowLatencyWordBytes * peer; }
-  FERRY_HD std::size_t sync_ack_word(int peer) const { return sync_ack + kLowLatencyWordBytes * peer; }
+  FERRY_HD std::size_t sync_sent_word(int peer) const { return sync_sent + kLowLatencyWordBytes * peer; }
   FERRY_HD std::size_t release_word(int buffer, int peer) const {
     return release + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
@@ -170,7 +170,7 @@ FERRY_HD inline LowLatencyLayout make_low_latency_layout(const LowLatencyShape& 
   std::size_t offset = 0;
   layout.sync = offset;
   offset += kLowLatencyWordBytes * R;
-  layout.sync_ack = offset;
+  layout.sync_sent = offset;
   offset += kLowLatencyWordBytes * R;
   layout.release = offset;
   offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;

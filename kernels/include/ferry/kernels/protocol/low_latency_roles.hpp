@@ -799,8 +799,9 @@ class LowLatencyCombineReduce {
   std::int64_t token_ = 0;
 };
 
-// clean_low_latency_buffer's barrier: this rank's epoch into every peer's sync word (a put of the word, so a
-// missed barrier never leaves a peer behind for good), then every peer's epoch awaited; silent peers masked.
+// clean_low_latency_buffer's barrier: this rank's epoch into every peer's sync word (within the node stored;
+// across nodes added as the difference from what this rank last told that peer, so a barrier missed while a
+// peer was masked never leaves it behind for good), then every peer's epoch awaited; silent peers masked.
 template <class Io>
 class LowLatencyBarrier {
  public:
@@ -814,15 +815,16 @@ class LowLatencyBarrier {
     if (!announced_) {
       io.sync();
       if (io.leader()) {
-        io.store_release(counter_word(io.local(), mine), epoch_, Reach::self);
         for (int i = 0; i < R; ++i) {
           const int peer = rotated(i, R, ctx_.rank);
           if (peer == ctx_.rank || is_masked(io, ctx_, peer)) continue;
           const Reach reach = ctx_.reach(peer);
           if (reach == Reach::fabric) {
-            io.put(peer, mine, mine, kLowLatencyWordBytes);
-            io.signal(peer, ctx_.layout.sync_ack_word(ctx_.rank), 0);  // carries the put (put_signal)
-            io.traffic().fabric_puts += 1;
+            std::uint64_t* told = counter_word(io.local(), ctx_.layout.sync_sent_word(peer));
+            const std::uint64_t before = io.load_private(told);
+            if (epoch_ > before) io.signal(peer, mine, epoch_ - before);
+            io.store_private(told, epoch_);
+            io.traffic().fabric_signals += 1;
           } else {
             io.store_release(counter_word(region_of(io, ctx_, peer), mine), epoch_, reach);
           }
