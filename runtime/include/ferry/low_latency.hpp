@@ -180,8 +180,8 @@ class LowLatencyBuffer {
                                               const LowLatencyCombineOptions& options = {});
 
   // Collective: a barrier (masked ranks skipped), this rank's copies of its signal words brought up to date
-  // (nothing is cleared: words only grow), a barrier; the operation count starts again. Needed after a rank is
-  // unmasked, before a new shape is used, and after a failed operation.
+  // (nothing is cleared: words only grow), a barrier; the operation count starts again. Needed after a rank
+  // is unmasked, before a new shape is used, and after a failed operation.
   void clean_low_latency_buffer(std::int64_t num_max_dispatch_tokens_per_rank, std::int64_t hidden,
                                 std::int64_t num_experts);
   // The bf16 [E/R, R*T, H] staging the next combine sends from: fill it and combine with zero_copy. Valid
