@@ -141,20 +141,30 @@ class GroupTransport::ProxyMemory final : public h::RemoteMemory {
   int next_ring_ = 0;
 };
 
+namespace {
+std::size_t signals_end(const kernels::protocol::BufferLayout& layout) {
+  // Commands carry 32-bit signal offsets: the counters come first in the layout, so this holds for any size.
+  const auto& last = layout.families[kernels::protocol::kRingKinds - 1];
+  return last.counters + last.counter_bytes();
+}
+}  // namespace
+
 GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayout& layout, std::size_t bytes,
                                int workers, Duration timeout)
+    : GroupTransport(group, bytes, signals_end(layout), workers, timeout, "ferry-buffer") {}
+
+GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t signals_end, int workers,
+                               Duration timeout, const std::string& tag, bool reserve_pages)
     : group_(group) {
   t::Peers peers = peers_of(group, timeout);
-  shared_ = t::make_shm_peer_memory(peers, bytes, "ferry-buffer");
+  shared_ = t::make_shm_peer_memory(peers, bytes, tag, reserve_pages);
   node_ = std::make_unique<NodeView>(*shared_);
   if (group.num_nodes() == 1) {
     health_ = std::make_unique<Health>(group, nullptr);
     return;
   }
-  // Commands carry 32-bit signal offsets: the counters come first in the layout, so this holds for any size.
-  const auto& last = layout.families[kernels::protocol::kRingKinds - 1];
-  if (last.counters + last.counter_bytes() > std::numeric_limits<std::uint32_t>::max()) {
-    fail(Errc::internal, "ring counters beyond the first 4 GiB of the buffer cannot be signalled");
+  if (signals_end > std::numeric_limits<std::uint32_t>::max()) {
+    fail(Errc::internal, "signal words beyond the first 4 GiB of the region cannot be signalled");
   }
   t::FabricOptions fabric_options;
   fabric_options.kind = t::fabric_kind_from_env();

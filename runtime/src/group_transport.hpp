@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "ferry/group.hpp"
@@ -21,6 +22,11 @@ class GroupTransport {
   // Collective over the job. `workers`: channel workers of this rank, one command ring each.
   GroupTransport(Group& group, const kernels::protocol::BufferLayout& layout, std::size_t bytes, int workers,
                  Duration timeout);
+  // Any region: `signals_end` bounds the offsets of the words signals add to (they must fit 32 bits), `tag`
+  // names the shared-memory segment (one per region of a job), `reserve_pages` = false leaves its pages to
+  // first touch (make_shm_peer_memory).
+  GroupTransport(Group& group, std::size_t bytes, std::size_t signals_end, int workers, Duration timeout,
+                 const std::string& tag, bool reserve_pages = true);
   // Collective: waits until this rank's puts have landed, meets the other ranks, then releases the fabric and
   // the shared memory, so no rank tears down memory a peer still writes into.
   ~GroupTransport();

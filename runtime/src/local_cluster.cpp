@@ -23,6 +23,37 @@ void LocalCluster::Impl::release(int rank) {
   claimed[rank] = false;
 }
 
+kernels::host::LocalWorld& LocalCluster::Impl::claim_low_latency(int rank, std::size_t bytes) {
+  std::lock_guard lock(mutex);
+  if (rank < 0 || rank >= static_cast<int>(claimed.size())) {
+    fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " is not in this LocalCluster of " +
+                                     std::to_string(claimed.size()) + " ranks");
+  }
+  if (!low_latency) {
+    kernels::protocol::Topology topo;
+    topo.num_nodes = num_nodes;
+    topo.local_size = local_size;
+    low_latency = std::make_unique<kernels::host::LocalWorld>(topo, bytes);
+    low_latency_claimed.assign(claimed.size(), false);
+  }
+  if (low_latency->bytes() != bytes) {
+    fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " asks for a low-latency region of " +
+                                     std::to_string(bytes) + " bytes but this LocalCluster's has " +
+                                     std::to_string(low_latency->bytes()) + ": every rank must use the same");
+  }
+  if (low_latency_claimed[rank]) {
+    fail(Errc::invalid_argument,
+         "rank " + std::to_string(rank) + " of this LocalCluster already has a LowLatencyBuffer");
+  }
+  low_latency_claimed[rank] = true;
+  return *low_latency;
+}
+
+void LocalCluster::Impl::release_low_latency(int rank) {
+  std::lock_guard lock(mutex);
+  low_latency_claimed[rank] = false;
+}
+
 LocalCluster::LocalCluster(int num_nodes, int local_size, const Config& config)
     : impl_(std::make_unique<Impl>()) {
   config.validate(num_nodes, local_size);

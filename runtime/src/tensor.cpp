@@ -21,6 +21,8 @@ const char* to_string(DType dtype) {
       return "int64";
     case DType::uint8:
       return "uint8";
+    case DType::int32:
+      return "int32";
   }
   return "unknown";
 }
@@ -37,6 +39,8 @@ std::size_t element_size(DType dtype) {
       return 8;
     case DType::uint8:
       return 1;
+    case DType::int32:
+      return 4;
   }
   return 0;
 }

@@ -10,6 +10,7 @@
 
 #include "bench/dispatch_bench.hpp"
 #include "bench/gpu/gpu_bench_command.hpp"
+#include "bench/low_latency_bench.hpp"
 #include "bench/proxy_bench.hpp"
 #include "bench/sizes.hpp"
 #include "bench/transport_bench.hpp"
@@ -153,6 +154,7 @@ void register_bench(CLI::App& app, int& exit_code) {
     exit_code = 0;
   });
   register_dispatch_bench(*bench, exit_code);
+  register_low_latency_bench(*bench, exit_code);
   register_gpu_bench(*bench, exit_code);
 }
 

@@ -27,6 +27,20 @@ const char* stage_name(Stage stage) {
       return "combine-forward";
     case Stage::combine_receive:
       return "combine-receive";
+    case Stage::low_latency_acquire:
+      return "low-latency-acquire";
+    case Stage::low_latency_dispatch_send:
+      return "low-latency-dispatch-send";
+    case Stage::low_latency_dispatch_receive:
+      return "low-latency-dispatch-receive";
+    case Stage::low_latency_combine_send:
+      return "low-latency-combine-send";
+    case Stage::low_latency_combine_receive:
+      return "low-latency-combine-receive";
+    case Stage::low_latency_release:
+      return "low-latency-release";
+    case Stage::low_latency_barrier:
+      return "low-latency-barrier";
   }
   return "unknown-stage";
 }

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 
+#include "ferry/kernels/host/low_latency_numeric.hpp"
 #include "ferry/kernels/host/memory.hpp"
 #include "ferry/kernels/host/reduce.hpp"
 #include "ferry/kernels/protocol/io.hpp"
@@ -122,6 +123,34 @@ class LaneIo {
     part.bias = job.bias != nullptr ? job.bias + offset : nullptr;
     part.out = job.out + offset;
     host::reduce_rows(part);
+  }
+
+  // The low-latency mode's bulk operations: each lane casts its own run of 128-value blocks, or sums its own
+  // range of elements (the same bits as one thread).
+  void quantize(const protocol::QuantizeRow& job) {
+    const std::int64_t blocks = protocol::scale_blocks(job.hidden);
+    const std::int64_t share = (blocks + group_.lanes() - 1) / group_.lanes();
+    const std::int64_t first = std::min(blocks, share * lane_);
+    const std::int64_t last = std::min(blocks, first + share);
+    if (last <= first) return;
+    protocol::QuantizeRow part = job;
+    const std::int64_t begin = first * protocol::kFp8BlockSize;
+    part.x = job.x + begin;
+    part.hidden = std::min(job.hidden, last * protocol::kFp8BlockSize) - begin;
+    part.out = job.out + begin;
+    part.scales = job.scales + first;
+    host::quantize_row(part);
+  }
+  void weighted_sum(const protocol::WeightedRows& job) {
+    const std::int64_t share = (job.hidden + group_.lanes() - 1) / group_.lanes();
+    const std::int64_t begin = std::min(job.hidden, share * lane_);
+    const std::int64_t end = std::min(job.hidden, begin + share);
+    if (end <= begin) return;
+    protocol::WeightedRows part = job;
+    for (int k = 0; k < job.count; ++k) part.rows[k] = job.rows[k] + begin;
+    part.hidden = end - begin;
+    part.out = job.out + begin;
+    host::weighted_sum(part);
   }
 
   // Fabric posts happen on the leader only. A failure there (the proxy is gone) must not leave the other

@@ -83,6 +83,16 @@ LocalWorld::LocalWorld(const protocol::BufferLayout& layout) : layout_(layout) {
   for (std::size_t i = 0; i < words; ++i) ledger_[i].store(0, std::memory_order_relaxed);
 }
 
+LocalWorld::LocalWorld(const protocol::Topology& topo, std::size_t bytes)
+    : LocalWorld([&] {
+        protocol::BufferLayout raw;
+        raw.params.topo = topo;
+        raw.total_bytes = bytes;
+        return raw;
+      }()) {
+  with_rings_ = false;
+}
+
 LocalWorld::~LocalWorld() = default;
 
 RankMemory LocalWorld::memory(int rank) {
@@ -95,6 +105,7 @@ RankMemory LocalWorld::memory(int rank) {
 }
 
 void LocalWorld::record_put(int source, int target, std::size_t dst_offset, std::size_t bytes) {
+  if (!with_rings_) return;
   int family = -1;
   for (int kind = 0; kind < protocol::kRingKinds; ++kind) {
     const protocol::RingFamily& ring = layout_.families[kind];

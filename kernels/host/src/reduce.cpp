@@ -8,17 +8,9 @@
 // contraction into FMAs), so the bits do not depend on the machine.
 #include "ferry/kernels/host/reduce.hpp"
 
-namespace ferry::kernels::host {
+#include "vector_clones.hpp"
 
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && __has_attribute(flatten)
-#define FERRY_VECTOR_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
-#endif
-#endif
-#ifndef FERRY_VECTOR_CLONES
-#define FERRY_VECTOR_CLONES
-#endif
+namespace ferry::kernels::host {
 
 FERRY_VECTOR_CLONES void reduce_rows(const protocol::ReduceRows& job) {
   protocol::reduce_rows(job);

@@ -248,6 +248,7 @@ class LocalCluster {
 
  private:
   friend class Buffer;
+  friend class LowLatencyBuffer;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -9,6 +9,7 @@
 #include "ferry/gate.hpp"
 #include "ferry/group.hpp"
 #include "ferry/layout.hpp"
+#include "ferry/low_latency.hpp"
 #include "ferry/peer_channel.hpp"
 #include "ferry/tensor.hpp"
 #include "ferry/version.hpp"

@@ -12,7 +12,7 @@
 
 namespace ferry {
 
-enum class DType : std::uint8_t { bf16, fp32, fp8_e4m3, int64, uint8 };
+enum class DType : std::uint8_t { bf16, fp32, fp8_e4m3, int64, uint8, int32 };
 enum class Device : std::uint8_t { host, cuda };
 
 const char* to_string(DType dtype);

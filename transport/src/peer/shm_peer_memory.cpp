@@ -105,7 +105,7 @@ Mapping map_segment(int fd, const std::string& name, std::size_t bytes) {
 
 // Creates, sizes and maps this rank's own segment. The pages are reserved up front (posix_fallocate), so a
 // full /dev/shm is an error here rather than a SIGBUS on first touch.
-Mapping create_own_segment(const std::string& name, std::size_t bytes) {
+Mapping create_own_segment(const std::string& name, std::size_t bytes, bool reserve) {
   int raw = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
   if (raw < 0) {
     int err = errno;
@@ -125,7 +125,7 @@ Mapping create_own_segment(const std::string& name, std::size_t bytes) {
     fail_errno("shm peer memory: ftruncate of segment " + name + " to " + std::to_string(bytes) + " bytes",
                errno);
   }
-  int err = posix_fallocate(fd.get(), 0, static_cast<off_t>(bytes));
+  int err = reserve ? posix_fallocate(fd.get(), 0, static_cast<off_t>(bytes)) : 0;
   if (err == ENOSPC) {
     fail(Errc::system, "shm peer memory: /dev/shm has no room for segment " + name + " of " +
                            std::to_string(bytes) + " bytes (see df /dev/shm)");
@@ -216,14 +216,14 @@ std::vector<std::string> remove_shm_segments(const std::string& job_id) {
 }
 
 std::unique_ptr<PeerMemory> make_shm_peer_memory(const Peers& peers, std::size_t bytes,
-                                                 const std::string& tag) {
+                                                 const std::string& tag, bool reserve) {
   check_peers(peers, "shm peer memory");
   if (bytes == 0) fail(Errc::invalid_argument, "shm peer memory: bytes is 0");
   const std::string own_name = shm_segment_name(peers.job_id, peers.node(), peers.local_rank, tag);
   const std::string node_key =
       "ferry/shm/" + sanitize(tag, "tag", kMaxTagLength) + "/node" + std::to_string(peers.node());
 
-  Mapping own = create_own_segment(own_name, bytes);
+  Mapping own = create_own_segment(own_name, bytes, reserve);
   UnlinkGuard unlink_guard(own_name);
 
   detail::BlobWriter writer;

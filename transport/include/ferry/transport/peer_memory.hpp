@@ -36,8 +36,11 @@ class PeerMemory {
 // between local ranks, or a job id / tag that is empty or too long; Errc::system naming the segment and the
 // call when creating, sizing or mapping fails (a full /dev/shm is reported as such, not as a SIGBUS later);
 // Errc::timeout when a local rank does not arrive within peers.timeout.
+// `reserve` = false leaves the pages to first touch instead of reserving them all (posix_fallocate): for a
+// region sized for a worst case that is mostly never written (the low-latency mode's), at the price of a
+// SIGBUS instead of an error when /dev/shm fills up.
 std::unique_ptr<PeerMemory> make_shm_peer_memory(const Peers& peers, std::size_t bytes,
-                                                 const std::string& tag = "peer");
+                                                 const std::string& tag = "peer", bool reserve = true);
 
 // Collective over the node: cudaMalloc on `device` (zero-filled), handles exchanged through the store,
 // cudaIpcOpenMemHandle for ranks in other processes; ranks in this same process (virtual ranks) get plain

@@ -18,6 +18,14 @@ enum class Stage : std::uint8_t {
   combine_send,
   combine_forward,
   combine_receive,
+  // The low-latency mode (low_latency_roles.hpp).
+  low_latency_acquire,
+  low_latency_dispatch_send,
+  low_latency_dispatch_receive,
+  low_latency_combine_send,
+  low_latency_combine_receive,
+  low_latency_release,
+  low_latency_barrier,
 };
 
 enum class WaitKind : std::uint8_t {

@@ -24,11 +24,14 @@ struct PutTally {
 class LocalWorld {
  public:
   explicit LocalWorld(const protocol::BufferLayout& layout);
+  // Regions of `bytes` bytes without rings (the low-latency mode's): puts are not classified by family.
+  LocalWorld(const protocol::Topology& topo, std::size_t bytes);
   ~LocalWorld();
   LocalWorld(const LocalWorld&) = delete;
   LocalWorld& operator=(const LocalWorld&) = delete;
 
   const protocol::BufferLayout& layout() const { return layout_; }
+  std::size_t bytes() const { return layout_.total_bytes; }
   int num_ranks() const { return layout_.params.topo.num_ranks(); }
   RankMemory memory(int rank);
 
@@ -50,6 +53,7 @@ class LocalWorld {
   std::vector<std::unique_ptr<Node>> nodes_;
   std::vector<std::unique_ptr<Remote>> remotes_;
   std::unique_ptr<std::atomic<std::uint64_t>[]> ledger_;  // [source][target][family][puts, bytes]
+  bool with_rings_ = true;
 };
 
 }  // namespace ferry::kernels::host

@@ -1,0 +1,217 @@
+// The low-latency mode's kernels (low_latency_kernels.cuh): every role of protocol/low_latency_roles.hpp
+// instantiated with the device Io, for sm_80 and sm_90a.
+#include "device_memory.cuh"
+#include "ferry/kernels/protocol/role_loop.hpp"
+#include "low_latency_kernels.cuh"
+
+namespace ferry::kernels::cuda {
+
+namespace p = protocol;
+
+namespace {
+
+// The group's leader records how its role ended (the rank's first failure wins) and stops the other groups.
+__device__ void report_outcome(const LowLatencyDeviceIo& io, const p::RoleOutcome& outcome,
+                               const LowLatencyRankStatic& rank) {
+  if (!io.leader()) return;
+  DeviceFailure failure = DeviceFailure::none;
+  if (io.proxy_failed()) {
+    failure = DeviceFailure::proxy;
+  } else if (outcome.end == p::RoleEnd::fault) {
+    failure = DeviceFailure::fault;
+  } else if (outcome.end == p::RoleEnd::timeout) {
+    failure = DeviceFailure::timeout;
+  }
+  if (failure == DeviceFailure::none) return;
+  if (atomicCAS_system(&rank.report->failure, 0u, static_cast<unsigned>(failure)) == 0u) {
+    rank.report->rank = rank.rank;
+    rank.report->channel = -1;
+    rank.report->stage = static_cast<std::uint32_t>(outcome.last.stage);
+    rank.report->wait = outcome.last.wait;
+    rank.report->fault = outcome.last.fault;
+    rank.report->proxy_error = io.proxy_error();
+    __threadfence_system();
+  }
+  atomicExch(rank.abort, 1u);
+}
+
+// This thread's group: its Io (the group's own command ring when it may post) and its slice of the items.
+struct GroupPlace {
+  GroupShape shape;
+  p::RoleSlice slice;
+  ProxyPort port;
+};
+
+__device__ GroupPlace place(const LowLatencyRankStatic& rank, const LowLatencyLaunch& launch) {
+  const int threads = launch.warps_per_group * 32;
+  const int group = static_cast<int>(threadIdx.x) / threads;
+  GroupPlace where;
+  where.shape = GroupShape{group * threads, threads, 1 + group};
+  const int index = static_cast<int>(blockIdx.x) * launch.groups_per_block + group;
+  where.slice = p::RoleSlice{index, static_cast<int>(gridDim.x) * launch.groups_per_block};
+  if (rank.rings_present && index < kLowLatencyRings) {
+    where.port.ring = rank.rings[index];
+    where.port.region = rank.region;
+    where.port.present = true;
+  }
+  return where;
+}
+
+template <class Role>
+__device__ void drive_group(LowLatencyDeviceIo& io, Role& role, const LowLatencyRankStatic& rank,
+                            const LowLatencyLaunch& launch) {
+  const p::RoleOutcome outcome = p::drive_role(role, io, launch.timeout_ns);
+  report_outcome(io, outcome, rank);
+}
+
+// Builds the group's Io and role from (io, plan, slice) and drives it. Kept out of line so each role gets its
+// own register allocation.
+template <class Role, class Plan>
+__device__ __noinline__ void run_role(const Plan& plan, const LowLatencyRankStatic& rank,
+                                      const LowLatencyLaunch& launch) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  const GroupPlace where = place(rank, launch);
+  LowLatencyDeviceIo io(where.shape, rank.local, rank.node_peers,
+                        reinterpret_cast<std::uint64_t*>(shared) + 2 * (where.shape.barrier - 1), rank.abort,
+                        where.port, launch.timeout_ns);
+  Role role(io, plan, where.slice);
+  drive_group(io, role, rank, launch);
+}
+
+using Io = LowLatencyDeviceIo;
+
+__global__ void context_phase(p::LowLatencyContext ctx, const LowLatencyRankStatic* rank,
+                              LowLatencyLaunch launch, LowLatencyPhase phase) {
+  if (phase == LowLatencyPhase::acquire) {
+    run_role<p::LowLatencyAcquire<Io>>(ctx, *rank, launch);
+  } else {
+    run_role<p::LowLatencyRelease<Io>>(ctx, *rank, launch);
+  }
+}
+
+__global__ void dispatch_phase(p::LowLatencyDispatchPlan plan, const LowLatencyRankStatic* rank,
+                               LowLatencyLaunch launch, LowLatencyPhase phase) {
+  switch (phase) {
+    case LowLatencyPhase::dispatch_scatter:
+      run_role<p::LowLatencyDispatchScatter<Io>>(plan, *rank, launch);
+      break;
+    case LowLatencyPhase::dispatch_publish:
+      run_role<p::LowLatencyDispatchPublish<Io>>(plan, *rank, launch);
+      break;
+    case LowLatencyPhase::dispatch_gather:
+      run_role<p::LowLatencyDispatchGather<Io>>(plan, *rank, launch);
+      break;
+    default:
+      break;
+  }
+}
+
+__global__ void combine_phase(p::LowLatencyCombinePlan plan, const LowLatencyRankStatic* rank,
+                              LowLatencyLaunch launch, LowLatencyPhase phase) {
+  switch (phase) {
+    case LowLatencyPhase::combine_return:
+      run_role<p::LowLatencyCombineReturn<Io>>(plan, *rank, launch);
+      break;
+    case LowLatencyPhase::combine_wait:
+      run_role<p::LowLatencyCombineWait<Io>>(plan, *rank, launch);
+      break;
+    case LowLatencyPhase::combine_reduce:
+      run_role<p::LowLatencyCombineReduce<Io>>(plan, *rank, launch);
+      break;
+    default:
+      break;
+  }
+}
+
+// One thread per rank: assign_slots is a scan in (token, slot) order, cheap at decode sizes. A bad id is
+// recorded (and left out of the slots, so no peer waits for its row); finish() raises it.
+__global__ void slots_kernel(p::LowLatencyDispatchPlan plan, const LowLatencyRankStatic* rank) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  const p::SlotProblem problem =
+      p::assign_slots(plan.topk_idx, plan.num_tokens, plan.num_topk, plan.ctx.layout.E(),
+                      const_cast<std::int32_t*>(plan.slot), const_cast<std::int32_t*>(plan.send_count));
+  if (!problem.any()) return;
+  if (atomicCAS_system(&rank->report->failure, 0u, static_cast<unsigned>(DeviceFailure::fault)) == 0u) {
+    rank->report->rank = rank->rank;
+    rank->report->channel = -1;
+    rank->report->stage = static_cast<std::uint32_t>(p::Stage::low_latency_dispatch_send);
+    rank->report->fault.kind = p::FaultKind::bad_expert;
+    rank->report->fault.peer_rank = rank->rank;
+    rank->report->fault.token = problem.index / plan.num_topk;
+    rank->report->fault.got = plan.topk_idx[problem.index];
+    rank->report->fault.expected = plan.ctx.layout.E();
+    __threadfence_system();
+  }
+}
+
+// A block per rank, one warp each: barrier, private words re-read, barrier. A cooperative launch, so every
+// rank's block runs at once (or the launch fails instead of deadlocking).
+__global__ void clean_kernel(const p::LowLatencyContext* contexts, const LowLatencyRankStatic* ranks,
+                             std::uint64_t epoch, std::uint64_t timeout_ns) {
+  __shared__ __align__(16) std::uint64_t broadcast[2];
+  const LowLatencyRankStatic& rank = ranks[blockIdx.x];
+  const p::LowLatencyContext& ctx = contexts[blockIdx.x];
+  ProxyPort port;
+  if (rank.rings_present) {
+    port.ring = rank.rings[0];
+    port.region = rank.region;
+    port.present = true;
+  }
+  LowLatencyDeviceIo io(GroupShape{0, 32, 1}, rank.local, rank.node_peers, broadcast, rank.abort, port,
+                        timeout_ns);
+  p::LowLatencyBarrier<Io> first(io, ctx, 2 * epoch + 1);
+  p::RoleOutcome outcome = p::drive_role(first, io, timeout_ns);
+  report_outcome(io, outcome, rank);
+  if (outcome.end != p::RoleEnd::done) return;
+  p::sync_private_words(io, ctx.layout);
+  p::LowLatencyBarrier<Io> second(io, ctx, 2 * epoch + 2);
+  outcome = p::drive_role(second, io, timeout_ns);
+  report_outcome(io, outcome, rank);
+}
+
+dim3 threads_of(const LowLatencyLaunch& launch) {
+  return dim3(static_cast<unsigned>(launch.groups_per_block * launch.warps_per_group * 32));
+}
+
+std::size_t shared_of(const LowLatencyLaunch& launch) {
+  return 16u * static_cast<std::size_t>(launch.groups_per_block);
+}
+
+}  // namespace
+
+void launch_context_phase(LowLatencyPhase phase, const p::LowLatencyContext& ctx,
+                          const LowLatencyRankStatic* rank, const LowLatencyLaunch& launch,
+                          cudaStream_t stream) {
+  context_phase<<<launch.blocks, threads_of(launch), shared_of(launch), stream>>>(ctx, rank, launch, phase);
+  check(cudaGetLastError(), "launch of a low-latency phase");
+}
+
+void launch_dispatch_phase(LowLatencyPhase phase, const p::LowLatencyDispatchPlan& plan,
+                           const LowLatencyRankStatic* rank, const LowLatencyLaunch& launch,
+                           cudaStream_t stream) {
+  dispatch_phase<<<launch.blocks, threads_of(launch), shared_of(launch), stream>>>(plan, rank, launch, phase);
+  check(cudaGetLastError(), "launch of a low-latency dispatch phase");
+}
+
+void launch_combine_phase(LowLatencyPhase phase, const p::LowLatencyCombinePlan& plan,
+                          const LowLatencyRankStatic* rank, const LowLatencyLaunch& launch,
+                          cudaStream_t stream) {
+  combine_phase<<<launch.blocks, threads_of(launch), shared_of(launch), stream>>>(plan, rank, launch, phase);
+  check(cudaGetLastError(), "launch of a low-latency combine phase");
+}
+
+void launch_slots(const p::LowLatencyDispatchPlan& plan, const LowLatencyRankStatic* rank,
+                  cudaStream_t stream) {
+  slots_kernel<<<1, 32, 0, stream>>>(plan, rank);
+  check(cudaGetLastError(), "launch of the low-latency slot assignment");
+}
+
+void launch_clean(const p::LowLatencyContext* contexts, const LowLatencyRankStatic* ranks, int count,
+                  std::uint64_t epoch, std::uint64_t timeout_ns, cudaStream_t stream) {
+  void* args[] = {&contexts, &ranks, &epoch, &timeout_ns};
+  check(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&clean_kernel), dim3(count), dim3(32), args,
+                                    0, stream),
+        "cooperative launch of the low-latency clean (every rank's block at once)");
+}
+
+}  // namespace ferry::kernels::cuda

@@ -1,0 +1,866 @@
+// The roles of the low-latency mode (low_latency.hpp), written once for the host and the GPU against the Io
+// policy (io.hpp, role_loop.hpp) plus two bulk operations of this mode:
+//   void quantize(const QuantizeRow& job)    bf16 row -> e4m3 bytes + per-128 scales (shared by the group)
+//   void weighted_sum(const WeightedRows& job)   out = bf16(sum_k w_k * row_k), topk order (shared)
+//
+// An operation is a sequence of phases; every phase finishes on this rank before the next begins (the host
+// runs them in order on one thread, the GPU as consecutive kernels), which is what orders one phase's writes
+// before the next phase's signals:
+//   dispatch, send half:     acquire -> scatter (tokens) -> publish (experts)
+//   dispatch, receive half:  gather (local experts) -> release
+//   combine, send half:      acquire -> return (local expert, destination) blocks
+//   combine, receive half:   wait (experts) -> reduce (tokens) -> release
+// The send half never waits for data, so a caller can issue it and take the receive half later (the hook).
+// Waits never fail the operation: a peer that stays silent for ctx.mask_after_ns is masked (the mask says
+// so), skipped by every later phase, and its rows read as absent. Faults (a word of another operation, a
+// count beyond the slots) fail it.
+//
+// Roles keep their progress (cursors, wait start) in their own members: every thread of a group runs the same
+// code on values that are the same in every thread (counters through load_acquire, clocks through now(),
+// inputs and masks that no phase changes while it runs), so every thread's copy moves in step; only the
+// leader stores. The mask is only written by the waiting phases (acquire, gather, wait, barrier) and only
+// read by the other phases.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ferry/kernels/protocol/endpoints.hpp"
+#include "ferry/kernels/protocol/hd.hpp"
+#include "ferry/kernels/protocol/io.hpp"
+#include "ferry/kernels/protocol/low_latency.hpp"
+#include "ferry/kernels/protocol/step.hpp"
+#include "ferry/kernels/protocol/topology.hpp"
+
+namespace ferry::kernels::protocol {
+
+inline constexpr int kLowLatencyMaxTopk = 16;
+
+// ---- bulk operations (reference forms; executors provide the same bits) ----
+
+struct QuantizeRow {
+  const std::uint16_t* x = nullptr;  // bf16 [hidden]
+  std::int64_t hidden = 0;           // a multiple of 128
+  bool round_scale = false;
+  std::uint8_t* out = nullptr;  // e4m3 [hidden]
+  float* scales = nullptr;      // [hidden / 128] scale_inv
+};
+
+FERRY_HD inline void quantize_row(const QuantizeRow& job) {
+  for (std::int64_t b = 0; b * kFp8BlockSize < job.hidden; ++b) {
+    const std::int64_t first = b * kFp8BlockSize;
+    const int n = static_cast<int>(job.hidden - first < kFp8BlockSize ? job.hidden - first : kFp8BlockSize);
+    job.scales[b] = quantize_block(job.x + first, n, job.round_scale, job.out + first);
+  }
+}
+
+struct WeightedRows {
+  const std::uint16_t* rows[kLowLatencyMaxTopk] = {};  // bf16 [hidden] each
+  float weights[kLowLatencyMaxTopk] = {};
+  int count = 0;
+  std::int64_t hidden = 0;
+  std::uint16_t* out = nullptr;  // bf16 [hidden]; zeros when count == 0
+};
+
+FERRY_HD inline float weighted_element(const WeightedRows& job, std::int64_t i) {
+  float acc = 0.0f;
+  for (int k = 0; k < job.count; ++k)
+    acc = add_rn(acc, mul_rn(job.weights[k], bf16_to_float(job.rows[k][i])));
+  return acc;
+}
+
+FERRY_HD inline void weighted_sum_rows(const WeightedRows& job) {
+  for (std::int64_t i = 0; i < job.hidden; ++i) job.out[i] = float_to_bf16(weighted_element(job, i));
+}
+
+// ---- what one operation's phases read and write on one rank ----
+
+struct LowLatencyContext {
+  LowLatencyLayout layout;
+  Topology topo;  // num_nodes, local_size (channels unused)
+  int rank = 0;
+  std::uint32_t operation = 0;  // counted from the last clean; the same on every rank
+  int buffer = 0;               // operation % 2
+  std::uint64_t use = 0;        // uses of `buffer` before this one (operation / 2)
+  std::uint64_t mask_after_ns = 0;
+  std::uint64_t* mask = nullptr;  // [R] this rank's view: non-zero = skipped
+
+  FERRY_HD int num_ranks() const { return layout.R(); }
+  FERRY_HD std::int64_t local_experts() const { return layout.shape.local_experts(); }
+  FERRY_HD int rank_of_expert(std::int64_t expert) const {
+    return static_cast<int>(expert / layout.shape.local_experts());
+  }
+  FERRY_HD Reach reach(int peer) const { return reach_between(topo, rank, peer); }
+};
+
+struct LowLatencyDispatchPlan {
+  LowLatencyContext ctx;
+  LowLatencyMessage message;
+  bool round_scale = false;
+  bool ue8m0 = false;
+  std::uint32_t tag = 0;
+  std::uint32_t shape_check = 0;  // low_latency_shape_check(ctx.layout.shape, message.fp8)
+  // Source side.
+  const std::uint16_t* x = nullptr;        // [T, hidden] bf16
+  const std::int64_t* topk_idx = nullptr;  // [T, K]
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+  const std::int32_t* slot = nullptr;        // [T, K] position of the row at its expert; -1: not sent
+  const std::int32_t* send_count = nullptr;  // [E] rows for each expert
+  // Receive side ([E/R] local experts, R*T rows each).
+  std::byte* recv_x = nullptr;                // [E/R][R*T][hidden] e4m3 or bf16
+  float* recv_scales = nullptr;               // fp8, not ue8m0: [E/R][blocks][R*T]
+  std::uint8_t* recv_scales_ue8m0 = nullptr;  // ue8m0: [E/R][blocks/4][R*T][4]
+  std::int32_t* recv_count = nullptr;         // [E/R]
+  std::int32_t* recv_src_info = nullptr;      // [E/R][R*T] source token of every packed row
+  std::int64_t* layout_range = nullptr;       // [E/R][R] pack_range(begin, count) per source
+  std::int64_t* wait_ns = nullptr;            // [E/R][R] this operation's wait for each source's word
+};
+
+struct LowLatencyCombinePlan {
+  LowLatencyContext ctx;
+  std::uint32_t tag = 0;
+  // Expert side: this rank's results for the rows it received, packed as the dispatch packed them.
+  const std::uint16_t* x = nullptr;  // [E/R][R*T][hidden] bf16 (the staging itself with zero copy)
+  bool zero_copy = false;
+  const std::int64_t* layout_range = nullptr;  // [E/R][R] from the dispatch
+  // Source side.
+  const std::int64_t* topk_idx = nullptr;    // [T, K]
+  const float* topk_weights = nullptr;       // [T, K]
+  const std::int32_t* slot = nullptr;        // [T, K] from the dispatch
+  const std::int32_t* send_count = nullptr;  // [E] from the dispatch: rows each expert must return
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+  std::uint16_t* out = nullptr;     // [T, hidden] bf16
+  std::int64_t* wait_ns = nullptr;  // [E] this operation's wait for each expert's word
+  std::int64_t* row_base =
+      nullptr;  // [E] scratch: offset of the expert's rows in its rank's region (or ours)
+};
+
+// Each row's position at its expert, in (token, slot) order, and the rows per expert: the part of the routing
+// both ends derive from topk_idx alone (slots of -1 get -1). A token sends at most one row to an expert,
+// which is what bounds an expert's slots per source by the tokens: an id outside [0, E) or named twice by one
+// token is refused (the first such (token * K + slot) is returned, else -1).
+struct SlotProblem {
+  std::int64_t index = -1;
+  bool duplicate = false;  // else out of range
+
+  FERRY_HD bool any() const { return index >= 0; }
+};
+
+FERRY_HD inline SlotProblem assign_slots(const std::int64_t* topk_idx, std::int64_t num_tokens, int num_topk,
+                                         std::int64_t num_experts, std::int32_t* slot,
+                                         std::int32_t* send_count) {
+  for (std::int64_t e = 0; e < num_experts; ++e) send_count[e] = 0;
+  SlotProblem problem;
+  for (std::int64_t t = 0; t < num_tokens; ++t) {
+    const std::int64_t* row = topk_idx + t * num_topk;
+    for (int k = 0; k < num_topk; ++k) {
+      const std::int64_t i = t * num_topk + k;
+      const std::int64_t expert = row[k];
+      slot[i] = -1;
+      if (expert == -1) continue;
+      bool repeated = false;
+      for (int j = 0; j < k; ++j) repeated = repeated || row[j] == expert;
+      if (expert < 0 || expert >= num_experts || repeated) {
+        if (!problem.any()) problem = SlotProblem{i, repeated};
+        continue;
+      }
+      slot[i] = send_count[expert]++;
+    }
+  }
+  return problem;
+}
+
+// ---- shared helpers ----
+
+template <class Io>
+FERRY_HD inline std::byte* region_of(Io& io, const LowLatencyContext& ctx, int peer) {
+  return peer == ctx.rank ? io.local() : io.node_peer(ctx.topo.local_of(peer));
+}
+
+template <class Io>
+FERRY_HD inline bool is_masked(Io& io, const LowLatencyContext& ctx, int peer) {
+  return io.load_private(ctx.mask + peer) != 0;
+}
+
+// The uniform view of a mask word in a phase that may change masks.
+template <class Io>
+FERRY_HD inline bool is_masked_now(Io& io, const LowLatencyContext& ctx, int peer) {
+  return io.load_acquire(ctx.mask + peer, Reach::self) != 0;
+}
+
+template <class Io>
+FERRY_HD inline void mask_peer(Io& io, const LowLatencyContext& ctx, int peer) {
+  io.sync();
+  if (io.leader()) io.store_release(ctx.mask + peer, 1, Reach::self);
+  io.sync();
+}
+
+FERRY_HD inline StepResult low_latency_result(Stage stage) {
+  StepResult result;
+  result.stage = stage;
+  return result;
+}
+
+FERRY_HD inline Wait word_wait(int peer, std::uint64_t seen, std::uint64_t expected) {
+  Wait wait;
+  wait.kind = WaitKind::data;
+  wait.peer_rank = peer;
+  wait.head = seen;
+  wait.tail = expected;
+  return wait;
+}
+
+// Waiting for one word with the masking deadline: keeps when the wait began.
+struct WaitClock {
+  std::uint64_t since = 0;  // 0: not waiting
+
+  template <class Io>
+  FERRY_HD std::uint64_t waited(Io& io) {
+    const std::uint64_t now = io.now() | 1;
+    if (since == 0) since = now;
+    return now - since;
+  }
+  FERRY_HD void reset() { since = 0; }
+};
+
+FERRY_HD inline Fault low_latency_fault(FaultKind kind, int peer, std::int64_t got, std::int64_t expected) {
+  Fault fault;
+  fault.kind = kind;
+  fault.peer_rank = peer;
+  fault.got = got;
+  fault.expected = expected;
+  return fault;
+}
+
+// A word of this operation, or the fault that names the other operation it belongs to.
+FERRY_HD inline Fault check_tag(std::uint64_t word, std::uint32_t tag, int peer) {
+  if (signal_tag(word) == tag) return {};
+  return low_latency_fault(FaultKind::wrong_operation, peer, signal_tag(word), tag);
+}
+
+template <class Io>
+FERRY_HD inline void count_path(Io& io, Reach reach, std::uint64_t messages, std::uint64_t bytes) {
+  PathCount& path = path_of(io.traffic(), reach);
+  path.messages += messages;
+  path.bytes += bytes;
+}
+
+// Leader only: adds `delta` to this rank's word in a peer's region. Across nodes the fabric adds (after this
+// rank's earlier puts to the peer); within the node this rank, the word's only writer, stores its last value
+// plus the delta.
+template <class Io>
+FERRY_HD inline void add_to_word(Io& io, const LowLatencyContext& ctx, int peer, std::size_t word_offset,
+                                 std::uint64_t delta) {
+  const Reach reach = ctx.reach(peer);
+  if (reach == Reach::fabric) {
+    io.signal(peer, word_offset, delta);
+    io.traffic().fabric_signals += 1;
+    return;
+  }
+  std::uint64_t* word = counter_word(region_of(io, ctx, peer), word_offset);
+  io.store_release(word, io.load_private(word) + delta, reach);
+}
+
+// Leader only, after the block's rows are written: for another node the staged rows go as one put and the
+// word rides on it (visible after them); within the node the rows are in place and the word is released.
+template <class Io>
+FERRY_HD inline void publish_block(Io& io, const LowLatencyContext& ctx, int peer, std::size_t staged,
+                                   std::size_t slot, std::size_t bytes, std::size_t word_offset,
+                                   std::uint64_t delta) {
+  if (ctx.reach(peer) == Reach::fabric && bytes > 0) {
+    io.put(peer, staged, slot, bytes);
+    io.traffic().fabric_puts += 1;
+  }
+  add_to_word(io, ctx, peer, word_offset, delta);
+}
+
+// A count word of this rank's region: what arrived since it was last read (0: nothing yet).
+template <class Io>
+FERRY_HD inline std::uint64_t word_delta(Io& io, const LowLatencyContext& ctx, std::int64_t index,
+                                         int writer) {
+  const std::uint64_t value =
+      io.load_acquire(counter_word(io.local(), ctx.layout.count_word(ctx.buffer, index)), ctx.reach(writer));
+  return value - io.load_private(counter_word(io.local(), ctx.layout.seen_word(ctx.buffer, index)));
+}
+
+// Leader only: the delta has been taken.
+template <class Io>
+FERRY_HD inline void take_delta(Io& io, const LowLatencyContext& ctx, std::int64_t index,
+                                std::uint64_t delta) {
+  std::uint64_t* seen = counter_word(io.local(), ctx.layout.seen_word(ctx.buffer, index));
+  io.store_private(seen, io.load_private(seen) + delta);
+}
+
+// clean_low_latency_buffer, between its barriers (nothing is written then): this rank's private copies take
+// the values of its count and release words.
+template <class Io>
+FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) {
+  io.sync();
+  if (io.leader()) {
+    for (int b = 0; b < kLowLatencyBuffers; ++b) {
+      for (std::int64_t i = 0; i < layout.E(); ++i) {
+        io.store_private(counter_word(io.local(), layout.seen_word(b, i)),
+                         io.load_private(counter_word(io.local(), layout.count_word(b, i))));
+      }
+      for (int peer = 0; peer < layout.R(); ++peer) {
+        io.store_private(counter_word(io.local(), layout.release_base_word(b, peer)),
+                         io.load_private(counter_word(io.local(), layout.release_word(b, peer))));
+      }
+    }
+  }
+  io.sync();
+}
+
+// ---- phases ----
+
+// Before writing into a peer's buffer again: wait until the peer has released the buffer's previous use.
+template <class Io>
+class LowLatencyAcquire {
+ public:
+  FERRY_HD LowLatencyAcquire(Io&, const LowLatencyContext& ctx, RoleSlice slice) : ctx_(ctx), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_acquire);
+    const int R = ctx_.num_ranks();
+    while (cursor_ < R) {
+      const int peer = rotated(cursor_, R, ctx_.rank);
+      if (!slice_.owns(peer) || peer == ctx_.rank || ctx_.use == 0 || is_masked_now(io, ctx_, peer)) {
+        ++cursor_;
+        continue;
+      }
+      const std::uint64_t released =
+          io.load_acquire(counter_word(io.local(), ctx_.layout.release_word(ctx_.buffer, peer)),
+                          ctx_.reach(peer)) -
+          io.load_private(counter_word(io.local(), ctx_.layout.release_base_word(ctx_.buffer, peer)));
+      if (released >= ctx_.use) {
+        ++cursor_;
+        clock_.reset();
+        result.progressed = true;
+        continue;
+      }
+      if (clock_.waited(io) > ctx_.mask_after_ns) {
+        mask_peer(io, ctx_, peer);
+        ++cursor_;
+        clock_.reset();
+        result.progressed = true;
+        continue;
+      }
+      result.wait = word_wait(peer, released, ctx_.use);
+      return result;
+    }
+    result.done = true;
+    return result;
+  }
+
+ private:
+  LowLatencyContext ctx_;
+  RoleSlice slice_;
+  int cursor_ = 0;
+  WaitClock clock_;
+};
+
+// Each of this rank's tokens, once as a message in its scratch slot (cast to fp8 or copied), then into every
+// destination: a same-node expert's slot directly, another node's through the staging slot its publish puts.
+template <class Io>
+class LowLatencyDispatchScatter {
+ public:
+  FERRY_HD LowLatencyDispatchScatter(Io&, const LowLatencyDispatchPlan& plan, RoleSlice slice)
+      : plan_(plan), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_dispatch_send);
+    const LowLatencyContext& ctx = plan_.ctx;
+    while (token_ < plan_.num_tokens && !slice_.owns(static_cast<int>(token_))) ++token_;
+    if (token_ >= plan_.num_tokens) {
+      result.done = true;
+      return result;
+    }
+    const std::int64_t t = token_++;
+    const std::int64_t* ids = plan_.topk_idx + t * plan_.num_topk;
+    const std::int32_t* slots = plan_.slot + t * plan_.num_topk;
+    bool wanted = false;
+    for (int k = 0; k < plan_.num_topk; ++k)
+      wanted = wanted || (slots[k] >= 0 && !is_masked(io, ctx, ctx.rank_of_expert(ids[k])));
+    result.progressed = true;
+    if (!wanted) return result;
+
+    const LowLatencyMessage& message = plan_.message;
+    const std::size_t stride = message.stride;
+    std::byte* scratch = io.local() + ctx.layout.token_scratch(ctx.buffer, t, stride);
+    LowLatencyHeader header{};
+    header.source_token = static_cast<std::int32_t>(t);
+    header.tag = plan_.tag;
+    header.source_rank = ctx.rank;
+    header.shape_check = plan_.shape_check;
+    io.store(reinterpret_cast<LowLatencyHeader*>(scratch), header);
+    const std::uint16_t* row = plan_.x + t * message.hidden;
+    if (message.fp8) {
+      QuantizeRow job;
+      job.x = row;
+      job.hidden = message.hidden;
+      job.round_scale = plan_.round_scale;
+      job.out = reinterpret_cast<std::uint8_t*>(scratch + message.payload);
+      job.scales = reinterpret_cast<float*>(scratch + message.scales);
+      io.quantize(job);
+    } else {
+      io.copy(scratch + message.payload, row, message.row_bytes());
+    }
+    io.sync();  // the whole message is written before any thread copies it
+    for (int k = 0; k < plan_.num_topk; ++k) {
+      if (slots[k] < 0) continue;
+      const std::int64_t expert = ids[k];
+      const int peer = ctx.rank_of_expert(expert);
+      if (is_masked(io, ctx, peer)) continue;
+      const Reach reach = ctx.reach(peer);
+      if (reach == Reach::fabric) {
+        io.copy(io.local() + ctx.layout.dispatch_staging(ctx.buffer, expert, slots[k], stride), scratch,
+                stride);
+        count_path(io, reach, 1, stride);
+      } else {
+        // The receiver copies the row from this rank's scratch: the slot only says which token.
+        std::byte* slot =
+            region_of(io, ctx, peer) +
+            ctx.layout.dispatch_slot(ctx.buffer, expert % ctx.local_experts(), ctx.rank, slots[k], stride);
+        io.store(reinterpret_cast<LowLatencyHeader*>(slot), header);
+        count_path(io, reach, 1, sizeof(header));
+      }
+    }
+    return result;
+  }
+
+ private:
+  LowLatencyDispatchPlan plan_;
+  RoleSlice slice_;
+  std::int64_t token_ = 0;
+};
+
+// One word per (expert, this rank) at the expert's rank, after the rows: for another node the staged rows go
+// as one put that the word rides on; within the node the rows are already there.
+template <class Io>
+class LowLatencyDispatchPublish {
+ public:
+  FERRY_HD LowLatencyDispatchPublish(Io&, const LowLatencyDispatchPlan& plan, RoleSlice slice)
+      : plan_(plan), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_dispatch_send);
+    const LowLatencyContext& ctx = plan_.ctx;
+    const std::int64_t E = ctx.layout.E();
+    const std::int64_t L = ctx.local_experts();
+    const std::size_t stride = plan_.message.stride;
+    io.sync();
+    for (std::int64_t i = 0; i < E; ++i) {
+      // From the experts after this rank's own, so ranks do not all start with rank 0.
+      const std::int64_t expert = (i + (ctx.rank + 1) * L) % E;
+      if (!slice_.owns(static_cast<int>(expert))) continue;
+      const int peer = ctx.rank_of_expert(expert);
+      if (is_masked(io, ctx, peer) || !io.leader()) continue;
+      const std::int64_t count = plan_.send_count[expert];
+      publish_block(io, ctx, peer, ctx.layout.dispatch_staging(ctx.buffer, expert, 0, stride),
+                    ctx.layout.dispatch_slot(ctx.buffer, expert % L, ctx.rank, 0, stride),
+                    static_cast<std::size_t>(count) * stride,
+                    ctx.layout.count_word(ctx.buffer, (expert % L) * ctx.num_ranks() + ctx.rank),
+                    low_latency_signal(plan_.tag, count));
+    }
+    result.progressed = true;
+    result.done = true;
+    return result;
+  }
+
+ private:
+  LowLatencyDispatchPlan plan_;
+  RoleSlice slice_;
+};
+
+// For every local expert, every source in rank order: wait for its word, then copy its rows into the packed
+// output after the previous sources' (rows, scales, source tokens, the block's range).
+template <class Io>
+class LowLatencyDispatchGather {
+ public:
+  FERRY_HD LowLatencyDispatchGather(Io&, const LowLatencyDispatchPlan& plan, RoleSlice slice)
+      : plan_(plan), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_dispatch_receive);
+    const LowLatencyContext& ctx = plan_.ctx;
+    const std::int64_t L = ctx.local_experts();
+    const int R = ctx.num_ranks();
+    while (true) {
+      while (expert_ < L && !slice_.owns(static_cast<int>(expert_))) ++expert_;
+      if (expert_ >= L) {
+        result.done = true;
+        return result;
+      }
+      if (source_ == R) {
+        io.store(plan_.recv_count + expert_, static_cast<std::int32_t>(begin_));
+        ++expert_;
+        source_ = 0;
+        begin_ = 0;
+        result.progressed = true;
+        continue;
+      }
+      const int source = source_;
+      const std::size_t index = static_cast<std::size_t>(expert_ * R + source);
+      if (is_masked_now(io, ctx, source)) {
+        io.store(plan_.layout_range + index, pack_range(begin_, 0));
+        ++source_;
+        continue;
+      }
+      const std::uint64_t value = word_delta(io, ctx, static_cast<std::int64_t>(index), source);
+      if (value == 0) {
+        const std::uint64_t waited = clock_.waited(io);
+        if (waited <= ctx.mask_after_ns) {
+          result.wait = word_wait(source, 0, 1);
+          return result;
+        }
+        mask_peer(io, ctx, source);
+        finish_source(io, index, waited, 0);
+        result.progressed = true;
+        continue;
+      }
+      const std::uint64_t waited = clock_.since == 0 ? 0 : clock_.waited(io);
+      const std::int64_t count = signal_count(value);
+      result.fault = check_tag(value, plan_.tag, source);
+      if (!result.fault.any() && count > ctx.layout.T())
+        result.fault = low_latency_fault(FaultKind::too_many, source, count, ctx.layout.T());
+      if (result.fault.any()) return result;
+      for (std::int64_t i = 0; i < count; ++i) {
+        const Fault fault = take_row(io, source, i);
+        if (fault.any()) {
+          result.fault = fault;
+          return result;
+        }
+      }
+      io.sync();
+      if (io.leader()) take_delta(io, ctx, static_cast<std::int64_t>(index), value);
+      finish_source(io, index, waited, count);
+      result.progressed = true;
+    }
+  }
+
+ private:
+  template <class IoT>
+  FERRY_HD void finish_source(IoT& io, std::size_t index, std::uint64_t waited, std::int64_t count) {
+    io.store(plan_.layout_range + index, pack_range(begin_, count));
+    io.store(plan_.wait_ns + index, static_cast<std::int64_t>(waited));
+    begin_ += count;
+    ++source_;
+    clock_.reset();
+  }
+
+  // Row i of `source`'s block for the current expert, into packed row begin_ + i.
+  FERRY_HD Fault take_row(Io& io, int source, std::int64_t i) {
+    const LowLatencyContext& ctx = plan_.ctx;
+    const LowLatencyMessage& message = plan_.message;
+    const std::byte* slot =
+        io.local() + ctx.layout.dispatch_slot(ctx.buffer, expert_, source, i, message.stride);
+    LowLatencyHeader header;
+    std::memcpy(&header, slot, sizeof(header));
+    if (header.tag != plan_.tag)
+      return low_latency_fault(FaultKind::wrong_operation, source, header.tag, plan_.tag);
+    if (header.source_rank != source)
+      return low_latency_fault(FaultKind::wrong_source, source, header.source_rank, source);
+    if (header.shape_check != plan_.shape_check)
+      return low_latency_fault(FaultKind::wrong_settings, source, header.shape_check, plan_.shape_check);
+    if (header.source_token < 0 || header.source_token >= ctx.layout.T())
+      return low_latency_fault(FaultKind::wrong_token, source, header.source_token, ctx.layout.T());
+    // Across nodes the whole message is in the slot; within the node it is in the sender's scratch.
+    const std::byte* from =
+        ctx.reach(source) == Reach::fabric
+            ? slot
+            : region_of(io, ctx, source) +
+                  ctx.layout.token_scratch(ctx.buffer, header.source_token, message.stride);
+    const std::int64_t rows = ctx.layout.shape.rows_per_expert();
+    const std::int64_t row = begin_ + i;
+    io.copy(plan_.recv_x + static_cast<std::size_t>(expert_ * rows + row) * message.row_bytes(),
+            from + message.payload, message.row_bytes());
+    io.store(plan_.recv_src_info + expert_ * rows + row, header.source_token);
+    if (message.fp8 && io.leader()) {
+      const std::int64_t blocks = scale_blocks(message.hidden);
+      const float* scales = reinterpret_cast<const float*>(from + message.scales);
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        if (plan_.ue8m0) {
+          plan_.recv_scales_ue8m0[ue8m0_index(expert_, row, b, rows, blocks)] = ue8m0_of(scales[b]);
+        } else {
+          plan_.recv_scales[scale_index(expert_, row, b, rows, blocks)] = scales[b];
+        }
+      }
+    }
+    return {};
+  }
+
+  LowLatencyDispatchPlan plan_;
+  RoleSlice slice_;
+  std::int64_t expert_ = 0;
+  int source_ = 0;
+  std::int64_t begin_ = 0;
+  WaitClock clock_;
+};
+
+// After the receives: tell every sender this buffer is free again (its next use may write into it).
+template <class Io>
+class LowLatencyRelease {
+ public:
+  FERRY_HD LowLatencyRelease(Io&, const LowLatencyContext& ctx, RoleSlice slice) : ctx_(ctx), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_release);
+    const int R = ctx_.num_ranks();
+    io.sync();
+    for (int i = 0; i < R; ++i) {
+      const int peer = rotated(i, R, ctx_.rank);
+      if (!slice_.owns(peer) || peer == ctx_.rank || is_masked(io, ctx_, peer) || !io.leader()) continue;
+      add_to_word(io, ctx_, peer, ctx_.layout.release_word(ctx_.buffer, ctx_.rank), 1);
+    }
+    result.progressed = true;
+    result.done = true;
+    return result;
+  }
+
+ private:
+  LowLatencyContext ctx_;
+  RoleSlice slice_;
+};
+
+// Combine's send half: for each (local expert, source rank) block of rows this rank received, the expert's
+// results go back as one block into the source's slots (global expert, positions 0..count), then the word.
+template <class Io>
+class LowLatencyCombineReturn {
+ public:
+  FERRY_HD LowLatencyCombineReturn(Io&, const LowLatencyCombinePlan& plan, RoleSlice slice)
+      : plan_(plan), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_combine_send);
+    const LowLatencyContext& ctx = plan_.ctx;
+    const int R = ctx.num_ranks();
+    const std::int64_t L = ctx.local_experts();
+    const std::int64_t items = L * R;
+    while (item_ < items && !slice_.owns(static_cast<int>(item_))) ++item_;
+    if (item_ >= items) {
+      result.done = true;
+      return result;
+    }
+    // Destinations from the rank after this one, so ranks do not all start with rank 0.
+    const std::int64_t local_expert = item_ / R;
+    const int peer = static_cast<int>((item_ % R + ctx.rank + 1) % R);
+    ++item_;
+    result.progressed = true;
+    if (is_masked(io, ctx, peer)) return result;
+    const std::int64_t range = plan_.layout_range[local_expert * R + peer];
+    const std::int64_t begin = range_begin(range);
+    const std::int64_t count = range_count(range);
+    const std::int64_t expert = ctx.rank * L + local_expert;
+    const std::size_t row_bytes = ctx.layout.combine_row;
+    const std::size_t bytes = static_cast<std::size_t>(count) * row_bytes;
+    const std::uint16_t* rows =
+        plan_.x + static_cast<std::size_t>(local_expert * ctx.layout.shape.rows_per_expert() + begin) *
+                      static_cast<std::size_t>(ctx.layout.shape.hidden);
+    // The rows go into this rank's staging (already there with zero copy): across nodes they are put from
+    // there, within the node the source reads them there.
+    const std::size_t staging = ctx.layout.combine_staging(ctx.buffer, local_expert, begin);
+    const Reach reach = ctx.reach(peer);
+    if (count > 0 && !plan_.zero_copy) io.copy(io.local() + staging, rows, bytes);
+    io.sync();
+    if (io.leader()) {
+      const std::uint64_t word = low_latency_signal(plan_.tag, count);
+      publish_block(io, ctx, peer, staging, ctx.layout.combine_slot(ctx.buffer, expert, 0), bytes,
+                    ctx.layout.count_word(ctx.buffer, expert),
+                    reach == Reach::fabric ? word : with_begin(word, begin));
+    }
+    count_path(io, reach, static_cast<std::uint64_t>(count), bytes);
+    return result;
+  }
+
+ private:
+  LowLatencyCombinePlan plan_;
+  RoleSlice slice_;
+  std::int64_t item_ = 0;
+};
+
+// Combine's receive, first part: every expert's word (its rank's rows for this rank's tokens are in). An
+// expert rank that returns fewer rows than it was sent had skipped this rank in the dispatch: it is masked
+// too.
+template <class Io>
+class LowLatencyCombineWait {
+ public:
+  FERRY_HD LowLatencyCombineWait(Io&, const LowLatencyCombinePlan& plan, RoleSlice slice)
+      : plan_(plan), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_combine_receive);
+    const LowLatencyContext& ctx = plan_.ctx;
+    const std::int64_t E = ctx.layout.E();
+    while (true) {
+      while (expert_ < E && !slice_.owns(static_cast<int>(expert_))) ++expert_;
+      if (expert_ >= E) {
+        result.done = true;
+        return result;
+      }
+      const int peer = ctx.rank_of_expert(expert_);
+      if (is_masked_now(io, ctx, peer)) {
+        ++expert_;
+        continue;
+      }
+      const std::uint64_t value = word_delta(io, ctx, expert_, peer);
+      if (value == 0) {
+        const std::uint64_t waited = clock_.waited(io);
+        if (waited <= ctx.mask_after_ns) {
+          result.wait = word_wait(peer, 0, 1);
+          return result;
+        }
+        mask_peer(io, ctx, peer);
+        io.store(plan_.wait_ns + expert_, static_cast<std::int64_t>(waited));
+        next();
+        result.progressed = true;
+        continue;
+      }
+      const std::uint64_t waited = clock_.since == 0 ? 0 : clock_.waited(io);
+      result.fault = check_tag(value, plan_.tag, peer);
+      if (result.fault.any()) return result;
+      const std::int64_t count = signal_count(value);
+      const std::int64_t begin = signal_begin(value);
+      if (ctx.reach(peer) != Reach::fabric && begin + count > ctx.layout.shape.rows_per_expert()) {
+        result.fault =
+            low_latency_fault(FaultKind::too_many, peer, begin + count, ctx.layout.shape.rows_per_expert());
+        return result;
+      }
+      io.sync();
+      if (io.leader()) take_delta(io, ctx, expert_, value);
+      // Where the expert's rows for this rank are: our slots (across nodes) or its staging (within the node).
+      io.store(plan_.row_base + expert_,
+               static_cast<std::int64_t>(
+                   ctx.reach(peer) == Reach::fabric
+                       ? ctx.layout.combine_slot(ctx.buffer, expert_, 0)
+                       : ctx.layout.combine_staging(ctx.buffer, expert_ % ctx.local_experts(), begin)));
+      if (count != plan_.send_count[expert_]) mask_peer(io, ctx, peer);
+      io.store(plan_.wait_ns + expert_, static_cast<std::int64_t>(waited));
+      next();
+      result.progressed = true;
+    }
+  }
+
+ private:
+  FERRY_HD void next() {
+    ++expert_;
+    clock_.reset();
+  }
+
+  LowLatencyCombinePlan plan_;
+  RoleSlice slice_;
+  std::int64_t expert_ = 0;
+  WaitClock clock_;
+};
+
+// Combine's receive, second part: each token's rows weighted and summed in topk order (rows of masked ranks
+// left out; a token with none is zero).
+template <class Io>
+class LowLatencyCombineReduce {
+ public:
+  FERRY_HD LowLatencyCombineReduce(Io&, const LowLatencyCombinePlan& plan, RoleSlice slice)
+      : plan_(plan), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_combine_receive);
+    const LowLatencyContext& ctx = plan_.ctx;
+    while (token_ < plan_.num_tokens && !slice_.owns(static_cast<int>(token_))) ++token_;
+    if (token_ >= plan_.num_tokens) {
+      result.done = true;
+      return result;
+    }
+    const std::int64_t t = token_++;
+    WeightedRows job;
+    job.hidden = ctx.layout.shape.hidden;
+    job.out = plan_.out + t * job.hidden;
+    for (int k = 0; k < plan_.num_topk; ++k) {
+      const std::size_t i = static_cast<std::size_t>(t * plan_.num_topk + k);
+      const std::int32_t position = plan_.slot[i];
+      if (position < 0) continue;
+      const std::int64_t expert = plan_.topk_idx[i];
+      const int peer = ctx.rank_of_expert(expert);
+      if (is_masked(io, ctx, peer)) continue;
+      const std::byte* base =
+          (ctx.reach(peer) == Reach::fabric ? io.local() : region_of(io, ctx, peer)) + plan_.row_base[expert];
+      job.rows[job.count] = reinterpret_cast<const std::uint16_t*>(base + static_cast<std::size_t>(position) *
+                                                                              ctx.layout.combine_row);
+      job.weights[job.count] = plan_.topk_weights[i];
+      ++job.count;
+    }
+    io.weighted_sum(job);
+    result.progressed = true;
+    return result;
+  }
+
+ private:
+  LowLatencyCombinePlan plan_;
+  RoleSlice slice_;
+  std::int64_t token_ = 0;
+};
+
+// clean_low_latency_buffer's barrier: this rank's epoch into every peer's sync word (within the node stored;
+// across nodes added as the difference from what this rank last told that peer, so a barrier missed while a
+// peer was masked never leaves it behind for good), then every peer's epoch awaited; silent peers masked.
+template <class Io>
+class LowLatencyBarrier {
+ public:
+  FERRY_HD LowLatencyBarrier(Io&, const LowLatencyContext& ctx, std::uint64_t epoch)
+      : ctx_(ctx), epoch_(epoch) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_barrier);
+    const int R = ctx_.num_ranks();
+    const std::size_t mine = ctx_.layout.sync_word(ctx_.rank);
+    if (!announced_) {
+      io.sync();
+      if (io.leader()) {
+        for (int i = 0; i < R; ++i) {
+          const int peer = rotated(i, R, ctx_.rank);
+          if (peer == ctx_.rank || is_masked(io, ctx_, peer)) continue;
+          const Reach reach = ctx_.reach(peer);
+          if (reach == Reach::fabric) {
+            std::uint64_t* told = counter_word(io.local(), ctx_.layout.sync_sent_word(peer));
+            const std::uint64_t before = io.load_private(told);
+            if (epoch_ > before) io.signal(peer, mine, epoch_ - before);
+            io.store_private(told, epoch_);
+            io.traffic().fabric_signals += 1;
+          } else {
+            io.store_release(counter_word(region_of(io, ctx_, peer), mine), epoch_, reach);
+          }
+        }
+      }
+      announced_ = true;
+      result.progressed = true;
+    }
+    while (cursor_ < R) {
+      const int peer = rotated(cursor_, R, ctx_.rank);
+      if (peer == ctx_.rank || is_masked_now(io, ctx_, peer)) {
+        ++cursor_;
+        continue;
+      }
+      const std::uint64_t seen =
+          io.load_acquire(counter_word(io.local(), ctx_.layout.sync_word(peer)), ctx_.reach(peer));
+      if (seen >= epoch_ || clock_.waited(io) > ctx_.mask_after_ns) {
+        if (seen < epoch_) mask_peer(io, ctx_, peer);
+        ++cursor_;
+        clock_.reset();
+        result.progressed = true;
+        continue;
+      }
+      result.wait = word_wait(peer, seen, epoch_);
+      return result;
+    }
+    result.done = true;
+    return result;
+  }
+
+ private:
+  LowLatencyContext ctx_;
+  std::uint64_t epoch_;
+  bool announced_ = false;
+  int cursor_ = 0;
+  WaitClock clock_;
+};
+
+}  // namespace ferry::kernels::protocol

@@ -1,0 +1,723 @@
+// LowLatencyBuffer (ferry/low_latency.hpp) on the host executor (kernels/host/low_latency_engine.hpp).
+//
+// Which operation runs where: an operation's send half runs on the caller's thread (hook and plain calls) or
+// on the buffer's queue thread (async_finish), its receive half right after it, in the hook, or on the queue.
+// This file keeps the order: operation numbers in issue order, two buffers in turn, a third operation refused
+// while the oldest still holds its buffer with a hook nobody has called, and a plain or hook call waits for
+// an async operation still running on the buffer it needs.
+#include "ferry/low_latency.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "ferry/core/error.hpp"
+#include "ferry/kernels/host/low_latency_engine.hpp"
+#include "group_transport.hpp"
+#include "local_cluster.hpp"
+#include "low_latency_checks.hpp"
+#include "operation_queue.hpp"
+
+namespace ferry {
+
+namespace p = kernels::protocol;
+namespace h = kernels::host;
+
+namespace detail {
+
+struct LowLatencyRecord {
+  const LowLatencyBuffer::Impl* owner = nullptr;
+  std::uint64_t generation = 0;  // cleans of the owner before the dispatch
+  p::LowLatencyShape shape;
+  std::int64_t num_tokens = 0;
+  int num_topk = 0;
+  std::uint32_t operation = 0;
+  std::vector<std::int64_t> topk_idx;     // [T * K]
+  std::vector<std::int32_t> slot;         // [T * K]
+  std::vector<std::int32_t> send_count;   // [E]
+  Tensor src_info;                        // int32 [E/R, R*T]
+  Tensor layout_range;                    // int64 [E/R, R]
+  std::atomic<bool> received{false};      // the dispatch's receive half has run
+  std::weak_ptr<LowLatencyReceive> hook;  // its hook, when issued with one (the hook owns the record)
+  std::optional<Event> event;             // async_finish
+};
+
+// A receive half waiting for its hook. Its lock is never held while the receive runs (the receive takes the
+// buffer's lock, which is held while a hook's state is read).
+struct LowLatencyReceive {
+  enum class State : std::uint8_t { waiting, running, done };
+  std::mutex mutex;
+  State state = State::waiting;
+  std::function<void()> run;
+
+  bool pending() {
+    std::lock_guard lock(mutex);
+    return state != State::done;
+  }
+};
+
+}  // namespace detail
+
+// ---- handle and hook ----
+
+std::int64_t LowLatencyHandle::num_max_dispatch_tokens_per_rank() const {
+  return record_ ? record_->shape.max_tokens : 0;
+}
+std::int64_t LowLatencyHandle::hidden() const {
+  return record_ ? record_->shape.hidden : 0;
+}
+std::int64_t LowLatencyHandle::num_experts() const {
+  return record_ ? record_->shape.num_experts : 0;
+}
+std::int64_t LowLatencyHandle::num_tokens() const {
+  return record_ ? record_->num_tokens : 0;
+}
+int LowLatencyHandle::num_topk() const {
+  return record_ ? record_->num_topk : 0;
+}
+const Tensor& LowLatencyHandle::packed_recv_src_info() const {
+  static const Tensor empty;
+  return record_ ? record_->src_info : empty;
+}
+const Tensor& LowLatencyHandle::packed_recv_layout_range() const {
+  static const Tensor empty;
+  return record_ ? record_->layout_range : empty;
+}
+
+void LowLatencyHook::operator()() const {
+  using State = detail::LowLatencyReceive::State;
+  if (!receive_)
+    fail(Errc::invalid_argument, "this LowLatencyHook is empty: the call had no return_recv_hook");
+  std::function<void()> run;
+  {
+    std::lock_guard lock(receive_->mutex);
+    if (receive_->state != State::waiting)
+      fail(Errc::invalid_argument, "this low-latency receive hook has already been called");
+    receive_->state = State::running;
+    run = receive_->run;
+  }
+  struct Done {
+    detail::LowLatencyReceive& receive;
+    ~Done() {
+      std::lock_guard lock(receive.mutex);
+      receive.state = State::done;
+    }
+  } done{*receive_};
+  run();
+}
+
+std::size_t get_low_latency_rdma_size_hint(std::int64_t num_max_dispatch_tokens_per_rank, std::int64_t hidden,
+                                           int num_ranks, std::int64_t num_experts) {
+  if (num_ranks < 1) fail(Errc::invalid_argument, "num_ranks must be >= 1, not " + std::to_string(num_ranks));
+  const p::LowLatencyShape shape =
+      check_low_latency_shape(num_max_dispatch_tokens_per_rank, hidden, num_ranks, num_experts, false, 0);
+  return p::make_low_latency_layout(shape).total_bytes;
+}
+
+// ---- the buffer ----
+
+struct LowLatencyBuffer::Impl {
+  int rank = 0;
+  int num_nodes = 1;
+  int local_size = 1;
+  LowLatencyConfig config;
+  LocalCluster::Impl* cluster = nullptr;
+  std::unique_ptr<GroupTransport> transport;
+  std::unique_ptr<h::LowLatencyEngine> engine;
+  std::unique_ptr<std::uint64_t[]> mask;  // [R], read and written through atomic_ref
+  std::unique_ptr<OperationQueue> queue;  // stopped first
+
+  // What an operation left on its buffer.
+  struct Use {
+    std::uint32_t operation = 0;
+    bool combine = false;
+    std::shared_ptr<detail::LowLatencyReceive> hook;
+    std::optional<Event> event;
+  };
+
+  mutable std::mutex mutex;  // guards everything below
+  std::optional<p::LowLatencyShape> shape;
+  std::uint32_t next_operation = 0;
+  std::uint64_t generation = 0;  // cleans so far
+  std::optional<Use> uses[p::kLowLatencyBuffers];
+  std::string failure;  // the first failed operation's error, until a clean
+  LowLatencyStats stats;
+
+  int num_ranks() const { return num_nodes * local_size; }
+
+  p::Topology topology() const {
+    p::Topology topo;
+    topo.num_nodes = num_nodes;
+    topo.local_size = local_size;
+    return topo;
+  }
+
+  p::LowLatencyContext context(const p::LowLatencyShape& of, std::uint32_t operation) const {
+    p::LowLatencyContext ctx;
+    ctx.layout = p::make_low_latency_layout(of);
+    ctx.topo = topology();
+    ctx.rank = rank;
+    ctx.operation = operation;
+    ctx.buffer = static_cast<int>(operation % p::kLowLatencyBuffers);
+    ctx.use = operation / p::kLowLatencyBuffers;
+    ctx.mask_after_ns = static_cast<std::uint64_t>(config.timeout.count());
+    ctx.mask = mask.get();
+    return ctx;
+  }
+
+  std::string describe_use(const Use& use) const {
+    return "operation " + std::to_string(use.operation) + " (" + (use.combine ? "combine" : "dispatch") + ")";
+  }
+
+  // Under `mutex`: the next operation's number, after the checks that refuse it. Returns the event of an
+  // async operation still running on the buffer it needs (the caller waits for it outside the lock, unless
+  // the new operation is async too: the queue keeps the order).
+  std::uint32_t claim(const p::LowLatencyShape& wanted, bool combine, bool async,
+                      std::optional<Event>& wait_for) {
+    if (!failure.empty()) {
+      fail(Errc::invalid_argument, "rank " + std::to_string(rank) +
+                                       ": an earlier low-latency operation failed (" + failure +
+                                       "); call clean_low_latency_buffer to start again");
+    }
+    if (shape && !(*shape == wanted)) {
+      fail(Errc::invalid_argument,
+           "rank " + std::to_string(rank) + ": this call's shape (" + std::to_string(wanted.max_tokens) +
+               " tokens, hidden " + std::to_string(wanted.hidden) + ", " +
+               std::to_string(wanted.num_experts) + " experts) differs from the buffer's (" +
+               std::to_string(shape->max_tokens) + ", " + std::to_string(shape->hidden) + ", " +
+               std::to_string(shape->num_experts) +
+               "): call clean_low_latency_buffer with the new shape first");
+    }
+    const std::uint32_t operation = next_operation;
+    const int buffer = static_cast<int>(operation % p::kLowLatencyBuffers);
+    if (uses[buffer]) {
+      const Use& held = *uses[buffer];
+      if (held.hook && held.hook->pending()) {
+        const Use& other = *uses[1 - buffer];
+        fail(Errc::invalid_argument, "rank " + std::to_string(rank) + ": two low-latency results are held (" +
+                                         describe_use(held) + " and " + describe_use(other) +
+                                         "), and a third operation needs the buffer of " +
+                                         describe_use(held) + ": call its receive hook first");
+      }
+      if (held.event && !held.event->test() && !async) wait_for = held.event;
+    }
+    if (!shape) {
+      shape = wanted;
+      stats.local_expert_recv.assign(wanted.local_experts(), 0);
+    }
+    ++next_operation;
+    uses[buffer] = Use{operation, combine, nullptr, std::nullopt};
+    return operation;
+  }
+
+  void set_use(std::uint32_t operation, bool combine, std::shared_ptr<detail::LowLatencyReceive> hook,
+               std::optional<Event> event) {
+    std::lock_guard lock(mutex);
+    std::optional<Use>& use = uses[operation % p::kLowLatencyBuffers];
+    if (use && use->operation == operation) *use = Use{operation, combine, std::move(hook), std::move(event)};
+  }
+
+  // Runs part of an operation; a failure makes every later operation fail until a clean.
+  template <class Body>
+  void guarded(Body body) {
+    try {
+      body();
+    } catch (const std::exception& error) {
+      std::lock_guard lock(mutex);
+      if (failure.empty()) failure = error.what();
+      throw;
+    }
+  }
+
+  // How the halves of an operation run (see the file comment); fills the result's event and hook.
+  void run(bool async, bool hook_mode, std::function<void()> send, std::function<void()> receive,
+           std::uint32_t operation, bool combine, Event& event, LowLatencyHook& hook,
+           const std::optional<Event>& wait_for) {
+    if (async) {
+      event = queue->submit([this, send, receive] {
+        guarded(send);
+        guarded(receive);
+      });
+      set_use(operation, combine, nullptr, event);
+      return;
+    }
+    if (wait_for) wait_for->wait();
+    guarded(send);
+    if (!hook_mode) {
+      guarded(receive);
+      return;
+    }
+    auto pending = std::make_shared<detail::LowLatencyReceive>();
+    pending->run = [this, receive] { guarded(receive); };
+    hook.receive_ = pending;
+    set_use(operation, combine, pending, std::nullopt);
+  }
+
+  // Waits for the async operations on `buffers` (both: -1) and refuses when a hook there is pending.
+  void settle(const char* what, int buffer = -1) {
+    std::vector<Event> running;
+    {
+      std::lock_guard lock(mutex);
+      for (int b = 0; b < p::kLowLatencyBuffers; ++b) {
+        const std::optional<Use>& use = uses[b];
+        if (!use || (buffer >= 0 && b != buffer)) continue;
+        if (use->hook && use->hook->pending()) {
+          fail(Errc::invalid_argument, std::string(what) + ": " + describe_use(*use) +
+                                           " still holds its buffer: call its receive hook first");
+        }
+        if (use->event) running.push_back(*use->event);
+      }
+    }
+    for (const Event& event : running) {
+      try {
+        event.wait();
+      } catch (const std::exception&) {  // the operation reported its own failure
+      }
+    }
+  }
+
+  void add_dispatch_stats(const p::LowLatencyDispatchPlan& plan, const LowLatencyDispatchOptions& options) {
+    const std::int64_t L = plan.ctx.local_experts();
+    const int R = plan.ctx.num_ranks();
+    std::lock_guard lock(mutex);
+    stats.operations += 1;
+    stats.dispatch_wait_ns.resize(R, 0);
+    stats.local_expert_recv.resize(L, 0);
+    for (std::int64_t e = 0; e < L; ++e) {
+      stats.local_expert_recv[e] += plan.recv_count[e];
+      if (!options.cumulative_local_expert_recv_stats.empty())
+        options.cumulative_local_expert_recv_stats.data_as<std::int32_t>()[e] += plan.recv_count[e];
+      for (int s = 0; s < R; ++s) {
+        const std::int64_t waited = plan.wait_ns[e * R + s];
+        stats.dispatch_wait_ns[s] += waited;
+        if (!options.dispatch_wait_recv_cost_stats.empty())
+          options.dispatch_wait_recv_cost_stats.data_as<std::int64_t>()[s] += waited;
+      }
+    }
+  }
+
+  void add_combine_stats(const p::LowLatencyCombinePlan& plan, const TensorView& caller) {
+    const std::int64_t E = plan.ctx.layout.E();
+    std::lock_guard lock(mutex);
+    stats.operations += 1;
+    stats.combine_wait_ns.resize(plan.ctx.num_ranks(), 0);
+    for (std::int64_t e = 0; e < E; ++e) {
+      const int source = plan.ctx.rank_of_expert(e);
+      stats.combine_wait_ns[source] += plan.wait_ns[e];
+      if (!caller.empty()) caller.data_as<std::int64_t>()[source] += plan.wait_ns[e];
+    }
+  }
+};
+
+namespace {
+
+std::size_t page_rounded(std::size_t bytes) {
+  return (bytes + 4095) / 4096 * 4096;
+}
+
+void check_config(const LowLatencyConfig& config) {
+  if (config.num_rdma_bytes == 0) {
+    fail(Errc::invalid_argument,
+         "LowLatencyConfig::num_rdma_bytes is 0: size it with get_low_latency_rdma_size_hint");
+  }
+  if (config.timeout <= Duration::zero())
+    fail(Errc::invalid_argument, "LowLatencyConfig::timeout must be > 0");
+  if (config.host_lanes < 1 || config.host_lanes > 64) {
+    fail(Errc::invalid_argument,
+         "LowLatencyConfig::host_lanes must be in [1, 64], not " + std::to_string(config.host_lanes));
+  }
+}
+
+h::LowLatencyEngineOptions engine_options(const LowLatencyConfig& config) {
+  h::LowLatencyEngineOptions options;
+  options.lanes = config.host_lanes;
+  return options;
+}
+
+// Every rank must register the same number of bytes: compare them now, by name.
+void check_same_bytes(Group& group, std::size_t bytes) {
+  std::vector<std::uint8_t> mine(sizeof bytes);
+  std::memcpy(mine.data(), &bytes, sizeof bytes);
+  const auto all = group.all_gather("ferry/low_latency/bytes", mine);
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    std::size_t theirs = 0;
+    std::memcpy(&theirs, all[r].data(), sizeof theirs);
+    if (theirs != bytes) {
+      fail(Errc::invalid_argument, "rank " + std::to_string(group.rank()) +
+                                       " builds its LowLatencyBuffer with " + std::to_string(bytes) +
+                                       " bytes but rank " + std::to_string(r) + " with " +
+                                       std::to_string(theirs) + ": every rank must use the same");
+    }
+  }
+}
+
+}  // namespace
+
+LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config, Device device)
+    : impl_(std::make_unique<Impl>()) {
+  check_config(config);
+  if (device != Device::host) {
+    fail(Errc::unsupported,
+         "a LowLatencyBuffer on the GPU is not built yet: the CUDA executor of the low-latency mode runs on "
+         "virtual clusters (kernels/cuda/low_latency_engine); use Device::host");
+  }
+  Impl& impl = *impl_;
+  impl.config = config;
+  impl.config.num_rdma_bytes = page_rounded(config.num_rdma_bytes);
+  impl.rank = group.rank();
+  impl.num_nodes = group.num_nodes();
+  impl.local_size = group.local_size();
+  check_same_bytes(group, impl.config.num_rdma_bytes);
+  // The words come first in the region (check_low_latency_shape bounds them per shape). The region is sized
+  // for the worst case (every token of every rank on one expert) and mostly never written: its pages come on
+  // first touch.
+  impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
+                                                    "ferry-lowlat", false);
+  impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
+                                                      engine_options(config));
+  impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());
+  impl.queue = std::make_unique<OperationQueue>(impl.rank);
+}
+
+LowLatencyBuffer::LowLatencyBuffer(LocalCluster& cluster, int rank, const LowLatencyConfig& config)
+    : impl_(std::make_unique<Impl>()) {
+  check_config(config);
+  Impl& impl = *impl_;
+  LocalCluster::Impl& world = *cluster.impl_;
+  impl.config = config;
+  impl.config.num_rdma_bytes = page_rounded(config.num_rdma_bytes);
+  kernels::host::LocalWorld& regions = world.claim_low_latency(rank, impl.config.num_rdma_bytes);
+  impl.cluster = &world;
+  impl.rank = rank;
+  impl.num_nodes = world.num_nodes;
+  impl.local_size = world.local_size;
+  try {
+    impl.engine = std::make_unique<h::LowLatencyEngine>(rank, impl.topology(), regions.memory(rank),
+                                                        engine_options(config));
+  } catch (...) {
+    world.release_low_latency(rank);
+    throw;
+  }
+  impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());
+  impl.queue = std::make_unique<OperationQueue>(rank);
+}
+
+LowLatencyBuffer::~LowLatencyBuffer() {
+  // A hook that outlives its buffer fails by name instead of touching what is gone.
+  for (auto& use : impl_->uses) {
+    if (!use || !use->hook) continue;
+    std::lock_guard lock(use->hook->mutex);
+    if (use->hook->state != detail::LowLatencyReceive::State::waiting) continue;
+    use->hook->run = [] {
+      fail(Errc::invalid_argument, "this receive hook's LowLatencyBuffer was destroyed before the hook ran");
+    };
+  }
+  impl_->queue.reset();
+  impl_->engine.reset();
+  impl_->transport.reset();
+  if (impl_->cluster) impl_->cluster->release_low_latency(impl_->rank);
+}
+
+int LowLatencyBuffer::rank() const {
+  return impl_->rank;
+}
+int LowLatencyBuffer::num_ranks() const {
+  return impl_->num_ranks();
+}
+std::size_t LowLatencyBuffer::num_rdma_bytes() const {
+  return impl_->config.num_rdma_bytes;
+}
+
+LowLatencyDispatchResult LowLatencyBuffer::low_latency_dispatch(const TensorView& x,
+                                                                const TensorView& topk_idx,
+                                                                std::int64_t num_max_dispatch_tokens_per_rank,
+                                                                std::int64_t num_experts,
+                                                                const LowLatencyDispatchOptions& options) {
+  Impl& impl = *impl_;
+  const int R = impl.num_ranks();
+  // Everything is checked before anything is sent.
+  check_dispatch_flags(options);
+  if (x.dim() != 2 || x.dtype() != DType::bf16)
+    fail(Errc::invalid_argument, "x must be [num_tokens, hidden] bf16, not " + x.describe());
+  const p::LowLatencyShape shape =
+      check_low_latency_shape(num_max_dispatch_tokens_per_rank, x.size(1), R, num_experts, options.use_fp8,
+                              impl.config.num_rdma_bytes);
+  const int K = check_low_latency_inputs(x, topk_idx, shape);
+  const std::int64_t T = x.size(0);
+  const std::int64_t L = shape.local_experts();
+  const std::int64_t rows = shape.rows_per_expert();
+  check_optional(options.cumulative_local_expert_recv_stats, "cumulative_local_expert_recv_stats",
+                 DType::int32, {L});
+  check_optional(options.dispatch_wait_recv_cost_stats, "dispatch_wait_recv_cost_stats", DType::int64, {R});
+
+  auto record = std::make_shared<detail::LowLatencyRecord>();
+  record->owner = &impl;
+  record->shape = shape;
+  record->num_tokens = T;
+  record->num_topk = K;
+  record->topk_idx.assign(topk_idx.data_as<const std::int64_t>(),
+                          topk_idx.data_as<const std::int64_t>() + T * K);
+  record->slot.resize(T * K);
+  record->send_count.resize(num_experts);
+  const p::SlotProblem problem = p::assign_slots(record->topk_idx.data(), T, K, num_experts,
+                                                 record->slot.data(), record->send_count.data());
+  if (problem.any()) reject_expert(record->topk_idx.data(), problem, K, num_experts);
+
+  LowLatencyDispatchResult result;
+  const std::int64_t H = shape.hidden;
+  const std::int64_t blocks = p::scale_blocks(H);
+  result.recv_x =
+      Tensor({L, rows, H}, options.use_fp8 ? DType::fp8_e4m3 : DType::bf16, Tensor::Init::uninitialized);
+  if (options.use_fp8) {
+    result.recv_x_scales =
+        options.use_ue8m0
+            ? Tensor({L, p::ue8m0_packs(blocks), rows}, DType::int32, Tensor::Init::uninitialized)
+            : Tensor({L, blocks, rows}, DType::fp32, Tensor::Init::uninitialized);
+  }
+  result.recv_count = Tensor({L}, DType::int32);
+  record->src_info = Tensor({L, rows}, DType::int32, Tensor::Init::uninitialized);
+  std::fill_n(record->src_info.data_as<std::int32_t>(), L * rows, -1);
+  record->layout_range = Tensor({L, R}, DType::int64);
+  auto wait_ns = std::make_shared<std::vector<std::int64_t>>(L * R, 0);
+
+  std::optional<Event> wait_for;
+  std::uint32_t operation = 0;
+  {
+    std::lock_guard lock(impl.mutex);
+    operation = impl.claim(shape, false, options.async_finish, wait_for);
+    record->generation = impl.generation;
+  }
+  record->operation = operation;
+
+  auto plan = std::make_shared<p::LowLatencyDispatchPlan>();
+  plan->ctx = impl.context(shape, operation);
+  plan->message = p::low_latency_message(options.use_fp8, H);
+  plan->round_scale = options.round_scale;
+  plan->ue8m0 = options.use_ue8m0;
+  plan->tag = p::low_latency_tag(operation, false);
+  plan->shape_check = p::low_latency_shape_check(shape, options.use_fp8);
+  plan->x = x.data_as<const std::uint16_t>();
+  plan->topk_idx = record->topk_idx.data();
+  plan->num_tokens = T;
+  plan->num_topk = K;
+  plan->slot = record->slot.data();
+  plan->send_count = record->send_count.data();
+  plan->recv_x = static_cast<std::byte*>(result.recv_x.data());
+  if (options.use_ue8m0) {
+    plan->recv_scales_ue8m0 = static_cast<std::uint8_t*>(result.recv_x_scales.data());
+    std::memset(plan->recv_scales_ue8m0, 0, result.recv_x_scales.bytes());  // padding bytes of the last word
+  } else if (options.use_fp8) {
+    plan->recv_scales = result.recv_x_scales.data_as<float>();
+  }
+  plan->recv_count = result.recv_count.data_as<std::int32_t>();
+  plan->recv_src_info = record->src_info.data_as<std::int32_t>();
+  plan->layout_range = record->layout_range.data_as<std::int64_t>();
+  plan->wait_ns = wait_ns->data();
+
+  h::LowLatencyEngine* engine = impl.engine.get();
+  auto send = [engine, plan, record] { engine->dispatch_send(*plan); };
+  // The result tensors stay alive with the plan (recv_count and the scales are written by the receive).
+  auto keep = std::make_shared<std::vector<Tensor>>(
+      std::vector<Tensor>{result.recv_x, result.recv_x_scales, result.recv_count});
+  auto receive = [&impl, engine, plan, record, wait_ns, options, keep] {
+    engine->dispatch_receive(*plan);
+    impl.add_dispatch_stats(*plan, options);
+    record->received.store(true, std::memory_order_release);
+  };
+  impl.run(options.async_finish, options.return_recv_hook, send, receive, operation, false, result.event,
+           result.hook, wait_for);
+  record->hook = result.hook.receive_;
+  if (options.async_finish) record->event = result.event;
+  result.handle.record_ = record;
+  return result;
+}
+
+LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& x, const TensorView& topk_idx,
+                                                              const TensorView& topk_weights,
+                                                              const LowLatencyHandle& handle,
+                                                              const LowLatencyCombineOptions& options) {
+  Impl& impl = *impl_;
+  const int R = impl.num_ranks();
+  if (!handle.valid())
+    fail(Errc::invalid_argument,
+         "the handle is empty: pass the handle of this buffer's low_latency_dispatch");
+  const std::shared_ptr<detail::LowLatencyRecord> record = handle.record_;
+  if (record->owner != &impl)
+    fail(Errc::invalid_argument, "the handle belongs to another LowLatencyBuffer (or another rank's)");
+  if (options.async_finish && options.return_recv_hook) {
+    fail(Errc::invalid_argument,
+         "async_finish and return_recv_hook exclude each other: the hook takes the "
+         "receives on the caller's thread");
+  }
+  {
+    std::lock_guard lock(impl.mutex);
+    if (record->generation != impl.generation) {
+      fail(Errc::invalid_argument, "the handle's dispatch (operation " + std::to_string(record->operation) +
+                                       ") came before clean_low_latency_buffer: dispatch again");
+    }
+  }
+  const p::LowLatencyShape& shape = record->shape;
+  const std::int64_t T = record->num_tokens;
+  const int K = record->num_topk;
+  const std::int64_t L = shape.local_experts();
+  check_same_routing(topk_idx, record->topk_idx, T, K);
+  check_optional(topk_weights, "topk_weights", DType::fp32, {T, K});
+  if (topk_weights.empty())
+    fail(Errc::invalid_argument, "topk_weights is required: [num_tokens, num_topk] fp32");
+  check_optional(options.out, "out", DType::bf16, {T, shape.hidden});
+  check_optional(options.combine_wait_recv_cost_stats, "combine_wait_recv_cost_stats", DType::int64, {R});
+  check_optional(x, "x", DType::bf16, {L, shape.rows_per_expert(), shape.hidden});
+  if (x.empty()) fail(Errc::invalid_argument, "x is required: the experts' rows, [E/R, R*T, hidden] bf16");
+  // The dispatch's receives placed the rows x answers: they must have been taken.
+  if (!record->received.load(std::memory_order_acquire)) {
+    if (auto hook = record->hook.lock(); hook && hook->pending()) {
+      fail(Errc::invalid_argument, "the handle's dispatch (operation " + std::to_string(record->operation) +
+                                       ") has not been received: call its hook first");
+    }
+    if (record->event) record->event->wait();
+    if (!record->received.load(std::memory_order_acquire)) {
+      fail(Errc::invalid_argument, "the handle's dispatch (operation " + std::to_string(record->operation) +
+                                       ") was never received (its hook was dropped, or it failed)");
+    }
+  }
+
+  LowLatencyCombineResult result;
+  std::uint16_t* out = nullptr;
+  if (options.out.empty()) {
+    result.combined_x = Tensor({T, shape.hidden}, DType::bf16, Tensor::Init::uninitialized);
+    out = result.combined_x.data_as<std::uint16_t>();
+  } else {
+    out = options.out.data_as<std::uint16_t>();
+  }
+  auto weights = std::make_shared<std::vector<float>>(topk_weights.data_as<const float>(),
+                                                      topk_weights.data_as<const float>() + T * K);
+  auto wait_ns = std::make_shared<std::vector<std::int64_t>>(shape.num_experts, 0);
+  auto row_base = std::make_shared<std::vector<std::int64_t>>(shape.num_experts, 0);
+
+  std::optional<Event> wait_for;
+  std::uint32_t operation = 0;
+  {
+    std::lock_guard lock(impl.mutex);
+    const std::uint32_t next = impl.next_operation;
+    if (options.zero_copy) {
+      const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
+      const std::byte* staging = impl.engine->region() +
+                                 layout.combine_staging(static_cast<int>(next % p::kLowLatencyBuffers), 0, 0);
+      if (x.data() != staging) {
+        fail(Errc::invalid_argument,
+             "zero_copy: x is not the staging of this combine's buffer: pass what "
+             "get_next_low_latency_combine_buffer returned right before this call");
+      }
+    }
+    operation = impl.claim(shape, true, options.async_finish, wait_for);
+  }
+
+  auto plan = std::make_shared<p::LowLatencyCombinePlan>();
+  plan->ctx = impl.context(shape, operation);
+  plan->tag = p::low_latency_tag(operation, true);
+  plan->x = x.data_as<const std::uint16_t>();
+  plan->zero_copy = options.zero_copy;
+  plan->layout_range = record->layout_range.data_as<const std::int64_t>();
+  plan->topk_idx = record->topk_idx.data();
+  plan->topk_weights = weights->data();
+  plan->slot = record->slot.data();
+  plan->send_count = record->send_count.data();
+  plan->num_tokens = T;
+  plan->num_topk = K;
+  plan->out = out;
+  plan->wait_ns = wait_ns->data();
+  plan->row_base = row_base->data();
+
+  h::LowLatencyEngine* engine = impl.engine.get();
+  auto keep = std::make_shared<Tensor>(result.combined_x);
+  auto send = [engine, plan, record] { engine->combine_send(*plan); };
+  const TensorView caller_stats = options.combine_wait_recv_cost_stats;
+  auto receive = [&impl, engine, plan, record, weights, wait_ns, row_base, keep, caller_stats] {
+    engine->combine_receive(*plan);
+    impl.add_combine_stats(*plan, caller_stats);
+  };
+  impl.run(options.async_finish, options.return_recv_hook, send, receive, operation, true, result.event,
+           result.hook, wait_for);
+  return result;
+}
+
+void LowLatencyBuffer::clean_low_latency_buffer(std::int64_t num_max_dispatch_tokens_per_rank,
+                                                std::int64_t hidden, std::int64_t num_experts) {
+  Impl& impl = *impl_;
+  const p::LowLatencyShape shape =
+      check_low_latency_shape(num_max_dispatch_tokens_per_rank, hidden, impl.num_ranks(), num_experts, false,
+                              impl.config.num_rdma_bytes);
+  impl.settle("clean_low_latency_buffer");
+  std::uint64_t epoch = 0;
+  {
+    std::lock_guard lock(impl.mutex);
+    epoch = impl.generation;
+  }
+  impl.engine->clean(impl.context(shape, 0), epoch);
+  std::lock_guard lock(impl.mutex);
+  impl.generation += 1;
+  impl.shape = shape;
+  impl.next_operation = 0;
+  for (auto& use : impl.uses) use.reset();
+  impl.failure.clear();
+  impl.stats.local_expert_recv.assign(shape.local_experts(), 0);
+}
+
+TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatencyHandle& handle) {
+  Impl& impl = *impl_;
+  if (!handle.valid() || handle.record_->owner != &impl)
+    fail(Errc::invalid_argument,
+         "get_next_low_latency_combine_buffer needs a handle of this buffer's dispatch");
+  const p::LowLatencyShape shape = handle.record_->shape;
+  std::uint32_t next = 0;
+  {
+    std::lock_guard lock(impl.mutex);
+    next = impl.next_operation;
+  }
+  impl.settle("get_next_low_latency_combine_buffer", static_cast<int>(next % p::kLowLatencyBuffers));
+  const p::LowLatencyContext ctx = impl.context(shape, next);
+  impl.guarded([&] { impl.engine->acquire(ctx); });
+  return TensorView(impl.engine->region() + ctx.layout.combine_staging(ctx.buffer, 0, 0),
+                    {shape.local_experts(), shape.rows_per_expert(), shape.hidden}, DType::bf16);
+}
+
+void LowLatencyBuffer::low_latency_update_mask_buffer(int rank_to_mask, bool mask) {
+  Impl& impl = *impl_;
+  if (rank_to_mask < 0 || rank_to_mask >= impl.num_ranks()) {
+    fail(Errc::invalid_argument, "rank_to_mask " + std::to_string(rank_to_mask) + " is not in [0, " +
+                                     std::to_string(impl.num_ranks()) + ")");
+  }
+  if (rank_to_mask == impl.rank && mask)
+    fail(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " cannot mask itself");
+  std::atomic_ref<std::uint64_t>(impl.mask[rank_to_mask]).store(mask ? 1 : 0, std::memory_order_release);
+}
+
+void LowLatencyBuffer::low_latency_query_mask_buffer(const TensorView& mask_status) const {
+  const Impl& impl = *impl_;
+  if (mask_status.empty()) fail(Errc::invalid_argument, "mask_status is required: int32 [num_ranks]");
+  check_optional(mask_status, "mask_status", DType::int32, {impl.num_ranks()});
+  for (int r = 0; r < impl.num_ranks(); ++r) {
+    mask_status.data_as<std::int32_t>()[r] =
+        std::atomic_ref<std::uint64_t>(impl.mask[r]).load(std::memory_order_acquire) != 0 ? 1 : 0;
+  }
+}
+
+void LowLatencyBuffer::low_latency_clean_mask_buffer() {
+  Impl& impl = *impl_;
+  for (int r = 0; r < impl.num_ranks(); ++r)
+    std::atomic_ref<std::uint64_t>(impl.mask[r]).store(0, std::memory_order_release);
+}
+
+LowLatencyStats LowLatencyBuffer::low_latency_stats() const {
+  std::lock_guard lock(impl_->mutex);
+  LowLatencyStats stats = impl_->stats;
+  stats.dispatch_wait_ns.resize(impl_->num_ranks(), 0);
+  stats.combine_wait_ns.resize(impl_->num_ranks(), 0);
+  return stats;
+}
+
+}  // namespace ferry

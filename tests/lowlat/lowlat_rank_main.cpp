@@ -1,0 +1,192 @@
+// One rank of the multi-process low-latency tests, started by `ferry launch` (test_low_latency_launch.cpp).
+//
+//   ferry_lowlat_rank --scenario verify|masked|kill [--seed N] [--rounds R] [--victim V]
+//
+// Every rank builds the same scenarios from rank 0's seed (so each computes the reference for itself) and
+// runs them on a Group-backed LowLatencyBuffer: shm between a node's ranks, the proxy and the fabric between
+// nodes.
+//   verify  rounds of dispatch and combine with random flags and call modes; "rank R: verified N rounds ok"
+//   masked  every rank in turn sits out while the others mask it, then a clean brings it back;
+//           "rank R: masked in turn ok"
+//   kill    after a verified round, rank V kills itself (SIGKILL); the others go on: their next round masks
+//   it
+//           after the timeout and is checked with it left out; "rank R: went on without rank V ok" (they
+//           ignore the SIGTERM `ferry launch` sends when a rank dies, to finish)
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "dispatch/low_latency_reference.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/group.hpp"
+#include "ferry/low_latency.hpp"
+#include "integration/worker_common.hpp"
+
+using namespace ferry;
+using namespace ferry::test;
+
+namespace {
+
+void require(const std::string& diff) {
+  if (!diff.empty()) fail(Errc::internal, diff);
+}
+
+struct Job {
+  Group& group;
+  LowLatencyBuffer& buffer;
+  std::mt19937_64& rng;
+};
+
+LowLatencyShapeSpec shape_of(Group& group) {
+  LowLatencyShapeSpec spec;
+  spec.num_nodes = group.num_nodes();
+  spec.local_size = group.local_size();
+  spec.experts_per_rank = 3;
+  spec.hidden = 256;
+  spec.max_tokens = 16;
+  return spec;
+}
+
+// One dispatch and combine on this rank, checked against the reference; the flags and modes come from the
+// shared stream, so every rank draws the same.
+void round_trip(Job& job, const LowLatencyScenario& scenario, const Masked& masked) {
+  const int rank = job.group.rank();
+  DispatchFlags flags;
+  flags.fp8 = job.rng() % 3 != 0;
+  flags.round_scale = flags.fp8 && job.rng() % 2 == 0;
+  flags.ue8m0 = flags.round_scale && job.rng() % 2 == 0;
+  const int dispatch_mode = static_cast<int>(job.rng() % 3);
+  const int combine_mode = static_cast<int>(job.rng() % 3);
+  const bool zero_copy = job.rng() % 2 == 0;
+  if (masked[rank]) return;  // sits out (after drawing what the others draw)
+
+  LowLatencyDispatchOptions options;
+  options.use_fp8 = flags.fp8;
+  options.round_scale = flags.round_scale;
+  options.use_ue8m0 = flags.ue8m0;
+  options.return_recv_hook = dispatch_mode == 0;
+  options.async_finish = dispatch_mode == 1;
+  LowLatencyDispatchResult sent = job.buffer.low_latency_dispatch(
+      scenario.x(rank), scenario.topk(rank), scenario.max_tokens, scenario.num_experts, options);
+  if (sent.hook.valid()) sent.hook();
+  sent.event.wait();
+  require(check_low_latency_dispatch(scenario, rank, masked, flags, sent));
+
+  const std::int64_t L = scenario.local_experts();
+  std::vector<std::uint16_t> y;
+  TensorView x;
+  if (zero_copy) {
+    x = job.buffer.get_next_low_latency_combine_buffer(sent.handle);
+    fill_expert_outputs(scenario, rank, sent, x.data_as<std::uint16_t>());
+  } else {
+    y.resize(static_cast<std::size_t>(L * scenario.rows_per_expert() * scenario.hidden));
+    fill_expert_outputs(scenario, rank, sent, y.data());
+    x = TensorView(y.data(), {L, scenario.rows_per_expert(), scenario.hidden}, DType::bf16);
+  }
+  LowLatencyCombineOptions combine;
+  combine.zero_copy = zero_copy;
+  combine.return_recv_hook = combine_mode == 0;
+  combine.async_finish = combine_mode == 1;
+  LowLatencyCombineResult back =
+      job.buffer.low_latency_combine(x, scenario.topk(rank), scenario.weights(rank), sent.handle, combine);
+  if (back.hook.valid()) back.hook();
+  back.event.wait();
+  require(check_low_latency_combine(scenario, rank, masked, back.combined_x.data_as<std::uint16_t>()));
+}
+
+std::vector<std::int32_t> mask_of(Job& job) {
+  std::vector<std::int32_t> status(job.group.world_size());
+  job.buffer.low_latency_query_mask_buffer(TensorView(status.data(), {job.group.world_size()}, DType::int32));
+  return status;
+}
+
+void verify(Job& job, int rounds) {
+  const Masked none(job.group.world_size(), false);
+  for (int round = 0; round < rounds; ++round)
+    round_trip(job, make_low_latency_scenario(shape_of(job.group), job.rng), none);
+  worker_common::report_ok(job.group.rank(), "verified " + std::to_string(rounds) + " rounds");
+}
+
+void masked_in_turn(Job& job) {
+  const int R = job.group.world_size();
+  const LowLatencyShapeSpec spec = shape_of(job.group);
+  for (int victim = 0; victim < R; ++victim) {
+    Masked masked(R, false);
+    masked[victim] = true;
+    if (job.group.rank() != victim) job.buffer.low_latency_update_mask_buffer(victim, true);
+    round_trip(job, make_low_latency_scenario(spec, job.rng), masked);
+    if (job.group.rank() != victim && mask_of(job)[victim] != 1)
+      fail(Errc::internal, "the mask does not say rank " + std::to_string(victim) + " was skipped");
+    job.buffer.low_latency_clean_mask_buffer();
+    const LowLatencyScenario scenario = make_low_latency_scenario(spec, job.rng);
+    job.buffer.clean_low_latency_buffer(scenario.max_tokens, scenario.hidden, scenario.num_experts);
+    round_trip(job, scenario, Masked(R, false));
+  }
+  worker_common::report_ok(job.group.rank(), "masked in turn");
+}
+
+void kill(Job& job, int victim) {
+  const int R = job.group.world_size();
+  const LowLatencyShapeSpec spec = shape_of(job.group);
+  round_trip(job, make_low_latency_scenario(spec, job.rng), Masked(R, false));
+  const LowLatencyScenario next = make_low_latency_scenario(spec, job.rng);
+  if (job.group.rank() == victim) {
+    std::printf("rank %d: dying now\n", victim);
+    std::fflush(stdout);
+    std::raise(SIGKILL);
+  }
+  Masked masked(R, false);
+  masked[victim] = true;
+  const auto start = std::chrono::steady_clock::now();
+  round_trip(job, next, masked);  // waits the timeout for the victim, then masks it
+  const double first = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  round_trip(job, make_low_latency_scenario(spec, job.rng), masked);  // skips it at once
+  if (mask_of(job)[victim] != 1) fail(Errc::internal, "the mask does not say the victim was skipped");
+  std::printf("rank %d: masked rank %d after %.2f s\n", job.group.rank(), victim, first);
+  worker_common::report_ok(job.group.rank(), "went on without rank " + std::to_string(victim));
+}
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr, "ferry_lowlat_rank: %s\n", why.c_str());
+  std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto options =
+      worker_common::read_options(argc, argv, 1, {"--scenario", "--seed", "--rounds", "--victim"}, usage);
+  const std::string scenario = options.count("--scenario") ? options["--scenario"] : "verify";
+  const int rounds = options.count("--rounds") ? std::atoi(options["--rounds"].c_str()) : 4;
+  const int victim = options.count("--victim") ? std::atoi(options["--victim"].c_str()) : -1;
+  if (scenario == "kill") std::signal(SIGTERM, SIG_IGN);
+  int rank = -1;
+  try {
+    GroupOptions group_options;
+    if (scenario == "kill") group_options.timeout = std::chrono::seconds(4);  // leaving without the victim
+    Group group = Group::from_env(group_options);
+    rank = group.rank();
+    std::mt19937_64 rng(worker_common::agree_on_seed(group, "ferry_lowlat_rank", scenario,
+                                                     worker_common::chosen_seed(options)));
+    const LowLatencyShapeSpec spec = shape_of(group);
+    LowLatencyConfig config;
+    config.num_rdma_bytes = get_low_latency_rdma_size_hint(spec.max_tokens, spec.hidden, group.world_size(),
+                                                           spec.experts_per_rank * group.world_size());
+    config.timeout = std::chrono::seconds(scenario == "kill" ? 1 : 60);
+    LowLatencyBuffer buffer(group, config);
+    Job job{group, buffer, rng};
+    if (scenario == "verify") {
+      verify(job, rounds);
+    } else if (scenario == "masked") {
+      masked_in_turn(job);
+    } else if (scenario == "kill") {
+      if (victim < 0 || victim >= group.world_size()) usage("--victim must name a rank");
+      kill(job, victim);
+    } else {
+      usage("unknown scenario " + scenario);
+    }
+    return 0;
+  } catch (const std::exception& error) {
+    return worker_common::report_failure(rank, error);
+  }
+}
