@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "ferry/kernels/protocol/numeric.hpp"
@@ -138,6 +139,17 @@ Scenario make_scenario(const ScenarioShape& shape, std::mt19937_64& rng) {
   }
   fill_rows(scenario, rng);
   return scenario;
+}
+
+Scenario make_scenario_receiving(const ScenarioShape& shape, std::mt19937_64& rng, std::size_t rows) {
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    Scenario scenario = make_scenario(shape, rng);
+    for (const auto& received : expected_sources(scenario)) {
+      if (received.size() >= rows) return scenario;
+    }
+  }
+  throw std::runtime_error("no scenario in 100 draws has a rank that receives " + std::to_string(rows) +
+                           " rows: the shape cannot give the case this test needs");
 }
 
 std::vector<std::vector<Source>> expected_sources(const Scenario& scenario) {

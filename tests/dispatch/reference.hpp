@@ -4,6 +4,7 @@
 // ascending).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -57,6 +58,10 @@ struct ScenarioShape {
 };
 
 Scenario make_scenario(const ScenarioShape& shape, std::mt19937_64& rng);
+// A scenario of `shape` in which some rank receives at least `rows` rows, for a test that needs one (an
+// overflow needs a rank with rows to overflow): drawn again from the same stream until one does, so
+// FERRY_TEST_SEED still repeats it; throws after 100 draws rather than let the test pass without its case.
+Scenario make_scenario_receiving(const ScenarioShape& shape, std::mt19937_64& rng, std::size_t rows);
 void fill_rows(Scenario& scenario, std::mt19937_64& rng);  // new x (and scales) for the same routing
 
 // (source rank, source token) of every row rank r receives, in order.
