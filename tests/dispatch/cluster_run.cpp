@@ -109,7 +109,8 @@ TrafficCounters ClusterRun::total(TrafficCounters BufferTraffic::*kind) const {
 }
 
 std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& want, int r,
-                                const DispatchResult& got, bool with_topk, std::int64_t worst_rows) {
+                                const DispatchResult& got, bool with_topk, std::int64_t worst_rows,
+                                int expert_alignment) {
   const std::size_t row_bytes = scenario.row_bytes();
   const int K = scenario.num_topk;
   const std::int64_t blocks = scenario.scale_blocks();
@@ -172,17 +173,21 @@ std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Sour
       }
     }
   }
+  for (std::int64_t& count : per_expert)
+    count = (count + expert_alignment - 1) / expert_alignment * expert_alignment;
   if (with_topk && got.tokens_per_local_expert != per_expert) {
-    return "rank " + std::to_string(r) + " tokens_per_local_expert differs from the received topk ids";
+    return "rank " + std::to_string(r) + " tokens_per_local_expert differs from the received topk ids" +
+           (expert_alignment > 1 ? " rounded up to " + std::to_string(expert_alignment) : std::string());
   }
   return "";
 }
 
 std::string check_dispatch(const Scenario& scenario, const std::vector<std::vector<Source>>& sources,
                            const std::vector<DispatchResult>& results, bool with_topk,
-                           std::int64_t worst_rows) {
+                           std::int64_t worst_rows, int expert_alignment) {
   for (int r = 0; r < scenario.num_ranks(); ++r) {
-    std::string diff = check_dispatch_rank(scenario, sources[r], r, results[r], with_topk, worst_rows);
+    std::string diff =
+        check_dispatch_rank(scenario, sources[r], r, results[r], with_topk, worst_rows, expert_alignment);
     if (!diff.empty()) return diff;
   }
   return "";
