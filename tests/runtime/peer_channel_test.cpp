@@ -231,7 +231,8 @@ TEST_CASE("peer channel: a recv from a silent peer fails within the timeout, nam
         require(e.code() == ferry::Errc::timeout, std::string("expected a timeout: ") + e.what());
         require(std::string(e.what()).find("no message arrived from rank 1 within 1 s") != std::string::npos,
                 std::string("message: ") + e.what());
-        require(took >= 0.9 && took < 3.0, "failed after " + std::to_string(took) + " s");
+        // Not early; late only by what a loaded machine adds (the default timeout, 100 s, would be far past).
+        require(took >= 0.9 && took < 1.0 + 10.0, "failed after " + std::to_string(took) + " s");
       }
     }
     group.barrier("silent/done");
