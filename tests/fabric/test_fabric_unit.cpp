@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/loopback.hpp"
+#include "common/scoped_env.hpp"
 #include "common/skip.hpp"
 #include "fabric/fabric_common.hpp"
 #include "fabric/ucx_fabric.hpp"
@@ -78,21 +79,6 @@ void run_ranks(int world, Body body) {
   for (auto& rank : ranks) rank.get();
 }
 
-struct EnvGuard {
-  explicit EnvGuard(const char* name) : name_(name) {
-    if (const char* old = getenv(name)) saved_ = old;
-  }
-  ~EnvGuard() {
-    if (saved_) {
-      setenv(name_, saved_->c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  const char* name_;
-  std::optional<std::string> saved_;
-};
-
 }  // namespace
 
 TEST_CASE("fabric kinds parse, print and come from FERRY_FABRIC") {
@@ -100,15 +86,18 @@ TEST_CASE("fabric kinds parse, print and come from FERRY_FABRIC") {
   CHECK(parse_fabric_kind("ucx") == FabricKind::ucx);
   CHECK(parse_fabric_kind("verbs") == FabricKind::verbs);
   CHECK(parse_fabric_kind("noop") == FabricKind::noop);
+  CHECK(parse_fabric_kind("inproc") == FabricKind::inproc);
+  CHECK(std::string(to_string(FabricKind::inproc)) == "inproc");
   CHECK(std::string(to_string(FabricKind::verbs)) == "verbs");
   CHECK_THROWS_WITH(parse_fabric_kind("nccl"), Catch::Contains("unknown fabric 'nccl'"));
 
-  EnvGuard guard("FERRY_FABRIC");
-  setenv("FERRY_FABRIC", "noop", 1);
+  ferry::test::ScopedEnv fabric("FERRY_FABRIC", "noop");
   CHECK(ferry::transport::fabric_kind_from_env() == FabricKind::noop);
-  setenv("FERRY_FABRIC", "tcp", 1);
+  fabric.set("inproc");
+  CHECK(ferry::transport::fabric_kind_from_env() == FabricKind::inproc);
+  fabric.set("tcp");
   CHECK_THROWS_WITH(ferry::transport::fabric_kind_from_env(), Catch::Contains("FERRY_FABRIC='tcp'"));
-  unsetenv("FERRY_FABRIC");
+  fabric.set(nullptr);
   auto expected = ferry::transport::detail::rdma_device_present() ? FabricKind::verbs : FabricKind::ucx;
   CHECK(ferry::transport::fabric_kind_from_env() == expected);
 }
@@ -180,6 +169,49 @@ TEST_CASE("the noop fabric checks arguments and completes everything at once") {
                     Catch::Contains("exceeds region 0 of rank 0"));
   CHECK_THROWS_WITH(fabric->put(1, region, 0, region, 0, 8), Catch::Contains("peer rank 1 is outside"));
   CHECK_THROWS_WITH(fabric->atomic_add(0, region, 4, 1), Catch::Contains("not 8-byte aligned"));
+}
+
+TEST_CASE("the inproc fabric moves bytes and signals between threads of one process") {
+  run_ranks(2, [](ferry::Group&, ferry::transport::Peers& peers) {
+    ferry::transport::FabricOptions options;
+    options.kind = FabricKind::inproc;
+    auto fabric = ferry::transport::make_fabric(peers, options);
+    expect(fabric->kind() == FabricKind::inproc, "kind");
+    const auto send = fabric->register_region(nullptr, 4096, MemoryKind::host);
+    const auto receive = fabric->register_region(nullptr, 4096, MemoryKind::host);
+    const auto words = fabric->register_region(nullptr, 64, MemoryKind::host);
+    fabric->connect();
+    const int peer = 1 - peers.rank;
+    auto* out = static_cast<std::uint8_t*>(fabric->region_base(send));
+    for (int i = 0; i < 4096; ++i) out[i] = static_cast<std::uint8_t>(i * 3 + peers.rank);
+    expect(fabric->put(peer, send, 0, receive, 0, 1000) == 1, "first ticket");
+    expect(fabric->put_signal(peer, send, 1000, receive, 1000, 3096, words, 8, 1) == 2, "second ticket");
+    expect(fabric->atomic_add(peer, words, 16, 5) == 3, "third ticket");
+    expect(fabric->completed() == 3, "operations complete at once");
+    expect(fabric->fetch_add(peer, words, 24, 7) == 0, "fetch_add returns the old value");
+    auto* word = static_cast<std::uint64_t*>(fabric->region_base(words));
+    ferry::Deadline deadline(20s);
+    ferry::Backoff backoff;
+    while (std::atomic_ref<std::uint64_t>(word[1]).load(std::memory_order_acquire) < 1) {
+      expect(!deadline.expired(), "rank " + std::to_string(peers.rank) + ": no signal within 20 s");
+      backoff.pause();
+    }
+    const auto* in = static_cast<const std::uint8_t*>(fabric->region_base(receive));
+    for (int i = 0; i < 4096; ++i) {
+      expect(in[i] == static_cast<std::uint8_t>(i * 3 + peer), "byte " + std::to_string(i) + " differs");
+    }
+    ferry::transport::fabric_barrier(*fabric, peers, "unit/inproc");
+    expect(std::atomic_ref<std::uint64_t>(word[2]).load() == 5, "atomic_add");
+    expect(std::atomic_ref<std::uint64_t>(word[3]).load() == 7, "fetch_add");
+    try {  // the checks of a real fabric
+      fabric->put(peer, send, 0, receive, 1, 4096);
+      expect(false, "a put past the region's end was accepted");
+    } catch (const ferry::Error& e) {
+      expect(
+          std::string(e.what()).find("exceeds region 1 of rank " + std::to_string(peer)) != std::string::npos,
+          e.what());
+    }
+  });
 }
 
 TEST_CASE("ucx fabric on one rank: puts, signals and atomics to itself") {

@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 
+#include "common/scoped_env.hpp"
 #include "launch_harness.hpp"
 
 using namespace launch_test;
@@ -40,16 +41,6 @@ std::vector<std::string> split(const std::string& line) {
   return words;
 }
 
-// Sets an environment variable for the scope of one test (the launcher inherits the test's environment).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
-  ~ScopedEnv() { ::unsetenv(name_); }
-
- private:
-  const char* name_;
-};
-
 // The pids written into the files of `dir`, one per file.
 std::vector<pid_t> pids_in(const std::string& dir) {
   std::vector<pid_t> pids;
@@ -68,8 +59,9 @@ std::vector<pid_t> pids_in(const std::string& dir) {
 
 TEST_CASE("launch: every rank gets its identity and the job's store and secret from the environment",
           "[launch]") {
-  ScopedEnv outer_rank("FERRY_RANK", "99");  // a stale variable from outside must not leak into the ranks
-  ScopedEnv user_threads("OMP_NUM_THREADS", "7");  // a user's choice is kept
+  ferry::test::ScopedEnv outer_rank("FERRY_RANK",
+                                    "99");  // a stale variable from outside must not leak into the ranks
+  ferry::test::ScopedEnv user_threads("OMP_NUM_THREADS", "7");  // a user's choice is kept
   auto result =
       launch(args({"--nodes", "2", "--ranks-per-node", "3"},
                   sh("echo id $FERRY_RANK $FERRY_LOCAL_RANK $FERRY_NODE $FERRY_WORLD_SIZE "
@@ -123,7 +115,7 @@ TEST_CASE("launch: every rank gets its identity and the job's store and secret f
 
 TEST_CASE("launch: the store's port is bound once and handed to rank 0, never free for another process",
           "[launch][security]") {
-  ScopedEnv outer("FERRY_STORE_FD", "5");  // from an enclosing job: must not reach any rank
+  ferry::test::ScopedEnv outer("FERRY_STORE_FD", "5");  // from an enclosing job: must not reach any rank
   LaunchProcess process(
       args({"--nodes", "1", "--ranks-per-node", "3"},
            sh("if [ -n \"$FERRY_STORE_FD\" ]; then "
