@@ -117,6 +117,18 @@ void fill_rows(Scenario& scenario, std::mt19937_64& rng) {
   }
 }
 
+ScenarioShape two_node_shape(int local_size) {
+  ScenarioShape shape;
+  shape.num_nodes = 2;
+  shape.local_size = local_size;
+  shape.experts_per_rank = 2;
+  shape.num_topk = 4;
+  shape.hidden = 96;
+  shape.max_tokens = 40;
+  shape.max_nodes = 2;
+  return shape;
+}
+
 Scenario make_scenario(const ScenarioShape& shape, std::mt19937_64& rng) {
   Scenario scenario;
   scenario.num_nodes = shape.num_nodes;

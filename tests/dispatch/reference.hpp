@@ -57,6 +57,10 @@ struct ScenarioShape {
   RoutingStyle style = RoutingStyle::random;
 };
 
+// 2 nodes x `local_size` ranks, 2 experts per rank, top-4 over both nodes, up to 40 tokens of 96 values: a
+// small scenario for tests of how a Buffer behaves rather than of routing.
+ScenarioShape two_node_shape(int local_size);
+
 Scenario make_scenario(const ScenarioShape& shape, std::mt19937_64& rng);
 // A scenario of `shape` in which some rank receives at least `rows` rows, for a test that needs one (an
 // overflow needs a rank with rows to overflow): drawn again from the same stream until one does, so
