@@ -16,6 +16,7 @@
 #include "common/loopback.hpp"
 #include "common/scoped_env.hpp"
 #include "common/skip.hpp"
+#include "common/thread_check.hpp"
 #include "fabric/fabric_common.hpp"
 #include "fabric/ucx_fabric.hpp"
 #include "ferry/core/error.hpp"
@@ -41,11 +42,7 @@ struct SoloJob {
   }
 };
 
-// On a rank's thread: Catch2 v2's assertions are for the main thread only, so a rank throws what went wrong
-// and run_ranks rethrows it there.
-void expect(bool condition, const std::string& what) {
-  if (!condition) throw std::runtime_error(what);
-}
+using ferry::test::expect;  // rank threads throw, the main thread reports (common/thread_check.hpp)
 
 // Runs body(group, peers) on `world` ranks of one node, one thread each; rethrows the first failure.
 template <typename Body>

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/thread_check.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "rank_threads.hpp"
@@ -27,10 +28,7 @@ using ferry::test::unique_job_id;
 
 namespace {
 
-// Catch2 assertions are not thread-safe: rank threads throw instead, and the main thread reports.
-void expect(bool condition, const std::string& what) {
-  if (!condition) throw std::runtime_error(what);
-}
+using ferry::test::expect;  // rank threads throw, the main thread reports (common/thread_check.hpp)
 
 // Runs `call`, returning the message of the ferry::Error it throws ("" when it does not throw).
 template <typename Call>

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../peer/rank_threads.hpp"
+#include "common/thread_check.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
 #include "ferry/transport/store.hpp"
@@ -28,13 +29,8 @@ namespace {
 
 using Bytes = std::vector<std::uint8_t>;
 
-// Catch2 assertions are not thread-safe: rank threads throw instead (run_ranks rethrows the first failure on
-// the main thread, where Catch2 reports it).
-void expect(bool condition, const std::string& what) {
-  if (!condition) throw std::runtime_error(what);
-}
-#define EXPECT(group, condition) \
-  expect((condition), "rank " + std::to_string((group).rank()) + ": failed " #condition)
+using ferry::test::expect;
+#define EXPECT(group, condition) FERRY_EXPECT_ON_RANK(group, condition)
 
 // The parent ranks sharing this rank's local rank: {0, 2} and {1, 3} on 2 nodes x 2.
 std::vector<int> lane_of(const Group& group) {
