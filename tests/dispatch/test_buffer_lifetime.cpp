@@ -23,7 +23,7 @@ Pending<DispatchResult> issue_dispatch(ClusterRun& run, const Scenario& scenario
 
 }  // namespace
 
-TEST_CASE("dispatch returns before its peers have issued theirs; one Buffer's operations run in issue order",
+TEST_CASE("dispatch returns before its peers have issued theirs, and one Buffer's operations run in order",
           "[unit]") {
   auto rng = seeded("asynchrony");
   Scenario scenario = make_scenario(two_node_shape(2), rng);
@@ -58,7 +58,9 @@ TEST_CASE("dispatch returns before its peers have issued theirs; one Buffer's op
   CHECK(a.finished - a.issued >= 100ms);  // it waited for the peers
 }
 
-TEST_CASE("~Buffer finishes the operations already issued, and their results outlive it", "[unit]") {
+// (The name must not start with "~": Catch2 reads that as "every test but this one".)
+TEST_CASE("destroying a Buffer finishes the operations already issued, and their results outlive it",
+          "[unit]") {
   auto rng = seeded("lifetime");
   Scenario scenario = make_scenario(two_node_shape(2), rng);
   auto sources = expected_sources(scenario);

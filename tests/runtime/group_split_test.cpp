@@ -23,7 +23,6 @@ using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 using ferry::Errc;
 using ferry::Group;
-using ferry::test::run_ranks;
 
 namespace {
 
@@ -31,6 +30,13 @@ using Bytes = std::vector<std::uint8_t>;
 
 using ferry::test::expect;
 #define EXPECT(group, condition) FERRY_EXPECT_ON_RANK(group, condition)
+
+// The ranks check on their threads (EXPECT throws); the test asserts, on the main thread, that none failed.
+template <typename Body>
+void run_ranks(int world, int local_size, const std::string& job_id, Body body,
+               std::chrono::milliseconds timeout = 20s) {
+  REQUIRE_NOTHROW(ferry::test::run_ranks(world, local_size, job_id, body, timeout));
+}
 
 // The parent ranks sharing this rank's local rank: {0, 2} and {1, 3} on 2 nodes x 2.
 std::vector<int> lane_of(const Group& group) {
