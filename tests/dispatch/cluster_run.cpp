@@ -106,8 +106,9 @@ TrafficCounters ClusterRun::total(TrafficCounters BufferTraffic::*kind) const {
 }
 
 std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& want, int r,
-                                const DispatchResult& got, bool with_topk, std::int64_t worst_rows) {
-  return check_dispatch_rank(scenario, want, r, got, DispatchCheck{with_topk, worst_rows});
+                                const DispatchResult& got, bool with_topk, std::int64_t worst_rows,
+                                int expert_alignment) {
+  return check_dispatch_rank(scenario, want, r, got, DispatchCheck{with_topk, worst_rows, expert_alignment});
 }
 
 std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& want, int r,
@@ -196,9 +197,10 @@ std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Sour
 
 std::string check_dispatch(const Scenario& scenario, const std::vector<std::vector<Source>>& sources,
                            const std::vector<DispatchResult>& results, bool with_topk,
-                           std::int64_t worst_rows) {
+                           std::int64_t worst_rows, int expert_alignment) {
   for (int r = 0; r < scenario.num_ranks(); ++r) {
-    std::string diff = check_dispatch_rank(scenario, sources[r], r, results[r], with_topk, worst_rows);
+    std::string diff =
+        check_dispatch_rank(scenario, sources[r], r, results[r], with_topk, worst_rows, expert_alignment);
     if (!diff.empty()) return diff;
   }
   return "";

@@ -44,11 +44,14 @@ struct DispatchCheck {
 };
 std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& sources, int rank,
                                 const DispatchResult& result, const DispatchCheck& check);
+// worst_rows: the outputs' rows of a worst-case dispatch (0: as many as received); expert_alignment: the
+// dispatch's DispatchOptions::expert_alignment (tokens_per_local_expert rounded up to it).
 std::string check_dispatch_rank(const Scenario& scenario, const std::vector<Source>& sources, int rank,
-                                const DispatchResult& result, bool with_topk, std::int64_t worst_rows = 0);
+                                const DispatchResult& result, bool with_topk, std::int64_t worst_rows = 0,
+                                int expert_alignment = 1);
 std::string check_dispatch(const Scenario& scenario, const std::vector<std::vector<Source>>& sources,
                            const std::vector<DispatchResult>& results, bool with_topk,
-                           std::int64_t worst_rows = 0);
+                           std::int64_t worst_rows = 0, int expert_alignment = 1);
 
 std::string check_combine_rank(const Scenario& scenario, const std::vector<std::uint8_t>& expected, int rank,
                                const Tensor& out);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "ferry/kernels/protocol/numeric.hpp"
@@ -116,6 +117,18 @@ void fill_rows(Scenario& scenario, std::mt19937_64& rng) {
   }
 }
 
+ScenarioShape two_node_shape(int local_size) {
+  ScenarioShape shape;
+  shape.num_nodes = 2;
+  shape.local_size = local_size;
+  shape.experts_per_rank = 2;
+  shape.num_topk = 4;
+  shape.hidden = 96;
+  shape.max_tokens = 40;
+  shape.max_nodes = 2;
+  return shape;
+}
+
 Scenario make_scenario(const ScenarioShape& shape, std::mt19937_64& rng) {
   Scenario scenario;
   scenario.num_nodes = shape.num_nodes;
@@ -138,6 +151,17 @@ Scenario make_scenario(const ScenarioShape& shape, std::mt19937_64& rng) {
   }
   fill_rows(scenario, rng);
   return scenario;
+}
+
+Scenario make_scenario_receiving(const ScenarioShape& shape, std::mt19937_64& rng, std::size_t rows) {
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    Scenario scenario = make_scenario(shape, rng);
+    for (const auto& received : expected_sources(scenario)) {
+      if (received.size() >= rows) return scenario;
+    }
+  }
+  throw std::runtime_error("no scenario in 100 draws has a rank that receives " + std::to_string(rows) +
+                           " rows: the shape cannot give the case this test needs");
 }
 
 std::vector<std::vector<Source>> expected_sources(const Scenario& scenario) {

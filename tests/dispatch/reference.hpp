@@ -4,6 +4,7 @@
 // ascending).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -57,7 +58,15 @@ struct ScenarioShape {
   RoutingStyle style = RoutingStyle::random;
 };
 
+// 2 nodes x `local_size` ranks, 2 experts per rank, top-4 over both nodes, up to 40 tokens of 96 values: a
+// small scenario for tests of how a Buffer behaves rather than of routing.
+ScenarioShape two_node_shape(int local_size);
+
 Scenario make_scenario(const ScenarioShape& shape, std::mt19937_64& rng);
+// A scenario of `shape` in which some rank receives at least `rows` rows, for a test that needs one (an
+// overflow needs a rank with rows to overflow): drawn again from the same stream until one does, so
+// FERRY_TEST_SEED still repeats it; throws after 100 draws rather than let the test pass without its case.
+Scenario make_scenario_receiving(const ScenarioShape& shape, std::mt19937_64& rng, std::size_t rows);
 void fill_rows(Scenario& scenario, std::mt19937_64& rng);  // new x (and scales) for the same routing
 
 // (source rank, source token) of every row rank r receives, in order.

@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <numeric>
 #include <random>
-#include <set>
 
 #include "ferry/core/error.hpp"
 #include "ferry/gate.hpp"
 #include "ferry/layout.hpp"
+#include "support/route_reference.hpp"
 
 using namespace ferry;
 
@@ -59,66 +58,56 @@ TEST_CASE("compute_layout names what is wrong with the routing", "[unit]") {
   }
 }
 
-namespace {
-
-std::vector<float> random_scores(std::mt19937& rng, std::size_t count) {
-  std::vector<float> scores(count);
-  for (float& score : scores) score = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
-  return scores;
-}
-
-}  // namespace
-
-TEST_CASE("the gate keeps the best groups and the best experts inside them", "[unit]") {
+TEST_CASE("the gate keeps exactly the best groups and the best experts inside them (exact reference)",
+          "[unit]") {
+  struct Shape {
+    std::int64_t experts;
+    int groups, groups_per_token, topk;
+  };
+  // DeepSeek-V3's 256 experts in 8 groups, 4 groups of 8 experts, scaled down; groups of one expert; one
+  // group; a token allowed every group.
+  const Shape shapes[] = {{32, 8, 3, 6}, {64, 8, 4, 8}, {16, 4, 2, 4},
+                          {8, 8, 4, 4},  {12, 1, 1, 3}, {24, 4, 4, 4}};
   std::mt19937 rng(11);
-  GateConfig config;
-  config.num_experts = 32;
-  config.num_groups = 8;
-  config.groups_per_token = 3;
-  config.topk = 6;
-  config.route_scale = 2.5f;
-  const std::int64_t T = 50, E = 32, group = 4;
-  std::vector<float> scores = random_scores(rng, T * E);
-  std::vector<float> bias(E);
-  for (float& b : bias) b = std::uniform_real_distribution<float>(-0.2f, 0.2f)(rng);
-  GateOutput out = node_limited_gate(scores, T, bias, config);
-  REQUIRE(out.topk_idx.size() == static_cast<std::size_t>(T * 6));
-  for (std::int64_t t = 0; t < T; ++t) {
-    INFO("token " << t);
-    auto biased = [&](std::int64_t e) { return scores[t * E + e] + bias[e]; };
-    // Group scores: sum of the top 2 (= topk / groups_per_token) biased scores.
-    std::vector<float> group_score(8);
-    for (int g = 0; g < 8; ++g) {
-      std::vector<float> values;
-      for (int i = 0; i < group; ++i) values.push_back(biased(g * group + i));
-      std::sort(values.rbegin(), values.rend());
-      group_score[g] = values[0] + values[1];
-    }
-    std::set<int> groups;
-    float total = 0.0f;
-    for (int k = 0; k < 6; ++k) {
-      std::int64_t e = out.topk_idx[t * 6 + k];
-      groups.insert(static_cast<int>(e / group));
-      total += scores[t * E + e];
-    }
-    REQUIRE(groups.size() <= 3);
-    // Every used group is among the 3 best; every expert left out of the kept groups scores no higher.
-    std::vector<float> sorted_groups = group_score;
-    std::sort(sorted_groups.rbegin(), sorted_groups.rend());
-    float weakest_chosen = INFINITY;
-    for (int k = 0; k < 6; ++k) {
-      std::int64_t e = out.topk_idx[t * 6 + k];
-      CHECK(group_score[e / group] >= sorted_groups[2]);
-      weakest_chosen = std::min(weakest_chosen, biased(e));
-      if (k > 0) CHECK(biased(out.topk_idx[t * 6 + k - 1]) >= biased(e));  // selection order
-      CHECK(out.topk_weights[t * 6 + k] == Approx(scores[t * E + e] / total * 2.5f).epsilon(1e-6));
-    }
-    for (int g : groups) {
-      for (int i = 0; i < group; ++i) {
-        std::int64_t e = g * group + i;
-        bool chosen =
-            std::find(&out.topk_idx[t * 6], &out.topk_idx[t * 6 + 6], e) != &out.topk_idx[t * 6 + 6];
-        if (!chosen) CHECK(biased(e) <= weakest_chosen);
+  for (const Shape& shape : shapes) {
+    for (bool logits : {false, true}) {
+      GateConfig config;
+      config.num_experts = shape.experts;
+      config.num_groups = shape.groups;
+      config.groups_per_token = shape.groups_per_token;
+      config.topk = shape.topk;
+      config.route_scale = 2.5f;
+      config.scores_are_logits = logits;
+      const std::int64_t T = 200, E = shape.experts, K = shape.topk;
+      // Half the tokens score on three levels only, so that ties between experts and between groups are
+      // everywhere; the bias is 0 for half the experts, so ties survive it.
+      std::vector<float> scores(T * E);
+      for (std::int64_t i = 0; i < T * E; ++i) {
+        scores[i] = i < T * E / 2 ? 0.25f * float(1 + rng() % 3)
+                                  : std::uniform_real_distribution<float>(logits ? -4.0f : 0.0f, 1.0f)(rng);
+      }
+      std::vector<float> bias(E);
+      for (float& b : bias) b = rng() % 2 ? 0.0f : std::uniform_real_distribution<float>(-0.2f, 0.2f)(rng);
+      const GateOutput out = node_limited_gate(scores, T, bias, config);
+      REQUIRE(out.topk_idx.size() == static_cast<std::size_t>(T * K));
+      for (std::int64_t t = 0; t < T; ++t) {
+        INFO(E << " experts in " << shape.groups << " groups, " << shape.groups_per_token
+               << " per token, top-" << K << (logits ? ", logits" : "") << ": token " << t);
+        std::vector<float> unbiased(E), biased(E);
+        for (std::int64_t e = 0; e < E; ++e) {
+          const float value = scores[t * E + e];
+          unbiased[e] = logits ? 1.0f / (1.0f + std::exp(-value)) : value;
+          biased[e] = unbiased[e] + bias[e];
+        }
+        const std::vector<int> want = ferry::test::reference_route(
+            biased, shape.groups, shape.groups_per_token, shape.topk, shape.topk / shape.groups_per_token);
+        const std::vector<int> got(out.topk_idx.begin() + t * K, out.topk_idx.begin() + (t + 1) * K);
+        REQUIRE(got == want);
+        float total = 0.0f;
+        for (int e : want) total += unbiased[e];
+        for (int k = 0; k < K; ++k) {
+          CHECK(out.topk_weights[t * K + k] == Approx(unbiased[want[k]] / total * 2.5f).epsilon(1e-6));
+        }
       }
     }
   }

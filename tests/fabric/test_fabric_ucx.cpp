@@ -24,5 +24,5 @@ TEST_CASE("ucx fabric: repeated clean shutdown (1 node x 2 ranks)") {
 }
 
 TEST_CASE("ucx fabric: a peer killed mid-transfer is reported by name (1 node x 2 ranks)") {
-  fabric_test::expect_peer_death_reported(Job{1, 2, false, "kill_peer", "ucx", 15});
+  fabric_test::expect_peer_death_reported(Job{1, 2, false, "kill_peer", "ucx", fabric_test::kKillTimeout});
 }

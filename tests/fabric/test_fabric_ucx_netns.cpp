@@ -37,5 +37,5 @@ TEST_CASE("ucx fabric over tcp: a peer killed mid-transfer is reported by name (
 
 TEST_CASE("ucx fabric over tcp: a peer killed mid-transfer is reported by name (2 nodes x 2 ranks)") {
   SKIP_WITHOUT_NETNS();
-  fabric_test::expect_peer_death_reported(Job{2, 2, true, "kill_peer", "ucx", 15});
+  fabric_test::expect_peer_death_reported(Job{2, 2, true, "kill_peer", "ucx", fabric_test::kKillTimeout});
 }

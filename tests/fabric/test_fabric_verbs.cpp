@@ -1,37 +1,18 @@
-// The verbs fabric: where an RDMA device exists, the same multi-process scenarios as the ucx fabric;
-// elsewhere "skipped: no RDMA device (<reason>)" and exit 77, which ctest reports as skipped
-// (SKIP_RETURN_CODE).
-#include <sys/wait.h>
-
-#include <cstdio>
-#include <cstdlib>
-#include <string>
-#include <vector>
-
+// The verbs fabric between processes of one node, through `ferry launch`: where an RDMA device exists, the
+// same scenarios and the same checks as the ucx fabric (fabric_launch.hpp); elsewhere every test case says
+// why and exits 77, which ctest reports as skipped.
+#include "common/skip.hpp"
+#include "fabric_launch.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
 #include "ferry/transport/fabric.hpp"
 
+using fabric_test::Job;
+
 namespace {
 
-constexpr int kSkipped = 77;
-
-// Runs `ferry launch` with the worker; true when the launcher's exit status matches `expect_success`.
-bool run_job(int nodes, int ranks_per_node, const std::string& scenario, bool expect_success) {
-  std::string command = std::string(FERRY_BIN) + " launch --nodes " + std::to_string(nodes) +
-                        " --ranks-per-node " + std::to_string(ranks_per_node) + " --timeout 80 -- " +
-                        FABRIC_WORKER + " " + scenario + " --fabric verbs --timeout 20 2>&1";
-  std::printf("$ %s\n", command.c_str());
-  std::fflush(stdout);
-  int status = std::system(command.c_str());
-  bool success = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  std::printf("-> %s\n", success == expect_success ? "as expected" : "UNEXPECTED");
-  return success == expect_success;
-}
-
-}  // namespace
-
-int main() {
+// Skips the test case unless a verbs fabric can be made here (the probe's own words say why not).
+void require_verbs() {
   try {
     auto group = ferry::Group::from_job(ferry::JobEnv{});
     ferry::transport::Peers peers;
@@ -41,19 +22,39 @@ int main() {
     auto fabric = ferry::transport::make_fabric(peers, options);
     std::printf("verbs fabric: %s\n", fabric->description().c_str());
   } catch (const ferry::Error& e) {
-    if (e.code() == ferry::Errc::unsupported) {
-      std::printf("skipped: no RDMA device (%s)\n", e.what());
-      return kSkipped;
-    }
-    std::printf("FAILED: %s\n", e.what());
-    return 1;
+    if (e.code() != ferry::Errc::unsupported) throw;
+    ferry::test::skip(std::string("the verbs fabric cannot run here: ") + e.what());
   }
-  bool ok = true;
-  ok &= run_job(1, 2, "random_puts", true);
-  ok &= run_job(1, 2, "signal_order", true);
-  ok &= run_job(1, 3, "atomics", true);
-  ok &= run_job(1, 2, "shutdown", true);
-  ok &= run_job(1, 2, "kill_peer", false);
-  std::printf("%s\n", ok ? "verbs fabric: all scenarios passed" : "verbs fabric: FAILED");
-  return ok ? 0 : 1;
+}
+
+Job verbs_job(int ranks, const std::string& scenario, int timeout_s = 20) {
+  return Job{1, ranks, false, scenario, "verbs", timeout_s};
+}
+
+}  // namespace
+
+TEST_CASE("verbs fabric: random puts to every peer, every byte checked (1 node x 2 ranks)") {
+  require_verbs();
+  fabric_test::expect_pass(verbs_job(2, "random_puts"));
+}
+
+TEST_CASE("verbs fabric: a signal is never seen before its payload (1 node x 2 ranks)") {
+  require_verbs();
+  fabric_test::expect_pass(verbs_job(2, "signal_order"));
+}
+
+TEST_CASE("verbs fabric: atomics are exact under contention (1 node x 3 ranks)") {
+  require_verbs();
+  fabric_test::expect_pass(verbs_job(3, "atomics"));
+}
+
+TEST_CASE("verbs fabric: repeated clean shutdown (1 node x 2 ranks)") {
+  require_verbs();
+  fabric_test::expect_pass(verbs_job(2, "shutdown"));
+}
+
+// Not just any non-zero exit: the survivor must report a peer failure that names rank 1.
+TEST_CASE("verbs fabric: a peer killed mid-transfer is reported by name (1 node x 2 ranks)") {
+  require_verbs();
+  fabric_test::expect_peer_death_reported(verbs_job(2, "kill_peer", fabric_test::kKillTimeout));
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "ferry/core/error.hpp"
@@ -57,17 +58,24 @@ void check_all_params(ParamStore<double>& store, const std::function<double()>& 
   }
 }
 
-// Counts the traffic through the seam, then forwards to the local implementation.
+// Counts the traffic through the seam and, per expert, the (token, slot) pairs its last dispatch was handed,
+// then forwards to the local implementation.
 class CountingExchange final : public ExpertExchange<float> {
  public:
-  CountingExchange(int experts, int* dispatches, int* combines)
-      : local_(experts), dispatches_(dispatches), combines_(combines) {}
+  CountingExchange(int experts, int* dispatches, int* combines, std::vector<std::int64_t>* routed = nullptr)
+      : local_(experts), dispatches_(dispatches), combines_(combines), routed_(routed) {}
   int num_experts() const override { return local_.num_experts(); }
   int first_local_expert() const override { return 0; }
   int num_local_experts() const override { return local_.num_local_experts(); }
   std::unique_ptr<ExchangeHandle> dispatch(const float* x, int dim, const int* expert, const float* weight,
                                            int tokens, int topk, ExpertBatch<float>& received) override {
     ++*dispatches_;
+    if (routed_ != nullptr) {
+      routed_->assign(local_.num_experts(), 0);
+      for (int i = 0; i < tokens * topk; ++i) {
+        if (expert[i] >= 0) ++(*routed_)[expert[i]];
+      }
+    }
     return local_.dispatch(x, dim, expert, weight, tokens, topk, received);
   }
   void combine(const ExchangeHandle& h, const float* rows, float* y) override {
@@ -86,6 +94,7 @@ class CountingExchange final : public ExpertExchange<float> {
   LocalExpertExchange<float> local_;
   int* dispatches_;
   int* combines_;
+  std::vector<std::int64_t>* routed_;
 };
 
 }  // namespace
@@ -171,8 +180,9 @@ TEST_CASE("forward is deterministic and every MoE layer goes through its exchang
   config.vocab = 256;
   const int B = 2;
   int dispatches = 0, combines = 0;
-  Model<float> model(config, [&](int, int experts) {
-    return std::make_unique<CountingExchange>(experts, &dispatches, &combines);
+  std::vector<std::vector<std::int64_t>> routed(config.moe_layer_count());
+  Model<float> model(config, [&](int moe_index, int experts) {
+    return std::make_unique<CountingExchange>(experts, &dispatches, &combines, &routed.at(moe_index));
   });
   REQUIRE(config.moe_layer_count() == 2);  // block 1 and the MTP block
   const auto tokens = random_tokens(config, B, 61);
@@ -181,10 +191,15 @@ TEST_CASE("forward is deterministic and every MoE layer goes through its exchang
   REQUIRE(std::memcmp(&first, &second, sizeof first) == 0);
   REQUIRE(dispatches == 4);
   REQUIRE(combines == 4);
+  // Each layer's load is what its exchange was handed, expert by expert, and every token used all its slots.
   const auto loads = model.expert_loads();
   REQUIRE(loads.size() == 2);
-  for (const auto& load : loads)
-    REQUIRE(load.mean() == Approx(B * config.seq * config.topk / double(config.experts)));
+  for (std::size_t layer = 0; layer < loads.size(); ++layer) {
+    INFO("MoE layer " << layer);
+    CHECK(loads[layer].counts == routed[layer]);
+    CHECK(std::accumulate(routed[layer].begin(), routed[layer].end(), std::int64_t{0}) ==
+          std::int64_t{B} * config.seq * config.topk);
+  }
 }
 
 TEST_CASE("invalid configs and inputs are refused with the offender named", "[model]") {

@@ -11,42 +11,21 @@
 #include "ferry/model/moe_layer.hpp"
 #include "ferry/model/router.hpp"
 #include "grad_check.hpp"
+#include "support/route_reference.hpp"
 
 using namespace ferry::model;
 using namespace ferry::model::testing;
 
 namespace {
 
-// DeepSeek-V3's selection written the slow, obvious way (argmax loops, strict '>' so the lowest index wins
-// ties), independent of route_select's sorting.
+// The shared reference (tests/support/route_reference.hpp) on one token's scores; the group score adds the
+// K / M best (at least 1, at most the group size), as the model's router does.
 std::vector<int> reference_route(const double* s, const double* bias, const RouterShape& shape) {
-  const int E = shape.experts, G = shape.groups, gs = E / G;
+  const int E = shape.experts, gs = E / shape.groups;
   const int kg = std::max(1, std::min(shape.topk / shape.max_groups, gs));
   std::vector<double> biased(E);
   for (int e = 0; e < E; ++e) biased[e] = s[e] + bias[e];
-  std::vector<double> group_score(G);
-  for (int g = 0; g < G; ++g) {
-    std::vector<double> members(biased.begin() + g * gs, biased.begin() + (g + 1) * gs);
-    std::sort(members.begin(), members.end(), std::greater<>());
-    for (int j = 0; j < kg; ++j) group_score[g] += members[j];
-  }
-  std::vector<bool> group_kept(G, false);
-  for (int m = 0; m < shape.max_groups; ++m) {
-    int best = -1;
-    for (int g = 0; g < G; ++g)
-      if (!group_kept[g] && (best < 0 || group_score[g] > group_score[best])) best = g;
-    group_kept[best] = true;
-  }
-  std::vector<bool> taken(E, false);
-  std::vector<int> chosen;
-  for (int k = 0; k < shape.topk; ++k) {
-    int best = -1;
-    for (int e = 0; e < E; ++e)
-      if (group_kept[e / gs] && !taken[e] && (best < 0 || biased[e] > biased[best])) best = e;
-    taken[best] = true;
-    chosen.push_back(best);
-  }
-  return chosen;
+  return ferry::test::reference_route(biased, shape.groups, shape.max_groups, shape.topk, kg);
 }
 
 void require_close(const GradCheck& c, const char* what) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/seed.hpp"
+#include "common/thread_check.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "rank_threads.hpp"
@@ -26,6 +27,7 @@ using ferry::test::run_ranks;
 using ferry::test::unique_job_id;
 
 namespace {
+
 
 // Runs `call`, returning the message of the ferry::Error it throws ("" when it does not throw).
 template <typename Call>

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../peer/rank_threads.hpp"
+#include "common/thread_check.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
 #include "ferry/transport/store.hpp"
@@ -22,19 +23,20 @@ using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 using ferry::Errc;
 using ferry::Group;
-using ferry::test::run_ranks;
 
 namespace {
 
 using Bytes = std::vector<std::uint8_t>;
 
-// Catch2 assertions are not thread-safe: rank threads throw instead (run_ranks rethrows the first failure on
-// the main thread, where Catch2 reports it).
-void expect(bool condition, const std::string& what) {
-  if (!condition) throw std::runtime_error(what);
+using ferry::test::expect;
+#define EXPECT(group, condition) FERRY_EXPECT_ON_RANK(group, condition)
+
+// The ranks check on their threads (EXPECT throws); the test asserts, on the main thread, that none failed.
+template <typename Body>
+void run_ranks(int world, int local_size, const std::string& job_id, Body body,
+               std::chrono::milliseconds timeout = 20s) {
+  REQUIRE_NOTHROW(ferry::test::run_ranks(world, local_size, job_id, body, timeout));
 }
-#define EXPECT(group, condition) \
-  expect((condition), "rank " + std::to_string((group).rank()) + ": failed " #condition)
 
 // The parent ranks sharing this rank's local rank: {0, 2} and {1, 3} on 2 nodes x 2.
 std::vector<int> lane_of(const Group& group) {

@@ -377,9 +377,10 @@ void silent(const Context& context) {
     double took = Seconds(Clock::now() - start).count();
     check(e.code() == ferry::Errc::timeout, what + ": expected a timeout, got " + e.what());
     expect_in(e.what(), "rank " + std::to_string(partner), what);
-    check(took > kTimeout * 0.9 && took < kTimeout + 3.0, what + ": failed after " + std::to_string(took) +
-                                                              " s with a " + std::to_string(kTimeout) +
-                                                              " s timeout");
+    // Not early; late only by what a loaded machine adds (the default timeout, 100 s, would be far past).
+    check(took > kTimeout * 0.9 && took < kTimeout + 10.0, what + ": failed after " + std::to_string(took) +
+                                                               " s with a " + std::to_string(kTimeout) +
+                                                               " s timeout");
     std::printf("rank %d: %s failed after %.2f s: %s\n", rank, what.c_str(), took, e.what());
   };
 

@@ -15,33 +15,50 @@ using namespace std::chrono_literals;
 using namespace group_test;
 
 TEST_CASE("a 2x2 group knows every rank's place", "[group]") {
-  run_ranks(4, 2, [](ferry::Group& group) {
-    CHECK(group.num_nodes() == 2);
-    CHECK(group.node() == group.rank() / 2);
-    REQUIRE(group.ranks().size() == 4);
-    for (int r = 0; r < 4; ++r) {
-      CHECK(group.ranks()[r].rank == r);
-      CHECK(group.ranks()[r].node == r / 2);
-      CHECK(group.ranks()[r].local_rank == r % 2);
-      CHECK(group.ranks()[r].address == "127.0.0.1");
-    }
+  // What each rank sees, checked here on the main thread once all are done.
+  std::vector<int> nodes(4, -1), node(4, -1);
+  std::vector<std::vector<ferry::RankInfo>> seen(4);
+  run_ranks(4, 2, [&](ferry::Group& group) {
+    nodes[group.rank()] = group.num_nodes();
+    node[group.rank()] = group.node();
+    seen[group.rank()] = group.ranks();
   });
+  for (int me = 0; me < 4; ++me) {
+    INFO("as rank " << me << " sees it");
+    CHECK(nodes[me] == 2);
+    CHECK(node[me] == me / 2);
+    REQUIRE(seen[me].size() == 4);
+    for (int r = 0; r < 4; ++r) {
+      CHECK(seen[me][r].rank == r);
+      CHECK(seen[me][r].node == r / 2);
+      CHECK(seen[me][r].local_rank == r % 2);
+      CHECK(seen[me][r].address == "127.0.0.1");
+    }
+  }
 }
 
 TEST_CASE("group collectives: repeated barriers and all-gathers", "[group]") {
-  run_ranks(3, 3, [](ferry::Group& group) {
+  // gathered[rank][round]: what that rank's all-gather returned, checked on the main thread.
+  std::vector<std::vector<std::vector<std::vector<std::uint8_t>>>> gathered(3);
+  run_ranks(3, 3, [&](ferry::Group& group) {
     for (int round = 0; round < 5; ++round) {
       group.barrier("loop");
       std::vector<std::uint8_t> mine{static_cast<std::uint8_t>(group.rank()),
                                      static_cast<std::uint8_t>(round)};
-      auto all = group.all_gather("values", mine);
-      REQUIRE(all.size() == 3);
+      gathered[group.rank()].push_back(group.all_gather("values", mine));
+    }
+  });
+  for (int me = 0; me < 3; ++me) {
+    REQUIRE(gathered[me].size() == 5);
+    for (int round = 0; round < 5; ++round) {
+      INFO("rank " << me << " round " << round);
+      REQUIRE(gathered[me][round].size() == 3);
       for (int r = 0; r < 3; ++r) {
-        CHECK(all[r] ==
+        CHECK(gathered[me][round][r] ==
               std::vector<std::uint8_t>{static_cast<std::uint8_t>(r), static_cast<std::uint8_t>(round)});
       }
     }
-  });
+  }
 }
 
 TEST_CASE("ranks that disagree on ranks per node are refused", "[group]") {

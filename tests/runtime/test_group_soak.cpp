@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/thread_check.hpp"
 #include "ferry/group.hpp"
 #include "ferry/transport/store.hpp"
 #include "group_test_support.hpp"
@@ -30,9 +31,9 @@ TEST_CASE("group soak: thousands of barriers and all-gathers keep rank 0's store
           std::fill(mine.begin(), mine.end(), static_cast<std::uint8_t>(group.rank() * 31 + round));
           auto all = group.all_gather("soak/values", mine);
           for (int r = 0; r < kWorld; ++r) {
-            if (all[r] != std::vector<std::uint8_t>(kValueBytes, static_cast<std::uint8_t>(r * 31 + round))) {
-              FAIL("round " << round << ": wrong bytes from rank " << r);
-            }
+            ferry::test::expect(
+                all[r] == std::vector<std::uint8_t>(kValueBytes, static_cast<std::uint8_t>(r * 31 + round)),
+                "round " + std::to_string(round) + ": wrong bytes from rank " + std::to_string(r));
           }
           if (group.rank() == 0 && round % kSampleEvery == 0) samples.push_back(group.store().server_stats());
         }

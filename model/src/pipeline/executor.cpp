@@ -23,7 +23,10 @@
 
 namespace ferry::model::pipeline {
 
-namespace {
+// Named rather than anonymous: PipelineExecutor::Impl, a class with external linkage, holds these types, and
+// GCC warns (-Wsubobject-linkage) about such fields when the unity build includes this file into another.
+// The using-directive below gives the same visibility an anonymous namespace would.
+namespace executor_detail {
 
 using Clock = std::chrono::steady_clock;
 
@@ -304,7 +307,9 @@ std::int64_t steady_ns(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-}  // namespace
+}  // namespace executor_detail
+
+using namespace executor_detail;
 
 struct PipelineExecutor::Impl {
   Group& group;

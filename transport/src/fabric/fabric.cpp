@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "fabric/fabric_common.hpp"
+#include "fabric/inproc_fabric.hpp"
 #include "fabric/noop_fabric.hpp"
 #include "fabric/ucx_fabric.hpp"
 #include "fabric/verbs_fabric.hpp"
@@ -22,6 +23,8 @@ const char* to_string(FabricKind kind) {
       return "noop";
     case FabricKind::device_copy:
       return "device_copy";
+    case FabricKind::inproc:
+      return "inproc";
   }
   return "unknown";
 }
@@ -39,9 +42,10 @@ FabricKind parse_fabric_kind(const std::string& name) {
   if (name == "verbs") return FabricKind::verbs;
   if (name == "noop") return FabricKind::noop;
   if (name == "device_copy") return FabricKind::device_copy;
+  if (name == "inproc") return FabricKind::inproc;
   if (name == "auto") return auto_kind();
   fail(Errc::invalid_argument,
-       "unknown fabric '" + name + "' (expected ucx, verbs, noop, device_copy or auto)");
+       "unknown fabric '" + name + "' (expected ucx, verbs, noop, device_copy, inproc or auto)");
 }
 
 FabricKind fabric_kind_from_env() {
@@ -50,7 +54,8 @@ FabricKind fabric_kind_from_env() {
   try {
     return parse_fabric_kind(*value);
   } catch (const Error&) {
-    fail(Errc::invalid_argument, "FERRY_FABRIC='" + *value + "' is not one of ucx, verbs, noop, auto");
+    fail(Errc::invalid_argument,
+         "FERRY_FABRIC='" + *value + "' is not one of ucx, verbs, noop, inproc, auto");
   }
 }
 
@@ -72,6 +77,8 @@ std::unique_ptr<Fabric> make_fabric(const Peers& peers, const FabricOptions& opt
       return std::make_unique<VerbsFabric>(peers, options);
     case FabricKind::noop:
       return std::make_unique<NoopFabric>(peers);
+    case FabricKind::inproc:
+      return std::make_unique<InprocFabric>(peers);
     case FabricKind::device_copy:
       fail(Errc::invalid_argument,
            "make_fabric: a device_copy fabric joins virtual ranks of one process on one GPU; make it with "

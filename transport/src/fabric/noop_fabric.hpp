@@ -1,6 +1,6 @@
 // A fabric that checks every argument like a real one and then moves nothing: every operation completes at
 // once. It measures what surrounds the fabric (the proxy's command rings, the protocol) without any
-// transport.
+// transport. InprocFabric adds the bytes to its bookkeeping and checks.
 #pragma once
 
 #include <memory>
@@ -10,7 +10,7 @@
 
 namespace ferry::transport {
 
-class NoopFabric final : public Fabric {
+class NoopFabric : public Fabric {
  public:
   explicit NoopFabric(const Peers& peers);
   ~NoopFabric() override;
@@ -32,7 +32,7 @@ class NoopFabric final : public Fabric {
   void* region_base(RegionId region) const override;
   std::size_t region_bytes(RegionId region) const override;
 
- private:
+ protected:
   void check_connected(const char* op) const;
   void check_local(const char* op, RegionId region, std::size_t offset, std::size_t bytes) const;
   void check_remote(const char* op, int peer, RegionId region, std::size_t offset, std::size_t bytes) const;

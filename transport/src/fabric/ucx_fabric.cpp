@@ -134,12 +134,16 @@ std::string UcxFabric::transports_to(int peer) const {
 // GPU memory needs a UCX built with CUDA support (its cuda memory domain); Debian's UCX is not. Said by name
 // here rather than as ucp_mem_map's generic failure, or worse, a host-memory registration of a device
 // pointer.
-void UcxFabric::require_cuda_memory_support() {
+bool UcxFabric::cuda_memory_supported() const {
   ucp_context_attr_t attr{};
   attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
   const ucs_status_t status = ucp_context_query(context(), &attr);
   if (status != UCS_OK) fail(Errc::system, "ucx: ucp_context_query: " + status_text(status));
-  if ((attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) == 0) {
+  return (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+}
+
+void UcxFabric::require_cuda_memory_support() const {
+  if (!cuda_memory_supported()) {
     fail(Errc::unsupported,
          "ucx fabric: this UCX has no CUDA support, so it cannot register GPU memory for transfers between "
          "nodes; use a UCX built with CUDA (ucx_info -d lists a cuda memory domain) or the verbs fabric "

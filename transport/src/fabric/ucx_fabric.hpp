@@ -47,8 +47,11 @@ class UcxFabric final : public Fabric {
   void* region_base(RegionId region) const override;
   std::size_t region_bytes(RegionId region) const override;
 
+  // Whether this UCX was built with CUDA support (its cuda memory domain), so it can register GPU memory.
+  bool cuda_memory_supported() const;
+
  private:
-  void require_cuda_memory_support();
+  void require_cuda_memory_support() const;
 
   struct ContextDeleter {
     void operator()(ucp_context_h context) const { ucp_cleanup(context); }

@@ -1,5 +1,6 @@
 // The inter-node fabric: one-sided RDMA between ranks, behind one interface with two real backends (ucx,
-// verbs) and a no-op one (measures the cost of everything around the fabric).
+// verbs), a no-op one (measures the cost of everything around the fabric) and an in-process one (ranks that
+// are threads of one process, for tests: ThreadSanitizer sees every byte it moves).
 //
 // Set-up is collective: every rank calls make_fabric(), registers the same sequence of regions, then calls
 // connect(). Region i on rank A pairs with region i on rank B (sizes may differ per rank; every access is
@@ -31,7 +32,8 @@ namespace ferry::transport {
 enum class MemoryKind { host, cuda };
 // device_copy: virtual ranks of one process on one GPU (device_copy.hpp); made by DeviceCopyWorld, never by
 // make_fabric() or FERRY_FABRIC.
-enum class FabricKind { ucx, verbs, noop, device_copy };
+// inproc: ranks that are threads of one process (tests); puts are memcpy, signals atomic adds.
+enum class FabricKind { ucx, verbs, noop, device_copy, inproc };
 
 using RegionId = std::uint32_t;
 
@@ -42,10 +44,10 @@ struct FabricOptions {
   std::size_t max_in_flight = 256;  // bound on posted, uncompleted operations per peer (post waits above it)
 };
 
-// FERRY_FABRIC=ucx|verbs|noop|auto (unset: auto); auto picks verbs when an RDMA device exists, else ucx.
-// Throws Errc::invalid_argument naming the variable for any other value.
+// FERRY_FABRIC=ucx|verbs|noop|inproc|auto (unset: auto); auto picks verbs when an RDMA device exists, else
+// ucx. Throws Errc::invalid_argument naming the variable for any other value.
 FabricKind fabric_kind_from_env();
-// "ucx", "verbs", "noop", "device_copy".
+// "ucx", "verbs", "noop", "device_copy", "inproc".
 const char* to_string(FabricKind kind);
 // Inverse of to_string (also accepts "auto", resolved as fabric_kind_from_env does); throws invalid_argument.
 FabricKind parse_fabric_kind(const std::string& name);
