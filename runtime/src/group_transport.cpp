@@ -100,10 +100,12 @@ class GroupTransport::NodeView final : public h::NodeMemory {
 };
 
 // Ranks of this node are processes of this host: one that is gone is reported at once. Ranks of other nodes
-// are watched by the fabric (UCX reports a failed endpoint), whose error the proxy keeps.
+// are watched by the fabric (UCX reports a failed endpoint), whose error the proxy keeps. And every rank
+// hears from the store when the job failed anywhere (a rank's connection closed, a rank reported a failure),
+// so a rank waiting for a healthy peer that is itself stuck on a dead one stops too, naming the cause.
 class GroupTransport::Health final : public h::PeerHealth {
  public:
-  Health(Group& group, const t::Proxy* proxy) : proxy_(proxy) {
+  Health(Group& group, const t::Proxy* proxy) : proxy_(proxy), watch_(group.failure_watch()) {
     for (const RankInfo& info : group.ranks()) {
       if (info.node == group.node() && info.rank != group.rank() && info.pid > 0) local_.push_back(info);
     }
@@ -117,10 +119,12 @@ class GroupTransport::Health final : public h::PeerHealth {
                                    ", this node) is gone: its process exited or was killed");
     }
     if (proxy_ != nullptr) proxy_->check_error();
+    if (watch_) watch_->check();
   }
 
  private:
   const t::Proxy* proxy_;
+  std::shared_ptr<t::StoreWatch> watch_;
   std::vector<RankInfo> local_;
 };
 
@@ -171,15 +175,19 @@ GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayo
 }
 
 GroupTransport::~GroupTransport() {
+  // Once the job has failed, the others are on their way out (or dead): waiting for our puts to land and
+  // meeting them would only wait for the dead.
+  const std::shared_ptr<t::StoreWatch> watch = group_.failure_watch();
+  const bool failed = watch && !watch->failure().empty();
   try {
-    if (proxy_) {
+    if (proxy_ && !failed) {
       for (int ring = 0; ring < proxy_->num_rings(); ++ring) {
         t::ProducerRing& producer = proxy_->ring(ring);
         producer.post(t::make_flush());
         producer.wait_completed(producer.posted());
       }
     }
-    group_.barrier("ferry/buffer/close");
+    if (!failed) group_.barrier("ferry/buffer/close");
   } catch (...) {  // a destructor cannot report; the operations that failed already have
   }
   health_.reset();

@@ -277,7 +277,8 @@ void PeerChannel::Impl::stop_thread() noexcept {
 // visible; the fabric barrier keeps us progressing until every rank got there, so peers still finishing
 // (tcp, shared memory: their writes into us need our progress) are not cut off.
 void PeerChannel::Impl::teardown() noexcept {
-  if (fabric && !fabric_broken) {
+  const bool job_failed = peers.watch != nullptr && !peers.watch->failure().empty();
+  if (fabric && !fabric_broken && !job_failed) {
     try {
       fabric->flush();
       t::fabric_barrier(*fabric, peers, "ferry/peer_channel/close");
@@ -399,6 +400,9 @@ void PeerChannel::Impl::pause(std::uint32_t& rounds, std::chrono::microseconds& 
 }
 
 bool PeerChannel::Impl::step(Clock::time_point now) {
+  // A failure anywhere in the job (told by the store) ends what waits here: the peer it waits for may be
+  // the one that failed, or stuck behind it.
+  if (peers.watch != nullptr && pending()) peers.watch->check();
   bool moved = fabric->progress();
   std::uint64_t completed = fabric->completed();
   for (int peer = 0; peer < world; ++peer) {

@@ -126,7 +126,7 @@ Store::Impl::Impl(const StoreOptions& options_in)
   auto pause = std::chrono::milliseconds(50);
   for (;;) {
     try {
-      fd = net::connect_tcp(options.host, options.port, deadline);
+      fd = net::connect_tcp(options.host, options.port, deadline, options.wait_for_server);
     } catch (const Error& error) {
       if (error.code() != Errc::timeout) throw;
       fail(Errc::timeout, "store at " + endpoint + " not reachable within " +
@@ -646,11 +646,12 @@ void StoreWatch::Impl::run() noexcept {
   try {
     while (watch_once()) {
     }
-  } catch (const std::exception& error) {
+  } catch (const Error& error) {
     // The store went away (its rank 0 ended or died) or broke the protocol: whoever waits for a peer must
     // not wait on, and the store cannot have told anyone anything since.
-    set_failure(std::string("lost the job's store at ") + connection.endpoint +
-                " (hosted by rank 0: did its process end?): " + error.what());
+    set_failure("lost the job's store: " + wire::bare_message(error));
+  } catch (const std::exception& error) {
+    set_failure(std::string("the store watch failed: ") + error.what());
   }
 }
 
@@ -675,6 +676,7 @@ void StoreWatch::report(const std::string& text) noexcept {
     StoreOptions options = impl_->options;
     // Short: a store that does not answer at once is gone, and the caller is on its way out with an error.
     options.timeout = std::min<Duration>(options.timeout, std::chrono::seconds(2));
+    options.wait_for_server = false;
     Store::Impl reporter(options);
     reporter.report_failure(text);
   } catch (const std::exception&) {

@@ -213,9 +213,7 @@ std::string describe_duration(Duration duration) {
 }
 
 std::string bare_message(const Error& error) {
-  std::string text = error.what();
-  std::string prefix = "ferry: " + std::string(to_string(error.code())) + ": ";
-  return text.rfind(prefix, 0) == 0 ? text.substr(prefix.size()) : text;
+  return error.message();
 }
 
 }  // namespace ferry::transport::wire

@@ -69,6 +69,9 @@ struct StoreOptions {
   std::function<void(const std::string& line)> log;
   std::size_t max_message_bytes = std::size_t{64} << 20;  // frames larger than this are rejected
   Duration timeout = kDefaultTimeout;                     // default deadline of every blocking call
+  // Clients only: keep trying to connect while the server is not up (yet), until `timeout`. false: a refused
+  // connection fails at once (Errc::peer_failure), for a client that would only talk to a running store.
+  bool wait_for_server = true;
   // Clients only: prepended to every key this client names (set/get/wait/add/check and the keys of barrier
   // and all_gather), so several groups can share one server, each with collectives of the same names, and
   // never see each other's keys. Error messages show the full key.
