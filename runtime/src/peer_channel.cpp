@@ -349,7 +349,12 @@ void PeerChannel::Impl::run() noexcept {
       try {
         moved = step(now);
       } catch (const Error& e) {
-        break_channel(e.code(), bare_message(e));
+        // A peer the fabric lost may be a survivor that left once the job had failed elsewhere: name what
+        // the store names (it knows within moments), as every rank does.
+        const std::string cause = e.code() == Errc::peer_failure && peers.watch != nullptr
+                                      ? peers.watch->await_failure(std::chrono::milliseconds(500))
+                                      : std::string();
+        break_channel(e.code(), cause.empty() ? bare_message(e) : cause);
       } catch (const std::exception& e) {
         break_channel(Errc::internal, std::string("channel thread failed: ") + e.what());
       }

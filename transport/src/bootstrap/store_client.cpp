@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -589,6 +590,7 @@ struct StoreWatch::Impl {
   Store::Impl connection;  // the watch's own; used by its thread only once that runs
   net::Fd stop;            // eventfd: the destructor writes it
   mutable std::mutex mutex;
+  mutable std::condition_variable failure_set;
   std::string failure;  // guarded by mutex
   std::atomic<bool> has_failure{false};
   std::mutex report_mutex;  // one report at a time
@@ -614,10 +616,13 @@ StoreWatch::Impl::~Impl() {
 }
 
 void StoreWatch::Impl::set_failure(const std::string& text) {
-  std::lock_guard lock(mutex);
-  if (!failure.empty()) return;
-  failure = text;
-  has_failure.store(true, std::memory_order_release);
+  {
+    std::lock_guard lock(mutex);
+    if (!failure.empty()) return;
+    failure = text;
+    has_failure.store(true, std::memory_order_release);
+  }
+  failure_set.notify_all();
 }
 
 bool StoreWatch::Impl::watch_once() {
@@ -661,6 +666,12 @@ StoreWatch::~StoreWatch() = default;
 std::string StoreWatch::failure() const {
   if (!impl_->has_failure.load(std::memory_order_acquire)) return {};
   std::lock_guard lock(impl_->mutex);
+  return impl_->failure;
+}
+
+std::string StoreWatch::await_failure(Duration wait) const {
+  std::unique_lock lock(impl_->mutex);
+  impl_->failure_set.wait_for(lock, wait, [this] { return !impl_->failure.empty(); });
   return impl_->failure;
 }
 

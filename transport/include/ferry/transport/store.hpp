@@ -174,6 +174,10 @@ class StoreWatch {
   std::string failure() const;
   // Throws Errc::peer_failure with failure(), if there is one.
   void check() const;
+  // failure(), waiting up to `wait` for one. For a rank that has seen a peer go: the peer may be a survivor
+  // that left once the job had failed (its cause is what the store says), or the cause itself (the store
+  // names it within moments, since its connection closed too).
+  std::string await_failure(Duration wait) const;
   // Makes `text` the job's failure unless there is one already, over a short-lived connection of its own
   // (best effort: a store that is gone cannot be told). Returns at once when the job has failed already.
   void report(const std::string& text) noexcept;
