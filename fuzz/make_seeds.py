@@ -2,6 +2,8 @@
 """Writes the seed corpora of the fuzz targets (fuzz/corpus/<target>/seed-*). Run from anywhere; the seeds
 are committed, so this is only needed to change them. Crashes the fuzzer finds are added next to the seeds
 (crash-*), by hand, and stay there as regression inputs."""
+import hashlib
+import hmac as hmac_module
 import json
 import os
 import struct
@@ -17,19 +19,26 @@ def write(target, name, data):
 
 
 # ---- store_frames: [flags][chunk-1] then frames (store_protocol.hpp: magic, version, opcode, lengths) ----
-def frame(opcode, key=b"", value=b""):
-    return struct.pack("<IHHIQ", 0x59525246, 2, opcode, len(key), len(value)) + key + value
+# flags: bit 0 starts authenticated, bit 1 starts joined as rank 0 of 2. The harness's server nonce is zeros.
+def frame(opcode, key=b"", value=b"", version=3):
+    return struct.pack("<IHHIQ", 0x59525246, version, opcode, len(key), len(value)) + key + value
 
 
 HELLO, SET, GET, CHECK, ADD, ERASE, STATS = 1, 2, 3, 4, 5, 6, 7
-hello = frame(HELLO, value=b"fuzz-secret")
+PROVE, JOIN, LEAVE, MEMBERS, FAIL, WATCH = 8, 9, 10, 11, 12, 13
+client_nonce = bytes(range(16))
+proof = hmac_module.new(b"fuzz-secret", b"ferry store v3 client proof" + client_nonce + bytes(16),
+                        hashlib.sha256).digest()
+hello = frame(HELLO, value=client_nonce) + frame(PROVE, value=proof)
 session = (hello + frame(SET, b"job/a/0", b"value") + frame(GET, b"job/a/0", struct.pack("<Q", 10)) +
            frame(ADD, b"job/a/count", struct.pack("<q", 3)) + frame(CHECK, b"job/a/0") +
            frame(GET, b"missing", struct.pack("<Q", 0)) + frame(ERASE, b"job/a/") + frame(STATS))
 write("store_frames", "session", b"\x00\xff" + session)
 write("store_frames", "session-bytewise", b"\x00\x00" + session)
 write("store_frames", "authenticated", b"\x01\x10" + frame(SET, b"k", b"v" * 40) + frame(ADD, b"k", b"\0" * 8))
-write("store_frames", "wrong-secret", b"\x00\xff" + frame(HELLO, value=b"guess"))
+write("store_frames", "wrong-secret", b"\x00\xff" + frame(HELLO, value=client_nonce) + frame(PROVE, value=bytes(32)))
+write("store_frames", "secret-in-clear", b"\x00\xff" + frame(HELLO, value=b"fuzz-secret"))
+write("store_frames", "old-version", b"\x00\xff" + frame(HELLO, value=b"fuzz-secret", version=2))
 write("store_frames", "before-hello", b"\x00\xff" + frame(SET, b"k", b"v"))
 write("store_frames", "second-hello", b"\x00\x07" + hello + hello)
 write("store_frames", "bad-header", b"\x01\xff" + struct.pack("<IHHIQ", 0x59525246, 1, SET, 1 << 20, 1 << 40))
@@ -39,6 +48,14 @@ for rank in range(2):
 barrier += frame(SET, b"b/0/done") + frame(GET, b"b/0/done", struct.pack("<Q", 5))
 barrier += frame(ADD, b"b/0/finished", struct.pack("<q", 2)) + frame(ERASE, b"b/0/")
 write("store_frames", "barrier", b"\x00\x40" + hello + barrier)
+membership = (frame(JOIN, b"", struct.pack("<II", 1, 2) + b"pid 7 on fuzz") + frame(MEMBERS, b"") +
+              frame(WATCH, b"", struct.pack("<Q", 10)) + frame(LEAVE, b"") +
+              frame(JOIN, b"sub/", struct.pack("<II", 0, 3)) + frame(FAIL, b"", b"rank 2 timed out") +
+              frame(GET, b"never", struct.pack("<Q", 100)) + frame(WATCH, b"", struct.pack("<Q", 10)))
+write("store_frames", "membership", b"\x01\x20" + membership)
+write("store_frames", "duplicate-rank", b"\x03\xff" + frame(JOIN, b"", struct.pack("<II", 0, 2) + b"again") +
+      frame(JOIN, b"", struct.pack("<II", 1, 3)))
+write("store_frames", "joined-then-closed", b"\x03\xff" + frame(SET, b"k", b"v"))
 
 # ---- chrome_trace: documents as ferry writes them, and variants ----
 def event(name, cat, pid, tid, ts, dur, **args):

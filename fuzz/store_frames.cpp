@@ -5,7 +5,9 @@
 // not decode, or a table whose accounting drifts.
 //
 // Input: byte 0 bit 0 = the connection starts authenticated (so the fuzzer also reaches the requests behind
-// HELLO without having to find it), byte 1 = chunk size - 1, then the stream.
+// the handshake without having to find it), bit 1 = it starts joined as rank 0 of a world of 2 (so closing it
+// fails the job), byte 1 = chunk size - 1, then the stream. The server's nonce is all zeros, so a seed can
+// carry a valid proof (fuzz/make_seeds.py computes it).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -42,12 +44,15 @@ void check_reply_decodes(const RequestOutcome& outcome, std::string_view key) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
-  bool authenticated = (data[0] & 1) != 0;
+  ConnectionState connection;
+  if ((data[0] & 1) != 0) connection.stage = wire::AuthStage::done;
+  StoreTable table;
+  Membership members;
+  if ((data[0] & 2) != 0) FUZZ_CHECK(members.join("", 0, 2, "fuzz", connection.seat).empty());
   const std::size_t chunk = std::size_t{data[1]} + 1;
   data += 2;
   size -= 2;
 
-  StoreTable table;
   Bytes in;
   std::size_t start = 0, fed = 0;
   bool open = true;
@@ -55,7 +60,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (;;) {
       const std::size_t available = in.size() - start;
       const wire::RequestScan scan =
-          wire::scan_request(in.data() + start, available, kMaxValueBytes, authenticated);
+          wire::scan_request(in.data() + start, available, kMaxValueBytes, connection.stage);
       if (scan.status == wire::RequestScan::Status::need_more) break;
       if (scan.status == wire::RequestScan::Status::rejected) {
         FUZZ_CHECK(!scan.reason.empty());
@@ -63,15 +68,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         break;
       }
       FUZZ_CHECK(scan.header.frame_bytes() <= available);
-      FUZZ_CHECK(authenticated || scan.header.opcode == Opcode::hello);
+      FUZZ_CHECK(connection.authenticated() || scan.header.opcode == Opcode::hello ||
+                 scan.header.opcode == Opcode::prove);
       const std::uint8_t* frame = in.data() + start;
       const std::string_view key(reinterpret_cast<const char*>(frame + wire::kHeaderBytes),
                                  scan.header.key_len);
       StoreStats stats;
       stats.keys = table.keys();
       stats.bytes = table.bytes();
-      const RequestOutcome outcome = handle_request(table, kSecret, authenticated, scan.header, key,
+      const wire::AuthStage before = connection.stage;
+      const RequestOutcome outcome = handle_request(table, members, kSecret, connection, scan.header, key,
                                                     frame + wire::kHeaderBytes + scan.header.key_len, stats);
+      // Authentication only moves forward, one step per request, and only a correct proof finishes it.
+      FUZZ_CHECK(connection.stage >= before);
+      if (before != wire::AuthStage::done && connection.authenticated())
+        FUZZ_CHECK(scan.header.opcode == Opcode::prove && outcome.opcode == Opcode::ok);
+      if (outcome.job_failed) FUZZ_CHECK(members.failed());
       if (outcome.action == RequestOutcome::Action::drop) {
         FUZZ_CHECK(!outcome.text.empty());
         FUZZ_CHECK(!outcome.error_kind.empty());
@@ -87,6 +99,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     in.insert(in.end(), data + fed, data + fed + take);
     fed += take;
   }
+  // The connection closes: a member that had not left fails the job, with a text.
+  const bool was_failed = members.failed();
+  if (members.lost(connection.seat, "the fuzzed connection closed")) FUZZ_CHECK(!was_failed);
+  FUZZ_CHECK(!connection.seat.joined);
+  FUZZ_CHECK(members.failure().size() <= wire::kMaxFailureBytes);
   // Whatever happened, erasing everything brings the accounting back to zero.
   table.erase_prefix("");
   FUZZ_CHECK(table.keys() == 0);

@@ -27,14 +27,19 @@ std::string_view to_string(Errc code) noexcept {
 Error::Error(Errc code, const std::string& message)
     : std::runtime_error("ferry: " + std::string(to_string(code)) + ": " + message), code_(code) {}
 
+Error Error::detached_copy(const Error& other) {
+  return Error(other.code_, std::string(other.what()), Verbatim{});
+}
+
 std::string Error::message() const {
   const std::string prefix = "ferry: " + std::string(to_string(code_)) + ": ";
   const std::string text = what();
-  return text.compare(0, prefix.size(), prefix) == 0 ? text.substr(prefix.size()) : text;
+  return text.rfind(prefix, 0) == 0 ? text.substr(prefix.size()) : text;
 }
 
-Error Error::detached_copy(const Error& other) {
-  return Error(other.code_, std::string(other.what()), Verbatim{});
+std::string_view without_ferry_prefix(std::string_view what) noexcept {
+  constexpr std::string_view kPrefix = "ferry: ";
+  return what.substr(0, kPrefix.size()) == kPrefix ? what.substr(kPrefix.size()) : what;
 }
 
 void fail(Errc code, const std::string& message) {

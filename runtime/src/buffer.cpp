@@ -9,6 +9,7 @@
 #include "device_backend.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/kernels/host/engine.hpp"
+#include "ferry/transport/store.hpp"
 #include "group_transport.hpp"
 #include "local_cluster.hpp"
 #include "op_settings.hpp"
@@ -168,6 +169,17 @@ h::EngineOptions engine_options(const Config& config) {
   return options;
 }
 
+// Tells the job's store of this rank's first failed operation, so that every rank learns of it within
+// moments, naming the cause (a rank that waits for this one would otherwise wait for its whole timeout,
+// and a frozen peer would be reported by each rank separately).
+OperationQueue::FailureHook failure_reporter(Group& group) {
+  std::shared_ptr<transport::StoreWatch> watch = group.failure_watch();
+  if (!watch) return {};
+  return [watch, rank = group.rank()](const std::string& what) {
+    watch->report("rank " + std::to_string(rank) + " failed: " + std::string(without_ferry_prefix(what)));
+  };
+}
+
 // Every rank must build its Buffer with the same shared settings: compare them now, by name, rather than fail
 // later with a fingerprint.
 void check_same_config(Group& group, const Config& config) {
@@ -202,7 +214,7 @@ Buffer::Buffer(Group& group, const Config& config, Device device) : impl_(std::m
   impl.transport = std::make_unique<GroupTransport>(
       group, layout, bytes, h::engine_threads(options, config.num_channels()), config.timeout);
   impl.engine = std::make_unique<h::Engine>(impl.rank, layout, impl.transport->memory(), options);
-  impl.queue = std::make_unique<OperationQueue>(impl.rank);
+  impl.queue = std::make_unique<OperationQueue>(impl.rank, failure_reporter(group));
 }
 
 Buffer::Buffer(LocalCluster& cluster, int rank) : impl_(std::make_unique<Impl>()) {

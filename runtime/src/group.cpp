@@ -1,12 +1,12 @@
 #include "ferry/group.hpp"
 
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
+#include <exception>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "ferry/core/error.hpp"
@@ -19,57 +19,66 @@ struct Group::Impl {
   JobEnv job;
   std::unique_ptr<transport::StoreServer> server;  // rank 0 of a whole job only; sub-groups use their root's
   std::unique_ptr<transport::Store> store;
-  std::string key_prefix;        // on every key of `store`: empty for a whole job, see split()
+  std::shared_ptr<transport::StoreWatch> watch;  // the job's; shared with sub-groups; null for one rank
+  std::string key_prefix;        // on every key of `store`, and the group's name in the store's membership
   std::uint16_t store_port = 0;  // where `store` connected (job.store_port may be 0 on the rank hosting it)
   std::vector<RankInfo> ranks;
   Duration timeout{};
-  std::map<std::string, std::uint64_t> split_rounds;  // split name -> rounds this rank has taken part in
+  std::map<std::string, std::uint64_t> split_rounds;   // split name -> rounds this rank has taken part in
+  int uncaught_at_start = std::uncaught_exceptions();  // more at destruction: destroyed by a failure
 
-  // Rank 0 of a whole job hosts the store: it must outlive every other rank's last reply. Every rank checks
-  // out on leaving, and rank 0 waits (bounded) until all have, so a rank finishing first never cuts the
-  // others' final collective. A sub-group's rank 0 waits for its members the same way (under the sub-group's
-  // prefix), so leaving a sub-group is as orderly as leaving the job.
-  //
-  // A rank that died never checks out. On rank 0's own node (where ranks share a pid namespace, as the
-  // fabric's liveness check assumes too) a rank whose process is gone and that has not checked out is counted
-  // as departed, so a job that lost a rank ends promptly instead of after the whole timeout.
-  ~Impl() {
-    if (!store) return;
+  // Makes `text` the job's failure (unless it has one), so that no rank waits for this one in vain.
+  void report(const std::string& text) noexcept {
     try {
-      store->set(exit_key(job.rank), {});
-      store->add("ferry/group/exit", 1);
-      if (job.rank != 0) return;
-      Deadline deadline(std::min<Duration>(timeout, std::chrono::seconds(30)));
-      std::vector<bool> departed(ranks.size(), false);
-      int departed_count = 0;
-      auto next_liveness_check = Clock::now() + std::chrono::milliseconds(50);
-      auto everyone_left = [&] {
-        return store->add("ferry/group/exit", 0) + departed_count >= job.world_size;
-      };
-      while (!everyone_left() && !deadline.expired()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        if (ranks.empty() || Clock::now() < next_liveness_check) continue;
-        next_liveness_check = Clock::now() + std::chrono::milliseconds(50);
-        for (std::size_t r = 0; r < ranks.size(); ++r) {
-          const RankInfo& info = ranks[r];
-          if (departed[r] || info.node != ranks[0].node || info.pid <= 0) continue;
-          if (::kill(info.pid, 0) == 0 || errno != ESRCH) continue;
-          // Gone: departed unless it checked out first (its key is set before its count is added, so a
-          // rank found here either never counted itself or set the key and the count is on its way).
-          if (store->check(exit_key(static_cast<int>(r)))) continue;
-          departed[r] = true;
-          ++departed_count;
-        }
-      }
-      // A sub-group's keys live in its root's store, which outlives it: everyone has left, so nothing of
-      // this sub-group will be read again.
-      if (!key_prefix.empty() && everyone_left()) store->erase_prefix("");
+      if (store && !(watch && !watch->failure().empty())) store->report_failure(text);
     } catch (const std::exception&) {
-      // Leaving anyway: a peer that is gone cannot be waited for.
+      // The store is gone: the others learn that from their own connections.
     }
   }
 
-  static std::string exit_key(int rank) { return "ferry/group/exit/" + std::to_string(rank); }
+  // Rank 0 of a whole job hosts the store: it must outlive every other rank's last reply. Every rank checks
+  // out (LEAVE) on leaving, and rank 0 waits (bounded by the timeout) until the store counts nobody present,
+  // so a rank finishing first never cuts the others' final collective. A sub-group's rank 0 waits for its
+  // members the same way, so leaving a sub-group is as orderly as leaving the job.
+  //
+  // A rank that died never checks out, but its connection to the store closed: the store counts it lost, not
+  // present, and the job failed. Once the job has failed, rank 0 waits only a short grace for the ranks
+  // still there, not for one that may be frozen: the store told every rank's watch of the failure when it
+  // happened, so what the others still ask of it (their LEAVE) no longer matters.
+  ~Impl() {
+    if (!store) return;
+    // The job's Group destroyed while an exception unwinds the stack: this rank is failing and will not take
+    // part in what its peers wait for. (Errors that name their cause were reported where they were caught.)
+    // A sub-group's is not: its members may catch what ended it (a refused name) and go on in the job.
+    if (key_prefix.empty() && std::uncaught_exceptions() > uncaught_at_start) {
+      report("rank " + std::to_string(job.rank) +
+             " left the job with an error (its Group was destroyed while an exception unwound the stack)");
+    }
+    // Our watch's thread stops here (sub-groups that share it are gone: they must not outlive this group).
+    std::string failure = watch ? watch->failure() : std::string();
+    watch.reset();
+    try {
+      store->leave(key_prefix);
+      if (job.rank != 0) return;
+      constexpr auto kFailureGrace = std::chrono::milliseconds(500);
+      Deadline deadline(std::min<Duration>(timeout, std::chrono::seconds(30)));
+      std::optional<Deadline> grace;
+      std::size_t present = 0;
+      for (;;) {
+        bool failed = false;
+        present = store->members_present(key_prefix, &failed);
+        if (present == 0) break;
+        if ((failed || !failure.empty()) && !grace) grace.emplace(kFailureGrace);
+        if (deadline.expired() || (grace && grace->expired())) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+      // A sub-group's keys live in its root's store, which outlives it: everyone has left, so nothing of
+      // this sub-group will be read again.
+      if (!key_prefix.empty() && present == 0) store->erase_prefix("");
+    } catch (const std::exception&) {
+      // Leaving anyway: a store that is gone cannot be told.
+    }
+  }
 };
 
 namespace {
@@ -78,6 +87,35 @@ std::string local_hostname() {
   char name[256] = {};
   if (gethostname(name, sizeof(name) - 1) != 0) return "unknown";
   return name;
+}
+
+std::string who_am_i() {
+  return "pid " + std::to_string(::getpid()) + " on " + local_hostname();
+}
+
+// Rank 0 could not bind the store's port. When this job's store already listens there, this process is a
+// second rank 0: it claims rank 0 at that store, which fails the job on every rank naming rank 0, and fails
+// here the same way. Otherwise the port belongs to something else, and the bind error says so.
+[[noreturn]] void refuse_second_rank0(const JobEnv& job, transport::StoreOptions options, bool handoff,
+                                      const Error& bind_error) {
+  try {
+    options.timeout = std::min<Duration>(options.timeout, std::chrono::seconds(5));
+    // Without FERRY_SECRET the other rank 0 handed its secret over in a file while its job starts.
+    if (handoff) options.secret = detail::await_secret(job, Deadline(std::chrono::seconds(2)));
+    transport::Store existing(options);
+    existing.join("", 0, job.world_size, who_am_i());  // throws when the other rank 0 has joined already
+    // It had not yet: this claim came first, so the other one will be refused; the job fails either way.
+    const std::string text = "rank 0 is claimed twice: by " + who_am_i() +
+                             " and by the process hosting the store at " + existing.endpoint() +
+                             "; every rank must be started exactly once";
+    existing.report_failure(text);
+    fail(Errc::peer_failure, text);
+  } catch (const Error& error) {
+    if (error.code() == Errc::peer_failure) throw;
+  }
+  fail(bind_error.code(), bind_error.message() +
+                              " (another program holds the port, or another process is rank 0 of this job "
+                              "but could not be reached)");
 }
 
 std::vector<std::uint8_t> encode(const RankInfo& info, int local_size, const std::string& refusal) {
@@ -151,11 +189,12 @@ Group Group::from_env(const GroupOptions& options) {
 }
 
 Group Group::from_job(const JobEnv& job, const GroupOptions& options) {
-  return join(job, options, job.rank == 0, "", "");
+  return join(job, options, job.rank == 0, "", "", nullptr);
 }
 
 Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_store,
-                  const std::string& key_prefix, const std::string& refusal) {
+                  const std::string& key_prefix, const std::string& refusal,
+                  std::shared_ptr<transport::StoreWatch> watch) {
   auto impl = std::make_unique<Impl>();
   impl->job = job;
   impl->timeout = options.timeout;
@@ -176,25 +215,36 @@ Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_stor
   store_options.secret = impl->job.secret;
   store_options.timeout = options.timeout;
   store_options.key_prefix = key_prefix;
-  std::unique_ptr<detail::SecretHandoff> published;  // rank 0 of a hand-over: removed once all have joined
+  // Rank 0 of a hand-over (of the secret, the port or both): the file is removed once all have joined.
+  std::unique_ptr<detail::SecretHandoff> published;
   if (host_store) {
     if (handoff) store_options.secret = impl->job.secret = detail::make_secret();
-    impl->server = std::make_unique<transport::StoreServer>(store_options);
+    try {
+      impl->server = std::make_unique<transport::StoreServer>(store_options);
+    } catch (const Error& error) {
+      if (error.code() != Errc::system || job.store_fd >= 0 || job.store_port == 0) throw;
+      // The port is taken: maybe by this job's rank 0, which makes this process a second rank 0.
+      refuse_second_rank0(job, store_options, handoff, error);
+    }
     store_options.port = impl->server->port();
-    if (handoff) published = std::make_unique<detail::SecretHandoff>(impl->job, store_options.secret);
+    if (handoff || job.port_handoff) {
+      published = std::make_unique<detail::SecretHandoff>(job, store_options.secret, store_options.port);
+    }
     impl->store = std::make_unique<transport::Store>(store_options);
-  } else if (job.store_port == 0) {
+  } else if (job.store_port == 0 && !job.port_handoff) {
     fail(Errc::invalid_argument, "rank " + std::to_string(job.rank) + " has no store port to connect to");
-  } else if (handoff) {
+  } else if (handoff || job.port_handoff) {
     // A secret left behind by a crashed job of the same name is refused by the store: read again.
     Deadline deadline(options.timeout);
     std::string rejected;
     while (!impl->store) {
-      store_options.secret = detail::await_secret(job, deadline, rejected);
+      const detail::Handoff handed = detail::await_handoff(job, deadline, rejected);
+      if (job.port_handoff) store_options.port = handed.port;
+      if (handoff) store_options.secret = handed.secret;
       try {
         impl->store = std::make_unique<transport::Store>(store_options);
       } catch (const transport::SecretRejected&) {
-        if (deadline.expired()) throw;
+        if (deadline.expired() || !handoff) throw;
         rejected = store_options.secret;
       }
     }
@@ -211,14 +261,32 @@ Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_stor
   mine.hostname = local_hostname();
   mine.address = job.node_address.empty() ? impl->store->local_address() : job.node_address;
   mine.pid = static_cast<int>(getpid());
-  auto blobs = impl->store->all_gather("ferry/group/ranks", job.rank, job.world_size,
-                                       encode(mine, job.local_size, job.rank == 0 ? refusal : ""));
-  // Everyone has read every record before anyone may fail validation and (on rank 0) take the store down.
-  impl->store->barrier("ferry/group/gathered", job.rank, job.world_size);
-  if (published) published->withdraw();  // every rank is in: nobody needs the file any more
-  std::string refused;
-  impl->ranks = decode_and_validate(blobs, job, &refused);
-  if (!refused.empty()) fail(Errc::invalid_argument, refused);
+  // Claims the rank: a second claim, or a world size other than the first rank's, fails every rank of the
+  // job at once, naming it; so does this process's death from now until it leaves.
+  impl->store->join(key_prefix, job.rank, job.world_size, who_am_i());
+  try {
+    if (watch) {
+      impl->watch = std::move(watch);
+    } else if (job.world_size > 1) {
+      impl->watch = std::make_shared<transport::StoreWatch>(store_options);
+    }
+    auto blobs = impl->store->all_gather("ferry/group/ranks", job.rank, job.world_size,
+                                         encode(mine, job.local_size, job.rank == 0 ? refusal : ""));
+    // Everyone has read every record before anyone may fail validation and (on rank 0) take the store down.
+    impl->store->barrier("ferry/group/gathered", job.rank, job.world_size);
+    if (job.port_handoff) impl->job.store_port = store_options.port;  // for whoever asks the job where it is
+    if (published) published->withdraw();  // every rank is in: nobody needs the file any more
+    std::string refused;
+    impl->ranks = decode_and_validate(blobs, job, &refused);
+    if (!refused.empty()) fail(Errc::invalid_argument, refused);
+  } catch (const Error& error) {
+    // The others wait for this rank in the collectives above: tell them why it will not come. (A sub-group's
+    // members meet their refusal or timeout together, and may go on in the job.)
+    if (key_prefix.empty())
+      impl->report("rank " + std::to_string(job.rank) +
+                   " could not join the job: " + std::string(without_ferry_prefix(error.what())));
+    throw;
+  }
   return Group(std::move(impl));
 }
 
@@ -248,6 +316,9 @@ const std::vector<RankInfo>& Group::ranks() const {
 }
 transport::Store& Group::store() {
   return *impl_->store;
+}
+std::shared_ptr<transport::StoreWatch> Group::failure_watch() const {
+  return impl_->watch;
 }
 const std::string& Group::key_prefix() const {
   return impl_->key_prefix;

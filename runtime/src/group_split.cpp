@@ -161,7 +161,8 @@ Group Group::split(const std::string& name, std::span<const int> members) {
   GroupOptions options;
   options.timeout = store().timeout();
   try {
-    return join(sub, options, false, key_prefix() + base + members_hash(members) + "/", refusal);
+    return join(sub, options, false, key_prefix() + base + members_hash(members) + "/", refusal,
+                failure_watch());
   } catch (const Error& error) {
     if (error.code() != Errc::timeout) throw;
     fail(Errc::timeout,

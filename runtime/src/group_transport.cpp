@@ -21,6 +21,20 @@ t::Peers peers_of(Group& group, Duration timeout) {
   return runtime::group_peers(group, timeout);
 }
 
+// How long a rank that saw a peer go waits for the store to say why (it normally knows in milliseconds).
+constexpr std::chrono::milliseconds kCauseWait{500};
+
+// A peer that is gone may be a survivor that left once the job had failed for another rank: the store names
+// the cause within moments (it saw the connections close), so every rank names the same one. Rethrows
+// `error` as it is when it is no peer failure or the store says nothing.
+[[noreturn]] void rethrow_with_cause(const Error& error, const t::StoreWatch* watch) {
+  if (error.code() == Errc::peer_failure && watch != nullptr) {
+    const std::string cause = watch->await_failure(kCauseWait);
+    if (!cause.empty()) fail(Errc::peer_failure, cause);
+  }
+  throw error;
+}
+
 // One worker's command ring. A put is held back until the next call so that the signal which follows it (the
 // protocol always publishes a batch of puts with one signal to the same rank) rides on the same command. The
 // writer never blocks: when the ring is full, commands wait in a backlog, in order, and flush() (called by
@@ -29,8 +43,8 @@ t::Peers peers_of(Group& group, Duration timeout) {
 // slots.
 class ProxyWriter final : public h::RemoteWriter {
  public:
-  ProxyWriter(t::ProducerRing& ring, t::RegionId region)
-      : ring_(ring), region_(static_cast<std::uint8_t>(region)) {}
+  ProxyWriter(t::ProducerRing& ring, t::RegionId region, const t::StoreWatch* watch)
+      : ring_(ring), region_(static_cast<std::uint8_t>(region)), watch_(watch) {}
 
   void put(int rank, std::size_t src_offset, std::size_t dst_offset, std::size_t bytes) override {
     release_held();
@@ -55,7 +69,11 @@ class ProxyWriter final : public h::RemoteWriter {
 
   bool flush() override {
     release_held();
-    ring_.check_error();
+    try {
+      ring_.check_error();
+    } catch (const Error& error) {
+      rethrow_with_cause(error, watch_);
+    }
     while (!backlog_.empty() && ring_.try_post(backlog_.front())) backlog_.pop_front();
     return backlog_.empty();
   }
@@ -84,6 +102,7 @@ class ProxyWriter final : public h::RemoteWriter {
   };
   t::ProducerRing& ring_;
   std::uint8_t region_;
+  const t::StoreWatch* watch_;  // the Group's; outlives the writer
   Held held_;
   std::deque<t::Command> backlog_;
 };
@@ -100,44 +119,54 @@ class GroupTransport::NodeView final : public h::NodeMemory {
 };
 
 // Ranks of this node are processes of this host: one that is gone is reported at once. Ranks of other nodes
-// are watched by the fabric (UCX reports a failed endpoint), whose error the proxy keeps.
+// are watched by the fabric (UCX reports a failed endpoint), whose error the proxy keeps. And every rank
+// hears from the store when the job failed anywhere (a rank's connection closed, a rank reported a failure),
+// so a rank waiting for a healthy peer that is itself stuck on a dead one stops too, naming the cause.
 class GroupTransport::Health final : public h::PeerHealth {
  public:
-  Health(Group& group, const t::Proxy* proxy) : proxy_(proxy) {
+  Health(Group& group, const t::Proxy* proxy) : proxy_(proxy), watch_(group.failure_watch()) {
     for (const RankInfo& info : group.ranks()) {
       if (info.node == group.node() && info.rank != group.rank() && info.pid > 0) local_.push_back(info);
     }
   }
 
   void check() override {
-    for (const RankInfo& info : local_) {
-      if (::kill(info.pid, 0) == 0 || errno != ESRCH) continue;
-      fail(Errc::peer_failure, "rank " + std::to_string(info.rank) + " (pid " + std::to_string(info.pid) +
-                                   " on " + info.hostname +
-                                   ", this node) is gone: its process exited or was killed");
+    if (watch_) watch_->check();  // the job's failure, as the store knows it: the cause, if anyone failed
+    try {
+      for (const RankInfo& info : local_) {
+        if (::kill(info.pid, 0) == 0 || errno != ESRCH) continue;
+        fail(Errc::peer_failure, "rank " + std::to_string(info.rank) + " (pid " + std::to_string(info.pid) +
+                                     " on " + info.hostname +
+                                     ", this node) is gone: its process exited or was killed");
+      }
+      if (proxy_ != nullptr) proxy_->check_error();
+    } catch (const Error& error) {
+      rethrow_with_cause(error, watch_.get());
     }
-    if (proxy_ != nullptr) proxy_->check_error();
   }
 
  private:
   const t::Proxy* proxy_;
+  std::shared_ptr<t::StoreWatch> watch_;
   std::vector<RankInfo> local_;
 };
 
 class GroupTransport::ProxyMemory final : public h::RemoteMemory {
  public:
-  ProxyMemory(t::Proxy& proxy, t::RegionId region) : proxy_(proxy), region_(region) {}
+  ProxyMemory(t::Proxy& proxy, t::RegionId region, const t::StoreWatch* watch)
+      : proxy_(proxy), region_(region), watch_(watch) {}
   std::unique_ptr<h::RemoteWriter> open_writer() override {
     if (next_ring_ >= proxy_.num_rings()) {
       fail(Errc::internal,
            "more channel workers than command rings (" + std::to_string(proxy_.num_rings()) + ")");
     }
-    return std::make_unique<ProxyWriter>(proxy_.ring(next_ring_++), region_);
+    return std::make_unique<ProxyWriter>(proxy_.ring(next_ring_++), region_, watch_);
   }
 
  private:
   t::Proxy& proxy_;
   t::RegionId region_;
+  const t::StoreWatch* watch_;
   int next_ring_ = 0;
 };
 
@@ -176,20 +205,24 @@ GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t sign
   proxy_options.memory = t::RingMemory::host;
   proxy_options.timeout = timeout;
   proxy_ = std::make_unique<t::Proxy>(std::move(fabric), proxy_options);
-  remote_ = std::make_unique<ProxyMemory>(*proxy_, region);
+  remote_ = std::make_unique<ProxyMemory>(*proxy_, region, group.failure_watch().get());
   health_ = std::make_unique<Health>(group, proxy_.get());
 }
 
 GroupTransport::~GroupTransport() {
+  // Once the job has failed, the others are on their way out (or dead): waiting for our puts to land and
+  // meeting them would only wait for the dead.
+  const std::shared_ptr<t::StoreWatch> watch = group_.failure_watch();
+  const bool failed = watch && !watch->failure().empty();
   try {
-    if (proxy_) {
+    if (proxy_ && !failed) {
       for (int ring = 0; ring < proxy_->num_rings(); ++ring) {
         t::ProducerRing& producer = proxy_->ring(ring);
         producer.post(t::make_flush());
         producer.wait_completed(producer.posted());
       }
     }
-    group_.barrier("ferry/buffer/close");
+    if (!failed) group_.barrier("ferry/buffer/close");
   } catch (...) {  // a destructor cannot report; the operations that failed already have
   }
   health_.reset();

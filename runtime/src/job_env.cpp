@@ -1,6 +1,7 @@
 // Reading the job's identity from whichever launcher started us.
 #include <charconv>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <string>
 
@@ -17,22 +18,28 @@ class Reader {
   bool has(const char* name) const { return lookup_(name).has_value(); }
   std::optional<std::string> text(const char* name) const { return lookup_(name); }
 
-  std::optional<int> number(const char* name) const {
+  // A whole number from 0 to `max`; anything else (junk, a sign, a value too large to hold) names the
+  // variable.
+  std::optional<int> number(const char* name, long long max = std::numeric_limits<int>::max()) const {
     auto value = lookup_(name);
     if (!value) return std::nullopt;
-    int out = 0;
+    long long out = 0;
     const char* first = value->data();
     const char* last = first + value->size();
     auto [ptr, ec] = std::from_chars(first, last, out);
-    if (value->empty() || ec != std::errc() || ptr != last || out < 0) {
-      fail(Errc::invalid_argument, std::string("environment variable ") + name + "='" + *value +
-                                       "' is not a non-negative whole number");
+    if (value->empty() || ec != std::errc() || ptr != last || out < 0 || out > max) {
+      const std::string shown = value->size() > 40 ? value->substr(0, 40) + "..." : *value;
+      fail(Errc::invalid_argument, std::string("environment variable ") + name + "='" + shown +
+                                       "' is not a whole number from 0 to " + std::to_string(max));
     }
-    return out;
+    return static_cast<int>(out);
   }
 
+  // A rank, a world size or a count of ranks per node: bounded by kMaxWorldSize.
+  std::optional<int> rank_count(const char* name) const { return number(name, kMaxWorldSize); }
+
   int required(const char* name, const char* launcher) const {
-    auto value = number(name);
+    auto value = rank_count(name);
     if (!value) {
       fail(Errc::invalid_argument, std::string(launcher) + " environment found but " + name + " is not set");
     }
@@ -64,12 +71,12 @@ void parse_endpoint(const std::string& text, const char* variable, JobEnv& job) 
 
 // Slurm writes tasks per node as "4", "4(x2)" or "4(x2),3": we need the (uniform) count.
 std::optional<int> slurm_tasks_per_node(const Reader& env) {
-  if (auto n = env.number("SLURM_NTASKS_PER_NODE")) return n;
+  if (auto n = env.rank_count("SLURM_NTASKS_PER_NODE")) return n;
   auto text = env.text("SLURM_TASKS_PER_NODE");
   if (!text) return std::nullopt;
   int value = 0;
   auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
-  if (ec != std::errc() || value <= 0) {
+  if (ec != std::errc() || value <= 0 || value > kMaxWorldSize) {
     fail(Errc::invalid_argument, "SLURM_TASKS_PER_NODE='" + *text + "' is not understood");
   }
   std::string rest(ptr, static_cast<std::size_t>(text->data() + text->size() - ptr));
@@ -85,26 +92,41 @@ std::optional<int> slurm_tasks_per_node(const Reader& env) {
 }
 
 // Where the store lives when the launcher is not ferry's: FERRY_STORE, else MASTER_ADDR:(MASTER_PORT+1) so
-// that we do not collide with the launcher's own store on MASTER_PORT.
-void resolve_store(const Reader& env, JobEnv& job, const char* launcher) {
+// that we do not collide with the launcher's own store on MASTER_PORT. False when neither is set: the caller
+// decides, once the layout is known, whether rank 0 may pick the port and hand it over.
+bool resolve_store(const Reader& env, JobEnv& job) {
   if (auto store = env.text("FERRY_STORE")) {
     parse_endpoint(*store, "FERRY_STORE", job);
-    return;
+    return true;
   }
   auto addr = env.text("MASTER_ADDR");
   auto port = env.number("MASTER_PORT");
-  if (!addr || !port) {
-    if (job.world_size == 1) return;
-    fail(Errc::invalid_argument,
-         std::string(launcher) +
-             " job: set FERRY_STORE=host:port (or MASTER_ADDR and MASTER_PORT) so rank 0 "
-             "can host the bootstrap store");
-  }
+  if (!addr || !port) return false;
   if (*port < 1 || *port > 65534) {
     fail(Errc::invalid_argument, "MASTER_PORT=" + std::to_string(*port) + " is out of range 1-65534");
   }
   job.store_host = *addr;
   job.store_port = static_cast<std::uint16_t>(*port + 1);
+  return true;
+}
+
+// No endpoint named: a one-node job whose launcher names the job (Open MPI's PMIX_NAMESPACE, Slurm's job and
+// step) gets its port from rank 0 like its secret; anything else is refused with the variables to set.
+void resolve_missing_store(JobEnv& job, bool launcher_names_job) {
+  if (job.world_size == 1) return;
+  if (job.num_nodes() == 1 && launcher_names_job) {
+    job.port_handoff = true;
+    job.store_host = "127.0.0.1";
+    job.store_port = 0;
+    return;
+  }
+  fail(Errc::invalid_argument,
+       std::string(to_string(job.launcher)) +
+           " job: set FERRY_STORE=host:port (or MASTER_ADDR and MASTER_PORT) so rank 0 "
+           "can host the bootstrap store" +
+           (job.num_nodes() == 1 ? ""
+                                 : " (on one node rank 0 picks a port itself; this job spans " +
+                                       std::to_string(job.num_nodes()) + " nodes)"));
 }
 
 std::string random_hex(std::size_t chars) {
@@ -195,12 +217,14 @@ const char* to_string(Launcher launcher) {
 JobEnv resolve_job_env(const EnvLookup& lookup) {
   Reader env(lookup);
   JobEnv job;
+  bool have_store = true;           // an endpoint was named (or none is needed)
+  bool launcher_names_job = false;  // the launcher gave a job id unique to this run
   if (env.has("FERRY_RANK")) {
     job.launcher = Launcher::ferry;
     job.rank = env.required("FERRY_RANK", "FERRY");
     job.world_size = env.required("FERRY_WORLD_SIZE", "FERRY");
-    job.local_rank = env.number("FERRY_LOCAL_RANK").value_or(job.rank);
-    job.local_size = env.number("FERRY_LOCAL_WORLD_SIZE").value_or(job.world_size);
+    job.local_rank = env.rank_count("FERRY_LOCAL_RANK").value_or(job.rank);
+    job.local_size = env.rank_count("FERRY_LOCAL_WORLD_SIZE").value_or(job.world_size);
     if (auto store = env.text("FERRY_STORE")) {
       parse_endpoint(*store, "FERRY_STORE", job);
     } else if (job.world_size > 1) {
@@ -213,7 +237,7 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
     job.world_size = env.required("WORLD_SIZE", "torchrun");
     job.local_rank = env.required("LOCAL_RANK", "torchrun");
     job.local_size = env.required("LOCAL_WORLD_SIZE", "torchrun");
-    resolve_store(env, job, "torchrun");
+    have_store = resolve_store(env, job);
     job.job_id = env.text("TORCHELASTIC_RUN_ID").value_or("");
   } else if (env.has("OMPI_COMM_WORLD_RANK")) {
     job.launcher = Launcher::openmpi;
@@ -221,8 +245,9 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
     job.world_size = env.required("OMPI_COMM_WORLD_SIZE", "Open MPI");
     job.local_rank = env.required("OMPI_COMM_WORLD_LOCAL_RANK", "Open MPI");
     job.local_size = env.required("OMPI_COMM_WORLD_LOCAL_SIZE", "Open MPI");
-    resolve_store(env, job, "Open MPI");
+    have_store = resolve_store(env, job);
     job.job_id = env.text("OMPI_MCA_orte_ess_jobid").value_or(env.text("PMIX_NAMESPACE").value_or(""));
+    launcher_names_job = !job.job_id.empty();
   } else if (env.has("SLURM_PROCID")) {
     job.launcher = Launcher::slurm;
     job.rank = env.required("SLURM_PROCID", "Slurm");
@@ -232,10 +257,12 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
     if (!per_node)
       fail(Errc::invalid_argument, "Slurm environment found but SLURM_NTASKS_PER_NODE is not set");
     job.local_size = *per_node;
-    resolve_store(env, job, "Slurm");
+    have_store = resolve_store(env, job);
     job.job_id = env.text("SLURM_JOB_ID").value_or("") + "." + env.text("SLURM_STEP_ID").value_or("0");
+    launcher_names_job = env.has("SLURM_JOB_ID");
   }
   validate_layout(job);
+  if (!have_store) resolve_missing_store(job, launcher_names_job);
 
   if (auto id = env.text("FERRY_JOB_ID")) job.job_id = *id;
   if (job.job_id.empty()) job.job_id = job.world_size == 1 ? "single-" + random_hex(8) : "job";

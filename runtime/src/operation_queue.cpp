@@ -99,7 +99,8 @@ Event::Times Event::times() const {
   return Times{state_->issued, state_->started, state_->finished};
 }
 
-OperationQueue::OperationQueue(int rank) : rank_(rank), thread_([this] { loop(); }) {}
+OperationQueue::OperationQueue(int rank, FailureHook on_failure)
+    : rank_(rank), on_failure_(std::move(on_failure)), thread_([this] { loop(); }) {}
 
 OperationQueue::~OperationQueue() {
   {
@@ -148,6 +149,10 @@ void OperationQueue::loop() {
     } catch (...) {
       first_failure_ = "unknown exception";
       item.state->finish(std::current_exception());
+    }
+    if (!first_failure_.empty() && on_failure_) {
+      on_failure_(first_failure_);
+      on_failure_ = nullptr;
     }
   }
 }

@@ -52,7 +52,10 @@ struct OperationRefused {
 
 class OperationQueue {
  public:
-  explicit OperationQueue(int rank);
+  // `on_failure`: called once, on the queue's thread, with the first failure's message, after its Event
+  // finished (a Group-backed Buffer reports it to the job's store, so that every rank learns of it).
+  using FailureHook = std::function<void(const std::string& what)>;
+  explicit OperationQueue(int rank, FailureHook on_failure = {});
   ~OperationQueue();  // runs what was issued, then stops
   OperationQueue(const OperationQueue&) = delete;
   OperationQueue& operator=(const OperationQueue&) = delete;
@@ -71,6 +74,7 @@ class OperationQueue {
   std::condition_variable changed_;
   std::deque<Item> items_;
   bool stopping_ = false;
+  FailureHook on_failure_;
   std::string first_failure_;  // owned by the queue thread
   std::thread thread_;
 };

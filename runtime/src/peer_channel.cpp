@@ -277,7 +277,8 @@ void PeerChannel::Impl::stop_thread() noexcept {
 // visible; the fabric barrier keeps us progressing until every rank got there, so peers still finishing
 // (tcp, shared memory: their writes into us need our progress) are not cut off.
 void PeerChannel::Impl::teardown() noexcept {
-  if (fabric && !fabric_broken) {
+  const bool job_failed = peers.watch != nullptr && !peers.watch->failure().empty();
+  if (fabric && !fabric_broken && !job_failed) {
     try {
       fabric->flush();
       t::fabric_barrier(*fabric, peers, "ferry/peer_channel/close");
@@ -348,7 +349,12 @@ void PeerChannel::Impl::run() noexcept {
       try {
         moved = step(now);
       } catch (const Error& e) {
-        break_channel(e.code(), bare_message(e));
+        // A peer the fabric lost may be a survivor that left once the job had failed elsewhere: name what
+        // the store names (it knows within moments), as every rank does.
+        const std::string cause = e.code() == Errc::peer_failure && peers.watch != nullptr
+                                      ? peers.watch->await_failure(std::chrono::milliseconds(500))
+                                      : std::string();
+        break_channel(e.code(), cause.empty() ? bare_message(e) : cause);
       } catch (const std::exception& e) {
         break_channel(Errc::internal, std::string("channel thread failed: ") + e.what());
       }
@@ -399,6 +405,9 @@ void PeerChannel::Impl::pause(std::uint32_t& rounds, std::chrono::microseconds& 
 }
 
 bool PeerChannel::Impl::step(Clock::time_point now) {
+  // A failure anywhere in the job (told by the store) ends what waits here: the peer it waits for may be
+  // the one that failed, or stuck behind it.
+  if (peers.watch != nullptr && pending()) peers.watch->check();
   bool moved = fabric->progress();
   std::uint64_t completed = fabric->completed();
   for (int peer = 0; peer < world; ++peer) {

@@ -1,12 +1,14 @@
 #include "secret_handoff.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -69,8 +71,9 @@ void ensure_private_directory(const std::string& dir) {
   }
 }
 
-// The secret in `path`, or "" when it is not there (yet). Refuses a file that is not private to this user.
-std::string read_secret(const std::string& path) {
+// What `path` holds, or an empty secret when it is not there (yet) or its writer is gone. Refuses a file that
+// is not private to this user.
+Handoff read_handoff(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return {};
@@ -90,8 +93,15 @@ std::string read_secret(const std::string& path) {
   }
   text.resize(static_cast<std::size_t>(got));
   if (text.empty() || text.back() != '\n') return {};  // cannot happen with rename(), but never half a secret
-  text.pop_back();
-  return text;
+  std::istringstream fields(text);
+  Handoff handoff;
+  unsigned port = 0;
+  long pid = 0;
+  if (!(fields >> handoff.secret >> port >> pid) || port > 65535) return {};  // not ours: wait for rank 0's
+  // A file whose rank 0 is gone (a crashed job of the same name) holds nothing worth trying.
+  if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) return {};
+  handoff.port = static_cast<std::uint16_t>(port);
+  return handoff;
 }
 
 }  // namespace
@@ -109,16 +119,17 @@ std::string make_secret() {
 }
 
 std::string handoff_path(const JobEnv& job) {
-  return private_directory() + "/store-" + std::to_string(job.store_port) + "-" + id_token(job.job_id) +
-         ".secret";
+  const std::string port = job.port_handoff ? std::string("any") : std::to_string(job.store_port);
+  return private_directory() + "/store-" + port + "-" + id_token(job.job_id) + ".secret";
 }
 
-SecretHandoff::SecretHandoff(const JobEnv& job, const std::string& secret) : path_(handoff_path(job)) {
+SecretHandoff::SecretHandoff(const JobEnv& job, const std::string& secret, std::uint16_t port)
+    : path_(handoff_path(job)) {
   ensure_private_directory(private_directory());
   const std::string temporary = path_ + "." + std::to_string(::getpid()) + ".tmp";
   int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) fail_errno("cannot create " + temporary, errno);
-  const std::string text = secret + "\n";
+  const std::string text = secret + " " + std::to_string(port) + " " + std::to_string(::getpid()) + "\n";
   const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
   const int error = errno;
   ::close(fd);
@@ -139,19 +150,21 @@ void SecretHandoff::withdraw() noexcept {
   path_.clear();
 }
 
-std::string await_secret(const JobEnv& job, const Deadline& deadline, const std::string& rejected) {
+Handoff await_handoff(const JobEnv& job, const Deadline& deadline, const std::string& rejected) {
   const std::string path = handoff_path(job);
   auto pause = 2ms;
   for (;;) {
-    std::string secret = read_secret(path);
-    if (!secret.empty() && secret != rejected) return secret;
+    Handoff handoff = read_handoff(path);
+    if (!handoff.secret.empty() && handoff.secret != rejected) return handoff;
     if (deadline.expired()) {
+      const std::string what = job.port_handoff ? "the store's port" : "the store secret";
+      const std::string avoid =
+          job.port_handoff ? "Setting MASTER_ADDR and MASTER_PORT (or FERRY_STORE)" : "Setting FERRY_SECRET";
       fail(Errc::timeout,
-           "rank " + std::to_string(job.rank) +
-               " waited in vain for rank 0 to hand over the store secret at " + path +
-               (secret.empty() ? "" : " (it still holds one the store refused)") +
+           "rank " + std::to_string(job.rank) + " waited in vain for rank 0 to hand over " + what + " at " +
+               path + (handoff.secret.empty() ? "" : " (it still holds a secret the store refused)") +
                ": is rank 0 running on this host, as the job's layout (" + std::to_string(job.local_size) +
-               " ranks per node, one node) says? Setting FERRY_SECRET on every rank avoids the hand-over");
+               " ranks per node, one node) says? " + avoid + " on every rank avoids the hand-over");
     }
     std::this_thread::sleep_for(std::min<Duration>(pause, deadline.remaining()));
     pause = std::min(pause * 2, std::chrono::milliseconds(100));

@@ -9,7 +9,10 @@
 // With --kill-rank V, rank V kills itself (SIGKILL) once the first round is done, while the others are
 // already inside the next dispatch waiting for it; each survivor prints "rank <r>: failed after <s> s:
 // <error>" (they ignore the SIGTERM `ferry launch` sends when a rank dies, to live long enough to say how
-// they learned of it).
+// they learned of it). With --freeze-rank V, rank V stops itself (SIGSTOP) there instead, and the others'
+// operations time out after --op-timeout seconds (default 60). The victim prints "rank V: dying at <t>"
+// and every survivor, last thing before it exits, "rank R: exiting at <t>" (t: CLOCK_MONOTONIC in seconds,
+// the same clock in every process of the machine), so a test can tell how long the survivors took to end.
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -35,15 +38,31 @@ void require(const std::string& diff, int rank, int round, const char* what) {
        "rank " + std::to_string(rank) + " round " + std::to_string(round) + " " + what + ": " + diff);
 }
 
-int run(std::uint64_t seed, int rounds, int kill_rank) {
+double monotonic_seconds() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+}
+
+int my_rank = -1;  // for the last line, printed once the Group is gone
+
+struct Victim {
+  int rank = -1;
+  int signal = SIGKILL;
+  double op_timeout_s = 60;  // a death must be reported well before this
+};
+
+int run(std::uint64_t seed, int rounds, const Victim& victim) {
   GroupOptions group_options;
-  if (kill_rank >= 0)
-    group_options.timeout = std::chrono::seconds(10);  // leaving without the victim's goodbye
+  // Leaving must never wait for the victim's goodbye: a bootstrap timeout far above what the test allows.
+  if (victim.rank >= 0) group_options.timeout = std::chrono::seconds(30);
   Group group = Group::from_env(group_options);
   const int rank = group.rank();
+  my_rank = rank;
   std::mt19937_64 rng(seed);  // the same stream on every rank
   Config config;
-  if (kill_rank >= 0) config.timeout = std::chrono::seconds(60);  // a death must be reported well before this
+  if (victim.rank >= 0)
+    config.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(victim.op_timeout_s));
   config.num_sms = 4;
   config.max_hidden = 256;
   config.max_topk = 8;
@@ -70,16 +89,17 @@ int run(std::uint64_t seed, int rounds, int kill_rank) {
     auto expected = expected_combine(scenario, sources, results, DType::bf16);
 
     DispatchInputs inputs = inputs_of(scenario, rank);
-    if (round == 1 && rank == kill_rank) {
-      std::printf("rank %d: dying now\n", rank);
-      std::fflush(stdout);
+    if (round == 1 && rank == victim.rank) {
       std::this_thread::sleep_for(
           std::chrono::milliseconds(300));  // the others are in the dispatch; my puts landed
-      std::raise(SIGKILL);
+      std::printf("rank %d: dying at %.6f (%s)\n", rank, monotonic_seconds(),
+                  victim.signal == SIGSTOP ? "SIGSTOP" : "SIGKILL");
+      std::fflush(stdout);
+      std::raise(victim.signal);
     }
     const auto start = std::chrono::steady_clock::now();
     auto pending = buffer.dispatch(inputs, buffer.get_layout(inputs.topk_idx, scenario.num_experts));
-    if (kill_rank >= 0 && round == 1) {
+    if (victim.rank >= 0 && round == 1) {
       try {
         pending.wait();
       } catch (const Error& error) {
@@ -114,17 +134,28 @@ int run(std::uint64_t seed, int rounds, int kill_rank) {
 int main(int argc, char** argv) {
   std::uint64_t seed = 1;
   int rounds = 3;
-  int kill_rank = -1;
+  Victim victim;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--seed") == 0) seed = std::strtoull(argv[i + 1], nullptr, 10);
     if (std::strcmp(argv[i], "--rounds") == 0) rounds = std::atoi(argv[i + 1]);
-    if (std::strcmp(argv[i], "--kill-rank") == 0) kill_rank = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--kill-rank") == 0) victim.rank = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--freeze-rank") == 0) {
+      victim.rank = std::atoi(argv[i + 1]);
+      victim.signal = SIGSTOP;
+    }
+    if (std::strcmp(argv[i], "--op-timeout") == 0) victim.op_timeout_s = std::atof(argv[i + 1]);
   }
-  if (kill_rank >= 0) std::signal(SIGTERM, SIG_IGN);
+  if (victim.rank >= 0) std::signal(SIGTERM, SIG_IGN);
+  int code = 1;
   try {
-    return run(seed, rounds, kill_rank);
+    code = run(seed, rounds, victim);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "%s\n", error.what());
-    return 1;
   }
+  // After the Buffer and the Group are gone: what a test measures is when the survivors end.
+  if (victim.rank >= 0) {
+    std::printf("rank %d: exiting at %.6f\n", my_rank, monotonic_seconds());
+    std::fflush(stdout);
+  }
+  return code;
 }

@@ -3,27 +3,23 @@
 // secret from its rank 0 (over a private file, the store on loopback only); a job on several nodes is refused
 // at once with the way out; an empty FERRY_SECRET is refused too.
 #include <dirent.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/loopback.hpp"
+#include "common/rank_processes.hpp"
 #include "launch_harness.hpp"
 
 using namespace launch_test;
 
-extern char** environ;
-
 namespace {
 
-using Vars = std::map<std::string, std::string>;
+using ferry::test::Vars;
 
 struct RankRun {
   int exit_code = -1;
@@ -35,72 +31,28 @@ int free_port() {
   return ferry::test::free_loopback_port();
 }
 
-// Whether `entry` ("NAME=value") sets a variable a launcher sets: those come from the test alone.
-bool is_launcher_variable(const std::string& entry) {
-  const std::string name = entry.substr(0, entry.find('='));
-  for (const char* prefix : {"FERRY_", "OMPI_", "PMIX_", "SLURM_", "TORCHELASTIC_"}) {
-    if (name.rfind(prefix, 0) == 0) return true;
-  }
-  for (const char* exact :
-       {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) {
-    if (name == exact) return true;
-  }
-  return false;
-}
-
-// Starts one `ferry topo` per entry of `ranks`, each with the test's environment (sanitizer settings
-// included) less every launcher's variables, plus those of the entry, and waits (at most `limit`) for all.
-std::vector<RankRun> run_topo(const std::vector<Vars>& ranks, std::chrono::seconds limit = 30s) {
+// Starts one `ferry topo` per entry of `ranks` (rank_processes.hpp says with which environment), the last
+// one `last_late_by` after the others, and waits (at most `limit`) for all.
+std::vector<RankRun> run_topo(const std::vector<Vars>& ranks, std::chrono::seconds limit = 30s,
+                              std::chrono::milliseconds last_late_by = 0ms) {
   TempDir dir;
-  std::vector<pid_t> pids;
+  ferry::test::RankProcesses processes(dir.path());
   for (std::size_t r = 0; r < ranks.size(); ++r) {
-    std::vector<std::string> environment;
-    for (char** entry = environ; *entry != nullptr; ++entry) {
-      if (!is_launcher_variable(*entry)) environment.push_back(*entry);
-    }
-    for (const auto& [name, value] : ranks[r]) environment.push_back(name + "=" + value);
-    std::vector<char*> envp;
-    for (auto& entry : environment) envp.push_back(entry.data());
-    envp.push_back(nullptr);
-    std::string bin = FERRY_BIN, topo = "topo";
-    char* argv[] = {bin.data(), topo.data(), nullptr};
-    const std::string log = dir.path() + "/rank" + std::to_string(r);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                     0600);
-    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-    pid_t pid = -1;
-    REQUIRE(::posix_spawn(&pid, bin.c_str(), &actions, nullptr, argv, envp.data()) == 0);
-    posix_spawn_file_actions_destroy(&actions);
-    pids.push_back(pid);
+    if (r + 1 == ranks.size()) std::this_thread::sleep_for(last_late_by);
+    processes.start({FERRY_BIN, "topo"}, ranks[r]);
   }
   std::vector<RankRun> runs(ranks.size());
   const auto deadline = Clock::now() + limit;
-  for (std::size_t r = 0; r < pids.size(); ++r) {
-    int status = 0;
-    while (::waitpid(pids[r], &status, WNOHANG) == 0) {
-      if (Clock::now() >= deadline) {
-        ::kill(pids[r], SIGKILL);
-        ::waitpid(pids[r], &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    runs[r].exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    runs[r].output = read_file(dir.path() + "/rank" + std::to_string(r));
+  for (std::size_t r = 0; r < ranks.size(); ++r) {
+    const ferry::test::RankExit exit = processes.wait(r, deadline);
+    runs[r].exit_code = exit.exit_code;
+    runs[r].output = exit.output;
   }
   return runs;
 }
 
 Vars torchrun(int rank, int world, int local_world, int master_port) {
-  return {{"RANK", std::to_string(rank)},
-          {"WORLD_SIZE", std::to_string(world)},
-          {"LOCAL_RANK", std::to_string(rank % local_world)},
-          {"LOCAL_WORLD_SIZE", std::to_string(local_world)},
-          {"MASTER_ADDR", "localhost"},
-          {"MASTER_PORT", std::to_string(master_port)},
-          {"TORCHELASTIC_RUN_ID", "none"}};
+  return ferry::test::torchrun_vars(rank, world, local_world, master_port);
 }
 
 // Hand-over files of the store on `port` still in the private directory.
@@ -180,5 +132,41 @@ TEST_CASE("foreign launchers: an empty FERRY_SECRET is refused, not taken as no 
     INFO(run.output);
     CHECK(run.exit_code != 0);
     CHECK_THAT(run.output, Catch::Contains("FERRY_SECRET is set but empty"));
+  }
+}
+
+// A second process claiming a rank used to be accepted: it joined, the job "passed", and the real rank
+// failed blaming rank 0. Rank 2 of 3 never starts, so the job can only end by the refusal, which reaches
+// every process: the second claim comes a second after the others, while they wait for rank 2. (A process
+// that starts after the job has ended finds no store, and waits for its bootstrap timeout.)
+TEST_CASE("foreign launchers: a rank claimed twice is refused on every process, naming it",
+          "[launch][failure]") {
+  const int master_port = free_port() - 1;
+  for (int twice : {1, 0}) {
+    INFO("rank " << twice << " started twice");
+    std::vector<Vars> ranks{torchrun(0, 3, 3, master_port), torchrun(1, 3, 3, master_port),
+                            torchrun(twice, 3, 3, master_port)};
+    const auto start = Clock::now();
+    for (const auto& run : run_topo(ranks, 30s, 1000ms)) {
+      INFO(run.output);
+      CHECK(run.exit_code != 0);
+      CHECK_THAT(run.output, Catch::Contains("rank " + std::to_string(twice) + " is claimed twice"));
+    }
+    CHECK(Clock::now() - start < 15s);  // not the bootstrap timeout
+  }
+}
+
+TEST_CASE("foreign launchers: ranks that disagree on WORLD_SIZE are refused on every process",
+          "[launch][failure]") {
+  const int master_port = free_port() - 1;
+  // Rank 3 believes in 4 ranks (the others in 3) and starts a second later, while the others wait for rank
+  // 2 (which never starts): the first joiners' world is the reference.
+  auto runs = run_topo(
+      {torchrun(0, 3, 3, master_port), torchrun(1, 3, 3, master_port), torchrun(3, 4, 4, master_port)}, 30s,
+      1000ms);
+  for (const auto& run : runs) {
+    INFO(run.output);
+    CHECK(run.exit_code != 0);
+    CHECK_THAT(run.output, Catch::Contains("ranks disagree on the world size"));
   }
 }

@@ -8,6 +8,7 @@
 
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
+#include "ferry/transport/store.hpp"
 #include "group_test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -112,4 +113,107 @@ TEST_CASE("a missing rank makes bootstrap time out naming it", "[group]") {
     }
   }
   CHECK(std::chrono::steady_clock::now() - started < 10s);
+}
+
+namespace {
+
+// What each of `jobs` (one thread each, started `delays` apart) threw, or "" for none. Once joined, each
+// waits for a key nobody sets: only a failure of the job ends that wait before the timeout.
+std::vector<std::string> errors_of(const std::vector<ferry::JobEnv>& jobs,
+                                   const std::vector<std::chrono::milliseconds>& delays,
+                                   std::chrono::milliseconds timeout = 20s) {
+  std::vector<std::future<std::string>> ranks;
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    ranks.push_back(std::async(std::launch::async, [=] {
+      std::this_thread::sleep_for(delays[i]);
+      try {
+        ferry::GroupOptions options;
+        options.timeout = timeout;
+        auto group = ferry::Group::from_job(jobs[i], options);
+        group.store().get("set by nobody", timeout);
+      } catch (const ferry::Error& e) {
+        return std::string(e.what());
+      }
+      return std::string();
+    }));
+  }
+  std::vector<std::string> errors;
+  for (auto& rank : ranks) errors.push_back(rank.get());
+  return errors;
+}
+
+}  // namespace
+
+// It used to be accepted: the second process joined, the job "passed", and the real rank 1 failed blaming
+// rank 0. Here the second claim comes while the job runs (its ranks wait on the store).
+TEST_CASE("a rank claimed twice is refused on every process, naming it", "[group][failure]") {
+  const auto port = free_port();
+  const auto started = std::chrono::steady_clock::now();
+  const auto errors = errors_of(
+      {job_for(0, 3, 3, port), job_for(1, 3, 3, port), job_for(2, 3, 3, port), job_for(1, 3, 3, port)},
+      {0ms, 0ms, 0ms, 500ms});
+  for (std::size_t i = 0; i < errors.size(); ++i) {
+    INFO("process " << i);
+    CHECK_THAT(errors[i], Catch::Contains("rank 1 is claimed twice") &&
+                              Catch::Contains("every rank must be started exactly once"));
+  }
+  CHECK(std::chrono::steady_clock::now() - started < 10s);  // nobody waited for the 20 s timeout
+}
+
+TEST_CASE("ranks that disagree on the world size are refused on every process, naming both sizes",
+          "[group][failure]") {
+  const auto port = free_port();
+  const auto errors =
+      errors_of({job_for(0, 3, 1, port), job_for(1, 3, 1, port), job_for(2, 4, 1, port)}, {0ms, 0ms, 300ms});
+  for (const auto& error : errors) {
+    CHECK_THAT(error, Catch::Contains("ranks disagree on the world size") && Catch::Contains("world of 3") &&
+                          Catch::Contains("world of 4"));
+  }
+}
+
+TEST_CASE("a rank whose store connection closes before it leaves ends the others' waits at once",
+          "[group][failure]") {
+  const auto port = free_port();
+  // Rank 2 joins the store and "dies": its connection closes without a goodbye, as a killed process's does.
+  auto ghost = std::async(std::launch::async, [=] {
+    std::this_thread::sleep_for(300ms);
+    ferry::transport::StoreOptions options;
+    options.port = port;
+    options.secret = "test-secret";
+    ferry::transport::Store store(options);
+    store.join("", 2, 3, "pid 4242 on ghost");
+  });
+  const auto started = std::chrono::steady_clock::now();
+  const auto errors = errors_of({job_for(0, 3, 3, port), job_for(1, 3, 3, port)}, {0ms, 0ms});
+  ghost.get();
+  for (const auto& error : errors) {
+    CHECK_THAT(error, Catch::Contains("peer failure: rank 2 (pid 4242 on ghost) is gone"));
+  }
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+}
+
+TEST_CASE("a rank that fails after joining tells the others, who stop waiting for it", "[group][failure]") {
+  const auto port = free_port();
+  std::vector<std::future<std::string>> ranks;
+  for (int r = 0; r < 3; ++r) {
+    ranks.push_back(std::async(std::launch::async, [=]() -> std::string {
+      try {
+        ferry::GroupOptions options;
+        options.timeout = 20s;
+        auto group = ferry::Group::from_job(job_for(r, 3, 3, port), options);
+        group.barrier("joined");
+        if (r == 1) throw std::runtime_error("rank 1's own trouble");  // unwinds through its Group
+        group.barrier("never complete");
+      } catch (const std::exception& e) {
+        return e.what();
+      }
+      return {};
+    }));
+  }
+  const auto started = std::chrono::steady_clock::now();
+  CHECK(ranks[1].get() == "rank 1's own trouble");
+  for (int r : {0, 2}) {
+    CHECK_THAT(ranks[r].get(), Catch::Contains("rank 1 left the job with an error"));
+  }
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
 }

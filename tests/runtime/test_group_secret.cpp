@@ -2,6 +2,8 @@
 // and hands it over in a private file that is gone once everyone has joined; a stale file from a crashed job
 // of the same name does not keep the ranks out, and a file others could read is refused.
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -35,7 +37,7 @@ std::vector<ferry::JobEnv> handoff_jobs(int world, std::uint16_t port, const std
 
 // Writes `text` where `job`'s secret is handed over (creating the private directory as rank 0 would).
 std::string write_private_file(const ferry::JobEnv& job, const std::string& text, mode_t mode) {
-  { ferry::detail::SecretHandoff make_directory(job, "placeholder"); }
+  { ferry::detail::SecretHandoff make_directory(job, "placeholder", job.store_port); }
   const std::string path = ferry::detail::handoff_path(job);
   std::FILE* file = std::fopen(path.c_str(), "w");
   REQUIRE(file != nullptr);
@@ -82,8 +84,12 @@ TEST_CASE("group secret: rank 0 hands a fresh secret to the ranks of its node", 
 TEST_CASE("group secret: a stale hand-over file from a crashed job does not keep the ranks out",
           "[group][secret]") {
   const auto jobs = handoff_jobs(2, free_port(), "stale-" + std::to_string(::getpid()));
-  // What a rank 0 that crashed before its ranks joined leaves behind: a private file with its secret.
-  write_private_file(jobs[0], "secret-of-a-job-long-gone\n", 0600);
+  // What a rank 0 that crashed before its ranks joined leaves behind: a private file with its secret, and a
+  // pid that is running again (here, this test's).
+  write_private_file(jobs[0],
+                     "secret-of-a-job-long-gone " + std::to_string(jobs[0].store_port) + " " +
+                         std::to_string(::getpid()) + "\n",
+                     0600);
   // Rank 1 starts first and reads the stale secret; the store refuses it and rank 1 reads again.
   auto rank1 = std::async(std::launch::async, [&] {
     ferry::Group group = ferry::Group::from_job(jobs[1]);
@@ -103,7 +109,8 @@ TEST_CASE("group secret: a stale hand-over file from a crashed job does not keep
 
 TEST_CASE("group secret: a hand-over file others could read is refused", "[group][secret]") {
   const auto jobs = handoff_jobs(2, free_port(), "exposed-" + std::to_string(::getpid()));
-  const std::string path = write_private_file(jobs[1], "0123456789abcdef0123456789abcdef\n", 0644);
+  const std::string path = write_private_file(
+      jobs[1], "0123456789abcdef0123456789abcdef 1 " + std::to_string(::getpid()) + "\n", 0644);
   try {
     ferry::detail::await_secret(jobs[1], ferry::Deadline(1s));
     FAIL("a world-readable secret file was accepted");
@@ -134,4 +141,49 @@ TEST_CASE("group secret: a job with an empty secret is refused before anything l
   ferry::JobEnv job = job_for(0, 2, 2, free_port());
   job.secret.clear();
   CHECK_THROWS_WITH(ferry::Group::from_job(job), Catch::Contains("empty store secret"));
+}
+
+TEST_CASE("group secret: a hand-over file whose rank 0 is gone is ignored", "[group][secret]") {
+  const auto jobs = handoff_jobs(2, free_port(), "dead-writer-" + std::to_string(::getpid()));
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  REQUIRE(child > 0);
+  REQUIRE(::waitpid(child, nullptr, 0) == child);  // a pid nobody runs any more
+  const std::string path =
+      write_private_file(jobs[1], "0123456789abcdef0123456789abcdef 1 " + std::to_string(child) + "\n", 0600);
+  CHECK_THROWS_WITH(ferry::detail::await_handoff(jobs[1], ferry::Deadline(300ms)),
+                    Catch::Contains("waited in vain for rank 0"));
+  std::remove(path.c_str());
+}
+
+// `mpirun -np 3 ferry ...` on one box without MASTER_ADDR/MASTER_PORT: rank 0 picks the port and hands it
+// over with the secret (the launcher's job id names the file).
+TEST_CASE("group secret: rank 0 hands its port over too when the launcher names no endpoint",
+          "[group][secret]") {
+  auto jobs = handoff_jobs(3, 0, "ompi-" + std::to_string(::getpid()));
+  for (auto& job : jobs) {
+    job.launcher = ferry::Launcher::openmpi;
+    job.port_handoff = true;
+  }
+  const std::string path = ferry::detail::handoff_path(jobs[0]);
+  CHECK_THAT(path, Catch::Contains("/store-any-"));
+  std::vector<std::uint16_t> ports(3);
+  std::vector<std::string> secrets(3);
+  run_jobs(jobs, [&](ferry::Group& group) {
+    group.barrier("joined");
+    ports[group.rank()] = group.job().store_port;
+    secrets[group.rank()] = group.job().secret;
+    CHECK_FALSE(exists(path));
+  });
+  CHECK(ports[0] != 0);
+  CHECK(ports[1] == ports[0]);
+  CHECK(ports[2] == ports[0]);
+  CHECK(secrets[2] == secrets[0]);
+
+  // With FERRY_SECRET set, only the port is handed over; the secret is each rank's own.
+  for (auto& job : jobs) {
+    job.secret = "a-secret-from-the-environment";
+    job.secret_source = ferry::SecretSource::environment;
+  }
+  run_jobs(jobs, [&](ferry::Group& group) { CHECK(group.job().store_port != 0); });
 }

@@ -256,3 +256,67 @@ TEST_CASE("FERRY_STORE_FD hands rank 0 its listening socket, and only rank 0", "
   vars["FERRY_STORE_FD"] = "three";
   CHECK_THAT(error_of(vars), Catch::Contains("FERRY_STORE_FD='three'"));
 }
+
+// A huge WORLD_SIZE once reached the bootstrap, which sized its tables by it (std::bad_alloc, or gigabytes
+// of memory for nothing): every rank count is bounded here, by name.
+TEST_CASE("rank counts are bounded and overflow-checked, naming the variable", "[job_env]") {
+  const Vars torchrun{{"RANK", "0"},        {"WORLD_SIZE", "2"},
+                      {"LOCAL_RANK", "0"},  {"LOCAL_WORLD_SIZE", "2"},
+                      {"MASTER_ADDR", "x"}, {"MASTER_PORT", "29500"}};
+  REQUIRE_NOTHROW(resolve(torchrun));
+  for (const std::string huge :
+       {"2147483647", "65537", "99999999999999999999999999", "18446744073709551617"}) {
+    INFO(huge);
+    for (const char* variable : {"WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK"}) {
+      auto vars = torchrun;
+      vars[variable] = huge;
+      CHECK_THAT(error_of(vars), Catch::Contains(std::string(variable) + "='") &&
+                                     Catch::Contains("is not a whole number from 0 to 65536"));
+    }
+  }
+  auto negative = torchrun;
+  negative["WORLD_SIZE"] = "-2";
+  CHECK_THAT(error_of(negative), Catch::Contains("WORLD_SIZE='-2'"));
+  // The largest world ferry can address passes the bound (and fails later only if the layout is wrong).
+  auto largest = torchrun;
+  largest["WORLD_SIZE"] = "65536";
+  largest["LOCAL_WORLD_SIZE"] = "8";
+  largest["FERRY_SECRET"] = "s";
+  CHECK(resolve(largest).world_size == 65536);
+  // A long junk value is quoted in part, not whole.
+  auto junk = torchrun;
+  junk["WORLD_SIZE"] = std::string(100000, '9');
+  const std::string message = error_of(junk);
+  CHECK(message.size() < 300);
+  CHECK_THAT(error_of({{"SLURM_PROCID", "0"},
+                       {"SLURM_NTASKS", "2"},
+                       {"SLURM_LOCALID", "0"},
+                       {"SLURM_TASKS_PER_NODE", "4294967297(x2)"}}),
+             Catch::Contains("SLURM_TASKS_PER_NODE"));
+}
+
+// `mpirun -np 4 ferry ...` on one box: no MASTER_ADDR/MASTER_PORT needed, rank 0 hands its port over.
+TEST_CASE("Open MPI on one node without a store endpoint gets its port from rank 0", "[job_env]") {
+  Vars vars{{"OMPI_COMM_WORLD_RANK", "2"},
+            {"OMPI_COMM_WORLD_SIZE", "4"},
+            {"OMPI_COMM_WORLD_LOCAL_RANK", "2"},
+            {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"},
+            {"PMIX_NAMESPACE", "1858076673"}};
+  auto job = resolve(vars);
+  CHECK(job.port_handoff);
+  CHECK(job.store_port == 0);
+  CHECK(job.store_host == "127.0.0.1");
+  CHECK(job.job_id == "1858076673");
+  CHECK(job.secret_source == SecretSource::local_handoff);
+  // With an endpoint, or a secret of its own, nothing changes but what is handed over.
+  vars["FERRY_SECRET"] = "s";
+  CHECK(resolve(vars).port_handoff);
+  CHECK(resolve(vars).secret_source == SecretSource::environment);
+  vars["FERRY_STORE"] = "127.0.0.1:4000";
+  CHECK_FALSE(resolve(vars).port_handoff);
+  // Several nodes: no private channel reaches the other hosts; the endpoint must be named.
+  Vars two_nodes{{"OMPI_COMM_WORLD_RANK", "0"},       {"OMPI_COMM_WORLD_SIZE", "4"},
+                 {"OMPI_COMM_WORLD_LOCAL_RANK", "0"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
+                 {"PMIX_NAMESPACE", "1858076673"},    {"FERRY_SECRET", "s"}};
+  CHECK_THAT(error_of(two_nodes), Catch::Contains("set FERRY_STORE=host:port") && Catch::Contains("2 nodes"));
+}

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "bootstrap/store_auth.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/store.hpp"
 
@@ -41,9 +42,6 @@ inline StoreOptions server_options(std::chrono::milliseconds timeout = 5000ms) {
   options.port = 0;
   options.secret = "job-secret-1234";
   options.timeout = timeout;
-  // The hostile-client tests send many bad HELLOs from 127.0.0.1 and then expect good clients from the same
-  // address to be served: the lockout has tests of its own (test_store_security.cpp).
-  options.max_failed_hellos = 1 << 30;
   return options;
 }
 
@@ -87,18 +85,27 @@ enum : std::uint16_t {
   kGet = 3,
   kCheck = 4,
   kAdd = 5,
+  kProve = 8,
+  kJoin = 9,
+  kLeave = 10,
+  kMembers = 11,
+  kFail = 12,
+  kWatch = 13,
   kOk = 0x80,
   kValue = 0x81,
-  kError = 0x83
+  kTimeout = 0x82,
+  kError = 0x83,
+  kChallenge = 0x84,
 };
 constexpr std::uint32_t kMagic = 0x59525246;
+constexpr std::uint16_t kVersion = 3;
 
 inline void put_le(Bytes& out, std::uint64_t value, int width) {
   for (int i = 0; i < width; ++i) out.push_back(static_cast<std::uint8_t>(value >> (8 * i)));
 }
 
 inline Bytes raw_header(std::uint16_t opcode, std::uint32_t key_len, std::uint64_t value_len,
-                        std::uint32_t magic = kMagic, std::uint16_t version = 2) {
+                        std::uint32_t magic = kMagic, std::uint16_t version = kVersion) {
   Bytes out;
   put_le(out, magic, 4);
   put_le(out, version, 2);
@@ -140,6 +147,7 @@ class RawClient {
 
   // Best effort: the server may already have closed the connection.
   void send(const Bytes& bytes) {
+    sent.insert(sent.end(), bytes.begin(), bytes.end());
     std::size_t done = 0;
     while (done < bytes.size()) {
       ssize_t sent = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
@@ -147,11 +155,29 @@ class RawClient {
       done += static_cast<std::size_t>(sent);
     }
   }
-  void hello(const std::string& secret = "job-secret-1234") {
-    send(raw_frame(kHello, "", bytes_of(secret)));
+  // The challenge-response of store_auth.hpp, by hand: HELLO with a nonce, PROVE with the HMAC. The frames
+  // this client sent are kept in `sent`, for replay tests.
+  void hello(const std::string& secret = "job-secret-1234") { REQUIRE(try_hello(secret) == kOk); }
+  // The same, returning the opcode of the answer to PROVE (kOk, or kError for a wrong secret).
+  std::uint16_t try_hello(const std::string& secret) {
+    using namespace ferry::transport;
+    const auth::Nonce client = auth::random_nonce();
+    send(raw_frame(kHello, "", Bytes(client.begin(), client.end())));
+    auto challenge = read_frame();
+    REQUIRE(challenge.has_value());
+    REQUIRE(challenge->opcode == kChallenge);
+    REQUIRE(challenge->value.size() == auth::kNonceBytes);
+    auth::Nonce server{};
+    std::copy(challenge->value.begin(), challenge->value.end(), server.begin());
+    const crypto::Digest proof = auth::client_proof(secret, client, server);
+    send(raw_frame(kProve, "", Bytes(proof.begin(), proof.end())));
     auto reply = read_frame();
     REQUIRE(reply.has_value());
-    REQUIRE(reply->opcode == kOk);
+    if (reply->opcode == kOk) {
+      const crypto::Digest expected = auth::server_proof(secret, client, server);
+      REQUIRE(reply->value == Bytes(expected.begin(), expected.end()));
+    }
+    return reply->opcode;
   }
 
   struct Frame {
@@ -190,6 +216,8 @@ class RawClient {
     }
     return false;
   }
+
+  Bytes sent;  // every byte this client sent
 
  private:
   bool read_exact(std::uint8_t* out, std::size_t size, std::chrono::milliseconds timeout) {

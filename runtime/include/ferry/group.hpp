@@ -22,7 +22,8 @@ namespace ferry {
 
 namespace transport {
 class Store;
-}
+class StoreWatch;
+}  // namespace transport
 
 // Where the job's identity came from.
 enum class Launcher { single, ferry, torchrun, openmpi, slurm };
@@ -48,7 +49,11 @@ struct JobEnv {
   int local_rank = 0;
   int local_size = 1;
   std::string store_host = "127.0.0.1";
-  std::uint16_t store_port = 0;  // 0: single process, the store picks a free port
+  std::uint16_t store_port = 0;  // 0: single process, or port_handoff: the store picks a free port
+  // A one-node job of Open MPI or Slurm that names no store endpoint (`mpirun -np 4 ferry ...` on one box):
+  // rank 0 binds 127.0.0.1 at a port of the kernel's choice and hands it over to the other ranks with the
+  // secret (runtime/src/secret_handoff.cpp), so nobody has to pick a port by hand.
+  bool port_handoff = false;
   // A bound, listening socket for rank 0's store (FERRY_STORE_FD: `ferry launch` binds the port once and
   // hands the socket over, so nobody can take the port in between); -1 when rank 0 binds it itself.
   int store_fd = -1;
@@ -66,9 +71,10 @@ struct JobEnv {
 // Reads the job from `lookup` (the process environment by default). Precedence: FERRY_*, torchrun
 // (RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT), Open MPI (OMPI_COMM_WORLD_*), Slurm
 // (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NTASKS_PER_NODE). No variables at all: a single-rank job.
-// Throws Errc::invalid_argument naming the variable when the layout is inconsistent or incomplete, when
-// FERRY_SECRET is set but empty, and when a job on several nodes has no FERRY_SECRET (the message says how
-// to set one).
+// Throws Errc::invalid_argument naming the variable when a value is not a whole number or above
+// kMaxWorldSize, when the layout is inconsistent or incomplete, when FERRY_SECRET is set but empty, and when
+// a job on several nodes has no FERRY_SECRET (the message says how to set one) or no store endpoint.
+inline constexpr int kMaxWorldSize = 65536;  // ranks travel as 16-bit numbers in the proxy's commands
 using EnvLookup = std::function<std::optional<std::string>(const char* name)>;
 JobEnv resolve_job_env(const EnvLookup& lookup);
 JobEnv resolve_job_env();
@@ -114,6 +120,10 @@ class Group {
   // The bootstrap store itself, for ferry's own layers (transport set-up exchanges keys through it). A
   // sub-group's store is its own connection, with every key under the sub-group's prefix.
   transport::Store& store();
+  // What the store knows of the job's failure, for ferry's own layers: the data path asks it while it waits
+  // for a peer, and reports its own failures through it, so that every rank learns of a failure within
+  // moments and names the same cause. Shared by a job's Group and its sub-groups; null in a one-rank job.
+  std::shared_ptr<transport::StoreWatch> failure_watch() const;
 
   // A sub-group made of some of this group's ranks, e.g. the expert-parallel group of one pipeline stage:
   //
@@ -140,10 +150,13 @@ class Group {
   struct Impl;
   explicit Group(std::unique_ptr<Impl> impl);
   // from_job() and split() both end here: connects to the store named by job (hosting it first when
-  // `host_store`), with `key_prefix` on every key, gathers every rank's view and validates the layout. A
-  // non-empty `refusal` from rank 0 fails every rank with that message once all have joined.
+  // `host_store`), with `key_prefix` on every key, joins the store's membership as job.rank of the group
+  // `key_prefix`, gathers every rank's view and validates the layout. A non-empty `refusal` from rank 0 fails
+  // every rank with that message once all have joined. `watch`: the job's failure watch (a sub-group shares
+  // its root's; the root makes one when null).
   static Group join(const JobEnv& job, const GroupOptions& options, bool host_store,
-                    const std::string& key_prefix, const std::string& refusal);
+                    const std::string& key_prefix, const std::string& refusal,
+                    std::shared_ptr<transport::StoreWatch> watch);
   // What split() (group_split.cpp, which cannot see Impl) needs of this group.
   const std::string& key_prefix() const;
   std::uint16_t store_port() const;  // the port this group's connection reached; rank 0's job may say 0

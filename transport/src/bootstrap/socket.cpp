@@ -218,7 +218,7 @@ Fd adopt_listener(int fd) {
   return copy;
 }
 
-Fd connect_tcp(const std::string& host, std::uint16_t port, const Deadline& deadline) {
+Fd connect_tcp(const std::string& host, std::uint16_t port, const Deadline& deadline, bool retry) {
   using namespace std::chrono_literals;
   const std::string endpoint = join_host_port(host, port);
   std::chrono::milliseconds pause = 10ms;
@@ -238,6 +238,7 @@ Fd connect_tcp(const std::string& host, std::uint16_t port, const Deadline& dead
       last_error = std::strerror(err);
       if (deadline.expired()) break;
     }
+    if (!retry) fail(Errc::peer_failure, "cannot connect to " + endpoint + ": " + last_error);
     if (deadline.expired()) fail(Errc::timeout, "gave up connecting to " + endpoint + ": " + last_error);
     // Not up yet: wait a little longer each time, so thousands of ranks starting at once do not hammer rank
     // 0.

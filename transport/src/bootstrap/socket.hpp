@@ -54,7 +54,8 @@ Fd adopt_listener(int fd);
 
 // Connects to host:port, retrying refused/unreachable attempts (the server may not be up yet) with sleeps
 // growing from 10 to 200 ms until `deadline`. Throws Errc::timeout naming the endpoint and the last error.
-Fd connect_tcp(const std::string& host, std::uint16_t port, const Deadline& deadline);
+// Without `retry`, one round of attempts: a refusal throws Errc::peer_failure at once (the server is gone).
+Fd connect_tcp(const std::string& host, std::uint16_t port, const Deadline& deadline, bool retry = true);
 
 // Accepts one pending connection on a non-blocking listener; returns an invalid Fd when none is pending.
 // Sets errno and returns an invalid Fd on failure (the caller decides whether EMFILE and friends are fatal).

@@ -2,15 +2,27 @@
 //
 // Once a call fails midway (connection lost, reply overdue, garbage reply) the byte stream can no longer be
 // trusted to line up with requests, so the client remembers why and fails every later call with that reason
-// instead of reading a stale reply.
+// instead of reading a stale reply. An ERROR "failed" (the job failed) is a whole reply: the connection stays
+// usable, so a rank can still check out.
+//
+// StoreWatch (at the end) parks a WATCH on a connection of its own and waits for it beside an eventfd, so
+// that stopping it never waits for the store.
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
 
 #include "bootstrap/socket.hpp"
+#include "bootstrap/store_auth.hpp"
 #include "bootstrap/store_protocol.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/transport/store.hpp"
@@ -64,6 +76,12 @@ struct Store::Impl {
   // Sends one request and reads its reply; the reply must arrive by `deadline`. ERROR replies throw.
   Reply call(Opcode opcode, std::string_view key, const std::uint8_t* value, std::size_t value_len,
              const Deadline& deadline);
+  // The two halves of call(), for a caller that waits for the reply in its own way (StoreWatch).
+  void send_request(Opcode opcode, std::string_view key, const std::uint8_t* value, std::size_t value_len,
+                    const Deadline& deadline);
+  Reply read_reply(Opcode opcode, std::string_view key, const Deadline& deadline);
+  // The challenge-response (store_auth.hpp); throws SecretRejected when either side's proof is wrong.
+  void authenticate(const Deadline& deadline);
   [[noreturn]] void break_connection(Errc code, const std::string& why);
   void check_io(net::IoResult result, Opcode opcode, std::string_view key, const char* doing);
   void validate_key(std::string_view key) const;
@@ -77,6 +95,10 @@ struct Store::Impl {
   std::int64_t add(const std::string& key, std::int64_t delta);
   std::size_t erase_prefix(const std::string& prefix);
   StoreStats server_stats();
+  void join(const std::string& group, int rank, int world_size, const std::string& label);
+  void leave(const std::string& group);
+  std::size_t members_present(const std::string& group, bool* failed);
+  void report_failure(const std::string& text);
   // Counts this rank out of a collective round; the last of `world_size` erases the round's keys.
   void finish_round(const std::string& prefix, int world_size);
 
@@ -105,7 +127,7 @@ Store::Impl::Impl(const StoreOptions& options_in)
   auto pause = std::chrono::milliseconds(50);
   for (;;) {
     try {
-      fd = net::connect_tcp(options.host, options.port, deadline);
+      fd = net::connect_tcp(options.host, options.port, deadline, options.wait_for_server);
     } catch (const Error& error) {
       if (error.code() != Errc::timeout) throw;
       fail(Errc::timeout, "store at " + endpoint + " not reachable within " +
@@ -113,8 +135,7 @@ Store::Impl::Impl(const StoreOptions& options_in)
     }
     local_ip = net::local_ip(fd.get());
     try {
-      call(Opcode::hello, "", reinterpret_cast<const std::uint8_t*>(options.secret.data()),
-           options.secret.size(), deadline);
+      authenticate(deadline);
       return;
     } catch (const Error&) {
       // Too little time left for another attempt to be answered: the refusal is the better error.
@@ -141,7 +162,8 @@ void Store::Impl::check_io(net::IoResult result, Opcode opcode, std::string_view
     case net::IoStatus::closed:
       break_connection(
           Errc::peer_failure,
-          "lost connection to store at " + endpoint + " while " + doing + " " + request +
+          "lost connection to the store at " + endpoint + " (rank 0 hosts it: did its process end?) while " +
+              doing + " " + request +
               (result.error_code != 0 ? std::string(": ") + std::strerror(result.error_code) : ""));
     case net::IoStatus::timed_out:
       break_connection(Errc::timeout, "store at " + endpoint + " did not answer " + request +
@@ -156,25 +178,62 @@ void Store::Impl::validate_key(std::string_view key) const {
   }
 }
 
+void Store::Impl::authenticate(const Deadline& deadline) {
+  const auth::Nonce client_nonce = auth::random_nonce();
+  Reply challenge = call(Opcode::hello, "", client_nonce.data(), client_nonce.size(), deadline);
+  if (challenge.opcode != Opcode::challenge || challenge.value.size() != auth::kNonceBytes) {
+    break_connection(Errc::protocol, "store at " + endpoint + " answered HELLO with " +
+                                         std::string(wire::opcode_name(challenge.opcode)) + " of " +
+                                         std::to_string(challenge.value.size()) +
+                                         " bytes instead of a challenge: not a ferry store?");
+  }
+  auth::Nonce server_nonce{};
+  std::copy(challenge.value.begin(), challenge.value.end(), server_nonce.begin());
+  const crypto::Digest proof = auth::client_proof(options.secret, client_nonce, server_nonce);
+  Reply accepted = call(Opcode::prove, "", proof.data(), proof.size(), deadline);
+  const crypto::Digest expected = auth::server_proof(options.secret, client_nonce, server_nonce);
+  const std::string_view offered(reinterpret_cast<const char*>(accepted.value.data()), accepted.value.size());
+  if (accepted.opcode != Opcode::ok || !crypto::constant_time_equal(offered, crypto::view(expected))) {
+    const std::string why = "store at " + endpoint +
+                            " accepted this rank but could not prove it knows the job secret: it runs with "
+                            "another secret (another job's store on this port?) or is not ferry's";
+    broken = why;
+    fd.reset();
+    throw SecretRejected(why);
+  }
+}
+
 Store::Impl::Reply Store::Impl::call(Opcode opcode, std::string_view key, const std::uint8_t* value,
                                      std::size_t value_len, const Deadline& deadline) {
+  send_request(opcode, key, value, value_len, deadline);
+  return read_reply(opcode, key, deadline);
+}
+
+void Store::Impl::send_request(Opcode opcode, std::string_view key, const std::uint8_t* value,
+                               std::size_t value_len, const Deadline& deadline) {
   if (!broken.empty())
     fail(Errc::peer_failure, "store connection unusable after an earlier failure: " + broken);
   validate_key(key);
-  if (value_len > options.max_message_bytes) {
+  // The limit is for the caller's values; the handshake's nonces and proofs are not theirs to limit.
+  const bool handshake = opcode == Opcode::hello || opcode == Opcode::prove;
+  if (!handshake && value_len > options.max_message_bytes) {
     fail(Errc::invalid_argument, "value of " + std::to_string(value_len) + " bytes for key " + quote(key) +
                                      " exceeds max_message_bytes " +
                                      std::to_string(options.max_message_bytes));
   }
   Bytes frame = wire::encode_frame(opcode, key, value, value_len);
   check_io(net::send_all(fd.get(), frame.data(), frame.size(), deadline), opcode, key, "sending");
+}
 
+Store::Impl::Reply Store::Impl::read_reply(Opcode opcode, std::string_view key, const Deadline& deadline) {
   std::uint8_t header_bytes[wire::kHeaderBytes];
   check_io(net::recv_all(fd.get(), header_bytes, sizeof(header_bytes), deadline), opcode, key,
            "waiting for the reply to");
   wire::FrameHeader header;
   try {
-    header = wire::decode_header(header_bytes, options.max_message_bytes);
+    // Proofs and error texts (a failure names ranks) are accepted whatever the caller's limit.
+    header =
+        wire::decode_header(header_bytes, std::max(options.max_message_bytes, 2 * wire::kMaxFailureBytes));
   } catch (const Error& error) {
     break_connection(Errc::protocol, "store at " + endpoint + " sent a malformed reply to " +
                                          describe_request(opcode, key) + ": " + wire::bare_message(error));
@@ -204,6 +263,8 @@ Store::Impl::Reply Store::Impl::call(Opcode opcode, std::string_view key, const 
       fail(Errc::invalid_argument,
            "store at " + endpoint + " refused " + describe_request(opcode, key) + ": " + text);
     }
+    // The job failed (now, by this request, or earlier): the text names the cause. The stream is intact.
+    if (reply_key == wire::kErrorFailed || reply_key == wire::kErrorMember) fail(Errc::peer_failure, text);
     // Protocol and limit errors: the server closes the connection after sending them.
     refused_for_now = reply_key == wire::kErrorLimit;
     break_connection(Errc::protocol, "store at " + endpoint + " dropped this connection during " +
@@ -281,6 +342,49 @@ StoreStats Store::Impl::server_stats() {
   stats.failed_hellos = field(3);
   stats.refused_connections = field(4);
   return stats;
+}
+
+void Store::Impl::join(const std::string& group, int rank, int world_size, const std::string& label) {
+  if (rank < 0 || world_size < 1 || rank >= world_size) {
+    fail(Errc::invalid_argument,
+         "Store::join: rank " + std::to_string(rank) + " is outside [0, " + std::to_string(world_size) + ")");
+  }
+  Bytes value(8);
+  wire::put_u64(value.data(), static_cast<std::uint64_t>(rank) | static_cast<std::uint64_t>(world_size)
+                                                                     << 32);
+  value.insert(value.end(), label.begin(), label.begin() + std::min(label.size(), wire::kMaxFailureBytes));
+  Reply reply = call(Opcode::join, group, value.data(), value.size(), Deadline(options.timeout));
+  if (reply.opcode != Opcode::ok) {
+    break_connection(Errc::protocol, "store at " + endpoint + " answered JOIN with " +
+                                         std::string(wire::opcode_name(reply.opcode)));
+  }
+}
+
+void Store::Impl::leave(const std::string& group) {
+  Reply reply = call(Opcode::leave, group, nullptr, 0, Deadline(options.timeout));
+  if (reply.opcode != Opcode::ok) {
+    break_connection(Errc::protocol, "store at " + endpoint + " answered LEAVE with " +
+                                         std::string(wire::opcode_name(reply.opcode)));
+  }
+}
+
+std::size_t Store::Impl::members_present(const std::string& group, bool* failed) {
+  Reply reply = call(Opcode::members, group, nullptr, 0, Deadline(options.timeout));
+  if (reply.opcode != Opcode::value || reply.value.size() != 9) {
+    break_connection(Errc::protocol, "store at " + endpoint + " sent a malformed answer to MEMBERS");
+  }
+  if (failed != nullptr) *failed = reply.value[8] != 0;
+  return static_cast<std::size_t>(wire::get_u64(reply.value.data()));
+}
+
+void Store::Impl::report_failure(const std::string& text) {
+  const std::size_t size = std::min(text.size(), wire::kMaxFailureBytes);
+  Reply reply = call(Opcode::fail, "", reinterpret_cast<const std::uint8_t*>(text.data()), size,
+                     Deadline(options.timeout));
+  if (reply.opcode != Opcode::ok) {
+    break_connection(Errc::protocol, "store at " + endpoint + " answered FAIL with " +
+                                         std::string(wire::opcode_name(reply.opcode)));
+  }
 }
 
 void Store::Impl::finish_round(const std::string& prefix, int world_size) {
@@ -380,6 +484,22 @@ StoreStats Store::server_stats() {
   return impl_->server_stats();
 }
 
+void Store::join(const std::string& group, int rank, int world_size, const std::string& label) {
+  impl_->join(group, rank, world_size, label);
+}
+
+void Store::leave(const std::string& group) {
+  impl_->leave(group);
+}
+
+std::size_t Store::members_present(const std::string& group, bool* failed) {
+  return impl_->members_present(group, failed);
+}
+
+void Store::report_failure(const std::string& text) {
+  impl_->report_failure(text);
+}
+
 void Store::barrier(const std::string& name, int rank, int world_size) {
   barrier(name, rank, world_size, impl_->options.timeout);
 }
@@ -454,6 +574,125 @@ const std::string& Store::endpoint() const {
 
 std::string Store::local_address() const {
   return impl_->local_ip;
+}
+
+// ---- StoreWatch ----
+
+struct StoreWatch::Impl {
+  explicit Impl(const StoreOptions& options);
+  ~Impl();
+  void run() noexcept;
+  // Parks one WATCH and waits for its answer or the stop signal; false when stopped.
+  bool watch_once();
+  void set_failure(const std::string& text);
+
+  StoreOptions options;
+  Store::Impl connection;  // the watch's own; used by its thread only once that runs
+  net::Fd stop;            // eventfd: the destructor writes it
+  mutable std::mutex mutex;
+  mutable std::condition_variable failure_set;
+  std::string failure;  // guarded by mutex
+  std::atomic<bool> has_failure{false};
+  std::mutex report_mutex;  // one report at a time
+  std::thread thread;
+};
+
+namespace {
+// A WATCH asks for this long at once; when it ends without a failure, the thread asks again.
+constexpr Duration kWatchBudget = std::chrono::hours(1);
+}  // namespace
+
+StoreWatch::Impl::Impl(const StoreOptions& options_in) : options(options_in), connection(options_in) {
+  stop = net::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop.valid()) fail_errno("eventfd for the store watch", errno);
+  thread = std::thread([this] { run(); });
+}
+
+StoreWatch::Impl::~Impl() {
+  std::uint64_t one = 1;
+  // An eventfd write of 8 bytes cannot be partial; without it the join below would wait for the store.
+  if (::write(stop.get(), &one, sizeof(one)) != sizeof(one)) connection.fd.reset();
+  if (thread.joinable()) thread.join();
+}
+
+void StoreWatch::Impl::set_failure(const std::string& text) {
+  {
+    std::lock_guard lock(mutex);
+    if (!failure.empty()) return;
+    failure = text;
+    has_failure.store(true, std::memory_order_release);
+  }
+  failure_set.notify_all();
+}
+
+bool StoreWatch::Impl::watch_once() {
+  std::array<std::uint8_t, 8> budget{};
+  wire::put_u64(budget.data(),
+                static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(kWatchBudget).count()));
+  connection.send_request(Opcode::watch, "", budget.data(), budget.size(), Deadline(options.timeout));
+  for (;;) {
+    pollfd fds[2] = {{stop.get(), POLLIN, 0}, {connection.fd.get(), POLLIN, 0}};
+    int ready = ::poll(fds, 2, -1);
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      fail_errno("poll in the store watch", errno);
+    }
+    if (fds[0].revents != 0) return false;
+    if (fds[1].revents == 0) continue;
+    // The reply has begun to arrive (or the connection closed): read it whole, boundedly.
+    Store::Impl::Reply reply = connection.read_reply(Opcode::watch, "", Deadline(options.timeout));
+    if (reply.opcode == Opcode::value) set_failure(std::string(reply.value.begin(), reply.value.end()));
+    return reply.opcode == Opcode::timeout;  // ask again; after a failure there is nothing more to learn
+  }
+}
+
+void StoreWatch::Impl::run() noexcept {
+  try {
+    while (watch_once()) {
+    }
+  } catch (const Error& error) {
+    // The store went away (its rank 0 ended or died) or broke the protocol: whoever waits for a peer must
+    // not wait on, and the store cannot have told anyone anything since.
+    set_failure("lost the job's store: " + wire::bare_message(error));
+  } catch (const std::exception& error) {
+    set_failure(std::string("the store watch failed: ") + error.what());
+  }
+}
+
+StoreWatch::StoreWatch(const StoreOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+StoreWatch::~StoreWatch() = default;
+
+std::string StoreWatch::failure() const {
+  if (!impl_->has_failure.load(std::memory_order_acquire)) return {};
+  std::lock_guard lock(impl_->mutex);
+  return impl_->failure;
+}
+
+std::string StoreWatch::await_failure(Duration wait) const {
+  std::unique_lock lock(impl_->mutex);
+  impl_->failure_set.wait_for(lock, wait, [this] { return !impl_->failure.empty(); });
+  return impl_->failure;
+}
+
+void StoreWatch::check() const {
+  if (!impl_->has_failure.load(std::memory_order_acquire)) return;
+  fail(Errc::peer_failure, failure());
+}
+
+void StoreWatch::report(const std::string& text) noexcept {
+  if (impl_->has_failure.load(std::memory_order_acquire)) return;
+  std::lock_guard lock(impl_->report_mutex);
+  try {
+    StoreOptions options = impl_->options;
+    // Short: a store that does not answer at once is gone, and the caller is on its way out with an error.
+    options.timeout = std::min<Duration>(options.timeout, std::chrono::seconds(2));
+    options.wait_for_server = false;
+    Store::Impl reporter(options);
+    reporter.report_failure(text);
+  } catch (const std::exception&) {
+    // Best effort: the caller reports its error itself anyway.
+  }
 }
 
 }  // namespace ferry::transport

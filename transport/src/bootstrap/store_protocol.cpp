@@ -48,6 +48,18 @@ std::string_view opcode_name(Opcode opcode) {
       return "ERASE";
     case Opcode::stats:
       return "STATS";
+    case Opcode::prove:
+      return "PROVE";
+    case Opcode::join:
+      return "JOIN";
+    case Opcode::leave:
+      return "LEAVE";
+    case Opcode::members:
+      return "MEMBERS";
+    case Opcode::fail:
+      return "FAIL";
+    case Opcode::watch:
+      return "WATCH";
     case Opcode::ok:
       return "OK";
     case Opcode::value:
@@ -56,6 +68,8 @@ std::string_view opcode_name(Opcode opcode) {
       return "TIMEOUT";
     case Opcode::error:
       return "ERROR";
+    case Opcode::challenge:
+      return "CHALLENGE";
   }
   return "UNKNOWN";
 }
@@ -69,6 +83,12 @@ bool is_request(Opcode opcode) {
     case Opcode::add:
     case Opcode::erase:
     case Opcode::stats:
+    case Opcode::prove:
+    case Opcode::join:
+    case Opcode::leave:
+    case Opcode::members:
+    case Opcode::fail:
+    case Opcode::watch:
       return true;
     default:
       return false;
@@ -113,8 +133,9 @@ FrameHeader decode_header(const std::uint8_t* bytes, std::size_t max_value_bytes
   }
   std::uint16_t version = get_u16(bytes + 4);
   if (version != kVersion) {
-    fail(Errc::protocol, "unsupported protocol version " + std::to_string(version) + " (this build speaks " +
-                             std::to_string(kVersion) + ": mixed ferry versions in one job?)");
+    fail(Errc::protocol, "store protocol version " + std::to_string(version) +
+                             " from the other end, but this ferry speaks version " +
+                             std::to_string(kVersion) + ": mixed ferry versions in one job?");
   }
   FrameHeader header;
   std::uint16_t opcode = get_u16(bytes + 6);
@@ -134,7 +155,7 @@ FrameHeader decode_header(const std::uint8_t* bytes, std::size_t max_value_bytes
 }
 
 RequestScan scan_request(const std::uint8_t* data, std::size_t available, std::size_t max_value_bytes,
-                         bool authenticated) {
+                         AuthStage stage) {
   RequestScan scan;
   if (available < kHeaderBytes) return scan;
   auto reject = [&scan](std::string reason) {
@@ -150,11 +171,18 @@ RequestScan scan_request(const std::uint8_t* data, std::size_t available, std::s
   const Opcode opcode = scan.header.opcode;
   if (!is_request(opcode))
     return reject("a client sent the reply opcode " + std::string(opcode_name(opcode)));
-  if (!authenticated) {
-    if (opcode != Opcode::hello) return reject(std::string(opcode_name(opcode)) + " frame before HELLO");
-    if (scan.header.value_len > kMaxHelloValueBytes) {
-      return reject("HELLO secret of " + std::to_string(scan.header.value_len) + " bytes exceeds " +
-                    std::to_string(kMaxHelloValueBytes));
+  if (stage != AuthStage::done) {
+    const Opcode expected = stage == AuthStage::hello ? Opcode::hello : Opcode::prove;
+    if (opcode != expected) {
+      return reject(std::string(opcode_name(opcode)) + " frame where authentication expects " +
+                    std::string(opcode_name(expected)));
+    }
+    if (scan.header.key_len != 0 || scan.header.value_len > kMaxHelloValueBytes) {
+      return reject(std::string(opcode_name(opcode)) + " with a key of " +
+                    std::to_string(scan.header.key_len) + " bytes and a value of " +
+                    std::to_string(scan.header.value_len) +
+                    " (authentication frames carry no key and at most " +
+                    std::to_string(kMaxHelloValueBytes) + " value bytes)");
     }
   }
   if (available >= scan.header.frame_bytes()) scan.status = RequestScan::Status::complete;
@@ -171,19 +199,6 @@ Bytes encode_frame(Opcode opcode, std::string_view key, const std::uint8_t* valu
   return frame;
 }
 
-bool constant_time_equal(std::string_view a, std::string_view b) {
-  // Walk the longer length whatever the contents; fold every difference (and the length mismatch) into one
-  // accumulator so neither an early exit nor a branch depends on secret bytes.
-  std::size_t length = a.size() > b.size() ? a.size() : b.size();
-  volatile unsigned char difference = a.size() == b.size() ? 0 : 1;
-  for (std::size_t i = 0; i < length; ++i) {
-    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    difference = difference | static_cast<unsigned char>(x ^ y);
-  }
-  return difference == 0;
-}
-
 std::string describe_duration(Duration duration) {
   using namespace std::chrono;
   auto ms = duration_cast<milliseconds>(duration).count();
@@ -198,9 +213,7 @@ std::string describe_duration(Duration duration) {
 }
 
 std::string bare_message(const Error& error) {
-  std::string text = error.what();
-  std::string prefix = "ferry: " + std::string(to_string(error.code())) + ": ";
-  return text.rfind(prefix, 0) == 0 ? text.substr(prefix.size()) : text;
+  return error.message();
 }
 
 }  // namespace ferry::transport::wire

@@ -6,8 +6,12 @@
 // connection's next frame is not processed (and its socket is not read, which pushes back on a client that
 // pipelines).
 //
-// What a request means is decided in store_table.cpp (no sockets there); this file moves bytes, parks GETs,
-// and keeps sources that keep failing HELLO out (hello_limiter.hpp).
+// What a request means is decided in store_table.cpp (no sockets there); this file moves bytes, parks GETs
+// and WATCHes, answers every waiter once the job has failed, notices members whose connection closed, and
+// bounds what strangers cost: at most max_pending_handshakes connections authenticate at once (a new one
+// drops the oldest), each within handshake_timeout, and their drops are logged in summary (drop_log.hpp).
+// Nothing here refuses a connection for where it comes from: a client that proves the secret is served
+// whatever strangers on its address did.
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -19,13 +23,15 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
-#include "bootstrap/hello_limiter.hpp"
+#include "bootstrap/drop_log.hpp"
 #include "bootstrap/socket.hpp"
+#include "bootstrap/store_auth.hpp"
 #include "bootstrap/store_protocol.hpp"
 #include "bootstrap/store_table.hpp"
 #include "ferry/core/error.hpp"
@@ -40,8 +46,9 @@ using wire::Opcode;
 // Beyond this many open client connections new ones are refused with a named reason. A job opens one per
 // rank (plus a few per-thread ones), so 4096 is far above need and far below typical fd limits.
 constexpr std::size_t kMaxConnections = 4096;
-// A connection that has not authenticated by then is closed, so silent port scanners do not hold slots.
-constexpr Duration kMaxHelloWait = 30s;
+// Drops of unauthenticated connections logged one by one per interval; the rest are summarised.
+constexpr std::size_t kDropLinesPerInterval = 5;
+constexpr Duration kDropLogInterval = 10s;
 // Per wakeup, read at most this much from one connection, so one fast writer cannot starve the others.
 constexpr std::size_t kReadBudgetPerWakeup = std::size_t{4} << 20;
 constexpr std::size_t kReadChunkBytes = std::size_t{256} << 10;
@@ -50,33 +57,10 @@ constexpr std::size_t kKeepBufferCapacity = std::size_t{1} << 20;
 // After running out of file descriptors, stop accepting for this long instead of spinning on the listener.
 constexpr Duration kAcceptPauseOnExhaustion = 100ms;
 
-void log_line(const std::string& text) {
+void log_to_stderr(const std::string& text) {
   // One fprintf per line so lines from concurrent servers and ranks do not interleave mid-line.
   std::fprintf(stderr, "ferry store: %s\n", text.c_str());
 }
-
-struct Connection {
-  std::uint64_t id = 0;
-  net::Fd fd;
-  std::string peer;         // "ip:port", for messages
-  std::string peer_source;  // the IP alone: what failed HELLOs are counted against
-  bool authenticated = false;
-  Clock::time_point hello_deadline{};
-  bool dead = false;
-
-  Bytes in;  // received bytes; in[in_start..] not yet processed
-  std::size_t in_start = 0;
-  Bytes out;  // replies; out[out_start..] not yet written
-  std::size_t out_start = 0;
-
-  bool parked = false;  // a GET waits for parked_key
-  std::string parked_key;
-  Clock::time_point parked_deadline{};
-  Duration parked_budget{};
-
-  bool out_pending() const { return out_start < out.size(); }
-  bool busy() const { return parked || out_pending(); }
-};
 
 void release_if_large(Bytes& buffer) {
   if (buffer.capacity() > kKeepBufferCapacity) Bytes().swap(buffer);
@@ -85,6 +69,32 @@ void release_if_large(Bytes& buffer) {
 }  // namespace
 
 struct StoreServer::Impl {
+  // One client connection. A member of Impl (not of an anonymous namespace): Impl's fields hold it, and a
+  // type of an anonymous namespace inside a class with linkage trips -Wsubobject-linkage in unity builds.
+  struct Connection {
+    std::uint64_t id = 0;
+    net::Fd fd;
+    std::string peer;  // "ip:port", for messages
+    ConnectionState state;
+    Clock::time_point handshake_deadline{};
+    bool dead = false;
+
+    Bytes in;  // received bytes; in[in_start..] not yet processed
+    std::size_t in_start = 0;
+    Bytes out;  // replies; out[out_start..] not yet written
+    std::size_t out_start = 0;
+
+    bool parked = false;  // a GET waits for parked_key, or (watching) a WATCH for the job's failure
+    bool watching = false;
+    std::string parked_key;
+    Clock::time_point parked_deadline{};
+    Duration parked_budget{};
+
+    bool authenticated() const { return state.authenticated(); }
+    bool out_pending() const { return out_start < out.size(); }
+    bool busy() const { return parked || out_pending(); }
+  };
+
   explicit Impl(const StoreOptions& options);
   ~Impl();
 
@@ -97,9 +107,12 @@ struct StoreServer::Impl {
   void pump(Connection& connection);
   void handle_frame(Connection& connection, const wire::FrameHeader& header, std::string_view key,
                     const std::uint8_t* value);
-  // Refuses a connection whose source failed HELLO too often; true when it did.
-  bool refuse_if_locked_out(Connection& connection);
-  void count_failed_hello(const Connection& connection);
+  // Makes room for one more connection that is authenticating: drops the oldest beyond the limit.
+  void evict_oldest_handshake();
+  // Answers every parked GET (ERROR "failed") and WATCH (the failure) now that the job has failed.
+  void announce_failure();
+  // A member's connection is going away: without a LEAVE first, that fails the job.
+  void note_departure(Connection& connection, const std::string& how);
   void publish_counters();
   StoreStats snapshot() const;  // any thread
   void wake_waiters(const std::string& key);
@@ -113,12 +126,16 @@ struct StoreServer::Impl {
     reply(connection, opcode, key, reinterpret_cast<const std::uint8_t*>(text.data()), text.size());
   }
   void flush(Connection& connection);
-  // Logs the reason, tells the peer (best effort) and closes the connection.
-  void drop(Connection& connection, std::string_view kind, const std::string& reason);
+  // Logs the reason (in summary for unauthenticated peers), tells the peer (best effort) and closes the
+  // connection. `summary_reason`: the short text drops of unauthenticated peers are counted under.
+  void drop(Connection& connection, std::string_view kind, const std::string& reason,
+            const std::string& summary_reason = "refused before authenticating");
   // Closes without a word: the peer left on its own.
   void close_quietly(Connection& connection);
   void unpark(Connection& connection);
   Connection* find(std::uint64_t id);
+
+  void log(const std::string& line) const { options.log ? options.log(line) : log_to_stderr(line); }
 
   StoreOptions options;
   net::Fd listener;
@@ -132,8 +149,10 @@ struct StoreServer::Impl {
 
   // Everything below belongs to the server thread (the table's counts may be read from any).
   StoreTable table;
-  HelloLimiter hello_limiter;
+  Membership members;
+  DropLog drop_log;
   std::unordered_map<std::uint64_t, std::unique_ptr<Connection>> connections;
+  std::set<std::uint64_t> handshaking;  // ids of connections still authenticating, oldest first
   std::unordered_map<std::string, std::vector<std::uint64_t>> waiters;  // key -> parked connection ids
   std::vector<std::uint64_t> pump_queue;  // connections that became idle and may hold unprocessed frames
   std::uint64_t next_id = 1;
@@ -145,9 +164,13 @@ struct StoreServer::Impl {
 
 StoreServer::Impl::Impl(const StoreOptions& options_in)
     : options(options_in),
-      hello_limiter(options_in.max_failed_hellos, options_in.hello_failure_window, options_in.hello_lockout) {
+      drop_log([this](const std::string& line) { log(line); }, kDropLinesPerInterval, kDropLogInterval) {
   if (options.max_message_bytes == 0)
     fail(Errc::invalid_argument, "StoreOptions::max_message_bytes must be > 0");
+  if (options.max_pending_handshakes == 0)
+    fail(Errc::invalid_argument, "StoreOptions::max_pending_handshakes must be > 0");
+  if (options.handshake_timeout <= Duration::zero())
+    fail(Errc::invalid_argument, "StoreOptions::handshake_timeout must be positive");
   // Authentication is never off: an empty secret would let anyone who finds the port in.
   if (options.secret.empty()) {
     fail(Errc::invalid_argument,
@@ -175,8 +198,7 @@ StoreServer::Impl::Impl(const StoreOptions& options_in)
 StoreServer::Impl::~Impl() {
   std::uint64_t one = 1;
   // An eventfd write of 8 bytes cannot be partial; if it failed the join below would hang, so say why.
-  if (::write(wakeup.get(), &one, sizeof(one)) != sizeof(one))
-    log_line("cannot signal the server thread to stop");
+  if (::write(wakeup.get(), &one, sizeof(one)) != sizeof(one)) log("cannot signal the server thread to stop");
   if (thread.joinable()) thread.join();
 }
 
@@ -184,15 +206,16 @@ void StoreServer::Impl::run_guarded() {
   try {
     run();
   } catch (const std::exception& error) {
-    log_line(std::string("server thread stopped: ") + error.what());
+    log(std::string("server thread stopped: ") + error.what());
   }
+  drop_log.flush(Clock::now(), true);
   // Closing every socket turns each client's pending call into a prompt "lost connection" instead of a wait
   // until its deadline.
   connections.clear();
   listener.reset();
 }
 
-Connection* StoreServer::Impl::find(std::uint64_t id) {
+StoreServer::Impl::Connection* StoreServer::Impl::find(std::uint64_t id) {
   auto it = connections.find(id);
   return it == connections.end() || it->second->dead ? nullptr : it->second.get();
 }
@@ -207,9 +230,10 @@ int StoreServer::Impl::poll_timeout_ms(Clock::time_point now) const {
   };
   for (const auto& [id, connection] : connections) {
     if (connection->parked) consider(connection->parked_deadline);
-    if (!connection->authenticated) consider(connection->hello_deadline);
+    if (!connection->authenticated()) consider(connection->handshake_deadline);
   }
   if (accept_paused_until > now) consider(accept_paused_until);
+  if (drop_log.next_flush() != Clock::time_point::max()) consider(drop_log.next_flush());
   if (!have_deadline) return -1;  // sleep until a socket or the stop signal wakes us
   return Deadline(earliest - now).remaining_ms();
 }
@@ -263,6 +287,7 @@ void StoreServer::Impl::run() {
     drain_pump_queue();
     expire_deadlines(Clock::now());
     drain_pump_queue();
+    drop_log.flush(Clock::now());
 
     for (auto it = connections.begin(); it != connections.end();) {
       it = it->second->dead ? connections.erase(it) : std::next(it);
@@ -280,8 +305,8 @@ void StoreServer::Impl::accept_pending() {
       if (err == EAGAIN || err == EWOULDBLOCK) return;
       if (err == ECONNABORTED || err == EPROTO || err == EPERM) continue;  // that one peer's problem
       if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-        log_line(std::string("cannot accept connections for now: ") + std::strerror(err) + " (" +
-                 std::to_string(connections.size()) + " open)");
+        log(std::string("cannot accept connections for now: ") + std::strerror(err) + " (" +
+            std::to_string(connections.size()) + " open)");
         accept_paused_until = Clock::now() + kAcceptPauseOnExhaustion;
         return;
       }
@@ -291,40 +316,58 @@ void StoreServer::Impl::accept_pending() {
     connection->id = next_id++;
     connection->fd = std::move(fd);
     connection->peer = net::peer_endpoint(connection->fd.get());
-    connection->peer_source = net::peer_ip(connection->fd.get());
-    connection->hello_deadline = Clock::now() + std::min<Duration>(options.timeout, kMaxHelloWait);
-    if (refuse_if_locked_out(*connection)) continue;
+    connection->handshake_deadline =
+        Clock::now() + std::min<Duration>(options.timeout, options.handshake_timeout);
+    connection->state.server_nonce = auth::random_nonce();
+    if (handshaking.size() >= options.max_pending_handshakes) evict_oldest_handshake();
     if (connections.size() >= kMaxConnections) {
+      refused_connections.fetch_add(1, std::memory_order_relaxed);
       drop(*connection, wire::kErrorLimit,
-           "too many connections (limit " + std::to_string(kMaxConnections) + ")");
+           "too many connections (limit " + std::to_string(kMaxConnections) + ")",
+           "over the connection limit");
       continue;
     }
+    handshaking.insert(connection->id);
     connections.emplace(connection->id, std::move(connection));
   }
   publish_counters();
 }
 
-bool StoreServer::Impl::refuse_if_locked_out(Connection& connection) {
-  const Duration left = hello_limiter.refused_for(connection.peer_source, Clock::now());
-  if (left == Duration::zero()) return false;
-  refused_connections.fetch_add(1, std::memory_order_relaxed);
-  // Said once per connection, but not logged: a flood would otherwise flood the log too.
-  reply_text(connection, Opcode::error, wire::kErrorLimit,
-             "too many failed HELLOs from " + connection.peer_source + " (" +
-                 std::to_string(hello_limiter.max_failures()) + " within " +
-                 wire::describe_duration(hello_limiter.window()) +
-                 "); its connections are refused for another " + wire::describe_duration(left));
-  close_quietly(connection);
-  return true;
+void StoreServer::Impl::evict_oldest_handshake() {
+  while (!handshaking.empty()) {
+    const std::uint64_t oldest = *handshaking.begin();
+    handshaking.erase(handshaking.begin());
+    Connection* connection = find(oldest);
+    if (connection == nullptr) continue;
+    refused_connections.fetch_add(1, std::memory_order_relaxed);
+    drop(*connection, wire::kErrorLimit,
+         "too many connections authenticating at once (limit " +
+             std::to_string(options.max_pending_handshakes) + "): the oldest is dropped for a new one",
+         "evicted while authenticating");
+    return;
+  }
 }
 
-void StoreServer::Impl::count_failed_hello(const Connection& connection) {
-  failed_hellos.fetch_add(1, std::memory_order_relaxed);
-  if (hello_limiter.record_failure(connection.peer_source, Clock::now())) {
-    log_line("refusing connections from " + connection.peer_source + " for " +
-             wire::describe_duration(options.hello_lockout) + ": " +
-             std::to_string(options.max_failed_hellos) + " failed HELLOs within " +
-             wire::describe_duration(options.hello_failure_window));
+void StoreServer::Impl::announce_failure() {
+  for (auto& [id, connection] : connections) {
+    if (connection->dead || !connection->parked) continue;
+    const bool watching = connection->watching;
+    const std::string key = connection->parked_key;
+    unpark(*connection);
+    if (watching) {
+      reply_text(*connection, Opcode::value, key, members.failure());
+    } else {
+      reply_text(*connection, Opcode::error, wire::kErrorFailed, members.failure());
+    }
+    pump_queue.push_back(id);
+  }
+}
+
+void StoreServer::Impl::note_departure(Connection& connection, const std::string& how) {
+  if (!connection.state.seat.joined) return;
+  if (members.lost(connection.state.seat, how)) {
+    log("the job failed: " + members.failure());
+    announce_failure();
   }
 }
 
@@ -368,12 +411,12 @@ void StoreServer::Impl::pump(Connection& connection) {
   while (!connection.dead && !connection.busy()) {
     const std::uint8_t* frame = connection.in.data() + connection.in_start;
     const wire::RequestScan scan = wire::scan_request(frame, connection.in.size() - connection.in_start,
-                                                      options.max_message_bytes, connection.authenticated);
+                                                      options.max_message_bytes, connection.state.stage);
     if (scan.status == wire::RequestScan::Status::need_more) break;
     if (scan.status == wire::RequestScan::Status::rejected) {
       // Garbage instead of a HELLO is a failed attempt too (a scanner, or someone guessing the format).
-      if (!connection.authenticated) count_failed_hello(connection);
-      drop(connection, wire::kErrorProtocol, scan.reason);
+      if (!connection.authenticated()) failed_hellos.fetch_add(1, std::memory_order_relaxed);
+      drop(connection, wire::kErrorProtocol, scan.reason, "sent a bad first frame");
       return;
     }
     std::string_view key(reinterpret_cast<const char*>(frame + wire::kHeaderBytes), scan.header.key_len);
@@ -394,21 +437,27 @@ void StoreServer::Impl::pump(Connection& connection) {
 
 void StoreServer::Impl::handle_frame(Connection& connection, const wire::FrameHeader& header,
                                      std::string_view key, const std::uint8_t* value) {
+  const bool was_authenticated = connection.authenticated();
   RequestOutcome outcome =
-      handle_request(table, options.secret, connection.authenticated, header, key, value, snapshot());
+      handle_request(table, members, options.secret, connection.state, header, key, value, snapshot());
+  if (!was_authenticated && connection.authenticated()) handshaking.erase(connection.id);
+  if (outcome.job_failed) log("the job failed: " + members.failure());
   switch (outcome.action) {
     case RequestOutcome::Action::drop:
-      if (outcome.hello_failed) count_failed_hello(connection);
-      drop(connection, outcome.error_kind, outcome.text);
-      return;
+      if (outcome.auth_failed) failed_hellos.fetch_add(1, std::memory_order_relaxed);
+      drop(connection, outcome.error_kind, outcome.text,
+           outcome.auth_failed ? "failed to prove the secret" : "broke the protocol while authenticating");
+      break;
     case RequestOutcome::Action::park:
+    case RequestOutcome::Action::watch:
       connection.parked = true;
+      connection.watching = outcome.action == RequestOutcome::Action::watch;
       connection.parked_key = std::string(key);
       connection.parked_budget = std::chrono::milliseconds(outcome.park_budget_ms);
       connection.parked_deadline = Clock::now() + connection.parked_budget;
-      waiters[connection.parked_key].push_back(connection.id);
+      if (!connection.watching) waiters[connection.parked_key].push_back(connection.id);
       // A zero budget times out on this very loop iteration (expire_deadlines runs after the handlers).
-      return;
+      break;
     case RequestOutcome::Action::reply:
       if (outcome.opcode == Opcode::error) {
         reply_text(connection, Opcode::error, outcome.error_kind, outcome.text);
@@ -417,8 +466,9 @@ void StoreServer::Impl::handle_frame(Connection& connection, const wire::FrameHe
         reply(connection, outcome.opcode, key, bytes.data(), bytes.size());
       }
       if (outcome.key_changed) wake_waiters(std::string(key));
-      return;
+      break;
   }
+  if (outcome.job_failed) announce_failure();
 }
 
 void StoreServer::Impl::wake_waiters(const std::string& key) {
@@ -441,6 +491,10 @@ void StoreServer::Impl::wake_waiters(const std::string& key) {
 void StoreServer::Impl::unpark(Connection& connection) {
   if (!connection.parked) return;
   connection.parked = false;
+  if (connection.watching) {
+    connection.watching = false;
+    return;
+  }
   auto it = waiters.find(connection.parked_key);
   if (it == waiters.end()) return;
   auto& ids = it->second;
@@ -452,14 +506,21 @@ void StoreServer::Impl::expire_deadlines(Clock::time_point now) {
   for (auto& [id, connection] : connections) {
     if (connection->dead) continue;
     if (connection->parked && connection->parked_deadline <= now) {
+      const bool watching = connection->watching;
       unpark(*connection);
       reply_text(*connection, Opcode::timeout, connection->parked_key,
-                 "key '" + connection->parked_key + "' was not set within " +
-                     wire::describe_duration(connection->parked_budget));
+                 watching
+                     ? "the job did not fail within " + wire::describe_duration(connection->parked_budget)
+                     : "key '" + connection->parked_key + "' was not set within " +
+                           wire::describe_duration(connection->parked_budget));
       pump_queue.push_back(id);
     }
-    if (!connection->authenticated && connection->hello_deadline <= now) {
-      drop(*connection, wire::kErrorProtocol, "no HELLO within the authentication deadline");
+    if (!connection->authenticated() && connection->handshake_deadline <= now) {
+      refused_connections.fetch_add(1, std::memory_order_relaxed);
+      drop(*connection, wire::kErrorProtocol,
+           "did not authenticate within " +
+               wire::describe_duration(std::min<Duration>(options.timeout, options.handshake_timeout)),
+           "too slow to authenticate");
     }
   }
 }
@@ -504,9 +565,17 @@ void StoreServer::Impl::flush(Connection& connection) {
   release_if_large(connection.out);
 }
 
-void StoreServer::Impl::drop(Connection& connection, std::string_view kind, const std::string& reason) {
+void StoreServer::Impl::drop(Connection& connection, std::string_view kind, const std::string& reason,
+                             const std::string& summary_reason) {
   if (connection.dead) return;
-  log_line("dropping connection from " + connection.peer + ": " + reason);
+  const std::string line = "dropping connection from " + connection.peer + ": " + reason;
+  // A job's own clients are logged every time (rare, and worth reading); strangers in summary.
+  if (connection.authenticated()) {
+    log(line);
+  } else {
+    drop_log.dropped(summary_reason, line, Clock::now());
+  }
+  note_departure(connection, "the store dropped its connection: " + reason);
   reply_text(connection, Opcode::error, kind, reason);
   if (connection.dead) return;
   // Read what the peer already sent: closing with unread data makes the kernel send a reset, which can
@@ -522,6 +591,10 @@ void StoreServer::Impl::drop(Connection& connection, std::string_view kind, cons
 
 void StoreServer::Impl::close_quietly(Connection& connection) {
   if (connection.dead) return;
+  note_departure(connection,
+                 "its connection to the store closed before it checked out (the process was killed, crashed "
+                 "or exited without leaving the job)");
+  handshaking.erase(connection.id);
   unpark(connection);
   connection.dead = true;
   connection.fd.reset();

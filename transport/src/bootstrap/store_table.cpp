@@ -74,22 +74,105 @@ void StoreTable::account() {
   bytes_.store(held_bytes_, std::memory_order_relaxed);
 }
 
-RequestOutcome handle_request(StoreTable& table, std::string_view secret, bool& authenticated,
-                              const wire::FrameHeader& header, std::string_view key,
-                              const std::uint8_t* value, const StoreStats& stats) {
+RequestOutcome failed_reply(const Membership& members) {
+  RequestOutcome outcome;
+  outcome.opcode = Opcode::error;
+  outcome.error_kind = wire::kErrorFailed;
+  outcome.text = members.failure();
+  return outcome;
+}
+
+RequestOutcome handle_request(StoreTable& table, Membership& members, std::string_view secret,
+                              ConnectionState& connection, const wire::FrameHeader& header,
+                              std::string_view key, const std::uint8_t* value, const StoreStats& stats) {
   const std::size_t value_len = static_cast<std::size_t>(header.value_len);
+  const std::string_view bytes(reinterpret_cast<const char*>(value), value_len);
+  if (!connection.authenticated() && header.opcode != Opcode::hello && header.opcode != Opcode::prove)
+    return drop(wire::kErrorProtocol,
+                std::string(wire::opcode_name(header.opcode)) + " before authentication");
   switch (header.opcode) {
     case Opcode::hello: {
-      if (authenticated) return drop(wire::kErrorProtocol, "second HELLO on an authenticated connection");
-      std::string_view offered(reinterpret_cast<const char*>(value), value_len);
+      if (connection.stage != wire::AuthStage::hello)
+        return drop(wire::kErrorProtocol, "a second HELLO on this connection");
+      if (value_len != auth::kNonceBytes) {
+        return drop(wire::kErrorProtocol, "HELLO must carry a " + std::to_string(auth::kNonceBytes) +
+                                              "-byte nonce, got " + std::to_string(value_len) + " bytes");
+      }
+      std::copy(value, value + value_len, connection.client_nonce.begin());
+      connection.stage = wire::AuthStage::prove;
+      RequestOutcome outcome =
+          value_reply(Bytes(connection.server_nonce.begin(), connection.server_nonce.end()));
+      outcome.opcode = Opcode::challenge;
+      return outcome;
+    }
+    case Opcode::prove: {
+      if (connection.stage != wire::AuthStage::prove)
+        return drop(wire::kErrorProtocol, "PROVE without a HELLO before it");
+      const crypto::Digest expected =
+          auth::client_proof(secret, connection.client_nonce, connection.server_nonce);
       // An empty secret never authenticates: the server refuses to start with one, and this keeps it so.
-      if (secret.empty() || !wire::constant_time_equal(offered, secret)) {
-        RequestOutcome outcome = drop(wire::kErrorSecret, "wrong job secret");
-        outcome.hello_failed = true;
+      if (secret.empty() || !crypto::constant_time_equal(bytes, crypto::view(expected))) {
+        RequestOutcome outcome = drop(wire::kErrorSecret, "wrong proof of the job secret");
+        outcome.auth_failed = true;
         return outcome;
       }
-      authenticated = true;
+      connection.stage = wire::AuthStage::done;
+      const crypto::Digest proof =
+          auth::server_proof(secret, connection.client_nonce, connection.server_nonce);
+      RequestOutcome outcome = value_reply(Bytes(proof.begin(), proof.end()));
+      outcome.opcode = Opcode::ok;
+      return outcome;
+    }
+    case Opcode::join: {
+      if (value_len < 8) {
+        return drop(wire::kErrorProtocol,
+                    "JOIN must carry a rank and a world size (8 bytes), got " + std::to_string(value_len));
+      }
+      if (members.failed()) return failed_reply(members);
+      const auto rank = static_cast<std::uint32_t>(wire::get_u64(value) & 0xffffffffu);
+      const auto world = static_cast<std::uint32_t>(wire::get_u64(value) >> 32);
+      std::string label(bytes.substr(8, wire::kMaxFailureBytes));
+      std::string refusal = members.join(std::string(key), rank, world, std::move(label), connection.seat);
+      if (refusal.empty()) return {};
+      RequestOutcome outcome;
+      outcome.opcode = Opcode::error;
+      outcome.error_kind = members.failed() ? wire::kErrorMember : wire::kErrorSemantic;
+      outcome.job_failed = members.failed();
+      outcome.text = std::move(refusal);
+      return outcome;
+    }
+    case Opcode::leave: {
+      if (!connection.seat.joined || connection.seat.group != key) {
+        RequestOutcome outcome;
+        outcome.opcode = Opcode::error;
+        outcome.error_kind = wire::kErrorSemantic;
+        outcome.text = "LEAVE of a group this connection did not join";
+        return outcome;
+      }
+      members.leave(connection.seat);
       return {};
+    }
+    case Opcode::members: {
+      Bytes reply(9);
+      wire::put_u64(reply.data(), members.present(std::string(key)));
+      reply[8] = members.failed() ? 1 : 0;
+      return value_reply(std::move(reply));
+    }
+    case Opcode::fail: {
+      RequestOutcome outcome;
+      outcome.job_failed = members.fail(std::string(bytes.substr(0, wire::kMaxFailureBytes)));
+      return outcome;
+    }
+    case Opcode::watch: {
+      if (value_len != 8) {
+        return drop(wire::kErrorProtocol,
+                    "WATCH must carry an 8-byte wait budget, got " + std::to_string(value_len) + " bytes");
+      }
+      if (members.failed()) return value_reply(Bytes(members.failure().begin(), members.failure().end()));
+      RequestOutcome outcome;
+      outcome.action = RequestOutcome::Action::watch;
+      outcome.park_budget_ms = std::min(wire::get_u64(value), kMaxWaitMs);
+      return outcome;
     }
     case Opcode::set: {
       table.set(std::string(key), Bytes(value, value + value_len));
@@ -108,6 +191,7 @@ RequestOutcome handle_request(StoreTable& table, std::string_view secret, bool& 
         outcome.borrowed = found;
         return outcome;
       }
+      if (members.failed()) return failed_reply(members);  // whoever would set it may be gone
       RequestOutcome outcome;
       outcome.action = RequestOutcome::Action::park;
       outcome.park_budget_ms = std::min(wire::get_u64(value), kMaxWaitMs);

@@ -1,6 +1,6 @@
-// What the store server holds and what each request does to it, without sockets or clocks: the server
-// (store_server.cpp) does the I/O and the waiting around it, and the store fuzz target drives the same code
-// with arbitrary bytes.
+// What the store server holds and what each request does to it, without sockets, clocks or randomness: the
+// server (store_server.cpp) does the I/O, the waiting and draws the nonces around it, and the store fuzz
+// target drives the same code with arbitrary bytes.
 #pragma once
 
 #include <atomic>
@@ -10,6 +10,8 @@
 #include <string>
 #include <string_view>
 
+#include "bootstrap/store_auth.hpp"
+#include "bootstrap/store_members.hpp"
 #include "bootstrap/store_protocol.hpp"
 #include "ferry/transport/store.hpp"
 
@@ -39,11 +41,22 @@ class StoreTable {
   std::atomic<std::size_t> bytes_{0};
 };
 
+// One connection as far as its requests go: how far it is through authentication, and where it joined.
+struct ConnectionState {
+  wire::AuthStage stage = wire::AuthStage::hello;
+  auth::Nonce client_nonce{};
+  auth::Nonce server_nonce{};  // drawn by the server when it accepts the connection
+  Membership::Seat seat;
+
+  bool authenticated() const { return stage == wire::AuthStage::done; }
+};
+
 // What the server must do with one complete request frame.
 struct RequestOutcome {
   enum class Action {
     reply,  // send `opcode` with the request's key and value()
     park,   // GET of a key that does not exist yet: wait up to park_budget_ms for a SET or ADD of it
+    watch,  // WATCH before the job failed: wait up to park_budget_ms for its failure
     drop,   // send ERROR(error_kind, text) and close the connection
   };
   Action action = Action::reply;
@@ -51,7 +64,8 @@ struct RequestOutcome {
   std::string_view error_kind;  // drop, or reply with Opcode::error
   std::string text;             // drop: the reason; error reply: the message
   bool key_changed = false;     // the request set or changed the key: waiters on it may be answered
-  bool hello_failed = false;    // a HELLO with the wrong secret (the server counts these per source)
+  bool auth_failed = false;     // a wrong proof of the secret (the server counts these)
+  bool job_failed = false;      // the request made the job fail: every waiter must be answered with it
   std::uint64_t park_budget_ms = 0;
 
   // The reply's value: bytes held by the table (valid until the table changes) or owned here.
@@ -60,10 +74,13 @@ struct RequestOutcome {
   Bytes owned;
 };
 
-// Applies one request (a frame scan_request() found complete, so a HELLO first and nothing else before it)
-// to `table`. `authenticated` is the connection's state, updated by HELLO; `stats` is what STATS reports.
-RequestOutcome handle_request(StoreTable& table, std::string_view secret, bool& authenticated,
-                              const wire::FrameHeader& header, std::string_view key,
-                              const std::uint8_t* value, const StoreStats& stats);
+// Applies one request (a frame scan_request() found complete for the connection's stage) to `table` and
+// `members`. `connection` advances through authentication and joins here; `stats` is what STATS reports.
+RequestOutcome handle_request(StoreTable& table, Membership& members, std::string_view secret,
+                              ConnectionState& connection, const wire::FrameHeader& header,
+                              std::string_view key, const std::uint8_t* value, const StoreStats& stats);
+
+// The GET answer for a job that has failed: ERROR("failed") with its text.
+RequestOutcome failed_reply(const Membership& members);
 
 }  // namespace ferry::transport

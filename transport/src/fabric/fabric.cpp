@@ -99,6 +99,7 @@ void fabric_barrier(Fabric& fabric, const Peers& peers, const std::string& name)
   auto next_poll = Clock::now();
   std::int64_t seen = arrived;
   while (seen < target) {
+    if (peers.watch != nullptr) peers.watch->check();  // a rank that failed will never arrive
     if (fabric.progress()) backoff.reset();
     // Ask the store at most every 200 us; the fabric keeps progressing in between.
     if (Clock::now() >= next_poll) {

@@ -27,20 +27,21 @@ class Error : public std::runtime_error {
  public:
   Error(Errc code, const std::string& message);
   Errc code() const noexcept { return code_; }
+  // What this error says, without the "ferry: <category>: " prefix what() adds: for quoting it in another.
+  std::string message() const;
 
   // A copy that shares no storage with `other` (std::runtime_error's message is reference-counted, and a copy
   // shares it): for rethrowing, on a waiting thread, an error another thread stored and may release.
   static Error detached_copy(const Error& other);
-
-  // The message as given, without the "ferry: <code>: " what() starts with: for wrapping it into another
-  // Error.
-  std::string message() const;
 
  private:
   struct Verbatim {};
   Error(Errc code, const std::string& what, Verbatim) : std::runtime_error(what), code_(code) {}
   Errc code_;
 };
+
+// `what` without its leading "ferry: ", for quoting an error's what() (category included) inside another.
+std::string_view without_ferry_prefix(std::string_view what) noexcept;
 
 // Throws Error(code, message). Kept out of line so call sites stay small.
 [[noreturn]] void fail(Errc code, const std::string& message);

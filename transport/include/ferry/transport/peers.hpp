@@ -11,11 +11,14 @@ namespace ferry::transport {
 
 struct Peers {
   Store* store = nullptr;
+  // The job's failure as the store knows it (null: not watched). Waits that do not talk to the store (a
+  // fabric barrier polling a counter, the data path) ask it, so a failure elsewhere ends them at once.
+  const StoreWatch* watch = nullptr;
   int rank = 0;
   int world_size = 1;
   int local_rank = 0;
   int local_size = 1;
-  std::string job_id;                 // unique per job: names of shm segments and store keys include it
+  std::string job_id;                  // unique per job: names of shm segments and store keys include it
   Duration timeout = kDefaultTimeout;  // deadline of every set-up wait and every data-path wait
 
   int node() const { return rank / local_size; }

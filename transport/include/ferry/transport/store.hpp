@@ -1,12 +1,20 @@
 // The bootstrap store: a small key/value service over TCP that rank 0 hosts and every rank uses to exchange
 // addresses, memory handles and counts before any fabric exists.
 //
-// Wire protocol (transport/src/bootstrap/store_protocol.hpp): length-prefixed frames; the first frame on
-// every connection must be HELLO carrying the job secret, compared in constant time. The server refuses to
-// start without a secret, and a source address that fails HELLO too often is refused for a while. Frames
-// over the size cap, with an unknown opcode, or arriving before HELLO close the connection with a logged,
-// named reason. Every blocking operation carries a deadline; a timeout names the keys (and, for
-// collectives, the ranks) still missing.
+// Wire protocol (transport/src/bootstrap/store_protocol.hpp): length-prefixed frames; every connection starts
+// with a challenge-response in which both sides prove they know the job secret without sending it
+// (store_auth.hpp). The server refuses to start without a secret. What a stranger can cost it is bounded:
+// few unauthenticated connections at once (the oldest is dropped for a new one), a short deadline to
+// authenticate, and a summarised log; a client that proves the secret is never refused for what strangers
+// did. Frames over the size cap, with an unknown opcode, or arriving before authentication close the
+// connection with a named reason. Every blocking operation carries a deadline; a timeout names the keys
+// (and, for collectives, the ranks) still missing.
+//
+// Failures: ranks join their group (Store::join), and one whose connection closes before it leaves fails the
+// job, as does any rank that reports a failure (Store::report_failure), a rank claimed twice, or ranks that
+// disagree on the world size. From then on every wait on the store ends at once with Errc::peer_failure and
+// the job's failure, and a StoreWatch (a thread parked on the store) tells code that is not talking to the
+// store, such as the data path waiting for a peer.
 //
 // Lifetimes: a collective round's keys are erased by the last rank to finish with them, so barriers and
 // all-gathers repeated any number of times leave the server's memory where it was (stats() shows it).
@@ -14,6 +22,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,8 +39,9 @@ struct StoreStats {
   std::uint64_t keys = 0;                 // keys held
   std::uint64_t bytes = 0;                // key and value bytes held
   std::uint64_t connections = 0;          // open client connections
-  std::uint64_t failed_hellos = 0;        // HELLOs refused for a wrong secret, since the server started
-  std::uint64_t refused_connections = 0;  // connections refused because their source failed HELLO too often
+  std::uint64_t failed_hellos = 0;        // authentications refused (wrong proof, garbage before it), ever
+  std::uint64_t refused_connections = 0;  // unauthenticated connections dropped for what they cost: too slow
+                                          // to authenticate, evicted for a newer one, or over the limit
 };
 
 // The store rejected this client's secret (Errc::protocol). Its own type so that a caller who can obtain a
@@ -49,13 +59,19 @@ struct StoreOptions {
   // the job's port once and hands the socket to rank 0, so the port is never free for someone else to take).
   // The server works on a duplicate and leaves this descriptor open. When `port` is not 0 it must match.
   int listen_fd = -1;
-  // Server only: a source address that fails HELLO this many times within hello_failure_window is refused
-  // (ERROR "limit", connection closed at once) for hello_lockout.
-  int max_failed_hellos = 10;
-  Duration hello_failure_window = std::chrono::seconds(60);
-  Duration hello_lockout = std::chrono::seconds(60);
+  // Server only: at most this many connections may be authenticating at once; a new one beyond drops the
+  // oldest (ERROR "limit", which a client retries). A job's ranks authenticate in one round trip each.
+  std::size_t max_pending_handshakes = 1024;
+  // Server only: a connection that has not authenticated within this (or `timeout`, if shorter) is dropped.
+  Duration handshake_timeout = std::chrono::seconds(10);
+  // Server only: where its log lines go (each without the trailing newline); stderr, prefixed "ferry store:
+  // ", when empty.
+  std::function<void(const std::string& line)> log;
   std::size_t max_message_bytes = std::size_t{64} << 20;  // frames larger than this are rejected
   Duration timeout = kDefaultTimeout;                     // default deadline of every blocking call
+  // Clients only: keep trying to connect while the server is not up (yet), until `timeout`. false: a refused
+  // connection fails at once (Errc::peer_failure), for a client that would only talk to a running store.
+  bool wait_for_server = true;
   // Clients only: prepended to every key this client names (set/get/wait/add/check and the keys of barrier
   // and all_gather), so several groups can share one server, each with collectives of the same names, and
   // never see each other's keys. Error messages show the full key.
@@ -79,7 +95,8 @@ class StoreServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// The client side. One TCP connection to the server, not thread-safe (one per thread if needed).
+// The client side. One TCP connection to the server, not thread-safe (one per thread if needed). Every wait
+// fails at once with Errc::peer_failure and the job's failure once the job has failed.
 class Store {
  public:
   // Connects (retrying until options.timeout while the server is not yet up) and authenticates.
@@ -106,6 +123,18 @@ class Store {
   // The server's StoreStats, as it answers them.
   StoreStats server_stats();
 
+  // Membership (see the top of this file). Joins this connection as `rank` of the group `group` ("" for the
+  // whole job; the key prefix of a sub-group otherwise, not prefixed again) in a world of `world_size` ranks;
+  // `label` says who this is in messages ("pid 12 on node0"). Throws Errc::peer_failure naming the problem
+  // when the rank is claimed twice, the world sizes disagree or the job has failed already.
+  void join(const std::string& group, int rank, int world_size, const std::string& label);
+  // Checks out: from now on this connection's closing is not a failure.
+  void leave(const std::string& group);
+  // How many ranks of `group` joined and have neither left nor been lost; `failed` whether the job failed.
+  std::size_t members_present(const std::string& group, bool* failed = nullptr);
+  // Makes `text` the job's failure unless there is one already.
+  void report_failure(const std::string& text);
+
   // Collectives over `world_size` participants; `name` must be unique per call site and round (the store
   // appends its own round counter so repeated calls with one name work). Timeouts name the missing ranks.
   // A round's keys live under "<name>/<round>/"; every rank counts itself out once it has read what it
@@ -123,6 +152,35 @@ class Store {
   // The local IP of the connection to the store (getsockname): the address this process uses to reach rank 0,
   // hence a good address to advertise to peers.
   std::string local_address() const;
+
+ private:
+  friend class StoreWatch;  // runs a Store connection of its own
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A thread parked on the store until the job fails, on a connection of its own, so that code which is not
+// talking to the store (the data path waiting for a peer, a teardown) learns of a failure within moments and
+// can name it. Thread-safe.
+class StoreWatch {
+ public:
+  // Connects and authenticates (as a Store does), then starts the thread.
+  explicit StoreWatch(const StoreOptions& options);
+  ~StoreWatch();  // stops the thread
+  StoreWatch(const StoreWatch&) = delete;
+  StoreWatch& operator=(const StoreWatch&) = delete;
+
+  // The job's failure, once the store has told it, or that the store is gone; empty before.
+  std::string failure() const;
+  // Throws Errc::peer_failure with failure(), if there is one.
+  void check() const;
+  // failure(), waiting up to `wait` for one. For a rank that has seen a peer go: the peer may be a survivor
+  // that left once the job had failed (its cause is what the store says), or the cause itself (the store
+  // names it within moments, since its connection closed too).
+  std::string await_failure(Duration wait) const;
+  // Makes `text` the job's failure unless there is one already, over a short-lived connection of its own
+  // (best effort: a store that is gone cannot be told). Returns at once when the job has failed already.
+  void report(const std::string& text) noexcept;
 
  private:
   struct Impl;

@@ -1,0 +1,181 @@
+// The job's failure as the store knows it: ranks join their group; a rank claimed twice, world sizes that
+// disagree, a member whose connection closes before it leaves, or a rank's report fail the job; from then on
+// every wait on the store ends at once naming the cause, and a StoreWatch tells those not talking to it.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "bootstrap/store_members.hpp"
+#include "store_test_support.hpp"
+
+using namespace store_test;
+using ferry::transport::Membership;
+using ferry::transport::StoreWatch;
+
+namespace {
+
+// Waits (bounded) until `watch` has a failure and returns it.
+std::string await_failure(const StoreWatch& watch, std::chrono::milliseconds limit = 3000ms) {
+  const auto deadline = Clock::now() + limit;
+  while (watch.failure().empty() && Clock::now() < deadline) std::this_thread::sleep_for(2ms);
+  return watch.failure();
+}
+
+}  // namespace
+
+TEST_CASE("store failure: membership counts who is present and fails the job on a lost member",
+          "[store][failure]") {
+  Membership members;
+  Membership::Seat a, b, c;
+  CHECK(members.join("", 0, 3, "pid 1 on h", a).empty());
+  CHECK(members.join("", 1, 3, "pid 2 on h", b).empty());
+  CHECK(members.present("") == 2);
+  CHECK_THAT(members.join("", 2, 3, "pid 3", a), Catch::Contains("already joined as rank 0"));
+  CHECK_THAT(members.join("", 3, 3, "pid 3", c), Catch::Contains("outside the world of 3"));
+  CHECK_FALSE(members.failed());
+  members.leave(a);
+  CHECK(members.present("") == 1);
+  CHECK_FALSE(members.lost(a, "closed"));  // left first: closing is no failure
+  CHECK(members.lost(b, "its connection closed"));
+  CHECK(members.failure() == "rank 1 (pid 2 on h) is gone: its connection closed");
+  CHECK_FALSE(members.fail("a later report"));
+  CHECK(members.failure() == "rank 1 (pid 2 on h) is gone: its connection closed");
+  // Once failed, nobody joins.
+  CHECK(members.join("", 2, 3, "pid 3", c) == members.failure());
+
+  // A group whose ranks have all departed is forgotten.
+  Membership other;
+  Membership::Seat x, y;
+  CHECK(other.join("sub/", 0, 2, "", x).empty());
+  CHECK(other.join("sub/", 1, 2, "", y).empty());
+  CHECK(other.groups() == 1);
+  other.leave(x);
+  other.leave(y);
+  CHECK(other.groups() == 0);
+}
+
+TEST_CASE("store failure: a rank claimed twice fails every rank at once, naming it", "[store][failure]") {
+  StoreServer server(server_options(20000ms));
+  Store rank0(client_options(server, 20000ms));
+  Store first(client_options(server, 20000ms));
+  Store second(client_options(server, 20000ms));
+  rank0.join("", 0, 2, "pid 100 on a");
+  first.join("", 1, 2, "pid 101 on a");
+  // Rank 0 waits for something rank 1 will never send; the impostor's claim ends the wait at once.
+  std::thread waiter([&] {
+    auto start = Clock::now();
+    auto error = expect_error([&] { rank0.get("never-set", 20s); });
+    CHECK(error.code() == Errc::peer_failure);
+    CHECK_THAT(error.what(),
+               Catch::Contains("rank 1 is claimed twice: by pid 101 on a (joined first) and by pid "
+                               "102 on b"));
+    CHECK(seconds_since(start) < 5.0);
+  });
+  std::this_thread::sleep_for(100ms);
+  auto refused = expect_error([&] { second.join("", 1, 2, "pid 102 on b"); });
+  waiter.join();
+  CHECK(refused.code() == Errc::peer_failure);
+  CHECK_THAT(refused.what(), Catch::Contains("rank 1 is claimed twice"));
+  // The rank that joined first hears of it too, at its next wait, and the connections stay usable.
+  auto told = expect_error([&] { first.barrier("b", 1, 2); });
+  CHECK_THAT(told.what(), Catch::Contains("rank 1 is claimed twice"));
+  first.leave("");
+  bool failed = false;
+  CHECK(rank0.members_present("", &failed) == 1);
+  CHECK(failed);
+}
+
+TEST_CASE("store failure: ranks that disagree on the world size are refused, naming both sizes",
+          "[store][failure]") {
+  StoreServer server(server_options());
+  Store a(client_options(server));
+  Store b(client_options(server));
+  a.join("", 0, 4, "pid 1");
+  auto error = expect_error([&] { b.join("", 3, 5, "pid 2"); });
+  CHECK(error.code() == Errc::peer_failure);
+  CHECK_THAT(error.what(),
+             Catch::Contains("ranks disagree on the world size: rank 0 (pid 1) joined a world of 4 "
+                             "ranks, rank 3 (pid 2) a world of 5"));
+  CHECK_THAT(expect_error([&] { a.get("x", 10s); }).what(), Catch::Contains("disagree on the world size"));
+}
+
+TEST_CASE("store failure: a member whose connection closes before it leaves fails the job at once",
+          "[store][failure]") {
+  StoreServer server(server_options(20000ms));
+  Store survivor(client_options(server, 20000ms));
+  survivor.join("", 0, 2, "pid 1 on a");
+  StoreWatch watch(client_options(server, 20000ms));
+  auto departing = std::make_unique<Store>(client_options(server, 20000ms));
+  departing->join("", 1, 2, "pid 2 on b");
+  std::thread killer([&] {
+    std::this_thread::sleep_for(200ms);
+    departing.reset();  // the process "dies": its connection closes without LEAVE
+  });
+  auto start = Clock::now();
+  auto error = expect_error([&] { survivor.barrier("work", 0, 2, 20s); });
+  const double waited = seconds_since(start);
+  killer.join();
+  CHECK(error.code() == Errc::peer_failure);
+  CHECK_THAT(error.what(), Catch::Contains("rank 1 (pid 2 on b) is gone: its connection to the store closed "
+                                           "before it checked out"));
+  CHECK(waited < 0.2 + std::chrono::duration<double>(kSlack).count());
+  // The watch heard it too, and says the same.
+  CHECK(await_failure(watch) ==
+        std::string(error.what()).substr(std::string("ferry: peer failure: ").size()));
+  CHECK_THROWS_AS(watch.check(), ferry::Error);
+  // Keys that exist are still read; only waits end.
+  survivor.set("exists", bytes_of("v"));
+  CHECK(survivor.get("exists", 1s) == bytes_of("v"));
+}
+
+TEST_CASE("store failure: a member that leaves first closes without failing anyone", "[store][failure]") {
+  StoreServer server(server_options());
+  Store stays(client_options(server));
+  stays.join("", 0, 2, "");
+  {
+    Store goes(client_options(server));
+    goes.join("", 1, 2, "");
+    CHECK(stays.members_present("") == 2);
+    goes.leave("");
+  }
+  bool failed = true;
+  // Give the server a moment to see the close.
+  std::this_thread::sleep_for(50ms);
+  CHECK(stays.members_present("", &failed) == 1);
+  CHECK_FALSE(failed);
+  CHECK_FALSE(stays.check("anything"));
+  StoreWatch watch(client_options(server));
+  std::this_thread::sleep_for(50ms);
+  CHECK(watch.failure().empty());
+}
+
+TEST_CASE("store failure: a reported failure reaches every watch, first report wins", "[store][failure]") {
+  StoreServer server(server_options());
+  StoreWatch one(client_options(server));
+  StoreWatch two(client_options(server));
+  CHECK(one.failure().empty());
+  one.report("rank 3 timed out waiting for rank 2");
+  CHECK(await_failure(two) == "rank 3 timed out waiting for rank 2");
+  CHECK(await_failure(one) == "rank 3 timed out waiting for rank 2");
+  two.report("a second opinion");
+  Store late(client_options(server));
+  auto error = expect_error([&] { late.get("k", 1s); });
+  CHECK_THAT(error.what(), Catch::Contains("rank 3 timed out waiting for rank 2"));
+  auto join_error = expect_error([&] { late.join("", 0, 1, ""); });
+  CHECK_THAT(join_error.what(), Catch::Contains("rank 3 timed out waiting for rank 2"));
+}
+
+TEST_CASE("store failure: a watch whose store goes away says so, naming rank 0; stopping it is prompt",
+          "[store][failure]") {
+  auto server = std::make_unique<StoreServer>(server_options());
+  StoreWatch watch(client_options(*server));
+  server.reset();
+  CHECK_THAT(await_failure(watch), Catch::Contains("lost the job's store") && Catch::Contains("rank 0"));
+  // A watch on a healthy store stops at once.
+  StoreServer healthy(server_options());
+  auto start = Clock::now();
+  { StoreWatch quick(client_options(healthy)); }
+  CHECK(seconds_since(start) < 1.0);
+}
