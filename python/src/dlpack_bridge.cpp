@@ -18,13 +18,14 @@ DType ferry_type_of(const dlpack::DataType& type, const std::string& name, bool 
     if (type.code == dlpack::kBfloat && type.bits == 16) return DType::bf16;
     if (type.code == dlpack::kFloat && type.bits == 32) return DType::fp32;
     if (type.code == dlpack::kInt && type.bits == 64) return DType::int64;
+    if (type.code == dlpack::kInt && type.bits == 32) return DType::int32;
     if (type.code == dlpack::kFloat8_e4m3fn && type.bits == 8) return DType::fp8_e4m3;
     if ((type.code == dlpack::kUInt || type.code == dlpack::kBool) && type.bits == 8) {
       return as_fp8 ? DType::fp8_e4m3 : DType::uint8;
     }
   }
   fail(Errc::invalid_argument, name + " has " + describe_type(type) +
-                                   ", which ferry does not take (bf16, fp32, fp8 e4m3, int64, bool)");
+                                   ", which ferry does not take (bf16, fp32, fp8 e4m3, int64, int32, bool)");
 }
 
 // Compact row-major, as ferry reads rows in place (a dimension of size 1, or an empty tensor, may have any
@@ -155,6 +156,8 @@ dlpack::DataType dlpack_type_of(DType dtype) {
       return {dlpack::kFloat, 32, 1};
     case DType::int64:
       return {dlpack::kInt, 64, 1};
+    case DType::int32:
+      return {dlpack::kInt, 32, 1};
     case DType::fp8_e4m3:  // as bytes: torch 1.13 and numpy have no float8, torch 2.x re-views them
     case DType::uint8:
       return {dlpack::kUInt, 8, 1};
