@@ -225,24 +225,31 @@ def check_hooks(job):
     back[2]()
     check_combined(job, back[0], exact=True)
 
-    # The last rank issues its dispatch late; rank 0's hook waits for it with the GIL released.
+    # The last rank issues its dispatch 1 s late; rank 0's hook waits for it with the GIL released, so a Python
+    # thread that counts for 0.2 s meanwhile runs through its 0.2 s (a hook holding the GIL would stop it after
+    # one switch interval, 5 ms).
     dist.barrier()
     if job.rank == job.world - 1:
-        time.sleep(0.5)
+        time.sleep(1.0)
     recv_x, recv_count, handle, _, hook = job.dispatch(use_fp8=False, return_recv_hook=True)
-    counted = [0]
+    window = [0.0, 0.0]  # when the counter started, and its last moment inside its 0.2 s
 
     def count():
-        end = time.monotonic() + 0.2
-        while time.monotonic() < end:
-            counted[0] += 1
+        window[0] = now = time.monotonic()
+        while now < window[0] + 0.2:
+            window[1] = now
+            now = time.monotonic()
 
     counter = threading.Thread(target=count)
+    start = time.monotonic()
     counter.start()
     hook()
+    waited = time.monotonic() - start
     counter.join()
     if job.rank == 0:
-        assert counted[0] > 1000, f"a Python thread counted only {counted[0]} while the hook waited"
+        assert waited > 0.3, f"the hook returned after {waited:.2f} s, before the late rank sent"
+        ran = window[1] - window[0]
+        assert ran > 0.1, f"a Python thread ran only {ran:.3f} s of its 0.2 s while the hook waited {waited:.2f} s"
     check_received(job, recv_x, recv_count, handle)
     combined, _, _ = job.buffer.low_latency_combine(recv_x, job.mine["topk_idx"], job.mine["weights"], handle)
     check_combined(job, combined, exact=True)
