@@ -26,6 +26,7 @@ Where ferry differs from DeepEP:
     values are not read), and that call must come right before the combine.
 """
 
+import operator
 from typing import Any, Callable, Optional, Tuple, Union
 
 from . import _ferry
@@ -90,10 +91,21 @@ def _check_shape(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ..
         raise ValueError(f"{name} must be {list(shape)} {dtype}, not {T.describe(frame, t)}")
 
 
+def _int(value: Any, name: str) -> int:
+    """An int, a numpy integer or anything else with __index__ (not a bool), as an int."""
+    try:
+        if not isinstance(value, bool):
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise ValueError(f"{name} must be an int, not {value!r}")
+
+
 def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    number = _int(value, name)
+    if number <= 0:
         raise ValueError(f"{name} must be a positive int, not {value!r}")
-    return value
+    return number
 
 
 def _take_optional(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...]) -> Any:
@@ -175,21 +187,19 @@ class LowLatencyMethods:
             num_ranks: ranks of the group.
             num_experts: experts in all (a multiple of num_ranks).
         """
-        for name, value in (("num_max_dispatch_tokens_per_rank", num_max_dispatch_tokens_per_rank),
-                            ("hidden", hidden), ("num_ranks", num_ranks), ("num_experts", num_experts)):
-            _positive_int(value, name)
-        return _ferry.low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank, hidden, num_ranks,
-                                                 num_experts)
+        return _ferry.low_latency_rdma_size_hint(
+            _positive_int(num_max_dispatch_tokens_per_rank, "num_max_dispatch_tokens_per_rank"),
+            _positive_int(hidden, "hidden"), _positive_int(num_ranks, "num_ranks"),
+            _positive_int(num_experts, "num_experts"))
 
     def clean_low_latency_buffer(self, num_max_dispatch_tokens_per_rank: int, hidden: int, num_experts: int) -> None:
         """Collective: brings the buffer's signal words up to date between two barriers (masked ranks skipped)
         and starts counting operations again. Needed before another shape is used, after a rank is unmasked,
         and after a failed operation; refused while a result waits for its hook."""
         ll = self._ll("clean_low_latency_buffer")
-        for name, value in (("num_max_dispatch_tokens_per_rank", num_max_dispatch_tokens_per_rank),
-                            ("hidden", hidden), ("num_experts", num_experts)):
-            _positive_int(value, name)
-        self._ll_call(lambda: ll.clean(num_max_dispatch_tokens_per_rank, hidden, num_experts))
+        shape = (_positive_int(num_max_dispatch_tokens_per_rank, "num_max_dispatch_tokens_per_rank"),
+                 _positive_int(hidden, "hidden"), _positive_int(num_experts, "num_experts"))
+        self._ll_call(lambda: ll.clean(*shape))
 
     def low_latency_dispatch(self, x: Any, topk_idx: Any, num_max_dispatch_tokens_per_rank: int, num_experts: int,
                              cumulative_local_expert_recv_stats: Optional[Any] = None,
@@ -240,8 +250,9 @@ class LowLatencyMethods:
         rows, hidden = frame.shape(x)
         _host_only(frame, topk_idx, "topk_idx")
         T.check(frame, topk_idx, "topk_idx", ("int64",), 2, rows=rows)
-        _positive_int(num_max_dispatch_tokens_per_rank, "num_max_dispatch_tokens_per_rank")
-        _positive_int(num_experts, "num_experts")
+        num_max_dispatch_tokens_per_rank = _positive_int(num_max_dispatch_tokens_per_rank,
+                                                         "num_max_dispatch_tokens_per_rank")
+        num_experts = _positive_int(num_experts, "num_experts")
         if num_experts % self.group_size != 0:
             raise ValueError(f"num_experts must be a multiple of the {self.group_size} ranks, not {num_experts}")
         if rows > num_max_dispatch_tokens_per_rank:
@@ -354,9 +365,7 @@ class LowLatencyMethods:
         """Masks (mask=True) or unmasks a rank: this rank stops sending to it and waiting for it. A rank cannot
         mask itself; an unmasked rank takes part again after clean_low_latency_buffer."""
         ll = self._ll("low_latency_update_mask_buffer")
-        if isinstance(rank_to_mask, bool) or not isinstance(rank_to_mask, int):
-            raise ValueError(f"rank_to_mask must be an int, not {rank_to_mask!r}")
-        ll.update_mask(rank_to_mask, bool(mask))
+        ll.update_mask(_int(rank_to_mask, "rank_to_mask"), bool(mask))
 
     def low_latency_query_mask_buffer(self, mask_status: Any) -> None:
         """Writes into mask_status (``[num_ranks]`` int32) 1 for every rank this rank masks (by the caller or
