@@ -13,8 +13,19 @@ A program written for DeepEP runs with one changed line::
                         is_token_in_rank=is_token_in_rank, num_tokens_per_expert=num_tokens_per_expert)
     combined_x, _, event = buffer.combine(expert_outputs, handle)
 
-CPU tensors run ferry's host backend (gloo group), CUDA tensors its CUDA executor (NCCL group). See
-ferry.Buffer for where ferry differs from DeepEP, and ferry.nn for an MoE layer with autograd.
+DeepEP's low-latency (decode) mode, on CPU tensors::
+
+    num_rdma_bytes = deep_ep.Buffer.get_low_latency_rdma_size_hint(128, hidden, num_ranks, num_experts)
+    buffer = deep_ep.Buffer(group, num_rdma_bytes=num_rdma_bytes, low_latency_mode=True,
+                            num_qps_per_rank=num_experts // num_ranks)
+    recv_x, recv_count, handle, event, hook = \
+        buffer.low_latency_dispatch(x, topk_idx, 128, num_experts, use_fp8=True, return_recv_hook=True)
+    hook()                                          # the call issued the sends; the hook takes the receives
+    combined_x, event, hook = buffer.low_latency_combine(expert_out, topk_idx, topk_weights, handle)
+
+CPU tensors run ferry's host backend (gloo group), CUDA tensors its CUDA executor (NCCL group; normal mode
+only). See ferry.Buffer and ferry.low_latency for where ferry differs from DeepEP, and ferry.nn for an MoE
+layer with autograd.
 
 Errors: ValueError (ferry.InvalidArgument) for bad input, refused before any communication;
 ferry.PeerFailure (with .rank) when a peer died; TimeoutError (ferry.Timeout) when a peer stopped making
@@ -26,6 +37,7 @@ from ._ferry import (FerryConfig, FerryError, InvalidArgument, PeerFailure, Time
 from .buffer import Buffer, ExpertCounts, Handle
 from .config import Config
 from .event import EventHandle, EventOverlap
+from .low_latency import LowLatencyHandle, LowLatencyHook
 
 
 def __getattr__(name: str):
@@ -44,6 +56,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Buffer", "Config", "EventHandle", "EventOverlap", "ExpertCounts", "FerryConfig", "FerryError", "Handle",
-    "InvalidArgument", "PeerFailure", "Timeout", "Unsupported", "buffer_size_hint", "built_with_cuda",
+    "InvalidArgument", "LowLatencyHandle", "LowLatencyHook", "PeerFailure", "Timeout", "Unsupported",
+    "buffer_size_hint", "built_with_cuda",
     "topk_idx_t", "__version__",
 ]

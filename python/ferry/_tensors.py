@@ -90,6 +90,11 @@ class TorchFrame:
         return t.view(_torch().bool)
 
     @staticmethod
+    def swap_last_two(t: Any) -> Any:
+        """A view with the last two of three dimensions exchanged (DeepEP's column-major scales)."""
+        return t.transpose(1, 2)
+
+    @staticmethod
     def int32(values: Sequence[int], like: Any) -> Any:
         torch = _torch()
         return torch.tensor(values, dtype=torch.int32, device=like.device)
@@ -163,6 +168,10 @@ class NumpyFrame:
     @staticmethod
     def as_bool(t: Any) -> Any:
         return t.view(_numpy().bool_)
+
+    @staticmethod
+    def swap_last_two(t: Any) -> Any:
+        return t.swapaxes(1, 2)
 
     @staticmethod
     def int32(values: Sequence[int], like: Any) -> Any:

@@ -1,4 +1,5 @@
-"""ferry.Buffer: DeepEP's ``deep_ep.Buffer`` (normal mode) on ferry's engine.
+"""ferry.Buffer: DeepEP's ``deep_ep.Buffer`` on ferry's engine (normal mode here; low-latency mode in
+low_latency.py).
 
 A program written for DeepEP runs with ``import ferry as deep_ep``: the same names, argument order, defaults
 and result tuples. On CPU tensors the Buffer runs ferry's host backend (any machine, CI); on CUDA tensors the
@@ -158,6 +159,14 @@ class _Flight:
         self.keep = keep
 
 
+def _refuse_low_latency_on_cuda(low_latency_mode: bool, device: Optional[str]) -> None:
+    if low_latency_mode and device == "cuda":
+        raise _ferry.Unsupported(
+            "ferry's low-latency mode takes CPU tensors only for now (its CUDA executor runs the ranks as virtual "
+            "ranks of one process, not one GPU per process): build the Buffer on a gloo group or with "
+            "device='cpu'")
+
+
 def _split_x(x: Any) -> Tuple[Any, Any]:
     if isinstance(x, tuple):
         if len(x) != 2:
@@ -167,8 +176,10 @@ def _split_x(x: Any) -> Tuple[Any, Any]:
 
 
 class Buffer(LowLatencyMethods):
-    """DeepEP's expert-parallel communication buffer (normal mode) on ferry: dispatch sends each token to the
-    ranks of its top-k experts, combine brings the expert outputs back and sums them.
+    """DeepEP's expert-parallel communication buffer on ferry: dispatch sends each token to the ranks of its
+    top-k experts, combine brings the expert outputs back and sums them. With low_latency_mode=True it has
+    DeepEP's low-latency (decode) calls too: low_latency_dispatch, low_latency_combine and their helpers (see
+    ferry.low_latency for where they differ from DeepEP's).
 
     Works on CPU tensors (ferry's host backend: ranks are processes, nodes are hosts or ``ferry launch``
     namespaces) and on CUDA tensors (ferry's CUDA executor). Rows arrive ordered by (source rank, source
@@ -184,7 +195,8 @@ class Buffer(LowLatencyMethods):
         exist once the dispatch has finished (reading it waits).
       * x may also be fp32; combine takes bf16 or fp32. fp8 rows are ``(data, scales)`` with fp32 scales, one
         per 128 values; a CPU Buffer takes fp8 data as torch.float8_e4m3fn or as uint8 bytes.
-      * low-latency mode is not provided yet (ferry.Unsupported, a NotImplementedError).
+      * low-latency mode takes CPU tensors only (ferry.Unsupported for CUDA tensors and NCCL groups), and its
+        combine has no LogFMT; ferry.low_latency lists the rest.
       * after ferry.PeerFailure, ferry.Timeout or a Ctrl-C inside a wait the Buffer cannot be used again; its
         memory and threads are left to the end of the process.
 
@@ -209,27 +221,32 @@ class Buffer(LowLatencyMethods):
             group: the torch.distributed group (gloo for CPU tensors, NCCL for CUDA tensors). ferry's bootstrap
                 store address and secret travel through it, so nothing else is needed. None (with comm None):
                 ferry reads its launcher's environment instead (ferry launch, torchrun, Open MPI, Slurm).
-            num_nvl_bytes, num_rdma_bytes: accepted for DeepEP's sake, not used (see the class docstring).
-            low_latency_mode: must be False for now (ferry.Unsupported otherwise).
-            num_qps_per_rank, allow_nvlink_for_low_latency_mode, allow_mnnvl, use_fabric, enable_shrink: DeepEP
-                tuning flags with no ferry counterpart; accepted and not used.
+            num_nvl_bytes: accepted for DeepEP's sake and not used by normal mode (see the class docstring);
+                with low_latency_mode, > 0 also builds the normal-mode buffer (as in DeepEP).
+            num_rdma_bytes: with low_latency_mode, the low-latency buffer's size per rank
+                (Buffer.get_low_latency_rdma_size_hint); else accepted and not used.
+            low_latency_mode: build ferry's low-latency buffer (CPU tensors only: ferry.Unsupported on CUDA).
+            num_qps_per_rank: must be > 0 with low_latency_mode (as in DeepEP); not used otherwise.
+            allow_nvlink_for_low_latency_mode, allow_mnnvl, use_fabric, enable_shrink: DeepEP tuning flags with
+                no ferry counterpart; accepted and not used (ferry's low-latency mask needs no enable_shrink).
             explicitly_destroy: when True, destroy() must be called (as in DeepEP).
             comm: an mpi4py communicator, used when group is None.
             ferry_config: ferry's Buffer settings: a FerryConfig, a dict of its fields, or a JSON file (e.g.
                 from ``ferry bench dispatch --sweep --save-config``). Default: ferry's, with Buffer.num_sms.
             device: "cpu" or "cuda"; default "cuda" when the group's backend is NCCL, else "cpu".
         """
-        if low_latency_mode:
-            raise _ferry.Unsupported(
-                "ferry.Buffer(low_latency_mode=True): DeepEP's low-latency mode (low_latency_dispatch / "
-                "low_latency_combine) is not provided by ferry's Python package yet; build the Buffer with "
-                "low_latency_mode=False and use dispatch / combine")
         for name, value in (("num_nvl_bytes", num_nvl_bytes), ("num_rdma_bytes", num_rdma_bytes)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, not {value}")
+        if low_latency_mode and num_rdma_bytes <= 0:
+            raise ValueError("low_latency_mode=True needs num_rdma_bytes = Buffer.get_low_latency_rdma_size_hint("
+                             "num_max_dispatch_tokens_per_rank, hidden, num_ranks, num_experts), as in DeepEP")
+        if low_latency_mode and num_qps_per_rank <= 0:
+            raise ValueError(f"num_qps_per_rank must be > 0 with low_latency_mode (as in DeepEP), not "
+                             f"{num_qps_per_rank}")
         self.num_nvl_bytes = num_nvl_bytes
         self.num_rdma_bytes = num_rdma_bytes
-        self.low_latency_mode = False
+        self.low_latency_mode = bool(low_latency_mode)
         self.explicitly_destroy = explicitly_destroy
         self.enable_shrink = enable_shrink
         self.group = group if group is not None else comm
@@ -239,6 +256,7 @@ class Buffer(LowLatencyMethods):
         self._recent_layouts: List[_RecentLayout] = []
         self._side_stream = None
         config = engine_config(ferry_config, Buffer.num_sms)
+        _refuse_low_latency_on_cuda(low_latency_mode, device)  # before any communication, when given
         if group is None and comm is None:
             job, backend = None, None
         else:
@@ -247,6 +265,7 @@ class Buffer(LowLatencyMethods):
             device = "cuda" if backend == "nccl" else "cpu"
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
+        _refuse_low_latency_on_cuda(low_latency_mode, device)  # an NCCL group's default device
         cuda_device = 0
         if device == "cuda":
             try:
@@ -263,11 +282,16 @@ class Buffer(LowLatencyMethods):
                     raise ValueError(f"the current CUDA device is {cuda_device} but ferry's Buffer of local rank "
                                      f"{job['local_rank']} uses GPU {expected}: call "
                                      f"torch.cuda.set_device({expected}) first")
-        self.runtime = _ferry.Runtime(job, config, device == "cuda", cuda_device)
+        # Normal mode unless the Buffer is for the low-latency mode alone (DeepEP allocates no NVLink buffer
+        # then, so its normal mode cannot run either).
+        normal = not low_latency_mode or num_nvl_bytes > 0
+        self.runtime = _ferry.Runtime(job, config, device == "cuda", cuda_device, normal)
         self.rank = self.runtime.rank
         self.group_size = self.runtime.num_ranks
         self.device = device
         self._config = self.runtime.config
+        if low_latency_mode:
+            self._start_low_latency(num_rdma_bytes, config.timeout_s)
 
     # ---- lifetime ----
 
@@ -278,20 +302,26 @@ class Buffer(LowLatencyMethods):
         self._close()
 
     def _close(self) -> None:
-        runtime, self.runtime = self.runtime, None
-        if runtime is None:
+        if self.runtime is None:
             return
+        self._close_low_latency()  # first: it may refuse (on every rank alike), leaving the Buffer usable
+        runtime, self.runtime = self.runtime, None
         if runtime.alive:
             runtime.close()  # waits for what was issued, then for the other ranks
         self._inflight.clear()
 
-    def _abandon(self) -> None:
+    def _abandon(self, keep: Tuple[Any, ...] = ()) -> None:
         """After an interrupted or failed wait: an operation may still be running and read the inputs it was
-        given, so the runtime and those inputs are kept until the process ends, and never torn down."""
+        given (`keep`, and those of operations in flight), so the runtime and those inputs are kept until the
+        process ends, and never torn down."""
         runtime, self.runtime = self.runtime, None
+        low_latency, self._low_latency = self._low_latency, None
+        if low_latency is not None:
+            low_latency.abandon()
         if runtime is not None:
             runtime.abandon()
-            _abandoned.append((runtime, self._inflight))
+        if runtime is not None or low_latency is not None:
+            _abandoned.append((runtime, low_latency, self._inflight, keep))
         self._inflight = []
 
     def __del__(self) -> None:

@@ -28,13 +28,15 @@ class EventHandle:
     """DeepEP's EventHandle. ``EventHandle()`` captures the current CUDA stream (as DeepEP's does) when torch's
     CUDA is in use, else it is complete at once."""
 
-    __slots__ = ("_ferry", "_cuda", "_owner", "_on_interrupt")
+    __slots__ = ("_ferry", "_cuda", "_owner", "_on_interrupt", "_abandon_on")
 
     def __init__(self, ferry_event: Optional["_ferry.Event"] = None, owner: Any = None,
-                 on_interrupt: Optional[Callable[[], None]] = None) -> None:
+                 on_interrupt: Optional[Callable[[], None]] = None,
+                 abandon_on: Tuple[type, ...] = (KeyboardInterrupt, _ferry.PeerFailure, _ferry.Timeout)) -> None:
         self._ferry = ferry_event
         self._owner = owner  # the Runtime that issued the operation, if any
-        self._on_interrupt = on_interrupt
+        self._on_interrupt = on_interrupt  # called when a wait ends with one of abandon_on
+        self._abandon_on = abandon_on
         self._cuda = None
         if ferry_event is None and _cuda_in_use():
             import torch
@@ -80,8 +82,7 @@ class EventHandle:
         try:
             wait()
         except BaseException as error:
-            if self._on_interrupt is not None and isinstance(error, (KeyboardInterrupt, _ferry.PeerFailure,
-                                                                     _ferry.Timeout)):
+            if self._on_interrupt is not None and isinstance(error, self._abandon_on):
                 self._on_interrupt()
             raise
 

@@ -128,15 +128,20 @@ void ImportedTensor::describe(const std::string& name, bool as_fp8) {
     case 2:
       view_ = TensorView(data, {t.shape[0], t.shape[1]}, dtype, device);
       break;
+    case 3:  // the low-latency mode's expert-major rows [local experts, slots, hidden]
+      view_ = TensorView(data, {t.shape[0], t.shape[1], t.shape[2]}, dtype, device);
+      break;
     default:
       fail(Errc::invalid_argument, name + " " + shape_text(t) + " has " + std::to_string(t.ndim) +
-                                       " dimensions: ferry takes 1-D or 2-D tensors");
+                                       " dimensions: ferry takes 1-D, 2-D or 3-D tensors");
   }
   // An empty tensor may come without memory; ferry's checks read data() == nullptr as "no data".
   if (view_.numel() == 0 && data == nullptr) {
     static std::int64_t placeholder = 0;
-    view_ = t.ndim == 1 ? TensorView(&placeholder, {t.shape[0]}, dtype, device)
-                        : TensorView(&placeholder, {t.shape[0], t.shape[1]}, dtype, device);
+    const std::int64_t* n = t.shape;
+    view_ = t.ndim == 1   ? TensorView(&placeholder, {n[0]}, dtype, device)
+            : t.ndim == 2 ? TensorView(&placeholder, {n[0], n[1]}, dtype, device)
+                          : TensorView(&placeholder, {n[0], n[1], n[2]}, dtype, device);
   }
 }
 
@@ -172,6 +177,16 @@ Exported Exported::of(const Tensor& tensor, int cuda_device) {
                                                                 : dlpack::Device{dlpack::kCPU, 0};
   return Exported(std::make_shared<const Tensor>(tensor), tensor.data(), std::move(shape),
                   dlpack_type_of(tensor.dtype()), device);
+}
+
+const TensorView& view_or_empty(const ImportedTensor* tensor) {
+  static const TensorView empty;
+  return tensor != nullptr ? tensor->view() : empty;
+}
+
+py::object export_or_none(const Tensor& tensor, int cuda_device) {
+  if (tensor.data() == nullptr && tensor.dim() == 0) return py::none();
+  return py::cast(Exported::of(tensor, cuda_device));
 }
 
 py::capsule Exported::capsule() const {
@@ -218,7 +233,7 @@ void register_dlpack(py::module_& module) {
       "name names the argument in errors; as_fp8 reads uint8 bytes as fp8 e4m3; cuda: a GPU tensor (no "
       "stream "
       "synchronisation is asked for: ferry orders its stream after the caller's). Raises ValueError for a "
-      "dtype ferry does not take, more than 2 dimensions, or a tensor that is not contiguous.");
+      "dtype ferry does not take, more than 3 dimensions, or a tensor that is not contiguous.");
   py::class_<Exported>(module, "Exported",
                        "Memory ferry owns, handed out through DLPack (torch.from_dlpack, numpy.from_dlpack); "
                        "every consumer shares it, and it is freed when the last one lets go.")

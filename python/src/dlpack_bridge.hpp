@@ -27,7 +27,7 @@ class ImportedTensor {
   // name: the argument's name, for error messages. as_fp8: the bytes are fp8 e4m3 (frameworks without a
   // float8 dtype hand them over as uint8). cuda: the object lives on a GPU; it is asked for its capsule
   // without a stream to synchronise with, because ferry orders its own stream after the caller's. Throws
-  // Errc::invalid_argument naming `name` for a dtype ferry does not take, more than 2 dimensions, or a layout
+  // Errc::invalid_argument naming `name` for a dtype ferry does not take, more than 3 dimensions, or a layout
   // that is not contiguous row-major.
   ImportedTensor(py::handle object, const std::string& name, bool as_fp8, bool cuda);
   ~ImportedTensor();  // the producer's deleter, with the GIL held (numpy's deleter touches Python objects)
@@ -53,8 +53,8 @@ class Exported {
   Exported(std::shared_ptr<const void> owner, void* data, std::vector<std::int64_t> shape,
            dlpack::DataType dtype, dlpack::Device device);
 
-  // A ferry Tensor (bf16, fp32, int64, uint8; fp8_e4m3 as uint8 bytes), on the given CUDA device when the
-  // tensor is a device tensor.
+  // A ferry Tensor (bf16, fp32, int64, int32, uint8; fp8_e4m3 as uint8 bytes), on the given CUDA device when
+  // the tensor is a device tensor.
   static Exported of(const Tensor& tensor, int cuda_device);
 
   py::capsule capsule() const;    // a fresh "dltensor" capsule (__dlpack__); each one shares the memory
@@ -70,6 +70,12 @@ class Exported {
 };
 
 dlpack::DataType dlpack_type_of(DType dtype);
+
+// An optional argument's view: the empty view for None.
+const TensorView& view_or_empty(const ImportedTensor* tensor);
+
+// An Exported of `tensor`, or None for the empty Tensor (an output the operation does not have).
+py::object export_or_none(const Tensor& tensor, int cuda_device);
 
 void register_dlpack(py::module_& module);
 

@@ -12,4 +12,5 @@ PYBIND11_MODULE(_ferry, module) {
   ferry::python::register_dlpack(module);
   ferry::python::register_config(module);
   ferry::python::register_runtime(module);
+  ferry::python::register_low_latency(module);
 }

@@ -23,22 +23,6 @@ namespace py = pybind11;
 
 namespace {
 
-py::object export_or_none(const Tensor& tensor, int cuda_device) {
-  if (tensor.data() == nullptr && tensor.dim() == 0) return py::none();
-  return py::cast(Exported::of(tensor, cuda_device));
-}
-
-const TensorView& view_or_empty(const ImportedTensor* tensor) {
-  static const TensorView empty;
-  return tensor != nullptr ? tensor->view() : empty;
-}
-
-// ---- Event ----
-
-struct EventObject {
-  Event event;
-};
-
 // ---- Layout ----
 
 struct LayoutObject {
@@ -192,15 +176,17 @@ EnvironmentJob& environment_job() {
 
 class Runtime {
  public:
-  Runtime(const py::object& job, const Config& config, bool cuda, int cuda_device)
-      : cuda_device_(cuda_device) {
+  // normal: build the Buffer (normal mode). A Buffer(low_latency_mode=True) without num_nvl_bytes has none,
+  // as DeepEP allocates no NVLink buffer then; its low-latency buffer shares this Runtime's Group.
+  Runtime(const py::object& job, const Config& config, bool cuda, int cuda_device, bool normal)
+      : cuda_device_(cuda_device), cuda_(cuda), config_(config) {
     const std::optional<JobEnv> explicit_job =
         job.is_none() ? std::nullopt : std::optional<JobEnv>(job_of(job.cast<py::dict>()));
     py::gil_scoped_release release;
     GroupOptions options;  // joining waits for ranks that start late: never shorter than ferry's default
     options.timeout = std::max<Duration>(config.timeout, kDefaultTimeout);
     if (explicit_job) {
-      group_ = std::make_unique<Group>(Group::from_job(*explicit_job, options));
+      group_ = std::make_shared<Group>(Group::from_job(*explicit_job, options));
     } else {
       EnvironmentJob& env = environment_job();
       std::lock_guard lock(env.mutex);
@@ -209,9 +195,12 @@ class Runtime {
       std::vector<int> everyone(static_cast<std::size_t>(root_->world_size()));
       for (int r = 0; r < root_->world_size(); ++r) everyone[static_cast<std::size_t>(r)] = r;
       group_ =
-          std::make_unique<Group>(root_->split("python_buffer_" + std::to_string(env.buffers++), everyone));
+          std::make_shared<Group>(root_->split("python_buffer_" + std::to_string(env.buffers++), everyone));
     }
-    buffer_ = std::make_unique<Buffer>(*group_, config, cuda ? Device::cuda : Device::host);
+    if (normal) {
+      buffer_ = std::make_unique<Buffer>(*group_, config, cuda ? Device::cuda : Device::host);
+      config_ = buffer_->config();
+    }
   }
 
   // Not collective with the GIL held: close() is the orderly way out; a Runtime dropped without it (e.g. at
@@ -219,8 +208,19 @@ class Runtime {
   ~Runtime() = default;
 
   Buffer& buffer() {
-    if (!buffer_) fail(Errc::invalid_argument, "the Buffer was destroyed (destroy() or an interrupted wait)");
+    if (!group_) fail(Errc::invalid_argument, "the Buffer was destroyed (destroy() or an interrupted wait)");
+    if (!buffer_) {
+      fail(Errc::invalid_argument,
+           "this Buffer was built with low_latency_mode=True and num_nvl_bytes=0, so it has no normal-mode "
+           "buffer (as in DeepEP): build it with num_nvl_bytes > 0 to use get_dispatch_layout / dispatch / "
+           "combine too");
+    }
     return *buffer_;
+  }
+
+  std::shared_ptr<Group> group() const {
+    if (!group_) fail(Errc::invalid_argument, "the Buffer was destroyed (destroy() or an interrupted wait)");
+    return group_;
   }
 
   void close() {
@@ -235,7 +235,7 @@ class Runtime {
   // for that operation and for the peers).
   void abandon() {
     (void)buffer_.release();
-    (void)group_.release();
+    if (group_) (void)new std::shared_ptr<Group>(std::move(group_));  // never freed, on purpose
   }
 
   LayoutObject layout(const ImportedTensor& topk_idx, std::int64_t num_experts) {
@@ -292,13 +292,14 @@ class Runtime {
     return op;
   }
 
-  int rank() { return buffer().rank(); }
-  int num_ranks() { return buffer().num_ranks(); }
-  int num_nodes() { return buffer().num_nodes(); }
-  int local_size() { return buffer().local_size(); }
-  Config config() { return buffer().config(); }
-  bool cuda() { return buffer().device() == Device::cuda; }
-  bool alive() const { return buffer_ != nullptr; }
+  int rank() const { return group()->rank(); }
+  int num_ranks() const { return group()->world_size(); }
+  int num_nodes() const { return group()->num_nodes(); }
+  int local_size() const { return group()->local_size(); }
+  Config config() const { return config_; }
+  bool cuda() const { return cuda_; }
+  bool alive() const { return group_ != nullptr; }
+  bool has_normal_buffer() const { return buffer_ != nullptr; }
 
  private:
   std::unique_ptr<DispatchOp> start_dispatch() const {
@@ -328,12 +329,18 @@ class Runtime {
   }
 
   int cuda_device_ = 0;
-  std::shared_ptr<Group> root_;  // the launcher's job, when this Buffer's group is a sub-group of it
-  std::unique_ptr<Group> group_;
+  bool cuda_ = false;
+  Config config_;                 // the Buffer's (or, without one, the one given)
+  std::shared_ptr<Group> root_;   // the launcher's job, when this Buffer's group is a sub-group of it
+  std::shared_ptr<Group> group_;  // shared with the low-latency buffer built beside it
   std::unique_ptr<Buffer> buffer_;
 };
 
 }  // namespace
+
+std::shared_ptr<Group> group_of_runtime(py::handle runtime) {
+  return runtime.cast<Runtime&>().group();
+}
 
 void register_runtime(py::module_& module) {
   py::class_<EventObject>(module, "Event",
@@ -415,15 +422,16 @@ void register_runtime(py::module_& module) {
   py::class_<Runtime>(module, "Runtime",
                       "One rank's ferry Group and Buffer. ferry.Buffer drives it; see its docstrings.")
       .def(
-          py::init<const py::object&, const Config&, bool, int>(), py::arg("job"), py::arg("config"),
-          py::arg("cuda") = false, py::arg("cuda_device") = 0,
+          py::init<const py::object&, const Config&, bool, int, bool>(), py::arg("job"), py::arg("config"),
+          py::arg("cuda") = false, py::arg("cuda_device") = 0, py::arg("normal") = true,
           "Collective: joins the job (job: a dict with rank, world_size, local_rank, local_size, store_host, "
           "store_port, store_fd, secret, job_id[, node_address, launcher]; None: ferry's own launcher "
-          "environment) and builds the Buffer. GIL released meanwhile.")
+          "environment) and, with normal, builds the Buffer. GIL released meanwhile.")
       .def("close", &Runtime::close, "Collective: finishes what was issued, then frees the Buffer and Group.")
       .def("abandon", &Runtime::abandon,
            "Leaves the Buffer and Group to the end of the process (see waits.hpp).")
       .def_property_readonly("alive", &Runtime::alive)
+      .def_property_readonly("has_normal_buffer", &Runtime::has_normal_buffer)
       .def_property_readonly("rank", &Runtime::rank)
       .def_property_readonly("num_ranks", &Runtime::num_ranks)
       .def_property_readonly("num_nodes", &Runtime::num_nodes)

@@ -143,6 +143,14 @@ def run_ferry_launch(script, nodes, ranks_per_node, netns=False, timeout=240, ar
     return JobResult(done.returncode, done.stdout + done.stderr)
 
 
+def require_all_ranks(result, world):
+    """A job of worker_common.Report ranks passed: exit 0, every rank's summary line, no FAILED line."""
+    assert result.code == 0, result.describe()
+    for rank in range(world):
+        assert result.lines(f"rank {rank}: all "), f"rank {rank} did not finish its checks\n{result.describe()}"
+    assert not result.lines("FAILED"), result.describe()
+
+
 def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or exitstatus != 0:

@@ -364,8 +364,9 @@ def check_bad_inputs(job):
     expect_error(NotImplementedError, ["one bias"],
                  lambda: b.combine(recv_x, handle, bias=(good["x"], good["x"])))
     expect_error(TypeError, ["not DeepEP's tuple"], lambda: handle[0])
-    expect_error(NotImplementedError, ["low-latency"], lambda: deep_ep.Buffer(dist.group.WORLD, low_latency_mode=True))
-    expect_error(NotImplementedError, ["low_latency_dispatch"],
+    expect_error(ValueError, ["low_latency_mode=True needs num_rdma_bytes"],
+                 lambda: deep_ep.Buffer(dist.group.WORLD, low_latency_mode=True))
+    expect_error(ValueError, ["low_latency_dispatch needs a Buffer built with low_latency_mode=True"],
                  lambda: b.low_latency_dispatch(good["x"], good["topk_idx"], 128, job.experts))
     combined, _, _ = b.combine(recv_x, handle)  # and still usable
     assert combined.shape == (TOKENS, HIDDEN)

@@ -6,13 +6,8 @@ summary line."""
 
 import pytest
 
-from conftest import CUDA_TWO_NODES, DEVICE, cuda_ranks, netns_unavailable, run_ferry_launch, run_torchrun_env
-
-def require_all_ranks(result, world):
-    assert result.code == 0, result.describe()
-    for rank in range(world):
-        assert result.lines(f"rank {rank}: all "), f"rank {rank} did not finish its checks\n{result.describe()}"
-    assert not result.lines("FAILED"), result.describe()
+from conftest import (CUDA_TWO_NODES, DEVICE, cuda_ranks, netns_unavailable, require_all_ranks, run_ferry_launch,
+                      run_torchrun_env)
 
 
 def test_deepep_checks_under_ferry_launch_netns_2x2():

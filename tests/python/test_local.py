@@ -1,7 +1,7 @@
 """ferry's Python package in one process: DLPack both ways (torch 1.13 / 2.x, numpy; bf16; fp8 bytes; empty
 tensors; memory that outlives the Buffer), the exception classes, DeepEP's Config and its checks, docstrings
-and the type stub, and a one-rank Buffer (its own job: group=None) through dispatch, cached dispatch and
-combine, synchronous and asynchronous."""
+and the type stub, a one-rank Buffer (its own job: group=None) through dispatch, cached dispatch and
+combine, synchronous and asynchronous, and a one-rank low-latency Buffer (the README's example too)."""
 
 import ast
 import os
@@ -29,7 +29,7 @@ def test_import_ferry_does_not_import_torch():
 
 
 @pytest.mark.parametrize("dtype,name", [(torch.bfloat16, "bf16"), (torch.float32, "fp32"), (torch.int64, "int64"),
-                                        (torch.bool, "uint8"), (torch.uint8, "uint8")])
+                                        (torch.int32, "int32"), (torch.bool, "uint8"), (torch.uint8, "uint8")])
 def test_torch_tensors_enter_ferry_without_a_copy(dtype, name):
     t = torch.zeros(3, 5, dtype=dtype)
     imported = ferry._tensors.take(ferry._tensors.TorchFrame, t, "t")
@@ -46,10 +46,11 @@ def test_numpy_arrays_and_capsules_enter_ferry():
 def test_tensors_ferry_refuses_are_named():
     with pytest.raises(ValueError, match="xt .* is not contiguous"):
         _ferry.import_tensor(torch.zeros(4, 3).t(), "xt")
-    with pytest.raises(ValueError, match="counts has DLPack type code 0 with 32 bits"):
-        _ferry.import_tensor(torch.zeros(3, dtype=torch.int32), "counts")
-    with pytest.raises(ValueError, match="cube .* has 3 dimensions"):
-        _ferry.import_tensor(torch.zeros(2, 2, 2), "cube")
+    with pytest.raises(ValueError, match="counts has DLPack type code 0 with 16 bits"):
+        _ferry.import_tensor(torch.zeros(3, dtype=torch.int16), "counts")
+    with pytest.raises(ValueError, match="hypercube .* has 4 dimensions"):
+        _ferry.import_tensor(torch.zeros(2, 2, 2, 2), "hypercube")
+    assert _ferry.import_tensor(torch.zeros(2, 3, 4), "cube").shape == (2, 3, 4)
     with pytest.raises(ValueError, match="w is a list, not a tensor"):
         _ferry.import_tensor([1.0], "w")
 
@@ -102,6 +103,13 @@ def test_help_and_type_stub_are_readable():
     for word in ("Arguments:", "Returns:", "recv_topk_idx", "num_worst_tokens", "ValueError", "PeerFailure"):
         assert word in text
     assert "Where ferry differs from DeepEP" in pydoc.render_doc(ferry.Buffer, renderer=pydoc.plaintext)
+    text = pydoc.render_doc(ferry.Buffer.low_latency_dispatch, renderer=pydoc.plaintext)
+    for word in ("Arguments:", "Returns:", "recv_count", "return_recv_hook", "column-major", "nanoseconds"):
+        assert word in text
+    text = pydoc.render_doc(ferry.Buffer.low_latency_combine, renderer=pydoc.plaintext)
+    for word in ("zero_copy", "use_logfmt", "out:"):
+        assert word in text
+    assert "Where ferry differs from DeepEP" in pydoc.render_doc(ferry.low_latency, renderer=pydoc.plaintext)
     stub = Path(_ferry.__file__).with_name("_ferry.pyi")
     names = {node.name for node in ast.parse(stub.read_text()).body if isinstance(node, (ast.ClassDef,
                                                                                           ast.FunctionDef))}
@@ -109,11 +117,44 @@ def test_help_and_type_stub_are_readable():
     assert public <= names, f"missing from the stub: {public - names}"
 
 
-def test_low_latency_mode_is_refused_by_name():
-    with pytest.raises(NotImplementedError, match="low-latency mode"):
+def test_low_latency_buffer_needs_its_size_and_cpu_tensors():
+    hint = ferry.Buffer.get_low_latency_rdma_size_hint(128, 7168, 8, 256)
+    assert hint == _ferry.low_latency_rdma_size_hint(128, 7168, 8, 256) and hint > 128 * 7168 * 2
+    with pytest.raises(ValueError, match="num_experts must be a positive multiple"):
+        ferry.Buffer.get_low_latency_rdma_size_hint(128, 7168, 8, 60)
+    with pytest.raises(ValueError, match="needs num_rdma_bytes = Buffer.get_low_latency_rdma_size_hint"):
         ferry.Buffer(None, low_latency_mode=True)
-    with pytest.raises(NotImplementedError, match="get_low_latency_rdma_size_hint"):
-        ferry.Buffer.get_low_latency_rdma_size_hint(128, 7168, 8, 64)
+    with pytest.raises(NotImplementedError, match="low-latency mode takes CPU tensors only"):
+        ferry.Buffer(None, num_rdma_bytes=hint, low_latency_mode=True, device="cuda")
+    normal = ferry.Buffer(None)
+    with pytest.raises(ValueError, match="needs a Buffer built with low_latency_mode=True"):
+        normal.low_latency_dispatch(torch.zeros(2, 128, dtype=torch.bfloat16), torch.zeros(2, 1, dtype=torch.int64),
+                                    8, 4)
+    normal._close()
+
+
+def test_one_rank_low_latency_round_trip(monkeypatch):
+    torch.manual_seed(5)
+    tokens, hidden, experts = 6, 256, 4
+    b = ferry.Buffer(None, num_rdma_bytes=ferry.Buffer.get_low_latency_rdma_size_hint(8, hidden, 1, experts),
+                     low_latency_mode=True)
+    x = torch.randint(-4, 5, (tokens, hidden)).to(torch.bfloat16)
+    topk = torch.tensor([[0, 1], [2, -1], [3, 0], [-1, -1], [1, 2], [0, 3]])
+    weights = torch.full((tokens, 2), 0.5)
+    recv_x, recv_count, handle, event, hook = b.low_latency_dispatch(x, topk, 8, experts, use_fp8=False)
+    assert event.event is None and hook is None and recv_x.shape == (experts, 8, hidden)
+    assert recv_count.tolist() == [3, 2, 2, 2] and isinstance(handle, tuple) and len(handle) == 5
+    src_info, layout_range = handle[0], handle[1]
+    assert src_info[0, :3].tolist() == [0, 2, 5] and int(layout_range[0, 0]) == 3  # begin 0, count 3
+    assert torch.equal(recv_x[0, :3], x[[0, 2, 5]])
+    combined, _, _ = b.low_latency_combine(recv_x, topk, weights, handle)
+    assert torch.equal(combined.float(), x.float() * (weights * (topk >= 0)).sum(dim=1, keepdim=True))
+    # CUDA tensors are refused by name before anything is sent (no GPU here: pretend x is one).
+    monkeypatch.setattr(ferry._tensors.TorchFrame, "is_cuda", staticmethod(lambda t: True))
+    with pytest.raises(NotImplementedError, match="x is a CUDA tensor.*CPU tensors only"):
+        b.low_latency_dispatch(x, topk, 8, experts)
+    monkeypatch.undo()
+    b._close()
 
 
 @pytest.fixture(scope="module")
@@ -207,14 +248,17 @@ def test_the_netns_test_reports_a_skip_where_namespaces_are_unavailable():
     assert "ferry launch --netns cannot run here: simulated: pretend" in done.stdout
 
 
-def test_the_readme_example_runs_as_one_rank():
-    """python/examples/deepep_moe.py (README's snippet) as a job of one, with torchrun's variables."""
-    example = Path(__file__).resolve().parents[2] / "python" / "examples" / "deepep_moe.py"
+@pytest.mark.parametrize("example,words", [("deepep_moe.py", ("rank 0: 128 rows received", "combine ok")),
+                                           ("deepep_low_latency.py", ("rank 0: rows per local expert", "combine ok"))])
+def test_the_readme_examples_run_as_one_rank(example, words):
+    """python/examples (README's snippets: normal and low-latency mode) as a job of one, with torchrun's
+    variables."""
+    path = Path(__file__).resolve().parents[2] / "python" / "examples" / example
     env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    done = subprocess.run([sys.executable, str(example)], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "rank 0: 128 rows received" in done.stdout and "combine ok" in done.stdout
+    assert all(word in done.stdout for word in words), done.stdout
 
 
 def _free_port():

@@ -1,0 +1,299 @@
+// ferry._ferry.LowLatencyRuntime: ferry::LowLatencyBuffer (DeepEP's low-latency mode) for ferry.Buffer, which
+// builds it beside its Runtime, on the Runtime's Group (python/ferry/low_latency.py drives it).
+//
+// Every call that can wait (dispatch, combine, a receive hook, clean, get_next_low_latency_combine_buffer)
+// runs on the runtime's CallThread while the Python thread waits with the GIL released and Ctrl-C can end the
+// wait; the mask calls only read or write words and run in place.
+//
+// get_next_low_latency_combine_buffer hands out a view of the buffer's own memory, which keeps the
+// LowLatencyBuffer alive (never freed under a view). close() is collective: every rank learns whether any
+// rank still holds such a view, and then all destroy the buffer or all refuse by name (destroying it on some
+// ranks only would leave the others waiting in its closing barrier).
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "call_thread.hpp"
+#include "dlpack_bridge.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/low_latency.hpp"
+#include "runtime_binding.hpp"
+
+namespace ferry::python {
+
+namespace py = pybind11;
+
+namespace {
+
+struct LowLatencyHandleObject {
+  LowLatencyHandle handle;
+};
+
+// A receive hook: calling it runs the operation's receive half on the runtime's CallThread.
+struct HookObject {
+  LowLatencyHook hook;
+  std::shared_ptr<CallThread> calls;
+
+  void call() const {
+    calls->run([hook = hook] { hook(); });
+  }
+};
+
+template <class Value>
+std::vector<std::uint8_t> bytes_of(Value value) {
+  std::vector<std::uint8_t> bytes(sizeof value);
+  std::memcpy(bytes.data(), &value, sizeof value);
+  return bytes;
+}
+
+template <class Value>
+Value value_of(const std::vector<std::uint8_t>& bytes) {
+  Value value{};
+  if (bytes.size() == sizeof value) std::memcpy(&value, bytes.data(), sizeof value);
+  return value;
+}
+
+// Kept to the end of the process on purpose (an abandoned runtime, or one whose close was refused).
+template <class T>
+void leak(std::shared_ptr<T>& owner) {
+  if (owner) (void)new std::shared_ptr<T>(std::move(owner));
+}
+
+class LowLatencyRuntime {
+ public:
+  // Collective: every rank of the Runtime's Group builds one with the same num_rdma_bytes.
+  LowLatencyRuntime(py::handle runtime, std::size_t num_rdma_bytes, double timeout_s)
+      : group_(group_of_runtime(runtime)) {
+    LowLatencyConfig config;
+    config.num_rdma_bytes = num_rdma_bytes;
+    config.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(timeout_s));
+    py::gil_scoped_release release;
+    buffer_ = std::make_shared<LowLatencyBuffer>(*group_, config);
+    calls_ = std::make_shared<CallThread>();
+  }
+
+  // Not collective with the GIL held: a runtime dropped without close() (at interpreter exit, say) tears
+  // down here, unless a view of its memory is alive or its close was refused (then it is kept, on every rank
+  // alike: see the file comment).
+  ~LowLatencyRuntime() {
+    if (!buffer_) return;
+    if (close_refused_ || buffer_.use_count() > 1) {
+      leak(buffer_);
+      leak(group_);
+      return;
+    }
+    calls_.reset();
+    buffer_.reset();
+    group_.reset();
+  }
+
+  LowLatencyRuntime(const LowLatencyRuntime&) = delete;
+  LowLatencyRuntime& operator=(const LowLatencyRuntime&) = delete;
+
+  void close() {
+    if (!buffer_) return;
+    const std::int64_t views = buffer_.use_count() - 1;
+    std::string holders;
+    {
+      py::gil_scoped_release release;
+      const auto all = group_->all_gather("ferry/python/low_latency/close", bytes_of(views));
+      for (std::size_t r = 0; r < all.size(); ++r) {
+        if (value_of<std::int64_t>(all[r]) > 0) holders += (holders.empty() ? "" : ", ") + std::to_string(r);
+      }
+    }
+    if (!holders.empty()) {
+      close_refused_ = true;
+      fail(Errc::invalid_argument,
+           "the low-latency buffer cannot be destroyed while rank(s) " + holders +
+               " still hold the tensor get_next_low_latency_combine_buffer returned (a view of the buffer's "
+               "memory): drop it (del) on every rank, then destroy again");
+    }
+    py::gil_scoped_release release;
+    calls_.reset();
+    buffer_.reset();  // collective: waits for the other ranks
+    group_.reset();
+  }
+
+  // After an interrupted wait a call may still be running on the CallThread: everything is left to the end of
+  // the process.
+  void abandon() {
+    if (calls_) calls_->abandon();
+    leak(calls_);
+    leak(buffer_);
+    leak(group_);
+  }
+
+  bool alive() const { return buffer_ != nullptr; }
+  int rank() { return live().rank(); }
+  int num_ranks() { return live().num_ranks(); }
+  std::size_t num_rdma_bytes() { return live().num_rdma_bytes(); }
+
+  py::tuple dispatch(const ImportedTensor& x, const ImportedTensor& topk_idx, std::int64_t max_tokens,
+                     std::int64_t num_experts, const ImportedTensor* cumulative_local_expert_recv_stats,
+                     const ImportedTensor* dispatch_wait_recv_cost_stats, bool use_fp8, bool round_scale,
+                     bool use_ue8m0, bool async_finish, bool return_recv_hook) {
+    LowLatencyBuffer* buffer = &live();
+    LowLatencyDispatchOptions options;
+    options.use_fp8 = use_fp8;
+    options.round_scale = round_scale;
+    options.use_ue8m0 = use_ue8m0;
+    options.async_finish = async_finish;
+    options.return_recv_hook = return_recv_hook;
+    options.cumulative_local_expert_recv_stats = view_or_empty(cumulative_local_expert_recv_stats);
+    options.dispatch_wait_recv_cost_stats = view_or_empty(dispatch_wait_recv_cost_stats);
+    const TensorView x_view = x.view();
+    const TensorView topk_view = topk_idx.view();
+    auto result = std::make_shared<LowLatencyDispatchResult>();
+    staging_ = {};
+    calls_->run(
+        [=] { *result = buffer->low_latency_dispatch(x_view, topk_view, max_tokens, num_experts, options); });
+    const LowLatencyHandle& handle = result->handle;
+    return py::make_tuple(
+        export_or_none(result->recv_x, 0), export_or_none(result->recv_x_scales, 0),
+        export_or_none(result->recv_count, 0), export_or_none(handle.packed_recv_src_info(), 0),
+        export_or_none(handle.packed_recv_layout_range(), 0), event_or_none(result->event, async_finish),
+        hook_or_none(result->hook), LowLatencyHandleObject{handle});
+  }
+
+  py::tuple combine(const ImportedTensor& x, const ImportedTensor& topk_idx,
+                    const ImportedTensor& topk_weights, const LowLatencyHandleObject& handle, bool zero_copy,
+                    bool async_finish, bool return_recv_hook, const ImportedTensor* out,
+                    const ImportedTensor* combine_wait_recv_cost_stats) {
+    LowLatencyBuffer* buffer = &live();
+    TensorView x_view = x.view();
+    if (zero_copy) {  // DeepEP's zero copy sends what the staging holds; x's values are not read
+      if (staging_.empty()) {
+        fail(Errc::invalid_argument,
+             "zero_copy=True sends the tensor get_next_low_latency_combine_buffer(handle) returned: fill it "
+             "right before this combine (no operation in between)");
+      }
+      x_view = staging_;
+    }
+    LowLatencyCombineOptions options;
+    options.zero_copy = zero_copy;
+    options.async_finish = async_finish;
+    options.return_recv_hook = return_recv_hook;
+    options.out = view_or_empty(out);
+    options.combine_wait_recv_cost_stats = view_or_empty(combine_wait_recv_cost_stats);
+    const TensorView topk_view = topk_idx.view();
+    const TensorView weights_view = topk_weights.view();
+    const LowLatencyHandle native = handle.handle;
+    auto result = std::make_shared<LowLatencyCombineResult>();
+    staging_ = {};
+    calls_->run(
+        [=] { *result = buffer->low_latency_combine(x_view, topk_view, weights_view, native, options); });
+    return py::make_tuple(export_or_none(result->combined_x, 0), event_or_none(result->event, async_finish),
+                          hook_or_none(result->hook));
+  }
+
+  void clean(std::int64_t max_tokens, std::int64_t hidden, std::int64_t num_experts) {
+    LowLatencyBuffer* buffer = &live();
+    staging_ = {};
+    calls_->run([=] { buffer->clean_low_latency_buffer(max_tokens, hidden, num_experts); });
+  }
+
+  // A bf16 [E/R, R*T, H] view of the staging the next combine sends from (zero copy).
+  Exported next_combine_buffer(const LowLatencyHandleObject& handle) {
+    LowLatencyBuffer* buffer = &live();
+    const LowLatencyHandle native = handle.handle;
+    auto view = std::make_shared<TensorView>();
+    calls_->run([=] { *view = buffer->get_next_low_latency_combine_buffer(native); });
+    staging_ = *view;
+    std::vector<std::int64_t> shape;
+    for (int d = 0; d < view->dim(); ++d) shape.push_back(view->size(d));
+    return Exported(std::shared_ptr<const void>(buffer_), view->data(), std::move(shape),
+                    dlpack_type_of(view->dtype()), {dlpack::kCPU, 0});
+  }
+
+  void update_mask(int rank_to_mask, bool mask) { live().low_latency_update_mask_buffer(rank_to_mask, mask); }
+  void query_mask(const ImportedTensor& mask_status) {
+    live().low_latency_query_mask_buffer(mask_status.view());
+  }
+  void clean_mask() { live().low_latency_clean_mask_buffer(); }
+
+ private:
+  LowLatencyBuffer& live() {
+    if (!buffer_) fail(Errc::invalid_argument, "the Buffer was destroyed (destroy() or an interrupted wait)");
+    return *buffer_;
+  }
+
+  static py::object event_or_none(const Event& event, bool async_finish) {
+    return async_finish ? py::cast(EventObject{event}) : py::none();
+  }
+
+  py::object hook_or_none(const LowLatencyHook& hook) const {
+    return hook.valid() ? py::cast(HookObject{hook, calls_}) : py::none();
+  }
+
+  std::shared_ptr<Group> group_;  // the Runtime's; outlives the buffer
+  std::shared_ptr<LowLatencyBuffer> buffer_;
+  std::shared_ptr<CallThread> calls_;  // shared with the hooks it handed out
+  TensorView staging_;                 // what the last get_next_low_latency_combine_buffer returned
+  bool close_refused_ = false;
+};
+
+}  // namespace
+
+void register_low_latency(py::module_& module) {
+  module.def("low_latency_rdma_size_hint", &get_low_latency_rdma_size_hint,
+             py::arg("num_max_dispatch_tokens_per_rank"), py::arg("hidden"), py::arg("num_ranks"),
+             py::arg("num_experts"),
+             "Registered bytes one rank's low-latency buffer needs (ferry::get_low_latency_rdma_size_hint).");
+
+  py::class_<LowLatencyHandleObject>(module, "LowLatencyHandle",
+                                     "What a low-latency dispatch leaves for combine.")
+      .def_property_readonly("num_tokens",
+                             [](const LowLatencyHandleObject& h) { return h.handle.num_tokens(); })
+      .def_property_readonly("num_topk", [](const LowLatencyHandleObject& h) { return h.handle.num_topk(); })
+      .def_property_readonly("hidden", [](const LowLatencyHandleObject& h) { return h.handle.hidden(); })
+      .def_property_readonly("num_experts",
+                             [](const LowLatencyHandleObject& h) { return h.handle.num_experts(); })
+      .def_property_readonly("num_max_dispatch_tokens_per_rank", [](const LowLatencyHandleObject& h) {
+        return h.handle.num_max_dispatch_tokens_per_rank();
+      });
+
+  py::class_<HookObject>(module, "LowLatencyHook",
+                         "Takes the receives of a low-latency call issued with return_recv_hook.")
+      .def("__call__", &HookObject::call,
+           "Waits for and takes the receives (GIL released; Ctrl-C interrupts the wait). Once only.");
+
+  py::class_<LowLatencyRuntime>(
+      module, "LowLatencyRuntime",
+      "One rank's ferry::LowLatencyBuffer. ferry.Buffer drives it; see its docstrings.")
+      .def(py::init<py::handle, std::size_t, double>(), py::arg("runtime"), py::arg("num_rdma_bytes"),
+           py::arg("timeout_s"),
+           "Collective: builds the low-latency buffer on the Runtime's Group. GIL released meanwhile.")
+      .def("close", &LowLatencyRuntime::close,
+           "Collective: destroys the buffer, or refuses on every rank while any rank holds a combine-buffer "
+           "view.")
+      .def("abandon", &LowLatencyRuntime::abandon, "Leaves everything to the end of the process.")
+      .def_property_readonly("alive", &LowLatencyRuntime::alive)
+      .def_property_readonly("rank", &LowLatencyRuntime::rank)
+      .def_property_readonly("num_ranks", &LowLatencyRuntime::num_ranks)
+      .def_property_readonly("num_rdma_bytes", &LowLatencyRuntime::num_rdma_bytes)
+      .def("dispatch", &LowLatencyRuntime::dispatch, py::arg("x"), py::arg("topk_idx"),
+           py::arg("num_max_dispatch_tokens_per_rank"), py::arg("num_experts"),
+           py::arg("cumulative_local_expert_recv_stats").none(true),
+           py::arg("dispatch_wait_recv_cost_stats").none(true), py::arg("use_fp8"), py::arg("round_scale"),
+           py::arg("use_ue8m0"), py::arg("async_finish"), py::arg("return_recv_hook"),
+           "(recv_x, recv_x_scales or None, recv_count, src_info, layout_range, Event or None, "
+           "LowLatencyHook or None, LowLatencyHandle)")
+      .def("combine", &LowLatencyRuntime::combine, py::arg("x"), py::arg("topk_idx"), py::arg("topk_weights"),
+           py::arg("handle"), py::arg("zero_copy"), py::arg("async_finish"), py::arg("return_recv_hook"),
+           py::arg("out").none(true), py::arg("combine_wait_recv_cost_stats").none(true),
+           "(combined_x or None when out was given, Event or None, LowLatencyHook or None)")
+      .def("clean", &LowLatencyRuntime::clean, py::arg("num_max_dispatch_tokens_per_rank"), py::arg("hidden"),
+           py::arg("num_experts"))
+      .def("next_combine_buffer", &LowLatencyRuntime::next_combine_buffer, py::arg("handle"))
+      .def("update_mask", &LowLatencyRuntime::update_mask, py::arg("rank_to_mask"), py::arg("mask"))
+      .def("query_mask", &LowLatencyRuntime::query_mask, py::arg("mask_status"))
+      .def("clean_mask", &LowLatencyRuntime::clean_mask);
+}
+
+}  // namespace ferry::python
