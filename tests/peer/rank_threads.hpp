@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/thread_check.hpp"  // expect(): rank threads throw, run_ranks reports on the main thread
 #include "ferry/core/deadline.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/group.hpp"
@@ -38,12 +39,6 @@ inline std::uint16_t free_port() {
 inline std::string unique_job_id(const std::string& stem) {
   std::random_device source;
   return stem + "-" + std::to_string(getpid()) + "-" + std::to_string(source());
-}
-
-// Catch2 (v2) assertions are not thread-safe: rank threads throw instead, run_ranks rethrows the first
-// failure on the main thread, and Catch2 reports it there.
-inline void expect(bool condition, const std::string& what) {
-  if (!condition) throw std::runtime_error(what);
 }
 
 inline transport::Peers peers_of(Group& group, std::chrono::milliseconds timeout) {
