@@ -276,8 +276,10 @@ class Buffer {
   const Config& config() const;
   Device device() const;
 
-  // compute_layout() for this cluster and config.
-  Layout get_layout(const TensorView& topk_idx, std::int64_t num_experts) const;
+  // compute_layout() for this cluster and config. On a CUDA Buffer with a device topk_idx, computed on the
+  // GPU after the work already enqueued on `stream` (the caller's cudaStream_t, where topk_idx was written;
+  // nullptr: the legacy default stream); the call returns once the counts are on the host.
+  Layout get_layout(const TensorView& topk_idx, std::int64_t num_experts, void* stream = nullptr) const;
 
   // Sends each token to the ranks that own its experts. Checks the arguments before returning (throws
   // Errc::invalid_argument naming the offender); everything else is reported by the Pending.
