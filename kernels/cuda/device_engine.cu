@@ -3,10 +3,13 @@
 #include "ferry/kernels/cuda/device_engine.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "device_kernels.cuh"
@@ -32,6 +35,38 @@ std::string gpu_unavailable_reason() {
 
 // ---- records ----
 
+// [num_recv, num_forwarded] of one routing, as the notify kernel left them in device memory, and the host's
+// copy once read. Shared by the records of the dispatch that ran the notify and of the cached dispatches that
+// repeat it, so a cached dispatch never reads them at its call.
+struct RecordTotals {
+  int device = 0;
+  cudaStream_t stream = nullptr;       // the notify's: read in its order
+  std::shared_ptr<void> stream_owner;  // keeps it alive (nullptr: the legacy stream)
+  const std::int64_t* words = nullptr;
+  bool cacheable = true;  // false when the notify was captured in a CUDA graph: every launch may differ
+  std::mutex mutex;
+  bool known = false;
+  std::int64_t values[2] = {0, 0};
+
+  // In the order of the stream the notify ran on (a legacy-stream copy would not wait for a non-blocking
+  // stream), or on `on` when the host has seen the notify finish (a stream with nothing queued behind the
+  // operations that may follow the notify); any thread may ask (the thread that waits on the dispatch, the
+  // one that issues a cached one).
+  std::array<std::int64_t, 2> read(std::optional<cudaStream_t> on = std::nullopt) {
+    std::lock_guard lock(mutex);
+    if (known) return {values[0], values[1]};
+    DeviceScope scope(device);
+    const cudaStream_t in = on.value_or(stream);
+    std::int64_t host[2] = {0, 0};  // pageable: the copy is done when the call returns, then the sync
+    check(cudaMemcpyAsync(host, words, sizeof(host), cudaMemcpyDeviceToHost, in), "read back the counts");
+    check(cudaStreamSynchronize(in), "read back the counts");
+    known = cacheable;
+    values[0] = host[0];
+    values[1] = host[1];
+    return {values[0], values[1]};
+  }
+};
+
 struct DeviceRecord {
   int rank = 0;
   int channels = 0;
@@ -40,11 +75,13 @@ struct DeviceRecord {
   std::int64_t num_experts = 0;
   int num_ranks = 0;
   int num_nodes = 0;
+  std::int64_t worst_rows = 0;  // num_worst_tokens of the dispatch that ran the notify (0: sized by counts)
   // The routing, copied at the call, and the counts: shared by the cached dispatches that repeat it.
   std::shared_ptr<DeviceArray<std::int64_t>> topk_idx;
   std::shared_ptr<DeviceArray<std::uint8_t>> in_rank;
   std::shared_ptr<DeviceArray<std::int64_t>> counts;  // send_to_rank | recv_count | recv_offset | (per node:)
-                                                      // send_to_node | fwd_count | fwd_offset
+                                                      // send_to_node | fwd_count | fwd_offset | totals [2]
+  std::shared_ptr<RecordTotals> totals_state;
   // This dispatch's placements.
   DeviceArray<std::int32_t> recv_src_rank;
   DeviceArray<std::int32_t> recv_src_token;
@@ -52,6 +89,7 @@ struct DeviceRecord {
   DeviceArray<std::uint32_t> fwd_mask;
   std::int64_t record_capacity = 0;
   std::int64_t fwd_capacity = 0;
+  cudaStream_t stream = nullptr;  // the dispatch's (kept alive by the arrays' stream owner)
 
   std::int64_t per_rank() const { return static_cast<std::int64_t>(num_ranks) * channels; }
   std::int64_t per_node() const { return static_cast<std::int64_t>(num_nodes) * channels; }
@@ -63,32 +101,8 @@ struct DeviceRecord {
   std::int64_t* fwd_offset() const { return counts->data() + 3 * per_rank() + 2 * per_node(); }
   // [num_recv, num_forwarded], written by the notify kernel; read back once the stream has passed it.
   std::int64_t* totals() const { return counts->data() + 3 * per_rank() + 3 * per_node(); }
-  std::int64_t num_recv() const { return read_totals()[0]; }
-  std::int64_t num_forwarded() const { return read_totals()[1]; }
-  // In the order of the stream the notify ran on (a legacy-stream copy would not wait for a non-blocking
-  // stream), once; any thread may ask (the thread that waits on the dispatch, the one that issues a cached
-  // dispatch).
-  const std::int64_t* read_totals() const {
-    std::lock_guard lock(totals_mutex);
-    if (totals_known) return totals_read;
-    DeviceScope scope(device);
-    check(cudaMemcpyAsync(totals_read, totals(), sizeof(totals_read), cudaMemcpyDeviceToHost, stream),
-          "read back the counts");
-    check(cudaStreamSynchronize(stream), "read back the counts");
-    totals_known = true;
-    return totals_read;
-  }
-  void set_totals(std::int64_t received, std::int64_t forwarded) {
-    std::lock_guard lock(totals_mutex);
-    totals_read[0] = received;
-    totals_read[1] = forwarded;
-    totals_known = true;
-  }
-  int device = 0;
-  cudaStream_t stream = nullptr;  // the dispatch's (kept alive by the arrays' stream owner)
-  mutable std::mutex totals_mutex;
-  mutable std::int64_t totals_read[2] = {0, 0};
-  mutable bool totals_known = false;
+  std::int64_t num_recv() const { return totals_state->read()[0]; }
+  std::int64_t num_forwarded() const { return totals_state->read()[1]; }
 
   p::RoutingCounts routing() const {
     return {recv_count(), recv_offset(), fwd_count(), fwd_offset(), send_to_rank(), send_to_node()};
@@ -97,21 +111,29 @@ struct DeviceRecord {
 
 namespace {
 
+// In `stream`'s order (never the legacy stream's, which does not wait for a non-blocking stream and does
+// wait for every blocking one).
 template <class T>
-std::vector<T> read_back(const T* device, std::int64_t count) {
+std::vector<T> read_back(const T* device, std::int64_t count, cudaStream_t stream) {
   std::vector<T> host(static_cast<std::size_t>(std::max<std::int64_t>(count, 0)));
-  if (!host.empty())
-    check(cudaMemcpy(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost), "read back");
+  if (host.empty()) return host;
+  check(cudaMemcpyAsync(host.data(), device, host.size() * sizeof(T), cudaMemcpyDeviceToHost, stream),
+        "read back");
+  check(cudaStreamSynchronize(stream), "read back");
   return host;
 }
 
 }  // namespace
 
 std::vector<std::int32_t> device_recv_src_rank(const DeviceRecord& record) {
-  return read_back(record.recv_src_rank.data(), std::min(record.num_recv(), record.record_capacity));
+  DeviceScope scope(record.totals_state->device);
+  return read_back(record.recv_src_rank.data(), std::min(record.num_recv(), record.record_capacity),
+                   record.stream);
 }
 std::vector<std::int32_t> device_recv_src_token(const DeviceRecord& record) {
-  return read_back(record.recv_src_token.data(), std::min(record.num_recv(), record.record_capacity));
+  DeviceScope scope(record.totals_state->device);
+  return read_back(record.recv_src_token.data(), std::min(record.num_recv(), record.record_capacity),
+                   record.stream);
 }
 std::int64_t device_num_recv(const DeviceRecord& record) {
   return record.num_recv();
@@ -220,20 +242,96 @@ int device_rings_per_rank(const p::Topology& topo, const DeviceOptions&) {
 
 // ---- the engine ----
 
+namespace {
+
+// Whether work enqueued on a stream now goes into a CUDA graph being captured, and into which graph.
+struct Capture {
+  bool active = false;
+  cudaGraph_t graph = nullptr;
+};
+
+Capture capture_of(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t error = cudaStreamGetCaptureInfo(stream, &status, nullptr, &graph);
+  if (error == cudaErrorStreamCaptureImplicit) {
+    fail(Errc::invalid_argument,
+         "cuda: an operation on the legacy default stream while a blocking stream is being captured into a "
+         "CUDA graph (the legacy stream would join that capture and break it): pass a stream of your own");
+  }
+  check(error, "cudaStreamGetCaptureInfo");
+  if (status == cudaStreamCaptureStatusInvalidated) {
+    fail(
+        Errc::invalid_argument,
+        "cuda: the stream's CUDA graph capture was invalidated by an earlier call: end the capture and start "
+        "again");
+  }
+  return {status == cudaStreamCaptureStatusActive, graph};
+}
+
+// While an operation is captured, the set-up it does off the captured stream (allocating on the engine's own
+// stream and synchronising that stream) counts as "potentially unsafe" in the caller's capture mode
+// (global, by default, also for captures on other threads): relaxed for this thread, and put back after, as
+// frameworks do around their allocations during a capture.
+class RelaxedCaptureMode {
+ public:
+  explicit RelaxedCaptureMode(bool needed) : active_(needed) {
+    if (active_) check(cudaThreadExchangeStreamCaptureMode(&mode_), "cudaThreadExchangeStreamCaptureMode");
+  }
+  ~RelaxedCaptureMode() {
+    if (active_) cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
+  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
+
+ private:
+  bool active_;
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+};
+
+// The destructor of a captured operation's user object: the graph, and every executable graph made of it,
+// have let go and their launches have ended. The runtime forbids CUDA calls here: it only flags the
+// operation, whose plans and arrays the engine releases at its next call.
+void CUDART_CB graph_let_go(void* flag) {
+  auto* released = static_cast<std::shared_ptr<std::atomic<bool>>*>(flag);
+  (*released)->store(true, std::memory_order_release);
+  delete released;
+}
+
+// How often a waiting host reads the kernels' heartbeat.
+constexpr auto kHeartbeatPoll = std::chrono::milliseconds(100);
+
+std::string seconds_text(Duration duration) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f", std::chrono::duration<double>(duration).count());
+  return text;
+}
+
+}  // namespace
+
 struct DeviceEngine::Impl {
   p::BufferLayout layout;
   DeviceOptions options;
   std::vector<DeviceRank> ranks;
   int sm_count = 0;
+  // The engine's own stream (non-blocking): its set-up copies, the heartbeat's reads, and the plans and
+  // arrays of captured operations, allocated and freed in its order outside any graph. Shared with those
+  // arrays, which may outlive the engine (a Handle keeps a dispatch's records).
+  std::shared_ptr<CUstream_st> own_stream_owner;
+  cudaStream_t own_stream = nullptr;
   DeviceArray<p::BufferLayout> device_layout;
   std::vector<DeviceArray<std::byte*>> peers;                  // per rank: [L]
   std::vector<DeviceArray<transport::CommandRingView>> rings;  // per rank
   MappedArray<DeviceReport> reports;                           // per rank
   DeviceArray<std::uint32_t> claims;                           // per rank: a record was written (for good)
   DeviceArray<p::Traffic> traffic;                             // per rank: [3]
-  DeviceArray<std::uint32_t> abort;  // zeroed once: a failure stops the executor for good
-  std::uint32_t operations = 0;      // sequence number of the last operation (the same on every rank)
-  // The launch plans of each operation and their pinned staging, until that operation's own event.
+  // [kAbortWords] zeroed once: the abort word (a failure stops the executor for good) and the heartbeat.
+  DeviceArray<std::uint32_t> abort;
+  MappedArray<std::uint64_t> heartbeat;  // the host's copy of the heartbeat
+  std::mutex heartbeat_mutex;
+  std::uint32_t operations = 0;  // sequence number of the last operation (the same on every rank)
+  // The launch plans of each operation and their pinned staging, until that operation's own event; the plans
+  // and arrays of a captured operation, until its graph lets go.
   LaunchKeeper<MappedArray<RankLaunch>> keeper;
   // Streams whose owners must outlive the arrays freed in their order (keep_stream_alive).
   std::mutex streams_mutex;
@@ -248,6 +346,8 @@ struct DeviceEngine::Impl {
     return static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(options.timeout).count());
   }
+  // How long the host waits without seeing the kernels progress: twice their own deadline and a margin.
+  Duration patience() const { return options.timeout * 2 + std::chrono::seconds(10); }
 
   p::OpContext context(int index, int channels, p::PayloadKind kind, std::int64_t hidden,
                        std::int64_t experts, int rdma_chunk, int nvl_chunk, std::uint64_t fingerprint) {
@@ -284,18 +384,26 @@ struct DeviceEngine::Impl {
     return it == stream_owners.end() ? nullptr : it->second;
   }
 
-  // An array freed in `stream`'s order, holding the stream's owner.
-  template <class T>
-  std::shared_ptr<DeviceArray<T>> ordered_array(std::size_t count, cudaStream_t stream) {
-    return std::make_shared<DeviceArray<T>>(count, stream, true, owner_of(stream));
+  // Where an operation's arrays are allocated and freed: in the order of its stream, or, when it is being
+  // captured, of the engine's own stream (outside the graph: a graph's own allocations would have to be
+  // freed inside it before it could be launched again).
+  struct Placement {
+    cudaStream_t stream = nullptr;
+    std::shared_ptr<void> owner;
+  };
+  Placement placement(cudaStream_t stream, const Capture& capture) {
+    if (capture.active) return {own_stream, own_stream_owner};
+    return {stream, owner_of(stream)};
   }
 
-  // Copies the launch plans to the device and launches `kernel` cooperatively. The device copy and the pinned
-  // staging it is copied from stay with the current operation until its own event has passed.
-  void launch(const void* kernel, const char* name, const std::vector<RankLaunch>& plans,
-              const KernelShape& shape, int blocks_per_rank, int threads, std::uint32_t shared,
-              cudaStream_t stream) {
-    const int blocks = blocks_per_rank * static_cast<int>(plans.size());
+  template <class T>
+  std::shared_ptr<DeviceArray<T>> ordered_array(std::size_t count, const Placement& where) {
+    return std::make_shared<DeviceArray<T>>(count, where.stream, true, where.owner);
+  }
+
+  // Every block of `kernel` on this GPU, this engine's ranks' and other engines', must be resident at once.
+  void check_residency(const void* kernel, const char* name, int blocks_per_rank, int threads,
+                       std::uint32_t shared) {
     if (shared > 48 * 1024) {
       check(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
@@ -303,22 +411,36 @@ struct DeviceEngine::Impl {
     }
     int per_sm = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared), name);
-    if (per_sm * sm_count < blocks) {
-      fail(Errc::invalid_argument,
-           std::string(name) + ": " + std::to_string(blocks) + " blocks of " + std::to_string(threads) +
-               " threads and " + std::to_string(shared) +
-               " bytes of shared memory must all be resident at once, but the GPU holds " +
-               std::to_string(per_sm) + " per SM x " + std::to_string(sm_count) +
-               " SMs: use fewer ranks per GPU or a smaller num_sms");
-    }
-    auto device_plans = ordered_array<RankLaunch>(plans.size(), stream);
+    const std::string problem =
+        residency_problem(name, blocks_per_rank, static_cast<int>(ranks.size()),
+                          options.other_ranks_on_device, threads, shared, per_sm, sm_count);
+    if (!problem.empty()) fail(Errc::invalid_argument, problem);
+  }
+
+  // Copies the launch plans to the device and launches `kernel` cooperatively. The device copy and the pinned
+  // staging it is copied from stay with the current operation until its own event has passed. A captured
+  // operation's plans are copied now, on the engine's own stream, and the graph reads that copy at every
+  // launch (no staging: the graph has no copy node).
+  void launch(const void* kernel, const char* name, const std::vector<RankLaunch>& plans,
+              const KernelShape& shape, int blocks_per_rank, int threads, std::uint32_t shared,
+              cudaStream_t stream, const Capture& capture) {
+    const int blocks = blocks_per_rank * static_cast<int>(plans.size());
+    check_residency(kernel, name, blocks_per_rank, threads, shared);
+    const std::size_t bytes = sizeof(RankLaunch) * plans.size();
+    auto device_plans = ordered_array<RankLaunch>(plans.size(), placement(stream, capture));
     keeper.keep(device_plans);
-    const std::shared_ptr<MappedArray<RankLaunch>> staged = keeper.stage(
-        plans.size(), [](std::size_t size) { return std::make_shared<MappedArray<RankLaunch>>(size); });
-    std::copy(plans.begin(), plans.end(), staged->host());
-    check(cudaMemcpyAsync(device_plans->data(), staged->host(), sizeof(RankLaunch) * plans.size(),
-                          cudaMemcpyHostToDevice, stream),
-          "copy of the launch plans");
+    if (capture.active) {
+      check(cudaMemcpyAsync(device_plans->data(), plans.data(), bytes, cudaMemcpyHostToDevice, own_stream),
+            "copy of the launch plans");
+      // Also completes every allocation the graph uses, so any stream may launch it.
+      check(cudaStreamSynchronize(own_stream), "copy of the launch plans");
+    } else {
+      const std::shared_ptr<MappedArray<RankLaunch>> staged = keeper.stage(
+          plans.size(), [](std::size_t size) { return std::make_shared<MappedArray<RankLaunch>>(size); });
+      std::copy(plans.begin(), plans.end(), staged->host());
+      check(cudaMemcpyAsync(device_plans->data(), staged->host(), bytes, cudaMemcpyHostToDevice, stream),
+            "copy of the launch plans");
+    }
 
     LaunchArgs args;
     args.ranks = device_plans->data();
@@ -331,20 +453,45 @@ struct DeviceEngine::Impl {
     check(cudaLaunchCooperativeKernel(kernel, blocks, threads, params, shared, stream), name);
   }
 
+  // The current operation was captured into `graph`: what it holds goes once the graph lets go (a user
+  // object the graph owns flags it). Should CUDA refuse the user object, it is held until the engine goes.
+  void hold_for_graph(cudaGraph_t graph) {
+    auto released = std::make_shared<std::atomic<bool>>(false);
+    auto* flag = new std::shared_ptr<std::atomic<bool>>(released);
+    cudaUserObject_t object = nullptr;
+    if (cudaUserObjectCreate(&object, flag, graph_let_go, 1, cudaUserObjectNoDestructorSync) != cudaSuccess) {
+      delete flag;
+      keeper.end({});
+      return;
+    }
+    if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
+      cudaUserObjectRelease(object, 1);  // flags an operation nobody watches
+      keeper.end({});
+      return;
+    }
+    keeper.end([released] { return released->load(std::memory_order_acquire); });
+  }
+
   // One dispatch or combine: its sequence number, and, when it ends (returned or threw after enqueueing
-  // something), an event after everything it enqueued, which tells the keeper when to let go.
+  // something), an event after everything it enqueued, which tells the keeper when to let go; or, when the
+  // stream is being captured, the graph's user object.
   class Operation {
    public:
-    Operation(Impl& impl, cudaStream_t stream) : impl_(impl), stream_(stream) {
+    Operation(Impl& impl, cudaStream_t stream, const Capture& capture)
+        : impl_(impl), stream_(stream), capture_(capture) {
       impl.keeper.begin();
       number_ = ++impl.operations;
     }
     ~Operation() {
       try {
+        if (capture_.active) {
+          impl_.hold_for_graph(capture_.graph);
+          return;
+        }
         auto event = std::make_shared<DeviceEvent>(impl_.options.device);
         event->record(stream_);
         impl_.keeper.end([event] { return event->passed(); });
-      } catch (...) {  // no event: held until the stream is drained (finish) or the engine goes
+      } catch (...) {  // no event: held until the engine goes
         impl_.keeper.end({});
       }
     }
@@ -355,6 +502,7 @@ struct DeviceEngine::Impl {
    private:
     Impl& impl_;
     cudaStream_t stream_;
+    Capture capture_;
     std::uint32_t number_ = 0;
   };
 
@@ -411,20 +559,54 @@ struct DeviceEngine::Impl {
     failure_text = error.message();
   }
 
-  // Waits for everything enqueued on `stream`, bounded; a CUDA error or the deadline stops the executor at
-  // operation `number`.
+  // The kernels' heartbeat (the globaltimer of their latest progress), read on the engine's own stream while
+  // they run: a copy engine, not an SM, moves it.
+  std::uint64_t read_heartbeat() {
+    std::lock_guard lock(heartbeat_mutex);
+    check(cudaMemcpyAsync(heartbeat.host(), heartbeat_word(abort.data()), sizeof(std::uint64_t),
+                          cudaMemcpyDeviceToHost, own_stream),
+          "read the heartbeat");
+    check(cudaStreamSynchronize(own_stream), "read the heartbeat");
+    return *reinterpret_cast<volatile std::uint64_t*>(heartbeat.host());
+  }
+
+  // Polls `passed` until it says yes. The kernels end by themselves (every spin gives up after the timeout
+  // without progress); the host gives up only when their heartbeat has stood still for patience(): kernels
+  // that never started or cannot end. A long operation that progresses is waited for, however long.
+  void wait_until(const std::function<bool()>& passed, const std::string& what) {
+    ProgressDeadline stall(patience());
+    Backoff backoff;
+    Clock::time_point next_read = Clock::now();
+    std::uint64_t beat = 0;
+    while (!passed()) {
+      const Clock::time_point now = Clock::now();
+      if (now >= next_read) {
+        beat = read_heartbeat();
+        next_read = now + kHeartbeatPoll;
+      }
+      if (stall.expired(beat, now)) {
+        fail(Errc::timeout,
+             "cuda: " + what + " made no progress for " + seconds_text(patience()) +
+                 " s (their heartbeat stood still; every spin on the GPU gives up after " +
+                 seconds_text(options.timeout) +
+                 " s without progress, so they could not end by themselves: not started, or hung)");
+      }
+      backoff.pause();
+    }
+  }
+
+  // Waits for everything enqueued on `stream`; a CUDA error or a stall stops the executor at operation
+  // `number`.
   void wait(cudaStream_t stream, std::uint32_t number) {
     try {
-      // The kernels end by themselves (every spin has a deadline); this bounds the host's wait all the same.
-      Deadline deadline(options.timeout * 2 + std::chrono::seconds(10));
-      Backoff backoff;
-      while (true) {
-        const cudaError_t status = cudaStreamQuery(stream);
-        if (status == cudaSuccess) break;
-        if (status != cudaErrorNotReady) check(status, "the executor's kernels");
-        if (deadline.expired()) fail(Errc::timeout, "cuda: the executor's kernels did not finish in time");
-        backoff.pause();
-      }
+      wait_until(
+          [stream] {
+            const cudaError_t status = cudaStreamQuery(stream);
+            if (status == cudaSuccess) return true;
+            if (status != cudaErrorNotReady) check(status, "the executor's kernels");
+            return false;
+          },
+          "the executor's kernels");
     } catch (const Error& error) {
       stop_at(number, error);
       throw;
@@ -461,6 +643,10 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   const std::string unavailable = gpu_unavailable_reason();
   if (!unavailable.empty()) fail(Errc::unsupported, "the CUDA executor needs a GPU: " + unavailable);
   if (ranks.empty()) fail(Errc::invalid_argument, "DeviceEngine: no ranks");
+  if (options.other_ranks_on_device < 0) {
+    fail(Errc::invalid_argument, "DeviceEngine: other_ranks_on_device is " +
+                                     std::to_string(options.other_ranks_on_device) + ", not >= 0");
+  }
   impl.layout = layout;
   impl.options = options;
   impl.ranks = std::move(ranks);
@@ -471,19 +657,40 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, options.device),
         "cudaDeviceGetAttribute(cooperative launch)");
   if (!cooperative) fail(Errc::unsupported, "the GPU does not support cooperative launches");
+  // Refused now, by name, rather than at the first operation: the shape of the whole buffer on this GPU.
+  const p::Topology& topo = layout.params.topo;
+  const KernelShape dispatch_full = dispatch_shape(topo, options);
+  const KernelShape combine_full = combine_shape(topo, options);
+  impl.check_residency(reinterpret_cast<const void*>(&notify_kernel), "notify", 1, kNotifyThreads,
+                       notify_shared_bytes(topo));
+  impl.check_residency(reinterpret_cast<const void*>(&dispatch_kernel), "dispatch",
+                       dispatch_full.blocks_per_rank, dispatch_full.threads, shared_bytes(dispatch_full));
+  impl.check_residency(reinterpret_cast<const void*>(&combine_kernel), "combine",
+                       combine_full.blocks_per_rank, combine_full.threads, shared_bytes(combine_full));
   // Per-operation arrays come from the device's pool in stream order; keep freed memory there for the next
   // one.
   cudaMemPool_t pool = nullptr;
   check(cudaDeviceGetDefaultMemPool(&pool, options.device), "cudaDeviceGetDefaultMemPool");
   std::uint64_t keep = ~std::uint64_t{0};
   check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  cudaStream_t own = nullptr;
+  check(cudaStreamCreateWithFlags(&own, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  impl.own_stream_owner = std::shared_ptr<CUstream_st>(own, [device = options.device](cudaStream_t done) {
+    DeviceScope scope(device, std::nothrow);
+    cudaStreamDestroy(done);
+  });
+  impl.own_stream = own;
+  impl.stream_owners[own] = impl.own_stream_owner;
 
+  // The set-up copies on the engine's own stream, synchronised once at the end (no device-wide
+  // synchronisation: another engine's kernels may be running on this GPU).
+  const cudaStream_t setup = impl.own_stream;
   impl.device_layout = DeviceArray<p::BufferLayout>(1);
-  check(cudaMemcpy(impl.device_layout.data(), &impl.layout, sizeof(p::BufferLayout), cudaMemcpyHostToDevice),
+  check(cudaMemcpyAsync(impl.device_layout.data(), &impl.layout, sizeof(p::BufferLayout),
+                        cudaMemcpyHostToDevice, setup),
         "copy of the buffer layout");
-  const int L = layout.params.topo.local_size;
-  const std::size_t expected_rings =
-      static_cast<std::size_t>(device_rings_per_rank(layout.params.topo, options));
+  const int L = topo.local_size;
+  const std::size_t expected_rings = static_cast<std::size_t>(device_rings_per_rank(topo, options));
   for (const DeviceRank& rank : impl.ranks) {
     if (static_cast<int>(rank.node_peers.size()) != L) {
       fail(Errc::invalid_argument, "DeviceEngine: rank " + std::to_string(rank.rank) + " has " +
@@ -495,41 +702,50 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
                                        std::to_string(rank.rings.size()) + " command rings, not " +
                                        std::to_string(expected_rings));
     }
-    if (layout.params.topo.num_nodes > 1 && rank.rings.empty()) {
+    if (topo.num_nodes > 1 && rank.rings.empty()) {
       fail(Errc::invalid_argument, "DeviceEngine: rank " + std::to_string(rank.rank) +
                                        " has peers on other nodes but no command rings to reach them");
     }
     DeviceArray<std::byte*> peers(L);
-    check(cudaMemcpy(peers.data(), rank.node_peers.data(), sizeof(std::byte*) * L, cudaMemcpyHostToDevice),
+    check(cudaMemcpyAsync(peers.data(), rank.node_peers.data(), sizeof(std::byte*) * L,
+                          cudaMemcpyHostToDevice, setup),
           "copy of the node peers");
     impl.peers.push_back(std::move(peers));
     DeviceArray<transport::CommandRingView> views(rank.rings.size());
     if (!rank.rings.empty()) {
-      check(cudaMemcpy(views.data(), rank.rings.data(),
-                       sizeof(transport::CommandRingView) * rank.rings.size(), cudaMemcpyHostToDevice),
+      check(cudaMemcpyAsync(views.data(), rank.rings.data(),
+                            sizeof(transport::CommandRingView) * rank.rings.size(), cudaMemcpyHostToDevice,
+                            setup),
             "copy of the command ring views");
     }
     impl.rings.push_back(std::move(views));
   }
   impl.reports = MappedArray<DeviceReport>(impl.ranks.size());
   impl.claims = DeviceArray<std::uint32_t>(impl.ranks.size());
-  check(cudaMemset(impl.claims.data(), 0, sizeof(std::uint32_t) * impl.ranks.size()), "cudaMemset(claims)");
+  impl.claims.zero(setup);
   impl.traffic = DeviceArray<p::Traffic>(3 * impl.ranks.size());
-  check(cudaMemset(impl.traffic.data(), 0, sizeof(p::Traffic) * 3 * impl.ranks.size()),
-        "cudaMemset(traffic)");
-  impl.abort = DeviceArray<std::uint32_t>(1);
-  check(cudaMemset(impl.abort.data(), 0, sizeof(std::uint32_t)), "cudaMemset(abort)");
+  impl.traffic.zero(setup);
+  impl.abort = DeviceArray<std::uint32_t>(kAbortWords);
+  impl.abort.zero(setup);
+  impl.heartbeat = MappedArray<std::uint64_t>(1);
   Impl::reserve_stacks();
-  check(cudaDeviceSynchronize(), "the executor's setup");  // the memsets above ran on the legacy stream
+  check(cudaStreamSynchronize(setup), "the executor's setup");
 }
 
-// Nothing the kernels still use may go: waits (bounded, the kernels end by themselves) for every operation
-// still held.
+// Nothing the kernels still use may go: waits for every operation still held (their kernels end by
+// themselves; a captured one when its graph has gone), giving up only when the kernels stop progressing.
 DeviceEngine::~DeviceEngine() {
-  DeviceScope scope(impl_->options.device, std::nothrow);
-  Deadline deadline(impl_->options.timeout * 2 + std::chrono::seconds(10));
-  Backoff backoff;
-  while (impl_->keeper.collect() > 0 && !deadline.expired()) backoff.pause();
+  Impl& impl = *impl_;
+  DeviceScope scope(impl.options.device, std::nothrow);
+  try {
+    impl.wait_until(
+        [&impl] {
+          impl.keeper.collect();
+          return impl.keeper.awaiting() == 0;
+        },
+        "the operations the engine still held when it went");
+  } catch (...) {  // a destructor cannot report: what is still held is released all the same
+  }
 }
 
 int DeviceEngine::num_ranks() const {
@@ -544,7 +760,12 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
   DeviceScope scope(impl.options.device);
   const std::size_t count = impl.ranks.size();
   if (inputs.size() != count) fail(Errc::invalid_argument, "DeviceEngine::dispatch: one input per rank");
+  if (cached != nullptr && cached->size() != count)
+    fail(Errc::invalid_argument, "DeviceEngine::dispatch: one cached record per rank");
   impl.refuse_if_stopped();
+  impl.keeper.collect();
+  const Capture capture = capture_of(stream);
+  const RelaxedCaptureMode relaxed(capture.active);
   const p::Topology full = impl.layout.params.topo;
   const int channels =
       cached != nullptr ? (*cached)[0]->channels : (shape.channels > 0 ? shape.channels : full.num_channels);
@@ -554,17 +775,34 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
                                      std::to_string(full.num_channels));
   }
   const int R = full.num_ranks(), N = full.num_nodes, L = full.local_size;
-  const std::int64_t worst = shape.num_worst_tokens;
-  const std::shared_ptr<void> stream_owner = impl.owner_of(stream);
-  Impl::Operation operation(impl, stream);
+  // A cached dispatch has the rows of the dispatch it repeats (whose counts it reuses).
+  std::int64_t worst = shape.num_worst_tokens;
+  if (cached != nullptr) {
+    const std::int64_t inherited = (*cached)[0]->worst_rows;
+    if (worst > 0 && worst != inherited) {
+      fail(Errc::invalid_argument,
+           "a cached dispatch has the sizing of the dispatch it repeats: num_worst_tokens " +
+               std::to_string(inherited) + ", not " + std::to_string(worst));
+    }
+    worst = inherited;
+  }
+  if (capture.active && worst <= 0 && cached == nullptr) {
+    fail(Errc::invalid_argument,
+         "cuda: a dispatch captured into a CUDA graph needs worst-case sizing (num_worst_tokens > 0): sized "
+         "by its counts, it waits for them on the host");
+  }
+  const Impl::Placement where = impl.placement(stream, capture);
+  Impl::Operation operation(impl, stream, capture);
 
   std::vector<std::shared_ptr<DeviceRecord>> records(count);
   std::vector<RankLaunch> plans(count);
   for (std::size_t i = 0; i < count; ++i) {
     const DeviceDispatchInput& in = inputs[i];
     auto record = std::make_shared<DeviceRecord>();
-    record->device = impl.options.device;
     record->stream = stream;
+    record->num_ranks = R;
+    record->num_nodes = N;
+    record->worst_rows = worst;
     if (cached != nullptr) {
       const DeviceRecord& old = *(*cached)[i];
       record->rank = old.rank;
@@ -572,22 +810,18 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
       record->num_tokens = old.num_tokens;
       record->num_topk = old.num_topk;
       record->num_experts = old.num_experts;
-      record->num_ranks = R;
-      record->num_nodes = N;
       record->topk_idx = old.topk_idx;
       record->in_rank = old.in_rank;
       record->counts = old.counts;
-      record->set_totals(old.num_recv(), old.num_forwarded());
+      record->totals_state = old.totals_state;
     } else {
       record->rank = impl.ranks[i].rank;
       record->channels = channels;
       record->num_tokens = in.num_tokens;
       record->num_topk = shape.num_topk;
       record->num_experts = shape.num_experts;
-      record->num_ranks = R;
-      record->num_nodes = N;
-      record->topk_idx = impl.ordered_array<std::int64_t>(in.num_tokens * shape.num_topk, stream);
-      record->in_rank = impl.ordered_array<std::uint8_t>(in.num_tokens * R, stream);
+      record->topk_idx = impl.ordered_array<std::int64_t>(in.num_tokens * shape.num_topk, where);
+      record->in_rank = impl.ordered_array<std::uint8_t>(in.num_tokens * R, where);
       // Taken at the call: the routing the roles read cannot change under them.
       if (in.num_tokens > 0) {
         check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx,
@@ -598,8 +832,15 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
                               static_cast<std::size_t>(in.num_tokens) * R, cudaMemcpyDeviceToDevice, stream),
               "copy of the layout");
       }
-      record->counts = impl.ordered_array<std::int64_t>(3 * (R + N) * channels + 2, stream);
+      record->counts = impl.ordered_array<std::int64_t>(3 * (R + N) * channels + 2, where);
       record->counts->zero(stream);
+      auto totals = std::make_shared<RecordTotals>();
+      totals->device = impl.options.device;
+      totals->stream = stream;
+      totals->stream_owner = impl.owner_of(stream);
+      totals->words = record->totals();
+      totals->cacheable = !capture.active;
+      record->totals_state = std::move(totals);
     }
     RankLaunch& plan = plans[i];
     plan = impl.base_launch(static_cast<int>(i));
@@ -620,9 +861,13 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
     plan.dispatch.num_topk = record->num_topk;
     records[i] = std::move(record);
   }
+  // A captured operation's graph reads its records at every launch, whoever else lets go of them.
+  if (capture.active) {
+    for (const auto& record : records) impl.keeper.keep(record);
+  }
   if (cached == nullptr) {
     impl.launch(reinterpret_cast<const void*>(&notify_kernel), "notify", plans, KernelShape{}, 1,
-                kNotifyThreads, notify_shared_bytes(full), stream);
+                kNotifyThreads, notify_shared_bytes(full), stream, capture);
   }
   if (worst <= 0 && cached == nullptr) {
     impl.wait(stream, operation.number());  // the counts size the outputs
@@ -634,13 +879,15 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
   const bool with_topk = cached == nullptr;
   for (std::size_t i = 0; i < count; ++i) {
     DeviceRecord& record = *records[i];
+    // Known without reading here: sized by counts, this dispatch (or the one a cached dispatch repeats)
+    // waited for them.
     const std::int64_t rows = worst > 0 ? worst : record.num_recv();
     record.record_capacity = rows;
     record.fwd_capacity = worst > 0 ? L * worst : record.num_forwarded();
-    record.recv_src_rank = DeviceArray<std::int32_t>(rows, stream, true, stream_owner);
-    record.recv_src_token = DeviceArray<std::int32_t>(rows, stream, true, stream_owner);
-    record.fwd_token = DeviceArray<std::int32_t>(record.fwd_capacity, stream, true, stream_owner);
-    record.fwd_mask = DeviceArray<std::uint32_t>(record.fwd_capacity, stream, true, stream_owner);
+    record.recv_src_rank = DeviceArray<std::int32_t>(rows, where.stream, true, where.owner);
+    record.recv_src_token = DeviceArray<std::int32_t>(rows, where.stream, true, where.owner);
+    record.fwd_token = DeviceArray<std::int32_t>(record.fwd_capacity, where.stream, true, where.owner);
+    record.fwd_mask = DeviceArray<std::uint32_t>(record.fwd_capacity, where.stream, true, where.owner);
 
     struct Outputs {
       DeviceArray<std::byte> x;
@@ -649,43 +896,44 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
       DeviceArray<float> topk_weights;
     };
     auto outputs = std::make_shared<Outputs>();
-    DeviceOutputs where;
+    DeviceOutputs out;
     const std::int64_t scale_count =
         shape.kind == p::PayloadKind::fp8_e4m3 ? rows * p::scale_blocks(shape.hidden) : 0;
     const std::int64_t topk_count = with_topk ? rows * shape.num_topk : 0;
     if (inputs[i].allocate) {
-      where = inputs[i].allocate(rows);
+      out = inputs[i].allocate(rows);
     } else {
-      outputs->x = DeviceArray<std::byte>(rows * row_bytes, stream, true, stream_owner);
-      outputs->scales = DeviceArray<float>(scale_count, stream, true, stream_owner);
-      outputs->topk_idx = DeviceArray<std::int64_t>(topk_count, stream, true, stream_owner);
-      outputs->topk_weights = DeviceArray<float>(topk_count, stream, true, stream_owner);
-      where = {outputs->x.data(), outputs->scales.data(), outputs->topk_idx.data(),
-               outputs->topk_weights.data()};
+      outputs->x = DeviceArray<std::byte>(rows * row_bytes, where.stream, true, where.owner);
+      outputs->scales = DeviceArray<float>(scale_count, where.stream, true, where.owner);
+      outputs->topk_idx = DeviceArray<std::int64_t>(topk_count, where.stream, true, where.owner);
+      outputs->topk_weights = DeviceArray<float>(topk_count, where.stream, true, where.owner);
+      out = {outputs->x.data(), outputs->scales.data(), outputs->topk_idx.data(),
+             outputs->topk_weights.data()};
+      if (capture.active) impl.keeper.keep(outputs);
     }
     auto fill = [&](void* data, int value, std::size_t bytes, const char* what) {
       if (data != nullptr && bytes > 0) check(cudaMemsetAsync(data, value, bytes, stream), what);
     };
     if (worst <= 0 && impl.options.poison_outputs) {
-      fill(where.recv_x, 0xab, rows * row_bytes, "poison recv_x");
-      fill(where.recv_x_scales, 0xab, scale_count * sizeof(float), "poison recv_x_scales");
-      fill(where.recv_topk_idx, 0xab, topk_count * sizeof(std::int64_t), "poison recv_topk_idx");
-      fill(where.recv_topk_weights, 0xab, topk_count * sizeof(float), "poison recv_topk_weights");
+      fill(out.recv_x, 0xab, rows * row_bytes, "poison recv_x");
+      fill(out.recv_x_scales, 0xab, scale_count * sizeof(float), "poison recv_x_scales");
+      fill(out.recv_topk_idx, 0xab, topk_count * sizeof(std::int64_t), "poison recv_topk_idx");
+      fill(out.recv_topk_weights, 0xab, topk_count * sizeof(float), "poison recv_topk_weights");
     }
     if (worst > 0) {  // rows past the received ones read as zeros, their expert ids as -1
-      fill(where.recv_x, 0, rows * row_bytes, "zero recv_x");
-      fill(where.recv_x_scales, 0, scale_count * sizeof(float), "zero recv_x_scales");
-      fill(where.recv_topk_idx, 0xff, topk_count * sizeof(std::int64_t), "recv_topk_idx = -1");
-      fill(where.recv_topk_weights, 0, topk_count * sizeof(float), "zero recv_topk_weights");
+      fill(out.recv_x, 0, rows * row_bytes, "zero recv_x");
+      fill(out.recv_x_scales, 0, scale_count * sizeof(float), "zero recv_x_scales");
+      fill(out.recv_topk_idx, 0xff, topk_count * sizeof(std::int64_t), "recv_topk_idx = -1");
+      fill(out.recv_topk_weights, 0, topk_count * sizeof(float), "zero recv_topk_weights");
     }
     DeviceDispatchResult& result = results[i];
     result.storage = outputs;
-    result.recv_x = where.recv_x;
-    result.recv_x_scales = where.recv_x_scales;
-    result.recv_topk_idx = where.recv_topk_idx;
-    result.recv_topk_weights = where.recv_topk_weights;
+    result.recv_x = out.recv_x;
+    result.recv_x_scales = out.recv_x_scales;
+    result.recv_topk_idx = out.recv_topk_idx;
+    result.recv_topk_weights = out.recv_topk_weights;
     result.rows = rows;
-    result.num_recv = worst > 0 && cached == nullptr ? -1 : record.num_recv();
+    result.num_recv = worst > 0 ? -1 : record.num_recv();
     result.record = records[i];
 
     p::DispatchPlan& plan = plans[i].dispatch;
@@ -710,7 +958,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
   }
   const KernelShape kernel_shape = dispatch_shape(full, impl.options);
   impl.launch(reinterpret_cast<const void*>(&dispatch_kernel), "dispatch", plans, kernel_shape,
-              kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream);
+              kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream,
+              capture);
   return results;
 }
 
@@ -721,12 +970,20 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
   DeviceScope scope(impl.options.device);
   const std::size_t count = impl.ranks.size();
   if (inputs.size() != count) fail(Errc::invalid_argument, "DeviceEngine::combine: one input per rank");
+  for (const DeviceCombineInput& in : inputs) {
+    if (!in.record)
+      fail(Errc::invalid_argument, "DeviceEngine::combine: an input without its dispatch's record");
+  }
   impl.refuse_if_stopped();
-  Impl::Operation operation(impl, stream);
+  impl.keeper.collect();
+  const Capture capture = capture_of(stream);
+  const RelaxedCaptureMode relaxed(capture.active);
+  Impl::Operation operation(impl, stream, capture);
   std::vector<RankLaunch> plans(count);
   for (std::size_t i = 0; i < count; ++i) {
     const DeviceCombineInput& in = inputs[i];
     const DeviceRecord& record = *in.record;
+    if (capture.active) impl.keeper.keep(in.record);  // the graph reads it at every launch
     RankLaunch& launch = plans[i];
     launch = impl.base_launch(static_cast<int>(i));
     p::CombinePlan& plan = launch.combine;
@@ -748,7 +1005,8 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
   }
   const KernelShape kernel_shape = combine_shape(impl.layout.params.topo, impl.options);
   impl.launch(reinterpret_cast<const void*>(&combine_kernel), "combine", plans, kernel_shape,
-              kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream);
+              kernel_shape.blocks_per_rank, kernel_shape.threads, shared_bytes(kernel_shape), stream,
+              capture);
 }
 
 std::uint32_t DeviceEngine::last_operation() const {
@@ -777,6 +1035,12 @@ void DeviceEngine::finish(void* stream_handle, std::vector<DeviceDispatchResult>
   Impl& impl = *impl_;
   auto stream = static_cast<cudaStream_t>(stream_handle);
   DeviceScope scope(impl.options.device);
+  if (capture_of(stream).active) {
+    fail(
+        Errc::invalid_argument,
+        "DeviceEngine::finish waits on the host, and the stream is being captured into a CUDA graph: end the "
+        "capture, launch the graph, then finish on the stream it ran on");
+  }
   const std::uint32_t last = impl.operations;
   impl.wait(stream, last);
   impl.keeper.collect();
@@ -785,10 +1049,27 @@ void DeviceEngine::finish(void* stream_handle, std::vector<DeviceDispatchResult>
   for (DeviceDispatchResult& result : *results) result.num_recv = result.record->num_recv();
 }
 
+void DeviceEngine::wait_for(const std::function<bool()>& passed, const std::string& what) {
+  DeviceScope scope(impl_->options.device);
+  impl_->wait_until(passed, what);
+}
+
+std::int64_t DeviceEngine::received(const DeviceRecord& record) const {
+  DeviceScope scope(impl_->options.device);
+  return record.totals_state->read(impl_->own_stream)[0];
+}
+
+void DeviceEngine::read(void* host, const void* device, std::size_t bytes) const {
+  if (bytes == 0) return;
+  DeviceScope scope(impl_->options.device);
+  check(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, impl_->own_stream), "read back");
+  check(cudaStreamSynchronize(impl_->own_stream), "read back");
+}
+
 std::vector<DeviceTraffic> DeviceEngine::traffic() const {
   DeviceScope scope(impl_->options.device);
   const std::vector<p::Traffic> all =
-      read_back(impl_->traffic.data(), static_cast<std::int64_t>(3 * impl_->ranks.size()));
+      read_back(impl_->traffic.data(), static_cast<std::int64_t>(3 * impl_->ranks.size()), impl_->own_stream);
   std::vector<DeviceTraffic> per_rank(impl_->ranks.size());
   for (std::size_t i = 0; i < per_rank.size(); ++i)
     per_rank[i] = {all[3 * i], all[3 * i + 1], all[3 * i + 2]};

@@ -77,6 +77,17 @@ __device__ __forceinline__ void store_stream(int4* address, int4 value) {
                : "memory");
 }
 
+// ---- the heartbeat ----
+
+// The executor's abort word and its heartbeat share one allocation of device memory (kAbortWords words):
+// word 0 is the abort word, words 2-3 the heartbeat, the globaltimer of the latest progress any role of the
+// executor made (rounded to windows of 2^kHeartbeatShift ns).
+inline constexpr int kAbortWords = 4;
+inline constexpr int kHeartbeatShift = 20;  // ~1.05 ms
+__host__ __device__ inline std::uint64_t* heartbeat_word(std::uint32_t* abort) {
+  return reinterpret_cast<std::uint64_t*>(abort + 2);
+}
+
 // ---- a role group ----
 
 // `threads` consecutive threads of the block (whole warps) from `first`, synchronised by named barrier
@@ -303,10 +314,29 @@ class DeviceIo {
   __device__ p::Traffic& traffic() { return traffic_; }
 
   __device__ std::uint64_t now() { return broadcast(leader() ? global_time_ns() : 0); }
+  // Asked only while the role is stuck. Besides the executor's abort word, the leader of a group with a
+  // command ring reads the ring's error word: a proxy that failed (its fabric died) is reported at once as
+  // the proxy's error, not later as this role's timeout (post() reads it only while the ring is full).
   __device__ bool aborted() {
     std::uint64_t stop = 0;
-    if (leader()) stop = (proxy_failed_ || *reinterpret_cast<volatile std::uint32_t*>(abort_) != 0) ? 1 : 0;
+    if (leader()) {
+      if (!proxy_failed_ && port_.present) {
+        const std::uint32_t error = load_acquire_sys(&port_.ring.control->error);
+        if (error != 0) {
+          proxy_failed_ = true;
+          proxy_error_ = error;
+        }
+      }
+      stop = (proxy_failed_ || *reinterpret_cast<volatile std::uint32_t*>(abort_) != 0) ? 1 : 0;
+    }
     return broadcast(stop) != 0;
+  }
+  // The role made progress at `now` (its previous progress at `before`): the leader bumps the executor's
+  // heartbeat (device memory beside the abort word, which the host reads to tell a slow operation from a
+  // stuck one) at most once per ~1 ms window of globaltimer, so the hot path costs a compare.
+  __device__ void progressed(std::uint64_t before, std::uint64_t now) const {
+    if (leader() && ((before ^ now) >> kHeartbeatShift) != 0)
+      *reinterpret_cast<volatile std::uint64_t*>(heartbeat_word(abort_)) = now;
   }
   __device__ static void pause(unsigned attempt) {
     const unsigned shift = attempt < 7 ? attempt : 7;

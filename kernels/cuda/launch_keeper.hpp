@@ -2,7 +2,8 @@
 // launch plans and the pinned staging buffer they are copied from (a cudaMemcpyAsync reads it when the stream
 // gets there, which may be long after the call returned, behind earlier operations). An operation lets go
 // only when its OWN completion says so; a staging buffer goes back to the pool only then, so a later launch
-// never rewrites pinned memory that a queued copy has yet to read.
+// never rewrites pinned memory that a queued copy has yet to read. An operation captured into a CUDA graph
+// completes when the graph lets go of it (every launch of the graph reads what it holds).
 //
 // Plain C++ (no CUDA types): the engine (device_engine.cu) gives each operation a completion test that asks
 // its CUDA event; tests/unit/test_device_bookkeeping.cpp drives it with fake completions. Thread-safe:
@@ -105,6 +106,16 @@ class LaunchKeeper {
   std::size_t operations_held() const {
     std::lock_guard lock(mutex_);
     return operations_.size();
+  }
+  // Held operations that can still complete (ended with a completion test): what is worth waiting for. One
+  // ended without a test is held until release_all() or the keeper goes.
+  std::size_t awaiting() const {
+    std::lock_guard lock(mutex_);
+    std::size_t count = 0;
+    for (const Operation& operation : operations_) {
+      if (operation.ended && operation.completed) ++count;
+    }
+    return count;
   }
   std::size_t staging_buffers() const {
     std::lock_guard lock(mutex_);

@@ -273,9 +273,9 @@ BufferTraffic Buffer::traffic() const {
   return impl_->traffic;
 }
 
-Layout Buffer::get_layout(const TensorView& topk_idx, std::int64_t num_experts) const {
+Layout Buffer::get_layout(const TensorView& topk_idx, std::int64_t num_experts, void* stream) const {
   if (impl_->device_backend && topk_idx.device() == Device::cuda) {
-    return impl_->device_backend->layout(topk_idx, num_experts, impl_->config.max_nodes);
+    return impl_->device_backend->layout(topk_idx, num_experts, impl_->config.max_nodes, stream);
   }
   return compute_layout(topk_idx, num_experts, num_ranks(), local_size(), impl_->config.max_nodes);
 }

@@ -2,7 +2,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <chrono>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -61,6 +60,29 @@ void require_device(const TensorView& view, const char* name) {
 using transport::detail::DeviceEvent;
 using transport::detail::DeviceScope;
 
+// A CUDA Buffer's operations cannot go into a CUDA graph: their Events, results and failures are settled on
+// the host, and a dispatch sized by its counts waits for them there. Refused by name before anything is
+// enqueued (the Buffer stays usable), rather than left to break the capture or to fail in wait().
+void refuse_capture(void* caller, const char* operation) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t error = cudaStreamIsCapturing(static_cast<cudaStream_t>(caller), &status);
+  if (error == cudaErrorStreamCaptureImplicit) {
+    fail(Errc::unsupported,
+         std::string("Buffer::") + operation +
+             ": on the legacy default stream while a blocking stream is being captured into a "
+             "CUDA graph (the legacy stream would join that capture and break it): pass a "
+             "stream of your own, or issue it outside the capture");
+  }
+  check(error, "cudaStreamIsCapturing");
+  if (status != cudaStreamCaptureStatusNone) {
+    fail(Errc::unsupported,
+         std::string("Buffer::") + operation +
+             ": the caller's stream is being captured into a CUDA graph, and a CUDA Buffer's "
+             "operations cannot be captured (their Events and results are settled on the "
+             "host): issue them outside the capture");
+  }
+}
+
 // Device tensors the Buffer returns: kept for reuse up to this many bytes (device_block_cache.hpp).
 constexpr std::size_t kCachedOutputBytes = std::size_t{2} << 30;
 
@@ -78,6 +100,20 @@ std::shared_ptr<CUstream_st> make_stream(int gpu) {
     DeviceScope scope(gpu, std::nothrow);
     cudaStreamDestroy(done);
   });
+}
+
+// How many ranks of the job run on GPU `gpu` itself: threads of this process, other processes (MPS), other
+// emulated nodes of this machine. Their blocks run beside ours and must all fit at once. Compared by the
+// GPU's UUID, which every process sees the same whatever its CUDA_VISIBLE_DEVICES. Collective.
+int ranks_sharing_gpu(Group& group, int gpu) {
+  cudaDeviceProp properties{};
+  check(cudaGetDeviceProperties(&properties, gpu), "cudaGetDeviceProperties");
+  const auto* uuid = reinterpret_cast<const std::uint8_t*>(&properties.uuid);
+  const std::vector<std::uint8_t> mine(uuid, uuid + sizeof(properties.uuid));
+  int sharing = 0;
+  for (const std::vector<std::uint8_t>& other : group.all_gather("ferry/buffer/gpu-uuid", mine))
+    sharing += other == mine ? 1 : 0;
+  return sharing;
 }
 
 }  // namespace
@@ -161,12 +197,7 @@ struct DeviceBackend::Impl {
 class DeviceOpCompletion final : public DeviceCompletion {
  public:
   DeviceOpCompletion(DeviceBackend::Impl& impl, std::uint32_t operation, std::function<void()> after)
-      : impl_(&impl),
-        gpu_(impl.gpu),
-        timeout_(impl.config.timeout),
-        operation_(operation),
-        event_(impl.gpu),
-        after_(std::move(after)) {
+      : impl_(&impl), gpu_(impl.gpu), operation_(operation), event_(impl.gpu), after_(std::move(after)) {
     event_.record(impl.stream);
   }
 
@@ -211,16 +242,16 @@ class DeviceOpCompletion final : public DeviceCompletion {
   }
 
  private:
+  // As long as the kernels progress (the engine watches their heartbeat): a long operation is no timeout.
   void wait_event() {
-    Deadline deadline(timeout_ * 2 + std::chrono::seconds(10));
-    Backoff backoff;
-    while (true) {
-      const cudaError_t status = cudaEventQuery(event_.get());
-      if (status == cudaSuccess) return;
-      if (status != cudaErrorNotReady) check(status, "an operation's kernels");
-      if (deadline.expired()) fail(Errc::timeout, "cuda: an operation's kernels did not finish in time");
-      backoff.pause();
-    }
+    impl_->engine->wait_for(
+        [this] {
+          const cudaError_t status = cudaEventQuery(event_.get());
+          if (status == cudaSuccess) return true;
+          if (status != cudaErrorNotReady) check(status, "an operation's kernels");
+          return false;
+        },
+        "an operation's kernels");
   }
 
   void settle_locked() {
@@ -251,7 +282,6 @@ class DeviceOpCompletion final : public DeviceCompletion {
 
   DeviceBackend::Impl* impl_;  // until settled
   int gpu_;
-  Duration timeout_;
   std::uint32_t operation_;
   DeviceEvent event_;
   std::function<void()> after_;
@@ -321,7 +351,7 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   DeviceScope scope(impl.gpu);
   impl.stream_owner = make_stream(impl.gpu);
   impl.stream = impl.stream_owner.get();
-  impl.outputs = detail::make_device_block_cache(impl.gpu, kCachedOutputBytes);
+  impl.outputs = detail::make_device_block_cache(impl.gpu, kCachedOutputBytes, impl.stream_owner);
 
   const transport::Peers peers = runtime::group_peers(group, config.timeout);
   impl.memory = transport::make_cuda_ipc_peer_memory(peers, bytes, impl.gpu, "ferry-buffer");
@@ -336,6 +366,7 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   options.rdma_chunk = config.rdma_chunk;
   options.nvl_chunk = config.nvl_chunk;
   options.timeout = config.timeout;
+  options.other_ranks_on_device = ranks_sharing_gpu(group, impl.gpu) - 1;
   if (group.num_nodes() > 1) {
     transport::FabricOptions fabric_options;
     fabric_options.kind = transport::fabric_kind_from_env();
@@ -383,11 +414,14 @@ DeviceBackend::~DeviceBackend() {
   impl.stream_owner.reset();
 }
 
-Layout DeviceBackend::layout(const TensorView& topk_idx, std::int64_t num_experts, int max_nodes) {
+Layout DeviceBackend::layout(const TensorView& topk_idx, std::int64_t num_experts, int max_nodes,
+                             void* caller) {
   Impl& impl = *impl_;
   if (topk_idx.dim() != 2 || topk_idx.dtype() != DType::int64 || topk_idx.device() != Device::cuda) {
     fail(Errc::invalid_argument, "topk_idx must be a [T, K] int64 device tensor, not " + topk_idx.describe());
   }
+  DeviceScope scope(impl.gpu);
+  refuse_capture(caller, "get_layout");
   const int R = impl.group.world_size();
   const int L = impl.group.local_size();
   Layout layout;
@@ -396,30 +430,33 @@ Layout DeviceBackend::layout(const TensorView& topk_idx, std::int64_t num_expert
   layout.num_experts = num_experts;
   layout.num_ranks = R;
   layout.local_size = L;
-  DeviceScope scope(impl.gpu);
   Tensor per_rank = impl.device_tensor({R}, DType::int64);
   Tensor per_node = impl.device_tensor({R / L}, DType::int64);
   Tensor per_expert = impl.device_tensor({num_experts}, DType::int64);
   layout.is_token_in_rank_device = impl.device_tensor({layout.num_tokens, R}, DType::uint8);
-  impl.follow(nullptr);  // topk_idx was written on the caller's side: the default stream's work comes first
+  impl.follow(caller);  // topk_idx was written on the caller's stream: its work so far comes first
   impl.layouts->compute(
       topk_idx.data_as<const std::int64_t>(), layout.num_tokens, layout.num_topk, num_experts, R, L,
       max_nodes,
       {per_rank.data_as<std::int64_t>(), per_node.data_as<std::int64_t>(), per_expert.data_as<std::int64_t>(),
        layout.is_token_in_rank_device.data_as<std::uint8_t>()},
       impl.stream);
-  check(cudaStreamSynchronize(impl.stream), "the layout kernel");
-  impl.layouts->check();
+  // The counts in the stream's order (a legacy-stream copy would not wait for the Buffer's non-blocking
+  // stream, and would wait for every blocking stream of the process).
   layout.tokens_per_rank.resize(R);
   layout.tokens_per_node.resize(R / L);
   layout.tokens_per_expert.resize(num_experts);
-  check(cudaMemcpy(layout.tokens_per_rank.data(), per_rank.data(), 8 * R, cudaMemcpyDeviceToHost),
-        "layout counts");
-  check(cudaMemcpy(layout.tokens_per_node.data(), per_node.data(), 8 * (R / L), cudaMemcpyDeviceToHost),
-        "layout counts");
-  check(
-      cudaMemcpy(layout.tokens_per_expert.data(), per_expert.data(), 8 * num_experts, cudaMemcpyDeviceToHost),
-      "layout counts");
+  auto read = [&](std::vector<std::int64_t>& host, const Tensor& device) {
+    if (host.empty()) return;
+    check(cudaMemcpyAsync(host.data(), device.data(), sizeof(std::int64_t) * host.size(),
+                          cudaMemcpyDeviceToHost, impl.stream),
+          "layout counts");
+  };
+  read(layout.tokens_per_rank, per_rank);
+  read(layout.tokens_per_node, per_node);
+  read(layout.tokens_per_expert, per_expert);
+  check(cudaStreamSynchronize(impl.stream), "the layout kernel");
+  impl.layouts->check();
   return layout;
 }
 
@@ -433,6 +470,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
     require_device(*view, name);
   }
   DeviceScope scope(impl.gpu);
+  refuse_capture(options.stream, "dispatch");
   if (std::optional<Event> refused = impl.refused()) return {*refused, std::make_shared<DispatchResult>()};
   const std::int64_t T = inputs.x.size(0);
   const std::int64_t H = inputs.x.size(1);
@@ -484,8 +522,11 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   const int rank = impl.group.rank();
   const std::int64_t experts_per_rank = layout.num_experts / R;
   const int alignment = options.expert_alignment;
-  auto finish = [result, device, in_rank, worst, rank, experts_per_rank, alignment, K] {
-    const std::int64_t received = kc::device_num_recv(*device->record);
+  kc::DeviceEngine* engine = impl.engine.get();  // `finish` runs before the engine goes (settled first)
+  // Runs once the dispatch's event has passed: reads on the engine's own stream, not behind the operations
+  // queued after this one on the Buffer's stream (nor on the legacy stream, behind the caller's work).
+  auto finish = [result, device, in_rank, worst, rank, experts_per_rank, alignment, K, engine] {
+    const std::int64_t received = engine->received(*device->record);
     if (worst > 0 && received > worst) {
       fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " received " + std::to_string(received) +
                                        " tokens but num_worst_tokens is " + std::to_string(worst) +
@@ -494,10 +535,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
     result->num_recv_tokens = received;
     // tokens_per_local_expert from the received ids, on the host (small: rows x K).
     std::vector<std::int64_t> ids(static_cast<std::size_t>(received) * K);
-    if (!ids.empty()) {
-      check(cudaMemcpy(ids.data(), result->recv_topk_idx.data(), ids.size() * 8, cudaMemcpyDeviceToHost),
-            "recv_topk_idx");
-    }
+    engine->read(ids.data(), result->recv_topk_idx.data(), ids.size() * sizeof(std::int64_t));
     result->tokens_per_local_expert.assign(experts_per_rank, 0);
     for (std::int64_t id : ids) {
       if (id >= 0 && id < experts_per_rank) ++result->tokens_per_local_expert[id];
@@ -524,6 +562,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   require_device(x_scales, "x_scales");
   if (!handle.device_record_) fail(Errc::invalid_argument, "the handle is not a CUDA Buffer's");
   DeviceScope scope(impl.gpu);
+  refuse_capture(options.stream, "dispatch");
   if (std::optional<Event> refused = impl.refused()) return {*refused, std::make_shared<DispatchResult>()};
   impl.follow(options.stream);
   auto result = std::make_shared<DispatchResult>();
@@ -541,7 +580,8 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   shape.rdma_chunk = settings.rdma_chunk;
   shape.nvl_chunk = settings.nvl_chunk;
   shape.fingerprint = settings.fingerprint;
-  shape.num_worst_tokens = handle.recv_rows() > handle.num_recv_ ? handle.recv_rows() : 0;
+  // The rows are the handle's dispatch's (the engine takes its sizing from the record): right whether or
+  // not that dispatch's Event has been waited for (handle.num_recv_ is set only then).
   const std::vector<std::shared_ptr<kc::DeviceRecord>> records = {handle.device_record_};
   std::vector<kc::DeviceDispatchResult> results;
   if (std::optional<Event> failed =
@@ -550,9 +590,17 @@ Pending<DispatchResult> DeviceBackend::dispatch(const TensorView& x, const Tenso
   }
   auto device = std::make_shared<kc::DeviceDispatchResult>(std::move(results[0]));
   result->handle = handle;
-  result->num_recv_tokens = handle.num_recv_;
+  // Known now when the handle's dispatch was sized by its counts; for worst-case sizing, once this one ran.
+  result->num_recv_tokens = device->num_recv;
+  result->handle.num_recv_ = device->num_recv;
   if (options.on_allocated) options.on_allocated(*result);
-  return {impl.track([device] {}), result};
+  kc::DeviceEngine* engine = impl.engine.get();
+  return {impl.track([result, device, engine] {
+            const std::int64_t received = engine->received(*device->record);
+            result->num_recv_tokens = received;
+            result->handle.num_recv_ = received;
+          }),
+          result};
 }
 
 Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle& handle,
@@ -564,6 +612,7 @@ Pending<CombineResult> DeviceBackend::combine(const TensorView& y, const Handle&
   require_device(options.bias, "bias");
   if (!handle.device_record_) fail(Errc::invalid_argument, "the handle is not a CUDA Buffer's");
   DeviceScope scope(impl.gpu);
+  refuse_capture(options.stream, "combine");
   if (std::optional<Event> refused = impl.refused()) return {*refused, std::make_shared<CombineResult>()};
   impl.follow(options.stream);
   auto result = std::make_shared<CombineResult>();

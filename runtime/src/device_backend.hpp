@@ -23,7 +23,9 @@ class DeviceBackend {
   DeviceBackend(const DeviceBackend&) = delete;
   DeviceBackend& operator=(const DeviceBackend&) = delete;
 
-  Layout layout(const TensorView& topk_idx, std::int64_t num_experts, int max_nodes);
+  // The layout kernel runs on the Buffer's stream after the work already enqueued on `stream` (the caller's
+  // cudaStream_t; nullptr: the legacy default stream).
+  Layout layout(const TensorView& topk_idx, std::int64_t num_experts, int max_nodes, void* stream);
   Pending<DispatchResult> dispatch(const DispatchInputs& inputs, const Layout& layout,
                                    const DispatchOptions& options, const kernels::host::OpSettings& settings);
   Pending<DispatchResult> dispatch(const TensorView& x, const TensorView& x_scales, const Handle& handle,

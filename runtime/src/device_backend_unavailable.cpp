@@ -16,7 +16,7 @@ DeviceBackend::DeviceBackend(Group&, const Config&, const kernels::protocol::Buf
   no_cuda();
 }
 DeviceBackend::~DeviceBackend() = default;
-Layout DeviceBackend::layout(const TensorView&, std::int64_t, int) {
+Layout DeviceBackend::layout(const TensorView&, std::int64_t, int, void*) {
   no_cuda();
 }
 Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs&, const Layout&, const DispatchOptions&,

@@ -64,7 +64,7 @@ void* DeviceBlockCache::take_cached(std::size_t capacity, Stream stream) {
 std::shared_ptr<std::byte> DeviceBlockCache::allocate(std::size_t bytes, Stream stream) {
   const std::size_t capacity = size_class(bytes);
   if (void* block = take_cached(capacity, stream)) return wrap(block, capacity, stream);
-  void* block = api_->allocate(capacity);
+  void* block = api_->allocate(capacity, stream);
   std::size_t emptied = 0;
   if (block == nullptr) {  // the device is full: give back everything cached and try again
     std::vector<Cached> all;
@@ -75,7 +75,7 @@ std::shared_ptr<std::byte> DeviceBlockCache::allocate(std::size_t bytes, Stream 
       stats_.cached_bytes = 0;
     }
     release(all);
-    block = api_->allocate(capacity);
+    block = api_->allocate(capacity, stream);
   }
   if (block == nullptr) {
     fail(Errc::system, "out of device memory: no block of " + std::to_string(capacity) + " bytes (for " +
@@ -117,7 +117,7 @@ void DeviceBlockCache::give_back(void* block, std::size_t capacity, Stream strea
 void DeviceBlockCache::release(std::vector<Cached>& blocks) noexcept {
   for (const Cached& cached : blocks) {
     if (cached.marker != nullptr) api_->forget(cached.marker);
-    api_->release(cached.block);
+    api_->release(cached.block, cached.stream);
   }
   std::lock_guard lock(mutex_);
   stats_.releases += blocks.size();

@@ -1,13 +1,16 @@
 // Recycled device memory for the tensors a CUDA Buffer returns (recv_x, combine's out, the layout's arrays).
-// cudaMalloc per call is slow and cudaFree synchronises the whole device; like a framework's caching
-// allocator, freed blocks are kept and handed out again, stream-ordered:
+// cudaMalloc per call is slow and cudaFree synchronises the whole device (with ranks of one process sharing a
+// GPU, a rank's thread would wait in it for another rank's kernel, which waits for this rank: a deadlock
+// until the timeout); like a framework's caching allocator, freed blocks are kept and handed out again, and
+// memory comes from and goes back to the device in stream order (cudaMallocAsync, cudaFreeAsync on the
+// block's stream: nothing here ever synchronises the device):
 //   - a block is used on the stream it was allocated for; when its last reference goes it is cached with a
 //     marker (an event recorded on that stream then);
 //   - for the same stream it is reusable at once (the stream runs the new work after the old);
 //   - for another stream only once the marker has passed;
-//   - at most `limit` bytes stay cached: past it the oldest cached blocks are released; when the device is
-//   out
-//     of memory every cached block is released and the allocation tried again;
+//   - at most `limit` bytes stay cached: past it the oldest cached blocks are released (in their stream's
+//     order); when the device is out of memory every cached block is released and the allocation tried
+//     again;
 //   - close() (the Buffer goes) releases what is cached; blocks still held by tensors are released when their
 //     last reference goes (the deleter keeps the cache object alive, never the Buffer).
 // Work on OTHER streams that reads a tensor is the caller's to order: drop a tensor only after that work, or
@@ -32,9 +35,11 @@ class DeviceMemoryApi {
   using Marker = void*;  // a CUDA event
 
   virtual ~DeviceMemoryApi() = default;
-  virtual void* allocate(
-      std::size_t bytes) = 0;  // nullptr when the device is out of memory; throws otherwise
-  virtual void release(void* block) noexcept = 0;
+  // For work on `stream` (usable there at once); nullptr when the device is out of memory; throws otherwise.
+  virtual void* allocate(std::size_t bytes, Stream stream) = 0;
+  // Back to the device in `stream`'s order (after the work already enqueued there), the stream the block
+  // was allocated for: never a device-wide synchronisation.
+  virtual void release(void* block, Stream stream) noexcept = 0;
   virtual Marker mark(Stream stream) noexcept = 0;  // recorded on `stream` now; nullptr when that failed
   virtual bool passed(Marker marker) noexcept = 0;
   virtual void forget(Marker marker) noexcept = 0;
@@ -84,7 +89,7 @@ class DeviceBlockCache : public std::enable_shared_from_this<DeviceBlockCache> {
   std::shared_ptr<std::byte> wrap(void* block, std::size_t capacity, Stream stream);
   void give_back(void* block, std::size_t capacity, Stream stream) noexcept;
   void* take_cached(std::size_t capacity, Stream stream);
-  void release(std::vector<Cached>& blocks) noexcept;  // outside the lock: cudaFree synchronises the device
+  void release(std::vector<Cached>& blocks) noexcept;  // outside the lock (CUDA calls)
 
   std::unique_ptr<DeviceMemoryApi> api_;
   const std::size_t limit_;
@@ -96,7 +101,9 @@ class DeviceBlockCache : public std::enable_shared_from_this<DeviceBlockCache> {
 };
 
 // The cache of device `device` with the real CUDA calls (device_memory.cpp); every call on that device
-// (DeviceScope). Throws Errc::unsupported in builds without CUDA.
-std::shared_ptr<DeviceBlockCache> make_device_block_cache(int device, std::size_t limit);
+// (DeviceScope). `streams_owner` keeps alive the streams its blocks are used on (a block given back after the
+// Buffer has gone is still freed in its stream's order). Throws Errc::unsupported in builds without CUDA.
+std::shared_ptr<DeviceBlockCache> make_device_block_cache(int device, std::size_t limit,
+                                                          std::shared_ptr<void> streams_owner);
 
 }  // namespace ferry::detail

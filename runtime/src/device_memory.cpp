@@ -1,6 +1,9 @@
-// Device memory for ferry's tensors (the CUDA executor's outputs): plain blocks for Tensor(...,
-// Device::cuda), and the CUDA calls behind a Buffer's block cache (device_block_cache.hpp). Built in every
-// configuration: without CUDA it says so.
+// Device memory for ferry's tensors: blocks for Tensor(..., Device::cuda), and the CUDA calls behind a
+// Buffer's block cache (device_block_cache.hpp). Both are stream-ordered (cudaMallocAsync, cudaFreeAsync):
+// cudaFree synchronises the whole device, and with ranks of one process sharing a GPU a rank's thread would
+// wait in it for another rank's kernel, which waits for this rank. Built in every configuration: without
+// CUDA it says so.
+#include <memory>
 #include <string>
 
 #include "device_block_cache.hpp"
@@ -10,6 +13,8 @@
 #if defined(FERRY_HAVE_CUDA)
 #include <cuda_runtime_api.h>
 
+#include <map>
+#include <mutex>
 #include <new>
 
 #include "ferry/transport/cuda_check.hpp"
@@ -18,51 +23,76 @@
 namespace ferry::detail {
 
 #if defined(FERRY_HAVE_CUDA)
-std::byte* allocate_device_bytes(std::size_t bytes, bool zero) {
-  void* memory = nullptr;
-  if (cudaError_t status = cudaMalloc(&memory, bytes); status != cudaSuccess) {
-    fail(Errc::system,
-         "cudaMalloc(" + std::to_string(bytes) + " bytes) for a device tensor: " + cudaGetErrorName(status));
-  }
-  if (zero) {
-    if (cudaError_t status = cudaMemset(memory, 0, bytes); status != cudaSuccess) {
-      cudaFree(memory);
-      fail(Errc::system, std::string("cudaMemset for a device tensor: ") + cudaGetErrorName(status));
-    }
-  }
-  return static_cast<std::byte*>(memory);
+namespace {
+
+using transport::detail::check_cuda;
+using transport::detail::DeviceScope;
+
+// The stream ferry's own device tensors are allocated and freed in, one per device: non-blocking, and only
+// ever given allocations, zeroing and frees, so neither waits behind anyone's kernels. Created on first use
+// and never destroyed (a tensor may be dropped at any moment until the process ends).
+cudaStream_t tensor_stream(int device) {
+  static std::mutex mutex;
+  static auto* streams = new std::map<int, cudaStream_t>();  // never destroyed, as the streams
+  std::lock_guard lock(mutex);
+  if (auto it = streams->find(device); it != streams->end()) return it->second;
+  cudaStream_t stream = nullptr;
+  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+             "cudaStreamCreateWithFlags for device tensors on device " + std::to_string(device));
+  streams->emplace(device, stream);
+  return stream;
 }
 
-void free_device_bytes(std::byte* block) {
-  cudaFree(block);
+}  // namespace
+
+std::shared_ptr<std::byte> allocate_device_block(std::size_t bytes, bool zero) {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  const cudaStream_t stream = tensor_stream(device);
+  void* memory = nullptr;
+  if (cudaError_t status = cudaMallocAsync(&memory, bytes, stream); status != cudaSuccess) {
+    if (status == cudaErrorMemoryAllocation)
+      cudaGetLastError();  // reported here, not by the caller's next call
+    fail(Errc::system, "cudaMallocAsync(" + std::to_string(bytes) +
+                           " bytes) for a device tensor: " + cudaGetErrorName(status));
+  }
+  // Freed in the tensor stream's order: the pool may hand the memory out again at once, so work that reads a
+  // tensor on another stream must be finished before its last copy is dropped (as with a framework's
+  // caching allocator).
+  std::shared_ptr<std::byte> block(static_cast<std::byte*>(memory), [device, stream](std::byte* done) {
+    DeviceScope scope(device, std::nothrow);
+    cudaFreeAsync(done, stream);
+  });
+  if (zero) check_cuda(cudaMemsetAsync(memory, 0, bytes, stream), "cudaMemsetAsync for a device tensor");
+  // Usable on any stream once the host has seen the allocation (and the zeros) done: only this stream waits.
+  check_cuda(cudaStreamSynchronize(stream), "a device tensor's allocation");
+  return block;
 }
 
 namespace {
 
-using transport::detail::DeviceScope;
-
 // Every call on the cache's device, whichever thread makes it (a tensor's last reference may go anywhere).
 class CudaMemoryApi final : public DeviceMemoryApi {
  public:
-  explicit CudaMemoryApi(int device) : device_(device) {}
+  CudaMemoryApi(int device, std::shared_ptr<void> streams_owner)
+      : device_(device), streams_owner_(std::move(streams_owner)) {}
 
-  void* allocate(std::size_t bytes) override {
+  void* allocate(std::size_t bytes, Stream stream) override {
     DeviceScope scope(device_);
     void* memory = nullptr;
-    const cudaError_t status = cudaMalloc(&memory, bytes);
+    const cudaError_t status = cudaMallocAsync(&memory, bytes, static_cast<cudaStream_t>(stream));
     if (status == cudaErrorMemoryAllocation) {
       // Handled (the cache empties itself and tries again): clear it, or the caller's next
       // cudaGetLastError would report it as its own.
       cudaGetLastError();
       return nullptr;
     }
-    transport::detail::check_cuda(status,
-                                  "cudaMalloc(" + std::to_string(bytes) + " bytes) for a device tensor");
+    check_cuda(status, "cudaMallocAsync(" + std::to_string(bytes) + " bytes) for a device tensor");
     return memory;
   }
-  void release(void* block) noexcept override {
+  void release(void* block, Stream stream) noexcept override {
     DeviceScope scope(device_, std::nothrow);
-    cudaFree(block);  // synchronises the device: what used the block has finished
+    cudaFreeAsync(block, static_cast<cudaStream_t>(stream));  // after what the stream still does with it
   }
   Marker mark(Stream stream) noexcept override {
     DeviceScope scope(device_, std::nothrow);
@@ -85,19 +115,20 @@ class CudaMemoryApi final : public DeviceMemoryApi {
 
  private:
   int device_;
+  std::shared_ptr<void> streams_owner_;  // the streams blocks are released on outlive every block
 };
 
 }  // namespace
 
-std::shared_ptr<DeviceBlockCache> make_device_block_cache(int device, std::size_t limit) {
-  return DeviceBlockCache::create(std::make_unique<CudaMemoryApi>(device), limit);
+std::shared_ptr<DeviceBlockCache> make_device_block_cache(int device, std::size_t limit,
+                                                          std::shared_ptr<void> streams_owner) {
+  return DeviceBlockCache::create(std::make_unique<CudaMemoryApi>(device, std::move(streams_owner)), limit);
 }
 #else
-std::byte* allocate_device_bytes(std::size_t, bool) {
+std::shared_ptr<std::byte> allocate_device_block(std::size_t, bool) {
   fail(Errc::unsupported, "a device tensor in a build of ferry without CUDA");
 }
-void free_device_bytes(std::byte*) {}
-std::shared_ptr<DeviceBlockCache> make_device_block_cache(int, std::size_t) {
+std::shared_ptr<DeviceBlockCache> make_device_block_cache(int, std::size_t, std::shared_ptr<void>) {
   fail(Errc::unsupported, "device memory in a build of ferry without CUDA");
 }
 #endif

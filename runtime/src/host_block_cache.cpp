@@ -88,10 +88,6 @@ class BlockCache {
 
 void HostBlockDeleter::operator()(std::byte* block) const {
   if (block == nullptr) return;
-  if (device == Device::cuda) {
-    free_device_bytes(block);
-    return;
-  }
   if (capacity == 0) {
     ::operator delete[](block, std::align_val_t{kAlignment});
     return;

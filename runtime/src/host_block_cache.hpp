@@ -16,9 +16,9 @@ using HostBlock = std::unique_ptr<std::byte[], HostBlockDeleter>;
 // At least `bytes` bytes (>= 1), aligned to 64 bytes, contents unspecified.
 HostBlock allocate_host_block(std::size_t bytes);
 
-// `bytes` of device memory on the current CUDA device (zeroed when asked), freed by HostBlockDeleter with
-// device == cuda; throws Errc::unsupported in builds without CUDA (device_memory.cpp).
-std::byte* allocate_device_bytes(std::size_t bytes, bool zero);
-void free_device_bytes(std::byte* block);
+// `bytes` of device memory on the current CUDA device (zeroed when asked), usable on any stream when this
+// returns, freed by the last reference in stream order (never a device-wide synchronisation); throws
+// Errc::unsupported in builds without CUDA (device_memory.cpp).
+std::shared_ptr<std::byte> allocate_device_block(std::size_t bytes, bool zero);
 
 }  // namespace ferry::detail

@@ -80,8 +80,7 @@ Tensor::Tensor(std::initializer_list<std::int64_t> shape, DType dtype, Init init
   // One byte at least, so even an empty tensor has a valid data pointer.
   std::size_t bytes = view_.bytes() > 0 ? view_.bytes() : 1;
   if (device == Device::cuda) {
-    storage_ = std::shared_ptr<std::byte>(detail::allocate_device_bytes(bytes, init == Init::zeros),
-                                          detail::HostBlockDeleter{0, Device::cuda});
+    storage_ = detail::allocate_device_block(bytes, init == Init::zeros);
   } else {
     detail::HostBlock block = detail::allocate_host_block(bytes);
     const detail::HostBlockDeleter deleter = block.get_deleter();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -125,8 +126,9 @@ struct Round {
   DType dtype = DType::bf16;
   bool worst = false;        // worst-case sizing (num_worst_tokens = the most any rank receives + 3)
   bool overflow = false;     // num_worst_tokens one short of the most any rank receives
-  bool user_stream = false;  // inputs uploaded and results read on the caller's stream
+  bool user_stream = false;  // inputs uploaded, the layout computed and results read on the caller's stream
   int alignment = 1;
+  bool cached_early = false;  // the cached dispatch issued from on_allocated's handle, before the first waits
 };
 
 class Checker {
@@ -146,14 +148,17 @@ class Checker {
   BufferCheckResult run() {
     Buffer buffer(group_, config_, Device::cuda);
     const Round rounds[] = {
-        {DType::bf16, false, false, true, 1},
-        {DType::fp8_e4m3, false, false, false, 1},
-        {DType::fp32, true, false, false, 4},
-        {DType::bf16, false, true, false, 1},
+        {DType::bf16, false, false, true, 1, false},
+        {DType::fp8_e4m3, false, false, false, 1, false},
+        {DType::fp32, true, false, false, 4, true},
+        {DType::bf16, false, true, false, 1, false},
     };
     for (int round = 0; round < static_cast<int>(std::size(rounds)); ++round) {
       round_ = round;
       run_round(buffer, rounds[round]);
+      // Every rank past its round before any drops the round's tensors: ranks that are threads of one
+      // process share the GPU, and nothing one frees may race the other's operations.
+      group_.barrier("gpu-buffer-checks/round-end");
     }
     check_refusals(buffer);
     return result_;
@@ -205,19 +210,35 @@ class Checker {
     const Layout host_layout =
         compute_layout(TensorView(data.topk.data(), {data.num_tokens, scenario.num_topk}, DType::int64),
                        scenario.num_experts, group_.world_size(), group_.local_size(), config_.max_nodes);
-    if (user != nullptr) cuda_check(cudaStreamSynchronize(user), "the uploads");  // get_layout reads topk now
-    const Layout layout = buffer.get_layout(inputs.topk, scenario.num_experts);
+    // On the caller's stream, the upload of topk_idx still in flight: the layout follows that stream.
+    const Layout layout = buffer.get_layout(inputs.topk, scenario.num_experts, user);
     note(layout_difference(layout, host_layout), "device layout");
 
     DispatchOptions options;
     options.num_worst_tokens = worst;
     options.expert_alignment = how.alignment;
     options.stream = user;
+    std::optional<Handle> early_handle;  // as on_allocated hands it out, before the dispatch has run
+    options.on_allocated = [&early_handle](const DispatchResult& allocated) {
+      early_handle = allocated.handle;
+    };
     auto pending = buffer.dispatch(inputs.view(), layout, options);
     if (how.overflow) {
       check_overflow(pending, received, worst);
       dispatch_after_overflow(buffer, scenario, sources);
       return;
+    }
+    // A cached dispatch from that handle, issued before the first dispatch is waited for: its rows and
+    // num_recv_tokens must not depend on the wait.
+    DeviceInputs fresh;
+    std::optional<Pending<DispatchResult>> early;
+    if (how.cached_early) {
+      fresh = upload_inputs(renewed, rank_);
+      if (!early_handle) {
+        note("on_allocated was not called", "cached dispatch before the wait");
+      } else {
+        early = buffer.dispatch(fresh.x, fresh.scales, *early_handle);
+      }
     }
     // On the caller's stream: it waits for the dispatch (Event::stream_wait) and the results are read on it.
     // (The public API hands out the result tensors only through wait(), so the host waits first anyway.)
@@ -230,17 +251,19 @@ class Checker {
     check.with_records = false;  // a CUDA handle keeps its records on the GPU
     note(check_dispatch_rank(scenario, sources[rank_], rank_, host, check), "dispatch");
 
-    // A cached dispatch of new rows from new memory; the first call's x poisoned.
-    const DeviceInputs fresh = upload_inputs(renewed, rank_);
+    // A cached dispatch of new rows from new memory; the first call's x poisoned (the early one, if any, was
+    // issued with the new rows already).
+    if (!how.cached_early) fresh = upload_inputs(renewed, rank_);
     if (inputs.x.bytes() > 0)
       cuda_check(cudaMemset(inputs.x.data(), 0x5a, inputs.x.bytes()), "poison the old x");
     if (inputs.scales.bytes() > 0)
       cuda_check(cudaMemset(inputs.scales.data(), 0x5a, inputs.scales.bytes()), "poison the old scales");
-    auto again = buffer.dispatch(fresh.x, fresh.scales, got.handle);
+    if (!early) early = buffer.dispatch(fresh.x, fresh.scales, got.handle);
     DispatchCheck cached = check;
     cached.with_topk = false;
-    note(check_dispatch_rank(renewed, sources[rank_], rank_, host_copy(again.wait()), cached),
-         "cached dispatch of new rows");
+    note(check_dispatch_rank(renewed, sources[rank_], rank_, host_copy(early->wait()), cached),
+         how.cached_early ? "cached dispatch issued before the first was waited for"
+                          : "cached dispatch of new rows");
 
     // Combine the rows every rank returns, with the received weights and a bias.
     const DType type = combine_type(how.dtype);
@@ -319,6 +342,32 @@ class Checker {
              ? ""
              : "a host x gave: " + (message.empty() ? std::string("no error") : message),
          "host tensor refused");
+
+    // A CUDA graph capture on the caller's stream is refused by name, before anything is enqueued: the
+    // capture stays valid and the Buffer usable (no collective is entered).
+    const OwnedStream capturing(cudaStreamNonBlocking);
+    const Tensor x_device = upload(x.data(), 1, 4, DType::bf16);  // before the capture: uploads synchronise
+    const Tensor weights_device = upload(weights.data(), 1, 2, DType::fp32);
+    cuda_check(cudaStreamBeginCapture(capturing.get(), cudaStreamCaptureModeGlobal),
+               "cudaStreamBeginCapture");
+    DispatchOptions captured;
+    captured.stream = capturing.get();
+    std::string refusal;
+    try {
+      buffer.dispatch(DispatchInputs{x_device, {}, topk_device, weights_device}, layout, captured);
+    } catch (const Error& e) {
+      refusal = std::string(e.what()) + (e.code() == Errc::unsupported ? "" : " (not Errc::unsupported)");
+    }
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(capturing.get(), &graph);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    note(refusal.find("captured into a CUDA graph") != std::string::npos &&
+                 refusal.find("not Errc") == std::string::npos && ended == cudaSuccess
+             ? ""
+             : "a dispatch on a captured stream gave: " +
+                   (refusal.empty() ? std::string("no error") : refusal) +
+                   ", and ending the capture: " + cudaGetErrorName(ended),
+         "capture refused");
   }
 
   static DType combine_type(DType dispatched) {

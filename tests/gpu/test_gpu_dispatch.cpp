@@ -2,11 +2,13 @@
 // topk slot and source record, and every combined value and weight, compared exactly; outputs poisoned before
 // every dispatch so an unwritten row cannot pass; cached and worst-case dispatch; the device layout against
 // compute_layout; a stalled peer gives the timeout record; a worst-case dispatch and combine captured in a
-// CUDA graph and replayed. Randomized (FERRY_TEST_SEED repeats a run).
+// CUDA graph (global capture mode) and replayed, and what a capture refuses. Randomized (FERRY_TEST_SEED
+// repeats a run).
 //
 // Tags scripts/gpu-check selects by: [smoke] the first case it runs (1x2, one dispatch and one combine: if it
-// fails, nothing else runs); [small] the cases it runs under compute-sanitizer (fp8); [graph] the graph
-// replay.
+// fails, nothing else runs); [small] the cases it runs under compute-sanitizer (fp8, the layout); [graph] the
+// graph cases; [timing] cases whose bounds assume full speed (kept out of [small]: under a sanitizer the
+// stall test's healthy first dispatch could itself outlast its 2 s timeout).
 #include <cuda_runtime_api.h>
 
 #include <catch2/catch.hpp>
@@ -394,7 +396,7 @@ TEST_CASE("the device layout equals compute_layout and names bad routing", "[gpu
                       Catch::Contains("is out of range") || Catch::Contains("names expert 3 twice"));
 }
 
-TEST_CASE("a stalled peer on the GPU gives a timeout record that names it", "[gpu][small]") {
+TEST_CASE("a stalled peer on the GPU gives a timeout record that names it", "[gpu][timing]") {
   auto rng = seeded("gpu stall");
   ScenarioShape shape;
   shape.num_nodes = 2;
@@ -493,8 +495,9 @@ TEST_CASE("a worst-case dispatch and combine captured in a CUDA graph replay to 
 
   cuda_ok(cudaDeviceSynchronize(), "the uploads");  // on the legacy stream, which this stream does not follow
   cudaGraph_t graph = nullptr;
-  // Relaxed: the engine's host-side set-up (plans, records) may allocate while the stream is captured.
-  cuda_ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  // Global, as frameworks capture by default: the engine relaxes the mode itself for its set-up off the
+  // captured stream (plans and records allocated outside the graph, on its own stream).
+  cuda_ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
   std::vector<kc::DeviceDispatchResult> results;
   try {
     results = cluster.engine().dispatch(shape, inputs.inputs, nullptr, stream);
@@ -586,4 +589,43 @@ TEST_CASE("a worst-case dispatch and combine captured in a CUDA graph replay to 
   cuda_ok(cudaDeviceSynchronize(), "the new rows");
   const Replay third = replay(renewed);
   CHECK(third.out == first.out);  // combine's rows did not change
+}
+
+TEST_CASE("during a CUDA graph capture, what would wait on the host is refused by name", "[gpu][graph]") {
+  const OwnedStream owned_stream(cudaStreamNonBlocking);  // first: destroyed after what frees on it
+  const cudaStream_t stream = owned_stream.get();
+  auto rng = seeded("gpu graph refusals");
+  Scenario scenario = random_scenario(rng, 1, 2, 16, DType::bf16);
+  Setup setup;
+  setup.num_sms = 2;
+  kc::VirtualCluster cluster(params_of(scenario, setup, scenario.hidden), options_of(setup));
+  DeviceInputs inputs(scenario);
+  cuda_ok(cudaDeviceSynchronize(), "the uploads");
+  cuda_ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  std::string sized_by_counts, finish;
+  try {
+    cluster.engine().dispatch(shape_of(scenario), inputs.inputs, nullptr, stream);  // no num_worst_tokens
+  } catch (const Error& error) {
+    sized_by_counts = error.what();
+  }
+  try {
+    cluster.engine().finish(stream);
+  } catch (const Error& error) {
+    finish = error.what();
+  }
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);  // nothing was enqueued: still valid
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  CHECK(ended == cudaSuccess);
+  CHECK_THAT(sized_by_counts, Catch::Contains("needs worst-case sizing (num_worst_tokens > 0)"));
+  CHECK_THAT(finish, Catch::Contains("is being captured into a CUDA graph"));
+  // The engine is unharmed: a dispatch outside the capture runs and is right.
+  const auto sources = expected_sources(scenario);
+  auto results = cluster.engine().dispatch(shape_of(scenario), inputs.inputs, nullptr, stream);
+  cluster.engine().finish(stream, &results);
+  for (int r = 0; r < scenario.num_ranks(); ++r) {
+    const std::string diff = check_rank(scenario, sources[r], r, results[r], true);
+    INFO(diff);
+    CHECK(diff.empty());
+  }
 }

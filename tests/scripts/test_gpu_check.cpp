@@ -1,7 +1,8 @@
 // scripts/gpu-check proven on this machine before a GPU sees it: a stage of stub programs (FERRY_GPU_STAGE)
-// that pass, hang, skip or fail, and what the run leaves under $OUT (at most 6 files: the table, the log
-// tarball, figures.json). And the names gpu-check, gpu-stage and the GPU tests share: every program gpu-check
-// runs is staged, and every Catch2 filter it uses selects a test case of the built program.
+// that pass, hang, skip or fail, a stub nvidia-smi whose driver is too old for the staged CUDA runtime, and
+// what the run leaves under $OUT (at most 6 files: the table, the log tarball, figures.json). And the names
+// gpu-check, gpu-stage and the GPU tests share: every program gpu-check runs is staged, every Catch2 filter
+// it uses selects a test case of the built program, and the sanitizer steps select no [timing] case.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -161,6 +162,15 @@ class Scratch {
   void stub(const std::string& program, const std::string& body) {
     write_program(tree() / "bin" / program, body);
   }
+  // A program in tools/ (put first on PATH with path_first()).
+  void tool(const std::string& program, const std::string& body) { write_program(tools() / program, body); }
+  std::string path_first() const { return "PATH=" + tools().string() + ":$PATH"; }
+  // The stage's REQUIREMENTS, as gpu-stage writes them.
+  void require_driver(const std::string& runtime, const std::string& driver) {
+    std::ofstream(tree() / "REQUIREMENTS")
+        << "cuda_runtime=" << runtime << "\nminimum_driver=" << driver << "\n";
+  }
+  fs::path root() const { return root_; }
 
   // Packs the stage as scripts/gpu-stage does (gpu-check then unpacks it).
   void pack() {
@@ -168,6 +178,8 @@ class Scratch {
     REQUIRE(ferry::test::run("tar -cJf " + (root_ / "packed" / "ferry-gpu-stage.tar.xz").string() + " -C " +
                              tree().string() + " .")
                 .exit_code == 0);
+    if (fs::exists(tree() / "REQUIREMENTS"))
+      fs::copy_file(tree() / "REQUIREMENTS", root_ / "packed" / "ferry-gpu-stage.requirements");
     packed_ = true;
   }
 
@@ -319,6 +331,48 @@ TEST_CASE("gpu-check: a failing smoke case stops the run and leaves the table an
   check_out_folder(run);
 }
 
+// nvidia-smi as gpu-check asks it: the machine's line (name, memory, driver) and the driver alone.
+std::string nvidia_smi_stub(const std::string& driver) {
+  return "case \"$*\" in\n  *name,memory.total,driver_version*) echo 'Stub GPU, 81559 MiB, " + driver +
+         "' ;;\n  *driver_version*) echo '" + driver + "' ;;\n  -L) echo 'GPU 0: Stub GPU' ;;\nesac";
+}
+
+TEST_CASE("gpu-check: a driver older than the staged CUDA runtime needs stops the run at once", "[unit]") {
+  Scratch scratch;
+  scratch.stub_programs("pass");
+  const fs::path ran = scratch.root() / "a-test-ran";
+  scratch.stub("test_gpu_dispatch", "touch " + ran.string() + "; " + behaviour("pass"));
+  scratch.require_driver("13", "580.65.06");
+  scratch.tool("nvidia-smi", nvidia_smi_stub("535.54.03"));
+  const bool packed = GENERATE(false, true);  // packed: read beside the archive, before unpacking it
+  if (packed) scratch.pack();
+  const Run run = scratch.gpu_check(60, true, "none", scratch.path_first());
+  INFO("packed " << packed << "\n" << run.table);
+  CHECK(run.outcome.exit_code == 1);
+  CHECK(run.seconds < 15);
+  CHECK_THAT(row_of(run.table, "driver"),
+             Contains("FAILED: driver 535.54.03 is older than 580.65.06") &&
+                 Contains("the staged CUDA runtime 13 needs driver >= 580.65.06"));
+  for (const char* step : {"smoke", "dispatch", "buffer-launch", "memcheck", "gpu-dispatch", "overlap"})
+    CHECK_THAT(row_of(run.table, step), Contains("not run: the driver is too old"));
+  CHECK_FALSE(fs::exists(ran));
+  CHECK(run.out_files.count("gpu-check.md") == 1);
+  CHECK(run.out_files.count("gpu-check-logs.tar.gz") == 1);
+}
+
+TEST_CASE("gpu-check: a new enough driver is said so and the run goes on", "[unit]") {
+  Scratch scratch;
+  scratch.stub_programs("pass");
+  scratch.require_driver("13", "580.65.06");
+  scratch.tool("nvidia-smi", nvidia_smi_stub("580.159.04"));
+  scratch.pack();
+  const Run run = scratch.gpu_check(60, true, "none", scratch.path_first());
+  INFO(run.table);
+  CHECK(run.outcome.exit_code == 0);
+  CHECK_THAT(row_of(run.table, "driver"), Contains("| passed |") && Contains("driver 580.159.04"));
+  CHECK_THAT(row_of(run.table, "smoke"), Contains("| passed |"));
+}
+
 TEST_CASE("gpu-check refuses a bad --budget by name before doing anything", "[unit]") {
   for (const char* bad : {"--budget 0", "--budget ten", "--budget", "--frobnicate"}) {
     const Outcome outcome = ferry::test::run("OUT=/nonexistent/gpu-check-out bash " + kGpuCheck + " " + bad);
@@ -350,5 +404,11 @@ TEST_CASE("gpu-check, gpu-stage and the GPU tests agree on program names and tes
     const std::string filter = step.size() > 3 ? " '" + step[3] + "'" : "";
     const Outcome listed = ferry::test::run(paths[step[2]] + " --list-test-names-only" + filter);
     CHECK_FALSE(lines_of(listed.output).empty());
+    // Under a sanitizer everything runs many times slower: no case with a timing bound there.
+    if ((step[0] == "memcheck" || step[0] == "racecheck") && step.size() > 3) {
+      const Outcome timed =
+          ferry::test::run(paths[step[2]] + " --list-test-names-only '" + step[3] + "[timing]'");
+      CHECK(lines_of(timed.output).empty());
+    }
   }
 }

@@ -4,7 +4,11 @@
 //   - DeviceBlockCache (runtime/src/device_block_cache.hpp): stream-ordered reuse, the bound on cached bytes,
 //     release on pressure, and teardown with blocks still held;
 //   - the failure record (kernels/cuda/device_report.hpp): it names the rank and operation of the plan the
-//     role ran (a combine's, not the dispatch part of the launch plan), and reads as the error users see.
+//     role ran (a combine's, not the dispatch part of the launch plan), and reads as the error users see;
+//   - the host's wait (ProgressDeadline, core/deadline.hpp): it gives up only when the kernels' heartbeat
+//     stands still, never because an operation that progresses is long;
+//   - residency (device_engine.hpp): every block of every rank sharing a GPU must fit at once, counted over
+//     the ranks of other threads and processes too.
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
@@ -18,7 +22,9 @@
 
 #include "device_block_cache.hpp"
 #include "device_report.hpp"
+#include "ferry/core/deadline.hpp"
 #include "ferry/core/error.hpp"
+#include "ferry/kernels/cuda/device_engine.hpp"
 #include "ferry/kernels/protocol/plan.hpp"
 #include "launch_keeper.hpp"
 
@@ -114,6 +120,25 @@ TEST_CASE("launch keeper: an operation without a completion test waits for relea
   CHECK(keeper.operations_held() == 0);
 }
 
+TEST_CASE("launch keeper: the engine waits for operations that can complete, not for those that cannot",
+          "[device]") {
+  // A captured operation completes when its graph lets go (a flag the graph's user object sets); one whose
+  // event or user object could not be made is held until the engine goes, and is not waited for.
+  kc::LaunchKeeper<Staging> keeper;
+  bool graph_gone = false;
+  keeper.begin();
+  keeper.keep(std::make_shared<int>(1));
+  keeper.end([&] { return graph_gone; });
+  keeper.begin();
+  keeper.end({});
+  CHECK(keeper.collect() == 2);
+  CHECK(keeper.awaiting() == 1);
+  graph_gone = true;
+  CHECK(keeper.collect() == 1);
+  CHECK(keeper.awaiting() == 0);
+  CHECK(keeper.operations_held() == 1);
+}
+
 TEST_CASE("launch keeper: random issue and completion never reuse a held staging buffer", "[device]") {
   const std::uint32_t seed = test_seed("launch keeper");
   std::mt19937 random(seed);
@@ -164,14 +189,15 @@ class FakeDevice final : public DeviceMemoryApi {
     std::size_t capacity = 1 << 20;
     std::size_t used = 0;
     std::map<void*, std::size_t> live;
-    std::map<void*, std::pair<Stream, bool>> markers;  // stream, passed
+    std::map<void*, std::pair<Stream, bool>> markers;   // stream, passed
+    std::vector<std::pair<void*, Stream>> released_on;  // every release, in order: block, stream
     int allocations = 0;
     int releases = 0;
     int marks = 0;
   };
   explicit FakeDevice(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
-  void* allocate(std::size_t bytes) override {
+  void* allocate(std::size_t bytes, Stream) override {
     std::lock_guard lock(state_->mutex);
     if (state_->used + bytes > state_->capacity) return nullptr;
     void* block = std::malloc(bytes);
@@ -180,8 +206,9 @@ class FakeDevice final : public DeviceMemoryApi {
     ++state_->allocations;
     return block;
   }
-  void release(void* block) noexcept override {
+  void release(void* block, Stream stream) noexcept override {
     std::lock_guard lock(state_->mutex);
+    state_->released_on.emplace_back(block, stream);
     auto it = state_->live.find(block);
     if (it == state_->live.end()) std::abort();  // released twice, or never allocated here
     state_->used -= it->second;
@@ -322,6 +349,38 @@ TEST_CASE("device block cache: tensors outlive the Buffer's cache without a use 
   CHECK(state->markers.empty());
 }
 
+TEST_CASE(
+    "device block cache: blocks go back to the device in the order of the stream they were last used on",
+    "[device]") {
+  // A device-wide free (cudaFree) would make a rank's thread wait for another rank's kernel on the same GPU,
+  // which may be waiting for this rank: every release names the block's stream (cudaFreeAsync there).
+  auto state = std::make_shared<FakeDevice::State>();
+  state->capacity = 8192;
+  auto cache = DeviceBlockCache::create(std::make_unique<FakeDevice>(state), 2048);
+  const auto s1 = stream_id(1), s2 = stream_id(2), s3 = stream_id(3);
+  auto a = cache->allocate(2048, s1);
+  void* const block_a = a.get();
+  a.reset();  // cached for s1
+  pass_stream(*state, s1);
+  auto reused = cache->allocate(2048, s3);  // s1's block, handed to s3
+  CHECK(reused.get() == block_a);
+  auto b = cache->allocate(2048, s2);
+  void* const block_b = b.get();
+  b.reset();       // cached for s2 (2048 bytes: at the bound)
+  reused.reset();  // cached for s3: over the bound, so s2's (older) block goes, on s2
+  REQUIRE(state->released_on.size() == 1);
+  CHECK(state->released_on[0] == std::make_pair(block_b, s2));
+  auto big = cache->allocate(8192, s1);  // out of memory: the cached block (now s3's) goes, on s3
+  REQUIRE(state->released_on.size() == 2);
+  CHECK(state->released_on[1] == std::make_pair(block_a, s3));
+  void* const block_big = big.get();
+  cache->close();
+  big.reset();  // after the Buffer: at once, still on its stream
+  REQUIRE(state->released_on.size() == 3);
+  CHECK(state->released_on[2] == std::make_pair(block_big, s1));
+  CHECK(state->live.empty());
+}
+
 TEST_CASE("device block cache: threads allocating and dropping at once", "[device]") {
   auto state = std::make_shared<FakeDevice::State>();
   auto cache = DeviceBlockCache::create(std::make_unique<FakeDevice>(state), 64 << 10);
@@ -405,4 +464,46 @@ TEST_CASE("failure records: which ending records what", "[device]") {
         return error.code() == ferry::Errc::timeout &&
                std::string(error.what()).find("GPU rank 2 notify") != std::string::npos;
       }));
+}
+
+// ---- the host's wait ----
+
+TEST_CASE("the host's wait gives up only when the heartbeat stands still", "[device]") {
+  using namespace std::chrono_literals;
+  const ferry::Clock::time_point t0{};
+  ferry::ProgressDeadline wait(10s, t0);
+  CHECK_FALSE(wait.expired(0, t0));
+  CHECK_FALSE(wait.expired(0, t0 + 9s));
+  CHECK(wait.expired(0, t0 + 10s));  // no progress for the patience
+  // An operation that progresses is waited for however long it takes: every beat restarts the patience.
+  ferry::ProgressDeadline long_one(10s, t0);
+  std::uint64_t beat = 0;
+  for (int minute = 1; minute <= 60; ++minute) {
+    beat += 1000;
+    CHECK_FALSE(long_one.expired(beat, t0 + std::chrono::minutes(minute)));
+  }
+  CHECK_FALSE(long_one.expired(beat, t0 + 60min + 9s));
+  CHECK(long_one.expired(beat, t0 + 60min + 10s));
+  // The first reading starts the watch, whatever the value (a heartbeat left by an earlier operation).
+  ferry::ProgressDeadline late(10s, t0);
+  CHECK_FALSE(late.expired(123456, t0 + 20s));
+  CHECK(late.expired(123456, t0 + 30s));
+}
+
+// ---- residency ----
+
+TEST_CASE("ranks sharing a GPU: every rank's blocks are counted, by name", "[device]") {
+  // One engine alone fits; the same blocks with the other ranks on the GPU do not, and the message says
+  // how many of whose.
+  CHECK(kc::residency_problem("dispatch", 40, 1, 0, 384, 16384, 1, 132).empty());
+  const std::string problem = kc::residency_problem("dispatch", 40, 1, 3, 384, 16384, 1, 132);
+  INFO(problem);
+  CHECK(problem.find("dispatch: every block of the 4 ranks on this GPU (1 of this engine, 3 of other threads "
+                     "or processes)") == 0);
+  CHECK(problem.find("4 x 40 = 160 blocks of 384 threads and 16384 bytes") != std::string::npos);
+  CHECK(problem.find("1 per SM x 132 SMs = 132") != std::string::npos);
+  CHECK(problem.find("use fewer ranks per GPU or a smaller num_sms") != std::string::npos);
+  // A virtual cluster runs all its ranks in one engine: the same count.
+  CHECK_FALSE(kc::residency_problem("combine", 40, 4, 0, 384, 16384, 1, 132).empty());
+  CHECK(kc::residency_problem("combine", 32, 4, 0, 384, 16384, 1, 132).empty());
 }

@@ -187,6 +187,8 @@ class LaneIo {
     }
     return broadcast(stop) != 0;
   }
+  // The host needs no heartbeat: its waits run on threads that see their own progress.
+  void progressed(std::uint64_t, std::uint64_t) const {}
   static void pause(unsigned attempt) {
     if (attempt < 16) {
       std::this_thread::yield();

@@ -24,7 +24,11 @@
 // operations, in the order of its stream; tensors may outlive the Buffer). Work on another stream that reads
 // a returned tensor must be finished, or be on the stream passed to the next operation
 // (DispatchOptions::stream), before the last copy of the tensor is dropped: as with a framework's caching
-// allocator.
+// allocator. Ranks that are threads of one process sharing a GPU must not call synchronising CUDA APIs
+// (cudaFree, cudaDeviceSynchronize, cudaMemcpy on the legacy stream...) while an operation is in flight: the
+// call waits for the other rank's kernels, which may be waiting for this rank. A CUDA Buffer's operations
+// cannot be captured into a CUDA graph (their Events and results are settled on the host): one issued on a
+// stream being captured throws Errc::unsupported before enqueueing anything.
 //
 // Routing follows the Layout: a token goes to the ranks layout.is_token_in_rank names; its expert ids travel
 // as data, and a token whose ids disagree with the layout fails the dispatch by name. Compute the layout from
@@ -277,8 +281,10 @@ class Buffer {
   const Config& config() const;
   Device device() const;
 
-  // compute_layout() for this cluster and config.
-  Layout get_layout(const TensorView& topk_idx, std::int64_t num_experts) const;
+  // compute_layout() for this cluster and config. On a CUDA Buffer with a device topk_idx, computed on the
+  // GPU after the work already enqueued on `stream` (the caller's cudaStream_t, where topk_idx was written;
+  // nullptr: the legacy default stream); the call returns once the counts are on the host.
+  Layout get_layout(const TensorView& topk_idx, std::int64_t num_experts, void* stream = nullptr) const;
 
   // Sends each token to the ranks that own its experts. Checks the arguments before returning (throws
   // Errc::invalid_argument naming the offender); everything else is reported by the Pending.

@@ -52,18 +52,19 @@ class TensorView {
 
 namespace detail {
 struct TensorAccess;  // ferry's own allocators (not installed)
-// Returns a tensor's memory: host blocks to ferry's block cache (large blocks are recycled between
-// operations), device memory to CUDA.
+// Returns a host tensor's memory to ferry's block cache (large blocks are recycled between operations).
 struct HostBlockDeleter {
   std::size_t capacity = 0;  // the block's size class; 0: a small block, freed at once
-  Device device = Device::host;
   void operator()(std::byte* block) const;
 };
 }  // namespace detail
 
 // A tensor that owns its memory: host memory (64-byte aligned), or device memory of the current CUDA device.
 // Zero-initialised unless asked otherwise: ferry asks for uninitialized memory only where it writes every
-// byte itself. Copies share the memory (the last one frees it), as framework tensors do.
+// byte itself. Copies share the memory (the last one frees it), as framework tensors do. Device memory is
+// usable on any stream once the constructor returns and is freed in stream order (no device-wide
+// synchronisation): finish the work that reads a device tensor before dropping its last copy, as with a
+// framework's caching allocator.
 class Tensor {
  public:
   enum class Init : std::uint8_t { zeros, uninitialized };

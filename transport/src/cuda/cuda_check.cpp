@@ -116,7 +116,10 @@ void DeviceEvent::record(cudaStream_t stream) {
 
 bool DeviceEvent::passed() const {
   DeviceScope scope(device_, std::nothrow);
-  return cudaEventQuery(event_) != cudaErrorNotReady;
+  const cudaError_t status = cudaEventQuery(event_);
+  // An event last recorded while its stream was captured into a CUDA graph marks a point of the graph, not of
+  // the stream: it never passes (the work it stands for runs at every launch of the graph).
+  return status != cudaErrorNotReady && status != cudaErrorCapturedEvent;
 }
 
 }  // namespace ferry::transport::detail

@@ -43,6 +43,31 @@ class Deadline {
   Clock::time_point end_;
 };
 
+// A deadline that restarts whenever a watched value changes: "no progress for `patience`". The caller reads
+// the value (a heartbeat, a counter) as often as it likes and asks expired(value); the first reading starts
+// the watch.
+class ProgressDeadline {
+ public:
+  explicit ProgressDeadline(Duration patience, Clock::time_point now = Clock::now())
+      : patience_(patience), changed_(now) {}
+
+  bool expired(std::uint64_t value, Clock::time_point now = Clock::now()) {
+    if (!seen_ || value != value_) {
+      seen_ = true;
+      value_ = value;
+      changed_ = now;
+    }
+    return now - changed_ >= patience_;
+  }
+  Duration patience() const { return patience_; }
+
+ private:
+  Duration patience_;
+  Clock::time_point changed_;
+  std::uint64_t value_ = 0;
+  bool seen_ = false;
+};
+
 // Spin, then yield, then sleep with exponential growth. Call pause() once per unsuccessful poll and reset()
 // whenever progress is made.
 class Backoff {

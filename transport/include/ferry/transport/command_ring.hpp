@@ -116,6 +116,25 @@ FERRY_HD inline std::uint64_t ring_credits(std::uint64_t tail, std::uint64_t hea
   return capacity - (tail - head);
 }
 
+// Writes one command into its slot. On the GPU as two 16-byte stores (a plain struct copy is one narrow
+// store per field, six of them over PCIe): generic addressing, since the slot is host memory mapped for the
+// GPU; every slot is 16-byte aligned (the slots follow the 512-byte control block in page-aligned memory).
+FERRY_HD inline void ring_store_command(Command* slot, const Command& command) {
+#if defined(__CUDA_ARCH__)
+  std::uint32_t words[8];
+  __builtin_memcpy(words, &command, sizeof(Command));
+  auto* bytes = reinterpret_cast<unsigned char*>(slot);
+  asm volatile("st.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(bytes), "r"(words[0]), "r"(words[1]), "r"(words[2]),
+               "r"(words[3])
+               : "memory");
+  asm volatile("st.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(bytes + 16), "r"(words[4]), "r"(words[5]),
+               "r"(words[6]), "r"(words[7])
+               : "memory");
+#else
+  *slot = command;
+#endif
+}
+
 // The producer's side of one ring. It is the only writer of tail, so it keeps its own copy, and it re-reads
 // the proxy's head only when the credits it last saw run out (one cross-core load per refill, not per
 // command).
@@ -131,7 +150,7 @@ struct CommandRingProducer {
       head_seen = ring_load_acquire(&ring.control->head);
       if (ring_credits(tail, head_seen, ring.capacity) == 0) return false;
     }
-    ring.slots[ring_slot_index(tail, ring.capacity)] = command;
+    ring_store_command(&ring.slots[ring_slot_index(tail, ring.capacity)], command);
     ++tail;
     ring_store_release(&ring.control->tail, tail);
     return true;

@@ -57,7 +57,8 @@ class DeviceEvent {
   cudaEvent_t get() const { return event_; }
   void record(cudaStream_t stream);  // throws Errc::system
   // Whether the stream has passed the recorded point; an error also counts (nothing queued behind it will run
-  // any more).
+  // any more), except cudaErrorCapturedEvent: an event recorded during a CUDA graph capture never passes
+  // (what it marks runs at every launch of the graph), so whatever waits for it holds on.
   bool passed() const;
 
  private:

@@ -12,9 +12,29 @@
 // into host memory mapped for the GPU and stops, every other role stops at its next stall, and the host
 // raises Errc::timeout naming the record; a malformed message raises Errc::protocol the same way.
 //
+// Every block of an operation spins until its peers answer, so every block of every rank on the GPU must be
+// resident at once: the engine counts its own ranks and the ranks other threads or processes run on the same
+// GPU (DeviceOptions::other_ranks_on_device) and refuses, at construction and before every launch, a shape
+// the GPU cannot hold, naming the numbers.
+//
+// Waiting: every spin on the GPU has its own no-progress deadline (the timeout), so kernels end by
+// themselves. The host waits for them without a total deadline: the roles bump a heartbeat in device memory
+// as they progress, and the host gives up (Errc::timeout) only when it has not moved for 2 x timeout + 10 s
+// (kernels that never started, or cannot end), however long a progressing operation takes.
+//
+// CUDA graphs: an operation issued while its stream is being captured (any capture mode) goes into the graph.
+// Only a dispatch with worst-case sizing (num_worst_tokens > 0, or a cached dispatch of one) and combine can
+// be captured: anything that waits on the host (a dispatch sized by its counts, finish()) is refused by name
+// during a capture. The plans and per-operation arrays of a captured operation are allocated outside the
+// graph (on the engine's own stream) and held by the graph (a CUDA user object) until the graph and every
+// executable made of it are destroyed and their launches have ended; the engine lets go of them at its next
+// call after that. Destroy the graphs before the engine (its destructor waits, bounded, for them). Every
+// launch of the graph reruns the captured operations with the same operation numbers, reading the inputs'
+// memory as it is at launch; finish() on the launch stream afterwards raises what a role recorded and reads
+// num_recv again (a captured dispatch's counts are never cached on the host).
+//
 // This header has no CUDA types: pointers are device pointers, a stream is a cudaStream_t passed as void*.
-// All operations of one engine go to one stream: their per-operation arrays are allocated and freed in its
-// order.
+// An operation's per-operation arrays are allocated and freed in the order of the stream it was issued on.
 #pragma once
 
 #include <cstddef>
@@ -55,7 +75,30 @@ struct DeviceOptions {
   Duration timeout = kDefaultTimeout;
   bool poison_outputs =
       false;  // tests: fill outputs with 0xab before each dispatch, so an unwritten row shows
+  // Ranks that OTHER engines (other threads of this process, or other processes, e.g. under MPS) run on the
+  // same GPU at the same time: their blocks must be resident beside this engine's.
+  int other_ranks_on_device = 0;
 };
+
+// Why `kernel`'s blocks cannot all be resident at once when `engine_ranks` ranks of this engine and
+// `other_ranks` ranks of other engines each launch `blocks_per_rank` of them and the GPU holds `per_sm` per
+// SM on `sm_count` SMs; "" when they can.
+inline std::string residency_problem(const std::string& kernel, int blocks_per_rank, int engine_ranks,
+                                     int other_ranks, int threads, std::uint32_t shared_bytes, int per_sm,
+                                     int sm_count) {
+  const long long ranks = static_cast<long long>(engine_ranks) + other_ranks;
+  const long long needed = ranks * blocks_per_rank;
+  const long long held = static_cast<long long>(per_sm) * sm_count;
+  if (needed <= held) return "";
+  return kernel + ": every block of the " + std::to_string(ranks) + " ranks on this GPU (" +
+         std::to_string(engine_ranks) + " of this engine, " + std::to_string(other_ranks) +
+         " of other threads or processes) must be resident at once: " + std::to_string(ranks) + " x " +
+         std::to_string(blocks_per_rank) + " = " + std::to_string(needed) + " blocks of " +
+         std::to_string(threads) + " threads and " + std::to_string(shared_bytes) +
+         " bytes of shared memory, but the GPU holds " + std::to_string(per_sm) + " per SM x " +
+         std::to_string(sm_count) + " SMs = " + std::to_string(held) +
+         ": use fewer ranks per GPU or a smaller num_sms";
+}
 
 // Command rings each rank needs (one per role group that may post, plus two for notify).
 int device_rings_per_rank(const protocol::Topology& topo, const DeviceOptions& options);
@@ -91,7 +134,8 @@ struct DeviceDispatchShape {
   int rdma_chunk = 0;  // 0: the options'
   int nvl_chunk = 0;
   std::uint64_t fingerprint = 0;      // of the settings every rank shares
-  std::int64_t num_worst_tokens = 0;  // > 0: outputs sized up front, no host synchronisation
+  std::int64_t num_worst_tokens = 0;  // > 0: outputs sized up front, no host synchronisation. A cached
+                                      // dispatch takes its dispatch's sizing (0 here, or the same value)
   int absent_rank = -1;  // tests: this rank's blocks leave at once, as a peer that stopped (others time out)
 };
 
@@ -143,7 +187,8 @@ class DeviceEngine {
 
   // One dispatch on every rank of this engine (inputs in rank order of `ranks`), enqueued on `stream`: notify
   // (unless `cached`), then the data phase. Without worst-case sizing the host waits for the counts to size
-  // the outputs; with it, nothing waits (the call can be captured in a CUDA graph). Returns once enqueued.
+  // the outputs; with it, nothing waits (the call can be captured in a CUDA graph). A cached dispatch has the
+  // rows of the dispatch whose records it repeats, and never waits. Returns once enqueued.
   std::vector<DeviceDispatchResult> dispatch(const DeviceDispatchShape& shape,
                                              const std::vector<DeviceDispatchInput>& inputs,
                                              const std::vector<std::shared_ptr<DeviceRecord>>* cached,
@@ -152,8 +197,17 @@ class DeviceEngine {
 
   // Waits for `stream`, then throws what a role of the last operation recorded (Errc::timeout or
   // Errc::protocol, naming rank, channel, stage, peer, head and tail) or a CUDA error. Reads back num_recv of
-  // worst-case dispatches.
+  // worst-case dispatches. Refused while `stream` is being captured (it waits on the host).
   void finish(void* stream, std::vector<DeviceDispatchResult>* results = nullptr);
+  // Waits until `passed()` says yes (it may throw), polling politely; fails with Errc::timeout naming `what`
+  // when the executor's kernels have made no progress (their heartbeat) for 2 x timeout + 10 s.
+  void wait_for(const std::function<bool()>& passed, const std::string& what);
+  // Copies `bytes` of device memory to the host on the engine's own stream: ordered after nothing, so only
+  // for memory whose writers the host has seen finish (an operation whose event has passed).
+  void read(void* host, const void* device, std::size_t bytes) const;
+  // Tokens the dispatch of `record` received, read as read() does: once the host has seen it finish (its
+  // event passed), without waiting for the operations queued behind it on its stream.
+  std::int64_t received(const DeviceRecord& record) const;
 
   // Operations are numbered 1, 2, ... in issue order (the same numbers on every rank); the first failure
   // stops the executor for good: the rings are then in an unknown state on every rank, so every later
@@ -172,7 +226,8 @@ class DeviceEngine {
   // Buffer is gone) hold `owner`, which keeps the stream alive: it is destroyed after the last of them.
   void keep_stream_alive(void* stream, std::shared_ptr<void> owner);
 
-  // Cumulative traffic of each rank (reads the GPU's counters: call after finish()).
+  // Cumulative traffic of each rank (reads the GPU's counters on the engine's own stream: the operations the
+  // host has seen finish are in it; call after finish()).
   std::vector<DeviceTraffic> traffic() const;
   int num_ranks() const;
 

@@ -3,7 +3,9 @@
 // the operation was abandoned elsewhere and whether its own deadline passed, then pauses briefly.
 //
 // The Io adds to io.hpp's policy: now() (nanoseconds, the same value in every thread of the group), aborted()
-// (another role of the operation failed; the same answer in every thread) and pause(attempt) (back off).
+// (another role of the operation failed; the same answer in every thread), pause(attempt) (back off) and
+// progressed(before, now) (the role made progress at `now`, its previous progress was at `before`: the GPU's
+// Io keeps a heartbeat the host watches; the host's Io does nothing).
 #pragma once
 
 #include <cstdint>
@@ -33,7 +35,9 @@ FERRY_HD inline RoleOutcome drive_role(Role& role, Io& io, std::uint64_t timeout
     }
     if (outcome.last.done) return outcome;
     if (outcome.last.progressed) {
-      last_progress = io.now();
+      const std::uint64_t now = io.now();
+      io.progressed(last_progress, now);
+      last_progress = now;
       attempt = 0;
       continue;
     }
