@@ -58,7 +58,7 @@ struct LowLatencyDeviceEngine::Impl {
   std::vector<LowLatencyDeviceRank> ranks;
   std::vector<DeviceArray<std::byte*>> node_peers;  // per rank: [L]
   DeviceArray<LowLatencyRankStatic> statics;        // per rank
-  DeviceArray<std::uint32_t> aborts;                // per rank
+  DeviceArray<std::uint32_t> aborts;                // per rank: kAbortWords (abort word, heartbeat)
   MappedArray<DeviceReport> reports;                // per rank
 
   const LowLatencyRankStatic* rank_static(std::size_t i) const { return statics.data() + i; }
@@ -88,7 +88,7 @@ struct LowLatencyDeviceEngine::Impl {
   cudaStream_t begin_send(const std::vector<Plan>& plans, void* stream) {
     check_count(plans);
     const cudaStream_t s = as_stream(stream);
-    check(cudaMemsetAsync(aborts.data(), 0, sizeof(std::uint32_t) * plans.size(), s),
+    check(cudaMemsetAsync(aborts.data(), 0, sizeof(std::uint32_t) * kAbortWords * plans.size(), s),
           "clear the abort words");
     return s;
   }
@@ -111,7 +111,9 @@ LowLatencyDeviceEngine::LowLatencyDeviceEngine(const p::Topology& topo,
   impl.ranks = std::move(ranks);
   const std::size_t count = impl.ranks.size();
   impl.statics = DeviceArray<LowLatencyRankStatic>(count);
-  impl.aborts = DeviceArray<std::uint32_t>(count);
+  // Each rank's abort word is followed by its heartbeat (device_io.cuh): DeviceIo::progressed writes two
+  // words past the abort word, so one word per rank would land in the next rank's abort word.
+  impl.aborts = DeviceArray<std::uint32_t>(count * kAbortWords);
   impl.aborts.zero(nullptr);
   impl.reports = MappedArray<DeviceReport>(count);
   std::vector<LowLatencyRankStatic> statics(count);
@@ -138,7 +140,7 @@ LowLatencyDeviceEngine::LowLatencyDeviceEngine(const p::Topology& topo,
     for (int k = 0; s.rings_present && k < kLowLatencyRings; ++k) s.rings[k] = rank.rings[k];
     s.rank = rank.rank;
     s.report = impl.reports.device() + i;
-    s.abort = impl.aborts.data() + i;
+    s.abort = impl.aborts.data() + i * kAbortWords;
   }
   check(cudaMemcpy(impl.statics.data(), statics.data(), sizeof(LowLatencyRankStatic) * count,
                    cudaMemcpyHostToDevice),

@@ -114,7 +114,7 @@ TEST_CASE("launch: every rank gets its identity and the job's store and secret f
 }
 
 TEST_CASE("launch: every rank also gets torchrun's variables, for torch.distributed", "[launch]") {
-  ScopedEnv outer_rank("RANK", "99");  // a stale variable from outside must not leak into the ranks
+  ferry::test::ScopedEnv outer_rank("RANK", "99");  // a stale variable from outside must not leak into the ranks
   auto result =
       launch(args({"--nodes", "2", "--ranks-per-node", "2"},
                   sh("echo id $RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $GROUP_RANK $MASTER_ADDR "

@@ -23,6 +23,8 @@ class LowLatencyHostIo : public HostIo {
   }
   // Nothing else runs this operation's roles on this rank: nobody can abandon it from outside.
   static bool aborted() { return false; }
+  // The host needs no heartbeat: the thread that waits sees its own progress.
+  static void progressed(std::uint64_t, std::uint64_t) {}
   // Spin, then yield, then sleep up to 1 ms (deadline.hpp's Backoff, driven by the role loop's attempt
   // count); a stalled wait also hands the fabric writer's held commands on.
   void pause(unsigned attempt) {
