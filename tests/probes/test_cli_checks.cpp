@@ -96,7 +96,7 @@ TEST_CASE("a memory plan names the flags of its largest term and cannot wrap", "
   CHECK(cli::usable_memory_bytes() > 0);
 }
 
-TEST_CASE("output paths are checked without creating files; a checkpoint directory is made", "[cli]") {
+TEST_CASE("output paths are checked without creating files, and a checkpoint directory is made", "[cli]") {
   TempDir dir;
   const std::string file = (dir.path / "report.json").string();
   CHECK_NOTHROW(cli::check_output_file("--json", ""));

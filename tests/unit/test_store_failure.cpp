@@ -167,7 +167,7 @@ TEST_CASE("store failure: a reported failure reaches every watch, first report w
   CHECK_THAT(join_error.what(), Catch::Contains("rank 3 timed out waiting for rank 2"));
 }
 
-TEST_CASE("store failure: a watch whose store goes away says so, naming rank 0; stopping it is prompt",
+TEST_CASE("store failure: a watch whose store goes away says so, naming rank 0, and stopping it is prompt",
           "[store][failure]") {
   auto server = std::make_unique<StoreServer>(server_options());
   StoreWatch watch(client_options(*server));

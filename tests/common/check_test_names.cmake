@@ -1,0 +1,15 @@
+# Fails when a Catch2 TEST_CASE name holds a ';': catch_discover_tests registers names as a CMake list, so such
+# a name splits into two ctest tests that match nothing, and both fail with "No test cases matched".
+file(GLOB_RECURSE sources "${SOURCE_DIR}/tests/*.cpp")
+set(bad "")
+foreach(source IN LISTS sources)
+  file(STRINGS "${source}" lines REGEX "TEST_CASE\\(\"[^\"]*;")
+  foreach(line IN LISTS lines)
+    string(APPEND bad "\n  ${source}: ${line}")
+  endforeach()
+endforeach()
+if(bad)
+  message(FATAL_ERROR "test names with ';' (ctest would split them; use ', and'):${bad}")
+endif()
+list(LENGTH sources count)
+message(STATUS "${count} test sources: no test name holds ';'")
