@@ -522,16 +522,17 @@ class Buffer(LowLatencyMethods):
         num_experts = frame.shape(num_tokens_per_expert)[0]
         self._before(previous_event)
         stream = self._stream(previous_event)
-        x_in = T.take(frame, data, "x", fp8=fp8, cuda=cuda, stream=stream)
-        scales_in = T.take(frame, scales, "x_scales", cuda=cuda, stream=stream) if fp8 else None
+        handshake = self._handshake(previous_event, stream)
+        x_in = T.take(frame, data, "x", fp8=fp8, cuda=cuda, stream=handshake)
+        scales_in = T.take(frame, scales, "x_scales", cuda=cuda, stream=handshake) if fp8 else None
         given = (topk_idx, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank, num_tokens_per_expert)
         layout = next((r.layout for r in self._recent_layouts if r.matches(given)), None)
         if layout is None:  # not get_dispatch_layout's own, untouched, results: recompute and compare
             layout = self._layout(frame, topk_idx, num_experts)
             self._check_layout(frame, layout, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank,
                                num_tokens_per_expert)
-        topk_in = T.take(frame, topk_idx, "topk_idx", cuda=cuda, stream=stream)
-        weights_in = T.take(frame, topk_weights, "topk_weights", cuda=cuda, stream=stream)
+        topk_in = T.take(frame, topk_idx, "topk_idx", cuda=cuda, stream=handshake)
+        weights_in = T.take(frame, topk_weights, "topk_weights", cuda=cuda, stream=handshake)
         op = runtime.dispatch(x_in, scales_in, topk_in, weights_in, layout, num_worst_tokens, expert_alignment, call,
                               stream)
         self._track(op.event(), (x_in, scales_in, topk_in, weights_in, layout))
@@ -564,8 +565,9 @@ class Buffer(LowLatencyMethods):
         self._before(previous_event)
         cuda = self.runtime.cuda
         stream = self._stream(previous_event)
-        x_in = T.take(frame, data, "x", fp8=fp8, cuda=cuda, stream=stream)
-        scales_in = T.take(frame, scales, "x_scales", cuda=cuda, stream=stream) if fp8 else None
+        handshake = self._handshake(previous_event, stream)
+        x_in = T.take(frame, data, "x", fp8=fp8, cuda=cuda, stream=handshake)
+        scales_in = T.take(frame, scales, "x_scales", cuda=cuda, stream=handshake) if fp8 else None
         op = self.runtime.dispatch_cached(x_in, scales_in, native, call, stream)
         self._track(op.event(), (x_in, scales_in, native))
         recv_x, recv_x_scales, _, _ = self._outputs(frame, op.allocated(), data, fp8)
@@ -616,10 +618,11 @@ class Buffer(LowLatencyMethods):
         call = call_config(config, self._config, self._call_configs)
         self._before(previous_event)
         stream = self._stream(previous_event)
-        y_in = T.take(frame, x, "x", cuda=cuda, stream=stream)
-        weights_in = (T.take(frame, topk_weights, "topk_weights", cuda=cuda, stream=stream)
+        handshake = self._handshake(previous_event, stream)
+        y_in = T.take(frame, x, "x", cuda=cuda, stream=handshake)
+        weights_in = (T.take(frame, topk_weights, "topk_weights", cuda=cuda, stream=handshake)
                       if topk_weights is not None else None)
-        bias_in = T.take(frame, bias, "bias", cuda=cuda, stream=stream) if bias is not None else None
+        bias_in = T.take(frame, bias, "bias", cuda=cuda, stream=handshake) if bias is not None else None
         op = runtime.combine(y_in, native, weights_in, bias_in, call, stream)
         self._track(op.event(), (y_in, weights_in, bias_in, native))
         out, out_weights = op.outputs()
@@ -702,6 +705,16 @@ class Buffer(LowLatencyMethods):
             self._side_stream = torch.cuda.Stream()
         previous_event.event.stream_wait(self._side_stream.cuda_stream)
         return self._side_stream.cuda_stream
+
+    @staticmethod
+    def _handshake(previous_event: Optional[EventOverlap], stream: int) -> Optional[int]:
+        """The stream a CUDA tensor's producer is told ferry reads it on (DLPack's __dlpack__(stream=...)): the
+        operation's, so that the producer orders its pending work before it. None (no synchronisation) with
+        previous_event: the operation then waits for that event only, as DeepEP's communication stream does;
+        the caller ordered its inputs before the event."""
+        if previous_event is not None and previous_event.event is not None:
+            return None
+        return stream
 
     def _finish(self, ferry_event: Any, async_finish: bool) -> EventOverlap:
         """async_finish: the caller waits on the returned event. Otherwise the operation is complete for the

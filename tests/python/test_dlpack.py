@@ -163,6 +163,13 @@ def test_cuda_tensors_are_asked_for_with_the_stream_ferry_reads_them_on():
     assert old.calls == [{"stream": 7, "max_version": (1, 1)}, {"stream": 7}]
 
 
+def test_the_buffer_names_its_stream_unless_previous_event_orders_the_inputs():
+    assert ferry.Buffer._handshake(None, 0xABC0) == 0xABC0
+    assert ferry.Buffer._handshake(ferry.EventOverlap(None), 0xABC0) == 0xABC0
+    # previous_event: the operation waits for that event only (DeepEP's comm stream), so no synchronisation.
+    assert ferry.Buffer._handshake(ferry.EventOverlap(ferry.EventHandle()), 0xABC0) is None
+
+
 def test_a_read_only_tensor_is_refused_where_ferry_writes():
     producer = FakeProducer(numpy.zeros(4, numpy.int32), INT, 32, flags=1)
     assert _ferry.import_tensor(producer, "mask_status").dtype == "int32"  # read: fine
