@@ -78,7 +78,9 @@ class TorchFrame:
 
     @staticmethod
     def wrap(exported: Any) -> Any:
-        return _torch().utils.dlpack.from_dlpack(exported.__dlpack__())
+        # The object, not a capsule: torch asks for what it reads (DLPack 1.x's versioned capsule in torch 2.x,
+        # the unversioned one in 1.13) and, for a CUDA result, names its current stream.
+        return _torch().utils.dlpack.from_dlpack(exported)
 
     @staticmethod
     def as_fp8(t: Any) -> Any:
@@ -230,6 +232,9 @@ def check(frame, t: Any, name: str, dtypes: Sequence[str], ndim: int, rows: Opti
         raise ValueError(f"{name} {describe(frame, t)} is not contiguous: ferry reads its rows in place")
 
 
-def take(frame, t: Any, name: str, fp8: bool = False, cuda: bool = False):
-    """`t` as a _ferry.ImportedTensor (no copy)."""
-    return _ferry.import_tensor(frame.importable(t, fp8), name, fp8, cuda)
+def take(frame, t: Any, name: str, fp8: bool = False, cuda: bool = False, stream: Optional[int] = None,
+         writable: bool = False):
+    """`t` as a _ferry.ImportedTensor (no copy). cuda: `t` is on the GPU and ferry's operation reads it on CUDA
+    stream `stream` (an int; DLPack's stream handshake orders the producer's pending work before it).
+    writable: ferry writes into `t` (a read-only tensor is refused)."""
+    return _ferry.import_tensor(frame.importable(t, fp8), name, fp8, cuda, stream if cuda else None, writable)

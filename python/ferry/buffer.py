@@ -437,13 +437,12 @@ class Buffer(LowLatencyMethods):
         return per_rank, per_node, per_expert, in_rank, event
 
     def _layout(self, frame: Any, topk_idx: Any, num_experts: int) -> Any:
+        """ferry's layout; on a CUDA Buffer its kernel runs after the work on the current stream (where topk_idx
+        was written), and the call returns once the counts are on the host."""
         runtime = self.runtime
-        if runtime.cuda:
-            # ferry's layout kernel runs on its own stream: topk_idx must be complete first.
-            import torch
-
-            torch.cuda.current_stream().synchronize()
-        return runtime.layout(T.take(frame, topk_idx, "topk_idx", cuda=runtime.cuda), num_experts)
+        stream = current_stream() if runtime.cuda else 0
+        return runtime.layout(T.take(frame, topk_idx, "topk_idx", cuda=runtime.cuda, stream=stream), num_experts,
+                              stream)
 
     # ---- dispatch ----
 
@@ -501,11 +500,9 @@ class Buffer(LowLatencyMethods):
         if num_worst_tokens < 0:
             raise ValueError(f"num_worst_tokens must be >= 0, not {num_worst_tokens}")
         call = call_config(config, self._config, self._call_configs)
-        x_in = T.take(frame, data, "x", fp8=fp8, cuda=cuda)
-        scales_in = T.take(frame, scales, "x_scales", cuda=cuda) if fp8 else None
         if handle is not None:
-            return self._cached_dispatch(frame, data, x_in, scales_in, handle, topk_idx, topk_weights, rows, fp8,
-                                         call, previous_event, async_finish)
+            return self._cached_dispatch(frame, data, scales, handle, topk_idx, topk_weights, rows, fp8, call,
+                                         previous_event, async_finish)
 
         for name, value in (("num_tokens_per_rank", num_tokens_per_rank), ("is_token_in_rank", is_token_in_rank),
                             ("num_tokens_per_expert", num_tokens_per_expert)):
@@ -524,16 +521,20 @@ class Buffer(LowLatencyMethods):
                 cuda=cuda)
         num_experts = frame.shape(num_tokens_per_expert)[0]
         self._before(previous_event)
+        stream = self._stream(previous_event)
+        handshake = self._handshake(previous_event, stream)
+        x_in = T.take(frame, data, "x", fp8=fp8, cuda=cuda, stream=handshake)
+        scales_in = T.take(frame, scales, "x_scales", cuda=cuda, stream=handshake) if fp8 else None
         given = (topk_idx, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank, num_tokens_per_expert)
         layout = next((r.layout for r in self._recent_layouts if r.matches(given)), None)
         if layout is None:  # not get_dispatch_layout's own, untouched, results: recompute and compare
             layout = self._layout(frame, topk_idx, num_experts)
             self._check_layout(frame, layout, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank,
                                num_tokens_per_expert)
-        topk_in = T.take(frame, topk_idx, "topk_idx", cuda=cuda)
-        weights_in = T.take(frame, topk_weights, "topk_weights", cuda=cuda)
+        topk_in = T.take(frame, topk_idx, "topk_idx", cuda=cuda, stream=handshake)
+        weights_in = T.take(frame, topk_weights, "topk_weights", cuda=cuda, stream=handshake)
         op = runtime.dispatch(x_in, scales_in, topk_in, weights_in, layout, num_worst_tokens, expert_alignment, call,
-                              self._stream(previous_event))
+                              stream)
         self._track(op.event(), (x_in, scales_in, topk_in, weights_in, layout))
 
         if async_finish or cuda:
@@ -552,8 +553,8 @@ class Buffer(LowLatencyMethods):
         recv = (recv_x, recv_x_scales) if fp8 else recv_x
         return recv, recv_topk_idx, recv_topk_weights, counts, new_handle, event
 
-    def _cached_dispatch(self, frame: Any, data: Any, x_in: Any, scales_in: Any, handle: Any, topk_idx: Any,
-                         topk_weights: Any, rows: int, fp8: bool, call: Any, previous_event: Any,
+    def _cached_dispatch(self, frame: Any, data: Any, scales: Any, handle: Any, topk_idx: Any, topk_weights: Any,
+                         rows: int, fp8: bool, call: Any, previous_event: Any,
                          async_finish: bool) -> Tuple[Any, None, None, None, None, EventOverlap]:
         if topk_idx is not None or topk_weights is not None:
             raise ValueError("a cached dispatch (handle given) takes no topk_idx / topk_weights: the handle's "
@@ -562,7 +563,12 @@ class Buffer(LowLatencyMethods):
         if rows != handle.num_tokens:
             raise ValueError(f"x has {rows} rows but the handle's dispatch had {handle.num_tokens} tokens")
         self._before(previous_event)
-        op = self.runtime.dispatch_cached(x_in, scales_in, native, call, self._stream(previous_event))
+        cuda = self.runtime.cuda
+        stream = self._stream(previous_event)
+        handshake = self._handshake(previous_event, stream)
+        x_in = T.take(frame, data, "x", fp8=fp8, cuda=cuda, stream=handshake)
+        scales_in = T.take(frame, scales, "x_scales", cuda=cuda, stream=handshake) if fp8 else None
+        op = self.runtime.dispatch_cached(x_in, scales_in, native, call, stream)
         self._track(op.event(), (x_in, scales_in, native))
         recv_x, recv_x_scales, _, _ = self._outputs(frame, op.allocated(), data, fp8)
         event = self._finish(op.event(), async_finish)
@@ -610,11 +616,14 @@ class Buffer(LowLatencyMethods):
         if bias is not None:
             T.check(frame, bias, "bias", (frame.dtype_name(x),), 2, rows=handle.num_tokens, cols=hidden, cuda=cuda)
         call = call_config(config, self._config, self._call_configs)
-        y_in = T.take(frame, x, "x", cuda=cuda)
-        weights_in = T.take(frame, topk_weights, "topk_weights", cuda=cuda) if topk_weights is not None else None
-        bias_in = T.take(frame, bias, "bias", cuda=cuda) if bias is not None else None
         self._before(previous_event)
-        op = runtime.combine(y_in, native, weights_in, bias_in, call, self._stream(previous_event))
+        stream = self._stream(previous_event)
+        handshake = self._handshake(previous_event, stream)
+        y_in = T.take(frame, x, "x", cuda=cuda, stream=handshake)
+        weights_in = (T.take(frame, topk_weights, "topk_weights", cuda=cuda, stream=handshake)
+                      if topk_weights is not None else None)
+        bias_in = T.take(frame, bias, "bias", cuda=cuda, stream=handshake) if bias is not None else None
+        op = runtime.combine(y_in, native, weights_in, bias_in, call, stream)
         self._track(op.event(), (y_in, weights_in, bias_in, native))
         out, out_weights = op.outputs()
         event = self._finish(op.event(), async_finish)
@@ -696,6 +705,16 @@ class Buffer(LowLatencyMethods):
             self._side_stream = torch.cuda.Stream()
         previous_event.event.stream_wait(self._side_stream.cuda_stream)
         return self._side_stream.cuda_stream
+
+    @staticmethod
+    def _handshake(previous_event: Optional[EventOverlap], stream: int) -> Optional[int]:
+        """The stream a CUDA tensor's producer is told ferry reads it on (DLPack's __dlpack__(stream=...)): the
+        operation's, so that the producer orders its pending work before it. None (no synchronisation) with
+        previous_event: the operation then waits for that event only, as DeepEP's communication stream does;
+        the caller ordered its inputs before the event."""
+        if previous_event is not None and previous_event.event is not None:
+            return None
+        return stream
 
     def _finish(self, ferry_event: Any, async_finish: bool) -> EventOverlap:
         """async_finish: the caller waits on the returned event. Otherwise the operation is complete for the

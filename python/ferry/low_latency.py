@@ -109,10 +109,11 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def _take_optional(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...]) -> Any:
+    """An optional tensor ferry writes into (statistics, out, mask_status): a read-only one is refused."""
     if t is None:
         return None
     _check_shape(frame, t, name, dtype, shape)
-    return T.take(frame, t, name)
+    return T.take(frame, t, name, writable=True)
 
 
 def _take_wait_stats(frame: Any, t: Any, name: str, num_ranks: int) -> Any:

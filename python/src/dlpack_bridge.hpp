@@ -1,18 +1,21 @@
 // Tensors between Python and ferry through DLPack, without copies, so that one build serves every framework
 // that speaks DLPack (torch 1.13 and 2.x, numpy, ...) and nothing links against libtorch.
 //
-// In: an object with __dlpack__ (or a "dltensor" capsule) becomes an ImportedTensor, which owns the
-// producer's DLManagedTensor, and with it the producer's memory, until it is dropped, and offers a
-// ferry::TensorView of that memory. Out: an Exported wraps memory ferry owns (a Tensor, the vector of a
-// Layout...) and hands it out as a capsule whose deleter drops ferry's reference, whichever thread the
-// consumer frees it on.
+// In: an object with __dlpack__ (or a DLPack capsule) becomes an ImportedTensor, which owns the producer's
+// managed tensor, and with it the producer's memory, until it is dropped, and offers a ferry::TensorView of
+// that memory. ferry asks for DLPack 1.x's versioned capsule (max_version) and takes the unversioned one
+// from producers that predate it (torch 1.13, numpy 1.x). Out: an Exported wraps memory ferry owns (a Tensor,
+// the vector of a Layout...) and hands it out as either kind of capsule, as the consumer asks, whose deleter
+// drops ferry's reference, whichever thread the consumer frees it on.
 #pragma once
 
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dlpack.hpp"
@@ -22,14 +25,23 @@ namespace ferry::python {
 
 namespace py = pybind11;
 
+// How ferry asks for a tensor.
+struct ImportRequest {
+  bool as_fp8 = false;  // the bytes are fp8 e4m3 (frameworks without a float8 dtype hand them over as uint8)
+  bool cuda = false;    // the tensor lives on a GPU
+  // CUDA: the stream ferry's operation will read the tensor on (cudaStream_t; 0, the legacy default stream,
+  // is passed as DLPack's 1), handed to __dlpack__(stream=...) so that the producer orders its pending work
+  // before it. None: no synchronisation is asked for (-1).
+  std::optional<std::intptr_t> stream;
+  bool writable = false;  // ferry writes the memory: a producer's read-only tensor is refused
+};
+
 class ImportedTensor {
  public:
-  // name: the argument's name, for error messages. as_fp8: the bytes are fp8 e4m3 (frameworks without a
-  // float8 dtype hand them over as uint8). cuda: the object lives on a GPU; it is asked for its capsule
-  // without a stream to synchronise with, because ferry orders its own stream after the caller's. Throws
-  // Errc::invalid_argument naming `name` for a dtype ferry does not take, more than 3 dimensions, or a layout
-  // that is not contiguous row-major.
-  ImportedTensor(py::handle object, const std::string& name, bool as_fp8, bool cuda);
+  // name: the argument's name, for error messages. Throws Errc::invalid_argument naming `name` for a dtype
+  // ferry does not take, more than 3 dimensions, a layout that is not contiguous row-major, a DLPack major
+  // version ferry does not read, or a read-only tensor where ferry writes.
+  ImportedTensor(py::handle object, const std::string& name, const ImportRequest& request);
   ~ImportedTensor();  // the producer's deleter, with the GIL held (numpy's deleter touches Python objects)
   ImportedTensor(const ImportedTensor&) = delete;
   ImportedTensor& operator=(const ImportedTensor&) = delete;
@@ -37,11 +49,16 @@ class ImportedTensor {
   const TensorView& view() const { return view_; }
   int device_type() const { return device_type_; }
   int device_id() const { return device_id_; }
+  // The versioned capsule's DLPack version; nullopt for an unversioned capsule.
+  std::optional<std::pair<int, int>> dlpack_version() const;
 
  private:
-  void describe(const std::string& name, bool as_fp8);  // view_ and the device, after the checks
+  const dlpack::Tensor& tensor() const;
+  void release();                                                        // the producer's deleter, once
+  void describe(const std::string& name, const ImportRequest& request);  // view_ and the device, after checks
 
-  dlpack::ManagedTensor* managed_ = nullptr;
+  dlpack::ManagedTensor* legacy_ = nullptr;
+  dlpack::ManagedTensorVersioned* versioned_ = nullptr;
   TensorView view_;
   int device_type_ = dlpack::kCPU;
   int device_id_ = 0;
@@ -57,7 +74,9 @@ class Exported {
   // the tensor is a device tensor.
   static Exported of(const Tensor& tensor, int cuda_device);
 
-  py::capsule capsule() const;    // a fresh "dltensor" capsule (__dlpack__); each one shares the memory
+  // A fresh capsule (__dlpack__); each one shares the memory. versioned: DLPack 1.x's "dltensor_versioned"
+  // (asked for with max_version >= (1, 0)), else the unversioned "dltensor".
+  py::capsule capsule(bool versioned) const;
   py::tuple device_pair() const;  // (device type, device id) (__dlpack_device__)
   const std::vector<std::int64_t>& shape() const { return shape_; }
 

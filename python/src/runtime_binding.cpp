@@ -238,10 +238,13 @@ class Runtime {
     if (group_) (void)new std::shared_ptr<Group>(std::move(group_));  // never freed, on purpose
   }
 
-  LayoutObject layout(const ImportedTensor& topk_idx, std::int64_t num_experts) {
+  // stream (CUDA Buffers): the caller's stream, where topk_idx was written; the layout kernel runs after it.
+  LayoutObject layout(const ImportedTensor& topk_idx, std::int64_t num_experts, std::uintptr_t stream) {
     Buffer& b = buffer();
     py::gil_scoped_release release;
-    return {std::make_shared<const Layout>(b.get_layout(topk_idx.view(), num_experts)), cuda_device_};
+    return {std::make_shared<const Layout>(
+                b.get_layout(topk_idx.view(), num_experts, reinterpret_cast<void*>(stream))),
+            cuda_device_};
   }
 
   std::unique_ptr<DispatchOp> dispatch(const ImportedTensor& x, const ImportedTensor* x_scales,
@@ -438,7 +441,7 @@ void register_runtime(py::module_& module) {
       .def_property_readonly("local_size", &Runtime::local_size)
       .def_property_readonly("config", &Runtime::config)
       .def_property_readonly("cuda", &Runtime::cuda)
-      .def("layout", &Runtime::layout, py::arg("topk_idx"), py::arg("num_experts"))
+      .def("layout", &Runtime::layout, py::arg("topk_idx"), py::arg("num_experts"), py::arg("stream") = 0)
       .def("dispatch", &Runtime::dispatch, py::arg("x"), py::arg("x_scales").none(true), py::arg("topk_idx"),
            py::arg("topk_weights"), py::arg("layout"), py::arg("num_worst_tokens"),
            py::arg("expert_alignment"), py::arg("config").none(true), py::arg("stream"))

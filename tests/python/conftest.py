@@ -5,8 +5,9 @@ ctest runs these through pytest (tests/python/CMakeLists.txt) with FERRY_BIN (th
 PYTHONPATH (the built package) set. A pytest run in which every test was skipped exits 77, which ctest reports
 as skipped, never as passed.
 
-On a GPU machine the same rank programs run on CUDA tensors over NCCL (one GPU per local rank), with the
-machine's torch (2.x) and the extension built there for its Python:
+On a GPU machine the same rank programs run on CUDA tensors (one node: a rank per GPU over NCCL, or on a
+one-GPU machine 2 rank processes sharing it, over gloo), with the machine's torch (2.x) and the extension
+built there for its Python (scripts/gpu-check does this from a stage):
 
     FERRY_TEST_DEVICE=cuda PYTHONPATH=build/default/python FERRY_BIN=build/default/tools/ferry \
         python3 -m pytest -q -p no:cacheprovider tests/python/test_deepep.py tests/python/test_moe.py
@@ -36,10 +37,14 @@ CUDA_TWO_NODES = ("two emulated nodes on one machine move GPU memory through a f
 
 
 def cuda_ranks() -> int:
-    """Ranks of a CUDA run on one node: one per GPU, at most 4."""
+    """Ranks of a CUDA run on one node: FERRY_TEST_CUDA_RANKS, else one per GPU (at most 4), and on a one-GPU
+    machine 2 processes sharing it (as the C++ GPU tests' [launch] case does)."""
     import torch
 
-    return max(1, min(4, torch.cuda.device_count()))
+    if os.environ.get("FERRY_TEST_CUDA_RANKS"):
+        return int(os.environ["FERRY_TEST_CUDA_RANKS"])
+    gpus = torch.cuda.device_count()
+    return 2 if gpus == 1 else max(1, min(4, gpus))
 
 
 def ferry_bin() -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 import ferry as deep_ep
-from worker_common import DEVICE, Report, agreed_seed, expect_error, join
+from worker_common import DEVICE, Report, agreed_seed, buffer_options, expect_error, join
 
 TOKENS, HIDDEN, TOPK, EXPERTS_PER_RANK = 48, 384, 4, 4
 SCALE_BLOCKS = (HIDDEN + 127) // 128
@@ -45,7 +45,7 @@ class Job:
         self.all = [inputs_of(seed, r, self.experts) for r in range(world)]
         self.mine = self.all[rank]
         self.local_size = int(os.environ["LOCAL_WORLD_SIZE"])
-        self.buffer = deep_ep.Buffer(dist.group.WORLD, int(1e8), int(1e8))
+        self.buffer = deep_ep.Buffer(dist.group.WORLD, int(1e8), int(1e8), **buffer_options())
         # Which (source rank, token) rows this rank receives, in DeepEP's order.
         self.sources = []
         for src in range(world):

@@ -3,8 +3,9 @@ launcher's environment with group=None). `faults_worker.py SCENARIO`; rank 0 mee
 
   timeout   a peer that never issues its dispatch: TimeoutError (ferry.Timeout) after the Buffer's 1 s
             timeout, and the Buffer is unusable afterwards (ValueError naming why);
-  ctrl-c    a Ctrl-C (SIGINT) while it waits for such a peer: KeyboardInterrupt within a fraction of a second,
-            and another Python thread ran meanwhile (the wait released the GIL);
+  ctrl-c    a Ctrl-C (SIGINT, sent by another process) while it waits for such a peer: KeyboardInterrupt
+            within a fraction of a second, and another Python thread kept running all through the wait (the
+            wait released the GIL: one that held it would silence that thread until the interrupt);
   dead-peer a peer whose process is gone: ferry.PeerFailure whose .rank is 1.
 
 Each scenario is a job of its own: a timeout or a dead peer fails the whole job (the store records it, and
@@ -14,7 +15,7 @@ os._exit (its Buffer's peer is gone or the job has failed: nothing to tear down 
 """
 
 import os
-import signal
+import subprocess
 import sys
 import threading
 import time
@@ -68,29 +69,37 @@ def ctrl_c(rank):
         time.sleep(1.5)
         buffer._abandon()
         return
-    # Meanwhile another Python thread runs: the wait does not hold the GIL.
-    counted = [0]
+    beats = []  # when a second Python thread ran: it can only while the main thread lets go of the GIL
+    stop = threading.Event()
 
-    def count():
-        end = time.monotonic() + 0.25
-        while time.monotonic() < end:
-            counted[0] += 1
+    def heartbeat():
+        while not stop.is_set():
+            beats.append(time.monotonic())
+            sum(range(100))  # some bytecode between beats
 
-    counter = threading.Thread(target=count)
-    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    beating = threading.Thread(target=heartbeat, daemon=True)
+    beating.start()
+    # The SIGINT comes from another process: a Python timer thread would need the GIL to send it.
+    killer = subprocess.Popen(["sh", "-c", f"sleep 0.6; kill -INT {os.getpid()}"])
     start = time.monotonic()
     try:
-        counter.start()
         dispatch(buffer)
         raise AssertionError("a dispatch without its peer finished")
     except KeyboardInterrupt:
-        elapsed = time.monotonic() - start
-        assert elapsed < 3, f"Ctrl-C took {elapsed:.1f} s to interrupt the wait"
-        assert buffer.runtime is None
-        counter.join()
-        assert counted[0] > 1000, f"a Python thread counted only {counted[0]} while the dispatch waited"
-        say(rank, f"ctrl-c ok: interrupted the wait after {elapsed:.2f} s; another thread counted to "
-                  f"{counted[0]} meanwhile (the GIL was free)")
+        end = time.monotonic()
+    stop.set()
+    beating.join()
+    killer.wait()
+    elapsed = end - start
+    assert elapsed < 3, f"Ctrl-C took {elapsed:.1f} s to interrupt the wait"
+    assert buffer.runtime is None
+    during = [start] + [t for t in beats if start < t < end] + [end]
+    silence = max(b - a for a, b in zip(during, during[1:]))
+    assert silence < min(0.3, elapsed / 2), (
+        f"the other Python thread stood still for {silence:.2f} s of the {elapsed:.2f} s wait "
+        f"({len(during) - 2} beats): ferry held the GIL while it waited")
+    say(rank, f"ctrl-c ok: interrupted the wait after {elapsed:.2f} s; another thread ran all through it "
+              f"({len(during) - 2} beats, longest pause {silence * 1000:.0f} ms: the GIL was free)")
 
 
 def dead_peer(rank):

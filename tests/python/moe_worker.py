@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 import ferry
 import ferry.nn
-from worker_common import DEVICE, Report, agreed_seed, join
+from worker_common import DEVICE, Report, agreed_seed, buffer_options, join
 
 TOKENS, HIDDEN, FFN, EXPERTS_PER_RANK, TOPK, STEPS, LR = 32, 128, 64, 2, 3, 4, 2.0
 
@@ -32,7 +32,7 @@ def check_training(rank, world, seed):
     data = [torch.randn(world * TOKENS, HIDDEN, generator=g) for _ in range(STEPS)]
     targets = [0.5 * x for x in data]  # learnable: the loss must go down
 
-    buffer = ferry.Buffer(dist.group.WORLD)
+    buffer = ferry.Buffer(dist.group.WORLD, **buffer_options())
     moe = ferry.nn.MoE(buffer, HIDDEN, FFN, experts, TOPK).to(DEVICE)
     mine = slice(rank * EXPERTS_PER_RANK, (rank + 1) * EXPERTS_PER_RANK)
     with torch.no_grad():

@@ -240,7 +240,7 @@ def test_numpy_only_round_trip(buffer):
 
 def test_the_netns_test_reports_a_skip_where_namespaces_are_unavailable():
     """Where `ferry launch --netns` cannot run, its test is skipped (exit 77 for ctest), never passed."""
-    env = dict(os.environ, FERRY_TEST_NETNS_UNAVAILABLE="pretend", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, FERRY_TEST_NETNS_UNAVAILABLE="pretend", FERRY_TEST_DEVICE="cpu", PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                            "test_deepep.py::test_deepep_checks_under_ferry_launch_netns_2x2"],
                           cwd=Path(__file__).parent, env=env, capture_output=True, text=True)

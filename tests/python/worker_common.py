@@ -3,7 +3,8 @@
 
 The job comes from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 MASTER_PORT), which the tests set themselves or `ferry launch` sets. FERRY_TEST_DEVICE=cuda runs the same
-checks on CUDA tensors over an NCCL group (one GPU per local rank); the default is CPU tensors over gloo.
+checks on CUDA tensors: over an NCCL group where every local rank has a GPU of its own, else (ranks sharing a
+GPU, which NCCL refuses) over gloo, with the Buffer told device="cuda". The default is CPU tensors over gloo.
 """
 
 import os
@@ -23,10 +24,19 @@ def join():
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
+    backend = "gloo"
     if DEVICE == "cuda":
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo", rank=rank, world_size=world)
+        gpus = torch.cuda.device_count()
+        torch.cuda.set_device(local_rank % gpus)
+        if int(os.environ["LOCAL_WORLD_SIZE"]) <= gpus:
+            backend = "nccl"
+    dist.init_process_group(backend, rank=rank, world_size=world)
     return rank, world, local_rank
+
+
+def buffer_options():
+    """ferry.Buffer's keyword arguments for FERRY_TEST_DEVICE (a gloo group defaults to CPU tensors)."""
+    return {"device": "cuda"} if DEVICE == "cuda" else {}
 
 
 def agreed_seed(rank):

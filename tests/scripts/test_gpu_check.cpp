@@ -1,8 +1,9 @@
 // scripts/gpu-check proven on this machine before a GPU sees it: a stage of stub programs (FERRY_GPU_STAGE)
-// that pass, hang, skip or fail, a stub nvidia-smi whose driver is too old for the staged CUDA runtime, and
-// what the run leaves under $OUT (at most 6 files: the table, the log tarball, figures.json). And the names
-// gpu-check, gpu-stage and the GPU tests share: every program gpu-check runs is staged, every Catch2 filter
-// it uses selects a test case of the built program, and the sanitizer steps select no [timing] case.
+// that pass, hang, skip or fail, a stub nvidia-smi whose driver is too old for the staged CUDA runtime, a
+// stub Python package step (a stub build-python-package in the stage, a stub interpreter as FERRY_PYTHON),
+// and what the run leaves under $OUT (at most 6 files: the table, the log tarball, figures.json). And the
+// names gpu-check, gpu-stage and the GPU tests share: every program gpu-check runs is staged, every Catch2
+// filter it uses selects a test case of the built program, and the sanitizer steps select no [timing] case.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/skip.hpp"
@@ -95,6 +97,40 @@ echo "========= ERROR SUMMARY: 0 errors"
 exit $status)";
 const char* kRefusingSanitizerStub = R"(echo "========= Error: Device not supported"
 exit 1)";
+// The Python step's interpreter (FERRY_PYTHON): answers gpu-check's probe as FERRY_STUB_TORCH says (ok,
+// no-torch, no-cuda) and runs "pytest" as FERRY_STUB_PYTEST says (pass, fail), noting what it was given in
+// pytest-ran beside tools/.
+const char* kPythonStub = R"sh(here=$(dirname "$0")
+if [ "$1" = "-c" ]; then
+  case "${FERRY_STUB_TORCH:-ok}" in
+    ok) echo "ok: torch 2.11.0 (CUDA 13.0), 1 GPU(s): Stub GPU"; echo "/stub/cudart" ;;
+    no-torch) echo "skip: $0 has no torch (ModuleNotFoundError: No module named 'torch')" ;;
+    no-cuda) echo "skip: torch 2.11.0 sees no CUDA GPU (torch.cuda.is_available() is False; CUDA None)" ;;
+  esac
+  exit 0
+fi
+if [ "$1 $2" = "-m pytest" ]; then
+  echo "FERRY_TEST_DEVICE=$FERRY_TEST_DEVICE PYTHONPATH=$PYTHONPATH LD_LIBRARY_PATH=$LD_LIBRARY_PATH" \
+    "FERRY_BIN=$FERRY_BIN args: $*" >"$here/../pytest-ran"
+  case "${FERRY_STUB_PYTEST:-pass}" in
+    pass) echo "5 passed, 3 skipped in 1.00s"; exit 0 ;;
+    fail) echo "FAILED test_deepep.py::test_deepep_checks_with_torchrun_environment[1-4]"
+      echo "1 failed, 4 passed in 1.00s"; exit 1 ;;
+  esac
+fi
+echo "stub python: unexpected arguments: $*" >&2
+exit 3)sh";
+
+// scripts/build-python-package as staged: builds (an empty package in OUT_DIR, its last argument), cannot
+// build here (exit 77: "not run: why") or fails, as FERRY_STUB_BUILD says.
+const char* kBuildPythonStub = R"sh(for last in "$@"; do :; done
+case "${FERRY_STUB_BUILD:-ok}" in
+  ok) mkdir -p "$last/ferry"; echo "scripts/build-python-package: built $last/ferry (stub) in 1 s" ;;
+  notrun) echo "scripts/build-python-package: not run: no Python.h for Python 3.12 (stub)"; exit 77 ;;
+  fail) echo "python/src/module.cpp:1: error: stub"
+    echo "scripts/build-python-package: FAILED: a source did not compile"; exit 1 ;;
+esac)sh";
+
 const char* kMpsControlStub = R"(case "$1" in -d) exit 0 ;; esac
 read -r command
 case "$command" in get_server_list) echo 4242 ;; esac
@@ -162,6 +198,19 @@ class Scratch {
   void stub(const std::string& program, const std::string& body) {
     write_program(tree() / "bin" / program, body);
   }
+  // The Python package's sources, tests and build script, as gpu-stage stages them (the script a stub), and a
+  // stub interpreter; python_env() names it for gpu-check.
+  void stage_python() {
+    for (const char* folder : {"python/src", "python/ferry", "tests/python", "scripts"})
+      fs::create_directories(tree() / folder);
+    std::ofstream(tree() / "python" / "src" / "module.cpp") << "// stub\n";
+    std::ofstream(tree() / "tests" / "python" / "test_stub.py") << "# stub\n";
+    write_program(tree() / "scripts" / "build-python-package", kBuildPythonStub);
+    write_program(tools() / "python", kPythonStub);
+  }
+  std::string python_env() const { return "FERRY_PYTHON=" + (tools() / "python").string(); }
+  // What the stub interpreter's pytest was given ("" when pytest did not run).
+  std::string pytest_ran() const { return read_file(root_ / "pytest-ran"); }
   // A program in tools/ (put first on PATH with path_first()).
   void tool(const std::string& program, const std::string& body) { write_program(tools() / program, body); }
   std::string path_first() const { return "PATH=" + tools().string() + ":$PATH"; }
@@ -410,5 +459,88 @@ TEST_CASE("gpu-check, gpu-stage and the GPU tests agree on program names and tes
           ferry::test::run(paths[step[2]] + " --list-test-names-only '" + step[3] + "[timing]'");
       CHECK(lines_of(timed.output).empty());
     }
+  }
+}
+
+TEST_CASE("gpu-check's Python step: built in the background, then pytest on CUDA tensors", "[unit]") {
+  Scratch scratch;
+  scratch.stub_programs("pass");
+  scratch.stage_python();
+  scratch.pack();
+  const Run run = scratch.gpu_check(180, true, "none", scratch.python_env());
+  INFO(run.table);
+  CHECK(run.outcome.exit_code == 0);
+  CHECK_THAT(row_of(run.table, "python-build"),
+             Contains("| passed |") && Contains("(stub)") && Contains("torch 2.11.0 (CUDA 13.0)"));
+  CHECK_THAT(row_of(run.table, "pytest-cuda"), Contains("| passed |") && Contains("5 passed, 3 skipped"));
+  // On CUDA tensors, the built package first on the path, torch's CUDA runtime before the stage's libraries,
+  // the staged ferry, every test of tests/python.
+  const std::string ran = scratch.pytest_ran();
+  CHECK_THAT(ran, Contains("FERRY_TEST_DEVICE=cuda") && Contains("LD_LIBRARY_PATH=/stub/cudart:") &&
+                      Contains("/bin/ferry") && Contains("-p no:cacheprovider") && Contains("tests/python"));
+  CHECK_THAT(ran, Contains("PYTHONPATH=" + (scratch.root() / "tmp").string()));
+  // In the existing report: its rows above, its logs in the tarball, no new file in $OUT.
+  CHECK_THAT(run.tarball_listing, Contains("logs/pytest-cuda.log") && Contains("logs/python-build.log") &&
+                                      Contains("logs/python-probe.log"));
+  CHECK(run.out_files == std::set<std::string>{"gpu-check.md", "gpu-check-logs.tar.gz", "figures.json"});
+  // It ran after the C++ GPU tests and before the sanitizers.
+  CHECK(run.table.find("| bench-library |") < run.table.find("| pytest-cuda |"));
+  CHECK(run.table.find("| pytest-cuda |") < run.table.find("| memcheck |"));
+}
+
+TEST_CASE("gpu-check: a failing pytest on CUDA tensors fails the run", "[unit]") {
+  Scratch scratch;
+  scratch.stub_programs("pass");
+  scratch.stage_python();
+  const Run run = scratch.gpu_check(180, true, "none", scratch.python_env() + " FERRY_STUB_PYTEST=fail");
+  INFO(run.table);
+  CHECK(run.outcome.exit_code == 1);
+  CHECK_THAT(row_of(run.table, "pytest-cuda"), Contains("FAILED (exit 1)") && Contains("1 failed, 4 passed"));
+  CHECK_THAT(row_of(run.table, "gpu-dispatch"), Contains("| passed |"));  // the rest still ran
+  CHECK_THAT(run.table, Contains("1 failed, 0 skipped"));
+}
+
+TEST_CASE("gpu-check: the Python step says why it did not run, and never eats the budget", "[unit]") {
+  Scratch scratch;
+  scratch.stub_programs("pass");
+  scratch.stage_python();
+  SECTION("python3 lacks torch, or its torch lacks CUDA: a skip naming it; pytest never runs") {
+    const std::pair<const char*, const char*> cases[] = {{"no-torch", "has no torch (ModuleNotFoundError"},
+                                                         {"no-cuda", "torch.cuda.is_available() is False"}};
+    for (const auto& [stub, words] : cases) {
+      const Run run =
+          scratch.gpu_check(180, true, "none", scratch.python_env() + " FERRY_STUB_TORCH=" + stub);
+      INFO(stub << "\n" << run.table);
+      CHECK(run.outcome.exit_code == 77);
+      CHECK_THAT(row_of(run.table, "pytest-cuda"),
+                 Contains("skipped: no torch with CUDA") && Contains(words));
+      CHECK(scratch.pytest_ran().empty());
+      CHECK_THAT(run.table, Contains("0 failed, 1 skipped"));
+    }
+  }
+  SECTION("no Python.h for the interpreter: the build is a skip naming why") {
+    const Run run = scratch.gpu_check(180, true, "none", scratch.python_env() + " FERRY_STUB_BUILD=notrun");
+    INFO(run.table);
+    CHECK(run.outcome.exit_code == 77);
+    CHECK_THAT(row_of(run.table, "python-build"),
+               Contains("skipped: cannot build here") && Contains("no Python.h"));
+    CHECK_THAT(row_of(run.table, "pytest-cuda"), Contains("not run: the package was not built"));
+    CHECK(scratch.pytest_ran().empty());
+  }
+  SECTION("a build that fails fails the run") {
+    const Run run = scratch.gpu_check(180, true, "none", scratch.python_env() + " FERRY_STUB_BUILD=fail");
+    INFO(run.table);
+    CHECK(run.outcome.exit_code == 1);
+    CHECK_THAT(row_of(run.table, "python-build"), Contains("FAILED (exit 1)") && Contains("did not compile"));
+    CHECK(scratch.pytest_ran().empty());
+  }
+  SECTION("a budget whose third is under what the step needs: not run, saying so; the rest runs") {
+    const Run run = scratch.gpu_check(120, true, "none", scratch.python_env());
+    INFO(run.table);
+    CHECK(run.outcome.exit_code == 0);
+    CHECK_THAT(row_of(run.table, "pytest-cuda"),
+               Contains("not run: budget short") && Contains("a third of the 120 s budget, is 40 s"));
+    CHECK(scratch.pytest_ran().empty());
+    CHECK_THAT(row_of(run.table, "gpu-copy"), Contains("| passed |"));
   }
 }
