@@ -3,6 +3,8 @@
 // the test reference, DeepEP's scale rules, the region layout and the words' encoding.
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <map>
+#include <string>
 
 #include "dispatch/cluster_run.hpp"
 #include "dispatch/low_latency_reference.hpp"
@@ -90,8 +92,8 @@ TEST_CASE("low-latency: the region holds every slot once, the words first", "[lo
     CHECK(std::max(fp8, bf16) == layout.message_bytes);
     CHECK(layout.release_word(1, shape.num_ranks - 1) + 8 <= layout.release_base);
     CHECK(layout.release_base_word(1, shape.num_ranks - 1) + 8 <= layout.counts);
-    CHECK(layout.count_word(1, E - 1) + 8 <= layout.seen);
-    CHECK(layout.seen_word(1, E - 1) + 8 <= layout.send[0]);
+    CHECK(layout.count_word(true, 1, E - 1) + 8 <= layout.seen);
+    CHECK(layout.seen_word(true, 1, E - 1) + 8 <= layout.send[0]);
     for (int b = 0; b < 2; ++b) {
       // Staging: every (expert, position) message and the token scratch fit before the receive slots.
       CHECK(layout.token_scratch(b, T - 1, bf16) + bf16 <= layout.recv[b]);
@@ -115,6 +117,41 @@ TEST_CASE("low-latency: the region holds every slot once, the words first", "[lo
   CHECK(p::low_latency_signal(2047, p::kLowLatencyMaxTokens) < (std::uint64_t{1} << 32));  // the proxy's add
   CHECK(p::range_begin(p::pack_range(123456, 789)) == 123456);
   CHECK(p::range_count(p::pack_range(123456, 789)) == 789);
+}
+
+// The protocol's promise that lets a fabric keep a word's value itself (the GPU's device_copy fabric): every
+// count word of a region has one writer, whichever operations use the buffer for a dispatch or a combine.
+TEST_CASE("low-latency: every count word has one writer in dispatch and combine alike", "[lowlat]") {
+  for (auto shape : {p::LowLatencyShape{8, 128, 4, 8}, p::LowLatencyShape{8, 128, 4, 4},
+                     p::LowLatencyShape{4, 128, 3, 9}}) {
+    const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
+    const int R = shape.num_ranks;
+    const std::int64_t E = shape.num_experts, L = shape.local_experts();
+    std::map<std::size_t, int> writer;  // word offset -> the rank that writes it
+    std::string clash;
+    auto wrote = [&](std::size_t word, int rank) {
+      CHECK(word >= layout.counts);
+      CHECK(word + 8 <= layout.counts + layout.count_words_bytes());
+      const auto [at, fresh] = writer.emplace(word, rank);
+      if (!fresh && at->second != rank && clash.empty())
+        clash = "word " + std::to_string(word) + " by " + std::to_string(at->second) + " and " +
+                std::to_string(rank);
+    };
+    for (int b = 0; b < p::kLowLatencyBuffers; ++b) {
+      // Dispatch: source s publishes word (local expert, s) at the expert's rank (the publish role's index).
+      for (std::int64_t le = 0; le < L; ++le)
+        for (int source = 0; source < R; ++source)
+          wrote(layout.count_word(false, b, le * R + source), source);
+      // Combine: the rank of expert e returns word e at every source.
+      for (std::int64_t expert = 0; expert < E; ++expert)
+        wrote(layout.count_word(true, b, expert), static_cast<int>(expert / L));
+    }
+    INFO("R " << R << " E " << E);
+    CHECK(clash == "");
+    CHECK(writer.size() == static_cast<std::size_t>(2 * p::kLowLatencyBuffers * E));
+    // The private copies sit apart from every count word.
+    CHECK(layout.seen >= layout.counts + layout.count_words_bytes());
+  }
 }
 
 TEST_CASE("low-latency: rows take their positions in (token, slot) order per expert", "[lowlat]") {
