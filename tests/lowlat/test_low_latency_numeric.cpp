@@ -2,6 +2,7 @@
 // numeric.hpp's, the host's vectorised fp8 cast and weighted sum against the protocol's reference forms and
 // the test reference, DeepEP's scale rules, the region layout and the words' encoding.
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <string>
@@ -33,6 +34,84 @@ TEST_CASE("low-latency: the branchless e4m3 conversion gives numeric.hpp's bits 
     CHECK(int{p::float_to_e4m3_branchless(value)} == int{p::float_to_e4m3(value)});
   }
   CHECK(checked > 8'000'000);
+}
+
+// Inf, NaN of either sign and payload, -0 and denormals, pinned to the bits the GPU writes: the GPU's
+// arithmetic returns the canonical NaN, so the host must write that too (e4m3 0x7f, bf16 0x7fc0).
+TEST_CASE("low-latency: Inf, NaN, -0 and denormals cast and sum to pinned bits", "[lowlat]") {
+  const float negative_nan = p::bits_to_float(0xffc00000u);  // x86's default NaN
+  const float payload_nan = p::bits_to_float(0x7f800001u);
+  CHECK(int{p::float_to_bf16(negative_nan)} == 0x7fc0);
+  CHECK(int{p::float_to_bf16(payload_nan)} == 0x7fc0);
+  CHECK(int{p::float_to_bf16(-INFINITY)} == 0xff80);
+  CHECK(int{p::float_to_bf16(-0.0f)} == 0x8000);
+  CHECK(int{p::float_to_bf16(p::bits_to_float(0x00010000u))} == 0x0001);  // a bf16 denormal kept
+  CHECK(int{p::float_to_bf16(p::bits_to_float(0x00000001u))} == 0x0000);  // below half of it: zero
+  for (float nan : {negative_nan, payload_nan, NAN}) {
+    CHECK(int{p::float_to_e4m3(nan)} == 0x7f);
+    CHECK(int{p::float_to_e4m3_branchless(nan)} == 0x7f);
+  }
+  CHECK(int{p::float_to_e4m3_branchless(-INFINITY)} == 0xfe);  // saturates
+  CHECK(int{p::float_to_e4m3_branchless(-0.0f)} == 0x80);
+
+  // Block 0 holds +Inf: amax is Inf, the scale 0, so Inf and NaN become NaN and the rest (signed) zeros.
+  // Block 1 is finite but for a negative NaN, which amax leaves out: 2.0 maps to 448.
+  std::vector<std::uint16_t> x(256, 0);
+  x[0] = 0x7f80;    // +Inf
+  x[1] = 0xffc1;    // -NaN with a payload
+  x[2] = 0x8000;    // -0
+  x[3] = 0x0001;    // the smallest bf16 denormal
+  x[4] = 0x3f80;    // 1
+  x[128] = 0x8000;  // -0
+  x[129] = 0x0001;  // denormal
+  x[130] = 0xffc1;  // -NaN
+  x[131] = 0x4000;  // 2
+  for (bool round_scale : {false, true}) {
+    INFO("round_scale " << round_scale);
+    std::vector<std::uint8_t> host_bits(256), protocol_bits(256);
+    std::vector<float> host_scales(2), protocol_scales(2);
+    h::quantize_row({x.data(), 256, round_scale, host_bits.data(), host_scales.data()});
+    p::quantize_row({x.data(), 256, round_scale, protocol_bits.data(), protocol_scales.data()});
+    CHECK(host_bits == protocol_bits);
+    CHECK(p::float_bits(host_scales[0]) == p::float_bits(protocol_scales[0]));
+    CHECK(p::float_bits(host_scales[1]) == p::float_bits(protocol_scales[1]));
+    if (round_scale) {
+      // Inf * 2^-126 saturates; 2^127 is the largest power-of-two scale.
+      CHECK(std::vector<int>(host_bits.begin(), host_bits.begin() + 5) ==
+            std::vector<int>{0x7e, 0x7f, 0x80, 0x00, 0x00});
+      CHECK(p::float_bits(host_scales[0]) == 0x7f000000u);
+    } else {
+      CHECK(std::vector<int>(host_bits.begin(), host_bits.begin() + 5) ==
+            std::vector<int>{0x7f, 0x7f, 0x80, 0x00, 0x00});
+      CHECK(p::float_bits(host_scales[0]) == 0x7f800000u);  // amax / 448 of Inf
+    }
+    CHECK(std::vector<int>(host_bits.begin() + 128, host_bits.begin() + 132) ==
+          std::vector<int>{0x80, 0x00, 0x7f, round_scale ? 0x78 : 0x7e});
+    for (int i = 5; i < 128; ++i) CHECK(int{host_bits[i]} == 0);
+  }
+
+  // Weighted sum: 0 * Inf and 0 * NaN are NaN, Inf stays, the sum starts at +0 so -0 terms give +0.
+  const std::vector<std::uint16_t> row0 = {0x7f80, 0xffc1, 0x3f80, 0x8000, 0x8000, 0x0001, 0, 0};
+  const std::vector<std::uint16_t> row1 = {0x3f80, 0x3f80, 0x7f80, 0x8000, 0x8000, 0x0001, 0, 0};
+  p::WeightedRows job;
+  job.hidden = 8;
+  job.count = 2;
+  job.rows[0] = row0.data();
+  job.rows[1] = row1.data();
+  job.weights[0] = 0.0f;
+  job.weights[1] = 1.0f;
+  std::vector<std::uint16_t> host_sum(8), protocol_sum(8);
+  job.out = host_sum.data();
+  h::weighted_sum(job);
+  job.out = protocol_sum.data();
+  p::weighted_sum_rows(job);
+  CHECK(host_sum == protocol_sum);
+  CHECK(host_sum == std::vector<std::uint16_t>{0x7fc0, 0x7fc0, 0x7f80, 0x0000, 0x0000, 0x0001, 0, 0});
+  job.weights[0] = -1.0f;  // -1 * -0 = +0, then + -0
+  job.out = host_sum.data();
+  h::weighted_sum(job);
+  CHECK(int{host_sum[3]} == 0x0000);
+  CHECK(int{host_sum[1]} == 0x7fc0);  // -1 * -NaN
 }
 
 TEST_CASE("low-latency: the host's fp8 cast and weighted sum give the reference bits", "[lowlat]") {

@@ -298,18 +298,18 @@ FERRY_HD inline std::uint32_t max_u32(std::uint32_t a, std::uint32_t b) {
   return a > b ? a : b;
 }
 
-// float -> e4m3 (fn), round to nearest even, saturating to +-448, NaN kept: the same bits as float_to_e4m3
-// (numeric.hpp) without branches, so a compiler vectorises it.
+// float -> e4m3 (fn), round to nearest even, saturating to +-448, every NaN the canonical one (numeric.hpp):
+// the same bits as float_to_e4m3 without branches, so a compiler vectorises it.
 FERRY_HD inline std::uint8_t float_to_e4m3_branchless(float value) {
   const std::uint32_t bits = float_bits(value);
-  const std::uint32_t sign = (bits >> 24) & 0x80u;
   const std::uint32_t magnitude = bits & 0x7fffffffu;
+  const std::uint32_t sign = select_u32(magnitude > 0x7f800000u, 0u, (bits >> 24) & 0x80u);
   // Normal in e4m3 (>= 2^-6): keep 3 mantissa bits, ties to even, then rebias the exponent from 127 to 7.
   const std::uint32_t normal = ((magnitude + 0x7ffffu + ((magnitude >> 20) & 1u)) >> 20) - (120u << 3);
   // Subnormal (< 2^-6): the FPU rounds |value| + 2^14 to a multiple of 2^-9, the e4m3 subnormal step.
   const std::uint32_t subnormal = float_bits(add_rn(bits_to_float(magnitude), 16384.0f)) - 0x46800000u;
   std::uint32_t result = min_u32(select_u32(magnitude < 0x3c800000u, subnormal, normal), 0x7eu);
-  result = select_u32(magnitude > 0x7f800000u, 0x7fu, result);
+  result = select_u32(magnitude > 0x7f800000u, kE4m3CanonicalNan, result);
   return static_cast<std::uint8_t>(sign | result);
 }
 
