@@ -233,6 +233,30 @@ TEST_CASE("low-latency: every count word has one writer in dispatch and combine 
   }
 }
 
+// What both executors derive from an operation's number (the GPU in every phase kernel, from its device
+// counter), and when both give up on a role that stopped moving.
+TEST_CASE("low-latency: an operation's number gives its buffer, use and tags, and when a role is stuck",
+          "[lowlat]") {
+  p::LowLatencyDispatchPlan dispatch;
+  p::LowLatencyCombinePlan combine;
+  for (std::uint32_t operation : {0u, 1u, 5u, 2048u}) {
+    const p::LowLatencyDispatchPlan d = p::at_operation(dispatch, operation);
+    const p::LowLatencyCombinePlan c = p::at_operation(combine, operation);
+    CHECK(d.ctx.operation == operation);
+    CHECK(d.ctx.buffer == static_cast<int>(operation % 2));
+    CHECK(d.ctx.use == operation / 2);
+    CHECK(d.tag == p::low_latency_tag(operation, false));
+    CHECK(c.ctx.buffer == d.ctx.buffer);
+    CHECK(c.ctx.use == d.ctx.use);
+    CHECK(c.tag == p::low_latency_tag(operation, true));
+  }
+  CHECK(p::low_latency_stuck_after_ns(2'000'000'000ull) == 5'000'000'000ull);
+  CHECK(p::low_latency_stuck_after_ns(0) == 1'000'000'000ull);
+  // Saturates where std::chrono::nanoseconds still holds it.
+  CHECK(p::low_latency_stuck_after_ns(~std::uint64_t{0}) == 0x7fffffffffffffffull);
+  CHECK(p::low_latency_stuck_after_ns(0x7fffffffffffffffull / 2) == 0x7fffffffffffffffull);
+}
+
 TEST_CASE("low-latency: rows take their positions in (token, slot) order per expert", "[lowlat]") {
   const std::vector<std::int64_t> topk = {3,  1,  -1,  //
                                           1,  3,  2,   //

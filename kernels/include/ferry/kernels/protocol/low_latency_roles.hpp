@@ -137,6 +137,35 @@ struct LowLatencyCombinePlan {
       nullptr;  // [E] scratch: offset of the expert's rows in its rank's region (or ours)
 };
 
+// What follows from an operation's number (counted from the last clean): its buffer, the uses of that buffer
+// before it, and the tags of its words. The host derives them when it issues the operation; the GPU again in
+// every phase kernel from a counter its kernels keep in device memory, because a CUDA graph fixes kernel
+// parameters at capture and a replayed graph is another operation (kernels/cuda/low_latency_kernels.cu).
+FERRY_HD inline void set_operation(LowLatencyContext& ctx, std::uint32_t operation) {
+  ctx.operation = operation;
+  ctx.buffer = static_cast<int>(operation % kLowLatencyBuffers);
+  ctx.use = operation / kLowLatencyBuffers;
+}
+FERRY_HD inline LowLatencyDispatchPlan at_operation(LowLatencyDispatchPlan plan, std::uint32_t operation) {
+  set_operation(plan.ctx, operation);
+  plan.tag = low_latency_tag(operation, false);
+  return plan;
+}
+FERRY_HD inline LowLatencyCombinePlan at_operation(LowLatencyCombinePlan plan, std::uint32_t operation) {
+  set_operation(plan.ctx, operation);
+  plan.tag = low_latency_tag(operation, true);
+  return plan;
+}
+
+// A role that has not moved for this long is stuck for another reason than a silent peer (the waits mask a
+// peer after mask_after_ns): both executors give up then (the GPU never before its own timeout either).
+// Saturates at the largest signed 64-bit count, which std::chrono::nanoseconds still holds.
+FERRY_HD inline std::uint64_t low_latency_stuck_after_ns(std::uint64_t mask_after_ns) {
+  constexpr std::uint64_t kSlack = 1'000'000'000ull;
+  constexpr std::uint64_t kMax = 0x7fffffffffffffffull;
+  return mask_after_ns > (kMax - kSlack) / 2 ? kMax : 2 * mask_after_ns + kSlack;
+}
+
 // Each row's position at its expert, in (token, slot) order, and the rows per expert: the part of the routing
 // both ends derive from topk_idx alone (slots of -1 get -1). A token sends at most one row to an expert,
 // which is what bounds an expert's slots per source by the tokens: an id outside [0, E) or named twice by one
