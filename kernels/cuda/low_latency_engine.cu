@@ -2,6 +2,7 @@
 // each rank's kernels share, the phases of each half in stream order, failure records, and the virtual
 // cluster.
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "../host/src/describe.hpp"
@@ -59,38 +60,85 @@ struct LowLatencyDeviceEngine::Impl {
   std::vector<DeviceArray<std::byte*>> node_peers;  // per rank: [L]
   DeviceArray<LowLatencyRankStatic> statics;        // per rank
   DeviceArray<std::uint32_t> aborts;                // per rank: kAbortWords (abort word, heartbeat)
+  DeviceArray<std::uint64_t> sequences;             // per rank: kLowLatencySequenceWords
   MappedArray<DeviceReport> reports;                // per rank
+  std::uint64_t last_timeout_ns = 0;                // the longest phase timeout launched, for the messages
 
   const LowLatencyRankStatic* rank_static(std::size_t i) const { return statics.data() + i; }
-  std::uint64_t timeout_ns() const {
-    return static_cast<std::uint64_t>(
+  // A phase gives up after the engine's timeout, but never before the host executor would for the same
+  // context (low_latency_stuck_after_ns): a silent peer is masked, not reported as a timeout, on both.
+  std::uint64_t timeout_ns(const p::LowLatencyContext& ctx) {
+    const auto engine = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(options.timeout).count());
+    const std::uint64_t timeout = std::max(engine, p::low_latency_stuck_after_ns(ctx.mask_after_ns));
+    last_timeout_ns = std::max(last_timeout_ns, timeout);
+    return timeout;
   }
   // The bulk phases: blocks_per_rank blocks of groups; the posting phases: one block of up to
   // kLowLatencyRings.
-  LowLatencyLaunch bulk() const {
-    return {options.blocks_per_rank, options.groups_per_block, options.warps_per_group, timeout_ns()};
+  LowLatencyLaunch bulk(const p::LowLatencyContext& ctx) {
+    return {options.blocks_per_rank, options.groups_per_block, options.warps_per_group, timeout_ns(ctx)};
   }
-  LowLatencyLaunch posting() const {
-    return {1, std::min(options.groups_per_block, kLowLatencyRings), options.warps_per_group, timeout_ns()};
+  LowLatencyLaunch posting(const p::LowLatencyContext& ctx) {
+    return {1, std::min(options.groups_per_block, kLowLatencyRings), options.warps_per_group,
+            timeout_ns(ctx)};
   }
 
+  // One plan per rank, all of one operation (the kernels number it from the buffer parity the host gave it),
+  // of a shape whose puts fit the proxy's 32-bit sizes.
   template <class Plan>
-  void check_count(const std::vector<Plan>& plans) const {
+  void check_plans(const std::vector<Plan>& plans) const {
     if (plans.size() != ranks.size()) {
       fail(Errc::invalid_argument, "low-latency device engine: " + std::to_string(plans.size()) +
                                        " plans for its " + std::to_string(ranks.size()) + " ranks");
     }
+    for (const Plan& plan : plans) {
+      if (plan.ctx.operation != plans.front().ctx.operation) {
+        fail(Errc::invalid_argument, "low-latency device engine: plans of operations " +
+                                         std::to_string(plans.front().ctx.operation) + " and " +
+                                         std::to_string(plan.ctx.operation) + " in one call");
+      }
+      if (p::low_latency_largest_put(plan.ctx.layout) > p::kLowLatencyMaxPutBytes) {
+        fail(Errc::invalid_argument, "low-latency device engine: one expert's block of " +
+                                         std::to_string(plan.ctx.layout.T()) + " messages is " +
+                                         std::to_string(p::low_latency_largest_put(plan.ctx.layout)) +
+                                         " bytes, beyond the 32-bit size of a fabric put");
+      }
+    }
   }
 
-  // The start of a send half: a new operation, so no rank is aborted any more.
+  // The start of a send half: a new operation, so no rank is aborted any more, and its number taken from
+  // each rank's sequence on the device (a graph replay is the next operation).
   template <class Plan>
   cudaStream_t begin_send(const std::vector<Plan>& plans, void* stream) {
-    check_count(plans);
+    check_plans(plans);
     const cudaStream_t s = as_stream(stream);
-    check(cudaMemsetAsync(aborts.data(), 0, sizeof(std::uint32_t) * kAbortWords * plans.size(), s),
-          "clear the abort words");
+    launch_begin_operation(statics.data(), static_cast<int>(plans.size()), plans.front().ctx.buffer, s);
     return s;
+  }
+
+  // Launch shapes the phase kernels cannot run (ptxas's registers per thread bound the block) are refused
+  // here by name instead of failing the first launch; the kernels' stacks are reserved once, now (left to
+  // the first launch, the driver grows them then and synchronises the device in the middle of it).
+  void check_kernels() const {
+    const int threads = options.groups_per_block * options.warps_per_group * 32;
+    std::size_t stack = 0;
+    for (const LowLatencyKernelAttributes& kernel : low_latency_kernel_attributes()) {
+      stack = std::max(stack, kernel.local_bytes);
+      if (std::string(kernel.name) != "clean_kernel" && threads > kernel.max_threads_per_block) {
+        fail(Errc::invalid_argument,
+             "low-latency device engine: " + std::to_string(options.groups_per_block) + " groups of " +
+                 std::to_string(options.warps_per_group) + " warps are " + std::to_string(threads) +
+                 " threads per block, but " + kernel.name + " runs at most " +
+                 std::to_string(kernel.max_threads_per_block) + " (its registers per thread)");
+      }
+    }
+    constexpr std::size_t kMargin = 128;  // as DeviceEngine: a little over ptxas's figure, rounded
+    stack = (stack + kMargin + 255) / 256 * 256;
+    std::size_t current = 0;
+    check(cudaDeviceGetLimit(&current, cudaLimitStackSize), "cudaDeviceGetLimit(stack size)");
+    if (current < stack)
+      check(cudaDeviceSetLimit(cudaLimitStackSize, stack), "cudaDeviceSetLimit(stack size)");
   }
 };
 
@@ -109,12 +157,15 @@ LowLatencyDeviceEngine::LowLatencyDeviceEngine(const p::Topology& topo,
   impl.topo = topo;
   impl.options = options;
   impl.ranks = std::move(ranks);
+  impl.check_kernels();
   const std::size_t count = impl.ranks.size();
   impl.statics = DeviceArray<LowLatencyRankStatic>(count);
   // Each rank's abort word is followed by its heartbeat (device_io.cuh): DeviceIo::progressed writes two
   // words past the abort word, so one word per rank would land in the next rank's abort word.
   impl.aborts = DeviceArray<std::uint32_t>(count * kAbortWords);
   impl.aborts.zero(nullptr);
+  impl.sequences = DeviceArray<std::uint64_t>(count * kLowLatencySequenceWords);
+  impl.sequences.zero(nullptr);
   impl.reports = MappedArray<DeviceReport>(count);
   std::vector<LowLatencyRankStatic> statics(count);
   for (std::size_t i = 0; i < count; ++i) {
@@ -141,10 +192,14 @@ LowLatencyDeviceEngine::LowLatencyDeviceEngine(const p::Topology& topo,
     s.rank = rank.rank;
     s.report = impl.reports.device() + i;
     s.abort = impl.aborts.data() + i * kAbortWords;
+    s.sequence = impl.sequences.data() + i * kLowLatencySequenceWords;
   }
   check(cudaMemcpy(impl.statics.data(), statics.data(), sizeof(LowLatencyRankStatic) * count,
                    cudaMemcpyHostToDevice),
         "copy the ranks' launch records");
+  // The set-up above ran on the legacy stream, which a non-blocking stream's kernels do not wait for (and a
+  // pageable cudaMemcpy may return before its copy lands): finished here, once.
+  check(cudaDeviceSynchronize(), "the low-latency engine's set-up");
 }
 
 LowLatencyDeviceEngine::~LowLatencyDeviceEngine() = default;
@@ -159,70 +214,88 @@ void LowLatencyDeviceEngine::dispatch_send(const std::vector<p::LowLatencyDispat
   const cudaStream_t s = impl.begin_send(plans, stream);
   for (std::size_t i = 0; i < plans.size(); ++i) {
     launch_slots(plans[i], impl.rank_static(i), s);
-    launch_context_phase(LowLatencyPhase::acquire, plans[i].ctx, impl.rank_static(i), impl.posting(), s);
-    launch_dispatch_phase(LowLatencyPhase::dispatch_scatter, plans[i], impl.rank_static(i), impl.bulk(), s);
-    launch_dispatch_phase(LowLatencyPhase::dispatch_publish, plans[i], impl.rank_static(i), impl.posting(),
-                          s);
+    launch_context_phase(LowLatencyPhase::acquire, plans[i].ctx, impl.rank_static(i),
+                         impl.posting(plans[i].ctx), s);
+    launch_dispatch_phase(LowLatencyPhase::dispatch_scatter, plans[i], impl.rank_static(i),
+                          impl.bulk(plans[i].ctx), s);
+    launch_dispatch_phase(LowLatencyPhase::dispatch_publish, plans[i], impl.rank_static(i),
+                          impl.posting(plans[i].ctx), s);
   }
 }
 
 void LowLatencyDeviceEngine::dispatch_receive(const std::vector<p::LowLatencyDispatchPlan>& plans,
                                               void* stream) {
   Impl& impl = *impl_;
-  impl.check_count(plans);
+  impl.check_plans(plans);
   const cudaStream_t s = as_stream(stream);
   for (std::size_t i = 0; i < plans.size(); ++i)
-    launch_dispatch_phase(LowLatencyPhase::dispatch_gather, plans[i], impl.rank_static(i), impl.bulk(), s);
+    launch_dispatch_phase(LowLatencyPhase::dispatch_gather, plans[i], impl.rank_static(i),
+                          impl.bulk(plans[i].ctx), s);
   for (std::size_t i = 0; i < plans.size(); ++i)
-    launch_context_phase(LowLatencyPhase::release, plans[i].ctx, impl.rank_static(i), impl.posting(), s);
+    launch_context_phase(LowLatencyPhase::release, plans[i].ctx, impl.rank_static(i),
+                         impl.posting(plans[i].ctx), s);
 }
 
 void LowLatencyDeviceEngine::combine_send(const std::vector<p::LowLatencyCombinePlan>& plans, void* stream) {
   Impl& impl = *impl_;
   const cudaStream_t s = impl.begin_send(plans, stream);
   for (std::size_t i = 0; i < plans.size(); ++i) {
-    launch_context_phase(LowLatencyPhase::acquire, plans[i].ctx, impl.rank_static(i), impl.posting(), s);
-    launch_combine_phase(LowLatencyPhase::combine_return, plans[i], impl.rank_static(i), impl.posting(), s);
+    launch_context_phase(LowLatencyPhase::acquire, plans[i].ctx, impl.rank_static(i),
+                         impl.posting(plans[i].ctx), s);
+    launch_combine_phase(LowLatencyPhase::combine_return, plans[i], impl.rank_static(i),
+                         impl.posting(plans[i].ctx), s);
   }
 }
 
 void LowLatencyDeviceEngine::combine_receive(const std::vector<p::LowLatencyCombinePlan>& plans,
                                              void* stream) {
   Impl& impl = *impl_;
-  impl.check_count(plans);
+  impl.check_plans(plans);
   const cudaStream_t s = as_stream(stream);
   for (std::size_t i = 0; i < plans.size(); ++i) {
-    launch_combine_phase(LowLatencyPhase::combine_wait, plans[i], impl.rank_static(i), impl.bulk(), s);
-    launch_combine_phase(LowLatencyPhase::combine_reduce, plans[i], impl.rank_static(i), impl.bulk(), s);
+    launch_combine_phase(LowLatencyPhase::combine_wait, plans[i], impl.rank_static(i),
+                         impl.bulk(plans[i].ctx), s);
+    launch_combine_phase(LowLatencyPhase::combine_reduce, plans[i], impl.rank_static(i),
+                         impl.bulk(plans[i].ctx), s);
   }
   for (std::size_t i = 0; i < plans.size(); ++i)
-    launch_context_phase(LowLatencyPhase::release, plans[i].ctx, impl.rank_static(i), impl.posting(), s);
+    launch_context_phase(LowLatencyPhase::release, plans[i].ctx, impl.rank_static(i),
+                         impl.posting(plans[i].ctx), s);
 }
 
 void LowLatencyDeviceEngine::clean(const std::vector<p::LowLatencyContext>& contexts, std::uint64_t epoch,
                                    void* stream) {
   Impl& impl = *impl_;
-  impl.check_count(contexts);
+  if (contexts.size() != impl.ranks.size()) {
+    fail(Errc::invalid_argument, "low-latency device engine: " + std::to_string(contexts.size()) +
+                                     " contexts for its " + std::to_string(impl.ranks.size()) + " ranks");
+  }
   const cudaStream_t s = as_stream(stream);
   DeviceArray<p::LowLatencyContext> on_device(contexts.size());
   check(cudaMemcpyAsync(on_device.data(), contexts.data(), sizeof(p::LowLatencyContext) * contexts.size(),
                         cudaMemcpyHostToDevice, s),
         "copy the clean's contexts");
-  launch_clean(on_device.data(), impl.statics.data(), static_cast<int>(contexts.size()), epoch,
-               impl.timeout_ns(), s);
+  check(cudaMemsetAsync(impl.aborts.data(), 0, sizeof(std::uint32_t) * kAbortWords * contexts.size(), s),
+        "clear the abort words");
+  std::uint64_t timeout = 0;
+  for (const p::LowLatencyContext& ctx : contexts) timeout = std::max(timeout, impl.timeout_ns(ctx));
+  launch_clean(on_device.data(), impl.statics.data(), static_cast<int>(contexts.size()), epoch, timeout, s);
   finish(stream);
 }
 
 void LowLatencyDeviceEngine::finish(void* stream) {
   Impl& impl = *impl_;
   check(cudaStreamSynchronize(as_stream(stream)), "the low-latency kernels");
+  // Every rank's record is taken and cleared (one fault usually leaves records on several ranks, which the
+  // next operation must not report); the first is raised.
+  std::optional<DeviceReport> first;
   for (std::size_t i = 0; i < impl.ranks.size(); ++i) {
     DeviceReport& report = impl.reports.host()[i];
     if (report.failure == 0) continue;
-    const DeviceReport copy = report;
-    report = DeviceReport{};  // the next operation starts clean
-    throw_low_latency_report(copy, impl.options.timeout);
+    if (!first) first = report;
+    report = DeviceReport{};
   }
+  if (first) throw_low_latency_report(*first, std::chrono::nanoseconds(impl.last_timeout_ns));
 }
 
 // ---- the virtual cluster ----

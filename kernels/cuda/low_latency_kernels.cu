@@ -1,5 +1,7 @@
 // The low-latency mode's kernels (low_latency_kernels.cuh): every role of protocol/low_latency_roles.hpp
 // instantiated with the device Io, for sm_80 and sm_90a.
+#include <utility>
+
 #include "device_memory.cuh"
 #include "ferry/kernels/protocol/role_loop.hpp"
 #include "low_latency_kernels.cuh"
@@ -80,8 +82,17 @@ __device__ __noinline__ void run_role(const Plan& plan, const LowLatencyRankStat
 
 using Io = LowLatencyDeviceIo;
 
-__global__ void context_phase(p::LowLatencyContext ctx, const LowLatencyRankStatic* rank,
+// The number the rank's sequence gave the operation these parameters were issued for (the host's buffer
+// parity names it: at most two operations are in flight, one per buffer).
+__device__ std::uint32_t live_operation(const p::LowLatencyContext& issued,
+                                        const LowLatencyRankStatic& rank) {
+  return static_cast<std::uint32_t>(rank.sequence[1 + issued.buffer]);
+}
+
+__global__ void context_phase(p::LowLatencyContext issued, const LowLatencyRankStatic* rank,
                               LowLatencyLaunch launch, LowLatencyPhase phase) {
+  p::LowLatencyContext ctx = issued;
+  p::set_operation(ctx, live_operation(issued, *rank));
   if (phase == LowLatencyPhase::acquire) {
     run_role<p::LowLatencyAcquire<Io>>(ctx, *rank, launch);
   } else {
@@ -89,8 +100,9 @@ __global__ void context_phase(p::LowLatencyContext ctx, const LowLatencyRankStat
   }
 }
 
-__global__ void dispatch_phase(p::LowLatencyDispatchPlan plan, const LowLatencyRankStatic* rank,
+__global__ void dispatch_phase(p::LowLatencyDispatchPlan issued, const LowLatencyRankStatic* rank,
                                LowLatencyLaunch launch, LowLatencyPhase phase) {
+  const p::LowLatencyDispatchPlan plan = p::at_operation(issued, live_operation(issued.ctx, *rank));
   switch (phase) {
     case LowLatencyPhase::dispatch_scatter:
       run_role<p::LowLatencyDispatchScatter<Io>>(plan, *rank, launch);
@@ -106,8 +118,9 @@ __global__ void dispatch_phase(p::LowLatencyDispatchPlan plan, const LowLatencyR
   }
 }
 
-__global__ void combine_phase(p::LowLatencyCombinePlan plan, const LowLatencyRankStatic* rank,
+__global__ void combine_phase(p::LowLatencyCombinePlan issued, const LowLatencyRankStatic* rank,
                               LowLatencyLaunch launch, LowLatencyPhase phase) {
+  const p::LowLatencyCombinePlan plan = p::at_operation(issued, live_operation(issued.ctx, *rank));
   switch (phase) {
     case LowLatencyPhase::combine_return:
       run_role<p::LowLatencyCombineReturn<Io>>(plan, *rank, launch);
@@ -144,8 +157,56 @@ __global__ void slots_kernel(p::LowLatencyDispatchPlan plan, const LowLatencyRan
   }
 }
 
-// A block per rank, one warp each: barrier, private words re-read, barrier. A cooperative launch, so every
-// rank's block runs at once (or the launch fails instead of deadlocking).
+// Thread i: rank i's abort words cleared, its operation numbered.
+__global__ void begin_operation_kernel(const LowLatencyRankStatic* ranks, int count, int host_buffer) {
+  for (int i = static_cast<int>(threadIdx.x); i < count; i += static_cast<int>(blockDim.x)) {
+    const LowLatencyRankStatic& rank = ranks[i];
+    for (int w = 0; w < kAbortWords; ++w) rank.abort[w] = 0;
+    const std::uint64_t operation = rank.sequence[0];
+    rank.sequence[1 + host_buffer] = operation;
+    rank.sequence[0] = operation + 1;
+  }
+}
+
+// Leader of the clean's warp: every fabric command the rank posted before the clean has taken effect before
+// its barrier signal goes out. The proxy drains a rank's rings in round-robin batches, so the barrier signal
+// on ring 0 could otherwise overtake a release or count posted earlier on rings 1-3, and a peer would copy
+// that word into its private copy before the late increment lands. Rings 1-3 are waited for until every
+// command completed; then a flush on ring 0 (which completes once every earlier operation of the proxy
+// thread, those of rings 1-3 included, is visible at its target) is posted and waited for. Waiting on the
+// device keeps the clean one launch; the alternative, per-peer order across a rank's rings in the proxy,
+// would change the transport for every mode. Returns false on a ring error or after timeout_ns.
+__device__ bool drain_rings(const LowLatencyRankStatic& rank, std::uint64_t timeout_ns,
+                            std::uint32_t* error) {
+  if (!rank.rings_present) return true;
+  const std::uint64_t start = global_time_ns();
+  auto completed = [&](const transport::CommandRingView& ring) {
+    const std::uint64_t posted = transport::ring_load_acquire(&ring.control->tail);
+    unsigned attempt = 0;
+    while (transport::ring_load_acquire(&ring.control->completed) < posted) {
+      *error = load_acquire_sys(&ring.control->error);
+      if (*error != 0 || global_time_ns() - start > timeout_ns) return false;
+      DeviceIo::pause(attempt++);
+    }
+    return true;
+  };
+  for (int k = 1; k < kLowLatencyRings; ++k)
+    if (!completed(rank.rings[k])) return false;
+  transport::CommandRingProducer producer{rank.rings[0],
+                                          transport::ring_load_acquire(&rank.rings[0].control->tail),
+                                          transport::ring_load_acquire(&rank.rings[0].control->head)};
+  unsigned attempt = 0;
+  while (!producer.try_post(transport::make_flush())) {
+    *error = load_acquire_sys(&rank.rings[0].control->error);
+    if (*error != 0 || global_time_ns() - start > timeout_ns) return false;
+    DeviceIo::pause(attempt++);
+  }
+  return completed(rank.rings[0]);
+}
+
+// A block per rank, one warp each: earlier fabric commands drained, barrier, private words re-read, barrier,
+// the rank's operation count back to 0. A cooperative launch, so every rank's block runs at once (or the
+// launch fails instead of deadlocking).
 __global__ void clean_kernel(const p::LowLatencyContext* contexts, const LowLatencyRankStatic* ranks,
                              std::uint64_t epoch, std::uint64_t timeout_ns) {
   __shared__ __align__(16) std::uint64_t broadcast[2];
@@ -157,6 +218,21 @@ __global__ void clean_kernel(const p::LowLatencyContext* contexts, const LowLate
     port.region = rank.region;
     port.present = true;
   }
+  if (threadIdx.x == 0) {
+    std::uint32_t error = 0;
+    if (!drain_rings(rank, timeout_ns, &error)) {
+      if (atomicCAS_system(&rank.report->failure, 0u, static_cast<unsigned>(DeviceFailure::proxy)) == 0u) {
+        rank.report->rank = rank.rank;
+        rank.report->channel = -1;
+        rank.report->stage = static_cast<std::uint32_t>(p::Stage::low_latency_barrier);
+        rank.report->proxy_error = error != 0 ? error : 0xffffffffu;
+        __threadfence_system();
+      }
+      atomicExch(rank.abort, 1u);
+    }
+  }
+  __syncwarp();
+  // The Io reads ring 0's tail now, after the flush.
   LowLatencyDeviceIo io(GroupShape{0, 32, 1}, rank.local, rank.node_peers, broadcast, rank.abort, port,
                         timeout_ns);
   p::LowLatencyBarrier<Io> first(io, ctx, 2 * epoch + 1);
@@ -164,6 +240,7 @@ __global__ void clean_kernel(const p::LowLatencyContext* contexts, const LowLate
   report_outcome(io, outcome, rank);
   if (outcome.end != p::RoleEnd::done) return;
   p::sync_private_words(io, ctx.layout);
+  if (io.leader()) rank.sequence[0] = 0;  // operations count from the clean, on the host too
   p::LowLatencyBarrier<Io> second(io, ctx, 2 * epoch + 2);
   outcome = p::drive_role(second, io, timeout_ns);
   report_outcome(io, outcome, rank);
@@ -198,6 +275,27 @@ void launch_combine_phase(LowLatencyPhase phase, const p::LowLatencyCombinePlan&
                           cudaStream_t stream) {
   combine_phase<<<launch.blocks, threads_of(launch), shared_of(launch), stream>>>(plan, rank, launch, phase);
   check(cudaGetLastError(), "launch of a low-latency combine phase");
+}
+
+void launch_begin_operation(const LowLatencyRankStatic* ranks, int count, int host_buffer,
+                            cudaStream_t stream) {
+  begin_operation_kernel<<<1, 128, 0, stream>>>(ranks, count, host_buffer);
+  check(cudaGetLastError(), "launch of the low-latency operation start");
+}
+
+std::vector<LowLatencyKernelAttributes> low_latency_kernel_attributes() {
+  std::vector<LowLatencyKernelAttributes> result;
+  const std::pair<const char*, const void*> kernels[] = {
+      {"context_phase", reinterpret_cast<const void*>(&context_phase)},
+      {"dispatch_phase", reinterpret_cast<const void*>(&dispatch_phase)},
+      {"combine_phase", reinterpret_cast<const void*>(&combine_phase)},
+      {"clean_kernel", reinterpret_cast<const void*>(&clean_kernel)}};
+  for (const auto& [name, kernel] : kernels) {
+    cudaFuncAttributes attributes{};
+    check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
+    result.push_back({name, attributes.maxThreadsPerBlock, attributes.localSizeBytes});
+  }
+  return result;
 }
 
 void launch_slots(const p::LowLatencyDispatchPlan& plan, const LowLatencyRankStatic* rank,

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "device_io.cuh"
 #include "device_report.hpp"
@@ -57,7 +58,14 @@ struct LowLatencyRankStatic {
   int rank = 0;
   DeviceReport* report = nullptr;  // mapped host memory
   std::uint32_t* abort = nullptr;  // device memory: set by the first group of the rank that fails
+  // Device memory, kLowLatencySequenceWords: [0] operations begun since the last clean; [1 + p] the number
+  // the operation got whose plans the host issued with a buffer of parity p. Phase kernels take the
+  // operation's number (buffer, use, tags) from here, not from their parameters, so a replayed CUDA graph
+  // runs the next operations instead of repeating the captured ones.
+  std::uint64_t* sequence = nullptr;
 };
+
+inline constexpr int kLowLatencySequenceWords = 1 + protocol::kLowLatencyBuffers;
 
 struct LowLatencyLaunch {
   int blocks = 1;
@@ -87,6 +95,17 @@ void launch_dispatch_phase(LowLatencyPhase phase, const protocol::LowLatencyDisp
 void launch_combine_phase(LowLatencyPhase phase, const protocol::LowLatencyCombinePlan& plan,
                           const LowLatencyRankStatic* rank, const LowLatencyLaunch& launch,
                           cudaStream_t stream);
+// The start of a send half on every rank: the abort words cleared and the operation numbered from the rank's
+// sequence counter (bumped), recorded under the host's buffer parity `host_buffer` for the half's phases.
+void launch_begin_operation(const LowLatencyRankStatic* ranks, int count, int host_buffer,
+                            cudaStream_t stream);
+// What ptxas gave the phase kernels, for the engine's launch-shape check and stack reservation.
+struct LowLatencyKernelAttributes {
+  const char* name;
+  int max_threads_per_block;
+  std::size_t local_bytes;
+};
+std::vector<LowLatencyKernelAttributes> low_latency_kernel_attributes();
 // The plan's slot and send_count from its topk_idx (protocol::assign_slots on the GPU).
 void launch_slots(const protocol::LowLatencyDispatchPlan& plan, const LowLatencyRankStatic* rank,
                   cudaStream_t stream);

@@ -161,9 +161,7 @@ struct LowLatencyBuffer::Impl {
     ctx.layout = p::make_low_latency_layout(of);
     ctx.topo = topology();
     ctx.rank = rank;
-    ctx.operation = operation;
-    ctx.buffer = static_cast<int>(operation % p::kLowLatencyBuffers);
-    ctx.use = operation / p::kLowLatencyBuffers;
+    p::set_operation(ctx, operation);
     ctx.mask_after_ns = static_cast<std::uint64_t>(config.timeout.count());
     ctx.mask = mask.get();
     return ctx;

@@ -50,6 +50,11 @@ p::LowLatencyShape check_low_latency_shape(std::int64_t max_tokens, std::int64_t
   const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
   if (layout.counts + layout.count_words_bytes() > std::numeric_limits<std::uint32_t>::max())
     reject(std::to_string(num_experts) + " experts need signal words beyond the 32-bit offsets of the proxy");
+  if (p::low_latency_largest_put(layout) > p::kLowLatencyMaxPutBytes) {
+    reject(std::to_string(max_tokens) + " tokens per rank of hidden " + std::to_string(hidden) +
+           " make one expert's block of rows " + std::to_string(p::low_latency_largest_put(layout)) +
+           " bytes, beyond the 32-bit size of a fabric put (lower num_max_dispatch_tokens_per_rank)");
+  }
   if (region_bytes > 0) {
     const std::size_t needed = layout.total_bytes;
     if (needed > region_bytes) {

@@ -2,7 +2,8 @@
 // rank a virtual rank of this process on one GPU; other nodes through the proxy's device-to-device copies).
 // The host executor is checked against the reference by tests/lowlat; here the same plans run on both and
 // every output must agree: packed rows, scales (fp32 and UE8M0), counts, source tokens, ranges, combined
-// rows. Also a dispatch captured in a CUDA graph (no host synchronisation inside). Exits 77 without a GPU
+// rows. Also DDCC and DCDC rounds on one buffer pair, and CUDA graphs (no host synchronisation inside)
+// replayed several times, each replay the next operations. Exits 77 without a GPU
 // (gpu_main.cpp).
 #include <cuda_runtime.h>
 
@@ -217,9 +218,19 @@ void compare(const LowLatencyScenario& scenario, int rank, const RankRun& host, 
   CHECK(read(host, kOut, false) == read(gpu, kOut, true));
 }
 
-// One dispatch and one combine on every rank, on the host executor and on the GPU, then compared.
-void run_both(int nodes, int local, const ferry::test::DispatchFlags& flags, std::uint64_t seed,
-              bool graph = false) {
+// One step of a pattern: run `run`'s dispatch or combine (both halves) on every rank.
+struct Step {
+  int run;
+  bool combine;
+};
+
+// Runs a pattern of dispatches and combines over `runs` sets of arrays, `rounds` times, on the host executor
+// and on the GPU, and compares every run's outputs after each round. Operations are numbered in step order
+// across rounds (operation n uses buffer n % 2). With `graph`, the GPU captures one round in a CUDA graph and
+// launches the graph `rounds` times: each launch must behave as the next operations (the kernels number them
+// from a counter in device memory), which the host executor runs with their real numbers.
+void run_pattern(int nodes, int local, const ferry::test::DispatchFlags& flags, std::uint64_t seed, int runs,
+                 const std::vector<Step>& steps, int rounds, bool graph) {
   ferry::test::LowLatencyShapeSpec spec;
   spec.num_nodes = nodes;
   spec.local_size = local;
@@ -227,9 +238,10 @@ void run_both(int nodes, int local, const ferry::test::DispatchFlags& flags, std
   spec.max_tokens = 24;
   spec.num_topk = 4;
   std::mt19937_64 rng(seed);
-  const LowLatencyScenario scenario = ferry::test::make_low_latency_scenario(spec, rng);
-  const int R = scenario.num_ranks();
-  const std::size_t bytes = scenario.bytes_hint();
+  std::vector<LowLatencyScenario> scenarios;
+  for (int k = 0; k < runs; ++k) scenarios.push_back(ferry::test::make_low_latency_scenario(spec, rng));
+  const int R = scenarios.front().num_ranks();
+  const std::size_t bytes = scenarios.front().bytes_hint();
 
   c::LowLatencyDeviceOptions options;
   options.timeout = std::chrono::seconds(20);
@@ -242,50 +254,94 @@ void run_both(int nodes, int local, const ferry::test::DispatchFlags& flags, std
   for (int r = 0; r < R; ++r)
     hosts.push_back(std::make_unique<h::LowLatencyEngine>(r, topo, world.memory(r)));
 
-  std::vector<RankRun> host_runs(R), gpu_runs(R);
+  // [run][rank]
+  std::vector<std::vector<RankRun>> host_runs(runs), gpu_runs(runs);
   const std::vector<std::uint64_t> mask(R, 0);
-  for (int r = 0; r < R; ++r) {
-    build(host_runs[r], scenario, r, 0, flags, mask, false);
-    build(gpu_runs[r], scenario, r, 0, flags, mask, true);
+  for (int k = 0; k < runs; ++k) {
+    host_runs[k].resize(R);
+    gpu_runs[k].resize(R);
+    for (int r = 0; r < R; ++r) {
+      build(host_runs[k][r], scenarios[k], r, 0, flags, mask, false);
+      build(gpu_runs[k][r], scenarios[k], r, 0, flags, mask, true);
+    }
   }
-  // The host executor: every rank's send half before any receive half, as the GPU's stream orders them.
-  for (int r = 0; r < R; ++r) hosts[r]->dispatch_send(host_runs[r].dispatch);
-  for (int r = 0; r < R; ++r) hosts[r]->dispatch_receive(host_runs[r].dispatch);
-  for (int r = 0; r < R; ++r) hosts[r]->combine_send(host_runs[r].combine);
-  for (int r = 0; r < R; ++r) hosts[r]->combine_receive(host_runs[r].combine);
-
-  std::vector<p::LowLatencyDispatchPlan> dispatch;
-  std::vector<p::LowLatencyCombinePlan> combine;
-  for (int r = 0; r < R; ++r) {
-    dispatch.push_back(gpu_runs[r].dispatch);
-    combine.push_back(gpu_runs[r].combine);
-  }
+  cuda_ok(cudaDeviceSynchronize(),
+          "the uploads");  // legacy-stream copies before a non-blocking stream's work
   cudaStream_t stream = nullptr;
   cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   c::LowLatencyDeviceEngine& engine = cluster.engine();
+
+  // Every rank's send half before any receive half, as the GPU's stream orders them.
+  auto host_half = [&](const Step& step, std::uint32_t operation, bool send) {
+    for (int r = 0; r < R; ++r) {
+      RankRun& run = host_runs[step.run][r];
+      h::LowLatencyEngine& host = *hosts[r];
+      if (step.combine) {
+        const p::LowLatencyCombinePlan plan = p::at_operation(run.combine, operation);
+        send ? host.combine_send(plan) : host.combine_receive(plan);
+      } else {
+        const p::LowLatencyDispatchPlan plan = p::at_operation(run.dispatch, operation);
+        send ? host.dispatch_send(plan) : host.dispatch_receive(plan);
+      }
+    }
+  };
+  auto host_step = [&](const Step& step, std::uint32_t operation) {
+    host_half(step, operation, true);
+    host_half(step, operation, false);
+  };
+  auto gpu_step = [&](const Step& step, std::uint32_t operation) {
+    if (step.combine) {
+      std::vector<p::LowLatencyCombinePlan> plans;
+      for (int r = 0; r < R; ++r) plans.push_back(p::at_operation(gpu_runs[step.run][r].combine, operation));
+      engine.combine_send(plans, stream);
+      engine.combine_receive(plans, stream);
+    } else {
+      std::vector<p::LowLatencyDispatchPlan> plans;
+      for (int r = 0; r < R; ++r) plans.push_back(p::at_operation(gpu_runs[step.run][r].dispatch, operation));
+      engine.dispatch_send(plans, stream);
+      engine.dispatch_receive(plans, stream);
+    }
+  };
+  auto compare_all = [&](int round) {
+    INFO("round " << round);
+    for (int k = 0; k < runs; ++k)
+      for (int r = 0; r < R; ++r) compare(scenarios[k], r, host_runs[k][r], gpu_runs[k][r], flags);
+  };
+
+  std::uint32_t operation = 0;
   if (graph) {
-    // Both halves of the dispatch as one graph: nothing in them waits on the host.
+    // One round, captured with operations 0 .. steps - 1 (nothing in it waits on the host).
     cudaGraph_t captured = nullptr;
     cuda_ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-    engine.dispatch_send(dispatch, stream);
-    engine.dispatch_receive(dispatch, stream);
+    for (std::size_t i = 0; i < steps.size(); ++i) gpu_step(steps[i], static_cast<std::uint32_t>(i));
     cuda_ok(cudaStreamEndCapture(stream, &captured), "cudaStreamEndCapture");
     cudaGraphExec_t exec = nullptr;
     cuda_ok(cudaGraphInstantiate(&exec, captured, 0), "cudaGraphInstantiate");
-    cuda_ok(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
-    engine.finish(stream);
+    for (int round = 0; round < rounds; ++round) {
+      for (const Step& step : steps) host_step(step, operation++);
+      cuda_ok(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+      engine.finish(stream);
+      compare_all(round);
+    }
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(captured);
   } else {
-    engine.dispatch_send(dispatch, stream);
-    engine.dispatch_receive(dispatch, stream);
-    engine.finish(stream);
+    for (int round = 0; round < rounds; ++round) {
+      for (const Step& step : steps) {
+        host_step(step, operation);
+        gpu_step(step, operation++);
+        engine.finish(stream);
+      }
+      compare_all(round);
+    }
   }
-  engine.combine_send(combine, stream);
-  engine.combine_receive(combine, stream);
-  engine.finish(stream);
   cudaStreamDestroy(stream);
-  for (int r = 0; r < R; ++r) compare(scenario, r, host_runs[r], gpu_runs[r], flags);
+}
+
+// One dispatch and one combine on every rank, on the host executor and on the GPU, then compared.
+void run_both(int nodes, int local, const ferry::test::DispatchFlags& flags, std::uint64_t seed,
+              bool graph = false) {
+  run_pattern(nodes, local, flags, seed, 1, {{0, false}, {0, true}}, 1, graph);
 }
 
 }  // namespace
@@ -304,4 +360,25 @@ TEST_CASE("GPU low-latency dispatch and combine equal the host executor's (1 x 4
 
 TEST_CASE("GPU low-latency dispatch captured in a CUDA graph equals the host executor's", "[gpu][lowlat]") {
   run_both(2, 2, {true, true, false}, 99, true);
+}
+
+// A buffer carries a dispatch and, operations later, a combine: dispatch and combine count words must have
+// one writer each (the device_copy fabric keeps each word's value on the host).
+TEST_CASE("GPU low-latency DDCC and DCDC rounds equal the host executor's (2 x 2, 1 x 4)", "[gpu][lowlat]") {
+  const std::vector<Step> ddcc = {{0, false}, {1, false}, {0, true}, {1, true}};
+  const std::vector<Step> dcdc = {{0, false}, {0, true}, {1, false}, {1, true}};
+  std::uint64_t seed = 200;
+  for (auto shape : {std::pair{2, 2}, std::pair{1, 4}}) {
+    INFO(shape.first << "x" << shape.second);
+    run_pattern(shape.first, shape.second, {true, false, false}, seed++, 2, ddcc, 3, false);
+    run_pattern(shape.first, shape.second, {false, false, false}, seed++, 2, dcdc, 3, false);
+  }
+}
+
+// A graph replayed N times is N rounds of operations: acquires wait for the previous replay's releases and
+// the words carry each replay's own tags.
+TEST_CASE("GPU low-latency graph replayed several times equals as many host operations", "[gpu][lowlat]") {
+  run_pattern(2, 2, {true, true, true}, 300, 1, {{0, false}, {0, true}}, 4, true);  // even: same buffers
+  run_pattern(2, 2, {true, false, false}, 301, 1, {{0, false}}, 3, true);           // odd: buffers alternate
+  run_pattern(2, 2, {false, false, false}, 302, 2, {{0, false}, {1, false}, {0, true}, {1, true}}, 3, true);
 }

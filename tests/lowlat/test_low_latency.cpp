@@ -215,6 +215,43 @@ TEST_CASE("low-latency: two results may be held, a third operation is refused by
   round_trip(cluster, a, {true, false, false}, CallMode::hook, CallMode::plain, true, none);
 }
 
+// A buffer carries a dispatch in one operation and a combine in a later one: D,D,C,C (two micro-batches, as
+// DeepEP's decoding overlaps them) puts combine A on dispatch A's buffer, D,C,D,C puts every combine on the
+// other buffer than its dispatch. Several rounds of both, in and across nodes, each checked with the
+// reference.
+TEST_CASE("low-latency: DDCC and DCDC rounds on one buffer pair match the reference", "[lowlat]") {
+  auto rng = seeded("low-latency operation patterns");
+  for (Topology topo : {Topology{2, 2}, Topology{1, 4}}) {
+    const int R = topo.nodes * topo.local;
+    LowLatencyShapeSpec spec = spec_of(topo.nodes, topo.local, 256, 8);
+    spec.num_topk = 3;
+    LowLatencyCluster cluster(topo.nodes, topo.local, get_low_latency_rdma_size_hint(8, 256, R, 2 * R));
+    const Masked none(R, false);
+    for (int round = 0; round < 3; ++round) {
+      INFO(topo.nodes << "x" << topo.local << " round " << round);
+      const DispatchFlags flags = random_flags(rng);
+      const LowLatencyScenario a = make_low_latency_scenario(spec, rng);
+      const LowLatencyScenario b = make_low_latency_scenario(spec, rng);
+      // D,D,C,C: operations 4n .. 4n + 3 on buffers 0, 1, 0, 1.
+      auto sent_a = cluster.dispatch(a, flags, CallMode::hook, none);
+      auto sent_b = cluster.dispatch(b, flags, CallMode::hook, none);
+      for (int r = 0; r < R; ++r) {
+        CHECK(check_low_latency_dispatch(a, r, none, flags, *sent_a[r]) == "");
+        CHECK(check_low_latency_dispatch(b, r, none, flags, *sent_b[r]) == "");
+      }
+      const auto out_a = cluster.combine(a, sent_a, CallMode::hook, none, false);
+      const auto out_b = cluster.combine(b, sent_b, CallMode::plain, none, round % 2 == 1);
+      for (int r = 0; r < R; ++r) {
+        CHECK(check_low_latency_combine(a, r, none, out_a[r].data()) == "");
+        CHECK(check_low_latency_combine(b, r, none, out_b[r].data()) == "");
+      }
+      // D,C,D,C.
+      round_trip(cluster, a, flags, CallMode::plain, CallMode::hook, false, none);
+      round_trip(cluster, b, flags, CallMode::hook, CallMode::plain, round % 2 == 0, none);
+    }
+  }
+}
+
 TEST_CASE("low-latency: a hook that outlives its buffer fails by name", "[lowlat]") {
   auto rng = seeded("low-latency orphan hook");
   LowLatencyShapeSpec spec = spec_of(1, 1, 128, 4);
@@ -369,6 +406,11 @@ TEST_CASE("low-latency: bad input is refused by name before anything is sent", "
               "rank_to_mask 2 is not in");
   LocalCluster spare(1, 2, tiny_normal_config());
   CHECK_ERROR(LowLatencyBuffer(spare, 0, LowLatencyConfig{}), Errc::invalid_argument, "num_rdma_bytes is 0");
+  // One expert's block of bf16 messages of hidden 32768 (65552 bytes each): 65520 of them fit the 32 bits a
+  // fabric put carries, 65521 do not.
+  CHECK_ERROR(get_low_latency_rdma_size_hint(65521, 32768, 2, 4), Errc::invalid_argument,
+              "beyond the 32-bit size of a fabric put");
+  CHECK(get_low_latency_rdma_size_hint(65520, 32768, 2, 4) > 0);
   // Nothing was sent: a valid round still works.
   round_trip(cluster, scenario, {}, CallMode::hook, CallMode::hook, false, Masked(2, false));
   // Combine with another routing than its dispatch's.

@@ -2,7 +2,10 @@
 // numeric.hpp's, the host's vectorised fp8 cast and weighted sum against the protocol's reference forms and
 // the test reference, DeepEP's scale rules, the region layout and the words' encoding.
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
+#include <map>
+#include <string>
 
 #include "dispatch/cluster_run.hpp"
 #include "dispatch/low_latency_reference.hpp"
@@ -31,6 +34,84 @@ TEST_CASE("low-latency: the branchless e4m3 conversion gives numeric.hpp's bits 
     CHECK(int{p::float_to_e4m3_branchless(value)} == int{p::float_to_e4m3(value)});
   }
   CHECK(checked > 8'000'000);
+}
+
+// Inf, NaN of either sign and payload, -0 and denormals, pinned to the bits the GPU writes: the GPU's
+// arithmetic returns the canonical NaN, so the host must write that too (e4m3 0x7f, bf16 0x7fc0).
+TEST_CASE("low-latency: Inf, NaN, -0 and denormals cast and sum to pinned bits", "[lowlat]") {
+  const float negative_nan = p::bits_to_float(0xffc00000u);  // x86's default NaN
+  const float payload_nan = p::bits_to_float(0x7f800001u);
+  CHECK(int{p::float_to_bf16(negative_nan)} == 0x7fc0);
+  CHECK(int{p::float_to_bf16(payload_nan)} == 0x7fc0);
+  CHECK(int{p::float_to_bf16(-INFINITY)} == 0xff80);
+  CHECK(int{p::float_to_bf16(-0.0f)} == 0x8000);
+  CHECK(int{p::float_to_bf16(p::bits_to_float(0x00010000u))} == 0x0001);  // a bf16 denormal kept
+  CHECK(int{p::float_to_bf16(p::bits_to_float(0x00000001u))} == 0x0000);  // below half of it: zero
+  for (float nan : {negative_nan, payload_nan, NAN}) {
+    CHECK(int{p::float_to_e4m3(nan)} == 0x7f);
+    CHECK(int{p::float_to_e4m3_branchless(nan)} == 0x7f);
+  }
+  CHECK(int{p::float_to_e4m3_branchless(-INFINITY)} == 0xfe);  // saturates
+  CHECK(int{p::float_to_e4m3_branchless(-0.0f)} == 0x80);
+
+  // Block 0 holds +Inf: amax is Inf, the scale 0, so Inf and NaN become NaN and the rest (signed) zeros.
+  // Block 1 is finite but for a negative NaN, which amax leaves out: 2.0 maps to 448.
+  std::vector<std::uint16_t> x(256, 0);
+  x[0] = 0x7f80;    // +Inf
+  x[1] = 0xffc1;    // -NaN with a payload
+  x[2] = 0x8000;    // -0
+  x[3] = 0x0001;    // the smallest bf16 denormal
+  x[4] = 0x3f80;    // 1
+  x[128] = 0x8000;  // -0
+  x[129] = 0x0001;  // denormal
+  x[130] = 0xffc1;  // -NaN
+  x[131] = 0x4000;  // 2
+  for (bool round_scale : {false, true}) {
+    INFO("round_scale " << round_scale);
+    std::vector<std::uint8_t> host_bits(256), protocol_bits(256);
+    std::vector<float> host_scales(2), protocol_scales(2);
+    h::quantize_row({x.data(), 256, round_scale, host_bits.data(), host_scales.data()});
+    p::quantize_row({x.data(), 256, round_scale, protocol_bits.data(), protocol_scales.data()});
+    CHECK(host_bits == protocol_bits);
+    CHECK(p::float_bits(host_scales[0]) == p::float_bits(protocol_scales[0]));
+    CHECK(p::float_bits(host_scales[1]) == p::float_bits(protocol_scales[1]));
+    if (round_scale) {
+      // Inf * 2^-126 saturates; 2^127 is the largest power-of-two scale.
+      CHECK(std::vector<int>(host_bits.begin(), host_bits.begin() + 5) ==
+            std::vector<int>{0x7e, 0x7f, 0x80, 0x00, 0x00});
+      CHECK(p::float_bits(host_scales[0]) == 0x7f000000u);
+    } else {
+      CHECK(std::vector<int>(host_bits.begin(), host_bits.begin() + 5) ==
+            std::vector<int>{0x7f, 0x7f, 0x80, 0x00, 0x00});
+      CHECK(p::float_bits(host_scales[0]) == 0x7f800000u);  // amax / 448 of Inf
+    }
+    CHECK(std::vector<int>(host_bits.begin() + 128, host_bits.begin() + 132) ==
+          std::vector<int>{0x80, 0x00, 0x7f, round_scale ? 0x78 : 0x7e});
+    for (int i = 5; i < 128; ++i) CHECK(int{host_bits[i]} == 0);
+  }
+
+  // Weighted sum: 0 * Inf and 0 * NaN are NaN, Inf stays, the sum starts at +0 so -0 terms give +0.
+  const std::vector<std::uint16_t> row0 = {0x7f80, 0xffc1, 0x3f80, 0x8000, 0x8000, 0x0001, 0, 0};
+  const std::vector<std::uint16_t> row1 = {0x3f80, 0x3f80, 0x7f80, 0x8000, 0x8000, 0x0001, 0, 0};
+  p::WeightedRows job;
+  job.hidden = 8;
+  job.count = 2;
+  job.rows[0] = row0.data();
+  job.rows[1] = row1.data();
+  job.weights[0] = 0.0f;
+  job.weights[1] = 1.0f;
+  std::vector<std::uint16_t> host_sum(8), protocol_sum(8);
+  job.out = host_sum.data();
+  h::weighted_sum(job);
+  job.out = protocol_sum.data();
+  p::weighted_sum_rows(job);
+  CHECK(host_sum == protocol_sum);
+  CHECK(host_sum == std::vector<std::uint16_t>{0x7fc0, 0x7fc0, 0x7f80, 0x0000, 0x0000, 0x0001, 0, 0});
+  job.weights[0] = -1.0f;  // -1 * -0 = +0, then + -0
+  job.out = host_sum.data();
+  h::weighted_sum(job);
+  CHECK(int{host_sum[3]} == 0x0000);
+  CHECK(int{host_sum[1]} == 0x7fc0);  // -1 * -NaN
 }
 
 TEST_CASE("low-latency: the host's fp8 cast and weighted sum give the reference bits", "[lowlat]") {
@@ -90,8 +171,8 @@ TEST_CASE("low-latency: the region holds every slot once, the words first", "[lo
     CHECK(std::max(fp8, bf16) == layout.message_bytes);
     CHECK(layout.release_word(1, shape.num_ranks - 1) + 8 <= layout.release_base);
     CHECK(layout.release_base_word(1, shape.num_ranks - 1) + 8 <= layout.counts);
-    CHECK(layout.count_word(1, E - 1) + 8 <= layout.seen);
-    CHECK(layout.seen_word(1, E - 1) + 8 <= layout.send[0]);
+    CHECK(layout.count_word(true, 1, E - 1) + 8 <= layout.seen);
+    CHECK(layout.seen_word(true, 1, E - 1) + 8 <= layout.send[0]);
     for (int b = 0; b < 2; ++b) {
       // Staging: every (expert, position) message and the token scratch fit before the receive slots.
       CHECK(layout.token_scratch(b, T - 1, bf16) + bf16 <= layout.recv[b]);
@@ -115,6 +196,65 @@ TEST_CASE("low-latency: the region holds every slot once, the words first", "[lo
   CHECK(p::low_latency_signal(2047, p::kLowLatencyMaxTokens) < (std::uint64_t{1} << 32));  // the proxy's add
   CHECK(p::range_begin(p::pack_range(123456, 789)) == 123456);
   CHECK(p::range_count(p::pack_range(123456, 789)) == 789);
+}
+
+// The protocol's promise that lets a fabric keep a word's value itself (the GPU's device_copy fabric): every
+// count word of a region has one writer, whichever operations use the buffer for a dispatch or a combine.
+TEST_CASE("low-latency: every count word has one writer in dispatch and combine alike", "[lowlat]") {
+  for (auto shape : {p::LowLatencyShape{8, 128, 4, 8}, p::LowLatencyShape{8, 128, 4, 4},
+                     p::LowLatencyShape{4, 128, 3, 9}}) {
+    const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
+    const int R = shape.num_ranks;
+    const std::int64_t E = shape.num_experts, L = shape.local_experts();
+    std::map<std::size_t, int> writer;  // word offset -> the rank that writes it
+    std::string clash;
+    auto wrote = [&](std::size_t word, int rank) {
+      CHECK(word >= layout.counts);
+      CHECK(word + 8 <= layout.counts + layout.count_words_bytes());
+      const auto [at, fresh] = writer.emplace(word, rank);
+      if (!fresh && at->second != rank && clash.empty())
+        clash = "word " + std::to_string(word) + " by " + std::to_string(at->second) + " and " +
+                std::to_string(rank);
+    };
+    for (int b = 0; b < p::kLowLatencyBuffers; ++b) {
+      // Dispatch: source s publishes word (local expert, s) at the expert's rank (the publish role's index).
+      for (std::int64_t le = 0; le < L; ++le)
+        for (int source = 0; source < R; ++source)
+          wrote(layout.count_word(false, b, le * R + source), source);
+      // Combine: the rank of expert e returns word e at every source.
+      for (std::int64_t expert = 0; expert < E; ++expert)
+        wrote(layout.count_word(true, b, expert), static_cast<int>(expert / L));
+    }
+    INFO("R " << R << " E " << E);
+    CHECK(clash == "");
+    CHECK(writer.size() == static_cast<std::size_t>(2 * p::kLowLatencyBuffers * E));
+    // The private copies sit apart from every count word.
+    CHECK(layout.seen >= layout.counts + layout.count_words_bytes());
+  }
+}
+
+// What both executors derive from an operation's number (the GPU in every phase kernel, from its device
+// counter), and when both give up on a role that stopped moving.
+TEST_CASE("low-latency: an operation's number gives its buffer, use and tags, and when a role is stuck",
+          "[lowlat]") {
+  p::LowLatencyDispatchPlan dispatch;
+  p::LowLatencyCombinePlan combine;
+  for (std::uint32_t operation : {0u, 1u, 5u, 2048u}) {
+    const p::LowLatencyDispatchPlan d = p::at_operation(dispatch, operation);
+    const p::LowLatencyCombinePlan c = p::at_operation(combine, operation);
+    CHECK(d.ctx.operation == operation);
+    CHECK(d.ctx.buffer == static_cast<int>(operation % 2));
+    CHECK(d.ctx.use == operation / 2);
+    CHECK(d.tag == p::low_latency_tag(operation, false));
+    CHECK(c.ctx.buffer == d.ctx.buffer);
+    CHECK(c.ctx.use == d.ctx.use);
+    CHECK(c.tag == p::low_latency_tag(operation, true));
+  }
+  CHECK(p::low_latency_stuck_after_ns(2'000'000'000ull) == 5'000'000'000ull);
+  CHECK(p::low_latency_stuck_after_ns(0) == 1'000'000'000ull);
+  // Saturates where std::chrono::nanoseconds still holds it.
+  CHECK(p::low_latency_stuck_after_ns(~std::uint64_t{0}) == 0x7fffffffffffffffull);
+  CHECK(p::low_latency_stuck_after_ns(0x7fffffffffffffffull / 2) == 0x7fffffffffffffffull);
 }
 
 TEST_CASE("low-latency: rows take their positions in (token, slot) order per expert", "[lowlat]") {

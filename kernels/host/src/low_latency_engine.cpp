@@ -88,7 +88,7 @@ struct LowLatencyEngine::Impl {
   // a role that stops moving for twice that (and a second) is stuck for another reason.
   template <class Role>
   void drive(Role role, LowLatencyHostIo& io, const p::LowLatencyContext& ctx) {
-    const std::uint64_t stuck_after = 2 * ctx.mask_after_ns + 1'000'000'000ull;
+    const std::uint64_t stuck_after = p::low_latency_stuck_after_ns(ctx.mask_after_ns);
     const p::RoleOutcome outcome = p::drive_role(role, io, stuck_after);
     const std::string where = "rank " + std::to_string(rank) + " " + stage_name(outcome.last.stage) +
                               " (low-latency operation " + std::to_string(ctx.operation) + ")";
@@ -111,7 +111,7 @@ struct LowLatencyEngine::Impl {
   // step of this rank is needed for a peer to receive it.
   void hand_over(const p::LowLatencyContext& ctx) {
     if (!writer) return;
-    const Deadline deadline(std::chrono::nanoseconds(2 * ctx.mask_after_ns + 1'000'000'000ull));
+    const Deadline deadline(std::chrono::nanoseconds(p::low_latency_stuck_after_ns(ctx.mask_after_ns)));
     Backoff backoff;
     while (!writer->flush()) {
       if (deadline.expired()) {
@@ -141,7 +141,7 @@ struct LowLatencyEngine::Impl {
       drive(Role<LowLatencyHostIo>(io, arg, p::RoleSlice{}), io, ctx);
       return;
     }
-    const std::uint64_t stuck_after = 2 * ctx.mask_after_ns + 1'000'000'000ull;
+    const std::uint64_t stuck_after = p::low_latency_stuck_after_ns(ctx.mask_after_ns);
     std::vector<GroupJob> jobs;
     for (int s = 0; s < options.slices; ++s) {
       jobs.push_back({-1, [&arg, s, slices = options.slices, stuck_after](LaneIo& lane) {

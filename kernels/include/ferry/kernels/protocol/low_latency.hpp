@@ -18,13 +18,15 @@
 // rank that runs ahead never overwrites rows a slower one has not read.
 //
 // The region of one rank (R ranks, E experts, T = max tokens per rank, H = hidden):
-//   sync          [R] words     clean barrier: epoch each peer reached
-//   sync_sent     [R] words     (private) the epoch this rank last told each peer (a fabric adds the
-//   difference) release       [2][R] words  buffer b: uses of it each peer has released release_base  [2][R]
-//   words  (private) each release word's value at the last clean counts        [2][E] words  buffer b:
-//   dispatch [local expert][source], or combine [global expert] seen          [2][E] words  (private) each
-//   count word's value when last read send[b]   dispatch staging [E][T] messages (rows bound for other nodes,
-//   put as one block per expert)
+//   sync          [R] words        clean barrier: epoch each peer reached
+//   sync_sent     [R] words        (private) the epoch this rank last told each peer (a fabric adds the
+//                                  difference)
+//   release       [2][R] words     buffer b: uses of it each peer has released
+//   release_base  [2][R] words     (private) each release word's value at the last clean
+//   counts        [2][2][E] words  kind k (0 dispatch, 1 combine), buffer b: dispatch [local expert][source]
+//                                  (written by the source), combine [global expert] (written by its rank)
+//   seen          [2][2][E] words  (private) each count word's value when last read
+//   send[b]   dispatch staging [E][T] messages (rows bound for other nodes, put as one block per expert)
 //             plus one scratch message per token; combine staging [E/R][R*T] bf16 rows (the zero-copy
 //             buffer)
 //   recv[b]   dispatch slots [E/R][R][T] messages; combine slots [E][T] bf16 rows
@@ -35,9 +37,11 @@
 // by its writer storing its last value plus the delta. Nothing else writes it (a fabric may keep the value
 // itself, as the GPU's device_copy fabric does), so a reader keeps what it last read in a private word and a
 // delta is the difference; clean_low_latency_buffer re-reads every word into its private copy instead of
-// clearing anything. A count's delta carries a tag that names the operation: (tag << 20) | (count + 1), tag
-// = ((operation & 1023) << 1) | (combine ? 1 : 0), so a word from another operation or kind is caught instead
-// of read as a count.
+// clearing anything. Dispatch and combine count words are separate arrays for that reason: a buffer carries
+// a dispatch in one operation and a combine in a later one (D,D,C,C uses buffers 0,1,0,1), and the writer of
+// dispatch word (e, s) is s while the writer of combine word e is e's rank. A count's delta carries a tag
+// that names the operation: (tag << 20) | (count + 1), tag = ((operation & 1023) << 1) | (combine ? 1 : 0),
+// so a word from another operation or kind is caught instead of read as a count.
 #pragma once
 
 #include <cstddef>
@@ -49,6 +53,7 @@
 namespace ferry::kernels::protocol {
 
 inline constexpr int kLowLatencyBuffers = 2;
+inline constexpr int kLowLatencyCountKinds = 2;  // dispatch and combine count words are separate arrays
 inline constexpr std::size_t kLowLatencyWordBytes = 8;
 inline constexpr std::size_t kLowLatencyHeaderBytes = 16;
 inline constexpr int kLowLatencyCountBits = 20;
@@ -125,14 +130,20 @@ struct LowLatencyLayout {
   FERRY_HD std::size_t release_base_word(int buffer, int peer) const {
     return release_base + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
-  FERRY_HD std::size_t count_word(int buffer, std::int64_t index) const {
-    return counts + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * E() + index);
+  // Count words: `combine` picks the kind's own array (one writer per word, see above).
+  FERRY_HD std::size_t count_word(bool combine, int buffer, std::int64_t index) const {
+    return counts + kLowLatencyWordBytes * count_index(combine, buffer, index);
   }
-  FERRY_HD std::size_t seen_word(int buffer, std::int64_t index) const {
-    return seen + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * E() + index);
+  FERRY_HD std::size_t seen_word(bool combine, int buffer, std::int64_t index) const {
+    return seen + kLowLatencyWordBytes * count_index(combine, buffer, index);
   }
-  FERRY_HD std::size_t count_words_bytes() const { return kLowLatencyWordBytes * kLowLatencyBuffers * E(); }
+  FERRY_HD std::size_t count_words_bytes() const {
+    return kLowLatencyWordBytes * kLowLatencyCountKinds * kLowLatencyBuffers * E();
+  }
   FERRY_HD std::size_t release_words_bytes() const { return kLowLatencyWordBytes * kLowLatencyBuffers * R(); }
+  FERRY_HD std::size_t count_index(bool combine, int buffer, std::int64_t index) const {
+    return (static_cast<std::size_t>(combine ? 1 : 0) * kLowLatencyBuffers + buffer) * E() + index;
+  }
 
   // Dispatch, with this operation's message stride.
   FERRY_HD std::size_t dispatch_staging(int buffer, std::int64_t expert, std::int64_t position,
@@ -177,9 +188,9 @@ FERRY_HD inline LowLatencyLayout make_low_latency_layout(const LowLatencyShape& 
   layout.release_base = offset;
   offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
   layout.counts = align_up(offset, kPage);
-  offset = layout.counts + kLowLatencyWordBytes * kLowLatencyBuffers * E;
+  offset = layout.counts + kLowLatencyWordBytes * kLowLatencyCountKinds * kLowLatencyBuffers * E;
   layout.seen = offset;
-  offset += kLowLatencyWordBytes * kLowLatencyBuffers * E;
+  offset += kLowLatencyWordBytes * kLowLatencyCountKinds * kLowLatencyBuffers * E;
   const std::size_t dispatch_send = (E * T + T) * layout.message_bytes;
   const std::size_t combine_send = E * T * layout.combine_row;  // [E/R][R*T] rows
   const std::size_t send_bytes = align_up(dispatch_send > combine_send ? dispatch_send : combine_send, kPage);
@@ -196,6 +207,14 @@ FERRY_HD inline LowLatencyLayout make_low_latency_layout(const LowLatencyShape& 
   layout.total_bytes = align_up(offset, kPage);
   return layout;
 }
+
+// The largest single put of an operation: a dispatch block of up to T messages to one expert (a combine
+// block of up to T rows is smaller). A command ring's put carries its size in 32 bits, so a shape whose
+// block does not fit must be refused up front instead of cut short.
+FERRY_HD inline std::uint64_t low_latency_largest_put(const LowLatencyLayout& layout) {
+  return static_cast<std::uint64_t>(layout.T()) * layout.message_bytes;
+}
+inline constexpr std::uint64_t kLowLatencyMaxPutBytes = 0xffffffffull;
 
 // ---- words ----
 
@@ -279,18 +298,18 @@ FERRY_HD inline std::uint32_t max_u32(std::uint32_t a, std::uint32_t b) {
   return a > b ? a : b;
 }
 
-// float -> e4m3 (fn), round to nearest even, saturating to +-448, NaN kept: the same bits as float_to_e4m3
-// (numeric.hpp) without branches, so a compiler vectorises it.
+// float -> e4m3 (fn), round to nearest even, saturating to +-448, every NaN the canonical one (numeric.hpp):
+// the same bits as float_to_e4m3 without branches, so a compiler vectorises it.
 FERRY_HD inline std::uint8_t float_to_e4m3_branchless(float value) {
   const std::uint32_t bits = float_bits(value);
-  const std::uint32_t sign = (bits >> 24) & 0x80u;
   const std::uint32_t magnitude = bits & 0x7fffffffu;
+  const std::uint32_t sign = select_u32(magnitude > 0x7f800000u, 0u, (bits >> 24) & 0x80u);
   // Normal in e4m3 (>= 2^-6): keep 3 mantissa bits, ties to even, then rebias the exponent from 127 to 7.
   const std::uint32_t normal = ((magnitude + 0x7ffffu + ((magnitude >> 20) & 1u)) >> 20) - (120u << 3);
   // Subnormal (< 2^-6): the FPU rounds |value| + 2^14 to a multiple of 2^-9, the e4m3 subnormal step.
   const std::uint32_t subnormal = float_bits(add_rn(bits_to_float(magnitude), 16384.0f)) - 0x46800000u;
   std::uint32_t result = min_u32(select_u32(magnitude < 0x3c800000u, subnormal, normal), 0x7eu);
-  result = select_u32(magnitude > 0x7f800000u, 0x7fu, result);
+  result = select_u32(magnitude > 0x7f800000u, kE4m3CanonicalNan, result);
   return static_cast<std::uint8_t>(sign | result);
 }
 

@@ -137,6 +137,35 @@ struct LowLatencyCombinePlan {
       nullptr;  // [E] scratch: offset of the expert's rows in its rank's region (or ours)
 };
 
+// What follows from an operation's number (counted from the last clean): its buffer, the uses of that buffer
+// before it, and the tags of its words. The host derives them when it issues the operation; the GPU again in
+// every phase kernel from a counter its kernels keep in device memory, because a CUDA graph fixes kernel
+// parameters at capture and a replayed graph is another operation (kernels/cuda/low_latency_kernels.cu).
+FERRY_HD inline void set_operation(LowLatencyContext& ctx, std::uint32_t operation) {
+  ctx.operation = operation;
+  ctx.buffer = static_cast<int>(operation % kLowLatencyBuffers);
+  ctx.use = operation / kLowLatencyBuffers;
+}
+FERRY_HD inline LowLatencyDispatchPlan at_operation(LowLatencyDispatchPlan plan, std::uint32_t operation) {
+  set_operation(plan.ctx, operation);
+  plan.tag = low_latency_tag(operation, false);
+  return plan;
+}
+FERRY_HD inline LowLatencyCombinePlan at_operation(LowLatencyCombinePlan plan, std::uint32_t operation) {
+  set_operation(plan.ctx, operation);
+  plan.tag = low_latency_tag(operation, true);
+  return plan;
+}
+
+// A role that has not moved for this long is stuck for another reason than a silent peer (the waits mask a
+// peer after mask_after_ns): both executors give up then (the GPU never before its own timeout either).
+// Saturates at the largest signed 64-bit count, which std::chrono::nanoseconds still holds.
+FERRY_HD inline std::uint64_t low_latency_stuck_after_ns(std::uint64_t mask_after_ns) {
+  constexpr std::uint64_t kSlack = 1'000'000'000ull;
+  constexpr std::uint64_t kMax = 0x7fffffffffffffffull;
+  return mask_after_ns > (kMax - kSlack) / 2 ? kMax : 2 * mask_after_ns + kSlack;
+}
+
 // Each row's position at its expert, in (token, slot) order, and the rows per expert: the part of the routing
 // both ends derive from topk_idx alone (slots of -1 get -1). A token sends at most one row to an expert,
 // which is what bounds an expert's slots per source by the tokens: an id outside [0, E) or named twice by one
@@ -276,20 +305,21 @@ FERRY_HD inline void publish_block(Io& io, const LowLatencyContext& ctx, int pee
   add_to_word(io, ctx, peer, word_offset, delta);
 }
 
-// A count word of this rank's region: what arrived since it was last read (0: nothing yet).
+// A count word (dispatch or combine, `combine`) of this rank's region: what arrived since it was last read
+// (0: nothing yet).
 template <class Io>
-FERRY_HD inline std::uint64_t word_delta(Io& io, const LowLatencyContext& ctx, std::int64_t index,
-                                         int writer) {
-  const std::uint64_t value =
-      io.load_acquire(counter_word(io.local(), ctx.layout.count_word(ctx.buffer, index)), ctx.reach(writer));
-  return value - io.load_private(counter_word(io.local(), ctx.layout.seen_word(ctx.buffer, index)));
+FERRY_HD inline std::uint64_t word_delta(Io& io, const LowLatencyContext& ctx, bool combine,
+                                         std::int64_t index, int writer) {
+  const std::uint64_t value = io.load_acquire(
+      counter_word(io.local(), ctx.layout.count_word(combine, ctx.buffer, index)), ctx.reach(writer));
+  return value - io.load_private(counter_word(io.local(), ctx.layout.seen_word(combine, ctx.buffer, index)));
 }
 
 // Leader only: the delta has been taken.
 template <class Io>
-FERRY_HD inline void take_delta(Io& io, const LowLatencyContext& ctx, std::int64_t index,
+FERRY_HD inline void take_delta(Io& io, const LowLatencyContext& ctx, bool combine, std::int64_t index,
                                 std::uint64_t delta) {
-  std::uint64_t* seen = counter_word(io.local(), ctx.layout.seen_word(ctx.buffer, index));
+  std::uint64_t* seen = counter_word(io.local(), ctx.layout.seen_word(combine, ctx.buffer, index));
   io.store_private(seen, io.load_private(seen) + delta);
 }
 
@@ -301,8 +331,10 @@ FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) 
   if (io.leader()) {
     for (int b = 0; b < kLowLatencyBuffers; ++b) {
       for (std::int64_t i = 0; i < layout.E(); ++i) {
-        io.store_private(counter_word(io.local(), layout.seen_word(b, i)),
-                         io.load_private(counter_word(io.local(), layout.count_word(b, i))));
+        for (const bool combine : {false, true}) {
+          io.store_private(counter_word(io.local(), layout.seen_word(combine, b, i)),
+                           io.load_private(counter_word(io.local(), layout.count_word(combine, b, i))));
+        }
       }
       for (int peer = 0; peer < layout.R(); ++peer) {
         io.store_private(counter_word(io.local(), layout.release_base_word(b, peer)),
@@ -461,7 +493,7 @@ class LowLatencyDispatchPublish {
       publish_block(io, ctx, peer, ctx.layout.dispatch_staging(ctx.buffer, expert, 0, stride),
                     ctx.layout.dispatch_slot(ctx.buffer, expert % L, ctx.rank, 0, stride),
                     static_cast<std::size_t>(count) * stride,
-                    ctx.layout.count_word(ctx.buffer, (expert % L) * ctx.num_ranks() + ctx.rank),
+                    ctx.layout.count_word(false, ctx.buffer, (expert % L) * ctx.num_ranks() + ctx.rank),
                     low_latency_signal(plan_.tag, count));
     }
     result.progressed = true;
@@ -508,7 +540,7 @@ class LowLatencyDispatchGather {
         ++source_;
         continue;
       }
-      const std::uint64_t value = word_delta(io, ctx, static_cast<std::int64_t>(index), source);
+      const std::uint64_t value = word_delta(io, ctx, false, static_cast<std::int64_t>(index), source);
       if (value == 0) {
         const std::uint64_t waited = clock_.waited(io);
         if (waited <= ctx.mask_after_ns) {
@@ -534,7 +566,7 @@ class LowLatencyDispatchGather {
         }
       }
       io.sync();
-      if (io.leader()) take_delta(io, ctx, static_cast<std::int64_t>(index), value);
+      if (io.leader()) take_delta(io, ctx, false, static_cast<std::int64_t>(index), value);
       finish_source(io, index, waited, count);
       result.progressed = true;
     }
@@ -667,7 +699,7 @@ class LowLatencyCombineReturn {
     if (io.leader()) {
       const std::uint64_t word = low_latency_signal(plan_.tag, count);
       publish_block(io, ctx, peer, staging, ctx.layout.combine_slot(ctx.buffer, expert, 0), bytes,
-                    ctx.layout.count_word(ctx.buffer, expert),
+                    ctx.layout.count_word(true, ctx.buffer, expert),
                     reach == Reach::fabric ? word : with_begin(word, begin));
     }
     count_path(io, reach, static_cast<std::uint64_t>(count), bytes);
@@ -704,7 +736,7 @@ class LowLatencyCombineWait {
         ++expert_;
         continue;
       }
-      const std::uint64_t value = word_delta(io, ctx, expert_, peer);
+      const std::uint64_t value = word_delta(io, ctx, true, expert_, peer);
       if (value == 0) {
         const std::uint64_t waited = clock_.waited(io);
         if (waited <= ctx.mask_after_ns) {
@@ -728,7 +760,7 @@ class LowLatencyCombineWait {
         return result;
       }
       io.sync();
-      if (io.leader()) take_delta(io, ctx, expert_, value);
+      if (io.leader()) take_delta(io, ctx, true, expert_, value);
       // Where the expert's rows for this rank are: our slots (across nodes) or its staging (within the node).
       io.store(plan_.row_base + expert_,
                static_cast<std::int64_t>(

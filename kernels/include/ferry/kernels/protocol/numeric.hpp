@@ -29,12 +29,18 @@ FERRY_HD inline float bf16_to_float(std::uint16_t bits) {
   return bits_to_float(std::uint32_t{bits} << 16);
 }
 
+// The one NaN each narrow type is written with, whatever the NaN's sign and payload: the GPU's arithmetic
+// returns the canonical NaN while x86 keeps an operand's sign and payload (and makes invalid operations
+// negative), so only a canonical NaN gives the same bits on host and device.
+inline constexpr std::uint16_t kBf16CanonicalNan = 0x7fc0;
+inline constexpr std::uint8_t kE4m3CanonicalNan = 0x7f;
+
 // Written without a branch so that the host compiler vectorizes the loops that round whole rows.
 FERRY_HD inline std::uint16_t float_to_bf16(float value) {
   const std::uint32_t bits = float_bits(value);
   const std::uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;  // ties to even
-  const std::uint32_t quiet_nan = (bits >> 16) | 0x0040u;
-  return static_cast<std::uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+  return static_cast<std::uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? std::uint32_t{kBf16CanonicalNan}
+                                                                       : rounded);
 }
 
 FERRY_HD inline float e4m3_to_float(std::uint8_t bits) {
@@ -55,7 +61,7 @@ FERRY_HD inline std::uint8_t float_to_e4m3(float value) {
   std::uint32_t bits = float_bits(value);
   auto sign = static_cast<std::uint8_t>((bits >> 24) & 0x80u);
   std::uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return sign | 0x7f;            // NaN
+  if (magnitude > 0x7f800000u) return kE4m3CanonicalNan;      // NaN, sign dropped
   if (magnitude >= kMaxFiniteBits) return sign | kMaxFinite;  // saturate, infinities included
   int exponent = static_cast<int>(magnitude >> 23) - 127;
   if (exponent >= -6) {  // normal in e4m3: keep 3 of 23 mantissa bits
