@@ -373,8 +373,10 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // The words come first in the region (check_low_latency_shape bounds them per shape). The region is sized
   // for the worst case (every token of every rank on one expert) and mostly never written: its pages come on
   // first touch.
+  // A rank of another node that dies is given up alone by the fabric (the engine masks it), so the others
+  // decode on instead of failing with the proxy.
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
-                                                    "ferry-lowlat", false);
+                                                    "ferry-lowlat", false, true);
   impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
                                                       engine_options(config));
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());

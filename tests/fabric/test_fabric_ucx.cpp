@@ -26,3 +26,18 @@ TEST_CASE("ucx fabric: repeated clean shutdown (1 node x 2 ranks)") {
 TEST_CASE("ucx fabric: a peer killed mid-transfer is reported by name (1 node x 2 ranks)") {
   fabric_test::expect_peer_death_reported(Job{1, 2, false, "kill_peer", "ucx", fabric_test::kKillTimeout});
 }
+
+// With isolate_peer_failures a dead peer is given up alone: the survivors (on other emulated nodes, so the
+// endpoint error path of UCX) go on with each other, and operations to the dead one never hang.
+TEST_CASE("ucx fabric: a dead peer is isolated, the others go on (3 nodes x 1 rank)") {
+  const Job job{3, 1, false, "isolate_peer", "ucx", 10};
+  const auto tag = fabric_test::unique_tag();
+  const auto result = fabric_test::run(job, tag);
+  INFO(result.describe());
+  CHECK(result.out.find("rank 1: dying now") != std::string::npos);
+  CHECK(result.out.find("rank 0: isolate_peer ok") != std::string::npos);
+  CHECK(result.out.find("rank 2: isolate_peer ok") != std::string::npos);
+  CHECK(result.out.find("FAILED") == std::string::npos);
+  CHECK(result.seconds < job.worker_timeout_s + 10);
+  CHECK(fabric_test::processes_with(tag).empty());
+}

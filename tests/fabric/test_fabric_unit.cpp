@@ -151,6 +151,20 @@ TEST_CASE("the verbs fabric says why it cannot run on a machine without an RDMA 
   }
 }
 
+TEST_CASE("the verbs fabric refuses isolate_peer_failures by name") {
+  SoloJob job;
+  ferry::transport::FabricOptions options;
+  options.kind = FabricKind::verbs;
+  options.isolate_peer_failures = true;
+  try {
+    ferry::transport::make_fabric(job.peers(), options);
+    FAIL("make_fabric(verbs, isolate_peer_failures) succeeded");
+  } catch (const ferry::Error& e) {
+    CHECK(e.code() == Errc::unsupported);
+    CHECK_THAT(e.what(), Catch::Contains("isolate_peer_failures") && Catch::Contains("verbs"));
+  }
+}
+
 TEST_CASE("the noop fabric checks arguments and completes everything at once") {
   SoloJob job;
   ferry::transport::FabricOptions options;

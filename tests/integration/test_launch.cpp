@@ -114,7 +114,8 @@ TEST_CASE("launch: every rank gets its identity and the job's store and secret f
 }
 
 TEST_CASE("launch: every rank also gets torchrun's variables, for torch.distributed", "[launch]") {
-  ferry::test::ScopedEnv outer_rank("RANK", "99");  // a stale variable from outside must not leak into the ranks
+  ferry::test::ScopedEnv outer_rank("RANK",
+                                    "99");  // a stale variable from outside must not leak into the ranks
   auto result =
       launch(args({"--nodes", "2", "--ranks-per-node", "2"},
                   sh("echo id $RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $GROUP_RANK $MASTER_ADDR "
@@ -265,6 +266,19 @@ TEST_CASE("launch: a failing rank stops the job with its status and leaves no pr
     INFO("pid " << pid);
     CHECK_FALSE(process_alive(pid));
   }
+}
+
+TEST_CASE("launch: with --keep-going a failing rank does not stop the others, its status is the job's",
+          "[launch]") {
+  auto result = launch(args({"--ranks-per-node", "3", "--keep-going", "--timeout", "30"},
+                            sh("if [ \"$FERRY_RANK\" = 1 ]; then exit 3; fi; sleep 1; echo survived")));
+  INFO(result.describe());
+  CHECK(result.exit_code == 3);
+  CHECK(result.err.find("rank 1 exited with status 3; the other ranks go on (--keep-going)") !=
+        std::string::npos);
+  CHECK(result.out.find("[r0] survived") != std::string::npos);
+  CHECK(result.out.find("[r2] survived") != std::string::npos);
+  CHECK(result.err.find("stopping the other ranks") == std::string::npos);
 }
 
 TEST_CASE("launch: a rank killed by a signal stops the job with 128 + signal", "[launch]") {

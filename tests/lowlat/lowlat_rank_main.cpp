@@ -9,9 +9,9 @@
 //   masked  every rank in turn sits out while the others mask it, then a clean brings it back;
 //           "rank R: masked in turn ok"
 //   kill    after a verified round, rank V kills itself (SIGKILL); the others go on: their next round masks
-//   it
-//           after the timeout and is checked with it left out; "rank R: went on without rank V ok" (they
-//           ignore the SIGTERM `ferry launch` sends when a rank dies, to finish)
+//           it (within the timeout) and is checked with it left out, the round after takes less than the
+//           timeout; "rank R: went on without rank V ok" (they ignore the SIGTERM `ferry launch` sends when a
+//           rank dies, to finish)
 #include <csignal>
 #include <cstdio>
 #include <thread>
@@ -26,6 +26,9 @@ using namespace ferry;
 using namespace ferry::test;
 
 namespace {
+
+// The low-latency timeout of the kill scenario: a rank silent this long is masked.
+constexpr std::chrono::seconds kKillTimeout{1};
 
 void require(const std::string& diff) {
   if (!diff.empty()) fail(Errc::internal, diff);
@@ -137,12 +140,26 @@ void kill(Job& job, int victim) {
   }
   Masked masked(R, false);
   masked[victim] = true;
+  using Seconds = std::chrono::duration<double>;
   const auto start = std::chrono::steady_clock::now();
-  round_trip(job, next, masked);  // waits the timeout for the victim, then masks it
-  const double first = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Masks the victim: after the timeout at most (its words never come), at once where the fabric gave it
+  // up first (another node's rank whose connection failed).
+  round_trip(job, next, masked);
+  const double first = Seconds(std::chrono::steady_clock::now() - start).count();
+  const auto again = std::chrono::steady_clock::now();
   round_trip(job, make_low_latency_scenario(spec, job.rng), masked);  // skips it at once
+  const double second = Seconds(std::chrono::steady_clock::now() - again).count();
   if (mask_of(job)[victim] != 1) fail(Errc::internal, "the mask does not say the victim was skipped");
-  std::printf("rank %d: masked rank %d after %.2f s\n", job.group.rank(), victim, first);
+  std::printf("rank %d: masked rank %d after %.2f s, next round %.3f s\n", job.group.rank(), victim, first,
+              second);
+  // A round waits the timeout for a rank at most once per waiting phase (three of them), plus the round.
+  const double timeout = Seconds(kKillTimeout).count();
+  if (first > 3 * timeout + 2)
+    fail(Errc::internal, "the round that met the dead rank took " + std::to_string(first) + " s");
+  // Any wait for the victim would take the whole timeout: the round after must not.
+  if (second >= timeout)
+    fail(Errc::internal, "the round after the victim was masked took " + std::to_string(second) +
+                             " s: it waited for the dead rank again");
   worker_common::report_ok(job.group.rank(), "went on without rank " + std::to_string(victim));
 }
 
@@ -172,7 +189,7 @@ int main(int argc, char** argv) {
     LowLatencyConfig config;
     config.num_rdma_bytes = get_low_latency_rdma_size_hint(spec.max_tokens, spec.hidden, group.world_size(),
                                                            spec.experts_per_rank * group.world_size());
-    config.timeout = std::chrono::seconds(scenario == "kill" ? 1 : 60);
+    config.timeout = scenario == "kill" ? kKillTimeout : std::chrono::seconds(60);
     LowLatencyBuffer buffer(group, config);
     Job job{group, buffer, rng};
     if (scenario == "verify") {

@@ -53,6 +53,10 @@ struct ScriptedFabricOptions {
   bool never_complete = false;
   // Block inside the first operation until release() is called.
   bool block_first = false;
+  // From the operation after this many (0: never), report `isolated_peer` as failed (as a fabric with
+  // isolate_peer_failures does) and go on.
+  std::uint64_t isolate_after = 0;
+  int isolated_peer = 0;
 };
 
 // Everything the test inspects is either atomic or read after the proxy published a completion (which orders
@@ -99,6 +103,12 @@ class ScriptedFabric final : public transport::Fabric {
   }
   void* region_base(transport::RegionId) const override { return nullptr; }
   std::size_t region_bytes(transport::RegionId) const override { return 0; }
+  std::size_t failed_peer_count() const override { return isolated_ ? 1 : 0; }  // proxy thread only
+  std::vector<transport::FailedPeer> failed_peers() const override {
+    if (!isolated_) return {};
+    return {{options_.isolated_peer,
+             "injected isolation after " + std::to_string(options_.isolate_after) + " operations"}};
+  }
 
   void release() { released_.store(true, std::memory_order_release); }
   std::uint64_t max_outstanding() const { return max_outstanding_.load(std::memory_order_acquire); }
@@ -117,6 +127,7 @@ class ScriptedFabric final : public transport::Fabric {
       fail(Errc::peer_failure,
            "injected failure after " + std::to_string(options_.fail_after) + " operations");
     }
+    if (options_.isolate_after != 0 && issued_ >= options_.isolate_after) isolated_ = true;
     if (options_.block_first && issued_ == 0) {
       Deadline deadline(std::chrono::seconds(30));
       Backoff backoff;
@@ -142,6 +153,7 @@ class ScriptedFabric final : public transport::Fabric {
 
   ScriptedFabricOptions options_;
   std::uint64_t issued_ = 0;  // proxy thread only
+  bool isolated_ = false;     // proxy thread only
   std::atomic<std::uint64_t> issued_count_{0};
   std::atomic<std::uint64_t> completed_{0};
   std::atomic<std::uint64_t> max_outstanding_{0};

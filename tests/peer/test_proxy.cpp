@@ -167,6 +167,28 @@ TEST_CASE("nop and flush complete in ring order", "[unit][proxy]") {
   CHECK(seen->ops().size() == 1);  // nop and flush are not fabric operations
 }
 
+TEST_CASE("a peer the fabric isolates is published by the proxy, which goes on", "[unit][proxy]") {
+  ScriptedFabricOptions script;
+  script.isolate_after = 50;
+  script.isolated_peer = 3;
+  auto fabric = std::make_unique<ScriptedFabric>(script);
+  Proxy proxy(std::move(fabric), test_options(1, 32));
+  ProducerRing& ring = proxy.ring(0);
+  CHECK(proxy.failed_peer_count() == 0);
+  for (int i = 0; i < 200; ++i)
+    ring.post(make_put_signal(static_cast<std::uint16_t>(i % 4), 0, i, i, 32, 0, 1));
+  ring.wait_completed(ring.posted());  // no error: the other peers' commands all complete
+  ferry::Deadline deadline(10s);
+  while (proxy.failed_peer_count() == 0 && !deadline.expired()) std::this_thread::yield();
+  REQUIRE(proxy.failed_peer_count() == 1);
+  const auto failed = proxy.failed_peers();
+  REQUIRE(failed.size() == 1);
+  CHECK(failed[0].rank == 3);
+  CHECK_THAT(failed[0].reason, Contains("injected isolation after 50 operations"));
+  CHECK_NOTHROW(proxy.check_error());
+  CHECK(ring.completed() == 200);
+}
+
 TEST_CASE("a fabric that throws reaches the producer as an error, not a hang", "[unit][proxy]") {
   ScriptedFabricOptions script;
   script.fail_after = 100;

@@ -53,6 +53,9 @@ void register_launch(CLI::App& app, int& exit_code) {
          "Seconds between SIGTERM and SIGKILL when the job is stopped (a rank failed, a signal, the timeout)")
       ->check(cli::number_in(0.0, 3600.0))
       ->capture_default_str();
+  cmd->add_flag("--keep-going", parsed->options.keep_going,
+                "A rank that fails does not stop the others (for jobs that go on without a dead rank, as the "
+                "low-latency mode does); the exit status is still the first failed rank's");
   cmd->add_flag("--no-prefix", parsed->no_prefix, "Do not prefix the ranks' output lines with [r<rank>]");
   // After `--` every word belongs to the command, even those that look like options (sh -c ...).
   cmd->add_option("command", parsed->options.command, "The command every rank runs (put it after --)")

@@ -233,7 +233,13 @@ class Supervisor {
       }
       rank.running = false;
       rank.wait_status = status;
-      if (status != 0 && !stopping_) {
+      if (status != 0 && !stopping_ && options_.keep_going) {
+        if (!result_) result_ = exit_code_of(status);
+        std::string message =
+            "rank " + std::to_string(rank.rank) + " exited with " + describe_wait_status(status);
+        if (!all_reaped()) message += "; the other ranks go on (--keep-going)";
+        report(message);
+      } else if (status != 0 && !stopping_) {
         result_ = exit_code_of(status);
         std::string message =
             "rank " + std::to_string(rank.rank) + " exited with " + describe_wait_status(status);

@@ -3,9 +3,10 @@
 // has ended.
 //
 // Guarantees: every rank runs in its own process group, so a rank's children are stopped with it; the first
-// rank to fail stops the job and its status becomes the launcher's; SIGINT/SIGTERM/SIGHUP are forwarded and
-// followed by SIGKILL after a grace period; a timeout stops everything with status 124; no process the job
-// started is left running or unreaped when run_launch returns, and no namespace is left behind.
+// rank to fail stops the job (unless keep_going) and its status becomes the launcher's; SIGINT/SIGTERM/SIGHUP
+// are forwarded and followed by SIGKILL after a grace period; a timeout stops everything with status 124; no
+// process the job started is left running or unreaped when run_launch returns, and no namespace is left
+// behind.
 #pragma once
 
 #include <chrono>
@@ -26,7 +27,10 @@ struct LaunchOptions {
   std::chrono::seconds timeout{600};      // for the whole job; zero means none
   bool prefix_output = true;              // "[r<rank>] " before every line of output
   std::chrono::milliseconds grace{3000};  // between SIGTERM (or a forwarded signal) and SIGKILL
-  std::vector<std::string> command;       // argv of every rank; argv[0] is searched in PATH
+  // A failed rank does not stop the others: the job ends when every rank has (for jobs whose survivors go on
+  // without a dead rank, as the low-latency mode masks it). The status is still the first failed rank's.
+  bool keep_going = false;
+  std::vector<std::string> command;  // argv of every rank; argv[0] is searched in PATH
 };
 
 // Exit codes besides the ranks' own statuses.

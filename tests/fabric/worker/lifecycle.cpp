@@ -94,3 +94,118 @@ void kill_peer(const Context& context) {
 }
 
 }  // namespace fabric_worker
+
+namespace fabric_worker {
+namespace {
+
+// The first byte of `value`'s pattern in rank `from`'s slot: what the survivors put to each other.
+std::uint8_t isolation_byte(std::uint64_t seed, int from, std::size_t position) {
+  return pattern_byte(seed, static_cast<std::uint64_t>(from), 7, 0, position);
+}
+
+// Waits (progressing the fabric) until `word` reaches `expected`, or throws naming `what`.
+void await_word(ferry::transport::Fabric& fabric, const volatile std::uint64_t* word, std::uint64_t expected,
+                ferry::Duration limit, const std::string& what) {
+  ferry::Deadline deadline(limit);
+  while (__atomic_load_n(word, __ATOMIC_ACQUIRE) < expected) {
+    fabric.progress();
+    if (deadline.expired()) throw ScenarioFailure("timed out waiting for " + what);
+  }
+}
+
+}  // namespace
+
+void isolate_peer(const Context& context) {
+  const int rank = context.rank();
+  const int world = context.world();
+  constexpr int kVictim = 1;
+  constexpr std::size_t kPiece = 64 << 10;
+  if (world < 3) throw ScenarioFailure("isolate_peer needs at least 3 ranks (two survivors)");
+  if (rank != kVictim) signal(SIGTERM, SIG_IGN);  // outlive the launcher's stop of the job
+
+  ferry::transport::FabricOptions options = context.options;
+  options.isolate_peer_failures = true;
+  auto fabric = ferry::transport::make_fabric(context.peers, options);
+  auto send = fabric->register_region(nullptr, kPiece, MemoryKind::host);
+  // kPiece bytes from every rank, then one signal word per rank.
+  auto receive = fabric->register_region(nullptr, kPiece * world + 8 * world, MemoryKind::host);
+  fabric->connect();
+  auto* out = static_cast<std::uint8_t*>(fabric->region_base(send));
+  for (std::size_t i = 0; i < kPiece; ++i) out[i] = isolation_byte(context.seed, rank, i);
+
+  if (rank == kVictim) {
+    std::printf("rank %d: dying now\n", rank);
+    std::fflush(stdout);
+    raise(SIGKILL);
+  }
+  // Keep putting to the victim until the fabric gives it up (its endpoint fails, or the liveness check
+  // finds its process gone): no throw, the other peers stay usable.
+  const auto start = ferry::Clock::now();
+  ferry::Deadline deadline(context.peers.timeout + std::chrono::seconds(5));
+  while (fabric->failed_peer_count() == 0) {
+    fabric->put(kVictim, send, 0, receive, rank * kPiece, kPiece);
+    fabric->progress();
+    if (deadline.expired()) throw ScenarioFailure("the fabric never gave up rank 1, which died");
+  }
+  const double noticed = Seconds(ferry::Clock::now() - start).count();
+  const auto failed = fabric->failed_peers();
+  if (failed.size() != 1 || failed[0].rank != kVictim || failed[0].reason.find("rank 1") == std::string::npos)
+    throw ScenarioFailure("failed_peers() does not name rank 1 alone: " +
+                          (failed.empty() ? std::string("empty") : failed[0].reason));
+
+  // Operations to the dead peer complete at once, without sending.
+  const std::uint64_t ticket = fabric->put_signal(kVictim, send, 0, receive, rank * kPiece, kPiece, receive,
+                                                  kPiece * world + 8 * rank, 1);
+  if (fabric->completed() < ticket)
+    throw ScenarioFailure("a put_signal to the failed rank 1 did not complete at once");
+  bool refused = false;
+  try {
+    fabric->fetch_add(kVictim, receive, kPiece * world, 1);
+  } catch (const ferry::Error& error) {
+    refused = error.code() == ferry::Errc::peer_failure;
+  }
+  if (!refused) throw ScenarioFailure("fetch_add to the failed rank 1 was not refused as a peer failure");
+
+  // The survivors still reach each other: a piece and its signal to every other survivor, every byte checked.
+  for (int peer = 0; peer < world; ++peer) {
+    if (peer == rank || peer == kVictim) continue;
+    fabric->put_signal(peer, send, 0, receive, rank * kPiece, kPiece, receive, kPiece * world + 8 * rank, 1);
+  }
+  const auto flush_start = ferry::Clock::now();
+  fabric->flush();  // waits for the survivors only
+  const double flushed = Seconds(ferry::Clock::now() - flush_start).count();
+  auto* in = static_cast<std::uint8_t*>(fabric->region_base(receive));
+  for (int peer = 0; peer < world; ++peer) {
+    if (peer == rank || peer == kVictim) continue;
+    await_word(*fabric, reinterpret_cast<std::uint64_t*>(in + kPiece * world + 8 * peer), 1,
+               context.peers.timeout, "rank " + std::to_string(peer) + "'s signal");
+    for (std::size_t i = 0; i < kPiece; ++i) {
+      if (in[peer * kPiece + i] != isolation_byte(context.seed, peer, i))
+        throw ScenarioFailure("byte " + std::to_string(i) + " from rank " + std::to_string(peer) +
+                              " is wrong");
+    }
+  }
+  if (fabric->failed_peer_count() != 1) throw ScenarioFailure("a survivor was given up too");
+  // Nobody tears down while a survivor may still wait for its signal: count the survivors through the store,
+  // progressing meanwhile.
+  const std::int64_t survivors = world - 1;
+  context.peers.store->add("fabric_worker/isolate_peer/done", 1);
+  ferry::Deadline done(context.peers.timeout);
+  while (context.peers.store->add("fabric_worker/isolate_peer/done", 0) < survivors) {
+    fabric->progress();
+    if (done.expired()) throw ScenarioFailure("the other survivors never finished");
+  }
+  // The owner gives up a live peer (after the last exchange): it is failed as a dead one would be.
+  if (rank == 0) {
+    fabric->fail_peer(2, "given up by the test");
+    const std::uint64_t last = fabric->put(2, send, 0, receive, rank * kPiece, kPiece);
+    const auto now = fabric->failed_peers();
+    if (fabric->completed() < last || now.size() != 2 || now[1].rank != 2 ||
+        now[1].reason != "given up by the test")
+      throw ScenarioFailure("fail_peer(2) did not isolate rank 2 as a failed peer");
+  }
+  std::printf("rank %d: gave up rank 1 after %.2f s, flush of the survivors took %.3f s\n", rank, noticed,
+              flushed);
+}
+
+}  // namespace fabric_worker

@@ -45,6 +45,11 @@ void shutdown(const Context& context);
 // Rank 1 dies (SIGKILL) after some puts; every other rank keeps putting to it and must get a ferry::Error
 // naming rank 1 within the timeout.
 void kill_peer(const Context& context);
+// With FabricOptions::isolate_peer_failures, rank 1 dies (SIGKILL) after connect: the others keep putting to
+// it until the fabric gives it up (failed_peers() names it, nothing throws), then check that operations to it
+// complete at once (fetch_add is refused as a peer failure), that flush() waits for the survivors only, that
+// a put_signal between survivors lands byte for byte, and that fail_peer gives up a live peer the same way.
+void isolate_peer(const Context& context);
 
 // A deterministic byte for position `position` of the stream (seed, a, b, c): what the sender writes and the
 // target expects.

@@ -24,7 +24,7 @@ const std::map<std::string, Scenario>& scenarios() {
   static const std::map<std::string, Scenario> table{
       {"random_puts", fabric_worker::random_puts}, {"signal_order", fabric_worker::signal_order},
       {"atomics", fabric_worker::atomics},         {"shutdown", fabric_worker::shutdown},
-      {"kill_peer", fabric_worker::kill_peer},
+      {"kill_peer", fabric_worker::kill_peer},     {"isolate_peer", fabric_worker::isolate_peer},
   };
   return table;
 }

@@ -70,6 +70,13 @@ std::unique_ptr<Fabric> make_fabric(const Peers& peers, const FabricOptions& opt
   if (options.max_in_flight == 0)
     fail(Errc::invalid_argument, "make_fabric: FabricOptions::max_in_flight is 0");
   if (options.qps_per_peer < 1) fail(Errc::invalid_argument, "make_fabric: FabricOptions::qps_per_peer < 1");
+  if (options.isolate_peer_failures && options.kind == FabricKind::verbs) {
+    // A failed RC queue pair would have to be told apart from a failed device and its posted work requests
+    // drained per peer: not built. Owners that can live without isolation fall back (GroupTransport).
+    fail(Errc::unsupported,
+         "make_fabric: FabricOptions::isolate_peer_failures is not supported by the verbs fabric (only ucx "
+         "isolates a failed peer; noop and inproc peers cannot fail)");
+  }
   switch (options.kind) {
     case FabricKind::ucx:
       return std::make_unique<UcxFabric>(peers, options);

@@ -286,8 +286,18 @@ void UcxFabric::request_done(Op* op, ucs_status_t status) {
   PeerState& peer = peer_states_[op->peer];
   if (status != UCS_OK && peer.failure == UCS_OK) peer.failure = status;
   if (--op->outstanding > 0) return;
-  ledger_.finish(op->ticket);
-  --peer.in_flight;
+  if (!op->abandoned) {
+    ledger_.finish(op->ticket);
+    --peer.in_flight;
+  }
+  op->abandoned = false;
+  op->next_free = free_ops_;
+  free_ops_ = op;
+}
+
+void UcxFabric::skip_request(Op* op) {
+  if (--op->outstanding > 0) return;
+  op->abandoned = false;
   op->next_free = free_ops_;
   free_ops_ = op;
 }
@@ -297,12 +307,64 @@ void UcxFabric::check_usable(const char* op) const {
   if (!connected_) fail(Errc::invalid_argument, std::string("ucx fabric: ") + op + " before connect()");
 }
 
-void UcxFabric::fail_peer(int peer, const std::string& what) {
+std::string UcxFabric::peer_failure_text(int peer, const std::string& what) const {
+  const PeerState& state = peer_states_[peer];
+  return "ucx: " + what + " " + peer_label(peers_, peer) + " failed on rank " + std::to_string(peers_.rank) +
+         ": " + status_text(state.failure) +
+         (state.failure_reason.empty() ? " (the peer process died or its network went away)"
+                                       : " (" + state.failure_reason + ")");
+}
+
+void UcxFabric::break_for_peer(int peer, const std::string& what) {
   broken_code_ = Errc::peer_failure;
-  broken_ = "ucx: " + what + " " + peer_label(peers_, peer) + " failed on rank " +
-            std::to_string(peers_.rank) + ": " + status_text(peer_states_[peer].failure) +
-            " (the peer process died or its network went away)";
+  broken_ = peer_failure_text(peer, what);
   throw Error(broken_code_, broken_);
+}
+
+void UcxFabric::peer_failed(int peer, const std::string& what) {
+  if (!isolating()) break_for_peer(peer, what);
+  isolate(peer, peer_failure_text(peer, what));
+}
+
+void UcxFabric::isolate(int peer, const std::string& reason) {
+  PeerState& state = peer_states_[peer];
+  if (state.isolated) return;
+  state.isolated = true;
+  failed_.push_back({peer, reason});
+  // What is in flight to it is not waited for: its tickets are finished now, UCX's callbacks (a failed
+  // endpoint's requests complete with an error) only return the Ops to the pool.
+  for (Op& op : ops_) {
+    if (op.peer != peer || op.outstanding == 0 || op.abandoned) continue;
+    op.abandoned = true;
+    ledger_.finish(op.ticket);
+  }
+  state.in_flight = 0;
+}
+
+void UcxFabric::refuse_for_peer(int peer, const std::string& what) {
+  if (!isolating()) break_for_peer(peer, what);
+  const std::string text = peer_failure_text(peer, what);
+  isolate(peer, text);
+  throw Error(Errc::peer_failure, text);
+}
+
+std::string UcxFabric::failed_reason(int peer) const {
+  for (const FailedPeer& failed : failed_) {
+    if (failed.rank == peer) return failed.reason;
+  }
+  return "not failed";
+}
+
+void UcxFabric::fail_peer(int peer, const std::string& reason) {
+  if (!isolating() || peer < 0 || peer >= static_cast<int>(peer_states_.size()) || peer == peers_.rank)
+    return;
+  isolate(peer, reason);
+}
+
+std::uint64_t UcxFabric::dropped() {
+  const std::uint64_t ticket = ledger_.issue();
+  ledger_.finish(ticket);
+  return ticket;
 }
 
 void UcxFabric::check_liveness() {
@@ -325,7 +387,7 @@ void UcxFabric::throw_if_failed() {
   if (!broken_.empty()) throw Error(broken_code_, broken_);
   check_liveness();
   for (const PeerState& state : peer_states_) {
-    if (state.failure != UCS_OK) fail_peer(state.rank, "connection to");
+    if (state.failure != UCS_OK && !state.isolated) peer_failed(state.rank, "connection to");
   }
 }
 
@@ -353,20 +415,30 @@ const UcxFabric::Region& UcxFabric::local_region(const char* op, RegionId region
 
 void UcxFabric::wait_for_room(const char* op, int peer) {
   PeerState& state = peer_states_[peer];
-  if (state.failure != UCS_OK) fail_peer(peer, std::string(op) + " to");
+  if (state.isolated) return;
+  if (state.failure != UCS_OK) {
+    peer_failed(peer, std::string(op) + " to");
+    return;
+  }
   if (state.in_flight < options_.max_in_flight) return;
   Deadline deadline(peers_.timeout);
   Backoff backoff;
-  while (state.in_flight >= options_.max_in_flight) {
+  while (state.in_flight >= options_.max_in_flight && !state.isolated) {
     if (ucp_worker_progress(worker()) != 0) backoff.reset();
     throw_if_failed();
     if (state.in_flight < options_.max_in_flight) break;
     if (deadline.expired()) {
+      const std::string text =
+          std::string("ucx: ") + op + " on rank " + std::to_string(peers_.rank) + " waited " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
+          " s for room: " + std::to_string(state.in_flight) + " operations to " + peer_label(peers_, peer) +
+          " never completed (is that rank still progressing its fabric?)";
+      if (isolating()) {
+        isolate(peer, text);
+        return;
+      }
       broken_code_ = Errc::timeout;
-      broken_ = std::string("ucx: ") + op + " on rank " + std::to_string(peers_.rank) + " waited " +
-                std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
-                " s for room: " + std::to_string(state.in_flight) + " operations to " +
-                peer_label(peers_, peer) + " never completed (is that rank still progressing its fabric?)";
+      broken_ = text;
       throw Error(broken_code_, broken_);
     }
     backoff.pause();
@@ -388,6 +460,7 @@ UcxFabric::Op* UcxFabric::start_op(const char* what, int peer, int requests) {
   op->reply = 0;
   op->what = what;
   op->next_free = nullptr;
+  op->abandoned = false;
   ++peer_states_[peer].in_flight;
   return op;
 }
@@ -397,8 +470,9 @@ void UcxFabric::track(Op* op, ucs_status_ptr_t result) {
     request_done(op, UCS_OK);
   } else if (UCS_PTR_IS_ERR(result)) {
     int peer = op->peer;
+    const char* what = op->what;
     request_done(op, UCS_PTR_STATUS(result));
-    fail_peer(peer, std::string(op->what) + " to");
+    peer_failed(peer, std::string(what) + " to");
   } else {
     ++pending_requests_;
   }
@@ -418,6 +492,7 @@ std::uint64_t UcxFabric::put(int peer, RegionId local, std::size_t local_offset,
   const RemoteRegion& target = remote_region("put", peer, remote, remote_offset, bytes);
   const Region& source = local_region("put", local, local_offset, bytes);
   wait_for_room("put", peer);
+  if (peer_states_[peer].isolated) return dropped();
   Op* op = start_op("put", peer, 1);
   std::uint64_t ticket = op->ticket;
   if (bytes == 0) {
@@ -441,6 +516,7 @@ std::uint64_t UcxFabric::put_signal(int peer, RegionId local, std::size_t local_
   detail::check_atomic_offset("put_signal", peer, signal_region, signal_offset);
   const Region& source = local_region("put_signal", local, local_offset, bytes);
   wait_for_room("put_signal", peer);
+  if (peer_states_[peer].isolated) return dropped();
   ucp_ep_h ep = peer_states_[peer].ep;
   Op* op = start_op("put_signal", peer, bytes > 0 ? 2 : 1);
   std::uint64_t ticket = op->ticket;
@@ -451,6 +527,10 @@ std::uint64_t UcxFabric::put_signal(int peer, RegionId local, std::size_t local_
     param.memory_type = memory_type(source.kind);
     track(op, ucp_put_nbx(ep, static_cast<char*>(source.base) + local_offset, bytes,
                           target.address + remote_offset, target.rkey, &param));
+    if (peer_states_[peer].isolated) {  // the put failed at once: no signal behind it
+      skip_request(op);
+      return ticket;
+    }
     // The payload must land before the signal: order the worker's operations.
     ucs_status_t status = ucp_worker_fence(worker());
     if (status != UCS_OK) fail(Errc::system, "ucx: ucp_worker_fence: " + status_text(status));
@@ -468,6 +548,7 @@ std::uint64_t UcxFabric::atomic_add(int peer, RegionId region, std::size_t offse
   const RemoteRegion& target = remote_region("atomic_add", peer, region, offset, 8);
   detail::check_atomic_offset("atomic_add", peer, region, offset);
   wait_for_room("atomic_add", peer);
+  if (peer_states_[peer].isolated) return dropped();
   Op* op = start_op("atomic_add", peer, 1);
   std::uint64_t ticket = op->ticket;
   op->operand = add;
@@ -483,7 +564,12 @@ std::uint64_t UcxFabric::fetch_add(int peer, RegionId region, std::size_t offset
   check_usable("fetch_add");
   const RemoteRegion& target = remote_region("fetch_add", peer, region, offset, 8);
   detail::check_atomic_offset("fetch_add", peer, region, offset);
-  if (peer_states_[peer].failure != UCS_OK) fail_peer(peer, "fetch_add to");
+  if (peer_states_[peer].isolated) {
+    fail(Errc::peer_failure, "ucx: fetch_add to " + peer_label(peers_, peer) + " on rank " +
+                                 std::to_string(peers_.rank) + ": that peer failed earlier (" +
+                                 failed_reason(peer) + ")");
+  }
+  if (peer_states_[peer].failure != UCS_OK) refuse_for_peer(peer, "fetch_add to");
   // ADD with a reply buffer is UCX's fetch-and-add. Operand and result live in an Op so that a request
   // abandoned at the deadline never writes into a dead frame.
   Op* op = start_op("fetch_add", peer, 1);
@@ -511,18 +597,24 @@ std::uint64_t UcxFabric::fetch_add(int peer, RegionId region, std::size_t offset
     }
     ucp_request_free(request);  // released now, or by UCX when it completes
     if (status == UCS_INPROGRESS) {
-      if (peer_states_[peer].failure != UCS_OK) fail_peer(peer, "fetch_add to");
+      if (peer_states_[peer].failure != UCS_OK) refuse_for_peer(peer, "fetch_add to");
+      const std::string text =
+          "ucx: fetch_add on rank " + std::to_string(peers_.rank) + " to " + peer_label(peers_, peer) +
+          " got no reply in " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) + " s";
+      if (isolating()) {  // a frozen peer: it alone is given up (its Op stays abandoned: no callback frees
+                          // it)
+        isolate(peer, text);
+        fail(Errc::timeout, text);
+      }
       broken_code_ = Errc::timeout;
-      broken_ = "ucx: fetch_add on rank " + std::to_string(peers_.rank) + " to " + peer_label(peers_, peer) +
-                " got no reply in " +
-                std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
-                " s";
+      broken_ = text;
       throw Error(broken_code_, broken_);
     }
   }
   std::uint64_t old_value = op->reply;
   request_done(op, status);
-  if (status != UCS_OK) fail_peer(peer, "fetch_add to");
+  if (status != UCS_OK) refuse_for_peer(peer, "fetch_add to");
   return old_value;
 }
 
@@ -535,6 +627,10 @@ bool UcxFabric::progress() {
 
 void UcxFabric::flush() {
   check_usable("flush");
+  if (isolating()) {
+    flush_live_peers();
+    return;
+  }
   ucp_request_param_t param{};
   ucs_status_ptr_t request = ucp_worker_flush_nbx(worker(), &param);
   if (UCS_PTR_IS_ERR(request)) {
@@ -581,6 +677,65 @@ void UcxFabric::flush() {
   }
 }
 
+// flush() under isolate_peer_failures: an endpoint flush per live peer (a worker flush would also wait for
+// the failed ones), and a peer whose flush does not end within the timeout is isolated as frozen.
+void UcxFabric::flush_live_peers() {
+  throw_if_failed();
+  struct Pending {
+    int peer;
+    ucs_status_ptr_t request;
+  };
+  std::vector<Pending> pending;
+  for (PeerState& state : peer_states_) {
+    if (state.isolated || state.ep == nullptr) continue;
+    ucp_request_param_t param{};
+    ucs_status_ptr_t request = ucp_ep_flush_nbx(state.ep, &param);
+    if (UCS_PTR_IS_ERR(request)) {
+      if (state.failure == UCS_OK) state.failure = UCS_PTR_STATUS(request);
+      peer_failed(state.rank, "flush of");
+    } else if (request != nullptr) {
+      pending.push_back({state.rank, request});
+    }
+  }
+  Deadline deadline(peers_.timeout);
+  Backoff backoff;
+  for (;;) {
+    for (std::size_t i = 0; i < pending.size();) {
+      PeerState& state = peer_states_[pending[i].peer];
+      const ucs_status_t status = ucp_request_check_status(pending[i].request);
+      if (status == UCS_INPROGRESS && !state.isolated) {
+        ++i;
+        continue;
+      }
+      if (status != UCS_INPROGRESS && status != UCS_OK && state.failure == UCS_OK) state.failure = status;
+      ucp_request_free(pending[i].request);  // released now, or by UCX once it completes
+      pending[i] = pending.back();
+      pending.pop_back();
+    }
+    throw_if_failed();
+    if (pending.empty() && ledger_.all_done()) return;
+    const bool moved = ucp_worker_progress(worker()) != 0;
+    if (moved) backoff.reset();
+    // Checked even while the worker moves: keepalive traffic alone must not keep a frozen peer alive.
+    if (deadline.expired()) {
+      const std::string text =
+          "ucx: flush on rank " + std::to_string(peers_.rank) + " got no completion from the peer in " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
+          " s (it stopped progressing its fabric: frozen?)";
+      for (const Pending& waiting : pending) {
+        ucp_request_free(waiting.request);
+        isolate(waiting.peer, text);
+      }
+      pending.clear();
+      for (const PeerState& state : peer_states_) {
+        if (state.in_flight > 0) isolate(state.rank, text);
+      }
+      return;
+    }
+    if (!moved) backoff.pause();
+  }
+}
+
 void* UcxFabric::region_base(RegionId region) const {
   if (region >= regions_.size())
     fail(Errc::invalid_argument, "ucx fabric: no region " + std::to_string(region));
@@ -598,7 +753,7 @@ void UcxFabric::close_endpoints() noexcept {
   Duration bound = std::min<Duration>(peers_.timeout, kTeardownBound);
   // Collective quiesce: a peer that tears down while we still progress would look like a failure to us, so
   // every healthy rank first waits (bounded) until all ranks stopped using the fabric.
-  if (connected_ && broken_.empty()) {
+  if (connected_ && broken_.empty() && failed_.empty()) {
     try {
       peers_.store->barrier("ferry/fabric/ucx/teardown", peers_.rank, peers_.world_size, bound);
     } catch (const std::exception&) {
@@ -616,7 +771,8 @@ void UcxFabric::close_endpoints() noexcept {
     if (state.ep == nullptr) continue;
     ucp_request_param_t param{};  // UCX 1.13 crashes on a NULL param
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = (state.failure != UCS_OK || !broken_.empty()) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    param.flags =
+        (state.failure != UCS_OK || state.isolated || !broken_.empty()) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
     ucs_status_ptr_t request = ucp_ep_close_nbx(state.ep, &param);
     state.ep = nullptr;
     if (request != nullptr && !UCS_PTR_IS_ERR(request)) closing.push_back(request);

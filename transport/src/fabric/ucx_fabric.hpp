@@ -6,6 +6,12 @@
 // hanging. Regions are ucp_mem_map'ed (allocated by UCX when the caller passes no base); rkeys go through the
 // store.
 //
+// Peer failures (fabric.hpp, "Failure model"): by default the first one breaks the fabric. With
+// FabricOptions::isolate_peer_failures a failed peer is isolated instead: its endpoint is left alone (closed
+// with force at teardown), its outstanding operations are counted complete (an abandoned Op ignores UCX's
+// late callback), later operations to it complete at once, and flush() waits for the live peers only; a peer
+// that completes nothing within the timeout (frozen) is isolated the same way.
+//
 // put_signal is put, ucp_worker_fence, atomic ADD. On tcp and shared memory UCX 1.13 emulates RMA and atomics
 // with active messages on one lane per endpoint, which the target handles in order, so the fence keeps the
 // signal behind the payload (tests/fabric checks it); on RDMA transports the fence orders the lane's
@@ -46,6 +52,9 @@ class UcxFabric final : public Fabric {
   void flush() override;
   void* region_base(RegionId region) const override;
   std::size_t region_bytes(RegionId region) const override;
+  std::size_t failed_peer_count() const override { return failed_.size(); }
+  std::vector<FailedPeer> failed_peers() const override { return failed_; }
+  void fail_peer(int peer, const std::string& reason) override;
 
   // Whether this UCX was built with CUDA support (its cuda memory domain), so it can register GPU memory.
   bool cuda_memory_supported() const;
@@ -82,6 +91,7 @@ class UcxFabric final : public Fabric {
     std::string failure_reason;  // when the liveness check found the process gone
     int pid = 0;                 // the peer's process id (meaningful on the same node only)
     bool same_node = false;
+    bool isolated = false;  // isolate_peer_failures: failed, nothing more is sent to it
   };
   // One posted operation (put_signal counts as one with two UCX requests). Lives in ops_, a pool with stable
   // addresses, because UCX callbacks point at it.
@@ -94,6 +104,7 @@ class UcxFabric final : public Fabric {
     std::uint64_t reply = 0;    // fetch_add's old value, written by UCX
     const char* what = "";
     Op* next_free = nullptr;
+    bool abandoned = false;  // its peer was isolated: its ticket is finished, UCX's callbacks only free it
   };
 
   static void on_request_done(void* request, ucs_status_t status, void* user_data);
@@ -104,8 +115,23 @@ class UcxFabric final : public Fabric {
 
   void set_up_context();
   void check_usable(const char* op) const;
-  [[noreturn]] void fail_peer(int peer, const std::string& what);
+  bool isolating() const { return options_.isolate_peer_failures; }
+  std::string peer_failure_text(int peer, const std::string& what) const;
+  // `peer` failed (its state says how): breaks the fabric and throws, or, when isolating, isolates the peer.
+  void peer_failed(int peer, const std::string& what);
+  [[noreturn]] void break_for_peer(int peer, const std::string& what);
+  // fetch_add (control path) when `peer` failed: throws; breaks the fabric unless isolating.
+  [[noreturn]] void refuse_for_peer(int peer, const std::string& what);
+  // Marks `peer` failed for good: its outstanding operations are abandoned (their tickets finished).
+  void isolate(int peer, const std::string& reason);
+  std::string failed_reason(int peer) const;
+  // An operation to an isolated peer: a ticket, finished at once, nothing sent.
+  std::uint64_t dropped();
+  // put_signal's second request, not posted because its peer was isolated by the first.
+  void skip_request(Op* op);
+  // Throws (or, when isolating, isolates) for every peer whose failure is known.
   void throw_if_failed();
+  void flush_live_peers();
   // Rate-limited: marks same-node peers whose process no longer exists as failed.
   void check_liveness();
   const RemoteRegion& remote_region(const char* op, int peer, RegionId region, std::size_t offset,
@@ -133,7 +159,8 @@ class UcxFabric final : public Fabric {
   Op* free_ops_ = nullptr;
   detail::TicketLedger ledger_;
   std::size_t pending_requests_ = 0;
-  std::string broken_;  // non-empty once a failure made the fabric unusable
+  std::vector<FailedPeer> failed_;  // isolated peers, in the order they failed
+  std::string broken_;              // non-empty once a failure made the fabric unusable
   Errc broken_code_ = Errc::internal;
   bool connected_ = false;
   std::uint32_t liveness_countdown_ = 0;

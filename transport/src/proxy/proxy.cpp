@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -84,6 +85,7 @@ struct ProxyWorker {
   std::size_t max_in_flight = 0;
   std::size_t in_flight = 0;
   std::uint64_t last_ticket = 0;  // the highest ticket this thread's fabric handed out
+  std::size_t failed_seen = 0;    // the fabric's failed peers already published
   std::atomic<std::uint64_t> executed{0};
   std::thread thread;
 };
@@ -98,11 +100,15 @@ struct Proxy::Impl {
   std::atomic<bool> stopping{false};
   bool stopped = false;
   std::vector<bool> marked_stopped;  // rings whose only recorded error is "the proxy was stopped"
+  mutable std::mutex failed_mutex;
+  std::vector<FailedPeer> failed;  // guarded by failed_mutex
+  std::atomic<std::size_t> failed_count{0};
 
   void run(ProxyWorker& worker);
   bool drain(ProxyWorker& worker, RingConsumer& ring);
   std::uint64_t execute(ProxyWorker& worker, const Command& command);
   bool retire(ProxyWorker& worker);
+  void publish_failed_peers(ProxyWorker& worker);
   void fail_rings(ProxyWorker& worker, Errc code, const std::string& message);
 };
 
@@ -187,6 +193,7 @@ void Proxy::Impl::run(ProxyWorker& worker) {
       for (RingConsumer* ring : worker.rings) moved |= drain(worker, *ring);
       moved |= worker.fabric->progress();
       moved |= retire(worker);
+      if (worker.fabric->failed_peer_count() != worker.failed_seen) publish_failed_peers(worker);
       if (moved) {
         backoff.reset();
       } else {
@@ -199,6 +206,18 @@ void Proxy::Impl::run(ProxyWorker& worker) {
     fail_rings(worker, Errc::internal,
                "proxy thread " + std::to_string(worker.index) + " failed: " + e.what());
   }
+}
+
+void Proxy::Impl::publish_failed_peers(ProxyWorker& worker) {
+  const std::vector<FailedPeer> now = worker.fabric->failed_peers();
+  std::lock_guard lock(failed_mutex);
+  for (std::size_t i = worker.failed_seen; i < now.size(); ++i) {
+    const bool known = std::any_of(failed.begin(), failed.end(),
+                                   [&](const FailedPeer& peer) { return peer.rank == now[i].rank; });
+    if (!known) failed.push_back(now[i]);
+  }
+  worker.failed_seen = now.size();
+  failed_count.store(failed.size(), std::memory_order_release);
 }
 
 void Proxy::Impl::fail_rings(ProxyWorker& worker, Errc code, const std::string& message) {
@@ -326,6 +345,15 @@ void Proxy::check_error() const {
     if (index < impl_->marked_stopped.size() && impl_->marked_stopped[index]) continue;
     ring->check_error();
   }
+}
+
+std::size_t Proxy::failed_peer_count() const {
+  return impl_->failed_count.load(std::memory_order_acquire);
+}
+
+std::vector<FailedPeer> Proxy::failed_peers() const {
+  std::lock_guard lock(impl_->failed_mutex);
+  return impl_->failed;
 }
 
 std::uint64_t Proxy::commands_executed(int thread) const {

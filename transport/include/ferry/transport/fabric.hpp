@@ -18,12 +18,21 @@
 // the peer rank, thrown from the next put/progress/flush of this fabric; every wait inside a fabric has the
 // deadline Peers::timeout and throws Errc::timeout naming what it waited for. After either, the fabric is
 // broken: every later call throws the same error; only destruction is safe (and bounded).
+//
+// With FabricOptions::isolate_peer_failures the failure of one peer stays that peer's: the fabric marks it
+// failed (a failed endpoint or queue pair, an operation to it that failed, no completion from it within
+// Peers::timeout, or the owner's fail_peer), completes its outstanding operations without waiting for them
+// (their bytes may or may not have landed), completes later operations to it at once without sending
+// anything, and goes on with the other peers; failed_peers() names it with the reason. Only errors that are
+// no single peer's (a broken device, a local call that failed) still break the fabric. fetch_add (control
+// path) to a failed peer throws Errc::peer_failure without breaking the fabric.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ferry/transport/peers.hpp"
 
@@ -42,6 +51,17 @@ struct FabricOptions {
   int qps_per_peer = 1;               // verbs: RC QPs per peer (operations striped round-robin)
   std::size_t max_inline_bytes = 64;  // verbs: writes up to this size go inline (capped by the device)
   std::size_t max_in_flight = 256;  // bound on posted, uncompleted operations per peer (post waits above it)
+  // A peer's failure fails only that peer (see "Failure model" above), for owners that skip a dead peer
+  // instead of failing (the low-latency mode); false: it breaks the fabric, as every other owner wants.
+  // ucx only: make_fabric refuses it for verbs (Errc::unsupported); noop and inproc accept it (nothing
+  // fails).
+  bool isolate_peer_failures = false;
+};
+
+// A peer a fabric stopped talking to under FabricOptions::isolate_peer_failures, and why.
+struct FailedPeer {
+  int rank = -1;
+  std::string reason;
 };
 
 // FERRY_FABRIC=ucx|verbs|noop|inproc|auto (unset: auto); auto picks verbs when an RDMA device exists, else
@@ -90,6 +110,18 @@ class Fabric {
   // Local address and size of a registered region (for the caller's own reads of signals and payload).
   virtual void* region_base(RegionId region) const = 0;
   virtual std::size_t region_bytes(RegionId region) const = 0;
+
+  // Under isolate_peer_failures: the peers failed so far, in the order they failed (failed_peer_count() is
+  // the cheap question "did that change?"). Always empty without it, and for fabrics whose peers cannot fail
+  // (noop, inproc).
+  virtual std::size_t failed_peer_count() const { return 0; }
+  virtual std::vector<FailedPeer> failed_peers() const { return {}; }
+  // Under isolate_peer_failures: the owner gave up on `peer` (it stopped answering, so it is as good as
+  // dead): the fabric fails it as if its connection had failed. Does nothing without the option.
+  virtual void fail_peer(int peer, const std::string& reason) {
+    (void)peer;
+    (void)reason;
+  }
 };
 
 // Creates the backend (collective: every rank of `peers` calls it with the same options). Throws

@@ -22,7 +22,9 @@
 // Failure: when the fabric throws (or a command is malformed), the thread records the error — code and
 // message naming thread, ring and command — in every ring it drains and stops. Producer waits (for credit or
 // completion) see the error and throw ferry::Error with that message; every producer wait also has a deadline
-// (ProxyOptions::timeout). A producer never hangs on a dead proxy.
+// (ProxyOptions::timeout). A producer never hangs on a dead proxy. A fabric created with
+// FabricOptions::isolate_peer_failures does not throw for one failed peer: the proxy goes on (commands to
+// that peer complete without sending) and publishes the peer in failed_peers(), which any thread may read.
 #pragma once
 
 #include <cstddef>
@@ -111,6 +113,10 @@ class Proxy {
   ProducerRing& ring(int index);
   // Throws the first error any proxy thread recorded (code and message as the producer would see them).
   void check_error() const;
+  // The peers the fabrics isolated so far (FabricOptions::isolate_peer_failures), each once, in the order the
+  // proxy threads saw them. Any thread; failed_peer_count() is one atomic load.
+  std::size_t failed_peer_count() const;
+  std::vector<FailedPeer> failed_peers() const;
   // Commands proxy thread `thread` has handed to its fabric so far (for throughput reports).
   std::uint64_t commands_executed(int thread) const;
   // Stops and joins the threads (idempotent). Commands not yet executed are dropped; waits on rings that are
