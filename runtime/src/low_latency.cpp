@@ -373,10 +373,12 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // The words come first in the region (check_low_latency_shape bounds them per shape). The region is sized
   // for the worst case (every token of every rank on one expert) and mostly never written: its pages come on
   // first touch.
-  // A rank of another node that dies is given up alone by the fabric (the engine masks it), so the others
-  // decode on instead of failing with the proxy.
+  // The fabric's per-peer isolation (which would let the engine mask a dead rank of another node) stays off:
+  // over UCX 1.13's tcp transport, endpoints to live survivors were also reported failed about 1 s after a
+  // death, and isolating them masked live ranks (docs/reliability.md). A dead rank of another node fails the
+  // operation by name instead.
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
-                                                    "ferry-lowlat", false, true);
+                                                    "ferry-lowlat", false, false);
   impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
                                                       engine_options(config));
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());

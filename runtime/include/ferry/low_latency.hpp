@@ -31,11 +31,9 @@
 // low_latency_update_mask_buffer) is skipped by this rank from then on: its rows are left out of the
 // dispatch's counts and of the combined sums (a token whose experts are all masked gets zeros), and the mask
 // says who was skipped. Decoding goes on. A rank unmasked again needs clean_low_latency_buffer (collective)
-// before it takes part. A rank of another node that dies is given up by the fabric alone (the ucx fabric
-// isolates it; the proxy goes on) and masked before the next phase, without waiting the timeout once the
-// fabric knows; it stays masked for the buffer's life (low_latency_clean_mask_buffer does not bring it back).
-// A dead rank of this node is masked after the timeout. On the verbs fabric a dead rank of another node still
-// fails the operation (Errc::peer_failure): only ucx isolates a failed peer. Under `ferry launch`, pass
+// before it takes part. A dead rank of this node is masked after the timeout. A dead rank of another node
+// fails the operation by name (Errc::peer_failure), as in the normal mode: masking it is not done yet
+// (docs/reliability.md says why). Under `ferry launch`, pass
 // --keep-going so that the launcher does not stop the survivors when a rank dies.
 //
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each
