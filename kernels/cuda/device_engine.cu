@@ -997,6 +997,8 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
     plan.recv_src_token = record.recv_src_token.data();
     plan.fwd_token = record.fwd_token.data();
     plan.fwd_mask = record.fwd_mask.data();
+    plan.capacity = record.record_capacity;  // y has these rows too (the handle's recv_rows)
+    plan.fwd_capacity = record.fwd_capacity;
     plan.in_rank = record.in_rank->data();
     plan.num_tokens = record.num_tokens;
     plan.out = in.out;

@@ -525,9 +525,13 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   kc::DeviceEngine* engine = impl.engine.get();  // `finish` runs before the engine goes (settled first)
   // Runs once the dispatch's event has passed: reads on the engine's own stream, not behind the operations
   // queued after this one on the Buffer's stream (nor on the legacy stream, behind the caller's work).
-  auto finish = [result, device, in_rank, worst, rank, experts_per_rank, alignment, K, engine] {
+  // Shared with every copy of the handle: combine and a cached dispatch refuse it by name once the overflow
+  // is known. One issued before that meets the roles' capacity check (past_capacity) on the GPU instead.
+  auto overflowed = std::make_shared<std::atomic<std::int64_t>>(0);
+  auto finish = [result, device, in_rank, worst, rank, experts_per_rank, alignment, K, engine, overflowed] {
     const std::int64_t received = engine->received(*device->record);
     if (worst > 0 && received > worst) {
+      overflowed->store(received);
       fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " received " + std::to_string(received) +
                                        " tokens but num_worst_tokens is " + std::to_string(worst) +
                                        "; rows past it were dropped (the Buffer stays usable)");
@@ -545,6 +549,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
     result->handle.num_recv_ = received;
   };
   result->handle.device_record_ = device->record;
+  result->handle.overflowed_ = overflowed;
   result->handle.recv_rows_ = device->rows;
   result->handle.rank_ = rank;
   result->handle.num_tokens_ = T;

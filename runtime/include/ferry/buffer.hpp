@@ -50,6 +50,7 @@
 //                       .wait();          // combined.out [T, H]; combined.topk_weights [T, K]
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -143,6 +144,10 @@ class Handle {
   int channels_ = 0;
   std::int64_t recv_rows_ = 0;
   int rank_ = -1;
+  // A worst-case dispatch's: the tokens it received once known to be more than num_worst_tokens (0: not, or
+  // not yet known). Shared by every copy of the handle (one may be taken before the dispatch has run), so
+  // combine and a cached dispatch refuse them all by name: its rows past num_worst_tokens were dropped.
+  std::shared_ptr<std::atomic<std::int64_t>> overflowed_;
 };
 
 struct DispatchInputs {
