@@ -298,6 +298,9 @@ void CUDART_CB graph_let_go(void* flag) {
   delete released;
 }
 
+// Pinned staging buffers for launch plans, made when the engine starts (one per launch in flight).
+constexpr std::size_t kStagingBuffers = 16;
+
 // How often a waiting host reads the kernels' heartbeat.
 constexpr auto kHeartbeatPoll = std::chrono::milliseconds(100);
 
@@ -435,8 +438,16 @@ struct DeviceEngine::Impl {
       // Also completes every allocation the graph uses, so any stream may launch it.
       check(cudaStreamSynchronize(own_stream), "copy of the launch plans");
     } else {
-      const std::shared_ptr<MappedArray<RankLaunch>> staged = keeper.stage(
-          plans.size(), [](std::size_t size) { return std::make_shared<MappedArray<RankLaunch>>(size); });
+      std::shared_ptr<MappedArray<RankLaunch>> staged = keeper.stage(plans.size());
+      if (staged == nullptr) {  // every reserved buffer is read by a queued copy: wait for one to pass
+        wait_until(
+            [&] {
+              keeper.collect();
+              staged = keeper.stage(plans.size());
+              return staged != nullptr;
+            },
+            "the operations holding every launch-plan staging buffer");
+      }
       std::copy(plans.begin(), plans.end(), staged->host());
       check(cudaMemcpyAsync(device_plans->data(), staged->host(), bytes, cudaMemcpyHostToDevice, stream),
             "copy of the launch plans");
@@ -728,6 +739,10 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   impl.abort = DeviceArray<std::uint32_t>(kAbortWords);
   impl.abort.zero(setup);
   impl.heartbeat = MappedArray<std::uint64_t>(1);
+  // Every pinned staging buffer now, none mid-run (launch_keeper.hpp says why): a dispatch takes two, so
+  // this many operations may be queued before the next one waits for the oldest.
+  impl.keeper.reserve(kStagingBuffers, impl.ranks.size(),
+                      [](std::size_t size) { return std::make_shared<MappedArray<RankLaunch>>(size); });
   Impl::reserve_stacks();
   check(cudaStreamSynchronize(setup), "the executor's setup");
 }
