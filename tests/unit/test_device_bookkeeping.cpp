@@ -552,3 +552,26 @@ TEST_CASE("ranks sharing a GPU: every rank's blocks are counted, by name", "[dev
   CHECK_FALSE(kc::residency_problem("combine", 40, 4, 0, 384, 16384, 1, 132).empty());
   CHECK(kc::residency_problem("combine", 32, 4, 0, 384, 16384, 1, 132).empty());
 }
+
+TEST_CASE("rank threads sharing a GPU need a hardware queue per stream, or are refused by name", "[device]") {
+  // CUDA_DEVICE_MAX_CONNECTIONS as CUDA reads it: 8 unless set, at most 32.
+  CHECK(kc::device_connections(nullptr) == 8);
+  CHECK(kc::device_connections("") == 8);
+  CHECK(kc::device_connections("16") == 16);
+  CHECK(kc::device_connections("64") == 32);
+  CHECK(kc::device_connections("zero") == 8);
+  CHECK(kc::device_connections("0") == 8);
+  // One rank per process never shares a context; two rank threads fit the default 8 queues (2 x 3 + 1 = 7).
+  CHECK(kc::connections_problem(1, 1).empty());
+  CHECK(kc::connections_problem(2, 8).empty());
+  // Three do not (10 streams): the message names the variable and the way out.
+  const std::string problem = kc::connections_problem(3, 8);
+  INFO(problem);
+  CHECK(problem.find("3 ranks of this process share one GPU: their 10 streams") == 0);
+  CHECK(problem.find("CUDA_DEVICE_MAX_CONNECTIONS gives 8") != std::string::npos);
+  CHECK(problem.find("set CUDA_DEVICE_MAX_CONNECTIONS=32") != std::string::npos);
+  CHECK(problem.find("at most 10") != std::string::npos);
+  CHECK(kc::connections_problem(3, 32).empty());
+  CHECK(kc::connections_problem(10, 32).empty());
+  CHECK_FALSE(kc::connections_problem(11, 32).empty());
+}
