@@ -112,7 +112,10 @@ struct DeviceRecord {
 namespace {
 
 // In `stream`'s order (never the legacy stream's, which does not wait for a non-blocking stream and does
-// wait for every blocking one).
+// wait for every blocking one). The synchronisation has no deadline: it waits for every operation queued on
+// `stream` before the copy (for the test helpers below, those after the dispatch too), which end by
+// themselves (every spin on the GPU gives up after the timeout); the engine's own callers read on its own
+// stream, where nothing long is queued.
 template <class T>
 std::vector<T> read_back(const T* device, std::int64_t count, cudaStream_t stream) {
   std::vector<T> host(static_cast<std::size_t>(std::max<std::int64_t>(count, 0)));
@@ -837,7 +840,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
       record->num_experts = shape.num_experts;
       record->topk_idx = impl.ordered_array<std::int64_t>(in.num_tokens * shape.num_topk, where);
       record->in_rank = impl.ordered_array<std::uint8_t>(in.num_tokens * R, where);
-      // Taken at the call: the routing the roles read cannot change under them.
+      // Copied in the stream's order, and the caller's stream waits for the copies (below): the routing the
+      // roles read cannot change under them, whatever the caller enqueues after the call.
       if (in.num_tokens > 0) {
         check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx,
                               sizeof(std::int64_t) * in.num_tokens * shape.num_topk, cudaMemcpyDeviceToDevice,
@@ -875,6 +879,14 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
     plan.dispatch.num_tokens = record->num_tokens;
     plan.dispatch.num_topk = record->num_topk;
     records[i] = std::move(record);
+  }
+  if (cached == nullptr && shape.has_caller_stream) {
+    const auto caller = static_cast<cudaStream_t>(shape.caller_stream);
+    if (caller != stream) {
+      DeviceEvent copied(impl.options.device);  // destroyed at once: CUDA keeps it until the wait has passed
+      copied.record(stream);
+      check(cudaStreamWaitEvent(caller, copied.get(), 0), "the caller's stream waits for the routing's copy");
+    }
   }
   // A captured operation's graph reads its records at every launch, whoever else lets go of them.
   if (capture.active) {

@@ -548,6 +548,8 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   shape.nvl_chunk = settings.nvl_chunk;
   shape.fingerprint = settings.fingerprint;
   shape.num_worst_tokens = options.num_worst_tokens;
+  shape.has_caller_stream = true;  // it waits for the copies of topk_idx and the layout (buffer.hpp)
+  shape.caller_stream = options.stream;
   std::vector<kc::DeviceDispatchResult> results;
   if (std::optional<Event> failed =
           impl.issue([&] { results = impl.engine->dispatch(shape, {input}, nullptr, impl.stream); })) {

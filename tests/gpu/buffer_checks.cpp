@@ -228,6 +228,16 @@ class Checker {
       dispatch_after_overflow(buffer, scenario, sources);
       return;
     }
+    // topk_idx and the layout are taken at the call: the caller's stream waits for their copies, so work
+    // enqueued there now may change them (the results below must not see it).
+    if (inputs.topk.bytes() > 0) {
+      cuda_check(cudaMemsetAsync(inputs.topk.data(), 0x7f, inputs.topk.bytes(), user), "rewrite topk_idx");
+    }
+    if (layout.is_token_in_rank_device.bytes() > 0) {
+      cuda_check(cudaMemsetAsync(layout.is_token_in_rank_device.data(), 0, layout.is_token_in_rank_device.bytes(),
+                                 user),
+                 "clear the layout");
+    }
     // A cached dispatch from that handle, issued before the first dispatch is waited for: its rows and
     // num_recv_tokens must not depend on the wait.
     DeviceInputs fresh;

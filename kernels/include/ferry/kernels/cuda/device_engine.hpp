@@ -177,6 +177,11 @@ struct DeviceDispatchShape {
   std::int64_t num_worst_tokens = 0;  // > 0: outputs sized up front, no host synchronisation. A cached
                                       // dispatch takes its dispatch's sizing (0 here, or the same value)
   int absent_rank = -1;  // tests: this rank's blocks leave at once, as a peer that stopped (others time out)
+  // The caller's stream (cudaStream_t; nullptr: the legacy stream), when the dispatch is enqueued on another:
+  // it waits for the copies of topk_idx and the layout (not for the operation), so work the caller enqueues
+  // there after the call cannot change them before they are taken.
+  bool has_caller_stream = false;
+  void* caller_stream = nullptr;
 };
 
 // What a dispatch leaves on the GPU for combine and for a cached dispatch (device memory, owned).
