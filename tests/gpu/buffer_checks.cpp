@@ -225,6 +225,7 @@ class Checker {
     auto pending = buffer.dispatch(inputs.view(), layout, options);
     if (how.overflow) {
       check_overflow(pending, received, worst);
+      if (received > worst) refuse_overflowed_handle(buffer, early_handle, worst, scenario.hidden);
       dispatch_after_overflow(buffer, scenario, sources);
       return;
     }
@@ -316,6 +317,28 @@ class Checker {
     } else {
       note(error.empty() ? "" : "a rank within num_worst_tokens failed: " + error, "overflow");
     }
+  }
+
+  // The overflowed dispatch's handle (as on_allocated handed it out, before the overflow was known) is refused
+  // by combine by name once the dispatch has failed: it recorded fewer rows than its counts say.
+  void refuse_overflowed_handle(Buffer& buffer, const std::optional<Handle>& handle, std::int64_t worst,
+                                std::int64_t hidden) {
+    if (!handle) {
+      note("on_allocated was not called", "combine on an overflowed handle");
+      return;
+    }
+    std::vector<std::uint16_t> zeros(static_cast<std::size_t>(worst * hidden), 0);
+    const Tensor y = upload(zeros.data(), worst, hidden, DType::bf16);
+    std::string error;
+    try {
+      buffer.combine(y, *handle);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    note(error.find("neither combined nor repeated") != std::string::npos
+             ? ""
+             : "combine on an overflowed handle gave: " + (error.empty() ? std::string("no error") : error),
+         "combine on an overflowed handle");
   }
 
   // After an overflow the Buffer stays usable: the same routing dispatched again, unsized, is checked.
