@@ -258,6 +258,7 @@ Capture capture_of(cudaStream_t stream) {
   cudaGraph_t graph = nullptr;
   const cudaError_t error = cudaStreamGetCaptureInfo(stream, &status, nullptr, &graph);
   if (error == cudaErrorStreamCaptureImplicit) {
+    forget_last_error();
     fail(Errc::invalid_argument,
          "cuda: an operation on the legacy default stream while a blocking stream is being captured into a "
          "CUDA graph (the legacy stream would join that capture and break it): pass a stream of your own");
@@ -474,11 +475,13 @@ struct DeviceEngine::Impl {
     auto* flag = new std::shared_ptr<std::atomic<bool>>(released);
     cudaUserObject_t object = nullptr;
     if (cudaUserObjectCreate(&object, flag, graph_let_go, 1, cudaUserObjectNoDestructorSync) != cudaSuccess) {
+      forget_last_error();
       delete flag;
       keeper.end({});
       return;
     }
     if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
+      forget_last_error();
       cudaUserObjectRelease(object, 1);  // flags an operation nobody watches
       keeper.end({});
       return;

@@ -19,9 +19,12 @@ namespace ferry::kernels::cuda {
 
 using transport::detail::DeviceEvent;
 using transport::detail::DeviceScope;
+using transport::detail::forget_last_error;
 
+// Clears the thread's last error before it throws (cuda_check.hpp says why).
 inline void check(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
+  forget_last_error();
   fail(status == cudaErrorMemoryAllocation ? Errc::system : Errc::internal,
        std::string("cuda: ") + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) +
            ")");

@@ -32,8 +32,10 @@ namespace {
 namespace p = kernels::protocol;
 namespace kc = kernels::cuda;
 
+// Clears the thread's last error before it throws (cuda_check.hpp says why).
 void check(cudaError_t status, const std::string& what) {
   if (status != cudaSuccess) {
+    transport::detail::forget_last_error();
     fail(Errc::system,
          "cuda: " + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
   }
@@ -71,6 +73,7 @@ void refuse_capture(void* caller, const char* operation) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   const cudaError_t error = cudaStreamIsCapturing(static_cast<cudaStream_t>(caller), &status);
   if (error == cudaErrorStreamCaptureImplicit) {
+    transport::detail::forget_last_error();
     fail(Errc::unsupported,
          std::string("Buffer::") + operation +
              ": on the legacy default stream while a blocking stream is being captured into a "
