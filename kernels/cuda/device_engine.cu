@@ -684,12 +684,9 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
                        dispatch_full.blocks_per_rank, dispatch_full.threads, shared_bytes(dispatch_full));
   impl.check_residency(reinterpret_cast<const void*>(&combine_kernel), "combine",
                        combine_full.blocks_per_rank, combine_full.threads, shared_bytes(combine_full));
-  // Per-operation arrays come from the device's pool in stream order; keep freed memory there for the next
-  // one.
-  cudaMemPool_t pool = nullptr;
-  check(cudaDeviceGetDefaultMemPool(&pool, options.device), "cudaDeviceGetDefaultMemPool");
-  std::uint64_t keep = ~std::uint64_t{0};
-  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  // Per-operation arrays come from the executor's own pool in stream order (executor_pool: freed memory is
+  // kept for the next operation, without changing the device's default pool for the rest of the process).
+  executor_pool(options.device);
   cudaStream_t own = nullptr;
   check(cudaStreamCreateWithFlags(&own, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   impl.own_stream_owner = std::shared_ptr<CUstream_st>(own, [device = options.device](cudaStream_t done) {
