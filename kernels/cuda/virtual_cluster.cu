@@ -71,6 +71,7 @@ VirtualCluster::VirtualCluster(const p::LayoutParams& params, const DeviceOption
     proxy_options.rings = rings * R;
     proxy_options.memory = transport::RingMemory::cuda_mapped;
     proxy_options.timeout = options.timeout;
+    proxy_options.device = options.device;  // as a Buffer's: the fabric moves this GPU's memory
     impl.proxy = std::make_unique<transport::Proxy>(std::move(fabrics), proxy_options);
     for (int r = 0; r < R; ++r) {
       for (int k = 0; k < rings; ++k) ranks[r].rings.push_back(impl.proxy->ring(k * R + r).device_view());

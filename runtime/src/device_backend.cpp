@@ -420,6 +420,7 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
     proxy_options.rings = kc::device_rings_per_rank(layout.params.topo, options);
     proxy_options.memory = transport::RingMemory::cuda_mapped;
     proxy_options.timeout = config.timeout;
+    proxy_options.device = impl.gpu;  // the fabric moves this GPU's memory from the proxy threads
     impl.proxy = std::make_unique<transport::Proxy>(std::move(fabric), proxy_options);
     for (int k = 0; k < proxy_options.rings; ++k) rank.rings.push_back(impl.proxy->ring(k).device_view());
   }
