@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "device_kernels.cuh"
 #include "device_memory.cuh"
@@ -408,14 +409,25 @@ struct DeviceEngine::Impl {
     return std::make_shared<DeviceArray<T>>(count, where.stream, true, where.owner);
   }
 
+  // The kernel's dynamic shared memory limit is one process-wide attribute, which every engine launches
+  // under: raised to the most any engine asked for, never lowered (set to each engine's own size, one engine
+  // could lower it between another's check and launch, which would then fail). Per device: an attribute
+  // set with one device current applies to that device's context.
+  static void allow_dynamic_shared(const void* kernel, std::uint32_t shared, const char* name) {
+    static std::mutex mutex;
+    static std::map<std::pair<int, const void*>, std::uint32_t> allowed;
+    std::lock_guard lock(mutex);
+    std::uint32_t& most = allowed[{current_device(), kernel}];
+    if (shared <= most) return;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
+          name);
+    most = shared;
+  }
+
   // Every block of `kernel` on this GPU, this engine's ranks' and other engines', must be resident at once.
   void check_residency(const void* kernel, const char* name, int blocks_per_rank, int threads,
                        std::uint32_t shared) {
-    if (shared > 48 * 1024) {
-      check(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
-          name);
-    }
+    if (shared > 48 * 1024) allow_dynamic_shared(kernel, shared, name);
     int per_sm = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared), name);
     const std::string problem =
