@@ -60,6 +60,10 @@ struct RecordTotals {
     const cudaStream_t in = on.value_or(stream);
     std::int64_t host[2] = {0, 0};  // pageable: the copy is done when the call returns, then the sync
     check(cudaMemcpyAsync(host, words, sizeof(host), cudaMemcpyDeviceToHost, in), "read back the counts");
+    // No deadline of its own: the engine reads here after its heartbeat-bounded wait for the stream (sized
+    // by counts, finish()) or once the dispatch's event has passed (`on`: the own stream, nothing long ahead).
+    // Read on the notify's stream otherwise (device_num_recv), it also waits for every operation queued
+    // behind the notify, and those end by themselves: every spin on the GPU gives up after the timeout.
     check(cudaStreamSynchronize(in), "read back the counts");
     known = cacheable;
     values[0] = host[0];
@@ -654,8 +658,11 @@ struct DeviceEngine::Impl {
       check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
       needed = std::max(needed, attributes.localSizeBytes);
     }
-    // A little over what ptxas reported, rounded: the reservation is per resident thread (2048 per SM), so
-    // every byte here costs the device about 270 KB of memory on an H100.
+    // A little over what ptxas reported, rounded. The driver reserves the limit for every thread the device
+    // can hold at once, whatever our kernels launch: limit x 2048 threads/SM x SMs, so every byte here costs
+    // 270 KB on an H100 or H200 (132 SMs). combine's 2320-byte frame (ptxas, sm_90a; its receiver's term and
+    // ring lists for up to 64 nodes) rounds to 2560 B: 2560 x 2048 x 132 = 692 MB of device memory per
+    // process (docs/perf/dispatch-cuda.md weighs moving the lists to shared memory).
     constexpr std::size_t kMargin = 128;
     needed = (needed + kMargin + 255) / 256 * 256;
     std::size_t current = 0;
