@@ -61,9 +61,10 @@ struct RecordTotals {
     std::int64_t host[2] = {0, 0};  // pageable: the copy is done when the call returns, then the sync
     check(cudaMemcpyAsync(host, words, sizeof(host), cudaMemcpyDeviceToHost, in), "read back the counts");
     // No deadline of its own: the engine reads here after its heartbeat-bounded wait for the stream (sized
-    // by counts, finish()) or once the dispatch's event has passed (`on`: the own stream, nothing long ahead).
-    // Read on the notify's stream otherwise (device_num_recv), it also waits for every operation queued
-    // behind the notify, and those end by themselves: every spin on the GPU gives up after the timeout.
+    // by counts, finish()) or once the dispatch's event has passed (`on`: the own stream, nothing long
+    // ahead). Read on the notify's stream otherwise (device_num_recv), it also waits for every operation
+    // queued behind the notify, and those end by themselves: every spin on the GPU gives up after the
+    // timeout.
     check(cudaStreamSynchronize(in), "read back the counts");
     known = cacheable;
     values[0] = host[0];

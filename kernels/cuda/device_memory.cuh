@@ -68,8 +68,8 @@ inline cudaMemPool_t executor_pool(int device) {
 // synchronisation, memory reused at once: per-operation arrays come from there); without, plain cudaMalloc.
 // A stream-ordered free needs its stream: `stream_owner` (when the stream is not the legacy default stream,
 // which is never destroyed) keeps it alive until the array is gone, which may be long after the Buffer that
-// made the stream (a Handle holds a dispatch's records). Without an owner (a stream the engine's caller passed
-// and never registered with keep_stream_alive) the stream is held raw: the caller must keep it alive.
+// made the stream (a Handle holds a dispatch's records). Without an owner (a stream the engine's caller
+// passed and never registered with keep_stream_alive) the stream is held raw: the caller must keep it alive.
 template <class T>
 class DeviceArray {
  public:

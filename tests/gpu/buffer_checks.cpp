@@ -235,8 +235,8 @@ class Checker {
       cuda_check(cudaMemsetAsync(inputs.topk.data(), 0x7f, inputs.topk.bytes(), user), "rewrite topk_idx");
     }
     if (layout.is_token_in_rank_device.bytes() > 0) {
-      cuda_check(cudaMemsetAsync(layout.is_token_in_rank_device.data(), 0, layout.is_token_in_rank_device.bytes(),
-                                 user),
+      cuda_check(cudaMemsetAsync(layout.is_token_in_rank_device.data(), 0,
+                                 layout.is_token_in_rank_device.bytes(), user),
                  "clear the layout");
     }
     // A cached dispatch from that handle, issued before the first dispatch is waited for: its rows and
@@ -319,8 +319,8 @@ class Checker {
     }
   }
 
-  // The overflowed dispatch's handle (as on_allocated handed it out, before the overflow was known) is refused
-  // by combine by name once the dispatch has failed: it recorded fewer rows than its counts say.
+  // The overflowed dispatch's handle (as on_allocated handed it out, before the overflow was known) is
+  // refused by combine by name once the dispatch has failed: it recorded fewer rows than its counts say.
   void refuse_overflowed_handle(Buffer& buffer, const std::optional<Handle>& handle, std::int64_t worst,
                                 std::int64_t hidden) {
     if (!handle) {
