@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "device_kernels.cuh"
 #include "device_memory.cuh"
@@ -59,6 +60,11 @@ struct RecordTotals {
     const cudaStream_t in = on.value_or(stream);
     std::int64_t host[2] = {0, 0};  // pageable: the copy is done when the call returns, then the sync
     check(cudaMemcpyAsync(host, words, sizeof(host), cudaMemcpyDeviceToHost, in), "read back the counts");
+    // No deadline of its own: the engine reads here after its heartbeat-bounded wait for the stream (sized
+    // by counts, finish()) or once the dispatch's event has passed (`on`: the own stream, nothing long
+    // ahead). Read on the notify's stream otherwise (device_num_recv), it also waits for every operation
+    // queued behind the notify, and those end by themselves: every spin on the GPU gives up after the
+    // timeout.
     check(cudaStreamSynchronize(in), "read back the counts");
     known = cacheable;
     values[0] = host[0];
@@ -112,7 +118,10 @@ struct DeviceRecord {
 namespace {
 
 // In `stream`'s order (never the legacy stream's, which does not wait for a non-blocking stream and does
-// wait for every blocking one).
+// wait for every blocking one). The synchronisation has no deadline: it waits for every operation queued on
+// `stream` before the copy (for the test helpers below, those after the dispatch too), which end by
+// themselves (every spin on the GPU gives up after the timeout); the engine's own callers read on its own
+// stream, where nothing long is queued.
 template <class T>
 std::vector<T> read_back(const T* device, std::int64_t count, cudaStream_t stream) {
   std::vector<T> host(static_cast<std::size_t>(std::max<std::int64_t>(count, 0)));
@@ -255,6 +264,7 @@ Capture capture_of(cudaStream_t stream) {
   cudaGraph_t graph = nullptr;
   const cudaError_t error = cudaStreamGetCaptureInfo(stream, &status, nullptr, &graph);
   if (error == cudaErrorStreamCaptureImplicit) {
+    forget_last_error();
     fail(Errc::invalid_argument,
          "cuda: an operation on the legacy default stream while a blocking stream is being captured into a "
          "CUDA graph (the legacy stream would join that capture and break it): pass a stream of your own");
@@ -297,6 +307,9 @@ void CUDART_CB graph_let_go(void* flag) {
   (*released)->store(true, std::memory_order_release);
   delete released;
 }
+
+// Pinned staging buffers for launch plans, made when the engine starts (one per launch in flight).
+constexpr std::size_t kStagingBuffers = 16;
 
 // How often a waiting host reads the kernels' heartbeat.
 constexpr auto kHeartbeatPoll = std::chrono::milliseconds(100);
@@ -401,14 +414,25 @@ struct DeviceEngine::Impl {
     return std::make_shared<DeviceArray<T>>(count, where.stream, true, where.owner);
   }
 
+  // The kernel's dynamic shared memory limit is one process-wide attribute, which every engine launches
+  // under: raised to the most any engine asked for, never lowered (set to each engine's own size, one engine
+  // could lower it between another's check and launch, which would then fail). Per device: an attribute
+  // set with one device current applies to that device's context.
+  static void allow_dynamic_shared(const void* kernel, std::uint32_t shared, const char* name) {
+    static std::mutex mutex;
+    static std::map<std::pair<int, const void*>, std::uint32_t> allowed;
+    std::lock_guard lock(mutex);
+    std::uint32_t& most = allowed[{current_device(), kernel}];
+    if (shared <= most) return;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
+          name);
+    most = shared;
+  }
+
   // Every block of `kernel` on this GPU, this engine's ranks' and other engines', must be resident at once.
   void check_residency(const void* kernel, const char* name, int blocks_per_rank, int threads,
                        std::uint32_t shared) {
-    if (shared > 48 * 1024) {
-      check(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
-          name);
-    }
+    if (shared > 48 * 1024) allow_dynamic_shared(kernel, shared, name);
     int per_sm = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared), name);
     const std::string problem =
@@ -435,8 +459,16 @@ struct DeviceEngine::Impl {
       // Also completes every allocation the graph uses, so any stream may launch it.
       check(cudaStreamSynchronize(own_stream), "copy of the launch plans");
     } else {
-      const std::shared_ptr<MappedArray<RankLaunch>> staged = keeper.stage(
-          plans.size(), [](std::size_t size) { return std::make_shared<MappedArray<RankLaunch>>(size); });
+      std::shared_ptr<MappedArray<RankLaunch>> staged = keeper.stage(plans.size());
+      if (staged == nullptr) {  // every reserved buffer is read by a queued copy: wait for one to pass
+        wait_until(
+            [&] {
+              keeper.collect();
+              staged = keeper.stage(plans.size());
+              return staged != nullptr;
+            },
+            "the operations holding every launch-plan staging buffer");
+      }
       std::copy(plans.begin(), plans.end(), staged->host());
       check(cudaMemcpyAsync(device_plans->data(), staged->host(), bytes, cudaMemcpyHostToDevice, stream),
             "copy of the launch plans");
@@ -460,11 +492,13 @@ struct DeviceEngine::Impl {
     auto* flag = new std::shared_ptr<std::atomic<bool>>(released);
     cudaUserObject_t object = nullptr;
     if (cudaUserObjectCreate(&object, flag, graph_let_go, 1, cudaUserObjectNoDestructorSync) != cudaSuccess) {
+      forget_last_error();
       delete flag;
       keeper.end({});
       return;
     }
     if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
+      forget_last_error();
       cudaUserObjectRelease(object, 1);  // flags an operation nobody watches
       keeper.end({});
       return;
@@ -625,8 +659,11 @@ struct DeviceEngine::Impl {
       check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
       needed = std::max(needed, attributes.localSizeBytes);
     }
-    // A little over what ptxas reported, rounded: the reservation is per resident thread (2048 per SM), so
-    // every byte here costs the device about 270 KB of memory on an H100.
+    // A little over what ptxas reported, rounded. The driver reserves the limit for every thread the device
+    // can hold at once, whatever our kernels launch: limit x 2048 threads/SM x SMs, so every byte here costs
+    // 270 KB on an H100 or H200 (132 SMs). combine's 2320-byte frame (ptxas, sm_90a; its receiver's term and
+    // ring lists for up to 64 nodes) rounds to 2560 B: 2560 x 2048 x 132 = 692 MB of device memory per
+    // process (docs/perf/dispatch-cuda.md weighs moving the lists to shared memory).
     constexpr std::size_t kMargin = 128;
     needed = (needed + kMargin + 255) / 256 * 256;
     std::size_t current = 0;
@@ -667,12 +704,9 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
                        dispatch_full.blocks_per_rank, dispatch_full.threads, shared_bytes(dispatch_full));
   impl.check_residency(reinterpret_cast<const void*>(&combine_kernel), "combine",
                        combine_full.blocks_per_rank, combine_full.threads, shared_bytes(combine_full));
-  // Per-operation arrays come from the device's pool in stream order; keep freed memory there for the next
-  // one.
-  cudaMemPool_t pool = nullptr;
-  check(cudaDeviceGetDefaultMemPool(&pool, options.device), "cudaDeviceGetDefaultMemPool");
-  std::uint64_t keep = ~std::uint64_t{0};
-  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  // Per-operation arrays come from the executor's own pool in stream order (executor_pool: freed memory is
+  // kept for the next operation, without changing the device's default pool for the rest of the process).
+  executor_pool(options.device);
   cudaStream_t own = nullptr;
   check(cudaStreamCreateWithFlags(&own, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   impl.own_stream_owner = std::shared_ptr<CUstream_st>(own, [device = options.device](cudaStream_t done) {
@@ -728,6 +762,10 @@ DeviceEngine::DeviceEngine(const p::BufferLayout& layout, std::vector<DeviceRank
   impl.abort = DeviceArray<std::uint32_t>(kAbortWords);
   impl.abort.zero(setup);
   impl.heartbeat = MappedArray<std::uint64_t>(1);
+  // Every pinned staging buffer now, none mid-run (launch_keeper.hpp says why): a dispatch takes two, so
+  // this many operations may be queued before the next one waits for the oldest.
+  impl.keeper.reserve(kStagingBuffers, impl.ranks.size(),
+                      [](std::size_t size) { return std::make_shared<MappedArray<RankLaunch>>(size); });
   Impl::reserve_stacks();
   check(cudaStreamSynchronize(setup), "the executor's setup");
 }
@@ -822,7 +860,8 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
       record->num_experts = shape.num_experts;
       record->topk_idx = impl.ordered_array<std::int64_t>(in.num_tokens * shape.num_topk, where);
       record->in_rank = impl.ordered_array<std::uint8_t>(in.num_tokens * R, where);
-      // Taken at the call: the routing the roles read cannot change under them.
+      // Copied in the stream's order, and the caller's stream waits for the copies (below): the routing the
+      // roles read cannot change under them, whatever the caller enqueues after the call.
       if (in.num_tokens > 0) {
         check(cudaMemcpyAsync(record->topk_idx->data(), in.topk_idx,
                               sizeof(std::int64_t) * in.num_tokens * shape.num_topk, cudaMemcpyDeviceToDevice,
@@ -860,6 +899,14 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
     plan.dispatch.num_tokens = record->num_tokens;
     plan.dispatch.num_topk = record->num_topk;
     records[i] = std::move(record);
+  }
+  if (cached == nullptr && shape.has_caller_stream) {
+    const auto caller = static_cast<cudaStream_t>(shape.caller_stream);
+    if (caller != stream) {
+      DeviceEvent copied(impl.options.device);  // destroyed at once: CUDA keeps it until the wait has passed
+      copied.record(stream);
+      check(cudaStreamWaitEvent(caller, copied.get(), 0), "the caller's stream waits for the routing's copy");
+    }
   }
   // A captured operation's graph reads its records at every launch, whoever else lets go of them.
   if (capture.active) {
@@ -997,6 +1044,8 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
     plan.recv_src_token = record.recv_src_token.data();
     plan.fwd_token = record.fwd_token.data();
     plan.fwd_mask = record.fwd_mask.data();
+    plan.capacity = record.record_capacity;  // y has these rows too (the handle's recv_rows)
+    plan.fwd_capacity = record.fwd_capacity;
     plan.in_rank = record.in_rank->data();
     plan.num_tokens = record.num_tokens;
     plan.out = in.out;

@@ -119,8 +119,8 @@ __device__ inline DeviceIo make_io(const LaunchArgs& args, const RankLaunch& ran
                   args.abort, port_for(rank, ring), args.timeout_ns);
 }
 
-// Builds the group's Io and role in this thread, drives the role to its end and reports. Not inlined, so each
-// role gets its own register allocation, and the kernel keeps nothing live across it.
+// Builds the group's Io and role in this thread, drives the role to its end and reports. Inlined into the
+// kernel: ptxas allocates registers once for the whole kernel (the most any of its roles needs).
 template <class Role, class Plan, class... State>
 __device__ __forceinline__ void run_group(const LaunchArgs& args, RankLaunch& rank, const BlockRole& where,
                                           unsigned char* shared, const Plan& plan, protocol::Traffic* traffic,

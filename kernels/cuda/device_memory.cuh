@@ -7,8 +7,11 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 
@@ -19,9 +22,12 @@ namespace ferry::kernels::cuda {
 
 using transport::detail::DeviceEvent;
 using transport::detail::DeviceScope;
+using transport::detail::forget_last_error;
 
+// Clears the thread's last error before it throws (cuda_check.hpp says why).
 inline void check(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
+  forget_last_error();
   fail(status == cudaErrorMemoryAllocation ? Errc::system : Errc::internal,
        std::string("cuda: ") + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) +
            ")");
@@ -34,12 +40,36 @@ inline int current_device() {
   return device;
 }
 
+// The executor's own stream-ordered memory pool on `device`, made at first use and kept for the process: it
+// keeps what is freed for the next operation (release threshold: never). The device's default pool is left
+// as it is: its settings are every cudaMallocAsync user's in the process (a framework's allocator, say), and
+// a pool that never gives memory back would starve them and other processes on the GPU.
+inline cudaMemPool_t executor_pool(int device) {
+  static std::mutex mutex;
+  static std::map<int, cudaMemPool_t> pools;  // never destroyed: arrays may be freed until the process ends
+  std::lock_guard lock(mutex);
+  auto found = pools.find(device);
+  if (found != pools.end()) return found->second;
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.handleTypes = cudaMemHandleTypeNone;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t pool = nullptr;
+  check(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate");
+  std::uint64_t keep = ~std::uint64_t{0};
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  pools.emplace(device, pool);
+  return pool;
+}
+
 // `count` elements of T in device memory of the current device (uninitialised unless zeroed). With a
-// stream, allocated and freed in stream order from the device's memory pool (no device-wide
+// stream, allocated and freed in stream order from the executor's pool (executor_pool: no device-wide
 // synchronisation, memory reused at once: per-operation arrays come from there); without, plain cudaMalloc.
 // A stream-ordered free needs its stream: `stream_owner` (when the stream is not the legacy default stream,
 // which is never destroyed) keeps it alive until the array is gone, which may be long after the Buffer that
-// made the stream (a Handle holds a dispatch's records).
+// made the stream (a Handle holds a dispatch's records). Without an owner (a stream the engine's caller
+// passed and never registered with keep_stream_alive) the stream is held raw: the caller must keep it alive.
 template <class T>
 class DeviceArray {
  public:
@@ -50,7 +80,8 @@ class DeviceArray {
     if (count == 0) return;
     void* memory = nullptr;
     if (ordered) {
-      check(cudaMallocAsync(&memory, count * sizeof(T), stream), "cudaMallocAsync");
+      check(cudaMallocFromPoolAsync(&memory, count * sizeof(T), executor_pool(current_device()), stream),
+            "cudaMallocFromPoolAsync");
     } else {
       check(cudaMalloc(&memory, count * sizeof(T)), "cudaMalloc");
     }

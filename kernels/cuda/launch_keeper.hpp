@@ -5,6 +5,12 @@
 // never rewrites pinned memory that a queued copy has yet to read. An operation captured into a CUDA graph
 // completes when the graph lets go of it (every launch of the graph reads what it holds).
 //
+// The staging buffers are made up front (reserve(), from the engine's constructor) and never mid-run: a
+// page-locked allocation is one of the calls that keep commands of two streams from overlapping (CUDA's
+// "implicit synchronization"), so with ranks sharing a GPU as threads, one rank allocating while another's
+// kernel spins waiting for it would keep its own next kernel from starting until that spin timed out. When
+// every buffer is held, stage() says so (nullptr) and the engine waits for an operation to complete.
+//
 // Plain C++ (no CUDA types): the engine (device_engine.cu) gives each operation a completion test that asks
 // its CUDA event; tests/unit/test_device_bookkeeping.cpp drives it with fake completions. Thread-safe:
 // operations are issued on the caller's thread and let go from whichever thread sees an Event complete.
@@ -38,20 +44,25 @@ class LaunchKeeper {
     current().resources.push_back(std::move(resource));
   }
 
-  // A staging buffer of at least `size` elements that no operation still holds (the smallest that fits), or a
-  // new one from make(size); held by the current operation until it has completed.
-  std::shared_ptr<Staging> stage(std::size_t size, const Make& make) {
+  // Makes `count` more staging buffers of `size` elements, now (outside any operation).
+  void reserve(std::size_t count, std::size_t size, const Make& make) {
+    std::vector<StagingSlot> made;
+    for (std::size_t i = 0; i < count; ++i) made.push_back(StagingSlot{make(size), size, 0});
     std::lock_guard lock(mutex_);
-    Operation& operation = current();
+    for (StagingSlot& slot : made) staging_.push_back(std::move(slot));
+  }
+
+  // A reserved staging buffer of at least `size` elements that no operation still holds (the smallest that
+  // fits), held by the current operation until it has completed; nullptr when none is free (never a new
+  // one: see above).
+  std::shared_ptr<Staging> stage(std::size_t size) {
+    std::lock_guard lock(mutex_);
     StagingSlot* best = nullptr;
     for (StagingSlot& slot : staging_) {
       if (slot.holder == 0 && slot.size >= size && (best == nullptr || slot.size < best->size)) best = &slot;
     }
-    if (best == nullptr) {
-      staging_.push_back(StagingSlot{make(size), size, 0});
-      best = &staging_.back();
-    }
-    best->holder = operation.id;
+    if (best == nullptr) return nullptr;
+    best->holder = current().id;
     return best->buffer;
   }
 

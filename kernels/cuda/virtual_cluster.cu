@@ -32,10 +32,20 @@ VirtualCluster::VirtualCluster(const p::LayoutParams& params, const DeviceOption
   impl.layout = p::make_buffer_layout(params);
   const p::Topology& topo = params.topo;
   const int R = topo.num_ranks();
+  // Zeroed on a stream of its own, synchronised before anything else touches the counters and rings: a plain
+  // cudaMemset goes on the legacy stream and may still be queued when it returns, and nothing after this
+  // waits for that stream (the engine's and device_copy's streams are non-blocking, as may be the caller's).
+  // Not the legacy stream, nor the device: they would wait for other work (another engine's spinning
+  // kernels).
+  cudaStream_t zeroing = nullptr;
+  check(cudaStreamCreateWithFlags(&zeroing, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  const std::unique_ptr<CUstream_st, cudaError_t (*)(cudaStream_t)> zeroing_owner(zeroing, cudaStreamDestroy);
   for (int r = 0; r < R; ++r) {
     impl.buffers.emplace_back(impl.layout.total_bytes);
-    check(cudaMemset(impl.buffers.back().data(), 0, impl.layout.total_bytes), "cudaMemset(buffer)");
+    check(cudaMemsetAsync(impl.buffers.back().data(), 0, impl.layout.total_bytes, zeroing),
+          "cudaMemsetAsync(buffer)");
   }
+  check(cudaStreamSynchronize(zeroing), "zero the buffers");
 
   std::vector<DeviceRank> ranks(R);
   for (int r = 0; r < R; ++r) {
@@ -61,6 +71,7 @@ VirtualCluster::VirtualCluster(const p::LayoutParams& params, const DeviceOption
     proxy_options.rings = rings * R;
     proxy_options.memory = transport::RingMemory::cuda_mapped;
     proxy_options.timeout = options.timeout;
+    proxy_options.device = options.device;  // as a Buffer's: the fabric moves this GPU's memory
     impl.proxy = std::make_unique<transport::Proxy>(std::move(fabrics), proxy_options);
     for (int r = 0; r < R; ++r) {
       for (int k = 0; k < rings; ++k) ranks[r].rings.push_back(impl.proxy->ring(k * R + r).device_view());

@@ -146,6 +146,13 @@ struct Buffer::Impl {
   void check_handle(const Handle& handle) const {
     if (!handle.valid())
       fail(Errc::invalid_argument, "the handle is empty: pass the handle of a finished dispatch");
+    if (handle.overflowed_ && handle.overflowed_->load() > 0) {
+      fail(Errc::invalid_argument,
+           "the handle's dispatch received " + std::to_string(handle.overflowed_->load()) +
+               " tokens but num_worst_tokens was " + std::to_string(handle.recv_rows_) +
+               ": its rows past that were dropped, so it can be neither combined nor repeated (dispatch "
+               "again with a larger num_worst_tokens; the Buffer stays usable)");
+    }
     if (handle.rank_ != rank) {
       fail(Errc::invalid_argument, "the handle belongs to rank " + std::to_string(handle.rank_) +
                                        ", not to rank " + std::to_string(rank));
@@ -345,9 +352,15 @@ Pending<DispatchResult> Buffer::dispatch(const DispatchInputs& inputs, const Lay
     impl.publish_traffic();
     if (worst > 0 && record->num_recv > worst) {
       // Every ring finished its share (rows past the outputs were counted and dropped): only this call fails.
+      // Its handle (which a caller may hold through on_allocated) is refused by combine and cached dispatch.
+      result->handle.record_ = std::move(record);
+      result->handle.recv_rows_ = worst;
+      result->handle.rank_ = impl.rank;
+      result->handle.overflowed_ =
+          std::make_shared<std::atomic<std::int64_t>>(result->handle.record_->num_recv);
       throw OperationRefused{
           Error(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " received " +
-                                            std::to_string(record->num_recv) +
+                                            std::to_string(result->handle.overflowed_->load()) +
                                             " tokens but num_worst_tokens is " + std::to_string(worst) +
                                             "; rows past it were dropped (the Buffer stays usable)")};
     }

@@ -1,7 +1,11 @@
 #include "device_backend.hpp"
 
 #include <cuda_runtime_api.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -28,8 +32,10 @@ namespace {
 namespace p = kernels::protocol;
 namespace kc = kernels::cuda;
 
+// Clears the thread's last error before it throws (cuda_check.hpp says why).
 void check(cudaError_t status, const std::string& what) {
   if (status != cudaSuccess) {
+    transport::detail::forget_last_error();
     fail(Errc::system,
          "cuda: " + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
   }
@@ -67,6 +73,7 @@ void refuse_capture(void* caller, const char* operation) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   const cudaError_t error = cudaStreamIsCapturing(static_cast<cudaStream_t>(caller), &status);
   if (error == cudaErrorStreamCaptureImplicit) {
+    transport::detail::forget_last_error();
     fail(Errc::unsupported,
          std::string("Buffer::") + operation +
              ": on the legacy default stream while a blocking stream is being captured into a "
@@ -102,17 +109,47 @@ std::shared_ptr<CUstream_st> make_stream(int gpu) {
   });
 }
 
-// How many ranks of the job run on GPU `gpu` itself: threads of this process, other processes (MPS), other
-// emulated nodes of this machine. Their blocks run beside ours and must all fit at once. Compared by the
-// GPU's UUID, which every process sees the same whatever its CUDA_VISIBLE_DEVICES. Collective.
-int ranks_sharing_gpu(Group& group, int gpu) {
+// Who shares GPU `gpu` with this rank. Collective.
+struct GpuSharing {
+  // Ranks of the job on this GPU itself: threads of this process, other processes (MPS), other emulated
+  // nodes of this machine. Their blocks run beside ours and must all fit at once.
+  int ranks = 0;
+  // Why some process of the job runs more ranks as threads on one GPU than its hardware queues allow
+  // (kc::connections_problem), the same text on every rank, so that all refuse together; "" when none does.
+  std::string problem;
+};
+
+GpuSharing gpu_sharing(Group& group, int gpu) {
+  // Compared by the GPU's UUID, which every process sees the same whatever its CUDA_VISIBLE_DEVICES; the
+  // UUID and the process id together name one CUDA context.
   cudaDeviceProp properties{};
   check(cudaGetDeviceProperties(&properties, gpu), "cudaGetDeviceProperties");
   const auto* uuid = reinterpret_cast<const std::uint8_t*>(&properties.uuid);
-  const std::vector<std::uint8_t> mine(uuid, uuid + sizeof(properties.uuid));
-  int sharing = 0;
-  for (const std::vector<std::uint8_t>& other : group.all_gather("ferry/buffer/gpu-uuid", mine))
-    sharing += other == mine ? 1 : 0;
+  constexpr std::size_t kUuid = sizeof(properties.uuid);
+  std::vector<std::uint8_t> mine(uuid, uuid + kUuid);
+  const std::int32_t pid = static_cast<std::int32_t>(::getpid());
+  const std::int32_t connections = kc::device_connections(std::getenv("CUDA_DEVICE_MAX_CONNECTIONS"));
+  for (std::int32_t word : {pid, connections}) {
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(&word);
+    mine.insert(mine.end(), bytes, bytes + sizeof(word));
+  }
+  const std::vector<std::vector<std::uint8_t>> all = group.all_gather("ferry/buffer/gpu-uuid", mine);
+  GpuSharing sharing;
+  auto same_gpu = [&](const std::vector<std::uint8_t>& a, const std::vector<std::uint8_t>& b) {
+    return std::equal(a.begin(), a.begin() + kUuid, b.begin());
+  };
+  auto same_context = [&](const std::vector<std::uint8_t>& a, const std::vector<std::uint8_t>& b) {
+    return std::equal(a.begin(), a.begin() + kUuid + sizeof(std::int32_t), b.begin());
+  };
+  for (const std::vector<std::uint8_t>& other : all) sharing.ranks += same_gpu(other, mine) ? 1 : 0;
+  for (std::size_t r = 0; r < all.size() && sharing.problem.empty(); ++r) {
+    int threads = 0;
+    for (const std::vector<std::uint8_t>& other : all) threads += same_context(other, all[r]) ? 1 : 0;
+    std::int32_t theirs = 0;
+    std::memcpy(&theirs, all[r].data() + kUuid + sizeof(std::int32_t), sizeof(theirs));
+    const std::string problem = kc::connections_problem(threads, theirs);
+    if (!problem.empty()) sharing.problem = "rank " + std::to_string(r) + "'s process: " + problem;
+  }
   return sharing;
 }
 
@@ -366,7 +403,9 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   options.rdma_chunk = config.rdma_chunk;
   options.nvl_chunk = config.nvl_chunk;
   options.timeout = config.timeout;
-  options.other_ranks_on_device = ranks_sharing_gpu(group, impl.gpu) - 1;
+  const GpuSharing sharing = gpu_sharing(group, impl.gpu);
+  if (!sharing.problem.empty()) fail(Errc::invalid_argument, "a CUDA Buffer: " + sharing.problem);
+  options.other_ranks_on_device = sharing.ranks - 1;
   if (group.num_nodes() > 1) {
     transport::FabricOptions fabric_options;
     fabric_options.kind = transport::fabric_kind_from_env();
@@ -381,6 +420,7 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
     proxy_options.rings = kc::device_rings_per_rank(layout.params.topo, options);
     proxy_options.memory = transport::RingMemory::cuda_mapped;
     proxy_options.timeout = config.timeout;
+    proxy_options.device = impl.gpu;  // the fabric moves this GPU's memory from the proxy threads
     impl.proxy = std::make_unique<transport::Proxy>(std::move(fabric), proxy_options);
     for (int k = 0; k < proxy_options.rings; ++k) rank.rings.push_back(impl.proxy->ring(k).device_view());
   }
@@ -512,6 +552,8 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   shape.nvl_chunk = settings.nvl_chunk;
   shape.fingerprint = settings.fingerprint;
   shape.num_worst_tokens = options.num_worst_tokens;
+  shape.has_caller_stream = true;  // it waits for the copies of topk_idx and the layout (buffer.hpp)
+  shape.caller_stream = options.stream;
   std::vector<kc::DeviceDispatchResult> results;
   if (std::optional<Event> failed =
           impl.issue([&] { results = impl.engine->dispatch(shape, {input}, nullptr, impl.stream); })) {
@@ -525,9 +567,13 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   kc::DeviceEngine* engine = impl.engine.get();  // `finish` runs before the engine goes (settled first)
   // Runs once the dispatch's event has passed: reads on the engine's own stream, not behind the operations
   // queued after this one on the Buffer's stream (nor on the legacy stream, behind the caller's work).
-  auto finish = [result, device, in_rank, worst, rank, experts_per_rank, alignment, K, engine] {
+  // Shared with every copy of the handle: combine and a cached dispatch refuse it by name once the overflow
+  // is known. One issued before that meets the roles' capacity check (past_capacity) on the GPU instead.
+  auto overflowed = std::make_shared<std::atomic<std::int64_t>>(0);
+  auto finish = [result, device, in_rank, worst, rank, experts_per_rank, alignment, K, engine, overflowed] {
     const std::int64_t received = engine->received(*device->record);
     if (worst > 0 && received > worst) {
+      overflowed->store(received);
       fail(Errc::invalid_argument, "rank " + std::to_string(rank) + " received " + std::to_string(received) +
                                        " tokens but num_worst_tokens is " + std::to_string(worst) +
                                        "; rows past it were dropped (the Buffer stays usable)");
@@ -545,6 +591,7 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
     result->handle.num_recv_ = received;
   };
   result->handle.device_record_ = device->record;
+  result->handle.overflowed_ = overflowed;
   result->handle.recv_rows_ = device->rows;
   result->handle.rank_ = rank;
   result->handle.num_tokens_ = T;

@@ -27,6 +27,7 @@ namespace {
 
 using transport::detail::check_cuda;
 using transport::detail::DeviceScope;
+using transport::detail::forget_last_error;
 
 // The stream ferry's own device tensors are allocated and freed in, one per device: non-blocking, and only
 // ever given allocations, zeroing and frees, so neither waits behind anyone's kernels. Created on first use
@@ -97,8 +98,12 @@ class CudaMemoryApi final : public DeviceMemoryApi {
   Marker mark(Stream stream) noexcept override {
     DeviceScope scope(device_, std::nothrow);
     cudaEvent_t event = nullptr;
-    if (cudaEventCreateWithFlags(&event, cudaEventDisableTiming) != cudaSuccess) return nullptr;
+    if (cudaEventCreateWithFlags(&event, cudaEventDisableTiming) != cudaSuccess) {
+      forget_last_error();
+      return nullptr;
+    }
     if (cudaEventRecord(event, static_cast<cudaStream_t>(stream)) != cudaSuccess) {
+      forget_last_error();
       cudaEventDestroy(event);
       return nullptr;  // the block is then reused on its own stream only
     }
@@ -106,7 +111,9 @@ class CudaMemoryApi final : public DeviceMemoryApi {
   }
   bool passed(Marker marker) noexcept override {
     DeviceScope scope(device_, std::nothrow);
-    return cudaEventQuery(static_cast<cudaEvent_t>(marker)) == cudaSuccess;
+    const cudaError_t status = cudaEventQuery(static_cast<cudaEvent_t>(marker));
+    if (status != cudaSuccess && status != cudaErrorNotReady) forget_last_error();
+    return status == cudaSuccess;
   }
   void forget(Marker marker) noexcept override {
     DeviceScope scope(device_, std::nothrow);

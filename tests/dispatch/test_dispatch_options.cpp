@@ -175,15 +175,31 @@ TEST_CASE("a worst-case overflow fails that dispatch alone and the Buffer stays 
   DispatchOptions small;
   small.num_worst_tokens = static_cast<std::int64_t>(most) - 1;
   std::vector<Pending<DispatchResult>> pending;
+  std::vector<const DispatchResult*> seen(scenario.num_ranks(), nullptr);  // as on_allocated hands them out
   for (int r = 0; r < scenario.num_ranks(); ++r) {
     DispatchInputs inputs = inputs_of(scenario, r);
+    DispatchOptions options = small;
+    options.on_allocated = [&seen, r](const DispatchResult& result) { seen[r] = &result; };
     pending.push_back(run.buffers[r]->dispatch(
-        inputs, run.buffers[r]->get_layout(inputs.topk_idx, scenario.num_experts), small));
+        inputs, run.buffers[r]->get_layout(inputs.topk_idx, scenario.num_experts), options));
   }
   for (int r = 0; r < scenario.num_ranks(); ++r) {
     if (sources[r].size() == most) {
       REQUIRE_THROWS_WITH(pending[r].wait(), Catch::Contains("received " + std::to_string(most)) &&
                                                  Catch::Contains("the Buffer stays usable"));
+      // Its handle recorded fewer rows than the counts say: combine and a cached dispatch on it would read
+      // past them (on a GPU, an illegal address that loses the context). Both are refused by name, before
+      // anything runs, and the Buffer goes on (below).
+      REQUIRE(seen[r] != nullptr);
+      const Handle& overflowed = seen[r]->handle;
+      const Tensor y({small.num_worst_tokens, scenario.hidden}, DType::bf16);
+      REQUIRE_THROWS_WITH(run.buffers[r]->combine(y, overflowed),
+                          Catch::Contains("received " + std::to_string(most)) &&
+                              Catch::Contains("num_worst_tokens was " + std::to_string(most - 1)) &&
+                              Catch::Contains("neither combined nor repeated"));
+      const DispatchInputs again = inputs_of(scenario, r);
+      REQUIRE_THROWS_WITH(run.buffers[r]->dispatch(again.x, again.x_scales, overflowed),
+                          Catch::Contains("neither combined nor repeated"));
     } else {
       REQUIRE_NOTHROW(pending[r].wait());
     }

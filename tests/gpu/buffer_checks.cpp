@@ -225,8 +225,19 @@ class Checker {
     auto pending = buffer.dispatch(inputs.view(), layout, options);
     if (how.overflow) {
       check_overflow(pending, received, worst);
+      if (received > worst) refuse_overflowed_handle(buffer, early_handle, worst, scenario.hidden);
       dispatch_after_overflow(buffer, scenario, sources);
       return;
+    }
+    // topk_idx and the layout are taken at the call: the caller's stream waits for their copies, so work
+    // enqueued there now may change them (the results below must not see it).
+    if (inputs.topk.bytes() > 0) {
+      cuda_check(cudaMemsetAsync(inputs.topk.data(), 0x7f, inputs.topk.bytes(), user), "rewrite topk_idx");
+    }
+    if (layout.is_token_in_rank_device.bytes() > 0) {
+      cuda_check(cudaMemsetAsync(layout.is_token_in_rank_device.data(), 0,
+                                 layout.is_token_in_rank_device.bytes(), user),
+                 "clear the layout");
     }
     // A cached dispatch from that handle, issued before the first dispatch is waited for: its rows and
     // num_recv_tokens must not depend on the wait.
@@ -306,6 +317,28 @@ class Checker {
     } else {
       note(error.empty() ? "" : "a rank within num_worst_tokens failed: " + error, "overflow");
     }
+  }
+
+  // The overflowed dispatch's handle (as on_allocated handed it out, before the overflow was known) is
+  // refused by combine by name once the dispatch has failed: it recorded fewer rows than its counts say.
+  void refuse_overflowed_handle(Buffer& buffer, const std::optional<Handle>& handle, std::int64_t worst,
+                                std::int64_t hidden) {
+    if (!handle) {
+      note("on_allocated was not called", "combine on an overflowed handle");
+      return;
+    }
+    std::vector<std::uint16_t> zeros(static_cast<std::size_t>(worst * hidden), 0);
+    const Tensor y = upload(zeros.data(), worst, hidden, DType::bf16);
+    std::string error;
+    try {
+      buffer.combine(y, *handle);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    note(error.find("neither combined nor repeated") != std::string::npos
+             ? ""
+             : "combine on an overflowed handle gave: " + (error.empty() ? std::string("no error") : error),
+         "combine on an overflowed handle");
   }
 
   // After an overflow the Buffer stays usable: the same routing dispatched again, unsized, is checked.

@@ -255,8 +255,9 @@ TEST_CASE("device_copy: random puts and signals between virtual ranks land byte 
   }
 }
 
+// gpu-check runs this case first ([copy-engines]): the multi-node virtual clusters rely on it.
 TEST_CASE("device_copy: a signal is visible only after its payload, also while blocks hold every SM",
-          "[gpu]") {
+          "[gpu][copy-engines]") {
   const bool fill_gpu = GENERATE(false, true);
   INFO("fill_gpu " << fill_gpu);
   ChunkPair pair((1 << 20) + 13, 24);  // odd size: neither end of a chunk is aligned

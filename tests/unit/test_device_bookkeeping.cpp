@@ -60,19 +60,22 @@ TEST_CASE("launch keeper: a queued operation keeps its staging when an earlier o
   // an operation queued behind it went back to the pool and the next launch rewrote it before the queued
   // cudaMemcpyAsync had read it.
   kc::LaunchKeeper<Staging> keeper;
+  keeper.reserve(2, 4, make_staging);
   bool first_done = false, second_done = false;
   keeper.begin();
-  const auto first = keeper.stage(4, make_staging);
+  const auto first = keeper.stage(4);
   keeper.end([&] { return first_done; });
   keeper.begin();
-  const auto second = keeper.stage(4, make_staging);
+  const auto second = keeper.stage(4);
   keeper.end([&] { return second_done; });
+  REQUIRE(first != nullptr);
+  REQUIRE(second != nullptr);
   CHECK(first != second);
 
   first_done = true;
   CHECK(keeper.collect() == 1);
   keeper.begin();
-  const auto third = keeper.stage(4, make_staging);
+  const auto third = keeper.stage(4);
   keeper.end([] { return false; });
   CHECK(third == first);  // the completed operation's buffer is reused
   CHECK(third != second);
@@ -82,6 +85,40 @@ TEST_CASE("launch keeper: a queued operation keeps its staging when an earlier o
   CHECK(keeper.collect() == 1);  // the third has not completed
   CHECK(keeper.holder_of(second.get()) == 0);
   CHECK(keeper.staging_buffers() == 2);
+}
+
+TEST_CASE("launch keeper: staging comes only from the buffers reserved up front, never mid-run", "[device]") {
+  // A page-locked allocation while another rank's kernel spins on the same GPU keeps this rank's next kernel
+  // from starting (CUDA's implicit synchronisation): every buffer is made before the first operation, and
+  // when all are held the engine is told so (nullptr) and waits for one to pass instead of allocating.
+  kc::LaunchKeeper<Staging> keeper;
+  int made = 0;
+  keeper.reserve(2, 3, [&made](std::size_t size) {
+    ++made;
+    return make_staging(size);
+  });
+  CHECK(made == 2);
+  std::vector<bool> done(3, false);
+  std::vector<std::shared_ptr<Staging>> held;
+  for (int op = 0; op < 2; ++op) {
+    keeper.begin();
+    held.push_back(keeper.stage(3));
+    keeper.end([&done, op] { return done[op]; });
+  }
+  REQUIRE(held[0] != nullptr);
+  REQUIRE(held[1] != nullptr);
+  keeper.begin();
+  CHECK(keeper.stage(3) == nullptr);  // both held: no new buffer
+  CHECK(keeper.stage(4) == nullptr);  // nor a larger one
+  CHECK(made == 2);
+  CHECK(keeper.staging_buffers() == 2);
+  done[1] = true;  // the engine's wait: collect until one is free
+  keeper.collect();
+  const auto freed = keeper.stage(3);
+  CHECK(freed == held[1]);
+  CHECK(keeper.holder_of(freed.get()) == 3);
+  keeper.end([&done] { return done[2]; });
+  CHECK(made == 2);
 }
 
 TEST_CASE("launch keeper: kept resources live until their own operation completes", "[device]") {
@@ -144,6 +181,7 @@ TEST_CASE("launch keeper: random issue and completion never reuse a held staging
   std::mt19937 random(seed);
   INFO("seed " << seed);
   kc::LaunchKeeper<Staging> keeper;
+  keeper.reserve(8, 4, make_staging);
   std::vector<char> completed;  // by operation id - 1; operations complete in issue order (one stream)
   std::map<const Staging*, std::uint64_t> last_holder;
   std::uint64_t frontier = 0;  // operations 1..frontier have completed
@@ -156,7 +194,14 @@ TEST_CASE("launch keeper: random issue and completion never reuse a held staging
       const int launches = 1 + std::uniform_int_distribution<int>(0, 1)(random);
       for (int l = 0; l < launches; ++l) {
         const std::size_t size = 1 + std::uniform_int_distribution<std::size_t>(0, 3)(random);
-        const auto staging = keeper.stage(size, make_staging);
+        auto staging = keeper.stage(size);
+        if (staging == nullptr) {  // all held: as the engine, wait until the stream passes what came before
+          for (std::uint64_t i = 0; i + 1 < id; ++i) completed[i] = 1;
+          frontier = id - 1;
+          keeper.collect();
+          staging = keeper.stage(size);
+        }
+        REQUIRE(staging != nullptr);
         if (staging->size < size) ++violations;
         auto previous = last_holder.find(staging.get());
         if (previous != last_holder.end() && previous->second != id && !completed[previous->second - 1])
@@ -506,4 +551,27 @@ TEST_CASE("ranks sharing a GPU: every rank's blocks are counted, by name", "[dev
   // A virtual cluster runs all its ranks in one engine: the same count.
   CHECK_FALSE(kc::residency_problem("combine", 40, 4, 0, 384, 16384, 1, 132).empty());
   CHECK(kc::residency_problem("combine", 32, 4, 0, 384, 16384, 1, 132).empty());
+}
+
+TEST_CASE("rank threads sharing a GPU need a hardware queue per stream, or are refused by name", "[device]") {
+  // CUDA_DEVICE_MAX_CONNECTIONS as CUDA reads it: 8 unless set, at most 32.
+  CHECK(kc::device_connections(nullptr) == 8);
+  CHECK(kc::device_connections("") == 8);
+  CHECK(kc::device_connections("16") == 16);
+  CHECK(kc::device_connections("64") == 32);
+  CHECK(kc::device_connections("zero") == 8);
+  CHECK(kc::device_connections("0") == 8);
+  // One rank per process never shares a context; two rank threads fit the default 8 queues (2 x 3 + 1 = 7).
+  CHECK(kc::connections_problem(1, 1).empty());
+  CHECK(kc::connections_problem(2, 8).empty());
+  // Three do not (10 streams): the message names the variable and the way out.
+  const std::string problem = kc::connections_problem(3, 8);
+  INFO(problem);
+  CHECK(problem.find("3 ranks of this process share one GPU: their 10 streams") == 0);
+  CHECK(problem.find("CUDA_DEVICE_MAX_CONNECTIONS gives 8") != std::string::npos);
+  CHECK(problem.find("set CUDA_DEVICE_MAX_CONNECTIONS=32") != std::string::npos);
+  CHECK(problem.find("at most 10") != std::string::npos);
+  CHECK(kc::connections_problem(3, 32).empty());
+  CHECK(kc::connections_problem(10, 32).empty());
+  CHECK_FALSE(kc::connections_problem(11, 32).empty());
 }

@@ -127,6 +127,12 @@ std::string describe_fault(const protocol::Fault& fault) {
       return "local-rank mask " + got + from + " outside " + want;
     case FaultKind::too_many:
       return std::string("more tokens") + from + " than announced (" + got + " > " + want + ")";
+    case FaultKind::past_capacity:
+      return "combine on the handle of a dispatch that received more than its num_worst_tokens: row or "
+             "record " +
+             got + " for peer rank " + std::to_string(fault.peer_rank) + " on the " + ring_name(fault.ring) +
+             " ring, past the " + want +
+             " it could record (its rows were dropped; dispatch again with a larger num_worst_tokens)";
     case FaultKind::none:
       break;
   }

@@ -468,6 +468,8 @@ void Engine::combine(const CombineJob& job) {
   plan.recv_src_token = record.recv_src_token.data();
   plan.fwd_token = record.fwd_token.data();
   plan.fwd_mask = record.fwd_mask.data();
+  plan.capacity = static_cast<std::int64_t>(record.recv_src_token.size());
+  plan.fwd_capacity = static_cast<std::int64_t>(record.fwd_token.size());
   plan.in_rank = record.in_rank.data();
   plan.num_tokens = record.num_tokens;
   plan.out = job.out;

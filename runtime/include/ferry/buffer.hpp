@@ -12,13 +12,16 @@
 // Every operation is collective: all ranks issue the same sequence of dispatch / combine calls with the same
 // settings. Operations of one Buffer run in issue order on its own threads; each returns a Pending whose
 // Event says when it finished and rethrows its error. Inputs are not copied, except topk_idx and the layout,
-// which are taken at the call: keep x, x_scales, topk_weights, y and the combine options' tensors alive until
-// the Event completes. After an operation fails, the Buffer refuses further operations (its rings are in an
-// unknown state) — except when a worst-case-sized dispatch received more rows than it had room for: that
-// dispatch fails alone, and the Buffer stays usable. A Buffer is not reset after a failure (its rings could
-// only be reset by all ranks together): destroy it and build a new one on every rank. On a CUDA Buffer a
-// failure (a role's timeout or fault, a CUDA error) also stops the operations already enqueued behind it:
-// their kernels leave at once and their Events fail, quoting the first error.
+// which are taken at the call (on a CUDA Buffer: copied on the Buffer's stream, and the caller's stream
+// (DispatchOptions::stream) waits for that copy, not for the operation; so work enqueued there after the call
+// may change them, and work on another stream must first wait for the caller's): keep x, x_scales,
+// topk_weights, y and the combine options' tensors alive and unchanged until the Event completes. After an
+// operation fails, the Buffer refuses further operations (its rings are in an unknown state) — except when a
+// worst-case-sized dispatch received more rows than it had room for: that dispatch fails alone, and the
+// Buffer stays usable. A Buffer is not reset after a failure (its rings could only be reset by all ranks
+// together): destroy it and build a new one on every rank. On a CUDA Buffer a failure (a role's timeout or
+// fault, a CUDA error) also stops the operations already enqueued behind it: their kernels leave at once and
+// their Events fail, quoting the first error.
 //
 // CUDA Buffers return device tensors from a cache of the Buffer's (freed memory is reused by its next
 // operations, in the order of its stream; tensors may outlive the Buffer). Work on another stream that reads
@@ -50,6 +53,7 @@
 //                       .wait();          // combined.out [T, H]; combined.topk_weights [T, K]
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -143,6 +147,10 @@ class Handle {
   int channels_ = 0;
   std::int64_t recv_rows_ = 0;
   int rank_ = -1;
+  // A worst-case dispatch's: the tokens it received once known to be more than num_worst_tokens (0: not, or
+  // not yet known). Shared by every copy of the handle (one may be taken before the dispatch has run), so
+  // combine and a cached dispatch refuse them all by name: its rows past num_worst_tokens were dropped.
+  std::shared_ptr<std::atomic<std::int64_t>> overflowed_;
 };
 
 struct DispatchInputs {

@@ -13,7 +13,9 @@ std::string describe_cuda(cudaError_t status) {
 }
 
 void check_cuda(cudaError_t status, const std::string& what) {
-  if (status != cudaSuccess) fail(Errc::system, what + ": " + describe_cuda(status));
+  if (status == cudaSuccess) return;
+  forget_last_error();
+  fail(Errc::system, what + ": " + describe_cuda(status));
 }
 
 int visible_gpus(std::string& reason) {
@@ -117,6 +119,7 @@ void DeviceEvent::record(cudaStream_t stream) {
 bool DeviceEvent::passed() const {
   DeviceScope scope(device_, std::nothrow);
   const cudaError_t status = cudaEventQuery(event_);
+  if (status != cudaSuccess && status != cudaErrorNotReady) forget_last_error();
   // An event last recorded while its stream was captured into a CUDA graph marks a point of the graph, not of
   // the stream: it never passes (the work it stands for runs at every launch of the graph).
   return status != cudaErrorNotReady && status != cudaErrorCapturedEvent;

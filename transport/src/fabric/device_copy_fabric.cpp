@@ -98,6 +98,7 @@ void DeviceCopyFabric::break_with(Errc code, const std::string& message) {
 
 void DeviceCopyFabric::check(cudaError_t status, const std::string& what) {
   if (status == cudaSuccess) return;
+  detail::forget_last_error();
   break_with(Errc::system, "device_copy fabric of rank " + std::to_string(rank_) + ": " + what + ": " +
                                detail::describe_cuda(status));
 }

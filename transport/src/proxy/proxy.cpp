@@ -11,12 +11,28 @@
 #include "ferry/core/error.hpp"
 #include "proxy/ring_memory.hpp"
 
+#if defined(FERRY_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+
+#include "ferry/transport/cuda_check.hpp"
+#endif
+
 namespace ferry::transport {
 namespace {
 
 // Commands taken from one ring before moving to the next, so one busy ring cannot starve the others; head is
 // published once per batch rather than per command to keep the control line from bouncing between cores.
 constexpr std::uint32_t kBatch = 64;
+
+// Makes `device` current for this proxy thread (ProxyOptions::device says why).
+void bind_device(int device) {
+#if defined(FERRY_HAVE_CUDA)
+  detail::check_cuda(cudaSetDevice(device), "proxy thread: cudaSetDevice(" + std::to_string(device) + ")");
+#else
+  fail(Errc::unsupported,
+       "proxy thread: GPU " + std::to_string(device) + " asked for, but this build has no CUDA");
+#endif
+}
 
 const char* op_name(CommandOp op) {
   switch (op) {
@@ -188,6 +204,7 @@ bool Proxy::Impl::retire(ProxyWorker& worker) {
 void Proxy::Impl::run(ProxyWorker& worker) {
   Backoff backoff;
   try {
+    if (options.device >= 0) bind_device(options.device);
     while (!stopping.load(std::memory_order_acquire)) {
       bool moved = false;
       for (RingConsumer* ring : worker.rings) moved |= drain(worker, *ring);

@@ -10,8 +10,16 @@
 
 namespace ferry::transport::detail {
 
-// Throws Errc::system "<what>: <error name> (<error text>)" unless status is cudaSuccess. `what` names the
-// call and its subject ("cudaMalloc(4096 bytes) on device 0").
+// A failed runtime call also leaves the calling thread's "last error" set until cudaGetLastError reads it.
+// ferry reports its failures itself, so it clears that after each one: else the framework's next launch check
+// (cudaGetLastError) would report ferry's error ("out of memory", "too many blocks in cooperative launch")
+// as its own kernel's. A sticky error (a kernel fault) stays: every later call returns it anyway.
+inline void forget_last_error() noexcept {
+  static_cast<void>(cudaGetLastError());
+}
+
+// Throws Errc::system "<what>: <error name> (<error text>)" unless status is cudaSuccess (clearing the
+// thread's last error first). `what` names the call and its subject ("cudaMalloc(4096 bytes) on device 0").
 void check_cuda(cudaError_t status, const std::string& what);
 
 // "<error name> (<error text>)" of a status, for messages that carry more than one.

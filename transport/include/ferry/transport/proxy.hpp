@@ -51,6 +51,10 @@ struct ProxyOptions {
   std::size_t max_in_flight = 256;  // per proxy thread: posted to its fabric and not yet completed
   RingMemory memory = RingMemory::automatic;
   Duration timeout = kDefaultTimeout;  // deadline of every producer wait
+  // >= 0: each proxy thread makes this GPU current before its first command (CUDA builds). A fabric moving
+  // device memory may act in the calling thread's CUDA context (UCX's cuda_copy/cuda_ipc transports do):
+  // without one it fails, or lands on GPU 0's.
+  int device = -1;
 };
 
 // The producer's handle on one ring. Exactly one thread may post to a ring (single producer); completed(),

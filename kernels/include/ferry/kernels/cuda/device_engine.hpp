@@ -37,8 +37,10 @@
 // An operation's per-operation arrays are allocated and freed in the order of the stream it was issued on.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -100,6 +102,44 @@ inline std::string residency_problem(const std::string& kernel, int blocks_per_r
          ": use fewer ranks per GPU or a smaller num_sms";
 }
 
+// Hardware work queues. A CUDA context spreads its streams round robin over CUDA_DEVICE_MAX_CONNECTIONS
+// queues (8 unless set before the context exists; at most 32), and the commands of streams that share a
+// queue are issued in order: a rank's kernel queued behind another rank's stream wait (or behind work that
+// waits for it) cannot start, and the rank whose kernel spins waiting for it times out. Ranks that are
+// threads of one process on one GPU share one context, so each of their streams needs a queue of its own:
+// the Buffer's, the engine's own and the caller's per rank, and the device-tensor cache's once.
+constexpr int kStreamsPerRankThread = 3;
+constexpr int kSharedStreams = 1;
+constexpr int kDefaultDeviceConnections = 8;
+constexpr int kMostDeviceConnections = 32;
+
+// The queues CUDA_DEVICE_MAX_CONNECTIONS asks for (its value, or nullptr when unset): CUDA's default when
+// unset or unreadable, clamped to what CUDA allows.
+inline int device_connections(const char* value) {
+  if (value == nullptr || *value == '\0') return kDefaultDeviceConnections;
+  char* end = nullptr;
+  const long parsed = std::strtol(value, &end, 10);
+  if (end == value || *end != '\0' || parsed < 1) return kDefaultDeviceConnections;
+  return static_cast<int>(std::min<long>(parsed, kMostDeviceConnections));
+}
+
+// Why `rank_threads` ranks of this process on one GPU cannot each have their own queues among
+// `connections` (device_connections); "" when they can.
+inline std::string connections_problem(int rank_threads, int connections) {
+  const long long needed = static_cast<long long>(rank_threads) * kStreamsPerRankThread + kSharedStreams;
+  if (rank_threads <= 1 || needed <= connections) return "";
+  return std::to_string(rank_threads) + " ranks of this process share one GPU: their " +
+         std::to_string(needed) + " streams (" + std::to_string(kStreamsPerRankThread) +
+         " per rank: the Buffer's, the executor's and the caller's; and " + std::to_string(kSharedStreams) +
+         " shared) need a hardware queue each, but CUDA_DEVICE_MAX_CONNECTIONS gives " +
+         std::to_string(connections) +
+         " (streams sharing a queue can keep one rank's kernel from starting while another's waits for "
+         "it): set CUDA_DEVICE_MAX_CONNECTIONS=" +
+         std::to_string(kMostDeviceConnections) +
+         " before the process's first CUDA call, or run fewer ranks per GPU in one process (at most " +
+         std::to_string((kMostDeviceConnections - kSharedStreams) / kStreamsPerRankThread) + ")";
+}
+
 // Command rings each rank needs (one per role group that may post, plus two for notify).
 int device_rings_per_rank(const protocol::Topology& topo, const DeviceOptions& options);
 
@@ -137,6 +177,11 @@ struct DeviceDispatchShape {
   std::int64_t num_worst_tokens = 0;  // > 0: outputs sized up front, no host synchronisation. A cached
                                       // dispatch takes its dispatch's sizing (0 here, or the same value)
   int absent_rank = -1;  // tests: this rank's blocks leave at once, as a peer that stopped (others time out)
+  // The caller's stream (cudaStream_t; nullptr: the legacy stream), when the dispatch is enqueued on another:
+  // it waits for the copies of topk_idx and the layout (not for the operation), so work the caller enqueues
+  // there after the call cannot change them before they are taken.
+  bool has_caller_stream = false;
+  void* caller_stream = nullptr;
 };
 
 // What a dispatch leaves on the GPU for combine and for a cached dispatch (device memory, owned).

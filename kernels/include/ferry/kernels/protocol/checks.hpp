@@ -13,10 +13,27 @@
 
 namespace ferry::kernels::protocol {
 
-FERRY_HD inline MessageHeader read_header(const std::byte* slot) {
-  MessageHeader header;
+// A header of `T` at the start of a message slot. On a GPU, 16-byte loads when the slot is 16-byte aligned
+// (slots are; a memcpy from a byte pointer cannot know that and loads byte by byte, on every message and by
+// every thread of the group). Generic loads: the slot may be global or mapped host memory.
+template <class T>
+FERRY_HD inline T read_slot_header(const std::byte* slot) {
+  T header;
+#if defined(__CUDA_ARCH__)
+  static_assert(sizeof(T) % 16 == 0, "a slot header is whole 16-byte words");
+  if ((reinterpret_cast<std::uintptr_t>(slot) & 15u) == 0) {
+    int4 words[sizeof(T) / 16];
+    for (std::size_t i = 0; i < sizeof(T) / 16; ++i) words[i] = reinterpret_cast<const int4*>(slot)[i];
+    std::memcpy(&header, words, sizeof(header));
+    return header;
+  }
+#endif
   std::memcpy(&header, slot, sizeof(header));
   return header;
+}
+
+FERRY_HD inline MessageHeader read_header(const std::byte* slot) {
+  return read_slot_header<MessageHeader>(slot);
 }
 
 FERRY_HD inline Fault make_fault(FaultKind kind, RingKind ring, int peer, std::int64_t got,

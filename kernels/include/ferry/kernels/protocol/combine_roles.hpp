@@ -46,6 +46,12 @@ FERRY_HD inline RowRef row_in_slot(const CombinePlan& plan, const std::byte* slo
   return {slot + plan.format.payload, slot + plan.format.topk_weights};
 }
 
+// A row or relay record at or past what the dispatch could record (it overflowed its worst-case sizing):
+// reading it would read past the arrays, so the role faults first.
+FERRY_HD inline Fault past_capacity(RingKind ring, int peer, std::int64_t index, std::int64_t capacity) {
+  return make_fault(FaultKind::past_capacity, ring, peer, index, capacity);
+}
+
 FERRY_HD inline RowRef row_in_results(const CombinePlan& plan, std::int64_t row) {
   const int K = plan.format.num_topk;
   return {plan.y + row * plan.ctx.row_bytes(),
@@ -128,6 +134,13 @@ class CombineSender {
       const std::uint64_t left = static_cast<std::uint64_t>(expected) - state.count;
       const std::uint64_t budget =
           min_u64(min_u64(out.credit(io), static_cast<std::uint64_t>(ctx.nvl_chunk)), left);
+      const std::int64_t last_row = plan.counts.recv_offset[block] + static_cast<std::int64_t>(state.count) +
+                                    static_cast<std::int64_t>(budget) - 1;
+      if (budget > 0 && last_row >= plan.capacity) {
+        result.fault = past_capacity(ring_kind_of(s), s, last_row, plan.capacity);
+        result.done = false;
+        return result;
+      }
       for (std::uint64_t w = 0; w < budget; ++w) {
         const std::int64_t row = plan.counts.recv_offset[block] + static_cast<std::int64_t>(state.count + w);
         std::byte* slot = out.slot(w);
@@ -161,6 +174,11 @@ class CombineSender {
   FERRY_HD bool kept(int s) const {
     const OpContext& ctx = plan_->ctx;
     return s == ctx.rank || (ctx.topo.node_of(s) != ctx.node() && ctx.topo.local_of(s) == ctx.local());
+  }
+
+  FERRY_HD RingKind ring_kind_of(int s) const {
+    const OpContext& ctx = plan_->ctx;
+    return ctx.topo.node_of(s) == ctx.node() ? RingKind::combine_direct : RingKind::combine_nvl;
   }
 
   FERRY_HD RingRef ring_of(int s) const {
@@ -267,8 +285,16 @@ class CombineForwarder {
     while (pending < min_u64(budget, left)) {
       const std::int64_t record =
           plan.counts.fwd_offset[block] + static_cast<std::int64_t>(item.out.count + pending);
+      if (record >= plan.fwd_capacity) {
+        result.fault = past_capacity(RingKind::combine_rdma, source, record, plan.fwd_capacity);
+        break;
+      }
       const std::int32_t token = plan.fwd_token[record];
       const std::uint32_t mask = plan.fwd_mask[record];
+      if ((mask >> ctx.local() & 1u) && own_first + own_rows >= plan.capacity) {
+        result.fault = past_capacity(RingKind::combine_rdma, source, own_first + own_rows, plan.capacity);
+        break;
+      }
       RowList<kMaxLocalRanks> rows;
       bool ready = true;
       for (int local = 0; local < L && ready; ++local) {
@@ -393,6 +419,12 @@ class CombineReceiver {
         if (!(own_mask >> local & 1u)) continue;
         RowRef ref;
         if (local == ctx.local()) {
+          if (own_first + cursor.own_rows >= plan.capacity) {
+            result.fault =
+                past_capacity(RingKind::combine_direct, ctx.rank, own_first + cursor.own_rows, plan.capacity);
+            ready = false;
+            break;
+          }
           ref = row_in_results(plan, own_first + cursor.own_rows);
         } else {
           ready = take(io, local, token, peeked, ref, result);

@@ -126,8 +126,7 @@ class NotifyReceiver {
         continue;
       }
       const std::byte* slot = in.slot(0);
-      NotifyHeader header;
-      std::memcpy(&header, slot, sizeof(header));
+      const NotifyHeader header = read_slot_header<NotifyHeader>(slot);
       result.fault = check(header, source);
       if (result.fault.any()) break;
       io.copy(plan_->recv_count + source * channels, slot + format.to_rank, sizeof(std::int64_t) * channels);

@@ -86,14 +86,18 @@ struct CombinePlan {
   RoutingCounts counts;
   CombineFormat format;
 
-  // Receive side of the dispatch: this rank's result rows, in the dispatch's output order.
+  // Receive side of the dispatch: this rank's result rows, in the dispatch's output order. Rows [0, capacity)
+  // exist in y and recv_src_token; a dispatch that overflowed its worst-case sizing counted more (the counts
+  // still say so), and a role that reaches `capacity` faults (past_capacity) instead of reading past them.
   const std::byte* y = nullptr;      // [rows, hidden] of ctx.kind
   const float* y_weights = nullptr;  // [rows, K] when weights are combined too (format.num_topk == K)
   const std::int32_t* recv_src_token = nullptr;
+  std::int64_t capacity = 0;
 
-  // Forward side: the dispatch's relay records.
+  // Forward side: the dispatch's relay records, [0, fwd_capacity) of them (as `capacity`).
   const std::int32_t* fwd_token = nullptr;
   const std::uint32_t* fwd_mask = nullptr;
+  std::int64_t fwd_capacity = 0;
 
   // Source side: the dispatch's routing and the combined output.
   const std::uint8_t* in_rank = nullptr;  // [T, R]

@@ -59,6 +59,8 @@ enum class FaultKind : std::uint8_t {
   too_many,          // more messages from one source than it announced
   routing_mismatch,  // a token's expert ids disagree with the layout it is dispatched by (expected: the node)
   bad_expert,        // a token names an expert id outside [0, E) (got: the id, expected: E)
+  past_capacity,     // combine of a dispatch whose rows or relay records overflowed its worst-case sizing
+                     // (got: the row or record index, expected: the capacity): never read past the arrays
 };
 
 struct Fault {
