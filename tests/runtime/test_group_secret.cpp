@@ -169,12 +169,14 @@ TEST_CASE("group secret: rank 0 hands its port over too when the launcher names 
   CHECK_THAT(path, Catch::Contains("/store-any-"));
   std::vector<std::uint16_t> ports(3);
   std::vector<std::string> secrets(3);
+  std::vector<char> file_left(3, 0);  // assertions only on the main thread: collected here, checked below
   run_jobs(jobs, [&](ferry::Group& group) {
     group.barrier("joined");
     ports[group.rank()] = group.job().store_port;
     secrets[group.rank()] = group.job().secret;
-    CHECK_FALSE(exists(path));
+    file_left[group.rank()] = exists(path) ? 1 : 0;
   });
+  CHECK(file_left == std::vector<char>(3, 0));
   CHECK(ports[0] != 0);
   CHECK(ports[1] == ports[0]);
   CHECK(ports[2] == ports[0]);
@@ -185,5 +187,7 @@ TEST_CASE("group secret: rank 0 hands its port over too when the launcher names 
     job.secret = "a-secret-from-the-environment";
     job.secret_source = ferry::SecretSource::environment;
   }
-  run_jobs(jobs, [&](ferry::Group& group) { CHECK(group.job().store_port != 0); });
+  std::vector<std::uint16_t> own_ports(3);
+  run_jobs(jobs, [&](ferry::Group& group) { own_ports[group.rank()] = group.job().store_port; });
+  for (const std::uint16_t port : own_ports) CHECK(port != 0);
 }
