@@ -146,6 +146,11 @@ class Checker {
   }
 
   BufferCheckResult run() {
+    // One caller stream for every round, made before the Buffer (so it outlives every result whose memory
+    // was used on it): CUDA maps streams onto its hardware queues round robin in the order they are made, so
+    // a fresh stream per round would soon share a queue with the other rank thread's Buffer stream, whose
+    // cross-rank kernel could then wait behind this rank's stream waits.
+    caller_stream_.emplace(cudaStreamNonBlocking);
     Buffer buffer(group_, config_, Device::cuda);
     const Round rounds[] = {
         {DType::bf16, false, false, true, 1, false},
@@ -188,9 +193,7 @@ class Checker {
   }
 
   void run_round(Buffer& buffer, const Round& how) {
-    // First: it outlives every result whose memory was used on it.
-    const OwnedStream stream(cudaStreamNonBlocking);
-    const cudaStream_t user = how.user_stream ? stream.get() : nullptr;
+    const cudaStream_t user = how.user_stream ? caller_stream_->get() : nullptr;
     Scenario scenario = draw_scenario(how.dtype);
     const auto sources = expected_sources(scenario);
     std::int64_t most = 0;
@@ -423,6 +426,7 @@ class Checker {
   const int rank_;
   std::mt19937_64 rng_;
   Config config_;
+  std::optional<OwnedStream> caller_stream_;
   int round_ = 0;
   BufferCheckResult result_;
 };

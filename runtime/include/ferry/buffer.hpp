@@ -13,7 +13,8 @@
 // settings. Operations of one Buffer run in issue order on its own threads; each returns a Pending whose
 // Event says when it finished and rethrows its error. Inputs are not copied, except topk_idx and the layout,
 // which are taken at the call (on a CUDA Buffer: copied on the Buffer's stream, and the caller's stream
-// (DispatchOptions::stream) waits for that copy, not for the operation; so work enqueued there after the call
+// (DispatchOptions::stream) waits for that copy -- and so for whatever was queued on the Buffer's stream before
+// it, earlier operations included, but not for this operation's kernels; so work enqueued there after the call
 // may change them, and work on another stream must first wait for the caller's): keep x, x_scales,
 // topk_weights, y and the combine options' tensors alive and unchanged until the Event completes. After an
 // operation fails, the Buffer refuses further operations (its rings are in an unknown state) — except when a
