@@ -155,12 +155,6 @@ class GroupTransport::ProxyMemory final : public h::RemoteMemory {
  public:
   ProxyMemory(t::Proxy& proxy, t::RegionId region, const t::StoreWatch* watch)
       : proxy_(proxy), region_(region), watch_(watch) {}
-  std::size_t failed_peer_count() const override { return proxy_.failed_peer_count(); }
-  std::vector<int> failed_peers() const override {
-    std::vector<int> ranks;
-    for (const t::FailedPeer& peer : proxy_.failed_peers()) ranks.push_back(peer.rank);
-    return ranks;
-  }
   std::unique_ptr<h::RemoteWriter> open_writer() override {
     if (next_ring_ >= proxy_.num_rings()) {
       fail(Errc::internal,
@@ -189,8 +183,7 @@ GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayo
     : GroupTransport(group, bytes, signals_end(layout), workers, timeout, "ferry-buffer") {}
 
 GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t signals_end, int workers,
-                               Duration timeout, const std::string& tag, bool reserve_pages,
-                               bool isolate_peer_failures)
+                               Duration timeout, const std::string& tag, bool reserve_pages)
     : group_(group) {
   t::Peers peers = peers_of(group, timeout);
   shared_ = t::make_shm_peer_memory(peers, bytes, tag, reserve_pages);
@@ -204,7 +197,6 @@ GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t sign
   }
   t::FabricOptions fabric_options;
   fabric_options.kind = t::fabric_kind_from_env();
-  fabric_options.isolate_peer_failures = isolate_peer_failures && fabric_options.kind != t::FabricKind::verbs;
   std::unique_ptr<t::Fabric> fabric = t::make_fabric(peers, fabric_options);
   t::RegionId region = fabric->register_region(shared_->local(), bytes, t::MemoryKind::host);
   fabric->connect();

@@ -24,11 +24,9 @@ class GroupTransport {
                  Duration timeout);
   // Any region: `signals_end` bounds the offsets of the words signals add to (they must fit 32 bits), `tag`
   // names the shared-memory segment (one per region of a job), `reserve_pages` = false leaves its pages to
-  // first touch (make_shm_peer_memory). `isolate_peer_failures`: a rank of another node that fails is given
-  // up alone (the fabric drops writes to it, memory().remote names it) instead of failing every later write;
-  // ucx only: on verbs the fabric is made without it (a failed peer still fails the proxy).
+  // first touch (make_shm_peer_memory).
   GroupTransport(Group& group, std::size_t bytes, std::size_t signals_end, int workers, Duration timeout,
-                 const std::string& tag, bool reserve_pages = true, bool isolate_peer_failures = false);
+                 const std::string& tag, bool reserve_pages = true);
   // Collective: waits until this rank's puts have landed, meets the other ranks, then releases the fabric and
   // the shared memory, so no rank tears down memory a peer still writes into.
   ~GroupTransport();

@@ -373,12 +373,10 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // The words come first in the region (check_low_latency_shape bounds them per shape). The region is sized
   // for the worst case (every token of every rank on one expert) and mostly never written: its pages come on
   // first touch.
-  // The fabric's per-peer isolation (which would let the engine mask a dead rank of another node) stays off:
-  // over UCX 1.13's tcp transport, endpoints to live survivors were also reported failed about 1 s after a
-  // death, and isolating them masked live ranks (docs/reliability.md). A dead rank of another node fails the
-  // operation by name instead.
+  // A dead rank of another node fails the operation by name: masking it is not done (docs/reliability.md,
+  // "A dead rank in the low-latency mode").
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
-                                                    "ferry-lowlat", false, false);
+                                                    "ferry-lowlat", false);
   impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
                                                       engine_options(config));
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());

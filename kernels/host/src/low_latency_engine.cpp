@@ -1,6 +1,5 @@
 #include "ferry/kernels/host/low_latency_engine.hpp"
 
-#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -81,30 +80,6 @@ struct LowLatencyEngine::Impl {
   std::unique_ptr<LockedWriter> writer;
   mutable std::mutex traffic_mutex;
   p::Traffic traffic;
-  std::mutex failed_mutex;
-  std::size_t failed_known = 0;  // the remote's failed_peer_count() when `failed` was read
-  std::vector<int> failed;       // ranks the fabric gave up on
-
-  // Ranks the fabric gave up on (a rank of another node that died) are masked before each phase begins, never
-  // while one runs (a phase's threads must read one mask), so no phase waits the timeout for a rank known
-  // dead. They stay masked for good: a clean of the caller's mask does not bring back a rank the fabric
-  // drops every write to.
-  void mask_failed_peers(const p::LowLatencyContext& ctx) {
-    if (memory.remote == nullptr) return;
-    const std::size_t count = memory.remote->failed_peer_count();
-    if (count == 0) return;
-    std::lock_guard lock(failed_mutex);
-    if (count != failed_known) {
-      failed = memory.remote->failed_peers();
-      failed_known = count;
-    }
-    for (const int peer : failed) {
-      if (peer < 0 || peer >= ctx.num_ranks() || peer == rank) continue;
-      std::atomic_ref<std::uint64_t> word(ctx.mask[peer]);
-      if (word.load(std::memory_order_acquire) == 0) word.store(1, std::memory_order_release);
-    }
-  }
-
   LowLatencyHostIo io(p::Traffic* tally) const {
     return LowLatencyHostIo(memory.local, memory.node, writer.get(), tally);
   }
@@ -162,7 +137,6 @@ struct LowLatencyEngine::Impl {
   // One phase: Role built from (io, arg, slice), on this thread or as slices of lane groups.
   template <template <class> class Role, class Arg>
   void phase(const Arg& arg, const p::LowLatencyContext& ctx, LowLatencyHostIo& io, p::Traffic& tally) {
-    mask_failed_peers(ctx);
     if (options.lanes <= 1) {
       drive(Role<LowLatencyHostIo>(io, arg, p::RoleSlice{}), io, ctx);
       return;
@@ -273,7 +247,6 @@ void LowLatencyEngine::clean(const p::LowLatencyContext& ctx, std::uint64_t epoc
   // Nobody writes a count or release word between the two barriers (every rank has finished its
   // operations): this rank's private copies catch up with them.
   impl.run_half(ctx, [&](LowLatencyHostIo& io, p::Traffic&) {
-    impl.mask_failed_peers(ctx);
     impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 1), io, ctx);
     p::sync_private_words(io, ctx.layout);
     impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 2), io, ctx);

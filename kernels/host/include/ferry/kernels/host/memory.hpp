@@ -6,7 +6,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <vector>
 
 namespace ferry::kernels::host {
 
@@ -39,10 +38,6 @@ class RemoteMemory {
  public:
   virtual ~RemoteMemory() = default;
   virtual std::unique_ptr<RemoteWriter> open_writer() = 0;
-  // Ranks the fabric gave up on while going on with the others (a fabric that isolates failed peers; none
-  // otherwise): writes to them are dropped. Any thread; failed_peer_count() is cheap ("did that change?").
-  virtual std::size_t failed_peer_count() const { return 0; }
-  virtual std::vector<int> failed_peers() const { return {}; }
 };
 
 // Whether the ranks this one exchanges with can still take part. A stalled executor calls check() now and
