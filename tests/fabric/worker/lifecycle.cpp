@@ -132,6 +132,15 @@ void isolate_peer(const Context& context) {
   fabric->connect();
   auto* out = static_cast<std::uint8_t*>(fabric->region_base(send));
   for (std::size_t i = 0; i < kPiece; ++i) out[i] = isolation_byte(context.seed, rank, i);
+  // The victim dies only once every rank is connected: a rank still inside connect() when it goes would
+  // rightly fail there (connect's barrier hears of the job's failure from the store), which is not the
+  // isolation this scenario tests. A store counter, not a barrier: the survivors must not ask the watch.
+  context.peers.store->add("fabric_worker/isolate_peer/connected", 1);
+  ferry::Deadline all_connected(context.peers.timeout);
+  while (context.peers.store->add("fabric_worker/isolate_peer/connected", 0) < world) {
+    fabric->progress();
+    if (all_connected.expired()) throw ScenarioFailure("not every rank connected");
+  }
 
   if (rank == kVictim) {
     std::printf("rank %d: dying now\n", rank);
