@@ -101,7 +101,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   // The connection closes: a member that had not left fails the job, with a text.
   const bool was_failed = members.failed();
-  if (members.lost(connection.seat, "the fuzzed connection closed")) FUZZ_CHECK(!was_failed);
+  const auto loss = members.lost(connection.seat, "the fuzzed connection closed");
+  if (loss.job_failed) FUZZ_CHECK(!was_failed);
+  if (loss.job_failed) FUZZ_CHECK(loss.counted && loss.index >= 1);
   FUZZ_CHECK(!connection.seat.joined);
   FUZZ_CHECK(members.failure().size() <= wire::kMaxFailureBytes);
   // Whatever happened, erasing everything brings the accounting back to zero.

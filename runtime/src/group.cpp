@@ -268,7 +268,7 @@ Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_stor
     if (watch) {
       impl->watch = std::move(watch);
     } else if (job.world_size > 1) {
-      impl->watch = std::make_shared<transport::StoreWatch>(store_options);
+      impl->watch = std::make_shared<transport::StoreWatch>(store_options, job.world_size);
     }
     auto blobs = impl->store->all_gather("ferry/group/ranks", job.rank, job.world_size,
                                          encode(mine, job.local_size, job.rank == 0 ? refusal : ""));

@@ -183,7 +183,8 @@ GroupTransport::GroupTransport(Group& group, const kernels::protocol::BufferLayo
     : GroupTransport(group, bytes, signals_end(layout), workers, timeout, "ferry-buffer") {}
 
 GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t signals_end, int workers,
-                               Duration timeout, const std::string& tag, bool reserve_pages)
+                               Duration timeout, const std::string& tag, bool reserve_pages,
+                               bool isolate_peer_failures)
     : group_(group) {
   t::Peers peers = peers_of(group, timeout);
   shared_ = t::make_shm_peer_memory(peers, bytes, tag, reserve_pages);
@@ -197,6 +198,8 @@ GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t sign
   }
   t::FabricOptions fabric_options;
   fabric_options.kind = t::fabric_kind_from_env();
+  fabric_options.isolate_peer_failures = isolate_peer_failures && fabric_options.kind == t::FabricKind::ucx;
+  isolating_ = fabric_options.isolate_peer_failures;
   std::unique_ptr<t::Fabric> fabric = t::make_fabric(peers, fabric_options);
   t::RegionId region = fabric->register_region(shared_->local(), bytes, t::MemoryKind::host);
   fabric->connect();
@@ -211,11 +214,12 @@ GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t sign
 
 GroupTransport::~GroupTransport() {
   // Once the job has failed, the others are on their way out (or dead): waiting for our puts to land and
-  // meeting them would only wait for the dead.
+  // meeting them would only wait for the dead. Unless the fabric isolates failed peers: then the survivors
+  // go on without the dead and may still wait for our last rows, and a flush waits for the live alone.
   const std::shared_ptr<t::StoreWatch> watch = group_.failure_watch();
   const bool failed = watch && !watch->failure().empty();
   try {
-    if (proxy_ && !failed) {
+    if (proxy_ && (!failed || isolating_)) {
       for (int ring = 0; ring < proxy_->num_rings(); ++ring) {
         t::ProducerRing& producer = proxy_->ring(ring);
         producer.post(t::make_flush());

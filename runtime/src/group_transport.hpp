@@ -24,9 +24,12 @@ class GroupTransport {
                  Duration timeout);
   // Any region: `signals_end` bounds the offsets of the words signals add to (they must fit 32 bits), `tag`
   // names the shared-memory segment (one per region of a job), `reserve_pages` = false leaves its pages to
-  // first touch (make_shm_peer_memory).
+  // first touch (make_shm_peer_memory). `isolate_peer_failures`: a rank of another node whose connection
+  // fails is given up alone (writes to it complete without sending) instead of failing every later write, for
+  // an owner that skips dead ranks (the low-latency mode, which learns them from the store); ucx only: the
+  // verbs fabric cannot, and a failed peer still fails its proxy.
   GroupTransport(Group& group, std::size_t bytes, std::size_t signals_end, int workers, Duration timeout,
-                 const std::string& tag, bool reserve_pages = true);
+                 const std::string& tag, bool reserve_pages = true, bool isolate_peer_failures = false);
   // Collective: waits until this rank's puts have landed, meets the other ranks, then releases the fabric and
   // the shared memory, so no rank tears down memory a peer still writes into.
   ~GroupTransport();
@@ -43,6 +46,7 @@ class GroupTransport {
   Group& group_;
   std::unique_ptr<transport::PeerMemory> shared_;
   std::unique_ptr<transport::Proxy> proxy_;
+  bool isolating_ = false;  // the fabric gives a failed peer up alone
   std::unique_ptr<NodeView> node_;
   std::unique_ptr<ProxyMemory> remote_;
   std::unique_ptr<Health> health_;

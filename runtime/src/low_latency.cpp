@@ -129,6 +129,10 @@ struct LowLatencyBuffer::Impl {
   std::unique_ptr<GroupTransport> transport;
   std::unique_ptr<h::LowLatencyEngine> engine;
   std::unique_ptr<std::uint64_t[]> mask;  // [R], read and written through atomic_ref
+  // The job's watch on its store, for a buffer on the whole job: its lost_words() name the ranks known dead,
+  // which every wait masks at once (LowLatencyContext::gone). Null on a LocalCluster or a sub-group.
+  std::shared_ptr<transport::StoreWatch> watch;
+  const std::uint64_t* gone = nullptr;
   std::unique_ptr<OperationQueue> queue;  // stopped first
 
   // What an operation left on its buffer.
@@ -164,6 +168,7 @@ struct LowLatencyBuffer::Impl {
     p::set_operation(ctx, operation);
     ctx.mask_after_ns = static_cast<std::uint64_t>(config.timeout.count());
     ctx.mask = mask.get();
+    ctx.gone = gone;
     return ctx;
   }
 
@@ -373,10 +378,17 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // The words come first in the region (check_low_latency_shape bounds them per shape). The region is sized
   // for the worst case (every token of every rank on one expert) and mostly never written: its pages come on
   // first touch.
-  // A dead rank of another node fails the operation by name: masking it is not done (docs/reliability.md,
-  // "A dead rank in the low-latency mode").
+  // A dead rank is skipped, not waited for (docs/reliability.md, "A dead rank in the low-latency mode"): the
+  // store names it to every survivor within moments (their waits mask it at once), and the fabric gives up
+  // on it alone (its writes complete without sending) instead of failing the survivors' operations.
+  // The watch numbers the whole job's ranks: a sub-group of every rank numbers them alike (members ascend),
+  // a smaller one does not and masks its dead after the timeout.
+  if (auto watch = group.failure_watch(); watch && watch->world_size() == group.world_size()) {
+    impl.watch = std::move(watch);
+    impl.gone = impl.watch->lost_words();
+  }
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
-                                                    "ferry-lowlat", false);
+                                                    "ferry-lowlat", false, true);
   impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
                                                       engine_options(config));
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());
@@ -701,8 +713,10 @@ void LowLatencyBuffer::low_latency_query_mask_buffer(const TensorView& mask_stat
   if (mask_status.empty()) fail(Errc::invalid_argument, "mask_status is required: int32 [num_ranks]");
   check_optional(mask_status, "mask_status", DType::int32, {impl.num_ranks()});
   for (int r = 0; r < impl.num_ranks(); ++r) {
+    const bool gone = impl.gone != nullptr &&
+                      std::atomic_ref<const std::uint64_t>(impl.gone[r]).load(std::memory_order_acquire) != 0;
     mask_status.data_as<std::int32_t>()[r] =
-        std::atomic_ref<std::uint64_t>(impl.mask[r]).load(std::memory_order_acquire) != 0 ? 1 : 0;
+        gone || std::atomic_ref<std::uint64_t>(impl.mask[r]).load(std::memory_order_acquire) != 0 ? 1 : 0;
   }
 }
 

@@ -1,11 +1,13 @@
 // The job's failure as the store knows it: ranks join their group; a rank claimed twice, world sizes that
 // disagree, a member whose connection closes before it leaves, or a rank's report fail the job; from then on
 // every wait on the store ends at once naming the cause, and a StoreWatch tells those not talking to it.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "bootstrap/store_members.hpp"
 #include "store_test_support.hpp"
@@ -37,8 +39,13 @@ TEST_CASE("store failure: membership counts who is present and fails the job on 
   CHECK_FALSE(members.failed());
   members.leave(a);
   CHECK(members.present("") == 1);
-  CHECK_FALSE(members.lost(a, "closed"));  // left first: closing is no failure
-  CHECK(members.lost(b, "its connection closed"));
+  CHECK_FALSE(members.lost(a, "closed").counted);  // left first: closing is no failure
+  const Membership::Loss loss = members.lost(b, "its connection closed");
+  CHECK(loss.counted);
+  CHECK(loss.job_failed);
+  CHECK(loss.rank == 1);
+  CHECK(loss.index == 1);
+  CHECK(loss.group.empty());
   CHECK(members.failure() == "rank 1 (pid 2 on h) is gone: its connection closed");
   CHECK_FALSE(members.fail("a later report"));
   CHECK(members.failure() == "rank 1 (pid 2 on h) is gone: its connection closed");
@@ -178,4 +185,76 @@ TEST_CASE("store failure: a watch whose store goes away says so, naming rank 0, 
   auto start = Clock::now();
   { StoreWatch quick(client_options(healthy)); }
   CHECK(seconds_since(start) < 1.0);
+}
+
+namespace {
+
+// Waits (bounded) until `watch` names `count` lost ranks and returns them.
+std::vector<int> await_lost(const StoreWatch& watch, std::size_t count,
+                            std::chrono::milliseconds limit = 3000ms) {
+  const auto deadline = Clock::now() + limit;
+  while (watch.lost_ranks().size() < count && Clock::now() < deadline) std::this_thread::sleep_for(2ms);
+  return watch.lost_ranks();
+}
+
+}  // namespace
+
+// A job that goes on without its dead ranks (the low-latency mode) learns each of them, not only the first.
+TEST_CASE(
+    "store failure: a watch with the world size follows every rank lost, in order, not the ones that left",
+    "[store][failure]") {
+  StoreServer server(server_options(20000ms));
+  Store survivor(client_options(server, 20000ms));
+  survivor.join("", 0, 4, "pid 1 on a");
+  StoreWatch watch(client_options(server, 20000ms), 4);
+  StoreWatch without_world(client_options(server, 20000ms));
+  CHECK(without_world.lost_words() == nullptr);
+  const std::uint64_t* words = watch.lost_words();
+  REQUIRE(words != nullptr);
+  std::vector<std::unique_ptr<Store>> others;
+  for (int rank = 1; rank < 4; ++rank) {
+    others.push_back(std::make_unique<Store>(client_options(server, 20000ms)));
+    others.back()->join("", rank, 4, "pid " + std::to_string(rank + 1) + " on b");
+  }
+  // Rank 2 checks out first: its closing is no loss. Then rank 3 and rank 1 die, in that order, apart.
+  others[1]->leave("");
+  others[1].reset();
+  others[2].reset();
+  CHECK(await_lost(watch, 1) == std::vector<int>{3});
+  CHECK_THAT(await_failure(watch), Catch::Contains("rank 3 (pid 4 on b) is gone"));
+  others[0].reset();
+  CHECK(await_lost(watch, 2) == std::vector<int>{3, 1});
+  CHECK(std::atomic_ref<const std::uint64_t>(words[1]).load(std::memory_order_acquire) == 1);
+  CHECK(std::atomic_ref<const std::uint64_t>(words[2]).load(std::memory_order_acquire) == 0);
+  CHECK(std::atomic_ref<const std::uint64_t>(words[3]).load(std::memory_order_acquire) == 1);
+  CHECK(std::atomic_ref<const std::uint64_t>(words[0]).load(std::memory_order_acquire) == 0);
+  // Nothing more arrives, and stopping the watch while it waits for a next one is prompt.
+  std::this_thread::sleep_for(50ms);
+  CHECK(watch.lost_ranks().size() == 2);
+  CHECK(without_world.lost_ranks().empty());
+}
+
+TEST_CASE("store failure: the lost ranks' keys are the store's own: clients read them but cannot write them",
+          "[store][failure]") {
+  StoreServer server(server_options(20000ms));
+  Store client(client_options(server, 20000ms));
+  auto set_error = expect_error([&] { client.set("ferry/store/lost/1", bytes_of("0")); });
+  CHECK(set_error.code() == Errc::invalid_argument);
+  CHECK_THAT(set_error.what(), Catch::Contains("the store's own"));
+  auto add_error = expect_error([&] { client.add("ferry/store/lost/2", 1); });
+  CHECK_THAT(add_error.what(), Catch::Contains("the store's own"));
+  // Other keys that merely contain the words stay ordinary.
+  client.set("ferry/store/lost/x", bytes_of("ok"));
+  CHECK(client.get("ferry/store/lost/x", 1s) == bytes_of("ok"));
+  // After the job failed, a GET of a lost rank's key still waits (the store itself sets it) while others end.
+  Store member(client_options(server, 20000ms));
+  member.join("", 0, 2, "pid 1");
+  client.report_failure("rank 1 reported an error");
+  auto start = Clock::now();
+  CHECK_THROWS_AS(member.get("never-set", 5s), ferry::Error);
+  CHECK(seconds_since(start) < 1.0);
+  start = Clock::now();
+  auto timeout = expect_error([&] { member.get("ferry/store/lost/1", 300ms); });
+  CHECK(timeout.code() == Errc::timeout);
+  CHECK(seconds_since(start) >= 0.25);
 }

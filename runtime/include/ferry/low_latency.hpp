@@ -31,10 +31,12 @@
 // low_latency_update_mask_buffer) is skipped by this rank from then on: its rows are left out of the
 // dispatch's counts and of the combined sums (a token whose experts are all masked gets zeros), and the mask
 // says who was skipped. Decoding goes on. A rank unmasked again needs clean_low_latency_buffer (collective)
-// before it takes part. A dead rank of this node is masked after the timeout. A dead rank of another node
-// fails the operation by name (Errc::peer_failure), as in the normal mode: masking it is not done yet
-// (docs/reliability.md says why). Under `ferry launch`, pass
-// --keep-going so that the launcher does not stop the survivors when a rank dies.
+// before it takes part. A rank that dies (its process is gone), on this node or another, is masked by every
+// survivor within moments, not after the timeout: the job's store names it to all of them (Group's
+// StoreWatch), and the fabric gives up on it alone (ucx; over verbs a dead rank of another node still fails
+// the operation by name, Errc::peer_failure). That needs a buffer on the whole job's Group; on a sub-group a
+// dead rank is masked after the timeout. A rank that is only frozen is masked after the timeout. Under
+// `ferry launch`, pass --keep-going so that the launcher does not stop the survivors when a rank dies.
 //
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each
 // source rank's rows (dispatch and combine), cumulative (low_latency_stats) or added into the caller's
@@ -192,7 +194,8 @@ class LowLatencyBuffer {
   TensorView get_next_low_latency_combine_buffer(const LowLatencyHandle& handle);
 
   void low_latency_update_mask_buffer(int rank_to_mask, bool mask = false);
-  void low_latency_query_mask_buffer(const TensorView& mask_status) const;  // int32 [R]: 1 = masked
+  // int32 [R]: 1 = masked by this rank, or known dead (a dead rank stays 1 after a clean of the mask).
+  void low_latency_query_mask_buffer(const TensorView& mask_status) const;
   void low_latency_clean_mask_buffer();
 
   LowLatencyStats low_latency_stats() const;

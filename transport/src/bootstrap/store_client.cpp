@@ -6,7 +6,8 @@
 // usable, so a rank can still check out.
 //
 // StoreWatch (at the end) parks a WATCH on a connection of its own and waits for it beside an eventfd, so
-// that stopping it never waits for the store.
+// that stopping it never waits for the store; once the job failed it parks GETs of the lost ranks' keys the
+// same way.
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -14,9 +15,11 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -579,19 +582,25 @@ std::string Store::local_address() const {
 // ---- StoreWatch ----
 
 struct StoreWatch::Impl {
-  explicit Impl(const StoreOptions& options);
+  Impl(const StoreOptions& options, int world_size);
   ~Impl();
   void run() noexcept;
-  // Parks one WATCH and waits for its answer or the stop signal; false when stopped.
-  bool watch_once();
+  // Sends one request that the server parks (WATCH, or GET of a key not set yet) and waits for its answer
+  // or the stop signal; nullopt when stopped.
+  std::optional<Store::Impl::Reply> park(Opcode opcode, const std::string& key);
+  // Follows the lost ranks of the job (wire::lost_rank_key) until stopped.
+  void follow_lost_ranks();
   void set_failure(const std::string& text);
 
   StoreOptions options;
+  int world_size = 0;
   Store::Impl connection;  // the watch's own; used by its thread only once that runs
   net::Fd stop;            // eventfd: the destructor writes it
   mutable std::mutex mutex;
   mutable std::condition_variable failure_set;
-  std::string failure;  // guarded by mutex
+  std::string failure;                    // guarded by mutex
+  std::vector<int> lost_ranks;            // guarded by mutex, in the order the store counted them
+  std::unique_ptr<std::uint64_t[]> lost;  // [world_size], through std::atomic_ref
   std::atomic<bool> has_failure{false};
   std::mutex report_mutex;  // one report at a time
   std::thread thread;
@@ -602,7 +611,9 @@ namespace {
 constexpr Duration kWatchBudget = std::chrono::hours(1);
 }  // namespace
 
-StoreWatch::Impl::Impl(const StoreOptions& options_in) : options(options_in), connection(options_in) {
+StoreWatch::Impl::Impl(const StoreOptions& options_in, int world_size_in)
+    : options(options_in), world_size(std::max(world_size_in, 0)), connection(options_in) {
+  lost = std::make_unique<std::uint64_t[]>(static_cast<std::size_t>(world_size) + 1);
   stop = net::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop.valid()) fail_errno("eventfd for the store watch", errno);
   thread = std::thread([this] { run(); });
@@ -625,12 +636,12 @@ void StoreWatch::Impl::set_failure(const std::string& text) {
   failure_set.notify_all();
 }
 
-bool StoreWatch::Impl::watch_once() {
+std::optional<Store::Impl::Reply> StoreWatch::Impl::park(Opcode opcode, const std::string& key) {
   std::array<std::uint8_t, 8> budget{};
   wire::put_u64(budget.data(),
                 static_cast<std::uint64_t>(
                     std::chrono::duration_cast<std::chrono::milliseconds>(kWatchBudget).count()));
-  connection.send_request(Opcode::watch, "", budget.data(), budget.size(), Deadline(options.timeout));
+  connection.send_request(opcode, key, budget.data(), budget.size(), Deadline(options.timeout));
   for (;;) {
     pollfd fds[2] = {{stop.get(), POLLIN, 0}, {connection.fd.get(), POLLIN, 0}};
     int ready = ::poll(fds, 2, -1);
@@ -638,19 +649,51 @@ bool StoreWatch::Impl::watch_once() {
       if (errno == EINTR) continue;
       fail_errno("poll in the store watch", errno);
     }
-    if (fds[0].revents != 0) return false;
+    if (fds[0].revents != 0) return std::nullopt;
     if (fds[1].revents == 0) continue;
     // The reply has begun to arrive (or the connection closed): read it whole, boundedly.
-    Store::Impl::Reply reply = connection.read_reply(Opcode::watch, "", Deadline(options.timeout));
-    if (reply.opcode == Opcode::value) set_failure(std::string(reply.value.begin(), reply.value.end()));
-    return reply.opcode == Opcode::timeout;  // ask again; after a failure there is nothing more to learn
+    return connection.read_reply(opcode, key, Deadline(options.timeout));
+  }
+}
+
+void StoreWatch::Impl::follow_lost_ranks() {
+  std::uint64_t index = 1;
+  for (;;) {
+    const std::string key = wire::lost_rank_key("", index);
+    const std::optional<Store::Impl::Reply> reply = park(Opcode::get, key);
+    if (!reply) return;
+    if (reply->opcode == Opcode::timeout) continue;
+    if (reply->opcode != Opcode::value) {
+      connection.break_connection(Errc::protocol, "the store answered GET '" + key + "' with " +
+                                                      std::string(wire::opcode_name(reply->opcode)));
+    }
+    const std::string text(reply->value.begin(), reply->value.end());
+    int rank = -1;
+    const auto parsed = std::from_chars(text.data(), text.data() + text.size(), rank);
+    if (parsed.ec != std::errc() || parsed.ptr != text.data() + text.size() || rank < 0 || rank >= world_size)
+      connection.break_connection(Errc::protocol, "the store named '" + text + "' as lost rank " +
+                                                      std::to_string(index) + " of a job of " +
+                                                      std::to_string(world_size) + " ranks");
+    {
+      std::lock_guard lock(mutex);
+      lost_ranks.push_back(rank);
+    }
+    std::atomic_ref<std::uint64_t>(lost[static_cast<std::size_t>(rank)]).store(1, std::memory_order_release);
+    ++index;
   }
 }
 
 void StoreWatch::Impl::run() noexcept {
   try {
-    while (watch_once()) {
+    for (;;) {
+      const std::optional<Store::Impl::Reply> reply = park(Opcode::watch, "");
+      if (!reply) return;
+      if (reply->opcode == Opcode::timeout) continue;  // ask again
+      if (reply->opcode == Opcode::value) set_failure(std::string(reply->value.begin(), reply->value.end()));
+      break;
     }
+    // After the failure only the lost ranks are left to learn (a job that goes on without them wants them).
+    if (world_size > 0) follow_lost_ranks();
   } catch (const Error& error) {
     // The store went away (its rank 0 ended or died) or broke the protocol: whoever waits for a peer must
     // not wait on, and the store cannot have told anyone anything since.
@@ -660,8 +703,22 @@ void StoreWatch::Impl::run() noexcept {
   }
 }
 
-StoreWatch::StoreWatch(const StoreOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+StoreWatch::StoreWatch(const StoreOptions& options, int world_size)
+    : impl_(std::make_unique<Impl>(options, world_size)) {}
 StoreWatch::~StoreWatch() = default;
+
+const std::uint64_t* StoreWatch::lost_words() const {
+  return impl_->world_size > 0 ? impl_->lost.get() : nullptr;
+}
+
+int StoreWatch::world_size() const {
+  return impl_->world_size;
+}
+
+std::vector<int> StoreWatch::lost_ranks() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->lost_ranks;
+}
 
 std::string StoreWatch::failure() const {
   if (!impl_->has_failure.load(std::memory_order_acquire)) return {};

@@ -66,19 +66,24 @@ void Membership::leave(Seat& seat) {
   forget_if_done(it);
 }
 
-bool Membership::lost(Seat& seat, const std::string& how) {
-  if (!seat.joined) return false;
+Membership::Loss Membership::lost(Seat& seat, const std::string& how) {
+  Loss loss;
+  if (!seat.joined) return loss;
   seat.joined = false;
   auto it = groups_.find(seat.group);
-  if (it == groups_.end()) return false;
+  if (it == groups_.end()) return loss;
   auto member = it->second.members.find(seat.rank);
-  if (member == it->second.members.end() || member->second.state != State::present) return false;
+  if (member == it->second.members.end() || member->second.state != State::present) return loss;
   member->second.state = State::lost;
   --it->second.present;
   ++it->second.departed;
-  const bool first = fail(describe(seat.group, seat.rank, member->second.label) + " is gone: " + how);
+  loss.counted = true;
+  loss.group = seat.group;
+  loss.rank = seat.rank;
+  loss.index = ++it->second.lost;
+  loss.job_failed = fail(describe(seat.group, seat.rank, member->second.label) + " is gone: " + how);
   forget_if_done(it);
-  return first;
+  return loss;
 }
 
 std::size_t Membership::present(const std::string& group) const {

@@ -35,9 +35,18 @@ class Membership {
                    Seat& seat);
   // The seat's rank checked out: it no longer counts as present, and its closing is no failure.
   void leave(Seat& seat);
+  // What lost() did: whether the seat's rank was counted lost (the `index`-th of its group, from 1) and
+  // whether that recorded the job's failure just now.
+  struct Loss {
+    bool counted = false;
+    bool job_failed = false;
+    std::string group;
+    std::uint32_t rank = 0;
+    std::uint64_t index = 0;
+  };
   // The seat's connection closed or was dropped (`how` says which, for the message): a rank that had not left
-  // is lost, which fails the job. Returns true when that recorded the job's failure just now.
-  bool lost(Seat& seat, const std::string& how);
+  // is lost, which fails the job.
+  Loss lost(Seat& seat, const std::string& how);
   // Ranks of `group` that joined and neither left nor were lost.
   std::size_t present(const std::string& group) const;
 
@@ -60,6 +69,7 @@ class Membership {
     std::map<std::uint32_t, Member> members;
     std::size_t present = 0;
     std::size_t departed = 0;  // left or lost
+    std::uint64_t lost = 0;
   };
 
   std::string describe(const std::string& group, std::uint32_t rank, const std::string& label) const;

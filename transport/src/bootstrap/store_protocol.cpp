@@ -32,6 +32,22 @@ std::string hex(std::uint64_t value) {
 
 }  // namespace
 
+std::string lost_rank_key(std::string_view group, std::uint64_t index) {
+  return std::string(group) + std::string(kLostRankKeys) + std::to_string(index);
+}
+
+bool is_lost_rank_key(std::string_view key) {
+  // Any group's: the group's name (a sub-group's key prefix) comes before the reserved part.
+  const std::size_t at = key.rfind(kLostRankKeys);
+  if (at == std::string_view::npos) return false;
+  const std::string_view index = key.substr(at + kLostRankKeys.size());
+  if (index.empty()) return false;
+  for (const char c : index) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
 std::string_view opcode_name(Opcode opcode) {
   switch (opcode) {
     case Opcode::hello:

@@ -113,6 +113,14 @@ struct FrameHeader {
   std::size_t frame_bytes() const { return kHeaderBytes + key_len + static_cast<std::size_t>(value_len); }
 };
 
+// Where the store publishes the ranks it counted lost (a member whose connection closed before it left):
+// the `index`-th lost rank of `group` (from 1) under lost_rank_key(group, index), its number in decimal. A
+// client follows them with GETs, which for these keys park even after the job failed (StoreWatch does). No
+// client may write them.
+inline constexpr std::string_view kLostRankKeys = "ferry/store/lost/";
+std::string lost_rank_key(std::string_view group, std::uint64_t index);
+bool is_lost_rank_key(std::string_view key);
+
 std::string_view opcode_name(Opcode opcode);
 bool is_request(Opcode opcode);
 

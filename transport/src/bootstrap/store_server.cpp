@@ -109,9 +109,11 @@ struct StoreServer::Impl {
                     const std::uint8_t* value);
   // Makes room for one more connection that is authenticating: drops the oldest beyond the limit.
   void evict_oldest_handshake();
-  // Answers every parked GET (ERROR "failed") and WATCH (the failure) now that the job has failed.
+  // Answers every parked GET (ERROR "failed"; a lost rank's key waits on) and WATCH (the failure) now that
+  // the job has failed.
   void announce_failure();
-  // A member's connection is going away: without a LEAVE first, that fails the job.
+  // A member's connection is going away: without a LEAVE first, that fails the job, and the rank is published
+  // as lost (wire::lost_rank_key).
   void note_departure(Connection& connection, const std::string& how);
   void publish_counters();
   StoreStats snapshot() const;  // any thread
@@ -351,6 +353,8 @@ void StoreServer::Impl::evict_oldest_handshake() {
 void StoreServer::Impl::announce_failure() {
   for (auto& [id, connection] : connections) {
     if (connection->dead || !connection->parked) continue;
+    // A GET of a lost rank's key waits on: the store itself will set it.
+    if (!connection->watching && wire::is_lost_rank_key(connection->parked_key)) continue;
     const bool watching = connection->watching;
     const std::string key = connection->parked_key;
     unpark(*connection);
@@ -365,9 +369,18 @@ void StoreServer::Impl::announce_failure() {
 
 void StoreServer::Impl::note_departure(Connection& connection, const std::string& how) {
   if (!connection.state.seat.joined) return;
-  if (members.lost(connection.state.seat, how)) {
+  const Membership::Loss loss = members.lost(connection.state.seat, how);
+  if (loss.job_failed) {
     log("the job failed: " + members.failure());
     announce_failure();
+  }
+  if (loss.counted) {
+    // Published after the failure's announcement (which answers every other parked GET): the ranks that
+    // follow the lost ranks learn this one now.
+    const std::string key = wire::lost_rank_key(loss.group, loss.index);
+    const std::string rank = std::to_string(loss.rank);
+    table.set(key, Bytes(rank.begin(), rank.end()));
+    wake_waiters(key);
   }
 }
 

@@ -26,6 +26,16 @@ RequestOutcome value_reply(Bytes bytes) {
   return outcome;
 }
 
+// Only the store writes the lost ranks (a forged one would make survivors skip a live rank).
+RequestOutcome reserved_key_reply(std::string_view key) {
+  RequestOutcome outcome;
+  outcome.opcode = Opcode::error;
+  outcome.error_kind = wire::kErrorSemantic;
+  outcome.text =
+      "key '" + std::string(key) + "' is the store's own (a rank it counted lost): clients cannot write it";
+  return outcome;
+}
+
 Bytes u64_bytes(std::uint64_t number) {
   Bytes bytes(8);
   wire::put_u64(bytes.data(), number);
@@ -175,6 +185,7 @@ RequestOutcome handle_request(StoreTable& table, Membership& members, std::strin
       return outcome;
     }
     case Opcode::set: {
+      if (wire::is_lost_rank_key(key)) return reserved_key_reply(key);
       table.set(std::string(key), Bytes(value, value + value_len));
       RequestOutcome outcome;
       outcome.key_changed = true;
@@ -191,7 +202,8 @@ RequestOutcome handle_request(StoreTable& table, Membership& members, std::strin
         outcome.borrowed = found;
         return outcome;
       }
-      if (members.failed()) return failed_reply(members);  // whoever would set it may be gone
+      // Whoever would set it may be gone; but the store itself publishes lost ranks, failed job or not.
+      if (members.failed() && !wire::is_lost_rank_key(key)) return failed_reply(members);
       RequestOutcome outcome;
       outcome.action = RequestOutcome::Action::park;
       outcome.park_budget_ms = std::min(wire::get_u64(value), kMaxWaitMs);
@@ -204,6 +216,7 @@ RequestOutcome handle_request(StoreTable& table, Membership& members, std::strin
         return drop(wire::kErrorProtocol,
                     "ADD must carry an 8-byte delta, got " + std::to_string(value_len) + " bytes");
       }
+      if (wire::is_lost_rank_key(key)) return reserved_key_reply(key);
       std::string name(key);
       std::uint8_t* counter = table.counter(name);
       if (counter == nullptr) {

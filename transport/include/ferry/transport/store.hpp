@@ -164,8 +164,11 @@ class Store {
 // can name it. Thread-safe.
 class StoreWatch {
  public:
-  // Connects and authenticates (as a Store does), then starts the thread.
-  explicit StoreWatch(const StoreOptions& options);
+  // Connects and authenticates (as a Store does), then starts the thread. With `world_size` > 0 the thread,
+  // once the job has failed, goes on following the ranks the store counts lost (a member whose connection
+  // closed before it left: dead, not merely failing) for a job that goes on without them (the low-latency
+  // mode masks them).
+  explicit StoreWatch(const StoreOptions& options, int world_size = 0);
   ~StoreWatch();  // stops the thread
   StoreWatch(const StoreWatch&) = delete;
   StoreWatch& operator=(const StoreWatch&) = delete;
@@ -178,6 +181,13 @@ class StoreWatch {
   // that left once the job had failed (its cause is what the store says), or the cause itself (the store
   // names it within moments, since its connection closed too).
   std::string await_failure(Duration wait) const;
+  // [world_size] words, non-zero for a rank the store counted lost, to be read with acquire
+  // (std::atomic_ref); null without a world size. Set within moments of the store's noticing; never cleared.
+  const std::uint64_t* lost_words() const;
+  // The same ranks, in the order the store counted them.
+  std::vector<int> lost_ranks() const;
+  // The world size it was made with (0: it does not follow lost ranks).
+  int world_size() const;
   // Makes `text` the job's failure unless there is one already, over a short-lived connection of its own
   // (best effort: a store that is gone cannot be told). Returns at once when the job has failed already.
   void report(const std::string& text) noexcept;

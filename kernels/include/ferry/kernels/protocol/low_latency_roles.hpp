@@ -11,8 +11,9 @@
 //   combine, send half:      acquire -> return (local expert, destination) blocks
 //   combine, receive half:   wait (experts) -> reduce (tokens) -> release
 // The send half never waits for data, so a caller can issue it and take the receive half later (the hook).
-// Waits never fail the operation: a peer that stays silent for ctx.mask_after_ns is masked (the mask says
-// so), skipped by every later phase, and its rows read as absent. Faults (a word of another operation, a
+// Waits never fail the operation: a peer that stays silent for ctx.mask_after_ns, or that ctx.gone names
+// (the job's store counted it dead), is masked (the mask says so), skipped by every later phase, and its
+// rows read as absent. Faults (a word of another operation, a
 // count beyond the slots) fail it.
 //
 // Roles keep their progress (cursors, wait start) in their own members: every thread of a group runs the same
@@ -84,6 +85,10 @@ struct LowLatencyContext {
   std::uint64_t use = 0;        // uses of `buffer` before this one (operation / 2)
   std::uint64_t mask_after_ns = 0;
   std::uint64_t* mask = nullptr;  // [R] this rank's view: non-zero = skipped
+  // [R] or null: non-zero for a rank known dead (the host fills it from the job's store, StoreWatch). A wait
+  // for a silent peer that is gone masks it at once instead of after mask_after_ns, so the survivors of a
+  // death skip it within moments of one another and none outwaits another into masking a live rank.
+  const std::uint64_t* gone = nullptr;
 
   FERRY_HD int num_ranks() const { return layout.R(); }
   FERRY_HD std::int64_t local_experts() const { return layout.shape.local_experts(); }
@@ -217,6 +222,13 @@ FERRY_HD inline bool is_masked(Io& io, const LowLatencyContext& ctx, int peer) {
 template <class Io>
 FERRY_HD inline bool is_masked_now(Io& io, const LowLatencyContext& ctx, int peer) {
   return io.load_acquire(ctx.mask + peer, Reach::self) != 0;
+}
+
+// Whether a wait for a silent `peer` that began `waited` ns ago gives up on it now (and masks it).
+template <class Io>
+FERRY_HD inline bool stop_waiting_for(Io& io, const LowLatencyContext& ctx, int peer, std::uint64_t waited) {
+  if (waited > ctx.mask_after_ns) return true;
+  return ctx.gone != nullptr && io.load_acquire(ctx.gone + peer, Reach::node) != 0;
 }
 
 template <class Io>
@@ -372,7 +384,7 @@ class LowLatencyAcquire {
         result.progressed = true;
         continue;
       }
-      if (clock_.waited(io) > ctx_.mask_after_ns) {
+      if (stop_waiting_for(io, ctx_, peer, clock_.waited(io))) {
         mask_peer(io, ctx_, peer);
         ++cursor_;
         clock_.reset();
@@ -543,7 +555,7 @@ class LowLatencyDispatchGather {
       const std::uint64_t value = word_delta(io, ctx, false, static_cast<std::int64_t>(index), source);
       if (value == 0) {
         const std::uint64_t waited = clock_.waited(io);
-        if (waited <= ctx.mask_after_ns) {
+        if (!stop_waiting_for(io, ctx, source, waited)) {
           result.wait = word_wait(source, 0, 1);
           return result;
         }
@@ -739,7 +751,7 @@ class LowLatencyCombineWait {
       const std::uint64_t value = word_delta(io, ctx, true, expert_, peer);
       if (value == 0) {
         const std::uint64_t waited = clock_.waited(io);
-        if (waited <= ctx.mask_after_ns) {
+        if (!stop_waiting_for(io, ctx, peer, waited)) {
           result.wait = word_wait(peer, 0, 1);
           return result;
         }
@@ -873,7 +885,7 @@ class LowLatencyBarrier {
       }
       const std::uint64_t seen =
           io.load_acquire(counter_word(io.local(), ctx_.layout.sync_word(peer)), ctx_.reach(peer));
-      if (seen >= epoch_ || clock_.waited(io) > ctx_.mask_after_ns) {
+      if (seen >= epoch_ || stop_waiting_for(io, ctx_, peer, clock_.waited(io))) {
         if (seen < epoch_) mask_peer(io, ctx_, peer);
         ++cursor_;
         clock_.reset();
