@@ -4,6 +4,7 @@
 #include <csignal>
 #include <deque>
 #include <limits>
+#include <thread>
 
 #include "ferry/core/error.hpp"
 #include "ferry/runtime/group_peers.hpp"
@@ -215,15 +216,27 @@ GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t sign
 GroupTransport::~GroupTransport() {
   // Once the job has failed, the others are on their way out (or dead): waiting for our puts to land and
   // meeting them would only wait for the dead. Unless the fabric isolates failed peers: then the survivors
-  // go on without the dead and may still wait for our last rows, and a flush waits for the live alone.
+  // go on without the dead and may still wait for our last rows. Those are handed to the fabric (a short,
+  // bounded wait: no flush command, whose wait for a frozen peer would last the whole timeout), and the
+  // endpoints' closing delivers them to the live peers (bounded by the fabric's teardown bound).
   const std::shared_ptr<t::StoreWatch> watch = group_.failure_watch();
   const bool failed = watch && !watch->failure().empty();
   try {
-    if (proxy_ && (!failed || isolating_)) {
+    if (proxy_ && !failed) {
       for (int ring = 0; ring < proxy_->num_rings(); ++ring) {
         t::ProducerRing& producer = proxy_->ring(ring);
         producer.post(t::make_flush());
         producer.wait_completed(producer.posted());
+      }
+    } else if (proxy_ && isolating_) {
+      constexpr auto kHandOverBound = std::chrono::seconds(2);
+      const Deadline deadline(kHandOverBound);
+      for (int ring = 0; ring < proxy_->num_rings(); ++ring) {
+        t::ProducerRing& producer = proxy_->ring(ring);
+        while (producer.completed() < producer.posted() && !deadline.expired()) {
+          producer.check_error();
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
       }
     }
     if (!failed) group_.barrier("ferry/buffer/close");

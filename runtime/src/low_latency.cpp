@@ -387,8 +387,11 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
     impl.watch = std::move(watch);
     impl.gone = impl.watch->lost_words();
   }
+  // Isolation only with the store's news: a fabric that gave a dead rank up silently, while the survivors
+  // learn of it by their timeouts alone, lets one survivor outwait another into masking a live rank
+  // (docs/reliability.md); without the news a dead rank of another node fails the operation by name.
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
-                                                    "ferry-lowlat", false, true);
+                                                    "ferry-lowlat", false, impl.gone != nullptr);
   impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
                                                       engine_options(config));
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());

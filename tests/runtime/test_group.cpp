@@ -104,8 +104,10 @@ TEST_CASE("a missing rank makes bootstrap time out naming it", "[group]") {
       FAIL("bootstrap with a missing rank must not succeed");
     } catch (const ferry::Error& e) {
       if (r == 0) {
-        // Rank 0 hosts the store and sees the timeout itself; rank 1 may instead see the store go away.
-        CHECK(e.code() == ferry::Errc::timeout);
+        // Rank 0 hosts the store and usually sees the timeout itself; when rank 1's equal deadline passes
+        // first (a loaded machine), rank 0 hears rank 1's report of the same timeout instead. Either way the
+        // missing rank is named. Rank 1 may instead see the store go away.
+        CHECK((e.code() == ferry::Errc::timeout || e.code() == ferry::Errc::peer_failure));
         CHECK_THAT(std::string(e.what()), Catch::Contains("ranks 2 of 3"));
       } else {
         CHECK((e.code() == ferry::Errc::timeout || e.code() == ferry::Errc::peer_failure));

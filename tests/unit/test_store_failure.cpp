@@ -228,10 +228,24 @@ TEST_CASE(
   CHECK(std::atomic_ref<const std::uint64_t>(words[2]).load(std::memory_order_acquire) == 0);
   CHECK(std::atomic_ref<const std::uint64_t>(words[3]).load(std::memory_order_acquire) == 1);
   CHECK(std::atomic_ref<const std::uint64_t>(words[0]).load(std::memory_order_acquire) == 0);
-  // Nothing more arrives, and stopping the watch while it waits for a next one is prompt.
+  // Nothing more arrives, and stopping a watch while it waits for a next one is prompt.
   std::this_thread::sleep_for(50ms);
   CHECK(watch.lost_ranks().size() == 2);
   CHECK(without_world.lost_ranks().empty());
+  auto second = std::make_unique<StoreWatch>(client_options(server, 20000ms), 4);
+  CHECK(await_lost(*second, 2) == std::vector<int>{3, 1});  // a watch made later reads them all
+  const auto start = Clock::now();
+  second.reset();
+  CHECK(seconds_since(start) < 1.0);
+}
+
+TEST_CASE("store failure: a watch that loses the store counts rank 0, its host, as lost",
+          "[store][failure]") {
+  auto server = std::make_unique<StoreServer>(server_options());
+  StoreWatch watch(client_options(*server), 3);
+  server.reset();
+  CHECK(await_lost(watch, 1) == std::vector<int>{0});
+  CHECK_THAT(watch.failure(), Catch::Contains("lost the job's store"));
 }
 
 TEST_CASE("store failure: the lost ranks' keys are the store's own: clients read them but cannot write them",
@@ -243,18 +257,29 @@ TEST_CASE("store failure: the lost ranks' keys are the store's own: clients read
   CHECK_THAT(set_error.what(), Catch::Contains("the store's own"));
   auto add_error = expect_error([&] { client.add("ferry/store/lost/2", 1); });
   CHECK_THAT(add_error.what(), Catch::Contains("the store's own"));
-  // Other keys that merely contain the words stay ordinary.
+  // A sub-group's (its prefix ends with '/') are reserved too; keys that merely contain the words are not.
+  auto sub_error = expect_error([&] { client.set("sub/ab12/ferry/store/lost/1", bytes_of("0")); });
+  CHECK_THAT(sub_error.what(), Catch::Contains("the store's own"));
   client.set("ferry/store/lost/x", bytes_of("ok"));
   CHECK(client.get("ferry/store/lost/x", 1s) == bytes_of("ok"));
-  // After the job failed, a GET of a lost rank's key still waits (the store itself sets it) while others end.
+  client.set("results_ferry/store/lost/3", bytes_of("ok"));
+  CHECK(client.get("results_ferry/store/lost/3", 1s) == bytes_of("ok"));
+  // A member dies: the store publishes it as lost rank 1, and the job has failed.
   Store member(client_options(server, 20000ms));
   member.join("", 0, 2, "pid 1");
-  client.report_failure("rank 1 reported an error");
+  auto doomed = std::make_unique<Store>(client_options(server, 20000ms));
+  doomed->join("", 1, 2, "pid 2");
+  doomed.reset();
+  CHECK(client.get("ferry/store/lost/1", 3s) == bytes_of("1"));
+  // ERASE leaves the lost ranks (a watch may not have read them yet) and takes the rest.
+  CHECK(client.erase_prefix("ferry/store/") == 1);
+  CHECK(client.get("ferry/store/lost/1", 1s) == bytes_of("1"));
+  // After the job failed, a GET of a lost rank's key still waits (the store itself sets it) while others end.
   auto start = Clock::now();
   CHECK_THROWS_AS(member.get("never-set", 5s), ferry::Error);
   CHECK(seconds_since(start) < 1.0);
   start = Clock::now();
-  auto timeout = expect_error([&] { member.get("ferry/store/lost/1", 300ms); });
+  auto timeout = expect_error([&] { member.get("ferry/store/lost/2", 300ms); });
   CHECK(timeout.code() == Errc::timeout);
   CHECK(seconds_since(start) >= 0.25);
 }

@@ -590,6 +590,8 @@ struct StoreWatch::Impl {
   std::optional<Store::Impl::Reply> park(Opcode opcode, const std::string& key);
   // Follows the lost ranks of the job (wire::lost_rank_key) until stopped.
   void follow_lost_ranks();
+  // Sets the rank's word, then lists it (once).
+  void mark_lost(int rank);
   void set_failure(const std::string& text);
 
   StoreOptions options;
@@ -674,13 +676,17 @@ void StoreWatch::Impl::follow_lost_ranks() {
       connection.break_connection(Errc::protocol, "the store named '" + text + "' as lost rank " +
                                                       std::to_string(index) + " of a job of " +
                                                       std::to_string(world_size) + " ranks");
-    {
-      std::lock_guard lock(mutex);
-      lost_ranks.push_back(rank);
-    }
-    std::atomic_ref<std::uint64_t>(lost[static_cast<std::size_t>(rank)]).store(1, std::memory_order_release);
+    mark_lost(rank);
     ++index;
   }
+}
+
+void StoreWatch::Impl::mark_lost(int rank) {
+  std::atomic_ref<std::uint64_t> word(lost[static_cast<std::size_t>(rank)]);
+  // The word first: whoever sees the rank in lost_ranks() finds its word set.
+  if (word.exchange(1, std::memory_order_acq_rel) != 0) return;
+  std::lock_guard lock(mutex);
+  lost_ranks.push_back(rank);
 }
 
 void StoreWatch::Impl::run() noexcept {
@@ -696,8 +702,10 @@ void StoreWatch::Impl::run() noexcept {
     if (world_size > 0) follow_lost_ranks();
   } catch (const Error& error) {
     // The store went away (its rank 0 ended or died) or broke the protocol: whoever waits for a peer must
-    // not wait on, and the store cannot have told anyone anything since.
+    // not wait on, and the store cannot have told anyone anything since. The store lives in rank 0's
+    // process: without it rank 0 is as good as gone (its own death closes no connection it could publish).
     set_failure("lost the job's store: " + wire::bare_message(error));
+    if (world_size > 0) mark_lost(0);
   } catch (const std::exception& error) {
     set_failure(std::string("the store watch failed: ") + error.what());
   }

@@ -39,7 +39,7 @@ std::string lost_rank_key(std::string_view group, std::uint64_t index) {
 bool is_lost_rank_key(std::string_view key) {
   // Any group's: the group's name (a sub-group's key prefix) comes before the reserved part.
   const std::size_t at = key.rfind(kLostRankKeys);
-  if (at == std::string_view::npos) return false;
+  if (at == std::string_view::npos || (at > 0 && key[at - 1] != '/')) return false;
   const std::string_view index = key.substr(at + kLostRankKeys.size());
   if (index.empty()) return false;
   for (const char c : index) {

@@ -116,7 +116,8 @@ struct FrameHeader {
 // Where the store publishes the ranks it counted lost (a member whose connection closed before it left):
 // the `index`-th lost rank of `group` (from 1) under lost_rank_key(group, index), its number in decimal. A
 // client follows them with GETs, which for these keys park even after the job failed (StoreWatch does). No
-// client may write them.
+// client may write them, and ERASE leaves them (a watch that has not read one yet would wait for it for
+// good). A group's name (a sub-group's key prefix) ends with '/', so they start the key or follow a '/'.
 inline constexpr std::string_view kLostRankKeys = "ferry/store/lost/";
 std::string lost_rank_key(std::string_view group, std::uint64_t index);
 bool is_lost_rank_key(std::string_view key);

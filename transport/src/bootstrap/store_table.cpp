@@ -67,10 +67,14 @@ std::uint8_t* StoreTable::counter(const std::string& key) {
   return it->second.size() == 8 ? it->second.data() : nullptr;
 }
 
-std::size_t StoreTable::erase_prefix(std::string_view prefix) {
+std::size_t StoreTable::erase_prefix(std::string_view prefix, bool (*keep)(std::string_view)) {
   std::size_t erased = 0;
   auto it = values_.lower_bound(prefix);
   while (it != values_.end() && std::string_view(it->first).substr(0, prefix.size()) == prefix) {
+    if (keep != nullptr && keep(it->first)) {
+      ++it;
+      continue;
+    }
     held_bytes_ -= it->first.size() + it->second.size();
     it = values_.erase(it);
     ++erased;
@@ -236,7 +240,7 @@ RequestOutcome handle_request(StoreTable& table, Membership& members, std::strin
     case Opcode::erase: {
       // An empty prefix would wipe every group's keys, this client's and everyone else's.
       if (key.empty()) return drop(wire::kErrorProtocol, "ERASE needs a non-empty key prefix");
-      return value_reply(u64_bytes(table.erase_prefix(key)));
+      return value_reply(u64_bytes(table.erase_prefix(key, wire::is_lost_rank_key)));
     }
     case Opcode::stats: {
       const std::array<std::uint64_t, wire::kStatsFields> fields{

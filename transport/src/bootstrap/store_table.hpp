@@ -27,7 +27,8 @@ class StoreTable {
   // The 64-bit counter at `key`, created at 0 when absent; null when the key holds something else.
   std::uint8_t* counter(const std::string& key);
   // Removes every key that starts with `prefix`; returns how many.
-  std::size_t erase_prefix(std::string_view prefix);
+  // Erases the keys that start with `prefix`, but those `keep` says to keep (when given); returns how many.
+  std::size_t erase_prefix(std::string_view prefix, bool (*keep)(std::string_view) = nullptr);
 
   std::size_t keys() const { return keys_.load(std::memory_order_relaxed); }
   std::size_t bytes() const { return bytes_.load(std::memory_order_relaxed); }

@@ -3,13 +3,17 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <thread>
+#include <vector>
 
 #include "ferry/core/error.hpp"
+#include "ferry/transport/store.hpp"
 
 namespace ferry::transport {
 namespace {
@@ -21,6 +25,9 @@ using namespace std::chrono_literals;
 // Teardown never waits longer than this for peers (or the peer's timeout, when shorter): a destructor must
 // end.
 constexpr Duration kTeardownBound = 10s;
+// How long a fabric that isolates failed peers waits for the store to name a failed peer as dead. The store
+// hears of a death within milliseconds (the dead rank's connection closes); a live peer never comes.
+constexpr Duration kConfirmWait = 2s;
 
 std::string status_text(ucs_status_t status) {
   return ucs_status_string(status);
@@ -322,8 +329,21 @@ void UcxFabric::break_for_peer(int peer, const std::string& what) {
 }
 
 void UcxFabric::peer_failed(int peer, const std::string& what) {
-  if (!isolating()) break_for_peer(peer, what);
+  if (!may_isolate(peer)) break_for_peer(peer, what);
   isolate(peer, peer_failure_text(peer, what));
+}
+
+bool UcxFabric::may_isolate(int peer) const {
+  if (!isolating()) return false;
+  const std::uint64_t* lost = peers_.watch != nullptr ? peers_.watch->lost_words() : nullptr;
+  // Nobody numbers the ranks as this fabric does: the fabric's own verdict stands.
+  if (lost == nullptr || peers_.watch->world_size() != peers_.world_size) return true;
+  const Deadline deadline(kConfirmWait);
+  for (;;) {
+    if (std::atomic_ref<const std::uint64_t>(lost[peer]).load(std::memory_order_acquire) != 0) return true;
+    if (deadline.expired()) return false;
+    std::this_thread::sleep_for(1ms);
+  }
 }
 
 void UcxFabric::isolate(int peer, const std::string& reason) {
@@ -342,7 +362,7 @@ void UcxFabric::isolate(int peer, const std::string& reason) {
 }
 
 void UcxFabric::refuse_for_peer(int peer, const std::string& what) {
-  if (!isolating()) break_for_peer(peer, what);
+  if (!may_isolate(peer)) break_for_peer(peer, what);
   const std::string text = peer_failure_text(peer, what);
   isolate(peer, text);
   throw Error(Errc::peer_failure, text);
@@ -433,7 +453,7 @@ void UcxFabric::wait_for_room(const char* op, int peer) {
           std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
           " s for room: " + std::to_string(state.in_flight) + " operations to " + peer_label(peers_, peer) +
           " never completed (is that rank still progressing its fabric?)";
-      if (isolating()) {
+      if (may_isolate(peer)) {
         isolate(peer, text);
         return;
       }
@@ -602,8 +622,8 @@ std::uint64_t UcxFabric::fetch_add(int peer, RegionId region, std::size_t offset
           "ucx: fetch_add on rank " + std::to_string(peers_.rank) + " to " + peer_label(peers_, peer) +
           " got no reply in " +
           std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) + " s";
-      if (isolating()) {  // a frozen peer: it alone is given up (its Op stays abandoned: no callback frees
-                          // it)
+      if (may_isolate(peer)) {  // a dead peer: it alone is given up (its Op stays abandoned: no callback
+                                // frees it)
         isolate(peer, text);
         fail(Errc::timeout, text);
       }
@@ -722,14 +742,26 @@ void UcxFabric::flush_live_peers() {
           "ucx: flush on rank " + std::to_string(peers_.rank) + " got no completion from the peer in " +
           std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peers_.timeout).count()) +
           " s (it stopped progressing its fabric: frozen?)";
+      std::vector<int> stalled;
+      for (const Pending& waiting : pending) stalled.push_back(waiting.peer);
+      for (const PeerState& state : peer_states_) {
+        if (state.in_flight > 0) stalled.push_back(state.rank);
+      }
+      // A stalled peer the store does not know as dead is alive but frozen: that breaks the fabric, as
+      // without isolation (dropping its writes silently would leave it waiting for them).
+      for (const int peer : stalled) {
+        if (!peer_states_[peer].isolated && !may_isolate(peer)) {
+          broken_code_ = Errc::timeout;
+          broken_ = text + ": " + peer_label(peers_, peer) + " is not dead as far as the job's store knows";
+          throw Error(broken_code_, broken_);
+        }
+      }
       for (const Pending& waiting : pending) {
         ucp_request_free(waiting.request);
         isolate(waiting.peer, text);
       }
       pending.clear();
-      for (const PeerState& state : peer_states_) {
-        if (state.in_flight > 0) isolate(state.rank, text);
-      }
+      for (const int peer : stalled) isolate(peer, text);
       return;
     }
     if (!moved) backoff.pause();

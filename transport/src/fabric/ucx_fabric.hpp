@@ -116,8 +116,14 @@ class UcxFabric final : public Fabric {
   void set_up_context();
   void check_usable(const char* op) const;
   bool isolating() const { return options_.isolate_peer_failures; }
+  // Whether the fabric may give `peer` up alone: it isolates failed peers, and the job's store names the peer
+  // dead (Peers::watch, within kConfirmWait; without a watch that numbers ranks as this fabric does, the
+  // fabric's own verdict stands). A live peer whose connection failed or that stalled breaks the fabric as
+  // without isolation, so no live rank's writes are dropped silently.
+  bool may_isolate(int peer) const;
   std::string peer_failure_text(int peer, const std::string& what) const;
-  // `peer` failed (its state says how): breaks the fabric and throws, or, when isolating, isolates the peer.
+  // `peer` failed (its state says how): breaks the fabric and throws, or, when it may (may_isolate), isolates
+  // the peer.
   void peer_failed(int peer, const std::string& what);
   [[noreturn]] void break_for_peer(int peer, const std::string& what);
   // fetch_add (control path) when `peer` failed: throws; breaks the fabric unless isolating.

@@ -19,13 +19,15 @@
 // deadline Peers::timeout and throws Errc::timeout naming what it waited for. After either, the fabric is
 // broken: every later call throws the same error; only destruction is safe (and bounded).
 //
-// With FabricOptions::isolate_peer_failures the failure of one peer stays that peer's: the fabric marks it
-// failed (a failed endpoint or queue pair, an operation to it that failed, no completion from it within
-// Peers::timeout, or the owner's fail_peer), completes its outstanding operations without waiting for them
-// (their bytes may or may not have landed), completes later operations to it at once without sending
-// anything, and goes on with the other peers; failed_peers() names it with the reason. Only errors that are
-// no single peer's (a broken device, a local call that failed) still break the fabric. fetch_add (control
-// path) to a failed peer throws Errc::peer_failure without breaking the fabric.
+// With FabricOptions::isolate_peer_failures the failure of one peer stays that peer's, when it is dead: the
+// fabric marks it failed (a failed endpoint or queue pair, an operation to it that failed, no completion from
+// it within Peers::timeout, or the owner's fail_peer) once the job's store names it dead (Peers::watch's
+// lost ranks, asked for up to 2 s; a live peer whose connection failed or that froze breaks the fabric as
+// without the option, so no live peer's writes are dropped silently), completes its outstanding operations
+// without waiting for them (their bytes may or may not have landed), completes later operations to it at once
+// without sending anything, and goes on with the other peers; failed_peers() names it with the reason. Only
+// errors that are no single peer's (a broken device, a local call that failed) still break the fabric.
+// fetch_add (control path) to a failed peer throws Errc::peer_failure without breaking the fabric.
 #pragma once
 
 #include <cstddef>

@@ -183,6 +183,9 @@ class StoreWatch {
   std::string await_failure(Duration wait) const;
   // [world_size] words, non-zero for a rank the store counted lost, to be read with acquire
   // (std::atomic_ref); null without a world size. Set within moments of the store's noticing; never cleared.
+  // "Lost" is the store's view: a member whose connection to it closed before it checked out (its process
+  // died, or its client gave the connection up after a broken exchange). Rank 0, which hosts the store, is
+  // marked when this watch loses the store.
   const std::uint64_t* lost_words() const;
   // The same ranks, in the order the store counted them.
   std::vector<int> lost_ranks() const;
