@@ -708,7 +708,8 @@ void LowLatencyBuffer::low_latency_update_mask_buffer(int rank_to_mask, bool mas
   }
   if (rank_to_mask == impl.rank && mask)
     fail(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " cannot mask itself");
-  std::atomic_ref<std::uint64_t>(impl.mask[rank_to_mask]).store(mask ? 1 : 0, std::memory_order_release);
+  std::atomic_ref<std::uint64_t>(impl.mask[rank_to_mask])
+      .store(mask ? p::kMaskedByCaller : 0, std::memory_order_release);
 }
 
 void LowLatencyBuffer::low_latency_query_mask_buffer(const TensorView& mask_status) const {

@@ -182,6 +182,65 @@ TEST_CASE("low-latency: a rank that stays silent is masked after the timeout and
   CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - again).count() < 0.3);
 }
 
+// A caller masks a rank that is alive and still taking its previous combine (its hook not run yet): within a
+// node it reads the others' staging, so they must not overwrite it before it has released that use, masked
+// or not. Before the release was counted per use taken part in, the others' next combine skipped the masked
+// rank's release and wrote over the rows it was about to read (seen under load in the 2 x 2 masked-in-turn
+// job; here made certain by holding the hook).
+TEST_CASE("low-latency: a rank masked while it still reads the last combine gets that combine right",
+          "[lowlat]") {
+  auto rng = seeded("low-latency masked while reading");
+  const LowLatencyShapeSpec spec = spec_of(1, 3, 128, 8);
+  LowLatencyCluster cluster(1, 3, get_low_latency_rdma_size_hint(8, 128, 3, spec.experts_per_rank * 3));
+  const Masked none(3, false);
+  const LowLatencyScenario a = make_low_latency_scenario(spec, rng);
+  const LowLatencyScenario b = make_low_latency_scenario(spec, rng);
+  const int slow = 1;
+  auto sent = cluster.dispatch(a, {false, false, false}, CallMode::plain, none);
+  // Every rank issues combine a; ranks 0 and 2 take theirs, rank 1 holds its hook.
+  const std::int64_t L = a.local_experts();
+  std::vector<std::vector<std::uint16_t>> y(3), out(3);
+  std::vector<LowLatencyCombineResult> combined;
+  for (int r = 0; r < 3; ++r) {
+    y[r].resize(static_cast<std::size_t>(L * a.rows_per_expert() * a.hidden));
+    fill_expert_outputs(a, r, *sent[r], y[r].data());
+    out[r].resize(static_cast<std::size_t>(a.ranks[r].num_tokens * a.hidden));
+    LowLatencyCombineOptions options;
+    options.return_recv_hook = true;
+    options.out = TensorView(out[r].data(), {a.ranks[r].num_tokens, a.hidden}, DType::bf16);
+    combined.push_back(cluster.buffer(r).low_latency_combine(
+        TensorView(y[r].data(), {L, a.rows_per_expert(), a.hidden}, DType::bf16), a.topk(r), a.weights(r),
+        sent[r]->handle, options));
+  }
+  combined[0].hook();
+  combined[2].hook();
+  // The others mask the slow rank and run a round without it, its combine writing the staging again.
+  Masked masked(3, false);
+  masked[slow] = true;
+  for (int r : {0, 2}) cluster.buffer(r).low_latency_update_mask_buffer(slow, true);
+  std::string round_error;
+  std::thread others([&] {
+    try {
+      auto sent_b = cluster.dispatch(b, {false, false, false}, CallMode::plain, masked);
+      auto out_b = cluster.combine(b, sent_b, CallMode::plain, masked, false);
+      for (int r : {0, 2}) {
+        const std::string diff = check_low_latency_combine(b, r, masked, out_b[r].data());
+        if (!diff.empty() && round_error.empty()) round_error = diff;
+      }
+    } catch (const std::exception& error) {
+      round_error = error.what();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  combined[slow].hook();  // reads ranks 0 and 2's staging now
+  others.join();
+  CHECK(round_error == "");
+  for (int r = 0; r < 3; ++r) {
+    INFO("rank " << r);
+    CHECK(check_low_latency_combine(a, r, none, out[r].data()) == "");
+  }
+}
+
 TEST_CASE("low-latency: two results may be held, a third operation is refused by name", "[lowlat]") {
   auto rng = seeded("low-latency held results");
   LowLatencyShapeSpec spec = spec_of(2, 1, 128, 8);

@@ -169,8 +169,8 @@ TEST_CASE("low-latency: the region holds every slot once, the words first", "[lo
     const std::size_t fp8 = p::low_latency_message(true, shape.hidden).stride;
     const std::size_t bf16 = p::low_latency_message(false, shape.hidden).stride;
     CHECK(std::max(fp8, bf16) == layout.message_bytes);
-    CHECK(layout.release_word(1, shape.num_ranks - 1) + 8 <= layout.release_base);
-    CHECK(layout.release_base_word(1, shape.num_ranks - 1) + 8 <= layout.counts);
+    CHECK(layout.release_word(1, shape.num_ranks - 1) + 8 <= layout.release_due);
+    CHECK(layout.release_due_word(1, shape.num_ranks - 1) + 8 <= layout.counts);
     CHECK(layout.count_word(true, 1, E - 1) + 8 <= layout.seen);
     CHECK(layout.seen_word(true, 1, E - 1) + 8 <= layout.send[0]);
     for (int b = 0; b < 2; ++b) {

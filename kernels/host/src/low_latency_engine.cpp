@@ -233,7 +233,7 @@ void LowLatencyEngine::combine_receive(const p::LowLatencyCombinePlan& plan) {
 void LowLatencyEngine::acquire(const p::LowLatencyContext& ctx) {
   Impl& impl = *impl_;
   impl.run_half(ctx, [&](LowLatencyHostIo& io, p::Traffic& tally) {
-    impl.phase<p::LowLatencyAcquire>(ctx, ctx, io, tally);
+    impl.phase<p::LowLatencyAcquireWait>(ctx, ctx, io, tally);
   });
 }
 

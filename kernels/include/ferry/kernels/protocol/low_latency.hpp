@@ -15,14 +15,18 @@
 // Two buffers alternate (operation n uses buffer n % 2), so the receive half of one operation can wait while
 // the next one is issued. Before a sender writes into a peer's buffer again it waits until the peer has
 // released the buffer's previous use (a release word the peer bumps once it has taken the receives), so a
-// rank that runs ahead never overwrites rows a slower one has not read.
+// rank that runs ahead never overwrites rows a slower one has not read. It counts the releases due from each
+// peer (one per use the peer took part in: unmasked when the use began), so a peer masked after it took
+// part in a use is still waited for until it has read what that use left it (a caller may mask a live rank
+// whose previous operation still reads this rank's memory), and one masked throughout owes nothing.
 //
 // The region of one rank (R ranks, E experts, T = max tokens per rank, H = hidden):
 //   sync          [R] words        clean barrier: epoch each peer reached
 //   sync_sent     [R] words        (private) the epoch this rank last told each peer (a fabric adds the
 //                                  difference)
 //   release       [2][R] words     buffer b: uses of it each peer has released
-//   release_base  [2][R] words     (private) each release word's value at the last clean
+//   release_due   [2][R] words     (private) the release word's value each peer owes before buffer b is
+//                                  used again (its value at the last clean, plus one per use it took part in)
 //   counts        [2][2][E] words  kind k (0 dispatch, 1 combine), buffer b: dispatch [local expert][source]
 //                                  (written by the source), combine [global expert] (written by its rank)
 //   seen          [2][2][E] words  (private) each count word's value when last read
@@ -111,7 +115,7 @@ struct LowLatencyLayout {
   std::size_t sync = 0;
   std::size_t sync_sent = 0;
   std::size_t release = 0;
-  std::size_t release_base = 0;
+  std::size_t release_due = 0;
   std::size_t counts = 0;
   std::size_t seen = 0;
   std::size_t send[kLowLatencyBuffers] = {0, 0};
@@ -127,8 +131,8 @@ struct LowLatencyLayout {
   FERRY_HD std::size_t release_word(int buffer, int peer) const {
     return release + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
-  FERRY_HD std::size_t release_base_word(int buffer, int peer) const {
-    return release_base + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
+  FERRY_HD std::size_t release_due_word(int buffer, int peer) const {
+    return release_due + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
   // Count words: `combine` picks the kind's own array (one writer per word, see above).
   FERRY_HD std::size_t count_word(bool combine, int buffer, std::int64_t index) const {
@@ -185,7 +189,7 @@ FERRY_HD inline LowLatencyLayout make_low_latency_layout(const LowLatencyShape& 
   offset += kLowLatencyWordBytes * R;
   layout.release = offset;
   offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
-  layout.release_base = offset;
+  layout.release_due = offset;
   offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
   layout.counts = align_up(offset, kPage);
   offset = layout.counts + kLowLatencyWordBytes * kLowLatencyCountKinds * kLowLatencyBuffers * E;

@@ -231,10 +231,16 @@ FERRY_HD inline bool stop_waiting_for(Io& io, const LowLatencyContext& ctx, int 
   return ctx.gone != nullptr && io.load_acquire(ctx.gone + peer, Reach::node) != 0;
 }
 
+// Mask words: 0 = taking part; kMaskedByCaller = low_latency_update_mask_buffer's (the rank may be alive and
+// still finishing an operation it took part in); kMaskedByWait = a wait gave up on it (silent for
+// mask_after_ns, or gone), so nothing more is expected from it.
+inline constexpr std::uint64_t kMaskedByCaller = 1;
+inline constexpr std::uint64_t kMaskedByWait = 2;
+
 template <class Io>
 FERRY_HD inline void mask_peer(Io& io, const LowLatencyContext& ctx, int peer) {
   io.sync();
-  if (io.leader()) io.store_release(ctx.mask + peer, 1, Reach::self);
+  if (io.leader()) io.store_release(ctx.mask + peer, kMaskedByWait, Reach::self);
   io.sync();
 }
 
@@ -349,7 +355,7 @@ FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) 
         }
       }
       for (int peer = 0; peer < layout.R(); ++peer) {
-        io.store_private(counter_word(io.local(), layout.release_base_word(b, peer)),
+        io.store_private(counter_word(io.local(), layout.release_due_word(b, peer)),
                          io.load_private(counter_word(io.local(), layout.release_word(b, peer))));
       }
     }
@@ -359,40 +365,50 @@ FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) 
 
 // ---- phases ----
 
-// Before writing into a peer's buffer again: wait until the peer has released the buffer's previous use.
-template <class Io>
-class LowLatencyAcquire {
+// Before writing into a peer's buffer again: wait until the peer has released every use of the buffer it took
+// part in (release_due), even when the caller has masked it since, so nothing a live peer may still read is
+// overwritten. A peer a wait gave up on, or that does not release in time (dead, frozen, or masking this
+// rank), is masked and owes nothing more. With
+// kRecord the use is then recorded: each peer unmasked now takes part in it and owes its release. The
+// zero-copy staging's early acquire waits without recording; the send half that follows records (once).
+template <class Io, bool kRecord>
+class LowLatencyAcquireRole {
  public:
-  FERRY_HD LowLatencyAcquire(Io&, const LowLatencyContext& ctx, RoleSlice slice) : ctx_(ctx), slice_(slice) {}
+  FERRY_HD LowLatencyAcquireRole(Io&, const LowLatencyContext& ctx, RoleSlice slice)
+      : ctx_(ctx), slice_(slice) {}
 
   FERRY_HD StepResult step(Io& io) {
     StepResult result = low_latency_result(Stage::low_latency_acquire);
     const int R = ctx_.num_ranks();
     while (cursor_ < R) {
       const int peer = rotated(cursor_, R, ctx_.rank);
-      if (!slice_.owns(peer) || peer == ctx_.rank || ctx_.use == 0 || is_masked_now(io, ctx_, peer)) {
+      if (!slice_.owns(peer) || peer == ctx_.rank) {
         ++cursor_;
         continue;
       }
-      const std::uint64_t released =
-          io.load_acquire(counter_word(io.local(), ctx_.layout.release_word(ctx_.buffer, peer)),
-                          ctx_.reach(peer)) -
-          io.load_private(counter_word(io.local(), ctx_.layout.release_base_word(ctx_.buffer, peer)));
-      if (released >= ctx_.use) {
-        ++cursor_;
-        clock_.reset();
-        result.progressed = true;
-        continue;
+      // The private word first: every thread reads it before the leader may store it below.
+      std::uint64_t* due_word = counter_word(io.local(), ctx_.layout.release_due_word(ctx_.buffer, peer));
+      std::uint64_t due = io.load_private(due_word);
+      const std::uint64_t released = io.load_acquire(
+          counter_word(io.local(), ctx_.layout.release_word(ctx_.buffer, peer)), ctx_.reach(peer));
+      if (released < due) {
+        // One a wait gave up on owes nothing; one the caller masked may still be reading: wait for it.
+        const bool given_up = io.load_acquire(ctx_.mask + peer, Reach::self) == kMaskedByWait ||
+                              stop_waiting_for(io, ctx_, peer, clock_.waited(io));
+        if (!given_up) {
+          result.wait = word_wait(peer, released, due);
+          return result;
+        }
+        if (!is_masked_now(io, ctx_, peer)) mask_peer(io, ctx_, peer);
+        due = released;  // it owes nothing more
       }
-      if (stop_waiting_for(io, ctx_, peer, clock_.waited(io))) {
-        mask_peer(io, ctx_, peer);
-        ++cursor_;
-        clock_.reset();
-        result.progressed = true;
-        continue;
-      }
-      result.wait = word_wait(peer, released, ctx_.use);
-      return result;
+      const std::uint64_t owed = due + (kRecord && !is_masked_now(io, ctx_, peer) ? 1 : 0);
+      io.sync();
+      if (io.leader() && owed != io.load_private(due_word)) io.store_private(due_word, owed);
+      io.sync();
+      ++cursor_;
+      clock_.reset();
+      result.progressed = true;
     }
     result.done = true;
     return result;
@@ -404,6 +420,11 @@ class LowLatencyAcquire {
   int cursor_ = 0;
   WaitClock clock_;
 };
+
+template <class Io>
+using LowLatencyAcquire = LowLatencyAcquireRole<Io, true>;
+template <class Io>
+using LowLatencyAcquireWait = LowLatencyAcquireRole<Io, false>;
 
 // Each of this rank's tokens, once as a message in its scratch slot (cast to fp8 or copied), then into every
 // destination: a same-node expert's slot directly, another node's through the staging slot its publish puts.

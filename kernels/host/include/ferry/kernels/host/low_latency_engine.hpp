@@ -39,7 +39,8 @@ class LowLatencyEngine {
   void dispatch_receive(const protocol::LowLatencyDispatchPlan& plan);
   void combine_send(const protocol::LowLatencyCombinePlan& plan);
   void combine_receive(const protocol::LowLatencyCombinePlan& plan);
-  // Only the acquire phase: every unmasked peer has released the buffer's previous use (zero-copy staging).
+  // Only the acquire phase's wait: every peer has released the uses of the buffer it took part in (zero-copy
+  // staging); the send half that follows records the operation's use.
   void acquire(const protocol::LowLatencyContext& ctx);
   // clean_low_latency_buffer: a barrier, every count and release word of `ctx.layout` zeroed, a barrier.
   void clean(const protocol::LowLatencyContext& ctx, std::uint64_t epoch);
