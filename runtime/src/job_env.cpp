@@ -239,6 +239,10 @@ JobEnv resolve_job_env(const EnvLookup& lookup) {
     job.local_size = env.required("LOCAL_WORLD_SIZE", "torchrun");
     have_store = resolve_store(env, job);
     job.job_id = env.text("TORCHELASTIC_RUN_ID").value_or("");
+    // torchrun names every job started without --rdzv-id "none": two of them on one host would share
+    // shared-memory names. Their stores' ports differ, which tells them apart.
+    if ((job.job_id.empty() || job.job_id == "none") && have_store)
+      job.job_id = "torchrun-" + std::to_string(job.store_port);
   } else if (env.has("OMPI_COMM_WORLD_RANK")) {
     job.launcher = Launcher::openmpi;
     job.rank = env.required("OMPI_COMM_WORLD_RANK", "Open MPI");

@@ -708,8 +708,14 @@ void LowLatencyBuffer::low_latency_update_mask_buffer(int rank_to_mask, bool mas
   }
   if (rank_to_mask == impl.rank && mask)
     fail(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " cannot mask itself");
-  std::atomic_ref<std::uint64_t>(impl.mask[rank_to_mask])
-      .store(mask ? p::kMaskedByCaller : 0, std::memory_order_release);
+  std::atomic_ref<std::uint64_t> word(impl.mask[rank_to_mask]);
+  if (!mask) {
+    word.store(0, std::memory_order_release);
+    return;
+  }
+  // A rank a wait already gave up on stays so (p::kMaskedByWait: nothing more is waited for from it).
+  std::uint64_t unmasked = 0;
+  word.compare_exchange_strong(unmasked, p::kMaskedByCaller, std::memory_order_acq_rel);
 }
 
 void LowLatencyBuffer::low_latency_query_mask_buffer(const TensorView& mask_status) const {

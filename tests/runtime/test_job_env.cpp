@@ -89,6 +89,26 @@ TEST_CASE("torchrun variables put the store beside MASTER_PORT", "[job_env]") {
   CHECK(job.secret_source == SecretSource::environment);
 }
 
+// torchrun's default run id is the same for every job: two jobs on one host (ctest -j2 runs them) would
+// claim the same shared-memory segments. The store port tells them apart.
+TEST_CASE("torchrun jobs without a run id are told apart by their store port", "[job_env]") {
+  auto vars = [](const std::string& port, const std::string& run_id) {
+    Vars v{{"RANK", "0"},
+           {"WORLD_SIZE", "2"},
+           {"LOCAL_RANK", "0"},
+           {"LOCAL_WORLD_SIZE", "2"},
+           {"MASTER_ADDR", "localhost"},
+           {"MASTER_PORT", port},
+           {"FERRY_SECRET", "0123456789abcdef"}};
+    if (!run_id.empty()) v["TORCHELASTIC_RUN_ID"] = run_id;
+    return v;
+  };
+  CHECK(resolve(vars("29500", "none")).job_id == "torchrun-29501");
+  CHECK(resolve(vars("29600", "none")).job_id == "torchrun-29601");
+  CHECK(resolve(vars("29500", "")).job_id == "torchrun-29501");
+  CHECK(resolve(vars("29500", "run7")).job_id == "run7");
+}
+
 TEST_CASE("Open MPI variables", "[job_env]") {
   auto job = resolve({{"OMPI_COMM_WORLD_RANK", "2"},
                       {"OMPI_COMM_WORLD_SIZE", "6"},

@@ -354,9 +354,13 @@ FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) 
                            io.load_private(counter_word(io.local(), layout.count_word(combine, b, i))));
         }
       }
+      // A peer owes nothing more than it has released, unless it still owes a use it took part in (a peer the
+      // caller masked while it was reading skipped the clean's barriers): that stays owed.
       for (int peer = 0; peer < layout.R(); ++peer) {
-        io.store_private(counter_word(io.local(), layout.release_due_word(b, peer)),
-                         io.load_private(counter_word(io.local(), layout.release_word(b, peer))));
+        std::uint64_t* due = counter_word(io.local(), layout.release_due_word(b, peer));
+        const std::uint64_t released =
+            io.load_private(counter_word(io.local(), layout.release_word(b, peer)));
+        if (released > io.load_private(due)) io.store_private(due, released);
       }
     }
   }
@@ -367,8 +371,8 @@ FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) 
 
 // Before writing into a peer's buffer again: wait until the peer has released every use of the buffer it took
 // part in (release_due), even when the caller has masked it since, so nothing a live peer may still read is
-// overwritten. A peer a wait gave up on, or that does not release in time (dead, frozen, or masking this
-// rank), is masked and owes nothing more. With
+// overwritten. A peer a wait gave up on (kMaskedByWait), or that does not release in time (dead, frozen, or
+// masking this rank), is masked by the wait and not waited for again. With
 // kRecord the use is then recorded: each peer unmasked now takes part in it and owes its release. The
 // zero-copy staging's early acquire waits without recording; the send half that follows records (once).
 template <class Io, bool kRecord>
@@ -399,8 +403,9 @@ class LowLatencyAcquireRole {
           result.wait = word_wait(peer, released, due);
           return result;
         }
-        if (!is_masked_now(io, ctx_, peer)) mask_peer(io, ctx_, peer);
-        due = released;  // it owes nothing more
+        // Masked by a wait from now on (also over the caller's mask), so no later acquire waits for it again.
+        // What it owes stays owed: a peer that comes back after a clean must still release it.
+        mask_peer(io, ctx_, peer);
       }
       const std::uint64_t owed = due + (kRecord && !is_masked_now(io, ctx_, peer) ? 1 : 0);
       io.sync();
