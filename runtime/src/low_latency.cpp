@@ -132,7 +132,6 @@ struct LowLatencyBuffer::Impl {
   // The job's watch on its store, for a buffer on the whole job: its lost_words() name the ranks known dead,
   // which every wait masks at once (LowLatencyContext::gone). Null on a LocalCluster or a sub-group.
   std::shared_ptr<transport::StoreWatch> watch;
-  const std::uint64_t* gone = nullptr;
   std::unique_ptr<OperationQueue> queue;  // stopped first
 
   // What an operation left on its buffer.
@@ -152,6 +151,7 @@ struct LowLatencyBuffer::Impl {
   LowLatencyStats stats;
 
   int num_ranks() const { return num_nodes * local_size; }
+  const std::uint64_t* gone() const { return watch ? watch->lost_words() : nullptr; }
 
   p::Topology topology() const {
     p::Topology topo;
@@ -168,7 +168,7 @@ struct LowLatencyBuffer::Impl {
     p::set_operation(ctx, operation);
     ctx.mask_after_ns = static_cast<std::uint64_t>(config.timeout.count());
     ctx.mask = mask.get();
-    ctx.gone = gone;
+    ctx.gone = gone();
     return ctx;
   }
 
@@ -383,15 +383,13 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // on it alone (its writes complete without sending) instead of failing the survivors' operations.
   // The watch numbers the whole job's ranks: a sub-group of every rank numbers them alike (members ascend),
   // a smaller one does not and masks its dead after the timeout.
-  if (auto watch = group.failure_watch(); watch && watch->world_size() == group.world_size()) {
+  if (auto watch = group.failure_watch(); watch && watch->world_size() == group.world_size())
     impl.watch = std::move(watch);
-    impl.gone = impl.watch->lost_words();
-  }
   // Isolation only with the store's news: a fabric that gave a dead rank up silently, while the survivors
   // learn of it by their timeouts alone, lets one survivor outwait another into masking a live rank
   // (docs/reliability.md); without the news a dead rank of another node fails the operation by name.
   impl.transport = std::make_unique<GroupTransport>(group, impl.config.num_rdma_bytes, 0, 1, config.timeout,
-                                                    "ferry-lowlat", false, impl.gone != nullptr);
+                                                    "ferry-lowlat", false, impl.gone() != nullptr);
   impl.engine = std::make_unique<h::LowLatencyEngine>(impl.rank, impl.topology(), impl.transport->memory(),
                                                       engine_options(config));
   impl.mask = std::make_unique<std::uint64_t[]>(impl.num_ranks());
@@ -723,8 +721,9 @@ void LowLatencyBuffer::low_latency_query_mask_buffer(const TensorView& mask_stat
   if (mask_status.empty()) fail(Errc::invalid_argument, "mask_status is required: int32 [num_ranks]");
   check_optional(mask_status, "mask_status", DType::int32, {impl.num_ranks()});
   for (int r = 0; r < impl.num_ranks(); ++r) {
-    const bool gone = impl.gone != nullptr &&
-                      std::atomic_ref<const std::uint64_t>(impl.gone[r]).load(std::memory_order_acquire) != 0;
+    const std::uint64_t* lost = impl.gone();
+    const bool gone =
+        lost != nullptr && std::atomic_ref<const std::uint64_t>(lost[r]).load(std::memory_order_acquire) != 0;
     mask_status.data_as<std::int32_t>()[r] =
         gone || std::atomic_ref<std::uint64_t>(impl.mask[r]).load(std::memory_order_acquire) != 0 ? 1 : 0;
   }

@@ -113,7 +113,6 @@ p::LowLatencyContext context_of(const LowLatencyScenario& scenario, int rank, st
   ctx.rank = rank;
   ctx.operation = operation;
   ctx.buffer = static_cast<int>(operation % 2);
-  ctx.use = operation / 2;
   ctx.mask_after_ns = 2'000'000'000ull;
   ctx.mask = mask;
   return ctx;

@@ -235,7 +235,7 @@ TEST_CASE("low-latency: every count word has one writer in dispatch and combine 
 
 // What both executors derive from an operation's number (the GPU in every phase kernel, from its device
 // counter), and when both give up on a role that stopped moving.
-TEST_CASE("low-latency: an operation's number gives its buffer, use and tags, and when a role is stuck",
+TEST_CASE("low-latency: an operation's number gives its buffer and tags, and when a role is stuck",
           "[lowlat]") {
   p::LowLatencyDispatchPlan dispatch;
   p::LowLatencyCombinePlan combine;
@@ -244,10 +244,8 @@ TEST_CASE("low-latency: an operation's number gives its buffer, use and tags, an
     const p::LowLatencyCombinePlan c = p::at_operation(combine, operation);
     CHECK(d.ctx.operation == operation);
     CHECK(d.ctx.buffer == static_cast<int>(operation % 2));
-    CHECK(d.ctx.use == operation / 2);
     CHECK(d.tag == p::low_latency_tag(operation, false));
     CHECK(c.ctx.buffer == d.ctx.buffer);
-    CHECK(c.ctx.use == d.ctx.use);
     CHECK(c.tag == p::low_latency_tag(operation, true));
   }
   CHECK(p::low_latency_stuck_after_ns(2'000'000'000ull) == 5'000'000'000ull);

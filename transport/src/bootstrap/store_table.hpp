@@ -26,7 +26,6 @@ class StoreTable {
   void set(const std::string& key, Bytes value);
   // The 64-bit counter at `key`, created at 0 when absent; null when the key holds something else.
   std::uint8_t* counter(const std::string& key);
-  // Removes every key that starts with `prefix`; returns how many.
   // Erases the keys that start with `prefix`, but those `keep` says to keep (when given); returns how many.
   std::size_t erase_prefix(std::string_view prefix, bool (*keep)(std::string_view) = nullptr);
 

@@ -756,12 +756,8 @@ void UcxFabric::flush_live_peers() {
           throw Error(broken_code_, broken_);
         }
       }
-      for (const Pending& waiting : pending) {
-        ucp_request_free(waiting.request);
-        isolate(waiting.peer, text);
-      }
-      pending.clear();
-      for (const int peer : stalled) isolate(peer, text);
+      for (const Pending& waiting : pending) ucp_request_free(waiting.request);
+      for (const int peer : stalled) isolate(peer, text);  // the pending peers are among them
       return;
     }
     if (!moved) backoff.pause();

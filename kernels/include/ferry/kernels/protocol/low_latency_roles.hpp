@@ -13,8 +13,7 @@
 // The send half never waits for data, so a caller can issue it and take the receive half later (the hook).
 // Waits never fail the operation: a peer that stays silent for ctx.mask_after_ns, or that ctx.gone names
 // (the job's store counted it dead), is masked (the mask says so), skipped by every later phase, and its
-// rows read as absent. Faults (a word of another operation, a
-// count beyond the slots) fail it.
+// rows read as absent. Faults (a word of another operation, a count beyond the slots) fail it.
 //
 // Roles keep their progress (cursors, wait start) in their own members: every thread of a group runs the same
 // code on values that are the same in every thread (counters through load_acquire, clocks through now(),
@@ -82,7 +81,6 @@ struct LowLatencyContext {
   int rank = 0;
   std::uint32_t operation = 0;  // counted from the last clean; the same on every rank
   int buffer = 0;               // operation % 2
-  std::uint64_t use = 0;        // uses of `buffer` before this one (operation / 2)
   std::uint64_t mask_after_ns = 0;
   std::uint64_t* mask = nullptr;  // [R] this rank's view: non-zero = skipped
   // [R] or null: non-zero for a rank known dead (the host fills it from the job's store, StoreWatch). A wait
@@ -142,14 +140,13 @@ struct LowLatencyCombinePlan {
       nullptr;  // [E] scratch: offset of the expert's rows in its rank's region (or ours)
 };
 
-// What follows from an operation's number (counted from the last clean): its buffer, the uses of that buffer
-// before it, and the tags of its words. The host derives them when it issues the operation; the GPU again in
-// every phase kernel from a counter its kernels keep in device memory, because a CUDA graph fixes kernel
-// parameters at capture and a replayed graph is another operation (kernels/cuda/low_latency_kernels.cu).
+// What follows from an operation's number (counted from the last clean): its buffer and the tags of its
+// words. The host derives them when it issues the operation; the GPU again in every phase kernel from a
+// counter its kernels keep in device memory, because a CUDA graph fixes kernel parameters at capture and a
+// replayed graph is another operation (kernels/cuda/low_latency_kernels.cu).
 FERRY_HD inline void set_operation(LowLatencyContext& ctx, std::uint32_t operation) {
   ctx.operation = operation;
   ctx.buffer = static_cast<int>(operation % kLowLatencyBuffers);
-  ctx.use = operation / kLowLatencyBuffers;
 }
 FERRY_HD inline LowLatencyDispatchPlan at_operation(LowLatencyDispatchPlan plan, std::uint32_t operation) {
   set_operation(plan.ctx, operation);
@@ -372,9 +369,9 @@ FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) 
 // Before writing into a peer's buffer again: wait until the peer has released every use of the buffer it took
 // part in (release_due), even when the caller has masked it since, so nothing a live peer may still read is
 // overwritten. A peer a wait gave up on (kMaskedByWait), or that does not release in time (dead, frozen, or
-// masking this rank), is masked by the wait and not waited for again. With
-// kRecord the use is then recorded: each peer unmasked now takes part in it and owes its release. The
-// zero-copy staging's early acquire waits without recording; the send half that follows records (once).
+// masking this rank), is masked by the wait and not waited for again. With kRecord the use is then recorded:
+// each peer unmasked now takes part in it and owes its release. The zero-copy staging's early acquire waits
+// without recording; the send half that follows records (once).
 template <class Io, bool kRecord>
 class LowLatencyAcquireRole {
  public:
@@ -392,7 +389,7 @@ class LowLatencyAcquireRole {
       }
       // The private word first: every thread reads it before the leader may store it below.
       std::uint64_t* due_word = counter_word(io.local(), ctx_.layout.release_due_word(ctx_.buffer, peer));
-      std::uint64_t due = io.load_private(due_word);
+      const std::uint64_t due = io.load_private(due_word);
       const std::uint64_t released = io.load_acquire(
           counter_word(io.local(), ctx_.layout.release_word(ctx_.buffer, peer)), ctx_.reach(peer));
       if (released < due) {
@@ -409,7 +406,7 @@ class LowLatencyAcquireRole {
       }
       const std::uint64_t owed = due + (kRecord && !is_masked_now(io, ctx_, peer) ? 1 : 0);
       io.sync();
-      if (io.leader() && owed != io.load_private(due_word)) io.store_private(due_word, owed);
+      if (io.leader() && owed != due) io.store_private(due_word, owed);
       io.sync();
       ++cursor_;
       clock_.reset();
