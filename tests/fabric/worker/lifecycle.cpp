@@ -113,6 +113,18 @@ void await_word(ferry::transport::Fabric& fabric, const volatile std::uint64_t* 
   }
 }
 
+// Counts this rank in at `key` and waits (progressing the fabric) until `count` ranks are in, or throws
+// `why`. A store counter, not a barrier: after a death the store's barriers fail, its counters do not.
+void meet_through_store(const Context& context, ferry::transport::Fabric& fabric, const std::string& key,
+                        std::int64_t count, const std::string& why) {
+  context.peers.store->add(key, 1);
+  ferry::Deadline deadline(context.peers.timeout);
+  while (context.peers.store->add(key, 0) < count) {
+    fabric.progress();
+    if (deadline.expired()) throw ScenarioFailure(why);
+  }
+}
+
 }  // namespace
 
 void isolate_peer(const Context& context) {
@@ -134,13 +146,9 @@ void isolate_peer(const Context& context) {
   for (std::size_t i = 0; i < kPiece; ++i) out[i] = isolation_byte(context.seed, rank, i);
   // The victim dies only once every rank is connected: a rank still inside connect() when it goes would
   // rightly fail there (connect's barrier hears of the job's failure from the store), which is not the
-  // isolation this scenario tests. A store counter, not a barrier: the survivors must not ask the watch.
-  context.peers.store->add("fabric_worker/isolate_peer/connected", 1);
-  ferry::Deadline all_connected(context.peers.timeout);
-  while (context.peers.store->add("fabric_worker/isolate_peer/connected", 0) < world) {
-    fabric->progress();
-    if (all_connected.expired()) throw ScenarioFailure("not every rank connected");
-  }
+  // isolation this scenario tests.
+  meet_through_store(context, *fabric, "fabric_worker/isolate_peer/connected", world,
+                     "not every rank connected");
 
   if (rank == kVictim) {
     std::printf("rank %d: dying now\n", rank);
@@ -195,15 +203,9 @@ void isolate_peer(const Context& context) {
     }
   }
   if (fabric->failed_peer_count() != 1) throw ScenarioFailure("a survivor was given up too");
-  // Nobody tears down while a survivor may still wait for its signal: count the survivors through the store,
-  // progressing meanwhile.
-  const std::int64_t survivors = world - 1;
-  context.peers.store->add("fabric_worker/isolate_peer/done", 1);
-  ferry::Deadline done(context.peers.timeout);
-  while (context.peers.store->add("fabric_worker/isolate_peer/done", 0) < survivors) {
-    fabric->progress();
-    if (done.expired()) throw ScenarioFailure("the other survivors never finished");
-  }
+  // Nobody tears down while a survivor may still wait for its signal.
+  meet_through_store(context, *fabric, "fabric_worker/isolate_peer/done", world - 1,
+                     "the other survivors never finished");
   // The owner gives up a live peer (after the last exchange): it is failed as a dead one would be.
   if (rank == 0) {
     fabric->fail_peer(2, "given up by the test");
