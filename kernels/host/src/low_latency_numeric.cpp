@@ -27,10 +27,22 @@ FERRY_VECTOR_CLONES void weighted_sum(const p::WeightedRows& job) {
   for (std::int64_t first = 0; first < job.hidden; first += kBlock) {
     const std::int64_t n = job.hidden - first < kBlock ? job.hidden - first : kBlock;
     for (std::int64_t i = 0; i < n; ++i) acc[i] = 0.0f;
-    for (int k = 0; k < job.count; ++k) {
-      const std::uint16_t* __restrict__ row = job.rows[k] + first;
-      const float weight = job.weights[k];
-      for (std::int64_t i = 0; i < n; ++i) acc[i] = acc[i] + weight * p::bf16_to_float(row[i]);
+    // Two rows per pass ((acc + a) + b, the order of one row at a time) halves the accumulator's loads and
+    // stores. GCC's unroll-and-jam would fuse passes into a scalar loop (7x slower): kernels/CMakeLists.txt
+    // turns it off for this file.
+    int k = 0;
+    for (; k + 2 <= job.count; k += 2) {
+      const std::uint16_t* __restrict__ a = job.rows[k] + first;
+      const std::uint16_t* __restrict__ b = job.rows[k + 1] + first;
+      const float wa = job.weights[k];
+      const float wb = job.weights[k + 1];
+      for (std::int64_t i = 0; i < n; ++i)
+        acc[i] = (acc[i] + wa * p::bf16_to_float(a[i])) + wb * p::bf16_to_float(b[i]);
+    }
+    if (k < job.count) {
+      const std::uint16_t* __restrict__ a = job.rows[k] + first;
+      const float wa = job.weights[k];
+      for (std::int64_t i = 0; i < n; ++i) acc[i] = acc[i] + wa * p::bf16_to_float(a[i]);
     }
     std::uint16_t* __restrict__ out = job.out + first;
     for (std::int64_t i = 0; i < n; ++i) out[i] = p::float_to_bf16(acc[i]);
