@@ -740,6 +740,11 @@ LowLatencyStats LowLatencyBuffer::low_latency_stats() const {
   LowLatencyStats stats = impl_->stats;
   stats.dispatch_wait_ns.resize(impl_->num_ranks(), 0);
   stats.combine_wait_ns.resize(impl_->num_ranks(), 0);
+  if (impl_->engine) {
+    const kernels::protocol::Traffic traffic = impl_->engine->traffic();
+    stats.fabric_puts = traffic.fabric_puts;
+    stats.fabric_signals = traffic.fabric_signals;
+  }
   return stats;
 }
 

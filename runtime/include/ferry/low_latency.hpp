@@ -157,6 +157,10 @@ struct LowLatencyStats {
   std::vector<std::int64_t> dispatch_wait_ns;   // [R] waited for each source rank's dispatch rows
   std::vector<std::int64_t> combine_wait_ns;    // [R] waited for each expert rank's combine rows
   std::uint64_t operations = 0;
+  // This rank's commands to other nodes so far: puts (a block of one expert's rows, a block of counts) and
+  // atomics (one arrival per peer and operation, releases, clean's barriers).
+  std::uint64_t fabric_puts = 0;
+  std::uint64_t fabric_signals = 0;
 };
 
 class LowLatencyBuffer {
