@@ -35,8 +35,7 @@ namespace {
                                          ", outside [0, " + std::to_string(report.fault.expected) +
                                          "), or one expert twice (the token was sent to its other experts)");
       }
-      fail(Errc::protocol, where + " received " + host::describe_fault(report.fault) + " (from rank " +
-                               std::to_string(report.fault.peer_rank) + ")");
+      fail(Errc::protocol, where + " received " + host::describe_low_latency_fault(report.fault));
     case DeviceFailure::proxy:
       fail(Errc::peer_failure, where + ": its command ring failed (code " +
                                    std::to_string(report.proxy_error) +
@@ -243,6 +242,8 @@ void LowLatencyDeviceEngine::combine_send(const std::vector<p::LowLatencyCombine
     launch_context_phase(LowLatencyPhase::acquire, plans[i].ctx, impl.rank_static(i),
                          impl.posting(plans[i].ctx), s);
     launch_combine_phase(LowLatencyPhase::combine_return, plans[i], impl.rank_static(i),
+                         impl.bulk(plans[i].ctx), s);
+    launch_combine_phase(LowLatencyPhase::combine_publish, plans[i], impl.rank_static(i),
                          impl.posting(plans[i].ctx), s);
   }
 }

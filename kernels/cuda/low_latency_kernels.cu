@@ -125,6 +125,9 @@ __global__ void combine_phase(p::LowLatencyCombinePlan issued, const LowLatencyR
     case LowLatencyPhase::combine_return:
       run_role<p::LowLatencyCombineReturn<Io>>(plan, *rank, launch);
       break;
+    case LowLatencyPhase::combine_publish:
+      run_role<p::LowLatencyCombinePublish<Io>>(plan, *rank, launch);
+      break;
     case LowLatencyPhase::combine_wait:
       run_role<p::LowLatencyCombineWait<Io>>(plan, *rank, launch);
       break;
@@ -170,7 +173,7 @@ __global__ void begin_operation_kernel(const LowLatencyRankStatic* ranks, int co
 
 // Leader of the clean's warp: every fabric command the rank posted before the clean has taken effect before
 // its barrier signal goes out. The proxy drains a rank's rings in round-robin batches, so the barrier signal
-// on ring 0 could otherwise overtake a release or count posted earlier on rings 1-3, and a peer would copy
+// on ring 0 could otherwise overtake a release or arrival posted earlier on rings 1-3, and a peer would copy
 // that word into its private copy before the late increment lands. Rings 1-3 are waited for until every
 // command completed; then a flush on ring 0 (which completes once every earlier operation of the proxy
 // thread, those of rings 1-3 included, is visible at its target) is posted and waited for. Waiting on the

@@ -81,6 +81,7 @@ enum class LowLatencyPhase : std::uint8_t {
   dispatch_gather,
   release,
   combine_return,
+  combine_publish,
   combine_wait,
   combine_reduce,
 };

@@ -48,8 +48,8 @@ p::LowLatencyShape check_low_latency_shape(std::int64_t max_tokens, std::int64_t
   }
   p::LowLatencyShape shape{max_tokens, hidden, num_ranks, num_experts};
   const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
-  if (layout.counts + layout.count_words_bytes() > std::numeric_limits<std::uint32_t>::max())
-    reject(std::to_string(num_experts) + " experts need signal words beyond the 32-bit offsets of the proxy");
+  if (layout.counts > std::numeric_limits<std::uint32_t>::max())
+    reject(std::to_string(num_ranks) + " ranks need signal words beyond the 32-bit offsets of the proxy");
   if (p::low_latency_largest_put(layout) > p::kLowLatencyMaxPutBytes) {
     reject(std::to_string(max_tokens) + " tokens per rank of hidden " + std::to_string(hidden) +
            " make one expert's block of rows " + std::to_string(p::low_latency_largest_put(layout)) +

@@ -6,7 +6,9 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "cluster.hpp"
 #include "dispatch/cluster_run.hpp"
@@ -407,9 +409,72 @@ TEST_CASE("low-latency statistics count every received row per local expert and 
       for (int e = 0; e < 2; ++e) expected[r][e] += static_cast<std::int64_t>(rows[e].size());
     }
   }
-  for (int r = 0; r < 4; ++r) CHECK(cluster.buffer(r).low_latency_stats().local_expert_recv == expected[r]);
+  for (int r = 0; r < 4; ++r) {
+    const LowLatencyStats stats = cluster.buffer(r).low_latency_stats();
+    CHECK(stats.local_expert_recv == expected[r]);
+    // Across nodes, per operation: an arrival and a release for each of the 2 ranks of the other node,
+    // whatever the number of experts; one put of counts each, and at most one of rows per expert there.
+    CHECK(stats.fabric_signals == 3 * (2 + 2));
+    CHECK(stats.fabric_puts >= 3 * 2);
+    CHECK(stats.fabric_puts <= 3 * (2 + 4));
+  }
   CHECK(std::vector<std::int64_t>(caller.begin(), caller.end()) == expected[0]);
   CHECK(cluster.buffer(0).low_latency_stats().dispatch_wait_ns == caller_wait);
+}
+
+// Ranks that pass different num_experts place their counts differently (the arrival words do not move: they
+// depend on the ranks only), so a count block read where another rank never wrote must fail by name, within a
+// node and across nodes, instead of reading an unwritten count as operation 0 with -1 rows. The same after a
+// clean in which the last rank passed another shape: operations count from 0 again, so a block it left
+// before the clean (where its new layout writes nothing, with 4 ranks) would read as one of this operation's;
+// a clean clears them.
+TEST_CASE("low-latency: ranks that disagree about num_experts fail by name", "[lowlat]") {
+  for (Topology topo : {Topology{1, 2}, Topology{2, 1}, Topology{1, 4}, Topology{2, 2}}) {
+    const int R = topo.nodes * topo.local;
+    const bool after_clean = R == 4;
+    INFO(topo.nodes << "x" << topo.local << (after_clean ? ", after a clean with another shape" : ""));
+    const std::int64_t experts = 2 * R;  // the last rank passes twice as many
+    LowLatencyCluster cluster(topo.nodes, topo.local, get_low_latency_rdma_size_hint(4, 128, R, 2 * experts),
+                              std::chrono::seconds(5));
+    std::vector<std::uint16_t> x(4 * 128, 0x3f80);
+    std::vector<std::int64_t> topk = {0, 1, 1, 2, 2, 3, 3, 0};  // [4, 2]: experts every rank knows
+    std::vector<std::string> errors(R);
+    auto on_every_rank = [&](auto&& call) {
+      std::vector<std::thread> ranks;
+      for (int r = 0; r < R; ++r) {
+        ranks.emplace_back([&, r] {
+          try {
+            call(r);
+          } catch (const Error& e) {
+            errors[r] = e.what();
+          }
+        });
+      }
+      for (std::thread& rank : ranks) rank.join();
+    };
+    auto experts_of = [&](int r) { return r == R - 1 ? 2 * experts : experts; };
+    auto dispatch = [&](int r, std::int64_t num_experts) {
+      LowLatencyDispatchOptions options;
+      options.use_fp8 = false;
+      LowLatencyDispatchResult got = cluster.buffer(r).low_latency_dispatch(
+          TensorView(x.data(), {4, 128}, DType::bf16), TensorView(topk.data(), {4, 2}, DType::int64), 4,
+          num_experts, options);
+      (void)got;
+    };
+    if (after_clean) {
+      on_every_rank([&](int r) { dispatch(r, experts); });
+      REQUIRE(errors == std::vector<std::string>(R));
+      on_every_rank([&](int r) { cluster.buffer(r).clean_low_latency_buffer(4, 128, experts_of(r)); });
+      REQUIRE(errors == std::vector<std::string>(R));
+    }
+    on_every_rank([&](int r) { dispatch(r, experts_of(r)); });
+    for (int r = 0; r < R; ++r) {
+      INFO("rank " << r << ": " << errors[r]);
+      CHECK(errors[r].find("a block of counts from rank ") != std::string::npos);
+      CHECK(errors[r].find("laid out for another shape") != std::string::npos);
+      CHECK(errors[r].find("num_experts") != std::string::npos);
+    }
+  }
 }
 
 TEST_CASE("low-latency: bad input is refused by name before anything is sent", "[lowlat]") {

@@ -170,9 +170,11 @@ TEST_CASE("low-latency: the region holds every slot once, the words first", "[lo
     const std::size_t bf16 = p::low_latency_message(false, shape.hidden).stride;
     CHECK(std::max(fp8, bf16) == layout.message_bytes);
     CHECK(layout.release_word(1, shape.num_ranks - 1) + 8 <= layout.release_due);
-    CHECK(layout.release_due_word(1, shape.num_ranks - 1) + 8 <= layout.counts);
-    CHECK(layout.count_word(true, 1, E - 1) + 8 <= layout.seen);
-    CHECK(layout.seen_word(true, 1, E - 1) + 8 <= layout.send[0]);
+    CHECK(layout.release_due_word(1, shape.num_ranks - 1) + 8 <= layout.arrival);
+    CHECK(layout.arrival_word(1, shape.num_ranks - 1) + 8 <= layout.arrival_seen);
+    CHECK(layout.arrival_seen_word(1, shape.num_ranks - 1) + 8 <= layout.counts);
+    CHECK(layout.count_in(1, shape.num_ranks - 1, L) + 8 <= layout.counts_out);  // L: the check word
+    CHECK(layout.count_out(1, shape.num_ranks - 1, L) + 8 <= layout.send[0]);
     for (int b = 0; b < 2; ++b) {
       // Staging: every (expert, position) message and the token scratch fit before the receive slots.
       CHECK(layout.token_scratch(b, T - 1, bf16) + bf16 <= layout.recv[b]);
@@ -199,8 +201,9 @@ TEST_CASE("low-latency: the region holds every slot once, the words first", "[lo
 }
 
 // The protocol's promise that lets a fabric keep a word's value itself (the GPU's device_copy fabric): every
-// count word of a region has one writer, whichever operations use the buffer for a dispatch or a combine.
-TEST_CASE("low-latency: every count word has one writer in dispatch and combine alike", "[lowlat]") {
+// signal word of a region has one writer, whichever operations use the buffer for a dispatch or a combine;
+// and every count a peer publishes has a place of its own, apart from the words.
+TEST_CASE("low-latency: every word and count has one writer in dispatch and combine alike", "[lowlat]") {
   for (auto shape : {p::LowLatencyShape{8, 128, 4, 8}, p::LowLatencyShape{8, 128, 4, 4},
                      p::LowLatencyShape{4, 128, 3, 9}}) {
     const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
@@ -209,27 +212,38 @@ TEST_CASE("low-latency: every count word has one writer in dispatch and combine 
     std::map<std::size_t, int> writer;  // word offset -> the rank that writes it
     std::string clash;
     auto wrote = [&](std::size_t word, int rank) {
-      CHECK(word >= layout.counts);
-      CHECK(word + 8 <= layout.counts + layout.count_words_bytes());
       const auto [at, fresh] = writer.emplace(word, rank);
       if (!fresh && at->second != rank && clash.empty())
         clash = "word " + std::to_string(word) + " by " + std::to_string(at->second) + " and " +
                 std::to_string(rank);
     };
+    std::size_t counts = 0;
     for (int b = 0; b < p::kLowLatencyBuffers; ++b) {
-      // Dispatch: source s publishes word (local expert, s) at the expert's rank (the publish role's index).
-      for (std::int64_t le = 0; le < L; ++le)
-        for (int source = 0; source < R; ++source)
-          wrote(layout.count_word(false, b, le * R + source), source);
-      // Combine: the rank of expert e returns word e at every source.
-      for (std::int64_t expert = 0; expert < E; ++expert)
-        wrote(layout.count_word(true, b, expert), static_cast<int>(expert / L));
+      for (int peer = 0; peer < R; ++peer) {
+        // Dispatch and combine alike: peer's arrival, and its counts (one per local expert of the dispatch's
+        // destination, or of the combine's expert rank: the peer itself) followed by the block's check.
+        wrote(layout.arrival_word(b, peer), peer);
+        CHECK(layout.arrival_word(b, peer) + 8 <= layout.arrival_seen);
+        for (std::int64_t le = 0; le <= L; ++le) {
+          const std::size_t count = layout.count_in(b, peer, le);
+          CHECK(count >= layout.counts);
+          CHECK(count + 8 <= layout.counts + layout.count_blocks_bytes());
+          wrote(count, peer);
+          ++counts;
+          // A peer's block is contiguous: one put carries it.
+          CHECK(count == layout.count_in(b, peer, 0) + 8 * static_cast<std::size_t>(le));
+          CHECK(layout.count_out(b, peer, le) - layout.counts_out == count - layout.counts);
+        }
+      }
     }
     INFO("R " << R << " E " << E);
     CHECK(clash == "");
-    CHECK(writer.size() == static_cast<std::size_t>(2 * p::kLowLatencyBuffers * E));
-    // The private copies sit apart from every count word.
-    CHECK(layout.seen >= layout.counts + layout.count_words_bytes());
+    CHECK(counts == static_cast<std::size_t>(p::kLowLatencyBuffers * (E + R)));
+    CHECK(writer.size() == static_cast<std::size_t>(p::kLowLatencyBuffers * (R + E + R)));
+    // The private copies and the staged blocks sit apart from everything peers write.
+    CHECK(layout.arrival_seen >= layout.arrival + 8 * static_cast<std::size_t>(p::kLowLatencyBuffers * R));
+    CHECK(layout.counts_out >= layout.counts + layout.count_blocks_bytes());
+    CHECK(layout.count_block_bytes() == 8 * static_cast<std::size_t>(L + 1));
   }
 }
 

@@ -133,6 +133,9 @@ std::string describe_fault(const protocol::Fault& fault) {
              got + " for peer rank " + std::to_string(fault.peer_rank) + " on the " + ring_name(fault.ring) +
              " ring, past the " + want +
              " it could record (its rows were dropped; dispatch again with a larger num_worst_tokens)";
+    case FaultKind::stacked_arrivals:
+    case FaultKind::bad_count_block:
+      return describe_low_latency_fault(fault);
     case FaultKind::none:
       break;
   }
@@ -148,6 +151,43 @@ std::string seconds_text(Duration duration) {
 std::string channel_label(int rank, int channel) {
   if (channel < 0) return "rank " + std::to_string(rank) + " notify";
   return "rank " + std::to_string(rank) + " channel " + std::to_string(channel);
+}
+
+std::string describe_low_latency_fault(const protocol::Fault& fault) {
+  using protocol::FaultKind;
+  const std::string peer = "rank " + std::to_string(fault.peer_rank);
+  switch (fault.kind) {
+    case FaultKind::wrong_operation:
+      return "a word or row tagged " + std::to_string(fault.got) + " from " + peer + " where tag " +
+             std::to_string(fault.expected) +
+             " was due (tag = operation * 2 + combine): the ranks issue different sequences of low-latency "
+             "calls";
+    case FaultKind::stacked_arrivals:
+      return "the arrivals of " + std::to_string(fault.got) + " operations at once from " + peer +
+             ", where one was due: it ran a use of this buffer ahead of this rank (different sequences of "
+             "calls, or a rank unmasked without clean_low_latency_buffer)";
+    case FaultKind::bad_count_block:
+      return "a block of counts from " + peer + " laid out for another shape, or not written (check " +
+             hex(fault.got) + ", this rank's " + hex(fault.expected) +
+             "): every rank must pass the same num_max_dispatch_tokens_per_rank, hidden and num_experts, and "
+             "clean with the same shape";
+    case FaultKind::wrong_token:
+      return "a row of source token " + std::to_string(fault.got) + " from " + peer + ", outside its " +
+             std::to_string(fault.expected) + " tokens";
+    case FaultKind::wrong_source:
+      return "a row claiming source rank " + std::to_string(fault.got) + " in " + peer + "'s slots";
+    case FaultKind::wrong_settings:
+      return "a row from " + peer + " dispatched with another shape or element type (check " +
+             std::to_string(fault.got) + ", this rank's " + std::to_string(fault.expected) +
+             "): every rank must pass the same num_max_dispatch_tokens_per_rank, hidden, num_experts and "
+             "use_fp8";
+    case FaultKind::too_many:
+      return peer + " announced " + std::to_string(fault.got) + " rows for one expert, more than the " +
+             std::to_string(fault.expected) +
+             " slots (num_max_dispatch_tokens_per_rank differs between ranks?)";
+    default:
+      return describe_fault(fault);
+  }
 }
 
 }  // namespace ferry::kernels::host

@@ -14,6 +14,8 @@ const char* stage_name(protocol::Stage stage);
 const char* ring_name(protocol::RingKind ring);
 std::string describe_wait(const protocol::Wait& wait);
 std::string describe_fault(const protocol::Fault& fault);
+// The low-latency mode's faults (its words, rows and count blocks), for both of its engines.
+std::string describe_low_latency_fault(const protocol::Fault& fault);
 
 std::string channel_label(int rank, int channel);
 

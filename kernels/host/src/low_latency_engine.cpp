@@ -41,37 +41,6 @@ class LockedWriter final : public RemoteWriter {
   std::unique_ptr<RemoteWriter> writer_;
 };
 
-namespace {
-
-std::string describe_low_latency_fault(const p::Fault& fault) {
-  const std::string peer = "rank " + std::to_string(fault.peer_rank);
-  switch (fault.kind) {
-    case p::FaultKind::wrong_operation:
-      return "a word or row tagged " + std::to_string(fault.got) + " from " + peer + " where tag " +
-             std::to_string(fault.expected) +
-             " was due (tag = operation * 2 + combine): the ranks issue different sequences of low-latency "
-             "calls";
-    case p::FaultKind::wrong_token:
-      return "a row of source token " + std::to_string(fault.got) + " from " + peer + ", outside its " +
-             std::to_string(fault.expected) + " tokens";
-    case p::FaultKind::wrong_source:
-      return "a row claiming source rank " + std::to_string(fault.got) + " in " + peer + "'s slots";
-    case p::FaultKind::wrong_settings:
-      return "a row from " + peer + " dispatched with another shape or element type (check " +
-             std::to_string(fault.got) + ", this rank's " + std::to_string(fault.expected) +
-             "): every rank must pass the same num_max_dispatch_tokens_per_rank, hidden, num_experts and "
-             "use_fp8";
-    case p::FaultKind::too_many:
-      return peer + " announced " + std::to_string(fault.got) + " rows for one expert, more than the " +
-             std::to_string(fault.expected) +
-             " slots (num_max_dispatch_tokens_per_rank differs between ranks?)";
-    default:
-      return describe_fault(fault);
-  }
-}
-
-}  // namespace
-
 struct LowLatencyEngine::Impl {
   int rank;
   p::Topology topo;
@@ -218,6 +187,7 @@ void LowLatencyEngine::combine_send(const p::LowLatencyCombinePlan& plan) {
   impl.run_half(plan.ctx, [&](LowLatencyHostIo& io, p::Traffic& tally) {
     impl.phase<p::LowLatencyAcquire>(plan.ctx, plan.ctx, io, tally);
     impl.phase<p::LowLatencyCombineReturn>(plan, plan.ctx, io, tally);
+    impl.phase<p::LowLatencyCombinePublish>(plan, plan.ctx, io, tally);
   });
 }
 
@@ -244,7 +214,7 @@ void LowLatencyEngine::clean(const p::LowLatencyContext& ctx, std::uint64_t epoc
                                      std::to_string(impl.memory.bytes) + " bytes but the shape needs " +
                                      std::to_string(ctx.layout.total_bytes));
   }
-  // Nobody writes a count or release word between the two barriers (every rank has finished its
+  // Nobody writes an arrival or release word between the two barriers (every rank has finished its
   // operations): this rank's private copies catch up with them.
   impl.run_half(ctx, [&](LowLatencyHostIo& io, p::Traffic&) {
     impl.drive(p::LowLatencyBarrier<LowLatencyHostIo>(io, ctx, 2 * epoch + 1), io, ctx);

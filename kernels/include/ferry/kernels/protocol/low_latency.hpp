@@ -7,10 +7,14 @@
 // copies the row from the sender's region (its token scratch), so an intra-node row is copied once; across
 // nodes the whole message is put. Nothing is exchanged before the data and every slot exists for the
 // worst case (all of a rank's tokens on one expert), so no host ever waits for a count. After its rows, the
-// sender publishes one word per (expert, sender) carrying the count; the receiver waits for the words and
-// packs the rows per local expert in (source rank, position) order. Combine is the way back: the expert's
-// rank returns the rows it received from a source as one contiguous block into that source's slots (global
-// expert, position), and the source sums each token's rows with its topk weights in topk order.
+// sender publishes to each destination rank one block of counts (one per local expert of the destination)
+// and then one arrival word; the receiver waits for each source's arrival and packs the rows per local expert
+// in (source rank, position) order. Combine is the way back: the expert's rank returns the rows it received
+// from a source as one contiguous block per expert into that source's slots (global expert, position), then
+// its block of counts and its arrival word, and the source sums each token's rows with its topk weights in
+// topk order. One arrival per (operation, peer) instead of one word per (expert, peer): across nodes a word
+// is a fabric atomic, and over UCX's tcp transport each costs a message and its acknowledgement (256 per
+// rank and operation at 256 experts over 4 ranks, most of the mode's system calls on the host).
 //
 // Two buffers alternate (operation n uses buffer n % 2), so the receive half of one operation can wait while
 // the next one is issued. Before a sender writes into a peer's buffer again it waits until the peer has
@@ -27,25 +31,30 @@
 //   release       [2][R] words     buffer b: uses of it each peer has released
 //   release_due   [2][R] words     (private) the release word's value each peer owes before buffer b is
 //                                  used again (its value at the last clean, plus one per use it took part in)
-//   counts        [2][2][E] words  kind k (0 dispatch, 1 combine), buffer b: dispatch [local expert][source]
-//                                  (written by the source), combine [global expert] (written by its rank)
-//   seen          [2][2][E] words  (private) each count word's value when last read
+//   arrival       [2][R] words     buffer b: operations whose counts each peer has published to this rank
+//   arrival_seen  [2][R] words     (private) each arrival word's value when last taken (by the release)
+//   counts        [2][R][E/R + 1]  buffer b, peer p: the counts p published here, one per local expert of
+//                                  the dispatch's destination (this rank) or the combine's expert rank (p),
+//                                  then p's count_block_check; plain values, valid once p's arrival for the
+//                                  operation is in
+//   counts_out    [2][R][E/R + 1]  (staging) the blocks this rank puts to peers on other nodes
 //   send[b]   dispatch staging [E][T] messages (rows bound for other nodes, put as one block per expert)
 //             plus one scratch message per token; combine staging [E/R][R*T] bf16 rows (the zero-copy
 //             buffer)
 //   recv[b]   dispatch slots [E/R][R][T] messages; combine slots [E][T] bf16 rows
 // Words are 8 bytes and come first, so every signal offset fits the proxy's 32-bit field. The word areas
-// depend only on R; the buffers on the whole shape (changing it needs clean_low_latency_buffer).
+// depend only on R; the count blocks on R and E; the buffers on the whole shape (changing it needs
+// clean_low_latency_buffer).
 //
-// A word has one writer, another rank, and only grows: across nodes by the fabric's atomic add, within a node
-// by its writer storing its last value plus the delta. Nothing else writes it (a fabric may keep the value
-// itself, as the GPU's device_copy fabric does), so a reader keeps what it last read in a private word and a
-// delta is the difference; clean_low_latency_buffer re-reads every word into its private copy instead of
-// clearing anything. Dispatch and combine count words are separate arrays for that reason: a buffer carries
-// a dispatch in one operation and a combine in a later one (D,D,C,C uses buffers 0,1,0,1), and the writer of
-// dispatch word (e, s) is s while the writer of combine word e is e's rank. A count's delta carries a tag
-// that names the operation: (tag << 20) | (count + 1), tag = ((operation & 1023) << 1) | (combine ? 1 : 0),
-// so a word from another operation or kind is caught instead of read as a count.
+// A word (sync, release, arrival) has one writer, the peer it is indexed by, and only grows: across nodes by
+// the fabric's atomic add, within a node by its writer storing its last value plus the delta. Nothing else
+// writes it (a fabric may keep the value itself, as the GPU's device_copy fabric does), so a reader keeps
+// what it last read in a private word and a delta is the difference; clean_low_latency_buffer re-reads every
+// word into its private copy instead of clearing anything. An arrival's delta and every count carry a tag
+// that names the operation: (tag << 20) | (count + 1) (an arrival: count 0), tag = ((operation & 1023) << 1)
+// | (combine ? 1 : 0), so a word or count from another operation or kind is caught instead of read as a
+// count. A buffer carries one operation at a time (the next use waits for the release), so one arrival array
+// serves dispatch and combine: the release takes the delta of every peer it read from.
 #pragma once
 
 #include <cstddef>
@@ -57,7 +66,6 @@
 namespace ferry::kernels::protocol {
 
 inline constexpr int kLowLatencyBuffers = 2;
-inline constexpr int kLowLatencyCountKinds = 2;  // dispatch and combine count words are separate arrays
 inline constexpr std::size_t kLowLatencyWordBytes = 8;
 inline constexpr std::size_t kLowLatencyHeaderBytes = 16;
 inline constexpr int kLowLatencyCountBits = 20;
@@ -116,8 +124,10 @@ struct LowLatencyLayout {
   std::size_t sync_sent = 0;
   std::size_t release = 0;
   std::size_t release_due = 0;
+  std::size_t arrival = 0;
+  std::size_t arrival_seen = 0;
   std::size_t counts = 0;
-  std::size_t seen = 0;
+  std::size_t counts_out = 0;
   std::size_t send[kLowLatencyBuffers] = {0, 0};
   std::size_t recv[kLowLatencyBuffers] = {0, 0};
   std::size_t total_bytes = 0;
@@ -134,19 +144,32 @@ struct LowLatencyLayout {
   FERRY_HD std::size_t release_due_word(int buffer, int peer) const {
     return release_due + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
-  // Count words: `combine` picks the kind's own array (one writer per word, see above).
-  FERRY_HD std::size_t count_word(bool combine, int buffer, std::int64_t index) const {
-    return counts + kLowLatencyWordBytes * count_index(combine, buffer, index);
+  FERRY_HD std::size_t arrival_word(int buffer, int peer) const {
+    return arrival + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
-  FERRY_HD std::size_t seen_word(bool combine, int buffer, std::int64_t index) const {
-    return seen + kLowLatencyWordBytes * count_index(combine, buffer, index);
-  }
-  FERRY_HD std::size_t count_words_bytes() const {
-    return kLowLatencyWordBytes * kLowLatencyCountKinds * kLowLatencyBuffers * E();
+  FERRY_HD std::size_t arrival_seen_word(int buffer, int peer) const {
+    return arrival_seen + kLowLatencyWordBytes * (static_cast<std::size_t>(buffer) * R() + peer);
   }
   FERRY_HD std::size_t release_words_bytes() const { return kLowLatencyWordBytes * kLowLatencyBuffers * R(); }
-  FERRY_HD std::size_t count_index(bool combine, int buffer, std::int64_t index) const {
-    return (static_cast<std::size_t>(combine ? 1 : 0) * kLowLatencyBuffers + buffer) * E() + index;
+  // Count blocks: what `peer` published to this rank in buffer b (counts), and what this rank puts to `peer`
+  // (counts_out); `local_expert` of the destination (dispatch) or of the expert rank (combine).
+  FERRY_HD std::size_t count_in(int buffer, int peer, std::int64_t local_expert) const {
+    return counts + kLowLatencyWordBytes * count_index(buffer, peer, local_expert);
+  }
+  FERRY_HD std::size_t count_out(int buffer, int peer, std::int64_t local_expert) const {
+    return counts_out + kLowLatencyWordBytes * count_index(buffer, peer, local_expert);
+  }
+  // The block's last word (local_expert == E/R) is the check: count_block_check.
+  FERRY_HD std::size_t count_block_words() const {
+    return static_cast<std::size_t>(shape.local_experts()) + 1;
+  }
+  FERRY_HD std::size_t count_block_bytes() const { return kLowLatencyWordBytes * count_block_words(); }
+  FERRY_HD std::size_t count_blocks_bytes() const {
+    return count_block_bytes() * static_cast<std::size_t>(kLowLatencyBuffers * R());
+  }
+  FERRY_HD std::size_t count_index(int buffer, int peer, std::int64_t local_expert) const {
+    return (static_cast<std::size_t>(buffer) * R() + peer) * count_block_words() +
+           static_cast<std::size_t>(local_expert);
   }
 
   // Dispatch, with this operation's message stride.
@@ -191,10 +214,14 @@ FERRY_HD inline LowLatencyLayout make_low_latency_layout(const LowLatencyShape& 
   offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
   layout.release_due = offset;
   offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
+  layout.arrival = offset;
+  offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
+  layout.arrival_seen = offset;
+  offset += kLowLatencyWordBytes * kLowLatencyBuffers * R;
   layout.counts = align_up(offset, kPage);
-  offset = layout.counts + kLowLatencyWordBytes * kLowLatencyCountKinds * kLowLatencyBuffers * E;
-  layout.seen = offset;
-  offset += kLowLatencyWordBytes * kLowLatencyCountKinds * kLowLatencyBuffers * E;
+  offset = layout.counts + layout.count_blocks_bytes();
+  layout.counts_out = offset;
+  offset += layout.count_blocks_bytes();
   const std::size_t dispatch_send = (E * T + T) * layout.message_bytes;
   const std::size_t combine_send = E * T * layout.combine_row;  // [E/R][R*T] rows
   const std::size_t send_bytes = align_up(dispatch_send > combine_send ? dispatch_send : combine_send, kPage);
@@ -234,8 +261,8 @@ FERRY_HD inline std::uint32_t signal_tag(std::uint64_t word) {
 FERRY_HD inline std::int64_t signal_count(std::uint64_t word) {
   return static_cast<std::int64_t>(word & ((std::uint64_t{1} << kLowLatencyCountBits) - 1)) - 1;
 }
-// A delta stored within a node (not added through the fabric, whose adds are 32-bit) may carry 32 more bits:
-// where combine's rows begin in the sender's staging.
+// A count is a plain 64-bit value (stored, or put as part of a block; never a fabric add, which is 32-bit),
+// so combine's counts within a node carry 32 more bits: where the rows begin in the sender's staging.
 FERRY_HD inline std::uint64_t with_begin(std::uint64_t word, std::int64_t begin) {
   return word | (static_cast<std::uint64_t>(begin) << 32);
 }
@@ -244,7 +271,9 @@ FERRY_HD inline std::int64_t signal_begin(std::uint64_t word) {
 }
 
 // What every dispatch row carries in its header's last word, checked on arrival: ranks that disagree about
-// the shape or the element type place rows differently, which must fail instead of reading garbage.
+// the shape or the element type place rows differently, which must fail instead of reading garbage. A count
+// block ends with count_block_check for the same reason (ranks that disagree about the experts place their
+// counts differently, and a word nobody wrote reads as 0).
 FERRY_HD inline std::uint32_t low_latency_shape_check(const LowLatencyShape& shape, bool fp8) {
   std::uint64_t hash = 1469598103934665603ull;  // FNV-1a over the fields
   const std::uint64_t fields[5] = {static_cast<std::uint64_t>(shape.max_tokens),
@@ -256,6 +285,10 @@ FERRY_HD inline std::uint32_t low_latency_shape_check(const LowLatencyShape& sha
     hash *= 1099511628211ull;
   }
   return static_cast<std::uint32_t>(hash ^ (hash >> 32));
+}
+
+FERRY_HD inline std::uint64_t count_block_check(const LowLatencyShape& shape) {
+  return (std::uint64_t{0x636f756e} << 32) | low_latency_shape_check(shape, false);  // "coun" and the shape
 }
 
 // A received block of rows: where it starts in the packed output and how many rows it has.

@@ -6,9 +6,9 @@
 // An operation is a sequence of phases; every phase finishes on this rank before the next begins (the host
 // runs them in order on one thread, the GPU as consecutive kernels), which is what orders one phase's writes
 // before the next phase's signals:
-//   dispatch, send half:     acquire -> scatter (tokens) -> publish (experts)
+//   dispatch, send half:     acquire -> scatter (tokens) -> publish (destination ranks)
 //   dispatch, receive half:  gather (local experts) -> release
-//   combine, send half:      acquire -> return (local expert, destination) blocks
+//   combine, send half:      acquire -> return ((local expert, destination) blocks) -> publish (destinations)
 //   combine, receive half:   wait (experts) -> reduce (tokens) -> release
 // The send half never waits for data, so a caller can issue it and take the receive half later (the hook).
 // Waits never fail the operation: a peer that stays silent for ctx.mask_after_ns, or that ctx.gone names
@@ -307,49 +307,132 @@ FERRY_HD inline void add_to_word(Io& io, const LowLatencyContext& ctx, int peer,
   io.store_release(word, io.load_private(word) + delta, reach);
 }
 
-// Leader only, after the block's rows are written: for another node the staged rows go as one put and the
-// word rides on it (visible after them); within the node the rows are in place and the word is released.
-template <class Io>
-FERRY_HD inline void publish_block(Io& io, const LowLatencyContext& ctx, int peer, std::size_t staged,
-                                   std::size_t slot, std::size_t bytes, std::size_t word_offset,
-                                   std::uint64_t delta) {
-  if (ctx.reach(peer) == Reach::fabric && bytes > 0) {
-    io.put(peer, staged, slot, bytes);
-    io.traffic().fabric_puts += 1;
+// What one destination gets for one of the experts a publish covers: the block of rows a put carries to
+// another node (bytes 0: none) and the count published for it.
+struct PublishedBlock {
+  std::size_t staged = 0;  // in this rank's region
+  std::size_t slot = 0;    // in the peer's region
+  std::size_t bytes = 0;
+  std::uint64_t count = 0;  // low_latency_signal(tag, rows), within the node maybe with_begin
+};
+
+// The send half's last phase, both kinds: for every unmasked destination (from the rank after this one, so
+// ranks do not all start with rank 0), across nodes each expert's block of rows as one put, then this rank's
+// counts for the peer (`block_of(peer, local_expert)`) and the block's check, then its arrival word. Across
+// nodes the counts go from counts_out as one put that the arrival rides on (the fabric adds it after this
+// rank's earlier puts to the peer); within the node the rows are in place, the counts are stored in the
+// peer's block and the arrival is released after them. One signal per (operation, peer), whatever the number
+// of experts; every post for one peer comes from one group (the GPU's groups post to rings of their own,
+// drained in no order between rings).
+template <class Io, class BlockOf>
+FERRY_HD inline void publish_to_peers(Io& io, const LowLatencyContext& ctx, RoleSlice slice,
+                                      std::uint32_t tag, BlockOf block_of) {
+  const int R = ctx.num_ranks();
+  const std::int64_t L = ctx.local_experts();
+  io.sync();
+  for (int i = 0; i < R; ++i) {
+    const int peer = rotated(i + 1, R, ctx.rank);
+    if (!slice.owns(peer) || is_masked(io, ctx, peer) || !io.leader()) continue;
+    if (ctx.reach(peer) == Reach::fabric) {
+      for (std::int64_t le = 0; le < L; ++le) {
+        const PublishedBlock block = block_of(peer, le);
+        if (block.bytes == 0) continue;
+        io.put(peer, block.staged, block.slot, block.bytes);
+        io.traffic().fabric_puts += 1;
+      }
+      for (std::int64_t le = 0; le < L; ++le)
+        io.store_private(counter_word(io.local(), ctx.layout.count_out(ctx.buffer, peer, le)),
+                         block_of(peer, le).count);
+      io.store_private(counter_word(io.local(), ctx.layout.count_out(ctx.buffer, peer, L)),
+                       count_block_check(ctx.layout.shape));
+      io.put(peer, ctx.layout.count_out(ctx.buffer, peer, 0), ctx.layout.count_in(ctx.buffer, ctx.rank, 0),
+             ctx.layout.count_block_bytes());
+      io.traffic().fabric_puts += 1;
+    } else {
+      std::byte* region = region_of(io, ctx, peer);
+      for (std::int64_t le = 0; le < L; ++le)
+        io.store(counter_word(region, ctx.layout.count_in(ctx.buffer, ctx.rank, le)),
+                 block_of(peer, le).count);
+      io.store(counter_word(region, ctx.layout.count_in(ctx.buffer, ctx.rank, L)),
+               count_block_check(ctx.layout.shape));
+    }
+    add_to_word(io, ctx, peer, ctx.layout.arrival_word(ctx.buffer, ctx.rank), low_latency_signal(tag, 0));
   }
-  add_to_word(io, ctx, peer, word_offset, delta);
 }
 
-// A count word (dispatch or combine, `combine`) of this rank's region: what arrived since it was last read
-// (0: nothing yet).
+// Whether `peer`'s counts for this operation are in: its arrival word's delta since the last release took it
+// (0: not yet), or the fault that names the other operation the delta belongs to.
+struct Arrival {
+  bool in = false;
+  Fault fault;
+};
+
 template <class Io>
-FERRY_HD inline std::uint64_t word_delta(Io& io, const LowLatencyContext& ctx, bool combine,
-                                         std::int64_t index, int writer) {
+FERRY_HD inline Arrival arrival_of(Io& io, const LowLatencyContext& ctx, int peer, std::uint32_t tag) {
+  const std::uint64_t value =
+      io.load_acquire(counter_word(io.local(), ctx.layout.arrival_word(ctx.buffer, peer)), ctx.reach(peer));
+  const std::uint64_t delta =
+      value - io.load_private(counter_word(io.local(), ctx.layout.arrival_seen_word(ctx.buffer, peer)));
+  Arrival arrival;
+  if (delta == 0) return arrival;
+  arrival.in = true;
+  const std::int64_t arrivals = signal_count(delta) + 1;  // each arrival adds 1 in the count bits
+  if (arrivals != 1) {
+    arrival.fault = low_latency_fault(FaultKind::stacked_arrivals, peer, arrivals, 1);
+  } else if (delta != low_latency_signal(tag, 0)) {
+    arrival.fault = low_latency_fault(FaultKind::wrong_operation, peer, signal_tag(delta), tag);
+  }
+  return arrival;
+}
+
+// The count `peer` published for `local_expert` (read after its arrival: the acquire orders it), or the fault
+// that names what is wrong with it: a block of a peer that places its counts differently (another number of
+// experts, so the check word differs or was never written), or a count of another operation.
+struct PublishedCount {
+  std::int64_t count = 0;
+  std::int64_t begin = 0;  // within the node, combine: where the rows begin in the peer's staging
+  Fault fault;
+};
+
+template <class Io>
+FERRY_HD inline PublishedCount published_count(Io& io, const LowLatencyContext& ctx, int peer,
+                                               std::int64_t local_expert, std::uint32_t tag) {
+  const std::uint64_t check = io.load_acquire(
+      counter_word(io.local(), ctx.layout.count_in(ctx.buffer, peer, ctx.local_experts())), ctx.reach(peer));
   const std::uint64_t value = io.load_acquire(
-      counter_word(io.local(), ctx.layout.count_word(combine, ctx.buffer, index)), ctx.reach(writer));
-  return value - io.load_private(counter_word(io.local(), ctx.layout.seen_word(combine, ctx.buffer, index)));
-}
-
-// Leader only: the delta has been taken.
-template <class Io>
-FERRY_HD inline void take_delta(Io& io, const LowLatencyContext& ctx, bool combine, std::int64_t index,
-                                std::uint64_t delta) {
-  std::uint64_t* seen = counter_word(io.local(), ctx.layout.seen_word(combine, ctx.buffer, index));
-  io.store_private(seen, io.load_private(seen) + delta);
+      counter_word(io.local(), ctx.layout.count_in(ctx.buffer, peer, local_expert)), ctx.reach(peer));
+  PublishedCount published;
+  published.count = signal_count(value);
+  published.begin = signal_begin(value);
+  const std::uint64_t expected = count_block_check(ctx.layout.shape);
+  if (check != expected) {
+    published.fault = low_latency_fault(FaultKind::bad_count_block, peer, static_cast<std::int64_t>(check),
+                                        static_cast<std::int64_t>(expected));
+  } else {
+    published.fault = check_tag(value, tag, peer);
+    // A count of this operation is never negative (unwritten words read 0: count -1); a clean clears blocks.
+    if (!published.fault.any() && published.count < 0)
+      published.fault = low_latency_fault(FaultKind::bad_count_block, peer, static_cast<std::int64_t>(value),
+                                          static_cast<std::int64_t>(expected));
+  }
+  return published;
 }
 
 // clean_low_latency_buffer, between its barriers (nothing is written then): this rank's private copies take
-// the values of its count and release words.
+// the values of its arrival and release words, and the count blocks peers published here are cleared (a
+// block's check depends on the shape only, and operations count from 0 again after a clean, so a block left
+// from before would pass for one of the next operations when a peer cleaned with another shape).
 template <class Io>
 FERRY_HD inline void sync_private_words(Io& io, const LowLatencyLayout& layout) {
   io.sync();
   if (io.leader()) {
     for (int b = 0; b < kLowLatencyBuffers; ++b) {
-      for (std::int64_t i = 0; i < layout.E(); ++i) {
-        for (const bool combine : {false, true}) {
-          io.store_private(counter_word(io.local(), layout.seen_word(combine, b, i)),
-                           io.load_private(counter_word(io.local(), layout.count_word(combine, b, i))));
-        }
+      for (int peer = 0; peer < layout.R(); ++peer) {
+        io.store_private(counter_word(io.local(), layout.arrival_seen_word(b, peer)),
+                         io.load_private(counter_word(io.local(), layout.arrival_word(b, peer))));
+        for (std::size_t w = 0; w < layout.count_block_words(); ++w)
+          io.store_private(counter_word(io.local(), layout.count_in(b, peer, static_cast<std::int64_t>(w))),
+                           0);
       }
       // A peer owes nothing more than it has released, unless it still owes a use it took part in (a peer the
       // caller masked while it was reading skipped the clean's barriers): that stays owed.
@@ -503,8 +586,8 @@ class LowLatencyDispatchScatter {
   std::int64_t token_ = 0;
 };
 
-// One word per (expert, this rank) at the expert's rank, after the rows: for another node the staged rows go
-// as one put that the word rides on; within the node the rows are already there.
+// Per destination rank, after the rows: each expert's staged rows (another node), the counts, the arrival
+// (publish_to_peers). Within the node the rows are already there.
 template <class Io>
 class LowLatencyDispatchPublish {
  public:
@@ -514,23 +597,17 @@ class LowLatencyDispatchPublish {
   FERRY_HD StepResult step(Io& io) {
     StepResult result = low_latency_result(Stage::low_latency_dispatch_send);
     const LowLatencyContext& ctx = plan_.ctx;
-    const std::int64_t E = ctx.layout.E();
-    const std::int64_t L = ctx.local_experts();
     const std::size_t stride = plan_.message.stride;
-    io.sync();
-    for (std::int64_t i = 0; i < E; ++i) {
-      // From the experts after this rank's own, so ranks do not all start with rank 0.
-      const std::int64_t expert = (i + (ctx.rank + 1) * L) % E;
-      if (!slice_.owns(static_cast<int>(expert))) continue;
-      const int peer = ctx.rank_of_expert(expert);
-      if (is_masked(io, ctx, peer) || !io.leader()) continue;
-      const std::int64_t count = plan_.send_count[expert];
-      publish_block(io, ctx, peer, ctx.layout.dispatch_staging(ctx.buffer, expert, 0, stride),
-                    ctx.layout.dispatch_slot(ctx.buffer, expert % L, ctx.rank, 0, stride),
-                    static_cast<std::size_t>(count) * stride,
-                    ctx.layout.count_word(false, ctx.buffer, (expert % L) * ctx.num_ranks() + ctx.rank),
-                    low_latency_signal(plan_.tag, count));
-    }
+    publish_to_peers(io, ctx, slice_, plan_.tag, [&](int peer, std::int64_t le) {
+      const std::int64_t expert = static_cast<std::int64_t>(peer) * ctx.local_experts() + le;
+      const std::int32_t count = plan_.send_count[expert];
+      PublishedBlock block;
+      block.staged = ctx.layout.dispatch_staging(ctx.buffer, expert, 0, stride);
+      block.slot = ctx.layout.dispatch_slot(ctx.buffer, le, ctx.rank, 0, stride);
+      block.bytes = static_cast<std::size_t>(count) * stride;
+      block.count = low_latency_signal(plan_.tag, count);
+      return block;
+    });
     result.progressed = true;
     result.done = true;
     return result;
@@ -541,8 +618,9 @@ class LowLatencyDispatchPublish {
   RoleSlice slice_;
 };
 
-// For every local expert, every source in rank order: wait for its word, then copy its rows into the packed
-// output after the previous sources' (rows, scales, source tokens, the block's range).
+// For every local expert, every source in rank order: wait for the source's arrival (once per source, at the
+// first expert), read its count for the expert, then copy its rows into the packed output after the previous
+// sources' (rows, scales, source tokens, the block's range).
 template <class Io>
 class LowLatencyDispatchGather {
  public:
@@ -575,8 +653,8 @@ class LowLatencyDispatchGather {
         ++source_;
         continue;
       }
-      const std::uint64_t value = word_delta(io, ctx, false, static_cast<std::int64_t>(index), source);
-      if (value == 0) {
+      const Arrival arrival = arrival_of(io, ctx, source, plan_.tag);
+      if (!arrival.in) {
         const std::uint64_t waited = clock_.waited(io);
         if (!stop_waiting_for(io, ctx, source, waited)) {
           result.wait = word_wait(source, 0, 1);
@@ -588,8 +666,9 @@ class LowLatencyDispatchGather {
         continue;
       }
       const std::uint64_t waited = clock_.since == 0 ? 0 : clock_.waited(io);
-      const std::int64_t count = signal_count(value);
-      result.fault = check_tag(value, plan_.tag, source);
+      const PublishedCount published = published_count(io, ctx, source, expert_, plan_.tag);
+      const std::int64_t count = published.count;
+      result.fault = arrival.fault.any() ? arrival.fault : published.fault;
       if (!result.fault.any() && count > ctx.layout.T())
         result.fault = low_latency_fault(FaultKind::too_many, source, count, ctx.layout.T());
       if (result.fault.any()) return result;
@@ -601,7 +680,6 @@ class LowLatencyDispatchGather {
         }
       }
       io.sync();
-      if (io.leader()) take_delta(io, ctx, false, static_cast<std::int64_t>(index), value);
       finish_source(io, index, waited, count);
       result.progressed = true;
     }
@@ -666,7 +744,10 @@ class LowLatencyDispatchGather {
   WaitClock clock_;
 };
 
-// After the receives: tell every sender this buffer is free again (its next use may write into it).
+// After the receives: take this operation's arrival from every peer whose arrival is in (every peer the
+// receive read from, whether masked since or not; one of another operation stays for its own), then tell
+// every unmasked sender this buffer is free again (its next use may write into it). Leader work only: no
+// group-wide step depends on a mask the caller may change meanwhile.
 template <class Io>
 class LowLatencyRelease {
  public:
@@ -678,8 +759,16 @@ class LowLatencyRelease {
     io.sync();
     for (int i = 0; i < R; ++i) {
       const int peer = rotated(i, R, ctx_.rank);
-      if (!slice_.owns(peer) || peer == ctx_.rank || is_masked(io, ctx_, peer) || !io.leader()) continue;
-      add_to_word(io, ctx_, peer, ctx_.layout.release_word(ctx_.buffer, ctx_.rank), 1);
+      if (!slice_.owns(peer) || !io.leader()) continue;
+      std::uint64_t* seen = counter_word(io.local(), ctx_.layout.arrival_seen_word(ctx_.buffer, peer));
+      const std::uint64_t arrived =
+          io.load_private(counter_word(io.local(), ctx_.layout.arrival_word(ctx_.buffer, peer)));
+      const std::uint64_t delta = arrived - io.load_private(seen);
+      if (delta == low_latency_signal(low_latency_tag(ctx_.operation, false), 0) ||
+          delta == low_latency_signal(low_latency_tag(ctx_.operation, true), 0))
+        io.store_private(seen, arrived);
+      if (peer != ctx_.rank && !is_masked(io, ctx_, peer))
+        add_to_word(io, ctx_, peer, ctx_.layout.release_word(ctx_.buffer, ctx_.rank), 1);
     }
     result.progressed = true;
     result.done = true;
@@ -691,8 +780,9 @@ class LowLatencyRelease {
   RoleSlice slice_;
 };
 
-// Combine's send half: for each (local expert, source rank) block of rows this rank received, the expert's
-// results go back as one block into the source's slots (global expert, positions 0..count), then the word.
+// Combine's send half, first part: for each (local expert, source rank) block of rows this rank received, the
+// expert's results into this rank's staging (already there with zero copy): across nodes they are put from
+// there (LowLatencyCombinePublish), within the node the source reads them there.
 template <class Io>
 class LowLatencyCombineReturn {
  public:
@@ -719,25 +809,13 @@ class LowLatencyCombineReturn {
     const std::int64_t range = plan_.layout_range[local_expert * R + peer];
     const std::int64_t begin = range_begin(range);
     const std::int64_t count = range_count(range);
-    const std::int64_t expert = ctx.rank * L + local_expert;
-    const std::size_t row_bytes = ctx.layout.combine_row;
-    const std::size_t bytes = static_cast<std::size_t>(count) * row_bytes;
+    const std::size_t bytes = static_cast<std::size_t>(count) * ctx.layout.combine_row;
     const std::uint16_t* rows =
         plan_.x + static_cast<std::size_t>(local_expert * ctx.layout.shape.rows_per_expert() + begin) *
                       static_cast<std::size_t>(ctx.layout.shape.hidden);
-    // The rows go into this rank's staging (already there with zero copy): across nodes they are put from
-    // there, within the node the source reads them there.
-    const std::size_t staging = ctx.layout.combine_staging(ctx.buffer, local_expert, begin);
-    const Reach reach = ctx.reach(peer);
-    if (count > 0 && !plan_.zero_copy) io.copy(io.local() + staging, rows, bytes);
-    io.sync();
-    if (io.leader()) {
-      const std::uint64_t word = low_latency_signal(plan_.tag, count);
-      publish_block(io, ctx, peer, staging, ctx.layout.combine_slot(ctx.buffer, expert, 0), bytes,
-                    ctx.layout.count_word(true, ctx.buffer, expert),
-                    reach == Reach::fabric ? word : with_begin(word, begin));
-    }
-    count_path(io, reach, static_cast<std::uint64_t>(count), bytes);
+    if (count > 0 && !plan_.zero_copy)
+      io.copy(io.local() + ctx.layout.combine_staging(ctx.buffer, local_expert, begin), rows, bytes);
+    count_path(io, ctx.reach(peer), static_cast<std::uint64_t>(count), bytes);
     return result;
   }
 
@@ -747,9 +825,43 @@ class LowLatencyCombineReturn {
   std::int64_t item_ = 0;
 };
 
-// Combine's receive, first part: every expert's word (its rank's rows for this rank's tokens are in). An
-// expert rank that returns fewer rows than it was sent had skipped this rank in the dispatch: it is masked
-// too.
+// Combine's send half, second part, per source rank: each local expert's staged rows into the source's slots
+// (global expert, positions 0..count; another node), the counts (within the node with where the rows begin in
+// the staging), the arrival (publish_to_peers).
+template <class Io>
+class LowLatencyCombinePublish {
+ public:
+  FERRY_HD LowLatencyCombinePublish(Io&, const LowLatencyCombinePlan& plan, RoleSlice slice)
+      : plan_(plan), slice_(slice) {}
+
+  FERRY_HD StepResult step(Io& io) {
+    StepResult result = low_latency_result(Stage::low_latency_combine_send);
+    const LowLatencyContext& ctx = plan_.ctx;
+    publish_to_peers(io, ctx, slice_, plan_.tag, [&](int peer, std::int64_t le) {
+      const std::int64_t range = plan_.layout_range[le * ctx.num_ranks() + peer];
+      const std::int64_t count = range_count(range);
+      PublishedBlock block;
+      block.staged = ctx.layout.combine_staging(ctx.buffer, le, range_begin(range));
+      block.slot = ctx.layout.combine_slot(ctx.buffer,
+                                           static_cast<std::int64_t>(ctx.rank) * ctx.local_experts() + le, 0);
+      block.bytes = static_cast<std::size_t>(count) * ctx.layout.combine_row;
+      block.count = low_latency_signal(plan_.tag, count);
+      if (ctx.reach(peer) != Reach::fabric) block.count = with_begin(block.count, range_begin(range));
+      return block;
+    });
+    result.progressed = true;
+    result.done = true;
+    return result;
+  }
+
+ private:
+  LowLatencyCombinePlan plan_;
+  RoleSlice slice_;
+};
+
+// Combine's receive, first part: every expert's count, once its rank's arrival is in (its rows for this
+// rank's tokens are in too). An expert rank that returns fewer rows than it was sent had skipped this rank in
+// the dispatch: it is masked too.
 template <class Io>
 class LowLatencyCombineWait {
  public:
@@ -771,8 +883,8 @@ class LowLatencyCombineWait {
         ++expert_;
         continue;
       }
-      const std::uint64_t value = word_delta(io, ctx, true, expert_, peer);
-      if (value == 0) {
+      const Arrival arrival = arrival_of(io, ctx, peer, plan_.tag);
+      if (!arrival.in) {
         const std::uint64_t waited = clock_.waited(io);
         if (!stop_waiting_for(io, ctx, peer, waited)) {
           result.wait = word_wait(peer, 0, 1);
@@ -785,17 +897,17 @@ class LowLatencyCombineWait {
         continue;
       }
       const std::uint64_t waited = clock_.since == 0 ? 0 : clock_.waited(io);
-      result.fault = check_tag(value, plan_.tag, peer);
+      const PublishedCount published =
+          published_count(io, ctx, peer, expert_ % ctx.local_experts(), plan_.tag);
+      result.fault = arrival.fault.any() ? arrival.fault : published.fault;
       if (result.fault.any()) return result;
-      const std::int64_t count = signal_count(value);
-      const std::int64_t begin = signal_begin(value);
+      const std::int64_t count = published.count;
+      const std::int64_t begin = published.begin;
       if (ctx.reach(peer) != Reach::fabric && begin + count > ctx.layout.shape.rows_per_expert()) {
         result.fault =
             low_latency_fault(FaultKind::too_many, peer, begin + count, ctx.layout.shape.rows_per_expert());
         return result;
       }
-      io.sync();
-      if (io.leader()) take_delta(io, ctx, true, expert_, value);
       // Where the expert's rows for this rank are: our slots (across nodes) or its staging (within the node).
       io.store(plan_.row_base + expert_,
                static_cast<std::int64_t>(

@@ -61,6 +61,10 @@ enum class FaultKind : std::uint8_t {
   bad_expert,        // a token names an expert id outside [0, E) (got: the id, expected: E)
   past_capacity,     // combine of a dispatch whose rows or relay records overflowed its worst-case sizing
                      // (got: the row or record index, expected: the capacity): never read past the arrays
+  stacked_arrivals,  // low-latency: arrivals of two or more operations in one word (got: how many), none
+                     // taken between: a peer ran a use of the buffer ahead of this rank
+  bad_count_block,   // low-latency: a block of counts laid out for another shape, or never written (got: its
+                     // check word, expected: this rank's)
 };
 
 struct Fault {
