@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <exception>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
@@ -25,7 +26,12 @@ struct Group::Impl {
   std::vector<RankInfo> ranks;
   Duration timeout{};
   std::map<std::string, std::uint64_t> split_rounds;   // split name -> rounds this rank has taken part in
+  std::vector<int> job_ranks;                          // this group's ranks as the job's
+  transport::StoreOptions client_options;              // how to reach the store as a client, with key_prefix
   int uncaught_at_start = std::uncaught_exceptions();  // more at destruction: destroyed by a failure
+  // A sub-group's member_watch() (made on the first call); declared last, so it stops before the rest goes.
+  std::mutex member_watch_mutex;
+  std::shared_ptr<transport::StoreWatch> member_watch;
 
   // Makes `text` the job's failure (unless it has one), so that no rank waits for this one in vain.
   void report(const std::string& text) noexcept {
@@ -253,6 +259,10 @@ Group Group::join(const JobEnv& job, const GroupOptions& options, bool host_stor
     impl->store = std::make_unique<transport::Store>(store_options);
   }
   impl->store_port = store_options.port;
+  impl->client_options = store_options;
+  impl->client_options.listen_fd = -1;
+  impl->job_ranks.resize(static_cast<std::size_t>(job.world_size));
+  for (int r = 0; r < job.world_size; ++r) impl->job_ranks[static_cast<std::size_t>(r)] = r;
 
   RankInfo mine;
   mine.rank = job.rank;
@@ -319,6 +329,26 @@ transport::Store& Group::store() {
 }
 std::shared_ptr<transport::StoreWatch> Group::failure_watch() const {
   return impl_->watch;
+}
+std::shared_ptr<transport::StoreWatch> Group::member_watch() {
+  Impl& impl = *impl_;
+  if (impl.key_prefix.empty()) return impl.watch;
+  std::lock_guard lock(impl.member_watch_mutex);
+  if (!impl.member_watch && impl.job.world_size > 1) {
+    // The store lives in the job's rank 0: the watch marks that rank when it loses the store, if it is ours.
+    const auto host = std::find(impl.job_ranks.begin(), impl.job_ranks.end(), 0);
+    const int store_host =
+        host == impl.job_ranks.end() ? -1 : static_cast<int>(host - impl.job_ranks.begin());
+    impl.member_watch =
+        std::make_shared<transport::StoreWatch>(impl.client_options, impl.job.world_size, store_host);
+  }
+  return impl.member_watch;
+}
+const std::vector<int>& Group::job_ranks() const {
+  return impl_->job_ranks;
+}
+void Group::set_job_ranks(std::vector<int> job_ranks) {
+  impl_->job_ranks = std::move(job_ranks);
 }
 const std::string& Group::key_prefix() const {
   return impl_->key_prefix;

@@ -161,8 +161,12 @@ Group Group::split(const std::string& name, std::span<const int> members) {
   GroupOptions options;
   options.timeout = store().timeout();
   try {
-    return join(sub, options, false, key_prefix() + base + members_hash(members) + "/", refusal,
-                failure_watch());
+    Group group = join(sub, options, false, key_prefix() + base + members_hash(members) + "/", refusal,
+                       failure_watch());
+    std::vector<int> ranks;
+    for (int member : members) ranks.push_back(job_ranks()[static_cast<std::size_t>(member)]);
+    group.set_job_ranks(std::move(ranks));
+    return group;
   } catch (const Error& error) {
     if (error.code() != Errc::timeout) throw;
     fail(Errc::timeout,

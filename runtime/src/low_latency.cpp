@@ -381,9 +381,8 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // A dead rank is skipped, not waited for (docs/reliability.md, "A dead rank in the low-latency mode"): the
   // store names it to every survivor within moments (their waits mask it at once), and the fabric gives up
   // on it alone (its writes complete without sending) instead of failing the survivors' operations.
-  // The watch numbers the whole job's ranks: a sub-group of every rank numbers them alike (members ascend),
-  // a smaller one does not and masks its dead after the timeout.
-  if (auto watch = group.failure_watch(); watch && watch->world_size() == group.world_size())
+  // On a sub-group, a watch of its own: the store counts its lost ranks in its numbering.
+  if (auto watch = group.member_watch(); watch && watch->world_size() == group.world_size())
     impl.watch = std::move(watch);
   // Isolation only with the store's news: a fabric that gave a dead rank up silently, while the survivors
   // learn of it by their timeouts alone, lets one survivor outwait another into masking a live rank

@@ -1,6 +1,6 @@
 // One rank of the multi-process low-latency tests, started by `ferry launch` (test_low_latency_launch.cpp).
 //
-//   ferry_lowlat_rank --scenario verify|masked|kill [--seed N] [--rounds R] [--victim V]
+//   ferry_lowlat_rank --scenario verify|masked|kill [--seed N] [--rounds R] [--victim V] [--sub-group 1]
 //
 // Every rank builds the same scenarios from rank 0's seed (so each computes the reference for itself) and
 // runs them on a Group-backed LowLatencyBuffer: shm between a node's ranks, the proxy and the fabric between
@@ -12,9 +12,14 @@
 //           it (in less than the timeout: the store names it to every survivor) and is checked with it left
 //           out, the round after takes less than the timeout too; "rank R: went on without rank V ok" (they
 //           ignore the SIGTERM `ferry launch` sends when a rank dies, to finish)
+// --sub-group 1: the scenario runs on a sub-group of the job without the last rank of each node
+// (Group::split; ranks and the victim are the sub-group's); the others only say "job rank R: not a member"
+// and leave.
 #include <csignal>
 #include <cstdio>
+#include <optional>
 #include <thread>
+#include <vector>
 
 #include "dispatch/low_latency_reference.hpp"
 #include "ferry/core/error.hpp"
@@ -177,8 +182,8 @@ void kill(Job& job, int victim) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto options =
-      worker_common::read_options(argc, argv, 1, {"--scenario", "--seed", "--rounds", "--victim"}, usage);
+  auto options = worker_common::read_options(
+      argc, argv, 1, {"--scenario", "--seed", "--rounds", "--victim", "--sub-group"}, usage);
   const std::string scenario = options.count("--scenario") ? options["--scenario"] : "verify";
   const int rounds = options.count("--rounds") ? std::atoi(options["--rounds"].c_str()) : 4;
   const int victim = options.count("--victim") ? std::atoi(options["--victim"].c_str()) : -1;
@@ -187,10 +192,24 @@ int main(int argc, char** argv) {
   try {
     GroupOptions group_options;
     if (scenario == "kill") group_options.timeout = std::chrono::seconds(6);  // leaving without the victim
-    Group group = Group::from_env(group_options);
-    rank = group.rank();
-    std::mt19937_64 rng(worker_common::agree_on_seed(group, "ferry_lowlat_rank", scenario,
+    Group job_group = Group::from_env(group_options);
+    rank = job_group.rank();
+    std::mt19937_64 rng(worker_common::agree_on_seed(job_group, "ferry_lowlat_rank", scenario,
                                                      worker_common::chosen_seed(options)));
+    std::optional<Group> sub_group;
+    if (options.count("--sub-group") && options["--sub-group"] == "1") {
+      if (job_group.local_size() < 2) usage("--sub-group needs at least 2 ranks per node");
+      std::vector<int> members;
+      for (const RankInfo& info : job_group.ranks())
+        if (info.local_rank < job_group.local_size() - 1) members.push_back(info.rank);
+      if (job_group.local_rank() == job_group.local_size() - 1) {
+        std::printf("job rank %d: not a member\n", rank);
+        return 0;
+      }
+      sub_group.emplace(job_group.split("lowlat", members));
+      rank = sub_group->rank();
+    }
+    Group& group = sub_group ? *sub_group : job_group;
     const LowLatencyShapeSpec spec = shape_of(group);
     LowLatencyConfig config;
     config.num_rdma_bytes = get_low_latency_rdma_size_hint(spec.max_tokens, spec.hidden, group.world_size(),

@@ -65,3 +65,18 @@ TEST_CASE("low-latency: a rank of another node killed between operations is mask
   for (int rank = 0; rank < 3; ++rank)
     CHECK_THAT(outcome.output, !Catch::Matchers::Contains("rank " + std::to_string(rank) + " exited with"));
 }
+
+// A buffer on a sub-group (here 2 x 2 of a 2 x 3 job, every node's last rank left out) hears of its dead from
+// the store too: the store counts a sub-group's lost ranks in the sub-group's numbering, and the sub-group's
+// own watch follows them. Without it the survivors mask the victim only after the 3 s timeout, which the
+// scenario refuses.
+TEST_CASE("low-latency on a sub-group: a rank of another node killed is masked by every survivor",
+          "[multiprocess]") {
+  const Outcome outcome = launch("--nodes 2 --ranks-per-node 3", "--scenario kill --victim 3 --sub-group 1",
+                                 "--keep-going --grace 30");
+  CHECK_THAT(outcome.output, Catch::Matchers::Contains("job rank 2: not a member"));
+  CHECK_THAT(outcome.output, Catch::Matchers::Contains("job rank 5: not a member"));
+  CHECK_THAT(outcome.output, Catch::Matchers::Contains("rank 3: dying now"));
+  expect_lines(outcome, 4, "went on without rank 3", 3);
+  CHECK_THAT(outcome.output, !Catch::Matchers::Contains("FAILED"));
+}

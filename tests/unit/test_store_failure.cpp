@@ -248,6 +248,48 @@ TEST_CASE("store failure: a watch that loses the store counts rank 0, its host, 
   CHECK_THAT(watch.failure(), Catch::Contains("lost the job's store"));
 }
 
+// A sub-group's members are numbered as its own ranks under its key prefix: a watch on that prefix follows
+// its lost ranks in that numbering (the low-latency mode on a sub-group masks them), apart from the job's.
+TEST_CASE("store failure: a watch on a sub-group's prefix follows its lost ranks in its numbering",
+          "[store][failure]") {
+  const std::string sub = "ferry/split/ep/0/abc/";
+  StoreServer server(server_options(20000ms));
+  std::vector<std::unique_ptr<Store>> job;
+  for (int rank = 0; rank < 3; ++rank) {
+    job.push_back(std::make_unique<Store>(client_options(server, 20000ms)));
+    job.back()->join("", rank, 3, "pid " + std::to_string(rank + 1) + " on a");
+  }
+  // Job ranks 1 and 2 form the sub-group, as its ranks 0 and 1; the store's host (job rank 0) is not in it.
+  StoreOptions sub_options = client_options(server, 20000ms);
+  sub_options.key_prefix = sub;
+  std::vector<std::unique_ptr<Store>> members;
+  for (int rank = 0; rank < 2; ++rank) {
+    members.push_back(std::make_unique<Store>(sub_options));
+    members.back()->join(sub, rank, 2, "pid " + std::to_string(rank + 2) + " on a");
+  }
+  StoreWatch job_watch(client_options(server, 20000ms), 3);
+  StoreWatch sub_watch(sub_options, 2, -1);
+  // Job rank 2, the sub-group's rank 1, dies: both of its connections close.
+  members[1].reset();
+  job[2].reset();
+  CHECK(await_lost(sub_watch, 1) == std::vector<int>{1});
+  CHECK(await_lost(job_watch, 1) == std::vector<int>{2});
+  const std::uint64_t* words = sub_watch.lost_words();
+  CHECK(std::atomic_ref<const std::uint64_t>(words[0]).load(std::memory_order_acquire) == 0);
+  CHECK(std::atomic_ref<const std::uint64_t>(words[1]).load(std::memory_order_acquire) == 1);
+  CHECK(sub_watch.world_size() == 2);
+}
+
+TEST_CASE("store failure: a watch that loses a store its group does not host marks nobody",
+          "[store][failure]") {
+  auto server = std::make_unique<StoreServer>(server_options());
+  StoreWatch watch(client_options(*server), 3, -1);
+  server.reset();
+  CHECK_THAT(await_failure(watch), Catch::Contains("lost the job's store"));
+  std::this_thread::sleep_for(20ms);
+  CHECK(watch.lost_ranks().empty());
+}
+
 TEST_CASE("store failure: the lost ranks' keys are the store's own: clients read them but cannot write them",
           "[store][failure]") {
   StoreServer server(server_options(20000ms));

@@ -124,6 +124,13 @@ class Group {
   // for a peer, and reports its own failures through it, so that every rank learns of a failure within
   // moments and names the same cause. Shared by a job's Group and its sub-groups; null in a one-rank job.
   std::shared_ptr<transport::StoreWatch> failure_watch() const;
+  // The same watch for this group's own ranks: its lost_words() are numbered as this group's ranks (those the
+  // store counted dead). The job's failure_watch() for the whole job; for a sub-group a watch of its own
+  // (a thread and a store connection, made on the first call), since the store counts a sub-group's lost
+  // ranks under the sub-group's prefix and numbering. Null in a one-rank group.
+  std::shared_ptr<transport::StoreWatch> member_watch();
+  // This group's ranks as ranks of the whole job, in rank order (a sub-group's members, through every split).
+  const std::vector<int>& job_ranks() const;
 
   // A sub-group made of some of this group's ranks, e.g. the expert-parallel group of one pipeline stage:
   //
@@ -161,6 +168,7 @@ class Group {
   const std::string& key_prefix() const;
   std::uint16_t store_port() const;  // the port this group's connection reached; rank 0's job may say 0
   std::uint64_t next_split_round(const std::string& name);
+  void set_job_ranks(std::vector<int> job_ranks);
 
   std::unique_ptr<Impl> impl_;
 };

@@ -34,10 +34,9 @@
 // before it takes part. A rank that dies (its process is gone), on this node or another, is masked by every
 // survivor within moments, not after the timeout: the job's store names it to all of them (Group's
 // StoreWatch), and the fabric gives up on it alone (ucx; over verbs a dead rank of another node still fails
-// the operation by name, Errc::peer_failure). That needs a buffer on the whole job's Group (or a sub-group of
-// every rank); on a smaller sub-group a dead rank of this node is masked after the timeout and one of another
-// node fails the operation by name. Rank 0 counts as dead once the store it hosts is gone. A rank that is
-// only frozen is masked after the timeout. Under
+// the operation by name, Errc::peer_failure). On a sub-group (Group::split) the same, through a watch of the
+// sub-group's own (Group::member_watch). The job's rank 0 counts as dead once the store it hosts is gone. A
+// rank that is only frozen is masked after the timeout. Under
 // `ferry launch`, pass --keep-going so that the launcher does not stop the survivors when a rank dies.
 //
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each

@@ -582,13 +582,13 @@ std::string Store::local_address() const {
 // ---- StoreWatch ----
 
 struct StoreWatch::Impl {
-  Impl(const StoreOptions& options, int world_size);
+  Impl(const StoreOptions& options, int world_size, int store_host);
   ~Impl();
   void run() noexcept;
   // Sends one request that the server parks (WATCH, or GET of a key not set yet) and waits for its answer
   // or the stop signal; nullopt when stopped.
   std::optional<Store::Impl::Reply> park(Opcode opcode, const std::string& key);
-  // Follows the lost ranks of the job (wire::lost_rank_key) until stopped.
+  // Follows the lost ranks of the group options.key_prefix names (wire::lost_rank_key) until stopped.
   void follow_lost_ranks();
   // Sets the rank's word, then lists it (once).
   void mark_lost(int rank);
@@ -596,6 +596,7 @@ struct StoreWatch::Impl {
 
   StoreOptions options;
   int world_size = 0;
+  int store_host = 0;      // the rank marked lost when the store is lost (-1: none of the group's)
   Store::Impl connection;  // the watch's own; used by its thread only once that runs
   net::Fd stop;            // eventfd: the destructor writes it
   mutable std::mutex mutex;
@@ -613,8 +614,11 @@ namespace {
 constexpr Duration kWatchBudget = std::chrono::hours(1);
 }  // namespace
 
-StoreWatch::Impl::Impl(const StoreOptions& options_in, int world_size_in)
-    : options(options_in), world_size(std::max(world_size_in, 0)), connection(options_in) {
+StoreWatch::Impl::Impl(const StoreOptions& options_in, int world_size_in, int store_host_in)
+    : options(options_in),
+      world_size(std::max(world_size_in, 0)),
+      store_host(store_host_in < world_size ? store_host_in : -1),
+      connection(options_in) {
   lost = std::make_unique<std::uint64_t[]>(static_cast<std::size_t>(world_size) + 1);
   stop = net::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop.valid()) fail_errno("eventfd for the store watch", errno);
@@ -661,7 +665,7 @@ std::optional<Store::Impl::Reply> StoreWatch::Impl::park(Opcode opcode, const st
 void StoreWatch::Impl::follow_lost_ranks() {
   std::uint64_t index = 1;
   for (;;) {
-    const std::string key = wire::lost_rank_key("", index);
+    const std::string key = wire::lost_rank_key(options.key_prefix, index);
     const std::optional<Store::Impl::Reply> reply = park(Opcode::get, key);
     if (!reply) return;
     if (reply->opcode == Opcode::timeout) continue;
@@ -705,14 +709,14 @@ void StoreWatch::Impl::run() noexcept {
     // not wait on, and the store cannot have told anyone anything since. The store lives in rank 0's
     // process: without it rank 0 is as good as gone (its own death closes no connection it could publish).
     set_failure("lost the job's store: " + wire::bare_message(error));
-    if (world_size > 0) mark_lost(0);
+    if (world_size > 0 && store_host >= 0) mark_lost(store_host);
   } catch (const std::exception& error) {
     set_failure(std::string("the store watch failed: ") + error.what());
   }
 }
 
-StoreWatch::StoreWatch(const StoreOptions& options, int world_size)
-    : impl_(std::make_unique<Impl>(options, world_size)) {}
+StoreWatch::StoreWatch(const StoreOptions& options, int world_size, int store_host)
+    : impl_(std::make_unique<Impl>(options, world_size, store_host)) {}
 StoreWatch::~StoreWatch() = default;
 
 const std::uint64_t* StoreWatch::lost_words() const {

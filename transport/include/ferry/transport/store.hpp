@@ -167,8 +167,10 @@ class StoreWatch {
   // Connects and authenticates (as a Store does), then starts the thread. With `world_size` > 0 the thread,
   // once the job has failed, goes on following the ranks the store counts lost (a member whose connection
   // closed before it left: dead, not merely failing) for a job that goes on without them (the low-latency
-  // mode masks them).
-  explicit StoreWatch(const StoreOptions& options, int world_size = 0);
+  // mode masks them): those of the group options.key_prefix names (the whole job without one), numbered as
+  // its ranks. `store_host`: the group's rank whose process hosts the store (marked lost when the watch
+  // loses the store), -1 for none.
+  explicit StoreWatch(const StoreOptions& options, int world_size = 0, int store_host = 0);
   ~StoreWatch();  // stops the thread
   StoreWatch(const StoreWatch&) = delete;
   StoreWatch& operator=(const StoreWatch&) = delete;
@@ -184,7 +186,7 @@ class StoreWatch {
   // [world_size] words, non-zero for a rank the store counted lost, to be read with acquire
   // (std::atomic_ref); null without a world size. Set within moments of the store's noticing; never cleared.
   // "Lost" is the store's view: a member whose connection to it closed before it checked out (its process
-  // died, or its client gave the connection up after a broken exchange). Rank 0, which hosts the store, is
+  // died, or its client gave the connection up after a broken exchange). The store's host (store_host) is
   // marked when this watch loses the store.
   const std::uint64_t* lost_words() const;
   // The same ranks, in the order the store counted them.
