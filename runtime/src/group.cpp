@@ -332,15 +332,21 @@ std::shared_ptr<transport::StoreWatch> Group::failure_watch() const {
 }
 std::shared_ptr<transport::StoreWatch> Group::member_watch() {
   Impl& impl = *impl_;
-  if (impl.key_prefix.empty()) return impl.watch;
+  // The job's own numbering (the job, or a sub-group of every rank: members ascend): the job's watch.
+  bool numbered_as_job = impl.watch && impl.watch->world_size() == impl.job.world_size;
+  for (std::size_t i = 0; numbered_as_job && i < impl.job_ranks.size(); ++i)
+    numbered_as_job = impl.job_ranks[i] == static_cast<int>(i);
+  if (impl.key_prefix.empty() || numbered_as_job) return impl.watch;
   std::lock_guard lock(impl.member_watch_mutex);
   if (!impl.member_watch && impl.job.world_size > 1) {
     // The store lives in the job's rank 0: the watch marks that rank when it loses the store, if it is ours.
     const auto host = std::find(impl.job_ranks.begin(), impl.job_ranks.end(), 0);
     const int store_host =
         host == impl.job_ranks.end() ? -1 : static_cast<int>(host - impl.job_ranks.begin());
-    impl.member_watch =
-        std::make_shared<transport::StoreWatch>(impl.client_options, impl.job.world_size, store_host);
+    // A store that is gone fails this at once (the job has failed: the caller hears why) instead of waiting.
+    transport::StoreOptions options = impl.client_options;
+    options.wait_for_server = false;
+    impl.member_watch = std::make_shared<transport::StoreWatch>(options, impl.job.world_size, store_host);
   }
   return impl.member_watch;
 }

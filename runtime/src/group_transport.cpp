@@ -189,7 +189,9 @@ GroupTransport::GroupTransport(Group& group, std::size_t bytes, std::size_t sign
     : group_(group) {
   t::Peers peers = peers_of(group, timeout);
   // A fabric that isolates a failed peer asks which peers the store counted dead, by this group's numbering.
-  if (isolate_peer_failures) peers.watch = group.member_watch().get();  // the group outlives its transports
+  if (isolate_peer_failures) {
+    if (auto watch = group.member_watch()) peers.watch = watch.get();  // the group outlives its transports
+  }
   shared_ = t::make_shm_peer_memory(peers, bytes, tag, reserve_pages);
   node_ = std::make_unique<NodeView>(*shared_);
   if (group.num_nodes() == 1) {

@@ -126,12 +126,13 @@ struct LowLatencyBuffer::Impl {
   int local_size = 1;
   LowLatencyConfig config;
   LocalCluster::Impl* cluster = nullptr;
+  // The group's watch on the store (Group::member_watch): its lost_words() name the ranks known dead, which
+  // every wait masks at once (LowLatencyContext::gone). Null on a LocalCluster or a one-rank group. Declared
+  // before the transport, whose fabric reads it, so it goes after the transport.
+  std::shared_ptr<transport::StoreWatch> watch;
   std::unique_ptr<GroupTransport> transport;
   std::unique_ptr<h::LowLatencyEngine> engine;
   std::unique_ptr<std::uint64_t[]> mask;  // [R], read and written through atomic_ref
-  // The job's watch on its store, for a buffer on the whole job: its lost_words() name the ranks known dead,
-  // which every wait masks at once (LowLatencyContext::gone). Null on a LocalCluster or a sub-group.
-  std::shared_ptr<transport::StoreWatch> watch;
   std::unique_ptr<OperationQueue> queue;  // stopped first
 
   // What an operation left on its buffer.
@@ -382,8 +383,7 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // store names it to every survivor within moments (their waits mask it at once), and the fabric gives up
   // on it alone (its writes complete without sending) instead of failing the survivors' operations.
   // On a sub-group, a watch of its own: the store counts its lost ranks in its numbering.
-  if (auto watch = group.member_watch(); watch && watch->world_size() == group.world_size())
-    impl.watch = std::move(watch);
+  impl.watch = group.member_watch();
   // Isolation only with the store's news: a fabric that gave a dead rank up silently, while the survivors
   // learn of it by their timeouts alone, lets one survivor outwait another into masking a live rank
   // (docs/reliability.md); without the news a dead rank of another node fails the operation by name.

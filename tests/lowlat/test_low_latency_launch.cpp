@@ -79,4 +79,8 @@ TEST_CASE("low-latency on a sub-group: a rank of another node killed is masked b
   CHECK_THAT(outcome.output, Catch::Matchers::Contains("rank 3: dying now"));
   expect_lines(outcome, 4, "went on without rank 3", 3);
   CHECK_THAT(outcome.output, !Catch::Matchers::Contains("FAILED"));
+  // Only the victim (job rank 4) ends otherwise than cleanly, members and non-members alike.
+  for (int rank : {0, 1, 2, 3, 5})
+    CHECK_THAT(outcome.output, !Catch::Matchers::Contains("rank " + std::to_string(rank) + " exited with"));
+  CHECK_THAT(outcome.output, Catch::Matchers::Contains("rank 4 exited with signal SIGKILL"));
 }

@@ -125,9 +125,10 @@ class Group {
   // moments and names the same cause. Shared by a job's Group and its sub-groups; null in a one-rank job.
   std::shared_ptr<transport::StoreWatch> failure_watch() const;
   // The same watch for this group's own ranks: its lost_words() are numbered as this group's ranks (those the
-  // store counted dead). The job's failure_watch() for the whole job; for a sub-group a watch of its own
-  // (a thread and a store connection, made on the first call), since the store counts a sub-group's lost
-  // ranks under the sub-group's prefix and numbering. Null in a one-rank group.
+  // store counted dead). The job's failure_watch() for the whole job and for a sub-group of every rank; for a
+  // smaller sub-group a watch of its own (a thread and a store connection, made on the first call: it throws
+  // Errc::peer_failure if the store is gone by then), since the store counts a sub-group's lost ranks under
+  // the sub-group's prefix and numbering. Null in a one-rank group.
   std::shared_ptr<transport::StoreWatch> member_watch();
   // This group's ranks as ranks of the whole job, in rank order (a sub-group's members, through every split).
   const std::vector<int>& job_ranks() const;

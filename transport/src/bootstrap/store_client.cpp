@@ -708,8 +708,9 @@ void StoreWatch::Impl::run() noexcept {
     // The store went away (its rank 0 ended or died) or broke the protocol: whoever waits for a peer must
     // not wait on, and the store cannot have told anyone anything since. The store lives in rank 0's
     // process: without it rank 0 is as good as gone (its own death closes no connection it could publish).
-    set_failure("lost the job's store: " + wire::bare_message(error));
+    // The host first: whoever hears of the failure finds it marked.
     if (world_size > 0 && store_host >= 0) mark_lost(store_host);
+    set_failure("lost the job's store: " + wire::bare_message(error));
   } catch (const std::exception& error) {
     set_failure(std::string("the store watch failed: ") + error.what());
   }
