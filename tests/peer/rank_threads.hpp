@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/loopback.hpp"
 #include "../common/thread_check.hpp"  // expect(): rank threads throw, run_ranks reports on the main thread
 #include "ferry/core/deadline.hpp"
 #include "ferry/core/error.hpp"
@@ -23,16 +24,7 @@
 namespace ferry::test {
 
 inline std::uint16_t free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) fail_errno("socket", errno);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) fail_errno("bind", errno);
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
+  return ferry::test::free_loopback_port();  // outside the ephemeral range (loopback.hpp says why)
 }
 
 // A job id no other test run shares, so shm names and leftovers can be checked per test.
