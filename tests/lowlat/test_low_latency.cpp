@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cluster.hpp"
+#include "common/skip.hpp"
 #include "dispatch/cluster_run.hpp"
 #include "support/check_error.hpp"
 
@@ -429,6 +430,11 @@ TEST_CASE("low-latency statistics count every received row per local expert and 
 // before the clean (where its new layout writes nothing, with 4 ranks) would read as one of this operation's;
 // a clean clears them.
 TEST_CASE("low-latency: ranks that disagree about num_experts fail by name", "[lowlat]") {
+#if defined(__SANITIZE_THREAD__)
+  // Ranks of different layouts read words at offsets other ranks wrote under theirs, unordered by the
+  // arrivals: ThreadSanitizer reports it (a race of the misuse this test provokes, within one process here).
+  ferry::test::skip("ranks with different layouts race on each other's words by construction (TSan build)");
+#endif
   for (Topology topo : {Topology{1, 2}, Topology{2, 1}, Topology{1, 4}, Topology{2, 2}}) {
     const int R = topo.nodes * topo.local;
     const bool after_clean = R == 4;
@@ -438,6 +444,9 @@ TEST_CASE("low-latency: ranks that disagree about num_experts fail by name", "[l
                               std::chrono::seconds(5));
     std::vector<std::uint16_t> x(4 * 128, 0x3f80);
     std::vector<std::int64_t> topk = {0, 1, 1, 2, 2, 3, 3, 0};  // [4, 2]: experts every rank knows
+    // No rows in the call that disagrees: a rank that places rows by another shape puts them where its peer
+    // writes its own staging (a race no check can prevent); the counts and arrivals still go.
+    std::vector<std::int64_t> no_rows(topk.size(), -1);
     std::vector<std::string> errors(R);
     auto on_every_rank = [&](auto&& call) {
       std::vector<std::thread> ranks;
@@ -453,21 +462,21 @@ TEST_CASE("low-latency: ranks that disagree about num_experts fail by name", "[l
       for (std::thread& rank : ranks) rank.join();
     };
     auto experts_of = [&](int r) { return r == R - 1 ? 2 * experts : experts; };
-    auto dispatch = [&](int r, std::int64_t num_experts) {
+    auto dispatch = [&](int r, std::int64_t num_experts, std::vector<std::int64_t>& ids) {
       LowLatencyDispatchOptions options;
       options.use_fp8 = false;
       LowLatencyDispatchResult got = cluster.buffer(r).low_latency_dispatch(
-          TensorView(x.data(), {4, 128}, DType::bf16), TensorView(topk.data(), {4, 2}, DType::int64), 4,
+          TensorView(x.data(), {4, 128}, DType::bf16), TensorView(ids.data(), {4, 2}, DType::int64), 4,
           num_experts, options);
       (void)got;
     };
     if (after_clean) {
-      on_every_rank([&](int r) { dispatch(r, experts); });
+      on_every_rank([&](int r) { dispatch(r, experts, topk); });
       REQUIRE(errors == std::vector<std::string>(R));
       on_every_rank([&](int r) { cluster.buffer(r).clean_low_latency_buffer(4, 128, experts_of(r)); });
       REQUIRE(errors == std::vector<std::string>(R));
     }
-    on_every_rank([&](int r) { dispatch(r, experts_of(r)); });
+    on_every_rank([&](int r) { dispatch(r, experts_of(r), no_rows); });
     for (int r = 0; r < R; ++r) {
       INFO("rank " << r << ": " << errors[r]);
       CHECK(errors[r].find("a block of counts from rank ") != std::string::npos);
