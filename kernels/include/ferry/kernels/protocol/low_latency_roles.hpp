@@ -333,28 +333,24 @@ FERRY_HD inline void publish_to_peers(Io& io, const LowLatencyContext& ctx, Role
   for (int i = 0; i < R; ++i) {
     const int peer = rotated(i + 1, R, ctx.rank);
     if (!slice.owns(peer) || is_masked(io, ctx, peer) || !io.leader()) continue;
-    if (ctx.reach(peer) == Reach::fabric) {
-      for (std::int64_t le = 0; le < L; ++le) {
-        const PublishedBlock block = block_of(peer, le);
-        if (block.bytes == 0) continue;
+    const bool fabric = ctx.reach(peer) == Reach::fabric;
+    // The block: staged for one put across nodes, the peer's own within the node.
+    std::uint64_t* counts =
+        fabric ? counter_word(io.local(), ctx.layout.count_out(ctx.buffer, peer, 0))
+               : counter_word(region_of(io, ctx, peer), ctx.layout.count_in(ctx.buffer, ctx.rank, 0));
+    for (std::int64_t le = 0; le < L; ++le) {
+      const PublishedBlock block = block_of(peer, le);
+      if (fabric && block.bytes > 0) {
         io.put(peer, block.staged, block.slot, block.bytes);
         io.traffic().fabric_puts += 1;
       }
-      for (std::int64_t le = 0; le < L; ++le)
-        io.store_private(counter_word(io.local(), ctx.layout.count_out(ctx.buffer, peer, le)),
-                         block_of(peer, le).count);
-      io.store_private(counter_word(io.local(), ctx.layout.count_out(ctx.buffer, peer, L)),
-                       count_block_check(ctx.layout.shape));
+      io.store(counts + le, block.count);
+    }
+    io.store(counts + L, count_block_check(ctx.layout.shape));
+    if (fabric) {
       io.put(peer, ctx.layout.count_out(ctx.buffer, peer, 0), ctx.layout.count_in(ctx.buffer, ctx.rank, 0),
              ctx.layout.count_block_bytes());
       io.traffic().fabric_puts += 1;
-    } else {
-      std::byte* region = region_of(io, ctx, peer);
-      for (std::int64_t le = 0; le < L; ++le)
-        io.store(counter_word(region, ctx.layout.count_in(ctx.buffer, ctx.rank, le)),
-                 block_of(peer, le).count);
-      io.store(counter_word(region, ctx.layout.count_in(ctx.buffer, ctx.rank, L)),
-               count_block_check(ctx.layout.shape));
     }
     add_to_word(io, ctx, peer, ctx.layout.arrival_word(ctx.buffer, ctx.rank), low_latency_signal(tag, 0));
   }
