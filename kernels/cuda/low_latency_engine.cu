@@ -124,7 +124,9 @@ struct LowLatencyDeviceEngine::Impl {
     std::size_t stack = 0;
     for (const LowLatencyKernelAttributes& kernel : low_latency_kernel_attributes()) {
       stack = std::max(stack, kernel.local_bytes);
-      if (std::string(kernel.name) != "clean_kernel" && threads > kernel.max_threads_per_block) {
+      const bool phase =
+          std::string(kernel.name).find("_phase") != std::string::npos;  // the others have fixed blocks
+      if (phase && threads > kernel.max_threads_per_block) {
         fail(Errc::invalid_argument,
              "low-latency device engine: " + std::to_string(options.groups_per_block) + " groups of " +
                  std::to_string(options.warps_per_group) + " warps are " + std::to_string(threads) +
@@ -272,7 +274,9 @@ void LowLatencyDeviceEngine::clean(const std::vector<p::LowLatencyContext>& cont
                                      " contexts for its " + std::to_string(impl.ranks.size()) + " ranks");
   }
   const cudaStream_t s = as_stream(stream);
-  DeviceArray<p::LowLatencyContext> on_device(contexts.size());
+  // Stream-ordered: a cudaMalloc/cudaFree here would synchronise the device, and with ranks that are threads
+  // sharing the GPU a peer's next operation may already spin there, waiting for this rank.
+  DeviceArray<p::LowLatencyContext> on_device(contexts.size(), s, true);
   check(cudaMemcpyAsync(on_device.data(), contexts.data(), sizeof(p::LowLatencyContext) * contexts.size(),
                         cudaMemcpyHostToDevice, s),
         "copy the clean's contexts");
@@ -285,8 +289,12 @@ void LowLatencyDeviceEngine::clean(const std::vector<p::LowLatencyContext>& cont
 }
 
 void LowLatencyDeviceEngine::finish(void* stream) {
-  Impl& impl = *impl_;
   check(cudaStreamSynchronize(as_stream(stream)), "the low-latency kernels");
+  raise_failures();
+}
+
+void LowLatencyDeviceEngine::raise_failures() {
+  Impl& impl = *impl_;
   // Every rank's record is taken and cleared (one fault usually leaves records on several ranks, which the
   // next operation must not report); the first is raised.
   std::optional<DeviceReport> first;

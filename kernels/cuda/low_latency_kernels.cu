@@ -292,7 +292,9 @@ std::vector<LowLatencyKernelAttributes> low_latency_kernel_attributes() {
       {"context_phase", reinterpret_cast<const void*>(&context_phase)},
       {"dispatch_phase", reinterpret_cast<const void*>(&dispatch_phase)},
       {"combine_phase", reinterpret_cast<const void*>(&combine_phase)},
-      {"clean_kernel", reinterpret_cast<const void*>(&clean_kernel)}};
+      {"clean_kernel", reinterpret_cast<const void*>(&clean_kernel)},
+      {"slots_kernel", reinterpret_cast<const void*>(&slots_kernel)},
+      {"begin_operation_kernel", reinterpret_cast<const void*>(&begin_operation_kernel)}};
   for (const auto& [name, kernel] : kernels) {
     cudaFuncAttributes attributes{};
     check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");

@@ -39,6 +39,9 @@ void LowLatencyDeviceEngine::clean(const std::vector<protocol::LowLatencyContext
 void LowLatencyDeviceEngine::finish(void*) {
   no_low_latency_cuda();
 }
+void LowLatencyDeviceEngine::raise_failures() {
+  no_low_latency_cuda();
+}
 
 LowLatencyVirtualCluster::LowLatencyVirtualCluster(int, int, std::size_t, const LowLatencyDeviceOptions&) {
   no_low_latency_cuda();

@@ -65,6 +65,9 @@ class LowLatencyDeviceEngine {
   // Waits for `stream`, then throws the first failure a group recorded (Errc::protocol naming rank, phase and
   // peer, Errc::timeout, the proxy's failure) or a CUDA error.
   void finish(void* stream);
+  // The same without waiting: throws (and clears) the failures the kernels have recorded so far. The records
+  // live in host memory mapped for the GPU, so this reads what finished phases wrote; not thread-safe.
+  void raise_failures();
 
   struct Impl;
 
