@@ -1,10 +1,8 @@
 #include "device_backend.hpp"
 
 #include <cuda_runtime_api.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -12,13 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "cuda_support.hpp"
 #include "device_block_cache.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/kernels/cuda/device_engine.hpp"
 #include "ferry/kernels/cuda/device_layout.hpp"
 #include "ferry/runtime/group_peers.hpp"
 #include "ferry/transport/cuda_check.hpp"
-#include "ferry/transport/fabric.hpp"
 #include "ferry/transport/peer_memory.hpp"
 #include "ferry/transport/proxy.hpp"
 #include "operation_queue.hpp"
@@ -31,15 +29,6 @@ namespace {
 
 namespace p = kernels::protocol;
 namespace kc = kernels::cuda;
-
-// Clears the thread's last error before it throws (cuda_check.hpp says why).
-void check(cudaError_t status, const std::string& what) {
-  if (status != cudaSuccess) {
-    transport::detail::forget_last_error();
-    fail(Errc::system,
-         "cuda: " + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
-  }
-}
 
 p::PayloadKind kind_of(DType dtype, const char* name) {
   switch (dtype) {
@@ -63,6 +52,7 @@ void require_device(const TensorView& view, const char* name) {
   }
 }
 
+using detail::cuda_check;
 using transport::detail::DeviceEvent;
 using transport::detail::DeviceScope;
 
@@ -80,7 +70,7 @@ void refuse_capture(void* caller, const char* operation) {
              "CUDA graph (the legacy stream would join that capture and break it): pass a "
              "stream of your own, or issue it outside the capture");
   }
-  check(error, "cudaStreamIsCapturing");
+  cuda_check(error, "cudaStreamIsCapturing");
   if (status != cudaStreamCaptureStatusNone) {
     fail(Errc::unsupported,
          std::string("Buffer::") + operation +
@@ -97,61 +87,6 @@ constexpr std::size_t kCachedOutputBytes = std::size_t{2} << 30;
 const char* const kRebuild =
     " (this Buffer stops here: its rings are in an unknown state on every rank; destroy it and build a new "
     "Buffer, on every rank, to go on)";
-
-// The communication stream, shared: arrays freed in its order (a dispatch's records, which a Handle may keep
-// after the Buffer is gone) hold it, so it is destroyed after the last of them.
-std::shared_ptr<CUstream_st> make_stream(int gpu) {
-  cudaStream_t stream = nullptr;
-  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  return std::shared_ptr<CUstream_st>(stream, [gpu](cudaStream_t done) {
-    DeviceScope scope(gpu, std::nothrow);
-    cudaStreamDestroy(done);
-  });
-}
-
-// Who shares GPU `gpu` with this rank. Collective.
-struct GpuSharing {
-  // Ranks of the job on this GPU itself: threads of this process, other processes (MPS), other emulated
-  // nodes of this machine. Their blocks run beside ours and must all fit at once.
-  int ranks = 0;
-  // Why some process of the job runs more ranks as threads on one GPU than its hardware queues allow
-  // (kc::connections_problem), the same text on every rank, so that all refuse together; "" when none does.
-  std::string problem;
-};
-
-GpuSharing gpu_sharing(Group& group, int gpu) {
-  // Compared by the GPU's UUID, which every process sees the same whatever its CUDA_VISIBLE_DEVICES; the
-  // UUID and the process id together name one CUDA context.
-  cudaDeviceProp properties{};
-  check(cudaGetDeviceProperties(&properties, gpu), "cudaGetDeviceProperties");
-  const auto* uuid = reinterpret_cast<const std::uint8_t*>(&properties.uuid);
-  constexpr std::size_t kUuid = sizeof(properties.uuid);
-  std::vector<std::uint8_t> mine(uuid, uuid + kUuid);
-  const std::int32_t pid = static_cast<std::int32_t>(::getpid());
-  const std::int32_t connections = kc::device_connections(std::getenv("CUDA_DEVICE_MAX_CONNECTIONS"));
-  for (std::int32_t word : {pid, connections}) {
-    const auto* bytes = reinterpret_cast<const std::uint8_t*>(&word);
-    mine.insert(mine.end(), bytes, bytes + sizeof(word));
-  }
-  const std::vector<std::vector<std::uint8_t>> all = group.all_gather("ferry/buffer/gpu-uuid", mine);
-  GpuSharing sharing;
-  auto same_gpu = [&](const std::vector<std::uint8_t>& a, const std::vector<std::uint8_t>& b) {
-    return std::equal(a.begin(), a.begin() + kUuid, b.begin());
-  };
-  auto same_context = [&](const std::vector<std::uint8_t>& a, const std::vector<std::uint8_t>& b) {
-    return std::equal(a.begin(), a.begin() + kUuid + sizeof(std::int32_t), b.begin());
-  };
-  for (const std::vector<std::uint8_t>& other : all) sharing.ranks += same_gpu(other, mine) ? 1 : 0;
-  for (std::size_t r = 0; r < all.size() && sharing.problem.empty(); ++r) {
-    int threads = 0;
-    for (const std::vector<std::uint8_t>& other : all) threads += same_context(other, all[r]) ? 1 : 0;
-    std::int32_t theirs = 0;
-    std::memcpy(&theirs, all[r].data() + kUuid + sizeof(std::int32_t), sizeof(theirs));
-    const std::string problem = kc::connections_problem(threads, theirs);
-    if (!problem.empty()) sharing.problem = "rank " + std::to_string(r) + "'s process: " + problem;
-  }
-  return sharing;
-}
 
 }  // namespace
 
@@ -189,7 +124,7 @@ struct DeviceBackend::Impl {
   void follow(void* caller) {
     DeviceEvent before(gpu);
     before.record(static_cast<cudaStream_t>(caller));
-    check(cudaStreamWaitEvent(stream, before.get(), 0), "cudaStreamWaitEvent");
+    cuda_check(cudaStreamWaitEvent(stream, before.get(), 0), "cudaStreamWaitEvent");
   }
 
   void stop(const Error& error) {
@@ -275,7 +210,8 @@ class DeviceOpCompletion final : public DeviceCompletion {
 
   void stream_wait(void* stream) override {
     DeviceScope scope(gpu_);
-    check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), event_.get(), 0), "cudaStreamWaitEvent");
+    cuda_check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), event_.get(), 0),
+               "cudaStreamWaitEvent");
   }
 
  private:
@@ -285,7 +221,7 @@ class DeviceOpCompletion final : public DeviceCompletion {
         [this] {
           const cudaError_t status = cudaEventQuery(event_.get());
           if (status == cudaSuccess) return true;
-          if (status != cudaErrorNotReady) check(status, "an operation's kernels");
+          if (status != cudaErrorNotReady) cuda_check(status, "an operation's kernels");
           return false;
         },
         "an operation's kernels");
@@ -383,10 +319,10 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   const std::string unavailable = kc::gpu_unavailable_reason();
   if (!unavailable.empty()) fail(Errc::unsupported, "a CUDA Buffer needs a GPU: " + unavailable);
   int gpus = 0;
-  check(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
+  cuda_check(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
   impl.gpu = group.local_rank() % gpus;
   DeviceScope scope(impl.gpu);
-  impl.stream_owner = make_stream(impl.gpu);
+  impl.stream_owner = detail::make_buffer_stream(impl.gpu);
   impl.stream = impl.stream_owner.get();
   impl.outputs = detail::make_device_block_cache(impl.gpu, kCachedOutputBytes, impl.stream_owner);
 
@@ -403,26 +339,14 @@ DeviceBackend::DeviceBackend(Group& group, const Config& config, const p::Buffer
   options.rdma_chunk = config.rdma_chunk;
   options.nvl_chunk = config.nvl_chunk;
   options.timeout = config.timeout;
-  const GpuSharing sharing = gpu_sharing(group, impl.gpu);
+  const detail::GpuSharing sharing = detail::gpu_sharing(group, impl.gpu, "ferry/buffer/gpu-uuid");
   if (!sharing.problem.empty()) fail(Errc::invalid_argument, "a CUDA Buffer: " + sharing.problem);
   options.other_ranks_on_device = sharing.ranks - 1;
   if (group.num_nodes() > 1) {
-    transport::FabricOptions fabric_options;
-    fabric_options.kind = transport::fabric_kind_from_env();
-    std::unique_ptr<transport::Fabric> fabric = transport::make_fabric(peers, fabric_options);
-    // Device memory across nodes needs a fabric that can register it: verbs (dma-buf or nvidia-peermem), or a
-    // UCX built with CUDA support; the fabric says which is missing.
-    const transport::RegionId region =
-        fabric->register_region(impl.memory->local(), bytes, transport::MemoryKind::cuda);
-    if (region != 0) fail(Errc::internal, "the buffer's fabric region is not region 0");
-    fabric->connect();
-    transport::ProxyOptions proxy_options;
-    proxy_options.rings = kc::device_rings_per_rank(layout.params.topo, options);
-    proxy_options.memory = transport::RingMemory::cuda_mapped;
-    proxy_options.timeout = config.timeout;
-    proxy_options.device = impl.gpu;  // the fabric moves this GPU's memory from the proxy threads
-    impl.proxy = std::make_unique<transport::Proxy>(std::move(fabric), proxy_options);
-    for (int k = 0; k < proxy_options.rings; ++k) rank.rings.push_back(impl.proxy->ring(k).device_view());
+    const int rings = kc::device_rings_per_rank(layout.params.topo, options);
+    impl.proxy =
+        detail::make_device_proxy(peers, impl.memory->local(), bytes, rings, impl.gpu, config.timeout);
+    for (int k = 0; k < rings; ++k) rank.rings.push_back(impl.proxy->ring(k).device_view());
   }
   std::vector<kc::DeviceRank> ranks;
   ranks.push_back(std::move(rank));
@@ -488,14 +412,14 @@ Layout DeviceBackend::layout(const TensorView& topk_idx, std::int64_t num_expert
   layout.tokens_per_expert.resize(num_experts);
   auto read = [&](std::vector<std::int64_t>& host, const Tensor& device) {
     if (host.empty()) return;
-    check(cudaMemcpyAsync(host.data(), device.data(), sizeof(std::int64_t) * host.size(),
-                          cudaMemcpyDeviceToHost, impl.stream),
-          "layout counts");
+    cuda_check(cudaMemcpyAsync(host.data(), device.data(), sizeof(std::int64_t) * host.size(),
+                               cudaMemcpyDeviceToHost, impl.stream),
+               "layout counts");
   };
   read(layout.tokens_per_rank, per_rank);
   read(layout.tokens_per_node, per_node);
   read(layout.tokens_per_expert, per_expert);
-  check(cudaStreamSynchronize(impl.stream), "the layout kernel");
+  cuda_check(cudaStreamSynchronize(impl.stream), "the layout kernel");
   impl.layouts->check();
   return layout;
 }
@@ -526,9 +450,9 @@ Pending<DispatchResult> DeviceBackend::dispatch(const DispatchInputs& inputs, co
   } else {
     in_rank = std::make_shared<Tensor>(impl.device_tensor({T, R}, DType::uint8));
     // In the stream's order: a cached block may still be read by an earlier operation on it.
-    check(cudaMemcpyAsync(in_rank->data(), layout.is_token_in_rank.data(), layout.is_token_in_rank.size(),
-                          cudaMemcpyHostToDevice, impl.stream),
-          "copy of the layout");
+    cuda_check(cudaMemcpyAsync(in_rank->data(), layout.is_token_in_rank.data(),
+                               layout.is_token_in_rank.size(), cudaMemcpyHostToDevice, impl.stream),
+               "copy of the layout");
     in_rank_device = in_rank->data_as<const std::uint8_t>();
   }
   impl.follow(options.stream);

@@ -20,6 +20,7 @@
 #include "group_transport.hpp"
 #include "local_cluster.hpp"
 #include "low_latency_checks.hpp"
+#include "low_latency_device.hpp"
 #include "operation_queue.hpp"
 
 namespace ferry {
@@ -36,9 +37,13 @@ struct LowLatencyRecord {
   std::int64_t num_tokens = 0;
   int num_topk = 0;
   std::uint32_t operation = 0;
-  std::vector<std::int64_t> topk_idx;     // [T * K]
-  std::vector<std::int32_t> slot;         // [T * K]
-  std::vector<std::int32_t> send_count;   // [E]
+  std::vector<std::int64_t> topk_idx;    // [T * K]
+  std::vector<std::int32_t> slot;        // [T * K]
+  std::vector<std::int32_t> send_count;  // [E]
+  // Device::cuda: the routing copied to the GPU, and the slots and counts its kernels compute from it.
+  Tensor device_topk_idx;                 // int64 [T, K]
+  Tensor device_slot;                     // int32 [T, K]
+  Tensor device_send_count;               // int32 [E]
   Tensor src_info;                        // int32 [E/R, R*T]
   Tensor layout_range;                    // int64 [E/R, R]
   std::atomic<bool> received{false};      // the dispatch's receive half has run
@@ -134,6 +139,8 @@ struct LowLatencyBuffer::Impl {
   std::unique_ptr<h::LowLatencyEngine> engine;
   std::unique_ptr<std::uint64_t[]> mask;  // [R], read and written through atomic_ref
   std::unique_ptr<OperationQueue> queue;  // stopped first
+  // Device::cuda instead of transport, engine, mask and queue: the GPU side (low_latency_device.hpp).
+  std::unique_ptr<LowLatencyDevice> device;
 
   // What an operation left on its buffer.
   struct Use {
@@ -168,8 +175,8 @@ struct LowLatencyBuffer::Impl {
     ctx.rank = rank;
     p::set_operation(ctx, operation);
     ctx.mask_after_ns = static_cast<std::uint64_t>(config.timeout.count());
-    ctx.mask = mask.get();
-    ctx.gone = gone();
+    ctx.mask = device ? device->mask() : mask.get();
+    ctx.gone = device ? device->gone() : gone();
     return ctx;
   }
 
@@ -257,6 +264,42 @@ struct LowLatencyBuffer::Impl {
     }
     auto pending = std::make_shared<detail::LowLatencyReceive>();
     pending->run = [this, receive] { guarded(receive); };
+    hook.receive_ = pending;
+    set_use(operation, combine, pending, std::nullopt);
+  }
+
+  // Device::cuda: both halves enqueued on the buffer's stream after the caller's stream, which then waits for
+  // them (async: it does not; the event completes after the receive half); with a hook, the caller's stream
+  // waits for the send half (which reads the caller's tensors), and the hook enqueues the receive half the
+  // same way. The GPU orders a buffer's operations, so nothing here waits for an earlier one.
+  void run_on_device(bool async, bool hook_mode, std::function<void()> send, std::function<void()> receive,
+                     std::uint32_t operation, bool combine, Event& event, LowLatencyHook& hook,
+                     void* caller) {
+    guarded([&] {
+      device->follow(caller);
+      send();
+      if (hook_mode) {
+        event = device->event();
+        device->lead(caller);
+        return;
+      }
+      receive();
+      event = device->event();
+      if (!async) device->lead(caller);
+    });
+    if (!hook_mode) {
+      set_use(operation, combine, nullptr, event);
+      return;
+    }
+    auto pending = std::make_shared<detail::LowLatencyReceive>();
+    pending->run = [this, receive, caller] {
+      guarded([&] {  // refused, the receive half is lost (the hook is spent): the buffer needs a clean
+        device->check_stream(caller);
+        device->follow(caller);
+        receive();
+        device->lead(caller);
+      });
+    };
     hook.receive_ = pending;
     set_use(operation, combine, pending, std::nullopt);
   }
@@ -364,11 +407,11 @@ void check_same_bytes(Group& group, std::size_t bytes) {
 LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config, Device device)
     : impl_(std::make_unique<Impl>()) {
   check_config(config);
-  if (device != Device::host) {
-    fail(Errc::unsupported,
-         "a LowLatencyBuffer on the GPU is not built yet: the CUDA executor of the low-latency mode runs on "
-         "virtual clusters (kernels/cuda/low_latency_engine); use Device::host");
-  }
+  if (device != Device::host && device != Device::cuda)
+    fail(Errc::invalid_argument, "a LowLatencyBuffer runs on Device::host or Device::cuda");
+  if (device == Device::cuda && config.host_lanes != 1)
+    fail(Errc::invalid_argument,
+         "LowLatencyConfig::host_lanes is for the host executor: leave it 1 on the GPU");
   Impl& impl = *impl_;
   impl.config = config;
   impl.config.num_rdma_bytes = page_rounded(config.num_rdma_bytes);
@@ -384,6 +427,10 @@ LowLatencyBuffer::LowLatencyBuffer(Group& group, const LowLatencyConfig& config,
   // on it alone (its writes complete without sending) instead of failing the survivors' operations.
   // On a sub-group, a watch of its own: the store counts its lost ranks in its numbering.
   impl.watch = group.member_watch();
+  if (device == Device::cuda) {
+    impl.device = std::make_unique<LowLatencyDevice>(group, impl.config, impl.gone());
+    return;
+  }
   // Isolation only with the store's news: a fabric that gave a dead rank up silently, while the survivors
   // learn of it by their timeouts alone, lets one survivor outwait another into masking a live rank
   // (docs/reliability.md); without the news a dead rank of another node fails the operation by name.
@@ -430,6 +477,7 @@ LowLatencyBuffer::~LowLatencyBuffer() {
   }
   impl_->queue.reset();
   impl_->engine.reset();
+  impl_->device.reset();
   impl_->transport.reset();
   if (impl_->cluster) impl_->cluster->release_low_latency(impl_->rank);
 }
@@ -443,6 +491,185 @@ int LowLatencyBuffer::num_ranks() const {
 std::size_t LowLatencyBuffer::num_rdma_bytes() const {
   return impl_->config.num_rdma_bytes;
 }
+
+namespace {
+
+// What a dispatch plan takes from the call, on either executor (the arrays are the caller's to fill).
+std::shared_ptr<p::LowLatencyDispatchPlan> dispatch_plan(const LowLatencyBuffer::Impl& impl,
+                                                         const p::LowLatencyShape& shape,
+                                                         std::uint32_t operation,
+                                                         const LowLatencyDispatchOptions& options,
+                                                         const TensorView& x, int K) {
+  auto plan = std::make_shared<p::LowLatencyDispatchPlan>();
+  plan->ctx = impl.context(shape, operation);
+  plan->message = p::low_latency_message(options.use_fp8, shape.hidden);
+  plan->round_scale = options.round_scale;
+  plan->ue8m0 = options.use_ue8m0;
+  plan->tag = p::low_latency_tag(operation, false);
+  plan->shape_check = p::low_latency_shape_check(shape, options.use_fp8);
+  plan->x = x.data_as<const std::uint16_t>();
+  plan->num_tokens = x.size(0);
+  plan->num_topk = K;
+  return plan;
+}
+
+}  // namespace
+
+// ---- Device::cuda (low_latency_device.hpp): the same operations with device arrays ----
+
+namespace {
+
+void refuse_on_device(const TensorView& view, const char* name) {
+  if (!view.empty()) {
+    fail(Errc::unsupported,
+         std::string(name) +
+             ": the per-call statistics tensors are not gathered on the GPU yet (the counts "
+             "and waits stay in device memory); leave it empty on a Device::cuda buffer");
+  }
+}
+
+// Fills `result`; returns the handle's record (the buffer joins them: the fields are its friends').
+std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::Impl& impl,
+                                                             const TensorView& x, const TensorView& topk_idx,
+                                                             const p::LowLatencyShape& shape, int K,
+                                                             const LowLatencyDispatchOptions& options,
+                                                             LowLatencyDispatchResult& result) {
+  LowLatencyDevice& device = *impl.device;
+  const int R = impl.num_ranks();
+  const std::int64_t T = x.size(0), L = shape.local_experts(), rows = shape.rows_per_expert(),
+                     H = shape.hidden, E = shape.num_experts, blocks = p::scale_blocks(H);
+  auto record = std::make_shared<detail::LowLatencyRecord>();
+  record->owner = &impl;
+  record->shape = shape;
+  record->num_tokens = T;
+  record->num_topk = K;
+  // The combine reuses the routing: a copy, as the caller may reuse its tensor. The kernels compute the
+  // slots and counts from it (an id out of range is recorded as a fault and left out).
+  record->device_topk_idx = device.tensor({T, K}, DType::int64);
+  record->device_slot = device.tensor({T, K}, DType::int32);
+  record->device_send_count = device.tensor({E}, DType::int32);
+  record->src_info = device.tensor({L, rows}, DType::int32);
+  record->layout_range = device.tensor({L, R}, DType::int64);
+
+  result.recv_x = device.tensor({L, rows, H}, options.use_fp8 ? DType::fp8_e4m3 : DType::bf16);
+  if (options.use_ue8m0) {
+    result.recv_x_scales = device.tensor({L, p::ue8m0_packs(blocks), rows}, DType::int32);
+  } else if (options.use_fp8) {
+    result.recv_x_scales = device.tensor({L, blocks, rows}, DType::fp32);
+  }
+  result.recv_count = device.tensor({L}, DType::int32);
+  Tensor wait_ns = device.tensor({L, R}, DType::int64);
+  device.check_stream(options.stream);
+  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
+
+  std::optional<Event> ignored;  // the buffer's stream orders its operations
+  std::uint32_t operation = 0;
+  {
+    std::lock_guard lock(impl.mutex);
+    operation = impl.claim(shape, false, options.async_finish, ignored);
+    record->generation = impl.generation;
+    impl.stats.operations += 1;
+  }
+  record->operation = operation;
+
+  auto plan = dispatch_plan(impl, shape, operation, options, x, K);
+  plan->topk_idx = record->device_topk_idx.data_as<const std::int64_t>();
+  plan->slot = record->device_slot.data_as<const std::int32_t>();
+  plan->send_count = record->device_send_count.data_as<const std::int32_t>();
+  plan->recv_x = static_cast<std::byte*>(result.recv_x.data());
+  if (options.use_ue8m0) {
+    plan->recv_scales_ue8m0 = static_cast<std::uint8_t*>(result.recv_x_scales.data());
+  } else if (options.use_fp8) {
+    plan->recv_scales = result.recv_x_scales.data_as<float>();
+  }
+  plan->recv_count = result.recv_count.data_as<std::int32_t>();
+  plan->recv_src_info = record->src_info.data_as<std::int32_t>();
+  plan->layout_range = record->layout_range.data_as<std::int64_t>();
+  plan->wait_ns = wait_ns.data_as<std::int64_t>();
+
+  // As the host executor leaves them: ranges and counts zero, source infos -1, UE8M0 padding zero.
+  // Runs before run_on_device returns (the caller's tensors are read in stream order after it).
+  auto send = [&device, &result, plan, record, topk_idx, wait_ns] {
+    device.copy(record->device_topk_idx.data(), topk_idx.data(), record->device_topk_idx.bytes());
+    device.fill(record->src_info.data(), 0xff, record->src_info.bytes());
+    device.fill(record->layout_range.data(), 0, record->layout_range.bytes());
+    device.fill(result.recv_count.data(), 0, result.recv_count.bytes());
+    device.fill(wait_ns.data(), 0, wait_ns.bytes());
+    if (plan->recv_scales_ue8m0 != nullptr)
+      device.fill(result.recv_x_scales.data(), 0, result.recv_x_scales.bytes());
+    device.dispatch_send(*plan);
+  };
+  // The outputs stay allocated until the receive half is enqueued (blocks go back in the stream's order).
+  auto keep = std::make_shared<std::vector<Tensor>>(
+      std::vector<Tensor>{result.recv_x, result.recv_x_scales, result.recv_count});
+  auto receive = [&device, plan, record, wait_ns, keep] {
+    device.dispatch_receive(*plan);
+    record->received.store(true, std::memory_order_release);
+  };
+  impl.run_on_device(options.async_finish, options.return_recv_hook, send, receive, operation, false,
+                     result.event, result.hook, options.stream);
+  if (options.async_finish) record->event = result.event;
+  return record;
+}
+
+LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const TensorView& x,
+                                          const TensorView& topk_weights,
+                                          const std::shared_ptr<detail::LowLatencyRecord>& record,
+                                          const LowLatencyCombineOptions& options) {
+  LowLatencyDevice& device = *impl.device;
+  const p::LowLatencyShape& shape = record->shape;
+  const std::int64_t T = record->num_tokens, E = shape.num_experts;
+  const int K = record->num_topk;
+  LowLatencyCombineResult result;
+  TensorView out = options.out;
+  if (out.empty()) {
+    result.combined_x = device.tensor({T, shape.hidden}, DType::bf16);
+    out = result.combined_x;
+  }
+  Tensor weights = device.tensor({T, K}, DType::fp32);  // a copy, as the caller may reuse its tensor
+  Tensor wait_ns = device.tensor({E}, DType::int64);
+  Tensor row_base = device.tensor({E}, DType::int64);
+  device.check_stream(options.stream);
+  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
+
+  std::optional<Event> ignored;
+  std::uint32_t operation = 0;
+  {
+    std::lock_guard lock(impl.mutex);
+    operation = impl.claim(shape, true, options.async_finish, ignored);
+    impl.stats.operations += 1;
+  }
+
+  auto plan = std::make_shared<p::LowLatencyCombinePlan>();
+  plan->ctx = impl.context(shape, operation);
+  plan->tag = p::low_latency_tag(operation, true);
+  plan->x = x.data_as<const std::uint16_t>();
+  plan->layout_range = record->layout_range.data_as<const std::int64_t>();
+  plan->topk_idx = record->device_topk_idx.data_as<const std::int64_t>();
+  plan->topk_weights = weights.data_as<const float>();
+  plan->slot = record->device_slot.data_as<const std::int32_t>();
+  plan->send_count = record->device_send_count.data_as<const std::int32_t>();
+  plan->num_tokens = T;
+  plan->num_topk = K;
+  plan->out = out.data_as<std::uint16_t>();
+  plan->wait_ns = wait_ns.data_as<std::int64_t>();
+  plan->row_base = row_base.data_as<std::int64_t>();
+
+  auto send = [&device, plan, topk_weights, weights, wait_ns] {
+    device.copy(weights.data(), topk_weights.data(), weights.bytes());
+    device.fill(wait_ns.data(), 0, wait_ns.bytes());
+    device.combine_send(*plan);
+  };
+  auto receive = [&device, plan, record, weights, wait_ns, row_base,
+                  keep = result.combined_x] {  // alive until enqueued
+    device.combine_receive(*plan);
+  };
+  impl.run_on_device(options.async_finish, options.return_recv_hook, send, receive, operation, true,
+                     result.event, result.hook, options.stream);
+  return result;
+}
+
+}  // namespace
 
 LowLatencyDispatchResult LowLatencyBuffer::low_latency_dispatch(const TensorView& x,
                                                                 const TensorView& topk_idx,
@@ -458,6 +685,16 @@ LowLatencyDispatchResult LowLatencyBuffer::low_latency_dispatch(const TensorView
   const p::LowLatencyShape shape =
       check_low_latency_shape(num_max_dispatch_tokens_per_rank, x.size(1), R, num_experts, options.use_fp8,
                               impl.config.num_rdma_bytes);
+  if (impl.device) {
+    const int K = check_low_latency_inputs(x, topk_idx, shape, Device::cuda);
+    refuse_on_device(options.cumulative_local_expert_recv_stats, "cumulative_local_expert_recv_stats");
+    refuse_on_device(options.dispatch_wait_recv_cost_stats, "dispatch_wait_recv_cost_stats");
+    LowLatencyDispatchResult result;
+    auto record = dispatch_on_device(impl, x, topk_idx, shape, K, options, result);
+    record->hook = result.hook.receive_;
+    result.handle.record_ = record;
+    return result;
+  }
   const int K = check_low_latency_inputs(x, topk_idx, shape);
   const std::int64_t T = x.size(0);
   const std::int64_t L = shape.local_experts();
@@ -505,17 +742,8 @@ LowLatencyDispatchResult LowLatencyBuffer::low_latency_dispatch(const TensorView
   }
   record->operation = operation;
 
-  auto plan = std::make_shared<p::LowLatencyDispatchPlan>();
-  plan->ctx = impl.context(shape, operation);
-  plan->message = p::low_latency_message(options.use_fp8, H);
-  plan->round_scale = options.round_scale;
-  plan->ue8m0 = options.use_ue8m0;
-  plan->tag = p::low_latency_tag(operation, false);
-  plan->shape_check = p::low_latency_shape_check(shape, options.use_fp8);
-  plan->x = x.data_as<const std::uint16_t>();
+  auto plan = dispatch_plan(impl, shape, operation, options, x, K);
   plan->topk_idx = record->topk_idx.data();
-  plan->num_tokens = T;
-  plan->num_topk = K;
   plan->slot = record->slot.data();
   plan->send_count = record->send_count.data();
   plan->recv_x = static_cast<std::byte*>(result.recv_x.data());
@@ -576,13 +804,24 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   const std::int64_t T = record->num_tokens;
   const int K = record->num_topk;
   const std::int64_t L = shape.local_experts();
-  check_same_routing(topk_idx, record->topk_idx, T, K);
-  check_optional(topk_weights, "topk_weights", DType::fp32, {T, K});
+  const Device where = impl.device ? Device::cuda : Device::host;
+  if (impl.device) {  // the combine uses the dispatch's copy of the routing: topk_idx's shape is checked
+    check_optional(topk_idx, "topk_idx", DType::int64, {T, K}, where);
+    refuse_on_device(options.combine_wait_recv_cost_stats, "combine_wait_recv_cost_stats");
+    if (options.zero_copy) {
+      fail(Errc::unsupported,
+           "zero_copy is not built on the GPU yet (the staging needs a device-side acquire before the caller "
+           "writes it): pass the experts' rows as x");
+    }
+  } else {
+    check_same_routing(topk_idx, record->topk_idx, T, K);
+  }
+  check_optional(topk_weights, "topk_weights", DType::fp32, {T, K}, where);
   if (topk_weights.empty())
     fail(Errc::invalid_argument, "topk_weights is required: [num_tokens, num_topk] fp32");
-  check_optional(options.out, "out", DType::bf16, {T, shape.hidden});
+  check_optional(options.out, "out", DType::bf16, {T, shape.hidden}, where);
   check_optional(options.combine_wait_recv_cost_stats, "combine_wait_recv_cost_stats", DType::int64, {R});
-  check_optional(x, "x", DType::bf16, {L, shape.rows_per_expert(), shape.hidden});
+  check_optional(x, "x", DType::bf16, {L, shape.rows_per_expert(), shape.hidden}, where);
   if (x.empty()) fail(Errc::invalid_argument, "x is required: the experts' rows, [E/R, R*T, hidden] bf16");
   // The dispatch's receives placed the rows x answers: they must have been taken.
   if (!record->received.load(std::memory_order_acquire)) {
@@ -596,6 +835,7 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
                                        ") was never received (its hook was dropped, or it failed)");
     }
   }
+  if (impl.device) return combine_on_device(impl, x, topk_weights, record, options);
 
   LowLatencyCombineResult result;
   std::uint16_t* out = nullptr;
@@ -669,7 +909,20 @@ void LowLatencyBuffer::clean_low_latency_buffer(std::int64_t num_max_dispatch_to
     std::lock_guard lock(impl.mutex);
     epoch = impl.generation;
   }
-  impl.engine->clean(impl.context(shape, 0), epoch);
+  if (impl.device) {
+    try {
+      impl.device->clean(impl.context(shape, 0), epoch);
+    } catch (const std::exception& error) {
+      // Some ranks may have passed it and reset their numbering: only a clean goes on from here, with the
+      // next epoch, as on those ranks.
+      std::lock_guard lock(impl.mutex);
+      impl.generation += 1;
+      impl.failure = std::string("clean_low_latency_buffer failed: ") + error.what();
+      throw;
+    }
+  } else {
+    impl.engine->clean(impl.context(shape, 0), epoch);
+  }
   std::lock_guard lock(impl.mutex);
   impl.generation += 1;
   impl.shape = shape;
@@ -684,6 +937,11 @@ TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatenc
   if (!handle.valid() || handle.record_->owner != &impl)
     fail(Errc::invalid_argument,
          "get_next_low_latency_combine_buffer needs a handle of this buffer's dispatch");
+  if (impl.device) {
+    fail(Errc::unsupported,
+         "get_next_low_latency_combine_buffer: zero-copy combine is not built on the GPU yet (the staging "
+         "needs a device-side acquire before the caller writes it)");
+  }
   const p::LowLatencyShape shape = handle.record_->shape;
   std::uint32_t next = 0;
   {
@@ -705,6 +963,10 @@ void LowLatencyBuffer::low_latency_update_mask_buffer(int rank_to_mask, bool mas
   }
   if (rank_to_mask == impl.rank && mask)
     fail(Errc::invalid_argument, "rank " + std::to_string(impl.rank) + " cannot mask itself");
+  if (impl.device) {
+    impl.device->set_mask(rank_to_mask, mask);
+    return;
+  }
   std::atomic_ref<std::uint64_t> word(impl.mask[rank_to_mask]);
   if (!mask) {
     word.store(0, std::memory_order_release);
@@ -719,17 +981,25 @@ void LowLatencyBuffer::low_latency_query_mask_buffer(const TensorView& mask_stat
   const Impl& impl = *impl_;
   if (mask_status.empty()) fail(Errc::invalid_argument, "mask_status is required: int32 [num_ranks]");
   check_optional(mask_status, "mask_status", DType::int32, {impl.num_ranks()});
+  const std::vector<std::uint64_t> on_device =
+      impl.device ? impl.device->read_mask() : std::vector<std::uint64_t>{};
   for (int r = 0; r < impl.num_ranks(); ++r) {
     const std::uint64_t* lost = impl.gone();
     const bool gone =
         lost != nullptr && std::atomic_ref<const std::uint64_t>(lost[r]).load(std::memory_order_acquire) != 0;
-    mask_status.data_as<std::int32_t>()[r] =
-        gone || std::atomic_ref<std::uint64_t>(impl.mask[r]).load(std::memory_order_acquire) != 0 ? 1 : 0;
+    const std::uint64_t word =
+        impl.device ? on_device[r]
+                    : std::atomic_ref<std::uint64_t>(impl.mask[r]).load(std::memory_order_acquire);
+    mask_status.data_as<std::int32_t>()[r] = gone || word != 0 ? 1 : 0;
   }
 }
 
 void LowLatencyBuffer::low_latency_clean_mask_buffer() {
   Impl& impl = *impl_;
+  if (impl.device) {
+    impl.device->clear_mask();
+    return;
+  }
   for (int r = 0; r < impl.num_ranks(); ++r)
     std::atomic_ref<std::uint64_t>(impl.mask[r]).store(0, std::memory_order_release);
 }

@@ -21,9 +21,11 @@ std::string shape_text(const std::vector<std::int64_t>& shape, DType dtype) {
   return text + "] " + to_string(dtype);
 }
 
-void require_host(const TensorView& view, const char* name) {
-  if (view.device() != Device::host)
-    reject(std::string(name) + " is " + view.describe() + " but this LowLatencyBuffer runs on the host");
+void require_on(const TensorView& view, const char* name, Device where) {
+  if (view.device() != where) {
+    reject(std::string(name) + " is " + view.describe() + " but this LowLatencyBuffer runs on the " +
+           (where == Device::host ? "host" : "GPU"));
+  }
   if (view.numel() > 0 && view.data() == nullptr) reject(std::string(name) + " has no data");
 }
 
@@ -67,10 +69,10 @@ p::LowLatencyShape check_low_latency_shape(std::int64_t max_tokens, std::int64_t
   return shape;
 }
 
-int check_low_latency_inputs(const TensorView& x, const TensorView& topk_idx,
-                             const p::LowLatencyShape& shape) {
-  require_host(x, "x");
-  require_host(topk_idx, "topk_idx");
+int check_low_latency_inputs(const TensorView& x, const TensorView& topk_idx, const p::LowLatencyShape& shape,
+                             Device where) {
+  require_on(x, "x", where);
+  require_on(topk_idx, "topk_idx", where);
   if (x.dim() != 2 || x.dtype() != DType::bf16)
     reject("x must be [num_tokens, hidden] bf16, not " + x.describe());
   if (x.size(1) != shape.hidden)
@@ -104,9 +106,10 @@ void check_dispatch_flags(const LowLatencyDispatchOptions& options) {
   }
 }
 
-void check_optional(const TensorView& view, const char* name, DType dtype, std::vector<std::int64_t> shape) {
+void check_optional(const TensorView& view, const char* name, DType dtype, std::vector<std::int64_t> shape,
+                    Device where) {
   if (view.empty()) return;
-  require_host(view, name);
+  require_on(view, name, where);
   bool same = view.dtype() == dtype && view.dim() == static_cast<int>(shape.size());
   for (std::size_t d = 0; same && d < shape.size(); ++d) same = view.size(static_cast<int>(d)) == shape[d];
   if (!same) reject(std::string(name) + " must be " + shape_text(shape, dtype) + ", not " + view.describe());
@@ -126,7 +129,7 @@ void reject_expert(const std::int64_t* topk_idx, const p::SlotProblem& problem, 
 
 void check_same_routing(const TensorView& topk_idx, const std::vector<std::int64_t>& dispatched,
                         std::int64_t num_tokens, int num_topk) {
-  require_host(topk_idx, "topk_idx");
+  require_on(topk_idx, "topk_idx", Device::host);
   if (topk_idx.dim() != 2 || topk_idx.dtype() != DType::int64 || topk_idx.size(0) != num_tokens ||
       topk_idx.size(1) != num_topk) {
     reject("topk_idx must be the dispatch's [" + std::to_string(num_tokens) + ", " +

@@ -19,15 +19,17 @@ kernels::protocol::LowLatencyShape check_low_latency_shape(std::int64_t max_toke
                                                            int num_ranks, std::int64_t num_experts, bool fp8,
                                                            std::size_t region_bytes);
 
-// x [T, H] bf16 with T <= max tokens and H the shape's; topk_idx [T, K] int64, K <= kLowLatencyMaxTopk.
-// Returns K.
+// x [T, H] bf16 with T <= max tokens and H the shape's; topk_idx [T, K] int64, K <= kLowLatencyMaxTopk; both
+// on `where`, the buffer's device. Returns K.
 int check_low_latency_inputs(const TensorView& x, const TensorView& topk_idx,
-                             const kernels::protocol::LowLatencyShape& shape);
+                             const kernels::protocol::LowLatencyShape& shape, Device where = Device::host);
 
 void check_dispatch_flags(const LowLatencyDispatchOptions& options);
 
-// A host tensor of `dtype` and `shape`, when given (DeepEP's per-call statistics tensors, the mask, out).
-void check_optional(const TensorView& view, const char* name, DType dtype, std::vector<std::int64_t> shape);
+// A tensor of `dtype` and `shape` on `where`, when given (DeepEP's per-call statistics tensors, the mask,
+// out).
+void check_optional(const TensorView& view, const char* name, DType dtype, std::vector<std::int64_t> shape,
+                    Device where = Device::host);
 
 // The first expert id outside [0, E) and not -1, or named twice by one token, with its token and slot
 // (assign_slots' finding).

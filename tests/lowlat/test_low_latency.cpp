@@ -13,6 +13,7 @@
 #include "cluster.hpp"
 #include "common/skip.hpp"
 #include "dispatch/cluster_run.hpp"
+#include "ferry/devices.hpp"
 #include "support/check_error.hpp"
 
 #define CHECK_ERROR(call, code, text) check_error([&] { (void)(call); }, code, text)
@@ -484,6 +485,26 @@ TEST_CASE("low-latency: ranks that disagree about num_experts fail by name", "[l
       CHECK(errors[r].find("num_experts") != std::string::npos);
     }
   }
+}
+
+TEST_CASE("low-latency: a LowLatencyBuffer on Device::cuda on a machine without a GPU is refused by name",
+          "[lowlat]") {
+  if (!probe_machine().gpus.empty()) ferry::test::skip("this machine has a GPU (tests/gpu covers it there)");
+  Group group = Group::from_job(JobEnv{});
+  LowLatencyConfig config;
+  config.num_rdma_bytes = get_low_latency_rdma_size_hint(8, 256, 1, 4);
+  try {
+    LowLatencyBuffer buffer(group, config, Device::cuda);
+    FAIL("a LowLatencyBuffer on the GPU was built without a GPU");
+  } catch (const Error& error) {
+    CHECK(error.code() == Errc::unsupported);
+    const std::string what = error.what();
+    CHECK((what.find("LowLatencyBuffer on the GPU needs one") != std::string::npos ||
+           what.find("without CUDA") != std::string::npos));
+  }
+  config.host_lanes = 2;
+  CHECK_ERROR(LowLatencyBuffer(group, config, Device::cuda), Errc::invalid_argument,
+              "host_lanes is for the host executor");
 }
 
 TEST_CASE("low-latency: bad input is refused by name before anything is sent", "[lowlat]") {

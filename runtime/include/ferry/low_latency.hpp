@@ -39,6 +39,23 @@
 // rank that is only frozen is masked after the timeout. Under
 // `ferry launch`, pass --keep-going so that the launcher does not stop the survivors when a rank dies.
 //
+// On the GPU, LowLatencyBuffer(group, config, Device::cuda): x, topk_idx, topk_weights, out and the results
+// are device tensors of this rank's GPU (local rank % visible GPUs), run by the CUDA executor of the mode
+// (kernels/cuda/low_latency_engine.hpp). Each half runs on the buffer's own stream after the work the
+// caller's stream (the options' `stream`) has enqueued, and the caller's stream then waits for it: results
+// are ready in that stream's order, and the call itself does not wait for the GPU. With a hook the caller's
+// stream waits for the send half, and hook() enqueues the receive half the same way, for the same stream.
+// async_finish: the caller's stream does not wait; order it after `event` (Event::stream_wait) or wait on the
+// host. Every call's `event` (a hook call's: its send half) completes when its work has run; its wait()
+// waits until the buffer's stream is idle and raises what the kernels recorded (a bad expert id, a phase
+// that stopped moving), which a call issued while that stream is idle raises too; from then on every call
+// fails until clean_low_latency_buffer. Calls on one buffer come from one thread at a time. Keep x, topk_idx
+// and topk_weights allocated until the caller's stream has passed the call (async_finish: until the event).
+// Not on the GPU yet (refused by name): capture into a CUDA graph, zero_copy and
+// get_next_low_latency_combine_buffer, the per-call statistics tensors; low_latency_stats counts operations
+// only. A death the store reports reaches kernels already running by their timeout (later operations at
+// once), and the fabric does not give up on a dead rank alone. mask_status stays a host tensor.
+//
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each
 // source rank's rows (dispatch and combine), cumulative (low_latency_stats) or added into the caller's
 // tensors per call (DeepEP's cumulative_local_expert_recv_stats / *_wait_recv_cost_stats).
@@ -120,6 +137,8 @@ struct LowLatencyDispatchOptions {
   // nanoseconds this rank waited for each source rank's rows.
   TensorView cumulative_local_expert_recv_stats;
   TensorView dispatch_wait_recv_cost_stats;
+  // Device::cuda: the caller's cudaStream_t (nullptr: the legacy default stream); ignored on the host.
+  void* stream = nullptr;
 };
 
 struct LowLatencyDispatchResult {
@@ -142,6 +161,7 @@ struct LowLatencyCombineOptions {
   bool return_recv_hook = false;
   TensorView out;                           // [T, H] bf16: written instead of a new tensor
   TensorView combine_wait_recv_cost_stats;  // int64 [R], added into per call (nanoseconds)
+  void* stream = nullptr;                   // Device::cuda: the caller's cudaStream_t; ignored on the host
 };
 
 struct LowLatencyCombineResult {
@@ -165,7 +185,8 @@ struct LowLatencyStats {
 class LowLatencyBuffer {
  public:
   // One rank of a multi-process job; collective. The region lives in shared memory mapped by the node's
-  // ranks; other nodes are reached through the proxy and a fabric (FERRY_FABRIC), as Buffer's.
+  // ranks (Device::cuda: in device memory, shared through CUDA IPC); other nodes are reached through the
+  // proxy and a fabric (FERRY_FABRIC), as Buffer's.
   LowLatencyBuffer(Group& group, const LowLatencyConfig& config, Device device = Device::host);
   // One rank of an in-process cluster (every rank must use the same config).
   LowLatencyBuffer(LocalCluster& cluster, int rank, const LowLatencyConfig& config);

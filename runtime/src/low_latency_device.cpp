@@ -1,0 +1,412 @@
+#include "low_latency_device.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+
+#include "cuda_support.hpp"
+#include "device_block_cache.hpp"
+#include "ferry/core/error.hpp"
+#include "ferry/kernels/cuda/device_engine.hpp"
+#include "ferry/kernels/cuda/low_latency_engine.hpp"
+#include "ferry/runtime/group_peers.hpp"
+#include "ferry/transport/cuda_check.hpp"
+#include "ferry/transport/peer_memory.hpp"
+#include "ferry/transport/proxy.hpp"
+#include "operation_queue.hpp"
+#include "tensor_access.hpp"
+
+namespace ferry {
+
+namespace {
+
+namespace p = kernels::protocol;
+namespace kc = kernels::cuda;
+using detail::cuda_check;
+using transport::detail::DeviceEvent;
+using transport::detail::DeviceScope;
+
+// Device tensors the buffer returns: kept for reuse up to this many bytes (device_block_cache.hpp).
+constexpr std::size_t kCachedLowLatencyBytes = std::size_t{2} << 30;
+
+}  // namespace
+
+namespace detail {
+
+// The first failure the kernels recorded, kept until a clean. Shared with the Events, which may outlive the
+// buffer: the engine pointer goes null when it does, after one last read.
+struct LowLatencyFailures {
+  std::mutex mutex;
+  kc::LowLatencyDeviceEngine* engine = nullptr;
+  std::exception_ptr first;
+
+  // Reads the records (only once the work that writes them has run: the caller knows) and raises the first.
+  void raise(bool read_records) {
+    std::lock_guard lock(mutex);
+    if (!first && engine != nullptr && read_records) {
+      try {
+        engine->raise_failures();
+      } catch (...) {
+        first = std::current_exception();
+      }
+    }
+    if (!first) return;
+    try {
+      std::rethrow_exception(first);
+    } catch (const Error& error) {
+      throw Error::detached_copy(error);  // the kept one is shared with other waiters
+    }
+  }
+};
+
+// An Event of the buffer: a CUDA event on its stream, then the records.
+class LowLatencyCompletion final : public DeviceCompletion {
+ public:
+  LowLatencyCompletion(int gpu, std::shared_ptr<CUstream_st> stream,
+                       std::shared_ptr<LowLatencyFailures> failures, Duration bound)
+      : gpu_(gpu), stream_(std::move(stream)), event_(gpu), failures_(std::move(failures)), bound_(bound) {
+    event_.record(stream_.get());
+  }
+
+  bool test() override { return event_.passed(); }
+
+  // Every phase kernel gives up by itself after its timeout, so the event passes; the bound is the last
+  // resort against a kernel that cannot (a GPU that stopped).
+  void wait() override {
+    DeviceScope scope(gpu_);
+    const auto deadline = std::chrono::steady_clock::now() + bound_;
+    // Every kernel on the stream ends by itself (each phase is bounded), and a hook's receive half is only
+    // enqueued when the hook runs: so the stream drains, and its records are then whole. Waiting for it
+    // (rather than for this event alone) makes the wait raise what the kernels recorded, this operation's or
+    // a later one's, deterministically.
+    while (cudaStreamQuery(stream_.get()) == cudaErrorNotReady) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        fail(Errc::timeout,
+             "the low-latency kernels on GPU " + std::to_string(gpu_) + " ran past " +
+                 std::to_string(std::chrono::duration_cast<std::chrono::seconds>(bound_).count()) +
+                 " s, beyond every phase's own deadline");
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    const cudaError_t status = cudaEventQuery(event_.get());
+    if (status != cudaSuccess) cuda_check(status, "the low-latency kernels");
+    failures_->raise(true);
+  }
+
+  void stream_wait(void* stream) override {
+    DeviceScope scope(gpu_);
+    cuda_check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), event_.get(), 0),
+               "cudaStreamWaitEvent");
+  }
+
+ private:
+  int gpu_;
+  std::shared_ptr<CUstream_st> stream_;  // the buffer's: kept alive with the Event
+  DeviceEvent event_;
+  std::shared_ptr<LowLatencyFailures> failures_;
+  Duration bound_;
+};
+
+struct LowLatencyFreeDevice {
+  void operator()(void* memory) const noexcept { cudaFree(memory); }
+};
+struct LowLatencyFreeHost {
+  void operator()(void* memory) const noexcept { cudaFreeHost(memory); }
+};
+
+}  // namespace detail
+
+using detail::LowLatencyCompletion;
+using detail::LowLatencyFailures;
+using detail::LowLatencyFreeDevice;
+using detail::LowLatencyFreeHost;
+
+struct LowLatencyDevice::Impl {
+  Group& group;
+  LowLatencyConfig config;
+  int gpu = 0;
+  int num_ranks = 0;
+  std::shared_ptr<CUstream_st> stream_owner;
+  cudaStream_t stream = nullptr;
+  std::shared_ptr<detail::DeviceBlockCache> outputs;
+  std::unique_ptr<transport::PeerMemory> memory;
+  std::unique_ptr<transport::Proxy> proxy;
+  std::unique_ptr<kc::LowLatencyDeviceEngine> engine;
+  std::unique_ptr<std::uint64_t, LowLatencyFreeDevice> mask;  // [R] device memory
+  // The store's news as the GPU reads it: host memory mapped for the GPU, refreshed from the watch's words
+  // when an operation is issued (kernels already running learn of a death by their timeout).
+  const std::uint64_t* gone_source = nullptr;
+  std::unique_ptr<std::uint64_t, LowLatencyFreeHost> gone_mapped;
+  std::uint64_t* gone_device = nullptr;
+  std::shared_ptr<LowLatencyFailures> failures = std::make_shared<LowLatencyFailures>();
+  int threads_on_gpu = 1;  // ranks of this process on this GPU, this one included
+
+  Impl(Group& g, const LowLatencyConfig& c) : group(g), config(c) {}
+
+  void refresh_gone() {
+    if (!gone_mapped) return;
+    for (int r = 0; r < num_ranks; ++r) {
+      const std::uint64_t lost =
+          std::atomic_ref<const std::uint64_t>(gone_source[r]).load(std::memory_order_acquire);
+      std::atomic_ref<std::uint64_t>(gone_mapped.get()[r]).store(lost, std::memory_order_release);
+    }
+  }
+
+  std::vector<p::LowLatencyDispatchPlan> one(const p::LowLatencyDispatchPlan& plan) { return {plan}; }
+  std::vector<p::LowLatencyCombinePlan> one(const p::LowLatencyCombinePlan& plan) { return {plan}; }
+};
+
+LowLatencyDevice::LowLatencyDevice(Group& group, const LowLatencyConfig& config, const std::uint64_t* gone)
+    : impl_(std::make_unique<Impl>(group, config)) {
+  Impl& impl = *impl_;
+  const std::string unavailable = kc::gpu_unavailable_reason();
+  if (!unavailable.empty())
+    fail(Errc::unsupported, "a LowLatencyBuffer on the GPU needs one: " + unavailable);
+  int gpus = 0;
+  cuda_check(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
+  impl.gpu = group.local_rank() % gpus;
+  impl.num_ranks = group.world_size();
+  DeviceScope scope(impl.gpu);
+  impl.stream_owner = detail::make_buffer_stream(impl.gpu);
+  impl.stream = impl.stream_owner.get();
+  impl.outputs = detail::make_device_block_cache(impl.gpu, kCachedLowLatencyBytes, impl.stream_owner);
+  // Ranks that are threads of one process on one GPU need a hardware queue each (their kernels wait for
+  // each other), and a stream each: the legacy default stream is one per process.
+  const detail::GpuSharing sharing = detail::gpu_sharing(group, impl.gpu, "ferry/low_latency/gpu-uuid");
+  if (!sharing.problem.empty())
+    fail(Errc::invalid_argument, "a LowLatencyBuffer on the GPU: " + sharing.problem);
+  impl.threads_on_gpu = sharing.threads;
+
+  const std::size_t bytes = config.num_rdma_bytes;
+  const transport::Peers peers = runtime::group_peers(group, config.timeout);
+  impl.memory = transport::make_cuda_ipc_peer_memory(peers, bytes, impl.gpu, "ferry-lowlat");  // zeroed
+  kc::LowLatencyDeviceRank rank;
+  rank.rank = group.rank();
+  rank.region = static_cast<std::byte*>(impl.memory->local());
+  for (int l = 0; l < group.local_size(); ++l)
+    rank.node_peers.push_back(static_cast<std::byte*>(impl.memory->peer(l)));
+  if (group.num_nodes() > 1) {
+    impl.proxy = detail::make_device_proxy(peers, impl.memory->local(), bytes, kc::kLowLatencyRings, impl.gpu,
+                                           config.timeout);
+    for (int k = 0; k < kc::kLowLatencyRings; ++k) rank.rings.push_back(impl.proxy->ring(k).device_view());
+  }
+
+  void* mask = nullptr;
+  cuda_check(cudaMalloc(&mask, sizeof(std::uint64_t) * impl.num_ranks), "cudaMalloc(mask)");
+  impl.mask.reset(static_cast<std::uint64_t*>(mask));
+  cuda_check(cudaMemset(mask, 0, sizeof(std::uint64_t) * impl.num_ranks), "cudaMemset(mask)");
+  if (gone != nullptr) {
+    void* mapped = nullptr;
+    cuda_check(cudaHostAlloc(&mapped, sizeof(std::uint64_t) * impl.num_ranks, cudaHostAllocMapped),
+               "cudaHostAlloc(dead ranks)");
+    impl.gone_mapped.reset(static_cast<std::uint64_t*>(mapped));
+    std::memset(mapped, 0, sizeof(std::uint64_t) * impl.num_ranks);
+    void* on_device = nullptr;
+    cuda_check(cudaHostGetDevicePointer(&on_device, mapped, 0), "cudaHostGetDevicePointer(dead ranks)");
+    impl.gone_device = static_cast<std::uint64_t*>(on_device);
+    impl.gone_source = gone;
+  }
+
+  std::vector<kc::LowLatencyDeviceRank> ranks;
+  ranks.push_back(std::move(rank));
+  p::Topology topo;
+  topo.num_nodes = group.num_nodes();
+  topo.local_size = group.local_size();
+  kc::LowLatencyDeviceOptions options;
+  options.device = impl.gpu;
+  options.timeout = config.timeout;
+  impl.engine =
+      std::make_unique<kc::LowLatencyDeviceEngine>(topo, std::move(ranks), options);  // synchronises
+  impl.failures->engine = impl.engine.get();
+  group.barrier("ferry/low_latency/device-ready");
+}
+
+// Nothing is released while something may still use it: the stream drained (the kernels end by themselves),
+// the records read for the Events, the peers past their last write, then the engine, the cached blocks, the
+// proxy and fabric, the peer memory.
+LowLatencyDevice::~LowLatencyDevice() {
+  Impl& impl = *impl_;
+  DeviceScope scope(impl.gpu, std::nothrow);
+  cudaStreamSynchronize(impl.stream);
+  try {
+    impl.failures->raise(true);
+  } catch (...) {  // kept for the Events that ask
+  }
+  {
+    std::lock_guard lock(impl.failures->mutex);
+    impl.failures->engine = nullptr;
+  }
+  try {
+    impl.group.barrier("ferry/low_latency/device-close");
+  } catch (...) {  // a destructor cannot report; the operations that failed already have
+  }
+  impl.engine.reset();
+  impl.outputs->close();
+  if (impl.proxy) impl.proxy->stop();
+  impl.proxy.reset();
+  impl.memory.reset();
+  impl.mask.reset();
+  impl.gone_mapped.reset();
+  impl.stream_owner.reset();
+}
+
+std::byte* LowLatencyDevice::region() const {
+  return static_cast<std::byte*>(impl_->memory->local());
+}
+std::uint64_t* LowLatencyDevice::mask() const {
+  return impl_->mask.get();
+}
+const std::uint64_t* LowLatencyDevice::gone() const {
+  return impl_->gone_device;
+}
+
+Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t> shape, DType dtype) {
+  const TensorView view(nullptr, shape, dtype);
+  DeviceScope scope(impl_->gpu);
+  return detail::TensorAccess::adopt(
+      impl_->outputs->allocate(std::max<std::size_t>(view.bytes(), 1), impl_->stream), shape, dtype,
+      Device::cuda);
+}
+
+// Not capturable yet: the host numbers the operations and reads the kernels' records between calls, so a
+// replayed graph would run operations the buffer never counted. Refused by name before anything is enqueued
+// (the legacy stream during another stream's capture would join that capture and break it).
+void LowLatencyDevice::check_stream(void* caller) {
+  DeviceScope scope(impl_->gpu);
+  if ((caller == nullptr || caller == cudaStreamLegacy) && impl_->threads_on_gpu > 1) {
+    fail(Errc::invalid_argument,
+         "stream is the legacy default stream, which the " + std::to_string(impl_->threads_on_gpu) +
+             " ranks of this process on GPU " + std::to_string(impl_->gpu) +
+             " share (each rank's calls would wait for the others'): pass a stream of each rank's own");
+  }
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  const cudaError_t status = cudaStreamIsCapturing(static_cast<cudaStream_t>(caller), &capturing);
+  if (status == cudaErrorStreamCaptureImplicit || capturing != cudaStreamCaptureStatusNone) {
+    if (status != cudaSuccess) transport::detail::forget_last_error();
+    fail(Errc::unsupported,
+         "a LowLatencyBuffer's calls on the GPU cannot be captured into a CUDA graph yet: issue them outside "
+         "the capture");
+  }
+  cuda_check(status, "cudaStreamIsCapturing");
+}
+
+void LowLatencyDevice::follow(void* caller) {
+  DeviceScope scope(impl_->gpu);
+  DeviceEvent before(impl_->gpu);
+  before.record(static_cast<cudaStream_t>(caller));
+  cuda_check(cudaStreamWaitEvent(impl_->stream, before.get(), 0), "cudaStreamWaitEvent");
+  impl_->refresh_gone();
+}
+
+void LowLatencyDevice::lead(void* caller) {
+  DeviceScope scope(impl_->gpu);
+  DeviceEvent after(impl_->gpu);
+  after.record(impl_->stream);
+  cuda_check(cudaStreamWaitEvent(static_cast<cudaStream_t>(caller), after.get(), 0), "cudaStreamWaitEvent");
+}
+
+void LowLatencyDevice::copy(void* to, const void* from, std::size_t bytes) {
+  if (bytes == 0) return;
+  DeviceScope scope(impl_->gpu);
+  cuda_check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyDeviceToDevice, impl_->stream), "cudaMemcpyAsync");
+}
+
+void LowLatencyDevice::fill(void* to, int byte, std::size_t bytes) {
+  if (bytes == 0) return;
+  DeviceScope scope(impl_->gpu);
+  cuda_check(cudaMemsetAsync(to, byte, bytes, impl_->stream), "cudaMemsetAsync");
+}
+
+void LowLatencyDevice::dispatch_send(const p::LowLatencyDispatchPlan& plan) {
+  DeviceScope scope(impl_->gpu);
+  impl_->engine->dispatch_send(impl_->one(plan), impl_->stream);
+}
+void LowLatencyDevice::dispatch_receive(const p::LowLatencyDispatchPlan& plan) {
+  DeviceScope scope(impl_->gpu);
+  impl_->engine->dispatch_receive(impl_->one(plan), impl_->stream);
+}
+void LowLatencyDevice::combine_send(const p::LowLatencyCombinePlan& plan) {
+  DeviceScope scope(impl_->gpu);
+  impl_->engine->combine_send(impl_->one(plan), impl_->stream);
+}
+void LowLatencyDevice::combine_receive(const p::LowLatencyCombinePlan& plan) {
+  DeviceScope scope(impl_->gpu);
+  impl_->engine->combine_receive(impl_->one(plan), impl_->stream);
+}
+
+void LowLatencyDevice::clean(const p::LowLatencyContext& ctx, std::uint64_t epoch) {
+  Impl& impl = *impl_;
+  DeviceScope scope(impl.gpu);
+  cuda_check(cudaStreamSynchronize(impl.stream), "the low-latency kernels");
+  std::lock_guard lock(impl.failures->mutex);
+  try {  // records of work before the clean are that work's, and the clean starts afresh
+    impl.engine->raise_failures();
+  } catch (const Error&) {
+  }
+  impl.failures->first = nullptr;
+  impl.refresh_gone();
+  impl.engine->clean({ctx}, epoch, impl.stream);
+}
+
+Event LowLatencyDevice::event() {
+  Impl& impl = *impl_;
+  DeviceScope scope(impl.gpu);
+  // Past every phase of the operations before it on the stream, each bounded by its own deadline.
+  const Duration bound = std::chrono::nanoseconds(p::low_latency_stuck_after_ns(
+                             static_cast<std::uint64_t>(impl.config.timeout.count()))) *
+                             16 +
+                         std::chrono::seconds(30);
+  auto state = std::make_shared<Event::State>();
+  state->device = std::make_shared<LowLatencyCompletion>(impl.gpu, impl.stream_owner, impl.failures, bound);
+  return Event(state);
+}
+
+void LowLatencyDevice::raise_failures() {
+  DeviceScope scope(impl_->gpu);
+  const cudaError_t status = cudaStreamQuery(impl_->stream);
+  if (status != cudaSuccess && status != cudaErrorNotReady) cuda_check(status, "the low-latency kernels");
+  impl_->failures->raise(status == cudaSuccess);
+}
+
+// Through the buffer's stream and synchronised: a pageable cudaMemcpy may return before its copy lands, and
+// the legacy stream it uses does not order the buffer's non-blocking stream.
+void LowLatencyDevice::set_mask(int rank, bool masked) {
+  Impl& impl = *impl_;
+  DeviceScope scope(impl.gpu);
+  std::uint64_t* word = impl.mask.get() + rank;
+  std::uint64_t value = 0;
+  cuda_check(cudaMemcpyAsync(&value, word, sizeof value, cudaMemcpyDeviceToHost, impl.stream),
+             "read the mask");
+  cuda_check(cudaStreamSynchronize(impl.stream), "the low-latency kernels");
+  if (masked && value != 0) return;  // a rank a wait gave up on stays so (p::kMaskedByWait)
+  value = masked ? p::kMaskedByCaller : 0;
+  cuda_check(cudaMemcpyAsync(word, &value, sizeof value, cudaMemcpyHostToDevice, impl.stream),
+             "write the mask");
+  cuda_check(cudaStreamSynchronize(impl.stream), "write the mask");
+}
+
+std::vector<std::uint64_t> LowLatencyDevice::read_mask() {
+  Impl& impl = *impl_;
+  DeviceScope scope(impl.gpu);
+  std::vector<std::uint64_t> words(impl.num_ranks);
+  cuda_check(cudaMemcpyAsync(words.data(), impl.mask.get(), sizeof(std::uint64_t) * words.size(),
+                             cudaMemcpyDeviceToHost, impl.stream),
+             "read the mask");
+  cuda_check(cudaStreamSynchronize(impl.stream), "the low-latency kernels");
+  return words;
+}
+
+void LowLatencyDevice::clear_mask() {
+  Impl& impl = *impl_;
+  DeviceScope scope(impl.gpu);
+  cuda_check(cudaMemsetAsync(impl.mask.get(), 0, sizeof(std::uint64_t) * impl.num_ranks, impl.stream),
+             "clear the mask");
+}
+
+}  // namespace ferry

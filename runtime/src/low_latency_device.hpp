@@ -1,0 +1,85 @@
+// The GPU side of a LowLatencyBuffer(group, config, Device::cuda): the region in device memory of this rank's
+// GPU (node peers through CUDA IPC, other nodes through a proxy whose fabric registers device memory), the
+// low-latency CUDA executor (kernels/cuda/low_latency_engine) running every half of an operation on the
+// buffer's own stream after the caller's stream, the mask in device memory, and Events backed by CUDA events.
+//
+// Failures: the kernels record a fault or a phase that stopped moving in host memory mapped for the GPU.
+// They are read when an Event of the buffer is waited for (the wait lets the buffer's stream drain first, so
+// the records are whole: they may be a later operation's), and at the start of the next call when the stream
+// happens to be idle; the first one is kept (every later read raises it) until clean(). Calls on one buffer
+// come from one thread at a time (a record read while another thread enqueues may be half written).
+//
+// No CUDA types here: pointers are device pointers, a stream is a cudaStream_t passed as void*.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <vector>
+
+#include "ferry/buffer.hpp"
+#include "ferry/group.hpp"
+#include "ferry/kernels/protocol/low_latency_roles.hpp"
+#include "ferry/low_latency.hpp"
+#include "ferry/tensor.hpp"
+
+namespace ferry {
+
+class LowLatencyDevice {
+ public:
+  // Collective over the group. `gone`: the store's news of dead ranks ([R] host words that outlive this
+  // object: StoreWatch::lost_words), or null.
+  LowLatencyDevice(Group& group, const LowLatencyConfig& config, const std::uint64_t* gone);
+  // Drains the stream, reads what the kernels recorded (for Events still unsettled), waits at a barrier
+  // until no peer writes into this region any more, then frees everything.
+  ~LowLatencyDevice();
+  LowLatencyDevice(const LowLatencyDevice&) = delete;
+  LowLatencyDevice& operator=(const LowLatencyDevice&) = delete;
+
+  std::byte* region() const;
+  std::uint64_t* mask() const;        // [R] in device memory
+  const std::uint64_t* gone() const;  // the store's words as the GPU addresses them; null without news
+
+  // A device tensor from the buffer's cache, for work on the buffer's stream.
+  Tensor tensor(std::initializer_list<std::int64_t> shape, DType dtype);
+  // Before anything of a call is claimed or enqueued (the buffer stays usable): throws Errc::unsupported when
+  // the caller's stream is being captured into a CUDA graph, Errc::invalid_argument for the legacy default
+  // stream (nullptr) when other ranks of this process share the GPU (they would share that stream).
+  void check_stream(void* caller);
+  // Work the caller's stream (nullptr: the legacy default stream) has enqueued comes before what is enqueued
+  // on the buffer's stream next.
+  void follow(void* caller);
+  // The caller's stream waits for what the buffer's stream has enqueued so far.
+  void lead(void* caller);
+  // On the buffer's stream.
+  void copy(void* to, const void* from, std::size_t bytes);
+  void fill(void* to, int byte, std::size_t bytes);
+
+  void dispatch_send(const kernels::protocol::LowLatencyDispatchPlan& plan);
+  void dispatch_receive(const kernels::protocol::LowLatencyDispatchPlan& plan);
+  void combine_send(const kernels::protocol::LowLatencyCombinePlan& plan);
+  void combine_receive(const kernels::protocol::LowLatencyCombinePlan& plan);
+  // clean_low_latency_buffer's kernel (collective, synchronises); forgets the kept failure.
+  void clean(const kernels::protocol::LowLatencyContext& ctx, std::uint64_t epoch);
+
+  // Completes when the buffer's stream passes this point; its wait() waits for the stream to drain and
+  // raises what the kernels recorded.
+  Event event();
+  // Raises the kept failure, or one the kernels recorded, when the work enqueued so far has run; else
+  // nothing (it does not wait).
+  void raise_failures();
+
+  // The caller's mask (low_latency_update_mask_buffer): after the work enqueued so far. A rank a wait masked
+  // stays masked.
+  void set_mask(int rank, bool masked);
+  std::vector<std::uint64_t> read_mask();
+  void clear_mask();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry
