@@ -162,9 +162,8 @@ class _Flight:
 def _refuse_low_latency_on_cuda(low_latency_mode: bool, device: Optional[str]) -> None:
     if low_latency_mode and device == "cuda":
         raise _ferry.Unsupported(
-            "ferry's low-latency mode takes CPU tensors only for now (its CUDA executor runs the ranks as virtual "
-            "ranks of one process, not one GPU per process): build the Buffer on a gloo group or with "
-            "device='cpu'")
+            "ferry's low-latency mode takes CPU tensors only for now (the C++ LowLatencyBuffer on the GPU has no "
+            "Python binding yet): build the Buffer on a gloo group or with device='cpu'")
 
 
 def _split_x(x: Any) -> Tuple[Any, Any]:

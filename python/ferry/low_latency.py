@@ -12,8 +12,8 @@ and result tuples::
     combined_x, event, hook = buffer.low_latency_combine(expert_out, topk_idx, topk_weights, handle)
 
 Where ferry differs from DeepEP:
-  * CPU tensors only (ferry's host executor; its CUDA executor of this mode runs virtual ranks of one process
-    and is not bound here): a CUDA tensor, or a Buffer on an NCCL group, raises ferry.Unsupported.
+  * CPU tensors only (ferry's host executor; the C++ LowLatencyBuffer on the GPU has no Python binding yet):
+    a CUDA tensor, or a Buffer on an NCCL group, raises ferry.Unsupported.
   * ``use_logfmt=True`` raises ferry.Unsupported (combine sends bf16 rows).
   * the wait statistics (``dispatch_wait_recv_cost_stats``, ``combine_wait_recv_cost_stats``: int64
     ``[num_ranks]``, as DeepEP's C++ checks them) add nanoseconds, not GPU clock cycles.
@@ -79,9 +79,8 @@ class LowLatencyHook:
 def _host_only(frame: Any, t: Any, name: str) -> None:
     if frame.owns(t) and frame.is_cuda(t):
         raise _ferry.Unsupported(
-            f"{name} is a CUDA tensor, but ferry's low-latency mode takes CPU tensors only for now (its CUDA "
-            f"executor runs the ranks as virtual ranks of one process, not one GPU per process): pass CPU "
-            f"tensors")
+            f"{name} is a CUDA tensor, but ferry's low-latency mode takes CPU tensors only for now (the C++ "
+            f"LowLatencyBuffer on the GPU has no Python binding yet): pass CPU tensors")
 
 
 def _check_shape(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...]) -> None:

@@ -1007,6 +1007,10 @@ void LowLatencyBuffer::low_latency_clean_mask_buffer() {
 LowLatencyStats LowLatencyBuffer::low_latency_stats() const {
   std::lock_guard lock(impl_->mutex);
   LowLatencyStats stats = impl_->stats;
+  if (impl_->device) {  // the counts and waits stay in device memory (not gathered yet): empty, not zeros
+    stats.local_expert_recv.clear();
+    return stats;
+  }
   stats.dispatch_wait_ns.resize(impl_->num_ranks(), 0);
   stats.combine_wait_ns.resize(impl_->num_ranks(), 0);
   if (impl_->engine) {

@@ -200,6 +200,11 @@ std::string check_rank(Group& group, std::uint64_t seed, int& checks) {
     for (const Mode mode : {Mode::plain, Mode::hook, Mode::async}) round(format, mode);
   }
 
+  const LowLatencyStats stats = gpu.low_latency_stats();
+  expect(stats.operations == 18 && stats.local_expert_recv.empty(),
+         "low_latency_stats on the GPU: " + std::to_string(stats.operations) +
+             " operations (18 issued), per-expert counts should be empty (not gathered)");
+
   // Refused by name, before anything is sent (the buffer stays usable).
   try {
     gpu.low_latency_dispatch(in.x, in.topk_idx, kTokens, experts, {});

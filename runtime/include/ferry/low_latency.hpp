@@ -53,8 +53,9 @@
 // and topk_weights allocated until the caller's stream has passed the call (async_finish: until the event).
 // Not on the GPU yet (refused by name): capture into a CUDA graph, zero_copy and
 // get_next_low_latency_combine_buffer, the per-call statistics tensors; low_latency_stats counts operations
-// only. A death the store reports reaches kernels already running by their timeout (later operations at
-// once), and the fabric does not give up on a dead rank alone. mask_status stays a host tensor.
+// only (its vectors are empty). A death the store reports reaches kernels already running by their timeout
+// (later operations at once), and the fabric does not give up on a dead rank alone. mask_status stays a host
+// tensor.
 //
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each
 // source rank's rows (dispatch and combine), cumulative (low_latency_stats) or added into the caller's
