@@ -15,6 +15,7 @@
 #include "bench/dispatch_options.hpp"
 #include "bench/gpu/gpu_bench.hpp"
 #include "bench/gpu/gpu_dispatch_bench.hpp"
+#include "bench/gpu/gpu_low_latency_bench.hpp"
 #include "bench/machine_info.hpp"
 #include "bench/sizes.hpp"
 #include "cli/bounds.hpp"
@@ -59,6 +60,17 @@ std::vector<int> parse_even_sm_list(const std::string& text) {
     out.push_back(sms);
   }
   return out;
+}
+
+// The virtual cluster and the tokens of gpu-dispatch and gpu-low-latency.
+template <class Args>
+void add_virtual_shape(CLI::App& command, Args& args) {
+  cli::add_count(command, "--nodes", args.nodes, 1, bench::kMaxNodes, "Virtual nodes");
+  cli::add_count(command, "--ranks-per-node", args.ranks_per_node, 1, 32, "Virtual ranks per node");
+  cli::add_count(command, "--tokens", args.tokens, 1, bench::kMaxTokens, "Tokens per rank");
+  cli::add_count(command, "--hidden", args.hidden, 1, bench::kMaxHidden, "Hidden size");
+  cli::add_count(command, "--topk", args.topk, 1, bench::kMaxTopk, "Experts per token");
+  cli::add_count(command, "--experts", args.experts, 1, bench::kMaxExperts, "Experts");
 }
 
 CLI::Validator sm_list_check() {
@@ -264,13 +276,7 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
                            "The CUDA executor's fp8 dispatch and bf16 combine on virtual ranks of one GPU, "
                            "per num_sms, next to the "
                            "copy-kernel bound on as many SMs (and a GEMM's slowdown with --gemm)");
-  cli::add_count(*dispatch, "--nodes", dispatch_args->nodes, 1, bench::kMaxNodes, "Virtual nodes");
-  cli::add_count(*dispatch, "--ranks-per-node", dispatch_args->ranks_per_node, 1, 32,
-                 "Virtual ranks per node");
-  cli::add_count(*dispatch, "--tokens", dispatch_args->tokens, 1, bench::kMaxTokens, "Tokens per rank");
-  cli::add_count(*dispatch, "--hidden", dispatch_args->hidden, 1, bench::kMaxHidden, "Hidden size");
-  cli::add_count(*dispatch, "--topk", dispatch_args->topk, 1, bench::kMaxTopk, "Experts per token");
-  cli::add_count(*dispatch, "--experts", dispatch_args->experts, 1, bench::kMaxExperts, "Experts");
+  add_virtual_shape(*dispatch, *dispatch_args);
   cli::add_count(*dispatch, "--max-nodes", dispatch_args->max_nodes, 1, bench::kMaxNodes,
                  "Nodes a token may touch");
   dispatch->add_option("--sms", *sms_text, "num_sms values, a comma list (even numbers)")
@@ -289,6 +295,27 @@ void register_gpu_bench(CLI::App& bench, int& exit_code) {
     dispatch_args->sms = parse_even_sm_list(*sms_text);
     cli::before_work([&] { cli::check_output_file("--json", dispatch_args->json); });
     with_command_name("gpu-dispatch", [&] { exit_code = run_gpu_dispatch_bench(*dispatch_args); });
+  });
+
+  auto low_latency_args = std::make_shared<GpuLowLatencyArgs>();
+  auto* low_latency = bench.add_subcommand(
+      "gpu-low-latency",
+      "The low-latency mode's CUDA executor (dispatch, fp8 unless --bf16, and bf16 combine) on virtual ranks "
+      "of one GPU (their kernels one after another, replayed from CUDA graphs), next to the copy-kernel "
+      "bound; "
+      "the normal mode on the same shape is gpu-dispatch");
+  add_virtual_shape(*low_latency, *low_latency_args);
+  cli::add_count(*low_latency, "--blocks-per-rank", low_latency_args->blocks_per_rank, 1, 64,
+                 "Blocks of the bulk phases per virtual rank");
+  cli::add_count(*low_latency, "--iters", low_latency_args->iters, 1, bench::kMaxIters,
+                 "Timed operations (p50 and p99)");
+  low_latency->add_flag("--bf16", low_latency_args->bf16, "Dispatch bf16 rows instead of fp8");
+  low_latency->add_option("--seed", low_latency_args->seed, "Routing and data seed")->capture_default_str();
+  low_latency->add_option("--json", low_latency_args->json, "Also write the report as JSON to this file");
+  cli::set_examples(*low_latency, {"ferry bench gpu-low-latency --nodes 2 --ranks-per-node 4 --tokens 128"});
+  low_latency->callback([low_latency_args, &exit_code] {
+    cli::before_work([&] { cli::check_output_file("--json", low_latency_args->json); });
+    with_command_name("gpu-low-latency", [&] { exit_code = run_gpu_low_latency_bench(*low_latency_args); });
   });
 }
 
