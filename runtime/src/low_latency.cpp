@@ -513,6 +513,21 @@ std::shared_ptr<p::LowLatencyDispatchPlan> dispatch_plan(const LowLatencyBuffer:
   return plan;
 }
 
+// What a combine plan takes from the call and its dispatch's record, on either executor (the arrays are the
+// caller's to fill).
+std::shared_ptr<p::LowLatencyCombinePlan> combine_plan(const LowLatencyBuffer::Impl& impl,
+                                                       const detail::LowLatencyRecord& record,
+                                                       std::uint32_t operation, const TensorView& x) {
+  auto plan = std::make_shared<p::LowLatencyCombinePlan>();
+  plan->ctx = impl.context(record.shape, operation);
+  plan->tag = p::low_latency_tag(operation, true);
+  plan->x = x.data_as<const std::uint16_t>();
+  plan->layout_range = record.layout_range.data_as<const std::int64_t>();
+  plan->num_tokens = record.num_tokens;
+  plan->num_topk = record.num_topk;
+  return plan;
+}
+
 }  // namespace
 
 // ---- Device::cuda (low_latency_device.hpp): the same operations with device arrays ----
@@ -535,6 +550,8 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
                                                              const LowLatencyDispatchOptions& options,
                                                              LowLatencyDispatchResult& result) {
   LowLatencyDevice& device = *impl.device;
+  device.check_stream(options.stream);
+  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
   const int R = impl.num_ranks();
   const std::int64_t T = x.size(0), L = shape.local_experts(), rows = shape.rows_per_expert(),
                      H = shape.hidden, E = shape.num_experts, blocks = p::scale_blocks(H);
@@ -559,8 +576,6 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
   }
   result.recv_count = device.tensor({L}, DType::int32);
   Tensor wait_ns = device.tensor({L, R}, DType::int64);
-  device.check_stream(options.stream);
-  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
 
   std::optional<Event> ignored;  // the buffer's stream orders its operations
   std::uint32_t operation = 0;
@@ -617,6 +632,8 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
                                           const std::shared_ptr<detail::LowLatencyRecord>& record,
                                           const LowLatencyCombineOptions& options) {
   LowLatencyDevice& device = *impl.device;
+  device.check_stream(options.stream);
+  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
   const p::LowLatencyShape& shape = record->shape;
   const std::int64_t T = record->num_tokens, E = shape.num_experts;
   const int K = record->num_topk;
@@ -629,8 +646,6 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
   Tensor weights = device.tensor({T, K}, DType::fp32);  // a copy, as the caller may reuse its tensor
   Tensor wait_ns = device.tensor({E}, DType::int64);
   Tensor row_base = device.tensor({E}, DType::int64);
-  device.check_stream(options.stream);
-  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
 
   std::optional<Event> ignored;
   std::uint32_t operation = 0;
@@ -640,17 +655,11 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
     impl.stats.operations += 1;
   }
 
-  auto plan = std::make_shared<p::LowLatencyCombinePlan>();
-  plan->ctx = impl.context(shape, operation);
-  plan->tag = p::low_latency_tag(operation, true);
-  plan->x = x.data_as<const std::uint16_t>();
-  plan->layout_range = record->layout_range.data_as<const std::int64_t>();
+  auto plan = combine_plan(impl, *record, operation, x);
   plan->topk_idx = record->device_topk_idx.data_as<const std::int64_t>();
   plan->topk_weights = weights.data_as<const float>();
   plan->slot = record->device_slot.data_as<const std::int32_t>();
   plan->send_count = record->device_send_count.data_as<const std::int32_t>();
-  plan->num_tokens = T;
-  plan->num_topk = K;
   plan->out = out.data_as<std::uint16_t>();
   plan->wait_ns = wait_ns.data_as<std::int64_t>();
   plan->row_base = row_base.data_as<std::int64_t>();
@@ -868,18 +877,12 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
     operation = impl.claim(shape, true, options.async_finish, wait_for);
   }
 
-  auto plan = std::make_shared<p::LowLatencyCombinePlan>();
-  plan->ctx = impl.context(shape, operation);
-  plan->tag = p::low_latency_tag(operation, true);
-  plan->x = x.data_as<const std::uint16_t>();
+  auto plan = combine_plan(impl, *record, operation, x);
   plan->zero_copy = options.zero_copy;
-  plan->layout_range = record->layout_range.data_as<const std::int64_t>();
   plan->topk_idx = record->topk_idx.data();
   plan->topk_weights = weights->data();
   plan->slot = record->slot.data();
   plan->send_count = record->send_count.data();
-  plan->num_tokens = T;
-  plan->num_topk = K;
   plan->out = out;
   plan->wait_ns = wait_ns->data();
   plan->row_base = row_base->data();

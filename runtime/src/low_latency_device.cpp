@@ -63,6 +63,18 @@ struct LowLatencyFailures {
       throw Error::detached_copy(error);  // the kept one is shared with other waiters
     }
   }
+
+  // Before a clean (the stream drained): the records of earlier work are that work's, and the clean starts
+  // afresh. Holds the lock, so that no wait reads records while the clean's kernel runs.
+  std::unique_lock<std::mutex> forget() {
+    std::unique_lock lock(mutex);
+    try {
+      if (engine != nullptr) engine->raise_failures();  // clears them
+    } catch (const Error&) {
+    }
+    first = nullptr;
+    return lock;
+  }
 };
 
 // An Event of the buffer: a CUDA event on its stream, then the records.
@@ -158,8 +170,11 @@ struct LowLatencyDevice::Impl {
     }
   }
 
-  std::vector<p::LowLatencyDispatchPlan> one(const p::LowLatencyDispatchPlan& plan) { return {plan}; }
-  std::vector<p::LowLatencyCombinePlan> one(const p::LowLatencyCombinePlan& plan) { return {plan}; }
+  // The engine takes one plan per rank it runs: this rank alone.
+  template <class Plan>
+  static std::vector<Plan> one(const Plan& plan) {
+    return {plan};
+  }
 };
 
 LowLatencyDevice::LowLatencyDevice(Group& group, const LowLatencyConfig& config, const std::uint64_t* gone)
@@ -344,12 +359,7 @@ void LowLatencyDevice::clean(const p::LowLatencyContext& ctx, std::uint64_t epoc
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   cuda_check(cudaStreamSynchronize(impl.stream), "the low-latency kernels");
-  std::lock_guard lock(impl.failures->mutex);
-  try {  // records of work before the clean are that work's, and the clean starts afresh
-    impl.engine->raise_failures();
-  } catch (const Error&) {
-  }
-  impl.failures->first = nullptr;
+  const std::unique_lock lock = impl.failures->forget();
   impl.refresh_gone();
   impl.engine->clean({ctx}, epoch, impl.stream);
 }
