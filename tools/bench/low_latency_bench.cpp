@@ -22,6 +22,7 @@
 #include "bench/dispatch_inputs.hpp"
 #include "bench/dispatch_options.hpp"
 #include "bench/machine_info.hpp"
+#include "bench/percentile.hpp"
 #include "bench/routing_gen.hpp"
 #include "cli/usage.hpp"
 #include "ferry/buffer.hpp"
@@ -60,13 +61,6 @@ const char* const kSeriesNames[kSeries] = {
 
 double microseconds_since(Clock::time_point start) {
   return std::chrono::duration<double, std::micro>(Clock::now() - start).count();
-}
-
-double percentile(std::vector<double> values, double fraction) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const auto index = static_cast<std::size_t>(fraction * static_cast<double>(values.size() - 1) + 0.5);
-  return values[std::min(index, values.size() - 1)];
 }
 
 class LowLatencyBenchJob {
@@ -216,11 +210,11 @@ class LowLatencyBenchJob {
     report["warmup"] = o_.base.warmup;
     for (int s = 0; s < kSeries; ++s) {
       if (times[s].empty()) continue;
-      report["latency_us"][kSeriesNames[s]] = {{"p50", percentile(times[s], 0.5)},
-                                               {"p99", percentile(times[s], 0.99)},
+      report["latency_us"][kSeriesNames[s]] = {{"p50", bench::percentile(times[s], 0.5)},
+                                               {"p99", bench::percentile(times[s], 0.99)},
                                                {"samples", times[s].size()}};
     }
-    auto p50 = [&](Series s) { return percentile(times[s], 0.5); };
+    auto p50 = [&](Series s) { return bench::percentile(times[s], 0.5); };
     const double ll = p50(ll_dispatch) + p50(ll_combine);
     report["low_latency_us"] = ll;
     if (!times[normal_dispatch].empty()) {

@@ -28,6 +28,7 @@
 #include "bench/gpu/gpu_bench.hpp"
 #include "bench/gpu/gpu_low_latency_bench.hpp"
 #include "bench/gpu/gpu_support.hpp"
+#include "bench/percentile.hpp"
 #include "bench/routing_gen.hpp"
 #include "ferry/core/error.hpp"
 #include "ferry/kernels/cuda/device_engine.hpp"
@@ -66,13 +67,6 @@ struct RankArrays {
     return static_cast<T*>(owned.back()->get());
   }
 };
-
-double percentile(std::vector<double> values, double q) {
-  if (values.empty()) return 0.0;
-  std::sort(values.begin(), values.end());
-  const auto at = static_cast<std::size_t>(q * static_cast<double>(values.size() - 1) + 0.5);
-  return values[std::min(at, values.size() - 1)];
-}
 
 }  // namespace
 
@@ -120,16 +114,20 @@ int run_gpu_low_latency_bench(const GpuLowLatencyArgs& args) {
   std::mt19937_64 rng(args.seed);
   std::uniform_real_distribution<float> value(-1.0f, 1.0f);
   std::vector<RankArrays> ranks(R);
+  for (RankArrays& a : ranks) a.expected_count.assign(static_cast<std::size_t>(L), 0);
   double dispatch_bytes = 0, combine_bytes = 0;
   for (int r = 0; r < R; ++r) {
     RankArrays& a = ranks[r];
     const bench::Routing routing = bench::generate_routing(spec, r);
     std::vector<std::uint16_t> x(static_cast<std::size_t>(T * H));
     for (auto& v : x) v = p::float_to_bf16(value(rng));
+    // Its messages, and what every local expert must receive: the (token, expert) pairs naming it.
     for (std::int64_t slot = 0; slot < T * K; ++slot) {
-      if (routing.topk_idx[slot] < 0) continue;
+      const std::int64_t expert = routing.topk_idx[slot];
+      if (expert < 0) continue;
       dispatch_bytes += static_cast<double>(p::low_latency_message(fp8, H).stride);
       combine_bytes += static_cast<double>(H) * 2;
+      ranks[expert / L].expected_count[expert % L] += 1;
     }
     const std::vector<std::uint64_t> mask(R, 0);
     p::LowLatencyDispatchPlan& d = a.dispatch;
@@ -172,17 +170,6 @@ int run_gpu_low_latency_bench(const GpuLowLatencyArgs& args) {
     c.wait_ns = a.add<std::int64_t>(static_cast<std::size_t>(E));
     c.row_base = a.add<std::int64_t>(static_cast<std::size_t>(E));
   }
-  // What every local expert must receive: the (token, expert) pairs of every source naming it.
-  for (int source = 0; source < R; ++source) {
-    const bench::Routing routing = bench::generate_routing(spec, source);
-    for (std::int64_t slot = 0; slot < T * K; ++slot) {
-      const std::int64_t expert = routing.topk_idx[slot];
-      if (expert < 0) continue;
-      RankArrays& at = ranks[expert / L];
-      at.expected_count.resize(static_cast<std::size_t>(L), 0);
-      at.expected_count[expert % L] += 1;
-    }
-  }
 
   // The uploads ran on the legacy stream (a pageable copy may return before it lands), which the bench's
   // non-blocking stream does not wait for.
@@ -207,7 +194,6 @@ int run_gpu_low_latency_bench(const GpuLowLatencyArgs& args) {
       std::vector<std::int32_t> got(static_cast<std::size_t>(L));
       check_cuda(cudaMemcpy(got.data(), ranks[r].dispatch.recv_count, got.size() * 4, cudaMemcpyDeviceToHost),
                  "download the counts");
-      ranks[r].expected_count.resize(static_cast<std::size_t>(L), 0);
       if (got != ranks[r].expected_count) {
         fail(Errc::internal,
              std::string("bench gpu-low-latency: ") + when + ", rank " + std::to_string(r) +
@@ -258,7 +244,8 @@ int run_gpu_low_latency_bench(const GpuLowLatencyArgs& args) {
   const int sms_used = std::min(args.blocks_per_rank, gpu.sms);
   const double copy_gbps = gpu_bench::measure_copy_kernel(0, sms_used, std::size_t{1} << 30, 20).gbps;
   const double full_copy = gpu_bench::measure_device_copy(0, std::size_t{1} << 30, 20);
-  const double dispatch_p50 = percentile(dispatch_us, 0.5), combine_p50 = percentile(combine_us, 0.5);
+  const double dispatch_p50 = bench::percentile(dispatch_us, 0.5),
+               combine_p50 = bench::percentile(combine_us, 0.5);
   const double dispatch_gbps = dispatch_bytes / (dispatch_p50 * 1e3);
   const double combine_gbps = combine_bytes / (combine_p50 * 1e3);
   std::printf(
@@ -272,33 +259,36 @@ int run_gpu_low_latency_bench(const GpuLowLatencyArgs& args) {
   std::printf("  %-10s %14s %14s %16s %12s\n", "call", "all ranks p50", "all ranks p99", "per rank (p50/R)",
               "GB/s (p50)");
   std::printf("  %-10s %11.1f us %11.1f us %13.1f us %12.1f\n", "dispatch", dispatch_p50,
-              percentile(dispatch_us, 0.99), dispatch_p50 / R, dispatch_gbps);
+              bench::percentile(dispatch_us, 0.99), dispatch_p50 / R, dispatch_gbps);
   std::printf("  %-10s %11.1f us %11.1f us %13.1f us %12.1f\n", "combine", combine_p50,
-              percentile(combine_us, 0.99), combine_p50 / R, combine_gbps);
+              bench::percentile(combine_us, 0.99), combine_p50 / R, combine_gbps);
   std::printf("  bounds: copy kernel on %d SMs %.0f GB/s (read + write), full-GPU device copy %.0f GB/s\n",
               sms_used, copy_gbps, full_copy);
   if (!args.json.empty()) {
-    const nlohmann::json report = {
-        {"gpu", gpu.name},
-        {"sms", gpu.sms},
-        {"nodes", args.nodes},
-        {"ranks_per_node", args.ranks_per_node},
-        {"tokens", T},
-        {"hidden", H},
-        {"topk", K},
-        {"experts", E},
-        {"dispatch", fp8 ? "fp8" : "bf16"},
-        {"blocks_per_rank", args.blocks_per_rank},
-        {"iters", args.iters},
-        {"ranks_serialized", true},
-        {"dispatch_us",
-         {{"p50", dispatch_p50}, {"p99", percentile(dispatch_us, 0.99)}, {"per_rank_p50", dispatch_p50 / R}}},
-        {"combine_us",
-         {{"p50", combine_p50}, {"p99", percentile(combine_us, 0.99)}, {"per_rank_p50", combine_p50 / R}}},
-        {"dispatch_gbps", dispatch_gbps},
-        {"combine_gbps", combine_gbps},
-        {"copy_kernel_gbps_same_sms", copy_gbps},
-        {"full_copy_gbps", full_copy}};
+    const nlohmann::json report = {{"gpu", gpu.name},
+                                   {"sms", gpu.sms},
+                                   {"nodes", args.nodes},
+                                   {"ranks_per_node", args.ranks_per_node},
+                                   {"tokens", T},
+                                   {"hidden", H},
+                                   {"topk", K},
+                                   {"experts", E},
+                                   {"dispatch", fp8 ? "fp8" : "bf16"},
+                                   {"blocks_per_rank", args.blocks_per_rank},
+                                   {"iters", args.iters},
+                                   {"ranks_serialized", true},
+                                   {"dispatch_us",
+                                    {{"p50", dispatch_p50},
+                                     {"p99", bench::percentile(dispatch_us, 0.99)},
+                                     {"per_rank_p50", dispatch_p50 / R}}},
+                                   {"combine_us",
+                                    {{"p50", combine_p50},
+                                     {"p99", bench::percentile(combine_us, 0.99)},
+                                     {"per_rank_p50", combine_p50 / R}}},
+                                   {"dispatch_gbps", dispatch_gbps},
+                                   {"combine_gbps", combine_gbps},
+                                   {"copy_kernel_gbps_same_sms", copy_gbps},
+                                   {"full_copy_gbps", full_copy}};
     std::ofstream(args.json) << report.dump(2) << "\n";
   }
   return 0;
