@@ -17,11 +17,7 @@
 namespace ferry::detail {
 
 void cuda_check(cudaError_t status, const std::string& what) {
-  if (status != cudaSuccess) {
-    transport::detail::forget_last_error();
-    fail(Errc::system,
-         "cuda: " + what + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
-  }
+  if (status != cudaSuccess) transport::detail::check_cuda(status, "cuda: " + what);
 }
 
 std::shared_ptr<CUstream_st> make_buffer_stream(int gpu) {

@@ -14,8 +14,8 @@
 
 namespace ferry::detail {
 
-// Throws Errc::system naming `what` and the CUDA error, after clearing the thread's last error
-// (transport/cuda_check.hpp says why).
+// transport::detail::check_cuda with the runtime's "cuda: " before `what`: Errc::system naming the call and
+// the CUDA error, the thread's last error cleared.
 void cuda_check(cudaError_t status, const std::string& what);
 
 // A non-blocking stream of GPU `gpu`, shared: arrays freed in its order (a dispatch's records, which a handle
