@@ -44,9 +44,9 @@ TEST_CASE("CUDA Buffers of a 1x2 group in one process (ranks as threads) match t
 TEST_CASE("CUDA Buffers of a 1x2 ferry launch job sharing one GPU match the host reference",
           "[gpu][launch]") {
   const std::uint64_t seed = announce_seed("gpu buffer, 1x2 processes");
-  const std::string command = sibling_program(FERRY_BIN) +
-                              " launch --nodes 1 --ranks-per-node 2 --timeout 150 -- " +
-                              sibling_program(GPU_BUFFER_RANK_BIN) + " --seed " + std::to_string(seed);
+  const std::string command =
+      sibling_program(FERRY_BIN) + " launch --nodes 1 --ranks-per-node 2 --timeout 150 -- " +
+      sibling_program(GPU_RANK_BIN) + " --check buffer --seed " + std::to_string(seed);
   const Outcome outcome = run(command);
   CHECK(outcome.exit_code == 0);
   CHECK_THAT(outcome.output, Catch::Contains("rank 0: verified") && Catch::Contains("rank 1: verified"));

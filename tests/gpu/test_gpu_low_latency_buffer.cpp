@@ -1,317 +1,51 @@
-// The public ferry::LowLatencyBuffer on Device::cuda, as users call it: device tensors uploaded on the
-// caller's stream (the options' stream), every result read back on that stream, and compared with a host
-// LowLatencyBuffer of the same group on the same inputs (the two executors share the protocol and its
-// arithmetic, so the rows, scales, counts and sums must be equal bit for bit). bf16, fp8, fp8 with UE8M0
-// scales; plain calls, hook calls (the receive half enqueued by the hook) and async_finish (the caller's
-// stream ordered after the Event); a one-rank group and a 1x2 group whose ranks are threads sharing the GPU.
-// Then what is refused by name (host tensors, zero copy, a capturing stream), a bad expert id reported by the
-// call's event and a clean after it, and the mask. gpu_main.cpp exits 77 without a GPU.
-#include <cuda_runtime_api.h>
-
-#include <algorithm>
+// test_gpu_low_latency_buffer: low_latency_buffer_checks.hpp on a one-rank group, a 1x2 group whose ranks are
+// threads sharing the GPU, and a 1x2 `ferry launch` job whose two processes share it ([launch]:
+// scripts/gpu-check runs it with the CUDA MPS daemon where the machine allows, and says which way it ran).
+// gpu_main.cpp exits 77 without a GPU.
 #include <catch2/catch.hpp>
-#include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "common/seed.hpp"
-#include "ferry/core/error.hpp"
+#include "common/sibling_program.hpp"
 #include "ferry/group.hpp"
-#include "ferry/low_latency.hpp"
+#include "low_latency_buffer_checks.hpp"
+#include "peer/launch_run.hpp"
 #include "peer/rank_threads.hpp"
 
 using namespace ferry;
 using namespace ferry::test;
 
-namespace {
-
-constexpr std::int64_t kTokens = 24, kHidden = 512;
-constexpr int kTopk = 4;
-
-void cuda_ok(cudaError_t status, const char* what) {
-  if (status != cudaSuccess)
-    fail(Errc::system, std::string("cuda: ") + what + ": " + cudaGetErrorString(status));
-}
-
-// An uninitialized tensor of t's shape and dtype on `device` (the tensors here have 1 to 3 dimensions).
-Tensor like(const Tensor& t, Device device) {
-  const auto init = Tensor::Init::uninitialized;
-  switch (t.dim()) {
-    case 1:
-      return Tensor({t.size(0)}, t.dtype(), init, device);
-    case 2:
-      return Tensor({t.size(0), t.size(1)}, t.dtype(), init, device);
-    case 3:
-      return Tensor({t.size(0), t.size(1), t.size(2)}, t.dtype(), init, device);
-    default:
-      fail(Errc::invalid_argument, "like(): " + std::to_string(t.dim()) + " dimensions");
-  }
-}
-
-Tensor upload(const Tensor& host, cudaStream_t stream) {
-  Tensor device = like(host, Device::cuda);
-  if (host.bytes() > 0) {
-    cuda_ok(cudaMemcpyAsync(device.data(), host.data(), host.bytes(), cudaMemcpyHostToDevice, stream),
-            "upload");
-    cuda_ok(cudaStreamSynchronize(stream), "upload");  // pageable memory: done before `host` can go
-  }
-  return device;
-}
-
-Tensor download(const Tensor& device, cudaStream_t stream) {
-  Tensor host = like(device, Device::host);
-  if (device.bytes() > 0) {
-    cuda_ok(cudaMemcpyAsync(host.data(), device.data(), device.bytes(), cudaMemcpyDeviceToHost, stream),
-            "download");
-  }
-  cuda_ok(cudaStreamSynchronize(stream), "download");
-  return host;
-}
-
-struct Inputs {
-  Tensor x, topk_idx, weights, y;  // host
-};
-
-// This rank's tokens (some slots -1), and the experts' rows every rank answers with.
-Inputs make_inputs(std::uint64_t seed, int rank, std::int64_t experts, std::int64_t local_experts,
-                   std::int64_t rows) {
-  std::mt19937_64 rng(seed * 1000003 + static_cast<std::uint64_t>(rank));
-  Inputs in;
-  in.x = Tensor({kTokens, kHidden}, DType::bf16);
-  auto* x = in.x.data_as<std::uint16_t>();
-  std::uniform_real_distribution<float> value(-2.0f, 2.0f);
-  for (std::int64_t i = 0; i < in.x.numel(); ++i) {
-    const float f = value(rng);
-    std::uint32_t bits = 0;
-    std::memcpy(&bits, &f, 4);
-    x[i] = static_cast<std::uint16_t>(bits >> 16);
-  }
-  in.topk_idx = Tensor({kTokens, kTopk}, DType::int64);
-  in.weights = Tensor({kTokens, kTopk}, DType::fp32);
-  for (std::int64_t t = 0; t < kTokens; ++t) {
-    std::vector<std::int64_t> all(static_cast<std::size_t>(experts));
-    for (std::int64_t e = 0; e < experts; ++e) all[e] = e;
-    std::shuffle(all.begin(), all.end(), rng);
-    for (int k = 0; k < kTopk; ++k) {
-      const bool unused = (t + k) % 7 == 3;  // a slot that picks no expert
-      in.topk_idx.data_as<std::int64_t>()[t * kTopk + k] = unused ? -1 : all[k];
-      in.weights.data_as<float>()[t * kTopk + k] = 0.25f + 0.125f * static_cast<float>(k);
-    }
-  }
-  in.y = Tensor({local_experts, rows, kHidden}, DType::bf16);
-  auto* y = in.y.data_as<std::uint16_t>();
-  for (std::int64_t i = 0; i < in.y.numel(); ++i) {
-    const float f = static_cast<float>((i * 7 + rank) % 101) / 64.0f - 0.75f;
-    std::uint32_t bits = 0;
-    std::memcpy(&bits, &f, 4);
-    y[i] = static_cast<std::uint16_t>(bits >> 16);
-  }
-  return in;
-}
-
-enum class Mode { plain, hook, async };
-const char* name_of(Mode mode) {
-  return mode == Mode::plain ? "plain" : mode == Mode::hook ? "hook" : "async";
-}
-
-// Collective. Returns "" or the first difference.
-std::string check_rank(Group& group, std::uint64_t seed, int& checks) {
-  int gpus = 0;
-  cuda_ok(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");
-  cuda_ok(cudaSetDevice(group.local_rank() % gpus), "cudaSetDevice");  // the buffer's GPU, for the stream
-  const int R = group.world_size();
-  const std::int64_t experts = 4 * R, local_experts = 4, rows = R * kTokens;
-  LowLatencyConfig config;
-  config.num_rdma_bytes = get_low_latency_rdma_size_hint(kTokens, kHidden, R, experts);
-  config.timeout = std::chrono::seconds(20);
-  LowLatencyBuffer host(group, config);
-  LowLatencyBuffer gpu(group, config, Device::cuda);
-  cudaStream_t stream = nullptr;
-  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-  const Inputs in = make_inputs(seed, group.rank(), experts, local_experts, rows);
-  const Tensor x = upload(in.x, stream), topk = upload(in.topk_idx, stream),
-               weights = upload(in.weights, stream), y = upload(in.y, stream);
-  std::string failure;
-  auto expect = [&](bool ok, const std::string& what) {
-    ++checks;
-    if (!ok && failure.empty()) failure = "rank " + std::to_string(group.rank()) + ": " + what;
-  };
-
-  struct Format {
-    const char* name;
-    bool fp8, round, ue8m0;
-  };
-  // One dispatch and combine on both buffers, compared.
-  auto round = [&](const Format& format, Mode mode) {
-    const std::string where = std::string(format.name) + ", " + name_of(mode) + ": ";
-    LowLatencyDispatchOptions d;
-    d.use_fp8 = format.fp8;
-    d.round_scale = format.round;
-    d.use_ue8m0 = format.ue8m0;
-    const LowLatencyDispatchResult ref = host.low_latency_dispatch(in.x, in.topk_idx, kTokens, experts, d);
-    d.stream = stream;
-    d.return_recv_hook = mode == Mode::hook;
-    d.async_finish = mode == Mode::async;
-    LowLatencyDispatchResult got = gpu.low_latency_dispatch(x, topk, kTokens, experts, d);
-    if (mode == Mode::hook) got.hook();
-    if (mode == Mode::async) got.event.stream_wait(stream);
-    expect(got.recv_x.device() == Device::cuda, where + "recv_x is not a device tensor");
-    const Tensor count = download(got.recv_count, stream), recv = download(got.recv_x, stream);
-    expect(std::memcmp(count.data(), ref.recv_count.data(), count.bytes()) == 0,
-           where + "recv_count differs");
-    const std::size_t row_bytes = static_cast<std::size_t>(kHidden) * (format.fp8 ? 1 : 2);
-    for (std::int64_t e = 0; e < local_experts; ++e) {
-      const std::size_t n = static_cast<std::size_t>(ref.recv_count.data_as<std::int32_t>()[e]);
-      const std::size_t first = static_cast<std::size_t>(e * rows) * row_bytes;
-      expect(std::memcmp(static_cast<const std::byte*>(recv.data()) + first,
-                         static_cast<const std::byte*>(ref.recv_x.data()) + first, n * row_bytes) == 0,
-             where + "expert " + std::to_string(e) + "'s rows differ");
-      if (format.fp8) {  // scales are [E/R][blocks or packs][R*T]: the valid rows of each column
-        const Tensor scales = download(got.recv_x_scales, stream);
-        const std::int64_t columns = scales.size(1);
-        for (std::int64_t b = 0; b < columns; ++b) {
-          const std::size_t at = static_cast<std::size_t>((e * columns + b) * rows) * 4;
-          expect(std::memcmp(static_cast<const std::byte*>(scales.data()) + at,
-                             static_cast<const std::byte*>(ref.recv_x_scales.data()) + at, n * 4) == 0,
-                 where + "expert " + std::to_string(e) + "'s scales differ");
-        }
-      }
-    }
-    const LowLatencyCombineResult ref_back =
-        host.low_latency_combine(in.y, in.topk_idx, in.weights, ref.handle);
-    LowLatencyCombineOptions c;
-    c.stream = stream;
-    c.return_recv_hook = mode == Mode::hook;
-    c.async_finish = mode == Mode::async;
-    LowLatencyCombineResult back = gpu.low_latency_combine(y, topk, weights, got.handle, c);
-    if (mode == Mode::hook) back.hook();
-    if (mode == Mode::async) back.event.stream_wait(stream);
-    const Tensor combined = download(back.combined_x, stream);
-    expect(combined.bytes() == ref_back.combined_x.bytes() &&
-               std::memcmp(combined.data(), ref_back.combined_x.data(), combined.bytes()) == 0,
-           where + "combined_x differs");
-    back.event.wait();  // raises what the kernels recorded
-    group.barrier("gpu-low-latency-round");
-  };
-  const Format bf16{"bf16", false, false, false};
-  for (const Format& format :
-       {bf16, Format{"fp8", true, false, false}, Format{"fp8 ue8m0", true, true, true}}) {
-    for (const Mode mode : {Mode::plain, Mode::hook, Mode::async}) round(format, mode);
-  }
-
-  const LowLatencyStats stats = gpu.low_latency_stats();
-  expect(stats.operations == 18 && stats.local_expert_recv.empty(),
-         "low_latency_stats on the GPU: " + std::to_string(stats.operations) +
-             " operations (18 issued), per-expert counts should be empty (not gathered)");
-
-  // Refused by name, before anything is sent (the buffer stays usable).
-  try {
-    gpu.low_latency_dispatch(in.x, in.topk_idx, kTokens, experts, {});
-    expect(false, "a host x was accepted");
-  } catch (const Error& error) {
-    expect(std::string(error.what()).find("runs on the GPU") != std::string::npos,
-           std::string("host x refused with: ") + error.what());
-  }
-  LowLatencyDispatchOptions d;
-  d.stream = stream;
-  {
-    cudaStream_t captured = nullptr;
-    cuda_ok(cudaStreamCreateWithFlags(&captured, cudaStreamNonBlocking), "stream");
-    cuda_ok(cudaStreamBeginCapture(captured, cudaStreamCaptureModeRelaxed), "begin capture");
-    LowLatencyDispatchOptions in_capture = d;
-    in_capture.stream = captured;
-    try {
-      gpu.low_latency_dispatch(x, topk, kTokens, experts, in_capture);
-      expect(false, "a dispatch on a capturing stream was accepted");
-    } catch (const Error& error) {
-      expect(error.code() == Errc::unsupported, std::string("capture refused with: ") + error.what());
-    }
-    cudaGraph_t graph = nullptr;
-    cuda_ok(cudaStreamEndCapture(captured, &graph), "end capture");
-    if (graph != nullptr) cudaGraphDestroy(graph);
-    cuda_ok(cudaStreamDestroy(captured), "stream");
-  }
-  LowLatencyDispatchResult got = gpu.low_latency_dispatch(x, topk, kTokens, experts, d);
-  try {
-    gpu.get_next_low_latency_combine_buffer(got.handle);
-    expect(false, "get_next_low_latency_combine_buffer was accepted");
-  } catch (const Error& error) {
-    expect(error.code() == Errc::unsupported, std::string("zero copy refused with: ") + error.what());
-  }
-  LowLatencyCombineResult back = gpu.low_latency_combine(y, topk, weights, got.handle, {.stream = stream});
-  back.event.wait();
-
-  // A bad expert id on rank 0: its kernels leave the row out and record it, the call's event raises it by
-  // name, every later call fails until a clean (collective), and after the clean a round matches again.
-  {
-    Tensor bad = upload(in.topk_idx, stream);
-    if (group.rank() == 0) {
-      const std::int64_t id = experts + 5;
-      cuda_ok(cudaMemcpyAsync(bad.data(), &id, sizeof id, cudaMemcpyHostToDevice, stream), "bad id");
-      cuda_ok(cudaStreamSynchronize(stream), "bad id");
-    }
-    LowLatencyDispatchResult sent = gpu.low_latency_dispatch(x, bad, kTokens, experts, d);
-    try {
-      sent.event.wait();
-      expect(group.rank() != 0, "a bad expert id was not reported");
-    } catch (const Error& error) {
-      expect(group.rank() == 0 && std::string(error.what()).find("names expert") != std::string::npos,
-             std::string("the bad expert id reported as: ") + error.what());
-    }
-    if (group.rank() == 0) {
-      try {
-        gpu.low_latency_dispatch(x, topk, kTokens, experts, d);
-        expect(false, "a call after a recorded failure was accepted");
-      } catch (const Error&) {
-      }
-    }
-    group.barrier("gpu-low-latency-bad-id");
-    gpu.clean_low_latency_buffer(kTokens, kHidden, experts);
-    host.clean_low_latency_buffer(kTokens, kHidden, experts);
-    round(bf16, Mode::plain);
-  }
-
-  // The mask: masked by this rank, then cleared.
-  if (R > 1) {
-    const int other = (group.rank() + 1) % R;
-    Tensor status({R}, DType::int32);
-    gpu.low_latency_update_mask_buffer(other, true);
-    gpu.low_latency_query_mask_buffer(status);
-    expect(status.data_as<std::int32_t>()[other] == 1 && status.data_as<std::int32_t>()[group.rank()] == 0,
-           "the mask does not say the masked rank");
-    gpu.low_latency_clean_mask_buffer();
-    gpu.low_latency_query_mask_buffer(status);
-    expect(status.data_as<std::int32_t>()[other] == 0, "the cleaned mask still says the rank");
-  }
-  group.barrier("gpu-low-latency-end");
-  cuda_ok(cudaStreamDestroy(stream), "stream");
-  return failure;
-}
-
-}  // namespace
-
 TEST_CASE("a LowLatencyBuffer on the GPU of a one-rank group matches the host executor", "[gpu]") {
   const std::uint64_t seed = announce_seed("gpu low-latency buffer, one rank");
   Group group = Group::from_job(JobEnv{});
-  int checks = 0;
-  const std::string failure = check_rank(group, seed, checks);
-  INFO(failure);
-  CHECK(failure.empty());
-  CHECK(checks > 20);
+  const LowLatencyCheckResult result = check_low_latency_buffer(group, seed);
+  INFO(result.failure);
+  CHECK(result.failure.empty());
+  CHECK(result.checks > 20);
 }
 
 TEST_CASE("LowLatencyBuffers on the GPU of a 1x2 group (ranks as threads) match the host executor", "[gpu]") {
   const std::uint64_t seed = announce_seed("gpu low-latency buffer, 1x2 threads");
-  std::vector<std::string> failures(2);
-  std::vector<int> checks(2, 0);
+  std::vector<LowLatencyCheckResult> results(2);
   REQUIRE_NOTHROW(run_ranks(
       2, 2, unique_job_id("gpu-low-latency"),
-      [&](Group& group) { failures[group.rank()] = check_rank(group, seed, checks[group.rank()]); },
+      [&](Group& group) { results[group.rank()] = check_low_latency_buffer(group, seed); },
       std::chrono::seconds(60)));
   for (int r = 0; r < 2; ++r) {
-    INFO("rank " << r << ": " << failures[r]);
-    CHECK(failures[r].empty());
-    CHECK(checks[r] > 20);
+    INFO("rank " << r << ": " << results[r].failure);
+    CHECK(results[r].failure.empty());
+    CHECK(results[r].checks > 20);
   }
+}
+
+TEST_CASE("LowLatencyBuffers on the GPU of a 1x2 ferry launch job sharing one GPU match the host executor",
+          "[gpu][launch]") {
+  const std::uint64_t seed = announce_seed("gpu low-latency buffer, 1x2 processes");
+  const std::string command =
+      sibling_program(FERRY_BIN) + " launch --nodes 1 --ranks-per-node 2 --timeout 150 -- " +
+      sibling_program(GPU_RANK_BIN) + " --check low-latency --seed " + std::to_string(seed);
+  const Outcome outcome = run(command);
+  CHECK(outcome.exit_code == 0);
+  CHECK_THAT(outcome.output, Catch::Contains("rank 0: verified") && Catch::Contains("rank 1: verified"));
 }

@@ -439,7 +439,7 @@ TEST_CASE("gpu-check, gpu-stage and the GPU tests agree on program names and tes
   for (const std::string& line : lines_of(staged.output))
     if (line.find(' ') == std::string::npos && line.find('(') == std::string::npos) names.insert(line);
   // The programs the GPU tests start, and ferry, travel with them.
-  for (const char* needed : {"ferry", "ferry_peer_rank", "ferry_gpu_buffer_rank", "test_gpu_peer"})
+  for (const char* needed : {"ferry", "ferry_peer_rank", "ferry_gpu_rank", "test_gpu_peer"})
     CHECK(names.count(needed) == 1);
   std::map<std::string, std::string> paths;
   for (const std::string& path : lines_of(read_file(manifest)))

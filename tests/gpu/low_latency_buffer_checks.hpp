@@ -1,0 +1,27 @@
+// The public ferry::LowLatencyBuffer on Device::cuda, as users call it: device tensors uploaded on the
+// caller's stream (the options' stream), every result read back on that stream, and compared with a host
+// LowLatencyBuffer of the same group on the same inputs (the two executors share the protocol and its
+// arithmetic, so the rows, scales, counts and sums must be equal bit for bit). bf16, fp8, fp8 with UE8M0
+// scales; plain calls, hook calls (the receive half enqueued by the hook) and async_finish (the caller's
+// stream ordered after the Event). Then what is refused by name (host tensors, zero copy, a capturing
+// stream), a bad expert id reported by the call's event and a clean after it, and the mask.
+// Collective: every rank of the group runs the same sequence (ranks may be threads of one process, or
+// processes, sharing a GPU). Checks never stop the sequence (the other ranks would wait for this one): the
+// first difference is kept.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ferry/group.hpp"
+
+namespace ferry::test {
+
+struct LowLatencyCheckResult {
+  std::string failure;  // "" when every check passed
+  int checks = 0;
+};
+
+LowLatencyCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed);
+
+}  // namespace ferry::test
