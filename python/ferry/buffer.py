@@ -159,13 +159,6 @@ class _Flight:
         self.keep = keep
 
 
-def _refuse_low_latency_on_cuda(low_latency_mode: bool, device: Optional[str]) -> None:
-    if low_latency_mode and device == "cuda":
-        raise _ferry.Unsupported(
-            "ferry's low-latency mode takes CPU tensors only for now (the C++ LowLatencyBuffer on the GPU has no "
-            "Python binding yet): build the Buffer on a gloo group or with device='cpu'")
-
-
 def _split_x(x: Any) -> Tuple[Any, Any]:
     if isinstance(x, tuple):
         if len(x) != 2:
@@ -194,8 +187,8 @@ class Buffer(LowLatencyMethods):
         exist once the dispatch has finished (reading it waits).
       * x may also be fp32; combine takes bf16 or fp32. fp8 rows are ``(data, scales)`` with fp32 scales, one
         per 128 values; a CPU Buffer takes fp8 data as torch.float8_e4m3fn or as uint8 bytes.
-      * low-latency mode takes CPU tensors only (ferry.Unsupported for CUDA tensors and NCCL groups), and its
-        combine has no LogFMT; ferry.low_latency lists the rest.
+      * low-latency mode: its combine has no LogFMT, and on CUDA its statistics tensors, zero copy and graph
+        capture raise ferry.Unsupported; ferry.low_latency lists the rest.
       * after ferry.PeerFailure, ferry.Timeout or a Ctrl-C inside a wait the Buffer cannot be used again; its
         memory and threads are left to the end of the process.
 
@@ -224,7 +217,7 @@ class Buffer(LowLatencyMethods):
                 with low_latency_mode, > 0 also builds the normal-mode buffer (as in DeepEP).
             num_rdma_bytes: with low_latency_mode, the low-latency buffer's size per rank
                 (Buffer.get_low_latency_rdma_size_hint); else accepted and not used.
-            low_latency_mode: build ferry's low-latency buffer (CPU tensors only: ferry.Unsupported on CUDA).
+            low_latency_mode: build ferry's low-latency buffer, on the Buffer's device.
             num_qps_per_rank: must be > 0 with low_latency_mode (as in DeepEP); not used otherwise.
             allow_nvlink_for_low_latency_mode, allow_mnnvl, use_fabric, enable_shrink: DeepEP tuning flags with
                 no ferry counterpart; accepted and not used (ferry's low-latency mask needs no enable_shrink).
@@ -255,7 +248,6 @@ class Buffer(LowLatencyMethods):
         self._recent_layouts: List[_RecentLayout] = []
         self._side_stream = None
         config = engine_config(ferry_config, Buffer.num_sms)
-        _refuse_low_latency_on_cuda(low_latency_mode, device)  # before any communication, when given
         if group is None and comm is None:
             job, backend = None, None
         else:
@@ -264,7 +256,6 @@ class Buffer(LowLatencyMethods):
             device = "cuda" if backend == "nccl" else "cpu"
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
-        _refuse_low_latency_on_cuda(low_latency_mode, device)  # an NCCL group's default device
         cuda_device = 0
         if device == "cuda":
             try:

@@ -11,9 +11,25 @@ and result tuples::
     (data, scales) = recv_x                         # [E/R, R*T, H] fp8, [E/R, R*T, H/128] fp32 (column-major)
     combined_x, event, hook = buffer.low_latency_combine(expert_out, topk_idx, topk_weights, handle)
 
+On a CPU Buffer (a gloo group, or ``device="cpu"``) the tensors are CPU tensors and ferry's host executor runs
+the calls; on a CUDA Buffer (an NCCL group, or ``device="cuda"``) they are CUDA tensors and the calls enqueue
+ferry's low-latency kernels after the work of the current CUDA stream, which then waits for them (as DeepEP's
+do): nothing on the host waits for the GPU.
+
 Where ferry differs from DeepEP:
-  * CPU tensors only (ferry's host executor; the C++ LowLatencyBuffer on the GPU has no Python binding yet):
-    a CUDA tensor, or a Buffer on an NCCL group, raises ferry.Unsupported.
+  * on a CUDA Buffer (the C++ ``LowLatencyBuffer(group, config, Device::cuda)``):
+      - the statistics tensors (``cumulative_local_expert_recv_stats``, ``*_wait_recv_cost_stats``), zero copy
+        (``get_next_low_latency_combine_buffer``) and CUDA graph capture are not provided yet: they raise
+        ferry.Unsupported naming them;
+      - the receive hook enqueues the receive half after the stream that was current at the call (DeepEP's
+        launches it on the stream current at the hook), and that stream waits for it: read the results in
+        that stream's order;
+      - a bad expert id, or a peer that stopped sending, is found by the kernels, after the call returned:
+        ``event.event.synchronize()`` raises it, and so does the first call made once ferry's stream has
+        run dry (a call issued while earlier ones still run cannot see it yet; ``event.current_stream_wait()``
+        only orders the stream); from then on every call raises until ``clean_low_latency_buffer``;
+      - the results live in ferry's stream-ordered memory: read them on the stream of the call (or after its
+        event); once dropped, their memory serves ferry's next call;
   * ``use_logfmt=True`` raises ferry.Unsupported (combine sends bf16 rows).
   * the wait statistics (``dispatch_wait_recv_cost_stats``, ``combine_wait_recv_cost_stats``: int64
     ``[num_ranks]``, as DeepEP's C++ checks them) add nanoseconds, not GPU clock cycles.
@@ -76,18 +92,27 @@ class LowLatencyHook:
         self._keep = ()
 
 
-def _host_only(frame: Any, t: Any, name: str) -> None:
-    if frame.owns(t) and frame.is_cuda(t):
-        raise _ferry.Unsupported(
-            f"{name} is a CUDA tensor, but ferry's low-latency mode takes CPU tensors only for now (the C++ "
-            f"LowLatencyBuffer on the GPU has no Python binding yet): pass CPU tensors")
+def _check_gpu(frame: Any, t: Any, name: str, ll: Any) -> None:
+    """A CUDA Buffer's tensors must be on its own GPU (the kernels would fault on another's memory)."""
+    if ll.cuda and frame.device(t) != f"cuda:{ll.cuda_device}":
+        raise ValueError(f"{name} is {T.describe(frame, t)} but this Buffer runs on cuda:{ll.cuda_device}")
 
 
-def _check_shape(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...]) -> None:
-    _host_only(frame, t, name)
-    T.check(frame, t, name, (dtype,), len(shape))
+def _check_shape(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...], ll: Any) -> None:
+    """ValueError naming `name` unless `t` is a contiguous `dtype` tensor of `shape` on the Buffer's device."""
+    T.check(frame, t, name, (dtype,), len(shape), cuda=ll.cuda)
+    _check_gpu(frame, t, name, ll)
     if tuple(frame.shape(t)) != tuple(shape):
         raise ValueError(f"{name} must be {list(shape)} {dtype}, not {T.describe(frame, t)}")
+
+
+def _stream_of(ll: Any) -> int:
+    """The stream a call of `ll` follows: torch's current stream on the Buffer's GPU (0 on the host)."""
+    if not ll.cuda:
+        return 0
+    import torch
+
+    return torch.cuda.current_stream(ll.cuda_device).cuda_stream
 
 
 def _int(value: Any, name: str) -> int:
@@ -107,19 +132,20 @@ def _positive_int(value: Any, name: str) -> int:
     return number
 
 
-def _take_optional(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...]) -> Any:
-    """An optional tensor ferry writes into (statistics, out, mask_status): a read-only one is refused."""
+def _take_optional(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...], ll: Any,
+                   stream: int) -> Any:
+    """An optional tensor ferry writes into (statistics, out): a read-only one is refused."""
     if t is None:
         return None
-    _check_shape(frame, t, name, dtype, shape)
-    return T.take(frame, t, name, writable=True)
+    _check_shape(frame, t, name, dtype, shape, ll)
+    return T.take(frame, t, name, cuda=ll.cuda, stream=stream, writable=True)
 
 
-def _take_wait_stats(frame: Any, t: Any, name: str, num_ranks: int) -> Any:
+def _take_wait_stats(frame: Any, t: Any, name: str, num_ranks: int, ll: Any, stream: int) -> Any:
     if t is not None and frame.owns(t) and len(frame.shape(t)) == 2:
         raise ValueError(f"{name} must be [num_ranks] = [{num_ranks}] int64, not {T.describe(frame, t)} (DeepEP's "
                          f"docstring says [num_ranks, num_ranks]; its C++ takes [num_ranks], as ferry does)")
-    return _take_optional(frame, t, name, "int64", (num_ranks,))
+    return _take_optional(frame, t, name, "int64", (num_ranks,), ll, stream)
 
 
 class LowLatencyMethods:
@@ -211,7 +237,7 @@ class LowLatencyMethods:
         every rank calls it with the same num_max_dispatch_tokens_per_rank, num_experts and flags.
 
         Arguments:
-            x: ``[num_tokens, hidden]`` bf16 (CPU), num_tokens <= num_max_dispatch_tokens_per_rank.
+            x: ``[num_tokens, hidden]`` bf16 on the Buffer's device, num_tokens <= num_max_dispatch_tokens_per_rank.
             topk_idx: ``[num_tokens, num_topk]`` int64 (``ferry.topk_idx_t``); -1 selects no expert; a token
                 names an expert at most once. Rank r owns experts ``[r * E / R, (r + 1) * E / R)``.
             num_max_dispatch_tokens_per_rank: the slots per (expert, source rank), the same on every rank.
@@ -239,17 +265,19 @@ class LowLatencyMethods:
             event: an EventOverlap; its event is None unless async_finish.
             hook: the receive hook with return_recv_hook, else None.
 
-        Raises ValueError naming the argument before anything is sent (a token on a duplicate or unknown
-        expert, too many tokens, a shape the buffer cannot hold, a third outstanding result);
-        ferry.Unsupported for CUDA tensors.
+        Raises ValueError naming the argument before anything is sent (a tensor on the other device, a token
+        on a duplicate or unknown expert, too many tokens, a shape the buffer cannot hold, a third outstanding
+        result); on a CUDA Buffer the expert ids are checked by the kernels, and a bad one is raised later (see
+        the module docstring), and the statistics tensors raise ferry.Unsupported.
         """
         ll = self._ll("low_latency_dispatch")
+        cuda = ll.cuda
         frame = T.frame_of(x, "x")
-        _host_only(frame, x, "x")
-        T.check(frame, x, "x", ("bfloat16",), 2)
+        T.check(frame, x, "x", ("bfloat16",), 2, cuda=cuda)
+        _check_gpu(frame, x, "x", ll)
         rows, hidden = frame.shape(x)
-        _host_only(frame, topk_idx, "topk_idx")
-        T.check(frame, topk_idx, "topk_idx", ("int64",), 2, rows=rows)
+        T.check(frame, topk_idx, "topk_idx", ("int64",), 2, rows=rows, cuda=cuda)
+        _check_gpu(frame, topk_idx, "topk_idx", ll)
         num_max_dispatch_tokens_per_rank = _positive_int(num_max_dispatch_tokens_per_rank,
                                                          "num_max_dispatch_tokens_per_rank")
         num_experts = _positive_int(num_experts, "num_experts")
@@ -261,16 +289,17 @@ class LowLatencyMethods:
         if async_finish and return_recv_hook:
             raise ValueError("async_finish and return_recv_hook exclude each other (as in DeepEP)")
         local_experts = num_experts // self.group_size
+        stream = _stream_of(ll)
         stats_in = _take_optional(frame, cumulative_local_expert_recv_stats, "cumulative_local_expert_recv_stats",
-                                  "int32", (local_experts,))
+                                  "int32", (local_experts,), ll, stream)
         wait_in = _take_wait_stats(frame, dispatch_wait_recv_cost_stats, "dispatch_wait_recv_cost_stats",
-                                   self.group_size)
-        x_in = T.take(frame, x, "x")
-        topk_in = T.take(frame, topk_idx, "topk_idx")
+                                   self.group_size, ll, stream)
+        x_in = T.take(frame, x, "x", cuda=cuda, stream=stream)
+        topk_in = T.take(frame, topk_idx, "topk_idx", cuda=cuda, stream=stream)
         keep = (x_in, topk_in, stats_in, wait_in)
         recv_x, scales, recv_count, src_info, layout_range, native_event, native_hook, native = self._ll_call(
             lambda: ll.dispatch(x_in, topk_in, num_max_dispatch_tokens_per_rank, num_experts, stats_in, wait_in,
-                                use_fp8, round_scale, use_ue8m0, async_finish, return_recv_hook), keep)
+                                use_fp8, round_scale, use_ue8m0, async_finish, return_recv_hook, stream), keep)
 
         recv_x = frame.wrap(recv_x)
         if use_fp8:
@@ -278,8 +307,8 @@ class LowLatencyMethods:
         recv_count = frame.wrap(recv_count)
         handle = LowLatencyHandle(self, native, frame, frame.wrap(src_info), frame.wrap(layout_range),
                                   num_max_dispatch_tokens_per_rank, hidden, num_experts)
+        self._track(native_event, keep)  # the GPU reads the inputs until the event (CPU: done by now unless async)
         if async_finish:
-            self._track(native_event, keep)
             event = EventOverlap(self._ll_event(native_event),
                                  (x, topk_idx, recv_x, recv_count, cumulative_local_expert_recv_stats))
         else:
@@ -326,26 +355,28 @@ class LowLatencyMethods:
         frame = handle._frame
         if not frame.owns(x):
             raise ValueError(f"x must be a {frame.name} tensor like the dispatch's x, not {type(x).__name__}")
+        cuda = ll.cuda
         _check_shape(frame, x, "x", "bfloat16",
-                     (num_experts // self.group_size, self.group_size * max_tokens, hidden))
+                     (num_experts // self.group_size, self.group_size * max_tokens, hidden), ll)
         tokens, topk = native.num_tokens, native.num_topk
-        _check_shape(frame, topk_idx, "topk_idx", "int64", (tokens, topk))
-        _check_shape(frame, topk_weights, "topk_weights", "float32", (tokens, topk))
-        out_in = _take_optional(frame, out, "out", "bfloat16", (tokens, hidden))
+        _check_shape(frame, topk_idx, "topk_idx", "int64", (tokens, topk), ll)
+        _check_shape(frame, topk_weights, "topk_weights", "float32", (tokens, topk), ll)
+        stream = _stream_of(ll)
+        out_in = _take_optional(frame, out, "out", "bfloat16", (tokens, hidden), ll, stream)
         wait_in = _take_wait_stats(frame, combine_wait_recv_cost_stats, "combine_wait_recv_cost_stats",
-                                   self.group_size)
+                                   self.group_size, ll, stream)
         if async_finish and return_recv_hook:
             raise ValueError("async_finish and return_recv_hook exclude each other (as in DeepEP)")
-        x_in = T.take(frame, x, "x")
-        topk_in = T.take(frame, topk_idx, "topk_idx")
-        weights_in = T.take(frame, topk_weights, "topk_weights")
+        x_in = T.take(frame, x, "x", cuda=cuda, stream=stream)
+        topk_in = T.take(frame, topk_idx, "topk_idx", cuda=cuda, stream=stream)
+        weights_in = T.take(frame, topk_weights, "topk_weights", cuda=cuda, stream=stream)
         keep = (x_in, topk_in, weights_in, out_in, wait_in)
         combined, native_event, native_hook = self._ll_call(
             lambda: ll.combine(x_in, topk_in, weights_in, native, zero_copy, async_finish, return_recv_hook, out_in,
-                               wait_in), keep)
+                               wait_in, stream), keep)
         combined_x = out if out is not None else frame.wrap(combined)
+        self._track(native_event, keep)
         if async_finish:
-            self._track(native_event, keep)
             event = EventOverlap(self._ll_event(native_event), (x, topk_idx, topk_weights, combined_x))
         else:
             event = EventOverlap(None)
@@ -365,15 +396,26 @@ class LowLatencyMethods:
         """Masks (mask=True) or unmasks a rank: this rank stops sending to it and waiting for it. A rank cannot
         mask itself; an unmasked rank takes part again after clean_low_latency_buffer."""
         ll = self._ll("low_latency_update_mask_buffer")
-        ll.update_mask(_int(rank_to_mask, "rank_to_mask"), bool(mask))
+        rank = _int(rank_to_mask, "rank_to_mask")
+        self._ll_call(lambda: ll.update_mask(rank, bool(mask)))
 
     def low_latency_query_mask_buffer(self, mask_status: Any) -> None:
         """Writes into mask_status (``[num_ranks]`` int32) 1 for every rank this rank masks (by the caller or
         after a timeout), else 0."""
         ll = self._ll("low_latency_query_mask_buffer")
         frame = T.frame_of(mask_status, "mask_status")
-        ll.query_mask(_take_optional(frame, mask_status, "mask_status", "int32", (self.group_size,)))
+        _check_shape(frame, mask_status, "mask_status", "int32", (self.group_size,), ll)
+        if not ll.cuda:
+            ll.query_mask(T.take(frame, mask_status, "mask_status", writable=True))
+            return
+        import torch  # a CUDA Buffer's tensors are torch's: the words are read on the host, then copied over
+
+        words = torch.empty(self.group_size, dtype=torch.int32)
+        words_in = T.take(T.TorchFrame, words, "mask_status", writable=True)
+        self._ll_call(lambda: ll.query_mask(words_in), (words_in,))
+        mask_status.copy_(words)
 
     def low_latency_clean_mask_buffer(self) -> None:
         """Unmasks every rank (locally; clean_low_latency_buffer brings them back into the operations)."""
-        self._ll("low_latency_clean_mask_buffer").clean_mask()
+        ll = self._ll("low_latency_clean_mask_buffer")
+        self._ll_call(ll.clean_mask)

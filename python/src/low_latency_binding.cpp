@@ -1,5 +1,8 @@
 // ferry._ferry.LowLatencyRuntime: ferry::LowLatencyBuffer (DeepEP's low-latency mode) for ferry.Buffer, which
-// builds it beside its Runtime, on the Runtime's Group (python/ferry/low_latency.py drives it).
+// builds it beside its Runtime, on the Runtime's Group and device (python/ferry/low_latency.py drives it).
+// On a CUDA Runtime the buffer is LowLatencyBuffer(group, config, Device::cuda): dispatch and combine take
+// the caller's CUDA stream, enqueue their halves after it and make it wait for them; the results are device
+// tensors, valid in that stream's order.
 //
 // Every call that can wait (dispatch, combine, a receive hook, clean, get_next_low_latency_combine_buffer)
 // runs on the runtime's CallThread while the Python thread waits with the GIL released and Ctrl-C can end the
@@ -14,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -69,12 +73,12 @@ class LowLatencyRuntime {
  public:
   // Collective: every rank of the Runtime's Group builds one with the same num_rdma_bytes.
   LowLatencyRuntime(py::handle runtime, std::size_t num_rdma_bytes, double timeout_s)
-      : group_(group_of_runtime(runtime)) {
+      : group_(group_of_runtime(runtime)), device_(device_of_runtime(runtime)) {
     LowLatencyConfig config;
     config.num_rdma_bytes = num_rdma_bytes;
     config.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(timeout_s));
     py::gil_scoped_release release;
-    buffer_ = std::make_shared<LowLatencyBuffer>(*group_, config);
+    buffer_ = std::make_shared<LowLatencyBuffer>(*group_, config, device_.cuda ? Device::cuda : Device::host);
     calls_ = std::make_shared<CallThread>();
   }
 
@@ -130,6 +134,8 @@ class LowLatencyRuntime {
   }
 
   bool alive() const { return buffer_ != nullptr; }
+  bool cuda() const { return device_.cuda; }
+  int cuda_device() const { return device_.cuda_device; }
   int rank() { return live().rank(); }
   int num_ranks() { return live().num_ranks(); }
   std::size_t num_rdma_bytes() { return live().num_rdma_bytes(); }
@@ -137,9 +143,10 @@ class LowLatencyRuntime {
   py::tuple dispatch(const ImportedTensor& x, const ImportedTensor& topk_idx, std::int64_t max_tokens,
                      std::int64_t num_experts, const ImportedTensor* cumulative_local_expert_recv_stats,
                      const ImportedTensor* dispatch_wait_recv_cost_stats, bool use_fp8, bool round_scale,
-                     bool use_ue8m0, bool async_finish, bool return_recv_hook) {
+                     bool use_ue8m0, bool async_finish, bool return_recv_hook, std::uintptr_t stream) {
     LowLatencyBuffer* buffer = &live();
     LowLatencyDispatchOptions options;
+    options.stream = reinterpret_cast<void*>(stream);
     options.use_fp8 = use_fp8;
     options.round_scale = round_scale;
     options.use_ue8m0 = use_ue8m0;
@@ -154,19 +161,26 @@ class LowLatencyRuntime {
     calls_->run(
         [=] { *result = buffer->low_latency_dispatch(x_view, topk_view, max_tokens, num_experts, options); });
     const LowLatencyHandle& handle = result->handle;
-    return py::make_tuple(
-        export_or_none(result->recv_x, 0), export_or_none(result->recv_x_scales, 0),
-        export_or_none(result->recv_count, 0), export_or_none(handle.packed_recv_src_info(), 0),
-        export_or_none(handle.packed_recv_layout_range(), 0), event_or_none(result->event, async_finish),
-        hook_or_none(result->hook), LowLatencyHandleObject{handle});
+    const int gpu = device_.cuda_device;
+    return py::make_tuple(export_or_none(result->recv_x, gpu), export_or_none(result->recv_x_scales, gpu),
+                          export_or_none(result->recv_count, gpu),
+                          export_or_none(handle.packed_recv_src_info(), gpu),
+                          export_or_none(handle.packed_recv_layout_range(), gpu), EventObject{result->event},
+                          hook_or_none(result->hook), LowLatencyHandleObject{handle});
   }
 
   py::tuple combine(const ImportedTensor& x, const ImportedTensor& topk_idx,
                     const ImportedTensor& topk_weights, const LowLatencyHandleObject& handle, bool zero_copy,
                     bool async_finish, bool return_recv_hook, const ImportedTensor* out,
-                    const ImportedTensor* combine_wait_recv_cost_stats) {
+                    const ImportedTensor* combine_wait_recv_cost_stats, std::uintptr_t stream) {
     LowLatencyBuffer* buffer = &live();
     TensorView x_view = x.view();
+    if (zero_copy && device_.cuda) {
+      fail(Errc::unsupported,
+           "zero_copy=True: the zero-copy combine is not built on the GPU yet (its staging needs a "
+           "device-side "
+           "acquire before the caller writes it): pass the experts' rows as x");
+    }
     if (zero_copy) {  // DeepEP's zero copy sends what the staging holds; x's values are not read
       if (staging_.empty()) {
         fail(Errc::invalid_argument,
@@ -179,6 +193,7 @@ class LowLatencyRuntime {
     options.zero_copy = zero_copy;
     options.async_finish = async_finish;
     options.return_recv_hook = return_recv_hook;
+    options.stream = reinterpret_cast<void*>(stream);
     options.out = view_or_empty(out);
     options.combine_wait_recv_cost_stats = view_or_empty(combine_wait_recv_cost_stats);
     const TensorView topk_view = topk_idx.view();
@@ -188,7 +203,7 @@ class LowLatencyRuntime {
     staging_ = {};
     calls_->run(
         [=] { *result = buffer->low_latency_combine(x_view, topk_view, weights_view, native, options); });
-    return py::make_tuple(export_or_none(result->combined_x, 0), event_or_none(result->event, async_finish),
+    return py::make_tuple(export_or_none(result->combined_x, device_.cuda_device), EventObject{result->event},
                           hook_or_none(result->hook));
   }
 
@@ -207,15 +222,29 @@ class LowLatencyRuntime {
     staging_ = *view;
     std::vector<std::int64_t> shape;
     for (int d = 0; d < view->dim(); ++d) shape.push_back(view->size(d));
+    const dlpack::Device where = view->device() == Device::cuda
+                                     ? dlpack::Device{dlpack::kCUDA, device_.cuda_device}
+                                     : dlpack::Device{dlpack::kCPU, 0};
     return Exported(std::shared_ptr<const void>(buffer_), view->data(), std::move(shape),
-                    dlpack_type_of(view->dtype()), {dlpack::kCPU, 0});
+                    dlpack_type_of(view->dtype()), where);
   }
 
-  void update_mask(int rank_to_mask, bool mask) { live().low_latency_update_mask_buffer(rank_to_mask, mask); }
-  void query_mask(const ImportedTensor& mask_status) {
-    live().low_latency_query_mask_buffer(mask_status.view());
+  // On the host the mask calls only read or write words: in place, even while a call waits for a peer on the
+  // CallThread (masking it is how that wait is cut short). On the GPU they synchronise the buffer's stream,
+  // which may hold kernels waiting for a peer: on the CallThread, with the GIL released.
+  void update_mask(int rank_to_mask, bool mask) {
+    LowLatencyBuffer* buffer = &live();
+    mask_call([=] { buffer->low_latency_update_mask_buffer(rank_to_mask, mask); });
   }
-  void clean_mask() { live().low_latency_clean_mask_buffer(); }
+  void query_mask(const ImportedTensor& mask_status) {
+    LowLatencyBuffer* buffer = &live();
+    const TensorView view = mask_status.view();
+    mask_call([=] { buffer->low_latency_query_mask_buffer(view); });
+  }
+  void clean_mask() {
+    LowLatencyBuffer* buffer = &live();
+    mask_call([=] { buffer->low_latency_clean_mask_buffer(); });
+  }
 
  private:
   LowLatencyBuffer& live() {
@@ -223,8 +252,12 @@ class LowLatencyRuntime {
     return *buffer_;
   }
 
-  static py::object event_or_none(const Event& event, bool async_finish) {
-    return async_finish ? py::cast(EventObject{event}) : py::none();
+  void mask_call(const std::function<void()>& call) {
+    if (device_.cuda) {
+      calls_->run(call);
+    } else {
+      call();
+    }
   }
 
   py::object hook_or_none(const LowLatencyHook& hook) const {
@@ -232,6 +265,7 @@ class LowLatencyRuntime {
   }
 
   std::shared_ptr<Group> group_;  // the Runtime's; outlives the buffer
+  RuntimeDevice device_;          // the Runtime's: where the buffer's tensors live
   std::shared_ptr<LowLatencyBuffer> buffer_;
   std::shared_ptr<CallThread> calls_;  // shared with the hooks it handed out
   TensorView staging_;                 // what the last get_next_low_latency_combine_buffer returned
@@ -260,8 +294,10 @@ void register_low_latency(py::module_& module) {
 
   py::class_<HookObject>(module, "LowLatencyHook",
                          "Takes the receives of a low-latency call issued with return_recv_hook.")
-      .def("__call__", &HookObject::call,
-           "Waits for and takes the receives (GIL released; Ctrl-C interrupts the wait). Once only.");
+      .def(
+          "__call__", &HookObject::call,
+          "Takes the receives (once): on the host it waits for them (GIL released; Ctrl-C interrupts the "
+          "wait); on the GPU it enqueues the receive half after the call's stream, which then waits for it.");
 
   py::class_<LowLatencyRuntime>(
       module, "LowLatencyRuntime",
@@ -274,6 +310,8 @@ void register_low_latency(py::module_& module) {
            "view.")
       .def("abandon", &LowLatencyRuntime::abandon, "Leaves everything to the end of the process.")
       .def_property_readonly("alive", &LowLatencyRuntime::alive)
+      .def_property_readonly("cuda", &LowLatencyRuntime::cuda, "Whether the buffer runs on the GPU.")
+      .def_property_readonly("cuda_device", &LowLatencyRuntime::cuda_device, "Its GPU (CUDA buffers).")
       .def_property_readonly("rank", &LowLatencyRuntime::rank)
       .def_property_readonly("num_ranks", &LowLatencyRuntime::num_ranks)
       .def_property_readonly("num_rdma_bytes", &LowLatencyRuntime::num_rdma_bytes)
@@ -281,13 +319,16 @@ void register_low_latency(py::module_& module) {
            py::arg("num_max_dispatch_tokens_per_rank"), py::arg("num_experts"),
            py::arg("cumulative_local_expert_recv_stats").none(true),
            py::arg("dispatch_wait_recv_cost_stats").none(true), py::arg("use_fp8"), py::arg("round_scale"),
-           py::arg("use_ue8m0"), py::arg("async_finish"), py::arg("return_recv_hook"),
-           "(recv_x, recv_x_scales or None, recv_count, src_info, layout_range, Event or None, "
+           py::arg("use_ue8m0"), py::arg("async_finish"), py::arg("return_recv_hook"), py::arg("stream") = 0,
+           "stream: the caller's cudaStream_t as an int (CUDA buffers; 0 the legacy default stream). "
+           "(recv_x, recv_x_scales or None, recv_count, src_info, layout_range, Event, "
            "LowLatencyHook or None, LowLatencyHandle)")
       .def("combine", &LowLatencyRuntime::combine, py::arg("x"), py::arg("topk_idx"), py::arg("topk_weights"),
            py::arg("handle"), py::arg("zero_copy"), py::arg("async_finish"), py::arg("return_recv_hook"),
            py::arg("out").none(true), py::arg("combine_wait_recv_cost_stats").none(true),
-           "(combined_x or None when out was given, Event or None, LowLatencyHook or None)")
+           py::arg("stream") = 0,
+           "(combined_x or None when out was given, Event, LowLatencyHook or None). The Event is the "
+           "operation's (with a hook: its send half's), also when async_finish is False")
       .def("clean", &LowLatencyRuntime::clean, py::arg("num_max_dispatch_tokens_per_rank"), py::arg("hidden"),
            py::arg("num_experts"))
       .def("next_combine_buffer", &LowLatencyRuntime::next_combine_buffer, py::arg("handle"))

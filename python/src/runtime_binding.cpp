@@ -301,6 +301,7 @@ class Runtime {
   int local_size() const { return group()->local_size(); }
   Config config() const { return config_; }
   bool cuda() const { return cuda_; }
+  int cuda_device() const { return cuda_device_; }
   bool alive() const { return group_ != nullptr; }
   bool has_normal_buffer() const { return buffer_ != nullptr; }
 
@@ -343,6 +344,11 @@ class Runtime {
 
 std::shared_ptr<Group> group_of_runtime(py::handle runtime) {
   return runtime.cast<Runtime&>().group();
+}
+
+RuntimeDevice device_of_runtime(py::handle runtime) {
+  const Runtime& r = runtime.cast<Runtime&>();
+  return {r.cuda(), r.cuda_device()};
 }
 
 void register_runtime(py::module_& module) {

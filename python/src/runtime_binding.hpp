@@ -21,6 +21,13 @@ struct EventObject {
 // Runtime was closed or abandoned.
 std::shared_ptr<Group> group_of_runtime(pybind11::handle runtime);
 
+// Where a ferry._ferry.Runtime's tensors live: its Buffers run on that device (CUDA: GPU cuda_device).
+struct RuntimeDevice {
+  bool cuda = false;
+  int cuda_device = 0;
+};
+RuntimeDevice device_of_runtime(pybind11::handle runtime);
+
 void register_config(pybind11::module_& module);
 void register_runtime(pybind11::module_& module);
 void register_low_latency(pybind11::module_& module);

@@ -2,24 +2,20 @@
 check batched into one job per topology) with torchrun's variables on 1 node x 4, and under
 `ferry launch --nodes 2 --ranks-per-node 2` (2 emulated nodes on this host: the fabric and the proxy carry the
 rows between nodes). Each rank compares every result with a reference built from all ranks' inputs and prints
-one line per check; the test requires every rank's summary line. CPU tensors only: the low-latency mode takes
-no CUDA tensors yet."""
+one line per check; the test requires every rank's summary line. With FERRY_TEST_DEVICE=cuda the same program
+runs on CUDA tensors, one node (a rank per GPU, or 2 processes sharing a one-GPU machine)."""
 
 import pytest
 
-from conftest import DEVICE, require_all_ranks, run_ferry_launch, run_torchrun_env
-
-
-def skip_on_cuda():
-    if DEVICE == "cuda":
-        pytest.skip("ferry's low-latency mode takes CPU tensors only (ferry.Unsupported for CUDA tensors)")
+from conftest import CUDA_TWO_NODES, DEVICE, cuda_ranks, require_all_ranks, run_ferry_launch, run_torchrun_env
 
 
 def test_low_latency_with_torchrun_environment_1x4():
-    skip_on_cuda()
-    require_all_ranks(run_torchrun_env("lowlat_worker.py", 1, 4, timeout=120), 4)
+    ranks = cuda_ranks() if DEVICE == "cuda" else 4
+    require_all_ranks(run_torchrun_env("lowlat_worker.py", 1, ranks, timeout=120), ranks)
 
 
 def test_low_latency_under_ferry_launch_2x2():
-    skip_on_cuda()
+    if DEVICE == "cuda":
+        pytest.skip(CUDA_TWO_NODES)
     require_all_ranks(run_ferry_launch("lowlat_worker.py", nodes=2, ranks_per_node=2, timeout=120), 4)
