@@ -27,9 +27,12 @@ Where ferry differs from DeepEP:
       - a bad expert id, or a peer that stopped sending, is found by the kernels, after the call returned:
         ``event.event.synchronize()`` raises it, and so does the first call made once ferry's stream has
         run dry (a call issued while earlier ones still run cannot see it yet; ``event.current_stream_wait()``
-        only orders the stream); from then on every call raises until ``clean_low_latency_buffer``;
+        only orders the stream); from then on every dispatch and combine raises until
+        ``clean_low_latency_buffer``;
       - the results live in ferry's stream-ordered memory: read them on the stream of the call (or after its
         event); once dropped, their memory serves ferry's next call;
+      - the mask calls synchronise ferry's stream first: a mask takes effect for the calls after it, and
+        cannot cut short kernels already waiting for a peer (they give up after FerryConfig.timeout_s);
   * ``use_logfmt=True`` raises ferry.Unsupported (combine sends bf16 rows).
   * the wait statistics (``dispatch_wait_recv_cost_stats``, ``combine_wait_recv_cost_stats``: int64
     ``[num_ranks]``, as DeepEP's C++ checks them) add nanoseconds, not GPU clock cycles.
@@ -74,8 +77,10 @@ class LowLatencyHandle(tuple):
 
 class LowLatencyHook:
     """DeepEP's receive hook: returned by a call made with return_recv_hook=True, which only issued the sends.
-    Calling it waits for and takes the receives (once); until then nothing of ferry's runs for the operation.
-    The wait releases the GIL and Ctrl-C interrupts it (the Buffer cannot be used after that)."""
+    Calling it takes the receives (once); until then nothing of ferry's runs for the operation's receive half.
+    On a CPU Buffer it waits for them, with the GIL released, and Ctrl-C interrupts the wait (the Buffer cannot
+    be used after that); on a CUDA Buffer it enqueues the receive half after the call's stream, which then
+    waits for it."""
 
     __slots__ = ("_buffer", "_native", "_keep")
 
@@ -393,8 +398,9 @@ class LowLatencyMethods:
         return handle._frame.wrap(self._ll_call(lambda: ll.next_combine_buffer(native)))
 
     def low_latency_update_mask_buffer(self, rank_to_mask: int, mask: bool = False) -> None:
-        """Masks (mask=True) or unmasks a rank: this rank stops sending to it and waiting for it. A rank cannot
-        mask itself; an unmasked rank takes part again after clean_low_latency_buffer."""
+        """Masks (mask=True) or unmasks a rank: this rank stops sending to it and waiting for it (on a CUDA
+        Buffer from its next call on). A rank cannot mask itself; an unmasked rank takes part again after
+        clean_low_latency_buffer."""
         ll = self._ll("low_latency_update_mask_buffer")
         rank = _int(rank_to_mask, "rank_to_mask")
         self._ll_call(lambda: ll.update_mask(rank, bool(mask)))

@@ -6,7 +6,8 @@
 //
 // Every call that can wait (dispatch, combine, a receive hook, clean, get_next_low_latency_combine_buffer)
 // runs on the runtime's CallThread while the Python thread waits with the GIL released and Ctrl-C can end the
-// wait; the mask calls only read or write words and run in place.
+// wait. The mask calls only read or write words and run in place on the host; on the GPU they synchronise
+// the buffer's stream, so they run on the CallThread too.
 //
 // get_next_low_latency_combine_buffer hands out a view of the buffer's own memory, which keeps the
 // LowLatencyBuffer alive (never freed under a view). close() is collective: every rank learns whether any

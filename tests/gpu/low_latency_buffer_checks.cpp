@@ -133,8 +133,9 @@ LowLatencyCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed)
     const char* name;
     bool fp8, round, ue8m0;
   };
-  // One dispatch and combine on both buffers, compared.
-  auto round = [&](const Format& format, Mode mode) {
+  // One dispatch and combine on both buffers, compared; `together`: every rank takes part (a barrier ends
+  // it).
+  auto round = [&](const Format& format, Mode mode, bool together = true) {
     const std::string where = std::string(format.name) + ", " + name_of(mode) + ": ";
     LowLatencyDispatchOptions d;
     d.use_fp8 = format.fp8;
@@ -183,7 +184,7 @@ LowLatencyCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed)
                std::memcmp(combined.data(), ref_back.combined_x.data(), combined.bytes()) == 0,
            where + "combined_x differs");
     back.event.wait();  // raises what the kernels recorded
-    group.barrier("gpu-low-latency-round");
+    if (together) group.barrier("gpu-low-latency-round");
   };
   const Format bf16{"bf16", false, false, false};
   for (const Format& format :
@@ -274,6 +275,21 @@ LowLatencyCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed)
     gpu.low_latency_clean_mask_buffer();
     gpu.low_latency_query_mask_buffer(status);
     expect(status.data_as<std::int32_t>()[other] == 0, "the cleaned mask still says the rank");
+
+    // A masked round: every rank but the last masks the last, which sits it out; both executors leave its
+    // rows and sums out alike. Then the masks are cleared, both buffers cleaned, and everyone takes part.
+    const int victim = R - 1;
+    if (group.rank() != victim) {
+      gpu.low_latency_update_mask_buffer(victim, true);
+      host.low_latency_update_mask_buffer(victim, true);
+      round(bf16, Mode::plain, false);
+    }
+    group.barrier("gpu-low-latency-masked");
+    gpu.low_latency_clean_mask_buffer();
+    host.low_latency_clean_mask_buffer();
+    gpu.clean_low_latency_buffer(kTokens, kHidden, experts);
+    host.clean_low_latency_buffer(kTokens, kHidden, experts);
+    round(bf16, Mode::plain);
   }
   group.barrier("gpu-low-latency-end");
   cuda_ok(cudaStreamDestroy(stream), "stream");

@@ -4,7 +4,8 @@
 // arithmetic, so the rows, scales, counts and sums must be equal bit for bit). bf16, fp8, fp8 with UE8M0
 // scales; plain calls, hook calls (the receive half enqueued by the hook) and async_finish (the caller's
 // stream ordered after the Event). Then what is refused by name (host tensors, zero copy, a capturing
-// stream), a bad expert id reported by the call's event and a clean after it, and the mask.
+// stream), a bad expert id reported by the call's event and a clean after it, the mask, and a round in which
+// the last rank is masked by the others and sits out.
 // Collective: every rank of the group runs the same sequence (ranks may be threads of one process, or
 // processes, sharing a GPU). Checks never stop the sequence (the other ranks would wait for this one): the
 // first difference is kept.

@@ -515,7 +515,7 @@ def main():
                    job)
     report.run("normal mode beside the low-latency mode", check_normal_mode_beside, job)
     if CUDA:  # no zero-copy view to hold on the GPU, and a hook there does not wait
-        job.buffer.destroy()
+        report.run("destroy", job.buffer.destroy)
     else:
         report.run("destroy refused while a view is held", check_destroy_waits_for_views, job)
         report.run("Ctrl-C interrupts a hook", check_ctrl_c_in_a_hook, job)
