@@ -145,7 +145,7 @@ class Checker {
     config_.timeout = std::chrono::seconds(10);  // a failure ends the run in well under a minute
   }
 
-  BufferCheckResult run() {
+  GpuCheckResult run() {
     // One caller stream for every round, made before the Buffer (so it outlives every result whose memory
     // was used on it): CUDA maps streams onto its hardware queues round robin in the order they are made, so
     // a fresh stream per round would soon share a queue with the other rank thread's Buffer stream, whose
@@ -428,12 +428,12 @@ class Checker {
   Config config_;
   std::optional<OwnedStream> caller_stream_;
   int round_ = 0;
-  BufferCheckResult result_;
+  GpuCheckResult result_;
 };
 
 }  // namespace
 
-BufferCheckResult check_cuda_buffer(Group& group, std::uint64_t seed) {
+GpuCheckResult check_cuda_buffer(Group& group, std::uint64_t seed) {
   return Checker(group, seed).run();  // the Buffer selects this thread's GPU before anything is uploaded
 }
 

@@ -21,18 +21,13 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 
+#include "check_result.hpp"
 #include "ferry/group.hpp"
 
 namespace ferry::test {
 
-struct BufferCheckResult {
-  std::string failure;  // "" when every check passed, else the first difference (rank, round, what)
-  int checks = 0;       // comparisons made
-};
-
 // Collective over the group. seed: the same on every rank.
-BufferCheckResult check_cuda_buffer(Group& group, std::uint64_t seed);
+GpuCheckResult check_cuda_buffer(Group& group, std::uint64_t seed);
 
 }  // namespace ferry::test

@@ -13,24 +13,6 @@
 #include "ferry/group.hpp"
 #include "low_latency_buffer_checks.hpp"
 
-namespace {
-
-struct Verdict {
-  std::string failure;
-  int checks = 0;
-};
-
-Verdict run_check(const std::string& check, ferry::Group& group, std::uint64_t seed) {
-  if (check == "buffer") {
-    const ferry::test::BufferCheckResult r = ferry::test::check_cuda_buffer(group, seed);
-    return {r.failure, r.checks};
-  }
-  const ferry::test::LowLatencyCheckResult r = ferry::test::check_low_latency_buffer(group, seed);
-  return {r.failure, r.checks};
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   const std::string usage = "usage: ferry_gpu_rank --check buffer|low-latency --seed N\n";
   if (argc != 5 || std::string(argv[1]) != "--check" || std::string(argv[3]) != "--seed") {
@@ -47,7 +29,9 @@ int main(int argc, char** argv) {
   try {
     ferry::Group group = ferry::Group::from_env();
     rank = group.rank();
-    const Verdict verdict = run_check(check, group, seed);
+    const ferry::test::GpuCheckResult verdict = check == "buffer"
+                                                    ? ferry::test::check_cuda_buffer(group, seed)
+                                                    : ferry::test::check_low_latency_buffer(group, seed);
     if (!verdict.failure.empty()) {
       std::printf("rank %d: FAILED: %s\n", rank, verdict.failure.c_str());
       return 1;

@@ -106,7 +106,7 @@ const char* name_of(Mode mode) {
 
 }  // namespace
 
-LowLatencyCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
+GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
   int checks = 0;
   int gpus = 0;
   cuda_ok(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount");

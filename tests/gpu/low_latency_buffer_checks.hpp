@@ -12,17 +12,12 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 
+#include "check_result.hpp"
 #include "ferry/group.hpp"
 
 namespace ferry::test {
 
-struct LowLatencyCheckResult {
-  std::string failure;  // "" when every check passed
-  int checks = 0;
-};
-
-LowLatencyCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed);
+GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed);
 
 }  // namespace ferry::test
