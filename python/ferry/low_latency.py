@@ -97,16 +97,17 @@ class LowLatencyHook:
         self._keep = ()
 
 
-def _check_gpu(frame: Any, t: Any, name: str, ll: Any) -> None:
-    """A CUDA Buffer's tensors must be on its own GPU (the kernels would fault on another's memory)."""
+def _check(frame: Any, t: Any, name: str, dtype: str, ndim: int, ll: Any, rows: Optional[int] = None) -> None:
+    """T.check on the Buffer's device; a CUDA Buffer's tensors must be on its own GPU too (the kernels would
+    fault on another's memory)."""
+    T.check(frame, t, name, (dtype,), ndim, rows=rows, cuda=ll.cuda)
     if ll.cuda and frame.device(t) != f"cuda:{ll.cuda_device}":
         raise ValueError(f"{name} is {T.describe(frame, t)} but this Buffer runs on cuda:{ll.cuda_device}")
 
 
 def _check_shape(frame: Any, t: Any, name: str, dtype: str, shape: Tuple[int, ...], ll: Any) -> None:
     """ValueError naming `name` unless `t` is a contiguous `dtype` tensor of `shape` on the Buffer's device."""
-    T.check(frame, t, name, (dtype,), len(shape), cuda=ll.cuda)
-    _check_gpu(frame, t, name, ll)
+    _check(frame, t, name, dtype, len(shape), ll)
     if tuple(frame.shape(t)) != tuple(shape):
         raise ValueError(f"{name} must be {list(shape)} {dtype}, not {T.describe(frame, t)}")
 
@@ -278,11 +279,9 @@ class LowLatencyMethods:
         ll = self._ll("low_latency_dispatch")
         cuda = ll.cuda
         frame = T.frame_of(x, "x")
-        T.check(frame, x, "x", ("bfloat16",), 2, cuda=cuda)
-        _check_gpu(frame, x, "x", ll)
+        _check(frame, x, "x", "bfloat16", 2, ll)
         rows, hidden = frame.shape(x)
-        T.check(frame, topk_idx, "topk_idx", ("int64",), 2, rows=rows, cuda=cuda)
-        _check_gpu(frame, topk_idx, "topk_idx", ll)
+        _check(frame, topk_idx, "topk_idx", "int64", 2, ll, rows=rows)
         num_max_dispatch_tokens_per_rank = _positive_int(num_max_dispatch_tokens_per_rank,
                                                          "num_max_dispatch_tokens_per_rank")
         num_experts = _positive_int(num_experts, "num_experts")
