@@ -266,6 +266,17 @@ void LowLatencyDeviceEngine::combine_receive(const std::vector<p::LowLatencyComb
                          impl.posting(plans[i].ctx), s);
 }
 
+void LowLatencyDeviceEngine::add_dispatch_stats(const p::LowLatencyDispatchPlan& plan,
+                                                std::int32_t* recv_per_local_expert,
+                                                std::int64_t* wait_per_source, void* stream) {
+  launch_dispatch_stats(plan, recv_per_local_expert, wait_per_source, as_stream(stream));
+}
+
+void LowLatencyDeviceEngine::add_combine_stats(const p::LowLatencyCombinePlan& plan,
+                                               std::int64_t* wait_per_source, void* stream) {
+  launch_combine_stats(plan, wait_per_source, as_stream(stream));
+}
+
 void LowLatencyDeviceEngine::clean(const std::vector<p::LowLatencyContext>& contexts, std::uint64_t epoch,
                                    void* stream) {
   Impl& impl = *impl_;

@@ -249,6 +249,36 @@ __global__ void clean_kernel(const p::LowLatencyContext* contexts, const LowLate
   report_outcome(io, outcome, rank);
 }
 
+// The caller's statistics tensors (DeepEP's cumulative_local_expert_recv_stats and *_wait_recv_cost_stats),
+// after an operation's receive half: one block, each entry added by one thread, so the sums need no atomics
+// (the buffer's stream runs one operation's statistics at a time). Either target may be null.
+__global__ void dispatch_stats_kernel(const std::int32_t* recv_count, const std::int64_t* wait_ns,
+                                      int local_experts, int num_ranks, std::int32_t* recv_per_local_expert,
+                                      std::int64_t* wait_per_source) {
+  for (int e = static_cast<int>(threadIdx.x); recv_per_local_expert != nullptr && e < local_experts;
+       e += static_cast<int>(blockDim.x))
+    recv_per_local_expert[e] += recv_count[e];
+  for (int s = static_cast<int>(threadIdx.x); wait_per_source != nullptr && s < num_ranks;
+       s += static_cast<int>(blockDim.x)) {
+    std::int64_t waited = 0;
+    for (int e = 0; e < local_experts; ++e) waited += wait_ns[static_cast<std::int64_t>(e) * num_ranks + s];
+    wait_per_source[s] += waited;
+  }
+}
+
+// The combine's waits are per expert; a source rank owns local_experts consecutive experts.
+__global__ void combine_stats_kernel(const std::int64_t* wait_ns, int local_experts, int num_ranks,
+                                     std::int64_t* wait_per_source) {
+  for (int s = static_cast<int>(threadIdx.x); s < num_ranks; s += static_cast<int>(blockDim.x)) {
+    std::int64_t waited = 0;
+    for (int e = 0; e < local_experts; ++e)
+      waited += wait_ns[static_cast<std::int64_t>(s) * local_experts + e];
+    wait_per_source[s] += waited;
+  }
+}
+
+constexpr int kStatsThreads = 256;
+
 dim3 threads_of(const LowLatencyLaunch& launch) {
   return dim3(static_cast<unsigned>(launch.groups_per_block * launch.warps_per_group * 32));
 }
@@ -294,13 +324,32 @@ std::vector<LowLatencyKernelAttributes> low_latency_kernel_attributes() {
       {"combine_phase", reinterpret_cast<const void*>(&combine_phase)},
       {"clean_kernel", reinterpret_cast<const void*>(&clean_kernel)},
       {"slots_kernel", reinterpret_cast<const void*>(&slots_kernel)},
-      {"begin_operation_kernel", reinterpret_cast<const void*>(&begin_operation_kernel)}};
+      {"begin_operation_kernel", reinterpret_cast<const void*>(&begin_operation_kernel)},
+      {"dispatch_stats_kernel", reinterpret_cast<const void*>(&dispatch_stats_kernel)},
+      {"combine_stats_kernel", reinterpret_cast<const void*>(&combine_stats_kernel)}};
   for (const auto& [name, kernel] : kernels) {
     cudaFuncAttributes attributes{};
     check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes");
     result.push_back({name, attributes.maxThreadsPerBlock, attributes.localSizeBytes});
   }
   return result;
+}
+
+void launch_dispatch_stats(const p::LowLatencyDispatchPlan& plan, std::int32_t* recv_per_local_expert,
+                           std::int64_t* wait_per_source, cudaStream_t stream) {
+  if (recv_per_local_expert == nullptr && wait_per_source == nullptr) return;
+  dispatch_stats_kernel<<<1, kStatsThreads, 0, stream>>>(
+      plan.recv_count, plan.wait_ns, static_cast<int>(plan.ctx.local_experts()), plan.ctx.num_ranks(),
+      recv_per_local_expert, wait_per_source);
+  check(cudaGetLastError(), "launch of the low-latency dispatch statistics");
+}
+
+void launch_combine_stats(const p::LowLatencyCombinePlan& plan, std::int64_t* wait_per_source,
+                          cudaStream_t stream) {
+  if (wait_per_source == nullptr) return;
+  combine_stats_kernel<<<1, kStatsThreads, 0, stream>>>(
+      plan.wait_ns, static_cast<int>(plan.ctx.local_experts()), plan.ctx.num_ranks(), wait_per_source);
+  check(cudaGetLastError(), "launch of the low-latency combine statistics");
 }
 
 void launch_slots(const p::LowLatencyDispatchPlan& plan, const LowLatencyRankStatic* rank,

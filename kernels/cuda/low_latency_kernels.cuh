@@ -110,6 +110,12 @@ std::vector<LowLatencyKernelAttributes> low_latency_kernel_attributes();
 // The plan's slot and send_count from its topk_idx (protocol::assign_slots on the GPU).
 void launch_slots(const protocol::LowLatencyDispatchPlan& plan, const LowLatencyRankStatic* rank,
                   cudaStream_t stream);
+// The operation's receive counts and waits added into the caller's statistics (device memory; null: not
+// wanted), in stream order after its receive half. Nothing is launched when no target is given.
+void launch_dispatch_stats(const protocol::LowLatencyDispatchPlan& plan, std::int32_t* recv_per_local_expert,
+                           std::int64_t* wait_per_source, cudaStream_t stream);
+void launch_combine_stats(const protocol::LowLatencyCombinePlan& plan, std::int64_t* wait_per_source,
+                          cudaStream_t stream);
 // clean_low_latency_buffer for `count` ranks in one cooperative launch (a block per rank): barrier, private
 // words re-read, barrier.
 void launch_clean(const protocol::LowLatencyContext* contexts, const LowLatencyRankStatic* ranks, int count,

@@ -33,6 +33,13 @@ void LowLatencyDeviceEngine::combine_send(const std::vector<protocol::LowLatency
 void LowLatencyDeviceEngine::combine_receive(const std::vector<protocol::LowLatencyCombinePlan>&, void*) {
   no_low_latency_cuda();
 }
+void LowLatencyDeviceEngine::add_dispatch_stats(const protocol::LowLatencyDispatchPlan&, std::int32_t*,
+                                                std::int64_t*, void*) {
+  no_low_latency_cuda();
+}
+void LowLatencyDeviceEngine::add_combine_stats(const protocol::LowLatencyCombinePlan&, std::int64_t*, void*) {
+  no_low_latency_cuda();
+}
 void LowLatencyDeviceEngine::clean(const std::vector<protocol::LowLatencyContext>&, std::uint64_t, void*) {
   no_low_latency_cuda();
 }

@@ -18,9 +18,9 @@ do): nothing on the host waits for the GPU.
 
 Where ferry differs from DeepEP:
   * on a CUDA Buffer (the C++ ``LowLatencyBuffer(group, config, Device::cuda)``):
-      - the statistics tensors (``cumulative_local_expert_recv_stats``, ``*_wait_recv_cost_stats``), zero copy
-        (``get_next_low_latency_combine_buffer``) and CUDA graph capture are not provided yet: they raise
-        ferry.Unsupported naming them;
+      - zero copy (``get_next_low_latency_combine_buffer``) and CUDA graph capture are not provided yet: they
+        raise ferry.Unsupported naming them; the statistics tensors are CUDA tensors of the Buffer's GPU, added
+        into by a kernel after the receive half;
       - the receive hook enqueues the receive half after the stream that was current at the call (DeepEP's
         launches it on the stream current at the hook), and that stream waits for it: read the results in
         that stream's order;
@@ -274,7 +274,7 @@ class LowLatencyMethods:
         Raises ValueError naming the argument before anything is sent (a tensor on the other device, a token
         on a duplicate or unknown expert, too many tokens, a shape the buffer cannot hold, a third outstanding
         result); on a CUDA Buffer the expert ids are checked by the kernels, and a bad one is raised later (see
-        the module docstring), and the statistics tensors raise ferry.Unsupported.
+        the module docstring).
         """
         ll = self._ll("low_latency_dispatch")
         cuda = ll.cuda

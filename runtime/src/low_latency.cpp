@@ -534,15 +534,6 @@ std::shared_ptr<p::LowLatencyCombinePlan> combine_plan(const LowLatencyBuffer::I
 
 namespace {
 
-void refuse_on_device(const TensorView& view, const char* name) {
-  if (!view.empty()) {
-    fail(Errc::unsupported,
-         std::string(name) +
-             ": the per-call statistics tensors are not gathered on the GPU yet (the counts "
-             "and waits stay in device memory); leave it empty on a Device::cuda buffer");
-  }
-}
-
 // Fills `result`; returns the handle's record (the buffer joins them: the fields are its friends').
 std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::Impl& impl,
                                                              const TensorView& x, const TensorView& topk_idx,
@@ -617,8 +608,11 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
   // The outputs stay allocated until the receive half is enqueued (blocks go back in the stream's order).
   auto keep = std::make_shared<std::vector<Tensor>>(
       std::vector<Tensor>{result.recv_x, result.recv_x_scales, result.recv_count});
-  auto receive = [&device, plan, record, wait_ns, keep] {
+  auto* recv_stats = options.cumulative_local_expert_recv_stats.data_as<std::int32_t>();
+  auto* wait_stats = options.dispatch_wait_recv_cost_stats.data_as<std::int64_t>();
+  auto receive = [&device, plan, record, wait_ns, keep, recv_stats, wait_stats] {
     device.dispatch_receive(*plan);
+    device.add_dispatch_stats(*plan, recv_stats, wait_stats);
     record->received.store(true, std::memory_order_release);
   };
   impl.run_on_device(options.async_finish, options.return_recv_hook, send, receive, operation, false,
@@ -669,9 +663,11 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
     device.fill(wait_ns.data(), 0, wait_ns.bytes());
     device.combine_send(*plan);
   };
-  auto receive = [&device, plan, record, weights, wait_ns, row_base,
+  auto* wait_stats = options.combine_wait_recv_cost_stats.data_as<std::int64_t>();
+  auto receive = [&device, plan, record, weights, wait_ns, row_base, wait_stats,
                   keep = result.combined_x] {  // alive until enqueued
     device.combine_receive(*plan);
+    device.add_combine_stats(*plan, wait_stats);
   };
   impl.run_on_device(options.async_finish, options.return_recv_hook, send, receive, operation, true,
                      result.event, result.hook, options.stream);
@@ -696,8 +692,10 @@ LowLatencyDispatchResult LowLatencyBuffer::low_latency_dispatch(const TensorView
                               impl.config.num_rdma_bytes);
   if (impl.device) {
     const int K = check_low_latency_inputs(x, topk_idx, shape, Device::cuda);
-    refuse_on_device(options.cumulative_local_expert_recv_stats, "cumulative_local_expert_recv_stats");
-    refuse_on_device(options.dispatch_wait_recv_cost_stats, "dispatch_wait_recv_cost_stats");
+    check_optional(options.cumulative_local_expert_recv_stats, "cumulative_local_expert_recv_stats",
+                   DType::int32, {shape.local_experts()}, Device::cuda);
+    check_optional(options.dispatch_wait_recv_cost_stats, "dispatch_wait_recv_cost_stats", DType::int64, {R},
+                   Device::cuda);
     LowLatencyDispatchResult result;
     auto record = dispatch_on_device(impl, x, topk_idx, shape, K, options, result);
     record->hook = result.hook.receive_;
@@ -816,7 +814,6 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   const Device where = impl.device ? Device::cuda : Device::host;
   if (impl.device) {  // the combine uses the dispatch's copy of the routing: topk_idx's shape is checked
     check_optional(topk_idx, "topk_idx", DType::int64, {T, K}, where);
-    refuse_on_device(options.combine_wait_recv_cost_stats, "combine_wait_recv_cost_stats");
     if (options.zero_copy) {
       fail(Errc::unsupported,
            "zero_copy is not built on the GPU yet (the staging needs a device-side acquire before the caller "
@@ -829,7 +826,8 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   if (topk_weights.empty())
     fail(Errc::invalid_argument, "topk_weights is required: [num_tokens, num_topk] fp32");
   check_optional(options.out, "out", DType::bf16, {T, shape.hidden}, where);
-  check_optional(options.combine_wait_recv_cost_stats, "combine_wait_recv_cost_stats", DType::int64, {R});
+  check_optional(options.combine_wait_recv_cost_stats, "combine_wait_recv_cost_stats", DType::int64, {R},
+                 where);
   check_optional(x, "x", DType::bf16, {L, shape.rows_per_expert(), shape.hidden}, where);
   if (x.empty()) fail(Errc::invalid_argument, "x is required: the experts' rows, [E/R, R*T, hidden] bf16");
   // The dispatch's receives placed the rows x answers: they must have been taken.

@@ -355,6 +355,18 @@ void LowLatencyDevice::combine_receive(const p::LowLatencyCombinePlan& plan) {
   impl_->engine->combine_receive(impl_->one(plan), impl_->stream);
 }
 
+void LowLatencyDevice::add_dispatch_stats(const p::LowLatencyDispatchPlan& plan,
+                                          std::int32_t* recv_per_local_expert,
+                                          std::int64_t* wait_per_source) {
+  DeviceScope scope(impl_->gpu);
+  impl_->engine->add_dispatch_stats(plan, recv_per_local_expert, wait_per_source, impl_->stream);
+}
+void LowLatencyDevice::add_combine_stats(const p::LowLatencyCombinePlan& plan,
+                                         std::int64_t* wait_per_source) {
+  DeviceScope scope(impl_->gpu);
+  impl_->engine->add_combine_stats(plan, wait_per_source, impl_->stream);
+}
+
 void LowLatencyDevice::clean(const p::LowLatencyContext& ctx, std::uint64_t epoch) {
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);

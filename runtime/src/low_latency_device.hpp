@@ -60,6 +60,11 @@ class LowLatencyDevice {
   void dispatch_receive(const kernels::protocol::LowLatencyDispatchPlan& plan);
   void combine_send(const kernels::protocol::LowLatencyCombinePlan& plan);
   void combine_receive(const kernels::protocol::LowLatencyCombinePlan& plan);
+  // After a receive half: its counts and waits added into the caller's statistics tensors (device memory of
+  // this GPU; null: not wanted).
+  void add_dispatch_stats(const kernels::protocol::LowLatencyDispatchPlan& plan,
+                          std::int32_t* recv_per_local_expert, std::int64_t* wait_per_source);
+  void add_combine_stats(const kernels::protocol::LowLatencyCombinePlan& plan, std::int64_t* wait_per_source);
   // clean_low_latency_buffer's kernel (collective, synchronises); forgets the kept failure.
   void clean(const kernels::protocol::LowLatencyContext& ctx, std::uint64_t epoch);
 

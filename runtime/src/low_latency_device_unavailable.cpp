@@ -56,6 +56,13 @@ void LowLatencyDevice::combine_send(const kernels::protocol::LowLatencyCombinePl
 void LowLatencyDevice::combine_receive(const kernels::protocol::LowLatencyCombinePlan&) {
   no_low_latency_on_gpu();
 }
+void LowLatencyDevice::add_dispatch_stats(const kernels::protocol::LowLatencyDispatchPlan&, std::int32_t*,
+                                          std::int64_t*) {
+  no_low_latency_on_gpu();
+}
+void LowLatencyDevice::add_combine_stats(const kernels::protocol::LowLatencyCombinePlan&, std::int64_t*) {
+  no_low_latency_on_gpu();
+}
 void LowLatencyDevice::clean(const kernels::protocol::LowLatencyContext&, std::uint64_t) {
   no_low_latency_on_gpu();
 }

@@ -99,6 +99,21 @@ Inputs make_inputs(std::uint64_t seed, int rank, std::int64_t experts, std::int6
   return in;
 }
 
+// A host tensor of `shape` with every element `value` (int32 or int64).
+Tensor filled(std::initializer_list<std::int64_t> shape, DType dtype, std::int64_t value) {
+  Tensor t(shape, dtype);
+  for (std::int64_t i = 0; i < t.numel(); ++i) {
+    if (dtype == DType::int32) {
+      t.data_as<std::int32_t>()[i] = static_cast<std::int32_t>(value);
+    } else {
+      t.data_as<std::int64_t>()[i] = value;
+    }
+  }
+  return t;
+}
+constexpr std::int32_t kCountBase = 7;
+constexpr std::int64_t kWaitBase = 1000;
+
 enum class Mode { plain, hook, async };
 const char* name_of(Mode mode) {
   return mode == Mode::plain ? "plain" : mode == Mode::hook ? "hook" : "async";
@@ -142,6 +157,12 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     d.round_scale = format.round;
     d.use_ue8m0 = format.ue8m0;
     const LowLatencyDispatchResult ref = host.low_latency_dispatch(in.x, in.topk_idx, kTokens, experts, d);
+    // The statistics tensors start from non-zero values: each call adds into them.
+    const Tensor recv_stats = upload(filled({local_experts}, DType::int32, kCountBase), stream);
+    const Tensor dispatch_waits = upload(filled({R}, DType::int64, kWaitBase), stream);
+    const Tensor combine_waits = upload(filled({R}, DType::int64, kWaitBase), stream);
+    d.cumulative_local_expert_recv_stats = recv_stats;
+    d.dispatch_wait_recv_cost_stats = dispatch_waits;
     d.stream = stream;
     d.return_recv_hook = mode == Mode::hook;
     d.async_finish = mode == Mode::async;
@@ -176,6 +197,7 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     c.stream = stream;
     c.return_recv_hook = mode == Mode::hook;
     c.async_finish = mode == Mode::async;
+    c.combine_wait_recv_cost_stats = combine_waits;
     LowLatencyCombineResult back = gpu.low_latency_combine(y, topk, weights, got.handle, c);
     if (mode == Mode::hook) back.hook();
     if (mode == Mode::async) back.event.stream_wait(stream);
@@ -183,6 +205,21 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     expect(combined.bytes() == ref_back.combined_x.bytes() &&
                std::memcmp(combined.data(), ref_back.combined_x.data(), combined.bytes()) == 0,
            where + "combined_x differs");
+    const Tensor counted = download(recv_stats, stream);
+    for (std::int64_t e = 0; e < local_experts; ++e) {
+      expect(counted.data_as<std::int32_t>()[e] == kCountBase + ref.recv_count.data_as<std::int32_t>()[e],
+             where + "cumulative_local_expert_recv_stats[" + std::to_string(e) + "] is " +
+                 std::to_string(counted.data_as<std::int32_t>()[e]) + ", not " + std::to_string(kCountBase) +
+                 " + recv_count");
+    }
+    for (const Tensor* waits : {&dispatch_waits, &combine_waits}) {
+      const Tensor waited = download(*waits, stream);
+      for (int r = 0; r < R; ++r) {
+        expect(waited.data_as<std::int64_t>()[r] >= kWaitBase,
+               where + "a wait statistic went below its start: " +
+                   std::to_string(waited.data_as<std::int64_t>()[r]));
+      }
+    }
     back.event.wait();  // raises what the kernels recorded
     if (together) group.barrier("gpu-low-latency-round");
   };
@@ -207,6 +244,16 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
   }
   LowLatencyDispatchOptions d;
   d.stream = stream;
+  try {
+    const Tensor on_host = filled({local_experts}, DType::int32, 0);
+    LowLatencyDispatchOptions host_stats = d;
+    host_stats.cumulative_local_expert_recv_stats = on_host;
+    gpu.low_latency_dispatch(x, topk, kTokens, experts, host_stats);
+    expect(false, "a host statistics tensor was accepted");
+  } catch (const Error& error) {
+    expect(std::string(error.what()).find("cumulative_local_expert_recv_stats") != std::string::npos,
+           std::string("a host statistics tensor refused with: ") + error.what());
+  }
   {
     cudaStream_t captured = nullptr;
     cuda_ok(cudaStreamCreateWithFlags(&captured, cudaStreamNonBlocking), "stream");

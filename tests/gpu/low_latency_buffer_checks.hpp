@@ -3,11 +3,12 @@
 // LowLatencyBuffer of the same group on the same inputs (the two executors share the protocol and its
 // arithmetic, so the rows, scales, counts and sums must be equal bit for bit). bf16, fp8, fp8 with UE8M0
 // scales; plain calls, hook calls (the receive half enqueued by the hook) and async_finish (the caller's
-// stream ordered after the Event). Then what is refused by name (host tensors, zero copy, a capturing
-// stream), a bad expert id reported by the call's event and a clean after it, the mask, and a round in which
-// the last rank is masked by the others and sits out.
-// Collective: every rank of the group runs the same sequence (ranks may be threads of one process, or
-// processes, sharing a GPU). Checks never stop the sequence (the other ranks would wait for this one): the
+// stream ordered after the Event); every round adds into the three statistics tensors (device tensors
+// starting from non-zero values: the counts must be the start plus recv_count). Then what is refused by name
+// (host tensors, a host statistics tensor, zero copy, a capturing stream), a bad expert id reported by the
+// call's event and a clean after it, the mask, and a round in which the last rank is masked by the others and
+// sits out. Collective: every rank of the group runs the same sequence (ranks may be threads of one process,
+// or processes, sharing a GPU). Checks never stop the sequence (the other ranks would wait for this one): the
 // first difference is kept.
 #pragma once
 

@@ -7,9 +7,9 @@ precision.
 
 Started on every rank by tests/python/test_low_latency.py (with torchrun's variables, or under `ferry launch`).
 With FERRY_TEST_DEVICE=cuda the Buffer is a CUDA Buffer and the inputs CUDA tensors (the reference stays on the
-CPU, and every result is read back before it is compared): what the GPU path does not provide yet (the
-statistics tensors, zero copy) is checked to be refused by name, and what the GPU does differently (expert ids
-checked by the kernels, a hook that only enqueues) is checked the GPU's way.
+CPU, and every result is read back before it is compared; the statistics tensors are CUDA tensors): what the
+GPU path does not provide yet (zero copy) is checked to be refused by name, and what the GPU does differently
+(expert ids checked by the kernels, a hook that only enqueues) is checked the GPU's way.
 """
 
 import os
@@ -27,6 +27,7 @@ from worker_common import DEVICE, Report, agreed_seed, buffer_options, expect_er
 CUDA = DEVICE == "cuda"
 
 MAX_TOKENS, HIDDEN, TOPK, EXPERTS_PER_RANK = 16, 384, 4, 3
+STATS_BASE, WAIT_BASE = 7, 1000  # where the statistics tensors start: the calls add into them
 BLOCKS = HIDDEN // 128
 
 
@@ -142,7 +143,8 @@ def check_received(job, recv_x, recv_count, handle, use_fp8=False, round_scale=F
         assert count == sum(len(tokens) for _, tokens in sources), f"expert {local}: recv_count {count}"
         assert int((layout_range[local] & 0xFFFFFFFF).sum()) == count
         if stats is not None:
-            assert int(stats[local]) == count, f"cumulative stats {stats.tolist()} != recv_count"
+            assert int(stats[local]) == STATS_BASE + count, \
+                f"cumulative stats {stats.tolist()} != {STATS_BASE} + recv_count"
         assert bool((src_info[local, count:] == -1).all()), "rows past recv_count must have src info -1"
         for src, tokens in sources:
             begin, n = int(layout_range[local, src]) >> 32, int(layout_range[local, src]) & 0xFFFFFFFF
@@ -192,8 +194,8 @@ def finish(job, event, hook, mode):
 
 def check_formats_and_modes(job):
     """bf16, fp8, fp8 with round_scale, and with UE8M0 scales; each plain, async_finish and hook; combine in
-    the same mode, with out=, zero copy (x itself not read) and the statistics tensors (on the GPU: the
-    statistics and zero copy refused by name)."""
+    the same mode, with out=, zero copy (x itself not read; on the GPU refused by name) and the statistics
+    tensors."""
     formats = [dict(use_fp8=False), dict(use_fp8=True), dict(use_fp8=True, round_scale=True),
                dict(use_fp8=True, round_scale=True, use_ue8m0=True)]
     if CUDA:
@@ -227,14 +229,15 @@ def check_one_format(job, flags, step):
     """check_formats_and_modes' rounds of one format: plain, async and hook; returns the step count."""
     for mode in ("plain", "async", "hook"):
         step += 1
-        stats = None if CUDA else torch.zeros(EXPERTS_PER_RANK, dtype=torch.int32)
-        waits = None if CUDA else torch.zeros(job.world, dtype=torch.int64)
+        # The statistics start from non-zero values: each call adds into them.
+        stats = torch.full((EXPERTS_PER_RANK,), STATS_BASE, dtype=torch.int32, device=DEVICE)
+        waits = torch.full((job.world,), WAIT_BASE, dtype=torch.int64, device=DEVICE)
         recv_x, recv_count, handle, event, hook = job.dispatch(
             cumulative_local_expert_recv_stats=stats, dispatch_wait_recv_cost_stats=waits,
             async_finish=mode == "async", return_recv_hook=mode == "hook", **flags)
         finish(job, event, hook, mode)
         check_received(job, recv_x, recv_count, handle, stats=stats, **flags)
-        assert waits is None or bool((waits >= 0).all())
+        assert bool((waits >= WAIT_BASE).all()), f"a dispatch wait statistic went below its start: {waits}"
 
         y = expert_outputs(recv_x, flags["use_fp8"], flags.get("use_ue8m0", False))
         zero_copy = step % 2 == 0 and not CUDA
@@ -249,7 +252,7 @@ def check_one_format(job, flags, step):
         out = None
         if step % 3 == 0:
             out = torch.empty(len(job.mine["x"]), HIDDEN, dtype=torch.bfloat16, device=DEVICE)
-        combine_waits = None if CUDA else torch.zeros(job.world, dtype=torch.int64)
+        combine_waits = torch.full((job.world,), WAIT_BASE, dtype=torch.int64, device=DEVICE)
         combined, event, hook = job.combine(x, handle, zero_copy=zero_copy, async_finish=mode == "async",
                                             return_recv_hook=mode == "hook", out=out,
                                             combine_wait_recv_cost_stats=combine_waits)
@@ -258,27 +261,27 @@ def check_one_format(job, flags, step):
             assert combined is out
         exact = not flags["use_fp8"] or flags.get("round_scale", False)
         check_combined(job, combined, exact)
+        assert bool((combine_waits >= WAIT_BASE).all()), \
+            f"a combine wait statistic went below its start: {combine_waits}"
     return step
 
 
 def check_refused_on_the_gpu(job):
-    """On a CUDA Buffer: the statistics tensors and zero copy are refused by name (ferry.Unsupported, a
-    NotImplementedError), before anything is sent; a CPU tensor is refused naming the argument."""
+    """On a CUDA Buffer: zero copy is refused by name (ferry.Unsupported, a NotImplementedError), before
+    anything is sent; a CPU tensor (an input or a statistics tensor) is refused naming the argument."""
     ll = job.buffer.low_latency_dispatch
     x, topk = job.on_device["x"], job.on_device["topk_idx"]
-    stats = torch.zeros(EXPERTS_PER_RANK, dtype=torch.int32, device=DEVICE)
-    expect_error(NotImplementedError, ["cumulative_local_expert_recv_stats", "not gathered on the GPU"],
-                 lambda: ll(x, topk, MAX_TOKENS, job.experts, cumulative_local_expert_recv_stats=stats))
-    waits = torch.zeros(job.world, dtype=torch.int64, device=DEVICE)
-    expect_error(NotImplementedError, ["dispatch_wait_recv_cost_stats", "not gathered on the GPU"],
-                 lambda: ll(x, topk, MAX_TOKENS, job.experts, dispatch_wait_recv_cost_stats=waits))
+    expect_error(ValueError, ["cumulative_local_expert_recv_stats", "cpu"],
+                 lambda: ll(x, topk, MAX_TOKENS, job.experts,
+                            cumulative_local_expert_recv_stats=torch.zeros(EXPERTS_PER_RANK, dtype=torch.int32)))
     expect_error(ValueError, ["x is", "cpu", "runs on the GPU"],
                  lambda: ll(job.mine["x"], topk, MAX_TOKENS, job.experts))
     recv_x, _, handle, _, _ = job.dispatch(use_fp8=False)
     expect_error(NotImplementedError, ["get_next_low_latency_combine_buffer", "not built on the GPU"],
                  lambda: job.buffer.get_next_low_latency_combine_buffer(handle))
-    expect_error(NotImplementedError, ["combine_wait_recv_cost_stats", "not gathered on the GPU"],
-                 lambda: job.combine(recv_x, handle, combine_wait_recv_cost_stats=waits))
+    expect_error(ValueError, ["combine_wait_recv_cost_stats", "cpu"],
+                 lambda: job.combine(recv_x, handle,
+                                     combine_wait_recv_cost_stats=torch.zeros(job.world, dtype=torch.int64)))
     combined, _, _ = job.combine(recv_x, handle)  # still usable
     check_combined(job, combined, exact=True)
 
@@ -349,7 +352,8 @@ def check_masks(job):
         combined, _, _ = job.combine(recv_x, handle)
         check_combined(job, combined, exact=True, masked=(victim,))
     else:
-        expect_error(ValueError, ["cannot mask itself"], lambda: job.buffer.low_latency_update_mask_buffer(victim, True))
+        expect_error(ValueError, ["cannot mask itself"],
+                     lambda: job.buffer.low_latency_update_mask_buffer(victim, True))
     expect_error(ValueError, ["rank_to_mask", "not in [0"],
                  lambda: job.buffer.low_latency_update_mask_buffer(job.world, True))
     expect_error(ValueError, ["mask_status must be", "int32"],

@@ -51,9 +51,10 @@
 // that stopped moving), which a call issued while that stream is idle raises too; from then on every call
 // fails until clean_low_latency_buffer. Calls on one buffer come from one thread at a time. Keep x, topk_idx
 // and topk_weights allocated until the caller's stream has passed the call (async_finish: until the event).
-// Not on the GPU yet (refused by name): capture into a CUDA graph, zero_copy and
-// get_next_low_latency_combine_buffer, the per-call statistics tensors; low_latency_stats counts operations
-// only (its vectors are empty). A death the store reports reaches kernels already running by their timeout
+// The per-call statistics tensors are device tensors there too, added into by a kernel after the receive
+// half (keep them allocated as the inputs). Not on the GPU yet (refused by name): capture into a CUDA graph,
+// zero_copy and get_next_low_latency_combine_buffer; low_latency_stats counts operations only (its vectors
+// are empty). A death the store reports reaches kernels already running by their timeout
 // (later operations at once), and the fabric does not give up on a dead rank alone. mask_status stays a host
 // tensor.
 //
@@ -134,8 +135,8 @@ struct LowLatencyDispatchOptions {
   bool use_ue8m0 = false;    // scales as UE8M0 bytes, four per int32 (needs round_scale)
   bool async_finish = false;
   bool return_recv_hook = false;  // not with async_finish
-  // Optional, added into per call (host memory): int32 [E/R] rows received per local expert; int64 [R]
-  // nanoseconds this rank waited for each source rank's rows.
+  // Optional, added into per call (on the buffer's device): int32 [E/R] rows received per local expert;
+  // int64 [R] nanoseconds this rank waited for each source rank's rows.
   TensorView cumulative_local_expert_recv_stats;
   TensorView dispatch_wait_recv_cost_stats;
   // Device::cuda: the caller's cudaStream_t (nullptr: the legacy default stream); ignored on the host.

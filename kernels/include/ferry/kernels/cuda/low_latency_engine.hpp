@@ -58,6 +58,14 @@ class LowLatencyDeviceEngine {
   void dispatch_receive(const std::vector<protocol::LowLatencyDispatchPlan>& plans, void* stream);
   void combine_send(const std::vector<protocol::LowLatencyCombinePlan>& plans, void* stream);
   void combine_receive(const std::vector<protocol::LowLatencyCombinePlan>& plans, void* stream);
+  // One rank's operation: its receive counts and waits added into the caller's statistics tensors (device
+  // memory; null: not wanted) on `stream`, after the receive half: int32 [E/R] rows received per local
+  // expert, int64 [R] nanoseconds waited for each source rank's rows (DeepEP's
+  // cumulative_local_expert_recv_stats and *_wait_recv_cost_stats). Capturable.
+  void add_dispatch_stats(const protocol::LowLatencyDispatchPlan& plan, std::int32_t* recv_per_local_expert,
+                          std::int64_t* wait_per_source, void* stream);
+  void add_combine_stats(const protocol::LowLatencyCombinePlan& plan, std::int64_t* wait_per_source,
+                         void* stream);
   // clean_low_latency_buffer for every rank of this engine at once (one launch: the ranks' barriers wait for
   // each other). Not graph-capturable; synchronises the stream.
   void clean(const std::vector<protocol::LowLatencyContext>& contexts, std::uint64_t epoch, void* stream);
