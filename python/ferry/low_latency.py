@@ -18,9 +18,13 @@ do): nothing on the host waits for the GPU.
 
 Where ferry differs from DeepEP:
   * on a CUDA Buffer (the C++ ``LowLatencyBuffer(group, config, Device::cuda)``):
-      - zero copy (``get_next_low_latency_combine_buffer``) and CUDA graph capture are not provided yet: they
-        raise ferry.Unsupported naming them; the statistics tensors are CUDA tensors of the Buffer's GPU, added
-        into by a kernel after the receive half;
+      - zero copy (``get_next_low_latency_combine_buffer``) is not provided yet: it raises ferry.Unsupported;
+        the statistics tensors are CUDA tensors of the Buffer's GPU, added into by a kernel after the receive
+        half;
+      - under ``torch.cuda.graph`` a dispatch and its combine are captured (not with async_finish; a hook is
+        called in the same capture), and every replay writes the tensors they returned; the memory of captured
+        calls stays with the Buffer until it is destroyed; the mask calls and clean are refused while the
+        capture is open;
       - the receive hook enqueues the receive half after the stream that was current at the call (DeepEP's
         launches it on the stream current at the hook), and that stream waits for it: read the results in
         that stream's order;

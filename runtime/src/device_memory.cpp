@@ -93,10 +93,15 @@ class CudaMemoryApi final : public DeviceMemoryApi {
   }
   void release(void* block, Stream stream) noexcept override {
     DeviceScope scope(device_, std::nothrow);
+    // On a stream in a CUDA graph capture (a low-latency buffer's stream joins its caller's) the free would
+    // be captured, of memory the graph does not own, which invalidates the capture: the block is left
+    // allocated instead (a rare eviction while a capture is open).
+    if (capturing(stream)) return;
     cudaFreeAsync(block, static_cast<cudaStream_t>(stream));  // after what the stream still does with it
   }
   Marker mark(Stream stream) noexcept override {
     DeviceScope scope(device_, std::nothrow);
+    if (capturing(stream)) return nullptr;  // an event recorded in a capture can never be queried
     cudaEvent_t event = nullptr;
     if (cudaEventCreateWithFlags(&event, cudaEventDisableTiming) != cudaSuccess) {
       forget_last_error();
@@ -121,6 +126,15 @@ class CudaMemoryApi final : public DeviceMemoryApi {
   }
 
  private:
+  static bool capturing(Stream stream) noexcept {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status) != cudaSuccess) {
+      forget_last_error();
+      return true;  // the legacy stream while another stream captures: as good as capturing
+    }
+    return status != cudaStreamCaptureStatusNone;
+  }
+
   int device_;
   std::shared_ptr<void> streams_owner_;  // the streams blocks are released on outlive every block
 };

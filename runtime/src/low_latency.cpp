@@ -46,6 +46,7 @@ struct LowLatencyRecord {
   Tensor device_send_count;               // int32 [E]
   Tensor src_info;                        // int32 [E/R, R*T]
   Tensor layout_range;                    // int64 [E/R, R]
+  LowLatencyDevice::Capture capture;      // the CUDA graph capture the dispatch was made in, if any
   std::atomic<bool> received{false};      // the dispatch's receive half has run
   std::weak_ptr<LowLatencyReceive> hook;  // its hook, when issued with one (the hook owns the record)
   std::optional<Event> event;             // async_finish
@@ -273,8 +274,8 @@ struct LowLatencyBuffer::Impl {
   // waits for the send half (which reads the caller's tensors), and the hook enqueues the receive half the
   // same way. The GPU orders a buffer's operations, so nothing here waits for an earlier one.
   void run_on_device(bool async, bool hook_mode, std::function<void()> send, std::function<void()> receive,
-                     std::uint32_t operation, bool combine, Event& event, LowLatencyHook& hook,
-                     void* caller) {
+                     std::uint32_t operation, bool combine, Event& event, LowLatencyHook& hook, void* caller,
+                     LowLatencyDevice::Capture capture) {
     guarded([&] {
       device->follow(caller);
       send();
@@ -292,9 +293,17 @@ struct LowLatencyBuffer::Impl {
       return;
     }
     auto pending = std::make_shared<detail::LowLatencyReceive>();
-    pending->run = [this, receive, caller] {
+    pending->run = [this, receive, caller, capture] {
       guarded([&] {  // refused, the receive half is lost (the hook is spent): the buffer needs a clean
-        device->check_stream(caller);
+        const LowLatencyDevice::Capture now = device->check_stream(caller);
+        if (now.active != capture.active || now.id != capture.id) {
+          fail(Errc::invalid_argument,
+               capture.active
+                   ? "the receive hook of a call captured into a CUDA graph runs in the same capture "
+                     "(its send half runs only when the graph is launched)"
+                   : "the receive hook of a call made outside a CUDA graph capture cannot run inside "
+                     "one (its send half has been enqueued already)");
+        }
         device->follow(caller);
         receive();
         device->lead(caller);
@@ -534,6 +543,17 @@ std::shared_ptr<p::LowLatencyCombinePlan> combine_plan(const LowLatencyBuffer::I
 
 namespace {
 
+// async_finish leaves the caller's stream free of the call: in a capture, the buffer's stream would never
+// rejoin it (cudaStreamEndCapture fails), and the Event means nothing before the graph is launched.
+void refuse_async_in_capture(bool async_finish) {
+  if (async_finish) {
+    fail(Errc::invalid_argument,
+         "async_finish inside a CUDA graph capture: the graph orders the call on its stream; capture it "
+         "without "
+         "async_finish (return_recv_hook works, with the hook called in the same capture)");
+  }
+}
+
 // Fills `result`; returns the handle's record (the buffer joins them: the fields are its friends').
 std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::Impl& impl,
                                                              const TensorView& x, const TensorView& topk_idx,
@@ -541,8 +561,10 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
                                                              const LowLatencyDispatchOptions& options,
                                                              LowLatencyDispatchResult& result) {
   LowLatencyDevice& device = *impl.device;
-  device.check_stream(options.stream);
-  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
+  const LowLatencyDevice::Capture capture = device.check_stream(options.stream);
+  if (capture.active) refuse_async_in_capture(options.async_finish);
+  impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
+  const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
   const int R = impl.num_ranks();
   const std::int64_t T = x.size(0), L = shape.local_experts(), rows = shape.rows_per_expert(),
                      H = shape.hidden, E = shape.num_experts, blocks = p::scale_blocks(H);
@@ -551,22 +573,23 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
   record->shape = shape;
   record->num_tokens = T;
   record->num_topk = K;
+  record->capture = capture;
   // The combine reuses the routing: a copy, as the caller may reuse its tensor. The kernels compute the
   // slots and counts from it (an id out of range is recorded as a fault and left out).
-  record->device_topk_idx = device.tensor({T, K}, DType::int64);
-  record->device_slot = device.tensor({T, K}, DType::int32);
-  record->device_send_count = device.tensor({E}, DType::int32);
-  record->src_info = device.tensor({L, rows}, DType::int32);
-  record->layout_range = device.tensor({L, R}, DType::int64);
+  record->device_topk_idx = device.tensor({T, K}, DType::int64, pinned);
+  record->device_slot = device.tensor({T, K}, DType::int32, pinned);
+  record->device_send_count = device.tensor({E}, DType::int32, pinned);
+  record->src_info = device.tensor({L, rows}, DType::int32, pinned);
+  record->layout_range = device.tensor({L, R}, DType::int64, pinned);
 
-  result.recv_x = device.tensor({L, rows, H}, options.use_fp8 ? DType::fp8_e4m3 : DType::bf16);
+  result.recv_x = device.tensor({L, rows, H}, options.use_fp8 ? DType::fp8_e4m3 : DType::bf16, pinned);
   if (options.use_ue8m0) {
-    result.recv_x_scales = device.tensor({L, p::ue8m0_packs(blocks), rows}, DType::int32);
+    result.recv_x_scales = device.tensor({L, p::ue8m0_packs(blocks), rows}, DType::int32, pinned);
   } else if (options.use_fp8) {
-    result.recv_x_scales = device.tensor({L, blocks, rows}, DType::fp32);
+    result.recv_x_scales = device.tensor({L, blocks, rows}, DType::fp32, pinned);
   }
-  result.recv_count = device.tensor({L}, DType::int32);
-  Tensor wait_ns = device.tensor({L, R}, DType::int64);
+  result.recv_count = device.tensor({L}, DType::int32, pinned);
+  Tensor wait_ns = device.tensor({L, R}, DType::int64, pinned);
 
   std::optional<Event> ignored;  // the buffer's stream orders its operations
   std::uint32_t operation = 0;
@@ -616,7 +639,7 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
     record->received.store(true, std::memory_order_release);
   };
   impl.run_on_device(options.async_finish, options.return_recv_hook, send, receive, operation, false,
-                     result.event, result.hook, options.stream);
+                     result.event, result.hook, options.stream, capture);
   if (options.async_finish) record->event = result.event;
   return record;
 }
@@ -626,20 +649,31 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
                                           const std::shared_ptr<detail::LowLatencyRecord>& record,
                                           const LowLatencyCombineOptions& options) {
   LowLatencyDevice& device = *impl.device;
-  device.check_stream(options.stream);
-  impl.guarded([&] { device.raise_failures(); });  // an earlier operation's, before this one is numbered
+  const LowLatencyDevice::Capture capture = device.check_stream(options.stream);
+  if (capture.active) refuse_async_in_capture(options.async_finish);
+  impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
+  const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
+  if (capture.active != record->capture.active || capture.id != record->capture.id) {
+    fail(
+        Errc::invalid_argument,
+        record->capture.active
+            ? "the handle's dispatch was captured into a CUDA graph: its combine belongs in the same capture "
+              "(the dispatch's rows exist only when the graph is launched)"
+            : "the handle's dispatch was made outside this CUDA graph capture: capture the dispatch and its "
+              "combine together");
+  }
   const p::LowLatencyShape& shape = record->shape;
   const std::int64_t T = record->num_tokens, E = shape.num_experts;
   const int K = record->num_topk;
   LowLatencyCombineResult result;
   TensorView out = options.out;
   if (out.empty()) {
-    result.combined_x = device.tensor({T, shape.hidden}, DType::bf16);
+    result.combined_x = device.tensor({T, shape.hidden}, DType::bf16, pinned);
     out = result.combined_x;
   }
-  Tensor weights = device.tensor({T, K}, DType::fp32);  // a copy, as the caller may reuse its tensor
-  Tensor wait_ns = device.tensor({E}, DType::int64);
-  Tensor row_base = device.tensor({E}, DType::int64);
+  Tensor weights = device.tensor({T, K}, DType::fp32, pinned);  // a copy, as the caller may reuse its tensor
+  Tensor wait_ns = device.tensor({E}, DType::int64, pinned);
+  Tensor row_base = device.tensor({E}, DType::int64, pinned);
 
   std::optional<Event> ignored;
   std::uint32_t operation = 0;
@@ -670,7 +704,7 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
     device.add_combine_stats(*plan, wait_stats);
   };
   impl.run_on_device(options.async_finish, options.return_recv_hook, send, receive, operation, true,
-                     result.event, result.hook, options.stream);
+                     result.event, result.hook, options.stream, capture);
   return result;
 }
 
@@ -904,6 +938,7 @@ void LowLatencyBuffer::clean_low_latency_buffer(std::int64_t num_max_dispatch_to
   const p::LowLatencyShape shape =
       check_low_latency_shape(num_max_dispatch_tokens_per_rank, hidden, impl.num_ranks(), num_experts, false,
                               impl.config.num_rdma_bytes);
+  if (impl.device) impl.device->refuse_in_capture("clean_low_latency_buffer");  // before anything changes
   impl.settle("clean_low_latency_buffer");
   std::uint64_t epoch = 0;
   {

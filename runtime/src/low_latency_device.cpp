@@ -35,6 +35,59 @@ using transport::detail::DeviceScope;
 // Device tensors the buffer returns: kept for reuse up to this many bytes (device_block_cache.hpp).
 constexpr std::size_t kCachedLowLatencyBytes = std::size_t{2} << 30;
 
+// This thread's capture mode relaxed for the scope: for calls CUDA counts as "potentially unsafe" during a
+// capture (cudaMalloc, cudaEventQuery) that touch nothing of it here (memory the graph does not own, events
+// recorded outside any capture). In the default global mode they would invalidate a capture open on any
+// thread (the Python binding's call thread runs beside the thread that captures).
+class RelaxedCaptureMode {
+ public:
+  RelaxedCaptureMode() noexcept {
+    if (cudaThreadExchangeStreamCaptureMode(&mode_) != cudaSuccess) {
+      transport::detail::forget_last_error();
+      restore_ = false;
+    }
+  }
+  ~RelaxedCaptureMode() {
+    if (restore_) cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
+  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+  bool restore_ = true;
+};
+
+// cudaStreamGetCaptureInfo without throwing: the status (None for a stream the query refuses, such as the
+// legacy stream while another thread captures) and the capture's id.
+std::pair<cudaStreamCaptureStatus, unsigned long long> capture_info(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  unsigned long long id = 0;
+  if (cudaStreamGetCaptureInfo(stream, &status, &id) != cudaSuccess) {
+    transport::detail::forget_last_error();
+    return {cudaStreamCaptureStatusNone, 0};
+  }
+  return {status, status == cudaStreamCaptureStatusActive ? id : 0};  // the id is defined only then
+}
+
+// Device memory of its own for a captured call: cudaMalloc is not stream-ordered, which a global-mode capture
+// forbids by default, so this thread's mode is relaxed around it (the block is not part of the graph: it
+// outlives it, freed when the last reference goes).
+std::shared_ptr<std::byte> graph_block(int gpu, std::size_t bytes) {
+  void* block = nullptr;
+  cudaError_t status = cudaSuccess;
+  {
+    const RelaxedCaptureMode relaxed;
+    status = cudaMalloc(&block, bytes);
+  }
+  if (status == cudaErrorMemoryAllocation) transport::detail::forget_last_error();
+  cuda_check(status, ("cudaMalloc of " + std::to_string(bytes) + " bytes for a captured call").c_str());
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(block), [gpu](std::byte* memory) {
+    DeviceScope scope(gpu, std::nothrow);
+    cudaFree(memory);
+  });
+}
+
 }  // namespace
 
 namespace detail {
@@ -86,12 +139,22 @@ class LowLatencyCompletion final : public DeviceCompletion {
     event_.record(stream_.get());
   }
 
-  bool test() override { return event_.passed(); }
+  // Recorded outside any capture (event() records none during one): querying it is safe while a capture is
+  // open, which the binding's bookkeeping and claim() do.
+  bool test() override {
+    const RelaxedCaptureMode relaxed;
+    return event_.passed();
+  }
 
   // Every phase kernel gives up by itself after its timeout, so the event passes; the bound is the last
   // resort against a kernel that cannot (a GPU that stopped).
   void wait() override {
     DeviceScope scope(gpu_);
+    if (capture_info(stream_.get()).first != cudaStreamCaptureStatusNone) {
+      fail(Errc::invalid_argument,
+           "waiting for a low-latency operation while the buffer's stream takes part in a CUDA graph capture "
+           "(a wait would invalidate it): wait before or after the capture");
+    }
     const auto deadline = std::chrono::steady_clock::now() + bound_;
     // Every kernel on the stream ends by itself (each phase is bounded), and a hook's receive half is only
     // enqueued when the hook runs: so the stream drains, and its records are then whole. Waiting for it
@@ -158,6 +221,9 @@ struct LowLatencyDevice::Impl {
   std::uint64_t* gone_device = nullptr;
   std::shared_ptr<LowLatencyFailures> failures = std::make_shared<LowLatencyFailures>();
   int threads_on_gpu = 1;  // ranks of this process on this GPU, this one included
+  // The memory of calls captured into CUDA graphs: kept until the buffer goes (results the caller still
+  // holds, until they go too).
+  std::vector<std::shared_ptr<std::byte>> graph_blocks;
 
   Impl(Group& g, const LowLatencyConfig& c) : group(g), config(c) {}
 
@@ -262,6 +328,7 @@ LowLatencyDevice::~LowLatencyDevice() {
   } catch (...) {  // a destructor cannot report; the operations that failed already have
   }
   impl.engine.reset();
+  impl.graph_blocks.clear();
   impl.outputs->close();
   if (impl.proxy) impl.proxy->stop();
   impl.proxy.reset();
@@ -281,34 +348,70 @@ const std::uint64_t* LowLatencyDevice::gone() const {
   return impl_->gone_device;
 }
 
-Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t> shape, DType dtype) {
+Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t> shape, DType dtype, bool for_graph) {
   const TensorView view(nullptr, shape, dtype);
+  const std::size_t bytes = std::max<std::size_t>(view.bytes(), 1);
   DeviceScope scope(impl_->gpu);
-  return detail::TensorAccess::adopt(
-      impl_->outputs->allocate(std::max<std::size_t>(view.bytes(), 1), impl_->stream), shape, dtype,
-      Device::cuda);
+  if (for_graph) {
+    impl_->graph_blocks.push_back(graph_block(impl_->gpu, bytes));
+    return detail::TensorAccess::adopt(impl_->graph_blocks.back(), shape, dtype, Device::cuda);
+  }
+  return detail::TensorAccess::adopt(impl_->outputs->allocate(bytes, impl_->stream), shape, dtype,
+                                     Device::cuda);
 }
 
-// Not capturable yet: the host numbers the operations and reads the kernels' records between calls, so a
-// replayed graph would run operations the buffer never counted. Refused by name before anything is enqueued
-// (the legacy stream during another stream's capture would join that capture and break it).
-void LowLatencyDevice::check_stream(void* caller) {
+// A call captured into a CUDA graph: the host numbers operations and keeps its books when the call is
+// captured, the kernels number each launch from the rank's counter in device memory (a replay is the next
+// operation on every rank, as every rank replays). The buffer's stream joins the caller's capture through
+// follow() and leaves it through lead(); meanwhile no other stream's call may enqueue there (it would land in
+// the graph), so one is refused by name.
+LowLatencyDevice::Capture LowLatencyDevice::check_stream(void* caller) {
   DeviceScope scope(impl_->gpu);
+  const auto stream = static_cast<cudaStream_t>(caller);
   if ((caller == nullptr || caller == cudaStreamLegacy) && impl_->threads_on_gpu > 1) {
     fail(Errc::invalid_argument,
          "stream is the legacy default stream, which the " + std::to_string(impl_->threads_on_gpu) +
              " ranks of this process on GPU " + std::to_string(impl_->gpu) +
              " share (each rank's calls would wait for the others'): pass a stream of each rank's own");
   }
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  const cudaError_t status = cudaStreamIsCapturing(static_cast<cudaStream_t>(caller), &capturing);
-  if (status == cudaErrorStreamCaptureImplicit || capturing != cudaStreamCaptureStatusNone) {
-    if (status != cudaSuccess) transport::detail::forget_last_error();
-    fail(Errc::unsupported,
-         "a LowLatencyBuffer's calls on the GPU cannot be captured into a CUDA graph yet: issue them outside "
-         "the capture");
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  unsigned long long id = 0;
+  const cudaError_t error = cudaStreamGetCaptureInfo(stream, &status, &id);
+  if (error == cudaErrorStreamCaptureImplicit) {
+    transport::detail::forget_last_error();
+    fail(Errc::invalid_argument,
+         "stream is the legacy default stream while another stream of this process is being captured into a "
+         "CUDA graph (it would join that capture): pass a stream of your own");
   }
-  cuda_check(status, "cudaStreamIsCapturing");
+  cuda_check(error, "cudaStreamGetCaptureInfo");
+  if (status == cudaStreamCaptureStatusInvalidated) {
+    fail(Errc::invalid_argument,
+         "the stream's CUDA graph capture was invalidated by an earlier error: end it, and capture again");
+  }
+  const bool active = status == cudaStreamCaptureStatusActive;
+  const Capture mine{active, active ? id : 0};  // the id is defined only for an active capture
+  const auto [buffer_status, buffer_id] = capture_info(impl_->stream);
+  if (buffer_status != cudaStreamCaptureStatusNone && (!mine.active || buffer_id != mine.id)) {
+    fail(Errc::invalid_argument,
+         std::string(
+             "the buffer's stream takes part in a CUDA graph capture still open on another stream: end "
+             "that capture before calling from ") +
+             (mine.active ? "another capture" : "a stream outside it"));
+  }
+  return mine;
+}
+
+void LowLatencyDevice::refuse_in_capture(const char* what) {
+  if (in_capture()) {
+    fail(Errc::invalid_argument, std::string(what) +
+                                     " synchronises the buffer's stream, which takes part in a CUDA graph "
+                                     "capture still open: call it before or after the capture");
+  }
+}
+
+bool LowLatencyDevice::in_capture() {
+  DeviceScope scope(impl_->gpu);
+  return capture_info(impl_->stream).first != cudaStreamCaptureStatusNone;
 }
 
 void LowLatencyDevice::follow(void* caller) {
@@ -368,6 +471,7 @@ void LowLatencyDevice::add_combine_stats(const p::LowLatencyCombinePlan& plan,
 }
 
 void LowLatencyDevice::clean(const p::LowLatencyContext& ctx, std::uint64_t epoch) {
+  refuse_in_capture("clean_low_latency_buffer");
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   cuda_check(cudaStreamSynchronize(impl.stream), "the low-latency kernels");
@@ -378,6 +482,7 @@ void LowLatencyDevice::clean(const p::LowLatencyContext& ctx, std::uint64_t epoc
 
 Event LowLatencyDevice::event() {
   Impl& impl = *impl_;
+  if (in_capture()) return Event();
   DeviceScope scope(impl.gpu);
   // Past every phase of the operations before it on the stream, each bounded by its own deadline.
   const Duration bound = std::chrono::nanoseconds(p::low_latency_stuck_after_ns(
@@ -389,7 +494,11 @@ Event LowLatencyDevice::event() {
   return Event(state);
 }
 
-void LowLatencyDevice::raise_failures() {
+void LowLatencyDevice::raise_failures(bool caller_capturing) {
+  if (caller_capturing || in_capture()) {
+    impl_->failures->raise(false);  // querying a stream in a capture would invalidate it
+    return;
+  }
   DeviceScope scope(impl_->gpu);
   const cudaError_t status = cudaStreamQuery(impl_->stream);
   if (status != cudaSuccess && status != cudaErrorNotReady) cuda_check(status, "the low-latency kernels");
@@ -399,6 +508,7 @@ void LowLatencyDevice::raise_failures() {
 // Through the buffer's stream and synchronised: a pageable cudaMemcpy may return before its copy lands, and
 // the legacy stream it uses does not order the buffer's non-blocking stream.
 void LowLatencyDevice::set_mask(int rank, bool masked) {
+  refuse_in_capture("low_latency_update_mask_buffer");
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   std::uint64_t* word = impl.mask.get() + rank;
@@ -414,6 +524,7 @@ void LowLatencyDevice::set_mask(int rank, bool masked) {
 }
 
 std::vector<std::uint64_t> LowLatencyDevice::read_mask() {
+  refuse_in_capture("low_latency_query_mask_buffer");
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   std::vector<std::uint64_t> words(impl.num_ranks);
@@ -425,6 +536,7 @@ std::vector<std::uint64_t> LowLatencyDevice::read_mask() {
 }
 
 void LowLatencyDevice::clear_mask() {
+  refuse_in_capture("low_latency_clean_mask_buffer");
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   cuda_check(cudaMemsetAsync(impl.mask.get(), 0, sizeof(std::uint64_t) * impl.num_ranks, impl.stream),

@@ -41,12 +41,24 @@ class LowLatencyDevice {
   std::uint64_t* mask() const;        // [R] in device memory
   const std::uint64_t* gone() const;  // the store's words as the GPU addresses them; null without news
 
-  // A device tensor from the buffer's cache, for work on the buffer's stream.
-  Tensor tensor(std::initializer_list<std::int64_t> shape, DType dtype);
-  // Before anything of a call is claimed or enqueued (the buffer stays usable): throws Errc::unsupported when
-  // the caller's stream is being captured into a CUDA graph, Errc::invalid_argument for the legacy default
-  // stream (nullptr) when other ranks of this process share the GPU (they would share that stream).
-  void check_stream(void* caller);
+  // A CUDA graph capture a stream takes part in (cudaStreamGetCaptureInfo's id).
+  struct Capture {
+    bool active = false;
+    unsigned long long id = 0;
+  };
+
+  // A device tensor for work on the buffer's stream: from the buffer's cache, or, for a call captured into a
+  // CUDA graph (`for_graph`), memory of its own that stays with the buffer until it is destroyed (a graph may
+  // be replayed at any time, so nothing it addresses may serve another call).
+  Tensor tensor(std::initializer_list<std::int64_t> shape, DType dtype, bool for_graph = false);
+  // Before anything of a call is claimed or enqueued (the buffer stays usable); returns the capture the
+  // caller's stream is in. Throws Errc::invalid_argument for the legacy default stream (nullptr) when other
+  // ranks of this process share the GPU (they would share that stream), for a stream whose capture was
+  // invalidated, and while the buffer's stream takes part in a capture the caller's stream is not in (a
+  // capture still open on another stream).
+  Capture check_stream(void* caller);
+  // Whether the buffer's stream takes part in a capture now: then nothing may wait for it or query it.
+  bool in_capture();
   // Work the caller's stream (nullptr: the legacy default stream) has enqueued comes before what is enqueued
   // on the buffer's stream next.
   void follow(void* caller);
@@ -69,14 +81,18 @@ class LowLatencyDevice {
   void clean(const kernels::protocol::LowLatencyContext& ctx, std::uint64_t epoch);
 
   // Completes when the buffer's stream passes this point; its wait() waits for the stream to drain and
-  // raises what the kernels recorded.
+  // raises what the kernels recorded. While the buffer's stream is in a capture: an Event already complete
+  // (the work runs when the graph is launched; order after the launch instead).
   Event event();
   // Raises the kept failure, or one the kernels recorded, when the work enqueued so far has run; else
-  // nothing (it does not wait).
-  void raise_failures();
+  // nothing (it does not wait). While the caller's or the buffer's stream is in a capture, the kept failure
+  // only (querying the stream then would invalidate the capture).
+  void raise_failures(bool caller_capturing = false);
+  // Throws Errc::invalid_argument naming `what` while the buffer's stream is in a capture.
+  void refuse_in_capture(const char* what);
 
   // The caller's mask (low_latency_update_mask_buffer): after the work enqueued so far. A rank a wait masked
-  // stays masked.
+  // stays masked. These and clean() synchronise the buffer's stream: refused while it is in a capture.
   void set_mask(int rank, bool masked);
   std::vector<std::uint64_t> read_mask();
   void clear_mask();

@@ -26,10 +26,13 @@ std::uint64_t* LowLatencyDevice::mask() const {
 const std::uint64_t* LowLatencyDevice::gone() const {
   no_low_latency_on_gpu();
 }
-Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t>, DType) {
+Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t>, DType, bool) {
   no_low_latency_on_gpu();
 }
-void LowLatencyDevice::check_stream(void*) {
+bool LowLatencyDevice::in_capture() {
+  no_low_latency_on_gpu();
+}
+LowLatencyDevice::Capture LowLatencyDevice::check_stream(void*) {
   no_low_latency_on_gpu();
 }
 void LowLatencyDevice::follow(void*) {
@@ -69,7 +72,10 @@ void LowLatencyDevice::clean(const kernels::protocol::LowLatencyContext&, std::u
 Event LowLatencyDevice::event() {
   no_low_latency_on_gpu();
 }
-void LowLatencyDevice::raise_failures() {
+void LowLatencyDevice::refuse_in_capture(const char*) {
+  no_low_latency_on_gpu();
+}
+void LowLatencyDevice::raise_failures(bool) {
   no_low_latency_on_gpu();
 }
 void LowLatencyDevice::set_mask(int, bool) {

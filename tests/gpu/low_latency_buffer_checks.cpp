@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -56,6 +57,13 @@ Tensor download(const Tensor& device, cudaStream_t stream) {
   }
   cuda_ok(cudaStreamSynchronize(stream), "download");
   return host;
+}
+
+// Writes `host` into the device tensor `device` (same shape) on `stream`, and waits for it.
+void overwrite(const Tensor& device, const Tensor& host, cudaStream_t stream) {
+  cuda_ok(cudaMemcpyAsync(device.data(), host.data(), host.bytes(), cudaMemcpyHostToDevice, stream),
+          "overwrite");
+  cuda_ok(cudaStreamSynchronize(stream), "overwrite");
 }
 
 struct Inputs {
@@ -144,6 +152,38 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     if (!ok && failure.empty()) failure = "rank " + std::to_string(group.rank()) + ": " + what;
   };
 
+  // A GPU dispatch's results (read back on `on`) against the host buffer's.
+  auto compare_dispatch = [&](const std::string& where, bool fp8, const LowLatencyDispatchResult& ref,
+                              const LowLatencyDispatchResult& got, cudaStream_t on) {
+    const Tensor count = download(got.recv_count, on), recv = download(got.recv_x, on);
+    expect(std::memcmp(count.data(), ref.recv_count.data(), count.bytes()) == 0,
+           where + "recv_count differs");
+    const std::size_t row_bytes = static_cast<std::size_t>(kHidden) * (fp8 ? 1 : 2);
+    for (std::int64_t e = 0; e < local_experts; ++e) {
+      const std::size_t n = static_cast<std::size_t>(ref.recv_count.data_as<std::int32_t>()[e]);
+      const std::size_t first = static_cast<std::size_t>(e * rows) * row_bytes;
+      expect(std::memcmp(static_cast<const std::byte*>(recv.data()) + first,
+                         static_cast<const std::byte*>(ref.recv_x.data()) + first, n * row_bytes) == 0,
+             where + "expert " + std::to_string(e) + "'s rows differ");
+      if (fp8) {  // scales are [E/R][blocks or packs][R*T]: the valid rows of each column
+        const Tensor scales = download(got.recv_x_scales, on);
+        const std::int64_t columns = scales.size(1);
+        for (std::int64_t b = 0; b < columns; ++b) {
+          const std::size_t at = static_cast<std::size_t>((e * columns + b) * rows) * 4;
+          expect(std::memcmp(static_cast<const std::byte*>(scales.data()) + at,
+                             static_cast<const std::byte*>(ref.recv_x_scales.data()) + at, n * 4) == 0,
+                 where + "expert " + std::to_string(e) + "'s scales differ");
+        }
+      }
+    }
+  };
+  auto compare_combine = [&](const std::string& where, const LowLatencyCombineResult& ref_back,
+                             const Tensor& combined_x, cudaStream_t on) {
+    const Tensor combined = download(combined_x, on);
+    expect(combined.bytes() == ref_back.combined_x.bytes() &&
+               std::memcmp(combined.data(), ref_back.combined_x.data(), combined.bytes()) == 0,
+           where + "combined_x differs");
+  };
   struct Format {
     const char* name;
     bool fp8, round, ue8m0;
@@ -170,27 +210,7 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     if (mode == Mode::hook) got.hook();
     if (mode == Mode::async) got.event.stream_wait(stream);
     expect(got.recv_x.device() == Device::cuda, where + "recv_x is not a device tensor");
-    const Tensor count = download(got.recv_count, stream), recv = download(got.recv_x, stream);
-    expect(std::memcmp(count.data(), ref.recv_count.data(), count.bytes()) == 0,
-           where + "recv_count differs");
-    const std::size_t row_bytes = static_cast<std::size_t>(kHidden) * (format.fp8 ? 1 : 2);
-    for (std::int64_t e = 0; e < local_experts; ++e) {
-      const std::size_t n = static_cast<std::size_t>(ref.recv_count.data_as<std::int32_t>()[e]);
-      const std::size_t first = static_cast<std::size_t>(e * rows) * row_bytes;
-      expect(std::memcmp(static_cast<const std::byte*>(recv.data()) + first,
-                         static_cast<const std::byte*>(ref.recv_x.data()) + first, n * row_bytes) == 0,
-             where + "expert " + std::to_string(e) + "'s rows differ");
-      if (format.fp8) {  // scales are [E/R][blocks or packs][R*T]: the valid rows of each column
-        const Tensor scales = download(got.recv_x_scales, stream);
-        const std::int64_t columns = scales.size(1);
-        for (std::int64_t b = 0; b < columns; ++b) {
-          const std::size_t at = static_cast<std::size_t>((e * columns + b) * rows) * 4;
-          expect(std::memcmp(static_cast<const std::byte*>(scales.data()) + at,
-                             static_cast<const std::byte*>(ref.recv_x_scales.data()) + at, n * 4) == 0,
-                 where + "expert " + std::to_string(e) + "'s scales differ");
-        }
-      }
-    }
+    compare_dispatch(where, format.fp8, ref, got, stream);
     const LowLatencyCombineResult ref_back =
         host.low_latency_combine(in.y, in.topk_idx, in.weights, ref.handle);
     LowLatencyCombineOptions c;
@@ -201,10 +221,7 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     LowLatencyCombineResult back = gpu.low_latency_combine(y, topk, weights, got.handle, c);
     if (mode == Mode::hook) back.hook();
     if (mode == Mode::async) back.event.stream_wait(stream);
-    const Tensor combined = download(back.combined_x, stream);
-    expect(combined.bytes() == ref_back.combined_x.bytes() &&
-               std::memcmp(combined.data(), ref_back.combined_x.data(), combined.bytes()) == 0,
-           where + "combined_x differs");
+    compare_combine(where, ref_back, back.combined_x, stream);
     const Tensor counted = download(recv_stats, stream);
     for (std::int64_t e = 0; e < local_experts; ++e) {
       expect(counted.data_as<std::int32_t>()[e] == kCountBase + ref.recv_count.data_as<std::int32_t>()[e],
@@ -254,22 +271,85 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     expect(std::string(error.what()).find("cumulative_local_expert_recv_stats") != std::string::npos,
            std::string("a host statistics tensor refused with: ") + error.what());
   }
+  // A dispatch and its combine captured into a CUDA graph on a stream of their own, then the graph launched
+  // three times: with the inputs, with other inputs written into the same device tensors, with the first
+  // again; each launch's results (the tensors the capture returned) equal the host buffer's for those
+  // inputs. While the capture is open, what would synchronise the buffer's stream or enqueue from outside
+  // the capture is refused by name. Thread-local capture mode: ranks may be threads of this process, whose
+  // calls meanwhile a global-mode capture would forbid.
   {
+    const Inputs other = make_inputs(seed + 1, group.rank(), experts, local_experts, rows);
     cudaStream_t captured = nullptr;
     cuda_ok(cudaStreamCreateWithFlags(&captured, cudaStreamNonBlocking), "stream");
-    cuda_ok(cudaStreamBeginCapture(captured, cudaStreamCaptureModeRelaxed), "begin capture");
-    LowLatencyDispatchOptions in_capture = d;
+    LowLatencyDispatchOptions in_capture;
+    in_capture.use_fp8 = true;
     in_capture.stream = captured;
+    LowLatencyDispatchResult got;
+    LowLatencyCombineResult back;
+    std::string refused;
+    cuda_ok(cudaStreamBeginCapture(captured, cudaStreamCaptureModeThreadLocal), "begin capture");
     try {
-      gpu.low_latency_dispatch(x, topk, kTokens, experts, in_capture);
-      expect(false, "a dispatch on a capturing stream was accepted");
+      got = gpu.low_latency_dispatch(x, topk, kTokens, experts, in_capture);
+      back = gpu.low_latency_combine(y, topk, weights, got.handle, {.stream = captured});
     } catch (const Error& error) {
-      expect(error.code() == Errc::unsupported, std::string("capture refused with: ") + error.what());
+      refused = error.what();
     }
+    auto refused_in_capture = [&](const char* what, auto call) {
+      try {
+        call();
+        expect(false, std::string(what) + " was accepted while the capture was open");
+      } catch (const Error& error) {
+        expect(std::string(error.what()).find("capture") != std::string::npos,
+               std::string(what) + " refused with: " + error.what());
+      }
+    };
+    refused_in_capture("an eager dispatch on another stream",
+                       [&] { gpu.low_latency_dispatch(x, topk, kTokens, experts, d); });
+    if (R > 1) {
+      refused_in_capture("low_latency_update_mask_buffer",
+                         [&] { gpu.low_latency_update_mask_buffer((group.rank() + 1) % R, false); });
+    }
+    refused_in_capture("async_finish in the capture", [&] {
+      LowLatencyDispatchOptions async = in_capture;
+      async.async_finish = true;
+      gpu.low_latency_dispatch(x, topk, kTokens, experts, async);
+    });
     cudaGraph_t graph = nullptr;
-    cuda_ok(cudaStreamEndCapture(captured, &graph), "end capture");
-    if (graph != nullptr) cudaGraphDestroy(graph);
+    const cudaError_t ended = cudaStreamEndCapture(captured, &graph);
+    std::unique_ptr<CUgraph_st, decltype(&cudaGraphDestroy)> graph_owner(graph, cudaGraphDestroy);
+    expect(refused.empty(), "a captured dispatch and combine were refused: " + refused);
+    expect(ended == cudaSuccess && graph != nullptr,
+           std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ended));
+    if (refused.empty() && ended == cudaSuccess && graph != nullptr) {
+      cudaGraphExec_t exec = nullptr;
+      cuda_ok(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+      std::unique_ptr<CUgraphExec_st, decltype(&cudaGraphExecDestroy)> exec_owner(exec, cudaGraphExecDestroy);
+      for (int launch = 0; launch < 3; ++launch) {
+        const Inputs& now = launch == 1 ? other : in;
+        overwrite(x, now.x, captured);
+        overwrite(topk, now.topk_idx, captured);
+        overwrite(weights, now.weights, captured);
+        overwrite(y, now.y, captured);
+        LowLatencyDispatchOptions h;
+        h.use_fp8 = true;
+        const LowLatencyDispatchResult ref =
+            host.low_latency_dispatch(now.x, now.topk_idx, kTokens, experts, h);
+        const LowLatencyCombineResult ref_back =
+            host.low_latency_combine(now.y, now.topk_idx, now.weights, ref.handle);
+        cuda_ok(cudaGraphLaunch(exec, captured), "cudaGraphLaunch");
+        const std::string where = "graph launch " + std::to_string(launch) + ": ";
+        compare_dispatch(where, true, ref, got, captured);
+        compare_combine(where, ref_back, back.combined_x, captured);
+      }
+      // The buffer goes on with plain calls (the inputs as they were).
+      overwrite(x, in.x, stream);
+      overwrite(topk, in.topk_idx, stream);
+      overwrite(weights, in.weights, stream);
+      overwrite(y, in.y, stream);
+    }
     cuda_ok(cudaStreamDestroy(captured), "stream");
+    group.barrier("gpu-low-latency-graph");
+    round(Format{"fp8 after a graph", true, false, false}, Mode::plain);
   }
   LowLatencyDispatchResult got = gpu.low_latency_dispatch(x, topk, kTokens, experts, d);
   try {

@@ -453,6 +453,31 @@ def check_bad_expert_on_the_gpu(job):
     check_combined(job, combined, exact=True)
 
 
+def check_graph_on_the_gpu(job):
+    """A dispatch and its combine captured with torch.cuda.graph (global capture mode, torch's default) and
+    replayed twice, the results zeroed before each replay: each replay writes them again, equal to the
+    reference. Calls that would synchronise ferry's stream are refused while the capture is open."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        recv_x, recv_count, handle, _, _ = job.dispatch(use_fp8=False)
+        combined, _, _ = job.combine(recv_x, handle)
+        refused = None
+        try:
+            job.buffer.low_latency_update_mask_buffer((job.rank + 1) % job.world, False)
+        except ValueError as error:
+            refused = str(error)
+    assert refused is not None and "capture" in refused, f"a mask call in a capture was refused with: {refused}"
+    for replay in range(2):
+        recv_x.zero_()
+        recv_count.zero_()
+        combined.zero_()
+        graph.replay()
+        torch.cuda.current_stream().synchronize()
+        check_received(job, recv_x, recv_count, handle)
+        check_combined(job, combined, exact=True)
+        dist.barrier()
+
+
 def check_normal_mode_beside(job):
     """num_nvl_bytes > 0 with low_latency_mode builds the normal-mode buffer too (as in DeepEP): both work."""
     b = deep_ep.Buffer(dist.group.WORLD, int(1e8), job.rdma_bytes, low_latency_mode=True, num_qps_per_rank=3,
@@ -517,6 +542,7 @@ def main():
     if CUDA:
         report.run("a bad expert id found by the kernels, raised by name, then a clean", check_bad_expert_on_the_gpu,
                    job)
+        report.run("dispatch and combine captured in a CUDA graph, replayed", check_graph_on_the_gpu, job)
     report.run("normal mode beside the low-latency mode", check_normal_mode_beside, job)
     if CUDA:  # no zero-copy view to hold on the GPU, and a hook there does not wait
         report.run("destroy", job.buffer.destroy)

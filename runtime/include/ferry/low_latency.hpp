@@ -52,11 +52,24 @@
 // fails until clean_low_latency_buffer. Calls on one buffer come from one thread at a time. Keep x, topk_idx
 // and topk_weights allocated until the caller's stream has passed the call (async_finish: until the event).
 // The per-call statistics tensors are device tensors there too, added into by a kernel after the receive
-// half (keep them allocated as the inputs). Not on the GPU yet (refused by name): capture into a CUDA graph,
-// zero_copy and get_next_low_latency_combine_buffer; low_latency_stats counts operations only (its vectors
-// are empty). A death the store reports reaches kernels already running by their timeout
-// (later operations at once), and the fabric does not give up on a dead rank alone. mask_status stays a host
-// tensor.
+// half (keep them allocated as the inputs).
+// CUDA graphs: a dispatch and its combine called with a stream being captured (any capture mode) go into the
+// graph, which may then be launched any number of times, every rank alike (each launch is the next
+// operations, numbered on the GPU). Their results are the tensors the calls returned, written again at each
+// launch; the inputs are read from the same addresses at each launch. A captured call's memory is its own
+// (not the cache's) and stays with the buffer until it is destroyed: capture once per shape, not per step. In
+// a capture: no async_finish; a hook is called in the same capture; the combine of a captured dispatch is
+// captured with it; the returned Event is already complete (order after the graph launch instead). While a
+// capture that the buffer's stream joined is open, a call from a stream outside it, the mask calls, clean and
+// waits for earlier Events are refused by name (they would land in the graph, or synchronise a capturing
+// stream). Launch a graph only when no hook of this buffer is pending, on a stream ordered with the buffer's
+// other calls, and let it finish before clean_low_latency_buffer or the buffer's destruction (those order the
+// buffer's own stream, which a launch does not use). A failure inside a launch is raised by the next call.
+// With ranks that are threads of one process, capture in thread-local or relaxed mode (a global-mode capture
+// forbids the other ranks' calls meanwhile). Not on the GPU yet (refused by name): zero_copy and
+// get_next_low_latency_combine_buffer; low_latency_stats counts operations only (its vectors are empty). A
+// death the store reports reaches kernels already running by their timeout (later operations at once), and
+// the fabric does not give up on a dead rank alone. mask_status stays a host tensor.
 //
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each
 // source rank's rows (dispatch and combine), cumulative (low_latency_stats) or added into the caller's
