@@ -22,9 +22,9 @@ Where ferry differs from DeepEP:
         the statistics tensors are CUDA tensors of the Buffer's GPU, added into by a kernel after the receive
         half;
       - under ``torch.cuda.graph`` a dispatch and its combine are captured (not with async_finish; a hook is
-        called in the same capture), and every replay writes the tensors they returned; the memory of captured
-        calls stays with the Buffer until it is destroyed; the mask calls and clean are refused while the
-        capture is open;
+        called in the same capture), and every replay writes the tensors they returned; a captured call's
+        memory goes with its graph (and once its results are dropped); the mask calls and clean are refused
+        while the capture is open;
       - the receive hook enqueues the receive half after the stream that was current at the call (DeepEP's
         launches it on the stream current at the hook), and that stream waits for it: read the results in
         that stream's order;

@@ -116,6 +116,7 @@ class CudaMemoryApi final : public DeviceMemoryApi {
   }
   bool passed(Marker marker) noexcept override {
     DeviceScope scope(device_, std::nothrow);
+    const transport::detail::RelaxedCaptureMode relaxed;  // never a captured event (mark() records none)
     const cudaError_t status = cudaEventQuery(static_cast<cudaEvent_t>(marker));
     if (status != cudaSuccess && status != cudaErrorNotReady) forget_last_error();
     return status == cudaSuccess;

@@ -543,6 +543,24 @@ std::shared_ptr<p::LowLatencyCombinePlan> combine_plan(const LowLatencyBuffer::I
 
 namespace {
 
+// Hands a captured call's memory to the graph being captured when the call ends, returned or thrown (the
+// graph may address what the call enqueued before it threw).
+class CapturedCall {
+ public:
+  CapturedCall(LowLatencyDevice& device, void* caller, bool active)
+      : device_(device), caller_(caller), active_(active) {}
+  ~CapturedCall() {
+    if (active_) device_.end_captured_call(caller_);
+  }
+  CapturedCall(const CapturedCall&) = delete;
+  CapturedCall& operator=(const CapturedCall&) = delete;
+
+ private:
+  LowLatencyDevice& device_;
+  void* caller_;
+  bool active_;
+};
+
 // async_finish leaves the caller's stream free of the call: in a capture, the buffer's stream would never
 // rejoin it (cudaStreamEndCapture fails), and the Event means nothing before the graph is launched.
 void refuse_async_in_capture(bool async_finish) {
@@ -563,6 +581,8 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
   LowLatencyDevice& device = *impl.device;
   const LowLatencyDevice::Capture capture = device.check_stream(options.stream);
   if (capture.active) refuse_async_in_capture(options.async_finish);
+  device.begin_call();
+  const CapturedCall captured(device, options.stream, capture.active);
   impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
   const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
   const int R = impl.num_ranks();
@@ -651,6 +671,8 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
   LowLatencyDevice& device = *impl.device;
   const LowLatencyDevice::Capture capture = device.check_stream(options.stream);
   if (capture.active) refuse_async_in_capture(options.async_finish);
+  device.begin_call();
+  const CapturedCall captured(device, options.stream, capture.active);
   impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
   const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
   if (capture.active != record->capture.active || capture.id != record->capture.id) {

@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -31,32 +32,10 @@ namespace kc = kernels::cuda;
 using detail::cuda_check;
 using transport::detail::DeviceEvent;
 using transport::detail::DeviceScope;
+using transport::detail::RelaxedCaptureMode;
 
 // Device tensors the buffer returns: kept for reuse up to this many bytes (device_block_cache.hpp).
 constexpr std::size_t kCachedLowLatencyBytes = std::size_t{2} << 30;
-
-// This thread's capture mode relaxed for the scope: for calls CUDA counts as "potentially unsafe" during a
-// capture (cudaMalloc, cudaEventQuery) that touch nothing of it here (memory the graph does not own, events
-// recorded outside any capture). In the default global mode they would invalidate a capture open on any
-// thread (the Python binding's call thread runs beside the thread that captures).
-class RelaxedCaptureMode {
- public:
-  RelaxedCaptureMode() noexcept {
-    if (cudaThreadExchangeStreamCaptureMode(&mode_) != cudaSuccess) {
-      transport::detail::forget_last_error();
-      restore_ = false;
-    }
-  }
-  ~RelaxedCaptureMode() {
-    if (restore_) cudaThreadExchangeStreamCaptureMode(&mode_);
-  }
-  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
-  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
-
- private:
-  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
-  bool restore_ = true;
-};
 
 // cudaStreamGetCaptureInfo without throwing: the status (None for a stream the query refuses, such as the
 // legacy stream while another thread captures) and the capture's id.
@@ -70,22 +49,38 @@ std::pair<cudaStreamCaptureStatus, unsigned long long> capture_info(cudaStream_t
   return {status, status == cudaStreamCaptureStatusActive ? id : 0};  // the id is defined only then
 }
 
-// Device memory of its own for a captured call: cudaMalloc is not stream-ordered, which a global-mode capture
-// forbids by default, so this thread's mode is relaxed around it (the block is not part of the graph: it
-// outlives it, freed when the last reference goes).
-std::shared_ptr<std::byte> graph_block(int gpu, std::size_t bytes) {
+// Device memory of its own for a captured call, from the stream-ordered pool on the buffer's side stream
+// (which never joins a capture), complete before this returns, so the graph may use it from any stream.
+// cudaMallocAsync on another stream and the synchronisation are "potentially unsafe" during a global-mode
+// capture: this thread's mode is relaxed around them (the block is not part of the graph). The last
+// reference frees it in the side stream's order: no device-wide synchronisation (a rank thread sharing the
+// GPU may have kernels spinning).
+std::shared_ptr<std::byte> graph_block(int gpu, const std::shared_ptr<CUstream_st>& side, std::size_t bytes) {
   void* block = nullptr;
   cudaError_t status = cudaSuccess;
   {
     const RelaxedCaptureMode relaxed;
-    status = cudaMalloc(&block, bytes);
+    status = cudaMallocAsync(&block, bytes, side.get());
+    if (status == cudaSuccess) status = cudaStreamSynchronize(side.get());
   }
-  if (status == cudaErrorMemoryAllocation) transport::detail::forget_last_error();
-  cuda_check(status, ("cudaMalloc of " + std::to_string(bytes) + " bytes for a captured call").c_str());
-  return std::shared_ptr<std::byte>(static_cast<std::byte*>(block), [gpu](std::byte* memory) {
+  if (status != cudaSuccess) {
+    transport::detail::forget_last_error();
+    cuda_check(status,
+               ("cudaMallocAsync of " + std::to_string(bytes) + " bytes for a captured call").c_str());
+  }
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(block), [gpu, side](std::byte* memory) {
     DeviceScope scope(gpu, std::nothrow);
-    cudaFree(memory);
+    const RelaxedCaptureMode relaxed;
+    cudaFreeAsync(memory, side.get());
   });
+}
+
+// A captured graph's user object: CUDA calls it (on a thread of its own, where no CUDA call is allowed) once
+// the graph and every executable instance of it are gone; the flag lets the buffer drop the blocks.
+void graph_let_go(void* flag) {
+  auto* released = static_cast<std::shared_ptr<std::atomic<bool>>*>(flag);
+  (*released)->store(true, std::memory_order_release);
+  delete released;
 }
 
 }  // namespace
@@ -140,11 +135,8 @@ class LowLatencyCompletion final : public DeviceCompletion {
   }
 
   // Recorded outside any capture (event() records none during one): querying it is safe while a capture is
-  // open, which the binding's bookkeeping and claim() do.
-  bool test() override {
-    const RelaxedCaptureMode relaxed;
-    return event_.passed();
-  }
+  // open, which the binding's bookkeeping and claim() do (DeviceEvent::passed relaxes the capture mode).
+  bool test() override { return event_.passed(); }
 
   // Every phase kernel gives up by itself after its timeout, so the event passes; the bound is the last
   // resort against a kernel that cannot (a GPU that stopped).
@@ -155,6 +147,7 @@ class LowLatencyCompletion final : public DeviceCompletion {
            "waiting for a low-latency operation while the buffer's stream takes part in a CUDA graph capture "
            "(a wait would invalidate it): wait before or after the capture");
     }
+    const RelaxedCaptureMode relaxed;  // the stream is not in one; another thread's may be open
     const auto deadline = std::chrono::steady_clock::now() + bound_;
     // Every kernel on the stream ends by itself (each phase is bounded), and a hook's receive half is only
     // enqueued when the hook runs: so the stream drains, and its records are then whole. Waiting for it
@@ -221,9 +214,22 @@ struct LowLatencyDevice::Impl {
   std::uint64_t* gone_device = nullptr;
   std::shared_ptr<LowLatencyFailures> failures = std::make_shared<LowLatencyFailures>();
   int threads_on_gpu = 1;  // ranks of this process on this GPU, this one included
-  // The memory of calls captured into CUDA graphs: kept until the buffer goes (results the caller still
-  // holds, until they go too).
-  std::vector<std::shared_ptr<std::byte>> graph_blocks;
+  // The memory of calls captured into CUDA graphs: a call's blocks are kept until its graph lets go (results
+  // the caller still holds, until they go too); blocks whose graph could not be told stay with the buffer.
+  struct GraphHold {
+    std::shared_ptr<std::atomic<bool>> released;  // null: until the buffer goes
+    std::vector<std::shared_ptr<std::byte>> blocks;
+  };
+  std::shared_ptr<CUstream_st> side_owner;            // allocates and frees them; never captured
+  std::vector<std::shared_ptr<std::byte>> capturing;  // the current captured call's blocks
+  std::vector<GraphHold> graph_holds;
+
+  // Drops the blocks of graphs that are gone.
+  void collect_graph_holds() {
+    std::erase_if(graph_holds, [](const GraphHold& hold) {
+      return hold.released && hold.released->load(std::memory_order_acquire);
+    });
+  }
 
   Impl(Group& g, const LowLatencyConfig& c) : group(g), config(c) {}
 
@@ -257,6 +263,7 @@ LowLatencyDevice::LowLatencyDevice(Group& group, const LowLatencyConfig& config,
   impl.stream_owner = detail::make_buffer_stream(impl.gpu);
   impl.stream = impl.stream_owner.get();
   impl.outputs = detail::make_device_block_cache(impl.gpu, kCachedLowLatencyBytes, impl.stream_owner);
+  impl.side_owner = detail::make_buffer_stream(impl.gpu);
   // Ranks that are threads of one process on one GPU need a hardware queue each (their kernels wait for
   // each other), and a stream each: the legacy default stream is one per process.
   const detail::GpuSharing sharing = detail::gpu_sharing(group, impl.gpu, "ferry/low_latency/gpu-uuid");
@@ -328,7 +335,8 @@ LowLatencyDevice::~LowLatencyDevice() {
   } catch (...) {  // a destructor cannot report; the operations that failed already have
   }
   impl.engine.reset();
-  impl.graph_blocks.clear();
+  impl.capturing.clear();
+  impl.graph_holds.clear();
   impl.outputs->close();
   if (impl.proxy) impl.proxy->stop();
   impl.proxy.reset();
@@ -353,8 +361,8 @@ Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t> shape, DType
   const std::size_t bytes = std::max<std::size_t>(view.bytes(), 1);
   DeviceScope scope(impl_->gpu);
   if (for_graph) {
-    impl_->graph_blocks.push_back(graph_block(impl_->gpu, bytes));
-    return detail::TensorAccess::adopt(impl_->graph_blocks.back(), shape, dtype, Device::cuda);
+    impl_->capturing.push_back(graph_block(impl_->gpu, impl_->side_owner, bytes));
+    return detail::TensorAccess::adopt(impl_->capturing.back(), shape, dtype, Device::cuda);
   }
   return detail::TensorAccess::adopt(impl_->outputs->allocate(bytes, impl_->stream), shape, dtype,
                                      Device::cuda);
@@ -406,6 +414,46 @@ void LowLatencyDevice::refuse_in_capture(const char* what) {
     fail(Errc::invalid_argument, std::string(what) +
                                      " synchronises the buffer's stream, which takes part in a CUDA graph "
                                      "capture still open: call it before or after the capture");
+  }
+}
+
+void LowLatencyDevice::begin_call() {
+  impl_->collect_graph_holds();
+  impl_->capturing.clear();  // an earlier captured call's, should its end not have run
+}
+
+// Whatever happened to the call, its graph (if the capture is still valid) may address its blocks: they go
+// with the graph. Without a graph to tell, they stay with the buffer.
+void LowLatencyDevice::end_captured_call(void* caller) noexcept {
+  Impl& impl = *impl_;
+  if (impl.capturing.empty()) return;
+  Impl::GraphHold hold;
+  hold.blocks = std::move(impl.capturing);
+  impl.capturing.clear();
+  DeviceScope scope(impl.gpu, std::nothrow);
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamGetCaptureInfo(static_cast<cudaStream_t>(caller), &status, nullptr, &graph) != cudaSuccess) {
+    transport::detail::forget_last_error();
+    graph = nullptr;
+  }
+  if (status == cudaStreamCaptureStatusActive && graph != nullptr) {
+    auto released = std::make_shared<std::atomic<bool>>(false);
+    auto* flag = new std::shared_ptr<std::atomic<bool>>(released);
+    cudaUserObject_t object = nullptr;
+    if (cudaUserObjectCreate(&object, flag, graph_let_go, 1, cudaUserObjectNoDestructorSync) != cudaSuccess) {
+      transport::detail::forget_last_error();
+      delete flag;
+    } else if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
+      transport::detail::forget_last_error();
+      cudaUserObjectRelease(object, 1);  // flags a hold nobody watches
+    } else {
+      hold.released = std::move(released);
+    }
+  }
+  try {
+    impl.graph_holds.push_back(std::move(hold));
+  } catch (...) {  // out of host memory: the blocks go now, and the graph must not be launched
   }
 }
 
@@ -472,6 +520,7 @@ void LowLatencyDevice::add_combine_stats(const p::LowLatencyCombinePlan& plan,
 
 void LowLatencyDevice::clean(const p::LowLatencyContext& ctx, std::uint64_t epoch) {
   refuse_in_capture("clean_low_latency_buffer");
+  const RelaxedCaptureMode relaxed;  // the buffer's stream is in no capture; another thread's may be open
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   cuda_check(cudaStreamSynchronize(impl.stream), "the low-latency kernels");
@@ -500,6 +549,7 @@ void LowLatencyDevice::raise_failures(bool caller_capturing) {
     return;
   }
   DeviceScope scope(impl_->gpu);
+  const RelaxedCaptureMode relaxed;  // the buffer's stream is in no capture; another thread's may be open
   const cudaError_t status = cudaStreamQuery(impl_->stream);
   if (status != cudaSuccess && status != cudaErrorNotReady) cuda_check(status, "the low-latency kernels");
   impl_->failures->raise(status == cudaSuccess);
@@ -509,6 +559,7 @@ void LowLatencyDevice::raise_failures(bool caller_capturing) {
 // the legacy stream it uses does not order the buffer's non-blocking stream.
 void LowLatencyDevice::set_mask(int rank, bool masked) {
   refuse_in_capture("low_latency_update_mask_buffer");
+  const RelaxedCaptureMode relaxed;  // the buffer's stream is in no capture; another thread's may be open
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   std::uint64_t* word = impl.mask.get() + rank;
@@ -525,6 +576,7 @@ void LowLatencyDevice::set_mask(int rank, bool masked) {
 
 std::vector<std::uint64_t> LowLatencyDevice::read_mask() {
   refuse_in_capture("low_latency_query_mask_buffer");
+  const RelaxedCaptureMode relaxed;  // the buffer's stream is in no capture; another thread's may be open
   Impl& impl = *impl_;
   DeviceScope scope(impl.gpu);
   std::vector<std::uint64_t> words(impl.num_ranks);

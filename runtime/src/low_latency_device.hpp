@@ -48,9 +48,14 @@ class LowLatencyDevice {
   };
 
   // A device tensor for work on the buffer's stream: from the buffer's cache, or, for a call captured into a
-  // CUDA graph (`for_graph`), memory of its own that stays with the buffer until it is destroyed (a graph may
-  // be replayed at any time, so nothing it addresses may serve another call).
+  // CUDA graph (`for_graph`), memory of its own that stays until the graph is destroyed (a graph may be
+  // launched at any time, so nothing it addresses may serve another call) and the caller drops the tensor.
   Tensor tensor(std::initializer_list<std::int64_t> shape, DType dtype, bool for_graph = false);
+  // Around every call: begin_call() first (drops the memory of graphs that are gone); end_captured_call()
+  // when a captured call ends, returned or thrown, hands its memory to the graph being captured on
+  // `caller` (a user object the graph owns says when it lets go).
+  void begin_call();
+  void end_captured_call(void* caller) noexcept;
   // Before anything of a call is claimed or enqueued (the buffer stays usable); returns the capture the
   // caller's stream is in. Throws Errc::invalid_argument for the legacy default stream (nullptr) when other
   // ranks of this process share the GPU (they would share that stream), for a stream whose capture was

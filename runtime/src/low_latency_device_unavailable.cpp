@@ -29,6 +29,10 @@ const std::uint64_t* LowLatencyDevice::gone() const {
 Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t>, DType, bool) {
   no_low_latency_on_gpu();
 }
+void LowLatencyDevice::begin_call() {
+  no_low_latency_on_gpu();
+}
+void LowLatencyDevice::end_captured_call(void*) noexcept {}
 bool LowLatencyDevice::in_capture() {
   no_low_latency_on_gpu();
 }

@@ -57,8 +57,8 @@
 // graph, which may then be launched any number of times, every rank alike (each launch is the next
 // operations, numbered on the GPU). Their results are the tensors the calls returned, written again at each
 // launch; the inputs are read from the same addresses at each launch. A captured call's memory is its own
-// (not the cache's) and stays with the buffer until it is destroyed: capture once per shape, not per step. In
-// a capture: no async_finish; a hook is called in the same capture; the combine of a captured dispatch is
+// (not the cache's) and goes once the graph and its instances are destroyed and its results dropped. In a
+// capture: no async_finish; a hook is called in the same capture; the combine of a captured dispatch is
 // captured with it; the returned Event is already complete (order after the graph launch instead). While a
 // capture that the buffer's stream joined is open, a call from a stream outside it, the mask calls, clean and
 // waits for earlier Events are refused by name (they would land in the graph, or synchronise a capturing

@@ -118,6 +118,7 @@ void DeviceEvent::record(cudaStream_t stream) {
 
 bool DeviceEvent::passed() const {
   DeviceScope scope(device_, std::nothrow);
+  const RelaxedCaptureMode relaxed;
   const cudaError_t status = cudaEventQuery(event_);
   if (status != cudaSuccess && status != cudaErrorNotReady) forget_last_error();
   // An event last recorded while its stream was captured into a CUDA graph marks a point of the graph, not of

@@ -53,6 +53,31 @@ class DeviceScope {
   int previous_ = -1;        // fallback: the thread's device before
 };
 
+// The calling thread's CUDA graph capture mode relaxed while it lives, then put back. For calls CUDA counts
+// as "potentially unsafe" while any capture is open (cudaEventQuery, cudaStreamQuery and synchronisation of a
+// stream that is not being captured, cudaMalloc) when they touch nothing of the capture: in the default
+// global mode they would fail and invalidate a capture open on any thread (a framework capturing on its
+// thread while ferry's threads work, or the capturing thread asking whether an earlier operation finished).
+// Nests.
+class RelaxedCaptureMode {
+ public:
+  RelaxedCaptureMode() noexcept {
+    if (cudaThreadExchangeStreamCaptureMode(&mode_) != cudaSuccess) {
+      forget_last_error();
+      restore_ = false;
+    }
+  }
+  ~RelaxedCaptureMode() {
+    if (restore_ && cudaThreadExchangeStreamCaptureMode(&mode_) != cudaSuccess) forget_last_error();
+  }
+  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
+  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+  bool restore_ = true;
+};
+
 // A CUDA event of `device` without timing (recorded to learn when a stream has passed a point), created and
 // destroyed on that device whichever thread does it.
 class DeviceEvent {
@@ -66,7 +91,8 @@ class DeviceEvent {
   void record(cudaStream_t stream);  // throws Errc::system
   // Whether the stream has passed the recorded point; an error also counts (nothing queued behind it will run
   // any more), except cudaErrorCapturedEvent: an event recorded during a CUDA graph capture never passes
-  // (what it marks runs at every launch of the graph), so whatever waits for it holds on.
+  // (what it marks runs at every launch of the graph), so whatever waits for it holds on. Safe while a
+  // capture is open on any thread (RelaxedCaptureMode).
   bool passed() const;
 
  private:
