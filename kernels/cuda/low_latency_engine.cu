@@ -266,6 +266,18 @@ void LowLatencyDeviceEngine::combine_receive(const std::vector<p::LowLatencyComb
                          impl.posting(plans[i].ctx), s);
 }
 
+void LowLatencyDeviceEngine::acquire_staging(const std::vector<p::LowLatencyContext>& contexts,
+                                             void* stream) {
+  Impl& impl = *impl_;
+  if (contexts.size() != impl.ranks.size()) {
+    fail(Errc::invalid_argument, "low-latency device engine: " + std::to_string(contexts.size()) +
+                                     " contexts for its " + std::to_string(impl.ranks.size()) + " ranks");
+  }
+  for (std::size_t i = 0; i < contexts.size(); ++i)
+    launch_context_phase(LowLatencyPhase::acquire_staging, contexts[i], impl.rank_static(i),
+                         impl.posting(contexts[i]), as_stream(stream));
+}
+
 void LowLatencyDeviceEngine::add_dispatch_stats(const p::LowLatencyDispatchPlan& plan,
                                                 std::int32_t* recv_per_local_expert,
                                                 std::int64_t* wait_per_source, void* stream) {

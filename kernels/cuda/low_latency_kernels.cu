@@ -92,6 +92,12 @@ __device__ std::uint32_t live_operation(const p::LowLatencyContext& issued,
 __global__ void context_phase(p::LowLatencyContext issued, const LowLatencyRankStatic* rank,
                               LowLatencyLaunch launch, LowLatencyPhase phase) {
   p::LowLatencyContext ctx = issued;
+  if (phase == LowLatencyPhase::acquire_staging) {
+    // No send half has begun the operation yet: it will take the number the counter holds now.
+    p::set_operation(ctx, static_cast<std::uint32_t>(rank->sequence[0]));
+    run_role<p::LowLatencyAcquireWait<Io>>(ctx, *rank, launch);
+    return;
+  }
   p::set_operation(ctx, live_operation(issued, *rank));
   if (phase == LowLatencyPhase::acquire) {
     run_role<p::LowLatencyAcquire<Io>>(ctx, *rank, launch);

@@ -76,6 +76,7 @@ struct LowLatencyLaunch {
 
 enum class LowLatencyPhase : std::uint8_t {
   acquire,
+  acquire_staging,  // zero copy's early acquire, for the operation the next send half will begin
   dispatch_scatter,
   dispatch_publish,
   dispatch_gather,

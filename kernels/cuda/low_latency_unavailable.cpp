@@ -33,6 +33,9 @@ void LowLatencyDeviceEngine::combine_send(const std::vector<protocol::LowLatency
 void LowLatencyDeviceEngine::combine_receive(const std::vector<protocol::LowLatencyCombinePlan>&, void*) {
   no_low_latency_cuda();
 }
+void LowLatencyDeviceEngine::acquire_staging(const std::vector<protocol::LowLatencyContext>&, void*) {
+  no_low_latency_cuda();
+}
 void LowLatencyDeviceEngine::add_dispatch_stats(const protocol::LowLatencyDispatchPlan&, std::int32_t*,
                                                 std::int64_t*, void*) {
   no_low_latency_cuda();

@@ -187,8 +187,7 @@ class Buffer(LowLatencyMethods):
         exist once the dispatch has finished (reading it waits).
       * x may also be fp32; combine takes bf16 or fp32. fp8 rows are ``(data, scales)`` with fp32 scales, one
         per 128 values; a CPU Buffer takes fp8 data as torch.float8_e4m3fn or as uint8 bytes.
-      * low-latency mode: its combine has no LogFMT, and on CUDA zero copy raises ferry.Unsupported;
-        ferry.low_latency lists the rest.
+      * low-latency mode: its combine has no LogFMT; ferry.low_latency lists the rest.
       * after ferry.PeerFailure, ferry.Timeout or a Ctrl-C inside a wait the Buffer cannot be used again; its
         memory and threads are left to the end of the process.
 

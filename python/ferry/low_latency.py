@@ -18,13 +18,13 @@ do): nothing on the host waits for the GPU.
 
 Where ferry differs from DeepEP:
   * on a CUDA Buffer (the C++ ``LowLatencyBuffer(group, config, Device::cuda)``):
-      - zero copy (``get_next_low_latency_combine_buffer``) is not provided yet: it raises ferry.Unsupported;
-        the statistics tensors are CUDA tensors of the Buffer's GPU, added into by a kernel after the receive
-        half;
+      - the statistics tensors are CUDA tensors of the Buffer's GPU, added into by a kernel after the receive
+        half; ``get_next_low_latency_combine_buffer`` enqueues its wait, and the current stream waits for it;
       - under ``torch.cuda.graph`` a dispatch and its combine are captured (not with async_finish; a hook is
         called in the same capture), and every replay writes the tensors they returned; a captured call's
         memory goes with its graph (and once its results are dropped); the mask calls and clean are refused
-        while the capture is open;
+        while the capture is open, and so is zero copy (in the capture, and after it until
+        ``clean_low_latency_buffer``);
       - the receive hook enqueues the receive half after the stream that was current at the call (DeepEP's
         launches it on the stream current at the hook), and that stream waits for it: read the results in
         that stream's order;
@@ -395,10 +395,12 @@ class LowLatencyMethods:
         """The bf16 ``[num_local_experts, num_ranks * num_max_dispatch_tokens_per_rank, hidden]`` staging the
         next low_latency_combine sends from: a view of the buffer's own memory (no copy). Write the expert
         outputs into it and combine with zero_copy=True right after. Waits until every peer has released that
-        staging's previous use. The Buffer cannot be destroyed while any rank holds the view."""
+        staging's previous use (on a CUDA Buffer the wait is enqueued and the current stream waits for it:
+        write the staging on that stream). The Buffer cannot be destroyed while any rank holds the view."""
         ll = self._ll("get_next_low_latency_combine_buffer")
         native = self._ll_handle(handle, "handle")
-        return handle._frame.wrap(self._ll_call(lambda: ll.next_combine_buffer(native)))
+        stream = _stream_of(ll)
+        return handle._frame.wrap(self._ll_call(lambda: ll.next_combine_buffer(native, stream)))
 
     def low_latency_update_mask_buffer(self, rank_to_mask: int, mask: bool = False) -> None:
         """Masks (mask=True) or unmasks a rank: this rank stops sending to it and waiting for it (on a CUDA

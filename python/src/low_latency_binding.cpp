@@ -176,12 +176,6 @@ class LowLatencyRuntime {
                     const ImportedTensor* combine_wait_recv_cost_stats, std::uintptr_t stream) {
     LowLatencyBuffer* buffer = &live();
     TensorView x_view = x.view();
-    if (zero_copy && device_.cuda) {
-      fail(Errc::unsupported,
-           "zero_copy=True: the zero-copy combine is not built on the GPU yet (its staging needs a "
-           "device-side "
-           "acquire before the caller writes it): pass the experts' rows as x");
-    }
     if (zero_copy) {  // DeepEP's zero copy sends what the staging holds; x's values are not read
       if (staging_.empty()) {
         fail(Errc::invalid_argument,
@@ -215,11 +209,13 @@ class LowLatencyRuntime {
   }
 
   // A bf16 [E/R, R*T, H] view of the staging the next combine sends from (zero copy).
-  Exported next_combine_buffer(const LowLatencyHandleObject& handle) {
+  Exported next_combine_buffer(const LowLatencyHandleObject& handle, std::uintptr_t stream) {
     LowLatencyBuffer* buffer = &live();
     const LowLatencyHandle native = handle.handle;
     auto view = std::make_shared<TensorView>();
-    calls_->run([=] { *view = buffer->get_next_low_latency_combine_buffer(native); });
+    calls_->run([=] {
+      *view = buffer->get_next_low_latency_combine_buffer(native, reinterpret_cast<void*>(stream));
+    });
     staging_ = *view;
     std::vector<std::int64_t> shape;
     for (int d = 0; d < view->dim(); ++d) shape.push_back(view->size(d));
@@ -332,7 +328,8 @@ void register_low_latency(py::module_& module) {
            "operation's (with a hook: its send half's), also when async_finish is False")
       .def("clean", &LowLatencyRuntime::clean, py::arg("num_max_dispatch_tokens_per_rank"), py::arg("hidden"),
            py::arg("num_experts"))
-      .def("next_combine_buffer", &LowLatencyRuntime::next_combine_buffer, py::arg("handle"))
+      .def("next_combine_buffer", &LowLatencyRuntime::next_combine_buffer, py::arg("handle"),
+           py::arg("stream"))
       .def("update_mask", &LowLatencyRuntime::update_mask, py::arg("rank_to_mask"), py::arg("mask"))
       .def("query_mask", &LowLatencyRuntime::query_mask, py::arg("mask_status"))
       .def("clean_mask", &LowLatencyRuntime::clean_mask);

@@ -157,9 +157,37 @@ struct LowLatencyBuffer::Impl {
   std::uint64_t generation = 0;  // cleans so far
   std::optional<Use> uses[p::kLowLatencyBuffers];
   std::string failure;  // the first failed operation's error, until a clean
+  // Device::cuda: a call was captured into a CUDA graph since the last clean. Each launch of a graph numbers
+  // its operations on the GPU, so the host's count may no longer give the GPU's buffer parity, which zero
+  // copy's staging address needs (the kernels follow the GPU's count; nothing else depends on the two
+  // agreeing).
+  bool captured_since_clean = false;
   LowLatencyStats stats;
 
   int num_ranks() const { return num_nodes * local_size; }
+  std::byte* region() const { return device ? device->region() : engine->region(); }
+
+  // Under the lock: zero copy's x must be the combine staging of the next operation's buffer (what
+  // get_next_low_latency_combine_buffer returned right before).
+  void check_zero_copy_staging(const TensorView& x, const p::LowLatencyShape& shape) const {
+    const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
+    const std::byte* staging =
+        region() + layout.combine_staging(static_cast<int>(next_operation % p::kLowLatencyBuffers), 0, 0);
+    if (x.data() != staging) {
+      fail(Errc::invalid_argument,
+           "zero_copy: x is not the staging of this combine's buffer: pass what "
+           "get_next_low_latency_combine_buffer returned right before this call");
+    }
+    refuse_zero_copy_after_capture();
+  }
+  void refuse_zero_copy_after_capture() const {
+    if (captured_since_clean) {
+      fail(Errc::invalid_argument,
+           "zero copy after a call was captured into a CUDA graph: the graph's launches number operations on "
+           "the GPU, so the host no longer knows which staging the next combine sends from; call "
+           "clean_low_latency_buffer first");
+    }
+  }
   const std::uint64_t* gone() const { return watch ? watch->lost_words() : nullptr; }
 
   p::Topology topology() const {
@@ -583,6 +611,10 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
   if (capture.active) refuse_async_in_capture(options.async_finish);
   device.begin_call();
   const CapturedCall captured(device, options.stream, capture.active);
+  if (capture.active) {
+    std::lock_guard lock(impl.mutex);
+    impl.captured_since_clean = true;
+  }
   impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
   const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
   const int R = impl.num_ranks();
@@ -673,8 +705,17 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
   if (capture.active) refuse_async_in_capture(options.async_finish);
   device.begin_call();
   const CapturedCall captured(device, options.stream, capture.active);
+  if (capture.active) {
+    std::lock_guard lock(impl.mutex);
+    impl.captured_since_clean = true;
+  }
   impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
   const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
+  if (capture.active && options.zero_copy) {
+    fail(Errc::invalid_argument,
+         "zero_copy inside a CUDA graph capture: the staging's early acquire is not captured; pass the "
+         "experts' rows as x");
+  }
   if (capture.active != record->capture.active || capture.id != record->capture.id) {
     fail(
         Errc::invalid_argument,
@@ -701,11 +742,13 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
   std::uint32_t operation = 0;
   {
     std::lock_guard lock(impl.mutex);
+    if (options.zero_copy) impl.check_zero_copy_staging(x, shape);
     operation = impl.claim(shape, true, options.async_finish, ignored);
     impl.stats.operations += 1;
   }
 
   auto plan = combine_plan(impl, *record, operation, x);
+  plan->zero_copy = options.zero_copy;
   plan->topk_idx = record->device_topk_idx.data_as<const std::int64_t>();
   plan->topk_weights = weights.data_as<const float>();
   plan->slot = record->device_slot.data_as<const std::int32_t>();
@@ -870,11 +913,7 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   const Device where = impl.device ? Device::cuda : Device::host;
   if (impl.device) {  // the combine uses the dispatch's copy of the routing: topk_idx's shape is checked
     check_optional(topk_idx, "topk_idx", DType::int64, {T, K}, where);
-    if (options.zero_copy) {
-      fail(Errc::unsupported,
-           "zero_copy is not built on the GPU yet (the staging needs a device-side acquire before the caller "
-           "writes it): pass the experts' rows as x");
-    }
+
   } else {
     check_same_routing(topk_idx, record->topk_idx, T, K);
   }
@@ -917,17 +956,7 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   std::uint32_t operation = 0;
   {
     std::lock_guard lock(impl.mutex);
-    const std::uint32_t next = impl.next_operation;
-    if (options.zero_copy) {
-      const p::LowLatencyLayout layout = p::make_low_latency_layout(shape);
-      const std::byte* staging = impl.engine->region() +
-                                 layout.combine_staging(static_cast<int>(next % p::kLowLatencyBuffers), 0, 0);
-      if (x.data() != staging) {
-        fail(Errc::invalid_argument,
-             "zero_copy: x is not the staging of this combine's buffer: pass what "
-             "get_next_low_latency_combine_buffer returned right before this call");
-      }
-    }
+    if (options.zero_copy) impl.check_zero_copy_staging(x, shape);
     operation = impl.claim(shape, true, options.async_finish, wait_for);
   }
 
@@ -985,22 +1014,29 @@ void LowLatencyBuffer::clean_low_latency_buffer(std::int64_t num_max_dispatch_to
   impl.generation += 1;
   impl.shape = shape;
   impl.next_operation = 0;
+  impl.captured_since_clean = false;
   for (auto& use : impl.uses) use.reset();
   impl.failure.clear();
   impl.stats.local_expert_recv.assign(shape.local_experts(), 0);
 }
 
-TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatencyHandle& handle) {
+TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatencyHandle& handle,
+                                                                 void* stream) {
   Impl& impl = *impl_;
   if (!handle.valid() || handle.record_->owner != &impl)
     fail(Errc::invalid_argument,
          "get_next_low_latency_combine_buffer needs a handle of this buffer's dispatch");
-  if (impl.device) {
-    fail(Errc::unsupported,
-         "get_next_low_latency_combine_buffer: zero-copy combine is not built on the GPU yet (the staging "
-         "needs a device-side acquire before the caller writes it)");
-  }
   const p::LowLatencyShape shape = handle.record_->shape;
+  if (impl.device) {
+    // Refused before anything is enqueued: in a capture, and after one (see captured_since_clean).
+    if (impl.device->check_stream(stream).active) {
+      fail(Errc::invalid_argument,
+           "get_next_low_latency_combine_buffer inside a CUDA graph capture: zero copy is not captured; pass "
+           "the experts' rows as the combine's x");
+    }
+    std::lock_guard lock(impl.mutex);
+    impl.refuse_zero_copy_after_capture();
+  }
   std::uint32_t next = 0;
   {
     std::lock_guard lock(impl.mutex);
@@ -1008,9 +1044,21 @@ TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatenc
   }
   impl.settle("get_next_low_latency_combine_buffer", static_cast<int>(next % p::kLowLatencyBuffers));
   const p::LowLatencyContext ctx = impl.context(shape, next);
-  impl.guarded([&] { impl.engine->acquire(ctx); });
-  return TensorView(impl.engine->region() + ctx.layout.combine_staging(ctx.buffer, 0, 0),
-                    {shape.local_experts(), shape.rows_per_expert(), shape.hidden}, DType::bf16);
+  const Device where = impl.device ? Device::cuda : Device::host;
+  if (impl.device) {
+    // On the buffer's stream after the caller's, which then waits: the caller's writes come after it.
+    LowLatencyDevice& device = *impl.device;
+    impl.guarded([&] {
+      device.raise_failures();
+      device.follow(stream);
+      device.acquire_staging(ctx);
+      device.lead(stream);
+    });
+  } else {
+    impl.guarded([&] { impl.engine->acquire(ctx); });
+  }
+  return TensorView(impl.region() + ctx.layout.combine_staging(ctx.buffer, 0, 0),
+                    {shape.local_experts(), shape.rows_per_expert(), shape.hidden}, DType::bf16, where);
 }
 
 void LowLatencyBuffer::low_latency_update_mask_buffer(int rank_to_mask, bool mask) {

@@ -49,26 +49,50 @@ std::pair<cudaStreamCaptureStatus, unsigned long long> capture_info(cudaStream_t
   return {status, status == cudaStreamCaptureStatusActive ? id : 0};  // the id is defined only then
 }
 
-// Device memory of its own for a captured call, from the stream-ordered pool on the buffer's side stream
-// (which never joins a capture), complete before this returns, so the graph may use it from any stream.
-// cudaMallocAsync on another stream and the synchronisation are "potentially unsafe" during a global-mode
-// capture: this thread's mode is relaxed around them (the block is not part of the graph). The last
-// reference frees it in the side stream's order: no device-wide synchronisation (a rank thread sharing the
-// GPU may have kernels spinning).
-std::shared_ptr<std::byte> graph_block(int gpu, const std::shared_ptr<CUstream_st>& side, std::size_t bytes) {
+// The pool captured calls' memory comes from: the buffer's own, so that an allocation never waits on another
+// stream's free (the default pool may make cudaMallocAsync depend on one, and a rank thread sharing the GPU
+// frees behind kernels that spin until this rank sends). Destroyed once its last block is freed.
+std::shared_ptr<CUmemPoolHandle_st> make_graph_pool(int gpu) {
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = gpu;
+  cudaMemPool_t pool = nullptr;
+  cuda_check(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate (captured calls' memory)");
+  std::shared_ptr<CUmemPoolHandle_st> owner(pool, [](cudaMemPool_t p) {
+    const RelaxedCaptureMode relaxed;  // the last block may go while some thread captures
+    cudaMemPoolDestroy(p);             // deferred by CUDA until its last free has run
+  });
+  int off = 0;
+  for (const cudaMemPoolAttr attr :
+       {cudaMemPoolReuseFollowEventDependencies, cudaMemPoolReuseAllowOpportunistic,
+        cudaMemPoolReuseAllowInternalDependencies}) {
+    cuda_check(cudaMemPoolSetAttribute(pool, attr, &off), "cudaMemPoolSetAttribute");
+  }
+  return owner;
+}
+
+// Device memory of its own for a captured call, from the buffer's graph pool on its side stream (which never
+// joins a capture), complete before this returns, so the graph may use it from any stream. cudaMallocAsync
+// on another stream and the synchronisation are "potentially unsafe" during a global-mode capture: this
+// thread's mode is relaxed around them (the block is not part of the graph). The last reference frees it in
+// the side stream's order: no device-wide synchronisation.
+std::shared_ptr<std::byte> graph_block(int gpu, const std::shared_ptr<CUmemPoolHandle_st>& pool,
+                                       const std::shared_ptr<CUstream_st>& side, std::size_t bytes) {
   void* block = nullptr;
   cudaError_t status = cudaSuccess;
   {
     const RelaxedCaptureMode relaxed;
-    status = cudaMallocAsync(&block, bytes, side.get());
+    status = cudaMallocFromPoolAsync(&block, bytes, pool.get(), side.get());
     if (status == cudaSuccess) status = cudaStreamSynchronize(side.get());
   }
   if (status != cudaSuccess) {
     transport::detail::forget_last_error();
-    cuda_check(status,
-               ("cudaMallocAsync of " + std::to_string(bytes) + " bytes for a captured call").c_str());
+    cuda_check(
+        status,
+        ("cudaMallocFromPoolAsync of " + std::to_string(bytes) + " bytes for a captured call").c_str());
   }
-  return std::shared_ptr<std::byte>(static_cast<std::byte*>(block), [gpu, side](std::byte* memory) {
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(block), [gpu, pool, side](std::byte* memory) {
     DeviceScope scope(gpu, std::nothrow);
     const RelaxedCaptureMode relaxed;
     cudaFreeAsync(memory, side.get());
@@ -77,7 +101,7 @@ std::shared_ptr<std::byte> graph_block(int gpu, const std::shared_ptr<CUstream_s
 
 // A captured graph's user object: CUDA calls it (on a thread of its own, where no CUDA call is allowed) once
 // the graph and every executable instance of it are gone; the flag lets the buffer drop the blocks.
-void graph_let_go(void* flag) {
+void CUDART_CB graph_let_go(void* flag) {
   auto* released = static_cast<std::shared_ptr<std::atomic<bool>>*>(flag);
   (*released)->store(true, std::memory_order_release);
   delete released;
@@ -221,6 +245,7 @@ struct LowLatencyDevice::Impl {
     std::vector<std::shared_ptr<std::byte>> blocks;
   };
   std::shared_ptr<CUstream_st> side_owner;            // allocates and frees them; never captured
+  std::shared_ptr<CUmemPoolHandle_st> graph_pool;     // made at the first captured call
   std::vector<std::shared_ptr<std::byte>> capturing;  // the current captured call's blocks
   std::vector<GraphHold> graph_holds;
 
@@ -361,7 +386,8 @@ Tensor LowLatencyDevice::tensor(std::initializer_list<std::int64_t> shape, DType
   const std::size_t bytes = std::max<std::size_t>(view.bytes(), 1);
   DeviceScope scope(impl_->gpu);
   if (for_graph) {
-    impl_->capturing.push_back(graph_block(impl_->gpu, impl_->side_owner, bytes));
+    if (!impl_->graph_pool) impl_->graph_pool = make_graph_pool(impl_->gpu);
+    impl_->capturing.push_back(graph_block(impl_->gpu, impl_->graph_pool, impl_->side_owner, bytes));
     return detail::TensorAccess::adopt(impl_->capturing.back(), shape, dtype, Device::cuda);
   }
   return detail::TensorAccess::adopt(impl_->outputs->allocate(bytes, impl_->stream), shape, dtype,
@@ -423,37 +449,47 @@ void LowLatencyDevice::begin_call() {
 }
 
 // Whatever happened to the call, its graph (if the capture is still valid) may address its blocks: they go
-// with the graph. Without a graph to tell, they stay with the buffer.
+// with the graph. Without a graph to tell (or out of host memory to say so), they stay with the buffer.
 void LowLatencyDevice::end_captured_call(void* caller) noexcept {
   Impl& impl = *impl_;
   if (impl.capturing.empty()) return;
-  Impl::GraphHold hold;
-  hold.blocks = std::move(impl.capturing);
-  impl.capturing.clear();
-  DeviceScope scope(impl.gpu, std::nothrow);
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  cudaGraph_t graph = nullptr;
-  if (cudaStreamGetCaptureInfo(static_cast<cudaStream_t>(caller), &status, nullptr, &graph) != cudaSuccess) {
-    transport::detail::forget_last_error();
-    graph = nullptr;
-  }
-  if (status == cudaStreamCaptureStatusActive && graph != nullptr) {
-    auto released = std::make_shared<std::atomic<bool>>(false);
-    auto* flag = new std::shared_ptr<std::atomic<bool>>(released);
-    cudaUserObject_t object = nullptr;
-    if (cudaUserObjectCreate(&object, flag, graph_let_go, 1, cudaUserObjectNoDestructorSync) != cudaSuccess) {
-      transport::detail::forget_last_error();
-      delete flag;
-    } else if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
-      transport::detail::forget_last_error();
-      cudaUserObjectRelease(object, 1);  // flags a hold nobody watches
-    } else {
-      hold.released = std::move(released);
-    }
-  }
   try {
-    impl.graph_holds.push_back(std::move(hold));
-  } catch (...) {  // out of host memory: the blocks go now, and the graph must not be launched
+    impl.graph_holds.reserve(impl.graph_holds.size() + 1);  // nothing below throws once the graph holds it
+    Impl::GraphHold hold;
+    DeviceScope scope(impl.gpu, std::nothrow);
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamGetCaptureInfo(static_cast<cudaStream_t>(caller), &status, nullptr, &graph) !=
+        cudaSuccess) {
+      transport::detail::forget_last_error();
+      graph = nullptr;
+    }
+    if (status == cudaStreamCaptureStatusActive && graph != nullptr) {
+      auto released = std::make_shared<std::atomic<bool>>(false);
+      auto flag = std::make_unique<std::shared_ptr<std::atomic<bool>>>(released);
+      cudaUserObject_t object = nullptr;
+      if (cudaUserObjectCreate(&object, flag.get(), graph_let_go, 1, cudaUserObjectNoDestructorSync) !=
+          cudaSuccess) {
+        transport::detail::forget_last_error();
+      } else {
+        flag.release();  // the user object's now: graph_let_go deletes it
+        if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
+          transport::detail::forget_last_error();
+          cudaUserObjectRelease(object, 1);  // flags a hold nobody watches
+        } else {
+          hold.released = std::move(released);
+        }
+      }
+    }
+    hold.blocks = std::move(impl.capturing);  // only now: until here a throw leaves them in `capturing`
+    impl.capturing.clear();
+    impl.graph_holds.push_back(std::move(hold));  // reserved: does not throw
+  } catch (...) {  // out of host memory before the graph was told: the blocks stay with the buffer
+    try {
+      impl.graph_holds.push_back(Impl::GraphHold{nullptr, std::move(impl.capturing)});
+    } catch (...) {
+      impl.capturing.clear();  // nothing can keep them; the graph must not be launched
+    }
   }
 }
 
@@ -506,6 +542,10 @@ void LowLatencyDevice::combine_receive(const p::LowLatencyCombinePlan& plan) {
   impl_->engine->combine_receive(impl_->one(plan), impl_->stream);
 }
 
+void LowLatencyDevice::acquire_staging(const p::LowLatencyContext& ctx) {
+  DeviceScope scope(impl_->gpu);
+  impl_->engine->acquire_staging({ctx}, impl_->stream);
+}
 void LowLatencyDevice::add_dispatch_stats(const p::LowLatencyDispatchPlan& plan,
                                           std::int32_t* recv_per_local_expert,
                                           std::int64_t* wait_per_source) {

@@ -77,6 +77,8 @@ class LowLatencyDevice {
   void dispatch_receive(const kernels::protocol::LowLatencyDispatchPlan& plan);
   void combine_send(const kernels::protocol::LowLatencyCombinePlan& plan);
   void combine_receive(const kernels::protocol::LowLatencyCombinePlan& plan);
+  // Zero copy's early acquire of the staging the next combine sends from (the engine's acquire_staging).
+  void acquire_staging(const kernels::protocol::LowLatencyContext& ctx);
   // After a receive half: its counts and waits added into the caller's statistics tensors (device memory of
   // this GPU; null: not wanted).
   void add_dispatch_stats(const kernels::protocol::LowLatencyDispatchPlan& plan,

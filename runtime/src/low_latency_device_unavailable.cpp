@@ -63,6 +63,9 @@ void LowLatencyDevice::combine_send(const kernels::protocol::LowLatencyCombinePl
 void LowLatencyDevice::combine_receive(const kernels::protocol::LowLatencyCombinePlan&) {
   no_low_latency_on_gpu();
 }
+void LowLatencyDevice::acquire_staging(const kernels::protocol::LowLatencyContext&) {
+  no_low_latency_on_gpu();
+}
 void LowLatencyDevice::add_dispatch_stats(const kernels::protocol::LowLatencyDispatchPlan&, std::int32_t*,
                                           std::int64_t*) {
   no_low_latency_on_gpu();

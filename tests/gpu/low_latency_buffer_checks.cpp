@@ -190,8 +190,10 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
   };
   // One dispatch and combine on both buffers, compared; `together`: every rank takes part (a barrier ends
   // it).
-  auto round = [&](const Format& format, Mode mode, bool together = true) {
-    const std::string where = std::string(format.name) + ", " + name_of(mode) + ": ";
+  // `zero_copy`: the combine sends from get_next_low_latency_combine_buffer, filled on the caller's stream.
+  auto round = [&](const Format& format, Mode mode, bool together = true, bool zero_copy = false) {
+    const std::string where =
+        std::string(format.name) + ", " + name_of(mode) + (zero_copy ? ", zero copy" : "") + ": ";
     LowLatencyDispatchOptions d;
     d.use_fp8 = format.fp8;
     d.round_scale = format.round;
@@ -218,7 +220,17 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     c.return_recv_hook = mode == Mode::hook;
     c.async_finish = mode == Mode::async;
     c.combine_wait_recv_cost_stats = combine_waits;
-    LowLatencyCombineResult back = gpu.low_latency_combine(y, topk, weights, got.handle, c);
+    TensorView rows = y;
+    if (zero_copy) {
+      const TensorView staging = gpu.get_next_low_latency_combine_buffer(got.handle, stream);
+      expect(staging.device() == Device::cuda && staging.bytes() == y.bytes(),
+             where + "the staging is " + staging.describe());
+      cuda_ok(cudaMemcpyAsync(staging.data(), y.data(), y.bytes(), cudaMemcpyDeviceToDevice, stream),
+              "fill the staging");
+      rows = staging;
+      c.zero_copy = true;
+    }
+    LowLatencyCombineResult back = gpu.low_latency_combine(rows, topk, weights, got.handle, c);
     if (mode == Mode::hook) back.hook();
     if (mode == Mode::async) back.event.stream_wait(stream);
     compare_combine(where, ref_back, back.combined_x, stream);
@@ -243,7 +255,8 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
   const Format bf16{"bf16", false, false, false};
   for (const Format& format :
        {bf16, Format{"fp8", true, false, false}, Format{"fp8 ue8m0", true, true, true}}) {
-    for (const Mode mode : {Mode::plain, Mode::hook, Mode::async}) round(format, mode);
+    for (const Mode mode : {Mode::plain, Mode::hook, Mode::async})
+      round(format, mode, true, mode == Mode::hook);
   }
 
   const LowLatencyStats stats = gpu.low_latency_stats();
@@ -309,6 +322,8 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
       refused_in_capture("low_latency_update_mask_buffer",
                          [&] { gpu.low_latency_update_mask_buffer((group.rank() + 1) % R, false); });
     }
+    refused_in_capture("get_next_low_latency_combine_buffer in the capture",
+                       [&] { gpu.get_next_low_latency_combine_buffer(got.handle, captured); });
     refused_in_capture("async_finish in the capture", [&] {
       LowLatencyDispatchOptions async = in_capture;
       async.async_finish = true;
@@ -350,16 +365,21 @@ GpuCheckResult check_low_latency_buffer(Group& group, std::uint64_t seed) {
     cuda_ok(cudaStreamDestroy(captured), "stream");
     group.barrier("gpu-low-latency-graph");
     round(Format{"fp8 after a graph", true, false, false}, Mode::plain);
+    // Zero copy after a capture is refused until a clean (a launch numbers operations on the GPU alone).
+    LowLatencyDispatchResult sent = gpu.low_latency_dispatch(x, topk, kTokens, experts, d);
+    try {
+      gpu.get_next_low_latency_combine_buffer(sent.handle, stream);
+      expect(false, "zero copy after a capture was accepted before a clean");
+    } catch (const Error& error) {
+      expect(std::string(error.what()).find("clean_low_latency_buffer") != std::string::npos,
+             std::string("zero copy after a capture refused with: ") + error.what());
+    }
+    gpu.low_latency_combine(y, topk, weights, sent.handle, {.stream = stream}).event.wait();
+    group.barrier("gpu-low-latency-after-graph");
+    gpu.clean_low_latency_buffer(kTokens, kHidden, experts);
+    host.clean_low_latency_buffer(kTokens, kHidden, experts);
+    round(bf16, Mode::plain, true, true);
   }
-  LowLatencyDispatchResult got = gpu.low_latency_dispatch(x, topk, kTokens, experts, d);
-  try {
-    gpu.get_next_low_latency_combine_buffer(got.handle);
-    expect(false, "get_next_low_latency_combine_buffer was accepted");
-  } catch (const Error& error) {
-    expect(error.code() == Errc::unsupported, std::string("zero copy refused with: ") + error.what());
-  }
-  LowLatencyCombineResult back = gpu.low_latency_combine(y, topk, weights, got.handle, {.stream = stream});
-  back.event.wait();
 
   // A bad expert id on rank 0: its kernels leave the row out and record it, the call's event raises it by
   // name, every later call fails until a clean (collective), and after the clean a round matches again.

@@ -7,9 +7,9 @@ precision.
 
 Started on every rank by tests/python/test_low_latency.py (with torchrun's variables, or under `ferry launch`).
 With FERRY_TEST_DEVICE=cuda the Buffer is a CUDA Buffer and the inputs CUDA tensors (the reference stays on the
-CPU, and every result is read back before it is compared; the statistics tensors are CUDA tensors): what the
-GPU path does not provide yet (zero copy) is checked to be refused by name, and what the GPU does differently
-(expert ids checked by the kernels, a hook that only enqueues) is checked the GPU's way.
+CPU, and every result is read back before it is compared; the statistics tensors are CUDA tensors), what the
+GPU does differently (expert ids checked by the kernels, a hook that only enqueues) is checked the GPU's way,
+and a dispatch and its combine are captured with torch.cuda.graph and replayed.
 """
 
 import os
@@ -194,8 +194,7 @@ def finish(job, event, hook, mode):
 
 def check_formats_and_modes(job):
     """bf16, fp8, fp8 with round_scale, and with UE8M0 scales; each plain, async_finish and hook; combine in
-    the same mode, with out=, zero copy (x itself not read; on the GPU refused by name) and the statistics
-    tensors."""
+    the same mode, with out=, zero copy (x itself not read) and the statistics tensors."""
     formats = [dict(use_fp8=False), dict(use_fp8=True), dict(use_fp8=True, round_scale=True),
                dict(use_fp8=True, round_scale=True, use_ue8m0=True)]
     if CUDA:
@@ -240,7 +239,7 @@ def check_one_format(job, flags, step):
         assert bool((waits >= WAIT_BASE).all()), f"a dispatch wait statistic went below its start: {waits}"
 
         y = expert_outputs(recv_x, flags["use_fp8"], flags.get("use_ue8m0", False))
-        zero_copy = step % 2 == 0 and not CUDA
+        zero_copy = step % 2 == 0
         if zero_copy:
             staging = job.buffer.get_next_low_latency_combine_buffer(handle)
             assert staging.shape == y.shape and staging.dtype == torch.bfloat16
@@ -267,8 +266,8 @@ def check_one_format(job, flags, step):
 
 
 def check_refused_on_the_gpu(job):
-    """On a CUDA Buffer: zero copy is refused by name (ferry.Unsupported, a NotImplementedError), before
-    anything is sent; a CPU tensor (an input or a statistics tensor) is refused naming the argument."""
+    """On a CUDA Buffer a CPU tensor (an input or a statistics tensor) is refused naming the argument, before
+    anything is sent."""
     ll = job.buffer.low_latency_dispatch
     x, topk = job.on_device["x"], job.on_device["topk_idx"]
     expect_error(ValueError, ["cumulative_local_expert_recv_stats", "cpu"],
@@ -277,8 +276,6 @@ def check_refused_on_the_gpu(job):
     expect_error(ValueError, ["x is", "cpu", "runs on the GPU"],
                  lambda: ll(job.mine["x"], topk, MAX_TOKENS, job.experts))
     recv_x, _, handle, _, _ = job.dispatch(use_fp8=False)
-    expect_error(NotImplementedError, ["get_next_low_latency_combine_buffer", "not built on the GPU"],
-                 lambda: job.buffer.get_next_low_latency_combine_buffer(handle))
     expect_error(ValueError, ["combine_wait_recv_cost_stats", "cpu"],
                  lambda: job.combine(recv_x, handle,
                                      combine_wait_recv_cost_stats=torch.zeros(job.world, dtype=torch.int64)))
@@ -417,12 +414,8 @@ def check_bad_inputs(job):
                      lambda: lc(recv_x, changed, weights, handle))
     expect_error(ValueError, ["out must be", "bfloat16"],
                  lambda: lc(recv_x, topk, weights, handle, out=torch.empty(len(x), HIDDEN, device=DEVICE)))
-    if CUDA:
-        expect_error(NotImplementedError, ["zero_copy=True", "not built on the GPU"],
-                     lambda: lc(recv_x, topk, weights, handle, zero_copy=True))
-    else:
-        expect_error(ValueError, ["zero_copy=True", "get_next_low_latency_combine_buffer"],
-                     lambda: lc(recv_x, topk, weights, handle, zero_copy=True))
+    expect_error(ValueError, ["zero_copy=True", "get_next_low_latency_combine_buffer"],
+                 lambda: lc(recv_x, topk, weights, handle, zero_copy=True))
     expect_error(ValueError, ["handle must be the handle"], lambda: b.get_next_low_latency_combine_buffer(None))
     expect_error(ValueError, ["no normal-mode buffer", "num_nvl_bytes"],
                  lambda: b.get_dispatch_layout(topk, job.experts))
@@ -476,6 +469,12 @@ def check_graph_on_the_gpu(job):
         check_received(job, recv_x, recv_count, handle)
         check_combined(job, combined, exact=True)
         dist.barrier()
+    # Zero copy after a capture waits for a clean (a replay numbers operations on the GPU alone).
+    recv_x, _, handle, _, _ = job.dispatch(use_fp8=False)
+    expect_error(ValueError, ["zero copy after", "clean_low_latency_buffer"],
+                 lambda: job.buffer.get_next_low_latency_combine_buffer(handle))
+    job.combine(recv_x, handle)
+    job.buffer.clean_low_latency_buffer(MAX_TOKENS, HIDDEN, job.experts)
 
 
 def check_normal_mode_beside(job):

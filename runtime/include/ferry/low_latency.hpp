@@ -66,10 +66,10 @@
 // other calls, and let it finish before clean_low_latency_buffer or the buffer's destruction (those order the
 // buffer's own stream, which a launch does not use). A failure inside a launch is raised by the next call.
 // With ranks that are threads of one process, capture in thread-local or relaxed mode (a global-mode capture
-// forbids the other ranks' calls meanwhile). Not on the GPU yet (refused by name): zero_copy and
-// get_next_low_latency_combine_buffer; low_latency_stats counts operations only (its vectors are empty). A
-// death the store reports reaches kernels already running by their timeout (later operations at once), and
-// the fabric does not give up on a dead rank alone. mask_status stays a host tensor.
+// forbids the other ranks' calls meanwhile). Zero copy: get_next_low_latency_combine_buffer takes the
+// caller's stream and enqueues its wait. Not on the GPU yet: low_latency_stats counts operations only (its
+// vectors are empty). A death the store reports reaches kernels already running by their timeout (later
+// operations at once), and the fabric does not give up on a dead rank alone. mask_status stays a host tensor.
 //
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each
 // source rank's rows (dispatch and combine), cumulative (low_latency_stats) or added into the caller's
@@ -230,9 +230,12 @@ class LowLatencyBuffer {
   // is unmasked, before a new shape is used, and after a failed operation.
   void clean_low_latency_buffer(std::int64_t num_max_dispatch_tokens_per_rank, std::int64_t hidden,
                                 std::int64_t num_experts);
-  // The bf16 [E/R, R*T, H] staging the next combine sends from: fill it and combine with zero_copy. Valid
-  // while the buffer lives; returns once every peer has released that buffer's previous use.
-  TensorView get_next_low_latency_combine_buffer(const LowLatencyHandle& handle);
+  // The bf16 [E/R, R*T, H] staging the next combine sends from: fill it and combine with zero_copy, with no
+  // other operation of this buffer in between. Valid while the buffer lives; returns once every peer has
+  // released that buffer's previous use. Device::cuda: a view of device memory, and the wait is enqueued
+  // instead: `stream` (the caller's cudaStream_t, which writes the staging) waits for it. Refused inside a
+  // CUDA graph capture, and after one until clean_low_latency_buffer.
+  TensorView get_next_low_latency_combine_buffer(const LowLatencyHandle& handle, void* stream = nullptr);
 
   void low_latency_update_mask_buffer(int rank_to_mask, bool mask = false);
   // int32 [R]: 1 = masked by this rank, or known dead (a dead rank stays 1 after a clean of the mask).

@@ -58,6 +58,11 @@ class LowLatencyDeviceEngine {
   void dispatch_receive(const std::vector<protocol::LowLatencyDispatchPlan>& plans, void* stream);
   void combine_send(const std::vector<protocol::LowLatencyCombinePlan>& plans, void* stream);
   void combine_receive(const std::vector<protocol::LowLatencyCombinePlan>& plans, void* stream);
+  // Zero copy: before the caller writes the combine staging of the operation the next send half begins,
+  // wait (on `stream`) until every peer has released that buffer's previous use (protocol's
+  // LowLatencyAcquireWait; the combine's own acquire then records the use). No send half may be issued in
+  // between.
+  void acquire_staging(const std::vector<protocol::LowLatencyContext>& contexts, void* stream);
   // One rank's operation: its receive counts and waits added into the caller's statistics tensors (device
   // memory; null: not wanted) on `stream`, after the receive half: int32 [E/R] rows received per local
   // expert, int64 [R] nanoseconds waited for each source rank's rows (DeepEP's
