@@ -273,6 +273,7 @@ void LowLatencyDeviceEngine::acquire_staging(const std::vector<p::LowLatencyCont
     fail(Errc::invalid_argument, "low-latency device engine: " + std::to_string(contexts.size()) +
                                      " contexts for its " + std::to_string(impl.ranks.size()) + " ranks");
   }
+  launch_clear_aborts(impl.statics.data(), static_cast<int>(contexts.size()), as_stream(stream));
   for (std::size_t i = 0; i < contexts.size(); ++i)
     launch_context_phase(LowLatencyPhase::acquire_staging, contexts[i], impl.rank_static(i),
                          impl.posting(contexts[i]), as_stream(stream));

@@ -166,6 +166,13 @@ __global__ void slots_kernel(p::LowLatencyDispatchPlan plan, const LowLatencyRan
   }
 }
 
+// Thread i: rank i's abort words cleared (zero copy's early acquire, which comes before the send half's
+// begin_operation_kernel, must wait for real: an abort left by a failed operation would skip the wait).
+__global__ void clear_aborts_kernel(const LowLatencyRankStatic* ranks, int count) {
+  for (int i = static_cast<int>(threadIdx.x); i < count; i += static_cast<int>(blockDim.x))
+    for (int w = 0; w < kAbortWords; ++w) ranks[i].abort[w] = 0;
+}
+
 // Thread i: rank i's abort words cleared, its operation numbered.
 __global__ void begin_operation_kernel(const LowLatencyRankStatic* ranks, int count, int host_buffer) {
   for (int i = static_cast<int>(threadIdx.x); i < count; i += static_cast<int>(blockDim.x)) {
@@ -316,6 +323,11 @@ void launch_combine_phase(LowLatencyPhase phase, const p::LowLatencyCombinePlan&
   check(cudaGetLastError(), "launch of a low-latency combine phase");
 }
 
+void launch_clear_aborts(const LowLatencyRankStatic* ranks, int count, cudaStream_t stream) {
+  clear_aborts_kernel<<<1, 128, 0, stream>>>(ranks, count);
+  check(cudaGetLastError(), "launch of the low-latency abort clear");
+}
+
 void launch_begin_operation(const LowLatencyRankStatic* ranks, int count, int host_buffer,
                             cudaStream_t stream) {
   begin_operation_kernel<<<1, 128, 0, stream>>>(ranks, count, host_buffer);
@@ -331,6 +343,7 @@ std::vector<LowLatencyKernelAttributes> low_latency_kernel_attributes() {
       {"clean_kernel", reinterpret_cast<const void*>(&clean_kernel)},
       {"slots_kernel", reinterpret_cast<const void*>(&slots_kernel)},
       {"begin_operation_kernel", reinterpret_cast<const void*>(&begin_operation_kernel)},
+      {"clear_aborts_kernel", reinterpret_cast<const void*>(&clear_aborts_kernel)},
       {"dispatch_stats_kernel", reinterpret_cast<const void*>(&dispatch_stats_kernel)},
       {"combine_stats_kernel", reinterpret_cast<const void*>(&combine_stats_kernel)}};
   for (const auto& [name, kernel] : kernels) {

@@ -97,6 +97,8 @@ void launch_dispatch_phase(LowLatencyPhase phase, const protocol::LowLatencyDisp
 void launch_combine_phase(LowLatencyPhase phase, const protocol::LowLatencyCombinePlan& plan,
                           const LowLatencyRankStatic* rank, const LowLatencyLaunch& launch,
                           cudaStream_t stream);
+// Every rank's abort words cleared (before zero copy's early acquire).
+void launch_clear_aborts(const LowLatencyRankStatic* ranks, int count, cudaStream_t stream);
 // The start of a send half on every rank: the abort words cleared and the operation numbered from the rank's
 // sequence counter (bumped), recorded under the host's buffer parity `host_buffer` for the half's phases.
 void launch_begin_operation(const LowLatencyRankStatic* ranks, int count, int host_buffer,

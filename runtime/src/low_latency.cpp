@@ -213,16 +213,22 @@ struct LowLatencyBuffer::Impl {
     return "operation " + std::to_string(use.operation) + " (" + (use.combine ? "combine" : "dispatch") + ")";
   }
 
-  // Under `mutex`: the next operation's number, after the checks that refuse it. Returns the event of an
-  // async operation still running on the buffer it needs (the caller waits for it outside the lock, unless
-  // the new operation is async too: the queue keeps the order).
-  std::uint32_t claim(const p::LowLatencyShape& wanted, bool combine, bool async,
-                      std::optional<Event>& wait_for) {
+  // Under `mutex`: after a failed operation the host's count may be ahead of what ran, so nothing is numbered
+  // from it until a clean.
+  void refuse_after_failure() const {
     if (!failure.empty()) {
       fail(Errc::invalid_argument, "rank " + std::to_string(rank) +
                                        ": an earlier low-latency operation failed (" + failure +
                                        "); call clean_low_latency_buffer to start again");
     }
+  }
+
+  // Under `mutex`: the next operation's number, after the checks that refuse it. Returns the event of an
+  // async operation still running on the buffer it needs (the caller waits for it outside the lock, unless
+  // the new operation is async too: the queue keeps the order).
+  std::uint32_t claim(const p::LowLatencyShape& wanted, bool combine, bool async,
+                      std::optional<Event>& wait_for) {
+    refuse_after_failure();
     if (shape && !(*shape == wanted)) {
       fail(Errc::invalid_argument,
            "rank " + std::to_string(rank) + ": this call's shape (" + std::to_string(wanted.max_tokens) +
@@ -342,7 +348,9 @@ struct LowLatencyBuffer::Impl {
   }
 
   // Waits for the async operations on `buffers` (both: -1) and refuses when a hook there is pending.
-  void settle(const char* what, int buffer = -1) {
+  // `wait_events` false: only the hooks are checked (on the GPU the buffer's stream already orders what is
+  // enqueued next after the earlier operations, and waiting would block the host on the GPU).
+  void settle(const char* what, int buffer = -1, bool wait_events = true) {
     std::vector<Event> running;
     {
       std::lock_guard lock(mutex);
@@ -353,7 +361,7 @@ struct LowLatencyBuffer::Impl {
           fail(Errc::invalid_argument, std::string(what) + ": " + describe_use(*use) +
                                            " still holds its buffer: call its receive hook first");
         }
-        if (use->event) running.push_back(*use->event);
+        if (use->event && wait_events) running.push_back(*use->event);
       }
     }
     for (const Event& event : running) {
@@ -1040,9 +1048,11 @@ TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatenc
   std::uint32_t next = 0;
   {
     std::lock_guard lock(impl.mutex);
+    impl.refuse_after_failure();
     next = impl.next_operation;
   }
-  impl.settle("get_next_low_latency_combine_buffer", static_cast<int>(next % p::kLowLatencyBuffers));
+  impl.settle("get_next_low_latency_combine_buffer", static_cast<int>(next % p::kLowLatencyBuffers),
+              impl.device == nullptr);
   const p::LowLatencyContext ctx = impl.context(shape, next);
   const Device where = impl.device ? Device::cuda : Device::host;
   if (impl.device) {

@@ -444,8 +444,12 @@ void LowLatencyDevice::refuse_in_capture(const char* what) {
 }
 
 void LowLatencyDevice::begin_call() {
-  impl_->collect_graph_holds();
-  impl_->capturing.clear();  // an earlier captured call's, should its end not have run
+  Impl& impl = *impl_;
+  impl.collect_graph_holds();
+  if (!impl.capturing.empty()) {  // an earlier captured call's, whose end could not hand them on: kept
+    impl.graph_holds.push_back(Impl::GraphHold{nullptr, std::move(impl.capturing)});
+    impl.capturing.clear();
+  }
 }
 
 // Whatever happened to the call, its graph (if the capture is still valid) may address its blocks: they go
@@ -484,12 +488,8 @@ void LowLatencyDevice::end_captured_call(void* caller) noexcept {
     hold.blocks = std::move(impl.capturing);  // only now: until here a throw leaves them in `capturing`
     impl.capturing.clear();
     impl.graph_holds.push_back(std::move(hold));  // reserved: does not throw
-  } catch (...) {  // out of host memory before the graph was told: the blocks stay with the buffer
-    try {
-      impl.graph_holds.push_back(Impl::GraphHold{nullptr, std::move(impl.capturing)});
-    } catch (...) {
-      impl.capturing.clear();  // nothing can keep them; the graph must not be launched
-    }
+  } catch (
+      ...) {  // out of host memory: the blocks stay in `capturing`; begin_call keeps them with the buffer
   }
 }
 

@@ -543,7 +543,7 @@ def main():
                    job)
         report.run("dispatch and combine captured in a CUDA graph, replayed", check_graph_on_the_gpu, job)
     report.run("normal mode beside the low-latency mode", check_normal_mode_beside, job)
-    if CUDA:  # no zero-copy view to hold on the GPU, and a hook there does not wait
+    if CUDA:  # a hook there does not wait (and the destroy-while-viewed check is the host's)
         report.run("destroy", job.buffer.destroy)
     else:
         report.run("destroy refused while a view is held", check_destroy_waits_for_views, job)

@@ -233,8 +233,9 @@ class LowLatencyBuffer {
   // The bf16 [E/R, R*T, H] staging the next combine sends from: fill it and combine with zero_copy, with no
   // other operation of this buffer in between. Valid while the buffer lives; returns once every peer has
   // released that buffer's previous use. Device::cuda: a view of device memory, and the wait is enqueued
-  // instead: `stream` (the caller's cudaStream_t, which writes the staging) waits for it. Refused inside a
-  // CUDA graph capture, and after one until clean_low_latency_buffer.
+  // instead: `stream` (the caller's cudaStream_t, which writes the staging) waits for it; pass the combine
+  // that stream too (or one ordered after the writes). Refused inside a CUDA graph capture, and after one
+  // until clean_low_latency_buffer.
   TensorView get_next_low_latency_combine_buffer(const LowLatencyHandle& handle, void* stream = nullptr);
 
   void low_latency_update_mask_buffer(int rank_to_mask, bool mask = false);
