@@ -21,10 +21,10 @@ Where ferry differs from DeepEP:
       - the statistics tensors are CUDA tensors of the Buffer's GPU, added into by a kernel after the receive
         half; ``get_next_low_latency_combine_buffer`` enqueues its wait, and the current stream waits for it;
       - under ``torch.cuda.graph`` a dispatch and its combine are captured (not with async_finish; a hook is
-        called in the same capture), and every replay writes the tensors they returned; a captured call's
-        memory goes with its graph (and once its results are dropped); the mask calls and clean are refused
-        while the capture is open, and so is zero copy (in the capture, and after it until
-        ``clean_low_latency_buffer``);
+        called in the same capture), and every replay writes the tensors they returned (replay only until the
+        next ``clean_low_latency_buffer``); a captured call's memory goes with its graph (and once its
+        results are dropped); the mask calls and clean are refused while the capture is open, and so is zero
+        copy (in the capture, and after it until ``clean_low_latency_buffer``);
       - the receive hook enqueues the receive half after the stream that was current at the call (DeepEP's
         launches it on the stream current at the hook), and that stream waits for it: read the results in
         that stream's order;

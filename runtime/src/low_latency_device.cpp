@@ -447,6 +447,7 @@ void LowLatencyDevice::begin_call() {
   Impl& impl = *impl_;
   impl.collect_graph_holds();
   if (!impl.capturing.empty()) {  // an earlier captured call's, whose end could not hand them on: kept
+    impl.graph_holds.reserve(impl.graph_holds.size() + 1);  // a throw here leaves them in `capturing`
     impl.graph_holds.push_back(Impl::GraphHold{nullptr, std::move(impl.capturing)});
     impl.capturing.clear();
   }
@@ -488,8 +489,8 @@ void LowLatencyDevice::end_captured_call(void* caller) noexcept {
     hold.blocks = std::move(impl.capturing);  // only now: until here a throw leaves them in `capturing`
     impl.capturing.clear();
     impl.graph_holds.push_back(std::move(hold));  // reserved: does not throw
-  } catch (
-      ...) {  // out of host memory: the blocks stay in `capturing`; begin_call keeps them with the buffer
+  } catch (...) {
+    // Out of host memory: the blocks stay in `capturing`, and begin_call keeps them with the buffer.
   }
 }
 

@@ -62,14 +62,16 @@
 // captured with it; the returned Event is already complete (order after the graph launch instead). While a
 // capture that the buffer's stream joined is open, a call from a stream outside it, the mask calls, clean and
 // waits for earlier Events are refused by name (they would land in the graph, or synchronise a capturing
-// stream). Launch a graph only when no hook of this buffer is pending, on a stream ordered with the buffer's
-// other calls, and let it finish before clean_low_latency_buffer or the buffer's destruction (those order the
-// buffer's own stream, which a launch does not use). A failure inside a launch is raised by the next call.
-// With ranks that are threads of one process, capture in thread-local or relaxed mode (a global-mode capture
-// forbids the other ranks' calls meanwhile). Zero copy: get_next_low_latency_combine_buffer takes the
-// caller's stream and enqueues its wait. Not on the GPU yet: low_latency_stats counts operations only (its
-// vectors are empty). A death the store reports reaches kernels already running by their timeout (later
-// operations at once), and the fabric does not give up on a dead rank alone. mask_status stays a host tensor.
+// stream). Launch a graph only when no hook of this buffer is pending, and not after a
+// clean_low_latency_buffer that came after its capture (the clean starts the count again), on a stream
+// ordered with the buffer's other calls, and let it finish before clean_low_latency_buffer or the buffer's
+// destruction (those order the buffer's own stream, which a launch does not use). A failure inside a launch
+// is raised by the next call. With ranks that are threads of one process, capture in thread-local or relaxed
+// mode (a global-mode capture forbids the other ranks' calls meanwhile). Zero copy:
+// get_next_low_latency_combine_buffer takes the caller's stream and enqueues its wait. Not on the GPU yet:
+// low_latency_stats counts operations only (its vectors are empty). A death the store reports reaches kernels
+// already running by their timeout (later operations at once), and the fabric does not give up on a dead rank
+// alone. mask_status stays a host tensor.
 //
 // Statistics for serving: per-local-expert cumulative receive counts, and the time this rank waited for each
 // source rank's rows (dispatch and combine), cumulative (low_latency_stats) or added into the caller's
