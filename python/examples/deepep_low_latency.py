@@ -3,10 +3,9 @@
     ferry launch --nodes 2 --ranks-per-node 2 -- python3 python/examples/deepep_low_latency.py
     torchrun --nproc_per_node 4 python/examples/deepep_low_latency.py   (torch 2.x; see README for Debian's 1.13)
 
-CPU tensors over a gloo group (on CUDA tensors, build the Buffer with device="cuda" and drop the zero-copy
-lines: ferry's GPU path has no zero copy yet). The dispatch only issues
-its sends and returns a hook; work placed before the hook overlaps the transfer. Each rank checks that every
-token comes back as the weighted sum of its experts' outputs.
+CPU tensors over a gloo group (on CUDA tensors, build the Buffer with device="cuda"; the calls then follow the
+current stream). The dispatch only issues its sends and returns a hook; work placed before the hook overlaps
+the transfer. Each rank checks that every token comes back as the weighted sum of its experts' outputs.
 """
 
 import torch
