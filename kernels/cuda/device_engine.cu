@@ -279,35 +279,6 @@ Capture capture_of(cudaStream_t stream) {
   return {status == cudaStreamCaptureStatusActive, graph};
 }
 
-// While an operation is captured, the set-up it does off the captured stream (allocating on the engine's own
-// stream and synchronising that stream) counts as "potentially unsafe" in the caller's capture mode
-// (global, by default, also for captures on other threads): relaxed for this thread, and put back after, as
-// frameworks do around their allocations during a capture.
-class RelaxedCaptureMode {
- public:
-  explicit RelaxedCaptureMode(bool needed) : active_(needed) {
-    if (active_) check(cudaThreadExchangeStreamCaptureMode(&mode_), "cudaThreadExchangeStreamCaptureMode");
-  }
-  ~RelaxedCaptureMode() {
-    if (active_) cudaThreadExchangeStreamCaptureMode(&mode_);
-  }
-  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
-  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
-
- private:
-  bool active_;
-  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
-};
-
-// The destructor of a captured operation's user object: the graph, and every executable graph made of it,
-// have let go and their launches have ended. The runtime forbids CUDA calls here: it only flags the
-// operation, whose plans and arrays the engine releases at its next call.
-void CUDART_CB graph_let_go(void* flag) {
-  auto* released = static_cast<std::shared_ptr<std::atomic<bool>>*>(flag);
-  (*released)->store(true, std::memory_order_release);
-  delete released;
-}
-
 // Pinned staging buffers for launch plans, made when the engine starts (one per launch in flight).
 constexpr std::size_t kStagingBuffers = 16;
 
@@ -488,18 +459,8 @@ struct DeviceEngine::Impl {
   // The current operation was captured into `graph`: what it holds goes once the graph lets go (a user
   // object the graph owns flags it). Should CUDA refuse the user object, it is held until the engine goes.
   void hold_for_graph(cudaGraph_t graph) {
-    auto released = std::make_shared<std::atomic<bool>>(false);
-    auto* flag = new std::shared_ptr<std::atomic<bool>>(released);
-    cudaUserObject_t object = nullptr;
-    if (cudaUserObjectCreate(&object, flag, graph_let_go, 1, cudaUserObjectNoDestructorSync) != cudaSuccess) {
-      forget_last_error();
-      delete flag;
-      keeper.end({});
-      return;
-    }
-    if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
-      forget_last_error();
-      cudaUserObjectRelease(object, 1);  // flags an operation nobody watches
+    std::shared_ptr<const std::atomic<bool>> released = transport::detail::flag_when_graph_lets_go(graph);
+    if (!released) {
       keeper.end({});
       return;
     }
@@ -803,7 +764,9 @@ std::vector<DeviceDispatchResult> DeviceEngine::dispatch(
   impl.refuse_if_stopped();
   impl.keeper.collect();
   const Capture capture = capture_of(stream);
-  const RelaxedCaptureMode relaxed(capture.active);
+  // While the operation is captured, the set-up it does off the captured stream (allocating on the engine's
+  // own stream and synchronising that stream) counts as "potentially unsafe" in the caller's capture mode.
+  const transport::detail::RelaxedCaptureMode relaxed(capture.active);
   const p::Topology full = impl.layout.params.topo;
   const int channels =
       cached != nullptr ? (*cached)[0]->channels : (shape.channels > 0 ? shape.channels : full.num_channels);
@@ -1024,7 +987,9 @@ void DeviceEngine::combine(const DeviceCombineShape& shape, const std::vector<De
   impl.refuse_if_stopped();
   impl.keeper.collect();
   const Capture capture = capture_of(stream);
-  const RelaxedCaptureMode relaxed(capture.active);
+  // While the operation is captured, the set-up it does off the captured stream (allocating on the engine's
+  // own stream and synchronising that stream) counts as "potentially unsafe" in the caller's capture mode.
+  const transport::detail::RelaxedCaptureMode relaxed(capture.active);
   Impl::Operation operation(impl, stream, capture);
   std::vector<RankLaunch> plans(count);
   for (std::size_t i = 0; i < count; ++i) {

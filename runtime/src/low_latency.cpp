@@ -314,12 +314,12 @@ struct LowLatencyBuffer::Impl {
       device->follow(caller);
       send();
       if (hook_mode) {
-        event = device->event();
+        event = device->event(capture.active);
         device->lead(caller);
         return;
       }
       receive();
-      event = device->event();
+      event = device->event(capture.active);
       if (!async) device->lead(caller);
     });
     if (!hook_mode) {
@@ -579,34 +579,49 @@ std::shared_ptr<p::LowLatencyCombinePlan> combine_plan(const LowLatencyBuffer::I
 
 namespace {
 
-// Hands a captured call's memory to the graph being captured when the call ends, returned or thrown (the
-// graph may address what the call enqueued before it threw).
-class CapturedCall {
+// The start and end of a dispatch or combine on the GPU. Before anything of the call is claimed: the caller's
+// stream checked and its capture taken, async_finish refused in a capture, the memory of graphs that are
+// gone dropped, a capture noted (zero copy waits for a clean), an earlier operation's failure raised. When
+// the call ends, returned or thrown, a captured call's memory goes to the graph being captured (the graph
+// may address what the call enqueued before it threw).
+class DeviceCall {
  public:
-  CapturedCall(LowLatencyDevice& device, void* caller, bool active)
-      : device_(device), caller_(caller), active_(active) {}
-  ~CapturedCall() {
-    if (active_) device_.end_captured_call(caller_);
+  DeviceCall(LowLatencyBuffer::Impl& impl, void* caller, bool async_finish)
+      : device_(*impl.device), caller_(caller), capture_(device_.check_stream(caller)) {
+    if (capture_.active && async_finish) {
+      // async_finish leaves the caller's stream free of the call: in a capture, the buffer's stream would
+      // never rejoin it (cudaStreamEndCapture fails), and the Event means nothing before the graph is
+      // launched.
+      fail(Errc::invalid_argument,
+           "async_finish inside a CUDA graph capture: the graph orders the call on its stream; capture it "
+           "without async_finish (return_recv_hook works, with the hook called in the same capture)");
+    }
+    device_.begin_call();
+    if (capture_.active) {
+      std::lock_guard lock(impl.mutex);
+      impl.captured_since_clean = true;
+    }
+    // An earlier operation's, before this one is numbered (this call's memory is none yet: nothing to hand
+    // on should it throw).
+    impl.guarded([&] { device_.raise_failures(capture_.active); });
   }
-  CapturedCall(const CapturedCall&) = delete;
-  CapturedCall& operator=(const CapturedCall&) = delete;
+  ~DeviceCall() {
+    if (capture_.active) device_.end_captured_call(caller_);
+  }
+  DeviceCall(const DeviceCall&) = delete;
+  DeviceCall& operator=(const DeviceCall&) = delete;
+
+  LowLatencyDevice& device() const { return device_; }
+  const LowLatencyDevice::Capture& capture() const { return capture_; }
+  // The graph addresses this call's memory at every launch: its tensors are its own
+  // (LowLatencyDevice::tensor).
+  bool pinned() const { return capture_.active; }
 
  private:
   LowLatencyDevice& device_;
   void* caller_;
-  bool active_;
+  LowLatencyDevice::Capture capture_;
 };
-
-// async_finish leaves the caller's stream free of the call: in a capture, the buffer's stream would never
-// rejoin it (cudaStreamEndCapture fails), and the Event means nothing before the graph is launched.
-void refuse_async_in_capture(bool async_finish) {
-  if (async_finish) {
-    fail(Errc::invalid_argument,
-         "async_finish inside a CUDA graph capture: the graph orders the call on its stream; capture it "
-         "without "
-         "async_finish (return_recv_hook works, with the hook called in the same capture)");
-  }
-}
 
 // Fills `result`; returns the handle's record (the buffer joins them: the fields are its friends').
 std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::Impl& impl,
@@ -614,17 +629,10 @@ std::shared_ptr<detail::LowLatencyRecord> dispatch_on_device(LowLatencyBuffer::I
                                                              const p::LowLatencyShape& shape, int K,
                                                              const LowLatencyDispatchOptions& options,
                                                              LowLatencyDispatchResult& result) {
-  LowLatencyDevice& device = *impl.device;
-  const LowLatencyDevice::Capture capture = device.check_stream(options.stream);
-  if (capture.active) refuse_async_in_capture(options.async_finish);
-  device.begin_call();
-  const CapturedCall captured(device, options.stream, capture.active);
-  if (capture.active) {
-    std::lock_guard lock(impl.mutex);
-    impl.captured_since_clean = true;
-  }
-  impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
-  const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
+  const DeviceCall call(impl, options.stream, options.async_finish);
+  LowLatencyDevice& device = call.device();
+  const LowLatencyDevice::Capture& capture = call.capture();
+  const bool pinned = call.pinned();
   const int R = impl.num_ranks();
   const std::int64_t T = x.size(0), L = shape.local_experts(), rows = shape.rows_per_expert(),
                      H = shape.hidden, E = shape.num_experts, blocks = p::scale_blocks(H);
@@ -708,17 +716,10 @@ LowLatencyCombineResult combine_on_device(LowLatencyBuffer::Impl& impl, const Te
                                           const TensorView& topk_weights,
                                           const std::shared_ptr<detail::LowLatencyRecord>& record,
                                           const LowLatencyCombineOptions& options) {
-  LowLatencyDevice& device = *impl.device;
-  const LowLatencyDevice::Capture capture = device.check_stream(options.stream);
-  if (capture.active) refuse_async_in_capture(options.async_finish);
-  device.begin_call();
-  const CapturedCall captured(device, options.stream, capture.active);
-  if (capture.active) {
-    std::lock_guard lock(impl.mutex);
-    impl.captured_since_clean = true;
-  }
-  impl.guarded([&] { device.raise_failures(capture.active); });  // an earlier operation's, before this one
-  const bool pinned = capture.active;  // the graph addresses this call's memory at every replay
+  const DeviceCall call(impl, options.stream, options.async_finish);
+  LowLatencyDevice& device = call.device();
+  const LowLatencyDevice::Capture& capture = call.capture();
+  const bool pinned = call.pinned();
   if (capture.active && options.zero_copy) {
     fail(Errc::invalid_argument,
          "zero_copy inside a CUDA graph capture: the staging's early acquire is not captured; pass the "
@@ -1059,7 +1060,7 @@ TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatenc
     // On the buffer's stream after the caller's, which then waits: the caller's writes come after it.
     LowLatencyDevice& device = *impl.device;
     impl.guarded([&] {
-      device.raise_failures();
+      device.raise_failures(false);  // check_stream refused a capture
       device.follow(stream);
       device.acquire_staging(ctx);
       device.lead(stream);

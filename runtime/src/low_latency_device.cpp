@@ -99,14 +99,6 @@ std::shared_ptr<std::byte> graph_block(int gpu, const std::shared_ptr<CUmemPoolH
   });
 }
 
-// A captured graph's user object: CUDA calls it (on a thread of its own, where no CUDA call is allowed) once
-// the graph and every executable instance of it are gone; the flag lets the buffer drop the blocks.
-void CUDART_CB graph_let_go(void* flag) {
-  auto* released = static_cast<std::shared_ptr<std::atomic<bool>>*>(flag);
-  (*released)->store(true, std::memory_order_release);
-  delete released;
-}
-
 }  // namespace
 
 namespace detail {
@@ -241,7 +233,7 @@ struct LowLatencyDevice::Impl {
   // The memory of calls captured into CUDA graphs: a call's blocks are kept until its graph lets go (results
   // the caller still holds, until they go too); blocks whose graph could not be told stay with the buffer.
   struct GraphHold {
-    std::shared_ptr<std::atomic<bool>> released;  // null: until the buffer goes
+    std::shared_ptr<const std::atomic<bool>> released;  // null: until the buffer goes
     std::vector<std::shared_ptr<std::byte>> blocks;
   };
   std::shared_ptr<CUstream_st> side_owner;            // allocates and frees them; never captured
@@ -469,23 +461,8 @@ void LowLatencyDevice::end_captured_call(void* caller) noexcept {
       transport::detail::forget_last_error();
       graph = nullptr;
     }
-    if (status == cudaStreamCaptureStatusActive && graph != nullptr) {
-      auto released = std::make_shared<std::atomic<bool>>(false);
-      auto flag = std::make_unique<std::shared_ptr<std::atomic<bool>>>(released);
-      cudaUserObject_t object = nullptr;
-      if (cudaUserObjectCreate(&object, flag.get(), graph_let_go, 1, cudaUserObjectNoDestructorSync) !=
-          cudaSuccess) {
-        transport::detail::forget_last_error();
-      } else {
-        flag.release();  // the user object's now: graph_let_go deletes it
-        if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
-          transport::detail::forget_last_error();
-          cudaUserObjectRelease(object, 1);  // flags a hold nobody watches
-        } else {
-          hold.released = std::move(released);
-        }
-      }
-    }
+    if (status == cudaStreamCaptureStatusActive && graph != nullptr)
+      hold.released = transport::detail::flag_when_graph_lets_go(graph);
     hold.blocks = std::move(impl.capturing);  // only now: until here a throw leaves them in `capturing`
     impl.capturing.clear();
     impl.graph_holds.push_back(std::move(hold));  // reserved: does not throw
@@ -570,9 +547,9 @@ void LowLatencyDevice::clean(const p::LowLatencyContext& ctx, std::uint64_t epoc
   impl.engine->clean({ctx}, epoch, impl.stream);
 }
 
-Event LowLatencyDevice::event() {
+Event LowLatencyDevice::event(bool capturing) {
   Impl& impl = *impl_;
-  if (in_capture()) return Event();
+  if (capturing) return Event();
   DeviceScope scope(impl.gpu);
   // Past every phase of the operations before it on the stream, each bounded by its own deadline.
   const Duration bound = std::chrono::nanoseconds(p::low_latency_stuck_after_ns(
@@ -584,8 +561,8 @@ Event LowLatencyDevice::event() {
   return Event(state);
 }
 
-void LowLatencyDevice::raise_failures(bool caller_capturing) {
-  if (caller_capturing || in_capture()) {
+void LowLatencyDevice::raise_failures(bool capturing) {
+  if (capturing) {
     impl_->failures->raise(false);  // querying a stream in a capture would invalidate it
     return;
   }

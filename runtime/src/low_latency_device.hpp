@@ -87,14 +87,16 @@ class LowLatencyDevice {
   // clean_low_latency_buffer's kernel (collective, synchronises); forgets the kept failure.
   void clean(const kernels::protocol::LowLatencyContext& ctx, std::uint64_t epoch);
 
+  // `capturing` in these two: the call's Capture from check_stream, which also tells whether the buffer's
+  // stream is in a capture (it is in one only with the caller's, check_stream refuses otherwise).
   // Completes when the buffer's stream passes this point; its wait() waits for the stream to drain and
-  // raises what the kernels recorded. While the buffer's stream is in a capture: an Event already complete
-  // (the work runs when the graph is launched; order after the launch instead).
-  Event event();
+  // raises what the kernels recorded. `capturing`: an Event already complete (the work runs when the graph is
+  // launched; order after the launch instead).
+  Event event(bool capturing);
   // Raises the kept failure, or one the kernels recorded, when the work enqueued so far has run; else
-  // nothing (it does not wait). While the caller's or the buffer's stream is in a capture, the kept failure
-  // only (querying the stream then would invalidate the capture).
-  void raise_failures(bool caller_capturing = false);
+  // nothing (it does not wait). `capturing`: the kept failure only (querying the stream then would
+  // invalidate the capture).
+  void raise_failures(bool capturing);
   // Throws Errc::invalid_argument naming `what` while the buffer's stream is in a capture.
   void refuse_in_capture(const char* what);
 

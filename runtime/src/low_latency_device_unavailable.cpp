@@ -76,7 +76,7 @@ void LowLatencyDevice::add_combine_stats(const kernels::protocol::LowLatencyComb
 void LowLatencyDevice::clean(const kernels::protocol::LowLatencyContext&, std::uint64_t) {
   no_low_latency_on_gpu();
 }
-Event LowLatencyDevice::event() {
+Event LowLatencyDevice::event(bool) {
   no_low_latency_on_gpu();
 }
 void LowLatencyDevice::refuse_in_capture(const char*) {

@@ -116,6 +116,35 @@ void DeviceEvent::record(cudaStream_t stream) {
   check_cuda(cudaEventRecord(event_, stream), "cudaEventRecord");
 }
 
+namespace {
+
+// The user object's destructor: flags, and frees the flag's own holder; no CUDA call.
+void CUDART_CB graph_let_go(void* flag) {
+  auto* released = static_cast<std::shared_ptr<std::atomic<bool>>*>(flag);
+  (*released)->store(true, std::memory_order_release);
+  delete released;
+}
+
+}  // namespace
+
+std::shared_ptr<const std::atomic<bool>> flag_when_graph_lets_go(cudaGraph_t graph) {
+  auto released = std::make_shared<std::atomic<bool>>(false);
+  auto holder = std::make_unique<std::shared_ptr<std::atomic<bool>>>(released);
+  cudaUserObject_t object = nullptr;
+  if (cudaUserObjectCreate(&object, holder.get(), graph_let_go, 1, cudaUserObjectNoDestructorSync) !=
+      cudaSuccess) {
+    forget_last_error();
+    return nullptr;
+  }
+  holder.release();  // the user object's now: graph_let_go deletes it
+  if (cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove) != cudaSuccess) {
+    forget_last_error();
+    cudaUserObjectRelease(object, 1);  // flags a hold nobody watches
+    return nullptr;
+  }
+  return released;
+}
+
 bool DeviceEvent::passed() const {
   DeviceScope scope(device_, std::nothrow);
   const RelaxedCaptureMode relaxed;

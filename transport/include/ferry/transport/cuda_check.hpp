@@ -5,6 +5,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
+#include <memory>
 #include <new>
 #include <string>
 
@@ -58,11 +60,11 @@ class DeviceScope {
 // stream that is not being captured, cudaMalloc) when they touch nothing of the capture: in the default
 // global mode they would fail and invalidate a capture open on any thread (a framework capturing on its
 // thread while ferry's threads work, or the capturing thread asking whether an earlier operation finished).
-// Nests.
+// Nests. `needed` false: does nothing (for code that relaxes only while an operation is captured).
 class RelaxedCaptureMode {
  public:
-  RelaxedCaptureMode() noexcept {
-    if (cudaThreadExchangeStreamCaptureMode(&mode_) != cudaSuccess) {
+  explicit RelaxedCaptureMode(bool needed = true) noexcept : restore_(needed) {
+    if (needed && cudaThreadExchangeStreamCaptureMode(&mode_) != cudaSuccess) {
       forget_last_error();
       restore_ = false;
     }
@@ -77,6 +79,13 @@ class RelaxedCaptureMode {
   cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
   bool restore_ = true;
 };
+
+// Makes `graph` (a graph being captured) own a CUDA user object that sets the returned flag once the graph,
+// every clone and every executable instance of it are gone and their launches have ended: then what the
+// graph's work addresses may be released (by the caller's own thread: CUDA calls the object's destructor on
+// a thread of its own, where no CUDA call is allowed). Null when CUDA refuses the object: keep what the graph
+// addresses until the end. Throws std::bad_alloc only.
+std::shared_ptr<const std::atomic<bool>> flag_when_graph_lets_go(cudaGraph_t graph);
 
 // A CUDA event of `device` without timing (recorded to learn when a stream has passed a point), created and
 // destroyed on that device whichever thread does it.
