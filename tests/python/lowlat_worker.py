@@ -192,6 +192,15 @@ def finish(job, event, hook, mode):
         assert hook is None and event.event is None
 
 
+def clean_then_a_round(job):
+    """A collective clean, then a plain bf16 dispatch and combine that must match the reference again."""
+    job.buffer.clean_low_latency_buffer(MAX_TOKENS, HIDDEN, job.experts)
+    recv_x, recv_count, handle, _, _ = job.dispatch(use_fp8=False)
+    check_received(job, recv_x, recv_count, handle)
+    combined, _, _ = job.combine(recv_x, handle)
+    check_combined(job, combined, exact=True)
+
+
 def check_formats_and_modes(job):
     """bf16, fp8, fp8 with round_scale, and with UE8M0 scales; each plain, async_finish and hook; combine in
     the same mode, with out=, zero copy (x itself not read) and the statistics tensors."""
@@ -359,11 +368,7 @@ def check_masks(job):
     job.buffer.low_latency_clean_mask_buffer()
     job.buffer.low_latency_query_mask_buffer(status)
     assert status.tolist() == [0] * job.world
-    job.buffer.clean_low_latency_buffer(MAX_TOKENS, HIDDEN, job.experts)
-    recv_x, recv_count, handle, _, _ = job.dispatch(use_fp8=False)
-    check_received(job, recv_x, recv_count, handle)
-    combined, _, _ = job.combine(recv_x, handle)
-    check_combined(job, combined, exact=True)
+    clean_then_a_round(job)
 
 
 def check_bad_inputs(job):
@@ -439,11 +444,7 @@ def check_bad_expert_on_the_gpu(job):
     else:
         event.event.synchronize()
     dist.barrier()
-    job.buffer.clean_low_latency_buffer(MAX_TOKENS, HIDDEN, job.experts)
-    recv_x, recv_count, handle, _, _ = job.dispatch(use_fp8=False)
-    check_received(job, recv_x, recv_count, handle)
-    combined, _, _ = job.combine(recv_x, handle)
-    check_combined(job, combined, exact=True)
+    clean_then_a_round(job)
 
 
 def check_graph_on_the_gpu(job):
