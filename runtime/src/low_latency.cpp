@@ -922,7 +922,6 @@ LowLatencyCombineResult LowLatencyBuffer::low_latency_combine(const TensorView& 
   const Device where = impl.device ? Device::cuda : Device::host;
   if (impl.device) {  // the combine uses the dispatch's copy of the routing: topk_idx's shape is checked
     check_optional(topk_idx, "topk_idx", DType::int64, {T, K}, where);
-
   } else {
     check_same_routing(topk_idx, record->topk_idx, T, K);
   }
@@ -1036,19 +1035,16 @@ TensorView LowLatencyBuffer::get_next_low_latency_combine_buffer(const LowLatenc
     fail(Errc::invalid_argument,
          "get_next_low_latency_combine_buffer needs a handle of this buffer's dispatch");
   const p::LowLatencyShape shape = handle.record_->shape;
-  if (impl.device) {
-    // Refused before anything is enqueued: in a capture, and after one (see captured_since_clean).
-    if (impl.device->check_stream(stream).active) {
-      fail(Errc::invalid_argument,
-           "get_next_low_latency_combine_buffer inside a CUDA graph capture: zero copy is not captured; pass "
-           "the experts' rows as the combine's x");
-    }
-    std::lock_guard lock(impl.mutex);
-    impl.refuse_zero_copy_after_capture();
+  // Refused before anything is enqueued: on the GPU in a capture, and after one (see captured_since_clean).
+  if (impl.device && impl.device->check_stream(stream).active) {
+    fail(Errc::invalid_argument,
+         "get_next_low_latency_combine_buffer inside a CUDA graph capture: zero copy is not captured; pass "
+         "the experts' rows as the combine's x");
   }
   std::uint32_t next = 0;
   {
     std::lock_guard lock(impl.mutex);
+    impl.refuse_zero_copy_after_capture();  // never set on the host
     impl.refuse_after_failure();
     next = impl.next_operation;
   }
