@@ -225,6 +225,13 @@ TEST_CASE("the inproc fabric moves bytes and signals between threads of one proc
   });
 }
 
+TEST_CASE("ucx fabric: a FERRY_UCX_BATCH that is neither 0 nor 1 is refused by name") {
+  SoloJob job;
+  ferry::test::ScopedEnv batch("FERRY_UCX_BATCH", "yes");
+  CHECK_THROWS_WITH(ferry::transport::make_fabric(job.peers(), {}),
+                    Catch::Contains("FERRY_UCX_BATCH=yes: expected 0") && Catch::Contains("or 1"));
+}
+
 TEST_CASE("ucx fabric on one rank: puts, signals and atomics to itself") {
   SoloJob job;
   auto fabric = ferry::transport::make_fabric(job.peers(), {});

@@ -118,6 +118,7 @@ void random_puts(const Context& context) {
   }
   std::printf("rank %d: %zu puts, %zu bytes to %d peers checked over %d rounds\n", rank, puts, bytes,
               world - 1, rounds);
+  std::printf("rank %d: fabric %s\n", rank, fabric->description().c_str());
 }
 
 }  // namespace fabric_worker

@@ -41,6 +41,15 @@ struct ConfigDeleter {
   void operator()(ucp_config_t* config) const { ucp_config_release(config); }
 };
 
+// An object from a free list, or a new one from its pool (a deque, so UCX callbacks may point at it).
+template <class T>
+T* take_from(T*& free_list, std::deque<T>& pool) {
+  T* item = free_list;
+  if (item == nullptr) return &pool.emplace_back();
+  free_list = item->next_free;
+  return item;
+}
+
 ucs_memory_type_t memory_type(MemoryKind kind) {
   return kind == MemoryKind::cuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
 }
@@ -48,6 +57,27 @@ ucs_memory_type_t memory_type(MemoryKind kind) {
 }  // namespace
 
 UcxFabric::UcxFabric(const Peers& peers, const FabricOptions& options) : peers_(peers), options_(options) {
+  if (const char* value = std::getenv("FERRY_UCX_BATCH")) {
+    const std::string text(value);
+    if (text == "0") {
+      batching_allowed_ = false;
+    } else if (text != "1") {
+      fail(Errc::invalid_argument, "FERRY_UCX_BATCH=" + text +
+                                       ": expected 0 (every write its own UCX operation) or 1 (writes to a "
+                                       "peer over tcp travel in batches, the default)");
+    }
+  }
+  // A batch larger than one tcp segment goes out in fragments; with several eager lanes UCX spreads them over
+  // sockets while emulated puts and atomics stay on the first, so a later signal could overtake a batch.
+  // UCX's new protocols (UCX_PROTO_ENABLE) choose lanes by other rules: batch only under the defaults.
+  for (const char* variable : {"UCX_MAX_EAGER_RAILS", "UCX_MAX_EAGER_LANES"}) {
+    const char* value = std::getenv(variable);
+    if (value != nullptr && std::string(value) != "1") batching_allowed_ = false;
+  }
+  if (const char* value = std::getenv("UCX_PROTO_ENABLE"); value != nullptr) {
+    const std::string text(value);
+    if (text != "n" && text != "no" && text != "off" && text != "0") batching_allowed_ = false;
+  }
   set_up_context();
   ucp_worker_params_t worker_params{};
   worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
@@ -55,6 +85,15 @@ UcxFabric::UcxFabric(const Peers& peers, const FabricOptions& options) : peers_(
   ucp_worker_h worker = nullptr;
   check_status(ucp_worker_create(context(), &worker_params, &worker), "ucp_worker_create");
   worker_.reset(worker);
+
+  ucp_am_handler_param_t handler{};
+  handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                       UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+  handler.id = write_batch::kActiveMessageId;
+  handler.flags = UCP_AM_FLAG_WHOLE_MSG;
+  handler.cb = &UcxFabric::on_batch_received;
+  handler.arg = this;
+  check_status(ucp_worker_set_am_recv_handler(worker, &handler), "ucp_worker_set_am_recv_handler");
 }
 
 void UcxFabric::set_up_context() {
@@ -85,17 +124,20 @@ void UcxFabric::set_up_context() {
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
                       UCP_PARAM_FIELD_ESTIMATED_NUM_PPN | UCP_PARAM_FIELD_NAME;
-  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AMO64;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AMO64 | UCP_FEATURE_AM;
   params.estimated_num_eps = static_cast<std::size_t>(peers_.world_size);
   params.estimated_num_ppn = static_cast<std::size_t>(peers_.local_size);
   params.name = "ferry";
   ucp_context_h context = nullptr;
-  check_status(ucp_init(&params, config.get(), &context), "ucp_init (RMA + 64-bit atomics)");
+  check_status(ucp_init(&params, config.get(), &context), "ucp_init (RMA, 64-bit atomics, active messages)");
   context_.reset(context);
 }
 
 UcxFabric::~UcxFabric() {
   close_endpoints();
+  // An endpoint that did not close in time is purged by the worker's destruction, which calls the callbacks
+  // of its requests: destroy it while the Ops, Batches and PeerStates they point at still exist.
+  worker_.reset();
   release_memory();
 }
 
@@ -105,6 +147,7 @@ std::string UcxFabric::description() const {
     int peer = (peers_.rank + peers_.world_size / 2) % peers_.world_size;
     if (peer == peers_.rank) peer = (peers_.rank + 1) % peers_.world_size;
     text += ", to " + peer_label(peers_, peer) + ": " + transports_to(peer);
+    if (peer_states_[peer].batching) text += " (writes batched)";
   }
   for (const auto& setting : settings_) text += ", " + setting;
   return text;
@@ -271,6 +314,26 @@ void UcxFabric::connect() {
     }
     reader.expect_end();
   }
+  // 3. Write batches to the peers reached over tcp alone, when every region is host memory (the target
+  //    writes a batch with memcpy).
+  bool host_only = true;
+  for (const Region& region : regions_) {
+    host_only = host_only && region.kind == MemoryKind::host;
+    target_regions_.push_back(
+        {static_cast<std::byte*>(region.base), region.bytes, region.kind == MemoryKind::host});
+  }
+  for (PeerState& state : peer_states_) {
+    if (!batching_allowed_ || !host_only || state.rank == peers_.rank) continue;
+    const std::string lanes = transports_to(state.rank);
+    bool tcp_only = lanes != "?";
+    for (std::size_t at = 0; at < lanes.size();) {
+      std::size_t end = lanes.find('+', at);
+      if (end == std::string::npos) end = lanes.size();
+      tcp_only = tcp_only && lanes.compare(at, 3, "tcp") == 0;
+      at = end + 1;
+    }
+    state.batching = tcp_only;
+  }
   connected_ = true;
   // Nobody posts before every rank has its endpoints and keys.
   fabric_barrier(*this, peers_, "ucx/connected");
@@ -287,6 +350,34 @@ void UcxFabric::on_request_done(void* request, ucs_status_t status, void* user_d
   --self->pending_requests_;
   self->request_done(op, status);
   ucp_request_free(request);
+}
+
+void UcxFabric::on_batch_sent(void* request, ucs_status_t status, void* user_data) {
+  auto* batch = static_cast<Batch*>(user_data);
+  UcxFabric* self = batch->owner;
+  --self->pending_requests_;
+  self->batch_sent(batch, status);
+  ucp_request_free(request);
+}
+
+ucs_status_t UcxFabric::on_batch_received(void* arg, const void*, std::size_t, void* data, std::size_t length,
+                                          const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxFabric*>(arg);
+  if (!self->broken_.empty()) return UCS_OK;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
+    self->refuse_batch("a write batch that arrived by rendezvous (ferry sends them eager only)");
+    return UCS_OK;
+  }
+  const std::string problem = write_batch::apply(static_cast<const std::byte*>(data), length,
+                                                 self->target_regions_, self->peers_.world_size);
+  if (!problem.empty()) self->refuse_batch(problem);
+  return UCS_OK;
+}
+
+void UcxFabric::refuse_batch(const std::string& problem) {
+  if (!broken_.empty()) return;
+  broken_code_ = Errc::protocol;
+  broken_ = "ucx: rank " + std::to_string(peers_.rank) + " refused " + problem;
 }
 
 void UcxFabric::request_done(Op* op, ucs_status_t status) {
@@ -359,6 +450,7 @@ void UcxFabric::isolate(int peer, const std::string& reason) {
     ledger_.finish(op.ticket);
   }
   state.in_flight = 0;
+  drop_batch(peer);
 }
 
 void UcxFabric::refuse_for_peer(int peer, const std::string& what) {
@@ -441,6 +533,8 @@ void UcxFabric::wait_for_room(const char* op, int peer) {
     return;
   }
   if (state.in_flight < options_.max_in_flight) return;
+  send_batch(peer);  // its ops count as in flight until it is sent
+  if (state.isolated) return;
   Deadline deadline(peers_.timeout);
   Backoff backoff;
   while (state.in_flight >= options_.max_in_flight && !state.isolated) {
@@ -466,12 +560,7 @@ void UcxFabric::wait_for_room(const char* op, int peer) {
 }
 
 UcxFabric::Op* UcxFabric::start_op(const char* what, int peer, int requests) {
-  Op* op = free_ops_;
-  if (op != nullptr) {
-    free_ops_ = op->next_free;
-  } else {
-    op = &ops_.emplace_back();
-  }
+  Op* op = take_from(free_ops_, ops_);
   op->owner = this;
   op->ticket = ledger_.issue();
   op->peer = peer;
@@ -506,12 +595,121 @@ ucp_request_param_t UcxFabric::send_param(Op* op) const {
   return param;
 }
 
+bool UcxFabric::batches(int peer, const Region& source, std::size_t bytes) const {
+  return peer_states_[peer].batching && source.kind == MemoryKind::host && bytes < kDirectPutBytes;
+}
+
+UcxFabric::Batch* UcxFabric::batch_for(int peer, std::size_t bytes) {
+  PeerState& state = peer_states_[peer];
+  if (state.open != nullptr && (state.open->header.payload_bytes + bytes > kBatchPayloadBytes ||
+                                state.open->entries.size() + 2 > kBatchEntries)) {
+    send_batch(peer);
+  }
+  if (state.isolated) return nullptr;
+  if (state.open == nullptr) {
+    Batch* batch = take_from(free_batches_, batches_);
+    batch->owner = this;
+    batch->peer = peer;
+    batch->header = write_batch::BatchHeader{};
+    batch->header.sender = static_cast<std::uint32_t>(peers_.rank);
+    batch->entries.clear();
+    batch->iov.assign(2, ucp_dt_iov_t{});
+    batch->ops.clear();
+    state.open = batch;
+  }
+  return state.open;
+}
+
+void UcxFabric::send_batch(int peer) {
+  PeerState& state = peer_states_[peer];
+  Batch* batch = state.open;
+  if (batch == nullptr) return;
+  state.open = nullptr;
+  batch->header.entries = static_cast<std::uint32_t>(batch->entries.size());
+  batch->iov[0] = {&batch->header, sizeof batch->header};
+  batch->iov[1] = {batch->entries.data(), batch->entries.size() * sizeof(write_batch::BatchEntry)};
+  state.unflushed = true;
+  state.probe_region = batch->entries.back().region;
+  state.probe_offset = batch->entries.back().offset;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE |
+                       UCP_OP_ATTR_FIELD_FLAGS;
+  param.cb.send = &UcxFabric::on_batch_sent;
+  param.user_data = batch;
+  param.datatype = ucp_dt_make_iov();
+  // Eager only: a rendezvous message's data would arrive after the messages sent behind it.
+  param.flags = UCP_AM_SEND_FLAG_EAGER;
+  const ucs_status_ptr_t result = ucp_am_send_nbx(state.ep, write_batch::kActiveMessageId, nullptr, 0,
+                                                  batch->iov.data(), batch->iov.size(), &param);
+  if (result == nullptr) {
+    batch_sent(batch, UCS_OK);
+  } else if (UCS_PTR_IS_ERR(result)) {
+    batch_sent(batch, UCS_PTR_STATUS(result));
+    peer_failed(peer, "write batch to");
+  } else {
+    ++pending_requests_;
+  }
+}
+
+void UcxFabric::send_open_batches() {
+  for (PeerState& state : peer_states_) {
+    if (state.open != nullptr) send_batch(state.rank);
+  }
+}
+
+void UcxFabric::batch_sent(Batch* batch, ucs_status_t status) {
+  for (Op* op : batch->ops) request_done(op, status);
+  batch->ops.clear();
+  batch->next_free = free_batches_;
+  free_batches_ = batch;
+}
+
+void UcxFabric::drop_batch(int peer) {
+  PeerState& state = peer_states_[peer];
+  Batch* batch = state.open;
+  if (batch == nullptr) return;
+  state.open = nullptr;
+  batch_sent(batch, UCS_OK);  // its ops are abandoned: this only returns them to the pool
+}
+
+void UcxFabric::probe_batches() {
+  for (PeerState& state : peer_states_) {
+    if (!state.unflushed || state.isolated || state.ep == nullptr) continue;
+    state.unflushed = false;
+    const RemoteRegion& remote = state.regions[state.probe_region];
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.send = [](void* request, ucs_status_t status, void* user_data) {
+      auto* peer = static_cast<PeerState*>(user_data);
+      if (status != UCS_OK && peer->failure == UCS_OK) peer->failure = status;
+      ucp_request_free(request);
+    };
+    param.user_data = &state;
+    const ucs_status_ptr_t result =
+        ucp_get_nbx(state.ep, &state.probe_byte, 1, remote.address + state.probe_offset, remote.rkey, &param);
+    if (UCS_PTR_IS_ERR(result) && state.failure == UCS_OK) state.failure = UCS_PTR_STATUS(result);
+  }
+}
+
 std::uint64_t UcxFabric::put(int peer, RegionId local, std::size_t local_offset, RegionId remote,
                              std::size_t remote_offset, std::size_t bytes) {
   check_usable("put");
   const RemoteRegion& target = remote_region("put", peer, remote, remote_offset, bytes);
   const Region& source = local_region("put", local, local_offset, bytes);
   wait_for_room("put", peer);
+  if (peer_states_[peer].isolated) return dropped();
+  if (bytes > 0 && batches(peer, source, bytes)) {
+    Batch* batch = batch_for(peer, bytes);
+    if (batch == nullptr) return dropped();
+    Op* op = start_op("put", peer, 1);
+    batch->ops.push_back(op);
+    batch->entries.push_back(
+        {static_cast<std::uint32_t>(write_batch::EntryKind::put), remote, remote_offset, bytes});
+    batch->iov.push_back({static_cast<char*>(source.base) + local_offset, bytes});
+    batch->header.payload_bytes += bytes;
+    return op->ticket;
+  }
+  send_batch(peer);  // what is batched goes first
   if (peer_states_[peer].isolated) return dropped();
   Op* op = start_op("put", peer, 1);
   std::uint64_t ticket = op->ticket;
@@ -536,6 +734,25 @@ std::uint64_t UcxFabric::put_signal(int peer, RegionId local, std::size_t local_
   detail::check_atomic_offset("put_signal", peer, signal_region, signal_offset);
   const Region& source = local_region("put_signal", local, local_offset, bytes);
   wait_for_room("put_signal", peer);
+  if (peer_states_[peer].isolated) return dropped();
+  if (batches(peer, source, bytes)) {
+    Batch* batch = batch_for(peer, bytes);
+    if (batch == nullptr) return dropped();
+    Op* op = start_op("put_signal", peer, 1);
+    const std::uint64_t ticket = op->ticket;
+    batch->ops.push_back(op);
+    if (bytes > 0) {
+      batch->entries.push_back(
+          {static_cast<std::uint32_t>(write_batch::EntryKind::put), remote, remote_offset, bytes});
+      batch->iov.push_back({static_cast<char*>(source.base) + local_offset, bytes});
+      batch->header.payload_bytes += bytes;
+    }
+    batch->entries.push_back(
+        {static_cast<std::uint32_t>(write_batch::EntryKind::add), signal_region, signal_offset, signal_add});
+    send_batch(peer);  // a signal is what a peer waits for: it ends the batch
+    return ticket;
+  }
+  send_batch(peer);
   if (peer_states_[peer].isolated) return dropped();
   ucp_ep_h ep = peer_states_[peer].ep;
   Op* op = start_op("put_signal", peer, bytes > 0 ? 2 : 1);
@@ -569,6 +786,18 @@ std::uint64_t UcxFabric::atomic_add(int peer, RegionId region, std::size_t offse
   detail::check_atomic_offset("atomic_add", peer, region, offset);
   wait_for_room("atomic_add", peer);
   if (peer_states_[peer].isolated) return dropped();
+  if (peer_states_[peer].batching) {
+    Batch* batch = batch_for(peer, 0);
+    if (batch == nullptr) return dropped();
+    Op* op = start_op("atomic_add", peer, 1);
+    const std::uint64_t ticket = op->ticket;
+    batch->ops.push_back(op);
+    batch->entries.push_back({static_cast<std::uint32_t>(write_batch::EntryKind::add), region, offset, add});
+    send_batch(peer);
+    return ticket;
+  }
+  send_batch(peer);
+  if (peer_states_[peer].isolated) return dropped();
   Op* op = start_op("atomic_add", peer, 1);
   std::uint64_t ticket = op->ticket;
   op->operand = add;
@@ -590,6 +819,11 @@ std::uint64_t UcxFabric::fetch_add(int peer, RegionId region, std::size_t offset
                                  failed_reason(peer) + ")");
   }
   if (peer_states_[peer].failure != UCS_OK) refuse_for_peer(peer, "fetch_add to");
+  send_batch(peer);  // what is batched lands before the add
+  if (peer_states_[peer].isolated) {
+    fail(Errc::peer_failure, "ucx: fetch_add to " + peer_label(peers_, peer) + " on rank " +
+                                 std::to_string(peers_.rank) + ": " + failed_reason(peer));
+  }
   // ADD with a reply buffer is UCX's fetch-and-add. Operand and result live in an Op so that a request
   // abandoned at the deadline never writes into a dead frame.
   Op* op = start_op("fetch_add", peer, 1);
@@ -640,6 +874,7 @@ std::uint64_t UcxFabric::fetch_add(int peer, RegionId region, std::size_t offset
 
 bool UcxFabric::progress() {
   check_usable("progress");
+  send_open_batches();
   unsigned events = ucp_worker_progress(worker());
   throw_if_failed();
   return events != 0;
@@ -647,6 +882,8 @@ bool UcxFabric::progress() {
 
 void UcxFabric::flush() {
   check_usable("flush");
+  send_open_batches();
+  probe_batches();
   if (isolating()) {
     flush_live_peers();
     return;
@@ -778,6 +1015,14 @@ std::size_t UcxFabric::region_bytes(RegionId region) const {
 
 void UcxFabric::close_endpoints() noexcept {
   if (peer_states_.empty()) return;
+  // Puts still gathering in a batch go out before the quiesce, as direct puts would already have.
+  if (connected_ && broken_.empty()) {
+    try {
+      send_open_batches();
+    } catch (const std::exception&) {
+      // The peer failed meanwhile: closing reports nothing more.
+    }
+  }
   Duration bound = std::min<Duration>(peers_.timeout, kTeardownBound);
   // Collective quiesce: a peer that tears down while we still progress would look like a failure to us, so
   // every healthy rank first waits (bounded) until all ranks stopped using the fabric.

@@ -16,6 +16,14 @@
 // with active messages on one lane per endpoint, which the target handles in order, so the fence keeps the
 // signal behind the payload (tests/fabric checks it); on RDMA transports the fence orders the lane's
 // operations.
+//
+// Write batches (ucx_write_batch.hpp): to a peer reached over tcp only, puts below kDirectPutBytes and signal
+// adds from host memory are gathered into one active message per peer (forced eager, so it stays in line
+// with the lane's other messages), sent when a signal ends it, when it is full, and at every progress(),
+// flush() and fetch_add(); the target's AM handler writes it in order. A put of kDirectPutBytes or more is a
+// ucp_put_nbx as before, behind the batch. flush() makes batches visible with a one-byte get per peer behind
+// them. FERRY_UCX_BATCH=0 turns batching off (1, the default: on where the lanes are tcp, unless the user
+// gave UCX several eager lanes or its new protocols, whose lane choice could let a signal overtake a batch).
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -26,6 +34,7 @@
 #include <vector>
 
 #include "fabric/fabric_common.hpp"
+#include "fabric/ucx_write_batch.hpp"
 
 namespace ferry::transport {
 
@@ -80,6 +89,18 @@ class UcxFabric final : public Fabric {
     std::size_t bytes = 0;
     ucp_rkey_h rkey = nullptr;
   };
+  struct Op;
+  // Write batches (see the header comment). A Batch lives in batches_ (stable addresses) from its first write
+  // until UCX reports the message sent; its ops finish then.
+  struct Batch {
+    UcxFabric* owner = nullptr;
+    int peer = -1;
+    write_batch::BatchHeader header;
+    std::vector<write_batch::BatchEntry> entries;
+    std::vector<ucp_dt_iov_t> iov;  // [0] header, [1] entries, then each put's source bytes
+    std::vector<Op*> ops;
+    Batch* next_free = nullptr;
+  };
   struct PeerState {
     UcxFabric* owner = nullptr;
     int rank = 0;
@@ -91,7 +112,13 @@ class UcxFabric final : public Fabric {
     std::string failure_reason;  // when the liveness check found the process gone
     int pid = 0;                 // the peer's process id (meaningful on the same node only)
     bool same_node = false;
-    bool isolated = false;  // isolate_peer_failures: failed, nothing more is sent to it
+    bool isolated = false;      // isolate_peer_failures: failed, nothing more is sent to it
+    bool batching = false;      // writes to it travel as write batches (tcp lanes only)
+    Batch* open = nullptr;      // the batch being filled, not yet sent
+    bool unflushed = false;     // batches sent since the last flush()
+    RegionId probe_region = 0;  // a byte a sent batch wrote: flush() reads it back behind the batches
+    std::size_t probe_offset = 0;
+    std::uint8_t probe_byte = 0;
   };
   // One posted operation (put_signal counts as one with two UCX requests). Lives in ops_, a pool with stable
   // addresses, because UCX callbacks point at it.
@@ -107,7 +134,15 @@ class UcxFabric final : public Fabric {
     bool abandoned = false;  // its peer was isolated: its ticket is finished, UCX's callbacks only free it
   };
 
+  static constexpr std::size_t kDirectPutBytes = std::size_t{128} << 10;
+  // With at most kBatchEntries entries a full batch stays within one of ferry's 256 KiB tcp segments.
+  static constexpr std::size_t kBatchPayloadBytes = std::size_t{192} << 10;
+  static constexpr std::size_t kBatchEntries = 1024;
+
   static void on_request_done(void* request, ucs_status_t status, void* user_data);
+  static void on_batch_sent(void* request, ucs_status_t status, void* user_data);
+  static ucs_status_t on_batch_received(void* arg, const void* header, std::size_t header_length, void* data,
+                                        std::size_t length, const ucp_am_recv_param_t* param);
   static void on_endpoint_error(void* arg, ucp_ep_h ep, ucs_status_t status);
 
   ucp_context_h context() const { return context_.get(); }
@@ -150,6 +185,20 @@ class UcxFabric final : public Fabric {
   void track(Op* op, ucs_status_ptr_t result);
   void request_done(Op* op, ucs_status_t status);
   ucp_request_param_t send_param(Op* op) const;
+  // Batching: whether a write of `bytes` from `source` to `peer` joins its batch; the batch to add to (the
+  // open one is sent first when `bytes` more would overflow it; the peer may be isolated on return).
+  bool batches(int peer, const Region& source, std::size_t bytes) const;
+  Batch* batch_for(int peer, std::size_t bytes);
+  void send_batch(int peer);
+  void send_open_batches();
+  void batch_sent(Batch* batch, ucs_status_t status);
+  // Drops an isolated peer's unsent batch (its ops are abandoned).
+  void drop_batch(int peer);
+  // flush(): a one-byte get from every peer that was sent batches since the last flush, behind them on the
+  // lane, so the flush that follows covers their arrival.
+  void probe_batches();
+  // A received batch was refused: the fabric is broken with `problem`.
+  void refuse_batch(const std::string& problem);
   std::string transports_to(int peer) const;
   void close_endpoints() noexcept;
   void release_memory() noexcept;
@@ -163,6 +212,10 @@ class UcxFabric final : public Fabric {
   std::deque<PeerState> peer_states_;  // stable addresses: error callbacks point at them
   std::deque<Op> ops_;
   Op* free_ops_ = nullptr;
+  std::deque<Batch> batches_;
+  Batch* free_batches_ = nullptr;
+  bool batching_allowed_ = true;                           // FERRY_UCX_BATCH
+  std::vector<write_batch::TargetRegion> target_regions_;  // this rank's regions, as batches write them
   detail::TicketLedger ledger_;
   std::size_t pending_requests_ = 0;
   std::vector<FailedPeer> failed_;  // isolated peers, in the order they failed
