@@ -204,7 +204,7 @@ TEST_CASE("random write batches match a reference, corrupted ones never write in
         std::vector<std::byte> data(bytes);
         for (auto& x : data) x = static_cast<std::byte>(rng());
         m.put(region, offset, data);
-        std::memcpy((region == 0 ? reference.a : reference.b) + offset, data.data(), bytes);
+        if (bytes > 0) std::memcpy((region == 0 ? reference.a : reference.b) + offset, data.data(), bytes);
       }
     }
     const std::vector<std::byte> message = m.bytes();
