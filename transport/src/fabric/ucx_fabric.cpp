@@ -616,8 +616,33 @@ UcxFabric::Batch* UcxFabric::batch_for(int peer, std::size_t bytes) {
     batch->iov.assign(2, ucp_dt_iov_t{});
     batch->ops.clear();
     state.open = batch;
+    if (!state.listed) {
+      state.listed = true;
+      open_peers_.push_back(peer);
+    }
   }
   return state.open;
+}
+
+std::uint64_t UcxFabric::batch_write(const char* what, int peer, void* source, RegionId remote,
+                                     std::size_t remote_offset, std::size_t bytes, const BatchedAdd* add) {
+  Batch* batch = batch_for(peer, bytes);
+  if (batch == nullptr) return dropped();
+  Op* op = start_op(what, peer, 1);
+  const std::uint64_t ticket = op->ticket;  // the op may be back in the pool once the batch is sent
+  batch->ops.push_back(op);
+  if (bytes > 0) {
+    batch->entries.push_back(
+        {static_cast<std::uint32_t>(write_batch::EntryKind::put), remote, remote_offset, bytes});
+    batch->iov.push_back({source, bytes});
+    batch->header.payload_bytes += bytes;
+  }
+  if (add != nullptr) {
+    batch->entries.push_back(
+        {static_cast<std::uint32_t>(write_batch::EntryKind::add), add->region, add->offset, add->value});
+    send_batch(peer);  // a signal is what a peer waits for: it ends the batch
+  }
+  return ticket;
 }
 
 void UcxFabric::send_batch(int peer) {
@@ -652,8 +677,12 @@ void UcxFabric::send_batch(int peer) {
 }
 
 void UcxFabric::send_open_batches() {
-  for (PeerState& state : peer_states_) {
-    if (state.open != nullptr) send_batch(state.rank);
+  // Popped before it is sent: should the send throw, the peers still listed keep their batches for later.
+  while (!open_peers_.empty()) {
+    const int peer = open_peers_.back();
+    open_peers_.pop_back();
+    peer_states_[peer].listed = false;
+    send_batch(peer);  // nothing when its batch went out meanwhile
   }
 }
 
@@ -698,17 +727,9 @@ std::uint64_t UcxFabric::put(int peer, RegionId local, std::size_t local_offset,
   const Region& source = local_region("put", local, local_offset, bytes);
   wait_for_room("put", peer);
   if (peer_states_[peer].isolated) return dropped();
-  if (bytes > 0 && batches(peer, source, bytes)) {
-    Batch* batch = batch_for(peer, bytes);
-    if (batch == nullptr) return dropped();
-    Op* op = start_op("put", peer, 1);
-    batch->ops.push_back(op);
-    batch->entries.push_back(
-        {static_cast<std::uint32_t>(write_batch::EntryKind::put), remote, remote_offset, bytes});
-    batch->iov.push_back({static_cast<char*>(source.base) + local_offset, bytes});
-    batch->header.payload_bytes += bytes;
-    return op->ticket;
-  }
+  if (bytes > 0 && batches(peer, source, bytes))
+    return batch_write("put", peer, static_cast<char*>(source.base) + local_offset, remote, remote_offset,
+                       bytes);
   send_batch(peer);  // what is batched goes first
   if (peer_states_[peer].isolated) return dropped();
   Op* op = start_op("put", peer, 1);
@@ -736,21 +757,9 @@ std::uint64_t UcxFabric::put_signal(int peer, RegionId local, std::size_t local_
   wait_for_room("put_signal", peer);
   if (peer_states_[peer].isolated) return dropped();
   if (batches(peer, source, bytes)) {
-    Batch* batch = batch_for(peer, bytes);
-    if (batch == nullptr) return dropped();
-    Op* op = start_op("put_signal", peer, 1);
-    const std::uint64_t ticket = op->ticket;
-    batch->ops.push_back(op);
-    if (bytes > 0) {
-      batch->entries.push_back(
-          {static_cast<std::uint32_t>(write_batch::EntryKind::put), remote, remote_offset, bytes});
-      batch->iov.push_back({static_cast<char*>(source.base) + local_offset, bytes});
-      batch->header.payload_bytes += bytes;
-    }
-    batch->entries.push_back(
-        {static_cast<std::uint32_t>(write_batch::EntryKind::add), signal_region, signal_offset, signal_add});
-    send_batch(peer);  // a signal is what a peer waits for: it ends the batch
-    return ticket;
+    const BatchedAdd add{signal_region, signal_offset, signal_add};
+    return batch_write("put_signal", peer, static_cast<char*>(source.base) + local_offset, remote,
+                       remote_offset, bytes, &add);
   }
   send_batch(peer);
   if (peer_states_[peer].isolated) return dropped();
@@ -787,14 +796,8 @@ std::uint64_t UcxFabric::atomic_add(int peer, RegionId region, std::size_t offse
   wait_for_room("atomic_add", peer);
   if (peer_states_[peer].isolated) return dropped();
   if (peer_states_[peer].batching) {
-    Batch* batch = batch_for(peer, 0);
-    if (batch == nullptr) return dropped();
-    Op* op = start_op("atomic_add", peer, 1);
-    const std::uint64_t ticket = op->ticket;
-    batch->ops.push_back(op);
-    batch->entries.push_back({static_cast<std::uint32_t>(write_batch::EntryKind::add), region, offset, add});
-    send_batch(peer);
-    return ticket;
+    const BatchedAdd entry{region, offset, add};
+    return batch_write("atomic_add", peer, nullptr, 0, 0, 0, &entry);
   }
   send_batch(peer);
   if (peer_states_[peer].isolated) return dropped();

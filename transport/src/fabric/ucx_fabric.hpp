@@ -115,6 +115,7 @@ class UcxFabric final : public Fabric {
     bool isolated = false;      // isolate_peer_failures: failed, nothing more is sent to it
     bool batching = false;      // writes to it travel as write batches (tcp lanes only)
     Batch* open = nullptr;      // the batch being filled, not yet sent
+    bool listed = false;        // in open_peers_
     bool unflushed = false;     // batches sent since the last flush()
     RegionId probe_region = 0;  // a byte a sent batch wrote: flush() reads it back behind the batches
     std::size_t probe_offset = 0;
@@ -189,6 +190,15 @@ class UcxFabric final : public Fabric {
   // open one is sent first when `bytes` more would overflow it; the peer may be isolated on return).
   bool batches(int peer, const Region& source, std::size_t bytes) const;
   Batch* batch_for(int peer, std::size_t bytes);
+  // A write joining `peer`'s batch: a put of `bytes` from `source` (none when 0), then `add` when given,
+  // which ends the batch. Returns its ticket.
+  struct BatchedAdd {
+    RegionId region = 0;
+    std::size_t offset = 0;
+    std::uint64_t value = 0;
+  };
+  std::uint64_t batch_write(const char* what, int peer, void* source, RegionId remote,
+                            std::size_t remote_offset, std::size_t bytes, const BatchedAdd* add = nullptr);
   void send_batch(int peer);
   void send_open_batches();
   void batch_sent(Batch* batch, ucs_status_t status);
@@ -214,7 +224,8 @@ class UcxFabric final : public Fabric {
   Op* free_ops_ = nullptr;
   std::deque<Batch> batches_;
   Batch* free_batches_ = nullptr;
-  bool batching_allowed_ = true;                           // FERRY_UCX_BATCH
+  std::vector<int> open_peers_;   // peers whose batch may be open: progress() sends theirs, not every peer's
+  bool batching_allowed_ = true;  // FERRY_UCX_BATCH
   std::vector<write_batch::TargetRegion> target_regions_;  // this rank's regions, as batches write them
   detail::TicketLedger ledger_;
   std::size_t pending_requests_ = 0;
